@@ -1,0 +1,66 @@
+//! Exchanges: given a message, which bindings (and so which queues) receive it.
+//!
+//! The default exchange `""` is native (routing key = queue name) and lives in the router.
+//! Every named exchange type comes from an [`ExchangeTypes`] registry — the Wasm plugin
+//! host in production — which creates one [`Exchange`] per declared exchange. The router
+//! pushes bindings into it as they change, so routing a message only passes the message.
+
+use crate::message::{Headers, Message};
+
+/// Identifies one binding; unique across the broker, stable across restarts.
+pub type BindingId = u64;
+
+/// Why an exchange could not be created, bound or asked to route.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("unknown exchange type `{0}`")]
+    UnknownType(String),
+    #[error("invalid binding: {0}")]
+    InvalidBinding(String),
+    #[error("invalid exchange arguments: {0}")]
+    InvalidArguments(String),
+    /// The exchange's plugin failed (trap, limit, malformed output); the message was not routed.
+    #[error("exchange plugin failed: {0}")]
+    PluginFailed(String),
+    /// Too many consecutive plugin failures: the exchange refuses work until reset or redeployed.
+    #[error("exchange is quarantined: {0}")]
+    Unavailable(String),
+}
+
+/// One declared exchange's routing logic.
+pub trait Exchange: Send {
+    /// Checks a binding without adding it (e.g. a malformed topic pattern).
+    fn validate_binding(&mut self, key: &str, arguments: &Headers) -> Result<(), ExchangeError>;
+    /// Adds a binding; called once per binding at declare time and again at recovery.
+    fn bind(&mut self, id: BindingId, key: &str, arguments: &Headers) -> Result<(), ExchangeError>;
+    /// Removes a binding.
+    fn unbind(&mut self, id: BindingId) -> Result<(), ExchangeError>;
+    /// Appends the ids of the bindings that match `msg` to `out` (duplicates allowed; the
+    /// router delivers at most once per queue).
+    fn route(&mut self, msg: &Message, out: &mut Vec<BindingId>) -> Result<(), ExchangeError>;
+}
+
+/// The exchange types the broker knows, by name.
+pub trait ExchangeTypes: Send + Sync {
+    /// Creates the routing state for a newly declared (or recovered) exchange.
+    fn create(
+        &self,
+        type_name: &str,
+        exchange: &str,
+        arguments: &Headers,
+    ) -> Result<Box<dyn Exchange>, ExchangeError>;
+}
+
+/// The registry used until a plugin host is configured: it knows no named types.
+pub struct NoExchangeTypes;
+
+impl ExchangeTypes for NoExchangeTypes {
+    fn create(
+        &self,
+        type_name: &str,
+        _: &str,
+        _: &Headers,
+    ) -> Result<Box<dyn Exchange>, ExchangeError> {
+        Err(ExchangeError::UnknownType(type_name.to_owned()))
+    }
+}

@@ -1,0 +1,250 @@
+//! The message as the broker sees it: routing information, headers, properties and body.
+//!
+//! One `Message` is shared (`Arc`) by every queue it was routed to; per-queue state
+//! (sequence, delivery count) lives in the queue, not here.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Application headers: an open JSON map, like AMQP's header table.
+pub type Headers = serde_json::Map<String, serde_json::Value>;
+
+/// Standard message properties (AMQP's basic properties, in milliseconds where timed).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Properties {
+    /// Persistent messages on durable queues are written to disk before they are confirmed.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub persistent: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// 0 (lowest, the default) to 255; queues with `max_priority` order by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+    /// Per-message time to live in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration_ms: Option<u64>,
+    /// Milliseconds since the Unix epoch; set by the broker at publish when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<u64>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// How a body travels inside a JSON frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyEncoding {
+    /// The body string is the body's bytes (UTF-8).
+    #[default]
+    Utf8,
+    /// The body string is standard base64 of arbitrary bytes.
+    Base64,
+}
+
+/// A message: where it was published, its metadata and its body.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Message {
+    pub exchange: String,
+    pub routing_key: String,
+    pub headers: Headers,
+    pub properties: Properties,
+    pub body: Bytes,
+}
+
+impl Message {
+    /// A message for the default exchange with a text body.
+    pub fn text(routing_key: impl Into<String>, body: impl Into<String>) -> Self {
+        Message {
+            routing_key: routing_key.into(),
+            body: Bytes::from(body.into()),
+            ..Default::default()
+        }
+    }
+
+    /// The size counted against frame and queue byte limits.
+    pub fn body_len(&self) -> usize {
+        self.body.len()
+    }
+}
+
+/// Decodes a frame's body string with its declared encoding.
+pub fn decode_body(body: String, encoding: BodyEncoding) -> Result<Bytes, base64::DecodeError> {
+    match encoding {
+        BodyEncoding::Utf8 => Ok(Bytes::from(body)),
+        BodyEncoding::Base64 => BASE64.decode(body.as_bytes()).map(Bytes::from),
+    }
+}
+
+/// The wire (and storage) shape of a message's metadata, borrowed for encoding.
+#[derive(Serialize)]
+struct MessageRef<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    exchange: &'a str,
+    routing_key: &'a str,
+    #[serde(skip_serializing_if = "Headers::is_empty")]
+    headers: &'a Headers,
+    properties: &'a Properties,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body_base64: Option<String>,
+}
+
+/// The owned wire shape, for decoding. Unknown fields are ignored so a `publish` frame can
+/// carry the message's fields inline next to its own (`mandatory`).
+#[derive(Deserialize)]
+struct MessageOwned {
+    #[serde(default)]
+    exchange: String,
+    #[serde(default)]
+    routing_key: String,
+    #[serde(default)]
+    headers: Headers,
+    #[serde(default)]
+    properties: Properties,
+    #[serde(default)]
+    body: Option<String>,
+    #[serde(default)]
+    body_base64: Option<String>,
+}
+
+/// On the wire a message carries its body as `body` (UTF-8 text) when the bytes are valid
+/// UTF-8, otherwise as `body_base64`; exactly one of them is present.
+impl Serialize for Message {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let (body, body_base64) = match std::str::from_utf8(&self.body) {
+            Ok(text) => (Some(text), None),
+            Err(_) => (None, Some(BASE64.encode(&self.body))),
+        };
+        MessageRef {
+            exchange: &self.exchange,
+            routing_key: &self.routing_key,
+            headers: &self.headers,
+            properties: &self.properties,
+            body,
+            body_base64,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Message {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = MessageOwned::deserialize(deserializer)?;
+        let body = match (wire.body, wire.body_base64) {
+            (Some(text), None) => Bytes::from(text),
+            (None, Some(b64)) => BASE64
+                .decode(b64.as_bytes())
+                .map(Bytes::from)
+                .map_err(serde::de::Error::custom)?,
+            (None, None) => Bytes::new(),
+            (Some(_), Some(_)) => {
+                return Err(serde::de::Error::custom(
+                    "a message has either `body` or `body_base64`, not both",
+                ));
+            }
+        };
+        Ok(Message {
+            exchange: wire.exchange,
+            routing_key: wire.routing_key,
+            headers: wire.headers,
+            properties: wire.properties,
+            body,
+        })
+    }
+}
+
+/// Storage encoding: `[u32 meta length][meta JSON without body][body bytes]`, so bodies are
+/// stored raw (no base64) and metadata stays readable and forward compatible.
+pub fn encode_stored(msg: &Message, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    serde_json::to_writer(
+        &mut *out,
+        &MessageRef {
+            exchange: &msg.exchange,
+            routing_key: &msg.routing_key,
+            headers: &msg.headers,
+            properties: &msg.properties,
+            body: None,
+            body_base64: None,
+        },
+    )
+    .expect("serializing to a Vec cannot fail");
+    let meta_len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&meta_len.to_le_bytes());
+    out.extend_from_slice(&msg.body);
+}
+
+/// Inverse of [`encode_stored`].
+pub fn decode_stored(bytes: &[u8]) -> Result<Message, String> {
+    let len_bytes: [u8; 4] = bytes
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or("stored message shorter than its header")?;
+    let meta_len = u32::from_le_bytes(len_bytes) as usize;
+    let meta = bytes
+        .get(4..4 + meta_len)
+        .ok_or("stored message shorter than its metadata")?;
+    let wire: MessageOwned = serde_json::from_slice(meta).map_err(|e| e.to_string())?;
+    Ok(Message {
+        exchange: wire.exchange,
+        routing_key: wire.routing_key,
+        headers: wire.headers,
+        properties: wire.properties,
+        body: Bytes::copy_from_slice(&bytes[4 + meta_len..]),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(body: &[u8]) -> Message {
+        let mut headers = Headers::new();
+        headers.insert("x".into(), serde_json::json!({"nested": [1, 2]}));
+        Message {
+            exchange: "ex".into(),
+            routing_key: "a.b".into(),
+            headers,
+            properties: Properties {
+                persistent: true,
+                priority: Some(3),
+                ..Default::default()
+            },
+            body: Bytes::copy_from_slice(body),
+        }
+    }
+
+    #[test]
+    fn wire_round_trip_text_and_binary() {
+        for body in [&b"hello"[..], &[0xff, 0x00, 0xfe][..], &b""[..]] {
+            let msg = sample(body);
+            let json = serde_json::to_string(&msg).unwrap();
+            assert_eq!(serde_json::from_str::<Message>(&json).unwrap(), msg);
+        }
+        let json = serde_json::to_value(sample(&[0xff])).unwrap();
+        assert_eq!(json["body_base64"], "/w==");
+        assert!(json.get("body").is_none());
+    }
+
+    #[test]
+    fn storage_round_trip() {
+        let msg = sample(&[1, 2, 3, 0xff]);
+        let mut buf = Vec::new();
+        encode_stored(&msg, &mut buf);
+        assert_eq!(decode_stored(&buf).unwrap(), msg);
+        assert!(decode_stored(&buf[..3]).is_err());
+    }
+}

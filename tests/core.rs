@@ -1,0 +1,1 @@
+//! End-to-end tests of the broker core (filled in as the core lands).
