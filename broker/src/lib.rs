@@ -5,5 +5,15 @@
 //! enqueues it and asks the [`store`] to persist it (group commit); the store's writer
 //! confirms to the publisher after commit; the router dispatches to consumers.
 
+pub mod client;
 pub mod exchange;
 pub mod message;
+pub mod protocol;
+pub mod queue;
+pub mod router;
+pub mod server;
+pub mod store;
+
+pub use client::{Client, ClientError, QueueOptions, Subscription};
+pub use message::{Headers, Message, Properties};
+pub use server::{Broker, Config};

@@ -1,0 +1,101 @@
+//! Command-line interface: argument definitions and dispatch. `anyhow` lives here only.
+
+mod admin;
+mod bench;
+mod consume;
+mod publish;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+use broker::message::Headers;
+
+pub const DEFAULT_SERVER: &str = "ws://127.0.0.1:6789";
+
+#[derive(Parser)]
+#[command(
+    name = "broker",
+    version,
+    about = "A message broker with WebAssembly routing plugins"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker.
+    Serve(serve::ServeArgs),
+    /// Publish messages and wait for their confirms.
+    Publish(publish::PublishArgs),
+    /// Print messages from a queue as JSON lines, acking each.
+    Consume(consume::ConsumeArgs),
+    /// List queues with ready / unacked / consumer counts.
+    Queues(admin::ServerArg),
+    /// Declare a queue or an exchange.
+    #[command(subcommand)]
+    Declare(admin::Declare),
+    /// Delete a queue or an exchange.
+    #[command(subcommand)]
+    Delete(admin::Delete),
+    /// Remove all ready messages from a queue.
+    Purge(admin::PurgeArgs),
+    /// Bind a queue to an exchange.
+    Bind(admin::BindArgs),
+    /// Remove a binding.
+    Unbind(admin::BindArgs),
+    /// Measure throughput and latency (see `broker bench --help`).
+    Bench(bench::BenchArgs),
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_logging("warn", false);
+    }
+    match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Publish(args) => publish::run(args).await,
+        Command::Consume(args) => consume::run(args).await,
+        Command::Queues(args) => admin::queues(args).await,
+        Command::Declare(what) => admin::declare(what).await,
+        Command::Delete(what) => admin::delete(what).await,
+        Command::Purge(args) => admin::purge(args).await,
+        Command::Bind(args) => admin::bind(args, true).await,
+        Command::Unbind(args) => admin::bind(args, false).await,
+        Command::Bench(args) => bench::run(args).await,
+    }
+}
+
+/// Parses `KEY=VALUE`; VALUE is taken as JSON when it parses (`10`, `true`, `[1,2]`), else
+/// as a string.
+pub fn parse_key_value(arg: &str) -> Result<(String, serde_json::Value), String> {
+    let (key, value) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("`{arg}` is not KEY=VALUE"))?;
+    if key.is_empty() {
+        return Err(format!("`{arg}` has an empty key"));
+    }
+    let value = serde_json::from_str(value).unwrap_or_else(|_| value.into());
+    Ok((key.to_owned(), value))
+}
+
+pub fn to_headers(pairs: Vec<(String, serde_json::Value)>) -> Headers {
+    pairs.into_iter().collect()
+}
+
+/// Logging for every subcommand: `RUST_LOG` wins over `--log`; logs go to stderr so
+/// stdout stays clean for data.
+pub fn init_logging(level: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

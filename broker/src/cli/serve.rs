@@ -1,0 +1,70 @@
+//! `broker serve`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use broker::{Broker, Config};
+use clap::{Args, ValueEnum};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on for WebSocket clients.
+    #[arg(long, default_value = Config::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Directory of the database file (created if missing).
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// Log level or filter (RUST_LOG overrides it).
+    #[arg(long, default_value = "info")]
+    log: String,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Most simultaneous connections.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Largest request frame in bytes.
+    #[arg(long, default_value_t = Config::DEFAULT_MAX_FRAME_BYTES)]
+    max_frame_bytes: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    super::init_logging(&args.log, matches!(args.log_format, LogFormat::Json));
+    let mut config = Config::new(&args.data_dir);
+    config.listen = args.listen;
+    config.max_connections = args.max_connections;
+    config.max_frame_bytes = args.max_frame_bytes;
+    let broker = Broker::start(config).await.context("starting the broker")?;
+    // Scripts and tests read this line to learn the address (e.g. with --listen ...:0).
+    println!(
+        "broker listening on {} (data: {})",
+        broker.url(),
+        args.data_dir.join(broker::store::DB_FILE).display()
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    broker.shutdown().await;
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,447 @@
+//! The async Rust client: connect, declare, publish with confirms, subscribe, ack.
+//!
+//! A writer task owns the socket's write half (frames are fed and flushed in batches, so
+//! pipelined publishes are cheap); a reader task routes replies to their waiting callers
+//! by request id and deliveries to their subscriptions by consumer tag.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::{SinkExt, StreamExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
+
+use crate::message::{Headers, Message};
+use crate::protocol::{
+    Binding, DeclareExchange, DeclareQueue, Delivery, ErrorCode, MessageCount, Op, Publish,
+    QueueInfo, QueueList, Request, RequestId, ServerFrame, Subscribe, Subscribed,
+};
+
+/// What can go wrong talking to a broker.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("the connection is closed")]
+    Closed,
+    #[error("{code}: {message}")]
+    Server { code: ErrorCode, message: String },
+    #[error("unexpected reply from the broker: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The broker's error code, when the broker refused the request.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+type ReplyTx = oneshot::Sender<Result<serde_json::Value, ClientError>>;
+
+struct Pending {
+    reply: ReplyTx,
+    /// For `subscribe`: where the subscription's deliveries go once the broker names it.
+    deliveries: Option<mpsc::UnboundedSender<Delivery>>,
+}
+
+#[derive(Default)]
+struct Shared {
+    pending: Mutex<HashMap<u64, Pending>>,
+    consumers: Mutex<HashMap<String, mpsc::UnboundedSender<Delivery>>>,
+}
+
+/// A message the broker handed back: `mandatory` and routed nowhere.
+#[derive(Debug, Clone)]
+pub struct Returned {
+    pub id: RequestId,
+    pub reason: ErrorCode,
+    pub message: Arc<Message>,
+}
+
+/// A connection to a broker. Cheap to share behind an `Arc`; all methods take `&self`.
+pub struct Client {
+    out: mpsc::UnboundedSender<String>,
+    writer: tokio::task::JoinHandle<()>,
+    shared: Arc<Shared>,
+    next_id: AtomicU64,
+    confirms: AtomicBool,
+    returns: tokio::sync::Mutex<mpsc::UnboundedReceiver<Returned>>,
+}
+
+/// Options of `declare_queue`.
+#[derive(Debug, Clone, Default)]
+pub struct QueueOptions {
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub arguments: Headers,
+}
+
+impl QueueOptions {
+    pub fn durable() -> Self {
+        QueueOptions {
+            durable: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// A stream of deliveries for one consumer.
+pub struct Subscription {
+    pub consumer_tag: String,
+    rx: mpsc::UnboundedReceiver<Delivery>,
+}
+
+impl Subscription {
+    /// The next delivery; `None` once the subscription or connection ended.
+    pub async fn next(&mut self) -> Option<Delivery> {
+        self.rx.recv().await
+    }
+}
+
+impl Client {
+    /// Connects to `url` (e.g. `ws://127.0.0.1:6789`).
+    pub async fn connect(url: &str) -> Result<Client, ClientError> {
+        let (ws, _) =
+            tokio_tungstenite::connect_async(url)
+                .await
+                .map_err(|e| ClientError::Connect {
+                    url: url.to_owned(),
+                    reason: e.to_string(),
+                })?;
+        if let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.get_ref() {
+            let _ = tcp.set_nodelay(true);
+        }
+        let (mut sink, mut source) = ws.split();
+        let shared = Arc::new(Shared::default());
+        let (out, mut out_rx) = mpsc::unbounded_channel::<String>();
+        let (returns_tx, returns_rx) = mpsc::unbounded_channel();
+
+        let writer = tokio::spawn(async move {
+            while let Some(first) = out_rx.recv().await {
+                let mut next = Some(first);
+                while let Some(text) = next {
+                    if sink
+                        .feed(WsMessage::Text(Utf8Bytes::from(text)))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    next = out_rx.try_recv().ok();
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+            }
+            let _ = sink.send(WsMessage::Close(None)).await;
+        });
+
+        let reader_shared = shared.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(frame)) = source.next().await {
+                match frame {
+                    WsMessage::Text(text) => on_frame(&reader_shared, &returns_tx, &text),
+                    WsMessage::Close(_) => break,
+                    _ => {}
+                }
+            }
+            // Wake every waiter: the connection is gone.
+            for (_, pending) in reader_shared.pending.lock().unwrap().drain() {
+                let _ = pending.reply.send(Err(ClientError::Closed));
+            }
+            reader_shared.consumers.lock().unwrap().clear();
+        });
+
+        Ok(Client {
+            out,
+            writer,
+            shared,
+            next_id: AtomicU64::new(1),
+            confirms: AtomicBool::new(false),
+            returns: tokio::sync::Mutex::new(returns_rx),
+        })
+    }
+
+    /// Sends a request; the returned future resolves with its reply. The frame is queued
+    /// before this returns, so calls can be pipelined.
+    fn send(
+        &self,
+        op: Op,
+        deliveries: Option<mpsc::UnboundedSender<Delivery>>,
+        wants_reply: bool,
+    ) -> impl Future<Output = Result<serde_json::Value, ClientError>> + Send + 'static {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let text = serde_json::to_string(&Request {
+            id: RequestId::Num(id),
+            op,
+        })
+        .expect("requests serialize to JSON");
+        let rx = wants_reply.then(|| {
+            let (reply, rx) = oneshot::channel();
+            let pending = Pending { reply, deliveries };
+            self.shared.pending.lock().unwrap().insert(id, pending);
+            rx
+        });
+        let sent = self.out.send(text).is_ok();
+        async move {
+            if !sent {
+                return Err(ClientError::Closed);
+            }
+            match rx {
+                Some(rx) => rx.await.unwrap_or(Err(ClientError::Closed)),
+                None => Ok(serde_json::Value::Null),
+            }
+        }
+    }
+
+    async fn call<T: DeserializeOwned>(&self, op: Op) -> Result<T, ClientError> {
+        let value = self.send(op, None, true).await?;
+        serde_json::from_value(value).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    async fn call_unit(&self, op: Op) -> Result<(), ClientError> {
+        self.send(op, None, true).await.map(drop)
+    }
+
+    /// Sends everything queued, then closes the connection with a WebSocket close
+    /// handshake. (Dropping a client closes it too, without waiting.)
+    pub async fn close(self) {
+        drop(self.out);
+        let _ = self.writer.await;
+    }
+
+    /// Turns on publisher confirms: from now on `publish` resolves when the broker confirms.
+    pub async fn confirm_select(&self) -> Result<(), ClientError> {
+        self.call_unit(Op::ConfirmSelect).await?;
+        self.confirms.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub async fn declare_queue(
+        &self,
+        queue: &str,
+        options: QueueOptions,
+    ) -> Result<QueueInfo, ClientError> {
+        self.call(Op::DeclareQueue(DeclareQueue {
+            queue: queue.to_owned(),
+            durable: options.durable,
+            exclusive: options.exclusive,
+            auto_delete: options.auto_delete,
+            arguments: options.arguments,
+        }))
+        .await
+    }
+
+    /// Deletes a queue; returns how many messages it held.
+    pub async fn delete_queue(&self, queue: &str) -> Result<u64, ClientError> {
+        let op = Op::DeleteQueue {
+            queue: queue.to_owned(),
+            if_unused: false,
+            if_empty: false,
+        };
+        Ok(self.call::<MessageCount>(op).await?.messages)
+    }
+
+    /// Removes a queue's ready messages; returns how many.
+    pub async fn purge_queue(&self, queue: &str) -> Result<u64, ClientError> {
+        let op = Op::PurgeQueue {
+            queue: queue.to_owned(),
+        };
+        Ok(self.call::<MessageCount>(op).await?.messages)
+    }
+
+    pub async fn queue_info(&self, queue: &str) -> Result<QueueInfo, ClientError> {
+        self.call(Op::QueueInfo {
+            queue: queue.to_owned(),
+        })
+        .await
+    }
+
+    pub async fn list_queues(&self) -> Result<Vec<QueueInfo>, ClientError> {
+        Ok(self.call::<QueueList>(Op::ListQueues).await?.queues)
+    }
+
+    pub async fn declare_exchange(
+        &self,
+        exchange: &str,
+        kind: &str,
+        durable: bool,
+        arguments: Headers,
+    ) -> Result<(), ClientError> {
+        self.call_unit(Op::DeclareExchange(DeclareExchange {
+            exchange: exchange.to_owned(),
+            kind: kind.to_owned(),
+            durable,
+            arguments,
+        }))
+        .await
+    }
+
+    pub async fn delete_exchange(&self, exchange: &str) -> Result<(), ClientError> {
+        self.call_unit(Op::DeleteExchange {
+            exchange: exchange.to_owned(),
+        })
+        .await
+    }
+
+    pub async fn bind(&self, binding: Binding) -> Result<(), ClientError> {
+        self.call_unit(Op::Bind(binding)).await
+    }
+
+    pub async fn unbind(&self, binding: Binding) -> Result<(), ClientError> {
+        self.call_unit(Op::Unbind(binding)).await
+    }
+
+    /// Publishes a message. With confirms on, the future resolves when the broker has
+    /// stored it (or refuses it); without, once it is queued for sending. The frame is
+    /// queued before this returns, so publishes can be pipelined.
+    pub fn publish(
+        &self,
+        message: Message,
+        mandatory: bool,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send + 'static {
+        let confirms = self.confirms.load(Ordering::Relaxed);
+        let reply = self.send(Op::Publish(Publish { message, mandatory }), None, confirms);
+        async move { reply.await.map(drop) }
+    }
+
+    /// The next message the broker returned as unroutable.
+    pub async fn next_return(&self) -> Option<Returned> {
+        self.returns.lock().await.recv().await
+    }
+
+    pub async fn subscribe(&self, subscribe: Subscribe) -> Result<Subscription, ClientError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let value = self.send(Op::Subscribe(subscribe), Some(tx), true).await?;
+        let Subscribed { consumer_tag } =
+            serde_json::from_value(value).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(Subscription { consumer_tag, rx })
+    }
+
+    /// Subscribes with manual acks and the given prefetch.
+    pub async fn consume(&self, queue: &str, prefetch: u32) -> Result<Subscription, ClientError> {
+        self.subscribe(Subscribe {
+            queue: queue.to_owned(),
+            prefetch,
+            auto_ack: false,
+            consumer_tag: None,
+        })
+        .await
+    }
+
+    pub async fn cancel(&self, consumer_tag: &str) -> Result<(), ClientError> {
+        self.shared.consumers.lock().unwrap().remove(consumer_tag);
+        self.call_unit(Op::Cancel {
+            consumer_tag: consumer_tag.to_owned(),
+        })
+        .await
+    }
+
+    /// Acks a delivery (fire-and-forget, as in AMQP; an unknown tag is reported by the
+    /// broker but not surfaced here).
+    pub fn ack(&self, delivery_tag: u64, multiple: bool) -> Result<(), ClientError> {
+        self.settle(Op::Ack {
+            delivery_tag,
+            multiple,
+        })
+    }
+
+    pub fn nack(
+        &self,
+        delivery_tag: u64,
+        multiple: bool,
+        requeue: bool,
+    ) -> Result<(), ClientError> {
+        self.settle(Op::Nack {
+            delivery_tag,
+            multiple,
+            requeue,
+        })
+    }
+
+    pub fn reject(&self, delivery_tag: u64, requeue: bool) -> Result<(), ClientError> {
+        self.settle(Op::Reject {
+            delivery_tag,
+            requeue,
+        })
+    }
+
+    fn settle(&self, op: Op) -> Result<(), ClientError> {
+        // Dropping the future is fine: the frame was queued when `send` returned.
+        drop(self.send(op, None, false));
+        if self.out.is_closed() {
+            return Err(ClientError::Closed);
+        }
+        Ok(())
+    }
+}
+
+fn on_frame(shared: &Shared, returns: &mpsc::UnboundedSender<Returned>, text: &str) {
+    let frame: ServerFrame = match serde_json::from_str(text) {
+        Ok(frame) => frame,
+        Err(e) => {
+            tracing::warn!(error = %e, "undecodable frame from broker");
+            return;
+        }
+    };
+    let (id, result) = match frame {
+        ServerFrame::Deliver(delivery) => {
+            let consumers = shared.consumers.lock().unwrap();
+            if let Some(tx) = consumers.get(&*delivery.consumer_tag) {
+                let _ = tx.send(delivery);
+            }
+            return;
+        }
+        ServerFrame::Cancelled { consumer_tag, .. } => {
+            shared.consumers.lock().unwrap().remove(&consumer_tag);
+            return;
+        }
+        ServerFrame::Return {
+            id,
+            reason,
+            message,
+        } => {
+            let _ = returns.send(Returned {
+                id,
+                reason,
+                message,
+            });
+            return;
+        }
+        ServerFrame::Ok { id, result } => (id, Ok(result)),
+        ServerFrame::Confirm { id } => (id, Ok(serde_json::Value::Null)),
+        ServerFrame::Error { id, code, message } => {
+            let Some(id) = id else {
+                tracing::warn!(%code, %message, "broker reported an error");
+                return;
+            };
+            (id, Err(ClientError::Server { code, message }))
+        }
+    };
+    let RequestId::Num(id) = id else { return };
+    let Some(pending) = shared.pending.lock().unwrap().remove(&id) else {
+        if let Err(e) = result {
+            tracing::warn!(request = id, error = %e, "broker refused a request");
+        }
+        return;
+    };
+    if let (Ok(value), Some(deliveries)) = (&result, pending.deliveries)
+        && let Some(tag) = value.get("consumer_tag").and_then(|t| t.as_str())
+    {
+        // Registered before the caller is woken: deliveries may follow this reply at once.
+        shared
+            .consumers
+            .lock()
+            .unwrap()
+            .insert(tag.to_owned(), deliveries);
+    }
+    let _ = pending.reply.send(result);
+}

@@ -1,0 +1,111 @@
+//! The wire protocol: JSON text frames over WebSocket, one object per frame.
+//!
+//! Client → broker: a [`Request`] (`{"id": .., "op": "..", ...fields}`).
+//! Broker → client: a [`ServerFrame`] tagged by `type`: `ok`, `error`, `confirm`, `deliver`,
+//! `return`, `cancelled`. `docs/protocol.md` documents every operation and error code.
+
+mod error;
+mod ops;
+
+pub use error::{ErrorCode, ParseError, parse_request};
+pub use ops::*;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::message::Message;
+
+/// A client-chosen request id, echoed in the reply: a number or a string.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RequestId {
+    Num(u64),
+    Str(String),
+}
+
+impl From<u64> for RequestId {
+    fn from(n: u64) -> Self {
+        RequestId::Num(n)
+    }
+}
+
+/// One client request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    pub id: RequestId,
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+/// A frame the broker sends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// Success reply to request `id`; `result` depends on the operation (absent when empty).
+    Ok {
+        id: RequestId,
+        #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+        result: serde_json::Value,
+    },
+    /// Failure of request `id` (absent when the frame was too broken to carry one). For a
+    /// `publish` on a connection in confirm mode this is the negative confirm.
+    Error {
+        id: Option<RequestId>,
+        code: ErrorCode,
+        message: String,
+    },
+    /// A published message is safely stored in every queue it was routed to.
+    Confirm { id: RequestId },
+    /// A message for one of this connection's consumers.
+    Deliver(Delivery),
+    /// A `mandatory` message that no queue accepted, handed back to its publisher.
+    Return {
+        id: RequestId,
+        reason: ErrorCode,
+        message: Arc<Message>,
+    },
+    /// The broker ended a subscription (its queue was deleted).
+    Cancelled {
+        consumer_tag: String,
+        reason: String,
+    },
+}
+
+/// A message pushed to a consumer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Delivery {
+    pub consumer_tag: Arc<str>,
+    /// Connection-scoped tag to `ack` / `nack` / `reject` this delivery with.
+    pub delivery_tag: u64,
+    /// True when the message was delivered before (to anyone) and not acked.
+    pub redelivered: bool,
+    /// How many times the message has been delivered, this delivery included.
+    pub delivery_count: u32,
+    pub queue: Arc<str>,
+    pub message: Arc<Message>,
+}
+
+impl ServerFrame {
+    pub fn ok(id: RequestId) -> Self {
+        ServerFrame::Ok {
+            id,
+            result: serde_json::Value::Null,
+        }
+    }
+
+    pub fn ok_with(id: RequestId, result: impl Serialize) -> Self {
+        ServerFrame::Ok {
+            id,
+            result: serde_json::to_value(result).expect("results serialize to JSON"),
+        }
+    }
+
+    pub fn error(id: Option<RequestId>, code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerFrame::Error {
+            id,
+            code,
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The operations a client can request, and their results.
+
+use serde::{Deserialize, Serialize};
+
+use crate::message::{Headers, Message};
+
+/// A request's operation and its fields.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Turns on publisher confirms for this connection (like AMQP's `confirm.select`).
+    ConfirmSelect,
+    DeclareQueue(DeclareQueue),
+    DeleteQueue {
+        queue: String,
+        /// Refuse when the queue has consumers.
+        #[serde(default)]
+        if_unused: bool,
+        /// Refuse when the queue holds messages.
+        #[serde(default)]
+        if_empty: bool,
+    },
+    PurgeQueue {
+        queue: String,
+    },
+    QueueInfo {
+        queue: String,
+    },
+    ListQueues,
+    DeclareExchange(DeclareExchange),
+    DeleteExchange {
+        exchange: String,
+    },
+    Bind(Binding),
+    Unbind(Binding),
+    Publish(Publish),
+    Subscribe(Subscribe),
+    Cancel {
+        consumer_tag: String,
+    },
+    Ack {
+        delivery_tag: u64,
+        /// Also ack every earlier unacked delivery of this connection.
+        #[serde(default)]
+        multiple: bool,
+    },
+    Nack {
+        delivery_tag: u64,
+        #[serde(default)]
+        multiple: bool,
+        /// Put the message back in its queue (true) or drop / dead-letter it (false).
+        #[serde(default = "yes")]
+        requeue: bool,
+    },
+    Reject {
+        delivery_tag: u64,
+        #[serde(default)]
+        requeue: bool,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeclareQueue {
+    pub queue: String,
+    /// Survives a broker restart (with its persistent messages).
+    #[serde(default)]
+    pub durable: bool,
+    /// Owned by this connection and deleted when it closes.
+    #[serde(default)]
+    pub exclusive: bool,
+    /// Deleted when its last consumer cancels.
+    #[serde(default)]
+    pub auto_delete: bool,
+    /// Queue arguments; stored as given.
+    #[serde(default)]
+    pub arguments: Headers,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeclareExchange {
+    pub exchange: String,
+    /// The exchange type: the name of a loaded exchange plugin (`direct`, `topic`, ...).
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub durable: bool,
+    #[serde(default)]
+    pub arguments: Headers,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Binding {
+    pub exchange: String,
+    pub queue: String,
+    #[serde(default)]
+    pub key: String,
+    #[serde(default)]
+    pub arguments: Headers,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Publish {
+    #[serde(flatten)]
+    pub message: Message,
+    /// Return the message to the publisher when no queue accepts it.
+    #[serde(default)]
+    pub mandatory: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Subscribe {
+    pub queue: String,
+    /// Most unacked deliveries in flight to this consumer; 0 means unlimited.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u32,
+    /// The broker acks each delivery itself once it is written to the socket.
+    #[serde(default)]
+    pub auto_ack: bool,
+    /// Chosen by the broker when absent.
+    #[serde(default)]
+    pub consumer_tag: Option<String>,
+}
+
+pub const DEFAULT_PREFETCH: u32 = 100;
+
+fn default_prefetch() -> u32 {
+    DEFAULT_PREFETCH
+}
+
+/// Result of `declare_queue`, `queue_info` and each row of `list_queues`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueInfo {
+    pub queue: String,
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    /// Messages ready for delivery.
+    pub ready: u64,
+    /// Messages delivered and not yet acked.
+    pub unacked: u64,
+    pub consumers: u64,
+    #[serde(default)]
+    pub arguments: Headers,
+}
+
+/// Result of `list_queues`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueList {
+    pub queues: Vec<QueueInfo>,
+}
+
+/// Result of `purge_queue` and `delete_queue`: how many messages were removed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessageCount {
+    pub messages: u64,
+}
+
+/// Result of `subscribe`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Subscribed {
+    pub consumer_tag: String,
+}

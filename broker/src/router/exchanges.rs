@@ -1,0 +1,288 @@
+//! Exchanges, bindings and publishing: where a message goes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::queues::check_name;
+use super::{ExchangeState, OpError, Outbound, Reply, Router};
+use crate::exchange::{BindingId, ExchangeError};
+use crate::protocol::{Binding, DeclareExchange, ErrorCode, Publish, RequestId, ServerFrame};
+use crate::queue::ConnId;
+use crate::store::{ExchangeRecord, StoreOp};
+
+/// The default exchange: routes to the queue named by the routing key. Native, not a plugin.
+pub const DEFAULT_EXCHANGE: &str = "";
+
+impl From<ExchangeError> for OpError {
+    fn from(e: ExchangeError) -> Self {
+        let code = match &e {
+            ExchangeError::UnknownType(_) => ErrorCode::UnknownExchangeType,
+            ExchangeError::InvalidBinding(_) => ErrorCode::InvalidBinding,
+            ExchangeError::InvalidArguments(_) => ErrorCode::InvalidField,
+            ExchangeError::PluginFailed(_) => ErrorCode::PluginError,
+            ExchangeError::Unavailable(_) => ErrorCode::ExchangeUnavailable,
+        };
+        OpError::new(code, e.to_string())
+    }
+}
+
+fn default_exchange_refused(what: &str) -> OpError {
+    OpError::new(
+        ErrorCode::AccessRefused,
+        format!("the default exchange cannot be {what}"),
+    )
+}
+
+impl Router {
+    pub(super) fn declare_exchange(&mut self, declare: DeclareExchange) -> Result<Reply, OpError> {
+        if declare.exchange == DEFAULT_EXCHANGE {
+            return Err(default_exchange_refused("redeclared"));
+        }
+        check_name("exchange", &declare.exchange)?;
+        if let Some(existing) = self.exchanges.get(&declare.exchange) {
+            if existing.kind != declare.kind
+                || existing.durable != declare.durable
+                || existing.arguments != declare.arguments
+            {
+                return Err(OpError::new(
+                    ErrorCode::PreconditionFailed,
+                    format!(
+                        "exchange `{}` exists with a different type/durable/arguments",
+                        declare.exchange
+                    ),
+                ));
+            }
+            return Ok(Reply::Ok(serde_json::Value::Null));
+        }
+        let routing =
+            self.exchange_types
+                .create(&declare.kind, &declare.exchange, &declare.arguments)?;
+        if declare.durable {
+            self.batch.ops.push(StoreOp::PutExchange(ExchangeRecord {
+                name: declare.exchange.clone(),
+                kind: declare.kind.clone(),
+                arguments: declare.arguments.clone(),
+            }));
+        }
+        tracing::debug!(exchange = %declare.exchange, kind = %declare.kind, "exchange declared");
+        self.exchanges.insert(
+            declare.exchange,
+            ExchangeState {
+                kind: declare.kind,
+                durable: declare.durable,
+                arguments: declare.arguments,
+                routing,
+                bindings: HashMap::new(),
+            },
+        );
+        Ok(if declare.durable {
+            Reply::OkAfterCommit(serde_json::Value::Null)
+        } else {
+            Reply::Ok(serde_json::Value::Null)
+        })
+    }
+
+    pub(super) fn delete_exchange(&mut self, name: &str) -> Result<Reply, OpError> {
+        if name == DEFAULT_EXCHANGE {
+            return Err(default_exchange_refused("deleted"));
+        }
+        let exchange = self
+            .exchanges
+            .remove(name)
+            .ok_or_else(|| exchange_not_found(name))?;
+        if !exchange.durable {
+            return Ok(Reply::Ok(serde_json::Value::Null));
+        }
+        for id in exchange.bindings.keys() {
+            self.batch.ops.push(StoreOp::DeleteBinding(*id));
+        }
+        self.batch
+            .ops
+            .push(StoreOp::DeleteExchange(name.to_owned()));
+        Ok(Reply::OkAfterCommit(serde_json::Value::Null))
+    }
+
+    pub(super) fn bind(&mut self, binding: Binding) -> Result<Reply, OpError> {
+        if binding.exchange == DEFAULT_EXCHANGE {
+            return Err(default_exchange_refused("bound"));
+        }
+        let queue_durable = self.queue(&binding.queue)?.spec.durable;
+        let exchange = self
+            .exchanges
+            .get_mut(&binding.exchange)
+            .ok_or_else(|| exchange_not_found(&binding.exchange))?;
+        if exchange.bindings.values().any(|b| *b == binding) {
+            return Ok(Reply::Ok(serde_json::Value::Null));
+        }
+        exchange
+            .routing
+            .validate_binding(&binding.key, &binding.arguments)?;
+        let id = self.next_binding_id;
+        exchange
+            .routing
+            .bind(id, &binding.key, &binding.arguments)?;
+        self.next_binding_id += 1;
+        let durable = exchange.durable && queue_durable;
+        if durable {
+            self.batch
+                .ops
+                .push(StoreOp::PutBinding(id, binding.clone()));
+        }
+        exchange.bindings.insert(id, binding);
+        Ok(if durable {
+            Reply::OkAfterCommit(serde_json::Value::Null)
+        } else {
+            Reply::Ok(serde_json::Value::Null)
+        })
+    }
+
+    /// Unbinding a binding that does not exist succeeds (idempotent, as in AMQP).
+    pub(super) fn unbind(&mut self, binding: Binding) -> Result<Reply, OpError> {
+        if binding.exchange == DEFAULT_EXCHANGE {
+            return Err(default_exchange_refused("unbound"));
+        }
+        let exchange = self
+            .exchanges
+            .get_mut(&binding.exchange)
+            .ok_or_else(|| exchange_not_found(&binding.exchange))?;
+        let Some(id) = exchange
+            .bindings
+            .iter()
+            .find_map(|(id, b)| (*b == binding).then_some(*id))
+        else {
+            return Ok(Reply::Ok(serde_json::Value::Null));
+        };
+        exchange.routing.unbind(id)?;
+        exchange.bindings.remove(&id);
+        self.batch.ops.push(StoreOp::DeleteBinding(id));
+        Ok(Reply::OkAfterCommit(serde_json::Value::Null))
+    }
+
+    /// Re-adds a stored binding at startup; a binding whose exchange or queue is gone is
+    /// dropped from the store.
+    pub(super) fn restore_binding(&mut self, id: BindingId, binding: Binding) {
+        let queue_exists = self.queues.contains_key(binding.queue.as_str());
+        match self.exchanges.get_mut(&binding.exchange) {
+            Some(exchange) if queue_exists => {
+                match exchange.routing.bind(id, &binding.key, &binding.arguments) {
+                    Ok(()) => {
+                        exchange.bindings.insert(id, binding);
+                    }
+                    Err(e) => tracing::error!(binding = id, error = %e, "cannot restore binding"),
+                }
+            }
+            Some(_) => self.batch.ops.push(StoreOp::DeleteBinding(id)),
+            None => {} // its exchange's type is not loaded; keep it for when it is
+        }
+    }
+
+    /// Removes every binding to `queue` (the queue is being deleted).
+    pub(super) fn remove_bindings_to(&mut self, queue: &str) {
+        for exchange in self.exchanges.values_mut() {
+            let ids: Vec<BindingId> = exchange
+                .bindings
+                .iter()
+                .filter(|(_, b)| b.queue == queue)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in ids {
+                if let Err(e) = exchange.routing.unbind(id) {
+                    tracing::warn!(binding = id, error = %e, "exchange refused unbind");
+                }
+                exchange.bindings.remove(&id);
+                self.batch.ops.push(StoreOp::DeleteBinding(id));
+            }
+        }
+    }
+
+    pub(super) fn publish(
+        &mut self,
+        conn: ConnId,
+        id: &RequestId,
+        publish: Publish,
+    ) -> Result<Reply, OpError> {
+        let Publish {
+            mut message,
+            mandatory,
+        } = publish;
+        if message.properties.timestamp.is_none() {
+            message.properties.timestamp = Some(now_ms());
+        }
+        let destinations = self.route(&message)?;
+        let confirms = self.conns.get(&conn).is_some_and(|c| c.confirms);
+        let message = Arc::new(message);
+        if destinations.is_empty() && mandatory {
+            if let Some(c) = self.conns.get(&conn) {
+                let _ = c.tx.send(Outbound::Frame(ServerFrame::Return {
+                    id: id.clone(),
+                    reason: ErrorCode::Unroutable,
+                    message: message.clone(),
+                }));
+            }
+        }
+        let mut stored = false;
+        for name in destinations {
+            let queue = self
+                .queues
+                .get_mut(&name)
+                .expect("routed to existing queues");
+            let persist = message.properties.persistent && queue.spec.durable;
+            let seq = queue.push(message.clone(), persist);
+            if persist {
+                stored = true;
+                self.batch.ops.push(StoreOp::PutMessage {
+                    queue: queue.id,
+                    seq,
+                    message: message.clone(),
+                });
+            }
+            self.dirty.insert(name);
+        }
+        Ok(match (confirms, stored) {
+            (false, _) => Reply::Silent,
+            (true, false) => Reply::Confirm,
+            (true, true) => Reply::ConfirmAfterCommit,
+        })
+    }
+
+    /// The queues a message goes to, each once.
+    fn route(&mut self, message: &crate::message::Message) -> Result<Vec<Arc<str>>, OpError> {
+        if message.exchange == DEFAULT_EXCHANGE {
+            return Ok(self
+                .queues
+                .get_key_value(message.routing_key.as_str())
+                .map(|(name, _)| vec![name.clone()])
+                .unwrap_or_default());
+        }
+        let exchange = self
+            .exchanges
+            .get_mut(&message.exchange)
+            .ok_or_else(|| exchange_not_found(&message.exchange))?;
+        self.route_buf.clear();
+        exchange.routing.route(message, &mut self.route_buf)?;
+        let mut destinations: Vec<Arc<str>> = Vec::with_capacity(self.route_buf.len());
+        for id in &self.route_buf {
+            let Some(binding) = exchange.bindings.get(id) else {
+                let message = format!("exchange returned unknown binding id {id}");
+                return Err(OpError::new(ErrorCode::PluginError, message));
+            };
+            if let Some((name, _)) = self.queues.get_key_value(binding.queue.as_str())
+                && !destinations.contains(name)
+            {
+                destinations.push(name.clone());
+            }
+        }
+        Ok(destinations)
+    }
+}
+
+fn exchange_not_found(name: &str) -> OpError {
+    OpError::new(ErrorCode::ExchangeNotFound, format!("no exchange `{name}`"))
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

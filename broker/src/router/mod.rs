@@ -1,0 +1,326 @@
+//! The router: the one owner of queues, exchanges, bindings and consumers.
+//!
+//! Connections talk to it over a channel ([`RouterHandle`]), as in rumqttd's router; it
+//! never blocks on I/O. Each turn it takes every waiting command, applies them, hands
+//! messages to consumers, and submits the turn's store operations as one batch to the
+//! store writer, whose commit then confirms to publishers.
+
+mod consumers;
+mod exchanges;
+mod queues;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::exchange::{BindingId, Exchange, ExchangeTypes};
+use crate::protocol::{Binding, Delivery, ErrorCode, Op, Request, RequestId, ServerFrame};
+use crate::queue::{ConnId, Queue};
+use crate::store::{CommitError, Recovered, StoreWriter, WriteBatch};
+
+/// What the router sends a connection's writer.
+#[derive(Debug)]
+pub enum Outbound {
+    Frame(ServerFrame),
+    /// A delivery to an auto-ack consumer: the connection reports it back as written
+    /// ([`Command::Written`]) and that settles it.
+    AutoAckDelivery(Delivery),
+}
+
+/// A connection's outbound channel.
+pub type ConnTx = mpsc::UnboundedSender<Outbound>;
+
+/// What connections ask of the router.
+#[derive(Debug)]
+pub enum Command {
+    Open {
+        conn: ConnId,
+        tx: ConnTx,
+    },
+    Close {
+        conn: ConnId,
+    },
+    Request {
+        conn: ConnId,
+        request: Request,
+    },
+    /// Auto-ack deliveries that reached the socket.
+    Written {
+        conn: ConnId,
+        delivery_tags: Vec<u64>,
+    },
+    /// Commit what is pending, close the store, then answer.
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// Cheap, cloneable sender of commands to the router.
+#[derive(Debug, Clone)]
+pub struct RouterHandle {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl RouterHandle {
+    /// Sends a command; false when the router has stopped.
+    pub fn send(&self, command: Command) -> bool {
+        self.tx.send(command).is_ok()
+    }
+
+    /// Asks the router to commit and close the store; returns when it has.
+    pub async fn shutdown(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.send(Command::Shutdown { done }) {
+            let _ = wait.await;
+        }
+    }
+}
+
+/// An operation's failure, answered as an `error` frame.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct OpError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl OpError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        OpError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// How an operation is answered.
+pub(crate) enum Reply {
+    /// No success reply (acks, publishes without confirms).
+    Silent,
+    Ok(serde_json::Value),
+    /// `ok` once this turn's store batch has committed.
+    OkAfterCommit(serde_json::Value),
+    Confirm,
+    /// `confirm` once this turn's store batch has committed.
+    ConfirmAfterCommit,
+}
+
+/// A connection as the router knows it.
+struct Conn {
+    tx: ConnTx,
+    confirms: bool,
+    next_delivery_tag: u64,
+    /// Delivery tag → (queue, sequence) of every unsettled delivery.
+    unacked: BTreeMap<u64, (Arc<str>, u64)>,
+    /// (queue, consumer tag) of each of its consumers.
+    consumers: Vec<(Arc<str>, Arc<str>)>,
+    /// For broker-chosen consumer tags and queue names.
+    next_generated: u64,
+}
+
+/// A declared exchange and its bindings.
+struct ExchangeState {
+    kind: String,
+    durable: bool,
+    arguments: crate::message::Headers,
+    routing: Box<dyn Exchange>,
+    bindings: HashMap<BindingId, Binding>,
+}
+
+pub struct Router {
+    queues: HashMap<Arc<str>, Queue>,
+    exchanges: HashMap<String, ExchangeState>,
+    exchange_types: Arc<dyn ExchangeTypes>,
+    conns: HashMap<ConnId, Conn>,
+    store: Option<StoreWriter>,
+    /// Store operations and commit waiters of the current turn.
+    batch: WriteBatch,
+    /// Queues that may have something to deliver at the end of the turn.
+    dirty: HashSet<Arc<str>>,
+    next_queue_id: u64,
+    next_binding_id: BindingId,
+    /// Reused buffer for exchange routing results.
+    route_buf: Vec<BindingId>,
+}
+
+impl Router {
+    /// Builds the router from recovered state and starts it on the current runtime.
+    pub fn spawn(
+        recovered: Recovered,
+        store: StoreWriter,
+        exchange_types: Arc<dyn ExchangeTypes>,
+    ) -> RouterHandle {
+        let router = Router::recover(recovered, store, exchange_types);
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(router.run(rx));
+        RouterHandle { tx }
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        let mut commands = Vec::with_capacity(512);
+        while rx.recv_many(&mut commands, 512).await > 0 {
+            for command in commands.drain(..) {
+                match command {
+                    Command::Open { conn, tx } => self.open_conn(conn, tx),
+                    Command::Close { conn } => self.close_conn(conn),
+                    Command::Request { conn, request } => self.request(conn, request),
+                    Command::Written {
+                        conn,
+                        delivery_tags,
+                    } => self.settle_written(conn, delivery_tags),
+                    Command::Shutdown { done } => {
+                        self.shutdown().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                }
+            }
+            self.dispatch();
+            self.flush();
+        }
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
+        self.flush();
+        if let Some(store) = self.store.take() {
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        }
+        tracing::info!("router stopped; store closed");
+    }
+
+    /// Submits the turn's store batch.
+    fn flush(&mut self) {
+        let batch = std::mem::take(&mut self.batch);
+        if let Some(store) = &self.store {
+            store.submit(batch);
+        }
+    }
+
+    fn open_conn(&mut self, conn: ConnId, tx: ConnTx) {
+        self.conns.insert(
+            conn,
+            Conn {
+                tx,
+                confirms: false,
+                next_delivery_tag: 1,
+                unacked: BTreeMap::new(),
+                consumers: Vec::new(),
+                next_generated: 1,
+            },
+        );
+    }
+
+    fn request(&mut self, conn: ConnId, request: Request) {
+        if !self.conns.contains_key(&conn) {
+            return;
+        }
+        let Request { id, op } = request;
+        let result = match op {
+            Op::ConfirmSelect => self.confirm_select(conn),
+            Op::DeclareQueue(declare) => self.declare_queue(conn, declare),
+            Op::DeleteQueue {
+                queue,
+                if_unused,
+                if_empty,
+            } => self.delete_queue(conn, &queue, if_unused, if_empty),
+            Op::PurgeQueue { queue } => self.purge_queue(conn, &queue),
+            Op::QueueInfo { queue } => self.queue_info(&queue),
+            Op::ListQueues => Ok(self.list_queues()),
+            Op::DeclareExchange(declare) => self.declare_exchange(declare),
+            Op::DeleteExchange { exchange } => self.delete_exchange(&exchange),
+            Op::Bind(binding) => self.bind(binding),
+            Op::Unbind(binding) => self.unbind(binding),
+            Op::Publish(publish) => self.publish(conn, &id, publish),
+            Op::Subscribe(subscribe) => self.subscribe(conn, subscribe),
+            Op::Cancel { consumer_tag } => self.cancel(conn, &consumer_tag),
+            Op::Ack {
+                delivery_tag,
+                multiple,
+            } => self.settle(conn, delivery_tag, multiple, Settle::Ack),
+            Op::Nack {
+                delivery_tag,
+                multiple,
+                requeue,
+            } => self.settle(conn, delivery_tag, multiple, Settle::from_requeue(requeue)),
+            Op::Reject {
+                delivery_tag,
+                requeue,
+            } => self.settle(conn, delivery_tag, false, Settle::from_requeue(requeue)),
+        };
+        self.answer(conn, id, result);
+    }
+
+    fn answer(&mut self, conn: ConnId, id: RequestId, result: Result<Reply, OpError>) {
+        let Some(tx) = self.conns.get(&conn).map(|c| c.tx.clone()) else {
+            return;
+        };
+        let frame = match result {
+            Ok(Reply::Silent) => return,
+            Ok(Reply::Ok(result)) => ServerFrame::Ok { id, result },
+            Ok(Reply::Confirm) => ServerFrame::Confirm { id },
+            Ok(Reply::OkAfterCommit(result)) => {
+                return self.after_commit(tx, ServerFrame::Ok { id, result });
+            }
+            Ok(Reply::ConfirmAfterCommit) => {
+                return self.after_commit(tx, ServerFrame::Confirm { id });
+            }
+            Err(e) => ServerFrame::error(Some(id), e.code, e.message),
+        };
+        let _ = tx.send(Outbound::Frame(frame));
+    }
+
+    /// Sends `frame` once the current turn's batch commits, or a `store_error` if it fails.
+    fn after_commit(&mut self, tx: ConnTx, frame: ServerFrame) {
+        self.batch
+            .completions
+            .push(Box::new(move |result: Result<(), CommitError>| {
+                let frame = match (result, frame) {
+                    (Ok(()), frame) => frame,
+                    (Err(e), ServerFrame::Ok { id, .. } | ServerFrame::Confirm { id }) => {
+                        ServerFrame::error(Some(id), ErrorCode::StoreError, e.to_string())
+                    }
+                    (Err(_), other) => other,
+                };
+                let _ = tx.send(Outbound::Frame(frame));
+            }));
+    }
+
+    fn confirm_select(&mut self, conn: ConnId) -> Result<Reply, OpError> {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.confirms = true;
+        }
+        Ok(Reply::Ok(serde_json::Value::Null))
+    }
+
+    /// A broker-chosen name unique for this run: `{prefix}-{conn}-{n}`.
+    fn generate_name(&mut self, conn: ConnId, prefix: &str) -> String {
+        let c = self
+            .conns
+            .get_mut(&conn)
+            .expect("requests come from open connections");
+        c.next_generated += 1;
+        format!("{prefix}-{conn}-{}", c.next_generated - 1)
+    }
+}
+
+/// What to do with a settled delivery.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Settle {
+    /// Processed: remove it.
+    Ack,
+    /// Put it back in its queue.
+    Requeue,
+    /// Refused without requeue: remove it.
+    Discard,
+}
+
+impl Settle {
+    fn from_requeue(requeue: bool) -> Self {
+        if requeue {
+            Settle::Requeue
+        } else {
+            Settle::Discard
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! Queue operations: recovery, declare, delete, purge, info.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::{ExchangeState, OpError, Reply, Router};
+use crate::exchange::ExchangeTypes;
+use crate::protocol::{DeclareQueue, ErrorCode, MessageCount, QueueInfo, QueueList, ServerFrame};
+use crate::queue::{ConnId, Entry, Queue, QueueSpec};
+use crate::store::{QueueRecord, Recovered, StoreOp, StoreWriter, WriteBatch};
+
+/// Longest queue or exchange name, in bytes (AMQP's short string).
+pub(crate) const MAX_NAME_LEN: usize = 255;
+
+pub(crate) fn check_name(what: &str, name: &str) -> Result<(), OpError> {
+    if name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+        return Err(OpError::new(
+            ErrorCode::InvalidField,
+            format!("{what} name must be at most {MAX_NAME_LEN} bytes without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+impl Router {
+    pub(super) fn recover(
+        recovered: Recovered,
+        store: StoreWriter,
+        exchange_types: Arc<dyn ExchangeTypes>,
+    ) -> Self {
+        let mut router = Router {
+            queues: HashMap::new(),
+            exchanges: HashMap::new(),
+            exchange_types,
+            conns: HashMap::new(),
+            store: Some(store),
+            batch: WriteBatch::default(),
+            dirty: HashSet::new(),
+            next_queue_id: 1,
+            next_binding_id: 1,
+            route_buf: Vec::new(),
+        };
+        let mut messages = 0;
+        for stored in recovered.queues {
+            let record = stored.record;
+            router.next_queue_id = router.next_queue_id.max(record.id + 1);
+            let spec = QueueSpec {
+                durable: true,
+                exclusive_owner: None,
+                auto_delete: record.auto_delete,
+                arguments: record.arguments,
+            };
+            let name: Arc<str> = record.name.into();
+            let mut queue = Queue::new(name.clone(), record.id, spec);
+            messages += stored.messages.len();
+            for m in stored.messages {
+                let mut entry = Entry::new(m.seq, m.message, true);
+                entry.delivery_count = m.delivery_count;
+                queue.restore(entry);
+            }
+            router.queues.insert(name, queue);
+        }
+        for record in recovered.exchanges {
+            match router
+                .exchange_types
+                .create(&record.kind, &record.name, &record.arguments)
+            {
+                Ok(routing) => {
+                    let state = ExchangeState {
+                        kind: record.kind,
+                        durable: true,
+                        arguments: record.arguments,
+                        routing,
+                        bindings: HashMap::new(),
+                    };
+                    router.exchanges.insert(record.name, state);
+                }
+                Err(e) => tracing::error!(
+                    exchange = %record.name, kind = %record.kind, error = %e,
+                    "cannot restore exchange; it stays stored and returns once its type is loaded"
+                ),
+            }
+        }
+        for (id, binding) in recovered.bindings {
+            router.next_binding_id = router.next_binding_id.max(id + 1);
+            router.restore_binding(id, binding);
+        }
+        tracing::info!(
+            queues = router.queues.len(),
+            exchanges = router.exchanges.len(),
+            messages,
+            "recovered stored state"
+        );
+        router
+    }
+
+    pub(super) fn declare_queue(
+        &mut self,
+        conn: ConnId,
+        declare: DeclareQueue,
+    ) -> Result<Reply, OpError> {
+        check_name("queue", &declare.queue)?;
+        let name = if declare.queue.is_empty() {
+            self.generate_name(conn, "gen")
+        } else {
+            declare.queue
+        };
+        let spec = QueueSpec {
+            durable: declare.durable,
+            exclusive_owner: declare.exclusive.then_some(conn),
+            auto_delete: declare.auto_delete,
+            arguments: declare.arguments,
+        };
+        if let Some(queue) = self.queues.get(name.as_str()) {
+            check_access(queue, conn)?;
+            if queue.spec != spec {
+                return Err(OpError::new(
+                    ErrorCode::PreconditionFailed,
+                    format!(
+                        "queue `{name}` exists with different durable/exclusive/auto_delete/arguments"
+                    ),
+                ));
+            }
+            return Ok(Reply::Ok(to_json(info(queue))));
+        }
+        let id = self.next_queue_id;
+        self.next_queue_id += 1;
+        let name: Arc<str> = name.into();
+        let queue = Queue::new(name.clone(), id, spec);
+        let result = to_json(info(&queue));
+        let stored = queue.spec.durable && queue.spec.exclusive_owner.is_none();
+        if stored {
+            self.batch.ops.push(StoreOp::PutQueue(QueueRecord {
+                id,
+                name: name.to_string(),
+                auto_delete: queue.spec.auto_delete,
+                arguments: queue.spec.arguments.clone(),
+            }));
+        }
+        tracing::debug!(queue = %name, durable = queue.spec.durable, "queue declared");
+        self.queues.insert(name, queue);
+        Ok(if stored {
+            Reply::OkAfterCommit(result)
+        } else {
+            Reply::Ok(result)
+        })
+    }
+
+    pub(super) fn delete_queue(
+        &mut self,
+        conn: ConnId,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> Result<Reply, OpError> {
+        let queue = self.queue(name)?;
+        check_access(queue, conn)?;
+        if if_unused && queue.consumer_count() > 0 {
+            let message = format!("queue `{name}` has consumers");
+            return Err(OpError::new(ErrorCode::PreconditionFailed, message));
+        }
+        if if_empty && queue.ready_len() + queue.unacked_len() > 0 {
+            let message = format!("queue `{name}` is not empty");
+            return Err(OpError::new(ErrorCode::PreconditionFailed, message));
+        }
+        let (messages, stored) = self.remove_queue(name, "queue deleted");
+        let result = to_json(MessageCount { messages });
+        Ok(if stored {
+            Reply::OkAfterCommit(result)
+        } else {
+            Reply::Ok(result)
+        })
+    }
+
+    /// Removes a queue with its consumers and bindings; returns how many messages it held
+    /// and whether the store was touched.
+    pub(super) fn remove_queue(&mut self, name: &str, reason: &str) -> (u64, bool) {
+        let Some(mut queue) = self.queues.remove(name) else {
+            return (0, false);
+        };
+        for consumer in queue.consumers().to_vec() {
+            if let Some(conn) = self.conns.get_mut(&consumer.conn) {
+                conn.consumers
+                    .retain(|(q, tag)| !(&**q == name && *tag == consumer.tag));
+                let _ = conn.tx.send(super::Outbound::Frame(ServerFrame::Cancelled {
+                    consumer_tag: consumer.tag.to_string(),
+                    reason: reason.to_owned(),
+                }));
+            }
+        }
+        self.remove_bindings_to(name);
+        let messages = queue.drain_all().len() as u64;
+        let stored = queue.spec.durable && queue.spec.exclusive_owner.is_none();
+        if stored {
+            self.batch.ops.push(StoreOp::DeleteQueue {
+                name: name.to_owned(),
+                id: queue.id,
+            });
+        }
+        tracing::debug!(queue = %name, messages, reason, "queue removed");
+        (messages, stored)
+    }
+
+    pub(super) fn purge_queue(&mut self, conn: ConnId, name: &str) -> Result<Reply, OpError> {
+        check_access(self.queue(name)?, conn)?;
+        let queue = self.queues.get_mut(name).expect("checked above");
+        let purged = queue.purge();
+        let queue_id = queue.id;
+        let mut stored = false;
+        for entry in &purged {
+            if entry.stored {
+                stored = true;
+                self.batch.ops.push(StoreOp::DeleteMessage {
+                    queue: queue_id,
+                    seq: entry.seq,
+                    counted: entry.count_stored,
+                });
+            }
+        }
+        let result = to_json(MessageCount {
+            messages: purged.len() as u64,
+        });
+        Ok(if stored {
+            Reply::OkAfterCommit(result)
+        } else {
+            Reply::Ok(result)
+        })
+    }
+
+    pub(super) fn queue_info(&self, name: &str) -> Result<Reply, OpError> {
+        Ok(Reply::Ok(to_json(info(self.queue(name)?))))
+    }
+
+    pub(super) fn list_queues(&self) -> Reply {
+        let mut queues: Vec<QueueInfo> = self.queues.values().map(info).collect();
+        queues.sort_by(|a, b| a.queue.cmp(&b.queue));
+        Reply::Ok(to_json(QueueList { queues }))
+    }
+
+    pub(super) fn queue(&self, name: &str) -> Result<&Queue, OpError> {
+        self.queues
+            .get(name)
+            .ok_or_else(|| OpError::new(ErrorCode::QueueNotFound, format!("no queue `{name}`")))
+    }
+}
+
+/// An exclusive queue is usable only by the connection that declared it.
+pub(super) fn check_access(queue: &Queue, conn: ConnId) -> Result<(), OpError> {
+    match queue.spec.exclusive_owner {
+        Some(owner) if owner != conn => Err(OpError::new(
+            ErrorCode::ResourceLocked,
+            format!("queue `{}` is exclusive to another connection", queue.name),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn info(queue: &Queue) -> QueueInfo {
+    QueueInfo {
+        queue: queue.name.to_string(),
+        durable: queue.spec.durable,
+        exclusive: queue.spec.exclusive_owner.is_some(),
+        auto_delete: queue.spec.auto_delete,
+        ready: queue.ready_len() as u64,
+        unacked: queue.unacked_len() as u64,
+        consumers: queue.consumer_count() as u64,
+        arguments: queue.spec.arguments.clone(),
+    }
+}
+
+fn to_json(value: impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(value).expect("results serialize to JSON")
+}

@@ -1,0 +1,45 @@
+//! Store errors, one enum per operation kind.
+
+/// The data directory or database could not be opened or read at startup.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open database {path}: {source}")]
+    Database {
+        path: std::path::PathBuf,
+        source: redb::DatabaseError,
+    },
+    #[error("cannot read stored state: {0}")]
+    Read(#[from] redb::Error),
+    #[error("corrupt record in table `{table}`: {reason}")]
+    Corrupt { table: &'static str, reason: String },
+}
+
+/// Lets `?` lift each of redb's per-operation errors into an operation's own error.
+macro_rules! from_redb {
+    ($target:ty: $($source:ty),*) => {$(
+        impl From<$source> for $target {
+            fn from(e: $source) -> Self {
+                Self::from(redb::Error::from(e))
+            }
+        }
+    )*};
+}
+
+from_redb!(OpenError: redb::TransactionError, redb::TableError, redb::StorageError);
+from_redb!(CommitError: redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+
+/// A write batch failed to commit; none of its operations took effect.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("store commit failed: {0}")]
+pub struct CommitError(pub String);
+
+impl From<redb::Error> for CommitError {
+    fn from(e: redb::Error) -> Self {
+        CommitError(e.to_string())
+    }
+}

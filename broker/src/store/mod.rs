@@ -1,0 +1,152 @@
+//! Durable state in one redb file. This module is the only one that touches redb.
+//!
+//! Reads happen once, at startup ([`open`] returns everything to recover); afterwards all
+//! writes go through the [`writer`] thread, which batches everyone's operations into one
+//! write transaction per commit (group commit) and reports each commit to its waiters.
+
+mod error;
+mod writer;
+
+pub use error::{CommitError, OpenError};
+pub use writer::{Completion, StoreOp, StoreWriter, WriteBatch};
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::exchange::BindingId;
+use crate::message::{Headers, Message, decode_stored};
+use crate::protocol::Binding;
+
+/// Durable queues by name.
+const QUEUES: TableDefinition<&str, &[u8]> = TableDefinition::new("queues");
+/// Durable exchanges by name.
+const EXCHANGES: TableDefinition<&str, &[u8]> = TableDefinition::new("exchanges");
+/// Bindings by id.
+const BINDINGS: TableDefinition<u64, &[u8]> = TableDefinition::new("bindings");
+/// Persistent messages of durable queues by (queue id, sequence).
+const MESSAGES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("messages");
+/// Delivery counts of messages delivered and returned to their queue at least once; kept
+/// apart from MESSAGES so a redelivery does not rewrite the body.
+const DELIVERIES: TableDefinition<(u64, u64), u32> = TableDefinition::new("deliveries");
+
+/// The name of the database file inside the data directory.
+pub const DB_FILE: &str = "broker.redb";
+
+/// A durable queue as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueRecord {
+    pub id: u64,
+    pub name: String,
+    #[serde(default)]
+    pub auto_delete: bool,
+    #[serde(default)]
+    pub arguments: Headers,
+}
+
+/// A durable exchange as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExchangeRecord {
+    pub name: String,
+    pub kind: String,
+    #[serde(default)]
+    pub arguments: Headers,
+}
+
+/// A stored message of a recovered queue.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub seq: u64,
+    pub delivery_count: u32,
+    pub message: Arc<Message>,
+}
+
+/// A durable queue and its persistent messages, in sequence order.
+#[derive(Debug, Clone)]
+pub struct RecoveredQueue {
+    pub record: QueueRecord,
+    pub messages: Vec<StoredMessage>,
+}
+
+/// Everything the broker recovers at startup.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub queues: Vec<RecoveredQueue>,
+    pub exchanges: Vec<ExchangeRecord>,
+    pub bindings: Vec<(BindingId, Binding)>,
+}
+
+/// Opens (or creates) the database in `data_dir`, reads what to recover, and starts the
+/// writer thread.
+pub fn open(data_dir: &Path) -> Result<(Recovered, StoreWriter), OpenError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| OpenError::DataDir {
+        path: data_dir.to_owned(),
+        source,
+    })?;
+    let path = data_dir.join(DB_FILE);
+    let db = Database::create(&path).map_err(|source| OpenError::Database { path, source })?;
+    create_tables(&db)?;
+    let recovered = recover(&db)?;
+    Ok((recovered, StoreWriter::start(db)))
+}
+
+fn create_tables(db: &Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    txn.open_table(QUEUES)?;
+    txn.open_table(EXCHANGES)?;
+    txn.open_table(BINDINGS)?;
+    txn.open_table(MESSAGES)?;
+    txn.open_table(DELIVERIES)?;
+    txn.commit()?;
+    Ok(())
+}
+
+fn corrupt(table: &'static str) -> impl Fn(String) -> OpenError {
+    move |reason| OpenError::Corrupt { table, reason }
+}
+
+fn recover(db: &Database) -> Result<Recovered, OpenError> {
+    let txn = db.begin_read()?;
+    let messages = txn.open_table(MESSAGES)?;
+    let deliveries = txn.open_table(DELIVERIES)?;
+    let mut recovered = Recovered::default();
+
+    for entry in txn.open_table(QUEUES)?.iter()? {
+        let (_, value) = entry?;
+        let record: QueueRecord =
+            serde_json::from_slice(value.value()).map_err(|e| corrupt("queues")(e.to_string()))?;
+        let mut stored = Vec::new();
+        for entry in messages.range((record.id, 0)..=(record.id, u64::MAX))? {
+            let (key, value) = entry?;
+            let (_, seq) = key.value();
+            let message = decode_stored(value.value()).map_err(corrupt("messages"))?;
+            let delivery_count = deliveries
+                .get((record.id, seq))?
+                .map_or(0, |count| count.value());
+            stored.push(StoredMessage {
+                seq,
+                delivery_count,
+                message: Arc::new(message),
+            });
+        }
+        recovered.queues.push(RecoveredQueue {
+            record,
+            messages: stored,
+        });
+    }
+    for entry in txn.open_table(EXCHANGES)?.iter()? {
+        let (_, value) = entry?;
+        let record = serde_json::from_slice(value.value())
+            .map_err(|e| corrupt("exchanges")(e.to_string()))?;
+        recovered.exchanges.push(record);
+    }
+    for entry in txn.open_table(BINDINGS)?.iter()? {
+        let (key, value) = entry?;
+        let binding = serde_json::from_slice(value.value())
+            .map_err(|e| corrupt("bindings")(e.to_string()))?;
+        recovered.bindings.push((key.value(), binding));
+    }
+    Ok(recovered)
+}

@@ -1,0 +1,222 @@
+//! The single writer: one thread owns the write side of the database and commits
+//! everybody's operations together (group commit).
+//!
+//! Batches are sized by load, not by a timer: while one commit's fsync runs, the next
+//! operations queue up in the channel, and the next transaction takes all of them. At low
+//! load a batch is one operation and commits at once; at high load one fsync covers
+//! thousands of messages.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread;
+
+use redb::{Database, WriteTransaction};
+
+use super::{
+    BINDINGS, CommitError, DELIVERIES, EXCHANGES, ExchangeRecord, MESSAGES, QUEUES, QueueRecord,
+};
+use crate::exchange::BindingId;
+use crate::message::{Message, encode_stored};
+use crate::protocol::Binding;
+
+/// One change to durable state.
+#[derive(Debug)]
+pub enum StoreOp {
+    PutQueue(QueueRecord),
+    /// Removes the queue and all its messages.
+    DeleteQueue {
+        name: String,
+        id: u64,
+    },
+    PutExchange(ExchangeRecord),
+    DeleteExchange(String),
+    PutBinding(BindingId, Binding),
+    DeleteBinding(BindingId),
+    PutMessage {
+        queue: u64,
+        seq: u64,
+        message: Arc<Message>,
+    },
+    /// Removes a message (and its delivery count when it has one).
+    DeleteMessage {
+        queue: u64,
+        seq: u64,
+        counted: bool,
+    },
+    SetDeliveryCount {
+        queue: u64,
+        seq: u64,
+        count: u32,
+    },
+}
+
+/// Runs once the batch holding it has committed (or failed to).
+pub type Completion = Box<dyn FnOnce(Result<(), CommitError>) + Send>;
+
+/// Operations to apply in order, and who to tell when they are durable.
+#[derive(Default)]
+pub struct WriteBatch {
+    pub ops: Vec<StoreOp>,
+    pub completions: Vec<Completion>,
+}
+
+impl WriteBatch {
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.completions.is_empty()
+    }
+}
+
+enum Request {
+    Write(WriteBatch),
+    /// Commit what is queued, then stop and close the database.
+    Close,
+}
+
+/// Handle to the writer thread.
+pub struct StoreWriter {
+    tx: mpsc::Sender<Request>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl StoreWriter {
+    pub(super) fn start(db: Database) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let thread = thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || run(db, rx))
+            .expect("spawning the store writer thread");
+        StoreWriter {
+            tx,
+            thread: Some(thread),
+        }
+    }
+
+    /// Queues a batch; its completions run after the commit that includes it.
+    pub fn submit(&self, batch: WriteBatch) {
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(mpsc::SendError(Request::Write(batch))) = self.tx.send(Request::Write(batch)) {
+            fail_all(
+                batch.completions,
+                &CommitError("the store is closed".into()),
+            );
+        }
+    }
+
+    /// Commits everything submitted so far, closes the database and waits for the thread.
+    pub fn close(mut self) {
+        let _ = self.tx.send(Request::Close);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn fail_all(completions: Vec<Completion>, err: &CommitError) {
+    for done in completions {
+        done(Err(err.clone()));
+    }
+}
+
+fn run(db: Database, rx: mpsc::Receiver<Request>) {
+    let mut encode_buf = Vec::new();
+    let mut closing = false;
+    while !closing {
+        let Ok(first) = rx.recv() else { break };
+        let mut batches = Vec::new();
+        // Take everything already waiting: that is the group in group commit.
+        for request in std::iter::once(first).chain(rx.try_iter()) {
+            match request {
+                Request::Write(batch) => batches.push(batch),
+                Request::Close => closing = true,
+            }
+        }
+        let result = commit(&db, &batches, &mut encode_buf);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "store commit failed");
+        }
+        for batch in batches {
+            match &result {
+                Ok(()) => batch.completions.into_iter().for_each(|done| done(Ok(()))),
+                Err(e) => fail_all(batch.completions, e),
+            }
+        }
+    }
+    tracing::debug!("store writer closed");
+}
+
+fn commit(db: &Database, batches: &[WriteBatch], buf: &mut Vec<u8>) -> Result<(), CommitError> {
+    if batches.iter().all(|b| b.ops.is_empty()) {
+        return Ok(());
+    }
+    let txn = db.begin_write()?;
+    apply(&txn, batches.iter().flat_map(|b| &b.ops), buf)?;
+    txn.commit()?;
+    Ok(())
+}
+
+fn apply<'a>(
+    txn: &WriteTransaction,
+    ops: impl Iterator<Item = &'a StoreOp>,
+    buf: &mut Vec<u8>,
+) -> Result<(), CommitError> {
+    let mut queues = txn.open_table(QUEUES)?;
+    let mut exchanges = txn.open_table(EXCHANGES)?;
+    let mut bindings = txn.open_table(BINDINGS)?;
+    let mut messages = txn.open_table(MESSAGES)?;
+    let mut deliveries = txn.open_table(DELIVERIES)?;
+    for op in ops {
+        match op {
+            StoreOp::PutQueue(record) => {
+                queues.insert(record.name.as_str(), json(record).as_slice())?;
+            }
+            StoreOp::DeleteQueue { name, id } => {
+                queues.remove(name.as_str())?;
+                let range = (*id, 0)..=(*id, u64::MAX);
+                messages.retain_in(range.clone(), |_, _| false)?;
+                deliveries.retain_in(range, |_, _| false)?;
+            }
+            StoreOp::PutExchange(record) => {
+                exchanges.insert(record.name.as_str(), json(record).as_slice())?;
+            }
+            StoreOp::DeleteExchange(name) => {
+                exchanges.remove(name.as_str())?;
+            }
+            StoreOp::PutBinding(id, binding) => {
+                bindings.insert(*id, json(binding).as_slice())?;
+            }
+            StoreOp::DeleteBinding(id) => {
+                bindings.remove(*id)?;
+            }
+            StoreOp::PutMessage {
+                queue,
+                seq,
+                message,
+            } => {
+                buf.clear();
+                encode_stored(message, buf);
+                messages.insert((*queue, *seq), buf.as_slice())?;
+            }
+            StoreOp::DeleteMessage {
+                queue,
+                seq,
+                counted,
+            } => {
+                messages.remove((*queue, *seq))?;
+                if *counted {
+                    deliveries.remove((*queue, *seq))?;
+                }
+            }
+            StoreOp::SetDeliveryCount { queue, seq, count } => {
+                deliveries.insert((*queue, *seq), *count)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// JSON encoding of the small metadata records (queues, exchanges, bindings).
+fn json(value: &impl serde::Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records serialize to JSON")
+}
