@@ -94,6 +94,7 @@ impl QueueOptions {
 }
 
 /// A stream of deliveries for one consumer.
+#[derive(Debug)]
 pub struct Subscription {
     pub consumer_tag: String,
     rx: mpsc::UnboundedReceiver<Delivery>,

@@ -1,0 +1,157 @@
+//! Helpers shared by the end-to-end tests: real brokers (in-process or the real binary)
+//! on temporary data directories, and a raw WebSocket peer for malformed input.
+#![allow(dead_code)] // each test crate uses a different subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use broker::protocol::Delivery;
+use broker::{Broker, Client, Config, Subscription};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// Generous bound for anything that should happen "at once".
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// An in-process broker on its own temporary data directory.
+pub struct TestBroker {
+    pub broker: Option<Broker>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestBroker {
+    pub async fn start() -> TestBroker {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = start_on(dir.path()).await;
+        TestBroker {
+            broker: Some(broker),
+            dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.broker.as_ref().unwrap().url()
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.url()).await.unwrap()
+    }
+
+    /// Graceful shutdown and a fresh start on the same data directory.
+    pub async fn restart(&mut self) {
+        self.broker.take().unwrap().shutdown().await;
+        self.broker = Some(start_on(self.dir.path()).await);
+    }
+}
+
+pub async fn start_on(dir: &Path) -> Broker {
+    let mut config = Config::new(dir);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.max_frame_bytes = 64 * 1024;
+    Broker::start(config).await.unwrap()
+}
+
+/// The next delivery, failing the test if none comes in time.
+pub async fn next(sub: &mut Subscription) -> Delivery {
+    tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("a delivery in time")
+        .expect("subscription open")
+}
+
+/// Asserts nothing is delivered for a short while.
+pub async fn assert_quiet(sub: &mut Subscription) {
+    if let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await {
+        panic!("unexpected delivery: {d:?}");
+    }
+}
+
+pub fn body(d: &Delivery) -> String {
+    String::from_utf8(d.message.body.to_vec()).unwrap()
+}
+
+/// The real `broker` binary serving on a free port.
+pub struct BrokerProcess {
+    pub child: Child,
+    pub url: String,
+}
+
+impl BrokerProcess {
+    pub fn spawn(data_dir: &Path) -> BrokerProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_broker"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--log", "warn", "--data-dir"])
+            .arg(data_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning the broker binary");
+        let mut line = String::new();
+        let stdout = child.stdout.take().unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("ws://"))
+            .unwrap_or_else(|| panic!("no address in `{line}`"))
+            .to_owned();
+        BrokerProcess { child, url }
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap(); // SIGKILL on unix
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_broker"))
+}
+
+/// A WebSocket peer that sends whatever it is told, for malformed-input tests.
+pub struct RawPeer {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl RawPeer {
+    pub async fn connect(url: &str) -> RawPeer {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        RawPeer { ws }
+    }
+
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        self.ws.send(WsMessage::Text(text.into().into())).await.unwrap();
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        self.ws.send(WsMessage::Binary(bytes.into())).await.unwrap();
+    }
+
+    /// The next JSON frame from the broker.
+    pub async fn recv(&mut self) -> serde_json::Value {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("connection open")
+                .expect("readable frame");
+            if let WsMessage::Text(text) = frame {
+                return serde_json::from_str(&text).unwrap();
+            }
+        }
+    }
+
+    /// Sends a request and returns the next frame (its reply).
+    pub async fn call(&mut self, request: serde_json::Value) -> serde_json::Value {
+        self.send_text(request.to_string()).await;
+        self.recv().await
+    }
+}
