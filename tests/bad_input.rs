@@ -14,12 +14,17 @@ fn assert_error(frame: &Value, id: Value, code: &str) {
     assert_eq!(frame["type"], "error", "{frame}");
     assert_eq!(frame["id"], id, "{frame}");
     assert_eq!(frame["code"], code, "{frame}");
-    assert!(frame["message"].as_str().is_some_and(|m| !m.is_empty()), "{frame}");
+    assert!(
+        frame["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{frame}"
+    );
 }
 
 /// The connection still answers a well-formed request.
 async fn assert_usable(peer: &mut RawPeer) {
-    let reply = peer.call(json!({"id": "ping", "op": "queue_info", "queue": "keep"})).await;
+    let reply = peer
+        .call(json!({"id": "ping", "op": "queue_info", "queue": "keep"}))
+        .await;
     assert_eq!(reply["type"], "ok", "{reply}");
     assert_eq!(reply["id"], "ping");
 }
@@ -28,7 +33,9 @@ async fn assert_usable(peer: &mut RawPeer) {
 async fn every_bad_input_gets_its_error_code_and_nothing_is_lost() {
     let mut b = TestBroker::start().await;
     let c = b.client().await;
-    c.declare_queue("keep", QueueOptions::durable()).await.unwrap();
+    c.declare_queue("keep", QueueOptions::durable())
+        .await
+        .unwrap();
     c.confirm_select().await.unwrap();
     for i in 0..20 {
         let mut m = Message::text("keep", i.to_string());
@@ -40,18 +47,70 @@ async fn every_bad_input_gets_its_error_code_and_nothing_is_lost() {
     let cases: Vec<(String, Value, &str)> = vec![
         ("{not json".into(), Value::Null, "malformed_json"),
         ("[1, 2, 3]".into(), Value::Null, "malformed_json"),
-        (r#"{"op": "list_queues"}"#.into(), Value::Null, "invalid_field"),
-        (r#"{"id": 1, "op": "teleport"}"#.into(), json!(1), "unknown_op"),
-        (r#"{"id": 2, "op": "declare_queue"}"#.into(), json!(2), "invalid_field"),
-        (r#"{"id": 3, "op": "ack", "delivery_tag": "x"}"#.into(), json!(3), "invalid_field"),
-        (r#"{"id": 4, "op": "publish", "routing_key": "keep", "properties": {"priority": 999}}"#.into(), json!(4), "invalid_field"),
-        (r#"{"id": 5, "op": "publish", "routing_key": "keep", "body_base64": "%%%"}"#.into(), json!(5), "invalid_field"),
-        (r#"{"id": 6, "op": "publish", "exchange": "missing", "routing_key": "k"}"#.into(), json!(6), "exchange_not_found"),
-        (r#"{"id": 7, "op": "ack", "delivery_tag": 12345}"#.into(), json!(7), "unknown_delivery_tag"),
-        (r#"{"id": 8, "op": "subscribe", "queue": "missing"}"#.into(), json!(8), "queue_not_found"),
-        (r#"{"id": 9, "op": "declare_queue", "queue": "keep"}"#.into(), json!(9), "precondition_failed"),
-        (r#"{"id": 10, "op": "bind", "exchange": "", "queue": "keep"}"#.into(), json!(10), "access_refused"),
-        (format!(r#"{{"id": 11, "op": "declare_queue", "queue": "{}"}}"#, "q".repeat(300)), json!(11), "invalid_field"),
+        (
+            r#"{"op": "list_queues"}"#.into(),
+            Value::Null,
+            "invalid_field",
+        ),
+        (
+            r#"{"id": 1, "op": "teleport"}"#.into(),
+            json!(1),
+            "unknown_op",
+        ),
+        (
+            r#"{"id": 2, "op": "declare_queue"}"#.into(),
+            json!(2),
+            "invalid_field",
+        ),
+        (
+            r#"{"id": 3, "op": "ack", "delivery_tag": "x"}"#.into(),
+            json!(3),
+            "invalid_field",
+        ),
+        (
+            r#"{"id": 4, "op": "publish", "routing_key": "keep", "properties": {"priority": 999}}"#
+                .into(),
+            json!(4),
+            "invalid_field",
+        ),
+        (
+            r#"{"id": 5, "op": "publish", "routing_key": "keep", "body_base64": "%%%"}"#.into(),
+            json!(5),
+            "invalid_field",
+        ),
+        (
+            r#"{"id": 6, "op": "publish", "exchange": "missing", "routing_key": "k"}"#.into(),
+            json!(6),
+            "exchange_not_found",
+        ),
+        (
+            r#"{"id": 7, "op": "ack", "delivery_tag": 12345}"#.into(),
+            json!(7),
+            "unknown_delivery_tag",
+        ),
+        (
+            r#"{"id": 8, "op": "subscribe", "queue": "missing"}"#.into(),
+            json!(8),
+            "queue_not_found",
+        ),
+        (
+            r#"{"id": 9, "op": "declare_queue", "queue": "keep"}"#.into(),
+            json!(9),
+            "precondition_failed",
+        ),
+        (
+            r#"{"id": 10, "op": "bind", "exchange": "", "queue": "keep"}"#.into(),
+            json!(10),
+            "access_refused",
+        ),
+        (
+            format!(
+                r#"{{"id": 11, "op": "declare_queue", "queue": "{}"}}"#,
+                "q".repeat(300)
+            ),
+            json!(11),
+            "invalid_field",
+        ),
     ];
     for (frame, id, code) in cases {
         peer.send_text(frame.clone()).await;
@@ -64,7 +123,8 @@ async fn every_bad_input_gets_its_error_code_and_nothing_is_lost() {
     assert_error(&peer.recv().await, Value::Null, "unsupported_frame");
     assert_usable(&mut peer).await;
 
-    let big = json!({"id": 12, "op": "publish", "routing_key": "keep", "body": "x".repeat(LIMIT + 10)});
+    let big =
+        json!({"id": 12, "op": "publish", "routing_key": "keep", "body": "x".repeat(LIMIT + 10)});
     peer.send_text(big.to_string()).await;
     assert_error(&peer.recv().await, Value::Null, "frame_too_large");
     assert_usable(&mut peer).await;
@@ -92,11 +152,19 @@ async fn every_bad_input_gets_its_error_code_and_nothing_is_lost() {
 async fn string_and_numeric_ids_are_echoed() {
     let b = TestBroker::start().await;
     let mut peer = RawPeer::connect(&b.url()).await;
-    let reply = peer.call(json!({"id": "abc", "op": "declare_queue", "queue": "q"})).await;
-    assert_eq!((reply["type"].as_str(), &reply["id"]), (Some("ok"), &json!("abc")));
+    let reply = peer
+        .call(json!({"id": "abc", "op": "declare_queue", "queue": "q"}))
+        .await;
+    assert_eq!(
+        (reply["type"].as_str(), &reply["id"]),
+        (Some("ok"), &json!("abc"))
+    );
     assert_eq!(reply["result"]["queue"], "q");
     let reply = peer.call(json!({"id": 42, "op": "confirm_select"})).await;
-    assert_eq!((reply["type"].as_str(), &reply["id"]), (Some("ok"), &json!(42)));
+    assert_eq!(
+        (reply["type"].as_str(), &reply["id"]),
+        (Some("ok"), &json!(42))
+    );
     let reply = peer
         .call(json!({"id": 43, "op": "publish", "routing_key": "q", "body": "hi"}))
         .await;

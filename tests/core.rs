@@ -23,7 +23,8 @@ async fn round_trip_keeps_body_headers_and_properties() {
     c.confirm_select().await.unwrap();
     let mut sent = Message::text("q", "");
     sent.body = vec![0u8, 159, 146, 150, 255].into(); // not UTF-8: travels as base64
-    sent.headers.insert("tenant".into(), serde_json::json!({"id": 7}));
+    sent.headers
+        .insert("tenant".into(), serde_json::json!({"id": 7}));
     sent.properties = Properties {
         persistent: true,
         message_id: Some("m-1".into()),
@@ -40,19 +41,31 @@ async fn round_trip_keeps_body_headers_and_properties() {
     let mut sub = c.consume("q", 10).await.unwrap();
     let d = next(&mut sub).await;
     assert_eq!(*d.message, sent);
-    assert_eq!((d.redelivered, d.delivery_count, &*d.queue), (false, 1, "q"));
+    assert_eq!(
+        (d.redelivered, d.delivery_count, &*d.queue),
+        (false, 1, "q")
+    );
     let d2 = next(&mut sub).await;
     assert_eq!(body(&d2), "héllo");
-    assert!(d2.message.properties.timestamp.is_some(), "broker stamps the time");
+    assert!(
+        d2.message.properties.timestamp.is_some(),
+        "broker stamps the time"
+    );
     c.ack(d2.delivery_tag, true).unwrap();
-    assert_eq!(c.queue_info("q").await.unwrap().unacked, 0, "multiple ack settled both");
+    assert_eq!(
+        c.queue_info("q").await.unwrap().unacked,
+        0,
+        "multiple ack settled both"
+    );
 }
 
 #[tokio::test]
 async fn confirms_arrive_for_every_publish_and_messages_are_stored() {
     let mut b = TestBroker::start().await;
     let c = b.client().await;
-    c.declare_queue("orders", QueueOptions::durable()).await.unwrap();
+    c.declare_queue("orders", QueueOptions::durable())
+        .await
+        .unwrap();
     c.confirm_select().await.unwrap();
     let confirms: Vec<_> = (0..500)
         .map(|i| c.publish(persistent("orders", &i.to_string()), false))
@@ -66,7 +79,11 @@ async fn confirms_arrive_for_every_publish_and_messages_are_stored() {
     let c = b.client().await;
     let mut sub = c.consume("orders", 0).await.unwrap();
     for i in 0..500 {
-        assert_eq!(body(&next(&mut sub).await), i.to_string(), "FIFO after restart");
+        assert_eq!(
+            body(&next(&mut sub).await),
+            i.to_string(),
+            "FIFO after restart"
+        );
     }
 }
 
@@ -74,12 +91,16 @@ async fn confirms_arrive_for_every_publish_and_messages_are_stored() {
 async fn competing_consumers_share_the_queue_round_robin() {
     let b = TestBroker::start().await;
     let (c1, c2, p) = (b.client().await, b.client().await, b.client().await);
-    p.declare_queue("work", QueueOptions::default()).await.unwrap();
+    p.declare_queue("work", QueueOptions::default())
+        .await
+        .unwrap();
     let mut s1 = c1.consume("work", 1).await.unwrap();
     let mut s2 = c2.consume("work", 1).await.unwrap();
     p.confirm_select().await.unwrap();
     for i in 0..10 {
-        p.publish(Message::text("work", i.to_string()), false).await.unwrap();
+        p.publish(Message::text("work", i.to_string()), false)
+            .await
+            .unwrap();
     }
     let (mut got1, mut got2) = (Vec::new(), Vec::new());
     for _ in 0..5 {
@@ -103,10 +124,17 @@ async fn prefetch_bounds_unacked_deliveries() {
     c.declare_queue("q", QueueOptions::default()).await.unwrap();
     c.confirm_select().await.unwrap();
     for i in 0..10 {
-        c.publish(Message::text("q", i.to_string()), false).await.unwrap();
+        c.publish(Message::text("q", i.to_string()), false)
+            .await
+            .unwrap();
     }
     let mut sub = c.consume("q", 3).await.unwrap();
-    let first: Vec<_> = [next(&mut sub).await, next(&mut sub).await, next(&mut sub).await].into();
+    let first: Vec<_> = [
+        next(&mut sub).await,
+        next(&mut sub).await,
+        next(&mut sub).await,
+    ]
+    .into();
     assert_quiet(&mut sub).await;
     let info = c.queue_info("q").await.unwrap();
     assert_eq!((info.ready, info.unacked, info.consumers), (7, 3, 1));
@@ -137,7 +165,11 @@ async fn nack_requeues_to_the_head_and_reject_drops() {
     c.ack(b_msg.delivery_tag, false).unwrap();
     assert_quiet(&mut sub).await;
     let info = c.queue_info("q").await.unwrap();
-    assert_eq!((info.ready, info.unacked), (0, 0), "rejected message is gone");
+    assert_eq!(
+        (info.ready, info.unacked),
+        (0, 0),
+        "rejected message is gone"
+    );
 }
 
 #[tokio::test]
@@ -157,7 +189,12 @@ async fn disconnect_returns_unacked_messages_marked_redelivered() {
 
     let c2 = b.client().await;
     let mut s2 = c2.consume("q", 0).await.unwrap();
-    let got: Vec<_> = [next(&mut s2).await, next(&mut s2).await, next(&mut s2).await].into();
+    let got: Vec<_> = [
+        next(&mut s2).await,
+        next(&mut s2).await,
+        next(&mut s2).await,
+    ]
+    .into();
     let bodies: Vec<_> = got.iter().map(body).collect();
     assert_eq!(bodies, ["a", "b", "c"], "returned to the head, in order");
     assert!(got[0].redelivered && got[1].redelivered && !got[2].redelivered);
@@ -173,7 +210,11 @@ async fn exclusive_queue_is_private_and_dies_with_its_connection() {
         ..Default::default()
     };
     let info = owner.declare_queue("", options).await.unwrap();
-    assert!(info.queue.starts_with("gen-"), "broker-named: {}", info.queue);
+    assert!(
+        info.queue.starts_with("gen-"),
+        "broker-named: {}",
+        info.queue
+    );
     let err = other.consume(&info.queue, 1).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::ResourceLocked));
     other.confirm_select().await.unwrap();
@@ -182,7 +223,11 @@ async fn exclusive_queue_is_private_and_dies_with_its_connection() {
         .await
         .unwrap();
     let mut sub = owner.consume(&info.queue, 1).await.unwrap();
-    assert_eq!(body(&next(&mut sub).await), "reply", "anyone may publish to it");
+    assert_eq!(
+        body(&next(&mut sub).await),
+        "reply",
+        "anyone may publish to it"
+    );
     owner.close().await;
     // The close is processed asynchronously; poll briefly.
     for _ in 0..50 {
@@ -217,7 +262,9 @@ async fn mandatory_unroutable_message_is_returned() {
     let b = TestBroker::start().await;
     let c = b.client().await;
     c.confirm_select().await.unwrap();
-    c.publish(Message::text("nowhere", "lost?"), true).await.unwrap();
+    c.publish(Message::text("nowhere", "lost?"), true)
+        .await
+        .unwrap();
     let returned = tokio::time::timeout(common::WAIT, c.next_return())
         .await
         .unwrap()
@@ -225,7 +272,9 @@ async fn mandatory_unroutable_message_is_returned() {
     assert_eq!(returned.reason, ErrorCode::Unroutable);
     assert_eq!(&returned.message.body[..], b"lost?");
     // Without `mandatory` an unroutable message is confirmed and dropped silently.
-    c.publish(Message::text("nowhere", "dropped"), false).await.unwrap();
+    c.publish(Message::text("nowhere", "dropped"), false)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -233,15 +282,26 @@ async fn queue_admin_operations() {
     let b = TestBroker::start().await;
     let c = b.client().await;
     c.declare_queue("a", QueueOptions::durable()).await.unwrap();
-    let err = c.declare_queue("a", QueueOptions::default()).await.unwrap_err();
+    let err = c
+        .declare_queue("a", QueueOptions::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::PreconditionFailed));
     c.confirm_select().await.unwrap();
     for i in 0..4 {
-        c.publish(Message::text("a", i.to_string()), false).await.unwrap();
+        c.publish(Message::text("a", i.to_string()), false)
+            .await
+            .unwrap();
     }
     assert_eq!(c.purge_queue("a").await.unwrap(), 4);
     c.publish(Message::text("a", "x"), false).await.unwrap();
-    let names: Vec<_> = c.list_queues().await.unwrap().into_iter().map(|q| q.queue).collect();
+    let names: Vec<_> = c
+        .list_queues()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|q| q.queue)
+        .collect();
     assert_eq!(names, ["a"]);
     assert_eq!(c.delete_queue("a").await.unwrap(), 1);
     let err = c.delete_queue("a").await.unwrap_err();
@@ -282,7 +342,9 @@ async fn auto_ack_consumer_settles_on_write() {
     c.declare_queue("q", QueueOptions::default()).await.unwrap();
     c.confirm_select().await.unwrap();
     for i in 0..50 {
-        c.publish(Message::text("q", i.to_string()), false).await.unwrap();
+        c.publish(Message::text("q", i.to_string()), false)
+            .await
+            .unwrap();
     }
     let mut sub = c
         .subscribe(Subscribe {

@@ -18,17 +18,33 @@ fn persistent(queue: &str, text: &str) -> Message {
 async fn restart_keeps_durable_state_and_drops_transient() {
     let mut b = TestBroker::start().await;
     let c = b.client().await;
-    c.declare_queue("durable", QueueOptions::durable()).await.unwrap();
-    c.declare_queue("temp", QueueOptions::default()).await.unwrap();
+    c.declare_queue("durable", QueueOptions::durable())
+        .await
+        .unwrap();
+    c.declare_queue("temp", QueueOptions::default())
+        .await
+        .unwrap();
     c.confirm_select().await.unwrap();
-    c.publish(persistent("durable", "kept"), false).await.unwrap();
-    c.publish(Message::text("durable", "transient"), false).await.unwrap();
-    c.publish(persistent("temp", "on a transient queue"), false).await.unwrap();
+    c.publish(persistent("durable", "kept"), false)
+        .await
+        .unwrap();
+    c.publish(Message::text("durable", "transient"), false)
+        .await
+        .unwrap();
+    c.publish(persistent("temp", "on a transient queue"), false)
+        .await
+        .unwrap();
     c.close().await;
     b.restart().await;
 
     let c = b.client().await;
-    let names: Vec<_> = c.list_queues().await.unwrap().into_iter().map(|q| q.queue).collect();
+    let names: Vec<_> = c
+        .list_queues()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|q| q.queue)
+        .collect();
     assert_eq!(names, ["durable"]);
     let mut sub = c.consume("durable", 10).await.unwrap();
     assert_eq!(body(&next(&mut sub).await), "kept");
@@ -60,7 +76,10 @@ async fn acked_messages_never_come_back_and_requeue_counts_persist() {
     assert_eq!(body(&first), "nacked");
     // Delivered twice before the restart (nacked once, then held at disconnect): both
     // requeues' counts were stored, so this is its third delivery.
-    assert_eq!(first.delivery_count, 3, "delivery counts survive the restart");
+    assert_eq!(
+        first.delivery_count, 3,
+        "delivery counts survive the restart"
+    );
     assert!(first.redelivered);
     assert_eq!(body(&next(&mut sub).await), "untouched");
     assert_quiet(&mut sub).await;
@@ -73,7 +92,10 @@ async fn kill_9_mid_publish_loses_no_confirmed_message() {
     let dir = tempfile::tempdir().unwrap();
     let process = BrokerProcess::spawn(dir.path());
     let client = Client::connect(&process.url).await.unwrap();
-    client.declare_queue("orders", QueueOptions::durable()).await.unwrap();
+    client
+        .declare_queue("orders", QueueOptions::durable())
+        .await
+        .unwrap();
     client.confirm_select().await.unwrap();
 
     let confirmed = Arc::new(Mutex::new(Vec::new()));
@@ -82,7 +104,10 @@ async fn kill_9_mid_publish_loses_no_confirmed_message() {
         tokio::spawn(async move {
             let mut in_flight = std::collections::VecDeque::new();
             for i in 0u64.. {
-                in_flight.push_back((i, client.publish(persistent("orders", &i.to_string()), false)));
+                in_flight.push_back((
+                    i,
+                    client.publish(persistent("orders", &i.to_string()), false),
+                ));
                 if in_flight.len() >= 200 {
                     let (i, confirm) = in_flight.pop_front().unwrap();
                     if confirm.await.is_err() {
@@ -110,8 +135,16 @@ async fn kill_9_mid_publish_loses_no_confirmed_message() {
         let d = next(&mut sub).await;
         assert!(seen.insert(body(&d)), "no message stored twice");
     }
-    let missing: Vec<_> = confirmed.iter().filter(|i| !seen.contains(&i.to_string())).collect();
-    assert!(missing.is_empty(), "{} confirmed messages lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    let missing: Vec<_> = confirmed
+        .iter()
+        .filter(|i| !seen.contains(&i.to_string()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} confirmed messages lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
     assert!(stored as usize >= confirmed.len());
 }
 
@@ -121,10 +154,14 @@ async fn kill_9_redelivers_unacked_but_not_acked() {
     let dir = tempfile::tempdir().unwrap();
     let process = BrokerProcess::spawn(dir.path());
     let c = Client::connect(&process.url).await.unwrap();
-    c.declare_queue("jobs", QueueOptions::durable()).await.unwrap();
+    c.declare_queue("jobs", QueueOptions::durable())
+        .await
+        .unwrap();
     c.confirm_select().await.unwrap();
     for i in 0..10 {
-        c.publish(persistent("jobs", &i.to_string()), false).await.unwrap();
+        c.publish(persistent("jobs", &i.to_string()), false)
+            .await
+            .unwrap();
     }
     let mut sub = c.consume("jobs", 10).await.unwrap();
     let mut got = Vec::new();
@@ -135,7 +172,9 @@ async fn kill_9_redelivers_unacked_but_not_acked() {
         c.ack(d.delivery_tag, false).unwrap();
     }
     // Commits are ordered: once this confirm arrives, the earlier acks are durable too.
-    c.publish(persistent("jobs", "barrier"), false).await.unwrap();
+    c.publish(persistent("jobs", "barrier"), false)
+        .await
+        .unwrap();
     process.kill9();
 
     let process = BrokerProcess::spawn(dir.path());
@@ -158,7 +197,10 @@ async fn sigterm_shuts_down_gracefully() {
     c.confirm_select().await.unwrap();
     c.publish(persistent("q", "survives"), false).await.unwrap();
     let pid = process.child.id().to_string();
-    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
     assert!(status.success());
     let exit = process.child.wait().unwrap();
     assert!(exit.success(), "clean exit on SIGTERM: {exit:?}");

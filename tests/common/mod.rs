@@ -80,7 +80,14 @@ pub struct BrokerProcess {
 impl BrokerProcess {
     pub fn spawn(data_dir: &Path) -> BrokerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_broker"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--log", "warn", "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--log",
+                "warn",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -128,7 +135,10 @@ impl RawPeer {
     }
 
     pub async fn send_text(&mut self, text: impl Into<String>) {
-        self.ws.send(WsMessage::Text(text.into().into())).await.unwrap();
+        self.ws
+            .send(WsMessage::Text(text.into().into()))
+            .await
+            .unwrap();
     }
 
     pub async fn send_binary(&mut self, bytes: Vec<u8>) {

@@ -28,8 +28,9 @@ pub struct BenchArgs {
     /// Body size in bytes.
     #[arg(long, default_value_t = 256)]
     size: usize,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     publishers: u64,
+    /// Consumers; 0 measures confirmed publishing alone.
     #[arg(long, default_value_t = 1)]
     consumers: u64,
     /// Unconfirmed publishes in flight per publisher.
@@ -94,6 +95,7 @@ async fn point_to_point(url: &str, args: &BenchArgs) -> anyhow::Result<String> {
         .await?;
 
     let start = Instant::now();
+    // With --consumers 0 the run measures publishing alone (confirmed publishes/s).
     let consumers: Vec<_> = (0..args.consumers)
         .map(|i| {
             let share = args.msgs / args.consumers + u64::from(i < args.msgs % args.consumers);
@@ -136,6 +138,11 @@ async fn point_to_point(url: &str, args: &BenchArgs) -> anyhow::Result<String> {
     for c in consumers {
         latency_us.add(c.await??)?;
     }
+    // A publish-only run has no end-to-end figures: printed as `-`.
+    let quantile = |q: f64| match latency_us.is_empty() {
+        true => "-".to_string(),
+        false => latency_us.value_at_quantile(q).to_string(),
+    };
     let secs = start.elapsed().as_secs_f64();
     admin.delete_queue(&queue).await?;
     Ok(format!(
@@ -144,15 +151,16 @@ async fn point_to_point(url: &str, args: &BenchArgs) -> anyhow::Result<String> {
         args.msgs,
         secs,
         args.msgs as f64 / secs,
-        latency_us.value_at_quantile(0.5),
-        latency_us.value_at_quantile(0.99),
-        latency_us.value_at_quantile(0.999),
+        quantile(0.5),
+        quantile(0.99),
+        quantile(0.999),
         confirm_us.value_at_quantile(0.99),
     ))
 }
 
+/// Microseconds from 1 µs to 10 minutes at 3 significant digits; longer values saturate.
 fn new_histogram() -> Histogram<u64> {
-    Histogram::new(3).expect("valid histogram precision")
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
 
 /// Publishes `count` messages keeping at most `window` unconfirmed; returns confirm

@@ -212,14 +212,15 @@ impl Router {
         let destinations = self.route(&message)?;
         let confirms = self.conns.get(&conn).is_some_and(|c| c.confirms);
         let message = Arc::new(message);
-        if destinations.is_empty() && mandatory {
-            if let Some(c) = self.conns.get(&conn) {
-                let _ = c.tx.send(Outbound::Frame(ServerFrame::Return {
-                    id: id.clone(),
-                    reason: ErrorCode::Unroutable,
-                    message: message.clone(),
-                }));
-            }
+        if destinations.is_empty()
+            && mandatory
+            && let Some(c) = self.conns.get(&conn)
+        {
+            let _ = c.tx.send(Outbound::Frame(ServerFrame::Return {
+                id: id.clone(),
+                reason: ErrorCode::Unroutable,
+                message: message.clone(),
+            }));
         }
         let mut stored = false;
         for name in destinations {
