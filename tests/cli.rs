@@ -1,0 +1,101 @@
+//! The `broker` command-line client against the real binary.
+
+mod common;
+
+use std::process::Command;
+
+use common::{BrokerProcess, bin};
+
+fn broker(args: &[&str], url: &str) -> (bool, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .args(["--server", url])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn publish_consume_and_admin_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let process = BrokerProcess::spawn(dir.path());
+    let url = process.url.clone();
+
+    let (ok, out, err) = broker(
+        &[
+            "publish",
+            "orders",
+            "--body",
+            "hi",
+            "--count",
+            "3",
+            "--persistent",
+            "--header",
+            "n=1",
+        ],
+        &url,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "confirmed 3 of 3 messages");
+
+    let (ok, out, _) = broker(&["queues"], &url);
+    assert!(ok);
+    let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row, ["orders", "3", "0", "0", "true"]);
+
+    let (ok, out, err) = broker(&["consume", "orders", "--count", "2"], &url);
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["message"]["body"], "hi");
+    assert_eq!(lines[0]["message"]["headers"]["n"], 1);
+    assert_eq!(lines[0]["message"]["properties"]["persistent"], true);
+
+    let (ok, out, _) = broker(&["purge", "orders"], &url);
+    assert!(ok);
+    assert_eq!(out.trim(), "purged 1 messages from orders");
+
+    let (ok, _, _) = broker(
+        &[
+            "declare",
+            "queue",
+            "audit",
+            "--durable",
+            "--arg",
+            "owner=billing",
+        ],
+        &url,
+    );
+    assert!(ok);
+    let (ok, _, err) = broker(&["declare", "queue", "audit"], &url);
+    assert!(!ok, "redeclaring with other properties fails");
+    assert!(err.contains("precondition_failed"), "{err}");
+
+    let (ok, _, err) = broker(&["declare", "exchange", "ex", "--type", "nope"], &url);
+    assert!(!ok);
+    assert!(err.contains("unknown_exchange_type"), "{err}");
+
+    let (ok, out, _) = broker(&["delete", "queue", "audit"], &url);
+    assert!(ok);
+    assert_eq!(out.trim(), "queue audit deleted with 0 messages");
+    let (ok, _, err) = broker(&["delete", "queue", "audit"], &url);
+    assert!(!ok);
+    assert!(err.contains("queue_not_found"), "{err}");
+}
+
+#[test]
+fn unreachable_server_is_a_clear_error() {
+    let (ok, _, err) = broker(&["queues"], "ws://127.0.0.1:1");
+    assert!(!ok);
+    assert!(
+        err.starts_with("error: cannot connect to ws://127.0.0.1:1"),
+        "{err}"
+    );
+}
