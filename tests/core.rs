@@ -34,6 +34,7 @@ async fn round_trip_keeps_body_headers_and_properties() {
         priority: Some(4),
         expiration_ms: Some(60_000),
         timestamp: Some(1234),
+        delay_ms: None,
     };
     c.publish(sent.clone(), false).await.unwrap();
     c.publish(Message::text("q", "héllo"), false).await.unwrap();

@@ -35,6 +35,9 @@ pub struct Properties {
     /// Milliseconds since the Unix epoch; set by the broker at publish when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<u64>,
+    /// Delayed delivery: the message becomes visible this many milliseconds after publish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
 }
 
 fn is_false(b: &bool) -> bool {

@@ -365,7 +365,48 @@ impl Client {
             delivery_tag,
             multiple,
             requeue,
+            delay_ms: None,
         })
+    }
+
+    /// Nacks with requeue, redelivering after `delay_ms` instead of the queue's backoff.
+    pub fn nack_with_delay(&self, delivery_tag: u64, delay_ms: u64) -> Result<(), ClientError> {
+        self.settle(Op::Nack {
+            delivery_tag,
+            multiple: false,
+            requeue: true,
+            delay_ms: Some(delay_ms),
+        })
+    }
+
+    /// Ready messages of a queue in delivery order, without consuming them.
+    pub async fn peek_queue(
+        &self,
+        queue: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::protocol::PeekedMessage>, ClientError> {
+        let op = Op::PeekQueue {
+            queue: queue.to_owned(),
+            limit,
+        };
+        Ok(self
+            .call::<crate::protocol::PeekedMessages>(op)
+            .await?
+            .messages)
+    }
+
+    /// Moves dead letters in `queue` back to their original queues (all, or those with
+    /// `message_id`); returns how many moved.
+    pub async fn requeue_dead_letters(
+        &self,
+        queue: &str,
+        message_id: Option<&str>,
+    ) -> Result<u64, ClientError> {
+        let op = Op::RequeueDeadLetters {
+            queue: queue.to_owned(),
+            message_id: message_id.map(str::to_owned),
+        };
+        Ok(self.call::<crate::protocol::Moved>(op).await?.moved)
     }
 
     pub fn reject(&self, delivery_tag: u64, requeue: bool) -> Result<(), ClientError> {

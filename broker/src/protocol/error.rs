@@ -39,10 +39,10 @@ pub enum ErrorCode {
     ExchangeUnavailable,
     /// The exchange's plugin failed while routing this message.
     PluginError,
-    /// The store could not commit; the operation did not take effect.
+    /// The store could not commit: the operation is not durable.
     StoreError,
-    /// The broker is shutting down.
-    ShuttingDown,
+    /// A queue with `overflow: reject_publish` is full: the negative confirm of a publish.
+    QueueFull,
 }
 
 impl ErrorCode {
@@ -81,7 +81,7 @@ const ALL_CODES: &[(ErrorCode, &str)] = &[
     (ErrorCode::ExchangeUnavailable, "exchange_unavailable"),
     (ErrorCode::PluginError, "plugin_error"),
     (ErrorCode::StoreError, "store_error"),
-    (ErrorCode::ShuttingDown, "shutting_down"),
+    (ErrorCode::QueueFull, "queue_full"),
 ];
 
 /// The operation names of [`super::Op`], to tell an unknown `op` from a bad field.
@@ -102,6 +102,8 @@ const OP_NAMES: &[&str] = &[
     "ack",
     "nack",
     "reject",
+    "peek_queue",
+    "requeue_dead_letters",
 ];
 
 /// A request frame that could not be parsed: the id when one could be read, the code, why.

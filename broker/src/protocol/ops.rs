@@ -1,5 +1,7 @@
 //! The operations a client can request, and their results.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::message::{Headers, Message};
@@ -48,15 +50,35 @@ pub enum Op {
         delivery_tag: u64,
         #[serde(default)]
         multiple: bool,
-        /// Put the message back in its queue (true) or drop / dead-letter it (false).
+        /// Put the message back in its queue (true) or dead-letter it (false).
         #[serde(default = "yes")]
         requeue: bool,
+        /// Redeliver after this many milliseconds instead of the queue's `retry_backoff`.
+        #[serde(default)]
+        delay_ms: Option<u64>,
     },
     Reject {
         delivery_tag: u64,
         #[serde(default)]
         requeue: bool,
     },
+    /// Lists a queue's ready messages in delivery order without consuming them.
+    PeekQueue {
+        queue: String,
+        #[serde(default = "default_peek_limit")]
+        limit: usize,
+    },
+    /// Moves dead letters from `queue` back to the queue named in their death record:
+    /// all of them, or those with `message_id`.
+    RequeueDeadLetters {
+        queue: String,
+        #[serde(default)]
+        message_id: Option<String>,
+    },
+}
+
+fn default_peek_limit() -> usize {
+    100
 }
 
 fn yes() -> bool {
@@ -142,7 +164,19 @@ pub struct QueueInfo {
     pub ready: u64,
     /// Messages delivered and not yet acked.
     pub unacked: u64,
+    /// Messages waiting for a delay (delayed publish or retry backoff).
+    #[serde(default)]
+    pub delayed: u64,
     pub consumers: u64,
+    /// Messages this queue dead-lettered (any reason).
+    #[serde(default)]
+    pub dead_lettered: u64,
+    /// Dead letters dropped because the queue has `dead_letter: false` or no route.
+    #[serde(default)]
+    pub dropped: u64,
+    /// Messages that expired here (also counted as dead-lettered or dropped).
+    #[serde(default)]
+    pub expired: u64,
     #[serde(default)]
     pub arguments: Headers,
 }
@@ -163,4 +197,22 @@ pub struct MessageCount {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Subscribed {
     pub consumer_tag: String,
+}
+
+/// Result of `peek_queue`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeekedMessages {
+    pub messages: Vec<PeekedMessage>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeekedMessage {
+    pub delivery_count: u32,
+    pub message: Arc<Message>,
+}
+
+/// Result of `requeue_dead_letters`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Moved {
+    pub moved: u64,
 }

@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
+use super::exchanges::now_ms;
 use super::queues::check_access;
-use super::{OpError, Outbound, Reply, Router, Settle};
+use super::{DeathReason, Held, OpError, Outbound, Reply, Router, Settle};
 use crate::protocol::{Delivery, ErrorCode, ServerFrame, Subscribe, Subscribed};
-use crate::queue::{ConnId, Consumer};
+use crate::queue::{ConnId, Consumer, Next, Retried, Retry};
 use crate::store::StoreOp;
 
 impl Router {
@@ -67,8 +68,8 @@ impl Router {
         }
     }
 
-    /// Acks, requeues or discards one delivery, or with `multiple` every delivery of the
-    /// connection up to and including `tag`.
+    /// Acks, retries or dead-letters one delivery, or with `multiple` every delivery of
+    /// the connection up to and including `tag`.
     pub(super) fn settle(
         &mut self,
         conn: ConnId,
@@ -80,8 +81,11 @@ impl Router {
             .conns
             .get_mut(&conn)
             .expect("requests come from open connections");
-        let settled: Vec<(Arc<str>, u64)> = if multiple {
-            let rest = c.unacked.split_off(&(tag + 1));
+        let settled: Vec<Held> = if multiple {
+            let rest = match tag.checked_add(1) {
+                Some(after) => c.unacked.split_off(&after),
+                None => Default::default(),
+            };
             std::mem::replace(&mut c.unacked, rest)
                 .into_values()
                 .collect()
@@ -92,8 +96,9 @@ impl Router {
             let message = format!("delivery tag {tag} is not unacked on this connection");
             return Err(OpError::new(ErrorCode::UnknownDeliveryTag, message));
         }
-        for (queue, seq) in settled {
-            self.settle_one(&queue, seq, how);
+        let now = now_ms();
+        for held in settled {
+            self.settle_one(held, how, now);
         }
         Ok(Reply::Silent)
     }
@@ -104,47 +109,65 @@ impl Router {
             return;
         };
         let settled: Vec<_> = tags.iter().filter_map(|t| c.unacked.remove(t)).collect();
-        for (queue, seq) in settled {
-            self.settle_one(&queue, seq, Settle::Ack);
+        let now = now_ms();
+        for held in settled {
+            self.settle_one(held, Settle::Ack, now);
         }
     }
 
-    fn settle_one(&mut self, queue_name: &Arc<str>, seq: u64, how: Settle) {
-        // The queue may have been deleted since the delivery: then there is nothing to do.
-        let Some(queue) = self.queues.get_mut(queue_name) else {
+    fn settle_one(&mut self, held: Held, how: Settle, now: u64) {
+        // The queue may have been deleted (and maybe re-created) since the delivery: then
+        // there is nothing to settle.
+        let Some(queue) = self
+            .queues
+            .get_mut(&held.queue)
+            .filter(|q| q.id == held.queue_id)
+        else {
             return;
         };
         let queue_id = queue.id;
-        match how {
-            Settle::Ack | Settle::Discard => {
+        let seq = held.seq;
+        let dead = match how {
+            Settle::Ack => {
                 if let Some(entry) = queue.ack(seq)
                     && entry.stored
                 {
                     self.batch.ops.push(StoreOp::DeleteMessage {
                         queue: queue_id,
                         seq,
-                        counted: entry.count_stored,
+                        state: entry.state_stored,
                     });
                 }
+                None
             }
-            Settle::Requeue => {
-                if let Some(entry) = queue.requeue(seq)
-                    && entry.stored
-                {
-                    entry.count_stored = true;
-                    self.batch.ops.push(StoreOp::SetDeliveryCount {
+            Settle::DeadLetter => queue.ack(seq).map(|e| (e, DeathReason::Rejected)),
+            Settle::Retry(retry) => match queue.retry(seq, retry, now) {
+                Some(Retried::Requeued {
+                    stored: true,
+                    delivery_count,
+                    not_before,
+                }) => {
+                    self.batch.ops.push(StoreOp::SetEntryState {
                         queue: queue_id,
                         seq,
-                        count: entry.delivery_count,
+                        delivery_count,
+                        not_before,
                     });
+                    None
                 }
-            }
+                Some(Retried::Requeued { .. }) | None => None,
+                Some(Retried::Exhausted(entry)) => Some((entry, DeathReason::DeliveryLimit)),
+            },
+        };
+        if let Some((entry, reason)) = dead {
+            self.dead_letter(&held.queue, entry, reason, now);
         }
-        self.dirty.insert(queue_name.clone());
+        self.dirty.insert(held.queue);
     }
 
     /// A connection closed: its consumers go, its unacked messages return to their queues
-    /// (marked redelivered), its exclusive queues are deleted.
+    /// (marked redelivered; counted against `max_deliveries`), its exclusive queues are
+    /// deleted.
     pub(super) fn close_conn(&mut self, conn: ConnId) {
         let Some(c) = self.conns.remove(&conn) else {
             return;
@@ -152,8 +175,9 @@ impl Router {
         for (queue, tag) in &c.consumers {
             self.remove_consumer(queue, conn, tag);
         }
-        for (queue, seq) in c.unacked.into_values() {
-            self.settle_one(&queue, seq, Settle::Requeue);
+        let now = now_ms();
+        for held in c.unacked.into_values() {
+            self.settle_one(held, Settle::Retry(Retry::Now), now);
         }
         let exclusive: Vec<Arc<str>> = self
             .queues
@@ -166,38 +190,64 @@ impl Router {
         }
     }
 
-    /// Hands ready messages of the turn's touched queues to their consumers.
+    /// Hands ready messages of the touched queues to their consumers (dead-lettering
+    /// expired ones on the way), then makes sure each wakes up for its next deadline.
     pub(super) fn dispatch(&mut self) {
-        for name in std::mem::take(&mut self.dirty) {
-            let Some(queue) = self.queues.get_mut(&name) else {
-                continue;
-            };
-            while let Some(d) = queue.next_dispatch() {
-                let Some(c) = self.conns.get_mut(&d.conn) else {
-                    // Unreachable while consumers and connections stay in step; if not,
-                    // the message must not be stranded as unacked.
-                    queue.requeue(d.seq);
-                    break;
-                };
-                let delivery_tag = c.next_delivery_tag;
-                c.next_delivery_tag += 1;
-                c.unacked.insert(delivery_tag, (name.clone(), d.seq));
-                let delivery = Delivery {
-                    consumer_tag: d.consumer_tag,
-                    delivery_tag,
-                    redelivered: d.delivery_count > 1,
-                    delivery_count: d.delivery_count,
-                    queue: name.clone(),
-                    message: d.message,
-                };
-                let out = if d.auto_ack {
-                    Outbound::AutoAckDelivery(delivery)
-                } else {
-                    Outbound::Frame(ServerFrame::Deliver(delivery))
-                };
-                // A send fails only while the connection is closing; its Close requeues.
-                let _ = c.tx.send(out);
+        let now = now_ms();
+        // Dead letters can touch further queues (their DLQs): go round until quiet.
+        while !self.dirty.is_empty() {
+            for name in std::mem::take(&mut self.dirty) {
+                self.dispatch_queue(&name, now);
+                self.schedule(&name);
             }
+        }
+    }
+
+    fn dispatch_queue(&mut self, name: &Arc<str>, now: u64) {
+        let Some(queue) = self.queues.get_mut(name) else {
+            return;
+        };
+        let queue_id = queue.id;
+        while let Some(next) = queue.next_dispatch(now) {
+            let d = match next {
+                Next::Deliver(d) => d,
+                Next::Expired(entry) => {
+                    self.dead_letter(name, entry, DeathReason::Expired, now);
+                    self.dirty.remove(name);
+                    return self.dispatch_queue(name, now);
+                }
+            };
+            let Some(c) = self.conns.get_mut(&d.conn) else {
+                // Unreachable while consumers and connections stay in step; if not, the
+                // message must not be stranded as unacked.
+                queue.retry(d.seq, Retry::Now, now);
+                break;
+            };
+            let delivery_tag = c.next_delivery_tag;
+            c.next_delivery_tag += 1;
+            c.unacked.insert(
+                delivery_tag,
+                Held {
+                    queue: name.clone(),
+                    queue_id,
+                    seq: d.seq,
+                },
+            );
+            let delivery = Delivery {
+                consumer_tag: d.consumer_tag,
+                delivery_tag,
+                redelivered: d.delivery_count > 1,
+                delivery_count: d.delivery_count,
+                queue: name.clone(),
+                message: d.message,
+            };
+            let out = if d.auto_ack {
+                Outbound::AutoAckDelivery(delivery)
+            } else {
+                Outbound::Frame(ServerFrame::Deliver(delivery))
+            };
+            // A send fails only while the connection is closing; its Close requeues.
+            let _ = c.tx.send(out);
         }
     }
 }

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::queues::check_name;
+use super::dead_letter::QueueFull;
+use super::queues::{check_access, check_name};
 use super::{ExchangeState, OpError, Outbound, Reply, Router};
 use crate::exchange::{BindingId, ExchangeError};
 use crate::protocol::{Binding, DeclareExchange, ErrorCode, Publish, RequestId, ServerFrame};
@@ -103,11 +104,13 @@ impl Router {
         Ok(Reply::OkAfterCommit(serde_json::Value::Null))
     }
 
-    pub(super) fn bind(&mut self, binding: Binding) -> Result<Reply, OpError> {
+    pub(super) fn bind(&mut self, conn: ConnId, binding: Binding) -> Result<Reply, OpError> {
         if binding.exchange == DEFAULT_EXCHANGE {
             return Err(default_exchange_refused("bound"));
         }
-        let queue_durable = self.queue(&binding.queue)?.spec.durable;
+        let queue = self.queue(&binding.queue)?;
+        check_access(queue, conn)?;
+        let queue_stored = queue.is_stored();
         let exchange = self
             .exchanges
             .get_mut(&binding.exchange)
@@ -123,7 +126,7 @@ impl Router {
             .routing
             .bind(id, &binding.key, &binding.arguments)?;
         self.next_binding_id += 1;
-        let durable = exchange.durable && queue_durable;
+        let durable = exchange.durable && queue_stored;
         if durable {
             self.batch
                 .ops
@@ -222,23 +225,19 @@ impl Router {
                 message: message.clone(),
             }));
         }
+        let now = now_ms();
         let mut stored = false;
+        let mut full = Vec::new();
         for name in destinations {
-            let queue = self
-                .queues
-                .get_mut(&name)
-                .expect("routed to existing queues");
-            let persist = message.properties.persistent && queue.spec.durable;
-            let seq = queue.push(message.clone(), persist);
-            if persist {
-                stored = true;
-                self.batch.ops.push(StoreOp::PutMessage {
-                    queue: queue.id,
-                    seq,
-                    message: message.clone(),
-                });
+            match self.enqueue(&name, &message, now) {
+                Ok(persisted) => stored |= persisted,
+                Err(QueueFull) => full.push(name),
             }
-            self.dirty.insert(name);
+        }
+        if !full.is_empty() {
+            // The queues that accepted it keep it; the publisher learns who refused.
+            let message = format!("queue full (overflow: reject_publish): {}", full.join(", "));
+            return Err(OpError::new(ErrorCode::QueueFull, message));
         }
         Ok(match (confirms, stored) {
             (false, _) => Reply::Silent,
@@ -248,7 +247,10 @@ impl Router {
     }
 
     /// The queues a message goes to, each once.
-    fn route(&mut self, message: &crate::message::Message) -> Result<Vec<Arc<str>>, OpError> {
+    pub(super) fn route(
+        &mut self,
+        message: &crate::message::Message,
+    ) -> Result<Vec<Arc<str>>, OpError> {
         if message.exchange == DEFAULT_EXCHANGE {
             return Ok(self
                 .queues

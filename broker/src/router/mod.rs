@@ -6,17 +6,22 @@
 //! store writer, whose commit then confirms to publishers.
 
 mod consumers;
+mod dead_letter;
 mod exchanges;
 mod queues;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+pub use dead_letter::{DEATH_HEADER, DeathReason};
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::exchange::{BindingId, Exchange, ExchangeTypes};
 use crate::protocol::{Binding, Delivery, ErrorCode, Op, Request, RequestId, ServerFrame};
-use crate::queue::{ConnId, Queue};
+use crate::queue::{ConnId, Queue, Retry};
 use crate::store::{CommitError, Recovered, StoreWriter, WriteBatch};
 
 /// What the router sends a connection's writer.
@@ -113,12 +118,21 @@ struct Conn {
     tx: ConnTx,
     confirms: bool,
     next_delivery_tag: u64,
-    /// Delivery tag → (queue, sequence) of every unsettled delivery.
-    unacked: BTreeMap<u64, (Arc<str>, u64)>,
+    /// Delivery tag → every unsettled delivery.
+    unacked: BTreeMap<u64, Held>,
     /// (queue, consumer tag) of each of its consumers.
     consumers: Vec<(Arc<str>, Arc<str>)>,
     /// For broker-chosen consumer tags and queue names.
     next_generated: u64,
+}
+
+/// A delivery a connection holds. The queue id tells a queue from a later one of the same
+/// name (ids are never reused while the broker runs).
+#[derive(Debug, Clone)]
+struct Held {
+    queue: Arc<str>,
+    queue_id: u64,
+    seq: u64,
 }
 
 /// A declared exchange and its bindings.
@@ -144,6 +158,11 @@ pub struct Router {
     next_binding_id: BindingId,
     /// Reused buffer for exchange routing results.
     route_buf: Vec<BindingId>,
+    /// (time, queue) wake-ups for delays and expiry, earliest first; stale ones are
+    /// harmless (a tick with nothing due).
+    timers: BinaryHeap<Reverse<(u64, Arc<str>)>>,
+    /// Distinguishes this run's generated names from earlier runs' durable ones.
+    run_id: String,
 }
 
 impl Router {
@@ -161,7 +180,14 @@ impl Router {
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
         let mut commands = Vec::with_capacity(512);
-        while rx.recv_many(&mut commands, 512).await > 0 {
+        loop {
+            let wait = self.timers.peek().map(|Reverse((due, _))| {
+                Duration::from_millis(due.saturating_sub(exchanges::now_ms()))
+            });
+            tokio::select! {
+                received = rx.recv_many(&mut commands, 512) => if received == 0 { break },
+                _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {}
+            }
             for command in commands.drain(..) {
                 match command {
                     Command::Open { conn, tx } => self.open_conn(conn, tx),
@@ -178,10 +204,42 @@ impl Router {
                     }
                 }
             }
+            self.fire_timers();
             self.dispatch();
             self.flush();
         }
         self.shutdown().await;
+    }
+
+    /// Ticks every queue with a wake-up due: delays end, expired messages dead-letter.
+    fn fire_timers(&mut self) {
+        let now = exchanges::now_ms();
+        while let Some(Reverse((due, _))) = self.timers.peek()
+            && *due <= now
+        {
+            let Reverse((_, name)) = self.timers.pop().expect("peeked");
+            let Some(queue) = self.queues.get_mut(&name) else {
+                continue;
+            };
+            queue.wakeup = None;
+            for entry in queue.tick(now) {
+                self.dead_letter(&name, entry, DeathReason::Expired, now);
+            }
+            self.dirty.insert(name);
+        }
+    }
+
+    /// Makes sure the router wakes up for queue `name`'s next deadline.
+    fn schedule(&mut self, name: &Arc<str>) {
+        let Some(queue) = self.queues.get_mut(name) else {
+            return;
+        };
+        if let Some(deadline) = queue.next_deadline()
+            && queue.wakeup.is_none_or(|w| deadline < w)
+        {
+            queue.wakeup = Some(deadline);
+            self.timers.push(Reverse((deadline, name.clone())));
+        }
     }
 
     async fn shutdown(&mut self) {
@@ -232,7 +290,7 @@ impl Router {
             Op::ListQueues => Ok(self.list_queues()),
             Op::DeclareExchange(declare) => self.declare_exchange(declare),
             Op::DeleteExchange { exchange } => self.delete_exchange(&exchange),
-            Op::Bind(binding) => self.bind(binding),
+            Op::Bind(binding) => self.bind(conn, binding),
             Op::Unbind(binding) => self.unbind(binding),
             Op::Publish(publish) => self.publish(conn, &id, publish),
             Op::Subscribe(subscribe) => self.subscribe(conn, subscribe),
@@ -245,11 +303,29 @@ impl Router {
                 delivery_tag,
                 multiple,
                 requeue,
-            } => self.settle(conn, delivery_tag, multiple, Settle::from_requeue(requeue)),
+                delay_ms,
+            } => {
+                let how = match (requeue, delay_ms) {
+                    (false, _) => Settle::DeadLetter,
+                    (true, Some(ms)) => Settle::Retry(Retry::After(ms)),
+                    (true, None) => Settle::Retry(Retry::Backoff),
+                };
+                self.settle(conn, delivery_tag, multiple, how)
+            }
             Op::Reject {
                 delivery_tag,
                 requeue,
-            } => self.settle(conn, delivery_tag, false, Settle::from_requeue(requeue)),
+            } => {
+                let how = match requeue {
+                    true => Settle::Retry(Retry::Backoff),
+                    false => Settle::DeadLetter,
+                };
+                self.settle(conn, delivery_tag, false, how)
+            }
+            Op::PeekQueue { queue, limit } => self.peek_queue(&queue, limit),
+            Op::RequeueDeadLetters { queue, message_id } => {
+                self.requeue_dead_letters(&queue, message_id.as_deref())
+            }
         };
         self.answer(conn, id, result);
     }
@@ -296,14 +372,14 @@ impl Router {
         Ok(Reply::Ok(serde_json::Value::Null))
     }
 
-    /// A broker-chosen name unique for this run: `{prefix}-{conn}-{n}`.
+    /// A broker-chosen name, unique across runs: `{prefix}-{run}-{conn}-{n}`.
     fn generate_name(&mut self, conn: ConnId, prefix: &str) -> String {
         let c = self
             .conns
             .get_mut(&conn)
             .expect("requests come from open connections");
         c.next_generated += 1;
-        format!("{prefix}-{conn}-{}", c.next_generated - 1)
+        format!("{prefix}-{}-{conn}-{}", self.run_id, c.next_generated - 1)
     }
 }
 
@@ -312,18 +388,8 @@ impl Router {
 pub(crate) enum Settle {
     /// Processed: remove it.
     Ack,
-    /// Put it back in its queue.
-    Requeue,
-    /// Refused without requeue: remove it.
-    Discard,
-}
-
-impl Settle {
-    fn from_requeue(requeue: bool) -> Self {
-        if requeue {
-            Settle::Requeue
-        } else {
-            Settle::Discard
-        }
-    }
+    /// Failed: back to its queue (now or after a delay), or dead-lettered at the limit.
+    Retry(Retry),
+    /// Refused without requeue: dead-letter it (reason `rejected`).
+    DeadLetter,
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::{ExchangeState, OpError, Reply, Router};
 use crate::exchange::ExchangeTypes;
 use crate::protocol::{DeclareQueue, ErrorCode, MessageCount, QueueInfo, QueueList, ServerFrame};
-use crate::queue::{ConnId, Entry, Queue, QueueSpec};
+use crate::queue::{ConnId, Entry, Queue, QueuePolicy, QueueSpec};
 use crate::store::{QueueRecord, Recovered, StoreOp, StoreWriter, WriteBatch};
 
 /// Longest queue or exchange name, in bytes (AMQP's short string).
@@ -39,6 +39,8 @@ impl Router {
             next_queue_id: 1,
             next_binding_id: 1,
             route_buf: Vec::new(),
+            timers: Default::default(),
+            run_id: format!("{:x}", super::exchanges::now_ms()),
         };
         let mut messages = 0;
         for stored in recovered.queues {
@@ -50,13 +52,18 @@ impl Router {
                 auto_delete: record.auto_delete,
                 arguments: record.arguments,
             };
+            let policy = QueuePolicy::from_arguments(&spec.arguments, false).unwrap_or_else(|e| {
+                tracing::error!(queue = %record.name, error = %e, "stored arguments invalid; using defaults");
+                QueuePolicy::from_arguments(&Default::default(), false).expect("defaults are valid")
+            });
             let name: Arc<str> = record.name.into();
-            let mut queue = Queue::new(name.clone(), record.id, spec);
+            let mut queue = Queue::new(name.clone(), record.id, spec, policy);
             messages += stored.messages.len();
             for m in stored.messages {
                 let mut entry = Entry::new(m.seq, m.message, true);
                 entry.delivery_count = m.delivery_count;
-                queue.restore(entry);
+                entry.state_stored = m.delivery_count > 0 || m.not_before.is_some();
+                queue.restore(entry, m.enqueued_at, m.not_before);
             }
             router.queues.insert(name, queue);
         }
@@ -105,6 +112,8 @@ impl Router {
         } else {
             declare.queue
         };
+        let policy = QueuePolicy::from_arguments(&declare.arguments, declare.exclusive)
+            .map_err(|e| OpError::new(ErrorCode::InvalidField, format!("queue argument {e}")))?;
         let spec = QueueSpec {
             durable: declare.durable,
             exclusive_owner: declare.exclusive.then_some(conn),
@@ -126,9 +135,9 @@ impl Router {
         let id = self.next_queue_id;
         self.next_queue_id += 1;
         let name: Arc<str> = name.into();
-        let queue = Queue::new(name.clone(), id, spec);
+        let queue = Queue::new(name.clone(), id, spec, policy);
         let result = to_json(info(&queue));
-        let stored = queue.spec.durable && queue.spec.exclusive_owner.is_none();
+        let stored = queue.is_stored();
         if stored {
             self.batch.ops.push(StoreOp::PutQueue(QueueRecord {
                 id,
@@ -190,7 +199,7 @@ impl Router {
         }
         self.remove_bindings_to(name);
         let messages = queue.drain_all().len() as u64;
-        let stored = queue.spec.durable && queue.spec.exclusive_owner.is_none();
+        let stored = queue.is_stored();
         if stored {
             self.batch.ops.push(StoreOp::DeleteQueue {
                 name: name.to_owned(),
@@ -213,7 +222,7 @@ impl Router {
                 self.batch.ops.push(StoreOp::DeleteMessage {
                     queue: queue_id,
                     seq: entry.seq,
-                    counted: entry.count_stored,
+                    state: entry.state_stored,
                 });
             }
         }
@@ -263,7 +272,11 @@ fn info(queue: &Queue) -> QueueInfo {
         auto_delete: queue.spec.auto_delete,
         ready: queue.ready_len() as u64,
         unacked: queue.unacked_len() as u64,
+        delayed: queue.delayed_len() as u64,
         consumers: queue.consumer_count() as u64,
+        dead_lettered: queue.counters.dead_lettered,
+        dropped: queue.counters.dropped,
+        expired: queue.counters.expired,
         arguments: queue.spec.arguments.clone(),
     }
 }

@@ -17,7 +17,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::exchange::BindingId;
-use crate::message::{Headers, Message, decode_stored};
+use crate::message::{Headers, Message, decode_stored, encode_stored};
 use crate::protocol::Binding;
 
 /// Durable queues by name.
@@ -26,11 +26,12 @@ const QUEUES: TableDefinition<&str, &[u8]> = TableDefinition::new("queues");
 const EXCHANGES: TableDefinition<&str, &[u8]> = TableDefinition::new("exchanges");
 /// Bindings by id.
 const BINDINGS: TableDefinition<u64, &[u8]> = TableDefinition::new("bindings");
-/// Persistent messages of durable queues by (queue id, sequence).
+/// Persistent messages of durable queues by (queue id, sequence): the enqueue time
+/// (ms since the epoch, u64 LE) followed by the message (`encode_stored`).
 const MESSAGES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("messages");
-/// Delivery counts of messages delivered and returned to their queue at least once; kept
-/// apart from MESSAGES so a redelivery does not rewrite the body.
-const DELIVERIES: TableDefinition<(u64, u64), u32> = TableDefinition::new("deliveries");
+/// (delivery count, not before ms or 0) of messages returned to their queue at least once;
+/// kept apart from MESSAGES so a retry does not rewrite the body.
+const ENTRY_STATE: TableDefinition<(u64, u64), (u32, u64)> = TableDefinition::new("entry_state");
 
 /// The name of the database file inside the data directory.
 pub const DB_FILE: &str = "broker.redb";
@@ -59,7 +60,11 @@ pub struct ExchangeRecord {
 #[derive(Debug, Clone)]
 pub struct StoredMessage {
     pub seq: u64,
+    /// When it entered the queue (ms since the epoch): its TTL and delay count from here.
+    pub enqueued_at: u64,
     pub delivery_count: u32,
+    /// A pending retry's due time.
+    pub not_before: Option<u64>,
     pub message: Arc<Message>,
 }
 
@@ -98,7 +103,7 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
     txn.open_table(EXCHANGES)?;
     txn.open_table(BINDINGS)?;
     txn.open_table(MESSAGES)?;
-    txn.open_table(DELIVERIES)?;
+    txn.open_table(ENTRY_STATE)?;
     txn.commit()?;
     Ok(())
 }
@@ -110,7 +115,7 @@ fn corrupt(table: &'static str) -> impl Fn(String) -> OpenError {
 fn recover(db: &Database) -> Result<Recovered, OpenError> {
     let txn = db.begin_read()?;
     let messages = txn.open_table(MESSAGES)?;
-    let deliveries = txn.open_table(DELIVERIES)?;
+    let deliveries = txn.open_table(ENTRY_STATE)?;
     let mut recovered = Recovered::default();
 
     for entry in txn.open_table(QUEUES)?.iter()? {
@@ -121,13 +126,16 @@ fn recover(db: &Database) -> Result<Recovered, OpenError> {
         for entry in messages.range((record.id, 0)..=(record.id, u64::MAX))? {
             let (key, value) = entry?;
             let (_, seq) = key.value();
-            let message = decode_stored(value.value()).map_err(corrupt("messages"))?;
-            let delivery_count = deliveries
+            let (enqueued_at, message) =
+                decode_entry(value.value()).map_err(corrupt("messages"))?;
+            let (delivery_count, not_before) = deliveries
                 .get((record.id, seq))?
-                .map_or(0, |count| count.value());
+                .map_or((0, 0), |state| state.value());
             stored.push(StoredMessage {
                 seq,
+                enqueued_at,
                 delivery_count,
+                not_before: (not_before > 0).then_some(not_before),
                 message: Arc::new(message),
             });
         }
@@ -149,4 +157,18 @@ fn recover(db: &Database) -> Result<Recovered, OpenError> {
         recovered.bindings.push((key.value(), binding));
     }
     Ok(recovered)
+}
+
+/// A MESSAGES value: enqueue time, then the message.
+fn encode_entry(enqueued_at: u64, message: &Message, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&enqueued_at.to_le_bytes());
+    encode_stored(message, out);
+}
+
+fn decode_entry(bytes: &[u8]) -> Result<(u64, Message), String> {
+    let (time, rest) = bytes
+        .split_first_chunk::<8>()
+        .ok_or("stored entry shorter than its enqueue time")?;
+    Ok((u64::from_le_bytes(*time), decode_stored(rest)?))
 }

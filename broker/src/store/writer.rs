@@ -13,10 +13,11 @@ use std::thread;
 use redb::{Database, WriteTransaction};
 
 use super::{
-    BINDINGS, CommitError, DELIVERIES, EXCHANGES, ExchangeRecord, MESSAGES, QUEUES, QueueRecord,
+    BINDINGS, CommitError, ENTRY_STATE, EXCHANGES, ExchangeRecord, MESSAGES, QUEUES, QueueRecord,
+    encode_entry,
 };
 use crate::exchange::BindingId;
-use crate::message::{Message, encode_stored};
+use crate::message::Message;
 use crate::protocol::Binding;
 
 /// One change to durable state.
@@ -35,18 +36,21 @@ pub enum StoreOp {
     PutMessage {
         queue: u64,
         seq: u64,
+        enqueued_at: u64,
         message: Arc<Message>,
     },
-    /// Removes a message (and its delivery count when it has one).
+    /// Removes a message (and its entry state when `state` says it has one).
     DeleteMessage {
         queue: u64,
         seq: u64,
-        counted: bool,
+        state: bool,
     },
-    SetDeliveryCount {
+    /// Records a retried message's delivery count and, for a delayed retry, its due time.
+    SetEntryState {
         queue: u64,
         seq: u64,
-        count: u32,
+        delivery_count: u32,
+        not_before: Option<u64>,
     },
 }
 
@@ -165,7 +169,7 @@ fn apply<'a>(
     let mut exchanges = txn.open_table(EXCHANGES)?;
     let mut bindings = txn.open_table(BINDINGS)?;
     let mut messages = txn.open_table(MESSAGES)?;
-    let mut deliveries = txn.open_table(DELIVERIES)?;
+    let mut entry_state = txn.open_table(ENTRY_STATE)?;
     for op in ops {
         match op {
             StoreOp::PutQueue(record) => {
@@ -175,7 +179,7 @@ fn apply<'a>(
                 queues.remove(name.as_str())?;
                 let range = (*id, 0)..=(*id, u64::MAX);
                 messages.retain_in(range.clone(), |_, _| false)?;
-                deliveries.retain_in(range, |_, _| false)?;
+                entry_state.retain_in(range, |_, _| false)?;
             }
             StoreOp::PutExchange(record) => {
                 exchanges.insert(record.name.as_str(), json(record).as_slice())?;
@@ -192,24 +196,26 @@ fn apply<'a>(
             StoreOp::PutMessage {
                 queue,
                 seq,
+                enqueued_at,
                 message,
             } => {
-                buf.clear();
-                encode_stored(message, buf);
+                encode_entry(*enqueued_at, message, buf);
                 messages.insert((*queue, *seq), buf.as_slice())?;
             }
-            StoreOp::DeleteMessage {
-                queue,
-                seq,
-                counted,
-            } => {
+            StoreOp::DeleteMessage { queue, seq, state } => {
                 messages.remove((*queue, *seq))?;
-                if *counted {
-                    deliveries.remove((*queue, *seq))?;
+                if *state {
+                    entry_state.remove((*queue, *seq))?;
                 }
             }
-            StoreOp::SetDeliveryCount { queue, seq, count } => {
-                deliveries.insert((*queue, *seq), *count)?;
+            StoreOp::SetEntryState {
+                queue,
+                seq,
+                delivery_count,
+                not_before,
+            } => {
+                let state = (*delivery_count, not_before.unwrap_or(0));
+                entry_state.insert((*queue, *seq), state)?;
             }
         }
     }

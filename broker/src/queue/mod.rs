@@ -1,0 +1,496 @@
+//! One queue's state machine: ready messages by priority then arrival, delayed messages
+//! by due time, unacked messages per consumer, consumers served round-robin within their
+//! prefetch windows, and the failure rules of its [`QueuePolicy`].
+//!
+//! Pure logic, no I/O, time passed in: the router applies the results (frames, store
+//! operations, dead letters).
+
+mod policy;
+
+pub use policy::{DeadLetterTarget, MAX_PRIORITY, Overflow, QueuePolicy, duration_ms};
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::message::{Headers, Message};
+
+/// Identifies a client connection.
+pub type ConnId = u64;
+
+/// A message in a queue.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Position in the queue; also the message's key in the store.
+    pub seq: u64,
+    pub message: Arc<Message>,
+    /// Deliveries so far.
+    pub delivery_count: u32,
+    /// The message is in the store (persistent message in a durable queue).
+    pub stored: bool,
+    /// The store also holds its delivery count / schedule.
+    pub state_stored: bool,
+    /// Its priority in this queue (0 unless the queue has `max_priority`).
+    pub priority: u8,
+    /// When it expires (ms since the epoch), from its own and the queue's TTL.
+    pub expires_at: Option<u64>,
+}
+
+impl Entry {
+    pub fn new(seq: u64, message: Arc<Message>, stored: bool) -> Self {
+        Entry {
+            seq,
+            message,
+            delivery_count: 0,
+            stored,
+            state_stored: false,
+            priority: 0,
+            expires_at: None,
+        }
+    }
+
+    fn ready_key(&self) -> ReadyKey {
+        (Reverse(self.priority), self.seq)
+    }
+}
+
+/// Ready order: highest priority first, then oldest first.
+type ReadyKey = (Reverse<u8>, u64);
+
+/// A subscription to a queue.
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    pub conn: ConnId,
+    pub tag: Arc<str>,
+    /// Most unacked deliveries at once; 0 is unlimited.
+    pub prefetch: u32,
+    pub auto_ack: bool,
+    in_flight: u32,
+}
+
+impl Consumer {
+    pub fn new(conn: ConnId, tag: Arc<str>, prefetch: u32, auto_ack: bool) -> Self {
+        Consumer {
+            conn,
+            tag,
+            prefetch,
+            auto_ack,
+            in_flight: 0,
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        self.prefetch == 0 || self.in_flight < self.prefetch
+    }
+}
+
+/// A message handed to a consumer.
+#[derive(Debug, Clone)]
+pub struct Dispatch {
+    pub conn: ConnId,
+    pub consumer_tag: Arc<str>,
+    pub auto_ack: bool,
+    pub seq: u64,
+    pub message: Arc<Message>,
+    pub delivery_count: u32,
+}
+
+/// What the head of the queue yields.
+#[derive(Debug)]
+pub enum Next {
+    Deliver(Dispatch),
+    /// It expired before anyone got it: dead-letter it.
+    Expired(Entry),
+}
+
+/// The result of offering a new message.
+#[derive(Debug)]
+pub enum Push {
+    Accepted {
+        seq: u64,
+        /// Older messages pushed out by `max_length` with `drop_head`: dead-letter them.
+        evicted: Vec<Entry>,
+    },
+    /// `max_length` with `reject_publish`: the queue refuses the message.
+    Rejected,
+}
+
+/// How an unacked message goes back after a failed delivery.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Retry {
+    /// After the queue's `retry_backoff` delay for this attempt.
+    Backoff,
+    /// After this many milliseconds (a nack's own delay).
+    After(u64),
+    /// At once (its consumer vanished).
+    Now,
+}
+
+/// Where a retried message went.
+#[derive(Debug)]
+pub enum Retried {
+    /// Back in the queue, ready at once or at `not_before`.
+    Requeued {
+        stored: bool,
+        delivery_count: u32,
+        not_before: Option<u64>,
+    },
+    /// `max_deliveries` reached: dead-letter it.
+    Exhausted(Entry),
+}
+
+#[derive(Debug)]
+struct Unacked {
+    entry: Entry,
+    conn: ConnId,
+    consumer_tag: Arc<str>,
+}
+
+/// Declared properties of a queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueSpec {
+    pub durable: bool,
+    /// The connection that owns an exclusive queue.
+    pub exclusive_owner: Option<ConnId>,
+    pub auto_delete: bool,
+    pub arguments: Headers,
+}
+
+/// Counts of what left the queue other than by ack.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Counters {
+    pub dead_lettered: u64,
+    /// Dead letters dropped (the queue has `dead_letter: false`, or no route).
+    pub dropped: u64,
+    pub expired: u64,
+}
+
+#[derive(Debug)]
+pub struct Queue {
+    pub name: Arc<str>,
+    /// The queue's key prefix in the store.
+    pub id: u64,
+    pub spec: QueueSpec,
+    pub policy: QueuePolicy,
+    pub counters: Counters,
+    /// The earliest time the router has a wake-up scheduled for this queue.
+    pub wakeup: Option<u64>,
+    next_seq: u64,
+    ready: BTreeMap<ReadyKey, Entry>,
+    /// Messages waiting for a delay (delayed publish, retry backoff), by (due, seq).
+    delayed: BTreeMap<(u64, u64), Entry>,
+    /// (expires_at, ready key) of ready messages with a TTL.
+    expiring: BTreeSet<(u64, ReadyKey)>,
+    /// Body bytes of ready and delayed messages, for `max_length_bytes`.
+    queued_bytes: u64,
+    unacked: HashMap<u64, Unacked>,
+    consumers: Vec<Consumer>,
+    /// Index of the consumer to try first on the next dispatch (round-robin).
+    next_consumer: usize,
+}
+
+impl Queue {
+    pub fn new(name: Arc<str>, id: u64, spec: QueueSpec, policy: QueuePolicy) -> Self {
+        Queue {
+            name,
+            id,
+            spec,
+            policy,
+            counters: Counters::default(),
+            wakeup: None,
+            next_seq: 1,
+            ready: BTreeMap::new(),
+            delayed: BTreeMap::new(),
+            expiring: BTreeSet::new(),
+            queued_bytes: 0,
+            unacked: HashMap::new(),
+            consumers: Vec::new(),
+            next_consumer: 0,
+        }
+    }
+
+    /// Offers a new message published at `now`; `stored` says it is persisted here.
+    pub fn push(&mut self, message: Arc<Message>, stored: bool, now: u64) -> Push {
+        let size = message.body_len() as u64;
+        let over = |q: &Queue, extra_len: u64, extra_bytes: u64| {
+            let len = (q.ready.len() + q.delayed.len()) as u64 + extra_len;
+            let bytes = q.queued_bytes + extra_bytes;
+            q.policy.max_length.is_some_and(|max| len > max)
+                || q.policy.max_length_bytes.is_some_and(|max| bytes > max)
+        };
+        if self.policy.overflow == Overflow::RejectPublish && over(self, 1, size) {
+            return Push::Rejected;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.restore(Entry::new(seq, message, stored), now, None);
+        let mut evicted = Vec::new();
+        while over(self, 0, 0) {
+            match self.pop_oldest() {
+                Some(e) => evicted.push(e),
+                None => break,
+            }
+        }
+        Push::Accepted { seq, evicted }
+    }
+
+    /// Places a message that entered the queue at `enqueued_at` (now for a new one, earlier
+    /// for one recovered from the store): its priority, expiry and visibility follow from
+    /// its properties and the policy; a pending retry's `not_before` overrides its delay.
+    pub fn restore(&mut self, mut entry: Entry, enqueued_at: u64, not_before: Option<u64>) {
+        self.next_seq = self.next_seq.max(entry.seq + 1);
+        let props = &entry.message.properties;
+        entry.priority = self.policy.effective_priority(props.priority);
+        let ttl = [props.expiration_ms, self.policy.message_ttl_ms]
+            .into_iter()
+            .flatten()
+            .min();
+        entry.expires_at = ttl.map(|ttl| enqueued_at.saturating_add(ttl));
+        let delayed_until = props
+            .delay_ms
+            .filter(|d| *d > 0)
+            .map(|d| enqueued_at.saturating_add(d));
+        self.enqueue(entry, not_before.or(delayed_until));
+    }
+
+    fn enqueue(&mut self, entry: Entry, not_before: Option<u64>) {
+        self.queued_bytes += entry.message.body_len() as u64;
+        match not_before {
+            Some(due) => {
+                self.delayed.insert((due, entry.seq), entry);
+            }
+            None => self.insert_ready(entry),
+        }
+    }
+
+    fn insert_ready(&mut self, entry: Entry) {
+        if let Some(at) = entry.expires_at {
+            self.expiring.insert((at, entry.ready_key()));
+        }
+        self.ready.insert(entry.ready_key(), entry);
+    }
+
+    fn take_ready(&mut self, key: ReadyKey) -> Option<Entry> {
+        let entry = self.ready.remove(&key)?;
+        if let Some(at) = entry.expires_at {
+            self.expiring.remove(&(at, key));
+        }
+        self.queued_bytes -= entry.message.body_len() as u64;
+        Some(entry)
+    }
+
+    /// The oldest waiting message, ready or delayed (for `drop_head`).
+    fn pop_oldest(&mut self) -> Option<Entry> {
+        let oldest_ready = self.ready.values().map(|e| e.seq).min();
+        let oldest_delayed = self.delayed.iter().map(|(_, e)| e.seq).min();
+        match (oldest_ready, oldest_delayed) {
+            (Some(r), Some(d)) if d < r => self.take_delayed(d),
+            (Some(_), _) => {
+                let key = *self.ready.iter().min_by_key(|(_, e)| e.seq)?.0;
+                self.take_ready(key)
+            }
+            (None, Some(d)) => self.take_delayed(d),
+            (None, None) => None,
+        }
+    }
+
+    fn take_delayed(&mut self, seq: u64) -> Option<Entry> {
+        let key = *self.delayed.iter().find(|(_, e)| e.seq == seq)?.0;
+        let entry = self.delayed.remove(&key)?;
+        self.queued_bytes -= entry.message.body_len() as u64;
+        Some(entry)
+    }
+
+    /// Whether this queue lives in the store: durable and not exclusive (an exclusive
+    /// queue dies with its connection, so it is never recovered).
+    pub fn is_stored(&self) -> bool {
+        self.spec.durable && self.spec.exclusive_owner.is_none()
+    }
+
+    pub fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+
+    pub fn delayed_len(&self) -> usize {
+        self.delayed.len()
+    }
+
+    pub fn unacked_len(&self) -> usize {
+        self.unacked.len()
+    }
+
+    pub fn consumer_count(&self) -> usize {
+        self.consumers.len()
+    }
+
+    pub fn consumers(&self) -> &[Consumer] {
+        &self.consumers
+    }
+
+    pub fn add_consumer(&mut self, consumer: Consumer) {
+        self.consumers.push(consumer);
+    }
+
+    /// Removes a consumer. Its unacked messages stay unacked until acked or until its
+    /// connection closes (as in AMQP).
+    pub fn remove_consumer(&mut self, conn: ConnId, tag: &str) -> Option<Consumer> {
+        let index = self
+            .consumers
+            .iter()
+            .position(|c| c.conn == conn && &*c.tag == tag)?;
+        if index < self.next_consumer {
+            self.next_consumer -= 1;
+        }
+        Some(self.consumers.remove(index))
+    }
+
+    /// The earliest time something changes by itself (a delay ends, a message expires).
+    pub fn next_deadline(&self) -> Option<u64> {
+        let delayed = self.delayed.keys().next().map(|(due, _)| *due);
+        let expiring = self.expiring.iter().next().map(|(at, _)| *at);
+        delayed.into_iter().chain(expiring).min()
+    }
+
+    /// Moves due delayed messages to ready and takes out expired ready ones.
+    pub fn tick(&mut self, now: u64) -> Vec<Entry> {
+        while let Some(entry) = self
+            .delayed
+            .first_key_value()
+            .filter(|((due, _), _)| *due <= now)
+        {
+            let key = *entry.0;
+            let entry = self.delayed.remove(&key).expect("present");
+            self.insert_ready(entry);
+        }
+        let mut expired = Vec::new();
+        while let Some(&(at, key)) = self.expiring.first().filter(|(at, _)| *at <= now) {
+            self.expiring.remove(&(at, key));
+            if let Some(entry) = self.ready.get(&key).map(|e| e.ready_key()) {
+                expired.extend(self.take_ready(entry));
+            }
+        }
+        expired
+    }
+
+    /// Hands the head message to the next consumer with room; an expired head is
+    /// returned for dead-lettering instead.
+    pub fn next_dispatch(&mut self, now: u64) -> Option<Next> {
+        if self.ready.is_empty() || self.consumers.is_empty() {
+            return None;
+        }
+        let n = self.consumers.len();
+        let start = self.next_consumer % n;
+        let index = (0..n)
+            .map(|i| (start + i) % n)
+            .find(|&i| self.consumers[i].has_room())?;
+        let key = *self.ready.first_key_value()?.0;
+        let mut entry = self.take_ready(key)?;
+        if entry.expires_at.is_some_and(|at| at <= now) {
+            return Some(Next::Expired(entry));
+        }
+        entry.delivery_count += 1;
+        let consumer = &mut self.consumers[index];
+        consumer.in_flight += 1;
+        self.next_consumer = index + 1;
+        let dispatch = Dispatch {
+            conn: consumer.conn,
+            consumer_tag: consumer.tag.clone(),
+            auto_ack: consumer.auto_ack,
+            seq: entry.seq,
+            message: entry.message.clone(),
+            delivery_count: entry.delivery_count,
+        };
+        self.unacked.insert(
+            entry.seq,
+            Unacked {
+                entry,
+                conn: consumer.conn,
+                consumer_tag: consumer.tag.clone(),
+            },
+        );
+        Some(Next::Deliver(dispatch))
+    }
+
+    /// Settles an unacked message: it leaves the queue.
+    pub fn ack(&mut self, seq: u64) -> Option<Entry> {
+        let unacked = self.unacked.remove(&seq)?;
+        self.release_credit(&unacked);
+        Some(unacked.entry)
+    }
+
+    /// Returns an unacked message after a failed delivery, honouring `max_deliveries` and
+    /// the backoff.
+    pub fn retry(&mut self, seq: u64, how: Retry, now: u64) -> Option<Retried> {
+        let unacked = self.unacked.remove(&seq)?;
+        self.release_credit(&unacked);
+        let mut entry = unacked.entry;
+        if self
+            .policy
+            .max_deliveries
+            .is_some_and(|max| entry.delivery_count >= max)
+        {
+            return Some(Retried::Exhausted(entry));
+        }
+        let delay = match how {
+            Retry::Backoff => self.policy.backoff_ms(entry.delivery_count),
+            Retry::After(ms) => ms,
+            Retry::Now => 0,
+        };
+        let not_before = (delay > 0).then(|| now.saturating_add(delay));
+        entry.state_stored |= entry.stored;
+        let retried = Retried::Requeued {
+            stored: entry.stored,
+            delivery_count: entry.delivery_count,
+            not_before,
+        };
+        self.enqueue(entry, not_before);
+        Some(retried)
+    }
+
+    fn release_credit(&mut self, unacked: &Unacked) {
+        if let Some(consumer) = self
+            .consumers
+            .iter_mut()
+            .find(|c| c.conn == unacked.conn && c.tag == unacked.consumer_tag)
+        {
+            consumer.in_flight -= 1;
+        }
+    }
+
+    /// Removes every waiting message, ready and delayed (unacked ones stay).
+    pub fn purge(&mut self) -> Vec<Entry> {
+        self.expiring.clear();
+        self.queued_bytes = 0;
+        let mut all: Vec<Entry> = std::mem::take(&mut self.ready).into_values().collect();
+        all.extend(std::mem::take(&mut self.delayed).into_values());
+        all
+    }
+
+    /// Every message, waiting and unacked, for deletion of the whole queue.
+    pub fn drain_all(&mut self) -> Vec<Entry> {
+        let mut all = self.purge();
+        all.extend(self.unacked.drain().map(|(_, u)| u.entry));
+        all
+    }
+
+    /// Ready messages in delivery order, without taking them.
+    pub fn peek(&self, limit: usize) -> impl Iterator<Item = &Entry> {
+        self.ready.values().take(limit)
+    }
+
+    /// Takes the ready messages `select` picks.
+    pub fn take_ready_where(&mut self, mut select: impl FnMut(&Entry) -> bool) -> Vec<Entry> {
+        let keys: Vec<ReadyKey> = self
+            .ready
+            .iter()
+            .filter(|(_, e)| select(e))
+            .map(|(k, _)| *k)
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| self.take_ready(k))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

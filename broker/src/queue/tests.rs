@@ -1,0 +1,253 @@
+use super::*;
+use serde_json::json;
+
+fn queue_with(args: serde_json::Value) -> Queue {
+    let arguments = args.as_object().unwrap().clone();
+    let policy = QueuePolicy::from_arguments(&arguments, false).unwrap();
+    let spec = QueueSpec {
+        durable: false,
+        exclusive_owner: None,
+        auto_delete: false,
+        arguments,
+    };
+    Queue::new("q".into(), 1, spec, policy)
+}
+
+fn queue() -> Queue {
+    queue_with(json!({}))
+}
+
+fn msg(text: &str) -> Arc<Message> {
+    Arc::new(Message::text("q", text))
+}
+
+fn push(q: &mut Queue, text: &str) -> u64 {
+    push_msg(q, Message::text("q", text), 0)
+}
+
+fn push_msg(q: &mut Queue, m: Message, now: u64) -> u64 {
+    match q.push(Arc::new(m), false, now) {
+        Push::Accepted { seq, evicted } => {
+            assert!(evicted.is_empty());
+            seq
+        }
+        Push::Rejected => panic!("rejected"),
+    }
+}
+
+fn deliver(q: &mut Queue, now: u64) -> Option<Dispatch> {
+    match q.next_dispatch(now)? {
+        Next::Deliver(d) => Some(d),
+        Next::Expired(e) => panic!("unexpected expiry of {}", e.seq),
+    }
+}
+
+fn body(d: &Dispatch) -> &[u8] {
+    &d.message.body
+}
+
+#[test]
+fn fifo_without_consumers_then_delivered_in_order() {
+    let mut q = queue();
+    for t in ["a", "b", "c"] {
+        push(&mut q, t);
+    }
+    assert!(q.next_dispatch(0).is_none());
+    q.add_consumer(Consumer::new(1, "c1".into(), 0, false));
+    let got: Vec<_> = std::iter::from_fn(|| deliver(&mut q, 0)).collect();
+    assert_eq!(got.iter().map(body).collect::<Vec<_>>(), [b"a", b"b", b"c"]);
+    assert_eq!((q.ready_len(), q.unacked_len()), (0, 3));
+}
+
+#[test]
+fn prefetch_limits_in_flight_and_ack_frees_room() {
+    let mut q = queue();
+    for i in 0..5 {
+        push(&mut q, &i.to_string());
+    }
+    q.add_consumer(Consumer::new(1, "c".into(), 2, false));
+    let first = deliver(&mut q, 0).unwrap();
+    deliver(&mut q, 0).unwrap();
+    assert!(q.next_dispatch(0).is_none(), "prefetch 2 reached");
+    q.ack(first.seq).unwrap();
+    assert!(deliver(&mut q, 0).is_some());
+    assert!(q.next_dispatch(0).is_none());
+}
+
+#[test]
+fn round_robin_between_competing_consumers() {
+    let mut q = queue();
+    for i in 0..6 {
+        push(&mut q, &i.to_string());
+    }
+    q.add_consumer(Consumer::new(1, "a".into(), 0, false));
+    q.add_consumer(Consumer::new(2, "b".into(), 0, false));
+    let conns: Vec<_> = std::iter::from_fn(|| deliver(&mut q, 0))
+        .map(|d| d.conn)
+        .collect();
+    assert_eq!(conns, [1, 2, 1, 2, 1, 2]);
+}
+
+#[test]
+fn immediate_retry_returns_to_original_place_with_count() {
+    let mut q = queue();
+    for t in ["a", "b", "c"] {
+        push(&mut q, t);
+    }
+    q.add_consumer(Consumer::new(1, "c".into(), 1, false));
+    let a = deliver(&mut q, 0).unwrap();
+    assert_eq!(a.delivery_count, 1);
+    assert!(matches!(
+        q.retry(a.seq, Retry::Backoff, 0),
+        Some(Retried::Requeued {
+            not_before: None,
+            ..
+        })
+    ));
+    let again = deliver(&mut q, 0).unwrap();
+    assert_eq!((body(&again), again.delivery_count), (&b"a"[..], 2));
+}
+
+#[test]
+fn removed_consumer_keeps_unacked_until_acked() {
+    let mut q = queue();
+    push(&mut q, "a");
+    q.add_consumer(Consumer::new(1, "c".into(), 0, false));
+    let a = deliver(&mut q, 0).unwrap();
+    q.remove_consumer(1, "c").unwrap();
+    assert_eq!(q.unacked_len(), 1);
+    assert!(q.ack(a.seq).is_some());
+    assert!(q.ack(a.seq).is_none(), "a second ack finds nothing");
+}
+
+#[test]
+fn restore_continues_sequence_after_recovered_messages() {
+    let mut q = queue();
+    let mut e = Entry::new(41, msg("old"), true);
+    e.delivery_count = 2;
+    q.restore(e, 0, None);
+    assert_eq!(push(&mut q, "new"), 42);
+    q.add_consumer(Consumer::new(1, "c".into(), 0, false));
+    let d = deliver(&mut q, 0).unwrap();
+    assert_eq!((d.seq, d.delivery_count), (41, 3));
+}
+
+#[test]
+fn backoff_delays_then_delivery_limit_exhausts() {
+    let mut q = queue_with(json!({"max_deliveries": 3, "retry_backoff": [100, 1000]}));
+    push(&mut q, "job");
+    q.add_consumer(Consumer::new(1, "c".into(), 0, false));
+    let d = deliver(&mut q, 0).unwrap();
+    let Some(Retried::Requeued { not_before, .. }) = q.retry(d.seq, Retry::Backoff, 10) else {
+        panic!()
+    };
+    assert_eq!(not_before, Some(110));
+    assert!(q.next_dispatch(50).is_none(), "still delayed");
+    assert_eq!(q.next_deadline(), Some(110));
+    assert!(q.tick(110).is_empty());
+    let d = deliver(&mut q, 110).unwrap();
+    let Some(Retried::Requeued { not_before, .. }) = q.retry(d.seq, Retry::Backoff, 200) else {
+        panic!()
+    };
+    assert_eq!(not_before, Some(1200), "second delay");
+    q.tick(1200);
+    let d = deliver(&mut q, 1200).unwrap();
+    assert_eq!(d.delivery_count, 3);
+    assert!(matches!(
+        q.retry(d.seq, Retry::Backoff, 1300),
+        Some(Retried::Exhausted(_))
+    ));
+    assert_eq!(q.ready_len() + q.delayed_len() + q.unacked_len(), 0);
+}
+
+#[test]
+fn explicit_delay_overrides_backoff() {
+    let mut q = queue_with(json!({"retry_backoff": ["1h"]}));
+    push(&mut q, "job");
+    q.add_consumer(Consumer::new(1, "c".into(), 0, false));
+    let d = deliver(&mut q, 0).unwrap();
+    let Some(Retried::Requeued { not_before, .. }) = q.retry(d.seq, Retry::After(5), 0) else {
+        panic!()
+    };
+    assert_eq!(not_before, Some(5));
+}
+
+#[test]
+fn ttl_smaller_of_queue_and_message_wins() {
+    let mut q = queue_with(json!({"message_ttl": 1000}));
+    push_msg(&mut q, Message::text("q", "queue-ttl"), 0);
+    let mut short = Message::text("q", "own-ttl");
+    short.properties.expiration_ms = Some(100);
+    push_msg(&mut q, short, 0);
+    assert_eq!(q.next_deadline(), Some(100));
+    let expired = q.tick(100);
+    assert_eq!(expired.len(), 1);
+    assert_eq!(&expired[0].message.body[..], b"own-ttl");
+    let expired = q.tick(1000);
+    assert_eq!(&expired[0].message.body[..], b"queue-ttl");
+    assert_eq!(q.ready_len(), 0);
+}
+
+#[test]
+fn expired_head_is_not_delivered() {
+    let mut q = queue_with(json!({"message_ttl": 10}));
+    push(&mut q, "stale");
+    q.add_consumer(Consumer::new(1, "c".into(), 0, false));
+    assert!(matches!(q.next_dispatch(50), Some(Next::Expired(_))));
+}
+
+#[test]
+fn priorities_first_fifo_within() {
+    let mut q = queue_with(json!({"max_priority": 5}));
+    for (text, p) in [
+        ("low1", 0),
+        ("high1", 9),
+        ("mid", 3),
+        ("high2", 5),
+        ("low2", 0),
+    ] {
+        let mut m = Message::text("q", text);
+        m.properties.priority = Some(p);
+        push_msg(&mut q, m, 0);
+    }
+    q.add_consumer(Consumer::new(1, "c".into(), 0, false));
+    let order: Vec<_> = std::iter::from_fn(|| deliver(&mut q, 0))
+        .map(|d| String::from_utf8(d.message.body.to_vec()).unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        ["high1", "high2", "mid", "low1", "low2"],
+        "9 is capped to 5"
+    );
+}
+
+#[test]
+fn overflow_drop_head_evicts_oldest_and_reject_publish_refuses() {
+    let mut q = queue_with(json!({"max_length": 2}));
+    push(&mut q, "a");
+    push(&mut q, "b");
+    let Push::Accepted { evicted, .. } = q.push(msg("c"), false, 0) else {
+        panic!()
+    };
+    assert_eq!(&evicted[0].message.body[..], b"a");
+    assert_eq!(q.ready_len(), 2);
+
+    let mut q = queue_with(json!({"max_length_bytes": 5, "overflow": "reject_publish"}));
+    push(&mut q, "abc");
+    assert!(matches!(q.push(msg("def"), false, 0), Push::Rejected));
+    push(&mut q, "de");
+}
+
+#[test]
+fn delayed_publish_waits_until_due() {
+    let mut q = queue();
+    let mut m = Message::text("q", "later");
+    m.properties.delay_ms = Some(500);
+    push_msg(&mut q, m, 1000);
+    push(&mut q, "now");
+    q.add_consumer(Consumer::new(1, "c".into(), 0, false));
+    assert_eq!(body(&deliver(&mut q, 1000).unwrap()), b"now");
+    assert!(q.next_dispatch(1400).is_none());
+    q.tick(1500);
+    assert_eq!(body(&deliver(&mut q, 1500).unwrap()), b"later");
+}

@@ -1,0 +1,308 @@
+//! Putting messages into queues, and taking them out as dead letters: the one enqueue
+//! path (publishes and dead letters alike), death records, the `.dlq` convention, and the
+//! operations that inspect and replay dead letters.
+//!
+//! A dead letter's removal from its queue and its insertion into the target go into the
+//! same store batch, so one commit does both: a crash never loses or duplicates it.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::{OpError, Reply, Router};
+use crate::message::{Headers, Message};
+use crate::protocol::{Moved, PeekedMessage, PeekedMessages};
+use crate::queue::{DeadLetterTarget, Entry, Push, Queue, QueuePolicy, QueueSpec};
+use crate::store::{QueueRecord, StoreOp};
+
+/// The header holding a message's death records, newest first.
+pub const DEATH_HEADER: &str = "x-death";
+
+/// Past this many dead letters caused by one event (queues dead-lettering into each other
+/// in a cycle under `max_length`), the rest are dropped rather than looping.
+const MAX_DEAD_LETTER_CHAIN: usize = 10_000;
+
+/// Why a message was dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeathReason {
+    Rejected,
+    DeliveryLimit,
+    Expired,
+    MaxLength,
+    PluginError,
+}
+
+impl DeathReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeathReason::Rejected => "rejected",
+            DeathReason::DeliveryLimit => "delivery_limit",
+            DeathReason::Expired => "expired",
+            DeathReason::MaxLength => "max_length",
+            DeathReason::PluginError => "plugin_error",
+        }
+    }
+}
+
+/// A queue refused a message (`overflow: reject_publish`).
+pub(super) struct QueueFull;
+
+impl Router {
+    /// Appends `message` to queue `name` at time `now`, persisting it when both are
+    /// durable; messages the queue evicts to make room are dead-lettered.
+    pub(super) fn enqueue(
+        &mut self,
+        name: &Arc<str>,
+        message: &Arc<Message>,
+        now: u64,
+    ) -> Result<bool, QueueFull> {
+        let Some(queue) = self.queues.get_mut(name) else {
+            return Ok(false);
+        };
+        let persist = message.properties.persistent && queue.is_stored();
+        let Push::Accepted { seq, evicted } = queue.push(message.clone(), persist, now) else {
+            return Err(QueueFull);
+        };
+        if persist {
+            self.batch.ops.push(StoreOp::PutMessage {
+                queue: queue.id,
+                seq,
+                enqueued_at: now,
+                message: message.clone(),
+            });
+        }
+        self.dirty.insert(name.clone());
+        for entry in evicted {
+            self.dead_letter(name, entry, DeathReason::MaxLength, now);
+        }
+        Ok(persist)
+    }
+
+    /// Takes `entry` (already out of queue `from`) to the queue's dead-letter target.
+    pub(super) fn dead_letter(
+        &mut self,
+        from: &Arc<str>,
+        entry: Entry,
+        reason: DeathReason,
+        now: u64,
+    ) {
+        let mut work = vec![(from.clone(), entry, reason)];
+        let mut handled = 0;
+        while let Some((from, entry, reason)) = work.pop() {
+            handled += 1;
+            let Some(queue) = self.queues.get_mut(&from) else {
+                continue;
+            };
+            if entry.stored {
+                self.batch.ops.push(StoreOp::DeleteMessage {
+                    queue: queue.id,
+                    seq: entry.seq,
+                    state: entry.state_stored,
+                });
+            }
+            if reason == DeathReason::Expired {
+                queue.counters.expired += 1;
+            }
+            if handled > MAX_DEAD_LETTER_CHAIN {
+                queue.counters.dropped += 1;
+                tracing::warn!(queue = %from, "dead-letter cycle: message dropped");
+                continue;
+            }
+            let target = queue.policy.dead_letter.clone();
+            let message = Arc::new(with_death_record(&entry.message, &from, reason, now));
+            let destinations = match target {
+                DeadLetterTarget::Drop => Vec::new(),
+                DeadLetterTarget::DefaultQueue => vec![self.ensure_dlq(&from)],
+                DeadLetterTarget::Exchange {
+                    exchange,
+                    routing_key,
+                } => {
+                    let mut routed = (*message).clone();
+                    routed.exchange = exchange;
+                    if let Some(key) = routing_key {
+                        routed.routing_key = key;
+                    }
+                    match self.route(&routed) {
+                        Ok(destinations) => destinations,
+                        Err(e) => {
+                            tracing::warn!(queue = %from, error = %e.message, "dead-letter route failed");
+                            Vec::new()
+                        }
+                    }
+                }
+            };
+            let queue = self.queues.get_mut(&from).expect("checked above");
+            if destinations.is_empty() {
+                queue.counters.dropped += 1;
+                continue;
+            }
+            queue.counters.dead_lettered += 1;
+            for destination in destinations {
+                let Some(target) = self.queues.get_mut(&destination) else {
+                    continue;
+                };
+                let persist = message.properties.persistent && target.is_stored();
+                match target.push(message.clone(), persist, now) {
+                    Push::Accepted { seq, evicted } => {
+                        if persist {
+                            self.batch.ops.push(StoreOp::PutMessage {
+                                queue: target.id,
+                                seq,
+                                enqueued_at: now,
+                                message: message.clone(),
+                            });
+                        }
+                        self.dirty.insert(destination.clone());
+                        work.extend(
+                            evicted
+                                .into_iter()
+                                .map(|e| (destination.clone(), e, DeathReason::MaxLength)),
+                        );
+                    }
+                    Push::Rejected => target.counters.dropped += 1,
+                }
+            }
+        }
+    }
+
+    /// The `<queue>.dlq` queue, declared durable on first use. It drops its own dead
+    /// letters, so rejecting from a DLQ does not grow a chain of `.dlq.dlq` queues.
+    fn ensure_dlq(&mut self, queue: &str) -> Arc<str> {
+        let name = format!("{queue}.dlq");
+        if let Some((existing, _)) = self.queues.get_key_value(name.as_str()) {
+            return existing.clone();
+        }
+        let mut arguments = Headers::new();
+        arguments.insert("dead_letter".into(), Value::Bool(false));
+        let policy = QueuePolicy::from_arguments(&arguments, false).expect("valid DLQ arguments");
+        let spec = QueueSpec {
+            durable: true,
+            exclusive_owner: None,
+            auto_delete: false,
+            arguments: arguments.clone(),
+        };
+        let id = self.next_queue_id;
+        self.next_queue_id += 1;
+        self.batch.ops.push(StoreOp::PutQueue(QueueRecord {
+            id,
+            name: name.clone(),
+            auto_delete: false,
+            arguments,
+        }));
+        let name: Arc<str> = name.into();
+        tracing::info!(queue = %name, "dead-letter queue created");
+        self.queues
+            .insert(name.clone(), Queue::new(name.clone(), id, spec, policy));
+        name
+    }
+
+    pub(super) fn peek_queue(&self, name: &str, limit: usize) -> Result<Reply, OpError> {
+        let messages = self
+            .queue(name)?
+            .peek(limit)
+            .map(|entry| PeekedMessage {
+                delivery_count: entry.delivery_count,
+                message: entry.message.clone(),
+            })
+            .collect();
+        Ok(Reply::Ok(to_json(PeekedMessages { messages })))
+    }
+
+    /// Moves dead letters back to the queue their newest death record names (all, or
+    /// those with `message_id`); messages whose original queue is gone stay.
+    pub(super) fn requeue_dead_letters(
+        &mut self,
+        name: &str,
+        message_id: Option<&str>,
+    ) -> Result<Reply, OpError> {
+        self.queue(name)?;
+        let existing: std::collections::HashSet<Arc<str>> = self.queues.keys().cloned().collect();
+        let dlq = self.queues.get_mut(name).expect("checked above");
+        let dlq_id = dlq.id;
+        let taken = dlq.take_ready_where(|entry| {
+            let id_matches = message_id
+                .is_none_or(|id| entry.message.properties.message_id.as_deref() == Some(id));
+            id_matches
+                && death_queue(&entry.message).is_some_and(|q| existing.contains(q) && q != name)
+        });
+        let now = super::exchanges::now_ms();
+        let moved = taken.len() as u64;
+        for entry in taken {
+            if entry.stored {
+                self.batch.ops.push(StoreOp::DeleteMessage {
+                    queue: dlq_id,
+                    seq: entry.seq,
+                    state: entry.state_stored,
+                });
+            }
+            let target: Arc<str> = death_queue(&entry.message).expect("selected above").into();
+            let _ = self.enqueue(&target, &entry.message, now);
+        }
+        Ok(Reply::OkAfterCommit(to_json(Moved { moved })))
+    }
+}
+
+/// The queue named by a message's newest death record.
+fn death_queue(message: &Message) -> Option<&str> {
+    message
+        .headers
+        .get(DEATH_HEADER)?
+        .get(0)?
+        .get("queue")?
+        .as_str()
+}
+
+/// A copy of `message` with a death record for (`queue`, `reason`): an existing record for
+/// the same pair is counted up and moved to the front, as RabbitMQ's `x-death` does.
+fn with_death_record(message: &Message, queue: &str, reason: DeathReason, now: u64) -> Message {
+    let mut dead = message.clone();
+    let mut records = match dead.headers.remove(DEATH_HEADER) {
+        Some(Value::Array(records)) => records,
+        _ => Vec::new(),
+    };
+    let same = |r: &Value| r["queue"] == queue && r["reason"] == reason.as_str();
+    let count = match records.iter().position(same) {
+        Some(i) => records.remove(i)["count"].as_u64().unwrap_or(0) + 1,
+        None => 1,
+    };
+    records.insert(
+        0,
+        json!({
+            "reason": reason.as_str(),
+            "queue": queue,
+            "exchange": message.exchange,
+            "routing_key": message.routing_key,
+            "count": count,
+            "time": now,
+        }),
+    );
+    dead.headers
+        .insert(DEATH_HEADER.into(), Value::Array(records));
+    dead
+}
+
+fn to_json(value: impl serde::Serialize) -> Value {
+    serde_json::to_value(value).expect("results serialize to JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn death_records_count_repeats_and_keep_newest_first() {
+        let mut m = Message::text("orders", "x");
+        m.exchange = "in".into();
+        let once = with_death_record(&m, "orders", DeathReason::Rejected, 10);
+        let twice = with_death_record(&once, "orders", DeathReason::Rejected, 20);
+        let other = with_death_record(&twice, "orders.retry", DeathReason::Expired, 30);
+        let records = other.headers[DEATH_HEADER].as_array().unwrap();
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0]["reason"], "expired");
+        assert_eq!(records[1]["count"], 2);
+        assert_eq!(records[1]["time"], 20);
+        assert_eq!(records[1]["exchange"], "in");
+        assert_eq!(death_queue(&other), Some("orders.retry"));
+        assert_eq!(&other.body[..], b"x", "body kept");
+    }
+}
