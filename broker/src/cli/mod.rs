@@ -3,6 +3,7 @@
 mod admin;
 mod bench;
 mod consume;
+mod dlq;
 mod publish;
 mod serve;
 
@@ -45,6 +46,8 @@ enum Command {
     Bind(admin::BindArgs),
     /// Remove a binding.
     Unbind(admin::BindArgs),
+    /// Inspect a queue's dead letters, or move them back to their original queue.
+    Dlq(dlq::DlqArgs),
     /// Measure throughput and latency (see `broker bench --help`).
     Bench(bench::BenchArgs),
 }
@@ -63,6 +66,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Purge(args) => admin::purge(args).await,
         Command::Bind(args) => admin::bind(args, true).await,
         Command::Unbind(args) => admin::bind(args, false).await,
+        Command::Dlq(args) => dlq::run(args).await,
         Command::Bench(args) => bench::run(args).await,
     }
 }

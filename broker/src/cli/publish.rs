@@ -33,6 +33,9 @@ pub struct PublishArgs {
     /// Pause between messages, in seconds.
     #[arg(long)]
     interval: Option<f64>,
+    /// Delayed delivery: the message becomes visible this many seconds after publish.
+    #[arg(long)]
+    deliver_after: Option<f64>,
     /// Message body; read from stdin when absent.
     #[arg(long)]
     body: Option<String>,
@@ -74,6 +77,7 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
             persistent: args.persistent,
             priority: args.priority,
             expiration_ms: args.ttl.map(|s| (s * 1000.0) as u64),
+            delay_ms: args.deliver_after.map(|s| (s * 1000.0) as u64),
             ..Default::default()
         },
         body: body.into(),

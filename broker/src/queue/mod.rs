@@ -282,7 +282,7 @@ impl Queue {
     /// The oldest waiting message, ready or delayed (for `drop_head`).
     fn pop_oldest(&mut self) -> Option<Entry> {
         let oldest_ready = self.ready.values().map(|e| e.seq).min();
-        let oldest_delayed = self.delayed.iter().map(|(_, e)| e.seq).min();
+        let oldest_delayed = self.delayed.values().map(|e| e.seq).min();
         match (oldest_ready, oldest_delayed) {
             (Some(r), Some(d)) if d < r => self.take_delayed(d),
             (Some(_), _) => {

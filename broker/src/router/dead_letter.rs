@@ -253,9 +253,13 @@ fn death_queue(message: &Message) -> Option<&str> {
 }
 
 /// A copy of `message` with a death record for (`queue`, `reason`): an existing record for
-/// the same pair is counted up and moved to the front, as RabbitMQ's `x-death` does.
+/// the same pair is counted up and moved to the front, as RabbitMQ's `x-death` does. Its
+/// own expiration and delay are moved into the record, so a dead letter does not expire
+/// again (and vanish) in the queue it lands in.
 fn with_death_record(message: &Message, queue: &str, reason: DeathReason, now: u64) -> Message {
     let mut dead = message.clone();
+    let original_expiration = dead.properties.expiration_ms.take();
+    dead.properties.delay_ms = None;
     let mut records = match dead.headers.remove(DEATH_HEADER) {
         Some(Value::Array(records)) => records,
         _ => Vec::new(),
@@ -276,6 +280,9 @@ fn with_death_record(message: &Message, queue: &str, reason: DeathReason, now: u
             "time": now,
         }),
     );
+    if let Some(ms) = original_expiration {
+        records[0]["original_expiration_ms"] = json!(ms);
+    }
     dead.headers
         .insert(DEATH_HEADER.into(), Value::Array(records));
     dead
@@ -304,5 +311,10 @@ mod tests {
         assert_eq!(records[1]["exchange"], "in");
         assert_eq!(death_queue(&other), Some("orders.retry"));
         assert_eq!(&other.body[..], b"x", "body kept");
+
+        m.properties.expiration_ms = Some(50);
+        let dead = with_death_record(&m, "q", DeathReason::Expired, 1);
+        assert_eq!(dead.properties.expiration_ms, None, "does not expire again");
+        assert_eq!(dead.headers[DEATH_HEADER][0]["original_expiration_ms"], 50);
     }
 }
