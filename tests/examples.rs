@@ -1,0 +1,37 @@
+//! The runnable demos in `examples/`, run as a user would and checked by their output.
+
+use std::process::Command;
+
+fn run(bin: &str) -> String {
+    let out = Command::new(bin).env_remove("BROKER_URL").output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{bin} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn work_queue_finishes_every_job_once_and_redelivers_the_failed_one() {
+    let out = run(env!("CARGO_BIN_EXE_work-queue"));
+    assert!(out.contains("all 9 jobs done exactly once"), "{out}");
+    assert!(out.contains("failed, requeueing"), "{out}");
+    assert!(out.contains("(redelivered)"), "{out}");
+}
+
+#[test]
+fn rpc_matches_every_reply_to_its_call() {
+    let out = run(env!("CARGO_BIN_EXE_rpc"));
+    for n in 1..=5 {
+        assert!(out.contains(&format!("{n}² = {} (call-{n})", n * n)), "{out}");
+    }
+}
+
+#[test]
+fn retry_dlq_backs_off_then_dead_letters() {
+    let out = run(env!("CARGO_BIN_EXE_retry-dlq"));
+    assert!(out.contains("attempt 4 of payment-42"), "{out}");
+    assert!(out.contains("reason=\"delivery_limit\""), "{out}");
+}
