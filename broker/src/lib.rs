@@ -7,3 +7,4 @@
 
 pub mod exchange;
 pub mod message;
+pub mod plugin;
