@@ -10,10 +10,18 @@ const PLUGINS: [&str; 4] = ["direct", "topic", "fanout", "headers"];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let root = manifest_dir.parent().expect("broker/ is inside the workspace");
+    let root = manifest_dir
+        .parent()
+        .expect("broker/ is inside the workspace");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
 
-    for path in ["plugin-sdk", "plugins", "Cargo.lock", "Cargo.toml", "broker/build"] {
+    for path in [
+        "plugin-sdk",
+        "plugins",
+        "Cargo.lock",
+        "Cargo.toml",
+        "broker/build",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
     println!("cargo:rerun-if-env-changed=BROKER_PLUGIN_TARGET_DIR");
@@ -36,7 +44,9 @@ fn main() {
     }
     for plugin in PLUGINS {
         let file = format!("exchange_{plugin}.wasm");
-        let built = target_dir.join("wasm32-unknown-unknown/release").join(&file);
+        let built = target_dir
+            .join("wasm32-unknown-unknown/release")
+            .join(&file);
         std::fs::copy(&built, out_dir.join(&file))
             .unwrap_or_else(|e| panic!("cannot copy {}: {e}", built.display()));
     }

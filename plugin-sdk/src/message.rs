@@ -20,7 +20,10 @@ pub struct Properties {
 enum Body {
     Inline(Vec<u8>),
     #[cfg(target_arch = "wasm32")]
-    Host { index: u32, size: u64 },
+    Host {
+        index: u32,
+        size: u64,
+    },
 }
 
 /// A message to route: routing key, headers, properties and (on request) the body.

@@ -69,8 +69,14 @@ mod tests {
         assert_eq!(value(&json!(true)), wit::Value::Boolean(true));
         assert_eq!(value(&json!(-3)), wit::Value::Integer(-3));
         assert_eq!(value(&json!(1.5)), wit::Value::Float(1.5));
-        assert_eq!(value(&json!(u64::MAX)), wit::Value::Json(u64::MAX.to_string()));
+        assert_eq!(
+            value(&json!(u64::MAX)),
+            wit::Value::Json(u64::MAX.to_string())
+        );
         assert_eq!(value(&json!("s")), wit::Value::Text("s".into()));
-        assert_eq!(value(&json!([1, {"a": 2}])), wit::Value::Json(r#"[1,{"a":2}]"#.into()));
+        assert_eq!(
+            value(&json!([1, {"a": 2}])),
+            wit::Value::Json(r#"[1,{"a":2}]"#.into())
+        );
     }
 }

@@ -164,15 +164,20 @@ impl PluginExchange {
 
     /// A fresh instance of `plugin` with this exchange's arguments and bindings.
     fn start(&self, plugin: &LoadedPlugin) -> Result<LiveInstance, String> {
-        let mut instance =
-            match LiveInstance::new(plugin, &self.name, &self.arguments, &self.limits, &self.stats) {
-                Ok(Ok(instance)) => instance,
-                Ok(Err(reason)) => return Err(format!("plugin rejected the exchange: {reason}")),
-                Err(failure) => {
-                    self.stats.record_failure(failure.kind);
-                    return Err(failure.reason);
-                }
-            };
+        let mut instance = match LiveInstance::new(
+            plugin,
+            &self.name,
+            &self.arguments,
+            &self.limits,
+            &self.stats,
+        ) {
+            Ok(Ok(instance)) => instance,
+            Ok(Err(reason)) => return Err(format!("plugin rejected the exchange: {reason}")),
+            Err(failure) => {
+                self.stats.record_failure(failure.kind);
+                return Err(failure.reason);
+            }
+        };
         for (id, bound) in &self.bindings {
             match instance.bind(*id, &bound.key, &bound.arguments) {
                 Ok(Ok(())) => {}

@@ -89,7 +89,9 @@ impl LiveInstance {
         key: &str,
         arguments: &[wit::Header],
     ) -> Result<Result<(), String>, Failure> {
-        self.call(1, |ex, store| ex.call_validate_binding(store, key, arguments))
+        self.call(1, |ex, store| {
+            ex.call_validate_binding(store, key, arguments)
+        })
     }
 
     pub fn bind(

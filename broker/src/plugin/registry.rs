@@ -125,11 +125,7 @@ impl PluginHost {
     /// Compiles and registers plugin `name` on a blocking thread; exchanges of type `name`
     /// can be declared afterwards. Loading an existing custom name redeploys it: live
     /// exchanges move to the new version at their next call (if it accepts their bindings).
-    pub async fn load(
-        &self,
-        name: &str,
-        bytes: impl Into<Bytes>,
-    ) -> Result<PluginInfo, LoadError> {
+    pub async fn load(&self, name: &str, bytes: impl Into<Bytes>) -> Result<PluginInfo, LoadError> {
         let inner = self.inner.clone();
         let name = name.to_owned();
         let bytes = bytes.into();
@@ -146,8 +142,10 @@ impl PluginHost {
     /// The registered exchange types, by name.
     pub fn plugins(&self) -> Vec<PluginInfo> {
         let types = self.inner.types.read().expect("registry lock poisoned");
-        let mut infos: Vec<PluginInfo> =
-            types.values().map(|slot| slot.current().0.info.clone()).collect();
+        let mut infos: Vec<PluginInfo> = types
+            .values()
+            .map(|slot| slot.current().0.info.clone())
+            .collect();
         infos.sort_by(|a, b| a.name.cmp(&b.name));
         infos
     }
@@ -185,8 +183,13 @@ impl PluginHost {
             .slot(type_name)
             .ok_or_else(|| ExchangeError::UnknownType(type_name.to_owned()))?;
         let control = Arc::new(ExchangeControl::default());
-        let created =
-            PluginExchange::new(slot, exchange, arguments, &self.inner.limits, control.clone())?;
+        let created = PluginExchange::new(
+            slot,
+            exchange,
+            arguments,
+            &self.inner.limits,
+            control.clone(),
+        )?;
         let mut exchanges = self.inner.exchanges.lock().expect("registry lock poisoned");
         exchanges.retain(|_, control| control.strong_count() > 0);
         exchanges.insert(exchange.to_owned(), Arc::downgrade(&control));
@@ -213,7 +216,14 @@ impl HostInner {
         if !bundled && bundled::is_standard(name) {
             return Err(LoadError::ReservedName(name.to_owned()));
         }
-        let plugin = loader::load(&self.engine, &self.linker, &self.limits, name, bytes, bundled)?;
+        let plugin = loader::load(
+            &self.engine,
+            &self.linker,
+            &self.limits,
+            name,
+            bytes,
+            bundled,
+        )?;
         let info = plugin.info.clone();
         let mut types = self.types.write().expect("registry lock poisoned");
         match types.get(name) {
@@ -239,6 +249,8 @@ impl ExchangeTypes for PluginHost {
         exchange: &str,
         arguments: &Headers,
     ) -> Result<Box<dyn Exchange>, ExchangeError> {
-        Ok(Box::new(self.create_exchange(type_name, exchange, arguments)?))
+        Ok(Box::new(
+            self.create_exchange(type_name, exchange, arguments)?,
+        ))
     }
 }

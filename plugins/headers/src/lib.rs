@@ -43,10 +43,11 @@ impl Binding {
     }
 
     fn matches(&self, headers: &Headers) -> bool {
-        let mut hits = self
-            .required
-            .iter()
-            .map(|(name, want)| headers.get(name).is_some_and(|got| value_matches(want, got)));
+        let mut hits = self.required.iter().map(|(name, want)| {
+            headers
+                .get(name)
+                .is_some_and(|got| value_matches(want, got))
+        });
         match self.kind {
             // Like RabbitMQ: `all` with nothing to check matches, `any` does not.
             MatchKind::All => hits.all(|hit| hit),

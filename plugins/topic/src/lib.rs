@@ -22,7 +22,10 @@ struct Node {
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.bindings.is_empty() && self.words.is_empty() && self.star.is_none() && self.hash.is_none()
+        self.bindings.is_empty()
+            && self.words.is_empty()
+            && self.star.is_none()
+            && self.hash.is_none()
     }
 }
 
@@ -74,7 +77,11 @@ fn remove(node: &mut Node, words: &[&str], id: BindingId) {
     };
     match *first {
         "*" | "#" => {
-            let slot = if *first == "*" { &mut node.star } else { &mut node.hash };
+            let slot = if *first == "*" {
+                &mut node.star
+            } else {
+                &mut node.hash
+            };
             if let Some(child) = slot {
                 remove(child, rest, id);
                 if child.is_empty() {

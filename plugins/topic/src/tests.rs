@@ -76,7 +76,11 @@ fn amqp_pattern_table() {
         ("a.b", "A.B", false),
     ];
     for (pattern, key, want) in table {
-        assert_eq!(is_match(pattern, key), want, "pattern {pattern:?} key {key:?}");
+        assert_eq!(
+            is_match(pattern, key),
+            want,
+            "pattern {pattern:?} key {key:?}"
+        );
     }
 }
 

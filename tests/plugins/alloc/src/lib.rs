@@ -15,7 +15,8 @@ impl Exchange for Hostile {
         if msg.routing_key() == "alloc" {
             let mut hoard: Vec<Vec<u8>> = Vec::new();
             loop {
-                hoard.push(vec![1; 1 << 20]);
+                // Reserve without touching: growth, not fuel, is what runs out.
+                hoard.push(Vec::with_capacity(1 << 20));
                 std::hint::black_box(&hoard);
             }
         }

@@ -60,6 +60,3 @@ macro_rules! keyed_exchange {
         }
     };
 }
-
-
-
