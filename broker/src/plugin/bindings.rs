@@ -3,10 +3,11 @@
 wasmtime::component::bindgen!({
     path: "../plugin-sdk/wit",
     world: "exchange-plugin",
+    additional_derives: [PartialEq],
 });
 
-pub use broker::plugin::host::{Host, LogLevel};
-pub use exports::broker::plugin::exchange as wit;
+pub use self::broker::plugin::host::{Host, LogLevel};
+pub use self::exports::broker::plugin::exchange as wit;
 
 /// The package that defines the ABI, and the major version this host implements.
 pub const ABI_PACKAGE: &str = "broker:plugin";

@@ -24,6 +24,9 @@ fn is_match(binding: &[(&str, Value)], headers: &[(&str, Value)]) -> bool {
     out == [1]
 }
 
+/// (binding arguments, message headers, matches)
+type Case = (Vec<(&'static str, Value)>, Vec<(&'static str, Value)>, bool);
+
 #[test]
 fn x_match_table() {
     let fmt_pdf = ("format", text("pdf"));
@@ -33,7 +36,7 @@ fn x_match_table() {
     let x_all_x = ("x-match", text("all-with-x"));
     let x_any_x = ("x-match", text("any-with-x"));
     let x_custom = ("x-tenant", text("t1"));
-    let table: Vec<(Vec<(&str, Value)>, Vec<(&str, Value)>, bool)> = vec![
+    let table: Vec<Case> = vec![
         // all (explicit and default)
         (
             vec![x_all.clone(), fmt_pdf.clone(), type_report.clone()],
