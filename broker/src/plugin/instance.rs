@@ -132,9 +132,11 @@ impl LiveInstance {
 
 /// Fresh budget before a call: fuel for `messages`, deadline, log allowance.
 fn prepare(store: &mut Store<HostState>, limits: &Limits, messages: usize) {
-    store
-        .set_fuel(limits.fuel_for(messages))
-        .expect("the engine is configured to consume fuel");
+    if limits.meter_fuel {
+        store
+            .set_fuel(limits.fuel_for(messages))
+            .expect("the engine is configured to consume fuel");
+    }
     if limits.call_deadline.is_some() {
         store.set_epoch_deadline(CALL_DEADLINE_TICKS);
     }

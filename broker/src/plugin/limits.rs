@@ -9,6 +9,9 @@ pub struct Limits {
     /// costs ~15k; 10M stops a runaway loop in well under a millisecond of broker time.
     /// A `route-batch` call gets this budget per message.
     pub fuel_per_call: u64,
+    /// Whether calls are metered at all. Turning it off removes the CPU budget (a loop
+    /// then only meets `call_deadline`); it exists to measure the metering's overhead.
+    pub meter_fuel: bool,
     /// Maximum linear memory of one instance; growing past it traps.
     pub memory_bytes: usize,
     /// Maximum number of binding ids one message may be routed to.
@@ -38,6 +41,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             fuel_per_call: 10_000_000,
+            meter_fuel: true,
             memory_bytes: 16 << 20,
             max_route_ids: 65_536,
             max_module_bytes: 16 << 20,

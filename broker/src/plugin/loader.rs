@@ -175,7 +175,9 @@ fn probe(
     let mut store = Store::new(engine, HostState::new(limits, name.clone(), "".into()));
     store.limiter(|state| state.limiter());
     let fail = |e: wasmtime::Error| LoadError::Probe(format!("{e:#}"));
-    store.set_fuel(limits.fuel_per_call).map_err(fail)?;
+    if limits.meter_fuel {
+        store.set_fuel(limits.fuel_per_call).map_err(fail)?;
+    }
     if limits.call_deadline.is_some() {
         // Probing happens off the router; a generous deadline only guards against hangs.
         store.set_epoch_deadline(super::epoch::CALL_DEADLINE_TICKS * 10);

@@ -71,7 +71,7 @@ pub struct PluginHost {
 
 fn engine(limits: &Limits) -> Result<Engine, HostError> {
     let mut config = Config::new();
-    config.consume_fuel(true);
+    config.consume_fuel(limits.meter_fuel);
     config.epoch_interruption(limits.call_deadline.is_some());
     if let Some(slots) = limits.pooled_instances {
         let mut pool = PoolingAllocationConfig::new();

@@ -4,12 +4,37 @@
 //! Patterns live in a trie of words, so routing costs depend on the key's length and
 //! the patterns that share its prefixes, not on the number of bindings.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use broker_plugin_sdk::{BindingId, Capabilities, Exchange, Headers, Message};
 
 /// Longest accepted pattern, in bytes (AMQP's short-string limit); it bounds matching work.
 pub const MAX_PATTERN_LEN: usize = 255;
+
+/// FNV-1a: word lookups hash short strings on every route, where SipHash's DoS
+/// resistance buys nothing (patterns come from the broker's own bindings).
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<Fnv>>;
 
 #[derive(Default)]
 struct Node {
@@ -100,31 +125,71 @@ fn remove(node: &mut Node, words: &[&str], id: BindingId) {
     }
 }
 
-/// Collects the bindings of patterns below `node` that match `words[at..]`.
-/// `seen` records (`#` node, position) pairs already expanded, so overlapping `#`s
-/// cannot make matching exponential.
-fn collect<'n>(
-    node: &'n Node,
-    words: &[&str],
-    at: usize,
-    seen: &mut HashSet<(*const Node, usize)>,
-    out: &mut Vec<BindingId>,
-) {
-    if at == words.len() {
-        out.extend_from_slice(&node.bindings);
-    } else {
-        if let Some(child) = node.words.get(words[at]) {
-            collect(child, words, at + 1, seen, out);
-        }
-        if let Some(star) = &node.star {
-            collect(star, words, at + 1, seen, out);
-        }
+/// A position in a routing key: the byte offset where the next word starts, or `DONE`
+/// once every word was consumed. Walking offsets instead of a split `Vec` keeps routing
+/// free of allocations.
+const DONE: usize = usize::MAX;
+
+/// The first position of `key`: the empty key has no words at all.
+fn start(key: &str) -> usize {
+    if key.is_empty() { DONE } else { 0 }
+}
+
+/// The word at `at` and the position after it.
+fn next_word(key: &str, at: usize) -> (&str, usize) {
+    match key[at..].find('.') {
+        Some(len) => (&key[at..at + len], at + len + 1),
+        None => (&key[at..], DONE),
     }
-    if let Some(hash) = &node.hash {
-        let hash: &'n Node = hash;
-        for skip_to in at..=words.len() {
-            if seen.insert((hash as *const Node, skip_to)) {
-                collect(hash, words, skip_to, seen, out);
+}
+
+/// Expanding a `#` more often than this in one route turns on memoisation.
+const MEMO_AFTER: u32 = 64;
+
+/// State of one route. `seen` records (`#` node, position) pairs already expanded, so
+/// patterns with many `#`s cannot make matching exponential; it is only allocated once a
+/// route expands `#` nodes often, which ordinary patterns never do.
+struct Walk<'k> {
+    key: &'k str,
+    expansions: u32,
+    seen: Option<HashSet<(usize, usize)>>,
+}
+
+impl Walk<'_> {
+    fn first_visit(&mut self, node: &Node, at: usize) -> bool {
+        self.expansions += 1;
+        if self.expansions <= MEMO_AFTER {
+            return true;
+        }
+        self.seen
+            .get_or_insert_with(HashSet::new)
+            .insert((node as *const Node as usize, at))
+    }
+
+    /// Collects the bindings of patterns below `node` that match the key from `at`.
+    fn collect(&mut self, node: &Node, at: usize, out: &mut Vec<BindingId>) {
+        if at == DONE {
+            out.extend_from_slice(&node.bindings);
+        } else {
+            let (word, next) = next_word(self.key, at);
+            if let Some(child) = node.words.get(word) {
+                self.collect(child, next, out);
+            }
+            if let Some(star) = &node.star {
+                self.collect(star, next, out);
+            }
+        }
+        if let Some(hash) = &node.hash {
+            // `#` consumes zero or more words: try every later position.
+            let mut skip_to = at;
+            loop {
+                if self.first_visit(hash, skip_to) {
+                    self.collect(hash, skip_to, out);
+                }
+                if skip_to == DONE {
+                    break;
+                }
+                skip_to = next_word(self.key, skip_to).1;
             }
         }
     }
@@ -133,15 +198,18 @@ fn collect<'n>(
 impl Topic {
     /// The ids of the bindings whose pattern matches `key`, each once, in ascending order.
     pub fn matches(&self, key: &str, out: &mut Vec<BindingId>) {
-        let start = out.len();
-        let mut seen = HashSet::new();
-        collect(&self.root, &words(key), 0, &mut seen, out);
-        let found = &mut out[start..];
-        if found.len() > 1 {
-            found.sort_unstable();
-            let mut unique = start;
-            for i in start..out.len() {
-                if unique == start || out[unique - 1] != out[i] {
+        let begin = out.len();
+        let mut walk = Walk {
+            key,
+            expansions: 0,
+            seen: None,
+        };
+        walk.collect(&self.root, start(key), out);
+        if out.len() - begin > 1 {
+            out[begin..].sort_unstable();
+            let mut unique = begin + 1;
+            for i in begin + 1..out.len() {
+                if out[i] != out[unique - 1] {
                     out[unique] = out[i];
                     unique += 1;
                 }
