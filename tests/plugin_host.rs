@@ -101,7 +101,8 @@ fn runaway_allocation_hits_the_memory_cap() {
 fn trap_is_contained() {
     let host = host();
     let mut ex = hostile(&host, "trap");
-    failed(route(&mut ex, "boom"));
+    let reason = failed(route(&mut ex, "boom"));
+    assert!(reason.contains("unreachable"), "{reason}");
     let stats = host.stats("trap").unwrap();
     assert_eq!((stats.errors, stats.traps), (1, 1));
     assert_recovers(&host, "trap", &mut ex);
@@ -315,6 +316,18 @@ async fn custom_plugins_load_async_and_redeploy() {
     let mut out = Vec::new();
     ex.route(&Message::text("x", "a"), &mut out).unwrap();
     assert_eq!(out, vec![1]);
+
+    let stats: Vec<String> = host.all_stats().into_iter().map(|(name, _)| name).collect();
+    assert_eq!(stats, ["custom", "direct", "fanout", "headers", "topic"]);
+    assert!(!host.unload("topic"), "standard types stay");
+    assert!(host.unload("custom"));
+    assert!(matches!(
+        host.create("custom", "again", &Headers::new()),
+        Err(ExchangeError::UnknownType(_))
+    ));
+    out.clear();
+    ex.route(&Message::text("x", "a"), &mut out).unwrap();
+    assert_eq!(out, vec![1], "live exchanges keep their plugin");
 }
 
 #[test]

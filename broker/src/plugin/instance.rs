@@ -144,15 +144,22 @@ fn prepare(store: &mut Store<HostState>, limits: &Limits, messages: usize) {
 }
 
 fn classify(store: &Store<HostState>, error: wasmtime::Error) -> Failure {
-    let kind = match error.downcast_ref::<Trap>() {
+    let trap = error.downcast_ref::<Trap>().copied();
+    let kind = match trap {
         _ if store.data().memory_denied() => FailureKind::MemoryExhausted,
         Some(Trap::OutOfFuel | Trap::Interrupt) => FailureKind::Timeout,
         _ => FailureKind::Trap,
     };
+    // The short cause goes to the client; the full error (with the Wasm backtrace) to the log.
+    tracing::debug!(error = ?error, "plugin call failed");
+    let cause = match trap {
+        Some(trap) => trap.to_string(),
+        None => error.root_cause().to_string(),
+    };
     let reason = match kind {
-        FailureKind::Timeout => format!("exceeded its CPU budget ({error})"),
-        FailureKind::MemoryExhausted => format!("exceeded its memory limit ({error})"),
-        _ => format!("{error:#}"),
+        FailureKind::Timeout => format!("exceeded its CPU budget ({cause})"),
+        FailureKind::MemoryExhausted => format!("exceeded its memory limit ({cause})"),
+        _ => cause,
     };
     Failure { kind, reason }
 }

@@ -155,6 +155,28 @@ impl PluginHost {
         self.slot(name).map(|slot| slot.stats.snapshot())
     }
 
+    /// The counters of every registered exchange type, by name.
+    pub fn all_stats(&self) -> Vec<(String, StatsSnapshot)> {
+        let types = self.inner.types.read().expect("registry lock poisoned");
+        let mut all: Vec<(String, StatsSnapshot)> = types
+            .iter()
+            .map(|(name, slot)| (name.clone(), slot.stats.snapshot()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Removes custom type `name`: no new exchanges of that type can be declared. Live
+    /// exchanges keep running the version they have until they are deleted. Returns false
+    /// for unknown and standard types.
+    pub fn unload(&self, name: &str) -> bool {
+        if bundled::is_standard(name) {
+            return false;
+        }
+        let mut types = self.inner.types.write().expect("registry lock poisoned");
+        types.remove(name).is_some()
+    }
+
     /// Takes exchange `exchange` out of quarantine (applied at its next call, with a fresh
     /// instance). Returns false if no live plugin exchange has that name.
     pub fn reset(&self, exchange: &str) -> bool {
