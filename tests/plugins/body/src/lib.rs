@@ -2,26 +2,14 @@
 //! both reach the plugin. A message goes to the bindings whose key equals its body text,
 //! unless its content type is `application/x-skip`.
 
-use broker_plugin_sdk::{BindingId, Exchange, Message};
-use common::Keyed;
+use broker_plugin_sdk::Message;
 
-#[derive(Default)]
-pub struct Hostile {
-    keyed: Keyed,
-}
-
-impl Exchange for Hostile {
-    common::keyed_exchange!();
-
-    fn route(&mut self, msg: &Message, out: &mut Vec<BindingId>) {
-        if msg.properties().content_type.as_deref() == Some("application/x-skip") {
-            return;
-        }
-        let body = msg.body();
-        assert_eq!(body.len() as u64, msg.body_size());
-        let key = String::from_utf8_lossy(&body);
-        self.keyed.route(&Message::new(key.as_ref()), out);
+common::hostile_plugin!(|keyed, msg, out| {
+    if msg.properties().content_type.as_deref() == Some("application/x-skip") {
+        return;
     }
-}
-
-broker_plugin_sdk::export_exchange!(Hostile);
+    let body = msg.body();
+    assert_eq!(body.len() as u64, msg.body_size());
+    let key = String::from_utf8_lossy(&body);
+    keyed.route(&Message::new(key.as_ref()), out);
+});

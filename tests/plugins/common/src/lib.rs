@@ -33,30 +33,53 @@ impl Keyed {
     }
 }
 
-/// The boilerplate `Exchange` methods shared by the hostile plugins; each supplies `route`.
+/// Defines and exports a plugin that behaves like a direct exchange (bindings kept in
+/// `Keyed`) except for its `route`, given as `|keyed, msg, out| { ... }`.
 #[macro_export]
-macro_rules! keyed_exchange {
-    () => {
-        fn capabilities() -> broker_plugin_sdk::Capabilities {
-            broker_plugin_sdk::Capabilities::HEADERS
+macro_rules! hostile_plugin {
+    (|$keyed:ident, $msg:ident, $out:ident| $route:block) => {
+        #[derive(Default)]
+        pub struct Hostile {
+            keyed: $crate::Keyed,
         }
-        fn new(_: &str, _: &broker_plugin_sdk::Headers) -> Result<Self, String> {
-            Ok(Self::default())
+
+        impl broker_plugin_sdk::Exchange for Hostile {
+            fn capabilities() -> broker_plugin_sdk::Capabilities {
+                // Not key-only, so the host's key cache cannot hide repeated failures.
+                broker_plugin_sdk::Capabilities::HEADERS
+            }
+            fn new(_: &str, _: &broker_plugin_sdk::Headers) -> Result<Self, String> {
+                Ok(Self::default())
+            }
+            fn validate_binding(
+                &self,
+                _: &str,
+                _: &broker_plugin_sdk::Headers,
+            ) -> Result<(), String> {
+                Ok(())
+            }
+            fn bind(
+                &mut self,
+                id: broker_plugin_sdk::BindingId,
+                key: &str,
+                _: &broker_plugin_sdk::Headers,
+            ) -> Result<(), String> {
+                self.keyed.bind(id, key);
+                Ok(())
+            }
+            fn unbind(&mut self, id: broker_plugin_sdk::BindingId) {
+                self.keyed.unbind(id);
+            }
+            fn route(
+                &mut self,
+                $msg: &broker_plugin_sdk::Message,
+                $out: &mut Vec<broker_plugin_sdk::BindingId>,
+            ) {
+                let $keyed = &self.keyed;
+                $route
+            }
         }
-        fn validate_binding(&self, _: &str, _: &broker_plugin_sdk::Headers) -> Result<(), String> {
-            Ok(())
-        }
-        fn bind(
-            &mut self,
-            id: broker_plugin_sdk::BindingId,
-            key: &str,
-            _: &broker_plugin_sdk::Headers,
-        ) -> Result<(), String> {
-            self.keyed.bind(id, key);
-            Ok(())
-        }
-        fn unbind(&mut self, id: broker_plugin_sdk::BindingId) {
-            self.keyed.unbind(id);
-        }
+
+        broker_plugin_sdk::export_exchange!(Hostile);
     };
 }

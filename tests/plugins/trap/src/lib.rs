@@ -1,22 +1,8 @@
 //! Panics (a Wasm trap) when the routing key is `boom`.
 
-use broker_plugin_sdk::{BindingId, Exchange, Message};
-use common::Keyed;
-
-#[derive(Default)]
-pub struct Hostile {
-    keyed: Keyed,
-}
-
-impl Exchange for Hostile {
-    common::keyed_exchange!();
-
-    fn route(&mut self, msg: &Message, out: &mut Vec<BindingId>) {
-        if msg.routing_key() == "boom" {
-            panic!("boom");
-        }
-        self.keyed.route(msg, out);
+common::hostile_plugin!(|keyed, msg, out| {
+    if msg.routing_key() == "boom" {
+        panic!("boom");
     }
-}
-
-broker_plugin_sdk::export_exchange!(Hostile);
+    keyed.route(msg, out);
+});
