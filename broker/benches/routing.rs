@@ -127,6 +127,27 @@ fn main() {
         call_deadline: None,
         ..no_cache.clone()
     };
+    let started = Instant::now();
+    let host = PluginHost::with_standard_exchanges(Limits::default()).unwrap();
+    println!(
+        "startup: compiling the 4 standard plugins took {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    let started = Instant::now();
+    let mut ex = wasm_exchange(&host, 1000);
+    println!(
+        "declaring a topic exchange and binding 1000 patterns took {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    let started = Instant::now();
+    ex.reset();
+    let mut out = Vec::new();
+    ex.route(&Message::text("stock.s0.nyse", ""), &mut out)
+        .unwrap();
+    println!(
+        "restarting its instance (replaying 1000 bindings) took {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
     println!("topic exchange, ns per message ({KEYS} distinct keys, cycled)");
     println!(
         "{:<48} {:>12} {:>12}",
