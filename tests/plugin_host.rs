@@ -296,6 +296,21 @@ fn body_and_properties_reach_the_plugin() {
     );
 }
 
+#[test]
+fn fetching_bodies_in_a_loop_is_stopped() {
+    let host = host();
+    let mut ex = hostile(&host, "body");
+    let big = Message::text("greedy", "x".repeat(1 << 20));
+    let started = Instant::now();
+    let reason = match ex.route(&big, &mut Vec::new()) {
+        Err(ExchangeError::PluginFailed(reason)) => reason,
+        other => panic!("expected PluginFailed, got {other:?}"),
+    };
+    assert!(reason.contains("bodies too often"), "{reason}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(host.stats("body").unwrap().traps, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_plugins_load_async_and_redeploy() {
     let host = host();

@@ -8,11 +8,19 @@ use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use super::bindings::{Host, LogLevel};
 use super::limits::Limits;
 
+/// Each body may be fetched this many times per call...
+const BODY_COPIES_PER_CALL: usize = 4;
+/// ...plus this many bytes, so empty bodies can be fetched too.
+const BODY_COPY_SLACK: usize = 64 << 10;
+
 pub struct HostState {
     limiter: Limiter,
     /// Bodies of the messages being routed, for `message-body` (cheap `Bytes` clones).
     pub bodies: Vec<Bytes>,
     log_lines_left: u32,
+    /// Body bytes the plugin may still copy in this call: host time spent copying is not
+    /// metered by fuel, so a loop fetching a large body must not run unchecked.
+    body_bytes_left: usize,
     max_log_lines: u32,
     max_log_line_bytes: usize,
     plugin: Arc<str>,
@@ -31,6 +39,7 @@ impl HostState {
             },
             bodies: Vec::new(),
             log_lines_left: limits.max_log_lines_per_call,
+            body_bytes_left: 0,
             max_log_lines: limits.max_log_lines_per_call,
             max_log_line_bytes: limits.max_log_line_bytes,
             plugin,
@@ -42,9 +51,12 @@ impl HostState {
         &mut self.limiter
     }
 
-    /// Prepares for a call: fresh log allowance, no "memory denied" from an earlier call.
+    /// Prepares for a call (after `bodies` is filled): fresh log and body-copy allowances,
+    /// no "memory denied" left from an earlier call.
     pub fn begin_call(&mut self) {
         self.log_lines_left = self.max_log_lines;
+        let bodies: usize = self.bodies.iter().map(Bytes::len).sum();
+        self.body_bytes_left = bodies.saturating_mul(BODY_COPIES_PER_CALL) + BODY_COPY_SLACK;
         self.limiter.memory_denied = false;
     }
 
@@ -121,10 +133,14 @@ impl Host for HostState {
         }
     }
 
-    fn message_body(&mut self, index: u32) -> Vec<u8> {
-        self.bodies
-            .get(index as usize)
-            .map(|body| body.to_vec())
-            .unwrap_or_default()
+    fn message_body(&mut self, index: u32) -> wasmtime::Result<Vec<u8>> {
+        let Some(body) = self.bodies.get(index as usize) else {
+            return Ok(Vec::new());
+        };
+        self.body_bytes_left = self
+            .body_bytes_left
+            .checked_sub(body.len())
+            .ok_or_else(|| wasmtime::format_err!("plugin fetched message bodies too often"))?;
+        Ok(body.to_vec())
     }
 }
