@@ -8,6 +8,7 @@
 pub mod client;
 pub mod exchange;
 pub mod message;
+pub mod plugin;
 pub mod protocol;
 pub mod queue;
 pub mod router;
