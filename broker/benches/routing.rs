@@ -78,8 +78,13 @@ fn native(bindings: usize) -> f64 {
 }
 
 fn wasm_exchange(host: &PluginHost, bindings: usize) -> PluginExchange {
+    typed_exchange(host, "topic", bindings)
+}
+
+/// An exchange of `type_name` with the benchmark's topic patterns as binding keys.
+fn typed_exchange(host: &PluginHost, type_name: &str, bindings: usize) -> PluginExchange {
     let mut ex = host
-        .create_exchange("topic", "bench", &Headers::new())
+        .create_exchange(type_name, "bench", &Headers::new())
         .unwrap();
     for (id, pattern) in patterns(bindings).iter().enumerate() {
         ex.bind(id as BindingId, pattern, &Headers::new()).unwrap();
@@ -88,8 +93,12 @@ fn wasm_exchange(host: &PluginHost, bindings: usize) -> PluginExchange {
 }
 
 fn wasm(limits: Limits, bindings: usize, batched: bool) -> f64 {
+    wasm_typed(limits, "topic", bindings, batched)
+}
+
+fn wasm_typed(limits: Limits, type_name: &str, bindings: usize, batched: bool) -> f64 {
     let host = PluginHost::with_standard_exchanges(limits).unwrap();
-    let mut ex = wasm_exchange(&host, bindings);
+    let mut ex = typed_exchange(&host, type_name, bindings);
     let msgs: Vec<Message> = keys(bindings)
         .into_iter()
         .map(|k| Message::text(k, "body"))
@@ -109,7 +118,7 @@ fn wasm(limits: Limits, bindings: usize, batched: bool) -> f64 {
             }
         }
     });
-    assert_eq!(host.stats("topic").unwrap().errors, 0);
+    assert_eq!(host.stats(type_name).unwrap().errors, 0);
     ns
 }
 
@@ -153,7 +162,15 @@ fn main() {
         "{:<48} {:>12} {:>12}",
         "case", "10 bindings", "1000 bindings"
     );
+    // `cargo bench -p broker --bench routing -- floor` runs the rows containing "floor".
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let row = |name: &str, f: &dyn Fn(usize) -> f64| {
+        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
+            return;
+        }
         println!("{name:<48} {:>12.0} {:>12.0}", f(10), f(1000));
     };
     row("native Rust matcher", &native);
@@ -177,5 +194,12 @@ fn main() {
     });
     row("wasm batched, no cache, no fuel, no deadline", &|n| {
         wasm(unmetered.clone(), n, true)
+    });
+    // The floor: the same calls into a plugin whose matcher is one hash lookup.
+    row("floor: direct exchange, single, no cache", &|n| {
+        wasm_typed(no_cache.clone(), "direct", n, false)
+    });
+    row("floor: direct exchange, batched x256, no cache", &|n| {
+        wasm_typed(no_cache.clone(), "direct", n, true)
     });
 }

@@ -3,6 +3,7 @@
 //! contains failures (discard the instance, count, quarantine after too many in a row).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -35,6 +36,29 @@ impl ExchangeControl {
     }
 }
 
+/// Hashes binding ids (assigned by the broker, so not attacker-chosen) with one multiply;
+/// every routed id is looked up to validate plugin output.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type BindingMap = HashMap<BindingId, BoundKey, BuildHasherDefault<IdHasher>>;
+
 struct BoundKey {
     key: String,
     arguments: Vec<wit::Header>,
@@ -49,7 +73,7 @@ pub struct PluginExchange {
     generation: u64,
     /// `None` after a failure, until the next call recreates it.
     instance: Option<LiveInstance>,
-    bindings: HashMap<BindingId, BoundKey>,
+    bindings: BindingMap,
     cache: Option<KeyCache>,
     consecutive_failures: u32,
     limits: Limits,
@@ -94,7 +118,7 @@ impl PluginExchange {
             plugin,
             generation,
             instance: Some(instance),
-            bindings: HashMap::new(),
+            bindings: BindingMap::default(),
             consecutive_failures: 0,
             limits: limits.clone(),
             control,

@@ -6,6 +6,29 @@
 //! [`PluginHost::load`]. Each declared exchange gets its own long-lived instance; each
 //! call runs under [`Limits`] (fuel, memory, output size), and a failing instance is
 //! replaced, its bindings replayed, until too many failures in a row quarantine it.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use broker::exchange::ExchangeTypes;
+//! use broker::message::{Headers, Message};
+//! use broker::plugin::{Limits, PluginHost};
+//!
+//! // Startup: compile the standard types (blocking, once).
+//! let host = PluginHost::with_standard_exchanges(Limits::default())?;
+//! let types: Arc<dyn ExchangeTypes> = Arc::new(host.clone());
+//!
+//! // Router: one exchange per declaration; bindings pushed as they change.
+//! let mut logs = types.create("topic", "logs", &Headers::new())?;
+//! logs.bind(1, "app.*.error", &Headers::new())?;
+//! let mut out = Vec::new();
+//! logs.route(&Message::text("app.web.error", "disk full"), &mut out)?;
+//! assert_eq!(out, [1]);
+//!
+//! // Metrics and operations.
+//! assert_eq!(host.stats("topic").unwrap().errors, 0);
+//! assert_eq!(host.is_quarantined("logs"), Some(false));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod bindings;
 mod bundled;

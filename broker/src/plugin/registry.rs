@@ -122,8 +122,8 @@ impl PluginHost {
         Ok(host)
     }
 
-    /// Compiles and registers plugin `name` on a blocking thread; exchanges of type `name`
-    /// can be declared afterwards. Loading an existing custom name redeploys it: live
+    /// Compiles and registers plugin `name` on a blocking thread (call it inside a Tokio
+    /// runtime); exchanges of type `name` can be declared afterwards. Loading an existing custom name redeploys it: live
     /// exchanges move to the new version at their next call (if it accepts their bindings).
     pub async fn load(&self, name: &str, bytes: impl Into<Bytes>) -> Result<PluginInfo, LoadError> {
         let inner = self.inner.clone();
