@@ -49,7 +49,9 @@ async fn main() -> anyhow::Result<()> {
 
     // The DLQ consumer: what teams otherwise write by hand.
     let dlq = Client::connect(&url).await?;
-    dlq.declare_queue("payments.dlq", QueueOptions::durable()).await.ok();
+    dlq.declare_queue("payments.dlq", QueueOptions::durable())
+        .await
+        .ok();
     let mut dead = dlq.consume("payments.dlq", 1).await?;
     let d = dead.next().await.expect("dead letter");
     let record = &d.message.headers[DEATH_HEADER][0];

@@ -25,7 +25,10 @@ fn work_queue_finishes_every_job_once_and_redelivers_the_failed_one() {
 fn rpc_matches_every_reply_to_its_call() {
     let out = run(env!("CARGO_BIN_EXE_rpc"));
     for n in 1..=5 {
-        assert!(out.contains(&format!("{n}² = {} (call-{n})", n * n)), "{out}");
+        assert!(
+            out.contains(&format!("{n}² = {} (call-{n})", n * n)),
+            "{out}"
+        );
     }
 }
 

@@ -441,3 +441,22 @@ async fn kill_9_during_dead_lettering_loses_and_duplicates_nothing() {
     }
     assert_eq!(seen.len(), N, "every message in exactly one place");
 }
+
+/// After a restart, expiry and delays fire by themselves, with nobody touching the queue.
+#[tokio::test]
+async fn timers_fire_after_restart_without_traffic() {
+    let mut b = TestBroker::start().await;
+    let c = b.client().await;
+    c.declare_queue("ttl", durable_with(json!({"message_ttl": "600ms"})))
+        .await
+        .unwrap();
+    c.confirm_select().await.unwrap();
+    c.publish(persistent("ttl", "expires while down"), false)
+        .await
+        .unwrap();
+    c.close().await;
+    b.restart().await;
+    let c = b.client().await;
+    // Polls only the DLQ: the expired message must move without activity on `ttl`.
+    wait_ready(&c, "ttl.dlq", 1).await;
+}

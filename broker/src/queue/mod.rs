@@ -124,6 +124,8 @@ pub enum Retry {
     After(u64),
     /// At once (its consumer vanished).
     Now,
+    /// At once and not counted as a delivery (the broker is stopping: nobody failed).
+    Release,
 }
 
 /// Where a retried message went.
@@ -424,7 +426,9 @@ impl Queue {
         let unacked = self.unacked.remove(&seq)?;
         self.release_credit(&unacked);
         let mut entry = unacked.entry;
-        if self
+        if how == Retry::Release {
+            entry.delivery_count -= 1;
+        } else if self
             .policy
             .max_deliveries
             .is_some_and(|max| entry.delivery_count >= max)
@@ -434,7 +438,7 @@ impl Queue {
         let delay = match how {
             Retry::Backoff => self.policy.backoff_ms(entry.delivery_count),
             Retry::After(ms) => ms,
-            Retry::Now => 0,
+            Retry::Now | Retry::Release => 0,
         };
         let not_before = (delay > 0).then(|| now.saturating_add(delay));
         entry.state_stored |= entry.stored;

@@ -168,7 +168,7 @@ impl Router {
     /// A connection closed: its consumers go, its unacked messages return to their queues
     /// (marked redelivered; counted against `max_deliveries`), its exclusive queues are
     /// deleted.
-    pub(super) fn close_conn(&mut self, conn: ConnId) {
+    pub(super) fn close_conn(&mut self, conn: ConnId, broker_stopping: bool) {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
@@ -176,8 +176,13 @@ impl Router {
             self.remove_consumer(queue, conn, tag);
         }
         let now = now_ms();
+        let how = if broker_stopping {
+            Retry::Release
+        } else {
+            Retry::Now
+        };
         for held in c.unacked.into_values() {
-            self.settle_one(held, Settle::Retry(Retry::Now), now);
+            self.settle_one(held, Settle::Retry(how), now);
         }
         let exclusive: Vec<Arc<str>> = self
             .queues

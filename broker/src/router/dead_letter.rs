@@ -212,10 +212,11 @@ impl Router {
     /// those with `message_id`); messages whose original queue is gone stay.
     pub(super) fn requeue_dead_letters(
         &mut self,
+        conn: crate::queue::ConnId,
         name: &str,
         message_id: Option<&str>,
     ) -> Result<Reply, OpError> {
-        self.queue(name)?;
+        super::queues::check_access(self.queue(name)?, conn)?;
         let existing: std::collections::HashSet<Arc<str>> = self.queues.keys().cloned().collect();
         let dlq = self.queues.get_mut(name).expect("checked above");
         let dlq_id = dlq.id;
@@ -226,7 +227,8 @@ impl Router {
                 && death_queue(&entry.message).is_some_and(|q| existing.contains(q) && q != name)
         });
         let now = super::exchanges::now_ms();
-        let moved = taken.len() as u64;
+        let dlq_name: Arc<str> = name.into();
+        let mut moved = 0;
         for entry in taken {
             if entry.stored {
                 self.batch.ops.push(StoreOp::DeleteMessage {
@@ -236,7 +238,14 @@ impl Router {
                 });
             }
             let target: Arc<str> = death_queue(&entry.message).expect("selected above").into();
-            let _ = self.enqueue(&target, &entry.message, now);
+            match self.enqueue(&target, &entry.message, now) {
+                Ok(_) => moved += 1,
+                // The original queue is full (`reject_publish`): it stays a dead letter,
+                // at the DLQ's tail.
+                Err(QueueFull) => {
+                    let _ = self.enqueue(&dlq_name, &entry.message, now);
+                }
+            }
         }
         Ok(Reply::OkAfterCommit(to_json(Moved { moved })))
     }

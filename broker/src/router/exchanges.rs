@@ -141,9 +141,12 @@ impl Router {
     }
 
     /// Unbinding a binding that does not exist succeeds (idempotent, as in AMQP).
-    pub(super) fn unbind(&mut self, binding: Binding) -> Result<Reply, OpError> {
+    pub(super) fn unbind(&mut self, conn: ConnId, binding: Binding) -> Result<Reply, OpError> {
         if binding.exchange == DEFAULT_EXCHANGE {
             return Err(default_exchange_refused("unbound"));
+        }
+        if let Some(queue) = self.queues.get(binding.queue.as_str()) {
+            check_access(queue, conn)?;
         }
         let exchange = self
             .exchanges

@@ -46,8 +46,11 @@ pub enum Command {
         conn: ConnId,
         tx: ConnTx,
     },
+    /// The connection ended; `broker_stopping` when the broker closed it to shut down
+    /// (its unacked messages then go back without counting as failed deliveries).
     Close {
         conn: ConnId,
+        broker_stopping: bool,
     },
     Request {
         conn: ConnId,
@@ -191,7 +194,10 @@ impl Router {
             for command in commands.drain(..) {
                 match command {
                     Command::Open { conn, tx } => self.open_conn(conn, tx),
-                    Command::Close { conn } => self.close_conn(conn),
+                    Command::Close {
+                        conn,
+                        broker_stopping,
+                    } => self.close_conn(conn, broker_stopping),
                     Command::Request { conn, request } => self.request(conn, request),
                     Command::Written {
                         conn,
@@ -291,7 +297,7 @@ impl Router {
             Op::DeclareExchange(declare) => self.declare_exchange(declare),
             Op::DeleteExchange { exchange } => self.delete_exchange(&exchange),
             Op::Bind(binding) => self.bind(conn, binding),
-            Op::Unbind(binding) => self.unbind(binding),
+            Op::Unbind(binding) => self.unbind(conn, binding),
             Op::Publish(publish) => self.publish(conn, &id, publish),
             Op::Subscribe(subscribe) => self.subscribe(conn, subscribe),
             Op::Cancel { consumer_tag } => self.cancel(conn, &consumer_tag),
@@ -324,7 +330,7 @@ impl Router {
             }
             Op::PeekQueue { queue, limit } => self.peek_queue(&queue, limit),
             Op::RequeueDeadLetters { queue, message_id } => {
-                self.requeue_dead_letters(&queue, message_id.as_deref())
+                self.requeue_dead_letters(conn, &queue, message_id.as_deref())
             }
         };
         self.answer(conn, id, result);

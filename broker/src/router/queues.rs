@@ -92,6 +92,13 @@ impl Router {
             router.next_binding_id = router.next_binding_id.max(id + 1);
             router.restore_binding(id, binding);
         }
+        let names: Vec<Arc<str>> = router.queues.keys().cloned().collect();
+        for name in &names {
+            // Delays that ended and messages that expired while the broker was down are
+            // handled at once; the rest get their wake-ups.
+            router.dirty.insert(name.clone());
+            router.schedule(name);
+        }
         tracing::info!(
             queues = router.queues.len(),
             exchanges = router.exchanges.len(),
@@ -168,7 +175,7 @@ impl Router {
             let message = format!("queue `{name}` has consumers");
             return Err(OpError::new(ErrorCode::PreconditionFailed, message));
         }
-        if if_empty && queue.ready_len() + queue.unacked_len() > 0 {
+        if if_empty && queue.ready_len() + queue.delayed_len() + queue.unacked_len() > 0 {
             let message = format!("queue `{name}` is not empty");
             return Err(OpError::new(ErrorCode::PreconditionFailed, message));
         }

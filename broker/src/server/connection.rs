@@ -51,10 +51,14 @@ impl Connection {
             return;
         }
         let writer = tokio::spawn(write_loop(sink, rx, self.id, self.router.clone()));
+        let mut broker_stopping = false;
         let reason = loop {
             let frame = tokio::select! {
                 frame = source.next() => frame,
-                _ = self.shutdown.changed() => break "broker shutting down".to_string(),
+                _ = self.shutdown.changed() => {
+                    broker_stopping = true;
+                    break "broker shutting down".to_string();
+                }
             };
             match frame {
                 Some(Ok(WsMessage::Text(text))) => self.on_text(&text, &tx),
@@ -68,7 +72,10 @@ impl Connection {
                 Some(Err(e)) => break format!("read error: {e}"),
             }
         };
-        self.router.send(Command::Close { conn: self.id });
+        self.router.send(Command::Close {
+            conn: self.id,
+            broker_stopping,
+        });
         // The writer ends once the router has dropped its sender too.
         drop(tx);
         let _ = writer.await;
