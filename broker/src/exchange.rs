@@ -50,17 +50,3 @@ pub trait ExchangeTypes: Send + Sync {
         arguments: &Headers,
     ) -> Result<Box<dyn Exchange>, ExchangeError>;
 }
-
-/// The registry used until a plugin host is configured: it knows no named types.
-pub struct NoExchangeTypes;
-
-impl ExchangeTypes for NoExchangeTypes {
-    fn create(
-        &self,
-        type_name: &str,
-        _: &str,
-        _: &Headers,
-    ) -> Result<Box<dyn Exchange>, ExchangeError> {
-        Err(ExchangeError::UnknownType(type_name.to_owned()))
-    }
-}

@@ -1,5 +1,6 @@
 //! The rabbitmqadmin-style commands: queues, declare, delete, purge, bind, unbind.
 
+use anyhow::Context as _;
 use broker::protocol::Binding;
 use broker::{Client, QueueOptions};
 use clap::{Args, Subcommand};
@@ -49,6 +50,18 @@ pub enum Delete {
     },
     Exchange {
         name: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum Plugin {
+    /// Upload a Wasm exchange plugin (a component built with plugin-sdk); NAME becomes an
+    /// exchange type for `declare exchange --type NAME`.
+    Load {
+        name: String,
+        path: std::path::PathBuf,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -181,5 +194,19 @@ pub async fn bind(args: BindArgs, bind: bool) -> anyhow::Result<()> {
     }
     println!("{line}");
     client.close().await;
+    Ok(())
+}
+
+pub async fn plugin(what: Plugin) -> anyhow::Result<()> {
+    match what {
+        Plugin::Load { name, path, server } => {
+            let wasm =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let client = Client::connect(&server.server).await?;
+            let info = client.load_plugin(&name, &wasm).await?;
+            println!("plugin {name} loaded: {info}");
+            client.close().await;
+        }
+    }
     Ok(())
 }

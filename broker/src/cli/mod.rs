@@ -46,6 +46,9 @@ enum Command {
     Bind(admin::BindArgs),
     /// Remove a binding.
     Unbind(admin::BindArgs),
+    /// Manage exchange plugins.
+    #[command(subcommand)]
+    Plugin(admin::Plugin),
     /// Inspect a queue's dead letters, or move them back to their original queue.
     Dlq(dlq::DlqArgs),
     /// Measure throughput and latency (see `broker bench --help`).
@@ -67,6 +70,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bind(args) => admin::bind(args, true).await,
         Command::Unbind(args) => admin::bind(args, false).await,
         Command::Dlq(args) => dlq::run(args).await,
+        Command::Plugin(what) => admin::plugin(what).await,
         Command::Bench(args) => bench::run(args).await,
     }
 }

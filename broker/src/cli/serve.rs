@@ -23,6 +23,9 @@ pub struct ServeArgs {
     /// Most simultaneous connections.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// Load every NAME.wasm here at startup as exchange type NAME.
+    #[arg(long)]
+    plugins_dir: Option<PathBuf>,
     /// Largest request frame in bytes.
     #[arg(long, default_value_t = Config::DEFAULT_MAX_FRAME_BYTES)]
     max_frame_bytes: usize,
@@ -40,6 +43,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.listen = args.listen;
     config.max_connections = args.max_connections;
     config.max_frame_bytes = args.max_frame_bytes;
+    config.plugins_dir = args.plugins_dir;
     let broker = Broker::start(config).await.context("starting the broker")?;
     // Scripts and tests read this line to learn the address (e.g. with --listen ...:0).
     println!(

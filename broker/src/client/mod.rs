@@ -379,6 +379,21 @@ impl Client {
         })
     }
 
+    /// Uploads a Wasm exchange plugin; `name` becomes an exchange type. Returns what the
+    /// broker reports of it (name, ABI version, capabilities, size).
+    pub async fn load_plugin(
+        &self,
+        name: &str,
+        wasm: &[u8],
+    ) -> Result<serde_json::Value, ClientError> {
+        use base64::Engine as _;
+        let op = Op::LoadPlugin {
+            name: name.to_owned(),
+            wasm_base64: base64::engine::general_purpose::STANDARD.encode(wasm),
+        };
+        self.send(op, None, true).await
+    }
+
     /// Ready messages of a queue in delivery order, without consuming them.
     pub async fn peek_queue(
         &self,

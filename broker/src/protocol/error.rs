@@ -41,6 +41,8 @@ pub enum ErrorCode {
     PluginError,
     /// The store could not commit: the operation is not durable.
     StoreError,
+    /// `load_plugin` refused the module (not a component, wrong ABI, failed validation...).
+    InvalidPlugin,
     /// A queue with `overflow: reject_publish` is full: the negative confirm of a publish.
     QueueFull,
 }
@@ -82,6 +84,7 @@ const ALL_CODES: &[(ErrorCode, &str)] = &[
     (ErrorCode::PluginError, "plugin_error"),
     (ErrorCode::StoreError, "store_error"),
     (ErrorCode::QueueFull, "queue_full"),
+    (ErrorCode::InvalidPlugin, "invalid_plugin"),
 ];
 
 /// The operation names of [`super::Op`], to tell an unknown `op` from a bad field.
@@ -104,6 +107,7 @@ const OP_NAMES: &[&str] = &[
     "reject",
     "peek_queue",
     "requeue_dead_letters",
+    "load_plugin",
 ];
 
 /// A request frame that could not be parsed: the id when one could be read, the code, why.

@@ -62,6 +62,13 @@ pub enum Op {
         #[serde(default)]
         requeue: bool,
     },
+    /// Compiles and registers a Wasm exchange plugin under `name` (an exchange type for
+    /// `declare_exchange`); replaces an existing custom type of that name.
+    LoadPlugin {
+        name: String,
+        /// The component's bytes, standard base64.
+        wasm_base64: String,
+    },
     /// Lists a queue's ready messages in delivery order without consuming them.
     PeekQueue {
         queue: String,

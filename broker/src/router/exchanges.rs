@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::dead_letter::QueueFull;
 use super::queues::{check_access, check_name};
 use super::{ExchangeState, OpError, Outbound, Reply, Router};
-use crate::exchange::{BindingId, ExchangeError};
+use crate::exchange::{BindingId, ExchangeError, ExchangeTypes as _};
 use crate::protocol::{Binding, DeclareExchange, ErrorCode, Publish, RequestId, ServerFrame};
 use crate::queue::ConnId;
 use crate::store::{ExchangeRecord, StoreOp};
@@ -56,9 +56,9 @@ impl Router {
             }
             return Ok(Reply::Ok(serde_json::Value::Null));
         }
-        let routing =
-            self.exchange_types
-                .create(&declare.kind, &declare.exchange, &declare.arguments)?;
+        let routing = self
+            .plugins
+            .create(&declare.kind, &declare.exchange, &declare.arguments)?;
         if declare.durable {
             self.batch.ops.push(StoreOp::PutExchange(ExchangeRecord {
                 name: declare.exchange.clone(),
@@ -291,4 +291,40 @@ pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Router {
+    /// Compiles and registers a plugin off the router's task (compilation takes
+    /// milliseconds to seconds); the reply follows when it is ready. A type that exists is
+    /// replaced: its live exchanges switch at their next message.
+    pub(super) fn load_plugin(
+        &mut self,
+        conn: ConnId,
+        id: RequestId,
+        name: String,
+        wasm_base64: &str,
+    ) -> Result<Reply, OpError> {
+        use base64::Engine as _;
+        let wasm = base64::engine::general_purpose::STANDARD
+            .decode(wasm_base64.as_bytes())
+            .map_err(|e| OpError::new(ErrorCode::InvalidField, format!("`wasm_base64`: {e}")))?;
+        let Some(tx) = self.conns.get(&conn).map(|c| c.tx.clone()) else {
+            return Ok(Reply::Silent);
+        };
+        let plugins = self.plugins.clone();
+        tokio::spawn(async move {
+            let frame = match plugins.load(&name, wasm).await {
+                Ok(info) => {
+                    tracing::info!(plugin = %name, size = info.size_bytes, "plugin loaded");
+                    ServerFrame::ok_with(id, info)
+                }
+                Err(e) => {
+                    tracing::warn!(plugin = %name, error = %e, "plugin refused");
+                    ServerFrame::error(Some(id), ErrorCode::InvalidPlugin, e.to_string())
+                }
+            };
+            let _ = tx.send(Outbound::Frame(frame));
+        });
+        Ok(Reply::Silent)
+    }
 }

@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::exchange::{BindingId, Exchange, ExchangeTypes};
+use crate::exchange::{BindingId, Exchange};
+use crate::plugin::PluginHost;
 use crate::protocol::{Binding, Delivery, ErrorCode, Op, Request, RequestId, ServerFrame};
 use crate::queue::{ConnId, Queue, Retry};
 use crate::store::{CommitError, Recovered, StoreWriter, WriteBatch};
@@ -150,7 +151,8 @@ struct ExchangeState {
 pub struct Router {
     queues: HashMap<Arc<str>, Queue>,
     exchanges: HashMap<String, ExchangeState>,
-    exchange_types: Arc<dyn ExchangeTypes>,
+    /// The exchange types (Wasm plugins), and where `load_plugin` loads new ones.
+    plugins: PluginHost,
     conns: HashMap<ConnId, Conn>,
     store: Option<StoreWriter>,
     /// Store operations and commit waiters of the current turn.
@@ -170,12 +172,8 @@ pub struct Router {
 
 impl Router {
     /// Builds the router from recovered state and starts it on the current runtime.
-    pub fn spawn(
-        recovered: Recovered,
-        store: StoreWriter,
-        exchange_types: Arc<dyn ExchangeTypes>,
-    ) -> RouterHandle {
-        let router = Router::recover(recovered, store, exchange_types);
+    pub fn spawn(recovered: Recovered, store: StoreWriter, plugins: PluginHost) -> RouterHandle {
+        let router = Router::recover(recovered, store, plugins);
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(router.run(rx));
         RouterHandle { tx }
@@ -329,6 +327,9 @@ impl Router {
                 self.settle(conn, delivery_tag, false, how)
             }
             Op::PeekQueue { queue, limit } => self.peek_queue(&queue, limit),
+            Op::LoadPlugin { name, wasm_base64 } => {
+                self.load_plugin(conn, id.clone(), name, &wasm_base64)
+            }
             Op::RequeueDeadLetters { queue, message_id } => {
                 self.requeue_dead_letters(conn, &queue, message_id.as_deref())
             }

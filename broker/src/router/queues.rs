@@ -4,7 +4,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::{ExchangeState, OpError, Reply, Router};
-use crate::exchange::ExchangeTypes;
+use crate::exchange::ExchangeTypes as _;
+use crate::plugin::PluginHost;
 use crate::protocol::{DeclareQueue, ErrorCode, MessageCount, QueueInfo, QueueList, ServerFrame};
 use crate::queue::{ConnId, Entry, Queue, QueuePolicy, QueueSpec};
 use crate::store::{QueueRecord, Recovered, StoreOp, StoreWriter, WriteBatch};
@@ -23,15 +24,11 @@ pub(crate) fn check_name(what: &str, name: &str) -> Result<(), OpError> {
 }
 
 impl Router {
-    pub(super) fn recover(
-        recovered: Recovered,
-        store: StoreWriter,
-        exchange_types: Arc<dyn ExchangeTypes>,
-    ) -> Self {
+    pub(super) fn recover(recovered: Recovered, store: StoreWriter, plugins: PluginHost) -> Self {
         let mut router = Router {
             queues: HashMap::new(),
             exchanges: HashMap::new(),
-            exchange_types,
+            plugins,
             conns: HashMap::new(),
             store: Some(store),
             batch: WriteBatch::default(),
@@ -69,7 +66,7 @@ impl Router {
         }
         for record in recovered.exchanges {
             match router
-                .exchange_types
+                .plugins
                 .create(&record.kind, &record.name, &record.arguments)
             {
                 Ok(routing) => {

@@ -7,7 +7,7 @@
 mod connection;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::exchange::{ExchangeTypes, NoExchangeTypes};
+use crate::plugin::{HostError, Limits, PluginHost};
 use crate::router::{Router, RouterHandle};
 use crate::store::{self, OpenError};
 
@@ -28,8 +28,11 @@ pub struct Config {
     pub max_connections: usize,
     /// Largest request frame answered normally; a larger one gets `frame_too_large`.
     pub max_frame_bytes: usize,
-    /// The named exchange types available to `declare_exchange`.
-    pub exchange_types: Arc<dyn ExchangeTypes>,
+    /// The exchange types; `None` starts a host with the standard exchanges (`direct`,
+    /// `topic`, `fanout`, `headers`) and default limits.
+    pub plugins: Option<PluginHost>,
+    /// Custom exchange plugins loaded at startup: every `NAME.wasm` becomes type `NAME`.
+    pub plugins_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -43,7 +46,8 @@ impl Config {
             data_dir: data_dir.into(),
             max_connections: 10_000,
             max_frame_bytes: Self::DEFAULT_MAX_FRAME_BYTES,
-            exchange_types: Arc::new(NoExchangeTypes),
+            plugins: None,
+            plugins_dir: None,
         }
     }
 }
@@ -53,6 +57,13 @@ impl Config {
 pub enum StartError {
     #[error(transparent)]
     Store(#[from] OpenError),
+    #[error(transparent)]
+    Plugins(#[from] HostError),
+    #[error("cannot read plugins directory {path}: {source}")]
+    PluginsDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -70,6 +81,11 @@ pub struct Broker {
 impl Broker {
     /// Opens the store, recovers, and starts accepting connections.
     pub async fn start(config: Config) -> Result<Broker, StartError> {
+        // Plugins first: recovered exchanges need their types.
+        let (host, dir) = (config.plugins.clone(), config.plugins_dir.clone());
+        let plugins = tokio::task::spawn_blocking(move || start_plugins(host, dir.as_deref()))
+            .await
+            .expect("plugin loading does not panic")?;
         let data_dir = config.data_dir.clone();
         let (recovered, writer) = tokio::task::spawn_blocking(move || store::open(&data_dir))
             .await
@@ -85,7 +101,7 @@ impl Broker {
             addr: config.listen,
             source,
         })?;
-        let router = Router::spawn(recovered, writer, config.exchange_types.clone());
+        let router = Router::spawn(recovered, writer, plugins);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let acceptor = tokio::spawn(accept_loop(listener, router, config, shutdown_rx));
         tracing::info!(%local_addr, "broker listening");
@@ -111,6 +127,43 @@ impl Broker {
         let _ = self.shutdown.send(true);
         let _ = self.acceptor.await;
     }
+}
+
+/// The plugin host with the standard exchanges, plus every `*.wasm` in `dir`. A plugin
+/// that fails to load is reported and skipped: one bad file does not keep the broker down.
+fn start_plugins(host: Option<PluginHost>, dir: Option<&Path>) -> Result<PluginHost, StartError> {
+    let host = match host {
+        Some(host) => host,
+        None => PluginHost::with_standard_exchanges(Limits::default())?,
+    };
+    let Some(dir) = dir else {
+        return Ok(host);
+    };
+    let read_dir = |source| StartError::PluginsDir {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(read_dir)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "wasm"))
+        .collect();
+    files.sort();
+    for path in files {
+        let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        let loaded = std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| host.load_blocking(name, &bytes).map_err(|e| e.to_string()));
+        match loaded {
+            Ok(info) => {
+                tracing::info!(plugin = %info.name, path = %path.display(), "plugin loaded")
+            }
+            Err(e) => tracing::error!(path = %path.display(), error = %e, "plugin not loaded"),
+        }
+    }
+    Ok(host)
 }
 
 async fn accept_loop(
