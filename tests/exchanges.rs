@@ -275,3 +275,35 @@ async fn hostile_plugins_are_contained_and_the_broker_keeps_serving() {
     assert_eq!(bodies(&c, "healthy").await, set(&["a.b"]));
     assert_eq!(bodies(&c, "ok").await, set(&["routed", "ok"]));
 }
+
+/// `--plugins-dir`: each `NAME.wasm` is an exchange type from startup on, so durable
+/// exchanges of that type come back after a restart.
+#[tokio::test]
+async fn plugins_dir_loads_custom_types_at_startup() {
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::write(plugins.path().join("keyed.wasm"), hostile::plugin("trap")).unwrap();
+    std::fs::write(plugins.path().join("broken.wasm"), b"half-written").unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let start = || {
+        let mut config = broker::Config::new(data.path());
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.plugins_dir = Some(plugins.path().to_owned());
+        broker::Broker::start(config)
+    };
+    let b = start().await.unwrap();
+    let c = Client::connect(&b.url()).await.unwrap();
+    c.declare_exchange("custom", "keyed", true, Headers::new()).await.unwrap();
+    let err = c.declare_exchange("x", "broken", true, Headers::new()).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::UnknownExchangeType), "a bad file is skipped");
+    c.declare_queue("inbox", QueueOptions::durable()).await.unwrap();
+    c.bind(binding("custom", "inbox", "hello", json!({}))).await.unwrap();
+    c.close().await;
+    b.shutdown().await;
+
+    let b = start().await.unwrap();
+    let c = Client::connect(&b.url()).await.unwrap();
+    c.confirm_select().await.unwrap();
+    publish_to(&c, "custom", "hello", "restored", json!({})).await;
+    assert_eq!(bodies(&c, "inbox").await, set(&["restored"]));
+    b.shutdown().await;
+}
