@@ -7,13 +7,7 @@ use std::collections::HashSet;
 
 use broker::protocol::{ErrorCode, Subscribe};
 use broker::{Message, Properties, QueueOptions};
-use common::{TestBroker, assert_quiet, body, next};
-
-fn persistent(queue: &str, text: &str) -> Message {
-    let mut m = Message::text(queue, text);
-    m.properties.persistent = true;
-    m
-}
+use common::{TestBroker, assert_quiet, body, next, persistent};
 
 #[tokio::test]
 async fn round_trip_keeps_body_headers_and_properties() {

@@ -6,13 +6,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use broker::{Client, Message, QueueOptions};
-use common::{BrokerProcess, TestBroker, assert_quiet, body, next};
-
-fn persistent(queue: &str, text: &str) -> Message {
-    let mut m = Message::text(queue, text);
-    m.properties.persistent = true;
-    m
-}
+use common::{BrokerProcess, TestBroker, assert_quiet, body, next, persistent};
 
 #[tokio::test]
 async fn restart_keeps_durable_state_and_drops_transient() {

@@ -292,11 +292,24 @@ async fn plugins_dir_loads_custom_types_at_startup() {
     };
     let b = start().await.unwrap();
     let c = Client::connect(&b.url()).await.unwrap();
-    c.declare_exchange("custom", "keyed", true, Headers::new()).await.unwrap();
-    let err = c.declare_exchange("x", "broken", true, Headers::new()).await.unwrap_err();
-    assert_eq!(err.code(), Some(ErrorCode::UnknownExchangeType), "a bad file is skipped");
-    c.declare_queue("inbox", QueueOptions::durable()).await.unwrap();
-    c.bind(binding("custom", "inbox", "hello", json!({}))).await.unwrap();
+    c.declare_exchange("custom", "keyed", true, Headers::new())
+        .await
+        .unwrap();
+    let err = c
+        .declare_exchange("x", "broken", true, Headers::new())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(ErrorCode::UnknownExchangeType),
+        "a bad file is skipped"
+    );
+    c.declare_queue("inbox", QueueOptions::durable())
+        .await
+        .unwrap();
+    c.bind(binding("custom", "inbox", "hello", json!({})))
+        .await
+        .unwrap();
     c.close().await;
     b.shutdown().await;
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use broker::protocol::ErrorCode;
 use broker::router::DEATH_HEADER;
 use broker::{Client, Headers, Message, QueueOptions};
-use common::{BrokerProcess, TestBroker, assert_quiet, body, next};
+use common::{BrokerProcess, TestBroker, assert_quiet, body, next, persistent};
 use serde_json::{Value, json};
 
 fn args(v: Value) -> Headers {
@@ -23,12 +23,6 @@ fn durable_with(arguments: Value) -> QueueOptions {
         arguments: args(arguments),
         ..Default::default()
     }
-}
-
-fn persistent(queue: &str, text: &str) -> Message {
-    let mut m = Message::text(queue, text);
-    m.properties.persistent = true;
-    m
 }
 
 fn death(m: &Message) -> &Value {

@@ -67,6 +67,13 @@ pub async fn assert_quiet(sub: &mut Subscription) {
     }
 }
 
+/// A persistent text message for the default exchange (routed to `queue`).
+pub fn persistent(queue: &str, text: &str) -> broker::Message {
+    let mut m = broker::Message::text(queue, text);
+    m.properties.persistent = true;
+    m
+}
+
 pub fn body(d: &Delivery) -> String {
     String::from_utf8(d.message.body.to_vec()).unwrap()
 }

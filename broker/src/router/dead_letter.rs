@@ -49,15 +49,31 @@ pub(super) struct QueueFull;
 
 impl Router {
     /// Appends `message` to queue `name` at time `now`, persisting it when both are
-    /// durable; messages the queue evicts to make room are dead-lettered.
+    /// durable; messages the queue evicts to make room are dead-lettered. Returns whether
+    /// it was persisted.
     pub(super) fn enqueue(
         &mut self,
         name: &Arc<str>,
         message: &Arc<Message>,
         now: u64,
     ) -> Result<bool, QueueFull> {
+        let (persisted, evicted) = self.push_into(name, message, now)?;
+        for entry in evicted {
+            self.dead_letter(name, entry, DeathReason::MaxLength, now);
+        }
+        Ok(persisted)
+    }
+
+    /// The one place a message enters a queue: push, persist, mark for dispatch. Returns
+    /// whether it was persisted and what `max_length` evicted (to dead-letter).
+    fn push_into(
+        &mut self,
+        name: &Arc<str>,
+        message: &Arc<Message>,
+        now: u64,
+    ) -> Result<(bool, Vec<Entry>), QueueFull> {
         let Some(queue) = self.queues.get_mut(name) else {
-            return Ok(false);
+            return Ok((false, Vec::new()));
         };
         let persist = message.properties.persistent && queue.is_stored();
         let Push::Accepted { seq, evicted } = queue.push(message.clone(), persist, now) else {
@@ -72,10 +88,7 @@ impl Router {
             });
         }
         self.dirty.insert(name.clone());
-        for entry in evicted {
-            self.dead_letter(name, entry, DeathReason::MaxLength, now);
-        }
-        Ok(persist)
+        Ok((persist, evicted))
     }
 
     /// Takes `entry` (already out of queue `from`) to the queue's dead-letter target.
@@ -138,28 +151,18 @@ impl Router {
             }
             queue.counters.dead_lettered += 1;
             for destination in destinations {
-                let Some(target) = self.queues.get_mut(&destination) else {
-                    continue;
-                };
-                let persist = message.properties.persistent && target.is_stored();
-                match target.push(message.clone(), persist, now) {
-                    Push::Accepted { seq, evicted } => {
-                        if persist {
-                            self.batch.ops.push(StoreOp::PutMessage {
-                                queue: target.id,
-                                seq,
-                                enqueued_at: now,
-                                message: message.clone(),
-                            });
+                match self.push_into(&destination, &message, now) {
+                    Ok((_, evicted)) => work.extend(
+                        evicted
+                            .into_iter()
+                            .map(|e| (destination.clone(), e, DeathReason::MaxLength)),
+                    ),
+                    // A full `reject_publish` target drops it (counted there).
+                    Err(QueueFull) => {
+                        if let Some(target) = self.queues.get_mut(&destination) {
+                            target.counters.dropped += 1;
                         }
-                        self.dirty.insert(destination.clone());
-                        work.extend(
-                            evicted
-                                .into_iter()
-                                .map(|e| (destination.clone(), e, DeathReason::MaxLength)),
-                        );
                     }
-                    Push::Rejected => target.counters.dropped += 1,
                 }
             }
         }
