@@ -320,3 +320,67 @@ async fn plugins_dir_loads_custom_types_at_startup() {
     assert_eq!(bodies(&c, "inbox").await, set(&["restored"]));
     b.shutdown().await;
 }
+
+/// Pipelined publishes reach the router together and are routed in batches: each message
+/// still gets its own routing, and a trap fails only its own message.
+#[tokio::test]
+async fn pipelined_publishes_route_in_batches_each_on_its_own() {
+    let b = TestBroker::start().await;
+    let c = b.client().await;
+    c.load_plugin("fragile", &hostile::plugin("trap"))
+        .await
+        .unwrap();
+    c.declare_exchange("t", "topic", false, Headers::new())
+        .await
+        .unwrap();
+    c.declare_exchange("frag", "fragile", false, Headers::new())
+        .await
+        .unwrap();
+    for q in ["even", "odd", "ok"] {
+        c.declare_queue(q, QueueOptions::default()).await.unwrap();
+    }
+    c.bind(binding("t", "even", "n.even.*", json!({})))
+        .await
+        .unwrap();
+    c.bind(binding("t", "odd", "n.odd.*", json!({})))
+        .await
+        .unwrap();
+    c.bind(binding("frag", "ok", "ok", json!({})))
+        .await
+        .unwrap();
+    c.confirm_select().await.unwrap();
+
+    let confirms: Vec<_> = (0..2000)
+        .map(|i| {
+            let parity = if i % 2 == 0 { "even" } else { "odd" };
+            let mut m = Message::text(format!("n.{parity}.{i}"), i.to_string());
+            m.exchange = "t".into();
+            c.publish(m, false)
+        })
+        .collect();
+    for confirm in confirms {
+        confirm.await.unwrap();
+    }
+    assert_eq!(c.queue_info("even").await.unwrap().ready, 1000);
+    assert_eq!(c.queue_info("odd").await.unwrap().ready, 1000);
+    let evens = bodies(&c, "even").await;
+    assert!(evens.iter().all(|b| b.parse::<u32>().unwrap() % 2 == 0));
+
+    let results: Vec<_> = (0..50)
+        .map(|i| {
+            let key = if i == 25 { "boom" } else { "ok" };
+            let mut m = Message::text(key, i.to_string());
+            m.exchange = "frag".into();
+            c.publish(m, false)
+        })
+        .collect();
+    let mut failed = Vec::new();
+    for (i, result) in results.into_iter().enumerate() {
+        if let Err(e) = result.await {
+            assert_eq!(e.code(), Some(ErrorCode::PluginError));
+            failed.push(i);
+        }
+    }
+    assert_eq!(failed, [25], "only the trapping message fails");
+    assert_eq!(c.queue_info("ok").await.unwrap().ready, 49);
+}

@@ -275,8 +275,9 @@ impl PluginExchange {
     }
 
     /// Routes several messages with as few plugin calls as possible (cache hits need
-    /// none; the rest go in `route-batch` calls of up to `max_batch` messages). A failed
-    /// call fails every message it carried.
+    /// none; the rest go in `route-batch` calls of up to `max_batch` messages). When a
+    /// batch call fails, its messages are routed again one call each, so only the message
+    /// that makes the plugin fail fails (and counts toward quarantine).
     pub fn route_batch(&mut self, msgs: &[&Message]) -> Vec<Result<Vec<BindingId>, ExchangeError>> {
         let mut results: Vec<Option<Result<Vec<BindingId>, ExchangeError>>> =
             (0..msgs.len()).map(|_| None).collect();
@@ -338,12 +339,29 @@ impl PluginExchange {
                 }
                 all.into_iter().map(Ok).collect()
             }
-            Err(failure) => fail_all(self.fail(failure)),
+            Err(failure) if indexes.len() == 1 => fail_all(self.fail(failure)),
+            Err(failure) => {
+                // Not counted: the one-by-one calls below count the culprit.
+                tracing::debug!(exchange = %self.name, reason = %failure.reason, "batch failed; routing its messages one by one");
+                self.instance = None;
+                indexes
+                    .iter()
+                    .map(|&i| {
+                        let mut out = Vec::new();
+                        Exchange::route(self, msgs[i], &mut out).map(|()| out)
+                    })
+                    .collect()
+            }
         }
     }
 }
 
 impl Exchange for PluginExchange {
+    fn route_batch(&mut self, msgs: &[&Message]) -> Vec<Result<Vec<BindingId>, ExchangeError>> {
+        // The inherent method: one `route-batch` call into the plugin per chunk.
+        PluginExchange::route_batch(self, msgs)
+    }
+
     fn validate_binding(&mut self, key: &str, arguments: &Headers) -> Result<(), ExchangeError> {
         self.check_in()?;
         let arguments = convert::headers(arguments);

@@ -6,9 +6,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::dead_letter::QueueFull;
 use super::queues::{check_access, check_name};
-use super::{ExchangeState, OpError, Outbound, Reply, Router};
+use super::{Command, ExchangeState, OpError, Outbound, Reply, Routed, Router};
 use crate::exchange::{BindingId, ExchangeError, ExchangeTypes as _};
-use crate::protocol::{Binding, DeclareExchange, ErrorCode, Publish, RequestId, ServerFrame};
+use crate::protocol::{
+    Binding, DeclareExchange, ErrorCode, Op, Publish, Request, RequestId, ServerFrame,
+};
 use crate::queue::ConnId;
 use crate::store::{ExchangeRecord, StoreOp};
 
@@ -202,11 +204,63 @@ impl Router {
         }
     }
 
+    /// Routes runs of consecutive publishes to the same named exchange in one batch call
+    /// each; returns, per command, the routing result when it was computed ahead. Only
+    /// consecutive publishes are grouped, so no bind or unbind falls between them.
+    pub(super) fn route_publish_runs(&mut self, commands: &mut [Command]) -> Vec<Option<Routed>> {
+        let mut results: Vec<Option<Routed>> = (0..commands.len()).map(|_| None).collect();
+        let exchange_of = |command: &Command| match command {
+            Command::Request {
+                request: Request {
+                    op: Op::Publish(p), ..
+                },
+                ..
+            } if p.message.exchange != DEFAULT_EXCHANGE => Some(p.message.exchange.clone()),
+            _ => None,
+        };
+        let mut start = 0;
+        while start < commands.len() {
+            let Some(exchange) = exchange_of(&commands[start]) else {
+                start += 1;
+                continue;
+            };
+            let end = (start..commands.len())
+                .find(|&i| exchange_of(&commands[i]).as_ref() != Some(&exchange))
+                .unwrap_or(commands.len());
+            if end - start >= 2
+                && let Some(state) = self.exchanges.get_mut(&exchange)
+            {
+                let now = now_ms();
+                let mut messages = Vec::with_capacity(end - start);
+                for command in &mut commands[start..end] {
+                    if let Command::Request {
+                        request:
+                            Request {
+                                op: Op::Publish(p), ..
+                            },
+                        ..
+                    } = command
+                    {
+                        p.message.properties.timestamp.get_or_insert(now);
+                        messages.push(&p.message);
+                    }
+                }
+                let routed = state.routing.route_batch(&messages);
+                for (slot, result) in results[start..end].iter_mut().zip(routed) {
+                    *slot = Some(result);
+                }
+            }
+            start = end;
+        }
+        results
+    }
+
     pub(super) fn publish(
         &mut self,
         conn: ConnId,
         id: &RequestId,
         publish: Publish,
+        prerouted: Option<Routed>,
     ) -> Result<Reply, OpError> {
         let Publish {
             mut message,
@@ -215,7 +269,10 @@ impl Router {
         if message.properties.timestamp.is_none() {
             message.properties.timestamp = Some(now_ms());
         }
-        let destinations = self.route(&message)?;
+        let destinations = match prerouted {
+            Some(routed) => self.destinations(&message.exchange, routed?)?,
+            None => self.route(&message)?,
+        };
         let confirms = self.conns.get(&conn).is_some_and(|c| c.confirms);
         let message = Arc::new(message);
         if destinations.is_empty()
@@ -265,10 +322,29 @@ impl Router {
             .exchanges
             .get_mut(&message.exchange)
             .ok_or_else(|| exchange_not_found(&message.exchange))?;
-        self.route_buf.clear();
-        exchange.routing.route(message, &mut self.route_buf)?;
-        let mut destinations: Vec<Arc<str>> = Vec::with_capacity(self.route_buf.len());
-        for id in &self.route_buf {
+        let mut ids = std::mem::take(&mut self.route_buf);
+        ids.clear();
+        let routed = exchange.routing.route(message, &mut ids);
+        let destinations = routed
+            .map_err(OpError::from)
+            .and_then(|()| self.destinations(&message.exchange, &ids));
+        self.route_buf = ids;
+        destinations
+    }
+
+    /// The queues behind an exchange's binding ids, each once.
+    fn destinations(
+        &self,
+        exchange: &str,
+        ids: impl AsRef<[BindingId]>,
+    ) -> Result<Vec<Arc<str>>, OpError> {
+        let exchange = self
+            .exchanges
+            .get(exchange)
+            .ok_or_else(|| exchange_not_found(exchange))?;
+        let ids = ids.as_ref();
+        let mut destinations: Vec<Arc<str>> = Vec::with_capacity(ids.len());
+        for id in ids {
             let Some(binding) = exchange.bindings.get(id) else {
                 let message = format!("exchange returned unknown binding id {id}");
                 return Err(OpError::new(ErrorCode::PluginError, message));

@@ -189,14 +189,16 @@ impl Router {
                 received = rx.recv_many(&mut commands, 512) => if received == 0 { break },
                 _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {}
             }
+            let mut prerouted = self.route_publish_runs(&mut commands).into_iter();
             for command in commands.drain(..) {
+                let prerouted = prerouted.next().flatten();
                 match command {
                     Command::Open { conn, tx } => self.open_conn(conn, tx),
                     Command::Close {
                         conn,
                         broker_stopping,
                     } => self.close_conn(conn, broker_stopping),
-                    Command::Request { conn, request } => self.request(conn, request),
+                    Command::Request { conn, request } => self.request(conn, request, prerouted),
                     Command::Written {
                         conn,
                         delivery_tags,
@@ -276,7 +278,7 @@ impl Router {
         );
     }
 
-    fn request(&mut self, conn: ConnId, request: Request) {
+    fn request(&mut self, conn: ConnId, request: Request, prerouted: Option<Routed>) {
         if !self.conns.contains_key(&conn) {
             return;
         }
@@ -296,7 +298,7 @@ impl Router {
             Op::DeleteExchange { exchange } => self.delete_exchange(&exchange),
             Op::Bind(binding) => self.bind(conn, binding),
             Op::Unbind(binding) => self.unbind(conn, binding),
-            Op::Publish(publish) => self.publish(conn, &id, publish),
+            Op::Publish(publish) => self.publish(conn, &id, publish, prerouted),
             Op::Subscribe(subscribe) => self.subscribe(conn, subscribe),
             Op::Cancel { consumer_tag } => self.cancel(conn, &consumer_tag),
             Op::Ack {
@@ -389,6 +391,9 @@ impl Router {
         format!("{prefix}-{}-{conn}-{}", self.run_id, c.next_generated - 1)
     }
 }
+
+/// An exchange's routing result for one message, computed ahead in a batch.
+pub(crate) type Routed = Result<Vec<BindingId>, crate::exchange::ExchangeError>;
 
 /// What to do with a settled delivery.
 #[derive(Debug, Clone, Copy, PartialEq)]
