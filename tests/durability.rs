@@ -62,6 +62,13 @@ async fn acked_messages_never_come_back_and_requeue_counts_persist() {
     let redelivered = next(&mut sub).await;
     assert_eq!(body(&redelivered), "nacked");
     c.close().await;
+    // Restart only once the broker has seen the disconnect (which counts the held
+    // delivery); a shutdown first would release it uncounted.
+    let observer = b.client().await;
+    while observer.queue_info("q").await.unwrap().unacked > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    observer.close().await;
     b.restart().await;
 
     let c = b.client().await;

@@ -196,18 +196,18 @@ async fn hostile_plugins_are_contained_and_the_broker_keeps_serving() {
     let b = TestBroker::start().await;
     let c = b.client().await;
     let info = c
-        .load_plugin("fragile", &hostile::plugin("trap"))
+        .deploy_plugin("fragile", &hostile::plugin("trap"))
         .await
         .unwrap();
     assert_eq!(info["name"], "fragile");
-    c.load_plugin("looping", &hostile::plugin("spin"))
+    c.deploy_plugin("looping", &hostile::plugin("spin"))
         .await
         .unwrap();
     for (name, bytes) in [
         ("old-abi", hostile::plugin("wrong-abi")),
         ("junk", b"not wasm".to_vec()),
     ] {
-        let err = c.load_plugin(name, &bytes).await.unwrap_err();
+        let err = c.deploy_plugin(name, &bytes).await.unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::InvalidPlugin), "{name}: {err}");
     }
     let err = c
@@ -327,7 +327,7 @@ async fn plugins_dir_loads_custom_types_at_startup() {
 async fn pipelined_publishes_route_in_batches_each_on_its_own() {
     let b = TestBroker::start().await;
     let c = b.client().await;
-    c.load_plugin("fragile", &hostile::plugin("trap"))
+    c.deploy_plugin("fragile", &hostile::plugin("trap"))
         .await
         .unwrap();
     c.declare_exchange("t", "topic", false, Headers::new())
@@ -383,4 +383,41 @@ async fn pipelined_publishes_route_in_batches_each_on_its_own() {
     }
     assert_eq!(failed, [25], "only the trapping message fails");
     assert_eq!(c.queue_info("ok").await.unwrap().ready, 49);
+}
+
+/// An exchange whose type is missing at startup is not restored; declaring a new one of
+/// the same name must not inherit its old stored bindings after the next restart.
+#[tokio::test]
+async fn redeclared_exchange_does_not_inherit_unrestored_bindings() {
+    let plugins = tempfile::tempdir().unwrap();
+    let wasm = plugins.path().join("keyed.wasm");
+    std::fs::write(&wasm, hostile::plugin("trap")).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let start = || {
+        let mut config = broker::Config::new(data.path());
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.plugins_dir = Some(plugins.path().to_owned());
+        broker::Broker::start(config)
+    };
+    let b = start().await.unwrap();
+    let c = Client::connect(&b.url()).await.unwrap();
+    c.declare_exchange("risky", "keyed", true, Headers::new()).await.unwrap();
+    c.declare_queue("shipping", QueueOptions::durable()).await.unwrap();
+    c.bind(binding("risky", "shipping", "", json!({}))).await.unwrap();
+    c.close().await;
+    b.shutdown().await;
+
+    std::fs::remove_file(&wasm).unwrap();
+    let b = start().await.unwrap();
+    let c = Client::connect(&b.url()).await.unwrap();
+    c.declare_exchange("risky", "fanout", true, Headers::new()).await.unwrap();
+    c.close().await;
+    b.shutdown().await;
+
+    let b = start().await.unwrap();
+    let c = Client::connect(&b.url()).await.unwrap();
+    c.confirm_select().await.unwrap();
+    publish_to(&c, "risky", "", "where?", json!({})).await;
+    assert!(bodies(&c, "shipping").await.is_empty(), "old binding must not come back");
+    b.shutdown().await;
 }

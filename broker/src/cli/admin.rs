@@ -57,11 +57,27 @@ pub enum Delete {
 
 #[derive(Subcommand)]
 pub enum Plugin {
-    /// Upload a Wasm exchange plugin (a component built with plugin-sdk); NAME becomes an
-    /// exchange type for `declare exchange --type NAME`.
-    Load {
+    /// Deploy a new version of a Wasm exchange plugin (a component built with plugin-sdk);
+    /// NAME becomes an exchange type for `declare exchange --type NAME`.
+    Deploy {
         name: String,
         path: std::path::PathBuf,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Activate an earlier version (default: the one before the active one).
+    Rollback {
+        name: String,
+        #[arg(long)]
+        to: Option<u64>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Exchange types with their active version, hash and counters.
+    List(ServerArg),
+    /// Every deployed version of a plugin.
+    History {
+        name: String,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -199,12 +215,75 @@ pub async fn bind(args: BindArgs, bind: bool) -> anyhow::Result<()> {
 
 pub async fn plugin(what: Plugin) -> anyhow::Result<()> {
     match what {
-        Plugin::Load { name, path, server } => {
+        Plugin::Deploy { name, path, server } => {
             let wasm =
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             let client = Client::connect(&server.server).await?;
-            let info = client.load_plugin(&name, &wasm).await?;
-            println!("plugin {name} loaded: {info}");
+            let v = client.deploy_plugin(&name, &wasm).await?;
+            println!(
+                "plugin {name} version {} active (sha256 {}, {} bytes)",
+                v["version"],
+                v["hash"].as_str().unwrap_or("?"),
+                v["size_bytes"]
+            );
+            client.close().await;
+        }
+        Plugin::Rollback { name, to, server } => {
+            let client = Client::connect(&server.server).await?;
+            let v = client.rollback_plugin(&name, to).await?;
+            println!("plugin {name} rolled back to version {}", v["version"]);
+            client.close().await;
+        }
+        Plugin::List(server) => {
+            let client = Client::connect(&server.server).await?;
+            let list = client.list_plugins().await?;
+            println!(
+                "{:<20} {:>8} {:>8} {:>10} {:>8} {:>11}  SHA256",
+                "PLUGIN", "KIND", "VERSION", "CALLS", "ERRORS", "MEAN_CALL"
+            );
+            for p in list["plugins"].as_array().into_iter().flatten() {
+                let stats = &p["stats"];
+                let calls = stats["calls"].as_u64().unwrap_or(0);
+                let time = &stats["call_time"]; // a serialized Duration
+                let total_ns = time["secs"].as_u64().unwrap_or(0) * 1_000_000_000
+                    + time["nanos"].as_u64().unwrap_or(0);
+                let mean = if calls > 0 {
+                    format!("{:.1}us", total_ns as f64 / calls as f64 / 1e3)
+                } else {
+                    "-".into()
+                };
+                let version = match (&p["active_version"], p["bundled"].as_bool()) {
+                    (serde_json::Value::Number(n), _) => n.to_string(),
+                    (_, Some(true)) => "bundled".into(),
+                    _ => "file".into(),
+                };
+                let hash = p["hash"].as_str().map_or("-", |h| &h[..h.len().min(12)]);
+                println!(
+                    "{:<20} {:>8} {:>8} {:>10} {:>8} {:>11}  {hash}",
+                    p["name"].as_str().unwrap_or("?"),
+                    "exchange",
+                    version,
+                    calls,
+                    stats["errors"].as_u64().unwrap_or(0),
+                    mean
+                );
+            }
+            client.close().await;
+        }
+        Plugin::History { name, server } => {
+            let client = Client::connect(&server.server).await?;
+            let history = client.plugin_history(&name).await?;
+            for v in history["versions"].as_array().into_iter().flatten() {
+                println!(
+                    "{}{:>4}  {}  deployed_at={} by={} size={}",
+                    if v["active"] == true { "*" } else { " " },
+                    v["version"],
+                    v["hash"].as_str().unwrap_or("?"),
+                    v["deployed_at"],
+                    v["deployed_by"].as_str().unwrap_or("?"),
+                    v["size_bytes"]
+                );
+            }
             client.close().await;
         }
     }

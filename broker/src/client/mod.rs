@@ -379,17 +379,44 @@ impl Client {
         })
     }
 
-    /// Uploads a Wasm exchange plugin; `name` becomes an exchange type. Returns what the
-    /// broker reports of it (name, ABI version, capabilities, size).
-    pub async fn load_plugin(
+    /// Deploys a new version of Wasm exchange plugin `name` (an exchange type). Returns
+    /// what the broker reports: name, version, hash, ABI version, capabilities, size.
+    pub async fn deploy_plugin(
         &self,
         name: &str,
         wasm: &[u8],
     ) -> Result<serde_json::Value, ClientError> {
         use base64::Engine as _;
-        let op = Op::LoadPlugin {
+        let op = Op::DeployPlugin {
             name: name.to_owned(),
             wasm_base64: base64::engine::general_purpose::STANDARD.encode(wasm),
+            deployed_by: std::env::var("USER").ok(),
+        };
+        self.send(op, None, true).await
+    }
+
+    /// Activates an earlier version of a plugin (`version`, or the one before the active).
+    pub async fn rollback_plugin(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let op = Op::RollbackPlugin {
+            name: name.to_owned(),
+            version,
+        };
+        self.send(op, None, true).await
+    }
+
+    /// Every exchange type with its active version and counters.
+    pub async fn list_plugins(&self) -> Result<serde_json::Value, ClientError> {
+        self.send(Op::ListPlugins, None, true).await
+    }
+
+    /// Every deployed version of a plugin.
+    pub async fn plugin_history(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        let op = Op::PluginHistory {
+            name: name.to_owned(),
         };
         self.send(op, None, true).await
     }

@@ -41,10 +41,12 @@ pub enum ErrorCode {
     PluginError,
     /// The store could not commit: the operation is not durable.
     StoreError,
-    /// `load_plugin` refused the module (not a component, wrong ABI, failed validation...).
+    /// `deploy_plugin` refused the module (not a component, wrong ABI, failed validation...).
     InvalidPlugin,
     /// A queue with `overflow: reject_publish` is full: the negative confirm of a publish.
     QueueFull,
+    /// No plugin (or plugin version) of that name.
+    PluginNotFound,
 }
 
 impl ErrorCode {
@@ -85,6 +87,7 @@ const ALL_CODES: &[(ErrorCode, &str)] = &[
     (ErrorCode::StoreError, "store_error"),
     (ErrorCode::QueueFull, "queue_full"),
     (ErrorCode::InvalidPlugin, "invalid_plugin"),
+    (ErrorCode::PluginNotFound, "plugin_not_found"),
 ];
 
 /// The operation names of [`super::Op`], to tell an unknown `op` from a bad field.
@@ -107,7 +110,10 @@ const OP_NAMES: &[&str] = &[
     "reject",
     "peek_queue",
     "requeue_dead_letters",
-    "load_plugin",
+    "deploy_plugin",
+    "rollback_plugin",
+    "list_plugins",
+    "plugin_history",
 ];
 
 /// A request frame that could not be parsed: the id when one could be read, the code, why.

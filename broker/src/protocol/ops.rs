@@ -62,12 +62,28 @@ pub enum Op {
         #[serde(default)]
         requeue: bool,
     },
-    /// Compiles and registers a Wasm exchange plugin under `name` (an exchange type for
-    /// `declare_exchange`); replaces an existing custom type of that name.
-    LoadPlugin {
+    /// Deploys a new version of Wasm exchange plugin `name` (an exchange type for
+    /// `declare_exchange`): validated, stored, then activated; live exchanges of that type
+    /// switch to it at their next message.
+    DeployPlugin {
         name: String,
         /// The component's bytes, standard base64.
         wasm_base64: String,
+        /// Who deployed it, for the history.
+        #[serde(default)]
+        deployed_by: Option<String>,
+    },
+    /// Activates an earlier version: `version`, or the one before the active one.
+    RollbackPlugin {
+        name: String,
+        #[serde(default)]
+        version: Option<u64>,
+    },
+    /// Every exchange type with its active version and counters.
+    ListPlugins,
+    /// Every deployed version of a plugin.
+    PluginHistory {
+        name: String,
     },
     /// Lists a queue's ready messages in delivery order without consuming them.
     PeekQueue {

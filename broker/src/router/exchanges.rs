@@ -61,6 +61,16 @@ impl Router {
         let routing = self
             .plugins
             .create(&declare.kind, &declare.exchange, &declare.arguments)?;
+        // A new exchange replacing an unrestored stored one inherits neither its record
+        // nor its bindings.
+        if let Some(orphans) = self.orphan_bindings.remove(&declare.exchange) {
+            for id in orphans {
+                self.batch.ops.push(StoreOp::DeleteBinding(id));
+            }
+            self.batch
+                .ops
+                .push(StoreOp::DeleteExchange(declare.exchange.clone()));
+        }
         if declare.durable {
             self.batch.ops.push(StoreOp::PutExchange(ExchangeRecord {
                 name: declare.exchange.clone(),
@@ -181,7 +191,12 @@ impl Router {
                 }
             }
             Some(_) => self.batch.ops.push(StoreOp::DeleteBinding(id)),
-            None => {} // its exchange's type is not loaded; keep it for when it is
+            // Its exchange's type is not loaded: keep it for a start where it is.
+            None => self
+                .orphan_bindings
+                .entry(binding.exchange)
+                .or_default()
+                .push(id),
         }
     }
 
@@ -367,40 +382,4 @@ pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-impl Router {
-    /// Compiles and registers a plugin off the router's task (compilation takes
-    /// milliseconds to seconds); the reply follows when it is ready. A type that exists is
-    /// replaced: its live exchanges switch at their next message.
-    pub(super) fn load_plugin(
-        &mut self,
-        conn: ConnId,
-        id: RequestId,
-        name: String,
-        wasm_base64: &str,
-    ) -> Result<Reply, OpError> {
-        use base64::Engine as _;
-        let wasm = base64::engine::general_purpose::STANDARD
-            .decode(wasm_base64.as_bytes())
-            .map_err(|e| OpError::new(ErrorCode::InvalidField, format!("`wasm_base64`: {e}")))?;
-        let Some(tx) = self.conns.get(&conn).map(|c| c.tx.clone()) else {
-            return Ok(Reply::Silent);
-        };
-        let plugins = self.plugins.clone();
-        tokio::spawn(async move {
-            let frame = match plugins.load(&name, wasm).await {
-                Ok(info) => {
-                    tracing::info!(plugin = %name, size = info.size_bytes, "plugin loaded");
-                    ServerFrame::ok_with(id, info)
-                }
-                Err(e) => {
-                    tracing::warn!(plugin = %name, error = %e, "plugin refused");
-                    ServerFrame::error(Some(id), ErrorCode::InvalidPlugin, e.to_string())
-                }
-            };
-            let _ = tx.send(Outbound::Frame(frame));
-        });
-        Ok(Reply::Silent)
-    }
 }

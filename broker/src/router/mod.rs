@@ -8,6 +8,7 @@
 mod consumers;
 mod dead_letter;
 mod exchanges;
+mod plugins;
 mod queues;
 
 pub use dead_letter::{DEATH_HEADER, DeathReason};
@@ -62,6 +63,8 @@ pub enum Command {
         conn: ConnId,
         delivery_tags: Vec<u64>,
     },
+    /// A deployed or rolled-back plugin version compiled and went live.
+    PluginActivated(Box<plugins::Activated>),
     /// Commit what is pending, close the store, then answer.
     Shutdown {
         done: oneshot::Sender<()>,
@@ -151,8 +154,17 @@ struct ExchangeState {
 pub struct Router {
     queues: HashMap<Arc<str>, Queue>,
     exchanges: HashMap<String, ExchangeState>,
-    /// The exchange types (Wasm plugins), and where `load_plugin` loads new ones.
+    /// The exchange types (Wasm plugins), and where deploys load new versions.
     plugins: PluginHost,
+    /// Stored bindings of stored exchanges whose type was not loaded at startup; dropped
+    /// if an exchange of that name is declared anew.
+    orphan_bindings: HashMap<String, Vec<BindingId>>,
+    /// Every deployed version of each plugin, in version order.
+    plugin_versions: std::collections::BTreeMap<String, Vec<crate::store::PluginVersion>>,
+    /// Plugin name → active version.
+    active_plugins: HashMap<String, u64>,
+    /// For work finished off the router's task to report back.
+    self_tx: mpsc::UnboundedSender<Command>,
     conns: HashMap<ConnId, Conn>,
     store: Option<StoreWriter>,
     /// Store operations and commit waiters of the current turn.
@@ -173,8 +185,8 @@ pub struct Router {
 impl Router {
     /// Builds the router from recovered state and starts it on the current runtime.
     pub fn spawn(recovered: Recovered, store: StoreWriter, plugins: PluginHost) -> RouterHandle {
-        let router = Router::recover(recovered, store, plugins);
         let (tx, rx) = mpsc::unbounded_channel();
+        let router = Router::recover(recovered, store, plugins, tx.clone());
         tokio::spawn(router.run(rx));
         RouterHandle { tx }
     }
@@ -203,6 +215,7 @@ impl Router {
                         conn,
                         delivery_tags,
                     } => self.settle_written(conn, delivery_tags),
+                    Command::PluginActivated(activated) => self.plugin_activated(*activated),
                     Command::Shutdown { done } => {
                         self.shutdown().await;
                         let _ = done.send(());
@@ -329,9 +342,16 @@ impl Router {
                 self.settle(conn, delivery_tag, false, how)
             }
             Op::PeekQueue { queue, limit } => self.peek_queue(&queue, limit),
-            Op::LoadPlugin { name, wasm_base64 } => {
-                self.load_plugin(conn, id.clone(), name, &wasm_base64)
+            Op::DeployPlugin {
+                name,
+                wasm_base64,
+                deployed_by,
+            } => self.deploy_plugin(conn, id.clone(), name, &wasm_base64, deployed_by),
+            Op::RollbackPlugin { name, version } => {
+                self.rollback_plugin(conn, id.clone(), &name, version)
             }
+            Op::ListPlugins => Ok(self.list_plugins()),
+            Op::PluginHistory { name } => self.plugin_history(&name),
             Op::RequeueDeadLetters { queue, message_id } => {
                 self.requeue_dead_letters(conn, &queue, message_id.as_deref())
             }

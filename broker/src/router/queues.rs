@@ -24,11 +24,20 @@ pub(crate) fn check_name(what: &str, name: &str) -> Result<(), OpError> {
 }
 
 impl Router {
-    pub(super) fn recover(recovered: Recovered, store: StoreWriter, plugins: PluginHost) -> Self {
+    pub(super) fn recover(
+        recovered: Recovered,
+        store: StoreWriter,
+        plugins: PluginHost,
+        self_tx: tokio::sync::mpsc::UnboundedSender<super::Command>,
+    ) -> Self {
         let mut router = Router {
             queues: HashMap::new(),
             exchanges: HashMap::new(),
             plugins,
+            plugin_versions: super::plugins::group_versions(recovered.plugin_versions),
+            active_plugins: recovered.active_plugins.into_iter().collect(),
+            self_tx,
+            orphan_bindings: HashMap::new(),
             conns: HashMap::new(),
             store: Some(store),
             batch: WriteBatch::default(),
@@ -79,10 +88,16 @@ impl Router {
                     };
                     router.exchanges.insert(record.name, state);
                 }
-                Err(e) => tracing::error!(
+                Err(e) => {
+                    router
+                        .orphan_bindings
+                        .entry(record.name.clone())
+                        .or_default();
+                    tracing::error!(
                     exchange = %record.name, kind = %record.kind, error = %e,
-                    "cannot restore exchange; it stays stored and returns once its type is loaded"
-                ),
+                    "cannot restore exchange; it stays stored and returns at a start with its type loaded (--plugins-dir or a stored deploy)"
+                    );
+                }
             }
         }
         for (id, binding) in recovered.bindings {

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::plugin::{HostError, Limits, PluginHost};
 use crate::router::{Router, RouterHandle};
-use crate::store::{self, OpenError};
+use crate::store::{self, OpenError, Recovered};
 
 /// How to run a broker.
 #[derive(Clone)]
@@ -87,9 +87,14 @@ impl Broker {
             .await
             .expect("plugin loading does not panic")?;
         let data_dir = config.data_dir.clone();
-        let (recovered, writer) = tokio::task::spawn_blocking(move || store::open(&data_dir))
-            .await
-            .expect("store open task does not panic")?;
+        let host = plugins.clone();
+        let (recovered, writer) = tokio::task::spawn_blocking(move || {
+            let (recovered, writer) = store::open(&data_dir)?;
+            restore_plugin_versions(&host, &recovered);
+            Ok::<_, OpenError>((recovered, writer))
+        })
+        .await
+        .expect("store open task does not panic")?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -126,6 +131,27 @@ impl Broker {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.acceptor.await;
+    }
+}
+
+/// Loads the active version of every deployed plugin, as stored (these override files
+/// of the same name in the plugins directory: a deploy is newer than the file).
+fn restore_plugin_versions(host: &PluginHost, recovered: &Recovered) {
+    for (name, active) in &recovered.active_plugins {
+        let stored = recovered
+            .plugin_versions
+            .iter()
+            .find(|v| v.name == *name && v.version == *active);
+        let result = match stored {
+            Some(v) => host.load_blocking(name, &v.wasm).map_err(|e| e.to_string()),
+            None => Err(format!("version {active} is not stored")),
+        };
+        match result {
+            Ok(_) => tracing::info!(plugin = %name, version = active, "plugin version restored"),
+            Err(e) => {
+                tracing::error!(plugin = %name, version = active, error = %e, "plugin version not restored")
+            }
+        }
     }
 }
 

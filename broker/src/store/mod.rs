@@ -33,6 +33,14 @@ const MESSAGES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("messa
 /// kept apart from MESSAGES so a retry does not rewrite the body.
 const ENTRY_STATE: TableDefinition<(u64, u64), (u32, u64)> = TableDefinition::new("entry_state");
 
+/// Deployed plugin versions by (name, version): their metadata (JSON) ...
+const PLUGIN_VERSIONS: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("plugin_versions");
+/// ... and their component bytes.
+const PLUGIN_WASM: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("plugin_wasm");
+/// The active version of each deployed plugin.
+const ACTIVE_PLUGINS: TableDefinition<&str, u64> = TableDefinition::new("active_plugins");
+
 /// The name of the database file inside the data directory.
 pub const DB_FILE: &str = "broker.redb";
 
@@ -54,6 +62,22 @@ pub struct ExchangeRecord {
     pub kind: String,
     #[serde(default)]
     pub arguments: Headers,
+}
+
+/// One deployed version of a plugin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginVersion {
+    pub name: String,
+    /// 1 for the first deploy of a name, then counting up.
+    pub version: u64,
+    /// SHA-256 of the component bytes, hex.
+    pub hash: String,
+    /// Milliseconds since the epoch.
+    pub deployed_at: u64,
+    pub deployed_by: String,
+    pub size_bytes: u64,
+    #[serde(skip)]
+    pub wasm: bytes::Bytes,
 }
 
 /// A stored message of a recovered queue.
@@ -81,6 +105,10 @@ pub struct Recovered {
     pub queues: Vec<RecoveredQueue>,
     pub exchanges: Vec<ExchangeRecord>,
     pub bindings: Vec<(BindingId, Binding)>,
+    /// Every deployed plugin version, by name then version.
+    pub plugin_versions: Vec<PluginVersion>,
+    /// Plugin name → active version.
+    pub active_plugins: Vec<(String, u64)>,
 }
 
 /// Opens (or creates) the database in `data_dir`, reads what to recover, and starts the
@@ -104,6 +132,9 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
     txn.open_table(BINDINGS)?;
     txn.open_table(MESSAGES)?;
     txn.open_table(ENTRY_STATE)?;
+    txn.open_table(PLUGIN_VERSIONS)?;
+    txn.open_table(PLUGIN_WASM)?;
+    txn.open_table(ACTIVE_PLUGINS)?;
     txn.commit()?;
     Ok(())
 }
@@ -155,6 +186,23 @@ fn recover(db: &Database) -> Result<Recovered, OpenError> {
         let binding = serde_json::from_slice(value.value())
             .map_err(|e| corrupt("bindings")(e.to_string()))?;
         recovered.bindings.push((key.value(), binding));
+    }
+    let wasm = txn.open_table(PLUGIN_WASM)?;
+    for entry in txn.open_table(PLUGIN_VERSIONS)?.iter()? {
+        let (key, value) = entry?;
+        let mut version: PluginVersion = serde_json::from_slice(value.value())
+            .map_err(|e| corrupt("plugin_versions")(e.to_string()))?;
+        let bytes = wasm
+            .get(key.value())?
+            .ok_or_else(|| corrupt("plugin_wasm")(format!("no bytes for {}", version.name)))?;
+        version.wasm = bytes::Bytes::copy_from_slice(bytes.value());
+        recovered.plugin_versions.push(version);
+    }
+    for entry in txn.open_table(ACTIVE_PLUGINS)?.iter()? {
+        let (name, version) = entry?;
+        recovered
+            .active_plugins
+            .push((name.value().to_owned(), version.value()));
     }
     Ok(recovered)
 }

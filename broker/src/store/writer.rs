@@ -13,8 +13,8 @@ use std::thread;
 use redb::{Database, WriteTransaction};
 
 use super::{
-    BINDINGS, CommitError, ENTRY_STATE, EXCHANGES, ExchangeRecord, MESSAGES, QUEUES, QueueRecord,
-    encode_entry,
+    ACTIVE_PLUGINS, BINDINGS, CommitError, ENTRY_STATE, EXCHANGES, ExchangeRecord, MESSAGES,
+    PLUGIN_VERSIONS, PLUGIN_WASM, PluginVersion, QUEUES, QueueRecord, encode_entry,
 };
 use crate::exchange::BindingId;
 use crate::message::Message;
@@ -44,6 +44,13 @@ pub enum StoreOp {
         queue: u64,
         seq: u64,
         state: bool,
+    },
+    /// Stores a deployed plugin version (metadata and bytes).
+    PutPluginVersion(PluginVersion),
+    /// Makes `version` the one restored at startup.
+    SetActivePlugin {
+        name: String,
+        version: u64,
     },
     /// Records a retried message's delivery count and, for a delayed retry, its due time.
     SetEntryState {
@@ -170,6 +177,9 @@ fn apply<'a>(
     let mut bindings = txn.open_table(BINDINGS)?;
     let mut messages = txn.open_table(MESSAGES)?;
     let mut entry_state = txn.open_table(ENTRY_STATE)?;
+    let mut plugin_versions = txn.open_table(PLUGIN_VERSIONS)?;
+    let mut plugin_wasm = txn.open_table(PLUGIN_WASM)?;
+    let mut active_plugins = txn.open_table(ACTIVE_PLUGINS)?;
     for op in ops {
         match op {
             StoreOp::PutQueue(record) => {
@@ -207,6 +217,14 @@ fn apply<'a>(
                 if *state {
                     entry_state.remove((*queue, *seq))?;
                 }
+            }
+            StoreOp::PutPluginVersion(version) => {
+                let key = (version.name.as_str(), version.version);
+                plugin_versions.insert(key, json(version).as_slice())?;
+                plugin_wasm.insert(key, version.wasm.as_ref())?;
+            }
+            StoreOp::SetActivePlugin { name, version } => {
+                active_plugins.insert(name.as_str(), *version)?;
             }
             StoreOp::SetEntryState {
                 queue,
