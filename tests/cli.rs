@@ -1,6 +1,8 @@
 //! The `broker` command-line client against the real binary.
 
 mod common;
+#[path = "support/hostile.rs"]
+mod hostile;
 
 use std::process::Command;
 
@@ -98,4 +100,55 @@ fn unreachable_server_is_a_clear_error() {
         err.starts_with("error: cannot connect to ws://127.0.0.1:1"),
         "{err}"
     );
+}
+
+#[test]
+fn plugin_deploy_list_history_rollback() {
+    let dir = tempfile::tempdir().unwrap();
+    let process = BrokerProcess::spawn(dir.path());
+    let url = process.url.clone();
+    let wasm = dir.path().join("router.wasm");
+    std::fs::write(&wasm, hostile::plugin("trap")).unwrap();
+    let path = wasm.to_str().unwrap();
+
+    let (ok, out, err) = broker(&["plugin", "deploy", "router", path], &url);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("plugin router version 1 active (sha256 "),
+        "{out}"
+    );
+    let (ok, out, _) = broker(&["plugin", "deploy", "router", path], &url);
+    assert!(ok);
+    assert!(out.starts_with("plugin router version 2 active"), "{out}");
+
+    let (ok, out, _) = broker(&["plugin", "list"], &url);
+    assert!(ok);
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("router"))
+        .expect("listed");
+    assert_eq!(row.split_whitespace().nth(2), Some("2"), "{row}");
+    assert!(out.lines().any(|l| l.starts_with("topic")), "{out}");
+
+    let (ok, out, _) = broker(&["plugin", "history", "router"], &url);
+    assert!(ok);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[1].starts_with('*'), "version 2 active: {out}");
+
+    let (ok, out, _) = broker(&["plugin", "rollback", "router"], &url);
+    assert!(ok);
+    assert_eq!(out.trim(), "plugin router rolled back to version 1");
+    let (ok, _, err) = broker(&["plugin", "rollback", "router"], &url);
+    assert!(!ok);
+    assert!(err.contains("plugin_not_found"), "{err}");
+
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"junk").unwrap();
+    let (ok, _, err) = broker(
+        &["plugin", "deploy", "router", junk.to_str().unwrap()],
+        &url,
+    );
+    assert!(!ok);
+    assert!(err.contains("invalid_plugin"), "{err}");
 }
