@@ -401,16 +401,24 @@ async fn redeclared_exchange_does_not_inherit_unrestored_bindings() {
     };
     let b = start().await.unwrap();
     let c = Client::connect(&b.url()).await.unwrap();
-    c.declare_exchange("risky", "keyed", true, Headers::new()).await.unwrap();
-    c.declare_queue("shipping", QueueOptions::durable()).await.unwrap();
-    c.bind(binding("risky", "shipping", "", json!({}))).await.unwrap();
+    c.declare_exchange("risky", "keyed", true, Headers::new())
+        .await
+        .unwrap();
+    c.declare_queue("shipping", QueueOptions::durable())
+        .await
+        .unwrap();
+    c.bind(binding("risky", "shipping", "", json!({})))
+        .await
+        .unwrap();
     c.close().await;
     b.shutdown().await;
 
     std::fs::remove_file(&wasm).unwrap();
     let b = start().await.unwrap();
     let c = Client::connect(&b.url()).await.unwrap();
-    c.declare_exchange("risky", "fanout", true, Headers::new()).await.unwrap();
+    c.declare_exchange("risky", "fanout", true, Headers::new())
+        .await
+        .unwrap();
     c.close().await;
     b.shutdown().await;
 
@@ -418,6 +426,49 @@ async fn redeclared_exchange_does_not_inherit_unrestored_bindings() {
     let c = Client::connect(&b.url()).await.unwrap();
     c.confirm_select().await.unwrap();
     publish_to(&c, "risky", "", "where?", json!({})).await;
-    assert!(bodies(&c, "shipping").await.is_empty(), "old binding must not come back");
+    assert!(
+        bodies(&c, "shipping").await.is_empty(),
+        "old binding must not come back"
+    );
     b.shutdown().await;
+}
+
+/// A bind immediately followed by pipelined publishes: the publishes, routed as a batch,
+/// must see the binding (everything before a run is applied before it is routed).
+#[tokio::test]
+async fn pipelined_publishes_see_a_bind_sent_just_before() {
+    let b = TestBroker::start().await;
+    let c = b.client().await;
+    c.declare_exchange("t", "topic", false, Headers::new())
+        .await
+        .unwrap();
+    c.declare_queue("late", QueueOptions::default())
+        .await
+        .unwrap();
+    let mut peer = common::RawPeer::connect(&b.url()).await;
+    let mut frames = vec![json!({"id": 0, "op": "confirm_select"})];
+    frames.push(json!({"id": 1, "op": "bind", "exchange": "t", "queue": "late", "key": "#"}));
+    for i in 2..40 {
+        frames.push(
+            json!({"id": i, "op": "publish", "exchange": "t", "routing_key": "a.b",
+                           "body": i.to_string(), "mandatory": true}),
+        );
+    }
+    let text: Vec<String> = frames.iter().map(Value::to_string).collect();
+    for frame in text {
+        peer.send_text(frame).await;
+    }
+    let mut confirmed = 0;
+    while confirmed < 38 {
+        let reply = peer.recv().await;
+        assert_ne!(
+            reply["type"], "return",
+            "published before the bind applied: {reply}"
+        );
+        assert_ne!(reply["type"], "error", "{reply}");
+        if reply["type"] == "confirm" {
+            confirmed += 1;
+        }
+    }
+    assert_eq!(c.queue_info("late").await.unwrap().ready, 38);
 }

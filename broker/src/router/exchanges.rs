@@ -8,6 +8,7 @@ use super::dead_letter::QueueFull;
 use super::queues::{check_access, check_name};
 use super::{Command, ExchangeState, OpError, Outbound, Reply, Routed, Router};
 use crate::exchange::{BindingId, ExchangeError, ExchangeTypes as _};
+use crate::message::Message;
 use crate::protocol::{
     Binding, DeclareExchange, ErrorCode, Op, Publish, Request, RequestId, ServerFrame,
 };
@@ -219,55 +220,47 @@ impl Router {
         }
     }
 
-    /// Routes runs of consecutive publishes to the same named exchange in one batch call
-    /// each; returns, per command, the routing result when it was computed ahead. Only
-    /// consecutive publishes are grouped, so no bind or unbind falls between them.
-    pub(super) fn route_publish_runs(&mut self, commands: &mut [Command]) -> Vec<Option<Routed>> {
-        let mut results: Vec<Option<Routed>> = (0..commands.len()).map(|_| None).collect();
-        let exchange_of = |command: &Command| match command {
-            Command::Request {
-                request: Request {
-                    op: Op::Publish(p), ..
-                },
-                ..
-            } if p.message.exchange != DEFAULT_EXCHANGE => Some(p.message.exchange.clone()),
-            _ => None,
-        };
-        let mut start = 0;
-        while start < commands.len() {
-            let Some(exchange) = exchange_of(&commands[start]) else {
-                start += 1;
-                continue;
-            };
-            let end = (start..commands.len())
-                .find(|&i| exchange_of(&commands[i]).as_ref() != Some(&exchange))
-                .unwrap_or(commands.len());
-            if end - start >= 2
-                && let Some(state) = self.exchanges.get_mut(&exchange)
-            {
-                let now = now_ms();
-                let mut messages = Vec::with_capacity(end - start);
-                for command in &mut commands[start..end] {
-                    if let Command::Request {
-                        request:
-                            Request {
-                                op: Op::Publish(p), ..
-                            },
-                        ..
-                    } = command
-                    {
-                        p.message.properties.timestamp.get_or_insert(now);
-                        messages.push(&p.message);
-                    }
-                }
-                let routed = state.routing.route_batch(&messages);
-                for (slot, result) in results[start..end].iter_mut().zip(routed) {
-                    *slot = Some(result);
-                }
+    /// If `commands` starts with two or more publishes to the same named exchange, routes
+    /// them in one batch call and returns their results in order; otherwise nothing. Only
+    /// consecutive publishes are grouped, so no other operation falls between them.
+    pub(super) fn route_publish_run(
+        &mut self,
+        commands: &mut [Option<Command>],
+    ) -> std::collections::VecDeque<Routed> {
+        fn publish(command: &mut Option<Command>) -> Option<&mut Publish> {
+            match command {
+                Some(Command::Request {
+                    request:
+                        Request {
+                            op: Op::Publish(p), ..
+                        },
+                    ..
+                }) if p.message.exchange != DEFAULT_EXCHANGE => Some(p),
+                _ => None,
             }
-            start = end;
         }
-        results
+        let Some(exchange) = commands
+            .first_mut()
+            .and_then(publish)
+            .map(|p| p.message.exchange.clone())
+        else {
+            return Default::default();
+        };
+        let now = now_ms();
+        let mut run: Vec<&Message> = Vec::new();
+        for command in commands.iter_mut() {
+            match publish(command) {
+                Some(p) if p.message.exchange == exchange => {
+                    p.message.properties.timestamp.get_or_insert(now);
+                    run.push(&p.message);
+                }
+                _ => break,
+            }
+        }
+        match self.exchanges.get_mut(&exchange) {
+            Some(state) if run.len() >= 2 => state.routing.route_batch(&run).into(),
+            _ => Default::default(),
+        }
     }
 
     pub(super) fn publish(

@@ -201,9 +201,16 @@ impl Router {
                 received = rx.recv_many(&mut commands, 512) => if received == 0 { break },
                 _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {}
             }
-            let mut prerouted = self.route_publish_runs(&mut commands).into_iter();
-            for command in commands.drain(..) {
-                let prerouted = prerouted.next().flatten();
+            // Runs of publishes to one exchange are routed in one batch call, at the moment
+            // the run is reached: everything before it has been applied.
+            let mut waiting: Vec<Option<Command>> = commands.drain(..).map(Some).collect();
+            let mut prerouted = std::collections::VecDeque::new();
+            for i in 0..waiting.len() {
+                if prerouted.is_empty() {
+                    prerouted = self.route_publish_run(&mut waiting[i..]);
+                }
+                let prerouted = prerouted.pop_front();
+                let command = waiting[i].take().expect("each command is taken once");
                 match command {
                     Command::Open { conn, tx } => self.open_conn(conn, tx),
                     Command::Close {

@@ -10,7 +10,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
-use crate::protocol::{ErrorCode, ServerFrame, parse_request};
+use crate::protocol::{ErrorCode, RequestId, ServerFrame, parse_request};
 use crate::queue::ConnId;
 use crate::router::{Command, ConnTx, Outbound, RouterHandle};
 
@@ -89,7 +89,11 @@ impl Connection {
                 text.len(),
                 self.max_frame_bytes
             );
-            return send_error(tx, ErrorCode::FrameTooLarge, &message);
+            // Answer with the request's id when it leads the frame (as this project's
+            // clients write it), so the caller's pending request fails instead of waiting.
+            let frame = ServerFrame::error(leading_id(text), ErrorCode::FrameTooLarge, message);
+            let _ = tx.send(Outbound::Frame(frame));
+            return;
         }
         match parse_request(text) {
             Ok(request) => {
@@ -103,6 +107,19 @@ impl Connection {
             }
         }
     }
+}
+
+/// The `id` of a frame that starts `{"id":...,` — read from its first bytes only, without
+/// parsing the (oversized) rest.
+fn leading_id(text: &str) -> Option<RequestId> {
+    let head = &text[..text.len().min(200)];
+    let rest = head
+        .strip_prefix('{')?
+        .trim_start()
+        .strip_prefix("\"id\"")?;
+    let rest = rest.trim_start().strip_prefix(':')?.trim_start();
+    let end = rest.find([',', '}'])?;
+    serde_json::from_str(rest[..end].trim()).ok()
 }
 
 fn send_error(tx: &ConnTx, code: ErrorCode, message: &str) {
@@ -153,4 +170,23 @@ async fn write_loop(
         }
     }
     let _ = sink.send(WsMessage::Close(None)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_leading_id_without_parsing_the_rest() {
+        assert_eq!(
+            leading_id(r#"{"id":7,"op":"publish","body":"xxxx"#),
+            Some(RequestId::Num(7))
+        );
+        assert_eq!(
+            leading_id(r#"{ "id" : "a-1" , "op""#),
+            Some(RequestId::Str("a-1".into()))
+        );
+        assert_eq!(leading_id(r#"{"op":"publish","id":7}"#), None);
+        assert_eq!(leading_id("not json at all"), None);
+    }
 }
