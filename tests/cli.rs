@@ -152,3 +152,51 @@ fn plugin_deploy_list_history_rollback() {
     assert!(!ok);
     assert!(err.contains("invalid_plugin"), "{err}");
 }
+
+/// A tiny run of each quick bench scenario: one line each, in the documented format.
+#[test]
+fn bench_scenarios_print_one_line_each() {
+    for args in [
+        &["persistent", "--msgs", "300"][..],
+        &["transient", "--msgs", "300"],
+        &["topic", "--msgs", "300", "--bindings", "20"],
+        &["fanout", "--msgs", "100"],
+    ] {
+        let out = Command::new(bin())
+            .arg("bench")
+            .args(args)
+            .arg("--embedded")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 1, "{stdout}");
+        let fields: Vec<&str> = lines[0]
+            .split(' ')
+            .map(|f| f.split('=').next().unwrap())
+            .collect();
+        assert_eq!(
+            &fields[..8],
+            [
+                "scenario",
+                "msgs",
+                "secs",
+                "rate",
+                "p50_us",
+                "p99_us",
+                "p999_us",
+                "publish_confirm_p99_us"
+            ],
+            "{stdout}"
+        );
+        assert!(
+            lines[0].starts_with(&format!("scenario={} msgs=", args[0])),
+            "{stdout}"
+        );
+    }
+}

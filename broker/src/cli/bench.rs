@@ -1,19 +1,39 @@
-//! `broker bench`: throughput and latency scenarios against a running broker or an
-//! embedded one, each printing exactly one line of figures.
+//! `broker bench`: throughput, latency, backlog and recovery scenarios against a running
+//! broker or an embedded one. Each run prints exactly one line of figures:
+//!
+//! `scenario=NAME msgs=N secs=S rate=R p50_us=.. p99_us=.. p999_us=.. publish_confirm_p99_us=..`
+//!
+//! followed by scenario-specific `key=value` fields; a figure a scenario cannot measure
+//! is printed as `-`. Every scenario declares its own queues and exchanges (named after
+//! the scenario and the process id) and deletes them when done.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod backlog;
+mod clients;
+mod latency;
+mod throughput;
+
+use std::fmt;
 
 use anyhow::Context as _;
-use broker::{Broker, Client, Config, Message, Properties, QueueOptions};
+use broker::{Broker, Client, Config};
 use clap::{Args, ValueEnum};
-use futures_util::StreamExt as _;
-use futures_util::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
+use tokio::task::JoinHandle;
 
 use super::DEFAULT_SERVER;
 
+const OUTPUT_HELP: &str = "\
+Prints one line per run:
+  scenario=NAME msgs=N secs=S rate=R p50_us=.. p99_us=.. p999_us=.. publish_confirm_p99_us=..
+then scenario-specific fields. p50/p99/p999 are end-to-end latencies (publish to delivery);
+`-` marks a figure the scenario does not measure. With --embedded, client and broker share
+the process (and its CPU and memory).
+
+Default --msgs: 200000 (persistent, transient, topic), 100000 (fanout, publishes; each is
+delivered once per queue), --rate x 10 (latency: ten seconds), 1000000 (backlog, recovery).";
+
 #[derive(Args)]
+#[command(after_long_help = OUTPUT_HELP)]
 pub struct BenchArgs {
     #[arg(value_enum)]
     scenario: Scenario,
@@ -22,31 +42,73 @@ pub struct BenchArgs {
     embedded: bool,
     #[arg(long, default_value = DEFAULT_SERVER)]
     server: String,
-    /// Messages to publish (in total).
-    #[arg(long, default_value_t = 200_000)]
-    msgs: u64,
-    /// Body size in bytes.
+    /// Messages to publish in total [default: depends on the scenario, see below].
+    #[arg(long)]
+    msgs: Option<u64>,
+    /// Body size in bytes (at least 20: the body starts with its timestamp).
     #[arg(long, default_value_t = 256)]
     size: usize,
+    /// Publishing connections; they share --msgs (and, for latency, --rate).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     publishers: u64,
-    /// Consumers; 0 measures confirmed publishing alone.
+    /// Consumers (per queue for fanout); 0 measures confirmed publishing alone
+    /// (persistent, transient, topic, fanout). Backlog and latency need one or more;
+    /// recovery always uses one.
     #[arg(long, default_value_t = 1)]
     consumers: u64,
-    /// Unconfirmed publishes in flight per publisher.
+    /// Unconfirmed publishes in flight per publisher (latency publishes open-loop instead).
     #[arg(long, default_value_t = 2000)]
     window: usize,
     /// Consumer prefetch.
     #[arg(long, default_value_t = 2000)]
     prefetch: u32,
+    /// topic: binding patterns on the topic exchange.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    bindings: u64,
+    /// topic: distinct routing keys, cycled through; each matches at least one binding.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    keys: u64,
+    /// fanout: queues bound to the fanout exchange.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
+    queues: u64,
+    /// latency: publishes per second (fixed schedule, all publishers together).
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    rate: u64,
+}
+
+impl BenchArgs {
+    /// `--msgs`, or the scenario's default.
+    fn msgs(&self) -> u64 {
+        self.msgs.unwrap_or(match self.scenario {
+            Scenario::Persistent | Scenario::Transient | Scenario::Topic => 200_000,
+            Scenario::Fanout => 100_000,
+            Scenario::Latency => self.rate.saturating_mul(10),
+            Scenario::Backlog | Scenario::Recovery => 1_000_000,
+        })
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Scenario {
     /// Durable queue, persistent messages, confirms, manual acks.
     Persistent,
-    /// The same with transient messages.
+    /// The same with transient messages on a transient queue.
     Transient,
+    /// Persistent messages through the Wasm `topic` exchange: --bindings patterns on one
+    /// durable queue, --keys distinct routing keys.
+    Topic,
+    /// Persistent messages through a `fanout` exchange to --queues durable queues,
+    /// --consumers on each; rate = publishes/s, deliveries_rate = deliveries/s.
+    Fanout,
+    /// Persistent messages at a fixed --rate; latency from each message's scheduled send
+    /// time (corrects for coordinated omission) to its delivery.
+    Latency,
+    /// Publishes --msgs persistent messages with no consumer, then drains them; prints the
+    /// publish rate, drain_rate and the peak RSS (of the whole process with --embedded).
+    Backlog,
+    /// --embedded only: fills a durable queue, restarts the broker on the same data
+    /// directory and measures from `Broker::start` to the first delivery.
+    Recovery,
 }
 
 impl Scenario {
@@ -54,16 +116,34 @@ impl Scenario {
         match self {
             Scenario::Persistent => "persistent",
             Scenario::Transient => "transient",
+            Scenario::Topic => "topic",
+            Scenario::Fanout => "fanout",
+            Scenario::Latency => "latency",
+            Scenario::Backlog => "backlog",
+            Scenario::Recovery => "recovery",
         }
     }
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.size >= STAMP_LEN,
+        "--size must be at least {STAMP_LEN}"
+    );
+    let report = match args.scenario {
+        // Recovery starts (and restarts) its own broker.
+        Scenario::Recovery => backlog::recovery(&args).await?,
+        _ => with_broker(&args).await?,
+    };
+    println!("{report}");
+    Ok(())
+}
+
+/// Runs a scenario against --server, or against an embedded broker it starts and stops.
+async fn with_broker(args: &BenchArgs) -> anyhow::Result<Report> {
     let embedded = if args.embedded {
         let dir = tempfile::tempdir().context("creating a temporary data directory")?;
-        let mut config = Config::new(dir.path());
-        config.listen = "127.0.0.1:0".parse()?;
-        let broker = Broker::start(config).await?;
+        let broker = Broker::start(embedded_config(dir.path())).await?;
         Some((broker, dir))
     } else {
         None
@@ -71,91 +151,111 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let url = embedded
         .as_ref()
         .map_or(args.server.clone(), |(b, _)| b.url());
-    let result = point_to_point(&url, &args).await;
+    let result = match args.scenario {
+        Scenario::Persistent | Scenario::Transient | Scenario::Topic | Scenario::Fanout => {
+            throughput::run(&url, args).await
+        }
+        Scenario::Latency => latency::run(&url, args).await,
+        Scenario::Backlog => backlog::backlog(&url, args, embedded.is_some()).await,
+        Scenario::Recovery => unreachable!("recovery runs its own broker"),
+    };
     if let Some((broker, _dir)) = embedded {
         broker.shutdown().await;
     }
-    println!("{}", result?);
-    Ok(())
+    result
 }
 
-/// Publishers → one queue → consumers; every message confirmed and acked.
-async fn point_to_point(url: &str, args: &BenchArgs) -> anyhow::Result<String> {
-    let persistent = matches!(args.scenario, Scenario::Persistent);
-    let queue = format!("bench-{}-{}", args.scenario.name(), std::process::id());
-    let admin = Client::connect(url).await?;
-    admin
-        .declare_queue(
-            &queue,
-            QueueOptions {
-                durable: persistent,
-                ..Default::default()
-            },
-        )
-        .await?;
+fn embedded_config(dir: &std::path::Path) -> Config {
+    let mut config = Config::new(dir);
+    config.listen = "127.0.0.1:0".parse().expect("valid address");
+    config
+}
 
-    let start = Instant::now();
-    // With --consumers 0 the run measures publishing alone (confirmed publishes/s).
-    let consumers: Vec<_> = (0..args.consumers)
-        .map(|i| {
-            let share = args.msgs / args.consumers + u64::from(i < args.msgs % args.consumers);
-            tokio::spawn(consume(
-                url.to_owned(),
-                queue.clone(),
-                share,
-                args.prefetch,
-                start,
-            ))
-        })
-        .collect();
-    let publishers: Vec<_> = (0..args.publishers)
-        .map(|i| {
-            let share = args.msgs / args.publishers + u64::from(i < args.msgs % args.publishers);
-            let template = Message {
-                routing_key: queue.clone(),
-                properties: Properties {
-                    persistent,
-                    ..Default::default()
-                },
-                ..Default::default()
-            };
-            tokio::spawn(publish(
-                url.to_owned(),
-                template,
-                share,
-                args.window,
-                args.size,
-                start,
-            ))
-        })
-        .collect();
+/// The one line a run prints.
+struct Report {
+    scenario: Scenario,
+    msgs: u64,
+    secs: f64,
+    /// `msgs / secs` unless the scenario says otherwise.
+    rate: f64,
+    /// End to end, µs; empty when nothing was consumed (printed as `-`).
+    latency_us: Histogram<u64>,
+    confirm_us: Histogram<u64>,
+    extra: Vec<(&'static str, String)>,
+}
 
-    let mut confirm_us = new_histogram();
-    for p in publishers {
-        confirm_us.add(p.await??)?;
+impl Report {
+    fn new(scenario: Scenario, msgs: u64, secs: f64) -> Self {
+        Report {
+            scenario,
+            msgs,
+            secs,
+            rate: msgs as f64 / secs,
+            latency_us: new_histogram(),
+            confirm_us: new_histogram(),
+            extra: Vec::new(),
+        }
     }
-    let mut latency_us = new_histogram();
-    for c in consumers {
-        latency_us.add(c.await??)?;
+
+    fn with(mut self, key: &'static str, value: impl fmt::Display) -> Self {
+        self.extra.push((key, value.to_string()));
+        self
     }
-    // A publish-only run has no end-to-end figures: printed as `-`.
-    let quantile = |q: f64| match latency_us.is_empty() {
-        true => "-".to_string(),
-        false => latency_us.value_at_quantile(q).to_string(),
-    };
-    let secs = start.elapsed().as_secs_f64();
-    admin.delete_queue(&queue).await?;
-    Ok(format!(
-        "scenario={} msgs={} secs={:.3} rate={:.0} p50_us={} p99_us={} p999_us={} publish_confirm_p99_us={}",
-        args.scenario.name(),
-        args.msgs,
-        secs,
-        args.msgs as f64 / secs,
-        quantile(0.5),
-        quantile(0.99),
-        quantile(0.999),
-        confirm_us.value_at_quantile(0.99),
-    ))
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let quantile = |h: &Histogram<u64>, q: f64| match h.is_empty() {
+            true => "-".to_string(),
+            false => h.value_at_quantile(q).to_string(),
+        };
+        write!(
+            f,
+            "scenario={} msgs={} secs={:.3} rate={:.0} p50_us={} p99_us={} p999_us={} publish_confirm_p99_us={}",
+            self.scenario.name(),
+            self.msgs,
+            self.secs,
+            self.rate,
+            quantile(&self.latency_us, 0.5),
+            quantile(&self.latency_us, 0.99),
+            quantile(&self.latency_us, 0.999),
+            quantile(&self.confirm_us, 0.99),
+        )?;
+        for (key, value) in &self.extra {
+            write!(f, " {key}={value}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Queues and exchanges a scenario declared, to delete when it ends (failed or not).
+#[derive(Default)]
+struct Cleanup {
+    exchanges: Vec<String>,
+    queues: Vec<String>,
+}
+
+impl Cleanup {
+    /// Deletes everything, then returns `result` (or the first deletion error).
+    async fn finish<T>(self, admin: &Client, result: anyhow::Result<T>) -> anyhow::Result<T> {
+        let mut cleaned = Ok(());
+        for exchange in &self.exchanges {
+            let deleted = admin.delete_exchange(exchange).await;
+            cleaned = cleaned.and(deleted.with_context(|| format!("deleting `{exchange}`")));
+        }
+        for queue in &self.queues {
+            let deleted = admin.delete_queue(queue).await.map(drop);
+            cleaned = cleaned.and(deleted.with_context(|| format!("deleting `{queue}`")));
+        }
+        let value = result?;
+        cleaned?;
+        Ok(value)
+    }
+}
+
+/// A name unique to this scenario run.
+fn name(scenario: Scenario, suffix: &str) -> String {
+    format!("bench-{}-{}{suffix}", scenario.name(), std::process::id())
 }
 
 /// Microseconds from 1 µs to 10 minutes at 3 significant digits; longer values saturate.
@@ -163,71 +263,38 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
 
-/// Publishes `count` messages keeping at most `window` unconfirmed; returns confirm
-/// latencies. Each body starts with its send time (µs since `start`) for end-to-end latency.
-async fn publish(
-    url: String,
-    template: Message,
-    count: u64,
-    window: usize,
-    size: usize,
-    start: Instant,
+/// Waits for tasks that each return a histogram and merges them.
+async fn merged(
+    tasks: Vec<JoinHandle<anyhow::Result<Histogram<u64>>>>,
 ) -> anyhow::Result<Histogram<u64>> {
-    let client = Client::connect(&url).await?;
-    client.confirm_select().await?;
-    let mut confirm_us = new_histogram();
-    let mut in_flight = FuturesUnordered::new();
-    for _ in 0..count {
-        while in_flight.len() >= window {
-            record(&mut confirm_us, in_flight.next().await.expect("non-empty"))?;
-        }
-        let sent = Instant::now();
-        let mut body = format!("{:020}", sent.duration_since(start).as_micros());
-        body.extend(std::iter::repeat_n('x', size.saturating_sub(body.len())));
-        let mut message = template.clone();
-        message.body = body.into();
-        let confirm = client.publish(message, false);
-        in_flight.push(async move { confirm.await.map(|()| sent.elapsed()) });
+    let mut all = new_histogram();
+    for task in tasks {
+        all.add(task.await??)?;
     }
-    while let Some(confirmed) = in_flight.next().await {
-        record(&mut confirm_us, confirmed)?;
-    }
-    Ok(confirm_us)
+    Ok(all)
 }
 
-fn record(
-    histogram: &mut Histogram<u64>,
-    confirmed: Result<Duration, broker::ClientError>,
-) -> anyhow::Result<()> {
-    histogram.saturating_record(confirmed?.as_micros() as u64);
-    Ok(())
+/// Bytes of the decimal timestamp every body starts with.
+const STAMP_LEN: usize = 20;
+
+/// A `VmHWM` / `VmRSS`-style field of /proc/self/status, in MiB.
+fn proc_status_mib(field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: f64 = line[field.len()..]
+        .trim_start_matches(':')
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
 }
 
-/// Consumes and acks `count` messages; returns end-to-end latencies.
-async fn consume(
-    url: String,
-    queue: String,
-    count: u64,
-    prefetch: u32,
-    start: Instant,
-) -> anyhow::Result<Histogram<u64>> {
-    let client = Arc::new(Client::connect(&url).await?);
-    let mut subscription = client.consume(&queue, prefetch).await?;
-    let mut latency_us = new_histogram();
-    for _ in 0..count {
-        let delivery = subscription
-            .next()
-            .await
-            .context("subscription ended early")?;
-        let stamp = delivery
-            .message
-            .body
-            .get(..20)
-            .context("body shorter than its timestamp")?;
-        let sent_us: u64 = std::str::from_utf8(stamp)?.parse()?;
-        let now_us = start.elapsed().as_micros() as u64;
-        latency_us.saturating_record(now_us.saturating_sub(sent_us));
-        client.ack(delivery.delivery_tag, false)?;
+/// `proc_status_mib` formatted for a report; `-` when not measurable.
+fn mib_field(measurable: bool, field: &str) -> String {
+    match proc_status_mib(field) {
+        Some(mib) if measurable => format!("{mib:.0}"),
+        _ => "-".to_string(),
     }
-    Ok(latency_us)
 }
