@@ -276,6 +276,17 @@ async fn hostile_plugins_are_contained_and_the_broker_keeps_serving() {
     assert_eq!(bodies(&c, "ok").await, set(&["routed", "ok"]));
 }
 
+/// A broker on `data` that loads `plugins` at startup.
+async fn start_with_plugins_dir(
+    data: &std::path::Path,
+    plugins: &std::path::Path,
+) -> broker::Broker {
+    let mut config = broker::Config::new(data);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.plugins_dir = Some(plugins.to_owned());
+    broker::Broker::start(config).await.unwrap()
+}
+
 /// `--plugins-dir`: each `NAME.wasm` is an exchange type from startup on, so durable
 /// exchanges of that type come back after a restart.
 #[tokio::test]
@@ -284,13 +295,8 @@ async fn plugins_dir_loads_custom_types_at_startup() {
     std::fs::write(plugins.path().join("keyed.wasm"), hostile::plugin("trap")).unwrap();
     std::fs::write(plugins.path().join("broken.wasm"), b"half-written").unwrap();
     let data = tempfile::tempdir().unwrap();
-    let start = || {
-        let mut config = broker::Config::new(data.path());
-        config.listen = "127.0.0.1:0".parse().unwrap();
-        config.plugins_dir = Some(plugins.path().to_owned());
-        broker::Broker::start(config)
-    };
-    let b = start().await.unwrap();
+    let start = || start_with_plugins_dir(data.path(), plugins.path());
+    let b = start().await;
     let c = Client::connect(&b.url()).await.unwrap();
     c.declare_exchange("custom", "keyed", true, Headers::new())
         .await
@@ -313,7 +319,7 @@ async fn plugins_dir_loads_custom_types_at_startup() {
     c.close().await;
     b.shutdown().await;
 
-    let b = start().await.unwrap();
+    let b = start().await;
     let c = Client::connect(&b.url()).await.unwrap();
     c.confirm_select().await.unwrap();
     publish_to(&c, "custom", "hello", "restored", json!({})).await;
@@ -393,13 +399,8 @@ async fn redeclared_exchange_does_not_inherit_unrestored_bindings() {
     let wasm = plugins.path().join("keyed.wasm");
     std::fs::write(&wasm, hostile::plugin("trap")).unwrap();
     let data = tempfile::tempdir().unwrap();
-    let start = || {
-        let mut config = broker::Config::new(data.path());
-        config.listen = "127.0.0.1:0".parse().unwrap();
-        config.plugins_dir = Some(plugins.path().to_owned());
-        broker::Broker::start(config)
-    };
-    let b = start().await.unwrap();
+    let start = || start_with_plugins_dir(data.path(), plugins.path());
+    let b = start().await;
     let c = Client::connect(&b.url()).await.unwrap();
     c.declare_exchange("risky", "keyed", true, Headers::new())
         .await
@@ -414,7 +415,7 @@ async fn redeclared_exchange_does_not_inherit_unrestored_bindings() {
     b.shutdown().await;
 
     std::fs::remove_file(&wasm).unwrap();
-    let b = start().await.unwrap();
+    let b = start().await;
     let c = Client::connect(&b.url()).await.unwrap();
     c.declare_exchange("risky", "fanout", true, Headers::new())
         .await
@@ -422,7 +423,7 @@ async fn redeclared_exchange_does_not_inherit_unrestored_bindings() {
     c.close().await;
     b.shutdown().await;
 
-    let b = start().await.unwrap();
+    let b = start().await;
     let c = Client::connect(&b.url()).await.unwrap();
     c.confirm_select().await.unwrap();
     publish_to(&c, "risky", "", "where?", json!({})).await;
