@@ -60,11 +60,10 @@ impl Router {
         name: &str,
         to: Option<u64>,
     ) -> Result<Reply, OpError> {
-        let versions = self
-            .plugin_versions
-            .get(name)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        let Some(versions) = self.plugin_versions.get(name) else {
+            let message = format!("no deployed plugin `{name}` (bundled types have no versions)");
+            return Err(OpError::new(ErrorCode::PluginNotFound, message));
+        };
         let active = self.active_plugins.get(name).copied();
         let target = match to {
             Some(v) => versions.iter().find(|p| p.version == v),
