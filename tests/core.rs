@@ -290,13 +290,7 @@ async fn queue_admin_operations() {
     }
     assert_eq!(c.purge_queue("a").await.unwrap(), 4);
     c.publish(Message::text("a", "x"), false).await.unwrap();
-    let names: Vec<_> = c
-        .list_queues()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|q| q.queue)
-        .collect();
+    let names = common::queue_names(&c).await;
     assert_eq!(names, ["a"]);
     assert_eq!(c.delete_queue("a").await.unwrap(), 1);
     let err = c.delete_queue("a").await.unwrap_err();

@@ -32,13 +32,7 @@ async fn restart_keeps_durable_state_and_drops_transient() {
     b.restart().await;
 
     let c = b.client().await;
-    let names: Vec<_> = c
-        .list_queues()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|q| q.queue)
-        .collect();
+    let names = common::queue_names(&c).await;
     assert_eq!(names, ["durable"]);
     let mut sub = c.consume("durable", 10).await.unwrap();
     assert_eq!(body(&next(&mut sub).await), "kept");

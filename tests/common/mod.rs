@@ -74,6 +74,16 @@ pub fn persistent(queue: &str, text: &str) -> broker::Message {
     m
 }
 
+/// The names of the broker's queues, sorted.
+pub async fn queue_names(c: &Client) -> Vec<String> {
+    c.list_queues()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|q| q.queue)
+        .collect()
+}
+
 pub fn body(d: &Delivery) -> String {
     String::from_utf8(d.message.body.to_vec()).unwrap()
 }
