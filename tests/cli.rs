@@ -114,12 +114,19 @@ fn plugin_deploy_list_history_rollback() {
     let (ok, out, err) = broker(&["plugin", "deploy", "router", path], &url);
     assert!(ok, "{err}");
     assert!(
-        out.starts_with("plugin router version 1 active (sha256 "),
+        out.starts_with("plugin router version 1 active in "),
         "{out}"
     );
     let (ok, out, _) = broker(&["plugin", "deploy", "router", path], &url);
     assert!(ok);
-    assert!(out.starts_with("plugin router version 2 active"), "{out}");
+    assert_eq!(
+        out.trim(),
+        "plugin router version 1 is already active with these bytes"
+    );
+    std::fs::write(&wasm, hostile::plugin("body")).unwrap();
+    let (ok, out, _) = broker(&["plugin", "deploy", "router", path], &url);
+    assert!(ok);
+    assert!(out.starts_with("plugin router version 2 active in "), "{out}");
 
     let (ok, out, _) = broker(&["plugin", "list"], &url);
     assert!(ok);

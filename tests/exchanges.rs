@@ -395,12 +395,19 @@ async fn pipelined_publishes_route_in_batches_each_on_its_own() {
 /// the same name must not inherit its old stored bindings after the next restart.
 #[tokio::test]
 async fn redeclared_exchange_does_not_inherit_unrestored_bindings() {
-    let plugins = tempfile::tempdir().unwrap();
-    let wasm = plugins.path().join("keyed.wasm");
-    std::fs::write(&wasm, hostile::plugin("trap")).unwrap();
+    // The type comes from an embedder's host (not deployed, so not stored) at first only.
+    let host = broker::plugin::PluginHost::with_standard_exchanges(Default::default()).unwrap();
+    host.load_blocking("keyed", &hostile::plugin("trap"))
+        .unwrap();
     let data = tempfile::tempdir().unwrap();
-    let start = || start_with_plugins_dir(data.path(), plugins.path());
-    let b = start().await;
+    let start_with = |plugins: Option<broker::plugin::PluginHost>| {
+        let mut config = broker::Config::new(data.path());
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.plugins = plugins;
+        async { broker::Broker::start(config).await.unwrap() }
+    };
+    let start = || start_with(None);
+    let b = start_with(Some(host)).await;
     let c = Client::connect(&b.url()).await.unwrap();
     c.declare_exchange("risky", "keyed", true, Headers::new())
         .await
@@ -414,7 +421,6 @@ async fn redeclared_exchange_does_not_inherit_unrestored_bindings() {
     c.close().await;
     b.shutdown().await;
 
-    std::fs::remove_file(&wasm).unwrap();
     let b = start().await;
     let c = Client::connect(&b.url()).await.unwrap();
     c.declare_exchange("risky", "fanout", true, Headers::new())

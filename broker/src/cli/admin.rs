@@ -62,6 +62,10 @@ pub enum Plugin {
     Deploy {
         name: String,
         path: std::path::PathBuf,
+        /// Go back to the version active before this one if this one starts failing
+        /// (at least 5 failed calls, a tenth or more of its calls).
+        #[arg(long)]
+        auto_rollback: bool,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -215,17 +219,34 @@ pub async fn bind(args: BindArgs, bind: bool) -> anyhow::Result<()> {
 
 pub async fn plugin(what: Plugin) -> anyhow::Result<()> {
     match what {
-        Plugin::Deploy { name, path, server } => {
+        Plugin::Deploy {
+            name,
+            path,
+            auto_rollback,
+            server,
+        } => {
             let wasm =
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             let client = Client::connect(&server.server).await?;
-            let v = client.deploy_plugin(&name, &wasm).await?;
-            println!(
-                "plugin {name} version {} active (sha256 {}, {} bytes)",
-                v["version"],
-                v["hash"].as_str().unwrap_or("?"),
-                v["size_bytes"]
-            );
+            let started = std::time::Instant::now();
+            let v = client
+                .deploy_plugin_with(&name, &wasm, auto_rollback)
+                .await?;
+            if v["unchanged"] == true {
+                println!(
+                    "plugin {name} version {} is already active with these bytes",
+                    v["version"]
+                );
+            } else {
+                println!(
+                    "plugin {name} version {} active in {:.0} ms (sha256 {}, {} bytes{})",
+                    v["version"],
+                    started.elapsed().as_secs_f64() * 1e3,
+                    v["hash"].as_str().unwrap_or("?"),
+                    v["size_bytes"],
+                    if auto_rollback { ", auto-rollback on" } else { "" }
+                );
+            }
             client.close().await;
         }
         Plugin::Rollback { name, to, server } => {
@@ -238,35 +259,42 @@ pub async fn plugin(what: Plugin) -> anyhow::Result<()> {
             let client = Client::connect(&server.server).await?;
             let list = client.list_plugins().await?;
             println!(
-                "{:<20} {:>8} {:>8} {:>10} {:>8} {:>11}  SHA256",
-                "PLUGIN", "KIND", "VERSION", "CALLS", "ERRORS", "MEAN_CALL"
+                "{:<20} {:>8} {:>8} {:>10} {:>8} {:>9}  {:<12}  MESSAGES BY VERSION",
+                "PLUGIN", "KIND", "VERSION", "CALLS", "ERRORS", "P99_CALL", "SHA256"
             );
             for p in list["plugins"].as_array().into_iter().flatten() {
-                let stats = &p["stats"];
-                let calls = stats["calls"].as_u64().unwrap_or(0);
-                let time = &stats["call_time"]; // a serialized Duration
-                let total_ns = time["secs"].as_u64().unwrap_or(0) * 1_000_000_000
-                    + time["nanos"].as_u64().unwrap_or(0);
-                let mean = if calls > 0 {
-                    format!("{:.1}us", total_ns as f64 / calls as f64 / 1e3)
-                } else {
-                    "-".into()
-                };
+                let p99 = p["p99_call_us"]
+                    .as_f64()
+                    .map_or("-".into(), |us| format!("{us:.1}us"));
                 let version = match (&p["active_version"], p["bundled"].as_bool()) {
                     (serde_json::Value::Number(n), _) => n.to_string(),
                     (_, Some(true)) => "bundled".into(),
-                    _ => "file".into(),
+                    _ => "-".into(),
                 };
                 let hash = p["hash"].as_str().map_or("-", |h| &h[..h.len().min(12)]);
+                let by_version: Vec<String> = p["versions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|v| v["version"] != 0)
+                    .map(|v| format!("v{}={}", v["version"], v["messages"]))
+                    .collect();
                 println!(
-                    "{:<20} {:>8} {:>8} {:>10} {:>8} {:>11}  {hash}",
+                    "{:<20} {:>8} {:>8} {:>10} {:>8} {:>9}  {hash:<12}  {}",
                     p["name"].as_str().unwrap_or("?"),
-                    "exchange",
+                    p["kind"].as_str().unwrap_or("?"),
                     version,
-                    calls,
-                    stats["errors"].as_u64().unwrap_or(0),
-                    mean
+                    p["calls"],
+                    p["errors"],
+                    p99,
+                    by_version.join(" ")
                 );
+                if let Some(r) = p["last_auto_rollback"].as_object() {
+                    println!(
+                        "{:<20} auto-rolled back v{} -> v{} ({} errors in {} calls)",
+                        "", r["from"], r["to"], r["errors"], r["calls"]
+                    );
+                }
             }
             client.close().await;
         }

@@ -23,9 +23,13 @@ pub struct ServeArgs {
     /// Most simultaneous connections.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
-    /// Load every NAME.wasm here at startup as exchange type NAME.
+    /// Deploy every NAME.wasm here at startup as plugin NAME (a new version when the
+    /// bytes differ from the active one).
     #[arg(long)]
     plugins_dir: Option<PathBuf>,
+    /// Keep watching --plugins-dir: a changed NAME.wasm is deployed once it stops changing.
+    #[arg(long, requires = "plugins_dir")]
+    watch: bool,
     /// Largest request frame in bytes.
     #[arg(long, default_value_t = Config::DEFAULT_MAX_FRAME_BYTES)]
     max_frame_bytes: usize,
@@ -44,6 +48,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.max_connections = args.max_connections;
     config.max_frame_bytes = args.max_frame_bytes;
     config.plugins_dir = args.plugins_dir;
+    config.watch_plugins = args.watch;
     let broker = Broker::start(config).await.context("starting the broker")?;
     // Scripts and tests read this line to learn the address (e.g. with --listen ...:0).
     println!(

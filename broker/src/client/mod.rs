@@ -380,17 +380,30 @@ impl Client {
     }
 
     /// Deploys a new version of Wasm exchange plugin `name` (an exchange type). Returns
-    /// what the broker reports: name, version, hash, ABI version, capabilities, size.
+    /// what the broker reports: name, version, hash, ABI version, capabilities, size,
+    /// compile time (or `unchanged: true` when these are the active version's bytes).
     pub async fn deploy_plugin(
         &self,
         name: &str,
         wasm: &[u8],
+    ) -> Result<serde_json::Value, ClientError> {
+        self.deploy_plugin_with(name, wasm, false).await
+    }
+
+    /// [`Client::deploy_plugin`]; with `auto_rollback`, the broker goes back to the
+    /// previously active version if this one starts failing.
+    pub async fn deploy_plugin_with(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        auto_rollback: bool,
     ) -> Result<serde_json::Value, ClientError> {
         use base64::Engine as _;
         let op = Op::DeployPlugin {
             name: name.to_owned(),
             wasm_base64: base64::engine::general_purpose::STANDARD.encode(wasm),
             deployed_by: std::env::var("USER").ok(),
+            auto_rollback,
         };
         self.send(op, None, true).await
     }

@@ -95,7 +95,7 @@ impl PluginExchange {
         control: Arc<ExchangeControl>,
     ) -> Result<Self, ExchangeError> {
         let (plugin, generation) = slot.current();
-        let stats = slot.stats.clone();
+        let stats = plugin.stats.clone();
         let name: Arc<str> = name.into();
         let arguments = convert::headers(arguments);
         let instance = match LiveInstance::new(&plugin, &name, &arguments, limits, &stats) {
@@ -126,7 +126,7 @@ impl PluginExchange {
         })
     }
 
-    /// The counters of this exchange's plugin type.
+    /// The counters of the plugin version this exchange runs.
     pub fn stats(&self) -> &Arc<PluginStats> {
         &self.stats
     }
@@ -168,7 +168,8 @@ impl PluginExchange {
         self.generation = generation;
         match self.start(&plugin) {
             Ok(instance) => {
-                tracing::info!(exchange = %self.name, plugin = %plugin.info.name, "exchange moved to redeployed plugin");
+                tracing::info!(exchange = %self.name, plugin = %plugin.info.name, version = plugin.info.version, "exchange moved to redeployed plugin");
+                self.stats = plugin.stats.clone();
                 self.plugin = plugin;
                 self.instance = Some(instance);
                 self.cache = self
@@ -193,12 +194,12 @@ impl PluginExchange {
             &self.name,
             &self.arguments,
             &self.limits,
-            &self.stats,
+            &plugin.stats,
         ) {
             Ok(Ok(instance)) => instance,
             Ok(Err(reason)) => return Err(format!("plugin rejected the exchange: {reason}")),
             Err(failure) => {
-                self.stats.record_failure(failure.kind);
+                plugin.stats.record_failure(failure.kind);
                 return Err(failure.reason);
             }
         };
@@ -209,7 +210,7 @@ impl PluginExchange {
                     return Err(format!("plugin rejected binding {id} on replay: {reason}"));
                 }
                 Err(failure) => {
-                    self.stats.record_failure(failure.kind);
+                    plugin.stats.record_failure(failure.kind);
                     return Err(failure.reason);
                 }
             }
@@ -284,6 +285,7 @@ impl PluginExchange {
         if let Err(e) = self.check_in() {
             return msgs.iter().map(|_| Err(e.clone())).collect();
         }
+        self.stats.record_messages(msgs.len() as u64);
         let mut misses = Vec::new();
         for (i, msg) in msgs.iter().enumerate() {
             match self.cache.as_ref().and_then(|c| c.get(&msg.routing_key)) {
@@ -306,6 +308,27 @@ impl PluginExchange {
             .collect()
     }
 
+    /// Routes one message (already counted) with the cache or one `route` call.
+    fn route_one(&mut self, msg: &Message, out: &mut Vec<BindingId>) -> Result<(), ExchangeError> {
+        if let Some(ids) = self.cache.as_ref().and_then(|c| c.get(&msg.routing_key)) {
+            out.extend_from_slice(ids);
+            self.stats.record_cache_hits(1);
+            return Ok(());
+        }
+        let view = convert::message(msg, self.with_headers());
+        let routed = self.instance()?.route(&view, msg.body.clone());
+        match routed.and_then(|ids| self.check_output(&ids).map(|()| ids)) {
+            Ok(ids) => {
+                self.consecutive_failures = 0;
+                if let Some(cache) = &mut self.cache {
+                    cache.insert(&msg.routing_key, &ids);
+                }
+                out.extend_from_slice(&ids);
+                Ok(())
+            }
+            Err(failure) => Err(self.fail(failure)),
+        }
+    }
     fn route_chunk(
         &mut self,
         msgs: &[&Message],
@@ -348,7 +371,7 @@ impl PluginExchange {
                     .iter()
                     .map(|&i| {
                         let mut out = Vec::new();
-                        Exchange::route(self, msgs[i], &mut out).map(|()| out)
+                        self.route_one(msgs[i], &mut out).map(|()| out)
                     })
                     .collect()
             }
@@ -415,23 +438,8 @@ impl Exchange for PluginExchange {
 
     fn route(&mut self, msg: &Message, out: &mut Vec<BindingId>) -> Result<(), ExchangeError> {
         self.check_in()?;
-        if let Some(ids) = self.cache.as_ref().and_then(|c| c.get(&msg.routing_key)) {
-            out.extend_from_slice(ids);
-            self.stats.record_cache_hits(1);
-            return Ok(());
-        }
-        let view = convert::message(msg, self.with_headers());
-        let routed = self.instance()?.route(&view, msg.body.clone());
-        match routed.and_then(|ids| self.check_output(&ids).map(|()| ids)) {
-            Ok(ids) => {
-                self.consecutive_failures = 0;
-                if let Some(cache) = &mut self.cache {
-                    cache.insert(&msg.routing_key, &ids);
-                }
-                out.extend_from_slice(&ids);
-                Ok(())
-            }
-            Err(failure) => Err(self.fail(failure)),
-        }
+        self.stats.record_messages(1);
+        self.route_one(msg, out)
     }
+
 }

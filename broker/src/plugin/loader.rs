@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, Store};
 
@@ -11,6 +12,7 @@ use super::bindings::{
 };
 use super::host_state::HostState;
 use super::limits::Limits;
+use super::stats::PluginStats;
 
 /// Why a plugin could not be loaded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,6 +62,10 @@ pub struct PluginInfo {
     pub size_bytes: usize,
     /// Whether it is one of the standard types bundled with the broker.
     pub bundled: bool,
+    /// The deployed version (0 for bundled and unversioned plugins).
+    pub version: u64,
+    /// Whether its compiled code came from the artifact cache rather than a compilation.
+    pub from_cache: bool,
 }
 
 /// One compiled, linked plugin version; instances of exchanges are made from it.
@@ -67,6 +73,23 @@ pub struct LoadedPlugin {
     pub info: PluginInfo,
     pub(crate) pre: ExchangePluginPre<HostState>,
     pub(crate) name: Arc<str>,
+    /// This version's counters (kept by the registry across swaps and rollbacks).
+    pub(crate) stats: Arc<PluginStats>,
+    /// The compiled code, for the artifact cache.
+    pub(crate) component: Component,
+    /// Whether `component` was compiled now rather than taken from the artifact cache.
+    pub(crate) freshly_compiled: bool,
+}
+
+/// What to load: the plugin's bytes and, when the artifact cache has one, their compiled
+/// form (which must come from this broker's own store: deserializing runs native code).
+#[derive(Debug, Clone)]
+pub struct PluginSource {
+    pub name: String,
+    /// 0 for unversioned plugins.
+    pub version: u64,
+    pub wasm: Bytes,
+    pub compiled: Option<Bytes>,
 }
 
 pub(crate) fn validate_name(name: &str) -> Result<(), LoadError> {
@@ -122,15 +145,16 @@ pub(crate) fn linker(engine: &Engine) -> Linker<HostState> {
     linker
 }
 
-/// Compiles and checks `bytes`. Blocking: compilation takes milliseconds to seconds.
+/// Compiles (or takes from the cache) and checks a plugin. Blocking: compilation takes
+/// milliseconds to seconds.
 pub(crate) fn load(
     engine: &Engine,
     linker: &Linker<HostState>,
     limits: &Limits,
-    name: &str,
-    bytes: &[u8],
+    source: &PluginSource,
     bundled: bool,
 ) -> Result<LoadedPlugin, LoadError> {
+    let (name, bytes) = (source.name.as_str(), &source.wasm[..]);
     validate_name(name)?;
     if bytes.len() > limits.max_module_bytes {
         return Err(LoadError::TooLarge {
@@ -142,8 +166,23 @@ pub(crate) fn load(
     if bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [0, 0] {
         return Err(LoadError::CoreModule);
     }
-    let component =
-        Component::from_binary(engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+    let cached = source.compiled.as_ref().and_then(|artifact| {
+        // SAFETY: artifacts are only read from the broker's own store, where this host
+        // wrote them after compiling; wasmtime checks they match this engine's settings.
+        match unsafe { Component::deserialize(engine, artifact) } {
+            Ok(component) => Some(component),
+            Err(e) => {
+                tracing::warn!(plugin = name, error = %e, "compiled artifact unusable; recompiling");
+                None
+            }
+        }
+    });
+    let freshly_compiled = cached.is_none();
+    let component = match cached {
+        Some(component) => component,
+        None => Component::from_binary(engine, bytes)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?,
+    };
     let abi_version = check_abi(engine, &component)?;
     let instance_pre = linker
         .instantiate_pre(&component)
@@ -159,9 +198,14 @@ pub(crate) fn load(
             capabilities,
             size_bytes: bytes.len(),
             bundled,
+            version: source.version,
+            from_cache: !freshly_compiled,
         },
         pre,
         name,
+        stats: Arc::default(),
+        component,
+        freshly_compiled,
     })
 }
 

@@ -13,7 +13,7 @@ use super::epoch::EpochTicker;
 use super::exchange::{ExchangeControl, PluginExchange};
 use super::host_state::HostState;
 use super::limits::Limits;
-use super::loader::{self, LoadError, LoadedPlugin, PluginInfo};
+use super::loader::{self, LoadError, LoadedPlugin, PluginInfo, PluginSource};
 use super::stats::{PluginStats, StatsSnapshot};
 use crate::exchange::{Exchange, ExchangeError, ExchangeTypes};
 use crate::message::Headers;
@@ -29,12 +29,13 @@ pub enum HostError {
     Bundled { name: String, source: LoadError },
 }
 
-/// One exchange type: its current plugin version and counters that outlive versions.
+/// One exchange type: its current plugin version and every version's counters.
 pub(crate) struct PluginSlot {
     current: RwLock<Arc<LoadedPlugin>>,
     /// Bumped on redeploy; exchanges compare it on every call (one atomic load).
     generation: AtomicU64,
-    pub stats: Arc<PluginStats>,
+    /// Counters by version, kept after a swap (and reused by a rollback to the version).
+    version_stats: Mutex<std::collections::BTreeMap<u64, Arc<PluginStats>>>,
 }
 
 impl PluginSlot {
@@ -47,10 +48,62 @@ impl PluginSlot {
         self.generation.load(Ordering::Acquire)
     }
 
-    fn replace(&self, plugin: LoadedPlugin) {
+    fn replace(&self, mut plugin: LoadedPlugin) {
+        plugin.stats = self.stats_of(plugin.info.version);
         let mut current = self.current.write().expect("plugin slot lock poisoned");
         *current = Arc::new(plugin);
         self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn stats_of(&self, version: u64) -> Arc<PluginStats> {
+        let mut all = self.version_stats.lock().expect("plugin slot lock poisoned");
+        all.entry(version).or_default().clone()
+    }
+
+    fn version_snapshots(&self) -> Vec<(u64, StatsSnapshot)> {
+        let all = self.version_stats.lock().expect("plugin slot lock poisoned");
+        all.iter().map(|(v, stats)| (*v, stats.snapshot())).collect()
+    }
+
+    fn total(&self) -> StatsSnapshot {
+        self.version_snapshots()
+            .iter()
+            .fold(StatsSnapshot::default(), |sum, (_, s)| sum.merged(s))
+    }
+}
+
+/// A compiled and validated plugin version that is not serving yet
+/// ([`PluginHost::install`] makes it current).
+pub struct PreparedPlugin {
+    plugin: LoadedPlugin,
+}
+
+impl std::fmt::Debug for PreparedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedPlugin")
+            .field("info", &self.plugin.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PreparedPlugin {
+    pub fn info(&self) -> &PluginInfo {
+        &self.plugin.info
+    }
+
+    /// The compiled form to keep in the artifact cache, if it was compiled now (not
+    /// taken from the cache).
+    pub fn artifact(&self) -> Option<Vec<u8>> {
+        if !self.plugin.freshly_compiled {
+            return None;
+        }
+        match self.plugin.component.serialize() {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                tracing::warn!(plugin = %self.plugin.info.name, error = %e, "cannot serialize compiled plugin");
+                None
+            }
+        }
     }
 }
 
@@ -112,31 +165,83 @@ impl PluginHost {
     pub fn with_standard_exchanges(limits: Limits) -> Result<Self, HostError> {
         let host = PluginHost::new(limits)?;
         for (name, wasm) in bundled::STANDARD_EXCHANGES {
-            host.inner
-                .load(name, wasm, true)
+            let source = PluginSource {
+                name: name.to_owned(),
+                version: 0,
+                wasm: Bytes::from_static(wasm),
+                compiled: None,
+            };
+            let prepared = host
+                .inner
+                .prepare(&source, true)
                 .map_err(|source| HostError::Bundled {
                     name: name.to_owned(),
                     source,
                 })?;
+            host.install(prepared);
         }
         Ok(host)
     }
 
-    /// Compiles and registers plugin `name` on a blocking thread (call it inside a Tokio
-    /// runtime); exchanges of type `name` can be declared afterwards. Loading an existing custom name redeploys it: live
-    /// exchanges move to the new version at their next call (if it accepts their bindings).
+    /// Compiles, validates and registers unversioned plugin `name` on a blocking thread
+    /// (call it inside a Tokio runtime); exchanges of type `name` can be declared
+    /// afterwards. Loading an existing custom name redeploys it: live exchanges move to the
+    /// new version at their next call (if it accepts their bindings).
     pub async fn load(&self, name: &str, bytes: impl Into<Bytes>) -> Result<PluginInfo, LoadError> {
-        let inner = self.inner.clone();
-        let name = name.to_owned();
-        let bytes = bytes.into();
-        tokio::task::spawn_blocking(move || inner.load(&name, &bytes, false))
-            .await
-            .map_err(|e| LoadError::Compile(format!("compilation task failed: {e}")))?
+        let prepared = self
+            .prepare(PluginSource {
+                name: name.to_owned(),
+                version: 0,
+                wasm: bytes.into(),
+                compiled: None,
+            })
+            .await?;
+        Ok(self.install(prepared))
     }
 
     /// [`PluginHost::load`] on the calling thread (startup, tests).
     pub fn load_blocking(&self, name: &str, bytes: &[u8]) -> Result<PluginInfo, LoadError> {
-        self.inner.load(name, bytes, false)
+        let source = PluginSource {
+            name: name.to_owned(),
+            version: 0,
+            wasm: Bytes::copy_from_slice(bytes),
+            compiled: None,
+        };
+        let prepared = self.inner.prepare(&source, false)?;
+        Ok(self.install(prepared))
+    }
+
+    /// Compiles (or takes from `source.compiled`) and validates a plugin version on a
+    /// blocking thread, without making it current: the deploy path stores the version
+    /// first, then [`PluginHost::install`]s it.
+    pub async fn prepare(&self, source: PluginSource) -> Result<PreparedPlugin, LoadError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.prepare(&source, false))
+            .await
+            .map_err(|e| LoadError::Compile(format!("compilation task failed: {e}")))?
+    }
+
+    /// [`PluginHost::prepare`] on the calling thread (startup).
+    pub fn prepare_blocking(&self, source: &PluginSource) -> Result<PreparedPlugin, LoadError> {
+        self.inner.prepare(source, false)
+    }
+
+    /// Makes a prepared version current: new exchanges use it, live ones move to it at
+    /// their next call.
+    pub fn install(&self, prepared: PreparedPlugin) -> PluginInfo {
+        self.inner.install(prepared.plugin)
+    }
+
+    /// The artifact-cache key of the plugin with content hash `hash`: compiled code is
+    /// only reusable by an engine with the same version and settings.
+    pub fn artifact_key(&self, hash: &str) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.inner
+            .engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        format!("{:016x}-{hash}", hasher.finish())
     }
 
     /// The registered exchange types, by name.
@@ -150,9 +255,16 @@ impl PluginHost {
         infos
     }
 
-    /// The counters of exchange type `name`.
+    /// The counters of exchange type `name`, all versions together.
     pub fn stats(&self, name: &str) -> Option<StatsSnapshot> {
-        self.slot(name).map(|slot| slot.stats.snapshot())
+        self.slot(name).map(|slot| slot.total())
+    }
+
+    /// The counters of each version of exchange type `name` that ran since startup.
+    pub fn version_stats(&self, name: &str) -> Vec<(u64, StatsSnapshot)> {
+        self.slot(name)
+            .map(|slot| slot.version_snapshots())
+            .unwrap_or_default()
     }
 
     /// The counters of every registered exchange type, by name.
@@ -160,7 +272,7 @@ impl PluginHost {
         let types = self.inner.types.read().expect("registry lock poisoned");
         let mut all: Vec<(String, StatsSnapshot)> = types
             .iter()
-            .map(|(name, slot)| (name.clone(), slot.stats.snapshot()))
+            .map(|(name, slot)| (name.clone(), slot.total()))
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
@@ -234,33 +346,32 @@ impl PluginHost {
 }
 
 impl HostInner {
-    fn load(&self, name: &str, bytes: &[u8], bundled: bool) -> Result<PluginInfo, LoadError> {
-        if !bundled && bundled::is_standard(name) {
-            return Err(LoadError::ReservedName(name.to_owned()));
+    fn prepare(&self, source: &PluginSource, bundled: bool) -> Result<PreparedPlugin, LoadError> {
+        if !bundled && bundled::is_standard(&source.name) {
+            return Err(LoadError::ReservedName(source.name.clone()));
         }
-        let plugin = loader::load(
-            &self.engine,
-            &self.linker,
-            &self.limits,
-            name,
-            bytes,
-            bundled,
-        )?;
+        let plugin = loader::load(&self.engine, &self.linker, &self.limits, source, bundled)?;
+        Ok(PreparedPlugin { plugin })
+    }
+
+    fn install(&self, mut plugin: LoadedPlugin) -> PluginInfo {
         let info = plugin.info.clone();
         let mut types = self.types.write().expect("registry lock poisoned");
-        match types.get(name) {
+        match types.get(&info.name) {
             Some(slot) => slot.replace(plugin),
             None => {
+                let stats = Arc::new(PluginStats::default());
+                plugin.stats = stats.clone();
                 let slot = PluginSlot {
                     current: RwLock::new(Arc::new(plugin)),
                     generation: AtomicU64::new(0),
-                    stats: Arc::default(),
+                    version_stats: Mutex::new([(info.version, stats)].into()),
                 };
-                types.insert(name.to_owned(), Arc::new(slot));
+                types.insert(info.name.clone(), Arc::new(slot));
             }
         }
-        tracing::info!(plugin = name, abi = %info.abi_version, "exchange plugin loaded");
-        Ok(info)
+        tracing::info!(plugin = %info.name, version = info.version, abi = %info.abi_version, "exchange plugin active");
+        info
     }
 }
 

@@ -72,6 +72,9 @@ pub enum Op {
         /// Who deployed it, for the history.
         #[serde(default)]
         deployed_by: Option<String>,
+        /// Roll back to the version active before this one if this one starts failing.
+        #[serde(default)]
+        auto_rollback: bool,
     },
     /// Activates an earlier version: `version`, or the one before the active one.
     RollbackPlugin {

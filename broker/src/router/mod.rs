@@ -10,8 +10,10 @@ mod dead_letter;
 mod exchanges;
 mod plugins;
 mod queues;
+mod session;
 
 pub use dead_letter::{DEATH_HEADER, DeathReason};
+pub use session::{Session, SessionError};
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
@@ -63,8 +65,13 @@ pub enum Command {
         conn: ConnId,
         delivery_tags: Vec<u64>,
     },
-    /// A deployed or rolled-back plugin version compiled and went live.
-    PluginActivated(Box<plugins::Activated>),
+    /// A deployed or rolled-back plugin version was compiled (or refused).
+    PluginPrepared(Box<plugins::Prepared>),
+    /// A version deployed with automatic rollback is failing.
+    AutoRollback {
+        name: String,
+        failing: plugins::AutoRollback,
+    },
     /// Commit what is pending, close the store, then answer.
     Shutdown {
         done: oneshot::Sender<()>,
@@ -163,6 +170,12 @@ pub struct Router {
     plugin_versions: std::collections::BTreeMap<String, Vec<crate::store::PluginVersion>>,
     /// Plugin name → active version.
     active_plugins: HashMap<String, u64>,
+    /// Plugin name → the highest version number handed to a deploy still compiling.
+    pending_versions: HashMap<String, u64>,
+    /// Compiled plugin code by artifact key (see `PluginHost::artifact_key`).
+    plugin_artifacts: HashMap<String, bytes::Bytes>,
+    /// The last automatic rollback of each plugin.
+    auto_rollbacks: HashMap<String, plugins::AutoRollback>,
     /// For work finished off the router's task to report back.
     self_tx: mpsc::UnboundedSender<Command>,
     conns: HashMap<ConnId, Conn>,
@@ -222,7 +235,8 @@ impl Router {
                         conn,
                         delivery_tags,
                     } => self.settle_written(conn, delivery_tags),
-                    Command::PluginActivated(activated) => self.plugin_activated(*activated),
+                    Command::PluginPrepared(prepared) => self.plugin_prepared(*prepared),
+                    Command::AutoRollback { name, failing } => self.auto_rollback(name, failing),
                     Command::Shutdown { done } => {
                         self.shutdown().await;
                         let _ = done.send(());
@@ -353,7 +367,15 @@ impl Router {
                 name,
                 wasm_base64,
                 deployed_by,
-            } => self.deploy_plugin(conn, id.clone(), name, &wasm_base64, deployed_by),
+                auto_rollback,
+            } => self.deploy_plugin(
+                conn,
+                id.clone(),
+                name,
+                &wasm_base64,
+                deployed_by,
+                auto_rollback,
+            ),
             Op::RollbackPlugin { name, version } => {
                 self.rollback_plugin(conn, id.clone(), &name, version)
             }

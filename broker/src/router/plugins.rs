@@ -1,30 +1,52 @@
-//! Plugin versions: deploy, rollback, list, history.
+//! Plugin versions: deploy, rollback, list, history, automatic rollback.
 //!
-//! Every deploy ends in the same path: the bytes are compiled and validated off the
-//! router's task (the host activates them only if that succeeds, so a bad upload leaves
-//! the old version running), then the router numbers the version and stores it with its
-//! bytes and the active pointer; the reply follows the commit. At startup the stored
-//! active versions are loaded before exchanges are recovered.
+//! Every deploy ends in the same path, whether it came over a connection, from the
+//! plugins directory or from an automatic rollback: the version is numbered, compiled and
+//! validated off the router's task (a bad upload is refused and the old version keeps
+//! running), then stored with its bytes, its compiled artifact and the active pointer;
+//! the host swaps it in once that commit is durable, then the deployer is answered. At
+//! startup the stored active versions are loaded (from the artifact cache when valid)
+//! before exchanges are recovered.
 
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::exchanges::now_ms;
 use super::{Command, OpError, Outbound, Reply, Router};
-use crate::plugin::PluginInfo;
+use crate::plugin::{LoadError, PluginSource, PreparedPlugin};
 use crate::protocol::{ErrorCode, RequestId, ServerFrame};
 use crate::queue::ConnId;
 use crate::store::{PluginVersion, StoreOp};
 
-/// A plugin version the host has compiled and activated, for the router to record.
+/// A version compiled (or refused) off the router's task, for the router to record.
 #[derive(Debug)]
-pub struct Activated {
-    pub conn: ConnId,
-    pub id: RequestId,
-    pub info: PluginInfo,
-    /// A new version to number and store (deploy), or an earlier one (rollback).
+pub struct Prepared {
+    /// Who to answer (none for automatic rollbacks).
+    pub requester: Option<(ConnId, RequestId)>,
+    /// A new version to store (deploy), or an earlier one (rollback).
     pub version: PluginVersion,
     pub is_new: bool,
+    pub auto_rollback: bool,
+    pub compile_time: Duration,
+    pub result: Result<PreparedPlugin, LoadError>,
+}
+
+/// When a version watched for automatic rollback is judged failing: at least this many
+/// failed calls, making up at least a tenth of its calls.
+const AUTO_ROLLBACK_MIN_ERRORS: u64 = 5;
+const AUTO_ROLLBACK_CHECK: Duration = Duration::from_millis(200);
+
+/// The last automatic rollback of a plugin, for `list_plugins`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AutoRollback {
+    pub from: u64,
+    pub to: u64,
+    pub errors: u64,
+    pub calls: u64,
+    pub at: u64,
 }
 
 impl Router {
@@ -35,21 +57,43 @@ impl Router {
         name: String,
         wasm_base64: &str,
         deployed_by: Option<String>,
+        auto_rollback: bool,
     ) -> Result<Reply, OpError> {
         use base64::Engine as _;
         let wasm = base64::engine::general_purpose::STANDARD
             .decode(wasm_base64.as_bytes())
             .map_err(|e| OpError::new(ErrorCode::InvalidField, format!("`wasm_base64`: {e}")))?;
+        let hash = hex(&Sha256::digest(&wasm));
+        if let Some(active) = self.active_version(&name)
+            && active.hash == hash
+        {
+            // Redeploying the running bytes (a restart's plugins directory, a touched
+            // file) is not a new version.
+            return Ok(Reply::Ok(json!({
+                "name": name,
+                "version": active.version,
+                "hash": hash,
+                "unchanged": true,
+            })));
+        }
+        let stored = self
+            .plugin_versions
+            .get(&name)
+            .and_then(|v| v.last())
+            .map_or(0, |v| v.version);
+        let pending = self.pending_versions.entry(name.clone()).or_default();
+        let number = stored.max(*pending) + 1;
+        *pending = number;
         let version = PluginVersion {
-            hash: hex(&Sha256::digest(&wasm)),
+            hash,
             name,
-            version: 0, // numbered once it is valid
+            version: number,
             deployed_at: now_ms(),
             deployed_by: deployed_by.unwrap_or_else(|| format!("connection {conn}")),
             size_bytes: wasm.len() as u64,
             wasm: wasm.into(),
         };
-        self.activate(conn, id, version, true);
+        self.prepare(Some((conn, id)), version, true, auto_rollback);
         Ok(Reply::Silent)
     }
 
@@ -60,6 +104,13 @@ impl Router {
         name: &str,
         to: Option<u64>,
     ) -> Result<Reply, OpError> {
+        let target = self.rollback_target(name, to)?;
+        self.prepare(Some((conn, id)), target, false, false);
+        Ok(Reply::Silent)
+    }
+
+    /// Version `to` of `name`, or the one before the active one.
+    fn rollback_target(&self, name: &str, to: Option<u64>) -> Result<PluginVersion, OpError> {
         let Some(versions) = self.plugin_versions.get(name) else {
             let message = format!("no deployed plugin `{name}` (bundled types have no versions)");
             return Err(OpError::new(ErrorCode::PluginNotFound, message));
@@ -69,77 +120,107 @@ impl Router {
             Some(v) => versions.iter().find(|p| p.version == v),
             None => versions.iter().rev().find(|p| Some(p.version) < active),
         };
-        let Some(target) = target.cloned() else {
+        target.cloned().ok_or_else(|| {
             let message = match to {
                 Some(v) => format!("plugin `{name}` has no version {v}"),
                 None => format!("plugin `{name}` has no version before the active one"),
             };
-            return Err(OpError::new(ErrorCode::PluginNotFound, message));
-        };
-        self.activate(conn, id, target, false);
-        Ok(Reply::Silent)
+            OpError::new(ErrorCode::PluginNotFound, message)
+        })
     }
 
-    /// Compiles and activates `version` off the router's task, then reports back as
-    /// [`Command::PluginActivated`]; a refusal is answered from there directly.
-    fn activate(&mut self, conn: ConnId, id: RequestId, version: PluginVersion, is_new: bool) {
-        let Some(tx) = self.conns.get(&conn).map(|c| c.tx.clone()) else {
-            return;
+    fn active_version(&self, name: &str) -> Option<&PluginVersion> {
+        let active = self.active_plugins.get(name)?;
+        self.plugin_versions
+            .get(name)?
+            .iter()
+            .find(|v| v.version == *active)
+    }
+
+    /// Compiles and validates `version` off the router's task (from the artifact cache
+    /// when it holds it), then reports back as [`Command::PluginPrepared`].
+    fn prepare(
+        &mut self,
+        requester: Option<(ConnId, RequestId)>,
+        version: PluginVersion,
+        is_new: bool,
+        auto_rollback: bool,
+    ) {
+        let key = self.plugins.artifact_key(&version.hash);
+        let source = PluginSource {
+            name: version.name.clone(),
+            version: version.version,
+            wasm: version.wasm.clone(),
+            compiled: self.plugin_artifacts.get(&key).cloned(),
         };
         let (plugins, router) = (self.plugins.clone(), self.self_tx.clone());
         tokio::spawn(async move {
-            match plugins.load(&version.name, version.wasm.clone()).await {
-                Ok(info) => {
-                    let activated = Activated {
-                        conn,
-                        id,
-                        info,
-                        version,
-                        is_new,
-                    };
-                    let _ = router.send(Command::PluginActivated(Box::new(activated)));
-                }
-                Err(e) => {
-                    tracing::warn!(plugin = %version.name, error = %e, "plugin deploy refused; the active version stays");
+            let started = Instant::now();
+            let result = plugins.prepare(source).await;
+            let prepared = Prepared {
+                requester,
+                version,
+                is_new,
+                auto_rollback,
+                compile_time: started.elapsed(),
+                result,
+            };
+            let _ = router.send(Command::PluginPrepared(Box::new(prepared)));
+        });
+    }
+
+    /// Records a prepared version (numbered and stored when new, with its compiled
+    /// artifact) and makes it active once that is durable; answers the requester then.
+    pub(super) fn plugin_prepared(&mut self, prepared: Prepared) {
+        let Prepared {
+            requester,
+            version,
+            is_new,
+            auto_rollback,
+            compile_time,
+            result,
+        } = prepared;
+        if is_new && self.pending_versions.get(&version.name) == Some(&version.version) {
+            self.pending_versions.remove(&version.name);
+        }
+        let tx = requester.and_then(|(conn, id)| Some((self.conns.get(&conn)?.tx.clone(), id)));
+        let prepared = match result {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                tracing::warn!(plugin = %version.name, version = version.version, error = %e, "plugin version refused; the active version stays");
+                if let Some((tx, id)) = tx {
                     let frame =
                         ServerFrame::error(Some(id), ErrorCode::InvalidPlugin, e.to_string());
                     let _ = tx.send(Outbound::Frame(frame));
                 }
+                return;
             }
-        });
-    }
-
-    /// Records an activated version: numbered and stored when new; the reply follows the
-    /// commit.
-    pub(super) fn plugin_activated(&mut self, activated: Activated) {
-        let Activated {
-            conn,
-            id,
-            info,
-            mut version,
-            is_new,
-        } = activated;
-        let versions = self
-            .plugin_versions
-            .entry(version.name.clone())
-            .or_default();
+        };
         if is_new {
-            version.version = versions.last().map_or(1, |v| v.version + 1);
-            versions.push(version.clone());
+            let versions = self
+                .plugin_versions
+                .entry(version.name.clone())
+                .or_default();
+            let at = versions.partition_point(|v| v.version < version.version);
+            versions.insert(at, version.clone());
             self.batch
                 .ops
                 .push(StoreOp::PutPluginVersion(version.clone()));
         }
-        self.active_plugins
-            .insert(version.name.clone(), version.version);
+        if let Some(artifact) = prepared.artifact() {
+            let key = self.plugins.artifact_key(&version.hash);
+            self.plugin_artifacts
+                .insert(key.clone(), Bytes::from(artifact.clone()));
+            self.batch
+                .ops
+                .push(StoreOp::PutPluginArtifact { key, artifact });
+        }
+        let previous = self.active_plugins.insert(version.name.clone(), version.version);
         self.batch.ops.push(StoreOp::SetActivePlugin {
             name: version.name.clone(),
             version: version.version,
         });
-        tracing::info!(
-            plugin = %version.name, version = version.version, hash = %version.hash,
-            deployed_by = %version.deployed_by, rollback = !is_new, "plugin version active"
-        );
+        let info = prepared.info().clone();
         let result = json!({
             "name": version.name,
             "version": version.version,
@@ -147,8 +228,94 @@ impl Router {
             "abi_version": info.abi_version,
             "capabilities": info.capabilities,
             "size_bytes": version.size_bytes,
+            "compile_ms": compile_time.as_secs_f64() * 1e3,
+            "auto_rollback": auto_rollback,
         });
-        self.answer(conn, id, Ok(Reply::OkAfterCommit(result)));
+        let (plugins, name, number) = (self.plugins.clone(), version.name.clone(), version.version);
+        let log = (version.hash.clone(), version.deployed_by.clone(), !is_new);
+        self.batch.completions.push(Box::new(move |committed| {
+            let frame = match committed {
+                Ok(()) => {
+                    plugins.install(prepared);
+                    let (hash, deployed_by, rollback) = log;
+                    tracing::info!(plugin = %name, version = number, %hash, %deployed_by, rollback, "plugin version active");
+                    tx.as_ref().map(|(_, id)| ServerFrame::Ok {
+                        id: id.clone(),
+                        result,
+                    })
+                }
+                Err(e) => {
+                    tracing::error!(plugin = %name, version = number, error = %e, "plugin version not stored; not activated");
+                    tx.as_ref().map(|(_, id)| {
+                        ServerFrame::error(Some(id.clone()), ErrorCode::StoreError, e.to_string())
+                    })
+                }
+            };
+            if let (Some((tx, _)), Some(frame)) = (tx, frame) {
+                let _ = tx.send(Outbound::Frame(frame));
+            }
+        }));
+        if auto_rollback && let Some(previous) = previous {
+            self.watch_for_rollback(version.name.clone(), version.version, previous);
+        }
+    }
+
+    /// Watches version `version` of `name` while it is active; when its calls start
+    /// failing, asks the router to roll back to `previous`.
+    fn watch_for_rollback(&self, name: String, version: u64, previous: u64) {
+        let (plugins, router) = (self.plugins.clone(), self.self_tx.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(AUTO_ROLLBACK_CHECK);
+            loop {
+                tick.tick().await;
+                let active = plugins.plugins().into_iter().find(|p| p.name == name);
+                let Some(active) = active else { return };
+                if active.version != version {
+                    // Not swapped in yet (commit pending), or replaced since.
+                    if active.version == previous {
+                        continue;
+                    }
+                    return;
+                }
+                let stats = plugins
+                    .version_stats(&name)
+                    .into_iter()
+                    .find(|(v, _)| *v == version)
+                    .map(|(_, s)| s)
+                    .unwrap_or_default();
+                if stats.errors >= AUTO_ROLLBACK_MIN_ERRORS && stats.errors * 10 >= stats.calls {
+                    let failing = AutoRollback {
+                        from: version,
+                        to: previous,
+                        errors: stats.errors,
+                        calls: stats.calls,
+                        at: now_ms(),
+                    };
+                    let _ = router.send(Command::AutoRollback { name, failing });
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Rolls `name` back from a failing version, if that version is still the active one.
+    pub(super) fn auto_rollback(&mut self, name: String, failing: AutoRollback) {
+        if self.active_plugins.get(&name) != Some(&failing.from) {
+            return;
+        }
+        let target = match self.rollback_target(&name, Some(failing.to)) {
+            Ok(target) => target,
+            Err(e) => {
+                tracing::error!(plugin = %name, error = %e.message, "automatic rollback impossible");
+                return;
+            }
+        };
+        tracing::warn!(
+            plugin = %name, from = failing.from, to = failing.to, errors = failing.errors,
+            calls = failing.calls, "plugin version failing; rolling back automatically"
+        );
+        self.auto_rollbacks.insert(name, failing);
+        self.prepare(None, target, false, false);
     }
 
     pub(super) fn list_plugins(&self) -> Reply {
@@ -165,13 +332,33 @@ impl Router {
                         .find(|p| p.version == v)
                         .map(|p| p.hash.clone())
                 });
+                let stats = self.plugins.stats(&info.name).unwrap_or_default();
+                let versions: Vec<_> = self
+                    .plugins
+                    .version_stats(&info.name)
+                    .into_iter()
+                    .map(|(version, stats)| {
+                        json!({
+                            "version": version,
+                            "messages": stats.messages,
+                            "calls": stats.calls,
+                            "errors": stats.errors,
+                        })
+                    })
+                    .collect();
                 json!({
                     "name": info.name,
                     "kind": "exchange",
                     "bundled": info.bundled,
                     "active_version": active,
                     "hash": hash,
-                    "stats": self.plugins.stats(&info.name),
+                    "from_cache": info.from_cache,
+                    "calls": stats.calls,
+                    "errors": stats.errors,
+                    "p99_call_us": stats.call_p99().map(|d| d.as_secs_f64() * 1e6),
+                    "stats": stats,
+                    "versions": versions,
+                    "last_auto_rollback": self.auto_rollbacks.get(&info.name),
                 })
             })
             .collect();

@@ -5,9 +5,10 @@
 //! the router commit what is pending and closes the database.
 
 mod connection;
+mod plugins_dir;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -15,9 +16,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::plugin::{HostError, Limits, PluginHost};
+use crate::plugin::{HostError, Limits, PluginHost, PluginSource};
 use crate::router::{Router, RouterHandle};
-use crate::store::{self, OpenError, Recovered};
+use crate::store::{self, OpenError, Recovered, StoreOp, WriteBatch};
+use plugins_dir::PluginsDir;
 
 /// How to run a broker.
 #[derive(Clone)]
@@ -33,6 +35,8 @@ pub struct Config {
     pub plugins: Option<PluginHost>,
     /// Custom exchange plugins loaded at startup: every `NAME.wasm` becomes type `NAME`.
     pub plugins_dir: Option<PathBuf>,
+    /// Keep deploying changed files of `plugins_dir` while running.
+    pub watch_plugins: bool,
 }
 
 impl Config {
@@ -48,6 +52,7 @@ impl Config {
             max_frame_bytes: Self::DEFAULT_MAX_FRAME_BYTES,
             plugins: None,
             plugins_dir: None,
+            watch_plugins: false,
         }
     }
 }
@@ -82,15 +87,21 @@ impl Broker {
     /// Opens the store, recovers, and starts accepting connections.
     pub async fn start(config: Config) -> Result<Broker, StartError> {
         // Plugins first: recovered exchanges need their types.
-        let (host, dir) = (config.plugins.clone(), config.plugins_dir.clone());
-        let plugins = tokio::task::spawn_blocking(move || start_plugins(host, dir.as_deref()))
+        let host = config.plugins.clone();
+        let plugins = match host {
+            Some(host) => host,
+            None => tokio::task::spawn_blocking(|| {
+                PluginHost::with_standard_exchanges(Limits::default())
+            })
             .await
-            .expect("plugin loading does not panic")?;
+            .expect("plugin loading does not panic")?,
+        };
         let data_dir = config.data_dir.clone();
         let host = plugins.clone();
         let (recovered, writer) = tokio::task::spawn_blocking(move || {
-            let (recovered, writer) = store::open(&data_dir)?;
-            restore_plugin_versions(&host, &recovered);
+            let (mut recovered, writer) = store::open(&data_dir)?;
+            let compiled = restore_plugin_versions(&host, &mut recovered);
+            writer.submit(compiled);
             Ok::<_, OpenError>((recovered, writer))
         })
         .await
@@ -108,6 +119,19 @@ impl Broker {
         })?;
         let router = Router::spawn(recovered, writer, plugins);
         let (shutdown, shutdown_rx) = watch::channel(false);
+        if let Some(dir) = &config.plugins_dir {
+            let mut plugins_dir = PluginsDir::new(dir, &router);
+            plugins_dir
+                .deploy_all()
+                .await
+                .map_err(|source| StartError::PluginsDir {
+                    path: dir.clone(),
+                    source,
+                })?;
+            if config.watch_plugins {
+                tokio::spawn(plugins_dir.watch(shutdown_rx.clone()));
+            }
+        }
         let acceptor = tokio::spawn(accept_loop(listener, router, config, shutdown_rx));
         tracing::info!(%local_addr, "broker listening");
         Ok(Broker {
@@ -136,60 +160,57 @@ impl Broker {
 
 /// Loads the active version of every deployed plugin, as stored (these override files
 /// of the same name in the plugins directory: a deploy is newer than the file).
-fn restore_plugin_versions(host: &PluginHost, recovered: &Recovered) {
+/// Loads the stored active plugin versions, from the artifact cache when it holds them;
+/// returns the store writes caching what had to be compiled.
+fn restore_plugin_versions(host: &PluginHost, recovered: &mut Recovered) -> WriteBatch {
+    let started = std::time::Instant::now();
+    let mut compiled = WriteBatch::default();
+    let mut cached = 0;
     for (name, active) in &recovered.active_plugins {
         let stored = recovered
             .plugin_versions
             .iter()
             .find(|v| v.name == *name && v.version == *active);
-        let result = match stored {
-            Some(v) => host.load_blocking(name, &v.wasm).map_err(|e| e.to_string()),
-            None => Err(format!("version {active} is not stored")),
+        let Some(stored) = stored else {
+            tracing::error!(plugin = %name, version = active, "plugin version not restored: not stored");
+            continue;
         };
-        match result {
-            Ok(_) => tracing::info!(plugin = %name, version = active, "plugin version restored"),
+        let key = host.artifact_key(&stored.hash);
+        let source = PluginSource {
+            name: name.clone(),
+            version: *active,
+            wasm: stored.wasm.clone(),
+            compiled: recovered.plugin_artifacts.get(&key).cloned(),
+        };
+        match host.prepare_blocking(&source) {
+            Ok(prepared) => {
+                match prepared.artifact() {
+                    Some(artifact) => {
+                        recovered
+                            .plugin_artifacts
+                            .insert(key.clone(), artifact.clone().into());
+                        compiled
+                            .ops
+                            .push(StoreOp::PutPluginArtifact { key, artifact });
+                    }
+                    None => cached += 1,
+                }
+                host.install(prepared);
+            }
             Err(e) => {
                 tracing::error!(plugin = %name, version = active, error = %e, "plugin version not restored")
             }
         }
     }
-}
-
-/// The plugin host with the standard exchanges, plus every `*.wasm` in `dir`. A plugin
-/// that fails to load is reported and skipped: one bad file does not keep the broker down.
-fn start_plugins(host: Option<PluginHost>, dir: Option<&Path>) -> Result<PluginHost, StartError> {
-    let host = match host {
-        Some(host) => host,
-        None => PluginHost::with_standard_exchanges(Limits::default())?,
-    };
-    let Some(dir) = dir else {
-        return Ok(host);
-    };
-    let read_dir = |source| StartError::PluginsDir {
-        path: dir.to_owned(),
-        source,
-    };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(read_dir)?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "wasm"))
-        .collect();
-    files.sort();
-    for path in files {
-        let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
-            continue;
-        };
-        let loaded = std::fs::read(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| host.load_blocking(name, &bytes).map_err(|e| e.to_string()));
-        match loaded {
-            Ok(info) => {
-                tracing::info!(plugin = %info.name, path = %path.display(), "plugin loaded")
-            }
-            Err(e) => tracing::error!(path = %path.display(), error = %e, "plugin not loaded"),
-        }
+    if !recovered.active_plugins.is_empty() {
+        tracing::info!(
+            plugins = recovered.active_plugins.len(),
+            from_cache = cached,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "plugin versions restored"
+        );
     }
-    Ok(host)
+    compiled
 }
 
 async fn accept_loop(

@@ -40,6 +40,9 @@ const PLUGIN_VERSIONS: TableDefinition<(&str, u64), &[u8]> =
 const PLUGIN_WASM: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("plugin_wasm");
 /// The active version of each deployed plugin.
 const ACTIVE_PLUGINS: TableDefinition<&str, u64> = TableDefinition::new("active_plugins");
+/// Compiled plugin code by `<engine compatibility hash>-<content hash>`, so a restart
+/// need not recompile (see `PluginHost::artifact_key`).
+const PLUGIN_ARTIFACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugin_artifacts");
 
 /// The name of the database file inside the data directory.
 pub const DB_FILE: &str = "broker.redb";
@@ -109,6 +112,8 @@ pub struct Recovered {
     pub plugin_versions: Vec<PluginVersion>,
     /// Plugin name → active version.
     pub active_plugins: Vec<(String, u64)>,
+    /// Compiled plugin code by artifact key.
+    pub plugin_artifacts: std::collections::HashMap<String, bytes::Bytes>,
 }
 
 /// Opens (or creates) the database in `data_dir`, reads what to recover, and starts the
@@ -135,6 +140,7 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
     txn.open_table(PLUGIN_VERSIONS)?;
     txn.open_table(PLUGIN_WASM)?;
     txn.open_table(ACTIVE_PLUGINS)?;
+    txn.open_table(PLUGIN_ARTIFACTS)?;
     txn.commit()?;
     Ok(())
 }
@@ -203,6 +209,13 @@ fn recover(db: &Database) -> Result<Recovered, OpenError> {
         recovered
             .active_plugins
             .push((name.value().to_owned(), version.value()));
+    }
+    for entry in txn.open_table(PLUGIN_ARTIFACTS)?.iter()? {
+        let (key, artifact) = entry?;
+        recovered.plugin_artifacts.insert(
+            key.value().to_owned(),
+            bytes::Bytes::copy_from_slice(artifact.value()),
+        );
     }
     Ok(recovered)
 }

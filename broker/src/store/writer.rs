@@ -13,7 +13,7 @@ use std::thread;
 use redb::{Database, WriteTransaction};
 
 use super::{
-    ACTIVE_PLUGINS, BINDINGS, CommitError, ENTRY_STATE, EXCHANGES, ExchangeRecord, MESSAGES,
+    ACTIVE_PLUGINS, BINDINGS, PLUGIN_ARTIFACTS, CommitError, ENTRY_STATE, EXCHANGES, ExchangeRecord, MESSAGES,
     PLUGIN_VERSIONS, PLUGIN_WASM, PluginVersion, QUEUES, QueueRecord, encode_entry,
 };
 use crate::exchange::BindingId;
@@ -47,6 +47,11 @@ pub enum StoreOp {
     },
     /// Stores a deployed plugin version (metadata and bytes).
     PutPluginVersion(PluginVersion),
+    /// Caches a plugin's compiled code under its artifact key.
+    PutPluginArtifact {
+        key: String,
+        artifact: Vec<u8>,
+    },
     /// Makes `version` the one restored at startup.
     SetActivePlugin {
         name: String,
@@ -180,6 +185,7 @@ fn apply<'a>(
     let mut plugin_versions = txn.open_table(PLUGIN_VERSIONS)?;
     let mut plugin_wasm = txn.open_table(PLUGIN_WASM)?;
     let mut active_plugins = txn.open_table(ACTIVE_PLUGINS)?;
+    let mut plugin_artifacts = txn.open_table(PLUGIN_ARTIFACTS)?;
     for op in ops {
         match op {
             StoreOp::PutQueue(record) => {
@@ -222,6 +228,9 @@ fn apply<'a>(
                 let key = (version.name.as_str(), version.version);
                 plugin_versions.insert(key, json(version).as_slice())?;
                 plugin_wasm.insert(key, version.wasm.as_ref())?;
+            }
+            StoreOp::PutPluginArtifact { key, artifact } => {
+                plugin_artifacts.insert(key.as_str(), artifact.as_slice())?;
             }
             StoreOp::SetActivePlugin { name, version } => {
                 active_plugins.insert(name.as_str(), *version)?;
