@@ -7,8 +7,7 @@ use broker::{Message, QueueOptions};
 use common::{RawPeer, TestBroker};
 use serde_json::{Value, json};
 
-/// The test broker's frame limit (see `common::start_on`).
-const LIMIT: usize = 64 * 1024;
+const LIMIT: usize = common::FRAME_LIMIT;
 
 fn assert_error(frame: &Value, id: Value, code: &str) {
     assert_eq!(frame["type"], "error", "{frame}");

@@ -126,7 +126,10 @@ fn plugin_deploy_list_history_rollback() {
     std::fs::write(&wasm, hostile::plugin("body")).unwrap();
     let (ok, out, _) = broker(&["plugin", "deploy", "router", path], &url);
     assert!(ok);
-    assert!(out.starts_with("plugin router version 2 active in "), "{out}");
+    assert!(
+        out.starts_with("plugin router version 2 active in "),
+        "{out}"
+    );
 
     let (ok, out, _) = broker(&["plugin", "list"], &url);
     assert!(ok);

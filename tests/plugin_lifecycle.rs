@@ -260,3 +260,164 @@ async fn hot_swap_under_load_routes_each_message_by_exactly_one_version() {
         "the old version routed those before it"
     );
 }
+
+fn plugin<'a>(list: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    list["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or(&serde_json::Value::Null)
+}
+
+/// Messages routed by each version of `name`, by version.
+fn messages_by_version(list: &serde_json::Value, name: &str) -> Vec<(u64, u64)> {
+    plugin(list, name)["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_u64().unwrap(),
+                v["messages"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+async fn publish_n(c: &Client, key: &str, n: usize) -> Vec<Result<(), ErrorCode>> {
+    let confirms: Vec<_> = (0..n)
+        .map(|i| {
+            let mut m = Message::text(key, i.to_string());
+            m.exchange = "ex".into();
+            c.publish(m, false)
+        })
+        .collect();
+    let mut results = Vec::new();
+    for confirm in confirms {
+        results.push(confirm.await.map_err(|e| e.code().unwrap()));
+    }
+    results
+}
+
+/// Waits until `check` holds for `list_plugins`, or fails after 10 s.
+async fn wait_for_list(c: &Client, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let list = c.list_plugins().await.unwrap();
+        if check(&list) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {list:#}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Each version's messages are counted apart; a restart takes compiled code from the
+/// artifact cache; a version deployed with auto-rollback that keeps failing is replaced by
+/// the previous one and reported.
+#[tokio::test]
+async fn versions_are_counted_cached_and_rolled_back_automatically() {
+    let mut b = TestBroker::start().await;
+    let c = b.client().await;
+    let v1 = c.deploy_plugin("router", bundled("direct")).await.unwrap();
+    assert_eq!(v1["version"], 1);
+    c.declare_exchange("ex", "router", true, Headers::new())
+        .await
+        .unwrap();
+    c.declare_queue("q", QueueOptions::durable()).await.unwrap();
+    let binding = Binding {
+        exchange: "ex".into(),
+        queue: "q".into(),
+        key: "k".into(),
+        arguments: Headers::new(),
+    };
+    c.bind(binding).await.unwrap();
+    c.confirm_select().await.unwrap();
+    assert!(publish_n(&c, "k", 10).await.iter().all(Result::is_ok));
+    c.deploy_plugin("router", bundled("fanout")).await.unwrap();
+    assert!(publish_n(&c, "other", 5).await.iter().all(Result::is_ok));
+    let list = c.list_plugins().await.unwrap();
+    assert_eq!(messages_by_version(&list, "router"), [(1, 10), (2, 5)]);
+    assert_eq!(plugin(&list, "router")["active_version"], 2);
+    assert_eq!(plugin(&list, "router")["from_cache"], false);
+    assert!(plugin(&list, "router")["p99_call_us"].as_f64().unwrap() > 0.0);
+    assert_eq!(c.queue_info("q").await.unwrap().ready, 15);
+    c.close().await;
+
+    b.restart().await;
+    let c = b.client().await;
+    let list = c.list_plugins().await.unwrap();
+    assert_eq!(plugin(&list, "router")["active_version"], 2);
+    assert_eq!(
+        plugin(&list, "router")["from_cache"],
+        true,
+        "restored from the compiled artifact"
+    );
+
+    c.confirm_select().await.unwrap();
+    let v3 = c
+        .deploy_plugin_with("router", &hostile::plugin("trap"), true)
+        .await
+        .unwrap();
+    assert_eq!(v3["version"], 3);
+    let results = publish_n(&c, "boom", 10).await;
+    assert!(
+        results.contains(&Err(ErrorCode::PluginError)),
+        "{results:?}"
+    );
+    wait_for_list(&c, "rolled back to version 2", |list| {
+        plugin(list, "router")["active_version"] == 2
+    })
+    .await;
+    let list = c.list_plugins().await.unwrap();
+    let rollback = &plugin(&list, "router")["last_auto_rollback"];
+    assert_eq!((&rollback["from"], &rollback["to"]), (&3.into(), &2.into()));
+    assert!(publish_n(&c, "boom", 3).await.iter().all(Result::is_ok));
+    let history = c.plugin_history("router").await.unwrap();
+    assert_eq!(versions(&history), [(1, false), (2, true), (3, false)]);
+}
+
+/// `--watch`: a half-written file is refused (never active), a complete one becomes a
+/// new version, dot-files (temporaries of atomic writers) are ignored until renamed.
+#[tokio::test]
+async fn watched_directory_deploys_complete_files_only() {
+    let plugins = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut config = broker::Config::new(data.path());
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.plugins_dir = Some(plugins.path().to_owned());
+    config.watch_plugins = true;
+    let b = broker::Broker::start(config).await.unwrap();
+    let c = Client::connect(&b.url()).await.unwrap();
+    let file = plugins.path().join("router.wasm");
+
+    let direct = bundled("direct");
+    std::fs::write(&file, &direct[..direct.len() / 2]).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let list = c.list_plugins().await.unwrap();
+    assert!(plugin(&list, "router").is_null(), "half a file: {list:#}");
+
+    std::fs::write(&file, direct).unwrap();
+    wait_for_list(&c, "complete file deployed", |list| {
+        plugin(list, "router")["active_version"] == 1
+    })
+    .await;
+
+    let temp = plugins.path().join(".router.wasm.tmp");
+    std::fs::write(&temp, bundled("fanout")).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let list = c.list_plugins().await.unwrap();
+    assert_eq!(plugin(&list, "router")["active_version"], 1, "temp ignored");
+    std::fs::rename(&temp, &file).unwrap();
+    wait_for_list(&c, "renamed file deployed", |list| {
+        plugin(list, "router")["active_version"] == 2
+    })
+    .await;
+    let history = c.plugin_history("router").await.unwrap();
+    assert_eq!(versions(&history), [(1, false), (2, true)]);
+    let by = history["versions"][1]["deployed_by"].as_str().unwrap();
+    assert!(by.starts_with("plugins directory ("), "{by}");
+    c.close().await;
+    b.shutdown().await;
+}

@@ -45,10 +45,13 @@ impl TestBroker {
     }
 }
 
+/// The test brokers' frame limit: room for a plugin module, small enough to test.
+pub const FRAME_LIMIT: usize = 1024 * 1024;
+
 pub async fn start_on(dir: &Path) -> Broker {
     let mut config = Config::new(dir);
     config.listen = "127.0.0.1:0".parse().unwrap();
-    config.max_frame_bytes = 64 * 1024;
+    config.max_frame_bytes = FRAME_LIMIT;
     Broker::start(config).await.unwrap()
 }
 

@@ -244,7 +244,11 @@ pub async fn plugin(what: Plugin) -> anyhow::Result<()> {
                     started.elapsed().as_secs_f64() * 1e3,
                     v["hash"].as_str().unwrap_or("?"),
                     v["size_bytes"],
-                    if auto_rollback { ", auto-rollback on" } else { "" }
+                    if auto_rollback {
+                        ", auto-rollback on"
+                    } else {
+                        ""
+                    }
                 );
             }
             client.close().await;

@@ -441,5 +441,4 @@ impl Exchange for PluginExchange {
         self.stats.record_messages(1);
         self.route_one(msg, out)
     }
-
 }

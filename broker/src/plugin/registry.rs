@@ -56,13 +56,21 @@ impl PluginSlot {
     }
 
     fn stats_of(&self, version: u64) -> Arc<PluginStats> {
-        let mut all = self.version_stats.lock().expect("plugin slot lock poisoned");
+        let mut all = self
+            .version_stats
+            .lock()
+            .expect("plugin slot lock poisoned");
         all.entry(version).or_default().clone()
     }
 
     fn version_snapshots(&self) -> Vec<(u64, StatsSnapshot)> {
-        let all = self.version_stats.lock().expect("plugin slot lock poisoned");
-        all.iter().map(|(v, stats)| (*v, stats.snapshot())).collect()
+        let all = self
+            .version_stats
+            .lock()
+            .expect("plugin slot lock poisoned");
+        all.iter()
+            .map(|(v, stats)| (*v, stats.snapshot()))
+            .collect()
     }
 
     fn total(&self) -> StatsSnapshot {
@@ -171,13 +179,13 @@ impl PluginHost {
                 wasm: Bytes::from_static(wasm),
                 compiled: None,
             };
-            let prepared = host
-                .inner
-                .prepare(&source, true)
-                .map_err(|source| HostError::Bundled {
-                    name: name.to_owned(),
-                    source,
-                })?;
+            let prepared =
+                host.inner
+                    .prepare(&source, true)
+                    .map_err(|source| HostError::Bundled {
+                        name: name.to_owned(),
+                        source,
+                    })?;
             host.install(prepared);
         }
         Ok(host)

@@ -215,7 +215,9 @@ impl Router {
                 .ops
                 .push(StoreOp::PutPluginArtifact { key, artifact });
         }
-        let previous = self.active_plugins.insert(version.name.clone(), version.version);
+        let previous = self
+            .active_plugins
+            .insert(version.name.clone(), version.version);
         self.batch.ops.push(StoreOp::SetActivePlugin {
             name: version.name.clone(),
             version: version.version,

@@ -13,8 +13,9 @@ use std::thread;
 use redb::{Database, WriteTransaction};
 
 use super::{
-    ACTIVE_PLUGINS, BINDINGS, PLUGIN_ARTIFACTS, CommitError, ENTRY_STATE, EXCHANGES, ExchangeRecord, MESSAGES,
-    PLUGIN_VERSIONS, PLUGIN_WASM, PluginVersion, QUEUES, QueueRecord, encode_entry,
+    ACTIVE_PLUGINS, BINDINGS, CommitError, ENTRY_STATE, EXCHANGES, ExchangeRecord, MESSAGES,
+    PLUGIN_ARTIFACTS, PLUGIN_VERSIONS, PLUGIN_WASM, PluginVersion, QUEUES, QueueRecord,
+    encode_entry,
 };
 use crate::exchange::BindingId;
 use crate::message::Message;
