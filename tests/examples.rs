@@ -3,7 +3,15 @@
 use std::process::Command;
 
 fn run(bin: &str) -> String {
-    let out = Command::new(bin).env_remove("BROKER_URL").output().unwrap();
+    run_with(bin, &[])
+}
+
+fn run_with(bin: &str, args: &[&str]) -> String {
+    let out = Command::new(bin)
+        .args(args)
+        .env_remove("BROKER_URL")
+        .output()
+        .unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(
         out.status.success(),
@@ -37,4 +45,16 @@ fn retry_dlq_backs_off_then_dead_letters() {
     let out = run(env!("CARGO_BIN_EXE_retry-dlq"));
     assert!(out.contains("attempt 4 of payment-42"), "{out}");
     assert!(out.contains("reason=\"delivery_limit\""), "{out}");
+}
+
+#[test]
+fn hot_reload_switches_lanes_once_without_losing_an_order() {
+    let out = run_with(env!("CARGO_BIN_EXE_hot-reload"), &["--seconds", "4"]);
+    assert!(out.contains("deployed plugin orders version 2"), "{out}");
+    assert!(out.contains("each exactly once: true"), "{out}");
+    assert!(
+        out.contains("VIP orders changed lanes 1 time(s), standard -> express"),
+        "{out}"
+    );
+    assert!(out.contains("zero loss"), "{out}");
 }

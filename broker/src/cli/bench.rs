@@ -10,6 +10,7 @@
 mod backlog;
 mod clients;
 mod latency;
+mod plugins;
 mod throughput;
 
 use std::fmt;
@@ -30,7 +31,7 @@ then scenario-specific fields. p50/p99/p999 are end-to-end latencies (publish to
 the process (and its CPU and memory).
 
 Default --msgs: 200000 (persistent, transient, topic), 100000 (fanout, publishes; each is
-delivered once per queue), --rate x 10 (latency: ten seconds), 1000000 (backlog, recovery).";
+delivered once per queue), --rate x 10 (latency, reload: ten seconds), 1000000 (backlog, recovery).";
 
 #[derive(Args)]
 #[command(after_long_help = OUTPUT_HELP)]
@@ -71,9 +72,12 @@ pub struct BenchArgs {
     /// fanout: queues bound to the fanout exchange.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
     queues: u64,
-    /// latency: publishes per second (fixed schedule, all publishers together).
+    /// latency, reload: publishes per second (fixed schedule, all publishers together).
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     rate: u64,
+    /// startup: deployed plugins (each with a durable exchange) to restore.
+    #[arg(long, default_value_t = 8)]
+    plugins: u64,
 }
 
 impl BenchArgs {
@@ -82,8 +86,9 @@ impl BenchArgs {
         self.msgs.unwrap_or(match self.scenario {
             Scenario::Persistent | Scenario::Transient | Scenario::Topic => 200_000,
             Scenario::Fanout => 100_000,
-            Scenario::Latency => self.rate.saturating_mul(10),
+            Scenario::Latency | Scenario::Reload => self.rate.saturating_mul(10),
             Scenario::Backlog | Scenario::Recovery => 1_000_000,
+            Scenario::Startup => 0,
         })
     }
 }
@@ -109,6 +114,12 @@ enum Scenario {
     /// --embedded only: fills a durable queue, restarts the broker on the same data
     /// directory and measures from `Broker::start` to the first delivery.
     Recovery,
+    /// `latency` through a Wasm exchange whose plugin is redeployed every second:
+    /// deploy-to-active time and confirm p99 during reloads vs steady state.
+    Reload,
+    /// --embedded only: restarts with --plugins deployed plugins, with and without the
+    /// compiled-artifact cache.
+    Startup,
 }
 
 impl Scenario {
@@ -121,6 +132,8 @@ impl Scenario {
             Scenario::Latency => "latency",
             Scenario::Backlog => "backlog",
             Scenario::Recovery => "recovery",
+            Scenario::Reload => "reload",
+            Scenario::Startup => "startup",
         }
     }
 }
@@ -133,6 +146,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let report = match args.scenario {
         // Recovery starts (and restarts) its own broker.
         Scenario::Recovery => backlog::recovery(&args).await?,
+        Scenario::Startup => plugins::startup(&args).await?,
         _ => with_broker(&args).await?,
     };
     println!("{report}");
@@ -157,7 +171,8 @@ async fn with_broker(args: &BenchArgs) -> anyhow::Result<Report> {
         }
         Scenario::Latency => latency::run(&url, args).await,
         Scenario::Backlog => backlog::backlog(&url, args, embedded.is_some()).await,
-        Scenario::Recovery => unreachable!("recovery runs its own broker"),
+        Scenario::Reload => plugins::reload(&url, args).await,
+        Scenario::Recovery | Scenario::Startup => unreachable!("these run their own broker"),
     };
     if let Some((broker, _dir)) = embedded {
         broker.shutdown().await;

@@ -48,5 +48,5 @@ pub use bundled::STANDARD_EXCHANGES;
 pub use exchange::PluginExchange;
 pub use limits::Limits;
 pub use loader::{Capabilities, LoadError, PluginInfo, PluginSource};
-pub use registry::{HostError, PluginHost, PreparedPlugin};
+pub use registry::{HostError, PluginHost, PreparedPlugin, content_hash};
 pub use stats::{CALL_TIME_BUCKETS, PluginStats, StatsSnapshot, call_time_bucket_bound};

@@ -18,6 +18,15 @@ use super::stats::{PluginStats, StatsSnapshot};
 use crate::exchange::{Exchange, ExchangeError, ExchangeTypes};
 use crate::message::Headers;
 
+/// SHA-256 of a plugin's bytes, hex: its identity in versions and the artifact cache.
+pub fn content_hash(wasm: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(wasm)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Why the plugin host could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -172,23 +181,39 @@ impl PluginHost {
     /// (compiles four small plugins, tens of milliseconds in release): call at startup.
     pub fn with_standard_exchanges(limits: Limits) -> Result<Self, HostError> {
         let host = PluginHost::new(limits)?;
+        host.load_standard_exchanges(&HashMap::new())?;
+        Ok(host)
+    }
+
+    /// Registers the bundled types, taking compiled code from `artifacts` (by
+    /// [`PluginHost::artifact_key`]) where it is there; returns what had to be compiled,
+    /// by key, for the caller to cache. Blocking.
+    pub fn load_standard_exchanges(
+        &self,
+        artifacts: &HashMap<String, Bytes>,
+    ) -> Result<Vec<(String, Vec<u8>)>, HostError> {
+        let mut compiled = Vec::new();
         for (name, wasm) in bundled::STANDARD_EXCHANGES {
+            let key = self.artifact_key(&content_hash(wasm));
             let source = PluginSource {
                 name: name.to_owned(),
                 version: 0,
                 wasm: Bytes::from_static(wasm),
-                compiled: None,
+                compiled: artifacts.get(&key).cloned(),
             };
             let prepared =
-                host.inner
+                self.inner
                     .prepare(&source, true)
                     .map_err(|source| HostError::Bundled {
                         name: name.to_owned(),
                         source,
                     })?;
-            host.install(prepared);
+            if let Some(artifact) = prepared.artifact() {
+                compiled.push((key, artifact));
+            }
+            self.install(prepared);
         }
-        Ok(host)
+        Ok(compiled)
     }
 
     /// Compiles, validates and registers unversioned plugin `name` on a blocking thread

@@ -12,11 +12,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use super::exchanges::now_ms;
 use super::{Command, OpError, Outbound, Reply, Router};
-use crate::plugin::{LoadError, PluginSource, PreparedPlugin};
+use crate::plugin::{LoadError, PluginSource, PreparedPlugin, content_hash};
 use crate::protocol::{ErrorCode, RequestId, ServerFrame};
 use crate::queue::ConnId;
 use crate::store::{PluginVersion, StoreOp};
@@ -63,7 +62,7 @@ impl Router {
         let wasm = base64::engine::general_purpose::STANDARD
             .decode(wasm_base64.as_bytes())
             .map_err(|e| OpError::new(ErrorCode::InvalidField, format!("`wasm_base64`: {e}")))?;
-        let hash = hex(&Sha256::digest(&wasm));
+        let hash = content_hash(&wasm);
         if let Some(active) = self.active_version(&name)
             && active.hash == hash
         {
@@ -385,10 +384,6 @@ impl Router {
             .collect();
         Ok(Reply::Ok(json!({ "name": name, "versions": versions })))
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The recovered plugin versions, grouped by name in version order.

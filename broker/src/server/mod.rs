@@ -37,6 +37,8 @@ pub struct Config {
     pub plugins_dir: Option<PathBuf>,
     /// Keep deploying changed files of `plugins_dir` while running.
     pub watch_plugins: bool,
+    /// Take compiled plugin code from the store instead of compiling at startup.
+    pub artifact_cache: bool,
 }
 
 impl Config {
@@ -53,6 +55,7 @@ impl Config {
             plugins: None,
             plugins_dir: None,
             watch_plugins: false,
+            artifact_cache: true,
         }
     }
 }
@@ -86,26 +89,38 @@ pub struct Broker {
 impl Broker {
     /// Opens the store, recovers, and starts accepting connections.
     pub async fn start(config: Config) -> Result<Broker, StartError> {
-        // Plugins first: recovered exchanges need their types.
-        let host = config.plugins.clone();
-        let plugins = match host {
-            Some(host) => host,
-            None => tokio::task::spawn_blocking(|| {
-                PluginHost::with_standard_exchanges(Limits::default())
-            })
-            .await
-            .expect("plugin loading does not panic")?,
-        };
-        let data_dir = config.data_dir.clone();
-        let host = plugins.clone();
-        let (recovered, writer) = tokio::task::spawn_blocking(move || {
+        // Plugins before the router: recovered exchanges need their types. Compiled code
+        // comes from the store's artifact cache when it is valid for this engine.
+        let (data_dir, host, use_cache) = (
+            config.data_dir.clone(),
+            config.plugins.clone(),
+            config.artifact_cache,
+        );
+        let (recovered, writer, plugins) = tokio::task::spawn_blocking(move || {
             let (mut recovered, writer) = store::open(&data_dir)?;
-            let compiled = restore_plugin_versions(&host, &mut recovered);
+            if !use_cache {
+                recovered.plugin_artifacts.clear();
+            }
+            let mut compiled = WriteBatch::default();
+            let host = match host {
+                Some(host) => host,
+                None => {
+                    let host = PluginHost::new(Limits::default())?;
+                    let standard = host.load_standard_exchanges(&recovered.plugin_artifacts)?;
+                    for (key, artifact) in standard {
+                        compiled
+                            .ops
+                            .push(StoreOp::PutPluginArtifact { key, artifact });
+                    }
+                    host
+                }
+            };
+            restore_plugin_versions(&host, &mut recovered, &mut compiled);
             writer.submit(compiled);
-            Ok::<_, OpenError>((recovered, writer))
+            Ok::<_, StartError>((recovered, writer, host))
         })
         .await
-        .expect("store open task does not panic")?;
+        .expect("startup task does not panic")?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -161,10 +176,13 @@ impl Broker {
 /// Loads the active version of every deployed plugin, as stored (these override files
 /// of the same name in the plugins directory: a deploy is newer than the file).
 /// Loads the stored active plugin versions, from the artifact cache when it holds them;
-/// returns the store writes caching what had to be compiled.
-fn restore_plugin_versions(host: &PluginHost, recovered: &mut Recovered) -> WriteBatch {
+/// adds the store writes caching what had to be compiled to `compiled`.
+fn restore_plugin_versions(
+    host: &PluginHost,
+    recovered: &mut Recovered,
+    compiled: &mut WriteBatch,
+) {
     let started = std::time::Instant::now();
-    let mut compiled = WriteBatch::default();
     let mut cached = 0;
     for (name, active) in &recovered.active_plugins {
         let stored = recovered
@@ -210,7 +228,6 @@ fn restore_plugin_versions(host: &PluginHost, recovered: &mut Recovered) -> Writ
             "plugin versions restored"
         );
     }
-    compiled
 }
 
 async fn accept_loop(

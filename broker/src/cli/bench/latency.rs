@@ -19,9 +19,9 @@ use super::clients::{Consumer, Stream, record, spawn_drains};
 use super::{BenchArgs, Cleanup, Report, merged, name, new_histogram};
 
 /// Publishing starts this long after setup, so every message has a schedule to meet.
-const LEAD_IN: Duration = Duration::from_millis(50);
+pub(super) const LEAD_IN: Duration = Duration::from_millis(50);
 
-type Confirm = Pin<Box<dyn Future<Output = Result<(), ClientError>> + Send>>;
+pub(super) type Confirm = Pin<Box<dyn Future<Output = Result<(), ClientError>> + Send>>;
 
 pub(super) async fn run(url: &str, args: &BenchArgs) -> anyhow::Result<Report> {
     anyhow::ensure!(args.consumers > 0, "latency needs at least one consumer");
@@ -109,7 +109,7 @@ fn due(start: Instant, i: u64, rate: u64) -> Instant {
 /// Publishes messages `indices` each at its due time (late ones at once, never skipped);
 /// hands each confirm to the collector. Returns how late the latest send was
 /// (sleep overshoot included).
-fn pace(
+pub(super) fn pace(
     client: &Client,
     stream: &Stream,
     indices: impl Iterator<Item = u64>,
