@@ -27,6 +27,16 @@ pub fn content_hash(wasm: &[u8]) -> String {
         .collect()
 }
 
+/// Makes the calling thread yield to the broker's other threads (nice 10).
+fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority with PRIO_PROCESS and a thread id only changes that thread's
+    // nice value; failure (e.g. a seccomp filter) just leaves it as it was.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+    }
+}
+
 /// Why the plugin host could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -249,9 +259,19 @@ impl PluginHost {
     /// first, then [`PluginHost::install`]s it.
     pub async fn prepare(&self, source: PluginSource) -> Result<PreparedPlugin, LoadError> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.prepare(&source, false))
+        let (done, prepared) = tokio::sync::oneshot::channel();
+        // A thread of its own at a lower priority: compiling takes a core for up to
+        // hundreds of milliseconds, and routing must not wait for it on a small machine.
+        std::thread::Builder::new()
+            .name("plugin-compile".into())
+            .spawn(move || {
+                lower_thread_priority();
+                let _ = done.send(inner.prepare(&source, false));
+            })
+            .map_err(|e| LoadError::Compile(format!("cannot start a compile thread: {e}")))?;
+        prepared
             .await
-            .map_err(|e| LoadError::Compile(format!("compilation task failed: {e}")))?
+            .map_err(|_| LoadError::Compile("the compile thread panicked".into()))?
     }
 
     /// [`PluginHost::prepare`] on the calling thread (startup).
