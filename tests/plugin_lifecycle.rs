@@ -340,15 +340,26 @@ async fn versions_are_counted_cached_and_rolled_back_automatically() {
     let list = c.list_plugins().await.unwrap();
     assert_eq!(messages_by_version(&list, "router"), [(1, 10), (2, 5)]);
     assert_eq!(plugin(&list, "router")["active_version"], 2);
-    assert_eq!(plugin(&list, "router")["from_cache"], false);
+    assert_eq!(
+        plugin(&list, "router")["from_cache"],
+        true,
+        "the bundled fanout's bytes: compiled at startup"
+    );
     assert!(plugin(&list, "router")["p99_call_us"].as_f64().unwrap() > 0.0);
     assert_eq!(c.queue_info("q").await.unwrap().ready, 15);
+    let v3 = c
+        .deploy_plugin("router", &hostile::plugin("spin"))
+        .await
+        .unwrap();
+    assert_eq!(v3["version"], 3);
+    let list = c.list_plugins().await.unwrap();
+    assert_eq!(plugin(&list, "router")["from_cache"], false, "new bytes");
     c.close().await;
 
     b.restart().await;
     let c = b.client().await;
     let list = c.list_plugins().await.unwrap();
-    assert_eq!(plugin(&list, "router")["active_version"], 2);
+    assert_eq!(plugin(&list, "router")["active_version"], 3);
     assert_eq!(
         plugin(&list, "router")["from_cache"],
         true,
@@ -356,26 +367,32 @@ async fn versions_are_counted_cached_and_rolled_back_automatically() {
     );
 
     c.confirm_select().await.unwrap();
-    let v3 = c
+    let v4 = c
         .deploy_plugin_with("router", &hostile::plugin("trap"), true)
         .await
         .unwrap();
-    assert_eq!(v3["version"], 3);
+    assert_eq!(
+        (&v4["version"], &v4["auto_rollback"]),
+        (&4.into(), &true.into())
+    );
     let results = publish_n(&c, "boom", 10).await;
     assert!(
         results.contains(&Err(ErrorCode::PluginError)),
         "{results:?}"
     );
-    wait_for_list(&c, "rolled back to version 2", |list| {
-        plugin(list, "router")["active_version"] == 2
+    wait_for_list(&c, "rolled back to version 3", |list| {
+        plugin(list, "router")["active_version"] == 3
     })
     .await;
     let list = c.list_plugins().await.unwrap();
     let rollback = &plugin(&list, "router")["last_auto_rollback"];
-    assert_eq!((&rollback["from"], &rollback["to"]), (&3.into(), &2.into()));
+    assert_eq!((&rollback["from"], &rollback["to"]), (&4.into(), &3.into()));
     assert!(publish_n(&c, "boom", 3).await.iter().all(Result::is_ok));
     let history = c.plugin_history("router").await.unwrap();
-    assert_eq!(versions(&history), [(1, false), (2, true), (3, false)]);
+    assert_eq!(
+        versions(&history),
+        [(1, false), (2, false), (3, true), (4, false)]
+    );
 }
 
 /// `--watch`: a half-written file is refused (never active), a complete one becomes a
@@ -420,4 +437,34 @@ async fn watched_directory_deploys_complete_files_only() {
     assert!(by.starts_with("plugins directory ("), "{by}");
     c.close().await;
     b.shutdown().await;
+}
+
+/// Deploys of one plugin take effect in the order they were sent, even when a later one
+/// compiles faster (here: from the compiled-artifact cache the bundled `fanout` is in).
+#[tokio::test]
+async fn pipelined_deploys_take_effect_in_order() {
+    let b = TestBroker::start().await;
+    let c = b.client().await;
+    c.deploy_plugin("router", &hostile::plugin("trap"))
+        .await
+        .unwrap();
+    let spin = hostile::plugin("spin");
+    let (slow, fast) = tokio::join!(
+        c.deploy_plugin("router", &spin),
+        c.deploy_plugin("router", bundled("fanout")),
+    );
+    assert_eq!(slow.unwrap()["version"], 2);
+    assert_eq!(fast.unwrap()["version"], 3);
+    let list = c.list_plugins().await.unwrap();
+    assert_eq!(plugin(&list, "router")["active_version"], 3, "{list:#}");
+    let (again, back) = tokio::join!(
+        c.deploy_plugin("router", &spin),
+        c.deploy_plugin("router", bundled("fanout")),
+    );
+    assert_eq!(again.unwrap()["version"], 4);
+    assert_eq!(
+        back.unwrap()["version"],
+        5,
+        "the active bytes behind a queued deploy are a new version"
+    );
 }

@@ -288,8 +288,8 @@ pub async fn plugin(what: Plugin) -> anyhow::Result<()> {
                     p["name"].as_str().unwrap_or("?"),
                     p["kind"].as_str().unwrap_or("?"),
                     version,
-                    p["calls"],
-                    p["errors"],
+                    p["calls"].as_u64().unwrap_or(0),
+                    p["errors"].as_u64().unwrap_or(0),
                     p99,
                     by_version.join(" ")
                 );

@@ -288,13 +288,27 @@ impl PluginHost {
     /// The artifact-cache key of the plugin with content hash `hash`: compiled code is
     /// only reusable by an engine with the same version and settings.
     pub fn artifact_key(&self, hash: &str) -> String {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        use std::hash::Hash;
+        // SHA-256 rather than std's hasher, whose algorithm may change between releases.
+        struct Sha(sha2::Sha256);
+        impl std::hash::Hasher for Sha {
+            fn write(&mut self, bytes: &[u8]) {
+                sha2::Digest::update(&mut self.0, bytes);
+            }
+            fn finish(&self) -> u64 {
+                unreachable!("only the digest is read")
+            }
+        }
+        let mut hasher = Sha(Default::default());
         self.inner
             .engine
             .precompile_compatibility_hash()
             .hash(&mut hasher);
-        format!("{:016x}-{hash}", hasher.finish())
+        let engine: String = sha2::Digest::finalize(hasher.0)[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{engine}-{hash}")
     }
 
     /// The registered exchange types, by name.
@@ -306,6 +320,11 @@ impl PluginHost {
             .collect();
         infos.sort_by(|a, b| a.name.cmp(&b.name));
         infos
+    }
+
+    /// The running version of plugin `name`.
+    pub fn info(&self, name: &str) -> Option<PluginInfo> {
+        self.slot(name).map(|slot| slot.current().0.info.clone())
     }
 
     /// The counters of exchange type `name`, all versions together.

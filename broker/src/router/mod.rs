@@ -170,8 +170,8 @@ pub struct Router {
     plugin_versions: std::collections::BTreeMap<String, Vec<crate::store::PluginVersion>>,
     /// Plugin name → active version.
     active_plugins: HashMap<String, u64>,
-    /// Plugin name → the highest version number handed to a deploy still compiling.
-    pending_versions: HashMap<String, u64>,
+    /// Plugin name → its deploys and rollbacks not done yet; the first one is compiling.
+    deploys: HashMap<String, std::collections::VecDeque<plugins::DeployJob>>,
     /// Compiled plugin code by artifact key (see `PluginHost::artifact_key`).
     plugin_artifacts: HashMap<String, bytes::Bytes>,
     /// The last automatic rollback of each plugin.

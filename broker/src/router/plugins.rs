@@ -20,6 +20,16 @@ use crate::protocol::{ErrorCode, RequestId, ServerFrame};
 use crate::queue::ConnId;
 use crate::store::{PluginVersion, StoreOp};
 
+/// A deploy or rollback waiting for (or in) compilation.
+#[derive(Debug, Clone)]
+pub(super) struct DeployJob {
+    requester: Option<(ConnId, RequestId)>,
+    /// A new version to store (deploy), or an earlier one (rollback).
+    version: PluginVersion,
+    is_new: bool,
+    auto_rollback: bool,
+}
+
 /// A version compiled (or refused) off the router's task, for the router to record.
 #[derive(Debug)]
 pub struct Prepared {
@@ -63,11 +73,14 @@ impl Router {
             .decode(wasm_base64.as_bytes())
             .map_err(|e| OpError::new(ErrorCode::InvalidField, format!("`wasm_base64`: {e}")))?;
         let hash = content_hash(&wasm);
+        let running = self.plugins.info(&name).map(|info| info.version);
         if let Some(active) = self.active_version(&name)
             && active.hash == hash
+            && running == Some(active.version)
+            && !self.deploys.contains_key(&name)
         {
             // Redeploying the running bytes (a restart's plugins directory, a touched
-            // file) is not a new version.
+            // file) is not a new version; behind a queued deploy it would be one.
             return Ok(Reply::Ok(json!({
                 "name": name,
                 "version": active.version,
@@ -80,9 +93,8 @@ impl Router {
             .get(&name)
             .and_then(|v| v.last())
             .map_or(0, |v| v.version);
-        let pending = self.pending_versions.entry(name.clone()).or_default();
-        let number = stored.max(*pending) + 1;
-        *pending = number;
+        let queued = self.deploys.get(&name).into_iter().flatten();
+        let number = queued.map(|job| job.version.version).fold(stored, u64::max) + 1;
         let version = PluginVersion {
             hash,
             name,
@@ -136,8 +148,8 @@ impl Router {
             .find(|v| v.version == *active)
     }
 
-    /// Compiles and validates `version` off the router's task (from the artifact cache
-    /// when it holds it), then reports back as [`Command::PluginPrepared`].
+    /// Queues a deploy or rollback of `version`; those of one plugin are carried out one
+    /// at a time, in the order they came, so the last one asked for is the one active.
     fn prepare(
         &mut self,
         requester: Option<(ConnId, RequestId)>,
@@ -145,6 +157,33 @@ impl Router {
         is_new: bool,
         auto_rollback: bool,
     ) {
+        let job = DeployJob {
+            requester,
+            version,
+            is_new,
+            auto_rollback,
+        };
+        let name = job.version.name.clone();
+        let queue = self.deploys.entry(name.clone()).or_default();
+        queue.push_back(job);
+        if queue.len() == 1 {
+            self.start_next_deploy(&name);
+        }
+    }
+
+    /// Compiles and validates the first queued version of `name` off the router's task
+    /// (from the artifact cache when it holds it), then reports back as
+    /// [`Command::PluginPrepared`].
+    fn start_next_deploy(&self, name: &str) {
+        let Some(DeployJob {
+            requester,
+            version,
+            is_new,
+            auto_rollback,
+        }) = self.deploys.get(name).and_then(|q| q.front()).cloned()
+        else {
+            return;
+        };
         let key = self.plugins.artifact_key(&version.hash);
         let source = PluginSource {
             name: version.name.clone(),
@@ -179,8 +218,13 @@ impl Router {
             compile_time,
             result,
         } = prepared;
-        if is_new && self.pending_versions.get(&version.name) == Some(&version.version) {
-            self.pending_versions.remove(&version.name);
+        if let Some(queue) = self.deploys.get_mut(&version.name) {
+            queue.pop_front();
+            if queue.is_empty() {
+                self.deploys.remove(&version.name);
+            } else {
+                self.start_next_deploy(&version.name);
+            }
         }
         let tx = requester.and_then(|(conn, id)| Some((self.conns.get(&conn)?.tx.clone(), id)));
         let prepared = match result {
@@ -230,7 +274,7 @@ impl Router {
             "capabilities": info.capabilities,
             "size_bytes": version.size_bytes,
             "compile_ms": compile_time.as_secs_f64() * 1e3,
-            "auto_rollback": auto_rollback,
+            "auto_rollback": auto_rollback && previous.is_some(),
         });
         let (plugins, name, number) = (self.plugins.clone(), version.name.clone(), version.version);
         let log = (version.hash.clone(), version.deployed_by.clone(), !is_new);
@@ -267,13 +311,16 @@ impl Router {
         let (plugins, router) = (self.plugins.clone(), self.self_tx.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(AUTO_ROLLBACK_CHECK);
+            // Long enough for any commit; a version never swapped in is not watched.
+            let give_up = Instant::now() + Duration::from_secs(30);
             loop {
                 tick.tick().await;
-                let active = plugins.plugins().into_iter().find(|p| p.name == name);
-                let Some(active) = active else { return };
+                let Some(active) = plugins.info(&name) else {
+                    return;
+                };
                 if active.version != version {
                     // Not swapped in yet (commit pending), or replaced since.
-                    if active.version == previous {
+                    if active.version == previous && Instant::now() < give_up {
                         continue;
                     }
                     return;

@@ -36,7 +36,7 @@ impl Router {
             plugins,
             plugin_versions: super::plugins::group_versions(recovered.plugin_versions),
             active_plugins: recovered.active_plugins.into_iter().collect(),
-            pending_versions: HashMap::new(),
+            deploys: HashMap::new(),
             plugin_artifacts: recovered.plugin_artifacts,
             auto_rollbacks: HashMap::new(),
             self_tx,

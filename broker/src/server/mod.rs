@@ -108,6 +108,9 @@ impl Broker {
                     let host = PluginHost::new(Limits::default())?;
                     let standard = host.load_standard_exchanges(&recovered.plugin_artifacts)?;
                     for (key, artifact) in standard {
+                        recovered
+                            .plugin_artifacts
+                            .insert(key.clone(), artifact.clone().into());
                         compiled
                             .ops
                             .push(StoreOp::PutPluginArtifact { key, artifact });
@@ -173,8 +176,6 @@ impl Broker {
     }
 }
 
-/// Loads the active version of every deployed plugin, as stored (these override files
-/// of the same name in the plugins directory: a deploy is newer than the file).
 /// Loads the stored active plugin versions, from the artifact cache when it holds them;
 /// adds the store writes caching what had to be compiled to `compiled`.
 fn restore_plugin_versions(

@@ -33,7 +33,9 @@ pub struct PluginsDir {
     session: Session,
     /// The state of each file at the previous scan.
     seen: HashMap<PathBuf, Seen>,
-    /// SHA-256 of the bytes last deployed (or refused) from each file.
+    /// The state of each file when it was last deployed (or refused) ...
+    tried: HashMap<PathBuf, Seen>,
+    /// ... and the SHA-256 of its bytes then.
     deployed: HashMap<PathBuf, [u8; 32]>,
 }
 
@@ -43,6 +45,7 @@ impl PluginsDir {
             dir: dir.to_owned(),
             session: Session::open(router),
             seen: HashMap::new(),
+            tried: HashMap::new(),
             deployed: HashMap::new(),
         }
     }
@@ -51,6 +54,7 @@ impl PluginsDir {
     pub async fn deploy_all(&mut self) -> std::io::Result<()> {
         for (path, seen) in self.scan()? {
             self.seen.insert(path.clone(), seen);
+            self.tried.insert(path.clone(), seen);
             self.deploy(&path).await;
         }
         Ok(())
@@ -74,7 +78,9 @@ impl PluginsDir {
             };
             let mut seen = HashMap::with_capacity(files.len());
             for (path, now) in files {
-                if self.seen.get(&path) == Some(&now) {
+                let still = self.seen.get(&path) == Some(&now);
+                if still && self.tried.get(&path) != Some(&now) {
+                    self.tried.insert(path.clone(), now);
                     self.deploy(&path).await;
                 }
                 seen.insert(path, now);
@@ -107,7 +113,7 @@ impl PluginsDir {
         Ok(files)
     }
 
-    /// Deploys `path` unless its bytes are the ones last tried from it.
+    /// Deploys `path` unless its bytes are the ones last tried from it (a touched file).
     async fn deploy(&mut self, path: &Path) {
         let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
             return;
