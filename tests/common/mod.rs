@@ -88,10 +88,12 @@ pub fn body(d: &Delivery) -> String {
     String::from_utf8(d.message.body.to_vec()).unwrap()
 }
 
-/// The real `broker` binary serving on a free port.
+/// The real `broker` binary serving on a free port (and its management HTTP on another).
 pub struct BrokerProcess {
     pub child: Child,
     pub url: String,
+    /// `http://127.0.0.1:PORT/`
+    pub http_url: String,
 }
 
 impl BrokerProcess {
@@ -100,6 +102,8 @@ impl BrokerProcess {
             .args([
                 "serve",
                 "--listen",
+                "127.0.0.1:0",
+                "--http",
                 "127.0.0.1:0",
                 "--log",
                 "warn",
@@ -113,12 +117,18 @@ impl BrokerProcess {
         let mut line = String::new();
         let stdout = child.stdout.take().unwrap();
         std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("ws://"))
-            .unwrap_or_else(|| panic!("no address in `{line}`"))
-            .to_owned();
-        BrokerProcess { child, url }
+        let word = |prefix: &str| {
+            line.split_whitespace()
+                .find(|w| w.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no {prefix} address in `{line}`"))
+                .to_owned()
+        };
+        let (url, http_url) = (word("ws://"), word("http://"));
+        BrokerProcess {
+            child,
+            url,
+            http_url,
+        }
     }
 
     pub fn kill9(mut self) {

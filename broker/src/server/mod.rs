@@ -33,11 +33,15 @@ pub struct Config {
     pub plugins: Option<PluginHost>,
     /// Custom exchange plugins loaded at startup: every `NAME.wasm` becomes type `NAME`.
     pub plugins_dir: Option<PathBuf>,
+    /// Where to serve the management HTTP API, metrics and page; `None`: no HTTP.
+    pub http: Option<SocketAddr>,
 }
 
 impl Config {
     pub const DEFAULT_LISTEN: &str = "127.0.0.1:6789";
     pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+    /// The CLI's default for `--http` (a library `Config` has no HTTP unless asked).
+    pub const DEFAULT_HTTP: &str = "127.0.0.1:6790";
 
     /// Defaults for everything but the data directory.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
@@ -48,6 +52,7 @@ impl Config {
             max_frame_bytes: Self::DEFAULT_MAX_FRAME_BYTES,
             plugins: None,
             plugins_dir: None,
+            http: None,
         }
     }
 }
@@ -74,8 +79,10 @@ pub enum StartError {
 /// A running broker.
 pub struct Broker {
     local_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     acceptor: JoinHandle<()>,
+    http: Option<JoinHandle<()>>,
 }
 
 impl Broker {
@@ -106,14 +113,37 @@ impl Broker {
             addr: config.listen,
             source,
         })?;
-        let router = Router::spawn(recovered, writer, plugins);
+        let http_listener = match config.http {
+            Some(addr) => {
+                let listen_error = |source| StartError::Listen { addr, source };
+                let listener = TcpListener::bind(addr).await.map_err(listen_error)?;
+                let bound = listener.local_addr().map_err(listen_error)?;
+                Some((listener, bound))
+            }
+            None => None,
+        };
+        let store_stats = writer.stats();
+        let router = Router::spawn(recovered, writer, plugins.clone());
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let http = http_listener.as_ref().map(|(_, addr)| *addr);
+        let http_task = http_listener.map(|(listener, http_addr)| {
+            let state = Arc::new(crate::http::HttpState {
+                management: crate::http::Management::open(router.clone()),
+                plugins,
+                store: store_stats,
+                started: std::time::Instant::now(),
+            });
+            tracing::info!(%http_addr, "management HTTP listening");
+            tokio::spawn(crate::http::serve(listener, state, shutdown_rx.clone()))
+        });
         let acceptor = tokio::spawn(accept_loop(listener, router, config, shutdown_rx));
         tracing::info!(%local_addr, "broker listening");
         Ok(Broker {
             local_addr,
+            http_addr: http,
             shutdown,
             acceptor,
+            http: http_task,
         })
     }
 
@@ -126,10 +156,18 @@ impl Broker {
         format!("ws://{}", self.local_addr)
     }
 
+    /// Where the management HTTP listener is, when [`Config::http`] asked for one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
     /// Stops accepting, closes every connection, commits pending writes and closes the
     /// database; returns when all of that is done.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        if let Some(http) = self.http {
+            let _ = http.await;
+        }
         let _ = self.acceptor.await;
     }
 }
