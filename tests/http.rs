@@ -676,3 +676,83 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// `--log-format json`: one JSON object per line, one line per connection opened and
+/// closed and per batch of dead letters.
+#[tokio::test]
+async fn json_logs_have_one_line_per_connection_and_dead_letter_batch() {
+    let data = tempfile::tempdir().unwrap();
+    let log_path = data.path().join("broker.log");
+    let mut child = std::process::Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-http"])
+        .args(["--log", "info", "--log-format", "json", "--data-dir"])
+        .arg(data.path().join("db"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(
+        !line.contains("http://"),
+        "--no-http serves no HTTP: {line}"
+    );
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("ws://"))
+        .unwrap()
+        .to_owned();
+
+    let c = Client::connect(&url).await.unwrap();
+    c.confirm_select().await.unwrap();
+    c.declare_queue("jobs", QueueOptions::durable())
+        .await
+        .unwrap();
+    for i in 0..3 {
+        c.publish(persistent("jobs", &i.to_string()), false)
+            .await
+            .unwrap();
+    }
+    let mut sub = c.consume("jobs", 10).await.unwrap();
+    let mut last = 0;
+    for _ in 0..3 {
+        last = next(&mut sub).await.delivery_tag;
+    }
+    // One nack of all three: one dead-letter batch.
+    c.nack(last, true, false).unwrap();
+    c.queue_info("jobs").await.unwrap();
+    c.close().await;
+
+    let lines = wait_for(|| async {
+        let text = std::fs::read_to_string(&log_path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        let closed = lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "connection closed");
+        closed.then_some(lines)
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let with = |message: &str| -> Vec<&serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| l["fields"]["message"] == message)
+            .collect()
+    };
+    assert_eq!(with("connection opened").len(), 1, "{lines:?}");
+    assert_eq!(with("connection closed").len(), 1, "{lines:?}");
+    let dead = with("messages dead-lettered");
+    assert_eq!(dead.len(), 1, "{lines:?}");
+    assert_eq!(dead[0]["fields"]["queue"], "jobs");
+    assert_eq!(dead[0]["fields"]["reason"], "rejected");
+    assert_eq!(dead[0]["fields"]["messages"], 3);
+    assert_eq!(dead[0]["level"], "INFO");
+}
