@@ -203,7 +203,7 @@ pub fn render(s: &Scrape) -> String {
     e.family(
         "broker_store_commit_batch_ops",
         "histogram",
-        "Store operations per committed transaction.",
+        "Store operations per transaction.",
     );
     e.histogram("broker_store_commit_batch_ops", &[], &store.batch_ops);
     e.family(
