@@ -756,3 +756,53 @@ async fn json_logs_have_one_line_per_connection_and_dead_letter_batch() {
     assert_eq!(dead[0]["fields"]["messages"], 3);
     assert_eq!(dead[0]["level"], "INFO");
 }
+
+/// The list operations behind the API also have CLI commands.
+#[tokio::test]
+async fn cli_lists_exchanges_bindings_and_connections() {
+    let b = HttpBroker::start().await;
+    let c = b.client().await;
+    c.declare_exchange("events", "topic", true, Default::default())
+        .await
+        .unwrap();
+    c.declare_queue("audit", QueueOptions::durable())
+        .await
+        .unwrap();
+    c.bind(Binding {
+        exchange: "events".into(),
+        queue: "audit".into(),
+        key: "user.#".into(),
+        arguments: Default::default(),
+    })
+    .await
+    .unwrap();
+    let run = |command: &'static str| {
+        let url = b.broker.url();
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(bin())
+                .args([command, "--server", &url])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{command}: {out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        })
+    };
+    let exchanges = run("exchanges").await.unwrap();
+    let events = exchanges.lines().find(|l| l.starts_with("events")).unwrap();
+    assert_eq!(
+        events.split_whitespace().collect::<Vec<_>>(),
+        ["events", "topic", "1", "0", "0", "true"],
+        "{exchanges}"
+    );
+    assert!(exchanges.contains("(default)"), "{exchanges}");
+    let bindings = run("bindings").await.unwrap();
+    assert!(
+        bindings.contains("events -> audit  \"user.#\"  {}"),
+        "{bindings}"
+    );
+    let connections = run("connections").await.unwrap();
+    // The test's client and the CLI's own connection.
+    assert_eq!(connections.lines().count(), 3, "{connections}");
+    assert!(connections.contains("127.0.0.1:"), "{connections}");
+    b.broker.shutdown().await;
+}
