@@ -678,9 +678,9 @@ where
 }
 
 /// `--log-format json`: one JSON object per line, one line per connection opened and
-/// closed and per batch of dead letters.
+/// closed, per plugin deploy, per plugin trap and per batch of dead letters.
 #[tokio::test]
-async fn json_logs_have_one_line_per_connection_and_dead_letter_batch() {
+async fn json_logs_have_one_line_per_event() {
     let data = tempfile::tempdir().unwrap();
     let log_path = data.path().join("broker.log");
     let mut child = std::process::Command::new(bin())
@@ -725,6 +725,15 @@ async fn json_logs_have_one_line_per_connection_and_dead_letter_batch() {
     // One nack of all three: one dead-letter batch.
     c.nack(last, true, false).unwrap();
     c.queue_info("jobs").await.unwrap();
+    c.deploy_plugin("keyed", &hostile::plugin("trap"))
+        .await
+        .unwrap();
+    c.declare_exchange("custom", "keyed", false, Default::default())
+        .await
+        .unwrap();
+    let mut boom = broker::Message::text("boom", "x");
+    boom.exchange = "custom".into();
+    c.publish(boom, false).await.unwrap_err();
     c.close().await;
 
     let lines = wait_for(|| async {
@@ -755,6 +764,14 @@ async fn json_logs_have_one_line_per_connection_and_dead_letter_batch() {
     assert_eq!(dead[0]["fields"]["reason"], "rejected");
     assert_eq!(dead[0]["fields"]["messages"], 3);
     assert_eq!(dead[0]["level"], "INFO");
+    let deployed = with("plugin version active");
+    assert_eq!(deployed.len(), 1, "{lines:?}");
+    assert_eq!(deployed[0]["fields"]["plugin"], "keyed");
+    assert_eq!(deployed[0]["fields"]["version"], 1);
+    let trapped = with("plugin call failed");
+    assert_eq!(trapped.len(), 1, "{lines:?}");
+    assert_eq!(trapped[0]["fields"]["exchange"], "custom");
+    assert_eq!(trapped[0]["level"], "WARN");
 }
 
 /// The list operations behind the API also have CLI commands.
