@@ -216,6 +216,29 @@ async fn management_api_works_like_the_protocol() {
         (400, "invalid_field".into())
     );
 
+    // Another site's page cannot change anything through the operator's browser; the
+    // page's own origin can.
+    let foreign = http_with_headers(
+        b.addr(),
+        "POST",
+        "/api/queues/orders/purge",
+        None,
+        &[("Origin", "http://evil.example")],
+    )
+    .await;
+    assert_eq!(error_of(&foreign), (403, "access_refused".into()));
+    assert_eq!(c.queue_info("orders").await.unwrap().ready, 3);
+    let own_origin = format!("http://{}", b.addr());
+    let own = http_with_headers(
+        b.addr(),
+        "POST",
+        "/api/queues/nope/purge",
+        None,
+        &[("Origin", &own_origin)],
+    )
+    .await;
+    assert_eq!(error_of(&own), (404, "queue_not_found".into()));
+
     // An exclusive queue is locked to its connection, over HTTP too.
     let owner = b.client().await;
     owner

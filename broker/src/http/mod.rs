@@ -116,6 +116,15 @@ async fn handle(state: &HttpState, req: Request<Incoming>) -> HttpResponse {
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let get = method == Method::GET || method == Method::HEAD;
     let post = method == Method::POST;
+    if post && !same_origin(&req) {
+        // A page on another site could otherwise purge queues through the operator's
+        // browser (a form POST needs no CORS preflight).
+        let e = ApiError::new(
+            ErrorCode::AccessRefused,
+            "cross-origin requests may not change anything",
+        );
+        return error_response(&e);
+    }
     let result = match (segments.as_slice(), get, post) {
         ([], true, _) => return asset("text/html; charset=utf-8", INDEX_HTML),
         (["app.js"], true, _) => return asset("text/javascript; charset=utf-8", APP_JS),
@@ -165,6 +174,24 @@ async fn handle(state: &HttpState, req: Request<Incoming>) -> HttpResponse {
         Ok(value) => json_response(StatusCode::OK, &value),
         Err(e) => error_response(&e),
     }
+}
+
+/// True unless the browser says the request comes from a page of another origin (its
+/// `Origin` names a different host than `Host`). Non-browser clients send no `Origin`.
+fn same_origin(req: &Request<Incoming>) -> bool {
+    let Some(origin) = req.headers().get(hyper::header::ORIGIN) else {
+        return true;
+    };
+    let host = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, rest)| rest.trim_end_matches('/'));
+    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
 }
 
 /// Paths that exist under some other method (for 405 rather than 404).
