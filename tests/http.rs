@@ -211,6 +211,11 @@ async fn management_api_works_like_the_protocol() {
         ),
         (400, "invalid_field".into())
     );
+    let huge = format!(r#"{{"message_id": "{}"}}"#, "x".repeat(70 * 1024));
+    assert_eq!(
+        error_of(&b.post("/api/queues/orders/requeue", Some(&huge)).await),
+        (413, "frame_too_large".into())
+    );
     assert_eq!(
         error_of(&b.get("/api/queues/bad%ZZname").await),
         (400, "invalid_field".into())

@@ -219,7 +219,14 @@ async fn body_object(req: Request<Incoming>) -> Result<serde_json::Map<String, V
     let body = Limited::new(req.into_body(), MAX_BODY_BYTES)
         .collect()
         .await
-        .map_err(|e| ApiError::new(ErrorCode::FrameTooLarge, format!("request body: {e}")))?
+        .map_err(|e| {
+            let code = if e.is::<http_body_util::LengthLimitError>() {
+                ErrorCode::FrameTooLarge
+            } else {
+                ErrorCode::MalformedJson
+            };
+            ApiError::new(code, format!("request body: {e}"))
+        })?
         .to_bytes();
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Default::default());
