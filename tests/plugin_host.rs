@@ -334,7 +334,11 @@ async fn custom_plugins_load_async_and_redeploy() {
     ex.route(&Message::text("x", "a"), &mut out).unwrap();
     assert_eq!(out, vec![1]);
 
-    let stats: Vec<String> = host.all_stats().into_iter().map(|(name, _)| name).collect();
+    let stats: Vec<String> = host
+        .all_stats()
+        .into_iter()
+        .map(|(name, _, _)| name)
+        .collect();
     assert_eq!(stats, ["custom", "direct", "fanout", "headers", "topic"]);
     assert!(!host.unload("topic"), "standard types stay");
     assert!(host.unload("custom"));

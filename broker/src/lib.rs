@@ -7,7 +7,9 @@
 
 pub mod client;
 pub mod exchange;
+pub mod http;
 pub mod message;
+pub mod metrics;
 pub mod plugin;
 pub mod protocol;
 pub mod queue;

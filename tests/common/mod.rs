@@ -91,10 +91,12 @@ pub fn body(d: &Delivery) -> String {
     String::from_utf8(d.message.body.to_vec()).unwrap()
 }
 
-/// The real `broker` binary serving on a free port.
+/// The real `broker` binary serving on a free port (and its management HTTP on another).
 pub struct BrokerProcess {
     pub child: Child,
     pub url: String,
+    /// `http://127.0.0.1:PORT/`
+    pub http_url: String,
 }
 
 impl BrokerProcess {
@@ -103,6 +105,8 @@ impl BrokerProcess {
             .args([
                 "serve",
                 "--listen",
+                "127.0.0.1:0",
+                "--http",
                 "127.0.0.1:0",
                 "--log",
                 "warn",
@@ -116,12 +120,18 @@ impl BrokerProcess {
         let mut line = String::new();
         let stdout = child.stdout.take().unwrap();
         std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("ws://"))
-            .unwrap_or_else(|| panic!("no address in `{line}`"))
-            .to_owned();
-        BrokerProcess { child, url }
+        let word = |prefix: &str| {
+            line.split_whitespace()
+                .find(|w| w.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no {prefix} address in `{line}`"))
+                .to_owned()
+        };
+        let (url, http_url) = (word("ws://"), word("http://"));
+        BrokerProcess {
+            child,
+            url,
+            http_url,
+        }
     }
 
     pub fn kill9(mut self) {
@@ -183,5 +193,91 @@ impl RawPeer {
     pub async fn call(&mut self, request: serde_json::Value) -> serde_json::Value {
         self.send_text(request.to_string()).await;
         self.recv().await
+    }
+}
+
+/// An in-process broker with its management HTTP listener on a free port.
+pub async fn start_with_http(dir: &Path) -> Broker {
+    let mut config = Config::new(dir);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.http = Some("127.0.0.1:0".parse().unwrap());
+    Broker::start(config).await.unwrap()
+}
+
+/// An HTTP response as the tests see it.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    /// Header names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request over a fresh TCP connection (`Connection: close`), read to the
+/// end: enough of a client for tests, with nothing between them and the broker.
+pub async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> HttpReply {
+    http_with_headers(addr, method, path, body, &[]).await
+}
+
+/// [`http`] with extra request headers.
+pub async fn http_with_headers(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> HttpReply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = body.unwrap_or("");
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .expect("an HTTP response in time")
+        .unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete response");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {head}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    HttpReply {
+        status,
+        headers,
+        body: body.to_owned(),
     }
 }

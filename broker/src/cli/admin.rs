@@ -130,6 +130,74 @@ pub async fn queues(args: ServerArg) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn exchanges(args: ServerArg) -> anyhow::Result<()> {
+    let client = Client::connect(&args.server).await?;
+    let list = client.list_exchanges().await?;
+    let width = list
+        .exchanges
+        .iter()
+        .map(|x| x.exchange.len())
+        .max()
+        .unwrap_or(0)
+        .max(9);
+    println!(
+        "{:<width$}  {:<10}  {:>8}  {:>9}  {:>10}  DURABLE",
+        "EXCHANGE", "TYPE", "BINDINGS", "ROUTED", "UNROUTABLE"
+    );
+    for x in list.exchanges {
+        let name = if x.exchange.is_empty() {
+            "(default)".to_owned()
+        } else {
+            x.exchange
+        };
+        println!(
+            "{name:<width$}  {:<10}  {:>8}  {:>9}  {:>10}  {}",
+            x.kind, x.bindings, x.routed, x.unroutable, x.durable
+        );
+    }
+    for name in list.unrestored {
+        println!("{name:<width$}  (waiting for its plugin type to be loaded)");
+    }
+    client.close().await;
+    Ok(())
+}
+
+pub async fn bindings(args: ServerArg) -> anyhow::Result<()> {
+    let client = Client::connect(&args.server).await?;
+    println!("EXCHANGE -> QUEUE  KEY  ARGUMENTS");
+    for b in client.list_bindings().await? {
+        let arguments = serde_json::to_string(&b.arguments)?;
+        println!("{} -> {}  {:?}  {arguments}", b.exchange, b.queue, b.key);
+    }
+    client.close().await;
+    Ok(())
+}
+
+pub async fn connections(args: ServerArg) -> anyhow::Result<()> {
+    let client = Client::connect(&args.server).await?;
+    println!(
+        "{:>6}  {:<22}  {:>8}  {:>8}  CONSUMERS",
+        "CONN", "PEER", "CONFIRMS", "UNACKED"
+    );
+    for c in client.list_connections().await? {
+        let consumers: Vec<String> = c
+            .consumers
+            .iter()
+            .map(|s| format!("{} ({})", s.queue, s.consumer_tag))
+            .collect();
+        println!(
+            "{:>6}  {:<22}  {:>8}  {:>8}  {}",
+            c.conn,
+            c.peer,
+            c.confirms,
+            c.unacked,
+            consumers.join(", ")
+        );
+    }
+    client.close().await;
+    Ok(())
+}
+
 pub async fn declare(what: Declare) -> anyhow::Result<()> {
     match what {
         Declare::Queue {

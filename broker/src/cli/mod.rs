@@ -34,6 +34,12 @@ enum Command {
     Consume(consume::ConsumeArgs),
     /// List queues with ready / unacked / consumer counts.
     Queues(admin::ServerArg),
+    /// List exchanges with their type and routed / unroutable counts.
+    Exchanges(admin::ServerArg),
+    /// List bindings.
+    Bindings(admin::ServerArg),
+    /// List client connections with their consumers.
+    Connections(admin::ServerArg),
     /// Declare a queue or an exchange.
     #[command(subcommand)]
     Declare(admin::Declare),
@@ -64,6 +70,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Publish(args) => publish::run(args).await,
         Command::Consume(args) => consume::run(args).await,
         Command::Queues(args) => admin::queues(args).await,
+        Command::Exchanges(args) => admin::exchanges(args).await,
+        Command::Bindings(args) => admin::bindings(args).await,
+        Command::Connections(args) => admin::connections(args).await,
         Command::Declare(what) => admin::declare(what).await,
         Command::Delete(what) => admin::delete(what).await,
         Command::Purge(args) => admin::purge(args).await,

@@ -33,6 +33,13 @@ pub struct ServeArgs {
     /// Largest request frame in bytes.
     #[arg(long, default_value_t = Config::DEFAULT_MAX_FRAME_BYTES)]
     max_frame_bytes: usize,
+    /// Address of the management HTTP listener: the page at `/`, `/metrics`, `/healthz`,
+    /// `/readyz` and the JSON API under `/api`.
+    #[arg(long, default_value = Config::DEFAULT_HTTP, conflicts_with = "no_http")]
+    http: SocketAddr,
+    /// Serve no HTTP at all.
+    #[arg(long)]
+    no_http: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -49,10 +56,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.max_frame_bytes = args.max_frame_bytes;
     config.plugins_dir = args.plugins_dir;
     config.watch_plugins = args.watch;
+    config.http = (!args.no_http).then_some(args.http);
     let broker = Broker::start(config).await.context("starting the broker")?;
-    // Scripts and tests read this line to learn the address (e.g. with --listen ...:0).
+    // Scripts and tests read this line to learn the addresses (e.g. with --listen ...:0).
+    let http = match broker.http_addr() {
+        Some(addr) => format!(", management on http://{addr}/"),
+        None => String::new(),
+    };
     println!(
-        "broker listening on {} (data: {})",
+        "broker listening on {} (data: {}){http}",
         broker.url(),
         args.data_dir.join(broker::store::DB_FILE).display()
     );

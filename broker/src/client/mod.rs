@@ -270,6 +270,28 @@ impl Client {
         Ok(self.call::<QueueList>(Op::ListQueues).await?.queues)
     }
 
+    /// Every exchange with its counters (the default exchange `""` included).
+    pub async fn list_exchanges(&self) -> Result<crate::protocol::ExchangeList, ClientError> {
+        self.call(Op::ListExchanges).await
+    }
+
+    pub async fn list_bindings(&self) -> Result<Vec<Binding>, ClientError> {
+        Ok(self
+            .call::<crate::protocol::BindingList>(Op::ListBindings)
+            .await?
+            .bindings)
+    }
+
+    /// The broker's client connections (this one included).
+    pub async fn list_connections(
+        &self,
+    ) -> Result<Vec<crate::protocol::ConnectionInfo>, ClientError> {
+        Ok(self
+            .call::<crate::protocol::ConnectionList>(Op::ListConnections)
+            .await?
+            .connections)
+    }
+
     pub async fn declare_exchange(
         &self,
         exchange: &str,

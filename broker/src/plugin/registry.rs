@@ -339,14 +339,18 @@ impl PluginHost {
             .unwrap_or_default()
     }
 
-    /// The counters of every registered exchange type, by name.
-    pub fn all_stats(&self) -> Vec<(String, StatsSnapshot)> {
+    /// The counters of every version of every registered plugin that ran since startup,
+    /// by name then version.
+    pub fn all_stats(&self) -> Vec<(String, u64, StatsSnapshot)> {
         let types = self.inner.types.read().expect("registry lock poisoned");
-        let mut all: Vec<(String, StatsSnapshot)> = types
+        let mut all: Vec<(String, u64, StatsSnapshot)> = types
             .iter()
-            .map(|(name, slot)| (name.clone(), slot.total()))
+            .flat_map(|(name, slot)| {
+                let versions = slot.version_snapshots().into_iter();
+                versions.map(|(version, stats)| (name.clone(), version, stats))
+            })
             .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         all
     }
 
@@ -442,7 +446,7 @@ impl HostInner {
                 types.insert(info.name.clone(), Arc::new(slot));
             }
         }
-        tracing::info!(plugin = %info.name, version = info.version, abi = %info.abi_version, "exchange plugin active");
+        tracing::debug!(plugin = %info.name, version = info.version, abi = %info.abi_version, "exchange plugin installed");
         info
     }
 }

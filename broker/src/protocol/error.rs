@@ -114,6 +114,9 @@ const OP_NAMES: &[&str] = &[
     "rollback_plugin",
     "list_plugins",
     "plugin_history",
+    "list_exchanges",
+    "list_bindings",
+    "list_connections",
 ];
 
 /// A request frame that could not be parsed: the id when one could be read, the code, why.

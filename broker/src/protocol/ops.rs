@@ -101,6 +101,12 @@ pub enum Op {
         #[serde(default)]
         message_id: Option<String>,
     },
+    /// Every exchange (the default one included) with its counters.
+    ListExchanges,
+    /// Every binding of every exchange.
+    ListBindings,
+    /// Every client connection with its consumers and unacked count.
+    ListConnections,
 }
 
 fn default_peek_limit() -> usize {
@@ -205,6 +211,19 @@ pub struct QueueInfo {
     pub expired: u64,
     #[serde(default)]
     pub arguments: Headers,
+    /// Messages that entered the queue since the broker started (publishes, dead letters,
+    /// requeued dead letters).
+    #[serde(default)]
+    pub published: u64,
+    /// Deliveries to consumers since the broker started (redeliveries included).
+    #[serde(default)]
+    pub delivered: u64,
+    /// Deliveries of messages delivered before.
+    #[serde(default)]
+    pub redelivered: u64,
+    /// Messages acked (by consumers, or auto-acked) since the broker started.
+    #[serde(default)]
+    pub acked: u64,
 }
 
 /// Result of `list_queues`.
@@ -241,4 +260,65 @@ pub struct PeekedMessage {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Moved {
     pub moved: u64,
+}
+
+/// One row of `list_exchanges`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExchangeInfo {
+    pub exchange: String,
+    /// The exchange type (plugin name), or `default` for the native default exchange.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub durable: bool,
+    #[serde(default)]
+    pub arguments: Headers,
+    pub bindings: u64,
+    /// Publishes that reached at least one queue, since the broker started.
+    pub routed: u64,
+    /// Publishes that reached no queue.
+    pub unroutable: u64,
+    /// Publishes that failed in the exchange (plugin error or quarantine).
+    pub failed: u64,
+    /// The exchange's plugin is quarantined after repeated failures.
+    pub quarantined: bool,
+}
+
+/// Result of `list_exchanges`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExchangeList {
+    pub exchanges: Vec<ExchangeInfo>,
+    /// Stored exchanges whose type is not loaded (they return at a start that loads it).
+    #[serde(default)]
+    pub unrestored: Vec<String>,
+}
+
+/// Result of `list_bindings`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BindingList {
+    pub bindings: Vec<Binding>,
+}
+
+/// One row of `list_connections`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectionInfo {
+    pub conn: u64,
+    pub peer: String,
+    /// Milliseconds since the epoch.
+    pub opened_at: u64,
+    pub confirms: bool,
+    /// `queue` and `consumer_tag` of each consumer.
+    pub consumers: Vec<ConsumerInfo>,
+    pub unacked: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConsumerInfo {
+    pub queue: String,
+    pub consumer_tag: String,
+}
+
+/// Result of `list_connections`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectionList {
+    pub connections: Vec<ConnectionInfo>,
 }

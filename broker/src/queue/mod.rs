@@ -158,13 +158,20 @@ pub struct QueueSpec {
     pub arguments: Headers,
 }
 
-/// Counts of what left the queue other than by ack.
+/// What went through the queue since the broker started (not stored: counters restart
+/// at zero, as Prometheus counters may).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Counters {
     pub dead_lettered: u64,
     /// Dead letters dropped (the queue has `dead_letter: false`, or no route).
     pub dropped: u64,
     pub expired: u64,
+    /// Messages accepted into the queue.
+    pub published: u64,
+    /// Deliveries to consumers, redeliveries included.
+    pub delivered: u64,
+    pub redelivered: u64,
+    pub acked: u64,
 }
 
 #[derive(Debug)]

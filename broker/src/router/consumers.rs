@@ -129,7 +129,11 @@ impl Router {
         let seq = held.seq;
         let dead = match how {
             Settle::Ack => {
-                if let Some(entry) = queue.ack(seq)
+                let acked = queue.ack(seq);
+                if acked.is_some() {
+                    queue.counters.acked += 1;
+                }
+                if let Some(entry) = acked
                     && entry.stored
                 {
                     self.batch.ops.push(StoreOp::DeleteMessage {
@@ -228,6 +232,10 @@ impl Router {
                 queue.retry(d.seq, Retry::Now, now);
                 break;
             };
+            queue.counters.delivered += 1;
+            if d.delivery_count > 1 {
+                queue.counters.redelivered += 1;
+            }
             let delivery_tag = c.next_delivery_tag;
             c.next_delivery_tag += 1;
             c.unacked.insert(

@@ -79,6 +79,7 @@ impl Router {
         let Push::Accepted { seq, evicted } = queue.push(message.clone(), persist, now) else {
             return Err(QueueFull);
         };
+        queue.counters.published += 1;
         if persist {
             self.batch.ops.push(StoreOp::PutMessage {
                 queue: queue.id,
@@ -116,6 +117,10 @@ impl Router {
             if reason == DeathReason::Expired {
                 queue.counters.expired += 1;
             }
+            *self
+                .dead_letter_log
+                .entry((from.clone(), reason.as_str()))
+                .or_default() += 1;
             if handled > MAX_DEAD_LETTER_CHAIN {
                 queue.counters.dropped += 1;
                 tracing::warn!(queue = %from, "dead-letter cycle: message dropped");
@@ -165,6 +170,13 @@ impl Router {
                     }
                 }
             }
+        }
+    }
+
+    /// One log line per (queue, reason) that dead-lettered messages this turn.
+    pub(super) fn log_dead_letters(&mut self) {
+        for ((queue, reason), messages) in std::mem::take(&mut self.dead_letter_log) {
+            tracing::info!(%queue, reason, messages, "messages dead-lettered");
         }
     }
 

@@ -88,6 +88,7 @@ impl Router {
                 arguments: declare.arguments,
                 routing,
                 bindings: HashMap::new(),
+                counters: Default::default(),
             },
         );
         Ok(if declare.durable {
@@ -277,10 +278,20 @@ impl Router {
         if message.properties.timestamp.is_none() {
             message.properties.timestamp = Some(now_ms());
         }
-        let destinations = match prerouted {
-            Some(routed) => self.destinations(&message.exchange, routed?)?,
-            None => self.route(&message)?,
+        let routed = match prerouted {
+            Some(routed) => routed
+                .map_err(OpError::from)
+                .and_then(|ids| self.destinations(&message.exchange, ids)),
+            None => self.route(&message),
         };
+        if let Some(counters) = self.exchange_counters(&message.exchange) {
+            match &routed {
+                Ok(d) if d.is_empty() => counters.unroutable += 1,
+                Ok(_) => counters.routed += 1,
+                Err(_) => counters.failed += 1,
+            }
+        }
+        let destinations = routed?;
         let confirms = self.conns.get(&conn).is_some_and(|c| c.confirms);
         let message = Arc::new(message);
         if destinations.is_empty()
@@ -312,6 +323,14 @@ impl Router {
             (true, false) => Reply::Confirm,
             (true, true) => Reply::ConfirmAfterCommit,
         })
+    }
+
+    /// The publish counters of exchange `name` (the default one included).
+    fn exchange_counters(&mut self, name: &str) -> Option<&mut super::ExchangeCounters> {
+        if name == DEFAULT_EXCHANGE {
+            return Some(&mut self.default_exchange);
+        }
+        self.exchanges.get_mut(name).map(|e| &mut e.counters)
     }
 
     /// The queues a message goes to, each once.

@@ -8,6 +8,7 @@
 mod consumers;
 mod dead_letter;
 mod exchanges;
+mod overview;
 mod plugins;
 mod queues;
 mod session;
@@ -17,6 +18,7 @@ pub use session::{Session, SessionError};
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +51,9 @@ pub enum Command {
     Open {
         conn: ConnId,
         tx: ConnTx,
+        /// The client's address; `None` for the broker's own management connection (the
+        /// HTTP API), which `list_connections` does not show.
+        peer: Option<SocketAddr>,
     },
     /// The connection ended; `broker_stopping` when the broker closed it to shut down
     /// (its unacked messages then go back without counting as failed deliveries).
@@ -130,6 +135,9 @@ pub(crate) enum Reply {
 /// A connection as the router knows it.
 struct Conn {
     tx: ConnTx,
+    peer: Option<SocketAddr>,
+    /// Milliseconds since the epoch.
+    opened_at: u64,
     confirms: bool,
     next_delivery_tag: u64,
     /// Delivery tag → every unsettled delivery.
@@ -156,6 +164,15 @@ struct ExchangeState {
     arguments: crate::message::Headers,
     routing: Box<dyn Exchange>,
     bindings: HashMap<BindingId, Binding>,
+    counters: ExchangeCounters,
+}
+
+/// What happened to the publishes through one exchange since the broker started.
+#[derive(Debug, Clone, Copy, Default)]
+struct ExchangeCounters {
+    routed: u64,
+    unroutable: u64,
+    failed: u64,
 }
 
 pub struct Router {
@@ -193,6 +210,11 @@ pub struct Router {
     timers: BinaryHeap<Reverse<(u64, Arc<str>)>>,
     /// Distinguishes this run's generated names from earlier runs' durable ones.
     run_id: String,
+    /// The default exchange's counters (it has no [`ExchangeState`]).
+    default_exchange: ExchangeCounters,
+    /// Dead letters of this turn by (source queue, reason), logged as one line each at
+    /// the end of the turn.
+    dead_letter_log: BTreeMap<(Arc<str>, &'static str), u64>,
 }
 
 impl Router {
@@ -225,7 +247,7 @@ impl Router {
                 let prerouted = prerouted.pop_front();
                 let command = waiting[i].take().expect("each command is taken once");
                 match command {
-                    Command::Open { conn, tx } => self.open_conn(conn, tx),
+                    Command::Open { conn, tx, peer } => self.open_conn(conn, tx, peer),
                     Command::Close {
                         conn,
                         broker_stopping,
@@ -247,6 +269,7 @@ impl Router {
             self.fire_timers();
             self.dispatch();
             self.flush();
+            self.log_dead_letters();
         }
         self.shutdown().await;
     }
@@ -298,11 +321,13 @@ impl Router {
         }
     }
 
-    fn open_conn(&mut self, conn: ConnId, tx: ConnTx) {
+    fn open_conn(&mut self, conn: ConnId, tx: ConnTx, peer: Option<SocketAddr>) {
         self.conns.insert(
             conn,
             Conn {
                 tx,
+                peer,
+                opened_at: exchanges::now_ms(),
                 confirms: false,
                 next_delivery_tag: 1,
                 unacked: BTreeMap::new(),
@@ -384,6 +409,9 @@ impl Router {
             Op::RequeueDeadLetters { queue, message_id } => {
                 self.requeue_dead_letters(conn, &queue, message_id.as_deref())
             }
+            Op::ListExchanges => Ok(self.list_exchanges()),
+            Op::ListBindings => Ok(self.list_bindings()),
+            Op::ListConnections => Ok(self.list_connections()),
         };
         self.answer(conn, id, result);
     }

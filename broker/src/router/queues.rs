@@ -50,6 +50,8 @@ impl Router {
             route_buf: Vec::new(),
             timers: Default::default(),
             run_id: format!("{:x}", super::exchanges::now_ms()),
+            default_exchange: Default::default(),
+            dead_letter_log: Default::default(),
         };
         let mut messages = 0;
         for stored in recovered.queues {
@@ -88,6 +90,7 @@ impl Router {
                         arguments: record.arguments,
                         routing,
                         bindings: HashMap::new(),
+                        counters: Default::default(),
                     };
                     router.exchanges.insert(record.name, state);
                 }
@@ -300,6 +303,10 @@ fn info(queue: &Queue) -> QueueInfo {
         dropped: queue.counters.dropped,
         expired: queue.counters.expired,
         arguments: queue.spec.arguments.clone(),
+        published: queue.counters.published,
+        delivered: queue.counters.delivered,
+        redelivered: queue.counters.redelivered,
+        acked: queue.counters.acked,
     }
 }
 

@@ -1,82 +1,169 @@
-//! An in-process client of the router: parts of the broker that act on its state (the
-//! plugins-directory watcher, management endpoints) use the same operations, validation
-//! and error codes as a WebSocket connection.
+//! An in-process client of the router, for the parts of the broker that act on its state
+//! (the management HTTP API, the plugins-directory watcher): one pseudo-connection that
+//! sends the same requests a WebSocket client would (parsed by the same
+//! [`parse_request`]) and matches the replies to their callers by request id. Validation
+//! and error codes are therefore the protocol's own.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Command, Outbound, RouterHandle};
-use crate::protocol::{ErrorCode, Op, Request, RequestId, ServerFrame};
+use crate::protocol::{ErrorCode, RequestId, ServerFrame, parse_request};
 use crate::queue::ConnId;
 
 /// Session ids count down from the top, away from the acceptor's, which count up from 1.
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(u64::MAX);
 
-/// Why a session's operation failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SessionError {
-    #[error("{code}: {message}")]
-    Refused { code: ErrorCode, message: String },
-    #[error("the broker is shutting down")]
-    Stopped,
+/// How long a request may wait for the router (a commit included) before it fails.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<ServerFrame>>>>;
+
+/// A failed request: the protocol's code and message.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct SessionError {
+    pub code: ErrorCode,
+    pub message: String,
 }
 
-/// A registered pseudo-connection; closed (like a dropped socket) when dropped.
+impl SessionError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        SessionError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A registered pseudo-connection (it has no peer address, so `list_connections` leaves
+/// it out). Cheap to clone; concurrent calls are fine.
+#[derive(Clone)]
 pub struct Session {
     conn: ConnId,
     router: RouterHandle,
-    rx: mpsc::UnboundedReceiver<Outbound>,
-    next_id: u64,
+    waiters: Waiters,
+    next_id: Arc<AtomicU64>,
+    _registered: Arc<Registered>,
 }
 
-impl Session {
-    pub fn open(router: &RouterHandle) -> Session {
-        let conn = NEXT_SESSION.fetch_sub(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
-        router.send(Command::Open { conn, tx });
-        Session {
-            conn,
-            router: router.clone(),
-            rx,
-            next_id: 1,
-        }
-    }
-
-    /// Runs one operation and waits for its reply (frames for other requests, such as
-    /// deliveries, are not expected on a session and are skipped).
-    pub async fn call(&mut self, op: Op) -> Result<serde_json::Value, SessionError> {
-        let id = RequestId::Num(self.next_id);
-        self.next_id += 1;
-        let request = Request { id: id.clone(), op };
-        if !self.router.send(Command::Request {
-            conn: self.conn,
-            request,
-        }) {
-            return Err(SessionError::Stopped);
-        }
-        while let Some(outbound) = self.rx.recv().await {
-            match outbound {
-                Outbound::Frame(ServerFrame::Ok { id: got, result }) if got == id => {
-                    return Ok(result);
-                }
-                Outbound::Frame(ServerFrame::Error {
-                    id: Some(got),
-                    code,
-                    message,
-                }) if got == id => return Err(SessionError::Refused { code, message }),
-                _ => {}
-            }
-        }
-        Err(SessionError::Stopped)
-    }
+/// Closes the pseudo-connection when the last clone of its session is dropped.
+struct Registered {
+    conn: ConnId,
+    router: RouterHandle,
 }
 
-impl Drop for Session {
+impl Drop for Registered {
     fn drop(&mut self) {
         self.router.send(Command::Close {
             conn: self.conn,
             broker_stopping: false,
         });
     }
+}
+
+impl Session {
+    /// Opens a pseudo-connection on the router and starts matching its replies.
+    pub fn open(router: RouterHandle) -> Session {
+        let conn = NEXT_SESSION.fetch_sub(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        router.send(Command::Open {
+            conn,
+            tx,
+            peer: None,
+        });
+        let waiters = Waiters::default();
+        tokio::spawn(match_replies(rx, waiters.clone()));
+        Session {
+            conn,
+            _registered: Arc::new(Registered {
+                conn,
+                router: router.clone(),
+            }),
+            router,
+            waiters,
+            next_id: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// Sends `request` (a JSON object with `op` and its fields, without `id`) as a
+    /// protocol request and returns its `ok` result.
+    pub async fn call(
+        &self,
+        mut request: serde_json::Value,
+    ) -> Result<serde_json::Value, SessionError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Some(object) = request.as_object_mut() {
+            object.insert("id".into(), id.into());
+        }
+        let request = parse_request(&request.to_string())
+            .map_err(|e| SessionError::new(e.code, e.message))?;
+        let (done, reply) = oneshot::channel();
+        self.waiters
+            .lock()
+            .expect("waiters lock poisoned")
+            .insert(id, done);
+        let unavailable =
+            || SessionError::new(ErrorCode::StoreError, "the broker is shutting down");
+        if !self.router.send(Command::Request {
+            conn: self.conn,
+            request,
+        }) {
+            self.forget(id);
+            return Err(unavailable());
+        }
+        let frame = match tokio::time::timeout(REPLY_TIMEOUT, reply).await {
+            Ok(Ok(frame)) => frame,
+            Ok(Err(_)) => return Err(unavailable()),
+            Err(_) => {
+                self.forget(id);
+                return Err(SessionError::new(
+                    ErrorCode::StoreError,
+                    "no reply from the broker in time",
+                ));
+            }
+        };
+        match frame {
+            ServerFrame::Ok { result, .. } => Ok(result),
+            ServerFrame::Confirm { .. } => Ok(serde_json::Value::Null),
+            ServerFrame::Error { code, message, .. } => Err(SessionError::new(code, message)),
+            other => Err(SessionError::new(
+                ErrorCode::StoreError,
+                format!("unexpected reply {other:?}"),
+            )),
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        self.waiters
+            .lock()
+            .expect("waiters lock poisoned")
+            .remove(&id);
+    }
+}
+
+/// Hands each reply frame to the caller waiting for its id; ends with the router.
+async fn match_replies(mut rx: mpsc::UnboundedReceiver<Outbound>, waiters: Waiters) {
+    while let Some(out) = rx.recv().await {
+        let Outbound::Frame(frame) = out else {
+            continue; // sessions never subscribe
+        };
+        let id = match &frame {
+            ServerFrame::Ok { id, .. }
+            | ServerFrame::Confirm { id }
+            | ServerFrame::Error { id: Some(id), .. } => id,
+            _ => continue,
+        };
+        let RequestId::Num(id) = id else { continue };
+        let waiter = waiters.lock().expect("waiters lock poisoned").remove(id);
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(frame);
+        }
+    }
+    // The router stopped: callers still waiting get an error.
+    waiters.lock().expect("waiters lock poisoned").clear();
 }

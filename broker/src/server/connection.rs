@@ -47,6 +47,7 @@ impl Connection {
         if !self.router.send(Command::Open {
             conn: self.id,
             tx: tx.clone(),
+            peer: Some(self.peer),
         }) {
             return;
         }

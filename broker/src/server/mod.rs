@@ -39,11 +39,15 @@ pub struct Config {
     pub watch_plugins: bool,
     /// Take compiled plugin code from the store instead of compiling at startup.
     pub artifact_cache: bool,
+    /// Where to serve the management HTTP API, metrics and page; `None`: no HTTP.
+    pub http: Option<SocketAddr>,
 }
 
 impl Config {
     pub const DEFAULT_LISTEN: &str = "127.0.0.1:6789";
     pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+    /// The CLI's default for `--http` (a library `Config` has no HTTP unless asked).
+    pub const DEFAULT_HTTP: &str = "127.0.0.1:6790";
 
     /// Defaults for everything but the data directory.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
@@ -56,6 +60,7 @@ impl Config {
             plugins_dir: None,
             watch_plugins: false,
             artifact_cache: true,
+            http: None,
         }
     }
 }
@@ -82,8 +87,10 @@ pub enum StartError {
 /// A running broker.
 pub struct Broker {
     local_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     acceptor: JoinHandle<()>,
+    http: Option<JoinHandle<()>>,
 }
 
 impl Broker {
@@ -135,7 +142,17 @@ impl Broker {
             addr: config.listen,
             source,
         })?;
-        let router = Router::spawn(recovered, writer, plugins);
+        let http_listener = match config.http {
+            Some(addr) => {
+                let listen_error = |source| StartError::Listen { addr, source };
+                let listener = TcpListener::bind(addr).await.map_err(listen_error)?;
+                let bound = listener.local_addr().map_err(listen_error)?;
+                Some((listener, bound))
+            }
+            None => None,
+        };
+        let store_stats = writer.stats();
+        let router = Router::spawn(recovered, writer, plugins.clone());
         let (shutdown, shutdown_rx) = watch::channel(false);
         if let Some(dir) = &config.plugins_dir {
             let mut plugins_dir = PluginsDir::new(dir, &router);
@@ -150,12 +167,25 @@ impl Broker {
                 tokio::spawn(plugins_dir.watch(shutdown_rx.clone()));
             }
         }
+        let http = http_listener.as_ref().map(|(_, addr)| *addr);
+        let http_task = http_listener.map(|(listener, http_addr)| {
+            let state = Arc::new(crate::http::HttpState {
+                management: crate::router::Session::open(router.clone()),
+                plugins,
+                store: store_stats,
+                started: std::time::Instant::now(),
+            });
+            tracing::info!(%http_addr, "management HTTP listening");
+            tokio::spawn(crate::http::serve(listener, state, shutdown_rx.clone()))
+        });
         let acceptor = tokio::spawn(accept_loop(listener, router, config, shutdown_rx));
         tracing::info!(%local_addr, "broker listening");
         Ok(Broker {
             local_addr,
+            http_addr: http,
             shutdown,
             acceptor,
+            http: http_task,
         })
     }
 
@@ -168,10 +198,18 @@ impl Broker {
         format!("ws://{}", self.local_addr)
     }
 
+    /// Where the management HTTP listener is, when [`Config::http`] asked for one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
     /// Stops accepting, closes every connection, commits pending writes and closes the
     /// database; returns when all of that is done.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        if let Some(http) = self.http {
+            let _ = http.await;
+        }
         let _ = self.acceptor.await;
     }
 }

@@ -15,7 +15,6 @@ use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use crate::protocol::Op;
 use crate::router::{RouterHandle, Session};
 
 /// How often a watched directory is scanned.
@@ -43,7 +42,7 @@ impl PluginsDir {
     pub fn new(dir: &Path, router: &RouterHandle) -> Self {
         PluginsDir {
             dir: dir.to_owned(),
-            session: Session::open(router),
+            session: Session::open(router.clone()),
             seen: HashMap::new(),
             tried: HashMap::new(),
             deployed: HashMap::new(),
@@ -129,13 +128,13 @@ impl PluginsDir {
         if self.deployed.insert(path.to_owned(), hash) == Some(hash) {
             return;
         }
-        let op = Op::DeployPlugin {
-            name: name.to_owned(),
-            wasm_base64: base64::engine::general_purpose::STANDARD.encode(&bytes),
-            deployed_by: Some(format!("plugins directory ({})", path.display())),
-            auto_rollback: false,
-        };
-        match self.session.call(op).await {
+        let request = serde_json::json!({
+            "op": "deploy_plugin",
+            "name": name,
+            "wasm_base64": base64::engine::general_purpose::STANDARD.encode(&bytes),
+            "deployed_by": format!("plugins directory ({})", path.display()),
+        });
+        match self.session.call(request).await {
             Ok(result) if result["unchanged"] == true => {
                 tracing::debug!(plugin = name, "plugin file matches the active version");
             }

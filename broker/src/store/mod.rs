@@ -8,7 +8,7 @@ mod error;
 mod writer;
 
 pub use error::{CommitError, OpenError};
-pub use writer::{Completion, StoreOp, StoreWriter, WriteBatch};
+pub use writer::{Completion, StoreOp, StoreWriter, WriteBatch, WriterSnapshot, WriterStats};
 
 use std::path::Path;
 use std::sync::Arc;

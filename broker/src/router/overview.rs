@@ -1,0 +1,90 @@
+//! Read-only views for operators: exchanges with their counters, bindings, connections.
+
+use super::exchanges::DEFAULT_EXCHANGE;
+use super::{Reply, Router};
+use crate::protocol::{
+    Binding, BindingList, ConnectionInfo, ConnectionList, ConsumerInfo, ExchangeInfo, ExchangeList,
+};
+
+impl Router {
+    pub(super) fn list_exchanges(&self) -> Reply {
+        let default = ExchangeInfo {
+            exchange: DEFAULT_EXCHANGE.into(),
+            kind: "default".into(),
+            durable: true,
+            arguments: Default::default(),
+            bindings: 0,
+            routed: self.default_exchange.routed,
+            unroutable: self.default_exchange.unroutable,
+            failed: self.default_exchange.failed,
+            quarantined: false,
+        };
+        let mut exchanges: Vec<ExchangeInfo> = std::iter::once(default)
+            .chain(self.exchanges.iter().map(|(name, e)| ExchangeInfo {
+                exchange: name.clone(),
+                kind: e.kind.clone(),
+                durable: e.durable,
+                arguments: e.arguments.clone(),
+                bindings: e.bindings.len() as u64,
+                routed: e.counters.routed,
+                unroutable: e.counters.unroutable,
+                failed: e.counters.failed,
+                quarantined: self.plugins.is_quarantined(name).unwrap_or(false),
+            }))
+            .collect();
+        exchanges.sort_by(|a, b| a.exchange.cmp(&b.exchange));
+        let mut unrestored: Vec<String> = self
+            .orphan_bindings
+            .keys()
+            .filter(|name| !self.exchanges.contains_key(*name))
+            .cloned()
+            .collect();
+        unrestored.sort();
+        Reply::Ok(to_json(ExchangeList {
+            exchanges,
+            unrestored,
+        }))
+    }
+
+    pub(super) fn list_bindings(&self) -> Reply {
+        let mut bindings: Vec<(&u64, &Binding)> = self
+            .exchanges
+            .values()
+            .flat_map(|e| e.bindings.iter())
+            .collect();
+        // By exchange, then in the order they were made.
+        bindings.sort_by(|a, b| (&a.1.exchange, a.0).cmp(&(&b.1.exchange, b.0)));
+        let bindings = bindings.into_iter().map(|(_, b)| b.clone()).collect();
+        Reply::Ok(to_json(BindingList { bindings }))
+    }
+
+    pub(super) fn list_connections(&self) -> Reply {
+        let mut connections: Vec<ConnectionInfo> = self
+            .conns
+            .iter()
+            .filter_map(|(id, c)| {
+                Some(ConnectionInfo {
+                    conn: *id,
+                    peer: c.peer?.to_string(),
+                    opened_at: c.opened_at,
+                    confirms: c.confirms,
+                    consumers: c
+                        .consumers
+                        .iter()
+                        .map(|(queue, tag)| ConsumerInfo {
+                            queue: queue.to_string(),
+                            consumer_tag: tag.to_string(),
+                        })
+                        .collect(),
+                    unacked: c.unacked.len() as u64,
+                })
+            })
+            .collect();
+        connections.sort_by_key(|c| c.conn);
+        Reply::Ok(to_json(ConnectionList { connections }))
+    }
+}
+
+fn to_json(value: impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(value).expect("results serialize to JSON")
+}

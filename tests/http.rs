@@ -1,0 +1,880 @@
+//! The management HTTP listener end to end: a real broker, real HTTP over TCP, real redb.
+
+mod common;
+#[path = "support/hostile.rs"]
+mod hostile;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+
+use broker::protocol::{Binding, Subscribe};
+use broker::{Client, QueueOptions};
+use common::*;
+use serde_json::json;
+
+struct HttpBroker {
+    broker: broker::Broker,
+    _dir: tempfile::TempDir,
+}
+
+impl HttpBroker {
+    async fn start() -> HttpBroker {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = start_with_http(dir.path()).await;
+        HttpBroker { broker, _dir: dir }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.broker.http_addr().expect("HTTP was asked for")
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect(&self.broker.url()).await.unwrap()
+    }
+
+    async fn get(&self, path: &str) -> HttpReply {
+        http(self.addr(), "GET", path, None).await
+    }
+
+    async fn post(&self, path: &str, body: Option<&str>) -> HttpReply {
+        http(self.addr(), "POST", path, body).await
+    }
+}
+
+/// A failed API call: its status and `error.code`.
+fn error_of(reply: &HttpReply) -> (u16, String) {
+    let body = reply.json();
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {body}"));
+    assert!(body["error"]["message"].is_string(), "{body}");
+    (reply.status, code.to_owned())
+}
+
+#[tokio::test]
+async fn health_readiness_and_unknown_paths() {
+    let b = HttpBroker::start().await;
+    let health = b.get("/healthz").await;
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+
+    let ready = b.get("/readyz").await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let ready = ready.json();
+    assert_eq!(ready["ready"], true);
+    for check in ["store", "router", "plugins"] {
+        assert_eq!(ready["checks"][check]["ok"], true, "{ready}");
+    }
+
+    assert_eq!(error_of(&b.get("/nope").await), (404, "unknown_op".into()));
+    assert_eq!(
+        error_of(&b.post("/api/queues", None).await),
+        (405, "unknown_op".into())
+    );
+    assert_eq!(
+        error_of(&b.get("/api/queues/missing/purge").await),
+        (405, "unknown_op".into())
+    );
+    b.broker.shutdown().await;
+}
+
+/// A durable exchange whose plugin type is not loaded at startup makes the broker not
+/// ready (and is listed as unrestored) until a start that loads it.
+#[tokio::test]
+async fn readyz_fails_while_a_stored_exchange_waits_for_its_plugin() {
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::write(plugins.path().join("keyed.wasm"), hostile::plugin("trap")).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    // The type comes from an embedder's host (not deployed, so not stored) at first only,
+    // and from the plugins directory (deployed) at the third start.
+    let embedded = broker::plugin::PluginHost::with_standard_exchanges(Default::default()).unwrap();
+    embedded
+        .load_blocking("keyed", &hostile::plugin("trap"))
+        .unwrap();
+    let start = |host: Option<broker::plugin::PluginHost>, with_plugins: bool| {
+        let mut config = broker::Config::new(data.path());
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.http = Some("127.0.0.1:0".parse().unwrap());
+        config.plugins = host;
+        config.plugins_dir = with_plugins.then(|| plugins.path().to_owned());
+        broker::Broker::start(config)
+    };
+    let b = start(Some(embedded), false).await.unwrap();
+    let c = Client::connect(&b.url()).await.unwrap();
+    c.declare_exchange("custom", "keyed", true, Default::default())
+        .await
+        .unwrap();
+    c.close().await;
+    b.shutdown().await;
+
+    let b = start(None, false).await.unwrap();
+    let addr = b.http_addr().unwrap();
+    let ready = http(addr, "GET", "/readyz", None).await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    let ready = ready.json();
+    assert_eq!(ready["ready"], false);
+    assert_eq!(ready["checks"]["plugins"]["ok"], false);
+    assert!(
+        ready["checks"]["plugins"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("custom"),
+        "{ready}"
+    );
+    assert_eq!(ready["checks"]["store"]["ok"], true);
+    let exchanges = http(addr, "GET", "/api/exchanges", None).await.json();
+    assert_eq!(exchanges["unrestored"], json!(["custom"]));
+    b.shutdown().await;
+
+    // The plugins directory deploys the type (a stored version): the exchange is restored
+    // at the next start.
+    let b = start(None, true).await.unwrap();
+    b.shutdown().await;
+    let b = start(None, false).await.unwrap();
+    let ready = http(b.http_addr().unwrap(), "GET", "/readyz", None).await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    b.shutdown().await;
+}
+
+/// The JSON API lists, peeks without consuming, purges and replays dead letters, with
+/// the WebSocket protocol's error codes (and the same messages).
+#[tokio::test]
+async fn management_api_works_like_the_protocol() {
+    let b = HttpBroker::start().await;
+    let c = b.client().await;
+    c.confirm_select().await.unwrap();
+    c.declare_queue("orders", QueueOptions::durable())
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let mut m = persistent("orders", &format!("order {i}"));
+        m.properties.message_id = Some(format!("m{i}"));
+        c.publish(m, false).await.unwrap();
+    }
+
+    let queues = b.get("/api/queues").await;
+    assert_eq!(queues.status, 200);
+    assert_eq!(queues.header("content-type"), Some("application/json"));
+    let queues = queues.json();
+    let orders = &queues["queues"][0];
+    assert_eq!(orders["queue"], "orders");
+    assert_eq!(
+        (orders["ready"].as_u64(), orders["published"].as_u64()),
+        (Some(3), Some(3))
+    );
+
+    // Peek: in order, limited, nothing consumed.
+    let peeked = b.get("/api/queues/orders/messages?limit=2").await.json();
+    let ids: Vec<&str> = peeked["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["message"]["properties"]["message_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["m0", "m1"]);
+    assert_eq!(c.queue_info("orders").await.unwrap().ready, 3);
+
+    // Errors: the same code and message the WebSocket protocol gives.
+    let missing = b.get("/api/queues/nope/messages").await;
+    assert_eq!(error_of(&missing), (404, "queue_not_found".into()));
+    let ws_error = c.peek_queue("nope", 1).await.unwrap_err();
+    assert_eq!(
+        missing.json()["error"]["message"].as_str().unwrap(),
+        ws_error.to_string().split_once(": ").map_or("", |(_, m)| m),
+        "{ws_error}"
+    );
+    let mut raw = RawPeer::connect(&b.broker.url()).await;
+    let ws = raw
+        .call(json!({"id": 1, "op": "peek_queue", "queue": "orders", "limit": "lots"}))
+        .await;
+    let bad = b.get("/api/queues/orders/messages?limit=lots").await;
+    assert_eq!(error_of(&bad), (400, "invalid_field".into()));
+    assert_eq!(ws["code"], "invalid_field");
+    let (http_msg, ws_msg) = (
+        bad.json()["error"]["message"].clone(),
+        ws["message"].clone(),
+    );
+    // serde's message names the column, which differs with the id's width: compare the rest.
+    let strip = |m: &serde_json::Value| {
+        m.as_str()
+            .unwrap()
+            .split(" at line")
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(strip(&http_msg), strip(&ws_msg));
+    let long = "q".repeat(300);
+    assert_eq!(
+        error_of(&b.post(&format!("/api/queues/{long}/purge"), None).await),
+        (404, "queue_not_found".into())
+    );
+    assert_eq!(
+        error_of(
+            &b.post("/api/queues/orders/requeue", Some("{not json"))
+                .await
+        ),
+        (400, "malformed_json".into())
+    );
+    assert_eq!(
+        error_of(
+            &b.post("/api/queues/orders/requeue", Some(r#"{"message_id": 7}"#))
+                .await
+        ),
+        (400, "invalid_field".into())
+    );
+    let huge = format!(r#"{{"message_id": "{}"}}"#, "x".repeat(70 * 1024));
+    assert_eq!(
+        error_of(&b.post("/api/queues/orders/requeue", Some(&huge)).await),
+        (413, "frame_too_large".into())
+    );
+    assert_eq!(
+        error_of(&b.get("/api/queues/bad%ZZname").await),
+        (400, "invalid_field".into())
+    );
+
+    // Another site's page cannot change anything through the operator's browser; the
+    // page's own origin can.
+    let foreign = http_with_headers(
+        b.addr(),
+        "POST",
+        "/api/queues/orders/purge",
+        None,
+        &[("Origin", "http://evil.example")],
+    )
+    .await;
+    assert_eq!(error_of(&foreign), (403, "access_refused".into()));
+    assert_eq!(c.queue_info("orders").await.unwrap().ready, 3);
+    let own_origin = format!("http://{}", b.addr());
+    let own = http_with_headers(
+        b.addr(),
+        "POST",
+        "/api/queues/nope/purge",
+        None,
+        &[("Origin", &own_origin)],
+    )
+    .await;
+    assert_eq!(error_of(&own), (404, "queue_not_found".into()));
+
+    // An exclusive queue is locked to its connection, over HTTP too.
+    let owner = b.client().await;
+    owner
+        .declare_queue(
+            "mine",
+            QueueOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        error_of(&b.post("/api/queues/mine/purge", None).await),
+        (423, "resource_locked".into())
+    );
+
+    // Dead letters: reject one, see it in orders.dlq, requeue it by id over HTTP.
+    let mut sub = c.consume("orders", 1).await.unwrap();
+    let d = next(&mut sub).await;
+    assert_eq!(d.message.properties.message_id.as_deref(), Some("m0"));
+    c.reject(d.delivery_tag, false).unwrap();
+    c.cancel(&sub.consumer_tag).await.unwrap();
+    let dlq = wait_for(|| async {
+        let peeked = b.get("/api/queues/orders.dlq/messages").await.json();
+        let n = peeked["messages"].as_array().map_or(0, Vec::len);
+        (n == 1).then_some(peeked)
+    })
+    .await;
+    assert_eq!(
+        dlq["messages"][0]["message"]["headers"]["x-death"][0]["reason"],
+        "rejected"
+    );
+    let moved = b
+        .post(
+            "/api/queues/orders.dlq/requeue",
+            Some(r#"{"message_id": "m0"}"#),
+        )
+        .await;
+    assert_eq!(moved.status, 200, "{}", moved.body);
+    assert_eq!(moved.json()["moved"], 1);
+    assert_eq!(c.queue_info("orders.dlq").await.unwrap().ready, 0);
+    // The two unacked-then-released messages and the requeued one.
+    let orders = c.queue_info("orders").await.unwrap();
+    assert_eq!(orders.ready + orders.unacked, 3);
+
+    // Purge: reports the count, empties the queue (durably: after a restart too).
+    let purged = b.post("/api/queues/orders/purge", None).await;
+    assert_eq!(purged.status, 200, "{}", purged.body);
+    assert_eq!(purged.json()["messages"].as_u64(), Some(orders.ready));
+    assert_eq!(c.queue_info("orders").await.unwrap().ready, 0);
+    b.broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn lists_exchanges_bindings_plugins_and_connections() {
+    let b = HttpBroker::start().await;
+    let c = b.client().await;
+    c.declare_exchange("events", "topic", true, Default::default())
+        .await
+        .unwrap();
+    c.declare_queue("audit", QueueOptions::durable())
+        .await
+        .unwrap();
+    c.bind(Binding {
+        exchange: "events".into(),
+        queue: "audit".into(),
+        key: "user.#".into(),
+        arguments: Default::default(),
+    })
+    .await
+    .unwrap();
+    let _sub = c
+        .subscribe(Subscribe {
+            queue: "audit".into(),
+            prefetch: 10,
+            auto_ack: false,
+            consumer_tag: Some("auditor".into()),
+        })
+        .await
+        .unwrap();
+
+    let exchanges = b.get("/api/exchanges").await.json();
+    let names: Vec<&str> = exchanges["exchanges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["exchange"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["", "events"]);
+    assert_eq!(exchanges["exchanges"][1]["type"], "topic");
+    assert_eq!(exchanges["exchanges"][1]["bindings"], 1);
+
+    let bindings = b.get("/api/bindings").await.json();
+    assert_eq!(
+        bindings["bindings"],
+        json!([{"exchange": "events", "queue": "audit", "key": "user.#", "arguments": {}}])
+    );
+
+    let plugins = b.get("/api/plugins").await.json();
+    let names: HashSet<&str> = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        HashSet::from(["direct", "topic", "fanout", "headers"])
+    );
+
+    // Only client connections (the API's own is not one).
+    let conns = b.get("/api/connections").await.json();
+    let conns = conns["connections"].as_array().unwrap();
+    assert_eq!(conns.len(), 1, "{conns:?}");
+    assert_eq!(
+        conns[0]["consumers"],
+        json!([{"queue": "audit", "consumer_tag": "auditor"}])
+    );
+    assert!(conns[0]["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    b.broker.shutdown().await;
+}
+
+/// One parsed sample: name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// Parses Prometheus text format strictly enough to catch mistakes: every sample belongs
+/// to a family declared with `# TYPE` before it, names and labels are well formed,
+/// values are numbers, histogram buckets are cumulative and end in `+Inf` = `_count`.
+fn parse_prometheus(text: &str) -> Vec<Sample> {
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            && !n.starts_with(|c: char| c.is_ascii_digit())
+    };
+    let mut types: HashMap<String, String> = HashMap::new();
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (kind, name, value) = (parts.next(), parts.next(), parts.next());
+            let name = name.unwrap_or_else(|| panic!("bad comment: {line}"));
+            assert!(valid_name(name), "{line}");
+            match kind {
+                Some("HELP") => assert!(value.is_some_and(|h| !h.is_empty()), "{line}"),
+                Some("TYPE") => {
+                    let kind = value.unwrap();
+                    assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+                    assert!(
+                        types.insert(name.to_owned(), kind.to_owned()).is_none(),
+                        "family declared twice: {name}"
+                    );
+                }
+                _ => panic!("unknown comment: {line}"),
+            }
+            continue;
+        }
+        assert!(!line.is_empty(), "blank line in exposition");
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value: {line}")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            None => (series, Vec::new()),
+            Some((name, rest)) => {
+                let body = rest.strip_suffix('}').unwrap_or_else(|| panic!("{line}"));
+                let mut labels = Vec::new();
+                let mut rest = body;
+                while !rest.is_empty() {
+                    let (label, after) = rest.split_once("=\"").unwrap_or_else(|| panic!("{line}"));
+                    assert!(valid_name(label), "{line}");
+                    let mut value = String::new();
+                    let mut chars = after.char_indices();
+                    let end = loop {
+                        match chars.next() {
+                            Some((_, '\\')) => match chars.next() {
+                                Some((_, 'n')) => value.push('\n'),
+                                Some((_, c)) => value.push(c),
+                                None => panic!("{line}"),
+                            },
+                            Some((i, '"')) => break i,
+                            Some((_, c)) => value.push(c),
+                            None => panic!("unterminated label: {line}"),
+                        }
+                    };
+                    labels.push((label.to_owned(), value));
+                    rest = after[end + 1..]
+                        .strip_prefix(',')
+                        .unwrap_or(&after[end + 1..]);
+                }
+                (name, labels)
+            }
+        };
+        assert!(valid_name(name), "{line}");
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                let base = name.strip_suffix(suffix)?;
+                (types.get(base).map(String::as_str) == Some("histogram")).then_some(base)
+            })
+            .unwrap_or(name);
+        assert!(
+            types.contains_key(family),
+            "sample before its # TYPE: {line}"
+        );
+        samples.push((name.to_owned(), labels, value));
+    }
+    // Histograms: cumulative buckets, +Inf last and equal to _count.
+    for (family, kind) in &types {
+        if kind != "histogram" {
+            continue;
+        }
+        let buckets: Vec<&Sample> = samples
+            .iter()
+            .filter(|s| s.0 == format!("{family}_bucket"))
+            .collect();
+        assert!(!buckets.is_empty(), "{family} has no buckets");
+        // One series per label set (the labels other than `le`).
+        let series_labels = |s: &Sample| -> Vec<(String, String)> {
+            s.1.iter().filter(|(k, _)| k != "le").cloned().collect()
+        };
+        let mut series: Vec<Vec<(String, String)>> =
+            buckets.iter().map(|s| series_labels(s)).collect();
+        series.dedup();
+        for labels in series {
+            let buckets: Vec<&&Sample> = buckets
+                .iter()
+                .filter(|s| series_labels(s) == labels)
+                .collect();
+            assert!(
+                buckets.windows(2).all(|w| w[0].2 <= w[1].2),
+                "{family}{labels:?} not cumulative"
+            );
+            let last = buckets.last().unwrap();
+            assert_eq!(
+                last.1.last().unwrap(),
+                &("le".to_owned(), "+Inf".to_owned())
+            );
+            let count = samples
+                .iter()
+                .find(|s| s.0 == format!("{family}_count") && s.1 == labels)
+                .unwrap();
+            assert_eq!(last.2, count.2, "{family}{labels:?}: +Inf bucket != count");
+        }
+    }
+    samples
+}
+
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .find(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
+        .unwrap_or_else(|| panic!("no sample {name}{labels:?}"))
+        .2
+}
+
+#[tokio::test]
+async fn metrics_count_what_happened_in_prometheus_format() {
+    let b = HttpBroker::start().await;
+    let c = b.client().await;
+    c.confirm_select().await.unwrap();
+    c.declare_queue("work", QueueOptions::durable())
+        .await
+        .unwrap();
+    c.declare_exchange("events", "topic", false, Default::default())
+        .await
+        .unwrap();
+    c.bind(Binding {
+        exchange: "events".into(),
+        queue: "work".into(),
+        key: "job.*".into(),
+        arguments: Default::default(),
+    })
+    .await
+    .unwrap();
+    for _ in 0..4 {
+        c.publish(persistent("work", "x"), false).await.unwrap();
+    }
+    let mut routed = persistent("job.new", "y");
+    routed.exchange = "events".into();
+    c.publish(routed, false).await.unwrap();
+    let mut lost = persistent("nobody.listens", "z");
+    lost.exchange = "events".into();
+    c.publish(lost, false).await.unwrap();
+
+    // Ack three, reject one back (redelivered later), reject one to the DLQ.
+    let mut sub = c.consume("work", 10).await.unwrap();
+    let mut tags = Vec::new();
+    for _ in 0..5 {
+        tags.push(next(&mut sub).await.delivery_tag);
+    }
+    for tag in &tags[..3] {
+        c.ack(*tag, false).unwrap();
+    }
+    c.nack(tags[3], false, true).unwrap();
+    c.reject(tags[4], false).unwrap();
+    let again = next(&mut sub).await;
+    assert!(again.redelivered);
+    c.ack(again.delivery_tag, false).unwrap();
+
+    // A trapping plugin counts as a plugin failure.
+    c.queue_info("work").await.unwrap(); // a round trip: the acks above are applied
+
+    let scrape = wait_for(|| async {
+        let reply = b.get("/metrics").await;
+        assert_eq!(reply.status, 200);
+        assert!(
+            reply
+                .header("content-type")
+                .unwrap()
+                .starts_with("text/plain; version=0.0.4")
+        );
+        let samples = parse_prometheus(&reply.body);
+        (value(&samples, "broker_queue_acked_total", &[("queue", "work")]) == 4.0)
+            .then_some(samples)
+    })
+    .await;
+    let q = |name: &str| value(&scrape, name, &[("queue", "work")]);
+    assert_eq!(q("broker_queue_published_total"), 5.0);
+    assert_eq!(q("broker_queue_delivered_total"), 6.0);
+    assert_eq!(q("broker_queue_redelivered_total"), 1.0);
+    assert_eq!(q("broker_queue_dead_lettered_total"), 1.0);
+    assert_eq!(q("broker_queue_messages_ready"), 0.0);
+    assert_eq!(q("broker_queue_messages_unacked"), 0.0);
+    assert_eq!(q("broker_queue_consumers"), 1.0);
+    assert_eq!(
+        value(
+            &scrape,
+            "broker_queue_messages_ready",
+            &[("queue", "work.dlq")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "broker_queue_published_total",
+            &[("queue", "work.dlq")]
+        ),
+        1.0
+    );
+    let x = |name: &str, exchange: &str| value(&scrape, name, &[("exchange", exchange)]);
+    assert_eq!(x("broker_exchange_routed_total", ""), 4.0);
+    assert_eq!(x("broker_exchange_routed_total", "events"), 1.0);
+    assert_eq!(x("broker_exchange_unroutable_total", "events"), 1.0);
+    assert_eq!(x("broker_exchange_bindings", "events"), 1.0);
+    assert!(value(&scrape, "broker_plugin_calls_total", &[("plugin", "topic")]) >= 2.0);
+    assert_eq!(
+        value(
+            &scrape,
+            "broker_plugin_errors_total",
+            &[("plugin", "topic")]
+        ),
+        0.0
+    );
+    let topic = [("plugin", "topic"), ("version", "0")];
+    assert_eq!(value(&scrape, "broker_plugin_messages_total", &topic), 2.0);
+    let calls = value(&scrape, "broker_plugin_calls_total", &topic);
+    assert_eq!(
+        value(&scrape, "broker_plugin_call_duration_seconds_count", &topic),
+        calls
+    );
+    assert!(value(&scrape, "broker_plugin_call_duration_seconds_sum", &topic) > 0.0);
+    assert_eq!(value(&scrape, "broker_connections", &[]), 1.0);
+    assert!(value(&scrape, "broker_resident_memory_bytes", &[]) > 1e6);
+    let commits = value(&scrape, "broker_store_commits_total", &[]);
+    assert!(commits >= 3.0, "{commits}");
+    assert_eq!(
+        value(&scrape, "broker_store_commit_seconds_count", &[]),
+        commits
+    );
+    assert_eq!(
+        value(&scrape, "broker_store_commit_batch_ops_count", &[]),
+        commits
+    );
+    assert!(value(&scrape, "broker_store_commit_batch_ops_sum", &[]) >= commits);
+    b.broker.shutdown().await;
+}
+
+/// Plugin failures show up per plugin: a trap is an error and a trap.
+#[tokio::test]
+async fn metrics_count_plugin_traps() {
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::write(plugins.path().join("keyed.wasm"), hostile::plugin("trap")).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut config = broker::Config::new(data.path());
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.http = Some("127.0.0.1:0".parse().unwrap());
+    config.plugins_dir = Some(plugins.path().to_owned());
+    let b = broker::Broker::start(config).await.unwrap();
+    let c = Client::connect(&b.url()).await.unwrap();
+    c.confirm_select().await.unwrap();
+    c.declare_exchange("custom", "keyed", false, Default::default())
+        .await
+        .unwrap();
+    let mut boom = broker::Message::text("boom", "x");
+    boom.exchange = "custom".into();
+    let err = c.publish(boom, false).await.unwrap_err();
+    assert_eq!(err.code(), Some(broker::protocol::ErrorCode::PluginError));
+    let text = http(b.http_addr().unwrap(), "GET", "/metrics", None)
+        .await
+        .body;
+    let samples = parse_prometheus(&text);
+    // The plugins directory deployed the file as version 1.
+    let p = |name: &str| value(&samples, name, &[("plugin", "keyed"), ("version", "1")]);
+    assert_eq!(p("broker_plugin_traps_total"), 1.0);
+    assert_eq!(p("broker_plugin_messages_total"), 1.0);
+    assert_eq!(p("broker_plugin_errors_total"), 1.0);
+    assert_eq!(
+        value(
+            &samples,
+            "broker_exchange_failed_total",
+            &[("exchange", "custom")]
+        ),
+        1.0
+    );
+    b.shutdown().await;
+}
+
+/// The real binary serves HTTP where `--http` says (here a free port).
+#[tokio::test]
+async fn the_binary_serves_http_on_its_flag() {
+    let data = tempfile::tempdir().unwrap();
+    let process = BrokerProcess::spawn(data.path());
+    let addr: SocketAddr = process
+        .http_url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    assert_eq!(http(addr, "GET", "/healthz", None).await.status, 200);
+    let page = http(addr, "GET", "/", None).await;
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(
+        page.body.contains("<script src=\"/app.js\""),
+        "the page loads its script"
+    );
+    let script = http(addr, "GET", "/app.js", None).await;
+    assert_eq!(script.status, 200);
+    assert!(
+        script
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+}
+
+/// Polls `check` until it returns something (10 s at most).
+async fn wait_for<T, F, Fut>(mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met in time"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// `--log-format json`: one JSON object per line, one line per connection opened and
+/// closed, per plugin deploy, per plugin trap and per batch of dead letters.
+#[tokio::test]
+async fn json_logs_have_one_line_per_event() {
+    let data = tempfile::tempdir().unwrap();
+    let log_path = data.path().join("broker.log");
+    let mut child = std::process::Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-http"])
+        .args(["--log", "info", "--log-format", "json", "--data-dir"])
+        .arg(data.path().join("db"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(
+        !line.contains("http://"),
+        "--no-http serves no HTTP: {line}"
+    );
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("ws://"))
+        .unwrap()
+        .to_owned();
+
+    let c = Client::connect(&url).await.unwrap();
+    c.confirm_select().await.unwrap();
+    c.declare_queue("jobs", QueueOptions::durable())
+        .await
+        .unwrap();
+    for i in 0..3 {
+        c.publish(persistent("jobs", &i.to_string()), false)
+            .await
+            .unwrap();
+    }
+    let mut sub = c.consume("jobs", 10).await.unwrap();
+    let mut last = 0;
+    for _ in 0..3 {
+        last = next(&mut sub).await.delivery_tag;
+    }
+    // One nack of all three: one dead-letter batch.
+    c.nack(last, true, false).unwrap();
+    c.queue_info("jobs").await.unwrap();
+    c.deploy_plugin("keyed", &hostile::plugin("trap"))
+        .await
+        .unwrap();
+    c.declare_exchange("custom", "keyed", false, Default::default())
+        .await
+        .unwrap();
+    let mut boom = broker::Message::text("boom", "x");
+    boom.exchange = "custom".into();
+    c.publish(boom, false).await.unwrap_err();
+    c.close().await;
+
+    let lines = wait_for(|| async {
+        let text = std::fs::read_to_string(&log_path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        let closed = lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "connection closed");
+        closed.then_some(lines)
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let with = |message: &str| -> Vec<&serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| l["fields"]["message"] == message)
+            .collect()
+    };
+    assert_eq!(with("connection opened").len(), 1, "{lines:?}");
+    assert_eq!(with("connection closed").len(), 1, "{lines:?}");
+    let dead = with("messages dead-lettered");
+    assert_eq!(dead.len(), 1, "{lines:?}");
+    assert_eq!(dead[0]["fields"]["queue"], "jobs");
+    assert_eq!(dead[0]["fields"]["reason"], "rejected");
+    assert_eq!(dead[0]["fields"]["messages"], 3);
+    assert_eq!(dead[0]["level"], "INFO");
+    let deployed = with("plugin version active");
+    assert_eq!(deployed.len(), 1, "{lines:?}");
+    assert_eq!(deployed[0]["fields"]["plugin"], "keyed");
+    assert_eq!(deployed[0]["fields"]["version"], 1);
+    let trapped = with("plugin call failed");
+    assert_eq!(trapped.len(), 1, "{lines:?}");
+    assert_eq!(trapped[0]["fields"]["exchange"], "custom");
+    assert_eq!(trapped[0]["level"], "WARN");
+}
+
+/// The list operations behind the API also have CLI commands.
+#[tokio::test]
+async fn cli_lists_exchanges_bindings_and_connections() {
+    let b = HttpBroker::start().await;
+    let c = b.client().await;
+    c.declare_exchange("events", "topic", true, Default::default())
+        .await
+        .unwrap();
+    c.declare_queue("audit", QueueOptions::durable())
+        .await
+        .unwrap();
+    c.bind(Binding {
+        exchange: "events".into(),
+        queue: "audit".into(),
+        key: "user.#".into(),
+        arguments: Default::default(),
+    })
+    .await
+    .unwrap();
+    let run = |command: &'static str| {
+        let url = b.broker.url();
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(bin())
+                .args([command, "--server", &url])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{command}: {out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        })
+    };
+    let exchanges = run("exchanges").await.unwrap();
+    let events = exchanges.lines().find(|l| l.starts_with("events")).unwrap();
+    assert_eq!(
+        events.split_whitespace().collect::<Vec<_>>(),
+        ["events", "topic", "1", "0", "0", "true"],
+        "{exchanges}"
+    );
+    assert!(exchanges.contains("(default)"), "{exchanges}");
+    let bindings = run("bindings").await.unwrap();
+    assert!(
+        bindings.contains("events -> audit  \"user.#\"  {}"),
+        "{bindings}"
+    );
+    let connections = run("connections").await.unwrap();
+    // The test's client and the CLI's own connection.
+    assert_eq!(connections.lines().count(), 3, "{connections}");
+    assert!(connections.contains("127.0.0.1:"), "{connections}");
+    b.broker.shutdown().await;
+}
