@@ -35,6 +35,8 @@ mod bundled;
 mod convert;
 mod epoch;
 mod exchange;
+mod handler;
+mod handler_bindings;
 mod host_state;
 mod instance;
 mod key_cache;
@@ -46,6 +48,10 @@ mod stats;
 pub use bindings::ABI_MAJOR_VERSION;
 pub use bundled::STANDARD_EXCHANGES;
 pub use exchange::PluginExchange;
+pub use handler::{
+    HandlerError, HandlerOutcome, HandlerSlot, Handled, LiveHandler, MAX_PUBLISH_BYTES_PER_CALL,
+    MAX_PUBLISHES_PER_CALL,
+};
 pub use limits::Limits;
 pub use loader::{Capabilities, LoadError, PluginInfo};
 pub use registry::{HostError, PluginHost};

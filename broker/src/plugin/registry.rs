@@ -11,6 +11,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use super::bundled;
 use super::epoch::EpochTicker;
 use super::exchange::{ExchangeControl, PluginExchange};
+use super::handler::HandlerRegistry;
 use super::host_state::HostState;
 use super::limits::Limits;
 use super::loader::{self, LoadError, LoadedPlugin, PluginInfo};
@@ -61,6 +62,8 @@ struct HostInner {
     types: RwLock<HashMap<String, Arc<PluginSlot>>>,
     exchanges: Mutex<HashMap<String, Weak<ExchangeControl>>>,
     _epoch: Option<EpochTicker>,
+    /// Handler plugins (consumer side), a namespace shared with exchange types.
+    handlers: HandlerRegistry,
 }
 
 /// The Wasm plugin host and registry of exchange types. Cheap to clone (shared state).
@@ -98,6 +101,7 @@ impl PluginHost {
         Ok(PluginHost {
             inner: Arc::new(HostInner {
                 linker: loader::linker(&engine),
+                handlers: HandlerRegistry::new(&engine),
                 engine,
                 limits,
                 types: RwLock::new(HashMap::new()),
@@ -222,6 +226,14 @@ impl PluginHost {
         &self.inner.limits
     }
 
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    pub(crate) fn handler_registry(&self) -> &HandlerRegistry {
+        &self.inner.handlers
+    }
+
     fn slot(&self, name: &str) -> Option<Arc<PluginSlot>> {
         let types = self.inner.types.read().expect("registry lock poisoned");
         types.get(name).cloned()
@@ -238,14 +250,29 @@ impl HostInner {
         if !bundled && bundled::is_standard(name) {
             return Err(LoadError::ReservedName(name.to_owned()));
         }
-        let plugin = loader::load(
+        let loaded = loader::load(
             &self.engine,
             &self.linker,
             &self.limits,
             name,
             bytes,
             bundled,
-        )?;
+        );
+        // Not an exchange: maybe a handler (compiled a second time; deploys are rare).
+        let plugin = match loaded {
+            Err(LoadError::NotAnExchange) => {
+                if self.types.read().expect("registry lock poisoned").contains_key(name) {
+                    return Err(LoadError::KindChanged(name.to_owned()));
+                }
+                return self
+                    .handlers
+                    .load(&self.engine, &self.limits, name, bytes, bundled);
+            }
+            loaded => loaded?,
+        };
+        if self.handlers.contains(name) {
+            return Err(LoadError::KindChanged(name.to_owned()));
+        }
         let info = plugin.info.clone();
         let mut types = self.types.write().expect("registry lock poisoned");
         match types.get(name) {
