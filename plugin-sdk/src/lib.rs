@@ -22,7 +22,7 @@ pub mod __private;
 pub mod __handler;
 
 pub use handler::{
-    Config, Context, HandlerFn, InitFn, Outcome, Published, __check_handler, __check_init,
+    __check_handler, __check_init, Config, Context, HandlerFn, InitFn, Outcome, Published,
     accept_any_config,
 };
 pub use log::{LogLevel, log};

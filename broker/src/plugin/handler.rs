@@ -53,7 +53,7 @@ pub enum HandlerOutcome {
     Retry(Option<u64>),
     Reject(String),
     Drop,
-    Deliver(Message),
+    Deliver(Box<Message>),
 }
 
 /// The result of one successful `handle` call: the outcome and what it published.
@@ -267,7 +267,10 @@ fn load(
         let Some(version) = abi_version(item) else {
             continue;
         };
-        let major = version.split('.').next().and_then(|m| m.parse::<u64>().ok());
+        let major = version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse::<u64>().ok());
         if major != Some(super::bindings::ABI_MAJOR_VERSION) {
             return Err(LoadError::IncompatibleAbi {
                 found: format!("{}@{version}", super::bindings::ABI_PACKAGE),
@@ -472,13 +475,13 @@ impl LiveHandler {
             wit::Outcome::Retry(delay) => HandlerOutcome::Retry(delay),
             wit::Outcome::Reject(reason) => HandlerOutcome::Reject(reason),
             wit::Outcome::Drop => HandlerOutcome::Drop,
-            wit::Outcome::Deliver(out) => HandlerOutcome::Deliver(Message {
+            wit::Outcome::Deliver(out) => HandlerOutcome::Deliver(Box::new(Message {
                 exchange: msg.exchange.clone(),
                 routing_key: out.routing_key,
                 headers: from_wit_headers(out.headers),
                 properties: from_wit_properties(out.properties),
                 body: Bytes::from(out.body),
-            }),
+            })),
         };
         Ok(Handled { outcome, published })
     }

@@ -41,7 +41,9 @@ pub enum LoadError {
     Link(String),
     #[error("plugin failed while being probed: {0}")]
     Probe(String),
-    #[error("`{0}` is already a plugin of the other kind (exchange vs handler); choose another name")]
+    #[error(
+        "`{0}` is already a plugin of the other kind (exchange vs handler); choose another name"
+    )]
     KindChanged(String),
 }
 

@@ -261,7 +261,12 @@ impl HostInner {
         // Not an exchange: maybe a handler (compiled a second time; deploys are rare).
         let plugin = match loaded {
             Err(LoadError::NotAnExchange) => {
-                if self.types.read().expect("registry lock poisoned").contains_key(name) {
+                if self
+                    .types
+                    .read()
+                    .expect("registry lock poisoned")
+                    .contains_key(name)
+                {
                     return Err(LoadError::KindChanged(name.to_owned()));
                 }
                 return self

@@ -114,6 +114,9 @@ const OP_NAMES: &[&str] = &[
     "rollback_plugin",
     "list_plugins",
     "plugin_history",
+    "attach_handler",
+    "detach_handler",
+    "list_handlers",
 ];
 
 /// A request frame that could not be parsed: the id when one could be read, the code, why.

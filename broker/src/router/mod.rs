@@ -8,6 +8,7 @@
 mod consumers;
 mod dead_letter;
 mod exchanges;
+mod handlers;
 mod plugins;
 mod queues;
 
@@ -65,6 +66,8 @@ pub enum Command {
     },
     /// A deployed or rolled-back plugin version compiled and went live.
     PluginActivated(Box<plugins::Activated>),
+    /// A handler's verdict on a delivery (with what it published).
+    HandlerDone(Box<handlers::Done>),
     /// Commit what is pending, close the store, then answer.
     Shutdown {
         done: oneshot::Sender<()>,
@@ -180,6 +183,8 @@ pub struct Router {
     timers: BinaryHeap<Reverse<(u64, Arc<str>)>>,
     /// Distinguishes this run's generated names from earlier runs' durable ones.
     run_id: String,
+    /// Handler attachments and filtered subscriptions.
+    handlers: handlers::Handlers,
 }
 
 impl Router {
@@ -223,6 +228,7 @@ impl Router {
                         delivery_tags,
                     } => self.settle_written(conn, delivery_tags),
                     Command::PluginActivated(activated) => self.plugin_activated(*activated),
+                    Command::HandlerDone(done) => self.handler_done(*done),
                     Command::Shutdown { done } => {
                         self.shutdown().await;
                         let _ = done.send(());
@@ -362,6 +368,9 @@ impl Router {
             Op::RequeueDeadLetters { queue, message_id } => {
                 self.requeue_dead_letters(conn, &queue, message_id.as_deref())
             }
+            Op::AttachHandler(attach) => self.attach_handler(conn, attach),
+            Op::DetachHandler { queue, plugin } => self.detach_handler(&queue, &plugin),
+            Op::ListHandlers => Ok(self.list_handlers()),
         };
         self.answer(conn, id, result);
     }
@@ -431,4 +440,7 @@ pub(crate) enum Settle {
     Retry(Retry),
     /// Refused without requeue: dead-letter it (reason `rejected`).
     DeadLetter,
+    /// A handler failed on it: retried with the queue's backoff like `Retry`, but
+    /// dead-lettered with reason `plugin_error` at the delivery limit.
+    Failed,
 }

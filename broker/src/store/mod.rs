@@ -40,6 +40,8 @@ const PLUGIN_VERSIONS: TableDefinition<(&str, u64), &[u8]> =
 const PLUGIN_WASM: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("plugin_wasm");
 /// The active version of each deployed plugin.
 const ACTIVE_PLUGINS: TableDefinition<&str, u64> = TableDefinition::new("active_plugins");
+/// Handler attachments of durable queues by (queue, plugin): their record (JSON).
+const HANDLERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("handlers");
 
 /// The name of the database file inside the data directory.
 pub const DB_FILE: &str = "broker.redb";
@@ -109,6 +111,8 @@ pub struct Recovered {
     pub plugin_versions: Vec<PluginVersion>,
     /// Plugin name → active version.
     pub active_plugins: Vec<(String, u64)>,
+    /// Handler attachments of durable queues.
+    pub handlers: Vec<crate::protocol::AttachHandler>,
 }
 
 /// Opens (or creates) the database in `data_dir`, reads what to recover, and starts the
@@ -135,6 +139,7 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
     txn.open_table(PLUGIN_VERSIONS)?;
     txn.open_table(PLUGIN_WASM)?;
     txn.open_table(ACTIVE_PLUGINS)?;
+    txn.open_table(HANDLERS)?;
     txn.commit()?;
     Ok(())
 }
@@ -203,6 +208,12 @@ fn recover(db: &Database) -> Result<Recovered, OpenError> {
         recovered
             .active_plugins
             .push((name.value().to_owned(), version.value()));
+    }
+    for entry in txn.open_table(HANDLERS)?.iter()? {
+        let (_, value) = entry?;
+        let record = serde_json::from_slice(value.value())
+            .map_err(|e| corrupt("handlers")(e.to_string()))?;
+        recovered.handlers.push(record);
     }
     Ok(recovered)
 }

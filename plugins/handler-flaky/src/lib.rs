@@ -36,7 +36,10 @@ pub fn handle(msg: &Message, ctx: &mut Context) -> Outcome {
         }
         return Outcome::Ack;
     }
-    let line = format!("{} failing attempt {attempt} of {failures}", msg.routing_key());
+    let line = format!(
+        "{} failing attempt {attempt} of {failures}",
+        msg.routing_key()
+    );
     ctx.log(LogLevel::Warn, &line);
     match ctx.config("fail_with") {
         Some("reject") => Outcome::reject(format!("attempt {attempt} rejected")),
@@ -52,9 +55,7 @@ mod tests {
     use super::*;
 
     fn attempt(n: u32, config: Config) -> Outcome {
-        let mut ctx = Context::new("q")
-            .with_config(config)
-            .with_delivery_count(n);
+        let mut ctx = Context::new("q").with_config(config).with_delivery_count(n);
         handle(&Message::new("job"), &mut ctx)
     }
 

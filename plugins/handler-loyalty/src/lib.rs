@@ -65,7 +65,10 @@ mod tests {
         assert_eq!(handle(&signup, &mut ctx), Outcome::Ack);
         assert_eq!(ctx.logs()[0].1, "awarded 50 points to bob");
         let award = &ctx.published()[0];
-        assert_eq!((award.exchange.as_str(), award.routing_key.as_str()), ("rewards", "loyalty.points"));
+        assert_eq!(
+            (award.exchange.as_str(), award.routing_key.as_str()),
+            ("rewards", "loyalty.points")
+        );
         let body: serde_json::Value = serde_json::from_slice(&award.message.body()).unwrap();
         assert_eq!(body["points"], 50);
         assert_eq!(body["user"], "bob");
