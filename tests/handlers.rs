@@ -7,6 +7,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use broker::plugin::testing::{HandlerHarness, HarnessError};
+use broker::plugin::{HandlerError, HandlerOutcome, STANDARD_EXCHANGES, STANDARD_HANDLERS};
 use broker::protocol::{AttachHandler, ErrorCode, HandlerMode};
 use broker::router::DEATH_HEADER;
 use broker::{Client, Headers, Message, QueueOptions};
@@ -384,4 +386,127 @@ async fn a_crash_neither_loses_nor_duplicates_handler_outputs() {
         .collect();
     ids.sort_unstable();
     assert_eq!(ids, (0..ORDERS as u64).collect::<Vec<_>>());
+}
+
+fn bundled(name: &str) -> &'static [u8] {
+    STANDARD_HANDLERS
+        .iter()
+        .chain(&STANDARD_EXCHANGES)
+        .find(|(n, _)| *n == name)
+        .unwrap()
+        .1
+}
+
+#[test]
+fn the_harness_runs_a_built_handler_through_the_real_host() {
+    let mut enrich =
+        HandlerHarness::new(bundled("enrich"), "orders", &[("exchange", "derived")]).unwrap();
+    let handled = enrich
+        .handle(&Message::text("order.created", r#"{"id":1}"#))
+        .unwrap();
+    assert_eq!(handled.outcome, HandlerOutcome::Ack);
+    assert_eq!(handled.published.len(), 1);
+    assert_eq!(handled.published[0].exchange, "derived");
+    assert_eq!(handled.published[0].routing_key, "order.created.enriched");
+
+    let mut flaky = HandlerHarness::new(bundled("flaky"), "q", &[("fail_with", "trap")]).unwrap();
+    let err = flaky.handle(&Message::text("k", "")).unwrap_err();
+    assert!(err.contains("unreachable"), "a panic is a trap: {err}");
+    let third = flaky.handle_delivery(&Message::text("k", ""), 3).unwrap();
+    assert_eq!(
+        third.outcome,
+        HandlerOutcome::Ack,
+        "a fresh instance after the trap"
+    );
+
+    let refused = HandlerHarness::new(bundled("redact"), "q", &[]);
+    assert!(matches!(
+        refused,
+        Err(HarnessError::Handler(HandlerError::Config(_)))
+    ));
+    let exchange = HandlerHarness::new(bundled("topic"), "q", &[]);
+    assert!(matches!(
+        exchange,
+        Err(HarnessError::Handler(HandlerError::NotAHandler(_)))
+    ));
+}
+
+#[tokio::test]
+async fn a_deployed_handler_is_versioned_and_its_attachments_move_to_a_new_version() {
+    // Room for a plugin upload in one frame.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = broker::Config::new(dir.path());
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let b = broker::Broker::start(config).await.unwrap();
+    let c = Client::connect(&b.url()).await.unwrap();
+    let v1 = c.deploy_plugin("greeter", bundled("flaky")).await.unwrap();
+    assert_eq!(v1["version"], 1);
+    c.declare_queue("signups", QueueOptions::durable())
+        .await
+        .unwrap();
+    c.attach_handler(attach("signups", "greeter", &[("failures", "0")]))
+        .await
+        .unwrap();
+    c.declare_exchange("events", "direct", true, Headers::new())
+        .await
+        .unwrap();
+    c.bind(broker::protocol::Binding {
+        exchange: "events".into(),
+        queue: "signups".into(),
+        key: "user.signup".into(),
+        arguments: Headers::new(),
+    })
+    .await
+    .unwrap();
+    c.confirm_select().await.unwrap();
+    let signup = || {
+        let mut m = persistent("user.signup", "not json");
+        m.exchange = "events".into();
+        m
+    };
+    // v1 (flaky, no failures) acks anything.
+    c.publish(signup(), false).await.unwrap();
+    wait_for(&c, "signups", |q| q.ready + q.unacked == 0).await;
+    assert_eq!(
+        handler_row(&c, "signups", "greeter").await["plugin_version"],
+        1
+    );
+    assert_eq!(c.queue_info("signups").await.unwrap().dead_lettered, 0);
+
+    // v2 (email-sender) rejects a signup that is not JSON: the attachment runs v2 now.
+    c.deploy_plugin("greeter", bundled("email-sender"))
+        .await
+        .unwrap();
+    c.publish(signup(), false).await.unwrap();
+    wait_for(&c, "signups", |q| q.dead_lettered == 1).await;
+    assert_eq!(
+        handler_row(&c, "signups", "greeter").await["plugin_version"],
+        2
+    );
+
+    // A handler name cannot become an exchange type, and the reverse.
+    let err = c
+        .deploy_plugin("greeter", bundled("topic"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidPlugin));
+    let err = c
+        .deploy_plugin("flaky", bundled("flaky"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(ErrorCode::InvalidPlugin),
+        "bundled names are reserved"
+    );
+    let plugins = c.list_plugins().await.unwrap();
+    let greeter = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "greeter")
+        .unwrap()
+        .clone();
+    assert_eq!(greeter["kind"], "handler");
+    assert_eq!(greeter["active_version"], 2);
 }

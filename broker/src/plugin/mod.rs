@@ -44,9 +44,10 @@ mod limits;
 mod loader;
 mod registry;
 mod stats;
+pub mod testing;
 
 pub use bindings::ABI_MAJOR_VERSION;
-pub use bundled::STANDARD_EXCHANGES;
+pub use bundled::{STANDARD_EXCHANGES, STANDARD_HANDLERS};
 pub use exchange::PluginExchange;
 pub use handler::{
     Handled, HandlerError, HandlerOutcome, HandlerSlot, LiveHandler, MAX_PUBLISH_BYTES_PER_CALL,

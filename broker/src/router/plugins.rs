@@ -175,6 +175,25 @@ impl Router {
                 })
             })
             .collect();
+        let mut plugins = plugins;
+        for (name, bundled, stats) in self.plugins.handler_plugins() {
+            let active = self.active_plugins.get(&name).copied();
+            let hash = active.and_then(|v| {
+                let versions = self.plugin_versions.get(&name)?;
+                versions
+                    .iter()
+                    .find(|p| p.version == v)
+                    .map(|p| p.hash.clone())
+            });
+            plugins.push(json!({
+                "name": name,
+                "kind": "handler",
+                "bundled": bundled,
+                "active_version": active,
+                "hash": hash,
+                "stats": stats.unwrap_or_default(),
+            }));
+        }
         Reply::Ok(json!({ "plugins": plugins }))
     }
 
