@@ -510,3 +510,86 @@ async fn a_deployed_handler_is_versioned_and_its_attachments_move_to_a_new_versi
     assert_eq!(greeter["kind"], "handler");
     assert_eq!(greeter["active_version"], 2);
 }
+
+fn cli(args: &[&str], url: &str) -> (bool, String, String) {
+    let out = std::process::Command::new(common::bin())
+        .args(args)
+        .args(["--server", url])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn cli_attaches_lists_filters_and_detaches() {
+    let dir = tempfile::tempdir().unwrap();
+    let process = BrokerProcess::spawn(dir.path());
+    let url = process.url.clone();
+    let (ok, _, err) = cli(&["declare", "queue", "users", "--durable"], &url);
+    assert!(ok, "{err}");
+
+    let (ok, _, err) = cli(
+        &["handler", "attach", "users", "redact", "--mode", "filter"],
+        &url,
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("invalid_field") && err.contains("`fields` is required"),
+        "{err}"
+    );
+    let (ok, out, err) = cli(
+        &[
+            "handler",
+            "attach",
+            "users",
+            "redact",
+            "--mode",
+            "filter",
+            "--config",
+            "fields=password",
+        ],
+        &url,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        "handler redact attached to users (filter mode, concurrency 1)"
+    );
+
+    let (ok, _, err) = cli(
+        &[
+            "publish",
+            "users",
+            "--persistent",
+            "--body",
+            r#"{"user":"a","password":"x"}"#,
+        ],
+        &url,
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(
+        &["consume", "users", "--filter", "redact", "--count", "1"],
+        &url,
+    );
+    assert!(ok, "{err}");
+    let line: Value = serde_json::from_str(out.trim()).unwrap();
+    let masked: Value = serde_json::from_str(line["message"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(masked, json!({"user": "a", "password": "***"}));
+
+    let (ok, out, _) = cli(&["handler", "list"], &url);
+    assert!(ok);
+    let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[..4], ["users", "redact", "filter", "1"], "{out}");
+    assert_eq!(row.last(), Some(&"fields=password"), "{out}");
+
+    let (ok, out, err) = cli(&["handler", "detach", "users", "redact"], &url);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "handler redact detached from users");
+    let (ok, _, err) = cli(&["handler", "detach", "users", "redact"], &url);
+    assert!(!ok);
+    assert!(err.contains("plugin_not_found"), "{err}");
+}
