@@ -38,3 +38,29 @@ fn retry_dlq_backs_off_then_dead_letters() {
     assert!(out.contains("attempt 4 of payment-42"), "{out}");
     assert!(out.contains("reason=\"delivery_limit\""), "{out}");
 }
+
+#[test]
+fn user_events_fan_out_to_two_handlers_and_a_remote_consumer() {
+    let out = run(env!("CARGO_BIN_EXE_user-events"));
+    for user in ["alice", "bob", "chloe"] {
+        assert!(
+            out.contains(&format!("sending welcome email to {user}@example.com")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("awarded 100 points to {user}")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                r#"audit consumer got user.signup {{"user":"{user}""#
+            )),
+            "{out}"
+        );
+    }
+    assert!(out.contains("3 points events stored by loyalty"), "{out}");
+    assert!(
+        out.contains("handler email-sender on email: handled 3, acked 3"),
+        "{out}"
+    );
+}
