@@ -9,6 +9,7 @@
 
 mod backlog;
 mod clients;
+mod handler;
 mod latency;
 mod throughput;
 
@@ -30,7 +31,8 @@ then scenario-specific fields. p50/p99/p999 are end-to-end latencies (publish to
 the process (and its CPU and memory).
 
 Default --msgs: 200000 (persistent, transient, topic), 100000 (fanout, publishes; each is
-delivered once per queue), --rate x 10 (latency: ten seconds), 1000000 (backlog, recovery).";
+delivered once per queue; handler, per drain), --rate x 10 (latency: ten seconds), 1000000
+(backlog, recovery).";
 
 #[derive(Args)]
 #[command(after_long_help = OUTPUT_HELP)]
@@ -84,6 +86,7 @@ impl BenchArgs {
             Scenario::Fanout => 100_000,
             Scenario::Latency => self.rate.saturating_mul(10),
             Scenario::Backlog | Scenario::Recovery => 1_000_000,
+            Scenario::Handler => 100_000,
         })
     }
 }
@@ -109,6 +112,10 @@ enum Scenario {
     /// --embedded only: fills a durable queue, restarts the broker on the same data
     /// directory and measures from `Broker::start` to the first delivery.
     Recovery,
+    /// Drains a backlog of persistent messages with a remote consumer, then again with a
+    /// trivial in-broker Wasm handler (concurrency --consumers): rate = handler msgs/s,
+    /// remote_rate, overhead = remote_rate / rate.
+    Handler,
 }
 
 impl Scenario {
@@ -121,6 +128,7 @@ impl Scenario {
             Scenario::Latency => "latency",
             Scenario::Backlog => "backlog",
             Scenario::Recovery => "recovery",
+            Scenario::Handler => "handler",
         }
     }
 }
@@ -158,6 +166,7 @@ async fn with_broker(args: &BenchArgs) -> anyhow::Result<Report> {
         Scenario::Latency => latency::run(&url, args).await,
         Scenario::Backlog => backlog::backlog(&url, args, embedded.is_some()).await,
         Scenario::Recovery => unreachable!("recovery runs its own broker"),
+        Scenario::Handler => handler::run(&url, args).await,
     };
     if let Some((broker, _dir)) = embedded {
         broker.shutdown().await;
