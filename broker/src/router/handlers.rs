@@ -559,7 +559,10 @@ impl Worker {
     fn call(&mut self, msg: &Message, delivery_count: u32) -> Result<Handled, String> {
         let generation = self.pool.slot.generation();
         let current = self.live.as_ref().map(LiveHandler::generation);
-        if current != Some(generation) && self.tried_generation != Some(generation) {
+        // With no instance, always try; with one, try each new version once.
+        if current != Some(generation)
+            && (self.live.is_none() || self.tried_generation != Some(generation))
+        {
             self.tried_generation = Some(generation);
             match self
                 .pool
