@@ -3,6 +3,8 @@
 //! with the ack, persistence across restarts and crashes) and filter mode.
 
 mod common;
+#[path = "support/hostile.rs"]
+mod hostile;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -592,4 +594,72 @@ fn cli_attaches_lists_filters_and_detaches() {
     let (ok, _, err) = cli(&["handler", "detach", "users", "redact"], &url);
     assert!(!ok);
     assert!(err.contains("plugin_not_found"), "{err}");
+}
+
+#[test]
+fn hostile_handlers_are_contained_by_the_host() {
+    let wasm = hostile::plugin("handler");
+    let mut h = HandlerHarness::new(&wasm, "q", &[]).unwrap();
+    let started = std::time::Instant::now();
+    let err = h.handle(&Message::text("spin", "")).unwrap_err();
+    assert!(err.contains("CPU budget"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "stopped promptly"
+    );
+    let err = h.handle(&Message::text("alloc", "")).unwrap_err();
+    assert!(err.contains("memory limit"), "{err}");
+    let flood = h.handle(&Message::text("flood", "")).unwrap();
+    assert!(
+        matches!(&flood.outcome, HandlerOutcome::Reject(r) if r.contains("at most 100 publishes")),
+        "{:?}",
+        flood.outcome
+    );
+    assert_eq!(flood.published.len(), 100, "the publishes within the limit");
+    let fine = h.handle(&Message::text("fine", "")).unwrap();
+    assert_eq!(fine.outcome, HandlerOutcome::Ack);
+}
+
+#[tokio::test]
+async fn a_looping_handler_dead_letters_its_message_and_the_rest_flows() {
+    let b = TestBroker::start().await;
+    let c = b.client().await;
+    c.deploy_plugin("hostile", &hostile::plugin("handler"))
+        .await
+        .unwrap();
+    let args = json!({"max_deliveries": 2, "retry_backoff": ["10ms"]});
+    c.declare_queue("jobs", queue_options(args)).await.unwrap();
+    c.attach_handler(attach("jobs", "hostile", &[]))
+        .await
+        .unwrap();
+    c.confirm_select().await.unwrap();
+    c.publish(persistent("jobs", "x"), false).await.unwrap(); // routing key `jobs`: acked
+    // The default exchange routes by key: the `spin` key goes through a direct exchange.
+    c.declare_exchange("in", "direct", false, Headers::new())
+        .await
+        .unwrap();
+    c.bind(broker::protocol::Binding {
+        exchange: "in".into(),
+        queue: "jobs".into(),
+        key: "spin".into(),
+        arguments: Headers::new(),
+    })
+    .await
+    .unwrap();
+    let mut looping = persistent("spin", "loops");
+    looping.exchange = "in".into();
+    c.publish(looping, false).await.unwrap();
+    c.publish(persistent("jobs", "y"), false).await.unwrap();
+    wait_for(&c, "jobs", |q| {
+        q.dead_lettered == 1 && q.ready + q.unacked + q.delayed == 0
+    })
+    .await;
+    let dead = c.peek_queue("jobs.dlq", 10).await.unwrap();
+    assert_eq!(
+        dead[0].message.headers[DEATH_HEADER][0]["reason"],
+        "plugin_error"
+    );
+    let row = handler_row(&c, "jobs", "hostile").await;
+    assert_eq!(row["stats"]["acked"], 2, "{row}");
+    assert_eq!(row["stats"]["failed"], 2, "{row}");
 }
