@@ -29,7 +29,7 @@ use super::queues::check_access;
 use super::{Command, ConnTx, OpError, Outbound, Reply, Router, Settle};
 use crate::message::Message;
 use crate::plugin::{Handled, HandlerError, HandlerOutcome, HandlerSlot, LiveHandler};
-use crate::protocol::{AttachHandler, Delivery, ErrorCode, HandlerMode, ServerFrame};
+use crate::protocol::{AttachHandler, Delivery, ErrorCode, HandlerMode, RequestId, ServerFrame};
 use crate::queue::{ConnId, Consumer, Retry};
 use crate::store::StoreOp;
 
@@ -53,6 +53,24 @@ pub enum Verdict {
     /// The call failed (trap, limits, broken contract): a failed delivery whose death
     /// reason at the delivery limit is `plugin_error`.
     Failed(String),
+}
+
+/// An attach whose first instance is ready, for the router to register.
+pub struct Started {
+    conn: ConnId,
+    id: RequestId,
+    record: AttachHandler,
+    slot: Arc<HandlerSlot>,
+    first: LiveHandler,
+}
+
+impl std::fmt::Debug for Started {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Started")
+            .field("conn", &self.conn)
+            .field("record", &self.record)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A handler's answer to one delivery.
@@ -168,37 +186,106 @@ fn not_attached(queue: &str, plugin: &str) -> OpError {
 }
 
 impl Router {
+    /// Checks the request, then compiles (bundled plugins, on first use) and initialises
+    /// the first instance off the router's task; [`Router::handler_started`] finishes.
     pub(super) fn attach_handler(
         &mut self,
         conn: ConnId,
+        id: RequestId,
         attach: AttachHandler,
     ) -> Result<Reply, OpError> {
+        if let Some(reply) = self.check_attach(conn, &attach)? {
+            return Ok(reply);
+        }
+        let Some(tx) = self.conns.get(&conn).map(|c| c.tx.clone()) else {
+            return Ok(Reply::Silent);
+        };
+        let (plugins, router) = (self.plugins.clone(), self.self_tx.clone());
+        tokio::spawn(async move {
+            let record = attach.clone();
+            let started = tokio::task::spawn_blocking(move || {
+                let slot = plugins.handler(&record.plugin)?;
+                let config: Vec<(String, String)> = record.config.into_iter().collect();
+                let first = slot.instantiate(&record.queue, &config)?;
+                Ok::<_, HandlerError>((slot, first))
+            })
+            .await
+            .unwrap_or_else(|e| Err(HandlerError::Failed(format!("start task failed: {e}"))));
+            match started {
+                Ok((slot, first)) => {
+                    let started = Started {
+                        conn,
+                        id,
+                        record: attach,
+                        slot,
+                        first,
+                    };
+                    let _ = router.send(Command::HandlerStarted(Box::new(started)));
+                }
+                Err(e) => {
+                    let e = handler_error(e);
+                    let frame = ServerFrame::error(Some(id), e.code, e.message);
+                    let _ = tx.send(Outbound::Frame(frame));
+                }
+            }
+        });
+        Ok(Reply::Silent)
+    }
+
+    /// What an attach must satisfy, checked when it arrives and again once its first
+    /// instance is ready (the queue or another attach may have changed meanwhile).
+    fn check_attach(&self, conn: ConnId, attach: &AttachHandler) -> Result<Option<Reply>, OpError> {
         let queue = self.queue(&attach.queue)?;
         check_access(queue, conn)?;
-        let stored = queue.is_stored();
         if !(1..=MAX_CONCURRENCY).contains(&attach.concurrency) {
             let message = format!("`concurrency` must be 1 to {MAX_CONCURRENCY}");
             return Err(OpError::new(ErrorCode::InvalidField, message));
         }
         let key: Key = (attach.queue.as_str().into(), attach.plugin.clone());
-        if let Some(existing) = self.handlers.attachments.get(&key) {
-            if existing.record == attach {
-                return Ok(Reply::Ok(serde_json::Value::Null));
+        match self.handlers.attachments.get(&key) {
+            None => Ok(None),
+            Some(existing) if existing.record == *attach => {
+                Ok(Some(Reply::Ok(serde_json::Value::Null)))
             }
-            let message = format!(
-                "handler `{}` is attached to queue `{}` with a different mode/concurrency/config; detach it first",
-                attach.plugin, attach.queue
-            );
-            return Err(OpError::new(ErrorCode::PreconditionFailed, message));
+            Some(_) => {
+                let message = format!(
+                    "handler `{}` is attached to queue `{}` with a different mode/concurrency/config; detach it first",
+                    attach.plugin, attach.queue
+                );
+                Err(OpError::new(ErrorCode::PreconditionFailed, message))
+            }
         }
-        self.start_attachment(attach.clone())?;
-        tracing::info!(queue = %attach.queue, plugin = %attach.plugin, mode = ?attach.mode, "handler attached");
-        if stored {
-            self.batch.ops.push(StoreOp::PutHandler(attach));
-            Ok(Reply::OkAfterCommit(serde_json::Value::Null))
-        } else {
-            Ok(Reply::Ok(serde_json::Value::Null))
-        }
+    }
+
+    /// An attach whose first instance is ready: start it (the reply follows the commit of
+    /// its record for a durable queue).
+    pub(super) fn handler_started(&mut self, started: Started) {
+        let Started {
+            conn,
+            id,
+            record,
+            slot,
+            first,
+        } = started;
+        let result = match self.check_attach(conn, &record) {
+            Err(e) => Err(e),
+            Ok(Some(reply)) => Ok(reply),
+            Ok(None) => {
+                let stored = self
+                    .queues
+                    .get(record.queue.as_str())
+                    .is_some_and(|q| q.is_stored());
+                tracing::info!(queue = %record.queue, plugin = %record.plugin, mode = ?record.mode, "handler attached");
+                self.start_with(record.clone(), slot, first);
+                if stored {
+                    self.batch.ops.push(StoreOp::PutHandler(record));
+                    Ok(Reply::OkAfterCommit(serde_json::Value::Null))
+                } else {
+                    Ok(Reply::Ok(serde_json::Value::Null))
+                }
+            }
+        };
+        self.answer(conn, id, result);
     }
 
     pub(super) fn detach_handler(&mut self, queue: &str, plugin: &str) -> Result<Reply, OpError> {
@@ -402,26 +489,33 @@ impl Router {
         Ok(())
     }
 
+    /// Starts a stored attachment (startup: blocking is fine there).
     fn start_attachment(&mut self, record: AttachHandler) -> Result<(), OpError> {
-        let (queue, _) = self
-            .queues
-            .get_key_value(record.queue.as_str())
-            .ok_or_else(|| {
-                OpError::new(
-                    ErrorCode::QueueNotFound,
-                    format!("no queue `{}`", record.queue),
-                )
-            })?;
-        let queue = queue.clone();
+        if !self.queues.contains_key(record.queue.as_str()) {
+            let message = format!("no queue `{}`", record.queue);
+            return Err(OpError::new(ErrorCode::QueueNotFound, message));
+        }
         let slot = self
             .plugins
             .handler(&record.plugin)
             .map_err(handler_error)?;
         let config: Vec<(String, String)> = record.config.clone().into_iter().collect();
-        // The first instance runs `init` here, so a bad config refuses the attach.
+        // The first instance runs `init`, so a bad config refuses the attachment.
         let first = slot
             .instantiate(&record.queue, &config)
             .map_err(handler_error)?;
+        self.start_with(record, slot, first);
+        Ok(())
+    }
+
+    /// Registers an attachment (its queue exists) and starts its workers.
+    fn start_with(&mut self, record: AttachHandler, slot: Arc<HandlerSlot>, first: LiveHandler) {
+        let (queue, _) = self
+            .queues
+            .get_key_value(record.queue.as_str())
+            .expect("callers check the queue exists");
+        let queue = queue.clone();
+        let config: Vec<(String, String)> = record.config.clone().into_iter().collect();
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(AttachmentStats::default());
         let pool = Pool {
@@ -472,7 +566,6 @@ impl Router {
         }
         let key: Key = (queue, attachment.record.plugin.clone());
         self.handlers.attachments.insert(key, attachment);
-        Ok(())
     }
 
     /// Stops an attachment's workers; its held deliveries go back to the queue without

@@ -68,6 +68,8 @@ pub enum Command {
     PluginActivated(Box<plugins::Activated>),
     /// A handler's verdict on a delivery (with what it published).
     HandlerDone(Box<handlers::Done>),
+    /// An attached handler's first instance is ready.
+    HandlerStarted(Box<handlers::Started>),
     /// Commit what is pending, close the store, then answer.
     Shutdown {
         done: oneshot::Sender<()>,
@@ -229,6 +231,7 @@ impl Router {
                     } => self.settle_written(conn, delivery_tags),
                     Command::PluginActivated(activated) => self.plugin_activated(*activated),
                     Command::HandlerDone(done) => self.handler_done(*done),
+                    Command::HandlerStarted(started) => self.handler_started(*started),
                     Command::Shutdown { done } => {
                         self.shutdown().await;
                         let _ = done.send(());
@@ -368,7 +371,7 @@ impl Router {
             Op::RequeueDeadLetters { queue, message_id } => {
                 self.requeue_dead_letters(conn, &queue, message_id.as_deref())
             }
-            Op::AttachHandler(attach) => self.attach_handler(conn, attach),
+            Op::AttachHandler(attach) => self.attach_handler(conn, id.clone(), attach),
             Op::DetachHandler { queue, plugin } => self.detach_handler(&queue, &plugin),
             Op::ListHandlers => Ok(self.list_handlers()),
         };
