@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 include!("build/wasm_cargo.rs");
 
 const PLUGINS: [&str; 4] = ["direct", "topic", "fanout", "headers"];
+/// Consumer-side handler plugins (`plugins/handler-*`, crates `handler-<name>`).
+const HANDLERS: [&str; 5] = ["email-sender", "loyalty", "redact", "enrich", "flaky"];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -35,6 +37,9 @@ fn main() {
     for plugin in PLUGINS {
         cmd.args(["-p", &format!("exchange-{plugin}")]);
     }
+    for handler in HANDLERS {
+        cmd.args(["-p", &format!("handler-{handler}")]);
+    }
     let output = cmd.output().expect("cannot run cargo to build the plugins");
     if !output.status.success() {
         panic!(
@@ -44,6 +49,14 @@ fn main() {
     }
     for plugin in PLUGINS {
         let file = format!("exchange_{plugin}.wasm");
+        let built = target_dir
+            .join("wasm32-unknown-unknown/release")
+            .join(&file);
+        std::fs::copy(&built, out_dir.join(&file))
+            .unwrap_or_else(|e| panic!("cannot copy {}: {e}", built.display()));
+    }
+    for handler in HANDLERS {
+        let file = format!("handler_{}.wasm", handler.replace('-', "_"));
         let built = target_dir
             .join("wasm32-unknown-unknown/release")
             .join(&file);

@@ -171,6 +171,7 @@ fn bench_scenarios_print_one_line_each() {
         &["transient", "--msgs", "300"],
         &["topic", "--msgs", "300", "--bindings", "20"],
         &["fanout", "--msgs", "100"],
+        &["handler", "--msgs", "300"],
     ] {
         let out = Command::new(bin())
             .arg("bench")

@@ -309,6 +309,7 @@ async fn cancelled_subscription_gets_no_more_messages_and_keeps_unacked() {
             queue: "q".into(),
             prefetch: 0,
             auto_ack: false,
+            filter: None,
             consumer_tag: Some("mine".into()),
         })
         .await
@@ -341,6 +342,7 @@ async fn auto_ack_consumer_settles_on_write() {
             prefetch: 5,
             auto_ack: true,
             consumer_tag: None,
+            filter: None,
         })
         .await
         .unwrap();

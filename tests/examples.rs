@@ -58,3 +58,29 @@ fn hot_reload_switches_lanes_once_without_losing_an_order() {
     );
     assert!(out.contains("zero loss"), "{out}");
 }
+
+#[test]
+fn user_events_fan_out_to_two_handlers_and_a_remote_consumer() {
+    let out = run(env!("CARGO_BIN_EXE_user-events"));
+    for user in ["alice", "bob", "chloe"] {
+        assert!(
+            out.contains(&format!("sending welcome email to {user}@example.com")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("awarded 100 points to {user}")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                r#"audit consumer got user.signup {{"user":"{user}""#
+            )),
+            "{out}"
+        );
+    }
+    assert!(out.contains("3 points events stored by loyalty"), "{out}");
+    assert!(
+        out.contains("handler email-sender on email: handled 3, acked 3"),
+        "{out}"
+    );
+}

@@ -333,6 +333,7 @@ async fn lists_exchanges_bindings_plugins_and_connections() {
             prefetch: 10,
             auto_ack: false,
             consumer_tag: Some("auditor".into()),
+            filter: None,
         })
         .await
         .unwrap();

@@ -1,10 +1,14 @@
-//! Write a broker exchange type as a sandboxed WebAssembly plugin.
+//! Write a broker exchange type or a consumer-side handler as a sandboxed WebAssembly plugin.
 //!
-//! Implement [`Exchange`] on a type, add `broker_plugin_sdk::export_exchange!(MyType);` and
-//! build with `cargo build --target wasm32-unknown-unknown --release`: the result is a
-//! component the broker loads. Natively the same crate is plain Rust, so its matcher is
-//! unit-testable with `cargo test`. See the README for the whole flow.
+//! Exchange: implement [`Exchange`] on a type and add
+//! `broker_plugin_sdk::export_exchange!(MyType);`. Handler: write
+//! `fn handle(msg: &Message, ctx: &mut Context) -> Outcome` and add
+//! `broker_plugin_sdk::export_handler!(handle);`. Build with
+//! `cargo build --target wasm32-unknown-unknown --release`: the result is a component the
+//! broker loads. Natively the same crate is plain Rust, so it is unit-testable with
+//! `cargo test`. See the README for the whole flow.
 
+mod handler;
 mod log;
 mod message;
 mod value;
@@ -13,6 +17,14 @@ mod value;
 #[doc(hidden)]
 pub mod __private;
 
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod __handler;
+
+pub use handler::{
+    __check_handler, __check_init, Config, Context, HandlerFn, InitFn, Outcome, Published,
+    accept_any_config,
+};
 pub use log::{LogLevel, log};
 pub use message::{Message, Properties};
 pub use value::{Header, Headers, Value};

@@ -10,7 +10,7 @@ use super::{DEFAULT_SERVER, parse_key_value, to_headers};
 #[derive(Args)]
 pub struct ServerArg {
     #[arg(long, default_value = DEFAULT_SERVER)]
-    server: String,
+    pub server: String,
 }
 
 #[derive(Subcommand)]

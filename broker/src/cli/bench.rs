@@ -9,6 +9,7 @@
 
 mod backlog;
 mod clients;
+mod handler;
 mod latency;
 mod plugins;
 mod throughput;
@@ -31,7 +32,8 @@ then scenario-specific fields. p50/p99/p999 are end-to-end latencies (publish to
 the process (and its CPU and memory).
 
 Default --msgs: 200000 (persistent, transient, topic), 100000 (fanout, publishes; each is
-delivered once per queue), --rate x 10 (latency, reload: ten seconds), 1000000 (backlog, recovery).";
+delivered once per queue; handler, per drain), --rate x 10 (latency, reload: ten
+seconds), 1000000 (backlog, recovery).";
 
 #[derive(Args)]
 #[command(after_long_help = OUTPUT_HELP)]
@@ -89,6 +91,7 @@ impl BenchArgs {
             Scenario::Latency | Scenario::Reload => self.rate.saturating_mul(10),
             Scenario::Backlog | Scenario::Recovery => 1_000_000,
             Scenario::Startup => 0,
+            Scenario::Handler => 100_000,
         })
     }
 }
@@ -120,6 +123,10 @@ enum Scenario {
     /// --embedded only: restarts with --plugins deployed plugins, with and without the
     /// compiled-artifact cache.
     Startup,
+    /// Drains a backlog of persistent messages with a remote consumer, then again with a
+    /// trivial in-broker Wasm handler (concurrency --consumers): rate = handler msgs/s,
+    /// remote_rate, overhead = remote_rate / rate.
+    Handler,
 }
 
 impl Scenario {
@@ -134,6 +141,7 @@ impl Scenario {
             Scenario::Recovery => "recovery",
             Scenario::Reload => "reload",
             Scenario::Startup => "startup",
+            Scenario::Handler => "handler",
         }
     }
 }
@@ -173,6 +181,7 @@ async fn with_broker(args: &BenchArgs) -> anyhow::Result<Report> {
         Scenario::Backlog => backlog::backlog(&url, args, embedded.is_some()).await,
         Scenario::Reload => plugins::reload(&url, args).await,
         Scenario::Recovery | Scenario::Startup => unreachable!("these run their own broker"),
+        Scenario::Handler => handler::run(&url, args).await,
     };
     if let Some((broker, _dir)) = embedded {
         broker.shutdown().await;

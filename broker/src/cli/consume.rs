@@ -16,6 +16,9 @@ pub struct ConsumeArgs {
     /// Most unacked messages in flight.
     #[arg(long, default_value_t = broker::protocol::DEFAULT_PREFETCH)]
     prefetch: u32,
+    /// Receive through this filter handler (attached with `handler attach --mode filter`).
+    #[arg(long)]
+    filter: Option<String>,
     #[arg(long, default_value = DEFAULT_SERVER)]
     server: String,
 }
@@ -23,7 +26,14 @@ pub struct ConsumeArgs {
 pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     let client = Client::connect(&args.server).await?;
     ensure_queue(&client, &args.queue).await?;
-    let mut subscription = client.consume(&args.queue, args.prefetch).await?;
+    let mut subscription = match &args.filter {
+        Some(filter) => {
+            client
+                .consume_filtered(&args.queue, args.prefetch, filter)
+                .await?
+        }
+        None => client.consume(&args.queue, args.prefetch).await?,
+    };
     let mut seen = 0;
     while args.count.is_none_or(|n| seen < n) {
         let delivery = tokio::select! {

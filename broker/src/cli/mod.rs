@@ -4,6 +4,7 @@ mod admin;
 mod bench;
 mod consume;
 mod dlq;
+mod handler;
 mod publish;
 mod serve;
 
@@ -59,6 +60,9 @@ enum Command {
     Dlq(dlq::DlqArgs),
     /// Measure throughput and latency (see `broker bench --help`).
     Bench(bench::BenchArgs),
+    /// Attach, detach and list consumer-side handler plugins on queues.
+    #[command(subcommand)]
+    Handler(handler::Handler),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -81,6 +85,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(args) => dlq::run(args).await,
         Command::Plugin(what) => admin::plugin(what).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Handler(what) => handler::run(what).await,
     }
 }
 

@@ -16,8 +16,8 @@ use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
 use crate::message::{Headers, Message};
 use crate::protocol::{
-    Binding, DeclareExchange, DeclareQueue, Delivery, ErrorCode, MessageCount, Op, Publish,
-    QueueInfo, QueueList, Request, RequestId, ServerFrame, Subscribe, Subscribed,
+    AttachHandler, Binding, DeclareExchange, DeclareQueue, Delivery, ErrorCode, MessageCount, Op,
+    Publish, QueueInfo, QueueList, Request, RequestId, ServerFrame, Subscribe, Subscribed,
 };
 
 /// What can go wrong talking to a broker.
@@ -356,8 +356,45 @@ impl Client {
             prefetch,
             auto_ack: false,
             consumer_tag: None,
+            filter: None,
         })
         .await
+    }
+
+    /// Subscribes with manual acks through filter handler `filter` (attached to the queue
+    /// in filter mode): dropped messages never arrive, transformed ones arrive instead.
+    pub async fn consume_filtered(
+        &self,
+        queue: &str,
+        prefetch: u32,
+        filter: &str,
+    ) -> Result<Subscription, ClientError> {
+        self.subscribe(Subscribe {
+            queue: queue.to_owned(),
+            prefetch,
+            auto_ack: false,
+            consumer_tag: None,
+            filter: Some(filter.to_owned()),
+        })
+        .await
+    }
+
+    /// Attaches a handler plugin to a queue (see [`AttachHandler`]).
+    pub async fn attach_handler(&self, attach: AttachHandler) -> Result<(), ClientError> {
+        self.call_unit(Op::AttachHandler(attach)).await
+    }
+
+    pub async fn detach_handler(&self, queue: &str, plugin: &str) -> Result<(), ClientError> {
+        self.call_unit(Op::DetachHandler {
+            queue: queue.to_owned(),
+            plugin: plugin.to_owned(),
+        })
+        .await
+    }
+
+    /// Every attachment: queue, plugin, mode, concurrency, config, plugin version, counters.
+    pub async fn list_handlers(&self) -> Result<serde_json::Value, ClientError> {
+        self.send(Op::ListHandlers, None, true).await
     }
 
     pub async fn cancel(&self, consumer_tag: &str) -> Result<(), ClientError> {

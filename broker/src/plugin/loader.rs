@@ -35,12 +35,18 @@ pub enum LoadError {
          rebuild it with a matching broker-plugin-sdk"
     )]
     IncompatibleAbi { found: String, supported: u64 },
-    #[error("not an exchange plugin: it exports no `{EXCHANGE_INTERFACE}` interface")]
+    #[error(
+        "not a plugin: it exports no `{EXCHANGE_INTERFACE}` or `broker:plugin/handler` interface"
+    )]
     NotAnExchange,
     #[error("plugin needs imports this broker does not provide (plugins get no WASI): {0}")]
     Link(String),
     #[error("plugin failed while being probed: {0}")]
     Probe(String),
+    #[error(
+        "`{0}` is already a plugin of the other kind (exchange vs handler); choose another name"
+    )]
+    KindChanged(String),
 }
 
 /// What the host may assume about a plugin (from its `get-capabilities` export).

@@ -35,6 +35,8 @@ mod bundled;
 mod convert;
 mod epoch;
 mod exchange;
+mod handler;
+mod handler_bindings;
 mod host_state;
 mod instance;
 mod key_cache;
@@ -42,10 +44,15 @@ mod limits;
 mod loader;
 mod registry;
 mod stats;
+pub mod testing;
 
 pub use bindings::ABI_MAJOR_VERSION;
-pub use bundled::STANDARD_EXCHANGES;
+pub use bundled::{STANDARD_EXCHANGES, STANDARD_HANDLERS};
 pub use exchange::PluginExchange;
+pub use handler::{
+    Handled, HandlerError, HandlerOutcome, HandlerSlot, LiveHandler, MAX_PUBLISH_BYTES_PER_CALL,
+    MAX_PUBLISHES_PER_CALL,
+};
 pub use limits::Limits;
 pub use loader::{Capabilities, LoadError, PluginInfo, PluginSource};
 pub use registry::{HostError, PluginHost, PreparedPlugin, content_hash};

@@ -11,6 +11,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use super::bundled;
 use super::epoch::EpochTicker;
 use super::exchange::{ExchangeControl, PluginExchange};
+use super::handler::HandlerRegistry;
 use super::host_state::HostState;
 use super::limits::Limits;
 use super::loader::{self, LoadError, LoadedPlugin, PluginInfo, PluginSource};
@@ -102,32 +103,43 @@ impl PluginSlot {
 /// A compiled and validated plugin version that is not serving yet
 /// ([`PluginHost::install`] makes it current).
 pub struct PreparedPlugin {
-    plugin: LoadedPlugin,
+    plugin: Prepared,
+}
+
+enum Prepared {
+    Exchange(LoadedPlugin),
+    Handler(super::handler::LoadedHandler),
 }
 
 impl std::fmt::Debug for PreparedPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PreparedPlugin")
-            .field("info", &self.plugin.info)
+            .field("info", self.info())
             .finish_non_exhaustive()
     }
 }
 
 impl PreparedPlugin {
     pub fn info(&self) -> &PluginInfo {
-        &self.plugin.info
+        match &self.plugin {
+            Prepared::Exchange(plugin) => &plugin.info,
+            Prepared::Handler(handler) => handler.info(),
+        }
     }
 
     /// The compiled form to keep in the artifact cache, if it was compiled now (not
-    /// taken from the cache).
+    /// taken from the cache). Handlers are always compiled.
     pub fn artifact(&self) -> Option<Vec<u8>> {
-        if !self.plugin.freshly_compiled {
+        let Prepared::Exchange(plugin) = &self.plugin else {
+            return None;
+        };
+        if !plugin.freshly_compiled {
             return None;
         }
-        match self.plugin.component.serialize() {
+        match plugin.component.serialize() {
             Ok(bytes) => Some(bytes),
             Err(e) => {
-                tracing::warn!(plugin = %self.plugin.info.name, error = %e, "cannot serialize compiled plugin");
+                tracing::warn!(plugin = %plugin.info.name, error = %e, "cannot serialize compiled plugin");
                 None
             }
         }
@@ -141,6 +153,8 @@ struct HostInner {
     types: RwLock<HashMap<String, Arc<PluginSlot>>>,
     exchanges: Mutex<HashMap<String, Weak<ExchangeControl>>>,
     _epoch: Option<EpochTicker>,
+    /// Handler plugins (consumer side), a namespace shared with exchange types.
+    handlers: HandlerRegistry,
 }
 
 /// The Wasm plugin host and registry of exchange types. Cheap to clone (shared state).
@@ -178,6 +192,7 @@ impl PluginHost {
         Ok(PluginHost {
             inner: Arc::new(HostInner {
                 linker: loader::linker(&engine),
+                handlers: HandlerRegistry::new(&engine),
                 engine,
                 limits,
                 types: RwLock::new(HashMap::new()),
@@ -282,7 +297,7 @@ impl PluginHost {
     /// Makes a prepared version current: new exchanges use it, live ones move to it at
     /// their next call.
     pub fn install(&self, prepared: PreparedPlugin) -> PluginInfo {
-        self.inner.install(prepared.plugin)
+        self.inner.install(prepared)
     }
 
     /// The artifact-cache key of the plugin with content hash `hash`: compiled code is
@@ -410,6 +425,14 @@ impl PluginHost {
         &self.inner.limits
     }
 
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    pub(crate) fn handler_registry(&self) -> &HandlerRegistry {
+        &self.inner.handlers
+    }
+
     fn slot(&self, name: &str) -> Option<Arc<PluginSlot>> {
         let types = self.inner.types.read().expect("registry lock poisoned");
         types.get(name).cloned()
@@ -426,11 +449,40 @@ impl HostInner {
         if !bundled && bundled::is_standard(&source.name) {
             return Err(LoadError::ReservedName(source.name.clone()));
         }
-        let plugin = loader::load(&self.engine, &self.linker, &self.limits, source, bundled)?;
-        Ok(PreparedPlugin { plugin })
+        let name = source.name.as_str();
+        // Not an exchange: maybe a handler (compiled a second time; deploys are rare).
+        let plugin = match loader::load(&self.engine, &self.linker, &self.limits, source, bundled) {
+            Err(LoadError::NotAnExchange) => {
+                if self
+                    .types
+                    .read()
+                    .expect("registry lock poisoned")
+                    .contains_key(name)
+                {
+                    return Err(LoadError::KindChanged(name.to_owned()));
+                }
+                let handler = self
+                    .handlers
+                    .prepare(&self.engine, &self.limits, source, bundled)?;
+                return Ok(PreparedPlugin {
+                    plugin: Prepared::Handler(handler),
+                });
+            }
+            loaded => loaded?,
+        };
+        if self.handlers.contains(name) {
+            return Err(LoadError::KindChanged(name.to_owned()));
+        }
+        Ok(PreparedPlugin {
+            plugin: Prepared::Exchange(plugin),
+        })
     }
 
-    fn install(&self, mut plugin: LoadedPlugin) -> PluginInfo {
+    fn install(&self, prepared: PreparedPlugin) -> PluginInfo {
+        let mut plugin = match prepared.plugin {
+            Prepared::Exchange(plugin) => plugin,
+            Prepared::Handler(handler) => return self.handlers.install(handler, &self.limits),
+        };
         let info = plugin.info.clone();
         let mut types = self.types.write().expect("registry lock poisoned");
         match types.get(&info.name) {

@@ -117,6 +117,9 @@ const OP_NAMES: &[&str] = &[
     "list_exchanges",
     "list_bindings",
     "list_connections",
+    "attach_handler",
+    "detach_handler",
+    "list_handlers",
 ];
 
 /// A request frame that could not be parsed: the id when one could be read, the code, why.

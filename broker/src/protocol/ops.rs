@@ -107,6 +107,15 @@ pub enum Op {
     ListBindings,
     /// Every client connection with its consumers and unacked count.
     ListConnections,
+    /// Attaches handler plugin `plugin` to `queue`: an in-broker consumer (`consume`) or a
+    /// filter subscribers opt into (`filter`). Stored with a durable queue.
+    AttachHandler(AttachHandler),
+    DetachHandler {
+        queue: String,
+        plugin: String,
+    },
+    /// Every attachment with its plugin version and counters.
+    ListHandlers,
 }
 
 fn default_peek_limit() -> usize {
@@ -177,6 +186,40 @@ pub struct Subscribe {
     /// Chosen by the broker when absent.
     #[serde(default)]
     pub consumer_tag: Option<String>,
+    /// A handler attached to the queue in `filter` mode that every delivery passes through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+}
+
+/// How a handler is attached to its queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HandlerMode {
+    /// The handler consumes the queue: its outcome acks, retries or dead-letters.
+    #[default]
+    Consume,
+    /// Subscribers naming it see each delivery through it (drop / transform).
+    Filter,
+}
+
+/// `attach_handler`'s fields; also the stored record of an attachment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttachHandler {
+    pub queue: String,
+    /// A handler plugin (bundled, loaded or deployed).
+    pub plugin: String,
+    #[serde(default)]
+    pub mode: HandlerMode,
+    /// Calls in flight at once (1 to 64): one plugin instance each.
+    #[serde(default = "one")]
+    pub concurrency: u32,
+    /// Given to the plugin's `init`.
+    #[serde(default)]
+    pub config: std::collections::BTreeMap<String, String>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 pub const DEFAULT_PREFETCH: u32 = 100;

@@ -12,6 +12,9 @@ use crate::store::StoreOp;
 impl Router {
     pub(super) fn subscribe(&mut self, conn: ConnId, sub: Subscribe) -> Result<Reply, OpError> {
         check_access(self.queue(&sub.queue)?, conn)?;
+        if let Some(filter) = &sub.filter {
+            self.check_filter(&sub.queue, filter)?;
+        }
         let tag = match sub.consumer_tag {
             Some(tag) if !tag.is_empty() => tag,
             _ => self.generate_name(conn, "ctag"),
@@ -32,6 +35,9 @@ impl Router {
         c.consumers.push((name.clone(), tag.clone()));
         let queue = self.queues.get_mut(&name).expect("checked above");
         queue.add_consumer(Consumer::new(conn, tag.clone(), sub.prefetch, sub.auto_ack));
+        if let Some(filter) = &sub.filter {
+            self.add_filter(conn, tag.clone(), name.clone(), filter);
+        }
         self.dirty.insert(name);
         let result = serde_json::to_value(Subscribed {
             consumer_tag: tag.to_string(),
@@ -56,6 +62,7 @@ impl Router {
 
     /// Detaches a consumer from its queue; an auto-delete queue goes with its last consumer.
     fn remove_consumer(&mut self, queue_name: &Arc<str>, conn: ConnId, tag: &str) {
+        self.forget_filter(conn, tag);
         let Some(queue) = self.queues.get_mut(queue_name) else {
             return;
         };
@@ -145,7 +152,7 @@ impl Router {
                 None
             }
             Settle::DeadLetter => queue.ack(seq).map(|e| (e, DeathReason::Rejected)),
-            Settle::Retry(retry) => match queue.retry(seq, retry, now) {
+            Settle::Retry(_) | Settle::Failed => match queue.retry(seq, retry_of(how), now) {
                 Some(Retried::Requeued {
                     stored: true,
                     delivery_count,
@@ -160,6 +167,9 @@ impl Router {
                     None
                 }
                 Some(Retried::Requeued { .. }) | None => None,
+                Some(Retried::Exhausted(entry)) if how == Settle::Failed => {
+                    Some((entry, DeathReason::PluginError))
+                }
                 Some(Retried::Exhausted(entry)) => Some((entry, DeathReason::DeliveryLimit)),
             },
         };
@@ -254,6 +264,18 @@ impl Router {
                 queue: name.clone(),
                 message: d.message,
             };
+            if !self.handlers.filters.is_empty()
+                && let Some(route) = self
+                    .handlers
+                    .filters
+                    .get(&(d.conn, delivery.consumer_tag.clone()))
+            {
+                // Through the filter (off this task); it delivers or settles.
+                let job =
+                    super::handlers::FilterJob::new(delivery, d.auto_ack, d.conn, c.tx.clone());
+                let _ = route.tx.send(job);
+                continue;
+            }
             let out = if d.auto_ack {
                 Outbound::AutoAckDelivery(delivery)
             } else {
@@ -262,5 +284,13 @@ impl Router {
             // A send fails only while the connection is closing; its Close requeues.
             let _ = c.tx.send(out);
         }
+    }
+}
+
+/// How a failed delivery goes back: a handler failure backs off like a retry.
+fn retry_of(how: Settle) -> Retry {
+    match how {
+        Settle::Retry(retry) => retry,
+        _ => Retry::Backoff,
     }
 }

@@ -8,6 +8,7 @@
 mod consumers;
 mod dead_letter;
 mod exchanges;
+mod handlers;
 mod overview;
 mod plugins;
 mod queues;
@@ -77,6 +78,10 @@ pub enum Command {
         name: String,
         failing: plugins::AutoRollback,
     },
+    /// A handler's verdict on a delivery (with what it published).
+    HandlerDone(Box<handlers::Done>),
+    /// An attached handler's first instance is ready.
+    HandlerStarted(Box<handlers::Started>),
     /// Commit what is pending, close the store, then answer.
     Shutdown {
         done: oneshot::Sender<()>,
@@ -215,6 +220,8 @@ pub struct Router {
     /// Dead letters of this turn by (source queue, reason), logged as one line each at
     /// the end of the turn.
     dead_letter_log: BTreeMap<(Arc<str>, &'static str), u64>,
+    /// Handler attachments and filtered subscriptions.
+    handlers: handlers::Handlers,
 }
 
 impl Router {
@@ -259,6 +266,8 @@ impl Router {
                     } => self.settle_written(conn, delivery_tags),
                     Command::PluginPrepared(prepared) => self.plugin_prepared(*prepared),
                     Command::AutoRollback { name, failing } => self.auto_rollback(name, failing),
+                    Command::HandlerDone(done) => self.handler_done(*done),
+                    Command::HandlerStarted(started) => self.handler_started(*started),
                     Command::Shutdown { done } => {
                         self.shutdown().await;
                         let _ = done.send(());
@@ -412,6 +421,9 @@ impl Router {
             Op::ListExchanges => Ok(self.list_exchanges()),
             Op::ListBindings => Ok(self.list_bindings()),
             Op::ListConnections => Ok(self.list_connections()),
+            Op::AttachHandler(attach) => self.attach_handler(conn, id.clone(), attach),
+            Op::DetachHandler { queue, plugin } => self.detach_handler(&queue, &plugin),
+            Op::ListHandlers => Ok(self.list_handlers()),
         };
         self.answer(conn, id, result);
     }
@@ -481,4 +493,7 @@ pub(crate) enum Settle {
     Retry(Retry),
     /// Refused without requeue: dead-letter it (reason `rejected`).
     DeadLetter,
+    /// A handler failed on it: retried with the queue's backoff like `Retry`, but
+    /// dead-lettered with reason `plugin_error` at the delivery limit.
+    Failed,
 }

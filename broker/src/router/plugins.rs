@@ -410,6 +410,29 @@ impl Router {
                 })
             })
             .collect();
+        let mut plugins = plugins;
+        for (name, bundled, stats) in self.plugins.handler_plugins() {
+            let active = self.active_plugins.get(&name).copied();
+            let hash = active.and_then(|v| {
+                let versions = self.plugin_versions.get(&name)?;
+                versions
+                    .iter()
+                    .find(|p| p.version == v)
+                    .map(|p| p.hash.clone())
+            });
+            let stats = stats.unwrap_or_default();
+            plugins.push(json!({
+                "name": name,
+                "kind": "handler",
+                "bundled": bundled,
+                "active_version": active,
+                "hash": hash,
+                "calls": stats.calls,
+                "errors": stats.errors,
+                "p99_call_us": stats.call_p99().map(|d| d.as_secs_f64() * 1e6),
+                "stats": stats,
+            }));
+        }
         Reply::Ok(json!({ "plugins": plugins }))
     }
 

@@ -52,6 +52,7 @@ impl Router {
             run_id: format!("{:x}", super::exchanges::now_ms()),
             default_exchange: Default::default(),
             dead_letter_log: Default::default(),
+            handlers: Default::default(),
         };
         let mut messages = 0;
         for stored in recovered.queues {
@@ -110,6 +111,7 @@ impl Router {
             router.next_binding_id = router.next_binding_id.max(id + 1);
             router.restore_binding(id, binding);
         }
+        router.restore_handlers(recovered.handlers);
         let names: Vec<Arc<str>> = router.queues.keys().cloned().collect();
         for name in &names {
             // Delays that ended and messages that expired while the broker was down are
@@ -223,6 +225,7 @@ impl Router {
             }
         }
         self.remove_bindings_to(name);
+        self.remove_queue_handlers(name);
         let messages = queue.drain_all().len() as u64;
         let stored = queue.is_stored();
         if stored {

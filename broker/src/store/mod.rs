@@ -43,6 +43,8 @@ const ACTIVE_PLUGINS: TableDefinition<&str, u64> = TableDefinition::new("active_
 /// Compiled plugin code by `<engine compatibility hash>-<content hash>`, so a restart
 /// need not recompile (see `PluginHost::artifact_key`).
 const PLUGIN_ARTIFACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugin_artifacts");
+/// Handler attachments of durable queues by (queue, plugin): their record (JSON).
+const HANDLERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("handlers");
 
 /// The name of the database file inside the data directory.
 pub const DB_FILE: &str = "broker.redb";
@@ -114,6 +116,8 @@ pub struct Recovered {
     pub active_plugins: Vec<(String, u64)>,
     /// Compiled plugin code by artifact key.
     pub plugin_artifacts: std::collections::HashMap<String, bytes::Bytes>,
+    /// Handler attachments of durable queues.
+    pub handlers: Vec<crate::protocol::AttachHandler>,
 }
 
 /// Opens (or creates) the database in `data_dir`, reads what to recover, and starts the
@@ -141,6 +145,7 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
     txn.open_table(PLUGIN_WASM)?;
     txn.open_table(ACTIVE_PLUGINS)?;
     txn.open_table(PLUGIN_ARTIFACTS)?;
+    txn.open_table(HANDLERS)?;
     txn.commit()?;
     Ok(())
 }
@@ -216,6 +221,12 @@ fn recover(db: &Database) -> Result<Recovered, OpenError> {
             key.value().to_owned(),
             bytes::Bytes::copy_from_slice(artifact.value()),
         );
+    }
+    for entry in txn.open_table(HANDLERS)?.iter()? {
+        let (_, value) = entry?;
+        let record = serde_json::from_slice(value.value())
+            .map_err(|e| corrupt("handlers")(e.to_string()))?;
+        recovered.handlers.push(record);
     }
     Ok(recovered)
 }

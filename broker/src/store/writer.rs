@@ -15,8 +15,8 @@ use std::time::Instant;
 use redb::{Database, WriteTransaction};
 
 use super::{
-    ACTIVE_PLUGINS, BINDINGS, CommitError, ENTRY_STATE, EXCHANGES, ExchangeRecord, MESSAGES,
-    PLUGIN_ARTIFACTS, PLUGIN_VERSIONS, PLUGIN_WASM, PluginVersion, QUEUES, QueueRecord,
+    ACTIVE_PLUGINS, BINDINGS, CommitError, ENTRY_STATE, EXCHANGES, ExchangeRecord, HANDLERS,
+    MESSAGES, PLUGIN_ARTIFACTS, PLUGIN_VERSIONS, PLUGIN_WASM, PluginVersion, QUEUES, QueueRecord,
     encode_entry,
 };
 use crate::exchange::BindingId;
@@ -67,6 +67,12 @@ pub enum StoreOp {
         seq: u64,
         delivery_count: u32,
         not_before: Option<u64>,
+    },
+    /// Stores a handler attachment (replacing one of the same queue and plugin).
+    PutHandler(crate::protocol::AttachHandler),
+    DeleteHandler {
+        queue: String,
+        plugin: String,
     },
 }
 
@@ -284,6 +290,7 @@ fn apply<'a>(
     let mut plugin_wasm = txn.open_table(PLUGIN_WASM)?;
     let mut active_plugins = txn.open_table(ACTIVE_PLUGINS)?;
     let mut plugin_artifacts = txn.open_table(PLUGIN_ARTIFACTS)?;
+    let mut handlers = txn.open_table(HANDLERS)?;
     for op in ops {
         match op {
             StoreOp::PutQueue(record) => {
@@ -341,6 +348,13 @@ fn apply<'a>(
             } => {
                 let state = (*delivery_count, not_before.unwrap_or(0));
                 entry_state.insert((*queue, *seq), state)?;
+            }
+            StoreOp::PutHandler(record) => {
+                let key = (record.queue.as_str(), record.plugin.as_str());
+                handlers.insert(key, json(record).as_slice())?;
+            }
+            StoreOp::DeleteHandler { queue, plugin } => {
+                handlers.remove((queue.as_str(), plugin.as_str()))?;
             }
         }
     }

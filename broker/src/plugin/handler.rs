@@ -1,0 +1,641 @@
+//! Handler plugins: loading, the registry of handler names, and one live instance.
+//!
+//! A handler is a component exporting `broker:plugin/handler`. The router runs it for the
+//! messages of a queue (see `router::handlers`); this module only knows how to compile it,
+//! instantiate it with an attachment's configuration and call `handle` under the same
+//! limits as exchanges (fuel, epoch deadline, memory). A failed call discards the instance.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde_json::Value as Json;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Engine, Store, Trap};
+
+use super::bundled;
+use super::epoch::CALL_DEADLINE_TICKS;
+use super::handler_bindings::{
+    HANDLER_INTERFACE, HandlerPlugin, HandlerPluginPre, LogHost, LogLevel, PublishHost, wit,
+};
+use super::host_state::HostState;
+use super::instance::Failure;
+use super::limits::Limits;
+use super::loader::{Capabilities, LoadError, PluginInfo, PluginSource, validate_name};
+use super::registry::PluginHost;
+use super::stats::{FailureKind, PluginStats, StatsSnapshot};
+use crate::message::{Headers, Message, Properties};
+
+/// Messages one `handle` call may publish...
+pub const MAX_PUBLISHES_PER_CALL: usize = 100;
+/// ...and their total body bytes.
+pub const MAX_PUBLISH_BYTES_PER_CALL: usize = 4 << 20;
+
+/// Why a handler could not be attached or started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    #[error("no handler plugin `{0}`")]
+    Unknown(String),
+    #[error("`{0}` is an exchange plugin, not a handler")]
+    NotAHandler(String),
+    #[error("handler refused its configuration: {0}")]
+    Config(String),
+    #[error("handler plugin failed to start: {0}")]
+    Failed(String),
+}
+
+/// What a handler decided, in broker types.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HandlerOutcome {
+    Ack,
+    Retry(Option<u64>),
+    Reject(String),
+    Drop,
+    Deliver(Box<Message>),
+}
+
+/// The result of one successful `handle` call: the outcome and what it published.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Handled {
+    pub outcome: HandlerOutcome,
+    pub published: Vec<Message>,
+}
+
+/// One compiled handler version.
+pub struct LoadedHandler {
+    pre: HandlerPluginPre<HandlerState>,
+    info: PluginInfo,
+}
+
+impl LoadedHandler {
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+}
+
+/// A handler name: its current version and counters that outlive versions.
+pub struct HandlerSlot {
+    name: Arc<str>,
+    current: RwLock<Arc<LoadedHandler>>,
+    /// Bumped on redeploy; live instances compare it before each call.
+    generation: AtomicU64,
+    stats: Arc<PluginStats>,
+    limits: Limits,
+}
+
+impl HandlerSlot {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// A fresh instance of the current version, initialised for `queue` with `config`.
+    pub fn instantiate(
+        &self,
+        queue: &str,
+        config: &[(String, String)],
+    ) -> Result<LiveHandler, HandlerError> {
+        let (plugin, generation) = {
+            let current = self.current.read().expect("handler slot lock poisoned");
+            (current.clone(), self.generation())
+        };
+        LiveHandler::new(self, &plugin, generation, queue, config)
+    }
+}
+
+/// The handler names known to a [`PluginHost`]; bundled ones compile on first use.
+pub(crate) struct HandlerRegistry {
+    linker: Linker<HandlerState>,
+    slots: RwLock<HashMap<String, Arc<HandlerSlot>>>,
+}
+
+impl HandlerRegistry {
+    pub fn new(engine: &Engine) -> Self {
+        let mut linker = Linker::new(engine);
+        HandlerPlugin::add_to_linker::<HandlerState, HasSelf<HandlerState>>(&mut linker, |s| s)
+            .expect("the host interfaces are added once to a fresh linker");
+        HandlerRegistry {
+            linker,
+            slots: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        bundled::is_standard_handler(name)
+            || self
+                .slots
+                .read()
+                .expect("handler registry lock poisoned")
+                .contains_key(name)
+    }
+
+    /// Compiles and checks handler `source` without making it current. Blocking.
+    pub fn prepare(
+        &self,
+        engine: &Engine,
+        limits: &Limits,
+        source: &PluginSource,
+        bundled: bool,
+    ) -> Result<LoadedHandler, LoadError> {
+        if !bundled && bundled::is_standard_handler(&source.name) {
+            return Err(LoadError::ReservedName(source.name.clone()));
+        }
+        load(engine, &self.linker, limits, source, bundled)
+    }
+
+    /// Makes a prepared handler version current (a new name, or a redeploy: live
+    /// instances move to it before their next call).
+    pub fn install(&self, loaded: LoadedHandler, limits: &Limits) -> PluginInfo {
+        let info = loaded.info.clone();
+        let name = info.name.as_str();
+        let mut slots = self.slots.write().expect("handler registry lock poisoned");
+        match slots.get(name) {
+            Some(slot) => {
+                *slot.current.write().expect("handler slot lock poisoned") = Arc::new(loaded);
+                slot.generation.fetch_add(1, Ordering::AcqRel);
+            }
+            None => {
+                let slot = HandlerSlot {
+                    name: name.into(),
+                    current: RwLock::new(Arc::new(loaded)),
+                    generation: AtomicU64::new(0),
+                    stats: Arc::default(),
+                    limits: limits.clone(),
+                };
+                slots.insert(name.to_owned(), Arc::new(slot));
+            }
+        }
+        tracing::debug!(plugin = name, version = info.version, abi = %info.abi_version, "handler plugin installed");
+        info
+    }
+
+    fn slot(&self, engine: &Engine, limits: &Limits, name: &str) -> Option<Arc<HandlerSlot>> {
+        if let Some(slot) = self
+            .slots
+            .read()
+            .expect("handler registry lock poisoned")
+            .get(name)
+        {
+            return Some(slot.clone());
+        }
+        let (_, wasm) = bundled::STANDARD_HANDLERS
+            .iter()
+            .find(|(n, _)| *n == name)?;
+        let source = PluginSource {
+            name: name.to_owned(),
+            version: 0,
+            wasm: Bytes::from_static(wasm),
+            compiled: None,
+        };
+        match self.prepare(engine, limits, &source, true) {
+            Ok(loaded) => {
+                self.install(loaded, limits);
+                self.slots
+                    .read()
+                    .expect("handler registry lock poisoned")
+                    .get(name)
+                    .cloned()
+            }
+            Err(e) => {
+                tracing::error!(plugin = name, error = %e, "bundled handler failed to load");
+                None
+            }
+        }
+    }
+}
+
+impl PluginHost {
+    /// Handler plugin `name` (compiling a bundled one on first use; blocking then).
+    pub fn handler(&self, name: &str) -> Result<Arc<HandlerSlot>, HandlerError> {
+        let registry = self.handler_registry();
+        match registry.slot(self.engine(), self.limits(), name) {
+            Some(slot) => Ok(slot),
+            None if self.stats(name).is_some() => Err(HandlerError::NotAHandler(name.to_owned())),
+            None => Err(HandlerError::Unknown(name.to_owned())),
+        }
+    }
+
+    /// Whether `name` is a handler plugin (deployed, loaded or bundled).
+    pub fn is_handler(&self, name: &str) -> bool {
+        self.handler_registry().contains(name)
+    }
+
+    /// Every handler name: (name, bundled, counters once it has been used).
+    pub fn handler_plugins(&self) -> Vec<(String, bool, Option<StatsSnapshot>)> {
+        let registry = self.handler_registry();
+        let slots = registry
+            .slots
+            .read()
+            .expect("handler registry lock poisoned");
+        let mut all: Vec<_> = slots
+            .iter()
+            .map(|(name, slot)| {
+                let bundled = bundled::is_standard_handler(name);
+                (name.clone(), bundled, Some(slot.stats()))
+            })
+            .collect();
+        for (name, _) in bundled::STANDARD_HANDLERS {
+            if !slots.contains_key(name) {
+                all.push((name.to_owned(), true, None));
+            }
+        }
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+}
+
+/// The version in `broker:plugin/<interface>@<version>`, if `item` is such a name.
+fn abi_version(item: &str) -> Option<&str> {
+    let rest = item
+        .strip_prefix(super::bindings::ABI_PACKAGE)?
+        .strip_prefix('/')?;
+    Some(rest.split_once('@').map_or("", |(_, version)| version))
+}
+
+/// Whether `bytes` compile to a component exporting the handler interface (the registry
+/// asks after the exchange loader said "not an exchange").
+fn load(
+    engine: &Engine,
+    linker: &Linker<HandlerState>,
+    limits: &Limits,
+    source: &PluginSource,
+    bundled: bool,
+) -> Result<LoadedHandler, LoadError> {
+    let (name, bytes) = (source.name.as_str(), &source.wasm[..]);
+    validate_name(name)?;
+    if bytes.len() > limits.max_module_bytes {
+        return Err(LoadError::TooLarge {
+            size: bytes.len(),
+            limit: limits.max_module_bytes,
+        });
+    }
+    let component =
+        Component::from_binary(engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+    let ty = component.component_type();
+    let mut handler_version = None;
+    for (item, _) in ty.exports(engine).chain(ty.imports(engine)) {
+        let Some(version) = abi_version(item) else {
+            continue;
+        };
+        let major = version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse::<u64>().ok());
+        if major != Some(super::bindings::ABI_MAJOR_VERSION) {
+            return Err(LoadError::IncompatibleAbi {
+                found: format!("{}@{version}", super::bindings::ABI_PACKAGE),
+                supported: super::bindings::ABI_MAJOR_VERSION,
+            });
+        }
+        if item.split('@').next() == Some(HANDLER_INTERFACE) {
+            handler_version = Some(version.to_owned());
+        }
+    }
+    let abi_version = handler_version.ok_or(LoadError::NotAnExchange)?;
+    let instance_pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+    let pre = HandlerPluginPre::new(instance_pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+    Ok(LoadedHandler {
+        pre,
+        info: PluginInfo {
+            name: name.to_owned(),
+            abi_version,
+            capabilities: Capabilities {
+                key_only: false,
+                reads_headers: true,
+                reads_body: true,
+            },
+            size_bytes: bytes.len(),
+            bundled,
+            version: source.version,
+            from_cache: false,
+        },
+    })
+}
+
+/// A handler's store: the memory limiter, log allowance and the call's publishes.
+pub struct HandlerState {
+    host: HostState,
+    plugin: Arc<str>,
+    queue: Arc<str>,
+    log_lines_left: u32,
+    max_log_lines: u32,
+    max_log_line_bytes: usize,
+    outbox: Vec<Message>,
+    outbox_bytes: usize,
+}
+
+impl LogHost for HandlerState {
+    fn log(&mut self, level: LogLevel, text: String) {
+        if self.log_lines_left == 0 {
+            return;
+        }
+        self.log_lines_left -= 1;
+        let mut text = text.as_str();
+        if text.len() > self.max_log_line_bytes {
+            let mut end = self.max_log_line_bytes;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text = &text[..end];
+        }
+        let (plugin, queue) = (&*self.plugin, &*self.queue);
+        match level {
+            LogLevel::Trace => tracing::trace!(plugin, queue, "{text}"),
+            LogLevel::Debug => tracing::debug!(plugin, queue, "{text}"),
+            LogLevel::Info => tracing::info!(plugin, queue, "{text}"),
+            LogLevel::Warn => tracing::warn!(plugin, queue, "{text}"),
+            LogLevel::Error => tracing::error!(plugin, queue, "{text}"),
+        }
+    }
+
+    /// Handlers get the body inside the message; there is nothing to fetch.
+    fn message_body(&mut self, _index: u32) -> Vec<u8> {
+        Vec::new()
+    }
+}
+
+impl wit::Host for HandlerState {}
+
+impl PublishHost for HandlerState {
+    fn publish(
+        &mut self,
+        exchange: String,
+        routing_key: String,
+        headers: Vec<wit::Header>,
+        properties: wit::Properties,
+        body: Vec<u8>,
+    ) -> Result<(), String> {
+        if self.outbox.len() >= MAX_PUBLISHES_PER_CALL {
+            return Err(format!(
+                "at most {MAX_PUBLISHES_PER_CALL} publishes per message"
+            ));
+        }
+        if self.outbox_bytes + body.len() > MAX_PUBLISH_BYTES_PER_CALL {
+            return Err(format!(
+                "at most {MAX_PUBLISH_BYTES_PER_CALL} body bytes published per message"
+            ));
+        }
+        if exchange.len() > 255 || routing_key.len() > 255 {
+            return Err("exchange names and routing keys are at most 255 bytes".into());
+        }
+        self.outbox_bytes += body.len();
+        self.outbox.push(Message {
+            exchange,
+            routing_key,
+            headers: from_wit_headers(headers),
+            properties: from_wit_properties(properties),
+            body: Bytes::from(body),
+        });
+        Ok(())
+    }
+}
+
+/// One instance of a handler version, initialised for one attachment.
+pub struct LiveHandler {
+    store: Store<HandlerState>,
+    plugin: HandlerPlugin,
+    generation: u64,
+    limits: Limits,
+    stats: Arc<PluginStats>,
+}
+
+impl LiveHandler {
+    fn new(
+        slot: &HandlerSlot,
+        loaded: &LoadedHandler,
+        generation: u64,
+        queue: &str,
+        config: &[(String, String)],
+    ) -> Result<Self, HandlerError> {
+        let limits = &slot.limits;
+        let state = HandlerState {
+            host: HostState::new(limits, slot.name.clone(), queue.into()),
+            plugin: slot.name.clone(),
+            queue: queue.into(),
+            log_lines_left: limits.max_log_lines_per_call,
+            max_log_lines: limits.max_log_lines_per_call,
+            max_log_line_bytes: limits.max_log_line_bytes,
+            outbox: Vec::new(),
+            outbox_bytes: 0,
+        };
+        let mut store = Store::new(loaded.pre.engine(), state);
+        store.limiter(|state| state.host.limiter());
+        slot.stats.record_instantiation();
+        prepare(&mut store, limits);
+        let failed = |store: &Store<HandlerState>, e| {
+            let failure = classify(store, e);
+            slot.stats.record_failure(failure.kind);
+            HandlerError::Failed(failure.reason)
+        };
+        let plugin = match loaded.pre.instantiate(&mut store) {
+            Ok(plugin) => plugin,
+            Err(e) => return Err(failed(&store, e)),
+        };
+        let init = plugin
+            .broker_plugin_handler()
+            .call_init(&mut store, queue, config);
+        match init {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return Err(HandlerError::Config(reason)),
+            Err(e) => return Err(failed(&store, e)),
+        }
+        Ok(LiveHandler {
+            store,
+            plugin,
+            generation,
+            limits: limits.clone(),
+            stats: slot.stats.clone(),
+        })
+    }
+
+    /// The slot generation (plugin version) this instance runs.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Runs `handle` on `msg`. A failure (trap, fuel, deadline, memory; the error says
+    /// which) means the instance must not be used again.
+    pub fn handle(&mut self, msg: &Message, delivery_count: u32) -> Result<Handled, String> {
+        prepare(&mut self.store, &self.limits);
+        let view = wit::Message {
+            exchange: msg.exchange.clone(),
+            routing_key: msg.routing_key.clone(),
+            headers: to_wit_headers(&msg.headers),
+            properties: to_wit_properties(&msg.properties),
+            body: msg.body.to_vec(),
+            delivery_count,
+        };
+        let started = Instant::now();
+        let result = self
+            .plugin
+            .broker_plugin_handler()
+            .call_handle(&mut self.store, &view);
+        self.stats.record_call(started.elapsed());
+        let published = std::mem::take(&mut self.store.data_mut().outbox);
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                let failure = classify(&self.store, e);
+                self.stats.record_failure(failure.kind);
+                return Err(failure.reason);
+            }
+        };
+        let outcome = match outcome {
+            wit::Outcome::Ack => HandlerOutcome::Ack,
+            wit::Outcome::Retry(delay) => HandlerOutcome::Retry(delay),
+            wit::Outcome::Reject(reason) => HandlerOutcome::Reject(reason),
+            wit::Outcome::Drop => HandlerOutcome::Drop,
+            wit::Outcome::Deliver(out) => HandlerOutcome::Deliver(Box::new(Message {
+                exchange: msg.exchange.clone(),
+                routing_key: out.routing_key,
+                headers: from_wit_headers(out.headers),
+                properties: from_wit_properties(out.properties),
+                body: Bytes::from(out.body),
+            })),
+        };
+        Ok(Handled { outcome, published })
+    }
+}
+
+/// Fresh budget before a call: fuel, deadline, log allowance, empty outbox.
+fn prepare(store: &mut Store<HandlerState>, limits: &Limits) {
+    if limits.meter_fuel {
+        store
+            .set_fuel(limits.fuel_per_call)
+            .expect("the engine is configured to consume fuel");
+    }
+    if limits.call_deadline.is_some() {
+        store.set_epoch_deadline(CALL_DEADLINE_TICKS);
+    }
+    let state = store.data_mut();
+    state.host.begin_call();
+    state.log_lines_left = state.max_log_lines;
+    state.outbox.clear();
+    state.outbox_bytes = 0;
+}
+
+fn classify(store: &Store<HandlerState>, error: wasmtime::Error) -> Failure {
+    let trap = error.downcast_ref::<Trap>().copied();
+    let kind = match trap {
+        _ if store.data().host.memory_denied() => FailureKind::MemoryExhausted,
+        Some(Trap::OutOfFuel | Trap::Interrupt) => FailureKind::Timeout,
+        _ => FailureKind::Trap,
+    };
+    tracing::debug!(error = ?error, "handler call failed");
+    let cause = match trap {
+        Some(trap) => trap.to_string(),
+        None => error.root_cause().to_string(),
+    };
+    let reason = match kind {
+        FailureKind::Timeout => format!("exceeded its CPU budget ({cause})"),
+        FailureKind::MemoryExhausted => format!("exceeded its memory limit ({cause})"),
+        _ => cause,
+    };
+    Failure { kind, reason }
+}
+
+fn to_wit_value(json: &Json) -> wit::Value {
+    match json {
+        Json::Null => wit::Value::Null,
+        Json::Bool(b) => wit::Value::Boolean(*b),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => wit::Value::Integer(i),
+            None if n.is_u64() => wit::Value::Json(n.to_string()),
+            None => n
+                .as_f64()
+                .map_or_else(|| wit::Value::Json(n.to_string()), wit::Value::Float),
+        },
+        Json::String(s) => wit::Value::Text(s.clone()),
+        Json::Array(_) | Json::Object(_) => wit::Value::Json(json.to_string()),
+    }
+}
+
+fn from_wit_value(value: wit::Value) -> Json {
+    match value {
+        wit::Value::Null => Json::Null,
+        wit::Value::Boolean(b) => Json::Bool(b),
+        wit::Value::Integer(i) => Json::from(i),
+        wit::Value::Float(f) => Json::from(f),
+        wit::Value::Text(s) => Json::String(s),
+        // Text that is not JSON stays text rather than failing the whole call.
+        wit::Value::Json(s) => serde_json::from_str(&s).unwrap_or(Json::String(s)),
+    }
+}
+
+fn to_wit_headers(headers: &Headers) -> Vec<wit::Header> {
+    headers
+        .iter()
+        .map(|(name, v)| wit::Header {
+            name: name.clone(),
+            value: to_wit_value(v),
+        })
+        .collect()
+}
+
+fn from_wit_headers(headers: Vec<wit::Header>) -> Headers {
+    headers
+        .into_iter()
+        .map(|h| (h.name, from_wit_value(h.value)))
+        .collect()
+}
+
+fn to_wit_properties(p: &Properties) -> wit::Properties {
+    wit::Properties {
+        persistent: p.persistent,
+        message_id: p.message_id.clone(),
+        correlation_id: p.correlation_id.clone(),
+        reply_to: p.reply_to.clone(),
+        content_type: p.content_type.clone(),
+        priority: p.priority,
+        expiration_ms: p.expiration_ms,
+        timestamp: p.timestamp,
+    }
+}
+
+fn from_wit_properties(p: wit::Properties) -> Properties {
+    Properties {
+        persistent: p.persistent,
+        message_id: p.message_id,
+        correlation_id: p.correlation_id,
+        reply_to: p.reply_to,
+        content_type: p.content_type,
+        priority: p.priority,
+        expiration_ms: p.expiration_ms,
+        timestamp: p.timestamp,
+        delay_ms: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn header_values_round_trip() {
+        let mut headers = Headers::new();
+        for (k, v) in [
+            ("n", json!(null)),
+            ("b", json!(true)),
+            ("i", json!(-3)),
+            ("f", json!(1.5)),
+            ("s", json!("x")),
+            ("big", json!(u64::MAX)),
+            ("obj", json!({"a": [1, 2]})),
+        ] {
+            headers.insert(k.into(), v);
+        }
+        assert_eq!(from_wit_headers(to_wit_headers(&headers)), headers);
+    }
+}

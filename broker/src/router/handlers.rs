@@ -1,0 +1,813 @@
+//! Handler attachments: Wasm handlers run as in-broker consumers of a queue (`consume`
+//! mode) or in front of subscriptions (`filter` mode).
+//!
+//! A consume-mode attachment is modelled as a connection: it has a connection id, a
+//! channel the router delivers into and a consumer on the queue with a prefetch window,
+//! so dispatch, redelivery, retries with backoff, the delivery limit and dead-lettering
+//! are exactly those of a remote consumer. Worker threads (one plugin instance each) run
+//! the calls off the router's task and answer each delivery with one
+//! [`Command::HandlerDone`] carrying the outcome *and* the messages the handler
+//! published; the router applies both in the same turn, so they go into the same store
+//! batch, which commits in one redb transaction.
+//!
+//! What can run twice: a handler whose delivery is not settled before the broker stops
+//! or crashes, or before its attachment is detached. The message is then redelivered and
+//! the handler runs again; the first run's publishes were never stored, so the broker's
+//! own outputs do not duplicate, but effects outside the broker (an email really sent)
+//! can.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::dead_letter::QueueFull;
+use super::exchanges::now_ms;
+use super::queues::check_access;
+use super::{Command, ConnTx, OpError, Outbound, Reply, Router, Settle};
+use crate::message::Message;
+use crate::plugin::{Handled, HandlerError, HandlerOutcome, HandlerSlot, LiveHandler};
+use crate::protocol::{AttachHandler, Delivery, ErrorCode, HandlerMode, RequestId, ServerFrame};
+use crate::queue::{ConnId, Consumer, Retry};
+use crate::store::StoreOp;
+
+/// Connection ids of consume-mode attachments start here, far above client connections.
+const HANDLER_CONN_BASE: ConnId = 1 << 62;
+/// Deliveries held per worker: one running, the rest queued so a worker never waits for
+/// the router between messages.
+const WINDOW_PER_WORKER: u32 = 8;
+/// Most workers (instances) of one attachment.
+pub const MAX_CONCURRENCY: u32 = 64;
+
+/// What a handler decided about one delivery, for the router to apply.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Ack it, after storing what the handler published.
+    Ack(Vec<Message>),
+    /// Redeliver it after this delay, or after the queue's backoff.
+    Retry(Option<u64>),
+    /// Dead-letter it (reason `rejected`), after storing what the handler published.
+    Reject(String, Vec<Message>),
+    /// The call failed (trap, limits, broken contract): a failed delivery whose death
+    /// reason at the delivery limit is `plugin_error`.
+    Failed(String),
+}
+
+/// An attach whose first instance is ready, for the router to register.
+pub struct Started {
+    conn: ConnId,
+    id: RequestId,
+    record: AttachHandler,
+    slot: Arc<HandlerSlot>,
+    first: LiveHandler,
+}
+
+impl std::fmt::Debug for Started {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Started")
+            .field("conn", &self.conn)
+            .field("record", &self.record)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A handler's answer to one delivery.
+#[derive(Debug)]
+pub struct Done {
+    pub conn: ConnId,
+    pub delivery_tag: u64,
+    pub verdict: Verdict,
+}
+
+/// Counters of one attachment.
+#[derive(Debug, Default)]
+struct AttachmentStats {
+    handled: AtomicU64,
+    acked: AtomicU64,
+    retried: AtomicU64,
+    rejected: AtomicU64,
+    failed: AtomicU64,
+    dropped: AtomicU64,
+    transformed: AtomicU64,
+    published: AtomicU64,
+}
+
+impl AttachmentStats {
+    fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        json!({
+            "handled": get(&self.handled),
+            "acked": get(&self.acked),
+            "retried": get(&self.retried),
+            "rejected": get(&self.rejected),
+            "failed": get(&self.failed),
+            "dropped": get(&self.dropped),
+            "transformed": get(&self.transformed),
+            "published": get(&self.published),
+        })
+    }
+}
+
+/// A delivery to a filtered subscriber, on its way through the filter.
+pub(super) struct FilterJob {
+    delivery: Delivery,
+    auto_ack: bool,
+    conn: ConnId,
+    tx: ConnTx,
+}
+
+/// (queue, plugin): one attachment per pair.
+type Key = (Arc<str>, String);
+
+struct Attachment {
+    record: AttachHandler,
+    /// Consume mode: the attachment's connection.
+    conn: Option<ConnId>,
+    /// Filter mode: where deliveries to its subscribers go.
+    filter_tx: Option<mpsc::UnboundedSender<FilterJob>>,
+    stop: Arc<AtomicBool>,
+    stats: Arc<AttachmentStats>,
+    subscribers: usize,
+}
+
+/// The route of a filtered subscription.
+pub(super) struct FilterRoute {
+    key: Key,
+    pub tx: mpsc::UnboundedSender<FilterJob>,
+}
+
+/// The router's handler state.
+#[derive(Default)]
+pub(super) struct Handlers {
+    attachments: HashMap<Key, Attachment>,
+    /// (subscriber connection, consumer tag) → its filter.
+    pub filters: HashMap<(ConnId, Arc<str>), FilterRoute>,
+    next_conn: ConnId,
+}
+
+impl Handlers {
+    fn next_conn(&mut self) -> ConnId {
+        self.next_conn += 1;
+        HANDLER_CONN_BASE + self.next_conn
+    }
+}
+
+impl FilterJob {
+    pub(super) fn new(delivery: Delivery, auto_ack: bool, conn: ConnId, tx: ConnTx) -> Self {
+        FilterJob {
+            delivery,
+            auto_ack,
+            conn,
+            tx,
+        }
+    }
+}
+
+fn handler_error(e: HandlerError) -> OpError {
+    let code = match &e {
+        HandlerError::Unknown(_) => ErrorCode::PluginNotFound,
+        HandlerError::NotAHandler(_) | HandlerError::Config(_) => ErrorCode::InvalidField,
+        HandlerError::Failed(_) => ErrorCode::PluginError,
+    };
+    OpError::new(code, e.to_string())
+}
+
+fn not_attached(queue: &str, plugin: &str) -> OpError {
+    OpError::new(
+        ErrorCode::PluginNotFound,
+        format!("no handler `{plugin}` attached to queue `{queue}`"),
+    )
+}
+
+impl Router {
+    /// Checks the request, then compiles (bundled plugins, on first use) and initialises
+    /// the first instance off the router's task; [`Router::handler_started`] finishes.
+    pub(super) fn attach_handler(
+        &mut self,
+        conn: ConnId,
+        id: RequestId,
+        attach: AttachHandler,
+    ) -> Result<Reply, OpError> {
+        if let Some(reply) = self.check_attach(conn, &attach)? {
+            return Ok(reply);
+        }
+        let Some(tx) = self.conns.get(&conn).map(|c| c.tx.clone()) else {
+            return Ok(Reply::Silent);
+        };
+        let (plugins, router) = (self.plugins.clone(), self.self_tx.clone());
+        tokio::spawn(async move {
+            let record = attach.clone();
+            let started = tokio::task::spawn_blocking(move || {
+                let slot = plugins.handler(&record.plugin)?;
+                let config: Vec<(String, String)> = record.config.into_iter().collect();
+                let first = slot.instantiate(&record.queue, &config)?;
+                Ok::<_, HandlerError>((slot, first))
+            })
+            .await
+            .unwrap_or_else(|e| Err(HandlerError::Failed(format!("start task failed: {e}"))));
+            match started {
+                Ok((slot, first)) => {
+                    let started = Started {
+                        conn,
+                        id,
+                        record: attach,
+                        slot,
+                        first,
+                    };
+                    let _ = router.send(Command::HandlerStarted(Box::new(started)));
+                }
+                Err(e) => {
+                    let e = handler_error(e);
+                    let frame = ServerFrame::error(Some(id), e.code, e.message);
+                    let _ = tx.send(Outbound::Frame(frame));
+                }
+            }
+        });
+        Ok(Reply::Silent)
+    }
+
+    /// What an attach must satisfy, checked when it arrives and again once its first
+    /// instance is ready (the queue or another attach may have changed meanwhile).
+    fn check_attach(&self, conn: ConnId, attach: &AttachHandler) -> Result<Option<Reply>, OpError> {
+        let queue = self.queue(&attach.queue)?;
+        check_access(queue, conn)?;
+        if !(1..=MAX_CONCURRENCY).contains(&attach.concurrency) {
+            let message = format!("`concurrency` must be 1 to {MAX_CONCURRENCY}");
+            return Err(OpError::new(ErrorCode::InvalidField, message));
+        }
+        let key: Key = (attach.queue.as_str().into(), attach.plugin.clone());
+        match self.handlers.attachments.get(&key) {
+            None => Ok(None),
+            Some(existing) if existing.record == *attach => {
+                Ok(Some(Reply::Ok(serde_json::Value::Null)))
+            }
+            Some(_) => {
+                let message = format!(
+                    "handler `{}` is attached to queue `{}` with a different mode/concurrency/config; detach it first",
+                    attach.plugin, attach.queue
+                );
+                Err(OpError::new(ErrorCode::PreconditionFailed, message))
+            }
+        }
+    }
+
+    /// An attach whose first instance is ready: start it (the reply follows the commit of
+    /// its record for a durable queue).
+    pub(super) fn handler_started(&mut self, started: Started) {
+        let Started {
+            conn,
+            id,
+            record,
+            slot,
+            first,
+        } = started;
+        let result = match self.check_attach(conn, &record) {
+            Err(e) => Err(e),
+            Ok(Some(reply)) => Ok(reply),
+            Ok(None) => {
+                let stored = self
+                    .queues
+                    .get(record.queue.as_str())
+                    .is_some_and(|q| q.is_stored());
+                tracing::info!(queue = %record.queue, plugin = %record.plugin, mode = ?record.mode, "handler attached");
+                self.start_with(record.clone(), slot, first);
+                if stored {
+                    self.batch.ops.push(StoreOp::PutHandler(record));
+                    Ok(Reply::OkAfterCommit(serde_json::Value::Null))
+                } else {
+                    Ok(Reply::Ok(serde_json::Value::Null))
+                }
+            }
+        };
+        self.answer(conn, id, result);
+    }
+
+    pub(super) fn detach_handler(&mut self, queue: &str, plugin: &str) -> Result<Reply, OpError> {
+        let key: Key = (queue.into(), plugin.to_owned());
+        let attachment = self
+            .handlers
+            .attachments
+            .get(&key)
+            .ok_or_else(|| not_attached(queue, plugin))?;
+        if attachment.subscribers > 0 {
+            let message = format!(
+                "filter `{plugin}` is in use by {} subscription(s) on `{queue}`; cancel them first",
+                attachment.subscribers
+            );
+            return Err(OpError::new(ErrorCode::PreconditionFailed, message));
+        }
+        self.stop_attachment(&key);
+        tracing::info!(queue, plugin, "handler detached");
+        self.batch.ops.push(StoreOp::DeleteHandler {
+            queue: queue.to_owned(),
+            plugin: plugin.to_owned(),
+        });
+        Ok(Reply::OkAfterCommit(serde_json::Value::Null))
+    }
+
+    pub(super) fn list_handlers(&self) -> Reply {
+        let mut rows: Vec<_> = self
+            .handlers
+            .attachments
+            .values()
+            .map(|a| {
+                let r = &a.record;
+                json!({
+                    "queue": r.queue,
+                    "plugin": r.plugin,
+                    "mode": r.mode,
+                    "concurrency": r.concurrency,
+                    "config": r.config,
+                    // The deployed version handling it (new calls take the active one);
+                    // null for bundled plugins and files from --plugins-dir.
+                    "plugin_version": self.active_plugins.get(&r.plugin),
+                    "subscribers": a.subscribers,
+                    "stats": a.stats.to_json(),
+                })
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            (a["queue"].as_str(), a["plugin"].as_str())
+                .cmp(&(b["queue"].as_str(), b["plugin"].as_str()))
+        });
+        Reply::Ok(json!({ "handlers": rows }))
+    }
+
+    /// Re-attaches the stored attachments at startup (after the plugin versions are
+    /// restored); one whose plugin is missing stays stored for a later start.
+    pub(super) fn restore_handlers(&mut self, records: Vec<AttachHandler>) {
+        for record in records {
+            if !self.queues.contains_key(record.queue.as_str()) {
+                self.batch.ops.push(StoreOp::DeleteHandler {
+                    queue: record.queue,
+                    plugin: record.plugin,
+                });
+                continue;
+            }
+            let (queue, plugin) = (record.queue.clone(), record.plugin.clone());
+            if let Err(e) = self.start_attachment(record) {
+                tracing::error!(%queue, %plugin, error = %e.message, "cannot restore handler attachment; it stays stored");
+            }
+        }
+    }
+
+    /// Detaches every handler of queue `name` (being deleted) and forgets its filters.
+    pub(super) fn remove_queue_handlers(&mut self, name: &str) {
+        let keys: Vec<Key> = self
+            .handlers
+            .attachments
+            .keys()
+            .filter(|(q, _)| &**q == name)
+            .cloned()
+            .collect();
+        for key in keys {
+            self.stop_attachment(&key);
+            self.batch.ops.push(StoreOp::DeleteHandler {
+                queue: key.0.to_string(),
+                plugin: key.1,
+            });
+        }
+        self.handlers
+            .filters
+            .retain(|_, route| &*route.key.0 != name);
+    }
+
+    /// A subscription that names `filter`: routes its deliveries through the filter.
+    pub(super) fn check_filter(&self, queue: &str, filter: &str) -> Result<(), OpError> {
+        let key: Key = (queue.into(), filter.to_owned());
+        match self.handlers.attachments.get(&key) {
+            Some(a) if a.record.mode == HandlerMode::Filter => Ok(()),
+            Some(_) => Err(OpError::new(
+                ErrorCode::InvalidField,
+                format!(
+                    "handler `{filter}` is attached to `{queue}` in consume mode, not as a filter"
+                ),
+            )),
+            None => Err(not_attached(queue, filter)),
+        }
+    }
+
+    pub(super) fn add_filter(
+        &mut self,
+        conn: ConnId,
+        tag: Arc<str>,
+        queue: Arc<str>,
+        filter: &str,
+    ) {
+        let key: Key = (queue, filter.to_owned());
+        let Some(attachment) = self.handlers.attachments.get_mut(&key) else {
+            return;
+        };
+        let Some(tx) = attachment.filter_tx.clone() else {
+            return;
+        };
+        attachment.subscribers += 1;
+        self.handlers
+            .filters
+            .insert((conn, tag), FilterRoute { key, tx });
+    }
+
+    /// A consumer went away: if it was filtered, its filter has one subscriber less.
+    pub(super) fn forget_filter(&mut self, conn: ConnId, tag: &str) {
+        if self.handlers.filters.is_empty() {
+            return;
+        }
+        let key = (conn, Arc::<str>::from(tag));
+        if let Some(route) = self.handlers.filters.remove(&key)
+            && let Some(attachment) = self.handlers.attachments.get_mut(&route.key)
+        {
+            attachment.subscribers = attachment.subscribers.saturating_sub(1);
+        }
+    }
+
+    /// Applies a handler's verdict on a delivery it still holds. Publishes and the ack
+    /// land in this turn's store batch: one commit.
+    pub(super) fn handler_done(&mut self, done: Done) {
+        // After a detach or a closed subscriber the delivery was requeued: its verdict and
+        // publishes must not apply.
+        let held = self
+            .conns
+            .get(&done.conn)
+            .is_some_and(|c| c.unacked.contains_key(&done.delivery_tag));
+        if !held {
+            return;
+        }
+        let how = match done.verdict {
+            Verdict::Ack(published) => match self.publish_outputs(published) {
+                Ok(()) => Settle::Ack,
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "handler output not routable; delivery failed");
+                    Settle::Failed
+                }
+            },
+            Verdict::Retry(None) => Settle::Retry(Retry::Backoff),
+            Verdict::Retry(Some(ms)) => Settle::Retry(Retry::After(ms)),
+            Verdict::Reject(reason, published) => {
+                tracing::info!(%reason, "handler rejected a message; dead-lettering it");
+                match self.publish_outputs(published) {
+                    Ok(()) => Settle::DeadLetter,
+                    Err(e) => {
+                        tracing::warn!(error = %e.message, "handler output not routable; delivery failed");
+                        Settle::Failed
+                    }
+                }
+            }
+            Verdict::Failed(reason) => {
+                tracing::warn!(%reason, "handler call failed");
+                Settle::Failed
+            }
+        };
+        let _ = self.settle(done.conn, done.delivery_tag, false, how);
+    }
+
+    /// Routes every message first, then enqueues them all: a handler's outputs are stored
+    /// all together or (one is unroutable) not at all.
+    fn publish_outputs(&mut self, published: Vec<Message>) -> Result<(), OpError> {
+        if published.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let mut routed = Vec::with_capacity(published.len());
+        for mut message in published {
+            message.properties.timestamp.get_or_insert(now);
+            let destinations = self.route(&message)?;
+            routed.push((Arc::new(message), destinations));
+        }
+        for (message, destinations) in routed {
+            for name in destinations {
+                if let Err(QueueFull) = self.enqueue(&name, &message, now) {
+                    tracing::warn!(queue = %name, "queue full; a handler's output was not stored there");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a stored attachment (startup: blocking is fine there).
+    fn start_attachment(&mut self, record: AttachHandler) -> Result<(), OpError> {
+        if !self.queues.contains_key(record.queue.as_str()) {
+            let message = format!("no queue `{}`", record.queue);
+            return Err(OpError::new(ErrorCode::QueueNotFound, message));
+        }
+        let slot = self
+            .plugins
+            .handler(&record.plugin)
+            .map_err(handler_error)?;
+        let config: Vec<(String, String)> = record.config.clone().into_iter().collect();
+        // The first instance runs `init`, so a bad config refuses the attachment.
+        let first = slot
+            .instantiate(&record.queue, &config)
+            .map_err(handler_error)?;
+        self.start_with(record, slot, first);
+        Ok(())
+    }
+
+    /// Registers an attachment (its queue exists) and starts its workers.
+    fn start_with(&mut self, record: AttachHandler, slot: Arc<HandlerSlot>, first: LiveHandler) {
+        let (queue, _) = self
+            .queues
+            .get_key_value(record.queue.as_str())
+            .expect("callers check the queue exists");
+        let queue = queue.clone();
+        let config: Vec<(String, String)> = record.config.clone().into_iter().collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(AttachmentStats::default());
+        let pool = Pool {
+            slot,
+            queue: record.queue.clone(),
+            config,
+            stats: stats.clone(),
+            stop: stop.clone(),
+            router: self.self_tx.clone(),
+        };
+        let mut attachment = Attachment {
+            record,
+            conn: None,
+            filter_tx: None,
+            stop,
+            stats,
+            subscribers: 0,
+        };
+        match attachment.record.mode {
+            HandlerMode::Consume => {
+                let conn = self.handlers.next_conn();
+                let (tx, rx) = mpsc::unbounded_channel();
+                self.open_conn(conn, tx, None);
+                let tag: Arc<str> = format!("handler.{}", attachment.record.plugin).into();
+                let prefetch = attachment.record.concurrency * WINDOW_PER_WORKER;
+                self.conns
+                    .get_mut(&conn)
+                    .expect("just opened")
+                    .consumers
+                    .push((queue.clone(), tag.clone()));
+                self.queues
+                    .get_mut(&queue)
+                    .expect("checked above")
+                    .add_consumer(Consumer::new(conn, tag, prefetch, false));
+                self.dirty.insert(queue.clone());
+                pool.spawn(
+                    attachment.record.concurrency,
+                    first,
+                    Input::Consume(rx, conn),
+                );
+                attachment.conn = Some(conn);
+            }
+            HandlerMode::Filter => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                pool.spawn(attachment.record.concurrency, first, Input::Filter(rx));
+                attachment.filter_tx = Some(tx);
+            }
+        }
+        let key: Key = (queue, attachment.record.plugin.clone());
+        self.handlers.attachments.insert(key, attachment);
+    }
+
+    /// Stops an attachment's workers; its held deliveries go back to the queue without
+    /// counting as failed (nobody failed).
+    fn stop_attachment(&mut self, key: &Key) {
+        let Some(attachment) = self.handlers.attachments.remove(key) else {
+            return;
+        };
+        attachment.stop.store(true, Ordering::Release);
+        if let Some(conn) = attachment.conn {
+            self.close_conn(conn, true);
+        }
+    }
+}
+
+/// Where a pool's workers take their work from.
+enum Input {
+    /// Deliveries to the attachment's connection.
+    Consume(mpsc::UnboundedReceiver<Outbound>, ConnId),
+    Filter(mpsc::UnboundedReceiver<FilterJob>),
+}
+
+/// What every worker of an attachment shares.
+#[derive(Clone)]
+struct Pool {
+    slot: Arc<HandlerSlot>,
+    queue: String,
+    config: Vec<(String, String)>,
+    stats: Arc<AttachmentStats>,
+    stop: Arc<AtomicBool>,
+    router: mpsc::UnboundedSender<Command>,
+}
+
+impl Pool {
+    /// Starts `n` worker threads; the first gets the already initialised instance.
+    fn spawn(self, n: u32, first: LiveHandler, input: Input) {
+        let (input, conn) = match input {
+            Input::Consume(rx, conn) => (Either::Consume(Arc::new(Mutex::new(rx))), conn),
+            Input::Filter(rx) => (Either::Filter(Arc::new(Mutex::new(rx))), 0),
+        };
+        let mut first = Some(first);
+        for i in 0..n {
+            let worker = Worker {
+                pool: self.clone(),
+                live: first.take(),
+                tried_generation: None,
+            };
+            let input = input.clone();
+            let name = format!("handler-{}-{i}", self.slot.name());
+            let spawned = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || match input {
+                    Either::Consume(rx) => worker.consume(&rx, conn),
+                    Either::Filter(rx) => worker.filter(&rx),
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a handler worker thread");
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Either {
+    Consume(Arc<Mutex<mpsc::UnboundedReceiver<Outbound>>>),
+    Filter(Arc<Mutex<mpsc::UnboundedReceiver<FilterJob>>>),
+}
+
+/// One worker thread: one plugin instance, one call at a time.
+struct Worker {
+    pool: Pool,
+    live: Option<LiveHandler>,
+    /// The last plugin version an instance was attempted for (so a redeploy that refuses
+    /// the config is not retried on every message).
+    tried_generation: Option<u64>,
+}
+
+impl Worker {
+    fn stopped(&self) -> bool {
+        self.pool.stop.load(Ordering::Acquire)
+    }
+
+    /// Runs the handler, on the current plugin version (taken per call, never mid-call).
+    fn call(&mut self, msg: &Message, delivery_count: u32) -> Result<Handled, String> {
+        let generation = self.pool.slot.generation();
+        let current = self.live.as_ref().map(LiveHandler::generation);
+        // With no instance, always try; with one, try each new version once.
+        if current != Some(generation)
+            && (self.live.is_none() || self.tried_generation != Some(generation))
+        {
+            self.tried_generation = Some(generation);
+            match self
+                .pool
+                .slot
+                .instantiate(&self.pool.queue, &self.pool.config)
+            {
+                Ok(live) => self.live = Some(live),
+                // A new version that refuses the config: stay on the one we have.
+                Err(e) if self.live.is_some() => {
+                    tracing::warn!(plugin = self.pool.slot.name(), error = %e, "redeployed handler refused the attachment; keeping the previous version");
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        let live = self
+            .live
+            .as_mut()
+            .ok_or_else(|| "no handler instance".to_owned())?;
+        let result = live.handle(msg, delivery_count);
+        if result.is_err() {
+            // A failed instance is not reused; the next call starts a fresh one.
+            self.live = None;
+            self.tried_generation = None;
+        }
+        result
+    }
+
+    fn consume(mut self, rx: &Mutex<mpsc::UnboundedReceiver<Outbound>>, conn: ConnId) {
+        loop {
+            let next = rx.lock().expect("worker lock poisoned").blocking_recv();
+            let Some(out) = next else { break };
+            let delivery = match out {
+                Outbound::Frame(ServerFrame::Deliver(d)) | Outbound::AutoAckDelivery(d) => d,
+                _ => continue,
+            };
+            if self.stopped() {
+                break;
+            }
+            let stats = self.pool.stats.clone();
+            AttachmentStats::count(&stats.handled);
+            let verdict = match self.call(&delivery.message, delivery.delivery_count) {
+                Ok(Handled { outcome, published }) => {
+                    stats
+                        .published
+                        .fetch_add(published.len() as u64, Ordering::Relaxed);
+                    match outcome {
+                        HandlerOutcome::Ack | HandlerOutcome::Drop => {
+                            AttachmentStats::count(&stats.acked);
+                            Verdict::Ack(published)
+                        }
+                        HandlerOutcome::Retry(delay) => {
+                            AttachmentStats::count(&stats.retried);
+                            Verdict::Retry(delay)
+                        }
+                        HandlerOutcome::Reject(reason) => {
+                            AttachmentStats::count(&stats.rejected);
+                            Verdict::Reject(reason, published)
+                        }
+                        HandlerOutcome::Deliver(_) => {
+                            AttachmentStats::count(&stats.failed);
+                            Verdict::Failed(
+                                "returned `deliver`, which only a filter may; use ack or publish"
+                                    .into(),
+                            )
+                        }
+                    }
+                }
+                Err(reason) => {
+                    AttachmentStats::count(&stats.failed);
+                    Verdict::Failed(reason)
+                }
+            };
+            let done = Done {
+                conn,
+                delivery_tag: delivery.delivery_tag,
+                verdict,
+            };
+            if self
+                .pool
+                .router
+                .send(Command::HandlerDone(Box::new(done)))
+                .is_err()
+            {
+                break;
+            }
+        }
+    }
+
+    fn filter(mut self, rx: &Mutex<mpsc::UnboundedReceiver<FilterJob>>) {
+        loop {
+            let next = rx.lock().expect("worker lock poisoned").blocking_recv();
+            let Some(job) = next else { break };
+            let FilterJob {
+                mut delivery,
+                auto_ack,
+                conn,
+                tx,
+            } = job;
+            let stats = self.pool.stats.clone();
+            AttachmentStats::count(&stats.handled);
+            let verdict = match self.call(&delivery.message, delivery.delivery_count) {
+                Ok(Handled { outcome, .. }) => match outcome {
+                    HandlerOutcome::Ack => None,
+                    HandlerOutcome::Deliver(message) => {
+                        AttachmentStats::count(&stats.transformed);
+                        delivery.message = Arc::new(*message);
+                        None
+                    }
+                    HandlerOutcome::Drop => {
+                        AttachmentStats::count(&stats.dropped);
+                        Some(Verdict::Ack(Vec::new()))
+                    }
+                    HandlerOutcome::Retry(delay) => {
+                        AttachmentStats::count(&stats.retried);
+                        Some(Verdict::Retry(delay))
+                    }
+                    HandlerOutcome::Reject(reason) => {
+                        AttachmentStats::count(&stats.rejected);
+                        Some(Verdict::Reject(reason, Vec::new()))
+                    }
+                },
+                Err(reason) => {
+                    AttachmentStats::count(&stats.failed);
+                    Some(Verdict::Failed(reason))
+                }
+            };
+            match verdict {
+                None => {
+                    let out = if auto_ack {
+                        Outbound::AutoAckDelivery(delivery)
+                    } else {
+                        Outbound::Frame(ServerFrame::Deliver(delivery))
+                    };
+                    // Fails only while the subscriber's connection closes; its Close requeues.
+                    let _ = tx.send(out);
+                }
+                Some(verdict) => {
+                    let done = Done {
+                        conn,
+                        delivery_tag: delivery.delivery_tag,
+                        verdict,
+                    };
+                    if self
+                        .pool
+                        .router
+                        .send(Command::HandlerDone(Box::new(done)))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}

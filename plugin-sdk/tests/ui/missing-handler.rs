@@ -1,0 +1,3 @@
+broker_plugin_sdk::export_handler!();
+
+fn main() {}
