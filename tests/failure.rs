@@ -43,9 +43,9 @@ async fn wait_ready(c: &Client, queue: &str, n: u64) {
 
 fn assert_between(elapsed: Duration, min_ms: u64, what: &str) {
     let ms = elapsed.as_millis() as u64;
-    // Not early; late by at most a scheduling hiccup.
+    // Not early; late by at most a scheduling hiccup (or a restart on a busy machine).
     assert!(
-        ms + 5 >= min_ms && ms < min_ms + 1500,
+        ms + 5 >= min_ms && ms < min_ms + 3000,
         "{what}: {ms} ms, expected ~{min_ms} ms"
     );
 }
