@@ -180,11 +180,17 @@ impl Client {
         wants_reply: bool,
     ) -> impl Future<Output = Result<serde_json::Value, ClientError>> + Send + 'static {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let text = serde_json::to_string(&Request {
-            id: RequestId::Num(id),
-            op,
-        })
-        .expect("requests serialize to JSON");
+        let body_len = match &op {
+            Op::Publish(publish) => publish.message.body_len(),
+            _ => 0,
+        };
+        let text = crate::protocol::encode_frame(
+            &Request {
+                id: RequestId::Num(id),
+                op,
+            },
+            body_len,
+        );
         let rx = wants_reply.then(|| {
             let (reply, rx) = oneshot::channel();
             let pending = Pending { reply, deliveries };
@@ -469,7 +475,7 @@ impl Client {
 }
 
 fn on_frame(shared: &Shared, returns: &mpsc::UnboundedSender<Returned>, text: &str) {
-    let frame: ServerFrame = match serde_json::from_str(text) {
+    let frame = match crate::protocol::parse_server_frame(text) {
         Ok(frame) => frame,
         Err(e) => {
             tracing::warn!(error = %e, "undecodable frame from broker");

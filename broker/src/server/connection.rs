@@ -10,7 +10,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
-use crate::protocol::{ErrorCode, RequestId, ServerFrame, parse_request};
+use crate::protocol::{ErrorCode, RequestId, ServerFrame, encode_frame, parse_request};
 use crate::queue::ConnId;
 use crate::router::{Command, ConnTx, Outbound, RouterHandle};
 
@@ -144,7 +144,7 @@ async fn write_loop(
                     ServerFrame::Deliver(delivery)
                 }
             };
-            let text = serde_json::to_string(&frame).expect("frames serialize to JSON");
+            let text = encode_frame(&frame, frame.body_len());
             if sink
                 .feed(WsMessage::Text(Utf8Bytes::from(text)))
                 .await
