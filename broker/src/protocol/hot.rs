@@ -12,7 +12,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::{Delivery, Op, Publish, Request, RequestId, ServerFrame};
 use crate::message::{Headers, Message, Properties};
@@ -126,12 +126,132 @@ fn parse_hot_server_frame(text: &str) -> Option<ServerFrame> {
     }
 }
 
-/// A frame's JSON text. The buffer starts at the frame's size (as far as its body tells)
-/// instead of growing to it by repeated reallocation.
-pub fn encode_frame(frame: &impl Serialize, body_len: usize) -> String {
+/// A broker frame's JSON text; `deliver` frames are written directly.
+pub fn encode_server_frame(frame: &ServerFrame) -> String {
+    let mut out = Vec::with_capacity(frame.body_len() + 256);
+    match frame {
+        ServerFrame::Deliver(delivery) => write_deliver(&mut out, delivery),
+        other => serde_json::to_writer(&mut out, other).expect("frames serialize to JSON"),
+    }
+    into_string(out)
+}
+
+/// A request's JSON text; `publish` and `ack` requests are written directly.
+pub fn encode_request(request: &Request) -> String {
+    let body_len = match &request.op {
+        Op::Publish(publish) => publish.message.body_len(),
+        _ => 0,
+    };
     let mut out = Vec::with_capacity(body_len + 256);
-    serde_json::to_writer(&mut out, frame).expect("frames serialize to JSON");
-    // serde_json writes UTF-8 only.
+    match &request.op {
+        Op::Publish(publish) => write_publish(&mut out, &request.id, publish),
+        Op::Ack {
+            delivery_tag,
+            multiple,
+        } => {
+            out.extend_from_slice(b"{\"id\":");
+            write_id(&mut out, &request.id);
+            out.extend_from_slice(b",\"op\":\"ack\",\"delivery_tag\":");
+            write_display(&mut out, delivery_tag);
+            out.extend_from_slice(b",\"multiple\":");
+            write_display(&mut out, multiple);
+            out.push(b'}');
+        }
+        _ => serde_json::to_writer(&mut out, request).expect("requests serialize to JSON"),
+    }
+    into_string(out)
+}
+
+// The writers below produce exactly the derived serializers' bytes (the tests compare
+// them); they skip serde's per-field machinery and its byte-by-byte string escaping.
+
+fn write_deliver(out: &mut Vec<u8>, d: &Delivery) {
+    out.extend_from_slice(b"{\"type\":\"deliver\",\"consumer_tag\":");
+    write_str(out, &d.consumer_tag);
+    out.extend_from_slice(b",\"delivery_tag\":");
+    write_display(out, &d.delivery_tag);
+    out.extend_from_slice(b",\"redelivered\":");
+    write_display(out, &d.redelivered);
+    out.extend_from_slice(b",\"delivery_count\":");
+    write_display(out, &d.delivery_count);
+    out.extend_from_slice(b",\"queue\":");
+    write_str(out, &d.queue);
+    out.extend_from_slice(b",\"message\":{");
+    write_message_fields(out, &d.message);
+    out.extend_from_slice(b"}}");
+}
+
+fn write_publish(out: &mut Vec<u8>, id: &RequestId, publish: &Publish) {
+    out.extend_from_slice(b"{\"id\":");
+    write_id(out, id);
+    out.extend_from_slice(b",\"op\":\"publish\",");
+    write_message_fields(out, &publish.message);
+    out.extend_from_slice(b",\"mandatory\":");
+    write_display(out, &publish.mandatory);
+    out.push(b'}');
+}
+
+/// A message's wire fields (see `Message`'s `Serialize`), without the braces.
+fn write_message_fields(out: &mut Vec<u8>, m: &Message) {
+    if !m.exchange.is_empty() {
+        out.extend_from_slice(b"\"exchange\":");
+        write_str(out, &m.exchange);
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"routing_key\":");
+    write_str(out, &m.routing_key);
+    if !m.headers.is_empty() {
+        out.extend_from_slice(b",\"headers\":");
+        serde_json::to_writer(&mut *out, &m.headers).expect("headers serialize to JSON");
+    }
+    out.extend_from_slice(b",\"properties\":");
+    if m.properties == Properties::default() {
+        out.extend_from_slice(b"{}");
+    } else {
+        serde_json::to_writer(&mut *out, &m.properties).expect("properties serialize to JSON");
+    }
+    match std::str::from_utf8(&m.body) {
+        Ok(text) => {
+            out.extend_from_slice(b",\"body\":");
+            write_str(out, text);
+        }
+        Err(_) => {
+            out.extend_from_slice(b",\"body_base64\":\"");
+            out.extend_from_slice(BASE64.encode(&m.body).as_bytes());
+            out.push(b'"');
+        }
+    }
+}
+
+fn write_id(out: &mut Vec<u8>, id: &RequestId) {
+    match id {
+        RequestId::Num(n) => write_display(out, n),
+        RequestId::Str(s) => write_str(out, s),
+    }
+}
+
+fn write_display(out: &mut Vec<u8>, value: &impl std::fmt::Display) {
+    use std::io::Write as _;
+    write!(out, "{value}").expect("writing to a Vec cannot fail");
+}
+
+/// A JSON string: copied as is when nothing in it needs escaping (the common case,
+/// checked without branching per byte), else escaped by serde_json.
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    let needs_escape = s.bytes().fold(false, |any, b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if needs_escape {
+        serde_json::to_writer(&mut *out, s).expect("strings serialize to JSON");
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    }
+}
+
+fn into_string(out: Vec<u8>) -> String {
+    // Only whole UTF-8 strings and ASCII are written.
     String::from_utf8(out).expect("JSON is UTF-8")
 }
 
@@ -201,6 +321,75 @@ mod tests {
         assert!(matches!(parse_request(text).unwrap().op, Op::Publish(_)));
     }
 
+    fn messages() -> Vec<Message> {
+        let mut full = Message::text("a.\"b\"\n", "line\nbreak \\ \u{1} é");
+        full.exchange = "x".into();
+        full.headers
+            .insert("h".into(), serde_json::json!({"n": [1, "two"]}));
+        full.properties = Properties {
+            persistent: true,
+            message_id: Some("m\"1".into()),
+            priority: Some(4),
+            expiration_ms: Some(10),
+            ..Default::default()
+        };
+        let mut binary = Message::text("k", "");
+        binary.body = Bytes::from_static(&[0xff, 0, 1]);
+        vec![
+            Message::text("k", "plain"),
+            Message::default(),
+            full,
+            binary,
+        ]
+    }
+
+    /// The direct writers produce the derived serializers' exact bytes.
+    #[test]
+    fn direct_encoding_matches_serde() {
+        for message in messages() {
+            let deliver = ServerFrame::Deliver(Delivery {
+                consumer_tag: "c\"t".into(),
+                delivery_tag: u64::MAX,
+                redelivered: false,
+                delivery_count: 3,
+                queue: "q".into(),
+                message: Arc::new(message.clone()),
+            });
+            let text = encode_server_frame(&deliver);
+            assert_eq!(text, serde_json::to_string(&deliver).unwrap());
+            assert_eq!(
+                format!("{:?}", parse_server_frame(&text).unwrap()),
+                format!("{deliver:?}")
+            );
+            for (id, mandatory) in [
+                (RequestId::Num(7), true),
+                (RequestId::Str("s\\".into()), false),
+            ] {
+                let publish = Request {
+                    id,
+                    op: Op::Publish(Publish {
+                        message: message.clone(),
+                        mandatory,
+                    }),
+                };
+                let text = encode_request(&publish);
+                assert_eq!(text, serde_json::to_string(&publish).unwrap());
+                assert_eq!(
+                    format!("{:?}", parse_request(&text).unwrap()),
+                    format!("{publish:?}")
+                );
+            }
+        }
+        let ack = Request {
+            id: 3.into(),
+            op: Op::Ack {
+                delivery_tag: 12,
+                multiple: true,
+            },
+        };
+        assert_eq!(encode_request(&ack), serde_json::to_string(&ack).unwrap());
+    }
+
     #[test]
     fn server_frames_round_trip() {
         let message = Arc::new(Message::text("k", "body"));
@@ -220,7 +409,8 @@ mod tests {
             ServerFrame::ok(9.into()),
         ];
         for frame in frames {
-            let text = encode_frame(&frame, 4);
+            let text = encode_server_frame(&frame);
+            assert_eq!(text, serde_json::to_string(&frame).unwrap());
             let parsed = parse_server_frame(&text).unwrap();
             assert_eq!(format!("{parsed:?}"), format!("{frame:?}"));
         }

@@ -9,7 +9,7 @@ mod hot;
 mod ops;
 
 pub use error::{ErrorCode, ParseError, parse_request};
-pub use hot::{encode_frame, parse_server_frame};
+pub use hot::{encode_request, encode_server_frame, parse_server_frame};
 pub use ops::*;
 
 use std::sync::Arc;
@@ -17,6 +17,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::message::Message;
+
+/// The WebSocket read buffer of both ends. tungstenite zeroes the free part of it before
+/// every read; its 128 KiB default made that a visible share of the profile.
+pub const READ_BUFFER_BYTES: usize = 32 * 1024;
 
 /// A client-chosen request id, echoed in the reply: a number or a string.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
