@@ -43,7 +43,7 @@ const ACTIVE_PLUGINS: TableDefinition<&str, u64> = TableDefinition::new("active_
 
 /// redb's page cache. Its default (1 GiB) kept a backlog's pages in RAM next to the
 /// queues' own copy of every message; the OS page cache already holds recent pages.
-const CACHE_BYTES: usize = 64 * 1024 * 1024;
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The name of the database file inside the data directory.
 pub const DB_FILE: &str = "broker.redb";
