@@ -160,15 +160,20 @@ fn recover(db: &Database) -> Result<Recovered, OpenError> {
         let (_, value) = entry?;
         let record: QueueRecord =
             serde_json::from_slice(value.value()).map_err(|e| corrupt("queues")(e.to_string()))?;
+        let range = (record.id, 0)..=(record.id, u64::MAX);
+        // Few messages have a state: one pass over them beats a lookup per message.
+        let mut states = std::collections::HashMap::new();
+        for entry in deliveries.range(range.clone())? {
+            let (key, state) = entry?;
+            states.insert(key.value().1, state.value());
+        }
         let mut stored = Vec::new();
-        for entry in messages.range((record.id, 0)..=(record.id, u64::MAX))? {
+        for entry in messages.range(range)? {
             let (key, value) = entry?;
             let (_, seq) = key.value();
             let (enqueued_at, message) =
                 decode_entry(value.value()).map_err(corrupt("messages"))?;
-            let (delivery_count, not_before) = deliveries
-                .get((record.id, seq))?
-                .map_or((0, 0), |state| state.value());
+            let (delivery_count, not_before) = states.remove(&seq).unwrap_or((0, 0));
             stored.push(StoredMessage {
                 seq,
                 enqueued_at,
@@ -246,7 +251,8 @@ mod tests {
     }
 
     /// Messages acked within their own commit group are never written, and the rest of the
-    /// group (including earlier-committed deletes and entry states) still applies.
+    /// group (including earlier-committed deletes and entry states) still applies; entry
+    /// states come back with their messages.
     #[test]
     fn a_group_skips_messages_acked_before_their_commit() {
         let dir = tempfile::tempdir().unwrap();
@@ -275,6 +281,12 @@ mod tests {
                 delete(7, 3, false),
                 delete(7, 4, true),
                 delete(7, 1, false),
+                StoreOp::SetEntryState {
+                    queue: 7,
+                    seq: 2,
+                    delivery_count: 3,
+                    not_before: Some(99),
+                },
             ],
             completions: Vec::new(),
         });
@@ -287,6 +299,11 @@ mod tests {
         let seqs: Vec<u64> = queue.messages.iter().map(|m| m.seq).collect();
         assert_eq!(seqs, [2, 5]);
         assert_eq!(&queue.messages[1].message.body[..], b"m5");
-        assert!(queue.messages.iter().all(|m| m.delivery_count == 0));
+        let states: Vec<_> = queue
+            .messages
+            .iter()
+            .map(|m| (m.delivery_count, m.not_before))
+            .collect();
+        assert_eq!(states, [(3, Some(99)), (0, None)]);
     }
 }
