@@ -264,7 +264,7 @@ fn deep_queues_pack_ready_messages_losslessly() {
             .insert("n".into(), json!([i, 1.5, {"s": "\"q\""}]));
         m.properties.priority = Some((i % 3) as u8);
         m.properties.message_id = Some(format!("m{i}"));
-        if i % 5 == 0 {
+        if i.is_multiple_of(5) {
             m.body = bytes::Bytes::from(vec![0xff, i as u8]);
         }
         m
