@@ -110,13 +110,14 @@ impl Subscription {
 impl Client {
     /// Connects to `url` (e.g. `ws://127.0.0.1:6789`).
     pub async fn connect(url: &str) -> Result<Client, ClientError> {
-        let (ws, _) =
-            tokio_tungstenite::connect_async(url)
-                .await
-                .map_err(|e| ClientError::Connect {
-                    url: url.to_owned(),
-                    reason: e.to_string(),
-                })?;
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(crate::protocol::READ_BUFFER_BYTES);
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false)
+            .await
+            .map_err(|e| ClientError::Connect {
+                url: url.to_owned(),
+                reason: e.to_string(),
+            })?;
         if let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.get_ref() {
             let _ = tcp.set_nodelay(true);
         }
@@ -180,11 +181,10 @@ impl Client {
         wants_reply: bool,
     ) -> impl Future<Output = Result<serde_json::Value, ClientError>> + Send + 'static {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let text = serde_json::to_string(&Request {
+        let text = crate::protocol::encode_request(&Request {
             id: RequestId::Num(id),
             op,
-        })
-        .expect("requests serialize to JSON");
+        });
         let rx = wants_reply.then(|| {
             let (reply, rx) = oneshot::channel();
             let pending = Pending { reply, deliveries };
@@ -541,7 +541,7 @@ impl Client {
 }
 
 fn on_frame(shared: &Shared, returns: &mpsc::UnboundedSender<Returned>, text: &str) {
-    let frame: ServerFrame = match serde_json::from_str(text) {
+    let frame = match crate::protocol::parse_server_frame(text) {
         Ok(frame) => frame,
         Err(e) => {
             tracing::warn!(error = %e, "undecodable frame from broker");

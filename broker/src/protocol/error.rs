@@ -133,6 +133,9 @@ pub struct ParseError {
 /// Parses a text frame; on failure says as precisely as it can what was wrong, echoing
 /// the request id whenever the frame had a readable one.
 pub fn parse_request(text: &str) -> Result<Request, ParseError> {
+    if let Some(request) = super::hot::parse_hot_request(text) {
+        return Ok(request);
+    }
     let err = match serde_json::from_str::<Request>(text) {
         Ok(request) => return Ok(request),
         Err(err) => err,

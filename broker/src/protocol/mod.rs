@@ -5,9 +5,11 @@
 //! `return`, `cancelled`. `docs/protocol.md` documents every operation and error code.
 
 mod error;
+mod hot;
 mod ops;
 
 pub use error::{ErrorCode, ParseError, parse_request};
+pub use hot::{encode_request, encode_server_frame, parse_server_frame};
 pub use ops::*;
 
 use std::sync::Arc;
@@ -16,12 +18,44 @@ use serde::{Deserialize, Serialize};
 
 use crate::message::Message;
 
+/// The WebSocket read buffer of both ends. tungstenite zeroes the free part of it before
+/// every read; its 128 KiB default made that a visible share of the profile.
+pub const READ_BUFFER_BYTES: usize = 32 * 1024;
+
 /// A client-chosen request id, echoed in the reply: a number or a string.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(untagged)]
 pub enum RequestId {
     Num(u64),
     Str(String),
+}
+
+/// What `#[serde(untagged)]` accepts, without buffering the value first.
+impl<'de> Deserialize<'de> for RequestId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RequestId;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a non-negative integer or a string")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<RequestId, E> {
+                Ok(RequestId::Num(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<RequestId, E> {
+                u64::try_from(n)
+                    .map(RequestId::Num)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(n), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<RequestId, E> {
+                Ok(RequestId::Str(s.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<RequestId, E> {
+                Ok(RequestId::Str(s))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 impl From<u64> for RequestId {
@@ -87,6 +121,15 @@ pub struct Delivery {
 }
 
 impl ServerFrame {
+    /// Body bytes the frame carries (to size its encoding buffer).
+    pub fn body_len(&self) -> usize {
+        match self {
+            ServerFrame::Deliver(delivery) => delivery.message.body_len(),
+            ServerFrame::Return { message, .. } => message.body_len(),
+            _ => 0,
+        }
+    }
+
     pub fn ok(id: RequestId) -> Self {
         ServerFrame::Ok {
             id,

@@ -13,7 +13,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::message::{Headers, Message};
+use crate::message::{Headers, Message, decode_stored, encode_stored};
 
 /// Identifies a client connection.
 pub type ConnId = u64;
@@ -56,6 +56,64 @@ impl Entry {
 
 /// Ready order: highest priority first, then oldest first.
 type ReadyKey = (Reverse<u8>, u64);
+
+/// Ready messages beyond this many are held packed: a message costs ~600 bytes in memory
+/// as an `Arc<Message>` (struct, body and routing key allocations) and ~350 packed, so a
+/// backlog of a million fits in a few hundred MiB. Up to here nothing is packed: the
+/// messages of a queue that keeps up never pay for it.
+const PACK_AFTER: usize = 10_000;
+
+/// A ready message's body and metadata.
+#[derive(Debug)]
+enum Held {
+    Shared(Arc<Message>),
+    /// The storage encoding (`encode_stored`) in one exact allocation.
+    Packed(Box<[u8]>),
+}
+
+/// A ready message as the queue holds it (its seq and priority are its key).
+#[derive(Debug)]
+struct Parked {
+    held: Held,
+    delivery_count: u32,
+    stored: bool,
+    state_stored: bool,
+    /// `NEVER` for none: an `Option` would add 8 bytes to every ready message.
+    expires_at: u64,
+}
+
+const NEVER: u64 = u64::MAX;
+
+impl Parked {
+    fn copy(&self) -> Parked {
+        let held = match &self.held {
+            Held::Shared(message) => Held::Shared(message.clone()),
+            Held::Packed(bytes) => Held::Packed(bytes.clone()),
+        };
+        Parked { held, ..*self }
+    }
+
+    fn unpark(self, (Reverse(priority), seq): ReadyKey) -> Entry {
+        Entry {
+            seq,
+            message: self.held.message(),
+            delivery_count: self.delivery_count,
+            stored: self.stored,
+            state_stored: self.state_stored,
+            priority,
+            expires_at: (self.expires_at != NEVER).then_some(self.expires_at),
+        }
+    }
+}
+
+impl Held {
+    fn message(self) -> Arc<Message> {
+        match self {
+            Held::Shared(message) => message,
+            Held::Packed(bytes) => Arc::new(decode_stored(&bytes).expect("packed by this queue")),
+        }
+    }
+}
 
 /// A subscription to a queue.
 #[derive(Debug, Clone)]
@@ -185,7 +243,7 @@ pub struct Queue {
     /// The earliest time the router has a wake-up scheduled for this queue.
     pub wakeup: Option<u64>,
     next_seq: u64,
-    ready: BTreeMap<ReadyKey, Entry>,
+    ready: BTreeMap<ReadyKey, Parked>,
     /// Messages waiting for a delay (delayed publish, retry backoff), by (due, seq).
     delayed: BTreeMap<(u64, u64), Entry>,
     /// (expires_at, ready key) of ready messages with a TTL.
@@ -196,6 +254,8 @@ pub struct Queue {
     consumers: Vec<Consumer>,
     /// Index of the consumer to try first on the next dispatch (round-robin).
     next_consumer: usize,
+    /// Reused to pack messages.
+    pack_buf: Vec<u8>,
 }
 
 impl Queue {
@@ -215,6 +275,7 @@ impl Queue {
             unacked: HashMap::new(),
             consumers: Vec::new(),
             next_consumer: 0,
+            pack_buf: Vec::new(),
         }
     }
 
@@ -232,7 +293,7 @@ impl Queue {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.restore(Entry::new(seq, message, stored), now, None);
+        self.place(Entry::new(seq, message, stored), now, None, true);
         let mut evicted = Vec::new();
         while over(self, 0, 0) {
             match self.pop_oldest() {
@@ -246,7 +307,15 @@ impl Queue {
     /// Places a message that entered the queue at `enqueued_at` (now for a new one, earlier
     /// for one recovered from the store): its priority, expiry and visibility follow from
     /// its properties and the policy; a pending retry's `not_before` overrides its delay.
-    pub fn restore(&mut self, mut entry: Entry, enqueued_at: u64, not_before: Option<u64>) {
+    ///
+    /// Restored messages are not packed: that would double the work of a recovery, whose
+    /// time to first delivery matters more.
+    pub fn restore(&mut self, entry: Entry, enqueued_at: u64, not_before: Option<u64>) {
+        self.place(entry, enqueued_at, not_before, false);
+    }
+
+    /// [`Queue::restore`], packing it if the queue is deep and `pack` allows.
+    fn place(&mut self, mut entry: Entry, enqueued_at: u64, not_before: Option<u64>, pack: bool) {
         self.next_seq = self.next_seq.max(entry.seq + 1);
         let props = &entry.message.properties;
         entry.priority = self.policy.effective_priority(props.priority);
@@ -254,33 +323,52 @@ impl Queue {
             .into_iter()
             .flatten()
             .min();
-        entry.expires_at = ttl.map(|ttl| enqueued_at.saturating_add(ttl));
+        // Below `NEVER`, which marks "no expiry" in a parked message.
+        entry.expires_at = ttl.map(|ttl| enqueued_at.saturating_add(ttl).min(NEVER - 1));
         let delayed_until = props
             .delay_ms
             .filter(|d| *d > 0)
             .map(|d| enqueued_at.saturating_add(d));
-        self.enqueue(entry, not_before.or(delayed_until));
+        self.enqueue(entry, not_before.or(delayed_until), pack);
     }
 
-    fn enqueue(&mut self, entry: Entry, not_before: Option<u64>) {
+    fn enqueue(&mut self, entry: Entry, not_before: Option<u64>, pack: bool) {
         self.queued_bytes += entry.message.body_len() as u64;
         match not_before {
             Some(due) => {
                 self.delayed.insert((due, entry.seq), entry);
             }
-            None => self.insert_ready(entry),
+            None => self.insert_ready(entry, pack),
         }
     }
 
-    fn insert_ready(&mut self, entry: Entry) {
+    fn insert_ready(&mut self, entry: Entry, pack: bool) {
+        let key = entry.ready_key();
         if let Some(at) = entry.expires_at {
-            self.expiring.insert((at, entry.ready_key()));
+            self.expiring.insert((at, key));
         }
-        self.ready.insert(entry.ready_key(), entry);
+        // Packing a message another queue also holds would only add a copy. Besides this
+        // queue, the caller may hold one reference (it drops it soon).
+        let deep = self.ready.len() >= PACK_AFTER;
+        let held = if pack && deep && Arc::strong_count(&entry.message) <= 2 {
+            self.pack_buf.clear();
+            encode_stored(&entry.message, &mut self.pack_buf);
+            Held::Packed(Box::from(self.pack_buf.as_slice()))
+        } else {
+            Held::Shared(entry.message)
+        };
+        let parked = Parked {
+            held,
+            delivery_count: entry.delivery_count,
+            stored: entry.stored,
+            state_stored: entry.state_stored,
+            expires_at: entry.expires_at.unwrap_or(NEVER),
+        };
+        self.ready.insert(key, parked);
     }
 
     fn take_ready(&mut self, key: ReadyKey) -> Option<Entry> {
-        let entry = self.ready.remove(&key)?;
+        let entry = self.ready.remove(&key)?.unpark(key);
         if let Some(at) = entry.expires_at {
             self.expiring.remove(&(at, key));
         }
@@ -290,12 +378,12 @@ impl Queue {
 
     /// The oldest waiting message, ready or delayed (for `drop_head`).
     fn pop_oldest(&mut self) -> Option<Entry> {
-        let oldest_ready = self.ready.values().map(|e| e.seq).min();
+        let oldest_ready = self.ready.keys().map(|(_, seq)| *seq).min();
         let oldest_delayed = self.delayed.values().map(|e| e.seq).min();
         match (oldest_ready, oldest_delayed) {
             (Some(r), Some(d)) if d < r => self.take_delayed(d),
             (Some(_), _) => {
-                let key = *self.ready.iter().min_by_key(|(_, e)| e.seq)?.0;
+                let key = *self.ready.keys().min_by_key(|(_, seq)| *seq)?;
                 self.take_ready(key)
             }
             (None, Some(d)) => self.take_delayed(d),
@@ -369,14 +457,12 @@ impl Queue {
         {
             let key = *entry.0;
             let entry = self.delayed.remove(&key).expect("present");
-            self.insert_ready(entry);
+            self.insert_ready(entry, true);
         }
         let mut expired = Vec::new();
         while let Some(&(at, key)) = self.expiring.first().filter(|(at, _)| *at <= now) {
             self.expiring.remove(&(at, key));
-            if let Some(entry) = self.ready.get(&key).map(|e| e.ready_key()) {
-                expired.extend(self.take_ready(entry));
-            }
+            expired.extend(self.take_ready(key));
         }
         expired
     }
@@ -454,7 +540,7 @@ impl Queue {
             delivery_count: entry.delivery_count,
             not_before,
         };
-        self.enqueue(entry, not_before);
+        self.enqueue(entry, not_before, true);
         Some(retried)
     }
 
@@ -472,7 +558,10 @@ impl Queue {
     pub fn purge(&mut self) -> Vec<Entry> {
         self.expiring.clear();
         self.queued_bytes = 0;
-        let mut all: Vec<Entry> = std::mem::take(&mut self.ready).into_values().collect();
+        let mut all: Vec<Entry> = std::mem::take(&mut self.ready)
+            .into_iter()
+            .map(|(key, parked)| parked.unpark(key))
+            .collect();
         all.extend(std::mem::take(&mut self.delayed).into_values());
         all
     }
@@ -484,9 +573,12 @@ impl Queue {
         all
     }
 
-    /// Ready messages in delivery order, without taking them.
-    pub fn peek(&self, limit: usize) -> impl Iterator<Item = &Entry> {
-        self.ready.values().take(limit)
+    /// Copies of the first `limit` ready messages in delivery order, without taking them.
+    pub fn peek(&self, limit: usize) -> impl Iterator<Item = Entry> {
+        self.ready
+            .iter()
+            .take(limit)
+            .map(|(key, parked)| parked.copy().unpark(*key))
     }
 
     /// Takes the ready messages `select` picks.
@@ -494,8 +586,8 @@ impl Queue {
         let keys: Vec<ReadyKey> = self
             .ready
             .iter()
-            .filter(|(_, e)| select(e))
-            .map(|(k, _)| *k)
+            .filter(|(key, parked)| select(&parked.copy().unpark(**key)))
+            .map(|(key, _)| *key)
             .collect();
         keys.into_iter()
             .filter_map(|k| self.take_ready(k))

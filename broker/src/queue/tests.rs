@@ -251,3 +251,72 @@ fn delayed_publish_waits_until_due() {
     q.tick(1500);
     assert_eq!(body(&deliver(&mut q, 1500).unwrap()), b"later");
 }
+
+/// A deep queue packs its ready messages; they come back equal, in order, through every
+/// way out (peek, dispatch, expiry, purge), and a message another queue shares is not packed.
+#[test]
+fn deep_queues_pack_ready_messages_losslessly() {
+    let mut q = queue_with(json!({"max_priority": 9}));
+    let sample = |i: usize| {
+        let mut m = Message::text(format!("key.{i}"), format!("body {i}"));
+        m.exchange = "x".into();
+        m.headers
+            .insert("n".into(), json!([i, 1.5, {"s": "\"q\""}]));
+        m.properties.priority = Some((i % 3) as u8);
+        m.properties.message_id = Some(format!("m{i}"));
+        if i.is_multiple_of(5) {
+            m.body = bytes::Bytes::from(vec![0xff, i as u8]);
+        }
+        m
+    };
+    let total = PACK_AFTER + 500;
+    for i in 0..total {
+        push_msg(&mut q, sample(i), 0);
+    }
+    // As the router pushes: it keeps its own reference while pushing; another queue holds one.
+    let shared = msg("shared");
+    let held_elsewhere = shared.clone();
+    q.push(shared.clone(), false, 0);
+    drop(shared);
+    let packed = q
+        .ready
+        .values()
+        .filter(|p| matches!(p.held, Held::Packed(_)))
+        .count();
+    assert_eq!(
+        packed, 500,
+        "only messages past the threshold, not the shared one"
+    );
+
+    // Delivery order: priority 2, then 1, then 0, each oldest first.
+    let mut expected: Vec<usize> = (0..total).collect();
+    expected.sort_by_key(|i| (std::cmp::Reverse(i % 3), *i));
+    let peeked: Vec<Entry> = q.peek(total + 1).collect();
+    assert_eq!(peeked.len(), total + 1);
+    for (entry, i) in peeked.iter().zip(&expected) {
+        assert_eq!(*entry.message, sample(*i));
+    }
+    q.add_consumer(Consumer::new(1, "c1".into(), 0, false));
+    for i in &expected {
+        let d = deliver(&mut q, 0).unwrap();
+        assert_eq!(*d.message, sample(*i));
+    }
+    let last = deliver(&mut q, 0).unwrap();
+    assert!(Arc::ptr_eq(&last.message, &held_elsewhere));
+    assert_eq!(q.ready_len(), 0);
+
+    // Expiry and purge hand back the message too.
+    let mut q = queue_with(json!({"message_ttl": 10}));
+    for i in 0..PACK_AFTER + 2 {
+        push_msg(&mut q, sample(i), 0);
+    }
+    let expired = q.tick(100);
+    assert_eq!(expired.len(), PACK_AFTER + 2);
+    assert_eq!(*expired[PACK_AFTER + 1].message, sample(PACK_AFTER + 1));
+    let mut q = queue();
+    for i in 0..PACK_AFTER + 2 {
+        push_msg(&mut q, sample(i), 0);
+    }
+    let purged = q.purge();
+    assert_eq!(*purged[PACK_AFTER + 1].message, sample(PACK_AFTER + 1));
+}

@@ -10,7 +10,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
-use crate::protocol::{ErrorCode, RequestId, ServerFrame, parse_request};
+use crate::protocol::{ErrorCode, RequestId, ServerFrame, encode_server_frame, parse_request};
 use crate::queue::ConnId;
 use crate::router::{Command, ConnTx, Outbound, RouterHandle};
 
@@ -32,6 +32,7 @@ impl Connection {
         // Frames up to twice the limit are read and answered with `frame_too_large`;
         // beyond that the WebSocket layer drops the connection without buffering it all.
         let ws_config = WebSocketConfig::default()
+            .read_buffer_size(crate::protocol::READ_BUFFER_BYTES)
             .max_message_size(Some(self.max_frame_bytes.saturating_mul(2)))
             .max_frame_size(Some(self.max_frame_bytes.saturating_mul(2)));
         let ws = match tokio_tungstenite::accept_async_with_config(stream, Some(ws_config)).await {
@@ -145,7 +146,7 @@ async fn write_loop(
                     ServerFrame::Deliver(delivery)
                 }
             };
-            let text = serde_json::to_string(&frame).expect("frames serialize to JSON");
+            let text = encode_server_frame(&frame);
             if sink
                 .feed(WsMessage::Text(Utf8Bytes::from(text)))
                 .await

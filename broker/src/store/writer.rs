@@ -6,6 +6,7 @@
 //! load a batch is one operation and commits at once; at high load one fsync covers
 //! thousands of messages.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc;
@@ -270,15 +271,38 @@ fn commit(db: &Database, batches: &[WriteBatch], buf: &mut Vec<u8>) -> Result<()
     if batches.iter().all(|b| b.ops.is_empty()) {
         return Ok(());
     }
+    let ops = || batches.iter().flat_map(|b| &b.ops);
+    let acked = put_and_deleted(ops());
     let txn = db.begin_write()?;
-    apply(&txn, batches.iter().flat_map(|b| &b.ops), buf)?;
+    apply(&txn, ops(), &acked, buf)?;
     txn.commit()?;
     Ok(())
+}
+
+/// Messages both put and deleted within one group (acked before their first commit): the
+/// transaction's outcome is the same without either write, and at load that is most of
+/// them (redb's insert and remove are the writer's main per-message cost).
+fn put_and_deleted<'a>(ops: impl Iterator<Item = &'a StoreOp>) -> HashSet<(u64, u64)> {
+    let mut put = HashSet::new();
+    let mut both = HashSet::new();
+    for op in ops {
+        match op {
+            StoreOp::PutMessage { queue, seq, .. } => {
+                put.insert((*queue, *seq));
+            }
+            StoreOp::DeleteMessage { queue, seq, .. } if put.contains(&(*queue, *seq)) => {
+                both.insert((*queue, *seq));
+            }
+            _ => {}
+        }
+    }
+    both
 }
 
 fn apply<'a>(
     txn: &WriteTransaction,
     ops: impl Iterator<Item = &'a StoreOp>,
+    acked: &HashSet<(u64, u64)>,
     buf: &mut Vec<u8>,
 ) -> Result<(), CommitError> {
     let mut queues = txn.open_table(QUEUES)?;
@@ -320,11 +344,16 @@ fn apply<'a>(
                 enqueued_at,
                 message,
             } => {
+                if acked.contains(&(*queue, *seq)) {
+                    continue;
+                }
                 encode_entry(*enqueued_at, message, buf);
                 messages.insert((*queue, *seq), buf.as_slice())?;
             }
             StoreOp::DeleteMessage { queue, seq, state } => {
-                messages.remove((*queue, *seq))?;
+                if !acked.contains(&(*queue, *seq)) {
+                    messages.remove((*queue, *seq))?;
+                }
                 if *state {
                     entry_state.remove((*queue, *seq))?;
                 }
