@@ -1,12 +1,44 @@
-//! Builds the standard exchange plugins (`plugins/*`) as Wasm components and leaves them
-//! in OUT_DIR, where `src/plugin/bundled.rs` embeds them with `include_bytes!`.
+//! Builds every bundled plugin (`plugins/*`, listed in [`BUNDLED`]) as a Wasm component and
+//! writes `bundled_plugins.rs` to OUT_DIR: the tables `src/plugin/bundled.rs` includes,
+//! which embed the components with `include_bytes!`.
 
 use std::env;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 include!("build/wasm_cargo.rs");
 
-const PLUGINS: [&str; 4] = ["direct", "topic", "fanout", "headers"];
+/// What a bundled plugin is; decides its crate name (`<kind>-<dir>`) and its table.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// An exchange type, registered under its directory name and reserved.
+    Exchange,
+    /// A handler; not an exchange type.
+    #[allow(dead_code)] // until the first handler is listed
+    Handler,
+}
+
+/// Every plugin bundled with the broker: (directory under `plugins/`, kind). Adding one
+/// is one line here (and a workspace member).
+const BUNDLED: &[(&str, Kind)] = &[
+    ("direct", Kind::Exchange),
+    ("topic", Kind::Exchange),
+    ("fanout", Kind::Exchange),
+    ("headers", Kind::Exchange),
+    ("consistent-hash", Kind::Exchange),
+    ("json-router", Kind::Exchange),
+    ("random", Kind::Exchange),
+    ("schema-gate", Kind::Exchange),
+];
+
+impl Kind {
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::Exchange => "exchange",
+            Kind::Handler => "handler",
+        }
+    }
+}
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -32,24 +64,50 @@ fn main() {
 
     let target_dir = plugin_target_dir(&out_dir);
     let mut cmd = wasm_cargo(&root.join("Cargo.toml"), &root.join("plugins"), &target_dir);
-    for plugin in PLUGINS {
-        cmd.args(["-p", &format!("exchange-{plugin}")]);
+    for (dir, kind) in BUNDLED {
+        cmd.args(["-p", &format!("{}-{dir}", kind.prefix())]);
     }
     let output = cmd.output().expect("cannot run cargo to build the plugins");
     if !output.status.success() {
         panic!(
-            "building the exchange plugins for wasm32 failed:\n{}",
+            "building the bundled plugins for wasm32 failed:\n{}",
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    for plugin in PLUGINS {
-        let file = format!("exchange_{plugin}.wasm");
+
+    let mut exchanges = Vec::new();
+    let mut handlers = Vec::new();
+    for &(dir, kind) in BUNDLED {
+        // Cargo names the artifact after the crate, with `-` as `_`.
+        let file = format!("{}_{}.wasm", kind.prefix(), dir.replace('-', "_"));
         let built = target_dir
             .join("wasm32-unknown-unknown/release")
             .join(&file);
-        std::fs::copy(&built, out_dir.join(&file))
+        let copy = out_dir.join(&file);
+        std::fs::copy(&built, &copy)
             .unwrap_or_else(|e| panic!("cannot copy {}: {e}", built.display()));
+        match kind {
+            Kind::Exchange => exchanges.push((dir, copy)),
+            Kind::Handler => handlers.push((dir, copy)),
+        }
     }
+    let mut table = String::new();
+    write_table(&mut table, "BUNDLED_EXCHANGES", &exchanges);
+    write_table(&mut table, "BUNDLED_HANDLERS", &handlers);
+    std::fs::write(out_dir.join("bundled_plugins.rs"), table)
+        .expect("cannot write bundled_plugins.rs");
+}
+
+/// `pub const NAME: [(&str, &[u8]); N] = [(name, include_bytes!(path)), ...];`
+fn write_table(out: &mut String, name: &str, entries: &[(&str, PathBuf)]) {
+    // The host may not use every table yet (handlers).
+    writeln!(out, "#[allow(dead_code)]").unwrap();
+    writeln!(out, "pub const {name}: [(&str, &[u8]); {}] = [", entries.len()).unwrap();
+    for (plugin, path) in entries {
+        writeln!(out, "    ({plugin:?}, include_bytes!({:?})),", path.display().to_string())
+            .unwrap();
+    }
+    writeln!(out, "];").unwrap();
 }
 
 /// `<target>/plugin-wasm`, shared by every profile of the outer build (and by the tests'
