@@ -102,10 +102,19 @@ fn main() {
 fn write_table(out: &mut String, name: &str, entries: &[(&str, PathBuf)]) {
     // The host may not use every table yet (handlers).
     writeln!(out, "#[allow(dead_code)]").unwrap();
-    writeln!(out, "pub const {name}: [(&str, &[u8]); {}] = [", entries.len()).unwrap();
+    writeln!(
+        out,
+        "pub const {name}: [(&str, &[u8]); {}] = [",
+        entries.len()
+    )
+    .unwrap();
     for (plugin, path) in entries {
-        writeln!(out, "    ({plugin:?}, include_bytes!({:?})),", path.display().to_string())
-            .unwrap();
+        writeln!(
+            out,
+            "    ({plugin:?}, include_bytes!({:?})),",
+            path.display().to_string()
+        )
+        .unwrap();
     }
     writeln!(out, "];").unwrap();
 }

@@ -75,10 +75,7 @@ fn deterministic_across_instances_and_binding_order() {
 fn shares_follow_weights() {
     let mut ex = exchange(&[(1, 1), (2, 3)]);
     let n = 20_000;
-    let ones = keys(n)
-        .iter()
-        .filter(|k| owner(&mut ex, k) == 1)
-        .count();
+    let ones = keys(n).iter().filter(|k| owner(&mut ex, k) == 1).count();
     let share = ones as f64 / n as f64;
     assert!((0.20..0.30).contains(&share), "weight-1 share {share}");
 
@@ -138,10 +135,7 @@ fn rebinding_an_id_changes_its_weight() {
     let mut ex = exchange(&[(1, 1), (2, 1)]);
     ex.bind(1, "9", &Headers::new()).unwrap();
     let n = 10_000;
-    let ones = keys(n)
-        .iter()
-        .filter(|k| owner(&mut ex, k) == 1)
-        .count();
+    let ones = keys(n).iter().filter(|k| owner(&mut ex, k) == 1).count();
     let share = ones as f64 / n as f64;
     assert!((0.85..0.95).contains(&share), "weight-9 share {share}");
 }

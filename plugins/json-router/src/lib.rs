@@ -24,13 +24,15 @@ fn binding_expr(arguments: &Headers) -> Result<Expr, String> {
         }
     }
     match arguments.get("match") {
-        Some(Value::Text(src)) => expr::parse(src).map_err(|e| format!("bad match expression: {e}")),
+        Some(Value::Text(src)) => {
+            expr::parse(src).map_err(|e| format!("bad match expression: {e}"))
+        }
         // `--arg match=true` arrives as a JSON boolean: a constant expression.
         Some(Value::Bool(b)) => Ok(Expr::Truthy(expr::Operand::Literal((*b).into()))),
         Some(other) => Err(format!("match must be an expression string, not {other:?}")),
-        None => Err(
-            "a json-router binding needs a `match` argument, e.g. `amount > 100`".to_owned(),
-        ),
+        None => {
+            Err("a json-router binding needs a `match` argument, e.g. `amount > 100`".to_owned())
+        }
     }
 }
 

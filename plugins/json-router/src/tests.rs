@@ -123,7 +123,10 @@ fn nesting_and_length_are_bounded() {
 fn bindings_need_a_valid_match_argument() {
     let ex = JsonRouter::new("j", &Headers::new()).unwrap();
     assert!(ex.validate_binding("", &args("amount > 1")).is_ok());
-    assert!(ex.validate_binding("", &Headers::new().with("match", true)).is_ok());
+    assert!(
+        ex.validate_binding("", &Headers::new().with("match", true))
+            .is_ok()
+    );
     let bad = [
         (Headers::new(), "needs a `match`"),
         (args("amount >"), "bad match expression"),
@@ -146,14 +149,20 @@ fn routes_to_every_matching_binding_and_nowhere_for_non_json() {
     ex.bind(1, "", &args("amount > 100")).unwrap();
     ex.bind(2, "", &args("country == \"DE\"")).unwrap();
     ex.bind(3, "", &Headers::new().with("match", true)).unwrap();
-    assert_eq!(route(&mut ex, r#"{"amount": 500, "country": "DE"}"#), [1, 2, 3]);
+    assert_eq!(
+        route(&mut ex, r#"{"amount": 500, "country": "DE"}"#),
+        [1, 2, 3]
+    );
     assert_eq!(route(&mut ex, r#"{"amount": 5, "country": "FR"}"#), [3]);
     assert_eq!(route(&mut ex, r#"[1, 2]"#), [3]);
     for junk in ["", "not json", "{\"amount\": ", "\u{0}\u{1}", "[[[[[[[[[["] {
         assert!(route(&mut ex, junk).is_empty(), "{junk:?}");
     }
     let nested = format!("{}{}", "[".repeat(1000), "]".repeat(1000));
-    assert!(route(&mut ex, &nested).is_empty(), "over serde_json's depth limit");
+    assert!(
+        route(&mut ex, &nested).is_empty(),
+        "over serde_json's depth limit"
+    );
     ex.unbind(3);
     assert_eq!(route(&mut ex, r#"{"amount": 5}"#), Vec::<BindingId>::new());
     ex.bind(1, "", &args("amount < 10")).unwrap();
