@@ -84,6 +84,9 @@ fn main() {
             .join("wasm32-unknown-unknown/release")
             .join(&file);
         let copy = out_dir.join(&file);
+        // A fresh file, not a write through an old one: target dirs may be hardlinked
+        // copies of each other.
+        let _ = std::fs::remove_file(&copy);
         std::fs::copy(&built, &copy)
             .unwrap_or_else(|e| panic!("cannot copy {}: {e}", built.display()));
         match kind {
@@ -94,8 +97,9 @@ fn main() {
     let mut table = String::new();
     write_table(&mut table, "BUNDLED_EXCHANGES", &exchanges);
     write_table(&mut table, "BUNDLED_HANDLERS", &handlers);
-    std::fs::write(out_dir.join("bundled_plugins.rs"), table)
-        .expect("cannot write bundled_plugins.rs");
+    let table_file = out_dir.join("bundled_plugins.rs");
+    let _ = std::fs::remove_file(&table_file);
+    std::fs::write(table_file, table).expect("cannot write bundled_plugins.rs");
 }
 
 /// `pub const NAME: [(&str, &[u8]); N] = [(name, include_bytes!(path)), ...];`

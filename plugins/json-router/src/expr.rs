@@ -337,7 +337,7 @@ impl Parser {
             (">", Cmp::Gt),
         ]
         .into_iter()
-        .find(|(p, _)| self.peek() == Some(&Token::Punct(*p)));
+        .find(|(p, _)| self.peek() == Some(&Token::Punct(p)));
         match cmp {
             Some((_, cmp)) => {
                 self.pos += 1;

@@ -219,11 +219,12 @@ impl Schema {
                 }
             }
             Value::Number(num) => {
-                let x = num.as_f64().unwrap_or(f64::NAN);
-                if let Some(min) = self.minimum.filter(|&min| !(x >= min)) {
+                // Always a finite f64: serde_json has no NaN or infinities.
+                let x = num.as_f64().unwrap_or(0.0);
+                if let Some(min) = self.minimum.filter(|&min| x < min) {
                     return Err(format!("{at}: less than {min}"));
                 }
-                if let Some(max) = self.maximum.filter(|&max| !(x <= max)) {
+                if let Some(max) = self.maximum.filter(|&max| x > max) {
                     return Err(format!("{at}: greater than {max}"));
                 }
             }
