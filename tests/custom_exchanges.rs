@@ -70,6 +70,23 @@ async fn placement(c: &Client, queues: &[&str]) -> BTreeMap<String, String> {
     at
 }
 
+/// The `errors` counter of plugin `name` (traps, timeouts, ...).
+async fn plugin_errors(c: &Client, name: &str) -> u64 {
+    let list = c.list_plugins().await.unwrap();
+    let plugin = list["plugins"]
+        .as_array()
+        .and_then(|all| all.iter().find(|p| p["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no plugin {name} in {list}"));
+    assert!(plugin["stats"]["calls"].as_u64() > Some(0), "{plugin}");
+    plugin["stats"]["errors"].as_u64().unwrap()
+}
+
+/// A JSON array nested deeper than any parser should recurse.
+fn deeply_nested() -> String {
+    format!("{}{}", "[".repeat(20_000), "]".repeat(20_000))
+}
+
 fn code(result: Result<(), broker::ClientError>) -> ErrorCode {
     result.unwrap_err().code().expect("a broker error")
 }
@@ -251,14 +268,14 @@ async fn json_router_routes_on_body_fields() {
     assert_eq!(ids(bodies(&c, "shipped").await), [2]);
     assert_eq!(ids(bodies(&c, "vip").await), [4, 5]);
     assert_eq!(ids(bodies(&c, "everything").await), [1, 2, 3, 4, 5]);
-    let stats = c.list_plugins().await.unwrap();
-    let router = stats["plugins"]
-        .as_array()
-        .and_then(|list| list.iter().find(|p| p["name"] == "json-router"))
-        .cloned()
-        .unwrap_or_default();
-    assert!(router["stats"]["calls"].as_u64() > Some(0), "{router}");
-    assert_eq!(router["stats"]["errors"], 0, "{router}");
+    // Hostile bodies route nowhere without failing the plugin.
+    publish_all(
+        &c,
+        vec![message("orders", "any", &deeply_nested(), json!({}))],
+    )
+    .await;
+    assert_eq!(bodies(&c, "everything").await.len(), 5);
+    assert_eq!(plugin_errors(&c, "json-router").await, 0);
 }
 
 #[tokio::test]
@@ -340,6 +357,7 @@ async fn schema_gate_sends_invalid_bodies_to_the_rejects_queue() {
             json!({}),
         ),
         message("gate", "payment", "<xml/>", json!({})),
+        message("gate", "payment", &deeply_nested(), json!({})),
         message("gate", "unbound", r#"{"id": 6, "amount": 1}"#, json!({})),
     ];
     publish_all(&c, msgs).await;
@@ -354,9 +372,11 @@ async fn schema_gate_sends_invalid_bodies_to_the_rejects_queue() {
             r#"{"id": 3}"#,
             r#"{"id": 4, "amount": -1}"#,
             r#"{"id": 5, "amount": 1, "currency": "GBP"}"#,
-            "<xml/>"
+            "<xml/>",
+            &deeply_nested(),
         ]
     );
+    assert_eq!(plugin_errors(&c, "schema-gate").await, 0);
 }
 
 /// Runs the real `broker` CLI against `url`, on a blocking thread (the broker under test
