@@ -201,7 +201,7 @@ async fn consistent_hash_on_a_header() {
 
 #[tokio::test]
 async fn json_router_routes_on_body_fields() {
-    let b = TestBroker::start().await;
+    let mut b = TestBroker::start().await;
     let c = b.client().await;
     let queues = ["big-de", "shipped", "vip", "everything"];
     declare_queues(&c, &queues).await;
@@ -276,6 +276,16 @@ async fn json_router_routes_on_body_fields() {
     .await;
     assert_eq!(bodies(&c, "everything").await.len(), 5);
     assert_eq!(plugin_errors(&c, "json-router").await, 0);
+
+    // The durable bindings' expressions come back after a restart.
+    drop(c);
+    b.restart().await;
+    let c = b.client().await;
+    c.confirm_select().await.unwrap();
+    let late = r#"{"id": 7, "amount": 300, "country": "DE"}"#;
+    publish_all(&c, vec![message("orders", "any", late, json!({}))]).await;
+    assert_eq!(ids(bodies(&c, "big-de").await), [1, 4, 7]);
+    assert_eq!(ids(bodies(&c, "shipped").await), [2]);
 }
 
 #[tokio::test]
@@ -307,7 +317,7 @@ async fn random_spreads_messages_evenly_one_queue_each() {
 
 #[tokio::test]
 async fn schema_gate_sends_invalid_bodies_to_the_rejects_queue() {
-    let b = TestBroker::start().await;
+    let mut b = TestBroker::start().await;
     let c = b.client().await;
     declare_queues(&c, &["payments", "refunds", "rejects"]).await;
     let schema = json!({
@@ -377,6 +387,23 @@ async fn schema_gate_sends_invalid_bodies_to_the_rejects_queue() {
         ]
     );
     assert_eq!(plugin_errors(&c, "schema-gate").await, 0);
+
+    // The durable exchange comes back with its schema after a restart.
+    drop(c);
+    b.restart().await;
+    let c = b.client().await;
+    c.confirm_select().await.unwrap();
+    let msgs = vec![
+        message("gate", "payment", r#"{"id": 8, "amount": 1}"#, json!({})),
+        message("gate", "payment", r#"{"id": "nine"}"#, json!({})),
+    ];
+    publish_all(&c, msgs).await;
+    assert_eq!(bodies(&c, "payments").await.len(), 2);
+    let rejects = bodies(&c, "rejects").await;
+    assert_eq!(
+        rejects.last().map(String::as_str),
+        Some(r#"{"id": "nine"}"#)
+    );
 }
 
 /// Runs the real `broker` CLI against `url`, on a blocking thread (the broker under test
