@@ -91,6 +91,15 @@ fn code(result: Result<(), broker::ClientError>) -> ErrorCode {
     result.unwrap_err().code().expect("a broker error")
 }
 
+/// Every start compiles every bundled plugin (~3-4 ms per KB in a debug build), so they
+/// stay small: float formatting or `{:?}` of a value alone adds ~60 KB.
+#[test]
+fn bundled_exchanges_stay_small() {
+    for (name, wasm) in broker::plugin::STANDARD_EXCHANGES {
+        assert!(wasm.len() < 150_000, "{name} is {} bytes", wasm.len());
+    }
+}
+
 #[tokio::test]
 async fn consistent_hash_sends_each_key_to_one_queue_by_weight_and_keeps_it_across_restarts() {
     let mut b = TestBroker::start().await;

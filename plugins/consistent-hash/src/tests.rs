@@ -153,10 +153,19 @@ fn hash_header_decides_and_a_missing_header_routes_nowhere() {
         assert_eq!(a.len(), 1);
         assert_eq!(a, b, "the routing key must not matter");
     }
-    // Text and numbers hash by their text, so "7" and 7 agree.
+    // Whole numbers hash by their decimal text, so "7", 7 and 7.0 agree.
+    let seven = route(&mut ex, &Message::new("").with_header("user", "7"));
     assert_eq!(
-        route(&mut ex, &Message::new("").with_header("user", "7")),
-        route(&mut ex, &Message::new("").with_header("user", 7i64)),
+        seven,
+        route(&mut ex, &Message::new("").with_header("user", 7i64))
+    );
+    assert_eq!(
+        seven,
+        route(&mut ex, &Message::new("").with_header("user", 7.0))
+    );
+    assert_eq!(
+        route(&mut ex, &Message::new("").with_header("user", 7.5)).len(),
+        1
     );
     assert!(route(&mut ex, &Message::new("a")).is_empty());
     assert!(route(&mut ex, &Message::new("a").with_header("user", Value::Null)).is_empty());

@@ -160,9 +160,12 @@ fn tokenize(src: &str) -> Result<Vec<(usize, Token)>, String> {
                 }
             }
             i += 1;
-            let text: String = serde_json::from_str(&src[start..i])
-                .map_err(|e| format!("bad string at byte {start}: {e}"))?;
-            tokens.push((start, Token::Literal(Value::String(text))));
+            // Into a `Value`, not a `String`: the typed path drags float formatting (for
+            // its error messages) into the plugin, 60 KB of code to compile.
+            match serde_json::from_str::<Value>(&src[start..i]) {
+                Ok(text @ Value::String(_)) => tokens.push((start, Token::Literal(text))),
+                _ => return Err(format!("bad string at byte {start}")),
+            }
         } else if c.is_ascii_digit() && matches!(tokens.last(), Some((_, Token::Punct(".")))) {
             // An array index in a path (`items.0.sku`): digits only.
             while i < bytes.len() && bytes[i].is_ascii_digit() {
@@ -365,8 +368,11 @@ impl Parser {
             match self.peek().cloned() {
                 Some(Token::Name(name)) => segments.push(name),
                 // An index such as `items.0`: the tokenizer reads `0` as a number.
-                Some(Token::Literal(Value::Number(n))) if !segments.is_empty() && n.is_u64() => {
-                    segments.push(n.to_string())
+                Some(Token::Literal(Value::Number(n))) if !segments.is_empty() => {
+                    match n.as_u64() {
+                        Some(index) => segments.push(index.to_string()),
+                        None => return Err(self.error("a field name")),
+                    }
                 }
                 _ => return Err(self.error("a field name")),
             }

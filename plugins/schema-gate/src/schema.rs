@@ -29,7 +29,8 @@ impl Type {
             Some("object") => Type::Object,
             Some("array") => Type::Array,
             Some("null") => Type::Null,
-            _ => return Err(format!("unknown type {v}")),
+            Some(other) => return Err(format!("unknown type `{other}`")),
+            None => return Err(format!("a type must be a string, not {}", kind(v))),
         })
     }
 
@@ -77,21 +78,41 @@ pub struct Schema {
     max_length: Option<u64>,
 }
 
+/// What kind of JSON value `v` is, for messages (not the value: formatting floats would
+/// double the plugin's size).
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 fn count(v: &Value, keyword: &str) -> Result<u64, String> {
-    v.as_u64()
-        .ok_or_else(|| format!("`{keyword}` must be a non-negative integer, not {v}"))
+    v.as_u64().ok_or_else(|| {
+        format!(
+            "`{keyword}` must be a non-negative integer, not {}",
+            kind(v)
+        )
+    })
 }
 
 fn number(v: &Value, keyword: &str) -> Result<f64, String> {
     v.as_f64()
-        .ok_or_else(|| format!("`{keyword}` must be a number, not {v}"))
+        .ok_or_else(|| format!("`{keyword}` must be a number, not {}", kind(v)))
 }
 
 impl Schema {
     /// Compiles a schema; `at` is its location, for error messages.
     pub fn compile(v: &Value, at: &str) -> Result<Schema, String> {
         let Value::Object(map) = v else {
-            return Err(format!("the schema at {at} must be an object, not {v}"));
+            return Err(format!(
+                "the schema at {at} must be an object, not {}",
+                kind(v)
+            ));
         };
         Schema::compile_map(map, at).map_err(|e| format!("{e} (schema at {at})"))
     }
@@ -113,7 +134,7 @@ impl Schema {
                 }
                 "enum" => match v {
                     Value::Array(list) => s.enumeration = Some(list.clone()),
-                    _ => return Err(format!("`enum` must be a list, not {v}")),
+                    _ => return Err(format!("`enum` must be a list, not {}", kind(v))),
                 },
                 "required" => {
                     s.required = v
@@ -123,11 +144,13 @@ impl Schema {
                                 .map(|n| n.as_str().map(str::to_owned))
                                 .collect::<Option<Vec<_>>>()
                         })
-                        .ok_or_else(|| format!("`required` must be a list of names, not {v}"))?
+                        .ok_or_else(|| {
+                            format!("`required` must be a list of names, not {}", kind(v))
+                        })?
                 }
                 "properties" => {
                     let Value::Object(props) = v else {
-                        return Err(format!("`properties` must be an object, not {v}"));
+                        return Err(format!("`properties` must be an object, not {}", kind(v)));
                     };
                     for (name, sub) in props {
                         let sub = Schema::compile(sub, &format!("{at}.{name}"))?;
@@ -136,7 +159,10 @@ impl Schema {
                 }
                 "additionalProperties" => {
                     s.additional_properties = v.as_bool().ok_or_else(|| {
-                        format!("`additionalProperties` must be true or false, not {v}")
+                        format!(
+                            "`additionalProperties` must be true or false, not {}",
+                            kind(v)
+                        )
                     })?
                 }
                 "items" => s.items = Some(Box::new(Schema::compile(v, &format!("{at}[]"))?)),
@@ -221,11 +247,11 @@ impl Schema {
             Value::Number(num) => {
                 // Always a finite f64: serde_json has no NaN or infinities.
                 let x = num.as_f64().unwrap_or(0.0);
-                if let Some(min) = self.minimum.filter(|&min| x < min) {
-                    return Err(format!("{at}: less than {min}"));
+                if self.minimum.is_some_and(|min| x < min) {
+                    return Err(format!("{at}: below the minimum"));
                 }
-                if let Some(max) = self.maximum.filter(|&max| x > max) {
-                    return Err(format!("{at}: greater than {max}"));
+                if self.maximum.is_some_and(|max| x > max) {
+                    return Err(format!("{at}: above the maximum"));
                 }
             }
             Value::Bool(_) | Value::Null => {}

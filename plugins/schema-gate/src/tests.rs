@@ -63,11 +63,11 @@ fn validation_table() {
         ),
         (
             r#"{"id": 0, "amount": 1, "currency": "EUR"}"#,
-            "$.id: less than 1",
+            "$.id: below the minimum",
         ),
         (
             r#"{"id": 1, "amount": 2e6, "currency": "EUR"}"#,
-            "$.amount: greater than",
+            "$.amount: above the maximum",
         ),
         (
             r#"{"id": 1, "amount": 1, "currency": "GBP"}"#,
