@@ -1,6 +1,6 @@
-//! Builds every bundled plugin (`plugins/*`, listed in [`BUNDLED`]) as a Wasm component and
-//! writes `bundled_plugins.rs` to OUT_DIR: the tables `src/plugin/bundled.rs` includes,
-//! which embed the components with `include_bytes!`.
+//! Builds every bundled plugin (the crates under `plugins/` listed in [`BUNDLED`]) as a Wasm
+//! component and writes `bundled_plugins.rs` to OUT_DIR: the tables `src/plugin/bundled.rs`
+//! includes, which embed the components with `include_bytes!`.
 
 use std::env;
 use std::fmt::Write as _;
@@ -8,18 +8,18 @@ use std::path::{Path, PathBuf};
 
 include!("build/wasm_cargo.rs");
 
-/// What a bundled plugin is; decides its crate name (`<kind>-<dir>`) and its table.
+/// What a bundled plugin is; decides its crate name (`<kind>-<name>`) and its table.
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
-    /// An exchange type, registered under its directory name and reserved.
+    /// An exchange type, registered under its name and reserved.
     Exchange,
-    /// A handler; not an exchange type.
+    /// A handler (crate `handler-<name>`); not an exchange type.
     #[allow(dead_code)] // until the first handler is listed
     Handler,
 }
 
-/// Every plugin bundled with the broker: (directory under `plugins/`, kind). Adding one
-/// is one line here (and a workspace member).
+/// Every plugin bundled with the broker: (name, kind), built from the workspace crate
+/// `<kind>-<name>`. Adding one is one line here (and a workspace member).
 const BUNDLED: &[(&str, Kind)] = &[
     ("direct", Kind::Exchange),
     ("topic", Kind::Exchange),
@@ -64,8 +64,8 @@ fn main() {
 
     let target_dir = plugin_target_dir(&out_dir);
     let mut cmd = wasm_cargo(&root.join("Cargo.toml"), &root.join("plugins"), &target_dir);
-    for (dir, kind) in BUNDLED {
-        cmd.args(["-p", &format!("{}-{dir}", kind.prefix())]);
+    for (name, kind) in BUNDLED {
+        cmd.args(["-p", &format!("{}-{name}", kind.prefix())]);
     }
     let output = cmd.output().expect("cannot run cargo to build the plugins");
     if !output.status.success() {
@@ -77,9 +77,9 @@ fn main() {
 
     let mut exchanges = Vec::new();
     let mut handlers = Vec::new();
-    for &(dir, kind) in BUNDLED {
+    for &(name, kind) in BUNDLED {
         // Cargo names the artifact after the crate, with `-` as `_`.
-        let file = format!("{}_{}.wasm", kind.prefix(), dir.replace('-', "_"));
+        let file = format!("{}_{}.wasm", kind.prefix(), name.replace('-', "_"));
         let built = target_dir
             .join("wasm32-unknown-unknown/release")
             .join(&file);
@@ -90,8 +90,8 @@ fn main() {
         std::fs::copy(&built, &copy)
             .unwrap_or_else(|e| panic!("cannot copy {}: {e}", built.display()));
         match kind {
-            Kind::Exchange => exchanges.push((dir, copy)),
-            Kind::Handler => handlers.push((dir, copy)),
+            Kind::Exchange => exchanges.push((name, copy)),
+            Kind::Handler => handlers.push((name, copy)),
         }
     }
     let mut table = String::new();

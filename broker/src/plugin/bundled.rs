@@ -12,3 +12,13 @@ pub const STANDARD_EXCHANGES: [(&str, &[u8]); BUNDLED_EXCHANGES.len()] = BUNDLED
 pub fn is_standard(name: &str) -> bool {
     STANDARD_EXCHANGES.iter().any(|(n, _)| *n == name)
 }
+
+/// (name, component bytes) of every bundled handler plugin.
+#[allow(dead_code)] // for the handler host
+pub const STANDARD_HANDLERS: [(&str, &[u8]); BUNDLED_HANDLERS.len()] = BUNDLED_HANDLERS;
+
+/// Whether `name` is a bundled handler (which custom plugins may not replace).
+#[allow(dead_code)] // for the handler host
+pub fn is_standard_handler(name: &str) -> bool {
+    STANDARD_HANDLERS.iter().any(|(n, _)| *n == name)
+}
