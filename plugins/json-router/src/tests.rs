@@ -21,7 +21,7 @@ fn route(ex: &mut JsonRouter, body: &str) -> Vec<BindingId> {
 fn expression_table() {
     let order = r#"{"amount": 150, "country": "DE", "vip": true, "note": null,
         "order": {"status": "paid", "items": [{"sku": "A-1", "qty": 2}]},
-        "price": 9.5, "tags": ["x"]}"#;
+        "price": 9.5, "tags": ["x"], "city": "Zürich 🏔"}"#;
     let table = [
         ("amount > 100", true),
         ("amount > 150", false),
@@ -68,6 +68,7 @@ fn expression_table() {
         ("-5 < amount", true),
         ("price == 9.5e0", true),
         ("\"a\\\"b\" != \"a\"", true),
+        ("city == \"Zürich 🏔\"", true),
     ];
     for (expression, want) in table {
         assert_eq!(matches(expression, order), want, "`{expression}`");
@@ -94,6 +95,8 @@ fn bad_expressions_are_refused_with_a_position() {
         ("a && || b", "at byte 5"),
         ("a ~ b", "unexpected `~`"),
         ("order.items.0.qty * 2", "unexpected `*`"),
+        ("größe > 1", "unexpected `ö`"),
+        ("a == \"\\é", "unterminated string"),
         // No array or object literals: compare their elements instead.
         ("tags == [\"x\"]", "a field path or a literal"),
     ];
