@@ -1,14 +1,48 @@
-//! Builds the standard exchange plugins (`plugins/*`) as Wasm components and leaves them
-//! in OUT_DIR, where `src/plugin/bundled.rs` embeds them with `include_bytes!`.
+//! Builds every bundled plugin (the crates under `plugins/` listed in [`BUNDLED`]) as a Wasm
+//! component and writes `bundled_plugins.rs` to OUT_DIR: the tables `src/plugin/bundled.rs`
+//! includes, which embed the components with `include_bytes!`.
 
 use std::env;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 include!("build/wasm_cargo.rs");
 
-const PLUGINS: [&str; 4] = ["direct", "topic", "fanout", "headers"];
-/// Consumer-side handler plugins (`plugins/handler-*`, crates `handler-<name>`).
-const HANDLERS: [&str; 5] = ["email-sender", "loyalty", "redact", "enrich", "flaky"];
+/// What a bundled plugin is; decides its crate name (`<kind>-<name>`) and its table.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// An exchange type, registered under its name and reserved.
+    Exchange,
+    /// A handler (crate `handler-<name>`); not an exchange type.
+    Handler,
+}
+
+/// Every plugin bundled with the broker: (name, kind), built from the workspace crate
+/// `<kind>-<name>`. Adding one is one line here (and a workspace member).
+const BUNDLED: &[(&str, Kind)] = &[
+    ("direct", Kind::Exchange),
+    ("topic", Kind::Exchange),
+    ("fanout", Kind::Exchange),
+    ("headers", Kind::Exchange),
+    ("consistent-hash", Kind::Exchange),
+    ("json-router", Kind::Exchange),
+    ("random", Kind::Exchange),
+    ("schema-gate", Kind::Exchange),
+    ("email-sender", Kind::Handler),
+    ("loyalty", Kind::Handler),
+    ("redact", Kind::Handler),
+    ("enrich", Kind::Handler),
+    ("flaky", Kind::Handler),
+];
+
+impl Kind {
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::Exchange => "exchange",
+            Kind::Handler => "handler",
+        }
+    }
+}
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -34,35 +68,61 @@ fn main() {
 
     let target_dir = plugin_target_dir(&out_dir);
     let mut cmd = wasm_cargo(&root.join("Cargo.toml"), &root.join("plugins"), &target_dir);
-    for plugin in PLUGINS {
-        cmd.args(["-p", &format!("exchange-{plugin}")]);
-    }
-    for handler in HANDLERS {
-        cmd.args(["-p", &format!("handler-{handler}")]);
+    for (name, kind) in BUNDLED {
+        cmd.args(["-p", &format!("{}-{name}", kind.prefix())]);
     }
     let output = cmd.output().expect("cannot run cargo to build the plugins");
     if !output.status.success() {
         panic!(
-            "building the exchange plugins for wasm32 failed:\n{}",
+            "building the bundled plugins for wasm32 failed:\n{}",
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    for plugin in PLUGINS {
-        let file = format!("exchange_{plugin}.wasm");
+
+    let mut exchanges = Vec::new();
+    let mut handlers = Vec::new();
+    for &(name, kind) in BUNDLED {
+        // Cargo names the artifact after the crate, with `-` as `_`.
+        let file = format!("{}_{}.wasm", kind.prefix(), name.replace('-', "_"));
         let built = target_dir
             .join("wasm32-unknown-unknown/release")
             .join(&file);
-        std::fs::copy(&built, out_dir.join(&file))
+        let copy = out_dir.join(&file);
+        // A fresh file, not a write through an old one: target dirs may be hardlinked
+        // copies of each other.
+        let _ = std::fs::remove_file(&copy);
+        std::fs::copy(&built, &copy)
             .unwrap_or_else(|e| panic!("cannot copy {}: {e}", built.display()));
+        match kind {
+            Kind::Exchange => exchanges.push((name, copy)),
+            Kind::Handler => handlers.push((name, copy)),
+        }
     }
-    for handler in HANDLERS {
-        let file = format!("handler_{}.wasm", handler.replace('-', "_"));
-        let built = target_dir
-            .join("wasm32-unknown-unknown/release")
-            .join(&file);
-        std::fs::copy(&built, out_dir.join(&file))
-            .unwrap_or_else(|e| panic!("cannot copy {}: {e}", built.display()));
+    let mut table = String::new();
+    write_table(&mut table, "BUNDLED_EXCHANGES", &exchanges);
+    write_table(&mut table, "BUNDLED_HANDLERS", &handlers);
+    let table_file = out_dir.join("bundled_plugins.rs");
+    let _ = std::fs::remove_file(&table_file);
+    std::fs::write(table_file, table).expect("cannot write bundled_plugins.rs");
+}
+
+/// `pub const NAME: [(&str, &[u8]); N] = [(name, include_bytes!(path)), ...];`
+fn write_table(out: &mut String, name: &str, entries: &[(&str, PathBuf)]) {
+    writeln!(
+        out,
+        "pub const {name}: [(&str, &[u8]); {}] = [",
+        entries.len()
+    )
+    .unwrap();
+    for (plugin, path) in entries {
+        writeln!(
+            out,
+            "    ({plugin:?}, include_bytes!({:?})),",
+            path.display().to_string()
+        )
+        .unwrap();
     }
+    writeln!(out, "];").unwrap();
 }
 
 /// `<target>/plugin-wasm`, shared by every profile of the outer build (and by the tests'

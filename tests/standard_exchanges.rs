@@ -30,7 +30,19 @@ fn standard_types_are_registered() {
     let host = host();
     let plugins = host.plugins();
     let names: Vec<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["direct", "fanout", "headers", "topic"]);
+    assert_eq!(
+        names,
+        [
+            "consistent-hash",
+            "direct",
+            "fanout",
+            "headers",
+            "json-router",
+            "random",
+            "schema-gate",
+            "topic"
+        ]
+    );
     assert!(
         plugins
             .iter()
