@@ -1,7 +1,9 @@
-//! The WebAssembly plugin host: every named exchange type is a sandboxed Wasm component.
+//! The WebAssembly plugin host: every named exchange type and every handler is a
+//! sandboxed Wasm component.
 //!
 //! At startup build a [`PluginHost`] (with [`PluginHost::with_standard_exchanges`] for
-//! `direct`, `topic`, `fanout`, `headers`) and hand it to the router as its
+//! `direct`, `topic`, `fanout`, `headers` and the other bundled types; the broker takes
+//! their compiled code from its store) and hand it to the router as its
 //! [`ExchangeTypes`](crate::exchange::ExchangeTypes). Custom types come from
 //! [`PluginHost::load`]. Each declared exchange gets its own long-lived instance; each
 //! call runs under [`Limits`] (fuel, memory, output size), and a failing instance is

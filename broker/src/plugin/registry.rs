@@ -202,8 +202,9 @@ impl PluginHost {
         })
     }
 
-    /// A host with the bundled `direct`, `topic`, `fanout` and `headers` types. Blocking
-    /// (compiles four small plugins, tens of milliseconds in release): call at startup.
+    /// A host with the bundled exchange types (`direct`, `topic`, `fanout`, `headers` and
+    /// the extra ones in `plugins/`). Blocking (compiles eight small plugins, about a second
+    /// in release, once per process): call at startup.
     pub fn with_standard_exchanges(limits: Limits) -> Result<Self, HostError> {
         let host = PluginHost::new(limits)?;
         host.load_standard_exchanges(&HashMap::new())?;
@@ -211,20 +212,28 @@ impl PluginHost {
     }
 
     /// Registers the bundled types, taking compiled code from `artifacts` (by
-    /// [`PluginHost::artifact_key`]) where it is there; returns what had to be compiled,
-    /// by key, for the caller to cache. Blocking.
+    /// [`PluginHost::artifact_key`]) or from an earlier host of this process where it is
+    /// there; returns the compiled code `artifacts` lacks, by key, for the caller to
+    /// store. Blocking.
     pub fn load_standard_exchanges(
         &self,
         artifacts: &HashMap<String, Bytes>,
     ) -> Result<Vec<(String, Vec<u8>)>, HostError> {
+        // Compiled once per process: tests and embedders start many hosts.
+        static COMPILED: Mutex<Option<HashMap<String, Bytes>>> = Mutex::new(None);
         let mut compiled = Vec::new();
         for (name, wasm) in bundled::STANDARD_EXCHANGES {
             let key = self.artifact_key(&content_hash(wasm));
+            let stored = artifacts.get(&key).cloned();
+            let shared = stored.clone().or_else(|| {
+                let cache = COMPILED.lock().expect("bundled cache lock poisoned");
+                cache.as_ref()?.get(&key).cloned()
+            });
             let source = PluginSource {
                 name: name.to_owned(),
                 version: 0,
                 wasm: Bytes::from_static(wasm),
-                compiled: artifacts.get(&key).cloned(),
+                compiled: shared.clone(),
             };
             let prepared =
                 self.inner
@@ -233,8 +242,15 @@ impl PluginHost {
                         name: name.to_owned(),
                         source,
                     })?;
-            if let Some(artifact) = prepared.artifact() {
-                compiled.push((key, artifact));
+            match (prepared.artifact(), shared) {
+                (Some(artifact), _) => {
+                    let mut cache = COMPILED.lock().expect("bundled cache lock poisoned");
+                    let cache = cache.get_or_insert_default();
+                    cache.insert(key.clone(), artifact.clone().into());
+                    compiled.push((key, artifact));
+                }
+                (None, Some(shared)) if stored.is_none() => compiled.push((key, shared.to_vec())),
+                (None, _) => {}
             }
             self.install(prepared);
         }
