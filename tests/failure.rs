@@ -255,8 +255,9 @@ async fn delayed_delivery_waits_and_survives_restart() {
     c.confirm_select().await.unwrap();
     let mut m = persistent("later", "after 1.2 s");
     m.properties.delay_ms = Some(1200);
-    c.publish(m, false).await.unwrap();
+    // The delay counts from when the broker takes the message, before its confirm.
     let published = Instant::now();
+    c.publish(m, false).await.unwrap();
     c.publish(persistent("later", "now"), false).await.unwrap();
     let mut sub = c.consume("later", 0).await.unwrap();
     let now = next(&mut sub).await;

@@ -511,6 +511,19 @@ async fn a_deployed_handler_is_versioned_and_its_attachments_move_to_a_new_versi
         .clone();
     assert_eq!(greeter["kind"], "handler");
     assert_eq!(greeter["active_version"], 2);
+    // Which version handled how many messages (each handled one).
+    let handled: Vec<(u64, u64)> = greeter["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_u64().unwrap(),
+                v["messages"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(handled, [(1, 1), (2, 1)]);
 }
 
 fn cli(args: &[&str], url: &str) -> (bool, String, String) {

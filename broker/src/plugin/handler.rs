@@ -67,6 +67,8 @@ pub struct Handled {
 pub struct LoadedHandler {
     pre: HandlerPluginPre<HandlerState>,
     info: PluginInfo,
+    /// This version's counters (kept by the slot across swaps and rollbacks).
+    stats: Arc<PluginStats>,
 }
 
 impl LoadedHandler {
@@ -81,7 +83,8 @@ pub struct HandlerSlot {
     current: RwLock<Arc<LoadedHandler>>,
     /// Bumped on redeploy; live instances compare it before each call.
     generation: AtomicU64,
-    stats: Arc<PluginStats>,
+    /// Counters by version, kept after a swap (and reused by a rollback to the version).
+    version_stats: std::sync::Mutex<std::collections::BTreeMap<u64, Arc<PluginStats>>>,
     limits: Limits,
 }
 
@@ -94,8 +97,30 @@ impl HandlerSlot {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// All versions' counters together.
     pub fn stats(&self) -> StatsSnapshot {
-        self.stats.snapshot()
+        self.version_stats()
+            .iter()
+            .fold(StatsSnapshot::default(), |sum, (_, s)| sum.merged(s))
+    }
+
+    /// The counters of each version that ran since startup.
+    pub fn version_stats(&self) -> Vec<(u64, StatsSnapshot)> {
+        let all = self
+            .version_stats
+            .lock()
+            .expect("handler slot lock poisoned");
+        all.iter()
+            .map(|(v, stats)| (*v, stats.snapshot()))
+            .collect()
+    }
+
+    fn stats_of(&self, version: u64) -> Arc<PluginStats> {
+        let mut all = self
+            .version_stats
+            .lock()
+            .expect("handler slot lock poisoned");
+        all.entry(version).or_default().clone()
     }
 
     /// A fresh instance of the current version, initialised for `queue` with `config`.
@@ -154,21 +179,24 @@ impl HandlerRegistry {
 
     /// Makes a prepared handler version current (a new name, or a redeploy: live
     /// instances move to it before their next call).
-    pub fn install(&self, loaded: LoadedHandler, limits: &Limits) -> PluginInfo {
+    pub fn install(&self, mut loaded: LoadedHandler, limits: &Limits) -> PluginInfo {
         let info = loaded.info.clone();
         let name = info.name.as_str();
         let mut slots = self.slots.write().expect("handler registry lock poisoned");
         match slots.get(name) {
             Some(slot) => {
+                loaded.stats = slot.stats_of(info.version);
                 *slot.current.write().expect("handler slot lock poisoned") = Arc::new(loaded);
                 slot.generation.fetch_add(1, Ordering::AcqRel);
             }
             None => {
+                let stats = Arc::new(PluginStats::default());
+                loaded.stats = stats.clone();
                 let slot = HandlerSlot {
                     name: name.into(),
                     current: RwLock::new(Arc::new(loaded)),
                     generation: AtomicU64::new(0),
-                    stats: Arc::default(),
+                    version_stats: std::sync::Mutex::new([(info.version, stats)].into()),
                     limits: limits.clone(),
                 };
                 slots.insert(name.to_owned(), Arc::new(slot));
@@ -176,6 +204,27 @@ impl HandlerRegistry {
         }
         tracing::debug!(plugin = name, version = info.version, abi = %info.abi_version, "handler plugin installed");
         info
+    }
+
+    /// The counters of each version of handler `name` (none before its first use).
+    pub fn version_stats(&self, name: &str) -> Vec<(u64, StatsSnapshot)> {
+        let slots = self.slots.read().expect("handler registry lock poisoned");
+        slots
+            .get(name)
+            .map(|slot| slot.version_stats())
+            .unwrap_or_default()
+    }
+
+    /// (name, version, counters) of every handler version that ran since startup.
+    pub fn all_version_stats(&self) -> Vec<(String, u64, StatsSnapshot)> {
+        let slots = self.slots.read().expect("handler registry lock poisoned");
+        slots
+            .iter()
+            .flat_map(|(name, slot)| {
+                let versions = slot.version_stats().into_iter();
+                versions.map(|(version, stats)| (name.clone(), version, stats))
+            })
+            .collect()
     }
 
     fn slot(&self, engine: &Engine, limits: &Limits, name: &str) -> Option<Arc<HandlerSlot>> {
@@ -307,6 +356,7 @@ fn load(
     let pre = HandlerPluginPre::new(instance_pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
     Ok(LoadedHandler {
         pre,
+        stats: Arc::default(),
         info: PluginInfo {
             name: name.to_owned(),
             abi_version,
@@ -431,11 +481,11 @@ impl LiveHandler {
         };
         let mut store = Store::new(loaded.pre.engine(), state);
         store.limiter(|state| state.host.limiter());
-        slot.stats.record_instantiation();
+        loaded.stats.record_instantiation();
         prepare(&mut store, limits);
         let failed = |store: &Store<HandlerState>, e| {
             let failure = classify(store, e);
-            slot.stats.record_failure(failure.kind);
+            loaded.stats.record_failure(failure.kind);
             HandlerError::Failed(failure.reason)
         };
         let plugin = match loaded.pre.instantiate(&mut store) {
@@ -455,7 +505,7 @@ impl LiveHandler {
             plugin,
             generation,
             limits: limits.clone(),
-            stats: slot.stats.clone(),
+            stats: loaded.stats.clone(),
         })
     }
 
@@ -482,6 +532,7 @@ impl LiveHandler {
             .broker_plugin_handler()
             .call_handle(&mut self.store, &view);
         self.stats.record_call(started.elapsed());
+        self.stats.record_messages(1);
         let published = std::mem::take(&mut self.store.data_mut().outbox);
         let outcome = match result {
             Ok(outcome) => outcome,

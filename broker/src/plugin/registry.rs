@@ -365,13 +365,14 @@ impl PluginHost {
 
     /// The counters of each version of exchange type `name` that ran since startup.
     pub fn version_stats(&self, name: &str) -> Vec<(u64, StatsSnapshot)> {
-        self.slot(name)
-            .map(|slot| slot.version_snapshots())
-            .unwrap_or_default()
+        match self.slot(name) {
+            Some(slot) => slot.version_snapshots(),
+            None => self.inner.handlers.version_stats(name),
+        }
     }
 
-    /// The counters of every version of every registered plugin that ran since startup,
-    /// by name then version.
+    /// The counters of every version of every registered plugin (exchanges and handlers)
+    /// that ran since startup, by name then version.
     pub fn all_stats(&self) -> Vec<(String, u64, StatsSnapshot)> {
         let types = self.inner.types.read().expect("registry lock poisoned");
         let mut all: Vec<(String, u64, StatsSnapshot)> = types
@@ -381,6 +382,8 @@ impl PluginHost {
                 versions.map(|(version, stats)| (name.clone(), version, stats))
             })
             .collect();
+        drop(types);
+        all.extend(self.inner.handlers.all_version_stats());
         all.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         all
     }

@@ -381,19 +381,6 @@ impl Router {
                         .map(|p| p.hash.clone())
                 });
                 let stats = self.plugins.stats(&info.name).unwrap_or_default();
-                let versions: Vec<_> = self
-                    .plugins
-                    .version_stats(&info.name)
-                    .into_iter()
-                    .map(|(version, stats)| {
-                        json!({
-                            "version": version,
-                            "messages": stats.messages,
-                            "calls": stats.calls,
-                            "errors": stats.errors,
-                        })
-                    })
-                    .collect();
                 json!({
                     "name": info.name,
                     "kind": "exchange",
@@ -405,7 +392,7 @@ impl Router {
                     "errors": stats.errors,
                     "p99_call_us": stats.call_p99().map(|d| d.as_secs_f64() * 1e6),
                     "stats": stats,
-                    "versions": versions,
+                    "versions": self.version_counts(&info.name),
                     "last_auto_rollback": self.auto_rollbacks.get(&info.name),
                 })
             })
@@ -431,9 +418,25 @@ impl Router {
                 "errors": stats.errors,
                 "p99_call_us": stats.call_p99().map(|d| d.as_secs_f64() * 1e6),
                 "stats": stats,
+                "versions": self.version_counts(&name),
             }));
         }
         Reply::Ok(json!({ "plugins": plugins }))
+    }
+
+    /// Messages, calls and errors of each version of plugin `name` since startup.
+    fn version_counts(&self, name: &str) -> Vec<serde_json::Value> {
+        let versions = self.plugins.version_stats(name).into_iter();
+        versions
+            .map(|(version, stats)| {
+                json!({
+                    "version": version,
+                    "messages": stats.messages,
+                    "calls": stats.calls,
+                    "errors": stats.errors,
+                })
+            })
+            .collect()
     }
 
     pub(super) fn plugin_history(&self, name: &str) -> Result<Reply, OpError> {
