@@ -23,7 +23,7 @@ use super::handler_bindings::{
 use super::host_state::HostState;
 use super::instance::Failure;
 use super::limits::Limits;
-use super::loader::{Capabilities, LoadError, PluginInfo, PluginSource, validate_name};
+use super::loader::{Capabilities, LoadError, PluginInfo, PluginSource, check_abi, check_source};
 use super::registry::PluginHost;
 use super::stats::{FailureKind, PluginStats, StatsSnapshot};
 use crate::message::{Headers, Message, Properties};
@@ -302,14 +302,6 @@ impl PluginHost {
     }
 }
 
-/// The version in `broker:plugin/<interface>@<version>`, if `item` is such a name.
-fn abi_version(item: &str) -> Option<&str> {
-    let rest = item
-        .strip_prefix(super::bindings::ABI_PACKAGE)?
-        .strip_prefix('/')?;
-    Some(rest.split_once('@').map_or("", |(_, version)| version))
-}
-
 /// Whether `bytes` compile to a component exporting the handler interface (the registry
 /// asks after the exchange loader said "not an exchange").
 fn load(
@@ -320,36 +312,10 @@ fn load(
     bundled: bool,
 ) -> Result<LoadedHandler, LoadError> {
     let (name, bytes) = (source.name.as_str(), &source.wasm[..]);
-    validate_name(name)?;
-    if bytes.len() > limits.max_module_bytes {
-        return Err(LoadError::TooLarge {
-            size: bytes.len(),
-            limit: limits.max_module_bytes,
-        });
-    }
+    check_source(name, bytes, limits)?;
     let component =
         Component::from_binary(engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-    let ty = component.component_type();
-    let mut handler_version = None;
-    for (item, _) in ty.exports(engine).chain(ty.imports(engine)) {
-        let Some(version) = abi_version(item) else {
-            continue;
-        };
-        let major = version
-            .split('.')
-            .next()
-            .and_then(|m| m.parse::<u64>().ok());
-        if major != Some(super::bindings::ABI_MAJOR_VERSION) {
-            return Err(LoadError::IncompatibleAbi {
-                found: format!("{}@{version}", super::bindings::ABI_PACKAGE),
-                supported: super::bindings::ABI_MAJOR_VERSION,
-            });
-        }
-        if item.split('@').next() == Some(HANDLER_INTERFACE) {
-            handler_version = Some(version.to_owned());
-        }
-    }
-    let abi_version = handler_version.ok_or(LoadError::NotAnExchange)?;
+    let abi_version = check_abi(engine, &component, HANDLER_INTERFACE)?;
     let instance_pre = linker
         .instantiate_pre(&component)
         .map_err(|e| LoadError::Link(format!("{e:#}")))?;
@@ -378,27 +344,15 @@ pub struct HandlerState {
     host: HostState,
     plugin: Arc<str>,
     queue: Arc<str>,
-    log_lines_left: u32,
-    max_log_lines: u32,
-    max_log_line_bytes: usize,
     outbox: Vec<Message>,
     outbox_bytes: usize,
 }
 
 impl LogHost for HandlerState {
     fn log(&mut self, level: LogLevel, text: String) {
-        if self.log_lines_left == 0 {
+        let Some(text) = self.host.admit_log(&text) else {
             return;
-        }
-        self.log_lines_left -= 1;
-        let mut text = text.as_str();
-        if text.len() > self.max_log_line_bytes {
-            let mut end = self.max_log_line_bytes;
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            text = &text[..end];
-        }
+        };
         let (plugin, queue) = (&*self.plugin, &*self.queue);
         match level {
             LogLevel::Trace => tracing::trace!(plugin, queue, "{text}"),
@@ -473,9 +427,6 @@ impl LiveHandler {
             host: HostState::new(limits, slot.name.clone(), queue.into()),
             plugin: slot.name.clone(),
             queue: queue.into(),
-            log_lines_left: limits.max_log_lines_per_call,
-            max_log_lines: limits.max_log_lines_per_call,
-            max_log_line_bytes: limits.max_log_line_bytes,
             outbox: Vec::new(),
             outbox_bytes: 0,
         };
@@ -571,7 +522,6 @@ fn prepare(store: &mut Store<HandlerState>, limits: &Limits) {
     }
     let state = store.data_mut();
     state.host.begin_call();
-    state.log_lines_left = state.max_log_lines;
     state.outbox.clear();
     state.outbox_bytes = 0;
 }

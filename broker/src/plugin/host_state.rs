@@ -60,6 +60,20 @@ impl HostState {
         self.limiter.memory_denied = false;
     }
 
+    /// The part of a log line the plugin may still write in this call: `None` once it used
+    /// up its lines, otherwise `text` cut to the line limit (on a char boundary).
+    pub fn admit_log<'a>(&mut self, text: &'a str) -> Option<&'a str> {
+        if self.log_lines_left == 0 {
+            return None;
+        }
+        self.log_lines_left -= 1;
+        let mut end = text.len().min(self.max_log_line_bytes);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        Some(&text[..end])
+    }
+
     /// Whether the last failure was a memory growth the limits refused.
     pub fn memory_denied(&self) -> bool {
         self.limiter.memory_denied
@@ -111,18 +125,9 @@ impl ResourceLimiter for Limiter {
 
 impl Host for HostState {
     fn log(&mut self, level: LogLevel, text: String) {
-        if self.log_lines_left == 0 {
+        let Some(text) = self.admit_log(&text) else {
             return;
-        }
-        self.log_lines_left -= 1;
-        let mut text = text.as_str();
-        if text.len() > self.max_log_line_bytes {
-            let mut end = self.max_log_line_bytes;
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            text = &text[..end];
-        }
+        };
         let (plugin, exchange) = (&*self.plugin, &*self.exchange);
         match level {
             LogLevel::Trace => tracing::trace!(plugin, exchange, "{text}"),

@@ -110,6 +110,22 @@ pub(crate) fn validate_name(name: &str) -> Result<(), LoadError> {
     }
 }
 
+/// The checks before compiling: a valid name, the size limit, a component (not a module).
+pub(super) fn check_source(name: &str, bytes: &[u8], limits: &Limits) -> Result<(), LoadError> {
+    validate_name(name)?;
+    if bytes.len() > limits.max_module_bytes {
+        return Err(LoadError::TooLarge {
+            size: bytes.len(),
+            limit: limits.max_module_bytes,
+        });
+    }
+    // Core modules are layer 0 of the binary format, components layer 1.
+    if bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [0, 0] {
+        return Err(LoadError::CoreModule);
+    }
+    Ok(())
+}
+
 /// The version in `broker:plugin/<interface>@<version>`, if `item` is such a name.
 fn abi_version(item: &str) -> Option<&str> {
     let rest = item.strip_prefix(ABI_PACKAGE)?.strip_prefix('/')?;
@@ -121,8 +137,13 @@ fn major(version: &str) -> Option<u64> {
 }
 
 /// Checks the ABI version of everything the component exports and imports from
-/// `broker:plugin`, returning the exchange interface's version.
-fn check_abi(engine: &Engine, component: &Component) -> Result<String, LoadError> {
+/// `broker:plugin`, returning the version of `interface` (`NotAnExchange` when the
+/// component does not export it).
+pub(super) fn check_abi(
+    engine: &Engine,
+    component: &Component,
+    interface: &str,
+) -> Result<String, LoadError> {
     let ty = component.component_type();
     let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
     let imports: Vec<&str> = ty.imports(engine).map(|(name, _)| name).collect();
@@ -138,7 +159,7 @@ fn check_abi(engine: &Engine, component: &Component) -> Result<String, LoadError
     }
     exports
         .iter()
-        .find(|name| name.split('@').next() == Some(EXCHANGE_INTERFACE))
+        .find(|name| name.split('@').next() == Some(interface))
         .and_then(|name| abi_version(name))
         .map(str::to_owned)
         .ok_or(LoadError::NotAnExchange)
@@ -161,17 +182,7 @@ pub(crate) fn load(
     bundled: bool,
 ) -> Result<LoadedPlugin, LoadError> {
     let (name, bytes) = (source.name.as_str(), &source.wasm[..]);
-    validate_name(name)?;
-    if bytes.len() > limits.max_module_bytes {
-        return Err(LoadError::TooLarge {
-            size: bytes.len(),
-            limit: limits.max_module_bytes,
-        });
-    }
-    // Core modules are layer 0 of the binary format, components layer 1.
-    if bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [0, 0] {
-        return Err(LoadError::CoreModule);
-    }
+    check_source(name, bytes, limits)?;
     let cached = source.compiled.as_ref().and_then(|artifact| {
         // SAFETY: artifacts are only read from the broker's own store, where this host
         // wrote them after compiling; wasmtime checks they match this engine's settings.
@@ -189,7 +200,7 @@ pub(crate) fn load(
         None => Component::from_binary(engine, bytes)
             .map_err(|e| LoadError::Compile(format!("{e:#}")))?,
     };
-    let abi_version = check_abi(engine, &component)?;
+    let abi_version = check_abi(engine, &component, EXCHANGE_INTERFACE)?;
     let instance_pre = linker
         .instantiate_pre(&component)
         .map_err(|e| LoadError::Link(format!("{e:#}")))?;
