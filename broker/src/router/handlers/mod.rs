@@ -17,8 +17,8 @@
 //! can.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -28,10 +28,13 @@ use super::exchanges::now_ms;
 use super::queues::check_access;
 use super::{Command, ConnTx, OpError, Outbound, Reply, Router, Settle};
 use crate::message::Message;
-use crate::plugin::{Handled, HandlerError, HandlerOutcome, HandlerSlot, LiveHandler};
+use crate::plugin::{HandlerError, HandlerSlot, LiveHandler};
 use crate::protocol::{AttachHandler, Delivery, ErrorCode, HandlerMode, RequestId, ServerFrame};
 use crate::queue::{ConnId, Consumer, Retry};
 use crate::store::StoreOp;
+
+mod workers;
+use workers::{Input, Pool};
 
 /// Connection ids of consume-mode attachments start here, far above client connections.
 const HANDLER_CONN_BASE: ConnId = 1 << 62;
@@ -577,237 +580,6 @@ impl Router {
         attachment.stop.store(true, Ordering::Release);
         if let Some(conn) = attachment.conn {
             self.close_conn(conn, true);
-        }
-    }
-}
-
-/// Where a pool's workers take their work from.
-enum Input {
-    /// Deliveries to the attachment's connection.
-    Consume(mpsc::UnboundedReceiver<Outbound>, ConnId),
-    Filter(mpsc::UnboundedReceiver<FilterJob>),
-}
-
-/// What every worker of an attachment shares.
-#[derive(Clone)]
-struct Pool {
-    slot: Arc<HandlerSlot>,
-    queue: String,
-    config: Vec<(String, String)>,
-    stats: Arc<AttachmentStats>,
-    stop: Arc<AtomicBool>,
-    router: mpsc::UnboundedSender<Command>,
-}
-
-impl Pool {
-    /// Starts `n` worker threads; the first gets the already initialised instance.
-    fn spawn(self, n: u32, first: LiveHandler, input: Input) {
-        let (input, conn) = match input {
-            Input::Consume(rx, conn) => (Either::Consume(Arc::new(Mutex::new(rx))), conn),
-            Input::Filter(rx) => (Either::Filter(Arc::new(Mutex::new(rx))), 0),
-        };
-        let mut first = Some(first);
-        for i in 0..n {
-            let worker = Worker {
-                pool: self.clone(),
-                live: first.take(),
-                tried_generation: None,
-            };
-            let input = input.clone();
-            let name = format!("handler-{}-{i}", self.slot.name());
-            let spawned = std::thread::Builder::new()
-                .name(name)
-                .spawn(move || match input {
-                    Either::Consume(rx) => worker.consume(&rx, conn),
-                    Either::Filter(rx) => worker.filter(&rx),
-                });
-            if let Err(e) = spawned {
-                tracing::error!(error = %e, "cannot start a handler worker thread");
-            }
-        }
-    }
-}
-
-#[derive(Clone)]
-enum Either {
-    Consume(Arc<Mutex<mpsc::UnboundedReceiver<Outbound>>>),
-    Filter(Arc<Mutex<mpsc::UnboundedReceiver<FilterJob>>>),
-}
-
-/// One worker thread: one plugin instance, one call at a time.
-struct Worker {
-    pool: Pool,
-    live: Option<LiveHandler>,
-    /// The last plugin version an instance was attempted for (so a redeploy that refuses
-    /// the config is not retried on every message).
-    tried_generation: Option<u64>,
-}
-
-impl Worker {
-    fn stopped(&self) -> bool {
-        self.pool.stop.load(Ordering::Acquire)
-    }
-
-    /// Runs the handler, on the current plugin version (taken per call, never mid-call).
-    fn call(&mut self, msg: &Message, delivery_count: u32) -> Result<Handled, String> {
-        let generation = self.pool.slot.generation();
-        let current = self.live.as_ref().map(LiveHandler::generation);
-        // With no instance, always try; with one, try each new version once.
-        if current != Some(generation)
-            && (self.live.is_none() || self.tried_generation != Some(generation))
-        {
-            self.tried_generation = Some(generation);
-            match self
-                .pool
-                .slot
-                .instantiate(&self.pool.queue, &self.pool.config)
-            {
-                Ok(live) => self.live = Some(live),
-                // A new version that refuses the config: stay on the one we have.
-                Err(e) if self.live.is_some() => {
-                    tracing::warn!(plugin = self.pool.slot.name(), error = %e, "redeployed handler refused the attachment; keeping the previous version");
-                }
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        let live = self
-            .live
-            .as_mut()
-            .ok_or_else(|| "no handler instance".to_owned())?;
-        let result = live.handle(msg, delivery_count);
-        if result.is_err() {
-            // A failed instance is not reused; the next call starts a fresh one.
-            self.live = None;
-            self.tried_generation = None;
-        }
-        result
-    }
-
-    fn consume(mut self, rx: &Mutex<mpsc::UnboundedReceiver<Outbound>>, conn: ConnId) {
-        loop {
-            let next = rx.lock().expect("worker lock poisoned").blocking_recv();
-            let Some(out) = next else { break };
-            let delivery = match out {
-                Outbound::Frame(ServerFrame::Deliver(d)) | Outbound::AutoAckDelivery(d) => d,
-                _ => continue,
-            };
-            if self.stopped() {
-                break;
-            }
-            let stats = self.pool.stats.clone();
-            AttachmentStats::count(&stats.handled);
-            let verdict = match self.call(&delivery.message, delivery.delivery_count) {
-                Ok(Handled { outcome, published }) => {
-                    stats
-                        .published
-                        .fetch_add(published.len() as u64, Ordering::Relaxed);
-                    match outcome {
-                        HandlerOutcome::Ack | HandlerOutcome::Drop => {
-                            AttachmentStats::count(&stats.acked);
-                            Verdict::Ack(published)
-                        }
-                        HandlerOutcome::Retry(delay) => {
-                            AttachmentStats::count(&stats.retried);
-                            Verdict::Retry(delay)
-                        }
-                        HandlerOutcome::Reject(reason) => {
-                            AttachmentStats::count(&stats.rejected);
-                            Verdict::Reject(reason, published)
-                        }
-                        HandlerOutcome::Deliver(_) => {
-                            AttachmentStats::count(&stats.failed);
-                            Verdict::Failed(
-                                "returned `deliver`, which only a filter may; use ack or publish"
-                                    .into(),
-                            )
-                        }
-                    }
-                }
-                Err(reason) => {
-                    AttachmentStats::count(&stats.failed);
-                    Verdict::Failed(reason)
-                }
-            };
-            let done = Done {
-                conn,
-                delivery_tag: delivery.delivery_tag,
-                verdict,
-            };
-            if self
-                .pool
-                .router
-                .send(Command::HandlerDone(Box::new(done)))
-                .is_err()
-            {
-                break;
-            }
-        }
-    }
-
-    fn filter(mut self, rx: &Mutex<mpsc::UnboundedReceiver<FilterJob>>) {
-        loop {
-            let next = rx.lock().expect("worker lock poisoned").blocking_recv();
-            let Some(job) = next else { break };
-            let FilterJob {
-                mut delivery,
-                auto_ack,
-                conn,
-                tx,
-            } = job;
-            let stats = self.pool.stats.clone();
-            AttachmentStats::count(&stats.handled);
-            let verdict = match self.call(&delivery.message, delivery.delivery_count) {
-                Ok(Handled { outcome, .. }) => match outcome {
-                    HandlerOutcome::Ack => None,
-                    HandlerOutcome::Deliver(message) => {
-                        AttachmentStats::count(&stats.transformed);
-                        delivery.message = Arc::new(*message);
-                        None
-                    }
-                    HandlerOutcome::Drop => {
-                        AttachmentStats::count(&stats.dropped);
-                        Some(Verdict::Ack(Vec::new()))
-                    }
-                    HandlerOutcome::Retry(delay) => {
-                        AttachmentStats::count(&stats.retried);
-                        Some(Verdict::Retry(delay))
-                    }
-                    HandlerOutcome::Reject(reason) => {
-                        AttachmentStats::count(&stats.rejected);
-                        Some(Verdict::Reject(reason, Vec::new()))
-                    }
-                },
-                Err(reason) => {
-                    AttachmentStats::count(&stats.failed);
-                    Some(Verdict::Failed(reason))
-                }
-            };
-            match verdict {
-                None => {
-                    let out = if auto_ack {
-                        Outbound::AutoAckDelivery(delivery)
-                    } else {
-                        Outbound::Frame(ServerFrame::Deliver(delivery))
-                    };
-                    // Fails only while the subscriber's connection closes; its Close requeues.
-                    let _ = tx.send(out);
-                }
-                Some(verdict) => {
-                    let done = Done {
-                        conn,
-                        delivery_tag: delivery.delivery_tag,
-                        verdict,
-                    };
-                    if self
-                        .pool
-                        .router
-                        .send(Command::HandlerDone(Box::new(done)))
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            }
         }
     }
 }
