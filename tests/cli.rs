@@ -172,6 +172,9 @@ fn bench_scenarios_print_one_line_each() {
         &["topic", "--msgs", "300", "--bindings", "20"],
         &["fanout", "--msgs", "100"],
         &["handler", "--msgs", "300"],
+        // Two seconds at 2,000/s: one redeploy at the one-second mark.
+        &["reload", "--msgs", "4000", "--rate", "2000"],
+        &["startup", "--plugins", "1"],
     ] {
         let out = Command::new(bin())
             .arg("bench")
@@ -187,6 +190,9 @@ fn bench_scenarios_print_one_line_each() {
         );
         let lines: Vec<&str> = stdout.lines().collect();
         assert_eq!(lines.len(), 1, "{stdout}");
+        if args[0] == "reload" {
+            assert!(stdout.contains(" deploys=1 "), "{stdout}");
+        }
         let fields: Vec<&str> = lines[0]
             .split(' ')
             .map(|f| f.split('=').next().unwrap())

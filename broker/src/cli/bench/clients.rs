@@ -100,7 +100,7 @@ async fn publish(
     Ok(confirm_us)
 }
 
-pub(super) fn record(
+fn record(
     histogram: &mut Histogram<u64>,
     confirmed: Result<Duration, ClientError>,
 ) -> anyhow::Result<()> {

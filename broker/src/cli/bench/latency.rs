@@ -15,7 +15,7 @@ use futures_util::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 
-use super::clients::{Consumer, Stream, record, spawn_drains};
+use super::clients::{Consumer, Stream, spawn_drains};
 use super::{BenchArgs, Cleanup, Report, merged, name, new_histogram};
 
 /// Publishing starts this long after setup, so every message has a schedule to meet.
@@ -68,7 +68,7 @@ async fn measure(
     let mut collectors = Vec::new();
     for (p, client) in clients.into_iter().enumerate() {
         let (confirms_tx, confirms_rx) = mpsc::unbounded_channel();
-        collectors.push(tokio::spawn(collect(client.clone(), confirms_rx)));
+        collectors.push(tokio::spawn(collect_histogram(client.clone(), confirms_rx)));
         let (stream, rate, publishers) = (stream.clone(), args.rate, args.publishers);
         // A thread of its own: std sleeps are far finer than tokio's 1 ms timer.
         pacers.push(tokio::task::spawn_blocking(move || {
@@ -134,29 +134,40 @@ pub(super) fn pace(
     max_lag
 }
 
-/// Awaits confirms as they come; latency from each message's due time. Holds `_client`
-/// open until the last confirm: dropping it would close the connection.
-async fn collect(
+/// Awaits confirms as they come; returns each message's due time and its confirm latency
+/// from then. Holds `_client` open until the last confirm: dropping it would close the
+/// connection.
+pub(super) async fn collect(
     _client: Arc<Client>,
     mut confirms: mpsc::UnboundedReceiver<(Instant, Confirm)>,
-) -> anyhow::Result<Histogram<u64>> {
-    let mut confirm_us = new_histogram();
+) -> anyhow::Result<Vec<(Instant, Duration)>> {
+    let mut done = Vec::new();
     let mut in_flight = FuturesUnordered::new();
     loop {
         tokio::select! {
             next = confirms.recv() => match next {
                 Some((due, confirm)) => {
-                    in_flight.push(async move { confirm.await.map(|()| due.elapsed()) });
+                    in_flight.push(async move { confirm.await.map(|()| (due, due.elapsed())) });
                 }
                 None => break,
             },
-            Some(confirmed) = in_flight.next(), if !in_flight.is_empty() => {
-                record(&mut confirm_us, confirmed)?;
-            }
+            Some(confirmed) = in_flight.next(), if !in_flight.is_empty() => done.push(confirmed?),
         }
     }
     while let Some(confirmed) = in_flight.next().await {
-        record(&mut confirm_us, confirmed)?;
+        done.push(confirmed?);
+    }
+    Ok(done)
+}
+
+/// [`collect`] into a histogram of microseconds.
+async fn collect_histogram(
+    client: Arc<Client>,
+    confirms: mpsc::UnboundedReceiver<(Instant, Confirm)>,
+) -> anyhow::Result<Histogram<u64>> {
+    let mut confirm_us = new_histogram();
+    for (_, latency) in collect(client, confirms).await? {
+        confirm_us.saturating_record(latency.as_micros() as u64);
     }
     Ok(confirm_us)
 }

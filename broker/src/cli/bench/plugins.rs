@@ -17,12 +17,10 @@ use anyhow::Context as _;
 use broker::plugin::STANDARD_EXCHANGES;
 use broker::protocol::Binding;
 use broker::{Broker, Client, Headers, QueueOptions};
-use futures_util::StreamExt as _;
-use futures_util::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 
 use super::clients::{Consumer, Stream, spawn_drains};
-use super::latency::{Confirm, LEAD_IN, pace};
+use super::latency::{LEAD_IN, collect, pace};
 use super::{BenchArgs, Cleanup, Report, Scenario, embedded_config, merged, name, new_histogram};
 
 /// How long after a deploy's reply messages still count as "during the reload".
@@ -97,7 +95,7 @@ async fn measure_reload(
     let start = Instant::now() + LEAD_IN;
     let drains = spawn_drains(consumers, start);
     let (confirms_tx, confirms_rx) = mpsc::unbounded_channel();
-    let collector = tokio::spawn(collect_timed(client.clone(), confirms_rx));
+    let collector = tokio::spawn(collect(client.clone(), confirms_rx));
     let rate = args.rate;
     let pacer = tokio::task::spawn_blocking(move || {
         pace(&client, &stream, 0..msgs, rate, start, &confirms_tx)
@@ -150,30 +148,6 @@ async fn measure_reload(
         .with("reload_confirm_p99_us", quantile(&reloading, 0.99))
         .with("reload_confirm_max_us", quantile(&reloading, 1.0))
         .with("reload_msgs", reloading.len()))
-}
-
-/// Awaits confirms as they come; returns each message's due time and confirm latency.
-async fn collect_timed(
-    _client: Arc<Client>,
-    mut confirms: mpsc::UnboundedReceiver<(Instant, Confirm)>,
-) -> anyhow::Result<Vec<(Instant, Duration)>> {
-    let mut done = Vec::new();
-    let mut in_flight = FuturesUnordered::new();
-    loop {
-        tokio::select! {
-            next = confirms.recv() => match next {
-                Some((due, confirm)) => {
-                    in_flight.push(async move { confirm.await.map(|()| (due, due.elapsed())) });
-                }
-                None => break,
-            },
-            Some(confirmed) = in_flight.next(), if !in_flight.is_empty() => done.push(confirmed?),
-        }
-    }
-    while let Some(confirmed) = in_flight.next().await {
-        done.push(confirmed?);
-    }
-    Ok(done)
 }
 
 pub(super) async fn startup(args: &BenchArgs) -> anyhow::Result<Report> {
