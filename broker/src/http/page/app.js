@@ -422,19 +422,26 @@ function renderPlugins(plugins) {
   body.replaceChildren(
     ...plugins.map((p) => {
       const s = p.stats || {};
-      const secs = s.call_time ? s.call_time.secs + s.call_time.nanos / 1e9 : 0;
-      const mean = s.calls ? `${((secs / s.calls) * 1e6).toFixed(1)} µs` : "–";
+      // An upper bound: the top of the histogram bucket holding the 99th percentile.
+      const us = p.p99_call_us;
+      const p99 = us == null ? "–" : `${us < 10 ? us.toFixed(1) : Math.round(us)} µs`;
+      // Messages per version since the broker started, e.g. "v1 10 · v2 5".
+      const byVersion = (p.versions || [])
+        .filter((v) => v.version > 0)
+        .map((v) => `v${v.version} ${fmt(v.messages)}`)
+        .join(" · ");
       const version = p.active_version
-        ? el("span", {}, `v${p.active_version}`, p.hash ? el("span", { class: "tag mono", text: p.hash.slice(0, 8) }) : null)
+        ? el("span", {}, `v${p.active_version}`, p.hash ? el("span", { class: "tag mono", text: p.hash.slice(0, 8) }) : null,
+          byVersion ? el("div", { class: "small muted", text: byVersion }) : null)
         : el("span", { class: "tag", text: p.bundled ? "bundled" : "from file" });
       return el("tr", { "data-plugin": p.name },
-        el("td", { class: "name", text: p.name }),
+        el("td", { class: "name" }, p.name, p.kind === "handler" ? el("span", { class: "tag", text: "handler" }) : null),
         el("td", {}, version),
         el("td", { class: "num", text: fmt(s.calls) }),
         el("td", { class: "num" }, s.errors ? el("span", { class: "tag bad", text: fmt(s.errors) }) : "0"),
         el("td", { class: "num", text: fmt(s.traps) }),
         el("td", { class: "num", text: fmt(s.timeouts) }),
-        el("td", { class: "num", text: mean }));
+        el("td", { class: "num", text: p99 }));
     }),
   );
 }
