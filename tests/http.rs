@@ -312,10 +312,8 @@ async fn management_api_works_like_the_protocol() {
     b.broker.shutdown().await;
 }
 
-#[tokio::test]
-async fn lists_exchanges_bindings_plugins_and_connections() {
-    let b = HttpBroker::start().await;
-    let c = b.client().await;
+/// A durable topic exchange `events` bound to durable queue `audit` with `user.#`.
+async fn declare_events_to_audit(c: &Client) {
     c.declare_exchange("events", "topic", true, Default::default())
         .await
         .unwrap();
@@ -330,6 +328,13 @@ async fn lists_exchanges_bindings_plugins_and_connections() {
     })
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn lists_exchanges_bindings_plugins_and_connections() {
+    let b = HttpBroker::start().await;
+    let c = b.client().await;
+    declare_events_to_audit(&c).await;
     let _sub = c
         .subscribe(Subscribe {
             queue: "audit".into(),
@@ -697,20 +702,7 @@ async fn json_logs_have_one_line_per_event() {
 async fn cli_lists_exchanges_bindings_and_connections() {
     let b = HttpBroker::start().await;
     let c = b.client().await;
-    c.declare_exchange("events", "topic", true, Default::default())
-        .await
-        .unwrap();
-    c.declare_queue("audit", QueueOptions::durable())
-        .await
-        .unwrap();
-    c.bind(Binding {
-        exchange: "events".into(),
-        queue: "audit".into(),
-        key: "user.#".into(),
-        arguments: Default::default(),
-    })
-    .await
-    .unwrap();
+    declare_events_to_audit(&c).await;
     let run = |command: &'static str| {
         let url = b.broker.url();
         tokio::task::spawn_blocking(move || {
