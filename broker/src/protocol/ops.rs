@@ -242,6 +242,9 @@ pub struct QueueInfo {
     /// Messages waiting for a delay (delayed publish or retry backoff).
     #[serde(default)]
     pub delayed: u64,
+    /// Ready messages whose body is only on disk (past `max_in_memory_length`).
+    #[serde(default)]
+    pub paged_out: u64,
     pub consumers: u64,
     /// Messages this queue dead-lettered (any reason).
     #[serde(default)]

@@ -2,8 +2,10 @@
 //! by due time, unacked messages per consumer, consumers served round-robin within their
 //! prefetch windows, and the failure rules of its [`QueuePolicy`].
 //!
-//! Pure logic, no I/O, time passed in: the router applies the results (frames, store
-//! operations, dead letters).
+//! Logic with time passed in: the router applies the results (frames, store operations,
+//! dead letters). The one I/O is paging: a stored queue deeper than its
+//! `max_in_memory_length` keeps the bodies of the rest only in the store and reads them
+//! back in runs before it delivers them (see [`Queue::enable_paging`]).
 
 mod policy;
 
@@ -14,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::message::{Headers, Message, decode_stored, encode_stored};
+use crate::store::StoreReader;
 
 /// Identifies a client connection.
 pub type ConnId = u64;
@@ -52,16 +55,21 @@ impl Entry {
     fn ready_key(&self) -> ReadyKey {
         (Reverse(self.priority), self.seq)
     }
+
+    fn removed(&self) -> Removed {
+        Removed {
+            seq: self.seq,
+            stored: self.stored,
+            state_stored: self.state_stored,
+        }
+    }
 }
 
 /// Ready order: highest priority first, then oldest first.
 type ReadyKey = (Reverse<u8>, u64);
 
-/// Ready messages beyond this many are held packed: a message costs ~600 bytes in memory
-/// as an `Arc<Message>` (struct, body and routing key allocations) and ~350 packed, so a
-/// backlog of a million fits in a few hundred MiB. Up to here nothing is packed: the
-/// messages of a queue that keeps up never pay for it.
-const PACK_AFTER: usize = 10_000;
+/// Ready messages read back from the store at a time (one read transaction).
+const PAGE_IN_RUN: usize = 1024;
 
 /// A ready message's body and metadata.
 #[derive(Debug)]
@@ -69,6 +77,36 @@ enum Held {
     Shared(Arc<Message>),
     /// The storage encoding (`encode_stored`) in one exact allocation.
     Packed(Box<[u8]>),
+    /// Only in the store (a committed message of a deep stored queue).
+    OnDisk {
+        body_len: u64,
+    },
+}
+
+/// Where a message being placed comes from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Origin {
+    /// Published, retried or due now: a stored one may not have committed yet.
+    Live,
+    /// Read from the store at startup.
+    Recovered,
+}
+
+/// A stored queue's link to the store for paging.
+#[derive(Debug)]
+struct Paging {
+    reader: StoreReader,
+    /// (batch, ready key) of stored messages placed past the in-memory limit, waiting for
+    /// the batch that stores them to commit before they leave memory.
+    pending: std::collections::VecDeque<(u64, ReadyKey)>,
+}
+
+/// A message taken out without its body (purge, queue deletion): what the store needs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Removed {
+    pub seq: u64,
+    pub stored: bool,
+    pub state_stored: bool,
 }
 
 /// A ready message as the queue holds it (its seq and priority are its key).
@@ -85,14 +123,28 @@ struct Parked {
 const NEVER: u64 = u64::MAX;
 
 impl Parked {
-    fn copy(&self) -> Parked {
-        let held = match &self.held {
-            Held::Shared(message) => Held::Shared(message.clone()),
-            Held::Packed(bytes) => Held::Packed(bytes.clone()),
+    /// A copy holding `message` (for a paged-out one, read back) or its own body.
+    fn copy(&self, message: Option<Arc<Message>>) -> Parked {
+        let held = match (&self.held, message) {
+            (_, Some(message)) => Held::Shared(message),
+            (Held::Shared(message), None) => Held::Shared(message.clone()),
+            (Held::Packed(bytes), None) => Held::Packed(bytes.clone()),
+            (Held::OnDisk { body_len }, None) => Held::OnDisk {
+                body_len: *body_len,
+            },
         };
         Parked { held, ..*self }
     }
 
+    fn removed(&self, (_, seq): ReadyKey) -> Removed {
+        Removed {
+            seq,
+            stored: self.stored,
+            state_stored: self.state_stored,
+        }
+    }
+
+    /// The entry of an in-memory message (a paged-out one is read back first).
     fn unpark(self, (Reverse(priority), seq): ReadyKey) -> Entry {
         Entry {
             seq,
@@ -111,7 +163,12 @@ impl Held {
         match self {
             Held::Shared(message) => message,
             Held::Packed(bytes) => Arc::new(decode_stored(&bytes).expect("packed by this queue")),
+            Held::OnDisk { .. } => unreachable!("paged-out messages are read back first"),
         }
+    }
+
+    fn on_disk(&self) -> bool {
+        matches!(self, Held::OnDisk { .. })
     }
 }
 
@@ -256,6 +313,10 @@ pub struct Queue {
     next_consumer: usize,
     /// Reused to pack messages.
     pack_buf: Vec<u8>,
+    /// Set for stored queues: bodies past the in-memory limit live in the store.
+    paging: Option<Paging>,
+    /// Ready messages whose body is only in the store.
+    paged_out: usize,
 }
 
 impl Queue {
@@ -276,7 +337,23 @@ impl Queue {
             consumers: Vec::new(),
             next_consumer: 0,
             pack_buf: Vec::new(),
+            paging: None,
+            paged_out: 0,
         }
+    }
+
+    /// Lets this (stored) queue keep the bodies of ready messages past its
+    /// `max_in_memory_length` only in the store, reading them back before delivery.
+    pub fn enable_paging(&mut self, reader: StoreReader) {
+        self.paging = Some(Paging {
+            reader,
+            pending: Default::default(),
+        });
+    }
+
+    /// Ready messages whose body is only in the store.
+    pub fn paged_out_len(&self) -> usize {
+        self.paged_out
     }
 
     /// Offers a new message published at `now`; `stored` says it is persisted here.
@@ -293,7 +370,7 @@ impl Queue {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.place(Entry::new(seq, message, stored), now, None, true);
+        self.place(Entry::new(seq, message, stored), now, None, Origin::Live);
         let mut evicted = Vec::new();
         while over(self, 0, 0) {
             match self.pop_oldest() {
@@ -308,14 +385,20 @@ impl Queue {
     /// for one recovered from the store): its priority, expiry and visibility follow from
     /// its properties and the policy; a pending retry's `not_before` overrides its delay.
     ///
-    /// Restored messages are not packed: that would double the work of a recovery, whose
-    /// time to first delivery matters more.
+    /// Past the in-memory limit a restored message's body is dropped at once (it is in the
+    /// store) instead of packed: packing would double the work of a recovery, whose time to
+    /// first delivery matters more.
     pub fn restore(&mut self, entry: Entry, enqueued_at: u64, not_before: Option<u64>) {
-        self.place(entry, enqueued_at, not_before, false);
+        self.place(entry, enqueued_at, not_before, Origin::Recovered);
     }
 
-    /// [`Queue::restore`], packing it if the queue is deep and `pack` allows.
-    fn place(&mut self, mut entry: Entry, enqueued_at: u64, not_before: Option<u64>, pack: bool) {
+    fn place(
+        &mut self,
+        mut entry: Entry,
+        enqueued_at: u64,
+        not_before: Option<u64>,
+        origin: Origin,
+    ) {
         self.next_seq = self.next_seq.max(entry.seq + 1);
         let props = &entry.message.properties;
         entry.priority = self.policy.effective_priority(props.priority);
@@ -329,33 +412,49 @@ impl Queue {
             .delay_ms
             .filter(|d| *d > 0)
             .map(|d| enqueued_at.saturating_add(d));
-        self.enqueue(entry, not_before.or(delayed_until), pack);
+        self.enqueue(entry, not_before.or(delayed_until), origin);
     }
 
-    fn enqueue(&mut self, entry: Entry, not_before: Option<u64>, pack: bool) {
+    fn enqueue(&mut self, entry: Entry, not_before: Option<u64>, origin: Origin) {
         self.queued_bytes += entry.message.body_len() as u64;
         match not_before {
             Some(due) => {
                 self.delayed.insert((due, entry.seq), entry);
             }
-            None => self.insert_ready(entry, pack),
+            None => self.insert_ready(entry, origin),
         }
     }
 
-    fn insert_ready(&mut self, entry: Entry, pack: bool) {
+    fn insert_ready(&mut self, entry: Entry, origin: Origin) {
         let key = entry.ready_key();
         if let Some(at) = entry.expires_at {
             self.expiring.insert((at, key));
         }
-        // Packing a message another queue also holds would only add a copy. Besides this
-        // queue, the caller may hold one reference (it drops it soon).
-        let deep = self.ready.len() >= PACK_AFTER;
-        let held = if pack && deep && Arc::strong_count(&entry.message) <= 2 {
-            self.pack_buf.clear();
-            encode_stored(&entry.message, &mut self.pack_buf);
-            Held::Packed(Box::from(self.pack_buf.as_slice()))
-        } else {
-            Held::Shared(entry.message)
+        let deep = self.ready.len() >= self.policy.max_in_memory_length;
+        if deep {
+            self.page_out_committed();
+        }
+        let held = match (&mut self.paging, deep && entry.stored, origin) {
+            (Some(_), true, Origin::Recovered) => {
+                self.paged_out += 1;
+                Held::OnDisk {
+                    body_len: entry.message.body_len() as u64,
+                }
+            }
+            (Some(paging), true, Origin::Live) => {
+                paging
+                    .pending
+                    .push_back((paging.reader.current_batch(), key));
+                Held::Shared(entry.message)
+            }
+            // Packing a message another queue also holds would only add a copy. Besides
+            // this queue, the caller may hold one reference (it drops it soon).
+            _ if deep && origin == Origin::Live && Arc::strong_count(&entry.message) <= 2 => {
+                self.pack_buf.clear();
+                encode_stored(&entry.message, &mut self.pack_buf);
+                Held::Packed(Box::from(self.pack_buf.as_slice()))
+            }
+            _ => Held::Shared(entry.message),
         };
         let parked = Parked {
             held,
@@ -367,7 +466,80 @@ impl Queue {
         self.ready.insert(key, parked);
     }
 
+    /// Drops the bodies of waiting stored messages whose batch has committed.
+    fn page_out_committed(&mut self) {
+        let Some(paging) = &mut self.paging else {
+            return;
+        };
+        if paging.reader.has_failed() {
+            // Which messages are on disk is no longer known: keep everything in memory.
+            self.paging = None;
+            return;
+        }
+        while let Some(&(batch, key)) = paging.pending.front()
+            && paging.reader.is_committed(batch)
+        {
+            paging.pending.pop_front();
+            if let Some(parked) = self.ready.get_mut(&key)
+                && let Held::Shared(message) = &parked.held
+            {
+                let body_len = message.body_len() as u64;
+                parked.held = Held::OnDisk { body_len };
+                self.paged_out += 1;
+            }
+        }
+    }
+
+    /// Reads the bodies of up to [`PAGE_IN_RUN`] paged-out messages from `from` on (in
+    /// delivery order) back into memory. A message missing from the store (it cannot be,
+    /// short of outside damage) is logged and taken out. False if the store failed.
+    fn page_in(&mut self, from: ReadyKey) -> bool {
+        let Some(paging) = &self.paging else {
+            return false;
+        };
+        let keys: Vec<ReadyKey> = self
+            .ready
+            .range(from..)
+            .filter(|(_, parked)| parked.held.on_disk())
+            .map(|(key, _)| *key)
+            .take(PAGE_IN_RUN)
+            .collect();
+        let seqs: Vec<u64> = keys.iter().map(|(_, seq)| *seq).collect();
+        let messages = match paging.reader.messages(self.id, &seqs) {
+            Ok(messages) => messages,
+            Err(e) => {
+                tracing::error!(queue = %self.name, error = %e, "cannot read paged-out messages");
+                return false;
+            }
+        };
+        for (key, message) in keys.into_iter().zip(messages) {
+            self.paged_out -= 1;
+            match message {
+                Some(message) => {
+                    self.ready.get_mut(&key).expect("listed above").held =
+                        Held::Shared(Arc::new(message));
+                }
+                None => {
+                    tracing::error!(queue = %self.name, seq = key.1, "paged-out message missing from the store; dropped");
+                    let parked = self.ready.remove(&key).expect("listed above");
+                    if parked.expires_at != NEVER {
+                        self.expiring.remove(&(parked.expires_at, key));
+                    }
+                    if let Held::OnDisk { body_len } = parked.held {
+                        self.queued_bytes -= body_len;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Takes a ready message, reading its body back first if it was paged out (`None` if
+    /// it cannot be read now).
     fn take_ready(&mut self, key: ReadyKey) -> Option<Entry> {
+        if self.ready.get(&key)?.held.on_disk() && !self.page_in(key) {
+            return None;
+        }
         let entry = self.ready.remove(&key)?.unpark(key);
         if let Some(at) = entry.expires_at {
             self.expiring.remove(&(at, key));
@@ -457,7 +629,7 @@ impl Queue {
         {
             let key = *entry.0;
             let entry = self.delayed.remove(&key).expect("present");
-            self.insert_ready(entry, true);
+            self.insert_ready(entry, Origin::Live);
         }
         let mut expired = Vec::new();
         while let Some(&(at, key)) = self.expiring.first().filter(|(at, _)| *at <= now) {
@@ -478,8 +650,15 @@ impl Queue {
         let index = (0..n)
             .map(|i| (start + i) % n)
             .find(|&i| self.consumers[i].has_room())?;
-        let key = *self.ready.first_key_value()?.0;
-        let mut entry = self.take_ready(key)?;
+        let mut entry = loop {
+            let key = *self.ready.first_key_value()?.0;
+            if let Some(entry) = self.take_ready(key) {
+                break entry;
+            }
+            if self.ready.contains_key(&key) {
+                return None; // the store cannot be read now: the next turn tries again
+            }
+        };
         if entry.expires_at.is_some_and(|at| at <= now) {
             return Some(Next::Expired(entry));
         }
@@ -540,7 +719,7 @@ impl Queue {
             delivery_count: entry.delivery_count,
             not_before,
         };
-        self.enqueue(entry, not_before, true);
+        self.enqueue(entry, not_before, Origin::Live);
         Some(retried)
     }
 
@@ -554,44 +733,102 @@ impl Queue {
         }
     }
 
-    /// Removes every waiting message, ready and delayed (unacked ones stay).
-    pub fn purge(&mut self) -> Vec<Entry> {
+    /// Removes every waiting message, ready and delayed (unacked ones stay), without
+    /// reading their bodies.
+    pub fn purge(&mut self) -> Vec<Removed> {
         self.expiring.clear();
         self.queued_bytes = 0;
-        let mut all: Vec<Entry> = std::mem::take(&mut self.ready)
-            .into_iter()
-            .map(|(key, parked)| parked.unpark(key))
+        self.paged_out = 0;
+        if let Some(paging) = &mut self.paging {
+            paging.pending.clear();
+        }
+        let mut all: Vec<Removed> = std::mem::take(&mut self.ready)
+            .iter()
+            .map(|(key, parked)| parked.removed(*key))
             .collect();
-        all.extend(std::mem::take(&mut self.delayed).into_values());
+        all.extend(
+            std::mem::take(&mut self.delayed)
+                .into_values()
+                .map(|e| e.removed()),
+        );
         all
     }
 
     /// Every message, waiting and unacked, for deletion of the whole queue.
-    pub fn drain_all(&mut self) -> Vec<Entry> {
+    pub fn drain_all(&mut self) -> Vec<Removed> {
         let mut all = self.purge();
-        all.extend(self.unacked.drain().map(|(_, u)| u.entry));
+        all.extend(self.unacked.drain().map(|(_, u)| u.entry.removed()));
         all
     }
 
-    /// Copies of the first `limit` ready messages in delivery order, without taking them.
-    pub fn peek(&self, limit: usize) -> impl Iterator<Item = Entry> {
-        self.ready
-            .iter()
-            .take(limit)
-            .map(|(key, parked)| parked.copy().unpark(*key))
+    /// Copies of the first `limit` ready messages in delivery order, without taking them
+    /// (paged-out ones read back; any that cannot be are left out).
+    pub fn peek(&self, limit: usize) -> Vec<Entry> {
+        let head: Vec<(&ReadyKey, &Parked)> = self.ready.iter().take(limit).collect();
+        let mut read = self.read_back(
+            head.iter()
+                .filter(|(_, p)| p.held.on_disk())
+                .map(|(k, _)| **k),
+        );
+        head.into_iter()
+            .filter_map(|(key, parked)| {
+                let message = if parked.held.on_disk() {
+                    Some(read.remove(key)?)
+                } else {
+                    None
+                };
+                Some(parked.copy(message).unpark(*key))
+            })
+            .collect()
     }
 
-    /// Takes the ready messages `select` picks.
+    /// Takes the ready messages `select` picks, in delivery order (paged-out ones are read
+    /// back a run at a time to be looked at).
     pub fn take_ready_where(&mut self, mut select: impl FnMut(&Entry) -> bool) -> Vec<Entry> {
-        let keys: Vec<ReadyKey> = self
-            .ready
-            .iter()
-            .filter(|(key, parked)| select(&parked.copy().unpark(**key)))
-            .map(|(key, _)| *key)
-            .collect();
+        let mut keys = Vec::new();
+        let mut on_disk = Vec::new();
+        for (key, parked) in &self.ready {
+            if parked.held.on_disk() {
+                on_disk.push(*key);
+            } else if select(&parked.copy(None).unpark(*key)) {
+                keys.push(*key);
+            }
+        }
+        for run in on_disk.chunks(PAGE_IN_RUN) {
+            for (key, message) in self.read_back(run.iter().copied()) {
+                if select(&self.ready[&key].copy(Some(message)).unpark(key)) {
+                    keys.push(key);
+                }
+            }
+        }
+        keys.sort_unstable();
         keys.into_iter()
             .filter_map(|k| self.take_ready(k))
             .collect()
+    }
+
+    /// Reads the bodies of paged-out messages without changing the queue; failures are
+    /// logged and leave messages out.
+    fn read_back(&self, keys: impl Iterator<Item = ReadyKey>) -> HashMap<ReadyKey, Arc<Message>> {
+        let keys: Vec<ReadyKey> = keys.collect();
+        let Some(paging) = &self.paging else {
+            return HashMap::new();
+        };
+        if keys.is_empty() {
+            return HashMap::new();
+        }
+        let seqs: Vec<u64> = keys.iter().map(|(_, seq)| *seq).collect();
+        match paging.reader.messages(self.id, &seqs) {
+            Ok(messages) => keys
+                .into_iter()
+                .zip(messages)
+                .filter_map(|(key, m)| Some((key, Arc::new(m?))))
+                .collect(),
+            Err(e) => {
+                tracing::error!(queue = %self.name, error = %e, "cannot read paged-out messages");
+                HashMap::new()
+            }
+        }
     }
 }
 

@@ -43,7 +43,14 @@ pub struct QueuePolicy {
     pub overflow: Overflow,
     /// Priorities above this are treated as this; `None` means FIFO only.
     pub max_priority: Option<u8>,
+    /// Ready messages held as they are; past it a stored queue keeps bodies only on disk
+    /// and any other queue packs them (see `Queue`).
+    pub max_in_memory_length: usize,
 }
+
+/// The default `max_in_memory_length`: a message costs ~600 bytes in memory, so a queue
+/// that keeps up never pays for paging, and a backlog of millions stays small.
+pub const DEFAULT_MAX_IN_MEMORY_LENGTH: usize = 10_000;
 
 /// Highest `max_priority` accepted.
 pub const MAX_PRIORITY: u8 = 10;
@@ -117,6 +124,10 @@ impl QueuePolicy {
             max_length_bytes: optional_u64(args, "max_length_bytes")?,
             overflow,
             max_priority,
+            max_in_memory_length: match optional_u64(args, "max_in_memory_length")? {
+                Some(n) => usize::try_from(n).map_err(|_| "`max_in_memory_length` is too large")?,
+                None => DEFAULT_MAX_IN_MEMORY_LENGTH,
+            },
         })
     }
 
@@ -237,6 +248,8 @@ mod tests {
             json!({"retry_backoff": []}),
             json!({"retry_backoff": ["5 parsecs"]}),
             json!({"message_ttl": -1}),
+            json!({"max_in_memory_length": -1}),
+            json!({"max_in_memory_length": "10k"}),
             json!({"max_priority": 11}),
             json!({"overflow": "explode"}),
             json!({"dead_letter": "no"}),

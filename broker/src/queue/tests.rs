@@ -1,4 +1,6 @@
+use super::policy::DEFAULT_MAX_IN_MEMORY_LENGTH as PACK_AFTER;
 use super::*;
+use crate::store::{StoreOp, WriteBatch};
 use serde_json::json;
 
 fn queue_with(args: serde_json::Value) -> Queue {
@@ -291,7 +293,7 @@ fn deep_queues_pack_ready_messages_losslessly() {
     // Delivery order: priority 2, then 1, then 0, each oldest first.
     let mut expected: Vec<usize> = (0..total).collect();
     expected.sort_by_key(|i| (std::cmp::Reverse(i % 3), *i));
-    let peeked: Vec<Entry> = q.peek(total + 1).collect();
+    let peeked = q.peek(total + 1);
     assert_eq!(peeked.len(), total + 1);
     for (entry, i) in peeked.iter().zip(&expected) {
         assert_eq!(*entry.message, sample(*i));
@@ -305,7 +307,7 @@ fn deep_queues_pack_ready_messages_losslessly() {
     assert!(Arc::ptr_eq(&last.message, &held_elsewhere));
     assert_eq!(q.ready_len(), 0);
 
-    // Expiry and purge hand back the message too.
+    // Expiry hands back the message too; purge needs none.
     let mut q = queue_with(json!({"message_ttl": 10}));
     for i in 0..PACK_AFTER + 2 {
         push_msg(&mut q, sample(i), 0);
@@ -318,5 +320,90 @@ fn deep_queues_pack_ready_messages_losslessly() {
         push_msg(&mut q, sample(i), 0);
     }
     let purged = q.purge();
-    assert_eq!(*purged[PACK_AFTER + 1].message, sample(PACK_AFTER + 1));
+    assert_eq!(purged.len(), PACK_AFTER + 2);
+    assert_eq!(purged[PACK_AFTER + 1].seq, PACK_AFTER as u64 + 2);
+}
+
+/// Stores `messages` of queue `id` and waits for the commit.
+fn store_and_commit(writer: &crate::store::StoreWriter, id: u64, messages: &[(u64, Arc<Message>)]) {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    writer.submit(WriteBatch {
+        ops: messages
+            .iter()
+            .map(|(seq, message)| StoreOp::PutMessage {
+                queue: id,
+                seq: *seq,
+                enqueued_at: 0,
+                message: message.clone(),
+            })
+            .collect(),
+        completions: vec![Box::new(move |result| done_tx.send(result).unwrap())],
+    });
+    done_rx.recv().unwrap().unwrap();
+}
+
+fn numbered(i: usize) -> Message {
+    let mut m = Message::text(format!("key.{i}"), format!("body {i}"));
+    m.properties.message_id = Some(format!("m{i}"));
+    m.properties.priority = Some((i % 2) as u8);
+    m
+}
+
+/// A stored queue past `max_in_memory_length` drops the bodies of committed messages and
+/// reads them back, equal and in order, through every way out; recovered ones past the
+/// limit start on disk.
+#[test]
+fn deep_stored_queues_page_bodies_out_to_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, writer) = crate::store::open(dir.path()).unwrap();
+    let mut q = queue_with(json!({"max_in_memory_length": 10, "max_priority": 1}));
+    q.enable_paging(writer.reader());
+    let mut stored = Vec::new();
+    for i in 0..100 {
+        let message = Arc::new(numbered(i));
+        let Push::Accepted { seq, .. } = q.push(message.clone(), true, 0) else {
+            panic!("rejected")
+        };
+        stored.push((seq, message));
+    }
+    // Nothing leaves memory before its batch commits.
+    assert_eq!(q.paged_out_len(), 0);
+    store_and_commit(&writer, q.id, &stored);
+    let message = Arc::new(numbered(100));
+    let Push::Accepted { seq, .. } = q.push(message.clone(), true, 0) else {
+        panic!("rejected")
+    };
+    stored.push((seq, message));
+    assert_eq!(q.paged_out_len(), 90, "all committed past the first 10");
+    store_and_commit(&writer, q.id, &stored[100..]);
+
+    // Delivery order: priority 1 first, each oldest first.
+    let mut expected: Vec<usize> = (0..=100).collect();
+    expected.sort_by_key(|i| (std::cmp::Reverse(i % 2), *i));
+    let peeked: Vec<Message> = q.peek(200).iter().map(|e| (*e.message).clone()).collect();
+    let want: Vec<Message> = expected.iter().map(|i| numbered(*i)).collect();
+    assert_eq!(peeked, want);
+    assert_eq!(q.paged_out_len(), 90, "peeking reads without keeping");
+
+    let taken = q.take_ready_where(|e| e.message.properties.message_id.as_deref() == Some("m99"));
+    assert_eq!(taken.len(), 1);
+    assert_eq!(*taken[0].message, numbered(99));
+    q.add_consumer(Consumer::new(1, "c".into(), 0, false));
+    for i in expected.iter().filter(|i| **i != 99) {
+        let d = deliver(&mut q, 0).unwrap();
+        assert_eq!(*d.message, numbered(*i));
+    }
+    assert_eq!((q.ready_len(), q.paged_out_len()), (0, 0));
+
+    // A restart: past the limit, recovered messages start on disk.
+    let mut q = queue_with(json!({"max_in_memory_length": 10, "max_priority": 1}));
+    q.enable_paging(writer.reader());
+    for (seq, message) in &stored {
+        q.restore(Entry::new(*seq, message.clone(), true), 0, None);
+    }
+    assert_eq!(q.paged_out_len(), 91);
+    let purged = q.purge();
+    assert_eq!(purged.len(), 101);
+    assert!(purged.iter().all(|r| r.stored));
+    writer.close();
 }

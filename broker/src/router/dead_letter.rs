@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::{OpError, Reply, Router};
 use crate::message::{Headers, Message};
 use crate::protocol::{Moved, PeekedMessage, PeekedMessages};
-use crate::queue::{DeadLetterTarget, Entry, Push, Queue, QueuePolicy, QueueSpec};
+use crate::queue::{DeadLetterTarget, Entry, Push, QueuePolicy, QueueSpec};
 use crate::store::{QueueRecord, StoreOp};
 
 /// The header holding a message's death records, newest first.
@@ -206,8 +206,8 @@ impl Router {
         }));
         let name: Arc<str> = name.into();
         tracing::info!(queue = %name, "dead-letter queue created");
-        self.queues
-            .insert(name.clone(), Queue::new(name.clone(), id, spec, policy));
+        let queue = self.new_queue(name.clone(), id, spec, policy);
+        self.queues.insert(name.clone(), queue);
         name
     }
 
@@ -215,6 +215,7 @@ impl Router {
         let messages = self
             .queue(name)?
             .peek(limit)
+            .into_iter()
             .map(|entry| PeekedMessage {
                 delivery_count: entry.delivery_count,
                 message: entry.message.clone(),

@@ -69,7 +69,7 @@ impl Router {
                 QueuePolicy::from_arguments(&Default::default(), false).expect("defaults are valid")
             });
             let name: Arc<str> = record.name.into();
-            let mut queue = Queue::new(name.clone(), record.id, spec, policy);
+            let mut queue = router.new_queue(name.clone(), record.id, spec, policy);
             messages += stored.messages.len();
             for m in stored.messages {
                 let mut entry = Entry::new(m.seq, m.message, true);
@@ -162,7 +162,7 @@ impl Router {
         let id = self.next_queue_id;
         self.next_queue_id += 1;
         let name: Arc<str> = name.into();
-        let queue = Queue::new(name.clone(), id, spec, policy);
+        let queue = self.new_queue(name.clone(), id, spec, policy);
         let result = to_json(info(&queue));
         let stored = queue.is_stored();
         if stored {
@@ -238,6 +238,23 @@ impl Router {
         (messages, stored)
     }
 
+    /// A new queue; a stored one pages the bodies of a deep backlog out to the store.
+    pub(super) fn new_queue(
+        &self,
+        name: Arc<str>,
+        id: u64,
+        spec: QueueSpec,
+        policy: QueuePolicy,
+    ) -> Queue {
+        let mut queue = Queue::new(name, id, spec, policy);
+        if let Some(store) = &self.store
+            && queue.is_stored()
+        {
+            queue.enable_paging(store.reader());
+        }
+        queue
+    }
+
     pub(super) fn purge_queue(&mut self, conn: ConnId, name: &str) -> Result<Reply, OpError> {
         check_access(self.queue(name)?, conn)?;
         let queue = self.queues.get_mut(name).expect("checked above");
@@ -301,6 +318,7 @@ fn info(queue: &Queue) -> QueueInfo {
         ready: queue.ready_len() as u64,
         unacked: queue.unacked_len() as u64,
         delayed: queue.delayed_len() as u64,
+        paged_out: queue.paged_out_len() as u64,
         consumers: queue.consumer_count() as u64,
         dead_lettered: queue.counters.dead_lettered,
         dropped: queue.counters.dropped,

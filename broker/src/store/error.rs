@@ -33,6 +33,17 @@ macro_rules! from_redb {
 from_redb!(OpenError: redb::TransactionError, redb::TableError, redb::StorageError);
 from_redb!(CommitError: redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
 
+/// A message could not be read back from the store while the broker runs.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("the store is closed")]
+    Closed,
+    #[error("cannot read stored message: {0}")]
+    Database(#[from] redb::Error),
+    #[error("corrupt stored message: {0}")]
+    Corrupt(String),
+}
+
 /// A write batch failed to commit; none of its operations took effect.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("store commit failed: {0}")]

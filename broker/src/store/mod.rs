@@ -1,13 +1,16 @@
 //! Durable state in one redb file. This module is the only one that touches redb.
 //!
-//! Reads happen once, at startup ([`open`] returns everything to recover); afterwards all
-//! writes go through the [`writer`] thread, which batches everyone's operations into one
-//! write transaction per commit (group commit) and reports each commit to its waiters.
+//! Reads happen at startup ([`open`] returns everything to recover) and, for the bodies of
+//! deep queues, through a [`StoreReader`]; all writes go through the [`writer`] thread,
+//! which batches everyone's operations into one write transaction per commit (group
+//! commit) and reports each commit to its waiters.
 
 mod error;
+mod reader;
 mod writer;
 
-pub use error::{CommitError, OpenError};
+pub use error::{CommitError, OpenError, ReadError};
+pub use reader::StoreReader;
 pub use writer::{Completion, StoreOp, StoreWriter, WriteBatch, WriterSnapshot, WriterStats};
 
 use std::path::Path;
@@ -138,7 +141,7 @@ pub fn open(data_dir: &Path) -> Result<(Recovered, StoreWriter), OpenError> {
         .map_err(|source| OpenError::Database { path, source })?;
     create_tables(&db)?;
     let recovered = recover(&db)?;
-    Ok((recovered, StoreWriter::start(db)))
+    Ok((recovered, StoreWriter::start(Arc::new(db))))
 }
 
 fn create_tables(db: &Database) -> Result<(), redb::Error> {

@@ -8,13 +8,14 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Instant;
 
 use redb::{Database, WriteTransaction};
 
+use super::reader::{Commits, StoreReader};
 use super::{
     ACTIVE_PLUGINS, BINDINGS, CommitError, ENTRY_STATE, EXCHANGES, ExchangeRecord, HANDLERS,
     MESSAGES, PLUGIN_ARTIFACTS, PLUGIN_VERSIONS, PLUGIN_WASM, PluginVersion, QUEUES, QueueRecord,
@@ -165,13 +166,20 @@ pub struct StoreWriter {
     tx: mpsc::Sender<Request>,
     thread: Option<thread::JoinHandle<()>>,
     stats: Arc<WriterStats>,
+    reader: StoreReader,
 }
 
 impl StoreWriter {
-    pub(super) fn start(db: Database) -> Self {
+    /// Starts the writer thread, the database's only strong owner: it closes with it.
+    pub(super) fn start(db: Arc<Database>) -> Self {
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(WriterStats::default());
         let thread_stats = stats.clone();
+        let commits = Arc::new(Commits::default());
+        let reader = StoreReader {
+            db: Arc::downgrade(&db),
+            commits: commits.clone(),
+        };
         let thread = thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || {
@@ -183,14 +191,20 @@ impl StoreWriter {
                     }
                 }
                 let running = Running(thread_stats);
-                run(db, rx, &running.0);
+                run(&db, rx, &running.0, &commits);
             })
             .expect("spawning the store writer thread");
         StoreWriter {
             tx,
             thread: Some(thread),
             stats,
+            reader,
         }
+    }
+
+    /// Reads messages back (and tells which batches have committed).
+    pub fn reader(&self) -> StoreReader {
+        self.reader.clone()
     }
 
     /// The writer's counters, shared with the thread.
@@ -203,6 +217,7 @@ impl StoreWriter {
         if batch.is_empty() {
             return;
         }
+        self.reader.commits.submitted.fetch_add(1, Ordering::AcqRel);
         if let Err(mpsc::SendError(Request::Write(batch))) = self.tx.send(Request::Write(batch)) {
             fail_all(
                 batch.completions,
@@ -226,7 +241,7 @@ fn fail_all(completions: Vec<Completion>, err: &CommitError) {
     }
 }
 
-fn run(db: Database, rx: mpsc::Receiver<Request>, stats: &WriterStats) {
+fn run(db: &Database, rx: mpsc::Receiver<Request>, stats: &WriterStats, commits: &Commits) {
     let mut encode_buf = Vec::new();
     let mut closing = false;
     while !closing {
@@ -241,7 +256,14 @@ fn run(db: Database, rx: mpsc::Receiver<Request>, stats: &WriterStats) {
         }
         let ops: usize = batches.iter().map(|b| b.ops.len()).sum();
         let started = Instant::now();
-        let result = commit(&db, &batches, &mut encode_buf);
+        let result = commit(db, &batches, &mut encode_buf);
+        if result.is_ok() {
+            commits
+                .committed
+                .fetch_add(batches.len() as u64, Ordering::AcqRel);
+        } else {
+            commits.failed.store(true, Ordering::Release);
+        }
         // A batch of completions only writes nothing: it says nothing about the disk.
         if ops > 0 {
             if result.is_ok() {
