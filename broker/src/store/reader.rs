@@ -51,18 +51,44 @@ impl StoreReader {
 
     /// Reads messages of queue `queue` by sequence number, in one read transaction; a
     /// message not in the store comes back as `None`.
+    ///
+    /// A run of mostly consecutive numbers (a FIFO backlog) is read with one range scan,
+    /// several times cheaper than a B-tree lookup per message.
     pub fn messages(&self, queue: u64, seqs: &[u64]) -> Result<Vec<Option<Message>>, ReadError> {
         let db = self.db.upgrade().ok_or(ReadError::Closed)?;
         let txn = db.begin_read().map_err(redb::Error::from)?;
         let table = txn.open_table(MESSAGES).map_err(redb::Error::from)?;
-        seqs.iter()
-            .map(|&seq| {
-                let Some(value) = table.get((queue, seq)).map_err(redb::Error::from)? else {
-                    return Ok(None);
-                };
-                let (_, message) = decode_entry(value.value()).map_err(ReadError::Corrupt)?;
-                Ok(Some(message))
-            })
-            .collect()
+        let decode = |bytes: &[u8]| {
+            decode_entry(bytes)
+                .map(|(_, m)| m)
+                .map_err(ReadError::Corrupt)
+        };
+        let (Some(&first), Some(&last)) = (seqs.iter().min(), seqs.iter().max()) else {
+            return Ok(Vec::new());
+        };
+        if last - first >= 2 * seqs.len() as u64 {
+            return seqs
+                .iter()
+                .map(
+                    |&seq| match table.get((queue, seq)).map_err(redb::Error::from)? {
+                        Some(value) => decode(value.value()).map(Some),
+                        None => Ok(None),
+                    },
+                )
+                .collect();
+        }
+        let wanted: std::collections::HashMap<u64, usize> =
+            seqs.iter().enumerate().map(|(i, seq)| (*seq, i)).collect();
+        let mut out: Vec<Option<Message>> = (0..seqs.len()).map(|_| None).collect();
+        for entry in table
+            .range((queue, first)..=(queue, last))
+            .map_err(redb::Error::from)?
+        {
+            let (key, value) = entry.map_err(redb::Error::from)?;
+            if let Some(&i) = wanted.get(&key.value().1) {
+                out[i] = Some(decode(value.value())?);
+            }
+        }
+        Ok(out)
     }
 }
