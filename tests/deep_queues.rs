@@ -3,6 +3,8 @@
 //! expiry, dead-lettering and purge.
 
 mod common;
+#[path = "support/prometheus.rs"]
+mod prometheus;
 
 use std::time::Duration;
 
@@ -67,6 +69,18 @@ async fn a_deep_queue_keeps_bodies_on_disk_across_kill_9() {
         "paged out: {}",
         info.paged_out
     );
+    let addr = process.http_url["http://".len()..]
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let scrape =
+        prometheus::parse_prometheus(&common::http(addr, "GET", "/metrics", None).await.body);
+    let gauge = prometheus::value(
+        &scrape,
+        "broker_queue_messages_paged_out",
+        &[("queue", "deep")],
+    );
+    assert_eq!(gauge, info.paged_out as f64);
 
     let mut sub = c.consume("deep", 10).await.unwrap();
     for i in 0..100 {

@@ -38,6 +38,11 @@ const QUEUE_GAUGES: &[(&str, &str, QueueField)] = &[
         |q| q.delayed,
     ),
     (
+        "broker_queue_messages_paged_out",
+        "Ready messages whose body is only on disk (past max_in_memory_length).",
+        |q| q.paged_out,
+    ),
+    (
         "broker_queue_consumers",
         "Consumers subscribed to the queue.",
         |q| q.consumers,
