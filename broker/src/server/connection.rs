@@ -47,6 +47,8 @@ impl Connection {
             .max_frame_size(Some(self.max_frame_bytes.saturating_mul(2)));
         // The binary encoding when the client offers its subprotocol (echoed back then).
         let mut encoding = Encoding::Json;
+        // tungstenite's callback type; this one never fails.
+        #[allow(clippy::result_large_err)]
         let negotiate = |request: &HsRequest, mut response: HsResponse| {
             if offers_binary(request) {
                 encoding = Encoding::Binary;
