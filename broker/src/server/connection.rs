@@ -1,21 +1,22 @@
 //! One client connection: a reader that parses frames into router commands, and a writer
-//! that encodes router output and flushes in batches.
+//! that encodes router output and flushes in batches. A connection that negotiated
+//! [`BINARY_SUBPROTOCOL`] reads and writes the frames that carry messages as binary
+//! records, packed several to a WebSocket message.
 
 use std::net::SocketAddr;
 
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
-
-use bytes::Bytes;
 use tokio_tungstenite::tungstenite::handshake::server::{
     Request as HsRequest, Response as HsResponse,
 };
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
 use crate::protocol::{
     BINARY_BATCH_BYTES, BINARY_SUBPROTOCOL, Encoding, ErrorCode, ParseError, Request, RequestId,
