@@ -3,6 +3,10 @@
 //! A writer task owns the socket's write half (frames are fed and flushed in batches, so
 //! pipelined publishes are cheap); a reader task routes replies to their waiting callers
 //! by request id and deliveries to their subscriptions by consumer tag.
+//!
+//! [`Client::connect_with`] and [`Encoding::Binary`] send `publish` and `ack` as binary
+//! records (packed several to a WebSocket message) and read `deliver` and `confirm` records;
+//! every other request and reply stays JSON.
 
 use std::collections::HashMap;
 use std::future::Future;
