@@ -270,4 +270,23 @@ mod tests {
         assert_eq!(leading_id(r#"{"op":"publish","id":7}"#), None);
         assert_eq!(leading_id("not json at all"), None);
     }
+
+    #[test]
+    fn binary_is_negotiated_when_offered_among_others() {
+        let offer = |values: &[&str]| {
+            let mut request = HsRequest::new(());
+            for value in values {
+                request
+                    .headers_mut()
+                    .append(SEC_WEBSOCKET_PROTOCOL, value.parse().unwrap());
+            }
+            offers_binary(&request)
+        };
+        assert!(offer(&["broker-binary.v1"]));
+        assert!(offer(&["chat, broker-binary.v1"]));
+        assert!(offer(&["chat", "broker-binary.v1"]));
+        assert!(!offer(&[]));
+        assert!(!offer(&["chat"]));
+        assert!(!offer(&["broker-binary.v2, broker-binary"]));
+    }
 }
