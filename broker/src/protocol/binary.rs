@@ -143,13 +143,22 @@ fn put_id(out: &mut Vec<u8>, id: &RequestId) {
 }
 
 /// The headers and the properties other than `persistent` and `timestamp`, as JSON.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Meta {
-    #[serde(default, skip_serializing_if = "Headers::is_empty")]
+    #[serde(default)]
     headers: Headers,
-    #[serde(default, skip_serializing_if = "is_default")]
+    #[serde(default)]
     properties: Properties,
+}
+
+/// [`Meta`] borrowed, for writing.
+#[derive(Serialize)]
+struct MetaRef<'a> {
+    #[serde(skip_serializing_if = "Headers::is_empty")]
+    headers: &'a Headers,
+    #[serde(skip_serializing_if = "is_default")]
+    properties: &'a Properties,
 }
 
 fn is_default(properties: &Properties) -> bool {
@@ -182,9 +191,9 @@ fn put_message(out: &mut Vec<u8>, m: &Message) {
     } else {
         let at = out.len();
         out.extend_from_slice(&[0; 4]);
-        let meta = Meta {
-            headers: m.headers.clone(),
-            properties: rest,
+        let meta = MetaRef {
+            headers: &m.headers,
+            properties: &rest,
         };
         serde_json::to_writer(&mut *out, &meta).expect("meta serializes to JSON");
         patch_len(out, at);
