@@ -169,6 +169,7 @@ fn bench_scenarios_print_one_line_each() {
     for args in [
         &["persistent", "--msgs", "300"][..],
         &["transient", "--msgs", "300"],
+        &["persistent", "--msgs", "300", "--encoding", "binary"],
         &["topic", "--msgs", "300", "--bindings", "20"],
         &["fanout", "--msgs", "100"],
         &["handler", "--msgs", "300"],
@@ -213,6 +214,15 @@ fn bench_scenarios_print_one_line_each() {
         );
         assert!(
             lines[0].starts_with(&format!("scenario={} msgs=", args[0])),
+            "{stdout}"
+        );
+        let encoding = if args.contains(&"binary") {
+            "binary"
+        } else {
+            "json"
+        };
+        assert!(
+            lines[0].ends_with(&format!(" encoding={encoding}")),
             "{stdout}"
         );
     }

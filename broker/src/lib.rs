@@ -17,6 +17,6 @@ pub mod router;
 pub mod server;
 pub mod store;
 
-pub use client::{Client, ClientError, QueueOptions, Subscription};
+pub use client::{Client, ClientError, ConnectOptions, QueueOptions, Subscription};
 pub use message::{Headers, Message, Properties};
 pub use server::{Broker, Config};

@@ -38,6 +38,14 @@ impl TestBroker {
         Client::connect(&self.url()).await.unwrap()
     }
 
+    /// A client using the binary encoding for publish / ack / deliver / confirm.
+    pub async fn binary_client(&self) -> Client {
+        let options = broker::ConnectOptions {
+            encoding: broker::protocol::Encoding::Binary,
+        };
+        Client::connect_with(&self.url(), options).await.unwrap()
+    }
+
     /// Graceful shutdown and a fresh start on the same data directory.
     pub async fn restart(&mut self) {
         self.broker.take().unwrap().shutdown().await;
@@ -151,6 +159,13 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_broker"))
 }
 
+/// What a [`RawPeer`] receives: a JSON frame, or a binary message's records.
+#[derive(Debug)]
+pub enum Incoming {
+    Json(serde_json::Value),
+    Records(Vec<broker::protocol::ServerFrame>),
+}
+
 /// A WebSocket peer that sends whatever it is told, for malformed-input tests.
 pub struct RawPeer {
     ws: tokio_tungstenite::WebSocketStream<
@@ -162,6 +177,56 @@ impl RawPeer {
     pub async fn connect(url: &str) -> RawPeer {
         let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
         RawPeer { ws }
+    }
+
+    /// A peer that negotiated the binary encoding (`broker-binary.v1`).
+    pub async fn connect_binary(url: &str) -> RawPeer {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let mut request = url.into_client_request().unwrap();
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            broker::protocol::BINARY_SUBPROTOCOL.parse().unwrap(),
+        );
+        let (ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+        assert_eq!(
+            response.headers()["Sec-WebSocket-Protocol"],
+            broker::protocol::BINARY_SUBPROTOCOL
+        );
+        RawPeer { ws }
+    }
+
+    /// The next binary message from the broker, decoded into its records (skipping any
+    /// JSON frame before it).
+    pub async fn recv_records(&mut self) -> Vec<broker::protocol::ServerFrame> {
+        loop {
+            if let Incoming::Records(records) = self.recv_incoming().await {
+                return records;
+            }
+        }
+    }
+
+    /// The next JSON frame or binary message from the broker.
+    pub async fn recv_incoming(&mut self) -> Incoming {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("connection open")
+                .expect("readable frame");
+            match frame {
+                WsMessage::Text(text) => {
+                    return Incoming::Json(serde_json::from_str(&text).unwrap());
+                }
+                WsMessage::Binary(bytes) => {
+                    return Incoming::Records(
+                        broker::protocol::decode_server_frames(&bytes)
+                            .map(|r| r.expect("a valid record"))
+                            .collect(),
+                    );
+                }
+                _ => {}
+            }
+        }
     }
 
     pub async fn send_text(&mut self, text: impl Into<String>) {

@@ -3,8 +3,8 @@
 //!
 //! `scenario=NAME msgs=N secs=S rate=R p50_us=.. p99_us=.. p999_us=.. publish_confirm_p99_us=..`
 //!
-//! followed by scenario-specific `key=value` fields; a figure a scenario cannot measure
-//! is printed as `-`. Every scenario declares its own queues and exchanges (named after
+//! followed by scenario-specific `key=value` fields and, last, `encoding=json|binary`; a
+//! figure a scenario cannot measure is printed as `-`. Every scenario declares its own queues and exchanges (named after
 //! the scenario and the process id) and deletes them when done.
 
 mod backlog;
@@ -15,9 +15,11 @@ mod plugins;
 mod throughput;
 
 use std::fmt;
+use std::sync::OnceLock;
 
 use anyhow::Context as _;
-use broker::{Broker, Client, Config};
+use broker::protocol::Encoding;
+use broker::{Broker, Client, ClientError, Config, ConnectOptions};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use tokio::task::JoinHandle;
@@ -27,7 +29,7 @@ use super::DEFAULT_SERVER;
 const OUTPUT_HELP: &str = "\
 Prints one line per run:
   scenario=NAME msgs=N secs=S rate=R p50_us=.. p99_us=.. p999_us=.. publish_confirm_p99_us=..
-then scenario-specific fields. p50/p99/p999 are end-to-end latencies (publish to delivery);
+then scenario-specific fields, and encoding=json|binary last. p50/p99/p999 are end-to-end latencies (publish to delivery);
 `-` marks a figure the scenario does not measure. With --embedded, client and broker share
 the process (and its CPU and memory).
 
@@ -80,6 +82,34 @@ pub struct BenchArgs {
     /// startup: deployed plugins (each with a durable exchange) to restore.
     #[arg(long, default_value_t = 8)]
     plugins: u64,
+    /// Frame encoding of every client connection: json (the documented baseline) or
+    /// binary (`broker-binary.v1` records for publish, ack, deliver and confirm).
+    #[arg(long, value_enum, default_value_t = EncodingArg::Json)]
+    encoding: EncodingArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EncodingArg {
+    Json,
+    Binary,
+}
+
+impl EncodingArg {
+    fn encoding(self) -> Encoding {
+        match self {
+            EncodingArg::Json => Encoding::Json,
+            EncodingArg::Binary => Encoding::Binary,
+        }
+    }
+}
+
+/// `--encoding` of this run, for every connection the scenarios open.
+static ENCODING: OnceLock<Encoding> = OnceLock::new();
+
+/// Connects a bench client with the run's `--encoding`.
+async fn connect(url: &str) -> Result<Client, ClientError> {
+    let encoding = ENCODING.get().copied().unwrap_or_default();
+    Client::connect_with(url, ConnectOptions { encoding }).await
 }
 
 impl BenchArgs {
@@ -151,13 +181,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.size >= STAMP_LEN,
         "--size must be at least {STAMP_LEN}"
     );
+    let encoding = args.encoding.encoding();
+    ENCODING
+        .set(encoding)
+        .map_err(|_| anyhow::anyhow!("one bench run per process"))?;
     let report = match args.scenario {
         // Recovery starts (and restarts) its own broker.
         Scenario::Recovery => backlog::recovery(&args).await?,
         Scenario::Startup => plugins::startup(&args).await?,
         _ => with_broker(&args).await?,
     };
-    println!("{report}");
+    println!("{report} encoding={}", encoding.name());
     Ok(())
 }
 

@@ -3,6 +3,10 @@
 //! A writer task owns the socket's write half (frames are fed and flushed in batches, so
 //! pipelined publishes are cheap); a reader task routes replies to their waiting callers
 //! by request id and deliveries to their subscriptions by consumer tag.
+//!
+//! [`Client::connect_with`] and [`Encoding::Binary`] send `publish` and `ack` as binary
+//! records (packed several to a WebSocket message) and read `deliver` and `confirm` records;
+//! every other request and reply stays JSON.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -16,8 +20,9 @@ use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
 use crate::message::{Headers, Message};
 use crate::protocol::{
-    AttachHandler, Binding, DeclareExchange, DeclareQueue, Delivery, ErrorCode, MessageCount, Op,
-    Publish, QueueInfo, QueueList, Request, RequestId, ServerFrame, Subscribe, Subscribed,
+    AttachHandler, BINARY_BATCH_BYTES, BINARY_SUBPROTOCOL, Binding, DeclareExchange, DeclareQueue,
+    Delivery, Encoding, ErrorCode, MessageCount, Op, Publish, QueueInfo, QueueList, Request,
+    RequestId, ServerFrame, Subscribe, Subscribed, decode_server_frames, write_request_record,
 };
 
 /// What can go wrong talking to a broker.
@@ -67,12 +72,21 @@ pub struct Returned {
 
 /// A connection to a broker. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct Client {
-    out: mpsc::UnboundedSender<String>,
+    out: mpsc::UnboundedSender<Outgoing>,
     writer: tokio::task::JoinHandle<()>,
     shared: Arc<Shared>,
     next_id: AtomicU64,
+    /// `publish` and `ack` go as binary records (negotiated at connect).
+    binary: bool,
     confirms: AtomicBool,
     returns: tokio::sync::Mutex<mpsc::UnboundedReceiver<Returned>>,
+}
+
+/// Options of [`Client::connect_with`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnectOptions {
+    /// How `publish`, `ack`, `deliver` and `confirm` travel; everything else is JSON.
+    pub encoding: Encoding,
 }
 
 /// Options of `declare_queue`.
@@ -108,38 +122,69 @@ impl Subscription {
 }
 
 impl Client {
-    /// Connects to `url` (e.g. `ws://127.0.0.1:6789`).
+    /// Connects to `url` (e.g. `ws://127.0.0.1:6789`) with the default options (JSON).
     pub async fn connect(url: &str) -> Result<Client, ClientError> {
+        Client::connect_with(url, ConnectOptions::default()).await
+    }
+
+    /// Connects with `options`: with [`Encoding::Binary`] the client offers the
+    /// [`BINARY_SUBPROTOCOL`] and fails to connect if the broker does not accept it.
+    pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Client, ClientError> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let connect_error = |reason: String| ClientError::Connect {
+            url: url.to_owned(),
+            reason,
+        };
+        let mut request = url
+            .into_client_request()
+            .map_err(|e| connect_error(e.to_string()))?;
+        let binary = options.encoding == Encoding::Binary;
+        if binary {
+            request.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL,
+                tokio_tungstenite::tungstenite::http::HeaderValue::from_static(BINARY_SUBPROTOCOL),
+            );
+        }
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .read_buffer_size(crate::protocol::READ_BUFFER_BYTES);
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false)
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), false)
             .await
-            .map_err(|e| ClientError::Connect {
-                url: url.to_owned(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| connect_error(e.to_string()))?;
         if let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.get_ref() {
             let _ = tcp.set_nodelay(true);
         }
         let (mut sink, mut source) = ws.split();
         let shared = Arc::new(Shared::default());
-        let (out, mut out_rx) = mpsc::unbounded_channel::<String>();
+        let (out, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
         let (returns_tx, returns_rx) = mpsc::unbounded_channel();
 
         let writer = tokio::spawn(async move {
+            // Consecutive binary records packed into one message.
+            let mut records = Vec::new();
             while let Some(first) = out_rx.recv().await {
                 let mut next = Some(first);
-                while let Some(text) = next {
-                    if sink
-                        .feed(WsMessage::Text(Utf8Bytes::from(text)))
-                        .await
-                        .is_err()
-                    {
+                while let Some(item) = next {
+                    let fed = match item {
+                        Outgoing::Record(request) => {
+                            write_request_record(&mut records, &request);
+                            match records.len() >= BINARY_BATCH_BYTES {
+                                true => feed_records(&mut sink, &mut records).await,
+                                false => Ok(()),
+                            }
+                        }
+                        Outgoing::Text(text) => match feed_records(&mut sink, &mut records).await {
+                            Ok(()) => sink.feed(WsMessage::Text(Utf8Bytes::from(text))).await,
+                            Err(e) => Err(e),
+                        },
+                    };
+                    if fed.is_err() {
                         return;
                     }
                     next = out_rx.try_recv().ok();
                 }
-                if sink.flush().await.is_err() {
+                if feed_records(&mut sink, &mut records).await.is_err()
+                    || sink.flush().await.is_err()
+                {
                     return;
                 }
             }
@@ -150,7 +195,20 @@ impl Client {
         tokio::spawn(async move {
             while let Some(Ok(frame)) = source.next().await {
                 match frame {
-                    WsMessage::Text(text) => on_frame(&reader_shared, &returns_tx, &text),
+                    WsMessage::Text(text) => match crate::protocol::parse_server_frame(&text) {
+                        Ok(frame) => on_frame(&reader_shared, &returns_tx, frame),
+                        Err(e) => tracing::warn!(error = %e, "undecodable frame from broker"),
+                    },
+                    WsMessage::Binary(bytes) => {
+                        for frame in decode_server_frames(&bytes) {
+                            match frame {
+                                Ok(frame) => on_frame(&reader_shared, &returns_tx, frame),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "undecodable record from broker")
+                                }
+                            }
+                        }
+                    }
                     WsMessage::Close(_) => break,
                     _ => {}
                 }
@@ -167,6 +225,7 @@ impl Client {
             writer,
             shared,
             next_id: AtomicU64::new(1),
+            binary,
             confirms: AtomicBool::new(false),
             returns: tokio::sync::Mutex::new(returns_rx),
         })
@@ -181,17 +240,21 @@ impl Client {
         wants_reply: bool,
     ) -> impl Future<Output = Result<serde_json::Value, ClientError>> + Send + 'static {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let text = crate::protocol::encode_request(&Request {
+        let request = Request {
             id: RequestId::Num(id),
             op,
-        });
+        };
+        let item = match self.binary && matches!(request.op, Op::Publish(_) | Op::Ack { .. }) {
+            true => Outgoing::Record(request),
+            false => Outgoing::Text(crate::protocol::encode_request(&request)),
+        };
         let rx = wants_reply.then(|| {
             let (reply, rx) = oneshot::channel();
             let pending = Pending { reply, deliveries };
             self.shared.pending.lock().unwrap().insert(id, pending);
             rx
         });
-        let sent = self.out.send(text).is_ok();
+        let sent = self.out.send(item).is_ok();
         async move {
             if !sent {
                 return Err(ClientError::Closed);
@@ -540,14 +603,28 @@ impl Client {
     }
 }
 
-fn on_frame(shared: &Shared, returns: &mpsc::UnboundedSender<Returned>, text: &str) {
-    let frame = match crate::protocol::parse_server_frame(text) {
-        Ok(frame) => frame,
-        Err(e) => {
-            tracing::warn!(error = %e, "undecodable frame from broker");
-            return;
-        }
-    };
+/// What the writer task sends: a JSON text frame, or a request to pack as a binary record.
+// In binary mode records are nearly all of the traffic: boxing them would only add an
+// allocation per publish.
+#[allow(clippy::large_enum_variant)]
+enum Outgoing {
+    Text(String),
+    Record(Request),
+}
+
+/// Feeds the packed records (if any) as one binary message.
+async fn feed_records<S>(sink: &mut S, records: &mut Vec<u8>) -> Result<(), S::Error>
+where
+    S: futures_util::Sink<WsMessage> + Unpin,
+{
+    if records.is_empty() {
+        return Ok(());
+    }
+    let bytes = bytes::Bytes::from(std::mem::take(records));
+    sink.feed(WsMessage::Binary(bytes)).await
+}
+
+fn on_frame(shared: &Shared, returns: &mpsc::UnboundedSender<Returned>, frame: ServerFrame) {
     let (id, result) = match frame {
         ServerFrame::Deliver(delivery) => {
             let consumers = shared.consumers.lock().unwrap();

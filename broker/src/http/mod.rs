@@ -351,8 +351,8 @@ async fn readyz(state: &HttpState) -> HttpResponse {
 pub fn status_of(code: ErrorCode) -> StatusCode {
     use ErrorCode::*;
     match code {
-        MalformedJson | UnknownOp | InvalidField | UnsupportedFrame | InvalidBinding
-        | InvalidPlugin | UnknownExchangeType => StatusCode::BAD_REQUEST,
+        MalformedJson | UnknownOp | InvalidField | UnsupportedFrame | MalformedBinary
+        | InvalidBinding | InvalidPlugin | UnknownExchangeType => StatusCode::BAD_REQUEST,
         FrameTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         QueueNotFound | ExchangeNotFound | PluginNotFound | UnknownConsumer
         | UnknownDeliveryTag => StatusCode::NOT_FOUND,

@@ -18,6 +18,9 @@ pub enum ErrorCode {
     FrameTooLarge,
     /// A binary frame where the protocol expects text.
     UnsupportedFrame,
+    /// A binary record (negotiated binary encoding) that cannot be read: truncated, of an
+    /// unknown kind, or with lengths that do not add up.
+    MalformedBinary,
     QueueNotFound,
     ExchangeNotFound,
     UnknownExchangeType,
@@ -71,6 +74,7 @@ const ALL_CODES: &[(ErrorCode, &str)] = &[
     (ErrorCode::InvalidField, "invalid_field"),
     (ErrorCode::FrameTooLarge, "frame_too_large"),
     (ErrorCode::UnsupportedFrame, "unsupported_frame"),
+    (ErrorCode::MalformedBinary, "malformed_binary"),
     (ErrorCode::QueueNotFound, "queue_not_found"),
     (ErrorCode::ExchangeNotFound, "exchange_not_found"),
     (ErrorCode::UnknownExchangeType, "unknown_exchange_type"),

@@ -1,13 +1,22 @@
 //! The wire protocol: JSON text frames over WebSocket, one object per frame.
 //!
+//! With the [`BINARY_SUBPROTOCOL`] WebSocket subprotocol, the frames that carry messages
+//! (`publish`, `ack`, `deliver`, `confirm`) go as binary records instead; everything else
+//! stays JSON.
+//!
 //! Client → broker: a [`Request`] (`{"id": .., "op": "..", ...fields}`).
 //! Broker → client: a [`ServerFrame`] tagged by `type`: `ok`, `error`, `confirm`, `deliver`,
 //! `return`, `cancelled`. `docs/protocol.md` documents every operation and error code.
 
+mod binary;
 mod error;
 mod hot;
 mod ops;
 
+pub use binary::{
+    BINARY_BATCH_BYTES, BINARY_SUBPROTOCOL, Encoding, RequestRecords, ServerRecords,
+    decode_requests, decode_server_frames, write_request_record, write_server_record,
+};
 pub use error::{ErrorCode, ParseError, parse_request};
 pub use hot::{encode_request, encode_server_frame, parse_server_frame};
 pub use ops::*;

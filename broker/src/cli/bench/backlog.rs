@@ -53,7 +53,7 @@ async fn fill(
 /// the process's: the broker's plus the bench client's, and `-` against --server.
 pub(super) async fn backlog(url: &str, args: &BenchArgs, embedded: bool) -> anyhow::Result<Report> {
     anyhow::ensure!(args.consumers > 0, "backlog needs at least one consumer");
-    let admin = Client::connect(url).await?;
+    let admin = super::connect(url).await?;
     let mut cleanup = Cleanup::default();
     let result = measure_backlog(url, args, embedded, &admin, &mut cleanup).await;
     cleanup.finish(&admin, result).await
@@ -117,7 +117,7 @@ pub(super) async fn recovery(args: &BenchArgs) -> anyhow::Result<Report> {
     let broker = Broker::start(config.clone()).await?;
     let url = broker.url();
     let filled = async {
-        let admin = Client::connect(&url).await?;
+        let admin = super::connect(&url).await?;
         admin.declare_queue(&queue, QueueOptions::durable()).await?;
         let start = Instant::now();
         let confirm_us = fill(&url, &admin, &queue, args, start).await?;
@@ -144,7 +144,7 @@ pub(super) async fn recovery(args: &BenchArgs) -> anyhow::Result<Report> {
         let draining = Instant::now();
         consumer.drain(msgs - 1, draining).await?;
         let drain_rate = (msgs - 1) as f64 / draining.elapsed().as_secs_f64();
-        let admin = Client::connect(&url).await?;
+        let admin = super::connect(&url).await?;
         admin.delete_queue(&queue).await?;
         anyhow::Ok((first_delivery_ms, drain_rate))
     }

@@ -81,7 +81,7 @@ async fn publish(
     window: usize,
     start: Instant,
 ) -> anyhow::Result<Histogram<u64>> {
-    let client = Client::connect(&url).await?;
+    let client = super::connect(&url).await?;
     client.confirm_select().await?;
     let mut confirm_us = new_histogram();
     let mut in_flight = FuturesUnordered::new();
@@ -124,7 +124,7 @@ impl Consumer {
         queue: &str,
         prefetch: u32,
     ) -> anyhow::Result<Consumer> {
-        let client = Client::connect(url).await?;
+        let client = super::connect(url).await?;
         let subscription = client.consume(queue, prefetch).await?;
         Ok(Consumer {
             client,

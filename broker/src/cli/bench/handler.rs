@@ -21,7 +21,7 @@ pub(super) async fn run(url: &str, args: &BenchArgs) -> anyhow::Result<Report> {
         (1..=64).contains(&args.consumers),
         "handler needs --consumers 1 to 64 (the handler's concurrency)"
     );
-    let admin = Client::connect(url).await?;
+    let admin = super::connect(url).await?;
     let mut cleanup = Cleanup::default();
     let result = measure(url, args, &admin, &mut cleanup).await;
     cleanup.finish(&admin, result).await

@@ -25,7 +25,7 @@ pub(super) type Confirm = Pin<Box<dyn Future<Output = Result<(), ClientError>> +
 
 pub(super) async fn run(url: &str, args: &BenchArgs) -> anyhow::Result<Report> {
     anyhow::ensure!(args.consumers > 0, "latency needs at least one consumer");
-    let admin = Client::connect(url).await?;
+    let admin = super::connect(url).await?;
     let mut cleanup = Cleanup::default();
     let result = measure(url, args, &admin, &mut cleanup).await;
     cleanup.finish(&admin, result).await
@@ -57,7 +57,7 @@ async fn measure(
     .await?;
     let mut clients = Vec::new();
     for _ in 0..args.publishers {
-        let client = Client::connect(url).await?;
+        let client = super::connect(url).await?;
         client.confirm_select().await?;
         clients.push(Arc::new(client));
     }

@@ -48,7 +48,7 @@ fn topic_variant(variant: u64) -> Vec<u8> {
 
 pub(super) async fn reload(url: &str, args: &BenchArgs) -> anyhow::Result<Report> {
     anyhow::ensure!(args.consumers > 0, "reload needs at least one consumer");
-    let admin = Client::connect(url).await?;
+    let admin = super::connect(url).await?;
     let mut cleanup = Cleanup::default();
     let result = measure_reload(url, args, &admin, &mut cleanup).await;
     cleanup.finish(&admin, result).await
@@ -89,7 +89,7 @@ async fn measure_reload(
     };
     let consumers =
         Consumer::subscribe_all(url, &[queue], args.consumers, args.prefetch, msgs).await?;
-    let client = Arc::new(Client::connect(url).await?);
+    let client = Arc::new(super::connect(url).await?);
     client.confirm_select().await?;
 
     let start = Instant::now() + LEAD_IN;
@@ -158,7 +158,7 @@ pub(super) async fn startup(args: &BenchArgs) -> anyhow::Result<Report> {
     let dir = tempfile::tempdir().context("creating a temporary data directory")?;
     let mut config = embedded_config(dir.path());
     let broker = Broker::start(config.clone()).await?;
-    let admin = Client::connect(&broker.url()).await?;
+    let admin = super::connect(&broker.url()).await?;
     for i in 0..args.plugins {
         let plugin = format!("startup-{i}");
         admin.deploy_plugin(&plugin, &topic_variant(i)).await?;

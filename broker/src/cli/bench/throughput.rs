@@ -125,7 +125,7 @@ fn topic_keys(bindings: u64, keys: u64) -> Vec<String> {
 }
 
 pub(super) async fn run(url: &str, args: &BenchArgs) -> anyhow::Result<Report> {
-    let admin = Client::connect(url).await?;
+    let admin = super::connect(url).await?;
     let mut cleanup = Cleanup::default();
     let result = measure(url, args, &admin, &mut cleanup).await;
     cleanup.finish(&admin, result).await
