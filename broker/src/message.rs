@@ -190,23 +190,65 @@ pub fn encode_stored(msg: &Message, out: &mut Vec<u8>) {
     out.extend_from_slice(&msg.body);
 }
 
+/// What placing a stored message in its queue needs (priority, expiry, delay, size), read
+/// from its storage encoding without its body or headers.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Placement {
+    pub priority: Option<u8>,
+    pub expiration_ms: Option<u64>,
+    pub delay_ms: Option<u64>,
+    pub body_len: u64,
+}
+
+/// Reads a [`Placement`] from an [`encode_stored`] encoding: the other fields are skipped
+/// unparsed, nothing is allocated.
+pub fn decode_placement(bytes: &[u8]) -> Result<Placement, String> {
+    #[derive(Deserialize)]
+    struct Meta {
+        #[serde(default)]
+        properties: Props,
+    }
+    #[derive(Deserialize, Default)]
+    struct Props {
+        #[serde(default)]
+        priority: Option<u8>,
+        #[serde(default)]
+        expiration_ms: Option<u64>,
+        #[serde(default)]
+        delay_ms: Option<u64>,
+    }
+    let (meta, body) = split_stored(bytes)?;
+    let meta: Meta = serde_json::from_slice(meta).map_err(|e| e.to_string())?;
+    Ok(Placement {
+        priority: meta.properties.priority,
+        expiration_ms: meta.properties.expiration_ms,
+        delay_ms: meta.properties.delay_ms,
+        body_len: body.len() as u64,
+    })
+}
+
+/// An [`encode_stored`] encoding's metadata JSON and body.
+fn split_stored(bytes: &[u8]) -> Result<(&[u8], &[u8]), String> {
+    let (len, rest) = bytes
+        .split_first_chunk::<4>()
+        .ok_or("stored message shorter than its header")?;
+    let meta_len = u32::from_le_bytes(*len) as usize;
+    if rest.len() < meta_len {
+        return Err("stored message shorter than its metadata".into());
+    }
+    Ok(rest.split_at(meta_len))
+}
+
 /// Inverse of [`encode_stored`].
 pub fn decode_stored(bytes: &[u8]) -> Result<Message, String> {
-    let len_bytes: [u8; 4] = bytes
-        .get(..4)
-        .and_then(|b| b.try_into().ok())
-        .ok_or("stored message shorter than its header")?;
-    let meta_len = u32::from_le_bytes(len_bytes) as usize;
-    let meta = bytes
-        .get(4..4 + meta_len)
-        .ok_or("stored message shorter than its metadata")?;
+    let (meta, body) = split_stored(bytes)?;
     let wire: MessageOwned = serde_json::from_slice(meta).map_err(|e| e.to_string())?;
     Ok(Message {
         exchange: wire.exchange,
         routing_key: wire.routing_key,
         headers: wire.headers,
         properties: wire.properties,
-        body: Bytes::copy_from_slice(&bytes[4 + meta_len..]),
+        body: Bytes::copy_from_slice(body),
     })
 }
 
@@ -249,5 +291,26 @@ mod tests {
         encode_stored(&msg, &mut buf);
         assert_eq!(decode_stored(&buf).unwrap(), msg);
         assert!(decode_stored(&buf[..3]).is_err());
+        assert!(decode_stored(&buf[..10]).is_err());
+    }
+
+    #[test]
+    fn placement_is_read_without_the_rest() {
+        let mut msg = sample(b"four");
+        msg.properties.expiration_ms = Some(500);
+        msg.properties.delay_ms = Some(20);
+        let mut buf = Vec::new();
+        encode_stored(&msg, &mut buf);
+        let want = Placement {
+            priority: Some(3),
+            expiration_ms: Some(500),
+            delay_ms: Some(20),
+            body_len: 4,
+        };
+        assert_eq!(decode_placement(&buf).unwrap(), want);
+        buf.clear();
+        encode_stored(&Message::text("k", ""), &mut buf);
+        assert_eq!(decode_placement(&buf).unwrap(), Placement::default());
+        assert!(decode_placement(&buf[..2]).is_err());
     }
 }

@@ -9,13 +9,16 @@
 
 mod policy;
 
-pub use policy::{DeadLetterTarget, MAX_PRIORITY, Overflow, QueuePolicy, duration_ms};
+pub use policy::{
+    DEFAULT_MAX_IN_MEMORY_LENGTH, DeadLetterTarget, MAX_PRIORITY, Overflow, QueuePolicy,
+    duration_ms,
+};
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::message::{Headers, Message, decode_stored, encode_stored};
+use crate::message::{Headers, Message, Placement, decode_stored, encode_stored};
 use crate::store::StoreReader;
 
 /// Identifies a client connection.
@@ -392,6 +395,53 @@ impl Queue {
         self.place(entry, enqueued_at, not_before, Origin::Recovered);
     }
 
+    /// Restores a ready message recovered without its body (it stays on disk; paging must
+    /// be enabled): [`Queue::restore`] for the part of a backlog past the in-memory limit.
+    pub fn restore_on_disk(
+        &mut self,
+        seq: u64,
+        placement: Placement,
+        enqueued_at: u64,
+        delivery_count: u32,
+    ) {
+        debug_assert!(
+            self.paging.is_some(),
+            "a queue without paging cannot read bodies"
+        );
+        self.next_seq = self.next_seq.max(seq + 1);
+        let key = (
+            Reverse(self.policy.effective_priority(placement.priority)),
+            seq,
+        );
+        let expires_at = self.expires_at(placement.expiration_ms, enqueued_at);
+        if let Some(at) = expires_at {
+            self.expiring.insert((at, key));
+        }
+        self.queued_bytes += placement.body_len;
+        self.paged_out += 1;
+        let parked = Parked {
+            held: Held::OnDisk {
+                body_len: placement.body_len,
+            },
+            delivery_count,
+            stored: true,
+            state_stored: delivery_count > 0,
+            expires_at: expires_at.unwrap_or(NEVER),
+        };
+        self.ready.insert(key, parked);
+    }
+
+    /// When a message that entered at `enqueued_at` expires, from its own and the queue's
+    /// TTL (the smaller wins).
+    fn expires_at(&self, expiration_ms: Option<u64>, enqueued_at: u64) -> Option<u64> {
+        let ttl = [expiration_ms, self.policy.message_ttl_ms]
+            .into_iter()
+            .flatten()
+            .min();
+        // Below `NEVER`, which marks "no expiry" in a parked message.
+        ttl.map(|ttl| enqueued_at.saturating_add(ttl).min(NEVER - 1))
+    }
+
     fn place(
         &mut self,
         mut entry: Entry,
@@ -402,12 +452,7 @@ impl Queue {
         self.next_seq = self.next_seq.max(entry.seq + 1);
         let props = &entry.message.properties;
         entry.priority = self.policy.effective_priority(props.priority);
-        let ttl = [props.expiration_ms, self.policy.message_ttl_ms]
-            .into_iter()
-            .flatten()
-            .min();
-        // Below `NEVER`, which marks "no expiry" in a parked message.
-        entry.expires_at = ttl.map(|ttl| enqueued_at.saturating_add(ttl).min(NEVER - 1));
+        entry.expires_at = self.expires_at(props.expiration_ms, enqueued_at);
         let delayed_until = props
             .delay_ms
             .filter(|d| *d > 0)

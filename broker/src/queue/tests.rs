@@ -1,4 +1,4 @@
-use super::policy::DEFAULT_MAX_IN_MEMORY_LENGTH as PACK_AFTER;
+use super::DEFAULT_MAX_IN_MEMORY_LENGTH as PACK_AFTER;
 use super::*;
 use crate::store::{StoreOp, WriteBatch};
 use serde_json::json;
@@ -355,7 +355,7 @@ fn numbered(i: usize) -> Message {
 #[test]
 fn deep_stored_queues_page_bodies_out_to_the_store() {
     let dir = tempfile::tempdir().unwrap();
-    let (_, writer) = crate::store::open(dir.path()).unwrap();
+    let (_, writer) = crate::store::open(dir.path(), |_| usize::MAX).unwrap();
     let mut q = queue_with(json!({"max_in_memory_length": 10, "max_priority": 1}));
     q.enable_paging(writer.reader());
     let mut stored = Vec::new();
@@ -405,5 +405,63 @@ fn deep_stored_queues_page_bodies_out_to_the_store() {
     let purged = q.purge();
     assert_eq!(purged.len(), 101);
     assert!(purged.iter().all(|r| r.stored));
+    writer.close();
+}
+
+/// Recovery past the in-memory limit reads only placements: priorities, expiry and sizes
+/// still apply, and bodies come back from disk when the messages leave.
+#[test]
+fn messages_recovered_on_disk_keep_their_place_and_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, writer) = crate::store::open(dir.path(), |_| usize::MAX).unwrap();
+    let record = crate::store::QueueRecord {
+        id: 1,
+        name: "q".into(),
+        auto_delete: false,
+        arguments: Headers::new(),
+    };
+    let stored: Vec<(u64, Arc<Message>)> = (0..6)
+        .map(|i| {
+            let mut m = numbered(i);
+            m.properties.expiration_ms = (i >= 4).then_some(100);
+            (i as u64 + 1, Arc::new(m))
+        })
+        .collect();
+    writer.submit(WriteBatch {
+        ops: vec![StoreOp::PutQueue(record)],
+        completions: Vec::new(),
+    });
+    store_and_commit(&writer, 1, &stored);
+    writer.close();
+
+    let (recovered, writer) = crate::store::open(dir.path(), |_| 2).unwrap();
+    let mut q = queue_with(json!({"max_priority": 1}));
+    q.enable_paging(writer.reader());
+    for m in recovered.queues.into_iter().next().unwrap().messages {
+        match m.message {
+            crate::store::Recalled::InMemory(message) => {
+                q.restore(Entry::new(m.seq, message, true), 0, None)
+            }
+            crate::store::Recalled::OnDisk(placement) => {
+                q.restore_on_disk(m.seq, placement, 0, m.delivery_count)
+            }
+        }
+    }
+    assert_eq!((q.ready_len(), q.paged_out_len()), (6, 4));
+    // Priority 1 (odd) first, then 0, each oldest first.
+    let order: Vec<Message> = q.peek(10).iter().map(|e| (*e.message).clone()).collect();
+    let want: Vec<Message> = [1, 3, 5, 0, 2, 4]
+        .iter()
+        .map(|i| stored[*i].1.as_ref().clone())
+        .collect();
+    assert_eq!(order, want);
+    let expired = q.tick(100);
+    let expired: Vec<Message> = expired.iter().map(|e| (*e.message).clone()).collect();
+    assert_eq!(
+        expired,
+        [stored[5].1.as_ref().clone(), stored[4].1.as_ref().clone()]
+    );
+    // Reading the first expired one read the rest of the run after it too (seq 3).
+    assert_eq!((q.ready_len(), q.paged_out_len()), (4, 1));
     writer.close();
 }

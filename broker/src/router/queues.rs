@@ -8,7 +8,7 @@ use crate::exchange::ExchangeTypes as _;
 use crate::plugin::PluginHost;
 use crate::protocol::{DeclareQueue, ErrorCode, MessageCount, QueueInfo, QueueList, ServerFrame};
 use crate::queue::{ConnId, Entry, Queue, QueuePolicy, QueueSpec};
-use crate::store::{QueueRecord, Recovered, StoreOp, StoreWriter, WriteBatch};
+use crate::store::{QueueRecord, Recalled, Recovered, StoreOp, StoreWriter, WriteBatch};
 
 /// Longest queue or exchange name, in bytes (AMQP's short string).
 pub(crate) const MAX_NAME_LEN: usize = 255;
@@ -72,10 +72,17 @@ impl Router {
             let mut queue = router.new_queue(name.clone(), record.id, spec, policy);
             messages += stored.messages.len();
             for m in stored.messages {
-                let mut entry = Entry::new(m.seq, m.message, true);
-                entry.delivery_count = m.delivery_count;
-                entry.state_stored = m.delivery_count > 0 || m.not_before.is_some();
-                queue.restore(entry, m.enqueued_at, m.not_before);
+                match m.message {
+                    Recalled::InMemory(message) => {
+                        let mut entry = Entry::new(m.seq, message, true);
+                        entry.delivery_count = m.delivery_count;
+                        entry.state_stored = m.delivery_count > 0 || m.not_before.is_some();
+                        queue.restore(entry, m.enqueued_at, m.not_before);
+                    }
+                    Recalled::OnDisk(placement) => {
+                        queue.restore_on_disk(m.seq, placement, m.enqueued_at, m.delivery_count)
+                    }
+                }
             }
             router.queues.insert(name, queue);
         }

@@ -17,6 +17,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::plugin::{HostError, Limits, PluginHost, PluginSource};
+use crate::queue::{DEFAULT_MAX_IN_MEMORY_LENGTH, QueuePolicy};
 use crate::router::{Router, RouterHandle};
 use crate::store::{self, OpenError, Recovered, StoreOp, WriteBatch};
 use plugins_dir::PluginsDir;
@@ -104,7 +105,7 @@ impl Broker {
             config.artifact_cache,
         );
         let (recovered, writer, plugins) = tokio::task::spawn_blocking(move || {
-            let (mut recovered, writer) = store::open(&data_dir)?;
+            let (mut recovered, writer) = store::open(&data_dir, in_memory_length)?;
             if !use_cache {
                 recovered.plugin_artifacts.clear();
             }
@@ -216,6 +217,15 @@ impl Broker {
 
 /// Loads the stored active plugin versions, from the artifact cache when it holds them;
 /// adds the store writes caching what had to be compiled to `compiled`.
+/// How many of a recovered queue's messages to read whole: its `max_in_memory_length`
+/// (arguments that no longer parse get the defaults, as the router gives them).
+fn in_memory_length(record: &store::QueueRecord) -> usize {
+    QueuePolicy::from_arguments(&record.arguments, false)
+        .map_or(DEFAULT_MAX_IN_MEMORY_LENGTH, |policy| {
+            policy.max_in_memory_length
+        })
+}
+
 fn restore_plugin_versions(
     host: &PluginHost,
     recovered: &mut Recovered,

@@ -20,7 +20,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::exchange::BindingId;
-use crate::message::{Headers, Message, decode_stored, encode_stored};
+use crate::message::{Headers, Message, Placement, decode_placement, decode_stored, encode_stored};
 use crate::protocol::Binding;
 
 /// Durable queues by name.
@@ -101,7 +101,15 @@ pub struct StoredMessage {
     pub delivery_count: u32,
     /// A pending retry's due time.
     pub not_before: Option<u64>,
-    pub message: Arc<Message>,
+    pub message: Recalled,
+}
+
+/// A recovered message: whole, or (past its queue's in-memory limit) only what placing it
+/// needs, its body staying on disk.
+#[derive(Debug, Clone)]
+pub enum Recalled {
+    InMemory(Arc<Message>),
+    OnDisk(Placement),
 }
 
 /// A durable queue and its persistent messages, in sequence order.
@@ -128,8 +136,12 @@ pub struct Recovered {
 }
 
 /// Opens (or creates) the database in `data_dir`, reads what to recover, and starts the
-/// writer thread.
-pub fn open(data_dir: &Path) -> Result<(Recovered, StoreWriter), OpenError> {
+/// writer thread. Of each queue's ready messages, the first `in_memory(queue)` are read
+/// whole; the bodies of the rest stay on disk.
+pub fn open(
+    data_dir: &Path,
+    in_memory: impl Fn(&QueueRecord) -> usize,
+) -> Result<(Recovered, StoreWriter), OpenError> {
     std::fs::create_dir_all(data_dir).map_err(|source| OpenError::DataDir {
         path: data_dir.to_owned(),
         source,
@@ -140,7 +152,7 @@ pub fn open(data_dir: &Path) -> Result<(Recovered, StoreWriter), OpenError> {
         .create(&path)
         .map_err(|source| OpenError::Database { path, source })?;
     create_tables(&db)?;
-    let recovered = recover(&db)?;
+    let recovered = recover(&db, in_memory)?;
     Ok((recovered, StoreWriter::start(Arc::new(db))))
 }
 
@@ -164,7 +176,10 @@ fn corrupt(table: &'static str) -> impl Fn(String) -> OpenError {
     move |reason| OpenError::Corrupt { table, reason }
 }
 
-fn recover(db: &Database) -> Result<Recovered, OpenError> {
+fn recover(
+    db: &Database,
+    in_memory: impl Fn(&QueueRecord) -> usize,
+) -> Result<Recovered, OpenError> {
     let txn = db.begin_read()?;
     let messages = txn.open_table(MESSAGES)?;
     let deliveries = txn.open_table(ENTRY_STATE)?;
@@ -181,19 +196,21 @@ fn recover(db: &Database) -> Result<Recovered, OpenError> {
             let (key, state) = entry?;
             states.insert(key.value().1, state.value());
         }
+        let keep = in_memory(&record);
         let mut stored = Vec::new();
         for entry in messages.range(range)? {
             let (key, value) = entry?;
             let (_, seq) = key.value();
-            let (enqueued_at, message) =
-                decode_entry(value.value()).map_err(corrupt("messages"))?;
             let (delivery_count, not_before) = states.remove(&seq).unwrap_or((0, 0));
+            let on_disk = stored.len() >= keep && not_before == 0;
+            let (enqueued_at, message) =
+                recall(value.value(), on_disk).map_err(corrupt("messages"))?;
             stored.push(StoredMessage {
                 seq,
                 enqueued_at,
                 delivery_count,
                 not_before: (not_before > 0).then_some(not_before),
-                message: Arc::new(message),
+                message,
             });
         }
         recovered.queues.push(RecoveredQueue {
@@ -253,6 +270,22 @@ fn encode_entry(enqueued_at: u64, message: &Message, out: &mut Vec<u8>) {
     encode_stored(message, out);
 }
 
+/// A MESSAGES value, whole or (`on_disk`) only its placement; a message with a delay is
+/// always whole (it waits in memory).
+fn recall(bytes: &[u8], on_disk: bool) -> Result<(u64, Recalled), String> {
+    let (time, rest) = bytes
+        .split_first_chunk::<8>()
+        .ok_or("stored entry shorter than its enqueue time")?;
+    if on_disk {
+        let placement = decode_placement(rest)?;
+        if placement.delay_ms.is_none_or(|d| d == 0) {
+            return Ok((u64::from_le_bytes(*time), Recalled::OnDisk(placement)));
+        }
+    }
+    let message = Arc::new(decode_stored(rest)?);
+    Ok((u64::from_le_bytes(*time), Recalled::InMemory(message)))
+}
+
 fn decode_entry(bytes: &[u8]) -> Result<(u64, Message), String> {
     let (time, rest) = bytes
         .split_first_chunk::<8>()
@@ -289,7 +322,7 @@ mod tests {
             auto_delete: false,
             arguments: Headers::new(),
         };
-        let (_, writer) = open(dir.path()).unwrap();
+        let (_, writer) = open(dir.path(), |_| usize::MAX).unwrap();
         writer.submit(WriteBatch {
             ops: vec![StoreOp::PutQueue(record.clone()), put(7, 1), put(7, 2)],
             completions: Vec::new(),
@@ -319,13 +352,21 @@ mod tests {
         });
         writer.close();
 
-        let (recovered, writer) = open(dir.path()).unwrap();
+        // With no room in memory, bodies stay on disk, except a pending retry's.
+        let (recovered, writer) = open(dir.path(), |_| 0).unwrap();
         writer.close();
         let queue = &recovered.queues[0];
         assert_eq!(queue.record, record);
         let seqs: Vec<u64> = queue.messages.iter().map(|m| m.seq).collect();
         assert_eq!(seqs, [2, 5]);
-        assert_eq!(&queue.messages[1].message.body[..], b"m5");
+        let Recalled::InMemory(first) = &queue.messages[0].message else {
+            panic!("a pending retry is read whole");
+        };
+        assert_eq!(&first.body[..], b"m2");
+        let Recalled::OnDisk(placement) = &queue.messages[1].message else {
+            panic!("past the limit only the placement is read");
+        };
+        assert_eq!(placement.body_len, 2);
         let states: Vec<_> = queue
             .messages
             .iter()
