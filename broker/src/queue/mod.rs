@@ -486,7 +486,7 @@ impl Queue {
                     body_len: entry.message.body_len() as u64,
                 }
             }
-            (Some(paging), true, Origin::Live) => {
+            (Some(paging), true, Origin::Live) if !paging.reader.has_failed() => {
                 paging
                     .pending
                     .push_back((paging.reader.current_batch(), key));
@@ -517,8 +517,9 @@ impl Queue {
             return;
         };
         if paging.reader.has_failed() {
-            // Which messages are on disk is no longer known: keep everything in memory.
-            self.paging = None;
+            // Which newer messages are on disk is no longer known: they stay in memory
+            // (those paged out before the failure are still read back).
+            paging.pending.clear();
             return;
         }
         while let Some(&(batch, key)) = paging.pending.front()
