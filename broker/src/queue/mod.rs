@@ -7,8 +7,12 @@
 //! `max_in_memory_length` keeps the bodies of the rest only in the store and reads them
 //! back in runs before it delivers them (see [`Queue::enable_paging`]).
 
+mod paging;
+mod parked;
 mod policy;
 
+use paging::{PAGE_IN_RUN, Paging};
+use parked::{Held, NEVER, Parked};
 pub use policy::{
     DEFAULT_MAX_IN_MEMORY_LENGTH, DeadLetterTarget, MAX_PRIORITY, Overflow, QueuePolicy,
     duration_ms,
@@ -18,8 +22,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::message::{Headers, Message, Placement, decode_stored, encode_stored};
-use crate::store::StoreReader;
+use crate::message::{Headers, Message, encode_stored};
 
 /// Identifies a client connection.
 pub type ConnId = u64;
@@ -71,21 +74,6 @@ impl Entry {
 /// Ready order: highest priority first, then oldest first.
 type ReadyKey = (Reverse<u8>, u64);
 
-/// Ready messages read back from the store at a time (one read transaction).
-const PAGE_IN_RUN: usize = 1024;
-
-/// A ready message's body and metadata.
-#[derive(Debug)]
-enum Held {
-    Shared(Arc<Message>),
-    /// The storage encoding (`encode_stored`) in one exact allocation.
-    Packed(Box<[u8]>),
-    /// Only in the store (a committed message of a deep stored queue).
-    OnDisk {
-        body_len: u64,
-    },
-}
-
 /// Where a message being placed comes from.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Origin {
@@ -95,84 +83,12 @@ enum Origin {
     Recovered,
 }
 
-/// A stored queue's link to the store for paging.
-#[derive(Debug)]
-struct Paging {
-    reader: StoreReader,
-    /// (batch, ready key) of stored messages placed past the in-memory limit, waiting for
-    /// the batch that stores them to commit before they leave memory.
-    pending: std::collections::VecDeque<(u64, ReadyKey)>,
-}
-
 /// A message taken out without its body (purge, queue deletion): what the store needs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Removed {
     pub seq: u64,
     pub stored: bool,
     pub state_stored: bool,
-}
-
-/// A ready message as the queue holds it (its seq and priority are its key).
-#[derive(Debug)]
-struct Parked {
-    held: Held,
-    delivery_count: u32,
-    stored: bool,
-    state_stored: bool,
-    /// `NEVER` for none: an `Option` would add 8 bytes to every ready message.
-    expires_at: u64,
-}
-
-const NEVER: u64 = u64::MAX;
-
-impl Parked {
-    /// A copy holding `message` (for a paged-out one, read back) or its own body.
-    fn copy(&self, message: Option<Arc<Message>>) -> Parked {
-        let held = match (&self.held, message) {
-            (_, Some(message)) => Held::Shared(message),
-            (Held::Shared(message), None) => Held::Shared(message.clone()),
-            (Held::Packed(bytes), None) => Held::Packed(bytes.clone()),
-            (Held::OnDisk { body_len }, None) => Held::OnDisk {
-                body_len: *body_len,
-            },
-        };
-        Parked { held, ..*self }
-    }
-
-    fn removed(&self, (_, seq): ReadyKey) -> Removed {
-        Removed {
-            seq,
-            stored: self.stored,
-            state_stored: self.state_stored,
-        }
-    }
-
-    /// The entry of an in-memory message (a paged-out one is read back first).
-    fn unpark(self, (Reverse(priority), seq): ReadyKey) -> Entry {
-        Entry {
-            seq,
-            message: self.held.message(),
-            delivery_count: self.delivery_count,
-            stored: self.stored,
-            state_stored: self.state_stored,
-            priority,
-            expires_at: (self.expires_at != NEVER).then_some(self.expires_at),
-        }
-    }
-}
-
-impl Held {
-    fn message(self) -> Arc<Message> {
-        match self {
-            Held::Shared(message) => message,
-            Held::Packed(bytes) => Arc::new(decode_stored(&bytes).expect("packed by this queue")),
-            Held::OnDisk { .. } => unreachable!("paged-out messages are read back first"),
-        }
-    }
-
-    fn on_disk(&self) -> bool {
-        matches!(self, Held::OnDisk { .. })
-    }
 }
 
 /// A subscription to a queue.
@@ -345,20 +261,6 @@ impl Queue {
         }
     }
 
-    /// Lets this (stored) queue keep the bodies of ready messages past its
-    /// `max_in_memory_length` only in the store, reading them back before delivery.
-    pub fn enable_paging(&mut self, reader: StoreReader) {
-        self.paging = Some(Paging {
-            reader,
-            pending: Default::default(),
-        });
-    }
-
-    /// Ready messages whose body is only in the store.
-    pub fn paged_out_len(&self) -> usize {
-        self.paged_out
-    }
-
     /// Offers a new message published at `now`; `stored` says it is persisted here.
     pub fn push(&mut self, message: Arc<Message>, stored: bool, now: u64) -> Push {
         let size = message.body_len() as u64;
@@ -393,42 +295,6 @@ impl Queue {
     /// first delivery matters more.
     pub fn restore(&mut self, entry: Entry, enqueued_at: u64, not_before: Option<u64>) {
         self.place(entry, enqueued_at, not_before, Origin::Recovered);
-    }
-
-    /// Restores a ready message recovered without its body (it stays on disk; paging must
-    /// be enabled): [`Queue::restore`] for the part of a backlog past the in-memory limit.
-    pub fn restore_on_disk(
-        &mut self,
-        seq: u64,
-        placement: Placement,
-        enqueued_at: u64,
-        delivery_count: u32,
-    ) {
-        debug_assert!(
-            self.paging.is_some(),
-            "a queue without paging cannot read bodies"
-        );
-        self.next_seq = self.next_seq.max(seq + 1);
-        let key = (
-            Reverse(self.policy.effective_priority(placement.priority)),
-            seq,
-        );
-        let expires_at = self.expires_at(placement.expiration_ms, enqueued_at);
-        if let Some(at) = expires_at {
-            self.expiring.insert((at, key));
-        }
-        self.queued_bytes += placement.body_len;
-        self.paged_out += 1;
-        let parked = Parked {
-            held: Held::OnDisk {
-                body_len: placement.body_len,
-            },
-            delivery_count,
-            stored: true,
-            state_stored: delivery_count > 0,
-            expires_at: expires_at.unwrap_or(NEVER),
-        };
-        self.ready.insert(key, parked);
     }
 
     /// When a message that entered at `enqueued_at` expires, from its own and the queue's
@@ -509,75 +375,6 @@ impl Queue {
             expires_at: entry.expires_at.unwrap_or(NEVER),
         };
         self.ready.insert(key, parked);
-    }
-
-    /// Drops the bodies of waiting stored messages whose batch has committed.
-    fn page_out_committed(&mut self) {
-        let Some(paging) = &mut self.paging else {
-            return;
-        };
-        if paging.reader.has_failed() {
-            // Which newer messages are on disk is no longer known: they stay in memory
-            // (those paged out before the failure are still read back).
-            paging.pending.clear();
-            return;
-        }
-        while let Some(&(batch, key)) = paging.pending.front()
-            && paging.reader.is_committed(batch)
-        {
-            paging.pending.pop_front();
-            if let Some(parked) = self.ready.get_mut(&key)
-                && let Held::Shared(message) = &parked.held
-            {
-                let body_len = message.body_len() as u64;
-                parked.held = Held::OnDisk { body_len };
-                self.paged_out += 1;
-            }
-        }
-    }
-
-    /// Reads the bodies of up to [`PAGE_IN_RUN`] paged-out messages from `from` on (in
-    /// delivery order) back into memory. A message missing from the store (it cannot be,
-    /// short of outside damage) is logged and taken out. False if the store failed.
-    fn page_in(&mut self, from: ReadyKey) -> bool {
-        let Some(paging) = &self.paging else {
-            return false;
-        };
-        let keys: Vec<ReadyKey> = self
-            .ready
-            .range(from..)
-            .filter(|(_, parked)| parked.held.on_disk())
-            .map(|(key, _)| *key)
-            .take(PAGE_IN_RUN)
-            .collect();
-        let seqs: Vec<u64> = keys.iter().map(|(_, seq)| *seq).collect();
-        let messages = match paging.reader.messages(self.id, &seqs) {
-            Ok(messages) => messages,
-            Err(e) => {
-                tracing::error!(queue = %self.name, error = %e, "cannot read paged-out messages");
-                return false;
-            }
-        };
-        for (key, message) in keys.into_iter().zip(messages) {
-            self.paged_out -= 1;
-            match message {
-                Some(message) => {
-                    self.ready.get_mut(&key).expect("listed above").held =
-                        Held::Shared(Arc::new(message));
-                }
-                None => {
-                    tracing::error!(queue = %self.name, seq = key.1, "paged-out message missing from the store; dropped");
-                    let parked = self.ready.remove(&key).expect("listed above");
-                    if parked.expires_at != NEVER {
-                        self.expiring.remove(&(parked.expires_at, key));
-                    }
-                    if let Held::OnDisk { body_len } = parked.held {
-                        self.queued_bytes -= body_len;
-                    }
-                }
-            }
-        }
-        true
     }
 
     /// Takes a ready message, reading its body back first if it was paged out (`None` if
@@ -851,30 +648,6 @@ impl Queue {
         keys.into_iter()
             .filter_map(|k| self.take_ready(k))
             .collect()
-    }
-
-    /// Reads the bodies of paged-out messages without changing the queue; failures are
-    /// logged and leave messages out.
-    fn read_back(&self, keys: impl Iterator<Item = ReadyKey>) -> HashMap<ReadyKey, Arc<Message>> {
-        let keys: Vec<ReadyKey> = keys.collect();
-        let Some(paging) = &self.paging else {
-            return HashMap::new();
-        };
-        if keys.is_empty() {
-            return HashMap::new();
-        }
-        let seqs: Vec<u64> = keys.iter().map(|(_, seq)| *seq).collect();
-        match paging.reader.messages(self.id, &seqs) {
-            Ok(messages) => keys
-                .into_iter()
-                .zip(messages)
-                .filter_map(|(key, m)| Some((key, Arc::new(m?))))
-                .collect(),
-            Err(e) => {
-                tracing::error!(queue = %self.name, error = %e, "cannot read paged-out messages");
-                HashMap::new()
-            }
-        }
     }
 }
 
