@@ -1,10 +1,9 @@
-//! The management HTTP listener end to end: a real broker, real HTTP over TCP, real redb.
+//! The management HTTP listener end to end: a real broker, real HTTP over TCP, real redb
+//! (metrics are in `metrics.rs`).
 
 mod common;
 #[path = "support/hostile.rs"]
 mod hostile;
-#[path = "support/prometheus.rs"]
-mod prometheus;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -12,37 +11,7 @@ use std::net::SocketAddr;
 use broker::protocol::{Binding, Subscribe};
 use broker::{Client, QueueOptions};
 use common::*;
-use prometheus::{parse_prometheus, value};
 use serde_json::json;
-
-struct HttpBroker {
-    broker: broker::Broker,
-    _dir: tempfile::TempDir,
-}
-
-impl HttpBroker {
-    async fn start() -> HttpBroker {
-        let dir = tempfile::tempdir().unwrap();
-        let broker = start_with_http(dir.path()).await;
-        HttpBroker { broker, _dir: dir }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.broker.http_addr().expect("HTTP was asked for")
-    }
-
-    async fn client(&self) -> Client {
-        Client::connect(&self.broker.url()).await.unwrap()
-    }
-
-    async fn get(&self, path: &str) -> HttpReply {
-        http(self.addr(), "GET", path, None).await
-    }
-
-    async fn post(&self, path: &str, body: Option<&str>) -> HttpReply {
-        http(self.addr(), "POST", path, body).await
-    }
-}
 
 /// A failed API call: its status and `error.code`.
 fn error_of(reply: &HttpReply) -> (u16, String) {
@@ -386,169 +355,6 @@ async fn lists_exchanges_bindings_plugins_and_connections() {
     b.broker.shutdown().await;
 }
 
-#[tokio::test]
-async fn metrics_count_what_happened_in_prometheus_format() {
-    let b = HttpBroker::start().await;
-    let c = b.client().await;
-    c.confirm_select().await.unwrap();
-    c.declare_queue("work", QueueOptions::durable())
-        .await
-        .unwrap();
-    c.declare_exchange("events", "topic", false, Default::default())
-        .await
-        .unwrap();
-    c.bind(Binding {
-        exchange: "events".into(),
-        queue: "work".into(),
-        key: "job.*".into(),
-        arguments: Default::default(),
-    })
-    .await
-    .unwrap();
-    for _ in 0..4 {
-        c.publish(persistent("work", "x"), false).await.unwrap();
-    }
-    let mut routed = persistent("job.new", "y");
-    routed.exchange = "events".into();
-    c.publish(routed, false).await.unwrap();
-    let mut lost = persistent("nobody.listens", "z");
-    lost.exchange = "events".into();
-    c.publish(lost, false).await.unwrap();
-
-    // Ack three, reject one back (redelivered later), reject one to the DLQ.
-    let mut sub = c.consume("work", 10).await.unwrap();
-    let mut tags = Vec::new();
-    for _ in 0..5 {
-        tags.push(next(&mut sub).await.delivery_tag);
-    }
-    for tag in &tags[..3] {
-        c.ack(*tag, false).unwrap();
-    }
-    c.nack(tags[3], false, true).unwrap();
-    c.reject(tags[4], false).unwrap();
-    let again = next(&mut sub).await;
-    assert!(again.redelivered);
-    c.ack(again.delivery_tag, false).unwrap();
-
-    // A trapping plugin counts as a plugin failure.
-    c.queue_info("work").await.unwrap(); // a round trip: the acks above are applied
-
-    let scrape = wait_for(|| async {
-        let reply = b.get("/metrics").await;
-        assert_eq!(reply.status, 200);
-        assert!(
-            reply
-                .header("content-type")
-                .unwrap()
-                .starts_with("text/plain; version=0.0.4")
-        );
-        let samples = parse_prometheus(&reply.body);
-        (value(&samples, "broker_queue_acked_total", &[("queue", "work")]) == 4.0)
-            .then_some(samples)
-    })
-    .await;
-    let q = |name: &str| value(&scrape, name, &[("queue", "work")]);
-    assert_eq!(q("broker_queue_published_total"), 5.0);
-    assert_eq!(q("broker_queue_delivered_total"), 6.0);
-    assert_eq!(q("broker_queue_redelivered_total"), 1.0);
-    assert_eq!(q("broker_queue_dead_lettered_total"), 1.0);
-    assert_eq!(q("broker_queue_messages_ready"), 0.0);
-    assert_eq!(q("broker_queue_messages_unacked"), 0.0);
-    assert_eq!(q("broker_queue_consumers"), 1.0);
-    assert_eq!(
-        value(
-            &scrape,
-            "broker_queue_messages_ready",
-            &[("queue", "work.dlq")]
-        ),
-        1.0
-    );
-    assert_eq!(
-        value(
-            &scrape,
-            "broker_queue_published_total",
-            &[("queue", "work.dlq")]
-        ),
-        1.0
-    );
-    let x = |name: &str, exchange: &str| value(&scrape, name, &[("exchange", exchange)]);
-    assert_eq!(x("broker_exchange_routed_total", ""), 4.0);
-    assert_eq!(x("broker_exchange_routed_total", "events"), 1.0);
-    assert_eq!(x("broker_exchange_unroutable_total", "events"), 1.0);
-    assert_eq!(x("broker_exchange_bindings", "events"), 1.0);
-    assert!(value(&scrape, "broker_plugin_calls_total", &[("plugin", "topic")]) >= 2.0);
-    assert_eq!(
-        value(
-            &scrape,
-            "broker_plugin_errors_total",
-            &[("plugin", "topic")]
-        ),
-        0.0
-    );
-    let topic = [("plugin", "topic"), ("version", "0")];
-    assert_eq!(value(&scrape, "broker_plugin_messages_total", &topic), 2.0);
-    let calls = value(&scrape, "broker_plugin_calls_total", &topic);
-    assert_eq!(
-        value(&scrape, "broker_plugin_call_duration_seconds_count", &topic),
-        calls
-    );
-    assert!(value(&scrape, "broker_plugin_call_duration_seconds_sum", &topic) > 0.0);
-    assert_eq!(value(&scrape, "broker_connections", &[]), 1.0);
-    assert!(value(&scrape, "broker_resident_memory_bytes", &[]) > 1e6);
-    let commits = value(&scrape, "broker_store_commits_total", &[]);
-    assert!(commits >= 3.0, "{commits}");
-    assert_eq!(
-        value(&scrape, "broker_store_commit_seconds_count", &[]),
-        commits
-    );
-    assert_eq!(
-        value(&scrape, "broker_store_commit_batch_ops_count", &[]),
-        commits
-    );
-    assert!(value(&scrape, "broker_store_commit_batch_ops_sum", &[]) >= commits);
-    b.broker.shutdown().await;
-}
-
-/// Plugin failures show up per plugin: a trap is an error and a trap.
-#[tokio::test]
-async fn metrics_count_plugin_traps() {
-    let plugins = tempfile::tempdir().unwrap();
-    std::fs::write(plugins.path().join("keyed.wasm"), hostile::plugin("trap")).unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let mut config = broker::Config::new(data.path());
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.http = Some("127.0.0.1:0".parse().unwrap());
-    config.plugins_dir = Some(plugins.path().to_owned());
-    let b = broker::Broker::start(config).await.unwrap();
-    let c = Client::connect(&b.url()).await.unwrap();
-    c.confirm_select().await.unwrap();
-    c.declare_exchange("custom", "keyed", false, Default::default())
-        .await
-        .unwrap();
-    let mut boom = broker::Message::text("boom", "x");
-    boom.exchange = "custom".into();
-    let err = c.publish(boom, false).await.unwrap_err();
-    assert_eq!(err.code(), Some(broker::protocol::ErrorCode::PluginError));
-    let text = http(b.http_addr().unwrap(), "GET", "/metrics", None)
-        .await
-        .body;
-    let samples = parse_prometheus(&text);
-    // The plugins directory deployed the file as version 1.
-    let p = |name: &str| value(&samples, name, &[("plugin", "keyed"), ("version", "1")]);
-    assert_eq!(p("broker_plugin_traps_total"), 1.0);
-    assert_eq!(p("broker_plugin_messages_total"), 1.0);
-    assert_eq!(p("broker_plugin_errors_total"), 1.0);
-    assert_eq!(
-        value(
-            &samples,
-            "broker_exchange_failed_total",
-            &[("exchange", "custom")]
-        ),
-        1.0
-    );
-    b.shutdown().await;
-}
-
 /// The real binary serves HTTP where `--http` says (here a free port).
 #[tokio::test]
 async fn the_binary_serves_http_on_its_flag() {
@@ -579,25 +385,6 @@ async fn the_binary_serves_http_on_its_flag() {
             .unwrap()
             .starts_with("text/javascript")
     );
-}
-
-/// Polls `check` until it returns something (10 s at most).
-async fn wait_for<T, F, Fut>(mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(found) = check().await {
-            return found;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met in time"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
 }
 
 /// `--log-format json`: one JSON object per line, one line per connection opened and

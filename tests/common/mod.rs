@@ -346,3 +346,52 @@ pub async fn http_with_headers(
         body: body.to_owned(),
     }
 }
+
+/// An in-process broker with its management HTTP listener on a free port.
+pub struct HttpBroker {
+    pub broker: broker::Broker,
+    _dir: tempfile::TempDir,
+}
+
+impl HttpBroker {
+    pub async fn start() -> HttpBroker {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = start_with_http(dir.path()).await;
+        HttpBroker { broker, _dir: dir }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.broker.http_addr().expect("HTTP was asked for")
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.broker.url()).await.unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> HttpReply {
+        http(self.addr(), "GET", path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Option<&str>) -> HttpReply {
+        http(self.addr(), "POST", path, body).await
+    }
+}
+
+/// Polls `check` until it returns something (10 s at most).
+pub async fn wait_for<T, F, Fut>(mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met in time"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
