@@ -710,7 +710,10 @@ async fn list_handlers_reports_the_version_each_attachment_runs() {
     ))
     .await
     .unwrap();
-    assert_eq!(handler_row(&c, "stays", "worker").await["plugin_version"], 1);
+    assert_eq!(
+        handler_row(&c, "stays", "worker").await["plugin_version"],
+        1
+    );
 
     assert_eq!(
         c.deploy_plugin("worker", bundled("enrich")).await.unwrap()["version"],

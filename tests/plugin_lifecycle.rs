@@ -526,7 +526,9 @@ async fn a_failed_commit_lists_no_new_version_and_keeps_the_active_one() {
         versions(&c.plugin_history("router").await.unwrap()),
         [(1, false), (2, true)]
     );
-    let api = common::http(http_addr, "GET", "/api/plugins", None).await.json();
+    let api = common::http(http_addr, "GET", "/api/plugins", None)
+        .await
+        .json();
     let listed = api["plugins"]
         .as_array()
         .unwrap()

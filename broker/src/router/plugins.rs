@@ -316,7 +316,10 @@ impl Router {
         };
         let router = self.self_tx.clone();
         self.batch.completions.push(Box::new(move |committed| {
-            let stored = Stored { committed, ..stored };
+            let stored = Stored {
+                committed,
+                ..stored
+            };
             let _ = router.send(Command::PluginStored(Box::new(stored)));
         }));
     }

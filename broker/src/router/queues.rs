@@ -96,7 +96,9 @@ impl Router {
                     record,
                     bindings: Vec::new(),
                 };
-                router.unrestored.insert(waiting.record.name.clone(), waiting);
+                router
+                    .unrestored
+                    .insert(waiting.record.name.clone(), waiting);
             }
         }
         for (id, binding) in recovered.bindings {

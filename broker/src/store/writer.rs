@@ -312,7 +312,9 @@ fn commit(
     apply(&txn, ops(), &acked, buf)?;
     if fail {
         txn.abort()?;
-        return Err(CommitError("injected commit failure (test fault injection)".into()));
+        return Err(CommitError(
+            "injected commit failure (test fault injection)".into(),
+        ));
     }
     txn.commit()?;
     Ok(())
