@@ -676,3 +676,88 @@ async fn a_looping_handler_dead_letters_its_message_and_the_rest_flows() {
     assert_eq!(row["stats"]["acked"], 2, "{row}");
     assert_eq!(row["stats"]["failed"], 2, "{row}");
 }
+
+/// A redeployed handler that refuses one attachment's config: `list_handlers` (and the
+/// CLI) report that this attachment stays on the old version and why, while another
+/// attachment it accepts moves on; the attachment that stayed keeps working on the old
+/// version even after its instance fails.
+#[tokio::test]
+async fn list_handlers_reports_the_version_each_attachment_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = broker::Config::new(dir.path());
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let b = broker::Broker::start(config).await.unwrap();
+    let c = Client::connect(&b.url()).await.unwrap();
+    // v1 (flaky) accepts both configs; v2 (enrich) requires `exchange`.
+    c.deploy_plugin("worker", bundled("flaky")).await.unwrap();
+    for queue in ["stays", "moves"] {
+        c.declare_queue(queue, QueueOptions::durable())
+            .await
+            .unwrap();
+    }
+    // `stays`: the first delivery of every message traps on v1, the second acks.
+    c.attach_handler(attach(
+        "stays",
+        "worker",
+        &[("failures", "1"), ("fail_with", "trap")],
+    ))
+    .await
+    .unwrap();
+    c.attach_handler(attach(
+        "moves",
+        "worker",
+        &[("failures", "0"), ("exchange", "nowhere")],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        handler_row(&c, "stays", "worker").await["plugin_version"],
+        1
+    );
+
+    assert_eq!(
+        c.deploy_plugin("worker", bundled("enrich")).await.unwrap()["version"],
+        2
+    );
+    c.confirm_select().await.unwrap();
+    c.publish(persistent("stays", "job"), false).await.unwrap();
+    c.publish(persistent("moves", "not json"), false)
+        .await
+        .unwrap();
+    // v1 trapped on `stays`' message, then a fresh v1 instance acked its redelivery.
+    wait_for(&c, "stays", |q| q.ready + q.unacked == 0).await;
+    // v2 rejects what is not a JSON object: `moves` runs v2.
+    wait_for(&c, "moves", |q| q.dead_lettered == 1).await;
+    let stays = handler_row(&c, "stays", "worker").await;
+    assert_eq!(stays["plugin_version"], 1, "{stays}");
+    assert_eq!(stays["refused"]["version"], 2, "{stays}");
+    let reason = stays["refused"]["reason"].as_str().unwrap();
+    assert!(reason.contains("`exchange` is required"), "{reason}");
+    assert_eq!(stays["stats"]["failed"], 1, "{stays}");
+    assert_eq!(stays["stats"]["acked"], 1, "{stays}");
+    assert_eq!(c.queue_info("stays").await.unwrap().dead_lettered, 0);
+    let moves = handler_row(&c, "moves", "worker").await;
+    assert_eq!(moves["plugin_version"], 2, "{moves}");
+    assert_eq!(moves["refused"], Value::Null, "{moves}");
+
+    // Off the test's runtime thread, which also runs the broker the CLI talks to.
+    let url = b.url();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || cli(&["handler", "list"], &url))
+        .await
+        .unwrap();
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("version 2 refused this attachment, which stays on version 1"),
+        "{out}"
+    );
+
+    // Back to v1: the refusal no longer applies.
+    c.rollback_plugin("worker", Some(1)).await.unwrap();
+    c.publish(persistent("stays", "job"), false).await.unwrap();
+    wait_for(&c, "stays", |q| q.ready + q.unacked == 0).await;
+    let stays = handler_row(&c, "stays", "worker").await;
+    assert_eq!(stays["plugin_version"], 1, "{stays}");
+    assert_eq!(stays["refused"], Value::Null, "{stays}");
+    c.close().await;
+    b.shutdown().await;
+}

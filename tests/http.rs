@@ -98,12 +98,98 @@ async fn readyz_fails_while_a_stored_exchange_waits_for_its_plugin() {
     b.shutdown().await;
 
     // The plugins directory deploys the type (a stored version): the exchange is restored
-    // at the next start.
+    // at this start, and at the next one from the stored version.
     let b = start(None, true).await.unwrap();
+    let ready = http(b.http_addr().unwrap(), "GET", "/readyz", None).await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
     b.shutdown().await;
     let b = start(None, false).await.unwrap();
     let ready = http(b.http_addr().unwrap(), "GET", "/readyz", None).await;
     assert_eq!(ready.status, 200, "{}", ready.body);
+    b.shutdown().await;
+}
+
+/// A stored exchange whose type is missing at startup comes back, with its stored
+/// bindings, as soon as its type is deployed over the protocol: no restart needed, and
+/// the broker turns ready. A binding to a queue deleted meanwhile does not come back.
+#[tokio::test]
+async fn a_stored_exchange_returns_with_its_bindings_when_its_type_is_deployed() {
+    let data = tempfile::tempdir().unwrap();
+    let embedded = broker::plugin::PluginHost::with_standard_exchanges(Default::default()).unwrap();
+    embedded
+        .load_blocking("keyed", &hostile::plugin("trap"))
+        .unwrap();
+    let start = |host: Option<broker::plugin::PluginHost>| {
+        let mut config = broker::Config::new(data.path());
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.http = Some("127.0.0.1:0".parse().unwrap());
+        config.plugins = host;
+        broker::Broker::start(config)
+    };
+    let bind = |queue: &str| Binding {
+        exchange: "custom".into(),
+        queue: queue.into(),
+        key: "k".into(),
+        arguments: Default::default(),
+    };
+    let b = start(Some(embedded)).await.unwrap();
+    let c = Client::connect(&b.url()).await.unwrap();
+    c.declare_exchange("custom", "keyed", true, Default::default())
+        .await
+        .unwrap();
+    for queue in ["orders", "gone"] {
+        c.declare_queue(queue, QueueOptions::durable())
+            .await
+            .unwrap();
+        c.bind(bind(queue)).await.unwrap();
+    }
+    c.close().await;
+    b.shutdown().await;
+
+    let b = start(None).await.unwrap();
+    let addr = b.http_addr().unwrap();
+    assert_eq!(http(addr, "GET", "/readyz", None).await.status, 503);
+    let c = Client::connect(&b.url()).await.unwrap();
+    c.confirm_select().await.unwrap();
+    let publish = || {
+        let mut m = persistent("k", "routed by the restored exchange");
+        m.exchange = "custom".into();
+        c.publish(m, false)
+    };
+    let err = publish().await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(broker::protocol::ErrorCode::ExchangeNotFound)
+    );
+    c.delete_queue("gone").await.unwrap();
+
+    c.deploy_plugin("keyed", &hostile::plugin("trap"))
+        .await
+        .unwrap();
+    let ready = http(addr, "GET", "/readyz", None).await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let exchanges = c.list_exchanges().await.unwrap();
+    assert!(exchanges.unrestored.is_empty(), "{exchanges:?}");
+    let custom = exchanges
+        .exchanges
+        .iter()
+        .find(|e| e.exchange == "custom")
+        .expect("restored");
+    assert_eq!((custom.kind.as_str(), custom.durable), ("keyed", true));
+    assert_eq!(custom.bindings, 1, "the binding to `gone` went with it");
+    publish().await.unwrap();
+    assert_eq!(c.queue_info("orders").await.unwrap().ready, 1);
+    c.close().await;
+    b.shutdown().await;
+
+    // Stored as it was: back at the next start, from the deployed version.
+    let b = start(None).await.unwrap();
+    let ready = http(b.http_addr().unwrap(), "GET", "/readyz", None).await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let c = Client::connect(&b.url()).await.unwrap();
+    let bindings = c.list_bindings().await.unwrap();
+    assert_eq!(bindings, [bind("orders")]);
+    c.close().await;
     b.shutdown().await;
 }
 

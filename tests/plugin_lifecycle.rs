@@ -468,3 +468,103 @@ async fn pipelined_deploys_take_effect_in_order() {
         "the active bytes behind a queued deploy are a new version"
     );
 }
+
+/// The `router` entry of `list_plugins`.
+async fn router_entry(c: &Client) -> serde_json::Value {
+    let list = c.list_plugins().await.unwrap();
+    list["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "router")
+        .cloned()
+        .unwrap()
+}
+
+/// A deploy or rollback whose commit fails gets `store_error` and changes nothing anyone
+/// can see: the previous version keeps running and stays the one `list_plugins`,
+/// `plugin_history`, the HTTP API and the metrics show; the failed deploy's number goes to
+/// the next deploy, and a restart shows exactly what was listed before it.
+#[tokio::test]
+async fn a_failed_commit_lists_no_new_version_and_keeps_the_active_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = TestBroker {
+        broker: Some(common::start_with_http(dir.path()).await),
+        dir,
+    };
+    let http_addr = b.broker.as_ref().unwrap().http_addr().unwrap();
+    let c = b.client().await;
+    let (v1, v2) = (hostile::plugin("trap"), hostile::plugin("spin"));
+    c.deploy_plugin("router", &v1).await.unwrap();
+    let active = c.deploy_plugin("router", &v2).await.unwrap();
+    assert_eq!(active["version"], 2);
+    c.declare_exchange("ex", "router", true, Headers::new())
+        .await
+        .unwrap();
+    c.confirm_select().await.unwrap();
+    assert_eq!(boom(&c).await, Ok(()), "v2 routes boom nowhere");
+
+    b.broker.as_ref().unwrap().fail_commits(true);
+    let err = c.deploy_plugin("router", &v1).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::StoreError), "{err}");
+    let err = c.rollback_plugin("router", Some(1)).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::StoreError), "{err}");
+    b.broker.as_ref().unwrap().fail_commits(false);
+
+    assert_eq!(boom(&c).await, Ok(()), "v2 still runs");
+    let entry = router_entry(&c).await;
+    assert_eq!(entry["active_version"], 2, "{entry}");
+    assert_eq!(entry["hash"], active["hash"], "{entry}");
+    let ran: Vec<u64> = entry["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert!(!ran.contains(&3), "{entry}");
+    assert_eq!(
+        versions(&c.plugin_history("router").await.unwrap()),
+        [(1, false), (2, true)]
+    );
+    let api = common::http(http_addr, "GET", "/api/plugins", None)
+        .await
+        .json();
+    let listed = api["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "router")
+        .unwrap();
+    assert_eq!(listed["active_version"], 2, "{listed}");
+    let metrics = common::http(http_addr, "GET", "/metrics", None).await.body;
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.contains("plugin=\"router\"") && l.contains("version=\"3\"")),
+        "no samples for a version never stored"
+    );
+    let ready = common::http(http_addr, "GET", "/readyz", None).await;
+    assert_eq!(ready.status, 503, "the last commit failed: {}", ready.body);
+
+    // The failed deploy's number is the next deploy's.
+    let deployed = c.deploy_plugin("router", &v1).await.unwrap();
+    assert_eq!(deployed["version"], 3);
+    assert_eq!(
+        boom(&c).await,
+        Err(ErrorCode::PluginError),
+        "v3 (trap) runs"
+    );
+    let listed = versions(&c.plugin_history("router").await.unwrap());
+    assert_eq!(listed, [(1, false), (2, false), (3, true)]);
+    assert_eq!(router_entry(&c).await["active_version"], 3);
+
+    c.close().await;
+    b.restart().await;
+    let c = b.client().await;
+    assert_eq!(
+        versions(&c.plugin_history("router").await.unwrap()),
+        listed,
+        "the store agrees with what was listed"
+    );
+    assert_eq!(router_entry(&c).await["active_version"], 3);
+}

@@ -137,6 +137,14 @@ pub async fn run(what: Handler) -> anyhow::Result<()> {
                     s["published"],
                     config.join(",")
                 );
+                if let Some(refused) = h["refused"].as_object() {
+                    println!(
+                        "  version {} refused this attachment, which stays on version {}: {}",
+                        refused["version"],
+                        version,
+                        refused["reason"].as_str().unwrap_or("?")
+                    );
+                }
             }
             client.close().await;
         }

@@ -129,11 +129,60 @@ impl HandlerSlot {
         queue: &str,
         config: &[(String, String)],
     ) -> Result<LiveHandler, HandlerError> {
-        let (plugin, generation) = {
+        self.instantiate_active(queue, config).map_err(|(_, e)| e)
+    }
+
+    /// [`HandlerSlot::instantiate`], telling which version failed or refused `config`.
+    pub fn instantiate_active(
+        &self,
+        queue: &str,
+        config: &[(String, String)],
+    ) -> Result<LiveHandler, (u64, HandlerError)> {
+        let version = {
             let current = self.current.read().expect("handler slot lock poisoned");
-            (current.clone(), self.generation())
+            HandlerVersion {
+                loaded: current.clone(),
+                generation: self.generation(),
+            }
         };
-        LiveHandler::new(self, &plugin, generation, queue, config)
+        self.instantiate_version(&version, queue, config)
+            .map_err(|e| (version.version(), e))
+    }
+
+    /// A fresh instance of `version` (an instance's [`LiveHandler::handler_version`]), not
+    /// necessarily the current one: an attachment that a newer version refused keeps
+    /// running the version it has.
+    pub fn instantiate_version(
+        &self,
+        version: &HandlerVersion,
+        queue: &str,
+        config: &[(String, String)],
+    ) -> Result<LiveHandler, HandlerError> {
+        LiveHandler::new(self, &version.loaded, version.generation, queue, config)
+    }
+}
+
+/// One version of a handler, as an instance of it runs: a new instance of the same
+/// version can be made from it ([`HandlerSlot::instantiate_version`]).
+#[derive(Clone)]
+pub struct HandlerVersion {
+    loaded: Arc<LoadedHandler>,
+    generation: u64,
+}
+
+impl HandlerVersion {
+    /// The deployed version number (0 for bundled handlers and unversioned files).
+    pub fn version(&self) -> u64 {
+        self.loaded.info.version
+    }
+}
+
+impl std::fmt::Debug for HandlerVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandlerVersion")
+            .field("version", &self.version())
+            .field("generation", &self.generation)
+            .finish()
     }
 }
 
@@ -409,6 +458,7 @@ impl PublishHost for HandlerState {
 pub struct LiveHandler {
     store: Store<HandlerState>,
     plugin: HandlerPlugin,
+    loaded: Arc<LoadedHandler>,
     generation: u64,
     limits: Limits,
     stats: Arc<PluginStats>,
@@ -417,7 +467,7 @@ pub struct LiveHandler {
 impl LiveHandler {
     fn new(
         slot: &HandlerSlot,
-        loaded: &LoadedHandler,
+        loaded: &Arc<LoadedHandler>,
         generation: u64,
         queue: &str,
         config: &[(String, String)],
@@ -454,6 +504,7 @@ impl LiveHandler {
         Ok(LiveHandler {
             store,
             plugin,
+            loaded: loaded.clone(),
             generation,
             limits: limits.clone(),
             stats: loaded.stats.clone(),
@@ -463,6 +514,20 @@ impl LiveHandler {
     /// The slot generation (plugin version) this instance runs.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// The deployed version number this instance runs (0 for bundled handlers and
+    /// unversioned files).
+    pub fn version(&self) -> u64 {
+        self.loaded.info.version
+    }
+
+    /// The version this instance runs, to make more instances of it.
+    pub fn handler_version(&self) -> HandlerVersion {
+        HandlerVersion {
+            loaded: self.loaded.clone(),
+            generation: self.generation,
+        }
     }
 
     /// Runs `handle` on `msg`. A failure (trap, fuel, deadline, memory; the error says

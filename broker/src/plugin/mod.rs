@@ -52,8 +52,8 @@ pub use bindings::ABI_MAJOR_VERSION;
 pub use bundled::{STANDARD_EXCHANGES, STANDARD_HANDLERS};
 pub use exchange::PluginExchange;
 pub use handler::{
-    Handled, HandlerError, HandlerOutcome, HandlerSlot, LiveHandler, MAX_PUBLISH_BYTES_PER_CALL,
-    MAX_PUBLISHES_PER_CALL,
+    Handled, HandlerError, HandlerOutcome, HandlerSlot, HandlerVersion, LiveHandler,
+    MAX_PUBLISH_BYTES_PER_CALL, MAX_PUBLISHES_PER_CALL,
 };
 pub use limits::Limits;
 pub use loader::{Capabilities, LoadError, PluginInfo, PluginSource};

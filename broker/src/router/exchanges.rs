@@ -31,6 +31,13 @@ impl From<ExchangeError> for OpError {
     }
 }
 
+/// A stored exchange whose type is not loaded, and its stored bindings: restored when a
+/// version of its type becomes active.
+pub(super) struct Unrestored {
+    pub record: ExchangeRecord,
+    pub bindings: Vec<(BindingId, Binding)>,
+}
+
 fn default_exchange_refused(what: &str) -> OpError {
     OpError::new(
         ErrorCode::AccessRefused,
@@ -64,8 +71,8 @@ impl Router {
             .create(&declare.kind, &declare.exchange, &declare.arguments)?;
         // A new exchange replacing an unrestored stored one inherits neither its record
         // nor its bindings.
-        if let Some(orphans) = self.orphan_bindings.remove(&declare.exchange) {
-            for id in orphans {
+        if let Some(waiting) = self.unrestored.remove(&declare.exchange) {
+            for (id, _) in waiting.bindings {
                 self.batch.ops.push(StoreOp::DeleteBinding(id));
             }
             self.batch
@@ -179,10 +186,45 @@ impl Router {
         Ok(Reply::OkAfterCommit(serde_json::Value::Null))
     }
 
-    /// Re-adds a stored binding at startup; a binding whose exchange or queue is gone is
-    /// dropped from the store.
+    /// Creates a stored exchange (startup, or its type just became available), without
+    /// bindings; gives the record back when its type cannot create it.
+    pub(super) fn restore_exchange(
+        &mut self,
+        record: ExchangeRecord,
+    ) -> Result<(), (ExchangeRecord, ExchangeError)> {
+        match self
+            .plugins
+            .create(&record.kind, &record.name, &record.arguments)
+        {
+            Ok(routing) => {
+                let state = ExchangeState {
+                    kind: record.kind,
+                    durable: true,
+                    arguments: record.arguments,
+                    routing,
+                    bindings: HashMap::new(),
+                    counters: Default::default(),
+                };
+                self.exchanges.insert(record.name, state);
+                Ok(())
+            }
+            Err(e) => Err((record, e)),
+        }
+    }
+
+    /// Re-adds a stored binding (startup, or its exchange was just restored); a binding
+    /// whose queue is gone, or whose exchange is not stored, is dropped from the store.
     pub(super) fn restore_binding(&mut self, id: BindingId, binding: Binding) {
         let queue_exists = self.queues.contains_key(binding.queue.as_str());
+        if let Some(waiting) = self.unrestored.get_mut(&binding.exchange) {
+            // Its exchange's type is not loaded: keep it until it is.
+            if queue_exists {
+                waiting.bindings.push((id, binding));
+            } else {
+                self.batch.ops.push(StoreOp::DeleteBinding(id));
+            }
+            return;
+        }
         match self.exchanges.get_mut(&binding.exchange) {
             Some(exchange) if queue_exists => {
                 match exchange.routing.bind(id, &binding.key, &binding.arguments) {
@@ -193,17 +235,54 @@ impl Router {
                 }
             }
             Some(_) => self.batch.ops.push(StoreOp::DeleteBinding(id)),
-            // Its exchange's type is not loaded: keep it for a start where it is.
-            None => self
-                .orphan_bindings
-                .entry(binding.exchange)
-                .or_default()
-                .push(id),
+            None => {
+                tracing::warn!(binding = id, exchange = %binding.exchange, "stored binding of an exchange that is not stored; dropped");
+                self.batch.ops.push(StoreOp::DeleteBinding(id));
+            }
+        }
+    }
+
+    /// Plugin type `kind` just got an active version: the stored exchanges of that type
+    /// that could not be restored at startup are created now, with their bindings.
+    pub(super) fn restore_waiting_exchanges(&mut self, kind: &str) {
+        let names: Vec<String> = self
+            .unrestored
+            .iter()
+            .filter(|(_, waiting)| waiting.record.kind == kind)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in names {
+            let Some(Unrestored { record, bindings }) = self.unrestored.remove(&name) else {
+                continue;
+            };
+            match self.restore_exchange(record) {
+                Ok(()) => {
+                    let count = bindings.len();
+                    for (id, binding) in bindings {
+                        self.restore_binding(id, binding);
+                    }
+                    tracing::info!(exchange = %name, kind, bindings = count, "stored exchange restored: its type is active now");
+                }
+                Err((record, e)) => {
+                    tracing::error!(exchange = %name, kind, error = %e, "cannot restore exchange with the new version of its type; it stays stored");
+                    self.unrestored
+                        .insert(name, Unrestored { record, bindings });
+                }
+            }
         }
     }
 
     /// Removes every binding to `queue` (the queue is being deleted).
     pub(super) fn remove_bindings_to(&mut self, queue: &str) {
+        for waiting in self.unrestored.values_mut() {
+            waiting.bindings.retain(|(id, b)| {
+                let keep = b.queue != queue;
+                if !keep {
+                    self.batch.ops.push(StoreOp::DeleteBinding(*id));
+                }
+                keep
+            });
+        }
         for exchange in self.exchanges.values_mut() {
             let ids: Vec<BindingId> = exchange
                 .bindings

@@ -73,6 +73,8 @@ pub enum Command {
     },
     /// A deployed or rolled-back plugin version was compiled (or refused).
     PluginPrepared(Box<plugins::Prepared>),
+    /// A prepared plugin version's commit ended (successfully or not).
+    PluginStored(Box<plugins::Stored>),
     /// A version deployed with automatic rollback is failing.
     AutoRollback {
         name: String,
@@ -185,15 +187,19 @@ pub struct Router {
     exchanges: HashMap<String, ExchangeState>,
     /// The exchange types (Wasm plugins), and where deploys load new versions.
     plugins: PluginHost,
-    /// Stored bindings of stored exchanges whose type was not loaded at startup; dropped
-    /// if an exchange of that name is declared anew.
-    orphan_bindings: HashMap<String, Vec<BindingId>>,
+    /// Stored exchanges whose type was not loaded at startup, with their stored bindings:
+    /// created when their type gets an active version, dropped if an exchange of that
+    /// name is declared anew.
+    unrestored: HashMap<String, exchanges::Unrestored>,
     /// Every deployed version of each plugin, in version order.
     plugin_versions: std::collections::BTreeMap<String, Vec<crate::store::PluginVersion>>,
     /// Plugin name → active version.
     active_plugins: HashMap<String, u64>,
     /// Plugin name → its deploys and rollbacks not done yet; the first one is compiling.
     deploys: HashMap<String, std::collections::VecDeque<plugins::DeployJob>>,
+    /// Plugin name → versions compiled and waiting for the commit that makes them active
+    /// (only then are they listed and running).
+    committing: HashMap<String, Vec<u64>>,
     /// Compiled plugin code by artifact key (see `PluginHost::artifact_key`).
     plugin_artifacts: HashMap<String, bytes::Bytes>,
     /// The last automatic rollback of each plugin.
@@ -265,6 +271,7 @@ impl Router {
                         delivery_tags,
                     } => self.settle_written(conn, delivery_tags),
                     Command::PluginPrepared(prepared) => self.plugin_prepared(*prepared),
+                    Command::PluginStored(stored) => self.plugin_stored(*stored),
                     Command::AutoRollback { name, failing } => self.auto_rollback(name, failing),
                     Command::HandlerDone(done) => self.handler_done(*done),
                     Command::HandlerStarted(started) => self.handler_started(*started),

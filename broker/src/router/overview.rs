@@ -33,12 +33,7 @@ impl Router {
             }))
             .collect();
         exchanges.sort_by(|a, b| a.exchange.cmp(&b.exchange));
-        let mut unrestored: Vec<String> = self
-            .orphan_bindings
-            .keys()
-            .filter(|name| !self.exchanges.contains_key(*name))
-            .cloned()
-            .collect();
+        let mut unrestored: Vec<String> = self.unrestored.keys().cloned().collect();
         unrestored.sort();
         Reply::Ok(to_json(ExchangeList {
             exchanges,

@@ -18,7 +18,7 @@ use super::{Command, OpError, Outbound, Reply, Router};
 use crate::plugin::{LoadError, PluginSource, PreparedPlugin, content_hash};
 use crate::protocol::{ErrorCode, RequestId, ServerFrame};
 use crate::queue::ConnId;
-use crate::store::{PluginVersion, StoreOp};
+use crate::store::{CommitError, PluginVersion, StoreOp};
 
 /// A deploy or rollback waiting for (or in) compilation.
 #[derive(Debug, Clone)]
@@ -28,6 +28,8 @@ pub(super) struct DeployJob {
     version: PluginVersion,
     is_new: bool,
     auto_rollback: bool,
+    /// Set for an automatic rollback: recorded for `list_plugins` once it is stored.
+    automatic: Option<AutoRollback>,
 }
 
 /// A version compiled (or refused) off the router's task, for the router to record.
@@ -39,8 +41,26 @@ pub struct Prepared {
     pub version: PluginVersion,
     pub is_new: bool,
     pub auto_rollback: bool,
+    pub automatic: Option<AutoRollback>,
     pub compile_time: Duration,
     pub result: Result<PreparedPlugin, LoadError>,
+}
+
+/// A prepared version whose commit has ended, for the router to make active (or, when
+/// the commit failed, to forget).
+#[derive(Debug)]
+pub struct Stored {
+    requester: Option<(ConnId, RequestId)>,
+    version: PluginVersion,
+    is_new: bool,
+    auto_rollback: bool,
+    automatic: Option<AutoRollback>,
+    /// The compiled code stored with it (artifact key, bytes), if it was compiled now.
+    artifact: Option<(String, Bytes)>,
+    /// The reply's result, when the commit succeeded.
+    result: serde_json::Value,
+    prepared: PreparedPlugin,
+    committed: Result<(), CommitError>,
 }
 
 /// When a version watched for automatic rollback is judged failing: at least this many
@@ -78,6 +98,7 @@ impl Router {
             && active.hash == hash
             && running == Some(active.version)
             && !self.deploys.contains_key(&name)
+            && !self.committing.contains_key(&name)
         {
             // Redeploying the running bytes (a restart's plugins directory, a touched
             // file) is not a new version; behind a queued deploy it would be one.
@@ -93,8 +114,14 @@ impl Router {
             .get(&name)
             .and_then(|v| v.last())
             .map_or(0, |v| v.version);
+        // Versions compiling or waiting for their commit hold their numbers too.
         let queued = self.deploys.get(&name).into_iter().flatten();
-        let number = queued.map(|job| job.version.version).fold(stored, u64::max) + 1;
+        let committing = self.committing.get(&name).into_iter().flatten().copied();
+        let number = queued
+            .map(|job| job.version.version)
+            .chain(committing)
+            .fold(stored, u64::max)
+            + 1;
         let version = PluginVersion {
             hash,
             name,
@@ -104,7 +131,7 @@ impl Router {
             size_bytes: wasm.len() as u64,
             wasm: wasm.into(),
         };
-        self.prepare(Some((conn, id)), version, true, auto_rollback);
+        self.prepare(Some((conn, id)), version, true, auto_rollback, None);
         Ok(Reply::Silent)
     }
 
@@ -116,7 +143,7 @@ impl Router {
         to: Option<u64>,
     ) -> Result<Reply, OpError> {
         let target = self.rollback_target(name, to)?;
-        self.prepare(Some((conn, id)), target, false, false);
+        self.prepare(Some((conn, id)), target, false, false, None);
         Ok(Reply::Silent)
     }
 
@@ -156,12 +183,14 @@ impl Router {
         version: PluginVersion,
         is_new: bool,
         auto_rollback: bool,
+        automatic: Option<AutoRollback>,
     ) {
         let job = DeployJob {
             requester,
             version,
             is_new,
             auto_rollback,
+            automatic,
         };
         let name = job.version.name.clone();
         let queue = self.deploys.entry(name.clone()).or_default();
@@ -180,6 +209,7 @@ impl Router {
             version,
             is_new,
             auto_rollback,
+            automatic,
         }) = self.deploys.get(name).and_then(|q| q.front()).cloned()
         else {
             return;
@@ -200,6 +230,7 @@ impl Router {
                 version,
                 is_new,
                 auto_rollback,
+                automatic,
                 compile_time: started.elapsed(),
                 result,
             };
@@ -207,14 +238,15 @@ impl Router {
         });
     }
 
-    /// Records a prepared version (numbered and stored when new, with its compiled
-    /// artifact) and makes it active once that is durable; answers the requester then.
+    /// Stores a prepared version (with its compiled artifact when new, and as the active
+    /// version); [`Router::plugin_stored`] makes it active once that commit is durable.
     pub(super) fn plugin_prepared(&mut self, prepared: Prepared) {
         let Prepared {
             requester,
             version,
             is_new,
             auto_rollback,
+            automatic,
             compile_time,
             result,
         } = prepared;
@@ -226,45 +258,41 @@ impl Router {
                 self.start_next_deploy(&version.name);
             }
         }
-        let tx = requester.and_then(|(conn, id)| Some((self.conns.get(&conn)?.tx.clone(), id)));
         let prepared = match result {
             Ok(prepared) => prepared,
             Err(e) => {
                 tracing::warn!(plugin = %version.name, version = version.version, error = %e, "plugin version refused; the active version stays");
-                if let Some((tx, id)) = tx {
+                if let Some((conn, id)) = requester {
                     let frame =
                         ServerFrame::error(Some(id), ErrorCode::InvalidPlugin, e.to_string());
-                    let _ = tx.send(Outbound::Frame(frame));
+                    self.send_frame(conn, frame);
                 }
                 return;
             }
         };
         if is_new {
-            let versions = self
-                .plugin_versions
-                .entry(version.name.clone())
-                .or_default();
-            let at = versions.partition_point(|v| v.version < version.version);
-            versions.insert(at, version.clone());
             self.batch
                 .ops
                 .push(StoreOp::PutPluginVersion(version.clone()));
         }
-        if let Some(artifact) = prepared.artifact() {
+        let artifact = prepared.artifact().map(|artifact| {
             let key = self.plugins.artifact_key(&version.hash);
-            self.plugin_artifacts
-                .insert(key.clone(), Bytes::from(artifact.clone()));
-            self.batch
-                .ops
-                .push(StoreOp::PutPluginArtifact { key, artifact });
-        }
-        let previous = self
-            .active_plugins
-            .insert(version.name.clone(), version.version);
+            self.batch.ops.push(StoreOp::PutPluginArtifact {
+                key: key.clone(),
+                artifact: artifact.clone(),
+            });
+            (key, Bytes::from(artifact))
+        });
         self.batch.ops.push(StoreOp::SetActivePlugin {
             name: version.name.clone(),
             version: version.version,
         });
+        // The router's own record (versions, active version, artifacts) follows the
+        // commit: until it is known, the version is neither listed nor running.
+        self.committing
+            .entry(version.name.clone())
+            .or_default()
+            .push(version.version);
         let info = prepared.info().clone();
         let result = json!({
             "name": version.name,
@@ -274,34 +302,92 @@ impl Router {
             "capabilities": info.capabilities,
             "size_bytes": version.size_bytes,
             "compile_ms": compile_time.as_secs_f64() * 1e3,
-            "auto_rollback": auto_rollback && previous.is_some(),
         });
-        let (plugins, name, number) = (self.plugins.clone(), version.name.clone(), version.version);
-        let log = (version.hash.clone(), version.deployed_by.clone(), !is_new);
+        let stored = Stored {
+            requester,
+            version,
+            is_new,
+            auto_rollback,
+            automatic,
+            artifact,
+            result,
+            prepared,
+            committed: Ok(()),
+        };
+        let router = self.self_tx.clone();
         self.batch.completions.push(Box::new(move |committed| {
-            let frame = match committed {
-                Ok(()) => {
-                    plugins.install(prepared);
-                    let (hash, deployed_by, rollback) = log;
-                    tracing::info!(plugin = %name, version = number, %hash, %deployed_by, rollback, "plugin version active");
-                    tx.as_ref().map(|(_, id)| ServerFrame::Ok {
-                        id: id.clone(),
-                        result,
-                    })
-                }
-                Err(e) => {
-                    tracing::error!(plugin = %name, version = number, error = %e, "plugin version not stored; not activated");
-                    tx.as_ref().map(|(_, id)| {
-                        ServerFrame::error(Some(id.clone()), ErrorCode::StoreError, e.to_string())
-                    })
-                }
+            let stored = Stored {
+                committed,
+                ..stored
             };
-            if let (Some((tx, _)), Some(frame)) = (tx, frame) {
-                let _ = tx.send(Outbound::Frame(frame));
-            }
+            let _ = router.send(Command::PluginStored(Box::new(stored)));
         }));
-        if auto_rollback && let Some(previous) = previous {
-            self.watch_for_rollback(version.name.clone(), version.version, previous);
+    }
+
+    /// A deployed or rolled-back version's commit ended: on success it becomes the active
+    /// version (listed, running, watched when asked) and the requester gets `ok`; on
+    /// failure nothing changes but the `store_error` reply.
+    pub(super) fn plugin_stored(&mut self, stored: Stored) {
+        let Stored {
+            requester,
+            version,
+            is_new,
+            auto_rollback,
+            automatic,
+            artifact,
+            mut result,
+            prepared,
+            committed,
+        } = stored;
+        let name = version.name.clone();
+        if let Some(pending) = self.committing.get_mut(&name) {
+            if let Some(at) = pending.iter().position(|v| *v == version.version) {
+                pending.remove(at);
+            }
+            if pending.is_empty() {
+                self.committing.remove(&name);
+            }
+        }
+        if let Err(e) = committed {
+            tracing::error!(plugin = %name, version = version.version, error = %e, "plugin version not stored; not activated");
+            if let Some((conn, id)) = requester {
+                let frame = ServerFrame::error(Some(id), ErrorCode::StoreError, e.to_string());
+                self.send_frame(conn, frame);
+            }
+            return;
+        }
+        if let Some((key, artifact)) = artifact {
+            self.plugin_artifacts.insert(key, artifact);
+        }
+        let number = version.version;
+        let log = (version.hash.clone(), version.deployed_by.clone(), !is_new);
+        if is_new {
+            let versions = self.plugin_versions.entry(name.clone()).or_default();
+            let at = versions.partition_point(|v| v.version < number);
+            versions.insert(at, version);
+        }
+        let previous = self.active_plugins.insert(name.clone(), number);
+        if let Some(automatic) = automatic {
+            self.auto_rollbacks.insert(name.clone(), automatic);
+        }
+        self.plugins.install(prepared);
+        let (hash, deployed_by, rollback) = log;
+        tracing::info!(plugin = %name, version = number, %hash, %deployed_by, rollback, "plugin version active");
+        let watched = auto_rollback && previous.is_some();
+        result["auto_rollback"] = json!(watched);
+        if let Some((conn, id)) = requester {
+            self.send_frame(conn, ServerFrame::Ok { id, result });
+        }
+        if watched && let Some(previous) = previous {
+            self.watch_for_rollback(name.clone(), number, previous);
+        }
+        self.restore_waiting_exchanges(&name);
+    }
+
+    /// Sends `frame` to connection `conn`, if it is still open.
+    fn send_frame(&self, conn: ConnId, frame: ServerFrame) {
+        if let Some(c) = self.conns.get(&conn) {
+            let _ = c.tx.send(Outbound::Frame(frame));
         }
     }
 
@@ -311,19 +397,12 @@ impl Router {
         let (plugins, router) = (self.plugins.clone(), self.self_tx.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(AUTO_ROLLBACK_CHECK);
-            // Long enough for any commit; a version never swapped in is not watched.
-            let give_up = Instant::now() + Duration::from_secs(30);
             loop {
                 tick.tick().await;
-                let Some(active) = plugins.info(&name) else {
-                    return;
-                };
-                if active.version != version {
-                    // Not swapped in yet (commit pending), or replaced since.
-                    if active.version == previous && Instant::now() < give_up {
-                        continue;
-                    }
-                    return;
+                // Started once the version is active; it stops being watched when replaced.
+                match plugins.info(&name) {
+                    Some(active) if active.version == version => {}
+                    _ => return,
                 }
                 let stats = plugins
                     .version_stats(&name)
@@ -362,8 +441,7 @@ impl Router {
             plugin = %name, from = failing.from, to = failing.to, errors = failing.errors,
             calls = failing.calls, "plugin version failing; rolling back automatically"
         );
-        self.auto_rollbacks.insert(name, failing);
-        self.prepare(None, target, false, false);
+        self.prepare(None, target, false, false, Some(failing));
     }
 
     pub(super) fn list_plugins(&self) -> Reply {

@@ -3,8 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use super::{ExchangeState, OpError, Reply, Router};
-use crate::exchange::ExchangeTypes as _;
+use super::{OpError, Reply, Router};
 use crate::plugin::PluginHost;
 use crate::protocol::{DeclareQueue, ErrorCode, MessageCount, QueueInfo, QueueList, ServerFrame};
 use crate::queue::{ConnId, Entry, Queue, QueuePolicy, QueueSpec};
@@ -40,7 +39,8 @@ impl Router {
             plugin_artifacts: recovered.plugin_artifacts,
             auto_rollbacks: HashMap::new(),
             self_tx,
-            orphan_bindings: HashMap::new(),
+            unrestored: HashMap::new(),
+            committing: HashMap::new(),
             conns: HashMap::new(),
             store: Some(store),
             batch: WriteBatch::default(),
@@ -87,31 +87,18 @@ impl Router {
             router.queues.insert(name, queue);
         }
         for record in recovered.exchanges {
-            match router
-                .plugins
-                .create(&record.kind, &record.name, &record.arguments)
-            {
-                Ok(routing) => {
-                    let state = ExchangeState {
-                        kind: record.kind,
-                        durable: true,
-                        arguments: record.arguments,
-                        routing,
-                        bindings: HashMap::new(),
-                        counters: Default::default(),
-                    };
-                    router.exchanges.insert(record.name, state);
-                }
-                Err(e) => {
-                    router
-                        .orphan_bindings
-                        .entry(record.name.clone())
-                        .or_default();
-                    tracing::error!(
+            if let Err((record, e)) = router.restore_exchange(record) {
+                tracing::error!(
                     exchange = %record.name, kind = %record.kind, error = %e,
-                    "cannot restore exchange; it stays stored and returns at a start with its type loaded (--plugins-dir or a stored deploy)"
-                    );
-                }
+                    "cannot restore exchange; it stays stored and is restored when its type is deployed"
+                );
+                let waiting = super::exchanges::Unrestored {
+                    record,
+                    bindings: Vec::new(),
+                };
+                router
+                    .unrestored
+                    .insert(waiting.record.name.clone(), waiting);
             }
         }
         for (id, binding) in recovered.bindings {

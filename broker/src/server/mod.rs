@@ -92,6 +92,7 @@ pub struct Broker {
     shutdown: watch::Sender<bool>,
     acceptor: JoinHandle<()>,
     http: Option<JoinHandle<()>>,
+    store: Arc<store::WriterStats>,
 }
 
 impl Broker {
@@ -154,6 +155,7 @@ impl Broker {
         };
         let store_stats = writer.stats();
         let router = Router::spawn(recovered, writer, plugins.clone());
+        let store = store_stats.clone();
         let (shutdown, shutdown_rx) = watch::channel(false);
         if let Some(dir) = &config.plugins_dir {
             let mut plugins_dir = PluginsDir::new(dir, &router);
@@ -187,6 +189,7 @@ impl Broker {
             shutdown,
             acceptor,
             http: http_task,
+            store,
         })
     }
 
@@ -202,6 +205,16 @@ impl Broker {
     /// Where the management HTTP listener is, when [`Config::http`] asked for one.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// Fault injection for tests: while `on`, every store commit fails (the transaction is
+    /// aborted, nothing of it is written), the way commits fail on a full or broken disk,
+    /// so replies that wait for a commit get `store_error`. Not for production use.
+    #[doc(hidden)]
+    pub fn fail_commits(&self, on: bool) {
+        self.store
+            .fail_commits
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Stops accepting, closes every connection, commits pending writes and closes the

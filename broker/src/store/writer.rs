@@ -113,6 +113,10 @@ pub struct WriterStats {
     pub failing: AtomicBool,
     /// The writer thread is running (false once it stopped, for whatever reason).
     pub running: AtomicBool,
+    /// Fault injection for tests ([`crate::Broker::fail_commits`]): while set, every
+    /// transaction with operations is aborted instead of committed, and fails like a
+    /// commit on a full or broken disk.
+    pub(crate) fail_commits: AtomicBool,
 }
 
 /// Operations per commit: 1 at idle, thousands under load.
@@ -133,6 +137,7 @@ impl Default for WriterStats {
             commit_errors: AtomicU64::new(0),
             failing: AtomicBool::new(false),
             running: AtomicBool::new(true),
+            fail_commits: AtomicBool::new(false),
         }
     }
 }
@@ -256,7 +261,8 @@ fn run(db: &Database, rx: mpsc::Receiver<Request>, stats: &WriterStats, commits:
         }
         let ops: usize = batches.iter().map(|b| b.ops.len()).sum();
         let started = Instant::now();
-        let result = commit(db, &batches, &mut encode_buf);
+        let fail = stats.fail_commits.load(Relaxed);
+        let result = commit(db, &batches, &mut encode_buf, fail);
         if result.is_ok() {
             commits
                 .committed
@@ -289,7 +295,14 @@ fn run(db: &Database, rx: mpsc::Receiver<Request>, stats: &WriterStats, commits:
     tracing::debug!("store writer closed");
 }
 
-fn commit(db: &Database, batches: &[WriteBatch], buf: &mut Vec<u8>) -> Result<(), CommitError> {
+/// Applies every batch's operations in one transaction and commits it; with `fail` (a
+/// test's fault injection) the transaction is aborted instead and reported as failed.
+fn commit(
+    db: &Database,
+    batches: &[WriteBatch],
+    buf: &mut Vec<u8>,
+    fail: bool,
+) -> Result<(), CommitError> {
     if batches.iter().all(|b| b.ops.is_empty()) {
         return Ok(());
     }
@@ -297,6 +310,12 @@ fn commit(db: &Database, batches: &[WriteBatch], buf: &mut Vec<u8>) -> Result<()
     let acked = put_and_deleted(ops());
     let txn = db.begin_write()?;
     apply(&txn, ops(), &acked, buf)?;
+    if fail {
+        txn.abort()?;
+        return Err(CommitError(
+            "injected commit failure (test fault injection)".into(),
+        ));
+    }
     txn.commit()?;
     Ok(())
 }

@@ -95,11 +95,37 @@ struct AttachmentStats {
     dropped: AtomicU64,
     transformed: AtomicU64,
     published: AtomicU64,
+    /// The plugin version the attachment's instances run (0: bundled or unversioned).
+    version: AtomicU64,
+    /// The active version, when it refused the attachment (its config, or failed
+    /// starting for it), and why; cleared when an instance of an active version starts.
+    refused: std::sync::Mutex<Option<(u64, String)>>,
 }
 
 impl AttachmentStats {
     fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An instance of the active version, `version`, started for the attachment.
+    fn running(&self, version: u64) {
+        self.version.store(version, Ordering::Relaxed);
+        *self.refused.lock().expect("attachment lock poisoned") = None;
+    }
+
+    /// `version` refused the attachment; its instances stay on the version they run.
+    fn refused(&self, version: u64, reason: String) {
+        *self.refused.lock().expect("attachment lock poisoned") = Some((version, reason));
+    }
+
+    /// The version its instances run (`null` for version 0) and the refusal, if any.
+    fn version_json(&self) -> (serde_json::Value, serde_json::Value) {
+        let version = self.version.load(Ordering::Relaxed);
+        let refused = self.refused.lock().expect("attachment lock poisoned");
+        let refused = refused
+            .as_ref()
+            .map(|(v, reason)| json!({"version": v, "reason": reason}));
+        ((version > 0).then_some(version).into(), refused.into())
     }
 
     fn to_json(&self) -> serde_json::Value {
@@ -321,15 +347,18 @@ impl Router {
             .values()
             .map(|a| {
                 let r = &a.record;
+                let (version, refused) = a.stats.version_json();
                 json!({
                     "queue": r.queue,
                     "plugin": r.plugin,
                     "mode": r.mode,
                     "concurrency": r.concurrency,
                     "config": r.config,
-                    // The deployed version handling it (new calls take the active one);
+                    // The deployed version its instances run: the active one, unless
+                    // that refused the attachment (then `refused` says which and why);
                     // null for bundled plugins and files from --plugins-dir.
-                    "plugin_version": self.active_plugins.get(&r.plugin),
+                    "plugin_version": version,
+                    "refused": refused,
                     "subscribers": a.subscribers,
                     "stats": a.stats.to_json(),
                 })
@@ -521,7 +550,9 @@ impl Router {
         let config: Vec<(String, String)> = record.config.clone().into_iter().collect();
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(AttachmentStats::default());
+        stats.running(first.version());
         let pool = Pool {
+            initial: first.handler_version(),
             slot,
             queue: record.queue.clone(),
             config,

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use super::{AttachmentStats, Done, FilterJob, Verdict};
 use crate::message::Message;
-use crate::plugin::{Handled, HandlerOutcome, HandlerSlot, LiveHandler};
+use crate::plugin::{Handled, HandlerOutcome, HandlerSlot, HandlerVersion, LiveHandler};
 use crate::protocol::ServerFrame;
 use crate::queue::ConnId;
 use crate::router::{Command, Outbound};
@@ -25,6 +25,8 @@ pub(super) enum Input {
 #[derive(Clone)]
 pub(super) struct Pool {
     pub slot: Arc<HandlerSlot>,
+    /// The version the attachment started on (its first instance's).
+    pub initial: HandlerVersion,
     pub queue: String,
     pub config: Vec<(String, String)>,
     pub stats: Arc<AttachmentStats>,
@@ -42,9 +44,10 @@ impl Pool {
         let mut first = Some(first);
         for i in 0..n {
             let worker = Worker {
+                ran: self.initial.clone(),
                 pool: self.clone(),
                 live: first.take(),
-                tried_generation: None,
+                refused_generation: None,
             };
             let input = input.clone();
             let name = format!("handler-{}-{i}", self.slot.name());
@@ -71,9 +74,12 @@ enum Either {
 struct Worker {
     pool: Pool,
     live: Option<LiveHandler>,
-    /// The last plugin version an instance was attempted for (so a redeploy that refuses
-    /// the config is not retried on every message).
-    tried_generation: Option<u64>,
+    /// The version the worker runs (or last ran, if its instance failed): a new instance
+    /// is of this version while the active one refuses the attachment.
+    ran: HandlerVersion,
+    /// The plugin generation that refused the attachment (so it is not retried on every
+    /// message).
+    refused_generation: Option<u64>,
 }
 
 impl Worker {
@@ -85,23 +91,39 @@ impl Worker {
     fn call(&mut self, msg: &Message, delivery_count: u32) -> Result<Handled, String> {
         let generation = self.pool.slot.generation();
         let current = self.live.as_ref().map(LiveHandler::generation);
-        // With no instance, always try; with one, try each new version once.
-        if current != Some(generation)
-            && (self.live.is_none() || self.tried_generation != Some(generation))
-        {
-            self.tried_generation = Some(generation);
+        // A version other than the one running (or no instance): try the active version,
+        // each version once.
+        if current != Some(generation) && self.refused_generation != Some(generation) {
             match self
                 .pool
                 .slot
-                .instantiate(&self.pool.queue, &self.pool.config)
+                .instantiate_active(&self.pool.queue, &self.pool.config)
             {
-                Ok(live) => self.live = Some(live),
-                // A new version that refuses the config: stay on the one we have.
-                Err(e) if self.live.is_some() => {
-                    tracing::warn!(plugin = self.pool.slot.name(), error = %e, "redeployed handler refused the attachment; keeping the previous version");
+                Ok(live) => {
+                    self.pool.stats.running(live.version());
+                    self.ran = live.handler_version();
+                    self.live = Some(live);
+                    self.refused_generation = None;
                 }
-                Err(e) => return Err(e.to_string()),
+                // The active version refuses the config (or fails to start for it): stay
+                // on the version we run.
+                Err((version, e)) if version != self.ran.version() => {
+                    tracing::warn!(plugin = self.pool.slot.name(), queue = %self.pool.queue, version, running = self.ran.version(), error = %e, "redeployed handler refused the attachment; keeping the previous version");
+                    self.pool.stats.refused(version, e.to_string());
+                    self.refused_generation = Some(generation);
+                }
+                Err((_, e)) => return Err(e.to_string()),
             }
+        }
+        if self.live.is_none() {
+            // The instance failed and the active version refused the attachment: a fresh
+            // instance of the version it ran.
+            let live = self
+                .pool
+                .slot
+                .instantiate_version(&self.ran, &self.pool.queue, &self.pool.config)
+                .map_err(|e| e.to_string())?;
+            self.live = Some(live);
         }
         let live = self
             .live
@@ -111,7 +133,6 @@ impl Worker {
         if result.is_err() {
             // A failed instance is not reused; the next call starts a fresh one.
             self.live = None;
-            self.tried_generation = None;
         }
         result
     }
