@@ -155,3 +155,45 @@ async fn paged_out_messages_expire_into_dead_letters_and_purge() {
     let info = c.queue_info("parked").await.unwrap();
     assert_eq!((info.ready, info.paged_out), (0, 0), "purged from disk too");
 }
+
+/// After a failed commit nothing more leaves memory (which messages are on disk is no
+/// longer known), and what was paged out before is still read back.
+#[tokio::test]
+async fn after_a_failed_commit_paging_stops_and_paged_out_messages_still_arrive() {
+    let b = TestBroker::start().await;
+    let c = b.client().await;
+    c.declare_queue("deep", deep(json!({"max_in_memory_length": 5})))
+        .await
+        .unwrap();
+    c.confirm_select().await.unwrap();
+    for i in 0..30 {
+        c.publish(numbered("deep", i), false).await.unwrap();
+    }
+    let before = c.queue_info("deep").await.unwrap().paged_out;
+    assert!(before >= 20, "paged out: {before}");
+
+    b.broker.as_ref().unwrap().fail_commits(true);
+    let err = c.publish(numbered("deep", 30), false).await.unwrap_err();
+    assert_eq!(err.code(), Some(broker::protocol::ErrorCode::StoreError));
+    b.broker.as_ref().unwrap().fail_commits(false);
+    for i in 31..40 {
+        c.publish(numbered("deep", i), false).await.unwrap();
+    }
+    let info = c.queue_info("deep").await.unwrap();
+    // The refused publish stays queued in memory (as after any store_error).
+    assert_eq!(info.ready, 40);
+    assert!(
+        info.paged_out <= before + 1,
+        "nothing new paged out after the failure: {} then {}",
+        before,
+        info.paged_out
+    );
+
+    let mut sub = c.consume("deep", 10).await.unwrap();
+    for i in 0..40 {
+        let d = next(&mut sub).await;
+        assert_same(&d.message, &numbered("deep", i));
+        c.ack(d.delivery_tag, false).unwrap();
+    }
+    assert_quiet(&mut sub).await;
+}
