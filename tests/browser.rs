@@ -317,6 +317,31 @@ async fn the_management_page_shows_queues_and_requeues_dead_letters() {
         Some("order-42")
     );
 
+    // A deep durable queue says how many of its ready messages are only on disk.
+    let mut arguments = broker::Headers::new();
+    arguments.insert("max_in_memory_length".into(), json!(2));
+    let deep = QueueOptions {
+        durable: true,
+        arguments,
+        ..Default::default()
+    };
+    c.declare_queue("backlog", deep).await.unwrap();
+    for i in 0..6 {
+        c.publish(common::persistent("backlog", &i.to_string()), false)
+            .await
+            .unwrap();
+    }
+    let paged_out = c.queue_info("backlog").await.unwrap().paged_out;
+    assert!(paged_out > 0);
+    page.wait_until(
+        "the backlog queue's on-disk count",
+        &format!(
+            "[...document.querySelectorAll('tr[data-queue=\"backlog\"] .tag')]\
+             .some(t => t.textContent === '{paged_out} on disk')"
+        ),
+    )
+    .await;
+
     assert!(
         page.exceptions.is_empty(),
         "the page threw: {:?}",

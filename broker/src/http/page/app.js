@@ -289,6 +289,9 @@ function renderQueues(queues) {
         q.durable ? null : el("span", { class: "tag", text: "transient" }),
         q.exclusive ? el("span", { class: "tag", text: "exclusive" }) : null,
         q.queue.endsWith(".dlq") ? el("span", { class: "tag bad", text: "DLQ" }) : null,
+        q.paged_out > 0
+          ? el("span", { class: "tag", title: "ready messages whose body is only on disk (past max_in_memory_length)", text: `${fmt(q.paged_out)} on disk` })
+          : null,
       ];
       return el("tr", { "data-queue": q.queue },
         el("td", { class: "name" }, q.queue, tags),
