@@ -197,3 +197,32 @@ async fn after_a_failed_commit_paging_stops_and_paged_out_messages_still_arrive(
     }
     assert_quiet(&mut sub).await;
 }
+
+/// `max_length` with `drop_head` evicts paged-out messages too, into the DLQ with their
+/// bodies.
+#[tokio::test]
+async fn drop_head_dead_letters_paged_out_messages_with_their_bodies() {
+    let b = TestBroker::start().await;
+    let c = b.client().await;
+    let capped = json!({"max_in_memory_length": 3, "max_length": 10});
+    c.declare_queue("capped", deep(capped)).await.unwrap();
+    c.confirm_select().await.unwrap();
+    for i in 0..10 {
+        c.publish(numbered("capped", i), false).await.unwrap();
+    }
+    assert!(c.queue_info("capped").await.unwrap().paged_out >= 5);
+    for i in 10..20 {
+        c.publish(numbered("capped", i), false).await.unwrap();
+    }
+    let dead = c.peek_queue("capped.dlq", 100).await.unwrap();
+    assert_eq!(dead.len(), 10);
+    for (p, i) in dead.iter().zip(0..) {
+        assert_same(&p.message, &numbered("capped", i));
+        assert_eq!(p.message.headers["x-death"][0]["reason"], "max_length");
+    }
+    let kept = c.peek_queue("capped", 100).await.unwrap();
+    for (p, i) in kept.iter().zip(10..) {
+        assert_same(&p.message, &numbered("capped", i));
+    }
+    assert_eq!(kept.len(), 10);
+}
