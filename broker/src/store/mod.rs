@@ -338,6 +338,18 @@ mod tests {
                     not_before: None,
                 },
                 put(7, 5),
+                StoreOp::PutMessage {
+                    queue: 7,
+                    seq: 6,
+                    enqueued_at: 1,
+                    message: Arc::new(Message {
+                        properties: crate::message::Properties {
+                            delay_ms: Some(50),
+                            ..Default::default()
+                        },
+                        ..Message::text("q", "m6")
+                    }),
+                },
                 delete(7, 3, false),
                 delete(7, 4, true),
                 delete(7, 1, false),
@@ -352,13 +364,14 @@ mod tests {
         });
         writer.close();
 
-        // With no room in memory, bodies stay on disk, except a pending retry's.
+        // With no room in memory, bodies stay on disk, except a pending retry's and a
+        // delayed message's (both wait in memory).
         let (recovered, writer) = open(dir.path(), |_| 0).unwrap();
         writer.close();
         let queue = &recovered.queues[0];
         assert_eq!(queue.record, record);
         let seqs: Vec<u64> = queue.messages.iter().map(|m| m.seq).collect();
-        assert_eq!(seqs, [2, 5]);
+        assert_eq!(seqs, [2, 5, 6]);
         let Recalled::InMemory(first) = &queue.messages[0].message else {
             panic!("a pending retry is read whole");
         };
@@ -367,11 +380,14 @@ mod tests {
             panic!("past the limit only the placement is read");
         };
         assert_eq!(placement.body_len, 2);
+        assert!(
+            matches!(&queue.messages[2].message, Recalled::InMemory(m) if &m.body[..] == b"m6")
+        );
         let states: Vec<_> = queue
             .messages
             .iter()
             .map(|m| (m.delivery_count, m.not_before))
             .collect();
-        assert_eq!(states, [(3, Some(99)), (0, None)]);
+        assert_eq!(states, [(3, Some(99)), (0, None), (0, None)]);
     }
 }
