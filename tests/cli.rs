@@ -6,20 +6,7 @@ mod hostile;
 
 use std::process::Command;
 
-use common::{BrokerProcess, bin};
-
-fn broker(args: &[&str], url: &str) -> (bool, String, String) {
-    let out = Command::new(bin())
-        .args(args)
-        .args(["--server", url])
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
+use common::{BrokerProcess, bin, run_cli};
 
 #[test]
 fn publish_consume_and_admin_commands() {
@@ -27,7 +14,7 @@ fn publish_consume_and_admin_commands() {
     let process = BrokerProcess::spawn(dir.path());
     let url = process.url.clone();
 
-    let (ok, out, err) = broker(
+    let (ok, out, err) = run_cli(
         &[
             "publish",
             "orders",
@@ -44,12 +31,12 @@ fn publish_consume_and_admin_commands() {
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "confirmed 3 of 3 messages");
 
-    let (ok, out, _) = broker(&["queues"], &url);
+    let (ok, out, _) = run_cli(&["queues"], &url);
     assert!(ok);
     let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(row, ["orders", "3", "0", "0", "true"]);
 
-    let (ok, out, err) = broker(&["consume", "orders", "--count", "2"], &url);
+    let (ok, out, err) = run_cli(&["consume", "orders", "--count", "2"], &url);
     assert!(ok, "{err}");
     let lines: Vec<serde_json::Value> = out
         .lines()
@@ -60,11 +47,11 @@ fn publish_consume_and_admin_commands() {
     assert_eq!(lines[0]["message"]["headers"]["n"], 1);
     assert_eq!(lines[0]["message"]["properties"]["persistent"], true);
 
-    let (ok, out, _) = broker(&["purge", "orders"], &url);
+    let (ok, out, _) = run_cli(&["purge", "orders"], &url);
     assert!(ok);
     assert_eq!(out.trim(), "purged 1 messages from orders");
 
-    let (ok, _, _) = broker(
+    let (ok, _, _) = run_cli(
         &[
             "declare",
             "queue",
@@ -76,25 +63,25 @@ fn publish_consume_and_admin_commands() {
         &url,
     );
     assert!(ok);
-    let (ok, _, err) = broker(&["declare", "queue", "audit"], &url);
+    let (ok, _, err) = run_cli(&["declare", "queue", "audit"], &url);
     assert!(!ok, "redeclaring with other properties fails");
     assert!(err.contains("precondition_failed"), "{err}");
 
-    let (ok, _, err) = broker(&["declare", "exchange", "ex", "--type", "nope"], &url);
+    let (ok, _, err) = run_cli(&["declare", "exchange", "ex", "--type", "nope"], &url);
     assert!(!ok);
     assert!(err.contains("unknown_exchange_type"), "{err}");
 
-    let (ok, out, _) = broker(&["delete", "queue", "audit"], &url);
+    let (ok, out, _) = run_cli(&["delete", "queue", "audit"], &url);
     assert!(ok);
     assert_eq!(out.trim(), "queue audit deleted with 0 messages");
-    let (ok, _, err) = broker(&["delete", "queue", "audit"], &url);
+    let (ok, _, err) = run_cli(&["delete", "queue", "audit"], &url);
     assert!(!ok);
     assert!(err.contains("queue_not_found"), "{err}");
 }
 
 #[test]
 fn unreachable_server_is_a_clear_error() {
-    let (ok, _, err) = broker(&["queues"], "ws://127.0.0.1:1");
+    let (ok, _, err) = run_cli(&["queues"], "ws://127.0.0.1:1");
     assert!(!ok);
     assert!(
         err.starts_with("error: cannot connect to ws://127.0.0.1:1"),
@@ -111,27 +98,27 @@ fn plugin_deploy_list_history_rollback() {
     std::fs::write(&wasm, hostile::plugin("trap")).unwrap();
     let path = wasm.to_str().unwrap();
 
-    let (ok, out, err) = broker(&["plugin", "deploy", "router", path], &url);
+    let (ok, out, err) = run_cli(&["plugin", "deploy", "router", path], &url);
     assert!(ok, "{err}");
     assert!(
         out.starts_with("plugin router version 1 active in "),
         "{out}"
     );
-    let (ok, out, _) = broker(&["plugin", "deploy", "router", path], &url);
+    let (ok, out, _) = run_cli(&["plugin", "deploy", "router", path], &url);
     assert!(ok);
     assert_eq!(
         out.trim(),
         "plugin router version 1 is already active with these bytes"
     );
     std::fs::write(&wasm, hostile::plugin("body")).unwrap();
-    let (ok, out, _) = broker(&["plugin", "deploy", "router", path], &url);
+    let (ok, out, _) = run_cli(&["plugin", "deploy", "router", path], &url);
     assert!(ok);
     assert!(
         out.starts_with("plugin router version 2 active in "),
         "{out}"
     );
 
-    let (ok, out, _) = broker(&["plugin", "list"], &url);
+    let (ok, out, _) = run_cli(&["plugin", "list"], &url);
     assert!(ok);
     let row = out
         .lines()
@@ -140,22 +127,22 @@ fn plugin_deploy_list_history_rollback() {
     assert_eq!(row.split_whitespace().nth(2), Some("2"), "{row}");
     assert!(out.lines().any(|l| l.starts_with("topic")), "{out}");
 
-    let (ok, out, _) = broker(&["plugin", "history", "router"], &url);
+    let (ok, out, _) = run_cli(&["plugin", "history", "router"], &url);
     assert!(ok);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
     assert!(lines[1].starts_with('*'), "version 2 active: {out}");
 
-    let (ok, out, _) = broker(&["plugin", "rollback", "router"], &url);
+    let (ok, out, _) = run_cli(&["plugin", "rollback", "router"], &url);
     assert!(ok);
     assert_eq!(out.trim(), "plugin router rolled back to version 1");
-    let (ok, _, err) = broker(&["plugin", "rollback", "router"], &url);
+    let (ok, _, err) = run_cli(&["plugin", "rollback", "router"], &url);
     assert!(!ok);
     assert!(err.contains("plugin_not_found"), "{err}");
 
     let junk = dir.path().join("junk.wasm");
     std::fs::write(&junk, b"junk").unwrap();
-    let (ok, _, err) = broker(
+    let (ok, _, err) = run_cli(
         &["plugin", "deploy", "router", junk.to_str().unwrap()],
         &url,
     );

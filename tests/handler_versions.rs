@@ -8,8 +8,9 @@ mod support;
 use broker::protocol::ErrorCode;
 use broker::{Client, Headers, QueueOptions};
 use common::persistent;
+use common::run_cli as cli;
 use serde_json::Value;
-use support::{attach, bundled, cli, handler_row, wait_for};
+use support::{attach, bundled, handler_row, wait_for};
 
 #[tokio::test]
 async fn a_deployed_handler_is_versioned_and_its_attachments_move_to_a_new_version() {

@@ -15,9 +15,10 @@ use broker::plugin::{HandlerError, HandlerOutcome};
 use broker::protocol::{ErrorCode, HandlerMode};
 use broker::router::DEATH_HEADER;
 use broker::{Client, Headers, Message, QueueOptions};
+use common::run_cli as cli;
 use common::{BrokerProcess, TestBroker, body, next, persistent};
 use serde_json::{Value, json};
-use support::{attach, bundled, cli, handler_row, queue_options, wait_for};
+use support::{attach, bundled, handler_row, queue_options, wait_for};
 
 #[tokio::test]
 async fn retries_with_backoff_until_the_handler_acks() {

@@ -159,6 +159,20 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_broker"))
 }
 
+/// Runs the real `broker` binary against `url` (`--server`): success, stdout, stderr.
+pub fn run_cli(args: &[&str], url: &str) -> (bool, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .args(["--server", url])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
 /// What a [`RawPeer`] receives: a JSON frame, or a binary message's records.
 #[derive(Debug)]
 pub enum Incoming {
@@ -240,16 +254,11 @@ impl RawPeer {
         self.ws.send(WsMessage::Binary(bytes.into())).await.unwrap();
     }
 
-    /// The next JSON frame from the broker.
+    /// The next JSON frame from the broker (binary messages skipped).
     pub async fn recv(&mut self) -> serde_json::Value {
         loop {
-            let frame = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("a frame in time")
-                .expect("connection open")
-                .expect("readable frame");
-            if let WsMessage::Text(text) = frame {
-                return serde_json::from_str(&text).unwrap();
+            if let Incoming::Json(value) = self.recv_incoming().await {
+                return value;
             }
         }
     }

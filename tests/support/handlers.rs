@@ -9,7 +9,7 @@ use broker::protocol::{AttachHandler, HandlerMode};
 use broker::{Client, QueueOptions};
 use serde_json::Value;
 
-use super::common::{self, WAIT};
+use super::common::WAIT;
 
 pub fn attach(queue: &str, plugin: &str, config: &[(&str, &str)]) -> AttachHandler {
     AttachHandler {
@@ -71,17 +71,4 @@ pub fn bundled(name: &str) -> &'static [u8] {
         .find(|(n, _)| *n == name)
         .unwrap()
         .1
-}
-
-pub fn cli(args: &[&str], url: &str) -> (bool, String, String) {
-    let out = std::process::Command::new(common::bin())
-        .args(args)
-        .args(["--server", url])
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
 }

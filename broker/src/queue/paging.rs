@@ -114,13 +114,8 @@ impl Queue {
             .map(|(key, _)| *key)
             .take(PAGE_IN_RUN)
             .collect();
-        let seqs: Vec<u64> = keys.iter().map(|(_, seq)| *seq).collect();
-        let messages = match paging.reader.messages(self.id, &seqs) {
-            Ok(messages) => messages,
-            Err(e) => {
-                tracing::error!(queue = %self.name, error = %e, "cannot read paged-out messages");
-                return false;
-            }
+        let Some(messages) = self.read(&paging.reader, &keys) else {
+            return false;
         };
         for (key, message) in keys.into_iter().zip(messages) {
             self.paged_out -= 1;
@@ -151,23 +146,25 @@ impl Queue {
         keys: impl Iterator<Item = ReadyKey>,
     ) -> HashMap<ReadyKey, Arc<Message>> {
         let keys: Vec<ReadyKey> = keys.collect();
-        let Some(paging) = &self.paging else {
+        let (Some(paging), false) = (&self.paging, keys.is_empty()) else {
             return HashMap::new();
         };
-        if keys.is_empty() {
-            return HashMap::new();
-        }
+        let messages = self.read(&paging.reader, &keys).unwrap_or_default();
+        keys.into_iter()
+            .zip(messages)
+            .filter_map(|(key, m)| Some((key, Arc::new(m?))))
+            .collect()
+    }
+
+    /// The stored messages of `keys`, in order (`None` for one not in the store); `None`
+    /// (logged) if the store cannot be read.
+    fn read(&self, reader: &StoreReader, keys: &[ReadyKey]) -> Option<Vec<Option<Message>>> {
         let seqs: Vec<u64> = keys.iter().map(|(_, seq)| *seq).collect();
-        match paging.reader.messages(self.id, &seqs) {
-            Ok(messages) => keys
-                .into_iter()
-                .zip(messages)
-                .filter_map(|(key, m)| Some((key, Arc::new(m?))))
-                .collect(),
-            Err(e) => {
+        reader
+            .messages(self.id, &seqs)
+            .inspect_err(|e| {
                 tracing::error!(queue = %self.name, error = %e, "cannot read paged-out messages");
-                HashMap::new()
-            }
-        }
+            })
+            .ok()
     }
 }
