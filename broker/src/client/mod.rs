@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
 use crate::message::{Headers, Message};
@@ -60,6 +60,9 @@ struct Pending {
 struct Shared {
     pending: Mutex<HashMap<u64, Pending>>,
     consumers: Mutex<HashMap<String, mpsc::UnboundedSender<Delivery>>>,
+    /// The broker's last word on flow control: `Some(reason)` while it blocks this
+    /// connection's publishes.
+    blocked: watch::Sender<Option<String>>,
 }
 
 /// A message the broker handed back: `mandatory` and routed nowhere.
@@ -593,6 +596,12 @@ impl Client {
         })
     }
 
+    /// Flow control as the broker reports it: `Some(reason)` while the broker has stopped
+    /// reading this connection's requests (`blocked`), `None` once it reads them again.
+    pub fn blocked(&self) -> watch::Receiver<Option<String>> {
+        self.shared.blocked.subscribe()
+    }
+
     fn settle(&self, op: Op) -> Result<(), ClientError> {
         // Dropping the future is fine: the frame was queued when `send` returned.
         drop(self.send(op, None, false));
@@ -635,6 +644,14 @@ fn on_frame(shared: &Shared, returns: &mpsc::UnboundedSender<Returned>, frame: S
         }
         ServerFrame::Cancelled { consumer_tag, .. } => {
             shared.consumers.lock().unwrap().remove(&consumer_tag);
+            return;
+        }
+        ServerFrame::Blocked { reason } => {
+            shared.blocked.send_replace(Some(reason));
+            return;
+        }
+        ServerFrame::Unblocked => {
+            shared.blocked.send_replace(None);
             return;
         }
         ServerFrame::Return {

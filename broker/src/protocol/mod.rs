@@ -113,6 +113,12 @@ pub enum ServerFrame {
         consumer_tag: String,
         reason: String,
     },
+    /// The broker stopped reading this connection's requests (memory alarm): publishes
+    /// wait in the socket until [`ServerFrame::Unblocked`]. As RabbitMQ's
+    /// `connection.blocked`.
+    Blocked { reason: String },
+    /// The broker reads this connection's requests again.
+    Unblocked,
 }
 
 /// A message pushed to a consumer.
