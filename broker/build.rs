@@ -62,7 +62,7 @@ fn main() {
     }
     println!("cargo:rerun-if-env-changed=BROKER_PLUGIN_TARGET_DIR");
 
-    if !wasm_target_installed() {
+    if !ensure_wasm_target() {
         panic!("{MISSING_TARGET}");
     }
 

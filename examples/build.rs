@@ -15,7 +15,7 @@ fn main() {
     for path in ["examples/hot-reload/plugin", "plugin-sdk", "broker/build"] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
-    if !wasm_target_installed() {
+    if !ensure_wasm_target() {
         panic!("{MISSING_TARGET}");
     }
     // Its own target dir: the bundled plugins' build may run at the same time.

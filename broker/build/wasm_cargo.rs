@@ -61,6 +61,21 @@ fn wasm_target_installed() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether the wasm32 target is installed, after asking rustup to add it when it is not
+/// (rustup does not add a `rust-toolchain.toml` target to a toolchain already installed,
+/// so on a fresh machine the README's first command would stop here otherwise).
+#[allow(dead_code)]
+fn ensure_wasm_target() -> bool {
+    if wasm_target_installed() {
+        return true;
+    }
+    let added = std::process::Command::new("rustup")
+        .args(["target", "add", "wasm32-unknown-unknown"])
+        .status()
+        .is_ok_and(|status| status.success());
+    added && wasm_target_installed()
+}
+
 #[allow(dead_code)]
 const MISSING_TARGET: &str = "the Rust target wasm32-unknown-unknown is not installed; \
     the broker's exchange plugins are built for it. Run:\n\n    \

@@ -25,7 +25,7 @@ fn target_dir() -> PathBuf {
 }
 
 fn build_all() -> PathBuf {
-    assert!(wasm_target_installed(), "{MISSING_TARGET}");
+    assert!(ensure_wasm_target(), "{MISSING_TARGET}");
     let plugins = workspace_root().join("tests/plugins");
     let target = target_dir();
     let output = wasm_cargo(&plugins.join("Cargo.toml"), &plugins, &target)
