@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use broker::{Broker, Config};
@@ -21,8 +22,21 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     /// Most simultaneous connections.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = Config::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    /// Most simultaneous connections from one IP address.
+    #[arg(long, default_value_t = Config::DEFAULT_MAX_CONNECTIONS_PER_SOURCE)]
+    max_connections_per_source: usize,
+    /// Seconds a client may take to complete the WebSocket handshake.
+    #[arg(long, default_value_t = Config::DEFAULT_HANDSHAKE_TIMEOUT.as_secs_f64(), value_parser = positive_secs)]
+    handshake_timeout: f64,
+    /// Seconds a connection may stay open before its first request.
+    #[arg(long, default_value_t = Config::DEFAULT_FIRST_REQUEST_TIMEOUT.as_secs_f64(), value_parser = positive_secs)]
+    first_request_timeout: f64,
+    /// Seconds between the broker's WebSocket pings; a peer silent for two intervals is
+    /// disconnected and its unacked messages return to their queues. 0: no heartbeats.
+    #[arg(long, default_value_t = Config::DEFAULT_HEARTBEAT.as_secs_f64(), value_parser = non_negative_secs)]
+    heartbeat: f64,
     /// Deploy every NAME.wasm here at startup as plugin NAME (a new version when the
     /// bytes differ from the active one).
     #[arg(long)]
@@ -53,6 +67,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = Config::new(&args.data_dir);
     config.listen = args.listen;
     config.max_connections = args.max_connections;
+    config.max_connections_per_source = args.max_connections_per_source;
+    config.handshake_timeout = Duration::from_secs_f64(args.handshake_timeout);
+    config.first_request_timeout = Duration::from_secs_f64(args.first_request_timeout);
+    config.heartbeat = (args.heartbeat > 0.0).then(|| Duration::from_secs_f64(args.heartbeat));
     config.max_frame_bytes = args.max_frame_bytes;
     config.plugins_dir = args.plugins_dir;
     config.watch_plugins = args.watch;
@@ -88,4 +106,23 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// A number of seconds greater than zero.
+fn positive_secs(text: &str) -> Result<f64, String> {
+    match non_negative_secs(text)? {
+        0.0 => Err("must be greater than 0".into()),
+        secs => Ok(secs),
+    }
+}
+
+/// A number of seconds, zero or more (at most a year).
+fn non_negative_secs(text: &str) -> Result<f64, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !(0.0..=31_536_000.0).contains(&secs) {
+        return Err("must be between 0 and 31536000 seconds".into());
+    }
+    Ok(secs)
 }

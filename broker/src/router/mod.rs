@@ -38,6 +38,8 @@ pub enum Outbound {
     /// A delivery to an auto-ack consumer: the connection reports it back as written
     /// ([`Command::Written`]) and that settles it.
     AutoAckDelivery(Delivery),
+    /// A WebSocket ping, sent by the connection itself to check that its peer is alive.
+    Ping,
 }
 
 /// A connection's outbound channel.

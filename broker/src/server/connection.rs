@@ -1,71 +1,103 @@
-//! One client connection: a reader that parses frames into router commands, and a writer
-//! that encodes router output and flushes in batches. A connection that negotiated
-//! [`BINARY_SUBPROTOCOL`] reads and writes the frames that carry messages as binary
-//! records, packed several to a WebSocket message.
+//! One client connection: the WebSocket handshake (bounded in time), a reader that parses
+//! frames into router commands while it watches the peer's liveness, and the writer
+//! (`conn_writer.rs`). However the reader ends — the client closes, the peer goes silent,
+//! the broker stops, or the connection's own code panics — the router hears `Close`
+//! exactly once, so the connection's consumers, unacked messages and exclusive queues
+//! never outlive it.
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::handshake::server::{
     Request as HsRequest, Response as HsResponse,
 };
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
+use super::conn_writer::write_loop;
 use crate::protocol::{
-    BINARY_BATCH_BYTES, BINARY_SUBPROTOCOL, Encoding, ErrorCode, ParseError, Request, RequestId,
-    ServerFrame, decode_requests, encode_server_frame, parse_request, write_server_record,
+    BINARY_SUBPROTOCOL, Encoding, ErrorCode, ParseError, Request, RequestId, ServerFrame,
+    decode_requests, parse_request,
 };
 use crate::queue::ConnId;
 use crate::router::{Command, ConnTx, Outbound, RouterHandle};
 
-/// Frames written before one flush: amortizes syscalls under load, and at low load the
-/// writer flushes as soon as its channel is empty.
-const MAX_FRAMES_PER_FLUSH: usize = 256;
+/// A text frame that makes the connection task panic, when the broker was started with
+/// [`super::Config::inject_connection_panics`] (tests of panic containment only).
+pub const INJECTED_PANIC_FRAME: &str = "__inject_connection_panic__";
+
+/// The limits a connection enforces on its peer.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ConnLimits {
+    pub max_frame_bytes: usize,
+    pub handshake_timeout: Duration,
+    pub first_request_timeout: Duration,
+    pub heartbeat: Option<Duration>,
+    pub inject_panics: bool,
+}
 
 pub(super) struct Connection {
     pub id: ConnId,
     pub peer: SocketAddr,
     pub router: RouterHandle,
-    pub max_frame_bytes: usize,
+    pub limits: ConnLimits,
     pub shutdown: watch::Receiver<bool>,
 }
+
+/// Why a connection ended.
+enum Ended {
+    ClientClosed,
+    ReadError(String),
+    BrokerStopping,
+    /// Nothing came from the peer for two heartbeat intervals.
+    HeartbeatTimeout(Duration),
+    NoFirstRequest(Duration),
+    /// The writer stopped (socket write failed).
+    WriteFailed,
+    Panicked(String),
+}
+
+impl fmt::Display for Ended {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ended::ClientClosed => f.write_str("closed by client"),
+            Ended::ReadError(e) => write!(f, "read error: {e}"),
+            Ended::BrokerStopping => f.write_str("broker shutting down"),
+            Ended::HeartbeatTimeout(d) => write!(
+                f,
+                "peer silent for {} ms (heartbeat timeout)",
+                d.as_millis()
+            ),
+            Ended::NoFirstRequest(d) => {
+                write!(f, "no request within {} ms of connecting", d.as_millis())
+            }
+            Ended::WriteFailed => f.write_str("write failed"),
+            Ended::Panicked(what) => write!(f, "connection task panicked: {what}"),
+        }
+    }
+}
+
+type WsSource = futures_util::stream::SplitStream<WebSocketStream<TcpStream>>;
 
 impl Connection {
     pub async fn run(mut self, stream: TcpStream) {
         let _ = stream.set_nodelay(true);
-        // Frames up to twice the limit are read and answered with `frame_too_large`;
-        // beyond that the WebSocket layer drops the connection without buffering it all.
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(crate::protocol::READ_BUFFER_BYTES)
-            .max_message_size(Some(self.max_frame_bytes.saturating_mul(2)))
-            .max_frame_size(Some(self.max_frame_bytes.saturating_mul(2)));
-        // The binary encoding when the client offers its subprotocol (echoed back then).
-        let mut encoding = Encoding::Json;
-        // tungstenite's callback type; this one never fails.
-        #[allow(clippy::result_large_err)]
-        let negotiate = |request: &HsRequest, mut response: HsResponse| {
-            if offers_binary(request) {
-                encoding = Encoding::Binary;
-                response.headers_mut().insert(
-                    SEC_WEBSOCKET_PROTOCOL,
-                    HeaderValue::from_static(BINARY_SUBPROTOCOL),
-                );
-            }
-            Ok(response)
-        };
-        let handshake =
-            tokio_tungstenite::accept_hdr_async_with_config(stream, negotiate, Some(ws_config));
-        let ws = match handshake.await {
-            Ok(ws) => ws,
-            Err(e) => {
-                tracing::debug!(peer = %self.peer, error = %e, "WebSocket handshake failed");
+        let handshake = tokio::time::timeout(self.limits.handshake_timeout, self.handshake(stream));
+        let (ws, encoding) = match handshake.await {
+            Ok(Some(accepted)) => accepted,
+            Ok(None) => return,
+            Err(_) => {
+                tracing::debug!(peer = %self.peer, "WebSocket handshake timed out");
                 return;
             }
         };
@@ -79,47 +111,127 @@ impl Connection {
         }) {
             return;
         }
-        let writer = tokio::spawn(write_loop(sink, rx, self.id, self.router.clone(), encoding));
-        let mut broker_stopping = false;
-        let reason = loop {
-            let frame = tokio::select! {
-                frame = source.next() => frame,
-                _ = self.shutdown.changed() => {
-                    broker_stopping = true;
-                    break "broker shutting down".to_string();
-                }
-            };
-            match frame {
-                Some(Ok(WsMessage::Text(text))) => self.on_text(&text, &tx),
-                Some(Ok(WsMessage::Binary(bytes))) if encoding == Encoding::Binary => {
-                    self.on_binary(&bytes, &tx)
-                }
-                Some(Ok(WsMessage::Binary(_))) => send_error(
-                    &tx,
-                    ErrorCode::UnsupportedFrame,
-                    "binary frames are not supported; send JSON text frames",
-                ),
-                Some(Ok(WsMessage::Close(_))) | None => break "closed by client".to_string(),
-                Some(Ok(_)) => {} // ping / pong: answered by the WebSocket layer
-                Some(Err(e)) => break format!("read error: {e}"),
-            }
-        };
+        let mut writer = tokio::spawn(write_loop(sink, rx, self.id, self.router.clone(), encoding));
+        // A panic anywhere in the reader ends the connection like any other reason.
+        let read = AssertUnwindSafe(self.read_loop(&mut source, &tx, &mut writer, encoding));
+        let ended = read
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Ended::Panicked(panic_text(&*panic)));
         self.router.send(Command::Close {
             conn: self.id,
-            broker_stopping,
+            broker_stopping: matches!(ended, Ended::BrokerStopping),
         });
         // The writer ends once the router has dropped its sender too.
         drop(tx);
-        let _ = writer.await;
-        tracing::info!(conn = self.id, peer = %self.peer, reason, "connection closed");
+        if !matches!(ended, Ended::WriteFailed) {
+            let _ = writer.await;
+        }
+        if matches!(ended, Ended::Panicked(_)) {
+            tracing::error!(conn = self.id, peer = %self.peer, reason = %ended, "connection closed");
+        } else {
+            tracing::info!(conn = self.id, peer = %self.peer, reason = %ended, "connection closed");
+        }
+    }
+
+    /// The WebSocket upgrade, negotiating the binary encoding when the client offers it.
+    async fn handshake(&self, stream: TcpStream) -> Option<(WebSocketStream<TcpStream>, Encoding)> {
+        // Frames up to twice the limit are read and answered with `frame_too_large`;
+        // beyond that the WebSocket layer drops the connection without buffering it all.
+        let max = self.limits.max_frame_bytes.saturating_mul(2);
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(crate::protocol::READ_BUFFER_BYTES)
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max));
+        let mut encoding = Encoding::Json;
+        // tungstenite's callback type; this one never fails.
+        #[allow(clippy::result_large_err)]
+        let negotiate = |request: &HsRequest, mut response: HsResponse| {
+            if offers_binary(request) {
+                encoding = Encoding::Binary;
+                response.headers_mut().insert(
+                    SEC_WEBSOCKET_PROTOCOL,
+                    HeaderValue::from_static(BINARY_SUBPROTOCOL),
+                );
+            }
+            Ok(response)
+        };
+        let accepted =
+            tokio_tungstenite::accept_hdr_async_with_config(stream, negotiate, Some(ws_config))
+                .await;
+        match accepted {
+            Ok(ws) => Some((ws, encoding)),
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, error = %e, "WebSocket handshake failed");
+                None
+            }
+        }
+    }
+
+    /// Reads requests until the connection ends, pinging the peer every heartbeat interval
+    /// and giving up on it after two intervals of silence.
+    async fn read_loop(
+        &mut self,
+        source: &mut WsSource,
+        tx: &ConnTx,
+        writer: &mut JoinHandle<()>,
+        encoding: Encoding,
+    ) -> Ended {
+        let heartbeat = self.limits.heartbeat;
+        let mut pings =
+            heartbeat.map(|every| tokio::time::interval_at(Instant::now() + every, every));
+        let mut last_heard = Instant::now();
+        let first_request_by = Instant::now() + self.limits.first_request_timeout;
+        let mut requested = false;
+        loop {
+            let frame = tokio::select! {
+                frame = source.next() => frame,
+                _ = self.shutdown.changed() => return Ended::BrokerStopping,
+                _ = &mut *writer => return Ended::WriteFailed,
+                _ = next_tick(&mut pings) => {
+                    let silent = last_heard.elapsed();
+                    let every = heartbeat.expect("ticks only with a heartbeat");
+                    if silent >= every * 2 {
+                        return Ended::HeartbeatTimeout(silent);
+                    }
+                    let _ = tx.send(Outbound::Ping);
+                    continue;
+                }
+                _ = tokio::time::sleep_until(first_request_by), if !requested => {
+                    return Ended::NoFirstRequest(self.limits.first_request_timeout);
+                }
+            };
+            last_heard = Instant::now();
+            match frame {
+                Some(Ok(WsMessage::Text(text))) => {
+                    requested = true;
+                    self.on_text(&text, tx)
+                }
+                Some(Ok(WsMessage::Binary(bytes))) if encoding == Encoding::Binary => {
+                    requested = true;
+                    self.on_binary(&bytes, tx)
+                }
+                Some(Ok(WsMessage::Binary(_))) => send_error(
+                    tx,
+                    ErrorCode::UnsupportedFrame,
+                    "binary frames are not supported; send JSON text frames",
+                ),
+                Some(Ok(WsMessage::Close(_))) | None => return Ended::ClientClosed,
+                Some(Ok(_)) => {} // ping / pong: answered by the WebSocket layer
+                Some(Err(e)) => return Ended::ReadError(e.to_string()),
+            }
+        }
     }
 
     fn on_text(&self, text: &str, tx: &ConnTx) {
-        if text.len() > self.max_frame_bytes {
+        if self.limits.inject_panics && text == INJECTED_PANIC_FRAME {
+            panic!("injected connection panic");
+        }
+        if text.len() > self.limits.max_frame_bytes {
             let message = format!(
                 "frame of {} bytes exceeds the limit of {} bytes",
                 text.len(),
-                self.max_frame_bytes
+                self.limits.max_frame_bytes
             );
             // Answer with the request's id when it leads the frame (as this project's
             // clients write it), so the caller's pending request fails instead of waiting.
@@ -133,7 +245,7 @@ impl Connection {
     /// A binary message of the negotiated encoding: its records in order, up to the first
     /// bad one (answered with its error; the rest of the message is dropped).
     fn on_binary(&self, bytes: &[u8], tx: &ConnTx) {
-        for record in decode_requests(bytes, self.max_frame_bytes) {
+        for record in decode_requests(bytes, self.limits.max_frame_bytes) {
             self.on_parsed(record, tx);
         }
     }
@@ -167,7 +279,12 @@ fn offers_binary(request: &HsRequest) -> bool {
 /// The `id` of a frame that starts `{"id":...,` — read from its first bytes only, without
 /// parsing the (oversized) rest.
 fn leading_id(text: &str) -> Option<RequestId> {
-    let head = &text[..text.len().min(200)];
+    // The cut may fall inside a multi-byte character: back up to a boundary.
+    let mut cut = text.len().min(200);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let head = &text[..cut];
     let rest = head
         .strip_prefix('{')?
         .trim_start()
@@ -177,80 +294,29 @@ fn leading_id(text: &str) -> Option<RequestId> {
     serde_json::from_str(rest[..end].trim()).ok()
 }
 
+/// Waits for the next heartbeat tick; forever without heartbeats.
+async fn next_tick(pings: &mut Option<tokio::time::Interval>) {
+    match pings {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// What a caught panic said.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        text.to_string()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "(no message)".to_string()
+    }
+}
+
 fn send_error(tx: &ConnTx, code: ErrorCode, message: &str) {
     let _ = tx.send(Outbound::Frame(ServerFrame::error(None, code, message)));
-}
-
-async fn write_loop(
-    mut sink: WsSink,
-    mut rx: mpsc::UnboundedReceiver<Outbound>,
-    conn: ConnId,
-    router: RouterHandle,
-    encoding: Encoding,
-) {
-    let mut written_auto_acks = Vec::new();
-    // Binary mode: consecutive `deliver` / `confirm` records packed into one message.
-    let mut records = Vec::new();
-    'outer: while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        let mut count = 0;
-        while let Some(out) = next {
-            let frame = match out {
-                Outbound::Frame(frame) => frame,
-                Outbound::AutoAckDelivery(delivery) => {
-                    written_auto_acks.push(delivery.delivery_tag);
-                    ServerFrame::Deliver(delivery)
-                }
-            };
-            let fed = if encoding == Encoding::Binary && write_server_record(&mut records, &frame) {
-                if records.len() >= BINARY_BATCH_BYTES {
-                    feed_records(&mut sink, &mut records).await
-                } else {
-                    Ok(())
-                }
-            } else {
-                // A JSON frame keeps its place after the records before it.
-                let text = encode_server_frame(&frame);
-                match feed_records(&mut sink, &mut records).await {
-                    Ok(()) => sink.feed(WsMessage::Text(Utf8Bytes::from(text))).await,
-                    Err(e) => Err(e),
-                }
-            };
-            if fed.is_err() {
-                break 'outer;
-            }
-            count += 1;
-            next = if count < MAX_FRAMES_PER_FLUSH {
-                rx.try_recv().ok()
-            } else {
-                None
-            };
-        }
-        if feed_records(&mut sink, &mut records).await.is_err() || sink.flush().await.is_err() {
-            break;
-        }
-        if !written_auto_acks.is_empty() {
-            router.send(Command::Written {
-                conn,
-                delivery_tags: std::mem::take(&mut written_auto_acks),
-            });
-        }
-    }
-    let _ = sink.send(WsMessage::Close(None)).await;
-}
-
-type WsSink = futures_util::stream::SplitSink<WebSocketStream<TcpStream>, WsMessage>;
-
-/// Feeds the packed records (if any) as one binary message.
-async fn feed_records(
-    sink: &mut WsSink,
-    records: &mut Vec<u8>,
-) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    if records.is_empty() {
-        return Ok(());
-    }
-    let bytes = Bytes::from(std::mem::take(records));
-    sink.feed(WsMessage::Binary(bytes)).await
 }
 
 #[cfg(test)]
@@ -269,6 +335,10 @@ mod tests {
         );
         assert_eq!(leading_id(r#"{"op":"publish","id":7}"#), None);
         assert_eq!(leading_id("not json at all"), None);
+        // A cut inside a multi-byte character is moved back, not a panic.
+        let text = format!(r#"{{"id":9,"op":"publish","body":"{}"#, "é".repeat(200));
+        assert!(!text.is_char_boundary(200));
+        assert_eq!(leading_id(&text), Some(RequestId::Num(9)));
     }
 
     #[test]

@@ -4,13 +4,16 @@
 //! connections, and a graceful shutdown that stops accepting, closes connections, lets
 //! the router commit what is pending and closes the database.
 
+mod conn_writer;
 mod connection;
 mod plugins_dir;
+mod sources;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -20,7 +23,10 @@ use crate::plugin::{HostError, Limits, PluginHost, PluginSource};
 use crate::queue::{DEFAULT_MAX_IN_MEMORY_LENGTH, QueuePolicy};
 use crate::router::{Router, RouterHandle};
 use crate::store::{self, OpenError, Recovered, StoreOp, WriteBatch};
+use connection::ConnLimits;
+pub use connection::INJECTED_PANIC_FRAME;
 use plugins_dir::PluginsDir;
+use sources::Sources;
 
 /// How to run a broker.
 #[derive(Clone)]
@@ -29,8 +35,19 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Connections beyond this wait to be accepted.
     pub max_connections: usize,
+    /// Connections from one IP address beyond this are refused (closed at once).
+    pub max_connections_per_source: usize,
     /// Largest request frame answered normally; a larger one gets `frame_too_large`.
     pub max_frame_bytes: usize,
+    /// How long a client may take to complete the WebSocket handshake: sockets that
+    /// never speak give their connection slot back after this.
+    pub handshake_timeout: Duration,
+    /// How long a connection may stay open before its first request.
+    pub first_request_timeout: Duration,
+    /// The interval of the broker's WebSocket pings; a peer that sends nothing (not even
+    /// a pong) for two intervals is disconnected and its unacked messages return to their
+    /// queues. `None`: no heartbeats.
+    pub heartbeat: Option<Duration>,
     /// The exchange types; `None` starts a host with the standard exchanges (`direct`,
     /// `topic`, `fanout`, `headers`) and default limits.
     pub plugins: Option<PluginHost>,
@@ -42,6 +59,10 @@ pub struct Config {
     pub artifact_cache: bool,
     /// Where to serve the management HTTP API, metrics and page; `None`: no HTTP.
     pub http: Option<SocketAddr>,
+    /// Tests of panic containment only: a connection receiving
+    /// [`INJECTED_PANIC_FRAME`] panics.
+    #[doc(hidden)]
+    pub inject_connection_panics: bool,
 }
 
 impl Config {
@@ -49,19 +70,39 @@ impl Config {
     pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
     /// The CLI's default for `--http` (a library `Config` has no HTTP unless asked).
     pub const DEFAULT_HTTP: &str = "127.0.0.1:6790";
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+    pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 1_000;
+    pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
 
     /// Defaults for everything but the data directory.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Config {
             listen: Self::DEFAULT_LISTEN.parse().expect("valid default address"),
             data_dir: data_dir.into(),
-            max_connections: 10_000,
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_source: Self::DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
             max_frame_bytes: Self::DEFAULT_MAX_FRAME_BYTES,
+            handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
+            first_request_timeout: Self::DEFAULT_FIRST_REQUEST_TIMEOUT,
+            heartbeat: Some(Self::DEFAULT_HEARTBEAT),
             plugins: None,
             plugins_dir: None,
             watch_plugins: false,
             artifact_cache: true,
             http: None,
+            inject_connection_panics: false,
+        }
+    }
+
+    fn conn_limits(&self) -> ConnLimits {
+        ConnLimits {
+            max_frame_bytes: self.max_frame_bytes,
+            handshake_timeout: self.handshake_timeout,
+            first_request_timeout: self.first_request_timeout,
+            heartbeat: self.heartbeat,
+            inject_panics: self.inject_connection_panics,
         }
     }
 }
@@ -299,6 +340,8 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let limit = Arc::new(Semaphore::new(config.max_connections));
+    let sources = Sources::new(config.max_connections_per_source);
+    let limits = config.conn_limits();
     let next_conn = AtomicU64::new(1);
     // Each connection holds a clone; recv() returns None once all of them ended.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
@@ -319,19 +362,23 @@ async fn accept_loop(
             },
             _ = shutdown.changed() => break,
         };
+        let Some(source) = sources.admit(peer.ip()) else {
+            tracing::warn!(%peer, limit = config.max_connections_per_source, "connection refused: too many from this address");
+            drop(stream);
+            continue;
+        };
         let conn = next_conn.fetch_add(1, Ordering::Relaxed);
         let connection = connection::Connection {
             id: conn,
             peer,
             router: router.clone(),
-            max_frame_bytes: config.max_frame_bytes,
+            limits,
             shutdown: shutdown.clone(),
         };
         let alive = alive_tx.clone();
         tokio::spawn(async move {
             connection.run(stream).await;
-            drop(permit);
-            drop(alive);
+            drop((permit, source, alive));
         });
     }
     drop(listener);
