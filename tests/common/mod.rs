@@ -109,6 +109,11 @@ pub struct BrokerProcess {
 
 impl BrokerProcess {
     pub fn spawn(data_dir: &Path) -> BrokerProcess {
+        Self::spawn_with(data_dir, &[])
+    }
+
+    /// With more `broker serve` arguments.
+    pub fn spawn_with(data_dir: &Path, extra: &[&str]) -> BrokerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_broker"))
             .args([
                 "serve",
@@ -121,6 +126,7 @@ impl BrokerProcess {
                 "--data-dir",
             ])
             .arg(data_dir)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use broker::server::MemoryWatermark;
 use broker::{Broker, Config};
 use clap::{Args, ValueEnum};
 
@@ -37,6 +38,14 @@ pub struct ServeArgs {
     /// disconnected and its unacked messages return to their queues. 0: no heartbeats.
     #[arg(long, default_value_t = Config::DEFAULT_HEARTBEAT.as_secs_f64(), value_parser = non_negative_secs)]
     heartbeat: f64,
+    /// Publishes one connection may have waiting for their answer (in confirm mode, the
+    /// confirm); past this the broker stops reading that connection until answers go out.
+    #[arg(long, default_value_t = Config::DEFAULT_MAX_UNCONFIRMED as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_unconfirmed: u64,
+    /// Resident memory past which publishing connections are blocked until it falls
+    /// (memory alarm): a share of the machine's memory (`0.4`) or a size (`512MiB`).
+    #[arg(long, default_value = "0.4", value_parser = MemoryWatermark::parse)]
+    memory_high_watermark: MemoryWatermark,
     /// Deploy every NAME.wasm here at startup as plugin NAME (a new version when the
     /// bytes differ from the active one).
     #[arg(long)]
@@ -71,6 +80,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.handshake_timeout = Duration::from_secs_f64(args.handshake_timeout);
     config.first_request_timeout = Duration::from_secs_f64(args.first_request_timeout);
     config.heartbeat = (args.heartbeat > 0.0).then(|| Duration::from_secs_f64(args.heartbeat));
+    config.max_unconfirmed = args.max_unconfirmed as usize;
+    config.memory_high_watermark = args.memory_high_watermark;
     config.max_frame_bytes = args.max_frame_bytes;
     config.plugins_dir = args.plugins_dir;
     config.watch_plugins = args.watch;

@@ -15,6 +15,8 @@ pub struct Scrape {
     pub plugins: Vec<(String, u64, StatsSnapshot)>,
     pub store: WriterSnapshot,
     pub resident_bytes: Option<u64>,
+    pub memory_high_watermark_bytes: u64,
+    pub memory_alarm: bool,
     pub uptime_seconds: f64,
 }
 
@@ -242,6 +244,22 @@ pub fn render(s: &Scrape) -> String {
         e.sample("broker_resident_memory_bytes", &[], bytes as f64);
     }
     e.family(
+        "broker_memory_high_watermark_bytes",
+        "gauge",
+        "Resident memory past which publishers are blocked (memory alarm).",
+    );
+    e.sample(
+        "broker_memory_high_watermark_bytes",
+        &[],
+        s.memory_high_watermark_bytes as f64,
+    );
+    e.family(
+        "broker_memory_alarm",
+        "gauge",
+        "1 while the memory alarm blocks publishing connections.",
+    );
+    e.sample("broker_memory_alarm", &[], s.memory_alarm as u8 as f64);
+    e.family(
         "broker_uptime_seconds",
         "gauge",
         "Seconds since the broker started.",
@@ -274,12 +292,4 @@ fn call_histogram(stats: &StatsSnapshot) -> HistogramSnapshot {
         cumulative,
         sum: stats.call_time.as_secs_f64(),
     }
-}
-
-/// The process's resident set size, from `/proc/self/status` (Linux only).
-pub fn resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }

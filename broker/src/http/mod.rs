@@ -11,6 +11,7 @@ mod metrics;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -43,6 +44,7 @@ pub struct HttpState {
     pub management: Session,
     pub plugins: PluginHost,
     pub store: Arc<WriterStats>,
+    pub memory: Arc<crate::server::MemoryStats>,
     pub started: Instant,
 }
 
@@ -267,7 +269,9 @@ async fn scrape(state: &HttpState) -> HttpResponse {
         connections: connections.connections.len(),
         plugins: state.plugins.all_stats(),
         store: state.store.snapshot(),
-        resident_bytes: metrics::resident_bytes(),
+        resident_bytes: crate::server::resident_memory(),
+        memory_high_watermark_bytes: state.memory.watermark_bytes.load(Ordering::Relaxed),
+        memory_alarm: state.memory.alarm.load(Ordering::Relaxed) == 1,
         uptime_seconds: state.started.elapsed().as_secs_f64(),
     });
     let mut response = Response::new(Full::new(Bytes::from(text)));

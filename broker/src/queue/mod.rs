@@ -482,17 +482,23 @@ impl Queue {
         expired
     }
 
-    /// Hands the head message to the next consumer with room; an expired head is
-    /// returned for dead-lettering instead.
-    pub fn next_dispatch(&mut self, now: u64) -> Option<Next> {
+    /// Hands the head message to the next consumer with room (within its prefetch, and
+    /// on a connection that `may_receive`); an expired head is returned for
+    /// dead-lettering instead.
+    pub fn next_dispatch(
+        &mut self,
+        now: u64,
+        may_receive: &dyn Fn(ConnId) -> bool,
+    ) -> Option<Next> {
         if self.ready.is_empty() || self.consumers.is_empty() {
             return None;
         }
         let n = self.consumers.len();
         let start = self.next_consumer % n;
-        let index = (0..n)
-            .map(|i| (start + i) % n)
-            .find(|&i| self.consumers[i].has_room())?;
+        let index = (0..n).map(|i| (start + i) % n).find(|&i| {
+            let consumer = &self.consumers[i];
+            consumer.has_room() && may_receive(consumer.conn)
+        })?;
         let mut entry = loop {
             let key = *self.ready.first_key_value()?.0;
             if let Some(entry) = self.take_ready(key) {

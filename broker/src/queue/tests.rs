@@ -38,7 +38,7 @@ fn push_msg(q: &mut Queue, m: Message, now: u64) -> u64 {
 }
 
 fn deliver(q: &mut Queue, now: u64) -> Option<Dispatch> {
-    match q.next_dispatch(now)? {
+    match q.next_dispatch(now, &|_| true)? {
         Next::Deliver(d) => Some(d),
         Next::Expired(e) => panic!("unexpected expiry of {}", e.seq),
     }
@@ -54,7 +54,7 @@ fn fifo_without_consumers_then_delivered_in_order() {
     for t in ["a", "b", "c"] {
         push(&mut q, t);
     }
-    assert!(q.next_dispatch(0).is_none());
+    assert!(q.next_dispatch(0, &|_| true).is_none());
     q.add_consumer(Consumer::new(1, "c1".into(), 0, false));
     let got: Vec<_> = std::iter::from_fn(|| deliver(&mut q, 0)).collect();
     assert_eq!(got.iter().map(body).collect::<Vec<_>>(), [b"a", b"b", b"c"]);
@@ -70,10 +70,13 @@ fn prefetch_limits_in_flight_and_ack_frees_room() {
     q.add_consumer(Consumer::new(1, "c".into(), 2, false));
     let first = deliver(&mut q, 0).unwrap();
     deliver(&mut q, 0).unwrap();
-    assert!(q.next_dispatch(0).is_none(), "prefetch 2 reached");
+    assert!(
+        q.next_dispatch(0, &|_| true).is_none(),
+        "prefetch 2 reached"
+    );
     q.ack(first.seq).unwrap();
     assert!(deliver(&mut q, 0).is_some());
-    assert!(q.next_dispatch(0).is_none());
+    assert!(q.next_dispatch(0, &|_| true).is_none());
 }
 
 #[test]
@@ -144,7 +147,7 @@ fn backoff_delays_then_delivery_limit_exhausts() {
         panic!()
     };
     assert_eq!(not_before, Some(110));
-    assert!(q.next_dispatch(50).is_none(), "still delayed");
+    assert!(q.next_dispatch(50, &|_| true).is_none(), "still delayed");
     assert_eq!(q.next_deadline(), Some(110));
     assert!(q.tick(110).is_empty());
     let d = deliver(&mut q, 110).unwrap();
@@ -195,7 +198,10 @@ fn expired_head_is_not_delivered() {
     let mut q = queue_with(json!({"message_ttl": 10}));
     push(&mut q, "stale");
     q.add_consumer(Consumer::new(1, "c".into(), 0, false));
-    assert!(matches!(q.next_dispatch(50), Some(Next::Expired(_))));
+    assert!(matches!(
+        q.next_dispatch(50, &|_| true),
+        Some(Next::Expired(_))
+    ));
 }
 
 #[test]
@@ -249,7 +255,7 @@ fn delayed_publish_waits_until_due() {
     push(&mut q, "now");
     q.add_consumer(Consumer::new(1, "c".into(), 0, false));
     assert_eq!(body(&deliver(&mut q, 1000).unwrap()), b"now");
-    assert!(q.next_dispatch(1400).is_none());
+    assert!(q.next_dispatch(1400, &|_| true).is_none());
     q.tick(1500);
     assert_eq!(body(&deliver(&mut q, 1500).unwrap()), b"later");
 }

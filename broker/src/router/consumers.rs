@@ -1,10 +1,13 @@
 //! Consumers: subscribe, cancel, dispatch, ack / nack / reject, connections closing.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::exchanges::now_ms;
 use super::queues::check_access;
-use super::{DeathReason, Held, OpError, Outbound, Reply, Router, Settle};
+use super::{
+    DeathReason, Held, MAX_OUTBOUND_BYTES, OpError, Outbound, Reply, Router, Settle, outbound_cost,
+};
 use crate::protocol::{Delivery, ErrorCode, ServerFrame, Subscribe, Subscribed};
 use crate::queue::{ConnId, Consumer, Next, Retried, Retry};
 use crate::store::StoreOp;
@@ -209,6 +212,14 @@ impl Router {
         }
     }
 
+    /// The connection's writer drained: its consumers' queues may deliver again.
+    pub(super) fn drained(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get(&conn) {
+            self.dirty
+                .extend(c.consumers.iter().map(|(queue, _)| queue.clone()));
+        }
+    }
+
     /// Hands ready messages of the touched queues to their consumers (dead-lettering
     /// expired ones on the way), then makes sure each wakes up for its next deadline.
     pub(super) fn dispatch(&mut self) {
@@ -227,7 +238,20 @@ impl Router {
             return;
         };
         let queue_id = queue.id;
-        while let Some(next) = queue.next_dispatch(now) {
+        loop {
+            // A connection whose socket is not taking deliveries gets no more until it
+            // drains.
+            let conns = &self.conns;
+            let may_receive = |conn: ConnId| {
+                conns.get(&conn).is_some_and(|c| {
+                    c.outbound
+                        .as_ref()
+                        .is_none_or(|queued| queued.load(Ordering::Relaxed) < MAX_OUTBOUND_BYTES)
+                })
+            };
+            let Some(next) = queue.next_dispatch(now, &may_receive) else {
+                break;
+            };
             let d = match next {
                 Next::Deliver(d) => d,
                 Next::Expired(entry) => {
@@ -275,6 +299,9 @@ impl Router {
                     super::handlers::FilterJob::new(delivery, d.auto_ack, d.conn, c.tx.clone());
                 let _ = route.tx.send(job);
                 continue;
+            }
+            if let Some(queued) = &c.outbound {
+                queued.fetch_add(outbound_cost(&delivery), Ordering::Relaxed);
             }
             let out = if d.auto_ack {
                 Outbound::AutoAckDelivery(delivery)

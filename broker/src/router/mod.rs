@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use crate::exchange::{BindingId, Exchange};
 use crate::plugin::PluginHost;
@@ -45,6 +45,20 @@ pub enum Outbound {
 /// A connection's outbound channel.
 pub type ConnTx = mpsc::UnboundedSender<Outbound>;
 
+/// Commands from connections waiting for the router at most: past this, connections stop
+/// reading their sockets until it catches up.
+const REQUEST_CHANNEL_CAPACITY: usize = 4096;
+
+/// Delivery bytes queued for one connection's socket past which its consumers get no
+/// more deliveries until its writer drains (a consumer that stops reading cannot grow
+/// the broker's memory).
+pub const MAX_OUTBOUND_BYTES: usize = 4 * 1024 * 1024;
+
+/// What a delivery counts against [`MAX_OUTBOUND_BYTES`]: its body and a fixed overhead.
+pub fn outbound_cost(delivery: &Delivery) -> usize {
+    delivery.message.body_len() + 256
+}
+
 /// What connections ask of the router.
 // Requests are nearly all of the traffic, so boxing the big variant would only add an
 // allocation per publish.
@@ -57,17 +71,23 @@ pub enum Command {
         /// The client's address; `None` for the broker's own management connection (the
         /// HTTP API), which `list_connections` does not show.
         peer: Option<SocketAddr>,
+        /// Delivery bytes queued for the connection's writer, which subtracts what it
+        /// has written (see [`MAX_OUTBOUND_BYTES`]); `None`: not bounded this way.
+        outbound: Option<Arc<std::sync::atomic::AtomicUsize>>,
     },
     /// The connection ended; `broker_stopping` when the broker closed it to shut down
     /// (its unacked messages then go back without counting as failed deliveries).
-    Close {
-        conn: ConnId,
-        broker_stopping: bool,
-    },
+    Close { conn: ConnId, broker_stopping: bool },
     Request {
         conn: ConnId,
         request: Request,
+        /// A publish's share of the connection's unconfirmed-publish limit, given back
+        /// when the publish is answered (for a confirm, after its commit).
+        credit: Option<OwnedSemaphorePermit>,
     },
+    /// The connection's writer drained below [`MAX_OUTBOUND_BYTES`]: its consumers may
+    /// receive again.
+    Drained { conn: ConnId },
     /// Auto-ack deliveries that reached the socket.
     Written {
         conn: ConnId,
@@ -87,21 +107,29 @@ pub enum Command {
     /// An attached handler's first instance is ready.
     HandlerStarted(Box<handlers::Started>),
     /// Commit what is pending, close the store, then answer.
-    Shutdown {
-        done: oneshot::Sender<()>,
-    },
+    Shutdown { done: oneshot::Sender<()> },
 }
 
-/// Cheap, cloneable sender of commands to the router.
+/// Cheap, cloneable sender of commands to the router: a bounded channel for client
+/// connections (each connection sends all its commands there, in order) and an unbounded
+/// one for the broker's own work (plugins, handlers, the management session), which must
+/// never wait on clients.
 #[derive(Debug, Clone)]
 pub struct RouterHandle {
-    tx: mpsc::UnboundedSender<Command>,
+    requests: mpsc::Sender<Command>,
+    control: mpsc::UnboundedSender<Command>,
 }
 
 impl RouterHandle {
-    /// Sends a command; false when the router has stopped.
+    /// Sends a broker-internal command; false when the router has stopped.
     pub fn send(&self, command: Command) -> bool {
-        self.tx.send(command).is_ok()
+        self.control.send(command).is_ok()
+    }
+
+    /// Sends a client connection's command, waiting while the router is behind; false
+    /// when the router has stopped.
+    pub async fn send_request(&self, command: Command) -> bool {
+        self.requests.send(command).await.is_ok()
     }
 
     /// Asks the router to commit and close the store; returns when it has.
@@ -145,6 +173,9 @@ pub(crate) enum Reply {
 struct Conn {
     tx: ConnTx,
     peer: Option<SocketAddr>,
+    /// Delivery bytes queued for its writer (see [`MAX_OUTBOUND_BYTES`]); `None` for
+    /// in-broker consumers, bounded by their prefetch alone.
+    outbound: Option<Arc<std::sync::atomic::AtomicUsize>>,
     /// Milliseconds since the epoch.
     opened_at: u64,
     confirms: bool,
@@ -235,21 +266,45 @@ pub struct Router {
 impl Router {
     /// Builds the router from recovered state and starts it on the current runtime.
     pub fn spawn(recovered: Recovered, store: StoreWriter, plugins: PluginHost) -> RouterHandle {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let router = Router::recover(recovered, store, plugins, tx.clone());
-        tokio::spawn(router.run(rx));
-        RouterHandle { tx }
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let (requests, requests_rx) = mpsc::channel(REQUEST_CHANNEL_CAPACITY);
+        let router = Router::recover(recovered, store, plugins, control.clone());
+        tokio::spawn(router.run(requests_rx, control_rx));
+        RouterHandle { requests, control }
     }
 
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
-        let mut commands = Vec::with_capacity(512);
+    async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<Command>,
+        mut control: mpsc::UnboundedReceiver<Command>,
+    ) {
+        let mut commands = Vec::with_capacity(1024);
         loop {
             let wait = self.timers.peek().map(|Reverse((due, _))| {
                 Duration::from_millis(due.saturating_sub(exchanges::now_ms()))
             });
+            // The broker's own work first; then what clients sent, up to a turn's worth.
             tokio::select! {
-                received = rx.recv_many(&mut commands, 512) => if received == 0 { break },
+                biased;
+                command = control.recv() => match command {
+                    Some(command) => commands.push(command),
+                    None => break,
+                },
+                command = requests.recv() => match command {
+                    Some(command) => commands.push(command),
+                    None => break,
+                },
                 _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {}
+            }
+            while commands.len() < 512
+                && let Ok(command) = control.try_recv()
+            {
+                commands.push(command);
+            }
+            while commands.len() < 1024
+                && let Ok(command) = requests.try_recv()
+            {
+                commands.push(command);
             }
             // Runs of publishes to one exchange are routed in one batch call, at the moment
             // the run is reached: everything before it has been applied.
@@ -262,12 +317,22 @@ impl Router {
                 let prerouted = prerouted.pop_front();
                 let command = waiting[i].take().expect("each command is taken once");
                 match command {
-                    Command::Open { conn, tx, peer } => self.open_conn(conn, tx, peer),
+                    Command::Open {
+                        conn,
+                        tx,
+                        peer,
+                        outbound,
+                    } => self.open_conn(conn, tx, peer, outbound),
                     Command::Close {
                         conn,
                         broker_stopping,
                     } => self.close_conn(conn, broker_stopping),
-                    Command::Request { conn, request } => self.request(conn, request, prerouted),
+                    Command::Request {
+                        conn,
+                        request,
+                        credit,
+                    } => self.request(conn, request, prerouted, credit),
+                    Command::Drained { conn } => self.drained(conn),
                     Command::Written {
                         conn,
                         delivery_tags,
@@ -339,12 +404,19 @@ impl Router {
         }
     }
 
-    fn open_conn(&mut self, conn: ConnId, tx: ConnTx, peer: Option<SocketAddr>) {
+    fn open_conn(
+        &mut self,
+        conn: ConnId,
+        tx: ConnTx,
+        peer: Option<SocketAddr>,
+        outbound: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    ) {
         self.conns.insert(
             conn,
             Conn {
                 tx,
                 peer,
+                outbound,
                 opened_at: exchanges::now_ms(),
                 confirms: false,
                 next_delivery_tag: 1,
@@ -355,7 +427,13 @@ impl Router {
         );
     }
 
-    fn request(&mut self, conn: ConnId, request: Request, prerouted: Option<Routed>) {
+    fn request(
+        &mut self,
+        conn: ConnId,
+        request: Request,
+        prerouted: Option<Routed>,
+        credit: Option<OwnedSemaphorePermit>,
+    ) {
         if !self.conns.contains_key(&conn) {
             return;
         }
@@ -434,10 +512,18 @@ impl Router {
             Op::DetachHandler { queue, plugin } => self.detach_handler(&queue, &plugin),
             Op::ListHandlers => Ok(self.list_handlers()),
         };
-        self.answer(conn, id, result);
+        self.answer(conn, id, result, credit);
     }
 
-    fn answer(&mut self, conn: ConnId, id: RequestId, result: Result<Reply, OpError>) {
+    /// Sends the reply (now or after the turn's commit); the publish credit, if any, is
+    /// given back once it is sent.
+    fn answer(
+        &mut self,
+        conn: ConnId,
+        id: RequestId,
+        result: Result<Reply, OpError>,
+        credit: Option<OwnedSemaphorePermit>,
+    ) {
         let Some(tx) = self.conns.get(&conn).map(|c| c.tx.clone()) else {
             return;
         };
@@ -446,21 +532,28 @@ impl Router {
             Ok(Reply::Ok(result)) => ServerFrame::Ok { id, result },
             Ok(Reply::Confirm) => ServerFrame::Confirm { id },
             Ok(Reply::OkAfterCommit(result)) => {
-                return self.after_commit(tx, ServerFrame::Ok { id, result });
+                return self.after_commit(tx, ServerFrame::Ok { id, result }, credit);
             }
             Ok(Reply::ConfirmAfterCommit) => {
-                return self.after_commit(tx, ServerFrame::Confirm { id });
+                return self.after_commit(tx, ServerFrame::Confirm { id }, credit);
             }
             Err(e) => ServerFrame::error(Some(id), e.code, e.message),
         };
         let _ = tx.send(Outbound::Frame(frame));
     }
 
-    /// Sends `frame` once the current turn's batch commits, or a `store_error` if it fails.
-    fn after_commit(&mut self, tx: ConnTx, frame: ServerFrame) {
+    /// Sends `frame` once the current turn's batch commits, or a `store_error` if it fails;
+    /// then gives `credit` back.
+    fn after_commit(
+        &mut self,
+        tx: ConnTx,
+        frame: ServerFrame,
+        credit: Option<OwnedSemaphorePermit>,
+    ) {
         self.batch
             .completions
             .push(Box::new(move |result: Result<(), CommitError>| {
+                let _credit = credit;
                 let frame = match (result, frame) {
                     (Ok(()), frame) => frame,
                     (Err(e), ServerFrame::Ok { id, .. } | ServerFrame::Confirm { id }) => {

@@ -75,6 +75,7 @@ impl Session {
             conn,
             tx,
             peer: None,
+            outbound: None,
         });
         let waiters = Waiters::default();
         tokio::spawn(match_replies(rx, waiters.clone()));
@@ -112,6 +113,7 @@ impl Session {
         if !self.router.send(Command::Request {
             conn: self.conn,
             request,
+            credit: None,
         }) {
             self.forget(id);
             return Err(unavailable());

@@ -2,6 +2,9 @@
 //! flushes in batches. With the binary encoding, `deliver` / `confirm` records are packed
 //! several to a WebSocket message.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use bytes::Bytes;
 use futures_util::SinkExt;
 use tokio::net::TcpStream;
@@ -13,7 +16,7 @@ use crate::protocol::{
     BINARY_BATCH_BYTES, Encoding, ServerFrame, encode_server_frame, write_server_record,
 };
 use crate::queue::ConnId;
-use crate::router::{Command, Outbound, RouterHandle};
+use crate::router::{Command, MAX_OUTBOUND_BYTES, Outbound, RouterHandle, outbound_cost};
 
 /// Frames written before one flush: amortizes syscalls under load, and at low load the
 /// writer flushes as soon as its channel is empty.
@@ -29,6 +32,7 @@ pub(super) async fn write_loop(
     conn: ConnId,
     router: RouterHandle,
     encoding: Encoding,
+    outbound: Arc<AtomicUsize>,
 ) {
     let mut written_auto_acks = Vec::new();
     // Binary mode: consecutive `deliver` / `confirm` records packed into one message.
@@ -36,6 +40,7 @@ pub(super) async fn write_loop(
     'outer: while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         let mut count = 0;
+        let mut written_bytes = 0;
         while let Some(out) = next {
             let frame = match out {
                 Outbound::Frame(frame) => frame,
@@ -55,6 +60,9 @@ pub(super) async fn write_loop(
                     continue;
                 }
             };
+            if let ServerFrame::Deliver(delivery) = &frame {
+                written_bytes += outbound_cost(delivery);
+            }
             let fed = if encoding == Encoding::Binary && write_server_record(&mut records, &frame) {
                 if records.len() >= BINARY_BATCH_BYTES {
                     feed_records(&mut sink, &mut records).await
@@ -83,10 +91,23 @@ pub(super) async fn write_loop(
             break;
         }
         if !written_auto_acks.is_empty() {
-            router.send(Command::Written {
-                conn,
-                delivery_tags: std::mem::take(&mut written_auto_acks),
-            });
+            let delivery_tags = std::mem::take(&mut written_auto_acks);
+            router
+                .send_request(Command::Written {
+                    conn,
+                    delivery_tags,
+                })
+                .await;
+        }
+        // Saturating: deliveries that passed a filter handler were never counted.
+        let before = outbound
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| {
+                Some(queued.saturating_sub(written_bytes))
+            })
+            .expect("the update always returns Some");
+        if before >= MAX_OUTBOUND_BYTES && before.saturating_sub(written_bytes) < MAX_OUTBOUND_BYTES
+        {
+            router.send_request(Command::Drained { conn }).await;
         }
     }
     let _ = sink.send(WsMessage::Close(None)).await;

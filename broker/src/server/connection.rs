@@ -8,11 +8,13 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
@@ -26,7 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::conn_writer::write_loop;
 use crate::protocol::{
-    BINARY_SUBPROTOCOL, Encoding, ErrorCode, ParseError, Request, RequestId, ServerFrame,
+    BINARY_SUBPROTOCOL, Encoding, ErrorCode, Op, ParseError, Request, RequestId, ServerFrame,
     decode_requests, parse_request,
 };
 use crate::queue::ConnId;
@@ -43,6 +45,7 @@ pub(super) struct ConnLimits {
     pub handshake_timeout: Duration,
     pub first_request_timeout: Duration,
     pub heartbeat: Option<Duration>,
+    pub max_unconfirmed: usize,
     pub inject_panics: bool,
 }
 
@@ -51,7 +54,18 @@ pub(super) struct Connection {
     pub peer: SocketAddr,
     pub router: RouterHandle,
     pub limits: ConnLimits,
+    pub flow: FlowControl,
     pub shutdown: watch::Receiver<bool>,
+}
+
+/// What holds a publishing connection back.
+pub(super) struct FlowControl {
+    /// One permit per publish the router has not answered yet.
+    pub credit: Arc<Semaphore>,
+    /// The broker's memory alarm (true while raised).
+    pub alarm: watch::Receiver<bool>,
+    /// Whether this connection has published (only publishers are blocked).
+    pub published: bool,
 }
 
 /// Why a connection ended.
@@ -104,24 +118,29 @@ impl Connection {
         tracing::info!(conn = self.id, peer = %self.peer, encoding = encoding.name(), "connection opened");
         let (sink, mut source) = ws.split();
         let (tx, rx) = mpsc::unbounded_channel();
-        if !self.router.send(Command::Open {
+        let outbound = Arc::new(AtomicUsize::new(0));
+        let open = Command::Open {
             conn: self.id,
             tx: tx.clone(),
             peer: Some(self.peer),
-        }) {
+            outbound: Some(outbound.clone()),
+        };
+        if !self.router.send_request(open).await {
             return;
         }
-        let mut writer = tokio::spawn(write_loop(sink, rx, self.id, self.router.clone(), encoding));
+        let router = self.router.clone();
+        let mut writer = tokio::spawn(write_loop(sink, rx, self.id, router, encoding, outbound));
         // A panic anywhere in the reader ends the connection like any other reason.
         let read = AssertUnwindSafe(self.read_loop(&mut source, &tx, &mut writer, encoding));
         let ended = read
             .catch_unwind()
             .await
             .unwrap_or_else(|panic| Ended::Panicked(panic_text(&*panic)));
-        self.router.send(Command::Close {
+        let close = Command::Close {
             conn: self.id,
             broker_stopping: matches!(ended, Ended::BrokerStopping),
-        });
+        };
+        self.router.send_request(close).await;
         // The writer ends once the router has dropped its sender too.
         drop(tx);
         if !matches!(ended, Ended::WriteFailed) {
@@ -201,29 +220,39 @@ impl Connection {
                     return Ended::NoFirstRequest(self.limits.first_request_timeout);
                 }
             };
-            last_heard = Instant::now();
-            match frame {
+            let handled = match frame {
                 Some(Ok(WsMessage::Text(text))) => {
                     requested = true;
-                    self.on_text(&text, tx)
+                    self.on_text(&text, tx).await
                 }
                 Some(Ok(WsMessage::Binary(bytes))) if encoding == Encoding::Binary => {
                     requested = true;
-                    self.on_binary(&bytes, tx)
+                    self.on_binary(&bytes, tx).await
                 }
-                Some(Ok(WsMessage::Binary(_))) => send_error(
-                    tx,
-                    ErrorCode::UnsupportedFrame,
-                    "binary frames are not supported; send JSON text frames",
-                ),
+                Some(Ok(WsMessage::Binary(_))) => {
+                    send_error(
+                        tx,
+                        ErrorCode::UnsupportedFrame,
+                        "binary frames are not supported; send JSON text frames",
+                    );
+                    Ok(())
+                }
                 Some(Ok(WsMessage::Close(_))) | None => return Ended::ClientClosed,
-                Some(Ok(_)) => {} // ping / pong: answered by the WebSocket layer
+                Some(Ok(_)) => Ok(()), // ping / pong: answered by the WebSocket layer
                 Some(Err(e)) => return Ended::ReadError(e.to_string()),
+            };
+            if let Err(ended) = handled {
+                return ended;
             }
+            if let Err(ended) = self.wait_while_blocked(tx).await {
+                return ended;
+            }
+            // Time spent waiting for credit or the alarm is not the peer's silence.
+            last_heard = Instant::now();
         }
     }
 
-    fn on_text(&self, text: &str, tx: &ConnTx) {
+    async fn on_text(&mut self, text: &str, tx: &ConnTx) -> Result<(), Ended> {
         if self.limits.inject_panics && text == INJECTED_PANIC_FRAME {
             panic!("injected connection panic");
         }
@@ -237,31 +266,79 @@ impl Connection {
             // clients write it), so the caller's pending request fails instead of waiting.
             let frame = ServerFrame::error(leading_id(text), ErrorCode::FrameTooLarge, message);
             let _ = tx.send(Outbound::Frame(frame));
-            return;
+            return Ok(());
         }
-        self.on_parsed(parse_request(text), tx);
+        self.forward(parse_request(text), tx).await
     }
 
     /// A binary message of the negotiated encoding: its records in order, up to the first
     /// bad one (answered with its error; the rest of the message is dropped).
-    fn on_binary(&self, bytes: &[u8], tx: &ConnTx) {
+    async fn on_binary(&mut self, bytes: &[u8], tx: &ConnTx) -> Result<(), Ended> {
         for record in decode_requests(bytes, self.limits.max_frame_bytes) {
-            self.on_parsed(record, tx);
+            self.forward(record, tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Hands a request to the router; a publish first takes one unit of the connection's
+    /// unconfirmed-publish credit, waiting (and reading nothing more) while there is none.
+    async fn forward(
+        &mut self,
+        parsed: Result<Request, ParseError>,
+        tx: &ConnTx,
+    ) -> Result<(), Ended> {
+        let request = match parsed {
+            Ok(request) => request,
+            Err(e) => {
+                let _ = tx.send(Outbound::Frame(ServerFrame::error(e.id, e.code, e.message)));
+                return Ok(());
+            }
+        };
+        let credit = if matches!(request.op, Op::Publish(_)) {
+            self.flow.published = true;
+            let credit = self.flow.credit.clone();
+            let permit = match credit.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => tokio::select! {
+                    permit = credit.acquire_owned() => permit.expect("the semaphore is never closed"),
+                    _ = self.shutdown.changed() => return Err(Ended::BrokerStopping),
+                },
+            };
+            Some(permit)
+        } else {
+            None
+        };
+        let command = Command::Request {
+            conn: self.id,
+            request,
+            credit,
+        };
+        match self.router.send_request(command).await {
+            true => Ok(()),
+            false => Err(Ended::BrokerStopping),
         }
     }
 
-    fn on_parsed(&self, parsed: Result<Request, ParseError>, tx: &ConnTx) {
-        match parsed {
-            Ok(request) => {
-                self.router.send(Command::Request {
-                    conn: self.id,
-                    request,
-                });
-            }
-            Err(e) => {
-                let _ = tx.send(Outbound::Frame(ServerFrame::error(e.id, e.code, e.message)));
+    /// While the memory alarm is raised, a connection that publishes is not read: it is
+    /// told `blocked`, then `unblocked` once the alarm clears.
+    async fn wait_while_blocked(&mut self, tx: &ConnTx) -> Result<(), Ended> {
+        if !self.flow.published || !*self.flow.alarm.borrow() {
+            return Ok(());
+        }
+        let reason = "memory high watermark reached: publishes wait until memory falls";
+        let _ = tx.send(Outbound::Frame(ServerFrame::Blocked {
+            reason: reason.to_string(),
+        }));
+        tracing::info!(conn = self.id, peer = %self.peer, "connection blocked");
+        while *self.flow.alarm.borrow_and_update() {
+            tokio::select! {
+                changed = self.flow.alarm.changed() => if changed.is_err() { break },
+                _ = self.shutdown.changed() => return Err(Ended::BrokerStopping),
             }
         }
+        let _ = tx.send(Outbound::Frame(ServerFrame::Unblocked));
+        tracing::info!(conn = self.id, peer = %self.peer, "connection unblocked");
+        Ok(())
     }
 }
 

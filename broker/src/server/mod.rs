@@ -6,6 +6,7 @@
 
 mod conn_writer;
 mod connection;
+mod memory_alarm;
 mod plugins_dir;
 mod sources;
 
@@ -23,8 +24,9 @@ use crate::plugin::{HostError, Limits, PluginHost, PluginSource};
 use crate::queue::{DEFAULT_MAX_IN_MEMORY_LENGTH, QueuePolicy};
 use crate::router::{Router, RouterHandle};
 use crate::store::{self, OpenError, Recovered, StoreOp, WriteBatch};
-use connection::ConnLimits;
 pub use connection::INJECTED_PANIC_FRAME;
+use connection::{ConnLimits, FlowControl};
+pub use memory_alarm::{MemoryStats, MemoryWatermark, resident_memory};
 use plugins_dir::PluginsDir;
 use sources::Sources;
 
@@ -48,6 +50,12 @@ pub struct Config {
     /// a pong) for two intervals is disconnected and its unacked messages return to their
     /// queues. `None`: no heartbeats.
     pub heartbeat: Option<Duration>,
+    /// Publishes one connection may have waiting for their answer (the confirm, in
+    /// confirm mode); past this the broker stops reading the connection until answers
+    /// go out.
+    pub max_unconfirmed: usize,
+    /// Resident memory past which publishing connections are blocked (memory alarm).
+    pub memory_high_watermark: MemoryWatermark,
     /// The exchange types; `None` starts a host with the standard exchanges (`direct`,
     /// `topic`, `fanout`, `headers`) and default limits.
     pub plugins: Option<PluginHost>,
@@ -75,6 +83,7 @@ impl Config {
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     pub const DEFAULT_FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
     pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_MAX_UNCONFIRMED: usize = 10_000;
 
     /// Defaults for everything but the data directory.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
@@ -87,6 +96,8 @@ impl Config {
             handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
             first_request_timeout: Self::DEFAULT_FIRST_REQUEST_TIMEOUT,
             heartbeat: Some(Self::DEFAULT_HEARTBEAT),
+            max_unconfirmed: Self::DEFAULT_MAX_UNCONFIRMED,
+            memory_high_watermark: MemoryWatermark::DEFAULT,
             plugins: None,
             plugins_dir: None,
             watch_plugins: false,
@@ -102,6 +113,7 @@ impl Config {
             handshake_timeout: self.handshake_timeout,
             first_request_timeout: self.first_request_timeout,
             heartbeat: self.heartbeat,
+            max_unconfirmed: self.max_unconfirmed.max(1),
             inject_panics: self.inject_connection_panics,
         }
     }
@@ -198,6 +210,14 @@ impl Broker {
         let router = Router::spawn(recovered, writer, plugins.clone());
         let store = store_stats.clone();
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let memory = Arc::new(MemoryStats::default());
+        let (alarm, alarm_rx) = watch::channel(false);
+        tokio::spawn(memory_alarm::watch_memory(
+            config.memory_high_watermark.bytes(),
+            alarm,
+            memory.clone(),
+            shutdown_rx.clone(),
+        ));
         if let Some(dir) = &config.plugins_dir {
             let mut plugins_dir = PluginsDir::new(dir, &router);
             plugins_dir
@@ -217,12 +237,13 @@ impl Broker {
                 management: crate::router::Session::open(router.clone()),
                 plugins,
                 store: store_stats,
+                memory: memory.clone(),
                 started: std::time::Instant::now(),
             });
             tracing::info!(%http_addr, "management HTTP listening");
             tokio::spawn(crate::http::serve(listener, state, shutdown_rx.clone()))
         });
-        let acceptor = tokio::spawn(accept_loop(listener, router, config, shutdown_rx));
+        let acceptor = tokio::spawn(accept_loop(listener, router, config, alarm_rx, shutdown_rx));
         tracing::info!(%local_addr, "broker listening");
         Ok(Broker {
             local_addr,
@@ -255,6 +276,15 @@ impl Broker {
     pub fn fail_commits(&self, on: bool) {
         self.store
             .fail_commits
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Fault injection for tests: while `on`, the store writer waits before each commit,
+    /// like a stalled disk, so nothing is confirmed. Not for production use.
+    #[doc(hidden)]
+    pub fn hold_commits(&self, on: bool) {
+        self.store
+            .hold_commits
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -337,6 +367,7 @@ async fn accept_loop(
     listener: TcpListener,
     router: RouterHandle,
     config: Config,
+    alarm: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let limit = Arc::new(Semaphore::new(config.max_connections));
@@ -373,6 +404,11 @@ async fn accept_loop(
             peer,
             router: router.clone(),
             limits,
+            flow: FlowControl {
+                credit: Arc::new(Semaphore::new(limits.max_unconfirmed)),
+                alarm: alarm.clone(),
+                published: false,
+            },
             shutdown: shutdown.clone(),
         };
         let alive = alive_tx.clone();

@@ -117,6 +117,9 @@ pub struct WriterStats {
     /// transaction with operations is aborted instead of committed, and fails like a
     /// commit on a full or broken disk.
     pub(crate) fail_commits: AtomicBool,
+    /// Fault injection for tests ([`crate::Broker::hold_commits`]): while set, the writer
+    /// waits before each commit, like a disk that stalls.
+    pub(crate) hold_commits: AtomicBool,
 }
 
 /// Operations per commit: 1 at idle, thousands under load.
@@ -138,6 +141,7 @@ impl Default for WriterStats {
             failing: AtomicBool::new(false),
             running: AtomicBool::new(true),
             fail_commits: AtomicBool::new(false),
+            hold_commits: AtomicBool::new(false),
         }
     }
 }
@@ -260,6 +264,9 @@ fn run(db: &Database, rx: mpsc::Receiver<Request>, stats: &WriterStats, commits:
             }
         }
         let ops: usize = batches.iter().map(|b| b.ops.len()).sum();
+        while stats.hold_commits.load(Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let started = Instant::now();
         let fail = stats.fail_commits.load(Relaxed);
         let result = commit(db, &batches, &mut encode_buf, fail);

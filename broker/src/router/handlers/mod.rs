@@ -314,7 +314,7 @@ impl Router {
                 }
             }
         };
-        self.answer(conn, id, result);
+        self.answer(conn, id, result, None);
     }
 
     pub(super) fn detach_handler(&mut self, queue: &str, plugin: &str) -> Result<Reply, OpError> {
@@ -572,7 +572,7 @@ impl Router {
             HandlerMode::Consume => {
                 let conn = self.handlers.next_conn();
                 let (tx, rx) = mpsc::unbounded_channel();
-                self.open_conn(conn, tx, None);
+                self.open_conn(conn, tx, None, None);
                 let tag: Arc<str> = format!("handler.{}", attachment.record.plugin).into();
                 let prefetch = attachment.record.concurrency * WINDOW_PER_WORKER;
                 self.conns
