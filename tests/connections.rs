@@ -28,7 +28,10 @@ async fn start_with(dir: &std::path::Path, tune: impl FnOnce(&mut Config)) -> Br
 }
 
 async fn raw(url: &str) -> Ws {
-    tokio_tungstenite::connect_async(url).await.unwrap().0
+    tokio_tungstenite::connect_async(common::upgrade_request(url))
+        .await
+        .unwrap()
+        .0
 }
 
 async fn send(ws: &mut Ws, frame: Value) {
@@ -192,7 +195,7 @@ async fn one_address_cannot_take_more_than_its_share_of_connections() {
     let first = Client::connect(&broker.url()).await.unwrap();
     let _second = Client::connect(&broker.url()).await.unwrap();
     assert!(
-        tokio_tungstenite::connect_async(broker.url())
+        tokio_tungstenite::connect_async(common::upgrade_request(&broker.url()))
             .await
             .is_err(),
         "a third connection from 127.0.0.1 is refused"

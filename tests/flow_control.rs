@@ -66,7 +66,7 @@ async fn a_consumer_that_stops_reading_gets_no_more_deliveries_until_it_drains()
         .declare_queue("firehose", QueueOptions::default())
         .await
         .unwrap();
-    let (mut ws, _) = tokio_tungstenite::connect_async(broker.url())
+    let (mut ws, _) = tokio_tungstenite::connect_async(common::upgrade_request(&broker.url()))
         .await
         .unwrap();
     let subscribe = json!({"id": 1, "op": "subscribe", "queue": "firehose", "prefetch": 0});

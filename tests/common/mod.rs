@@ -193,16 +193,29 @@ pub struct RawPeer {
     >,
 }
 
+/// A WebSocket upgrade request to `url` logging in as the default `guest` (from
+/// loopback), as the project's client does.
+pub fn upgrade_request(url: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut request = url.into_client_request().unwrap();
+    let basic = broker::client::credentials::basic_header("guest", "guest");
+    request
+        .headers_mut()
+        .insert("Authorization", basic.parse().unwrap());
+    request
+}
+
 impl RawPeer {
     pub async fn connect(url: &str) -> RawPeer {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let (ws, _) = tokio_tungstenite::connect_async(upgrade_request(url))
+            .await
+            .unwrap();
         RawPeer { ws }
     }
 
     /// A peer that negotiated the binary encoding (`broker-binary.v1`).
     pub async fn connect_binary(url: &str) -> RawPeer {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-        let mut request = url.into_client_request().unwrap();
+        let mut request = upgrade_request(url);
         request.headers_mut().insert(
             "Sec-WebSocket-Protocol",
             broker::protocol::BINARY_SUBPROTOCOL.parse().unwrap(),
@@ -328,10 +341,18 @@ pub async fn http_with_headers(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let body = body.unwrap_or("");
-    let extra: String = headers
+    let mut extra: String = headers
         .iter()
         .map(|(name, value)| format!("{name}: {value}\r\n"))
         .collect();
+    // Logged in as the default user unless the test says otherwise.
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+    {
+        let basic = broker::client::credentials::basic_header("guest", "guest");
+        extra.push_str(&format!("Authorization: {basic}\r\n"));
+    }
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",

@@ -7,10 +7,39 @@ use clap::{Args, Subcommand};
 
 use super::{DEFAULT_SERVER, parse_key_value, to_headers};
 
+/// Where the broker is and who to log in as.
 #[derive(Args)]
 pub struct ServerArg {
-    #[arg(long, default_value = DEFAULT_SERVER)]
-    pub server: String,
+    /// The broker's URL; may carry credentials: `ws://user:password@host:port`.
+    #[arg(long, env = "BROKER_URL", default_value = DEFAULT_SERVER)]
+    server: String,
+    /// User to log in as (default: the URL's, else `guest`).
+    #[arg(long, env = "BROKER_USER")]
+    user: Option<String>,
+    /// Password of --user.
+    #[arg(
+        long,
+        env = "BROKER_PASSWORD",
+        requires = "user",
+        hide_env_values = true
+    )]
+    password: Option<String>,
+}
+
+impl ServerArg {
+    /// The URL to connect to, with --user / --password in it when given.
+    pub fn url(&self) -> String {
+        let Some(user) = &self.user else {
+            return self.server.clone();
+        };
+        let (bare, _, _) = broker::client::credentials::split_credentials(&self.server);
+        let password = self.password.as_deref().unwrap_or("");
+        let userinfo = broker::client::credentials::userinfo(user, password);
+        match bare.split_once("://") {
+            Some((scheme, rest)) => format!("{scheme}://{userinfo}{rest}"),
+            None => bare,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -108,7 +137,7 @@ pub struct BindArgs {
 }
 
 pub async fn queues(args: ServerArg) -> anyhow::Result<()> {
-    let client = Client::connect(&args.server).await?;
+    let client = Client::connect(&args.url()).await?;
     let queues = client.list_queues().await?;
     let width = queues
         .iter()
@@ -131,7 +160,7 @@ pub async fn queues(args: ServerArg) -> anyhow::Result<()> {
 }
 
 pub async fn exchanges(args: ServerArg) -> anyhow::Result<()> {
-    let client = Client::connect(&args.server).await?;
+    let client = Client::connect(&args.url()).await?;
     let list = client.list_exchanges().await?;
     let width = list
         .exchanges
@@ -163,7 +192,7 @@ pub async fn exchanges(args: ServerArg) -> anyhow::Result<()> {
 }
 
 pub async fn bindings(args: ServerArg) -> anyhow::Result<()> {
-    let client = Client::connect(&args.server).await?;
+    let client = Client::connect(&args.url()).await?;
     println!("EXCHANGE -> QUEUE  KEY  ARGUMENTS");
     for b in client.list_bindings().await? {
         let arguments = serde_json::to_string(&b.arguments)?;
@@ -174,7 +203,7 @@ pub async fn bindings(args: ServerArg) -> anyhow::Result<()> {
 }
 
 pub async fn connections(args: ServerArg) -> anyhow::Result<()> {
-    let client = Client::connect(&args.server).await?;
+    let client = Client::connect(&args.url()).await?;
     println!(
         "{:>6}  {:<22}  {:>8}  {:>8}  CONSUMERS",
         "CONN", "PEER", "CONFIRMS", "UNACKED"
@@ -207,7 +236,7 @@ pub async fn declare(what: Declare) -> anyhow::Result<()> {
             args,
             server,
         } => {
-            let client = Client::connect(&server.server).await?;
+            let client = Client::connect(&server.url()).await?;
             let options = QueueOptions {
                 durable,
                 auto_delete,
@@ -225,7 +254,7 @@ pub async fn declare(what: Declare) -> anyhow::Result<()> {
             args,
             server,
         } => {
-            let client = Client::connect(&server.server).await?;
+            let client = Client::connect(&server.url()).await?;
             client
                 .declare_exchange(&name, &kind, durable, to_headers(args))
                 .await?;
@@ -239,13 +268,13 @@ pub async fn declare(what: Declare) -> anyhow::Result<()> {
 pub async fn delete(what: Delete) -> anyhow::Result<()> {
     match what {
         Delete::Queue { name, server } => {
-            let client = Client::connect(&server.server).await?;
+            let client = Client::connect(&server.url()).await?;
             let messages = client.delete_queue(&name).await?;
             println!("queue {name} deleted with {messages} messages");
             client.close().await;
         }
         Delete::Exchange { name, server } => {
-            let client = Client::connect(&server.server).await?;
+            let client = Client::connect(&server.url()).await?;
             client.delete_exchange(&name).await?;
             println!("exchange {name} deleted");
             client.close().await;
@@ -255,7 +284,7 @@ pub async fn delete(what: Delete) -> anyhow::Result<()> {
 }
 
 pub async fn purge(args: PurgeArgs) -> anyhow::Result<()> {
-    let client = Client::connect(&args.server.server).await?;
+    let client = Client::connect(&args.server.url()).await?;
     let messages = client.purge_queue(&args.queue).await?;
     println!("purged {messages} messages from {}", args.queue);
     client.close().await;
@@ -263,7 +292,7 @@ pub async fn purge(args: PurgeArgs) -> anyhow::Result<()> {
 }
 
 pub async fn bind(args: BindArgs, bind: bool) -> anyhow::Result<()> {
-    let client = Client::connect(&args.server.server).await?;
+    let client = Client::connect(&args.server.url()).await?;
     let binding = Binding {
         exchange: args.exchange,
         queue: args.queue,
@@ -295,7 +324,7 @@ pub async fn plugin(what: Plugin) -> anyhow::Result<()> {
         } => {
             let wasm =
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            let client = Client::connect(&server.server).await?;
+            let client = Client::connect(&server.url()).await?;
             let started = std::time::Instant::now();
             let v = client
                 .deploy_plugin_with(&name, &wasm, auto_rollback)
@@ -322,13 +351,13 @@ pub async fn plugin(what: Plugin) -> anyhow::Result<()> {
             client.close().await;
         }
         Plugin::Rollback { name, to, server } => {
-            let client = Client::connect(&server.server).await?;
+            let client = Client::connect(&server.url()).await?;
             let v = client.rollback_plugin(&name, to).await?;
             println!("plugin {name} rolled back to version {}", v["version"]);
             client.close().await;
         }
         Plugin::List(server) => {
-            let client = Client::connect(&server.server).await?;
+            let client = Client::connect(&server.url()).await?;
             let list = client.list_plugins().await?;
             println!(
                 "{:<20} {:>8} {:>8} {:>10} {:>8} {:>9}  {:<12}  MESSAGES BY VERSION",
@@ -371,7 +400,7 @@ pub async fn plugin(what: Plugin) -> anyhow::Result<()> {
             client.close().await;
         }
         Plugin::History { name, server } => {
-            let client = Client::connect(&server.server).await?;
+            let client = Client::connect(&server.url()).await?;
             let history = client.plugin_history(&name).await?;
             for v in history["versions"].as_array().into_iter().flatten() {
                 println!(

@@ -3,7 +3,6 @@
 use broker::Client;
 use clap::Args;
 
-use super::DEFAULT_SERVER;
 use super::publish::ensure_queue;
 
 #[derive(Args)]
@@ -19,12 +18,12 @@ pub struct ConsumeArgs {
     /// Receive through this filter handler (attached with `handler attach --mode filter`).
     #[arg(long)]
     filter: Option<String>,
-    #[arg(long, default_value = DEFAULT_SERVER)]
-    server: String,
+    #[command(flatten)]
+    server: super::admin::ServerArg,
 }
 
 pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
-    let client = Client::connect(&args.server).await?;
+    let client = Client::connect(&args.server.url()).await?;
     ensure_queue(&client, &args.queue).await?;
     let mut subscription = match &args.filter {
         Some(filter) => {

@@ -4,8 +4,6 @@ use broker::Client;
 use broker::router::DEATH_HEADER;
 use clap::Args;
 
-use super::DEFAULT_SERVER;
-
 #[derive(Args)]
 pub struct DlqArgs {
     /// The queue whose dead letters to show (its `<queue>.dlq`), or a DLQ named directly.
@@ -19,12 +17,12 @@ pub struct DlqArgs {
     /// Most dead letters to show.
     #[arg(long, default_value_t = 100)]
     limit: usize,
-    #[arg(long, default_value = DEFAULT_SERVER)]
-    server: String,
+    #[command(flatten)]
+    server: super::admin::ServerArg,
 }
 
 pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
-    let client = Client::connect(&args.server).await?;
+    let client = Client::connect(&args.server.url()).await?;
     let dlq = if args.queue.ends_with(".dlq") {
         args.queue.clone()
     } else {

@@ -7,6 +7,7 @@ mod dlq;
 mod handler;
 mod publish;
 mod serve;
+mod user;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +36,9 @@ enum Command {
     Consume(consume::ConsumeArgs),
     /// List queues with ready / unacked / consumer counts.
     Queues(admin::ServerArg),
+    /// Manage users (administrators).
+    #[command(subcommand)]
+    User(user::User),
     /// List exchanges with their type and routed / unroutable counts.
     Exchanges(admin::ServerArg),
     /// List bindings.
@@ -74,6 +78,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Publish(args) => publish::run(args).await,
         Command::Consume(args) => consume::run(args).await,
         Command::Queues(args) => admin::queues(args).await,
+        Command::User(command) => user::run(command).await,
         Command::Exchanges(args) => admin::exchanges(args).await,
         Command::Bindings(args) => admin::bindings(args).await,
         Command::Connections(args) => admin::connections(args).await,

@@ -8,7 +8,7 @@ use broker::protocol::ErrorCode;
 use broker::{Client, Message, Properties, QueueOptions};
 use clap::Args;
 
-use super::{DEFAULT_SERVER, parse_key_value, to_headers};
+use super::{parse_key_value, to_headers};
 
 #[derive(Args)]
 pub struct PublishArgs {
@@ -45,12 +45,12 @@ pub struct PublishArgs {
     /// Have the broker return the message if no queue takes it.
     #[arg(long)]
     mandatory: bool,
-    #[arg(long, default_value = DEFAULT_SERVER)]
-    server: String,
+    #[command(flatten)]
+    server: super::admin::ServerArg,
 }
 
 pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
-    let client = Client::connect(&args.server).await?;
+    let client = Client::connect(&args.server.url()).await?;
     let (exchange, routing_key) = match (&args.queue, args.exchange) {
         (Some(queue), _) => {
             ensure_queue(&client, queue).await?;

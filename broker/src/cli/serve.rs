@@ -63,6 +63,14 @@ pub struct ServeArgs {
     /// Serve no HTTP at all.
     #[arg(long)]
     no_http: bool,
+    /// Origin (`http://host:port`) of a web page allowed to open WebSocket connections;
+    /// repeat for several. Default: the management page's own.
+    #[arg(long = "allowed-origin")]
+    allowed_origins: Vec<String>,
+    /// `Host` header value the management HTTP listener answers to; repeat for several.
+    /// Default: its own address (and localhost:PORT on loopback).
+    #[arg(long = "http-allowed-host")]
+    http_allowed_hosts: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -86,6 +94,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.plugins_dir = args.plugins_dir;
     config.watch_plugins = args.watch;
     config.http = (!args.no_http).then_some(args.http);
+    config.allowed_origins = args.allowed_origins;
+    config.http_allowed_hosts = args.http_allowed_hosts;
     let broker = Broker::start(config).await.context("starting the broker")?;
     // Scripts and tests read this line to learn the addresses (e.g. with --listen ...:0).
     let http = match broker.http_addr() {

@@ -7,6 +7,12 @@
 //! [`Client::connect_with`] and [`Encoding::Binary`] send `publish` and `ack` as binary
 //! records (packed several to a WebSocket message) and read `deliver` and `confirm` records;
 //! every other request and reply stays JSON.
+//!
+//! Credentials come from the URL (`ws://user:password@host:port`), `guest` / `guest`
+//! without them.
+
+pub mod credentials;
+mod users;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -138,9 +144,17 @@ impl Client {
             url: url.to_owned(),
             reason,
         };
-        let mut request = url
+        let (bare_url, user, password) = credentials::split_credentials(url);
+        let mut request = bare_url
             .into_client_request()
             .map_err(|e| connect_error(e.to_string()))?;
+        let authorization = credentials::basic_header(&user, &password)
+            .parse()
+            .map_err(|_| connect_error("credentials not valid in a header".into()))?;
+        request.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::header::AUTHORIZATION,
+            authorization,
+        );
         let binary = options.encoding == Encoding::Binary;
         if binary {
             request.headers_mut().insert(

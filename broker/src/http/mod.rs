@@ -7,7 +7,10 @@
 //! chosen from the code). The page is plain HTML, CSS and JS compiled into the binary: no
 //! build step, nothing fetched from elsewhere.
 
+mod access;
 mod metrics;
+
+pub use access::default_hosts;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -46,6 +49,9 @@ pub struct HttpState {
     pub store: Arc<WriterStats>,
     pub memory: Arc<crate::server::MemoryStats>,
     pub started: Instant,
+    pub auth: Arc<crate::auth::Authenticator>,
+    /// `Host` values the listener answers to.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Serves HTTP on `listener` until `shutdown` turns true.
@@ -60,9 +66,9 @@ pub async fn serve(
             permit = limit.clone().acquire_owned() => permit.expect("semaphore never closed"),
             _ = shutdown.changed() => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "HTTP accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -76,7 +82,14 @@ pub async fn serve(
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req).await) }
+                async move {
+                    let mut response = match access::admit(&state, &req, peer).await {
+                        Ok(_) => handle(&state, req).await,
+                        Err(refused) => refused,
+                    };
+                    access::harden(&mut response);
+                    Ok::<_, Infallible>(response)
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -358,7 +371,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         MalformedJson | UnknownOp | InvalidField | UnsupportedFrame | MalformedBinary
         | InvalidBinding | InvalidPlugin | UnknownExchangeType => StatusCode::BAD_REQUEST,
         FrameTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        QueueNotFound | ExchangeNotFound | PluginNotFound | UnknownConsumer
+        QueueNotFound | ExchangeNotFound | PluginNotFound | UserNotFound | UnknownConsumer
         | UnknownDeliveryTag => StatusCode::NOT_FOUND,
         PreconditionFailed | ConsumerTagInUse | QueueFull | Unroutable => StatusCode::CONFLICT,
         ResourceLocked => StatusCode::LOCKED,

@@ -50,6 +50,8 @@ pub enum ErrorCode {
     QueueFull,
     /// No plugin (or plugin version) of that name.
     PluginNotFound,
+    /// No user of that name.
+    UserNotFound,
 }
 
 impl ErrorCode {
@@ -92,6 +94,7 @@ const ALL_CODES: &[(ErrorCode, &str)] = &[
     (ErrorCode::QueueFull, "queue_full"),
     (ErrorCode::InvalidPlugin, "invalid_plugin"),
     (ErrorCode::PluginNotFound, "plugin_not_found"),
+    (ErrorCode::UserNotFound, "user_not_found"),
 ];
 
 /// The operation names of [`super::Op`], to tell an unknown `op` from a bad field.
@@ -124,6 +127,11 @@ const OP_NAMES: &[&str] = &[
     "attach_handler",
     "detach_handler",
     "list_handlers",
+    "authenticate",
+    "add_user",
+    "delete_user",
+    "change_password",
+    "list_users",
 ];
 
 /// A request frame that could not be parsed: the id when one could be read, the code, why.

@@ -116,6 +116,29 @@ pub enum Op {
     },
     /// Every attachment with its plugin version and counters.
     ListHandlers,
+    /// Logs the connection in (when its upgrade request carried no credentials): the
+    /// only request a connection may send before it is authenticated.
+    Authenticate {
+        username: String,
+        password: String,
+    },
+    /// Creates or replaces a user (administrators only).
+    AddUser {
+        user: String,
+        password: String,
+        #[serde(default)]
+        tags: Vec<crate::auth::Tag>,
+    },
+    DeleteUser {
+        user: String,
+    },
+    /// Sets a user's password (administrators; or any user for their own password).
+    ChangePassword {
+        user: String,
+        password: String,
+    },
+    /// Every user with its tags (administrators only).
+    ListUsers,
 }
 
 fn default_peek_limit() -> usize {
@@ -349,12 +372,29 @@ pub struct BindingList {
 pub struct ConnectionInfo {
     pub conn: u64,
     pub peer: String,
+    /// The authenticated user.
+    #[serde(default)]
+    pub user: String,
     /// Milliseconds since the epoch.
     pub opened_at: u64,
     pub confirms: bool,
     /// `queue` and `consumer_tag` of each consumer.
     pub consumers: Vec<ConsumerInfo>,
     pub unacked: u64,
+}
+
+/// `list_users` result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserList {
+    pub users: Vec<UserInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub user: String,
+    pub tags: Vec<crate::auth::Tag>,
+    /// May connect from loopback addresses only.
+    pub loopback_only: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -13,9 +13,11 @@ mod overview;
 mod plugins;
 mod queues;
 mod session;
+mod users;
 
 pub use dead_letter::{DEATH_HEADER, DeathReason};
 pub use session::{Session, SessionError};
+pub use users::UserChange;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
@@ -25,6 +27,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
+use crate::auth::{Authenticator, Principal};
 use crate::exchange::{BindingId, Exchange};
 use crate::plugin::PluginHost;
 use crate::protocol::{Binding, Delivery, ErrorCode, Op, Request, RequestId, ServerFrame};
@@ -74,6 +77,8 @@ pub enum Command {
         /// Delivery bytes queued for the connection's writer, which subtracts what it
         /// has written (see [`MAX_OUTBOUND_BYTES`]); `None`: not bounded this way.
         outbound: Option<Arc<std::sync::atomic::AtomicUsize>>,
+        /// Who authenticated; `None` for the broker's own sessions.
+        user: Option<Principal>,
     },
     /// The connection ended; `broker_stopping` when the broker closed it to shut down
     /// (its unacked messages then go back without counting as failed deliveries).
@@ -84,6 +89,12 @@ pub enum Command {
         /// A publish's share of the connection's unconfirmed-publish limit, given back
         /// when the publish is answered (for a confirm, after its commit).
         credit: Option<OwnedSemaphorePermit>,
+    },
+    /// A user change from connection `conn`'s request `id` (its password already hashed).
+    ChangeUser {
+        conn: ConnId,
+        id: RequestId,
+        change: UserChange,
     },
     /// The connection's writer drained below [`MAX_OUTBOUND_BYTES`]: its consumers may
     /// receive again.
@@ -176,6 +187,8 @@ struct Conn {
     /// Delivery bytes queued for its writer (see [`MAX_OUTBOUND_BYTES`]); `None` for
     /// in-broker consumers, bounded by their prefetch alone.
     outbound: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    /// Who authenticated; `None` for the broker's own sessions and in-broker consumers.
+    user: Option<Principal>,
     /// Milliseconds since the epoch.
     opened_at: u64,
     confirms: bool,
@@ -261,14 +274,21 @@ pub struct Router {
     dead_letter_log: BTreeMap<(Arc<str>, &'static str), u64>,
     /// Handler attachments and filtered subscriptions.
     handlers: handlers::Handlers,
+    /// The users, updated once user changes commit.
+    auth: Arc<Authenticator>,
 }
 
 impl Router {
     /// Builds the router from recovered state and starts it on the current runtime.
-    pub fn spawn(recovered: Recovered, store: StoreWriter, plugins: PluginHost) -> RouterHandle {
+    pub fn spawn(
+        recovered: Recovered,
+        store: StoreWriter,
+        plugins: PluginHost,
+        auth: Arc<Authenticator>,
+    ) -> RouterHandle {
         let (control, control_rx) = mpsc::unbounded_channel();
         let (requests, requests_rx) = mpsc::channel(REQUEST_CHANNEL_CAPACITY);
-        let router = Router::recover(recovered, store, plugins, control.clone());
+        let router = Router::recover(recovered, store, plugins, control.clone(), auth);
         tokio::spawn(router.run(requests_rx, control_rx));
         RouterHandle { requests, control }
     }
@@ -322,7 +342,9 @@ impl Router {
                         tx,
                         peer,
                         outbound,
-                    } => self.open_conn(conn, tx, peer, outbound),
+                        user,
+                    } => self.open_conn(conn, tx, peer, outbound, user),
+                    Command::ChangeUser { conn, id, change } => self.change_user(conn, id, change),
                     Command::Close {
                         conn,
                         broker_stopping,
@@ -410,6 +432,7 @@ impl Router {
         tx: ConnTx,
         peer: Option<SocketAddr>,
         outbound: Option<Arc<std::sync::atomic::AtomicUsize>>,
+        user: Option<Principal>,
     ) {
         self.conns.insert(
             conn,
@@ -417,6 +440,7 @@ impl Router {
                 tx,
                 peer,
                 outbound,
+                user,
                 opened_at: exchanges::now_ms(),
                 confirms: false,
                 next_delivery_tag: 1,
@@ -511,6 +535,13 @@ impl Router {
             Op::AttachHandler(attach) => self.attach_handler(conn, id.clone(), attach),
             Op::DetachHandler { queue, plugin } => self.detach_handler(&queue, &plugin),
             Op::ListHandlers => Ok(self.list_handlers()),
+            Op::DeleteUser { user } => self.store_user_change(conn, UserChange::Delete(user)),
+            Op::ListUsers => self.list_users(conn),
+            // Answered by the connection itself (they hash or check passwords, which
+            // takes tens of milliseconds: never on this task).
+            Op::Authenticate { .. } | Op::AddUser { .. } | Op::ChangePassword { .. } => Err(
+                OpError::new(ErrorCode::InvalidField, "not available on this connection"),
+            ),
         };
         self.answer(conn, id, result, credit);
     }

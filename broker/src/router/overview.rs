@@ -61,6 +61,10 @@ impl Router {
                 Some(ConnectionInfo {
                     conn: *id,
                     peer: c.peer?.to_string(),
+                    user: c
+                        .user
+                        .as_ref()
+                        .map_or_else(String::new, |p| p.user.to_string()),
                     opened_at: c.opened_at,
                     confirms: c.confirms,
                     consumers: c

@@ -28,6 +28,7 @@ impl Router {
         store: StoreWriter,
         plugins: PluginHost,
         self_tx: tokio::sync::mpsc::UnboundedSender<super::Command>,
+        auth: Arc<crate::auth::Authenticator>,
     ) -> Self {
         let mut router = Router {
             queues: HashMap::new(),
@@ -53,6 +54,7 @@ impl Router {
             default_exchange: Default::default(),
             dead_letter_log: Default::default(),
             handlers: Default::default(),
+            auth,
         };
         let mut messages = 0;
         for stored in recovered.queues {

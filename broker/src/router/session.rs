@@ -76,6 +76,7 @@ impl Session {
             tx,
             peer: None,
             outbound: None,
+            user: None,
         });
         let waiters = Waiters::default();
         tokio::spawn(match_replies(rx, waiters.clone()));

@@ -27,6 +27,9 @@ use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::conn_writer::write_loop;
+use super::gate::Gate;
+use super::login::{login, user_change};
+use crate::auth::Principal;
 use crate::protocol::{
     BINARY_SUBPROTOCOL, Encoding, ErrorCode, Op, ParseError, Request, RequestId, ServerFrame,
     decode_requests, parse_request,
@@ -53,6 +56,7 @@ pub(super) struct Connection {
     pub id: ConnId,
     pub peer: SocketAddr,
     pub router: RouterHandle,
+    pub gate: Arc<Gate>,
     pub limits: ConnLimits,
     pub flow: FlowControl,
     pub shutdown: watch::Receiver<bool>,
@@ -103,11 +107,18 @@ impl fmt::Display for Ended {
 
 type WsSource = futures_util::stream::SplitStream<WebSocketStream<TcpStream>>;
 
+/// An accepted WebSocket, its encoding, and the upgrade request's Basic credentials.
+type Upgraded = (
+    WebSocketStream<TcpStream>,
+    Encoding,
+    Option<(String, String)>,
+);
+
 impl Connection {
     pub async fn run(mut self, stream: TcpStream) {
         let _ = stream.set_nodelay(true);
         let handshake = tokio::time::timeout(self.limits.handshake_timeout, self.handshake(stream));
-        let (ws, encoding) = match handshake.await {
+        let (mut ws, encoding, credentials) = match handshake.await {
             Ok(Some(accepted)) => accepted,
             Ok(None) => return,
             Err(_) => {
@@ -115,7 +126,13 @@ impl Connection {
                 return;
             }
         };
-        tracing::info!(conn = self.id, peer = %self.peer, encoding = encoding.name(), "connection opened");
+        let within = self.limits.first_request_timeout;
+        let Some(principal) = login(&mut ws, &self.gate, self.peer, credentials, within).await
+        else {
+            tracing::debug!(conn = self.id, peer = %self.peer, "connection not authenticated");
+            return;
+        };
+        tracing::info!(conn = self.id, peer = %self.peer, user = %principal.user, encoding = encoding.name(), "connection opened");
         let (sink, mut source) = ws.split();
         let (tx, rx) = mpsc::unbounded_channel();
         let outbound = Arc::new(AtomicUsize::new(0));
@@ -124,6 +141,7 @@ impl Connection {
             tx: tx.clone(),
             peer: Some(self.peer),
             outbound: Some(outbound.clone()),
+            user: Some(principal.clone()),
         };
         if !self.router.send_request(open).await {
             return;
@@ -131,7 +149,8 @@ impl Connection {
         let router = self.router.clone();
         let mut writer = tokio::spawn(write_loop(sink, rx, self.id, router, encoding, outbound));
         // A panic anywhere in the reader ends the connection like any other reason.
-        let read = AssertUnwindSafe(self.read_loop(&mut source, &tx, &mut writer, encoding));
+        let read =
+            AssertUnwindSafe(self.read_loop(&mut source, &tx, &mut writer, encoding, &principal));
         let ended = read
             .catch_unwind()
             .await
@@ -153,8 +172,9 @@ impl Connection {
         }
     }
 
-    /// The WebSocket upgrade, negotiating the binary encoding when the client offers it.
-    async fn handshake(&self, stream: TcpStream) -> Option<(WebSocketStream<TcpStream>, Encoding)> {
+    /// The WebSocket upgrade (refused for a browser origin not allowed), negotiating the
+    /// binary encoding when the client offers it; returns the request's credentials too.
+    async fn handshake(&self, stream: TcpStream) -> Option<Upgraded> {
         // Frames up to twice the limit are read and answered with `frame_too_large`;
         // beyond that the WebSocket layer drops the connection without buffering it all.
         let max = self.limits.max_frame_bytes.saturating_mul(2);
@@ -163,9 +183,11 @@ impl Connection {
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
         let mut encoding = Encoding::Json;
-        // tungstenite's callback type; this one never fails.
+        let mut credentials = None;
+        // tungstenite's callback type.
         #[allow(clippy::result_large_err)]
         let negotiate = |request: &HsRequest, mut response: HsResponse| {
+            credentials = self.gate.check_upgrade(request)?;
             if offers_binary(request) {
                 encoding = Encoding::Binary;
                 response.headers_mut().insert(
@@ -179,7 +201,7 @@ impl Connection {
             tokio_tungstenite::accept_hdr_async_with_config(stream, negotiate, Some(ws_config))
                 .await;
         match accepted {
-            Ok(ws) => Some((ws, encoding)),
+            Ok(ws) => Some((ws, encoding, credentials)),
             Err(e) => {
                 tracing::debug!(peer = %self.peer, error = %e, "WebSocket handshake failed");
                 None
@@ -195,6 +217,7 @@ impl Connection {
         tx: &ConnTx,
         writer: &mut JoinHandle<()>,
         encoding: Encoding,
+        principal: &Principal,
     ) -> Ended {
         let heartbeat = self.limits.heartbeat;
         let mut pings =
@@ -223,11 +246,11 @@ impl Connection {
             let handled = match frame {
                 Some(Ok(WsMessage::Text(text))) => {
                     requested = true;
-                    self.on_text(&text, tx).await
+                    self.on_text(&text, tx, principal).await
                 }
                 Some(Ok(WsMessage::Binary(bytes))) if encoding == Encoding::Binary => {
                     requested = true;
-                    self.on_binary(&bytes, tx).await
+                    self.on_binary(&bytes, tx, principal).await
                 }
                 Some(Ok(WsMessage::Binary(_))) => {
                     send_error(
@@ -252,7 +275,12 @@ impl Connection {
         }
     }
 
-    async fn on_text(&mut self, text: &str, tx: &ConnTx) -> Result<(), Ended> {
+    async fn on_text(
+        &mut self,
+        text: &str,
+        tx: &ConnTx,
+        principal: &Principal,
+    ) -> Result<(), Ended> {
         if self.limits.inject_panics && text == INJECTED_PANIC_FRAME {
             panic!("injected connection panic");
         }
@@ -268,14 +296,19 @@ impl Connection {
             let _ = tx.send(Outbound::Frame(frame));
             return Ok(());
         }
-        self.forward(parse_request(text), tx).await
+        self.forward(parse_request(text), tx, principal).await
     }
 
     /// A binary message of the negotiated encoding: its records in order, up to the first
     /// bad one (answered with its error; the rest of the message is dropped).
-    async fn on_binary(&mut self, bytes: &[u8], tx: &ConnTx) -> Result<(), Ended> {
+    async fn on_binary(
+        &mut self,
+        bytes: &[u8],
+        tx: &ConnTx,
+        principal: &Principal,
+    ) -> Result<(), Ended> {
         for record in decode_requests(bytes, self.limits.max_frame_bytes) {
-            self.forward(record, tx).await?;
+            self.forward(record, tx, principal).await?;
         }
         Ok(())
     }
@@ -286,6 +319,7 @@ impl Connection {
         &mut self,
         parsed: Result<Request, ParseError>,
         tx: &ConnTx,
+        principal: &Principal,
     ) -> Result<(), Ended> {
         let request = match parsed {
             Ok(request) => request,
@@ -294,6 +328,27 @@ impl Connection {
                 return Ok(());
             }
         };
+        if matches!(
+            request.op,
+            Op::AddUser { .. } | Op::ChangePassword { .. } | Op::Authenticate { .. }
+        ) {
+            let Request { id, op } = request;
+            let command = match user_change(&self.gate, principal, op).await {
+                Ok(change) => Command::ChangeUser {
+                    conn: self.id,
+                    id,
+                    change,
+                },
+                Err((code, message)) => {
+                    let _ = tx.send(Outbound::Frame(ServerFrame::error(Some(id), code, message)));
+                    return Ok(());
+                }
+            };
+            return match self.router.send_request(command).await {
+                true => Ok(()),
+                false => Err(Ended::BrokerStopping),
+            };
+        }
         let credit = if matches!(request.op, Op::Publish(_)) {
             self.flow.published = true;
             let credit = self.flow.credit.clone();

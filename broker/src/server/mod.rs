@@ -6,6 +6,8 @@
 
 mod conn_writer;
 mod connection;
+mod gate;
+mod login;
 mod memory_alarm;
 mod plugins_dir;
 mod sources;
@@ -26,6 +28,7 @@ use crate::router::{Router, RouterHandle};
 use crate::store::{self, OpenError, Recovered, StoreOp, WriteBatch};
 pub use connection::INJECTED_PANIC_FRAME;
 use connection::{ConnLimits, FlowControl};
+use gate::Gate;
 pub use memory_alarm::{MemoryStats, MemoryWatermark, resident_memory};
 use plugins_dir::PluginsDir;
 use sources::Sources;
@@ -67,6 +70,13 @@ pub struct Config {
     pub artifact_cache: bool,
     /// Where to serve the management HTTP API, metrics and page; `None`: no HTTP.
     pub http: Option<SocketAddr>,
+    /// Origins (`http://host:port`) of web pages allowed to open WebSocket connections;
+    /// empty: only the management page's own. Requests without `Origin` (programs, not
+    /// browsers) are not affected.
+    pub allowed_origins: Vec<String>,
+    /// `Host` header values the management HTTP listener answers to (defeats DNS
+    /// rebinding); empty: its own address, and `localhost:PORT` on loopback.
+    pub http_allowed_hosts: Vec<String>,
     /// Tests of panic containment only: a connection receiving
     /// [`INJECTED_PANIC_FRAME`] panics.
     #[doc(hidden)]
@@ -103,6 +113,8 @@ impl Config {
             watch_plugins: false,
             artifact_cache: true,
             http: None,
+            allowed_origins: Vec::new(),
+            http_allowed_hosts: Vec::new(),
             inject_connection_panics: false,
         }
     }
@@ -181,6 +193,13 @@ impl Broker {
                 }
             };
             restore_plugin_versions(&host, &mut recovered, &mut compiled);
+            if recovered.users.is_empty() {
+                // A fresh install (or a data dir from before users): RabbitMQ's default.
+                let guest = crate::auth::default_user();
+                tracing::info!(user = %guest.name, "created the default user (loopback only)");
+                compiled.ops.push(StoreOp::PutUser(guest.clone()));
+                recovered.users.push(guest);
+            }
             writer.submit(compiled);
             Ok::<_, StartError>((recovered, writer, host))
         })
@@ -207,7 +226,8 @@ impl Broker {
             None => None,
         };
         let store_stats = writer.stats();
-        let router = Router::spawn(recovered, writer, plugins.clone());
+        let auth = crate::auth::Authenticator::new(recovered.users.clone());
+        let router = Router::spawn(recovered, writer, plugins.clone(), auth.clone());
         let store = store_stats.clone();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let memory = Arc::new(MemoryStats::default());
@@ -239,11 +259,31 @@ impl Broker {
                 store: store_stats,
                 memory: memory.clone(),
                 started: std::time::Instant::now(),
+                auth: auth.clone(),
+                allowed_hosts: match config.http_allowed_hosts.is_empty() {
+                    true => crate::http::default_hosts(http_addr),
+                    false => config.http_allowed_hosts.clone(),
+                },
             });
             tracing::info!(%http_addr, "management HTTP listening");
             tokio::spawn(crate::http::serve(listener, state, shutdown_rx.clone()))
         });
-        let acceptor = tokio::spawn(accept_loop(listener, router, config, alarm_rx, shutdown_rx));
+        let allowed_origins = match config.allowed_origins.is_empty() {
+            true => gate::management_origins(http),
+            false => config.allowed_origins.clone(),
+        };
+        let gate = Arc::new(Gate {
+            auth,
+            allowed_origins,
+        });
+        let acceptor = tokio::spawn(accept_loop(
+            listener,
+            router,
+            config,
+            gate,
+            alarm_rx,
+            shutdown_rx,
+        ));
         tracing::info!(%local_addr, "broker listening");
         Ok(Broker {
             local_addr,
@@ -367,6 +407,7 @@ async fn accept_loop(
     listener: TcpListener,
     router: RouterHandle,
     config: Config,
+    gate: Arc<Gate>,
     alarm: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -403,6 +444,7 @@ async fn accept_loop(
             id: conn,
             peer,
             router: router.clone(),
+            gate: gate.clone(),
             limits,
             flow: FlowControl {
                 credit: Arc::new(Semaphore::new(limits.max_unconfirmed)),

@@ -48,6 +48,8 @@ const ACTIVE_PLUGINS: TableDefinition<&str, u64> = TableDefinition::new("active_
 const PLUGIN_ARTIFACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugin_artifacts");
 /// Handler attachments of durable queues by (queue, plugin): their record (JSON).
 const HANDLERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("handlers");
+/// Users by name: their record (JSON, with the password's Argon2id hash).
+const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 
 /// redb's page cache. Its default (1 GiB) kept a backlog's pages in RAM next to the
 /// queues' own copy of every message; the OS page cache already holds recent pages.
@@ -133,6 +135,8 @@ pub struct Recovered {
     pub plugin_artifacts: std::collections::HashMap<String, bytes::Bytes>,
     /// Handler attachments of durable queues.
     pub handlers: Vec<crate::protocol::AttachHandler>,
+    /// Users (none before the first start that created the default one).
+    pub users: Vec<crate::auth::UserRecord>,
 }
 
 /// Opens (or creates) the database in `data_dir`, reads what to recover, and starts the
@@ -168,6 +172,7 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
     txn.open_table(ACTIVE_PLUGINS)?;
     txn.open_table(PLUGIN_ARTIFACTS)?;
     txn.open_table(HANDLERS)?;
+    txn.open_table(USERS)?;
     txn.commit()?;
     Ok(())
 }
@@ -259,6 +264,12 @@ fn recover(
         let record = serde_json::from_slice(value.value())
             .map_err(|e| corrupt("handlers")(e.to_string()))?;
         recovered.handlers.push(record);
+    }
+    for entry in txn.open_table(USERS)?.iter()? {
+        let (_, value) = entry?;
+        let record =
+            serde_json::from_slice(value.value()).map_err(|e| corrupt("users")(e.to_string()))?;
+        recovered.users.push(record);
     }
     Ok(recovered)
 }

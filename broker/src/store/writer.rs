@@ -19,7 +19,7 @@ use super::reader::{Commits, StoreReader};
 use super::{
     ACTIVE_PLUGINS, BINDINGS, CommitError, ENTRY_STATE, EXCHANGES, ExchangeRecord, HANDLERS,
     MESSAGES, PLUGIN_ARTIFACTS, PLUGIN_VERSIONS, PLUGIN_WASM, PluginVersion, QUEUES, QueueRecord,
-    encode_entry,
+    USERS, encode_entry,
 };
 use crate::exchange::BindingId;
 use crate::message::Message;
@@ -76,6 +76,9 @@ pub enum StoreOp {
         queue: String,
         plugin: String,
     },
+    /// Stores a user (replacing one of the same name).
+    PutUser(crate::auth::UserRecord),
+    DeleteUser(String),
 }
 
 /// Runs once the batch holding it has committed (or failed to).
@@ -363,6 +366,8 @@ fn apply<'a>(
     let mut active_plugins = txn.open_table(ACTIVE_PLUGINS)?;
     let mut plugin_artifacts = txn.open_table(PLUGIN_ARTIFACTS)?;
     let mut handlers = txn.open_table(HANDLERS)?;
+    // Opened only by the rare batch that changes users.
+    let mut users = None;
     for op in ops {
         match op {
             StoreOp::PutQueue(record) => {
@@ -432,6 +437,20 @@ fn apply<'a>(
             }
             StoreOp::DeleteHandler { queue, plugin } => {
                 handlers.remove((queue.as_str(), plugin.as_str()))?;
+            }
+            StoreOp::PutUser(record) => {
+                let table = match &mut users {
+                    Some(table) => table,
+                    None => users.insert(txn.open_table(USERS)?),
+                };
+                table.insert(record.name.as_str(), json(record).as_slice())?;
+            }
+            StoreOp::DeleteUser(name) => {
+                let table = match &mut users {
+                    Some(table) => table,
+                    None => users.insert(txn.open_table(USERS)?),
+                };
+                table.remove(name.as_str())?;
             }
         }
     }

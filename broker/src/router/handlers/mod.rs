@@ -572,7 +572,7 @@ impl Router {
             HandlerMode::Consume => {
                 let conn = self.handlers.next_conn();
                 let (tx, rx) = mpsc::unbounded_channel();
-                self.open_conn(conn, tx, None, None);
+                self.open_conn(conn, tx, None, None, None);
                 let tag: Arc<str> = format!("handler.{}", attachment.record.plugin).into();
                 let prefetch = attachment.record.concurrency * WINDOW_PER_WORKER;
                 self.conns

@@ -1,0 +1,292 @@
+//! Who is connecting: one authenticator for every listener (WebSocket, HTTP, and the
+//! protocols added later). It owns the users in memory; the store keeps them (table
+//! `users`), written through the router's batches like everything else.
+
+mod users;
+
+pub use users::{Tag, UserLimits, UserRecord, check_user_name, hash_password};
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use rand_core::{OsRng, RngCore};
+use sha2::{Digest, Sha256};
+
+/// The user a fresh install creates, as RabbitMQ does: `guest` / `guest`, an
+/// administrator that may connect from loopback addresses only.
+pub const DEFAULT_USER: &str = "guest";
+pub const DEFAULT_PASSWORD: &str = "guest";
+
+/// Failed logins from one address slow down its next attempts: 50 ms, doubling per
+/// failure, at most this long.
+const MAX_PENALTY: Duration = Duration::from_secs(5);
+const FIRST_PENALTY: Duration = Duration::from_millis(50);
+/// An address's failures are forgotten after this long without another.
+const FORGET_FAILURES_AFTER: Duration = Duration::from_secs(300);
+
+/// An authenticated user, as a connection carries it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Principal {
+    pub user: Arc<str>,
+    pub tags: Vec<Tag>,
+}
+
+impl Principal {
+    pub fn has_tag(&self, tag: Tag) -> bool {
+        self.tags.contains(&tag)
+    }
+
+    pub fn is_administrator(&self) -> bool {
+        self.has_tag(Tag::Administrator)
+    }
+}
+
+/// Why a login was refused. The wire says only "invalid username or password" for the
+/// first two, so a client cannot tell which users exist.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AuthError {
+    #[error("invalid username or password")]
+    InvalidCredentials,
+    #[error("user `{0}` may only connect from a loopback address")]
+    LoopbackOnly(String),
+}
+
+/// Login counters, for metrics.
+#[derive(Debug, Default)]
+pub struct AuthStats {
+    pub successes: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+struct Failures {
+    count: u32,
+    last: Instant,
+}
+
+pub struct Authenticator {
+    users: RwLock<HashMap<String, UserRecord>>,
+    /// User → SHA-256 of (per-process pepper, password) that last verified: a client
+    /// reconnecting with the same password skips Argon2 (tens of milliseconds).
+    verified: Mutex<HashMap<String, [u8; 32]>>,
+    pepper: [u8; 16],
+    failures: Mutex<HashMap<IpAddr, Failures>>,
+    pub stats: AuthStats,
+}
+
+impl Authenticator {
+    pub fn new(users: impl IntoIterator<Item = UserRecord>) -> Arc<Self> {
+        let mut pepper = [0u8; 16];
+        OsRng.fill_bytes(&mut pepper);
+        Arc::new(Authenticator {
+            users: RwLock::new(users.into_iter().map(|u| (u.name.clone(), u)).collect()),
+            verified: Mutex::new(HashMap::new()),
+            pepper,
+            failures: Mutex::new(HashMap::new()),
+            stats: AuthStats::default(),
+        })
+    }
+
+    /// Checks `user`'s `password` for a client at `peer`. After failures from the same
+    /// address, waits first (exponentially longer per failure).
+    pub async fn authenticate(
+        &self,
+        user: &str,
+        password: &str,
+        peer: IpAddr,
+    ) -> Result<Principal, AuthError> {
+        let penalty = self.penalty(peer);
+        if !penalty.is_zero() {
+            tokio::time::sleep(penalty).await;
+        }
+        let result = self.check(user, password, peer).await;
+        match &result {
+            Ok(_) => {
+                self.stats.successes.fetch_add(1, Ordering::Relaxed);
+                self.lock_failures().remove(&peer);
+            }
+            Err(e) => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                let mut failures = self.lock_failures();
+                let entry = failures.entry(peer).or_insert(Failures {
+                    count: 0,
+                    last: Instant::now(),
+                });
+                entry.count = entry.count.saturating_add(1);
+                entry.last = Instant::now();
+                tracing::warn!(target: "audit", event = "authentication_failed", user, %peer, reason = %e, "authentication failed");
+            }
+        }
+        result
+    }
+
+    async fn check(
+        &self,
+        user: &str,
+        password: &str,
+        peer: IpAddr,
+    ) -> Result<Principal, AuthError> {
+        let record = self.read_users().get(user).cloned();
+        let Some(record) = record else {
+            return Err(AuthError::InvalidCredentials);
+        };
+        let fingerprint = self.fingerprint(password);
+        let cached = self.lock_verified().get(user) == Some(&fingerprint);
+        if !cached {
+            let (typed, stored) = (password.to_string(), record.password_hash.clone());
+            let matches =
+                tokio::task::spawn_blocking(move || users::verify_password(&typed, &stored))
+                    .await
+                    .unwrap_or(false);
+            if !matches {
+                return Err(AuthError::InvalidCredentials);
+            }
+            // Only if the user was not changed meanwhile.
+            if self.read_users().get(user).map(|u| &u.password_hash) == Some(&record.password_hash)
+            {
+                self.lock_verified().insert(user.to_string(), fingerprint);
+            }
+        }
+        if record.loopback_only && !peer.is_loopback() {
+            return Err(AuthError::LoopbackOnly(user.to_string()));
+        }
+        Ok(Principal {
+            user: Arc::from(user),
+            tags: record.tags.clone(),
+        })
+    }
+
+    /// Adds or replaces a user (already stored by the caller).
+    pub fn put(&self, record: UserRecord) {
+        self.lock_verified().remove(&record.name);
+        self.write_users().insert(record.name.clone(), record);
+    }
+
+    /// Removes a user (already deleted from the store by the caller).
+    pub fn remove(&self, user: &str) -> Option<UserRecord> {
+        self.lock_verified().remove(user);
+        self.write_users().remove(user)
+    }
+
+    pub fn get(&self, user: &str) -> Option<UserRecord> {
+        self.read_users().get(user).cloned()
+    }
+
+    /// Every user, by name.
+    pub fn list(&self) -> Vec<UserRecord> {
+        let mut users: Vec<UserRecord> = self.read_users().values().cloned().collect();
+        users.sort_by(|a, b| a.name.cmp(&b.name));
+        users
+    }
+
+    fn penalty(&self, peer: IpAddr) -> Duration {
+        let mut failures = self.lock_failures();
+        let Some(entry) = failures.get(&peer) else {
+            return Duration::ZERO;
+        };
+        if entry.last.elapsed() > FORGET_FAILURES_AFTER {
+            failures.remove(&peer);
+            return Duration::ZERO;
+        }
+        let doublings = entry.count.saturating_sub(1).min(16);
+        (FIRST_PENALTY * 2u32.pow(doublings)).min(MAX_PENALTY)
+    }
+
+    fn fingerprint(&self, password: &str) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        hash.update(self.pepper);
+        hash.update(password.as_bytes());
+        hash.finalize().into()
+    }
+
+    fn read_users(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, UserRecord>> {
+        self.users.read().expect("users lock not poisoned")
+    }
+
+    fn write_users(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, UserRecord>> {
+        self.users.write().expect("users lock not poisoned")
+    }
+
+    fn lock_verified(&self) -> std::sync::MutexGuard<'_, HashMap<String, [u8; 32]>> {
+        self.verified.lock().expect("cache lock not poisoned")
+    }
+
+    fn lock_failures(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Failures>> {
+        self.failures.lock().expect("failures lock not poisoned")
+    }
+}
+
+/// The user a fresh install starts with.
+pub fn default_user() -> UserRecord {
+    let mut guest = UserRecord::new(DEFAULT_USER, DEFAULT_PASSWORD, vec![Tag::Administrator]);
+    guest.loopback_only = true;
+    guest
+}
+
+/// `user:password` from an HTTP `Authorization: Basic ...` header value.
+pub fn parse_basic(header: &str) -> Option<(String, String)> {
+    use base64::Engine as _;
+    let encoded = header
+        .strip_prefix("Basic ")
+        .or_else(|| header.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loopback() -> IpAddr {
+        "127.0.0.1".parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn checks_passwords_loopback_and_slows_down_failures() {
+        let auth = Authenticator::new([default_user(), UserRecord::new("ann", "pw", vec![])]);
+        let guest = auth
+            .authenticate("guest", "guest", loopback())
+            .await
+            .unwrap();
+        assert!(guest.is_administrator());
+        let remote: IpAddr = "10.1.2.3".parse().unwrap();
+        assert_eq!(
+            auth.authenticate("guest", "guest", remote).await,
+            Err(AuthError::LoopbackOnly("guest".into()))
+        );
+        assert_eq!(
+            auth.authenticate("ann", "wrong", remote).await,
+            Err(AuthError::InvalidCredentials)
+        );
+        assert_eq!(
+            auth.authenticate("nobody", "pw", remote).await,
+            Err(AuthError::InvalidCredentials)
+        );
+        // Three failures from there: its next attempt waits 200 ms first.
+        assert_eq!(auth.penalty(remote), Duration::from_millis(200));
+        assert_eq!(auth.penalty(loopback()), Duration::ZERO);
+        assert_eq!(auth.stats.failures.load(Ordering::Relaxed), 3);
+        // A replaced password: the cached one no longer works.
+        auth.put(UserRecord::new("ann", "new", vec![]));
+        assert!(auth.authenticate("ann", "pw", loopback()).await.is_err());
+        assert!(auth.authenticate("ann", "new", loopback()).await.is_ok());
+        assert!(auth.authenticate("ann", "new", loopback()).await.is_ok());
+    }
+
+    #[test]
+    fn parses_basic_credentials() {
+        // "ann:p:w" — a password may contain colons.
+        assert_eq!(
+            parse_basic("Basic YW5uOnA6dw=="),
+            Some(("ann".into(), "p:w".into()))
+        );
+        assert_eq!(parse_basic("Bearer abc"), None);
+        assert_eq!(parse_basic("Basic !!!"), None);
+    }
+}

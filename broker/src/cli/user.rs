@@ -1,0 +1,80 @@
+//! `broker user add NAME PASSWORD [--tag T]...`, `delete NAME`, `list`, `passwd NAME PASSWORD`.
+
+use broker::Client;
+use broker::auth::Tag;
+use clap::Subcommand;
+
+use super::admin::ServerArg;
+
+#[derive(Subcommand)]
+pub enum User {
+    /// Create (or replace) a user.
+    Add {
+        name: String,
+        password: String,
+        /// administrator, management, monitoring or none; repeat for several.
+        #[arg(long = "tag", value_parser = Tag::parse)]
+        tags: Vec<Tag>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Delete a user.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// List users and their tags.
+    List(ServerArg),
+    /// Set a user's password.
+    Passwd {
+        name: String,
+        /// The new password.
+        password: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+pub async fn run(command: User) -> anyhow::Result<()> {
+    match command {
+        User::Add {
+            name,
+            password,
+            tags,
+            server,
+        } => {
+            let client = Client::connect(&server.url()).await?;
+            client.add_user(&name, &password, &tags).await?;
+            println!("user {name} stored");
+        }
+        User::Delete { name, server } => {
+            let client = Client::connect(&server.url()).await?;
+            client.delete_user(&name).await?;
+            println!("user {name} deleted");
+        }
+        User::List(server) => {
+            let client = Client::connect(&server.url()).await?;
+            let users = client.list_users().await?;
+            let width = users.iter().map(|u| u.user.len()).max().unwrap_or(4).max(4);
+            println!("{:width$}  TAGS", "USER");
+            for user in users {
+                let mut tags: Vec<String> = user.tags.iter().map(Tag::to_string).collect();
+                if user.loopback_only {
+                    tags.push("(loopback only)".into());
+                }
+                println!("{:width$}  {}", user.user, tags.join(" "));
+            }
+        }
+        User::Passwd {
+            name,
+            password,
+            server,
+        } => {
+            let client = Client::connect(&server.url()).await?;
+            client.change_password(&name, &password).await?;
+            println!("password of {name} changed");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,41 @@
+//! User management through the client (administrators; any user for its own password).
+
+use super::{Client, ClientError};
+use crate::auth::Tag;
+use crate::protocol::{Op, UserInfo, UserList};
+
+impl Client {
+    /// Creates or replaces `user` with `password` and `tags`.
+    pub async fn add_user(
+        &self,
+        user: &str,
+        password: &str,
+        tags: &[Tag],
+    ) -> Result<(), ClientError> {
+        self.call_unit(Op::AddUser {
+            user: user.to_owned(),
+            password: password.to_owned(),
+            tags: tags.to_vec(),
+        })
+        .await
+    }
+
+    pub async fn delete_user(&self, user: &str) -> Result<(), ClientError> {
+        self.call_unit(Op::DeleteUser {
+            user: user.to_owned(),
+        })
+        .await
+    }
+
+    pub async fn change_password(&self, user: &str, password: &str) -> Result<(), ClientError> {
+        self.call_unit(Op::ChangePassword {
+            user: user.to_owned(),
+            password: password.to_owned(),
+        })
+        .await
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<UserInfo>, ClientError> {
+        Ok(self.call::<UserList>(Op::ListUsers).await?.users)
+    }
+}

@@ -1,0 +1,107 @@
+//! User management: the router stores user changes in its batch like any other durable
+//! change, and the authenticator learns them once they are committed. Passwords arrive
+//! already hashed (the connection hashes them off the router's task).
+
+use std::sync::Arc;
+
+use super::{OpError, Reply, Router};
+use crate::auth::{Authenticator, UserRecord};
+use crate::protocol::{ErrorCode, RequestId, UserInfo, UserList};
+use crate::queue::ConnId;
+use crate::store::StoreOp;
+
+/// A change to the users, as a connection hands it to the router.
+#[derive(Debug)]
+pub enum UserChange {
+    Put(UserRecord),
+    Delete(String),
+}
+
+impl Router {
+    /// Refuses unless connection `conn` is an administrator (the broker's own sessions
+    /// are trusted: the HTTP API checks its callers itself).
+    pub(super) fn require_administrator(&self, conn: ConnId, what: &str) -> Result<(), OpError> {
+        match self.conns.get(&conn).map(|c| c.user.as_ref()) {
+            Some(None) => Ok(()),
+            Some(Some(principal)) if principal.is_administrator() => Ok(()),
+            _ => Err(OpError::new(
+                ErrorCode::AccessRefused,
+                format!("{what} needs the administrator tag"),
+            )),
+        }
+    }
+
+    pub(super) fn list_users(&self, conn: ConnId) -> Result<Reply, OpError> {
+        self.require_administrator(conn, "list_users")?;
+        let users = self
+            .auth
+            .list()
+            .into_iter()
+            .map(|u| UserInfo {
+                user: u.name,
+                tags: u.tags,
+                loopback_only: u.loopback_only,
+            })
+            .collect();
+        Ok(Reply::Ok(
+            serde_json::to_value(UserList { users }).expect("serializes"),
+        ))
+    }
+
+    /// Stores a user change; the reply and the authenticator's update follow the commit.
+    pub(super) fn change_user(&mut self, conn: ConnId, id: RequestId, change: UserChange) {
+        let result = self.store_user_change(conn, change);
+        self.answer(conn, id, result, None);
+    }
+
+    pub(super) fn store_user_change(
+        &mut self,
+        conn: ConnId,
+        change: UserChange,
+    ) -> Result<Reply, OpError> {
+        let own_password = matches!(&change, UserChange::Put(record)
+            if self.conns.get(&conn).and_then(|c| c.user.as_ref()).is_some_and(|p| *p.user == *record.name)
+                && self.auth.get(&record.name).is_some());
+        if !own_password {
+            self.require_administrator(conn, "changing users")?;
+        }
+        let who = self.conn_user(conn);
+        let auth: Arc<Authenticator> = self.auth.clone();
+        match change {
+            UserChange::Put(record) => {
+                tracing::info!(target: "audit", event = "user_changed", user = %record.name, by = %who, "user stored");
+                self.batch.ops.push(StoreOp::PutUser(record.clone()));
+                self.batch.completions.push(Box::new(move |result| {
+                    if result.is_ok() {
+                        auth.put(record);
+                    }
+                }));
+            }
+            UserChange::Delete(name) => {
+                if self.auth.get(&name).is_none() {
+                    return Err(OpError::new(
+                        ErrorCode::UserNotFound,
+                        format!("no user `{name}`"),
+                    ));
+                }
+                tracing::info!(target: "audit", event = "user_deleted", user = %name, by = %who, "user deleted");
+                self.batch.ops.push(StoreOp::DeleteUser(name.clone()));
+                self.batch.completions.push(Box::new(move |result| {
+                    if result.is_ok() {
+                        auth.remove(&name);
+                    }
+                }));
+            }
+        }
+        Ok(Reply::OkAfterCommit(serde_json::Value::Null))
+    }
+
+    /// Who is behind `conn`, for audit lines.
+    pub(super) fn conn_user(&self, conn: ConnId) -> String {
+        match self.conns.get(&conn).map(|c| c.user.as_ref()) {
+            Some(Some(principal)) => principal.user.to_string(),
+            Some(None) => "(broker)".to_string(),
+            None => "(closed)".to_string(),
+        }
+    }
+}

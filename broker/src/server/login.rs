@@ -1,0 +1,167 @@
+//! Authentication of a WebSocket connection before the router hears of it, and the user
+//! requests a connection answers itself (they hash passwords: never on the router).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use super::gate::Gate;
+use crate::auth::{AuthError, Principal, UserRecord, hash_password};
+use crate::protocol::{
+    ErrorCode, Op, Request, RequestId, ServerFrame, encode_server_frame, parse_request,
+};
+use crate::router::UserChange;
+
+/// Logs the connection in: with the upgrade request's credentials, or else with the
+/// first `authenticate` request (other requests are refused until then). `None` when it
+/// did not authenticate in time, or failed (the connection is then closed).
+pub(super) async fn login(
+    ws: &mut WebSocketStream<TcpStream>,
+    gate: &Gate,
+    peer: SocketAddr,
+    credentials: Option<(String, String)>,
+    within: Duration,
+) -> Option<Principal> {
+    if let Some((user, password)) = credentials {
+        return match gate.auth.authenticate(&user, &password, peer.ip()).await {
+            Ok(principal) => Some(principal),
+            Err(e) => {
+                refuse(ws, None, &e).await;
+                None
+            }
+        };
+    }
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .ok()??
+            .ok()?;
+        let text = match frame {
+            WsMessage::Text(text) => text,
+            WsMessage::Binary(_) => {
+                reply(ws, not_yet(None)).await;
+                continue;
+            }
+            WsMessage::Close(_) => return None,
+            _ => continue,
+        };
+        let request = match parse_request(&text) {
+            Ok(request) => request,
+            Err(e) => {
+                reply(ws, ServerFrame::error(e.id, e.code, e.message)).await;
+                continue;
+            }
+        };
+        let Request { id, op } = request;
+        let Op::Authenticate { username, password } = op else {
+            reply(ws, not_yet(Some(id))).await;
+            continue;
+        };
+        match gate
+            .auth
+            .authenticate(&username, &password, peer.ip())
+            .await
+        {
+            Ok(principal) => {
+                let result = serde_json::json!({ "user": username });
+                reply(ws, ServerFrame::Ok { id, result }).await;
+                return Some(principal);
+            }
+            Err(e) => {
+                refuse(ws, Some(id), &e).await;
+                return None;
+            }
+        }
+    }
+}
+
+fn not_yet(id: Option<RequestId>) -> ServerFrame {
+    ServerFrame::error(
+        id,
+        ErrorCode::AccessRefused,
+        "authenticate first: send {\"op\": \"authenticate\", \"username\": ..., \"password\": ...} \
+         or HTTP Basic credentials on the upgrade request",
+    )
+}
+
+async fn reply(ws: &mut WebSocketStream<TcpStream>, frame: ServerFrame) {
+    let _ = ws
+        .send(WsMessage::Text(encode_server_frame(&frame).into()))
+        .await;
+}
+
+/// Answers a failed login with `access_refused` and closes the connection.
+async fn refuse(ws: &mut WebSocketStream<TcpStream>, id: Option<RequestId>, e: &AuthError) {
+    reply(
+        ws,
+        ServerFrame::error(id, ErrorCode::AccessRefused, e.to_string()),
+    )
+    .await;
+    let _ = ws.close(None).await;
+}
+
+/// A user request the connection turns into a [`UserChange`] (hashing the password off
+/// the async runtime's workers), or the error to answer it with.
+pub(super) async fn user_change(
+    gate: &Gate,
+    principal: &Principal,
+    op: Op,
+) -> Result<UserChange, (ErrorCode, String)> {
+    let refused = |what: &str| {
+        (
+            ErrorCode::AccessRefused,
+            format!("{what} needs the administrator tag"),
+        )
+    };
+    match op {
+        Op::AddUser {
+            user,
+            password,
+            tags,
+        } => {
+            if !principal.is_administrator() {
+                return Err(refused("add_user"));
+            }
+            crate::auth::check_user_name(&user).map_err(|e| (ErrorCode::InvalidField, e))?;
+            let existing = gate.auth.get(&user);
+            let hashed = hash_off_runtime(password).await;
+            let record = UserRecord {
+                name: user,
+                password_hash: hashed,
+                tags,
+                limits: existing
+                    .as_ref()
+                    .map(|u| u.limits.clone())
+                    .unwrap_or_default(),
+                loopback_only: existing.is_some_and(|u| u.loopback_only),
+            };
+            Ok(UserChange::Put(record))
+        }
+        Op::ChangePassword { user, password } => {
+            if !principal.is_administrator() && *principal.user != *user {
+                return Err(refused("changing another user's password"));
+            }
+            let Some(mut record) = gate.auth.get(&user) else {
+                return Err((ErrorCode::UserNotFound, format!("no user `{user}`")));
+            };
+            record.password_hash = hash_off_runtime(password).await;
+            Ok(UserChange::Put(record))
+        }
+        Op::Authenticate { .. } => Err((
+            ErrorCode::InvalidField,
+            "this connection is already authenticated".into(),
+        )),
+        _ => unreachable!("only user requests are passed here"),
+    }
+}
+
+async fn hash_off_runtime(password: String) -> String {
+    tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .expect("hashing does not panic")
+}

@@ -1,0 +1,258 @@
+//! Who may do what: every connection authenticates (HTTP Basic on the upgrade, or an
+//! `authenticate` request first), users are managed by administrators and survive
+//! restarts, browser pages of other origins cannot connect, and the management HTTP
+//! listener wants a user and its own Host name.
+
+mod common;
+
+use broker::auth::Tag;
+use broker::{Client, ClientError};
+use common::{HttpBroker, TestBroker, WAIT, http_with_headers};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A connection that sent no credentials on its upgrade request.
+async fn anonymous(url: &str) -> Ws {
+    tokio_tungstenite::connect_async(url).await.unwrap().0
+}
+
+async fn call(ws: &mut Ws, request: Value) -> Value {
+    ws.send(WsMessage::Text(request.to_string().into()))
+        .await
+        .unwrap();
+    next_json(ws).await.expect("a reply")
+}
+
+/// The next JSON frame, or `None` once the broker closed the connection.
+async fn next_json(ws: &mut Ws) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("a frame in time")
+        {
+            Some(Ok(WsMessage::Text(text))) => return Some(serde_json::from_str(&text).unwrap()),
+            Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => return None,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+fn url_as(broker: &TestBroker, user: &str, password: &str) -> String {
+    let url = broker.url();
+    let rest = url.strip_prefix("ws://").unwrap();
+    format!(
+        "ws://{}{rest}",
+        broker::client::credentials::userinfo(user, password)
+    )
+}
+
+fn refused(result: Result<impl std::fmt::Debug, ClientError>) {
+    match result {
+        Err(ClientError::Server { code, .. }) => {
+            assert_eq!(code, broker::protocol::ErrorCode::AccessRefused)
+        }
+        other => panic!("expected access_refused, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_unauthenticated_connection_can_do_nothing_but_authenticate() {
+    let b = TestBroker::start().await;
+    let mut ws = anonymous(&b.url()).await;
+    let reply = call(
+        &mut ws,
+        json!({"id": 1, "op": "declare_queue", "queue": "x"}),
+    )
+    .await;
+    assert_eq!(
+        (reply["type"].as_str(), reply["code"].as_str()),
+        (Some("error"), Some("access_refused"))
+    );
+    assert_eq!(reply["id"], 1);
+    let reply = call(
+        &mut ws,
+        json!({"id": 2, "op": "authenticate", "username": "guest", "password": "guest"}),
+    )
+    .await;
+    assert_eq!(reply["type"], "ok", "{reply}");
+    assert_eq!(reply["result"]["user"], "guest");
+    let reply = call(
+        &mut ws,
+        json!({"id": 3, "op": "declare_queue", "queue": "x"}),
+    )
+    .await;
+    assert_eq!(reply["type"], "ok", "{reply}");
+    // Nothing was declared before the login.
+    let client = b.client().await;
+    assert_eq!(common::queue_names(&client).await, ["x"]);
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_refused_and_the_connection_closed() {
+    let b = TestBroker::start().await;
+    let mut ws = anonymous(&b.url()).await;
+    let reply = call(
+        &mut ws,
+        json!({"id": 1, "op": "authenticate", "username": "guest", "password": "nope"}),
+    )
+    .await;
+    assert_eq!(reply["code"], "access_refused", "{reply}");
+    assert!(
+        next_json(&mut ws).await.is_none(),
+        "closed after a failed login"
+    );
+
+    // The same with credentials on the upgrade request: nothing is served.
+    let client = Client::connect(&url_as(&b, "guest", "nope")).await.unwrap();
+    assert!(client.list_queues().await.is_err());
+}
+
+#[tokio::test]
+async fn administrators_manage_users_and_users_their_own_password() {
+    let mut b = TestBroker::start().await;
+    let admin = b.client().await;
+    admin.add_user("ann", "first", &[]).await.unwrap();
+    admin
+        .add_user("ops", "secret", &[Tag::Administrator])
+        .await
+        .unwrap();
+    let listed: Vec<(String, Vec<Tag>)> = admin
+        .list_users()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| (u.user, u.tags))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("ann".to_string(), vec![]),
+            ("guest".to_string(), vec![Tag::Administrator]),
+            ("ops".to_string(), vec![Tag::Administrator]),
+        ]
+    );
+
+    let ann = Client::connect(&url_as(&b, "ann", "first")).await.unwrap();
+    refused(ann.list_users().await);
+    refused(ann.add_user("mallory", "x", &[Tag::Administrator]).await);
+    refused(ann.delete_user("guest").await);
+    refused(ann.change_password("guest", "mine").await);
+    ann.change_password("ann", "second").await.unwrap();
+    let again = Client::connect(&url_as(&b, "ann", "first")).await.unwrap();
+    assert!(
+        again.list_queues().await.is_err(),
+        "the old password no longer works"
+    );
+
+    // Users are stored: after a restart the new password and the new admin still work.
+    b.restart().await;
+    let ann = Client::connect(&url_as(&b, "ann", "second")).await.unwrap();
+    ann.list_queues().await.unwrap();
+    let ops = Client::connect(&url_as(&b, "ops", "secret")).await.unwrap();
+    ops.delete_user("ann").await.unwrap();
+    let gone = Client::connect(&url_as(&b, "ann", "second")).await.unwrap();
+    assert!(gone.list_queues().await.is_err());
+    let connections = ops.list_connections().await.unwrap();
+    assert!(
+        connections.iter().any(|c| c.user == "ops"),
+        "{connections:?}"
+    );
+}
+
+#[tokio::test]
+async fn browser_pages_of_other_origins_cannot_open_a_connection() {
+    let b = HttpBroker::start().await;
+    let url = b.broker.url();
+    let upgrade = |origin: &str| {
+        let mut request = common::upgrade_request(&url);
+        request
+            .headers_mut()
+            .insert("Origin", origin.parse().unwrap());
+        request
+    };
+    let foreign = tokio_tungstenite::connect_async(upgrade("http://evil.example")).await;
+    match foreign {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403)
+        }
+        other => panic!("expected 403, got {other:?}"),
+    }
+    // The management page's own origin may.
+    let own = format!("http://{}", b.addr());
+    let (mut ws, _) = tokio_tungstenite::connect_async(upgrade(&own))
+        .await
+        .unwrap();
+    let reply = call(&mut ws, json!({"id": 1, "op": "list_queues"})).await;
+    assert_eq!(reply["type"], "ok", "{reply}");
+    // Programs send no Origin and are not affected.
+    let plain = url.as_str().into_client_request().unwrap();
+    assert!(tokio_tungstenite::connect_async(plain).await.is_ok());
+}
+
+#[tokio::test]
+async fn the_http_listener_wants_a_user_and_its_own_host_name() {
+    let b = HttpBroker::start().await;
+    let addr = b.addr();
+    // Logged in as guest (the test helper's default): served, and not frameable.
+    let reply = b.get("/api/queues").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-frame-options"), Some("DENY"));
+    assert!(reply.header("content-security-policy").is_some());
+    // No or wrong credentials: a Basic challenge.
+    for auth in ["Basic Z3Vlc3Q6bm9wZQ==", "Bearer x"] {
+        let reply =
+            http_with_headers(addr, "GET", "/api/queues", None, &[("Authorization", auth)]).await;
+        assert_eq!(reply.status, 401, "{auth}");
+        assert!(
+            reply
+                .header("www-authenticate")
+                .unwrap()
+                .starts_with("Basic")
+        );
+    }
+    // Health checks need no login.
+    let reply = http_with_headers(
+        addr,
+        "GET",
+        "/healthz",
+        None,
+        &[("Authorization", "Bearer x")],
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    // A user without management tags may not use the API.
+    let client = b.client().await;
+    client.add_user("app", "pw", &[]).await.unwrap();
+    let app = broker::client::credentials::basic_header("app", "pw");
+    let reply =
+        http_with_headers(addr, "GET", "/api/queues", None, &[("Authorization", &app)]).await;
+    assert_eq!(reply.status, 403);
+    // A rebinding page reaches the port under its own name: refused.
+    let reply = raw_http(
+        addr,
+        "GET /api/queues HTTP/1.1\r\nHost: evil.example:80\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 421"), "{reply}");
+}
+
+/// Sends a request head as given (with guest's credentials) and returns the response.
+async fn raw_http(addr: std::net::SocketAddr, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let basic = broker::client::credentials::basic_header("guest", "guest");
+    let request = format!("{head}Authorization: {basic}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .expect("a response in time")
+        .unwrap();
+    String::from_utf8_lossy(&raw).into_owned()
+}
