@@ -215,6 +215,15 @@ async fn the_management_page_shows_queues_and_requeues_dead_letters() {
     let page_url = format!("http://{}/", broker.http_addr().unwrap());
     let browser = Chromium::launch(&chromium);
     let mut page = Page::open(&browser).await;
+    // The page wants a login (HTTP Basic): the browser sends guest's with every request,
+    // as it would after its login prompt.
+    let basic = broker::client::credentials::basic_header("guest", "guest");
+    page.call("Network.enable", json!({})).await;
+    page.call(
+        "Network.setExtraHTTPHeaders",
+        json!({"headers": {"Authorization": basic}}),
+    )
+    .await;
     page.call("Page.navigate", json!({"url": page_url})).await;
     page.wait_until(
         "the broker as ready",
