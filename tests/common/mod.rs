@@ -243,6 +243,23 @@ impl RawPeer {
         }
     }
 
+    /// Waits (up to [`WAIT`]) for the broker to close the connection, failing on any data
+    /// frame before that: a close frame, the end of the stream or a reset all count.
+    pub async fn expect_closed(&mut self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .expect("the broker closed the connection in time");
+            match frame {
+                None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => return,
+                Some(Ok(WsMessage::Text(text))) => panic!("a frame instead of a close: {text}"),
+                Some(Ok(WsMessage::Binary(_))) => panic!("a binary frame instead of a close"),
+                Some(Ok(_)) => {} // ping / pong
+            }
+        }
+    }
+
     pub async fn send_text(&mut self, text: impl Into<String>) {
         self.ws
             .send(WsMessage::Text(text.into().into()))
