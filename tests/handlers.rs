@@ -327,6 +327,22 @@ async fn a_crash_neither_loses_nor_duplicates_handler_outputs() {
     // Let some of them through, then crash mid-stream.
     wait_for(&c, "derived", |q| q.ready >= 20).await;
     broker.kill9();
+    // The kill landed mid-stream: the data directory as it was left holds both handled
+    // orders' outputs and orders still to handle.
+    let (recovered, writer) = broker::store::open(dir.path(), |_| usize::MAX).unwrap();
+    writer.close();
+    let stored = |name: &str| {
+        let queue = recovered.queues.iter().find(|q| q.record.name == name);
+        queue.map_or(0, |q| q.messages.len())
+    };
+    let (left, derived) = (stored("orders"), stored("derived"));
+    assert!(derived >= 20, "{derived} outputs committed before the kill");
+    assert!(left > 0, "the handler had finished before the kill");
+    assert_eq!(
+        left + derived,
+        ORDERS,
+        "each order or its output, at the kill"
+    );
 
     let broker = BrokerProcess::spawn(dir.path());
     let c = Client::connect(&broker.url).await.unwrap();

@@ -212,17 +212,23 @@ impl RawPeer {
     /// The next binary message from the broker, decoded into its records (skipping any
     /// JSON frame before it).
     pub async fn recv_records(&mut self) -> Vec<broker::protocol::ServerFrame> {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             if let Incoming::Records(records) = self.recv_incoming().await {
                 return records;
             }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no binary message in time"
+            );
         }
     }
 
     /// The next JSON frame or binary message from the broker.
     pub async fn recv_incoming(&mut self) -> Incoming {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let frame = tokio::time::timeout(WAIT, self.ws.next())
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .expect("a frame in time")
                 .expect("connection open")
@@ -273,10 +279,15 @@ impl RawPeer {
 
     /// The next JSON frame from the broker (binary messages skipped).
     pub async fn recv(&mut self) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             if let Incoming::Json(value) = self.recv_incoming().await {
                 return value;
             }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no JSON frame in time"
+            );
         }
     }
 
