@@ -251,9 +251,9 @@ fn section_6_lists_who_produces_each_code() {
         assert!(produced.contains_key(&code), "§6 lacks `{code}`");
     }
     let ops = section(&doc, "## 5. Operations", "## 6. Error codes");
-    let mut sections = ops.split("\n### `").skip(1);
+    let sections = ops.split("\n### `").skip(1);
     let mut missing = Vec::new();
-    while let Some(part) = sections.next() {
+    for part in sections {
         let op = part.split('`').next().unwrap();
         let errors = part
             .find("Errors")
