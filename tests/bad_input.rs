@@ -122,15 +122,22 @@ async fn every_bad_input_gets_its_error_code_and_nothing_is_lost() {
     assert_error(&peer.recv().await, Value::Null, "unsupported_frame");
     assert_usable(&mut peer).await;
 
-    let big =
-        json!({"id": 12, "op": "publish", "routing_key": "keep", "body": "x".repeat(LIMIT + 10)});
-    peer.send_text(big.to_string()).await;
+    // Too large: the id is echoed when the frame starts with it (so a pipelining client
+    // fails the right request), `null` when it is further in.
+    let body = "x".repeat(LIMIT + 10);
+    let big = format!(r#"{{"id": 12, "op": "publish", "routing_key": "keep", "body": "{body}"}}"#);
+    peer.send_text(big).await;
+    assert_error(&peer.recv().await, json!(12), "frame_too_large");
+    assert_usable(&mut peer).await;
+    let big = format!(r#"{{"op": "publish", "id": "late", "body": "{body}"}}"#);
+    peer.send_text(big).await;
     assert_error(&peer.recv().await, Value::Null, "frame_too_large");
     assert_usable(&mut peer).await;
 
     // Far beyond the limit the connection is dropped, but the broker serves on.
     let mut rude = RawPeer::connect(&b.url()).await;
     rude.send_text("y".repeat(LIMIT * 3)).await;
+    rude.expect_closed().await;
     assert_usable(&mut peer).await;
 
     // Nothing stored was lost or duplicated, before and after a restart.
@@ -168,4 +175,55 @@ async fn string_and_numeric_ids_are_echoed() {
         .call(json!({"id": 43, "op": "publish", "routing_key": "q", "body": "hi"}))
         .await;
     assert_eq!(reply, json!({"type": "confirm", "id": 43}));
+}
+
+/// Every field has exactly its documented type: the request gets `invalid_field` naming
+/// the field, does nothing, and the connection stays open.
+#[tokio::test]
+async fn fields_of_the_wrong_type_are_refused_and_named() {
+    let b = TestBroker::start().await;
+    let mut peer = RawPeer::connect(&b.url()).await;
+    let reply = peer
+        .call(json!({"id": 0, "op": "declare_queue", "queue": "keep"}))
+        .await;
+    assert_eq!(reply["type"], "ok", "{reply}");
+    let cases = [
+        // An integer `op` used to select an operation by its index (5 is `list_queues`).
+        (json!({"id": 1, "op": 5}), "`op`"),
+        // `properties` as an array used to be read positionally (`[true]`: persistent).
+        (
+            json!({"id": 2, "op": "publish", "routing_key": "keep", "properties": [true]}),
+            "`properties`",
+        ),
+        (
+            json!({"id": 3, "op": "publish", "routing_key": "keep", "body": null}),
+            "`body`",
+        ),
+        (
+            json!({"id": 4, "op": "publish", "routing_key": "keep", "body": "b",
+                   "properties": {"priority": null}}),
+            "`properties.priority`",
+        ),
+        (
+            json!({"id": 5, "op": "subscribe", "queue": "keep", "consumer_tag": null}),
+            "`consumer_tag`",
+        ),
+    ];
+    for (request, field) in cases {
+        let id = request["id"].clone();
+        let reply = peer.call(request.clone()).await;
+        assert_error(&reply, id, "invalid_field");
+        let message = reply["message"].as_str().unwrap();
+        assert!(message.contains(field), "{request} -> {message}");
+        assert_usable(&mut peer).await;
+    }
+    // None of them published or subscribed anything.
+    let reply = peer
+        .call(json!({"id": 6, "op": "queue_info", "queue": "keep"}))
+        .await;
+    assert_eq!(
+        (&reply["result"]["ready"], &reply["result"]["consumers"]),
+        (&json!(0), &json!(0)),
+        "{reply}"
+    );
 }

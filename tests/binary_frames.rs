@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use broker::protocol::{
     ErrorCode, Op, Publish, Request, RequestId, ServerFrame, write_request_record,
 };
@@ -104,9 +102,12 @@ async fn binary_client_publishes_with_confirms_and_consumes_with_acks_and_prefet
         assert_eq!(common::body(&d), format!("m{i}"));
         c.ack(d.delivery_tag, false).unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let info = c.queue_info("work").await.unwrap();
-    assert_eq!((info.ready, info.unacked), (0, 0));
+    // Acks get no reply: wait for their effect.
+    common::wait_for(|| async {
+        let info = c.queue_info("work").await.unwrap();
+        ((info.ready, info.unacked) == (0, 0)).then_some(())
+    })
+    .await;
 
     // A nack (JSON on a binary connection) redelivers, and the redelivery says so.
     c.publish(common::persistent("work", "again"), false)

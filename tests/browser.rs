@@ -148,8 +148,9 @@ impl Page {
             .send(WsMessage::Text(command.to_string().into()))
             .await
             .unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let frame = tokio::time::timeout(WAIT, self.ws.next())
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .expect("a DevTools reply in time")
                 .expect("DevTools connection open")
@@ -293,8 +294,10 @@ async fn the_management_page_shows_queues_and_requeues_dead_letters() {
         let mut m = persistent("audit.login", &format!("login {i}"));
         m.exchange = "events".into();
         c.publish(m, false).await.unwrap();
+        // Spread over time for the rate chart (not synchronisation).
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Lets the page's rate chart draw the traffic before the screenshot (no assertion).
     tokio::time::sleep(Duration::from_millis(1600)).await;
     let shot = page
         .call("Page.captureScreenshot", json!({"format": "png"}))

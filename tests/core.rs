@@ -266,10 +266,19 @@ async fn mandatory_unroutable_message_is_returned() {
         .unwrap();
     assert_eq!(returned.reason, ErrorCode::Unroutable);
     assert_eq!(&returned.message.body[..], b"lost?");
-    // Without `mandatory` an unroutable message is confirmed and dropped silently.
+    // Without `mandatory` an unroutable message is confirmed and dropped silently: the
+    // next return is that of a later mandatory publish, not this one.
     c.publish(Message::text("nowhere", "dropped"), false)
         .await
         .unwrap();
+    c.publish(Message::text("nowhere", "marker"), true)
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(common::WAIT, c.next_return())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&next.message.body[..], b"marker", "no return for `dropped`");
 }
 
 #[tokio::test]

@@ -141,9 +141,13 @@ async fn paged_out_messages_expire_into_dead_letters_and_purge() {
         assert_same(&p.message, &numbered("events", i));
         assert_eq!(p.message.headers["x-death"][0]["reason"], "expired");
     }
+    c.declare_queue("barrier", QueueOptions::durable())
+        .await
+        .unwrap();
     wait_until("dead letters paged out", async || {
-        // A publish elsewhere commits the batch the last dead letters were stored in.
-        c.publish(numbered("events", 99), false).await.unwrap();
+        // A publish elsewhere commits the batch the last dead letters were stored in (to a
+        // queue without a TTL: one to `events` could expire into `parked` meanwhile).
+        c.publish(numbered("barrier", 99), false).await.unwrap();
         c.queue_info("parked").await.unwrap().paged_out >= 40
     })
     .await;

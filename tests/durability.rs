@@ -59,9 +59,10 @@ async fn acked_messages_never_come_back_and_requeue_counts_persist() {
     // Restart only once the broker has seen the disconnect (which counts the held
     // delivery); a shutdown first would release it uncounted.
     let observer = b.client().await;
-    while observer.queue_info("q").await.unwrap().unacked > 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    common::wait_for(|| async {
+        (observer.queue_info("q").await.unwrap().unacked == 0).then_some(())
+    })
+    .await;
     observer.close().await;
     b.restart().await;
 
@@ -114,9 +115,7 @@ async fn kill_9_mid_publish_loses_no_confirmed_message() {
         })
     };
     // Let a few thousand confirms through, then kill the broker mid-stream.
-    while confirmed.lock().unwrap().len() < 3000 {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    common::wait_for(|| async { (confirmed.lock().unwrap().len() >= 3000).then_some(()) }).await;
     process.kill9();
     publisher.await.unwrap();
     let confirmed: Vec<u64> = confirmed.lock().unwrap().clone();

@@ -29,24 +29,24 @@ fn death(m: &Message) -> &Value {
     &m.headers[DEATH_HEADER][0]
 }
 
-/// Polls until `queue` holds `n` ready messages.
+/// Polls until `queue` holds `n` ready messages (for [`common::WAIT`] at most).
 async fn wait_ready(c: &Client, queue: &str, n: u64) {
-    let deadline = Instant::now() + common::WAIT;
-    loop {
-        match c.queue_info(queue).await {
-            Ok(info) if info.ready == n => return,
-            _ if Instant::now() > deadline => panic!("{queue} never held {n} ready messages"),
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
+    common::wait_for(|| async {
+        c.queue_info(queue)
+            .await
+            .is_ok_and(|info| info.ready == n)
+            .then_some(())
+    })
+    .await;
 }
 
-fn assert_between(elapsed: Duration, min_ms: u64, what: &str) {
+/// A delay was not cut short: `elapsed` was measured from before the broker started it.
+/// (How late it ends is not asserted; waiting for it is bounded by the caller's deadline.)
+fn assert_not_early(elapsed: Duration, min_ms: u64, what: &str) {
     let ms = elapsed.as_millis() as u64;
-    // Not early; late by at most a scheduling hiccup (or a restart on a busy machine).
     assert!(
-        ms + 5 >= min_ms && ms < min_ms + 3000,
-        "{what}: {ms} ms, expected ~{min_ms} ms"
+        ms + 5 >= min_ms,
+        "{what}: {ms} ms, expected at least {min_ms} ms"
     );
 }
 
@@ -70,8 +70,8 @@ async fn always_nacking_consumer_sees_backoff_then_the_dlq() {
         c.nack(d.delivery_tag, false, true).unwrap();
     }
     assert_quiet(&mut sub).await;
-    assert_between(times[1] - times[0], 200, "first backoff");
-    assert_between(times[2] - times[1], 400, "second backoff");
+    assert_not_early(times[1] - times[0], 200, "first backoff");
+    assert_not_early(times[2] - times[1], 400, "second backoff");
 
     wait_ready(&c, "orders.dlq", 1).await;
     let dead = c.peek_queue("orders.dlq", 10).await.unwrap();
@@ -130,7 +130,7 @@ async fn backoff_survives_a_restart_in_the_middle() {
     );
     let mut sub = c.consume("jobs", 1).await.unwrap();
     let d = next(&mut sub).await;
-    assert_between(nacked_at.elapsed(), 1500, "backoff across restart");
+    assert_not_early(nacked_at.elapsed(), 1500, "backoff across restart");
     assert_eq!((body(&d).as_str(), d.delivery_count), ("retry me", 2));
 }
 
@@ -148,12 +148,8 @@ async fn expired_messages_are_dead_lettered_without_consumers() {
     let mut own = persistent("events", "own shorter ttl");
     own.properties.expiration_ms = Some(50);
     c.publish(own, false).await.unwrap();
-    let published = Instant::now();
+    // Expired by the broker's own timers (nothing consumes), within the wait's deadline.
     wait_ready(&c, "events.dlq", 2).await;
-    assert!(
-        published.elapsed() < Duration::from_millis(1500),
-        "expired within ~1 s"
-    );
     let dead = c.peek_queue("events.dlq", 10).await.unwrap();
     let bodies: Vec<_> = dead.iter().map(|p| body_of(&p.message)).collect();
     assert_eq!(
@@ -270,7 +266,7 @@ async fn delayed_delivery_waits_and_survives_restart() {
     let c = b.client().await;
     let mut sub = c.consume("later", 0).await.unwrap();
     assert_eq!(body(&next(&mut sub).await), "after 1.2 s");
-    assert_between(published.elapsed(), 1200, "delayed delivery");
+    assert_not_early(published.elapsed(), 1200, "delayed delivery");
 }
 
 #[tokio::test]
@@ -287,7 +283,7 @@ async fn nack_with_delay_overrides_backoff() {
     c.nack_with_delay(d.delivery_tag, 150).unwrap();
     let nacked = Instant::now();
     let again = next(&mut sub).await;
-    assert_between(nacked.elapsed(), 150, "explicit nack delay");
+    assert_not_early(nacked.elapsed(), 150, "explicit nack delay");
     assert_eq!(again.delivery_count, 2);
 }
 
@@ -401,12 +397,15 @@ async fn invalid_queue_arguments_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_dead_lettering_loses_and_duplicates_nothing() {
     const N: usize = 300;
+    const BEFORE_BARRIER: usize = N / 4;
     let dir = tempfile::tempdir().unwrap();
     let process = BrokerProcess::spawn(dir.path());
     let c = Client::connect(&process.url).await.unwrap();
-    c.declare_queue("work", QueueOptions::durable())
-        .await
-        .unwrap();
+    for queue in ["work", "barrier"] {
+        c.declare_queue(queue, QueueOptions::durable())
+            .await
+            .unwrap();
+    }
     c.confirm_select().await.unwrap();
     let confirms: Vec<_> = (0..N)
         .map(|i| c.publish(persistent("work", &i.to_string()), false))
@@ -415,7 +414,19 @@ async fn kill_9_during_dead_lettering_loses_and_duplicates_nothing() {
         confirm.await.unwrap();
     }
     let mut sub = c.consume("work", 50).await.unwrap();
-    for _ in 0..N / 2 {
+    let mut rejected_first = HashSet::new();
+    for _ in 0..BEFORE_BARRIER {
+        let d = next(&mut sub).await;
+        rejected_first.insert(body(&d));
+        c.reject(d.delivery_tag, false).unwrap();
+    }
+    // Rejects get no reply: a confirmed persistent publish sent after them commits them
+    // (docs/protocol.md §4.5), so these dead-letterings are on disk before the kill.
+    c.publish(persistent("barrier", "after the first rejects"), false)
+        .await
+        .unwrap();
+    // More rejects, fire-and-forget, and the kill while they are in flight.
+    for _ in BEFORE_BARRIER..N / 2 {
         let d = next(&mut sub).await;
         c.reject(d.delivery_tag, false).unwrap();
     }
@@ -424,17 +435,27 @@ async fn kill_9_during_dead_lettering_loses_and_duplicates_nothing() {
     let process = BrokerProcess::spawn(dir.path());
     let c = Client::connect(&process.url).await.unwrap();
     let mut seen = HashSet::new();
+    let mut dead = HashSet::new();
     for queue in ["work", "work.dlq"] {
-        let Ok(info) = c.queue_info(queue).await else {
-            continue;
-        };
+        let info = c.queue_info(queue).await.unwrap();
         let mut sub = c.consume(queue, 0).await.unwrap();
         for _ in 0..info.ready {
             let d = next(&mut sub).await;
             assert!(seen.insert(body(&d)), "duplicate {}", body(&d));
+            if queue == "work.dlq" {
+                dead.insert(body(&d));
+            }
         }
     }
     assert_eq!(seen.len(), N, "every message in exactly one place");
+    assert!(
+        rejected_first.is_subset(&dead),
+        "the rejects committed before the kill are dead letters"
+    );
+    assert!(
+        dead.len() <= N / 2,
+        "only rejected messages are dead letters"
+    );
 }
 
 /// After a restart, expiry and delays fire by themselves, with nobody touching the queue.

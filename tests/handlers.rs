@@ -302,7 +302,7 @@ async fn filter_masks_fields_and_drops_non_json_for_its_subscribers_only() {
 /// because each output commits in the same transaction as its order's ack.
 #[tokio::test]
 async fn a_crash_neither_loses_nor_duplicates_handler_outputs() {
-    const ORDERS: usize = 2000;
+    const ORDERS: usize = 10_000;
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::spawn(dir.path());
     let c = Client::connect(&broker.url).await.unwrap();
@@ -310,6 +310,9 @@ async fn a_crash_neither_loses_nor_duplicates_handler_outputs() {
         .await
         .unwrap();
     c.declare_queue("derived", QueueOptions::durable())
+        .await
+        .unwrap();
+    c.declare_queue("barrier", QueueOptions::durable())
         .await
         .unwrap();
     c.confirm_select().await.unwrap();
@@ -326,7 +329,28 @@ async fn a_crash_neither_loses_nor_duplicates_handler_outputs() {
         .unwrap();
     // Let some of them through, then crash mid-stream.
     wait_for(&c, "derived", |q| q.ready >= 20).await;
+    // Outputs are queued before their commit; a confirmed persistent publish sent now
+    // commits them (docs/protocol.md §4.5), so at least those 20 are on disk at the kill.
+    c.publish(persistent("barrier", "after 20 outputs"), false)
+        .await
+        .unwrap();
     broker.kill9();
+    // The kill landed mid-stream: the data directory as it was left holds both handled
+    // orders' outputs and orders still to handle.
+    let (recovered, writer) = broker::store::open(dir.path(), |_| usize::MAX).unwrap();
+    writer.close();
+    let stored = |name: &str| {
+        let queue = recovered.queues.iter().find(|q| q.record.name == name);
+        queue.map_or(0, |q| q.messages.len())
+    };
+    let (left, derived) = (stored("orders"), stored("derived"));
+    assert!(derived >= 20, "{derived} outputs committed before the kill");
+    assert!(left > 0, "the handler had finished before the kill");
+    assert_eq!(
+        left + derived,
+        ORDERS,
+        "each order or its output, at the kill"
+    );
 
     let broker = BrokerProcess::spawn(dir.path());
     let c = Client::connect(&broker.url).await.unwrap();

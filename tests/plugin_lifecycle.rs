@@ -206,7 +206,17 @@ async fn hot_swap_under_load_routes_each_message_by_exactly_one_version() {
             })
         })
         .collect();
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // Deploy mid-stream: once version 1 has routed some of every publisher's messages.
+    common::wait_for(|| async {
+        let q1 = admin.peek_queue("q1", 100_000).await.unwrap();
+        let started = (0..PUBLISHERS).all(|p| {
+            let prefix = format!("{p}:");
+            q1.iter()
+                .any(|m| m.message.body.starts_with(prefix.as_bytes()))
+        });
+        started.then_some(())
+    })
+    .await;
     let deploy = admin.deploy_plugin("flip", bundled("fanout"));
     let v2 = tokio::time::timeout(common::WAIT, deploy)
         .await
@@ -246,10 +256,13 @@ async fn hot_swap_under_load_routes_each_message_by_exactly_one_version() {
             .filter_map(|m| m.strip_prefix(&format!("{p}:")))
             .map(|i| i.parse().unwrap())
             .collect();
-        if let Some(&first) = in_q2.first() {
-            let expected: Vec<usize> = (first..sent).collect();
-            assert_eq!(in_q2, expected, "publisher {p} switched once, in order");
-        }
+        // Each publisher sent some messages before the deploy and many after it.
+        let first = *in_q2
+            .first()
+            .unwrap_or_else(|| panic!("publisher {p}: nothing routed by version 2"));
+        assert!(first > 0, "publisher {p}: nothing routed by version 1");
+        let expected: Vec<usize> = (first..sent).collect();
+        assert_eq!(in_q2, expected, "publisher {p} switched once, in order");
     }
     assert!(
         q2.len() >= PUBLISHERS * MIN_AFTER_DEPLOY,
@@ -409,9 +422,21 @@ async fn watched_directory_deploys_complete_files_only() {
     let c = Client::connect(&b.url()).await.unwrap();
     let file = plugins.path().join("router.wasm");
 
+    // The watcher tries files in name order, so once `zz-marker*.wasm`, written after the
+    // file under test, is deployed, the file under test has been tried too.
+    let marker = |n: u32, bytes: &[u8]| {
+        std::fs::write(plugins.path().join(format!("zz-marker{n}.wasm")), bytes).unwrap();
+        let c = &c;
+        async move {
+            wait_for_list(c, "marker deployed", |list| {
+                plugin(list, &format!("zz-marker{n}"))["active_version"] == 1
+            })
+            .await
+        }
+    };
     let direct = bundled("direct");
     std::fs::write(&file, &direct[..direct.len() / 2]).unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    marker(1, bundled("fanout")).await;
     let list = c.list_plugins().await.unwrap();
     assert!(plugin(&list, "router").is_null(), "half a file: {list:#}");
 
@@ -423,7 +448,7 @@ async fn watched_directory_deploys_complete_files_only() {
 
     let temp = plugins.path().join(".router.wasm.tmp");
     std::fs::write(&temp, bundled("fanout")).unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    marker(2, bundled("topic")).await;
     let list = c.list_plugins().await.unwrap();
     assert_eq!(plugin(&list, "router")["active_version"], 1, "temp ignored");
     std::fs::rename(&temp, &file).unwrap();

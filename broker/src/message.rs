@@ -12,36 +12,106 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub type Headers = serde_json::Map<String, serde_json::Value>;
 
 /// Standard message properties (AMQP's basic properties, in milliseconds where timed).
+/// Read from a JSON object only, in which a property is given or left out, never `null`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+// The derives are inherent functions; the trait impls below wrap them.
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct Properties {
     /// Persistent messages on durable queues are written to disk before they are confirmed.
     #[serde(default, skip_serializing_if = "is_false")]
     pub persistent: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub message_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub correlation_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub reply_to: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub content_type: Option<String>,
     /// 0 (lowest, the default) to 255; queues with `max_priority` order by it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub priority: Option<u8>,
     /// Per-message time to live in milliseconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub expiration_ms: Option<u64>,
     /// Milliseconds since the Unix epoch; set by the broker at publish when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub timestamp: Option<u64>,
     /// Delayed delivery: the message becomes visible this many milliseconds after publish.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub delay_ms: Option<u64>,
 }
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+impl Serialize for Properties {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        Properties::serialize(self, serializer)
+    }
+}
+
+/// Only an object: the derived visitor alone would also read an array, positionally.
+impl<'de> Deserialize<'de> for Properties {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Properties;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of message properties")
+            }
+            fn visit_map<A>(self, map: A) -> Result<Properties, A::Error>
+            where
+                A: serde::de::MapAccess<'de>,
+            {
+                Properties::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
+/// An optional field that, when present, has its type: `null` is refused like any other
+/// wrong type (`#[serde(default)]` covers its absence).
+pub(crate) fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
 }
 
 /// How a body travels inside a JSON frame.
@@ -116,9 +186,9 @@ struct MessageOwned {
     headers: Headers,
     #[serde(default)]
     properties: Properties,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     body: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     body_base64: Option<String>,
 }
 

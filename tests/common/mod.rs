@@ -231,17 +231,23 @@ impl RawPeer {
     /// The next binary message from the broker, decoded into its records (skipping any
     /// JSON frame before it).
     pub async fn recv_records(&mut self) -> Vec<broker::protocol::ServerFrame> {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             if let Incoming::Records(records) = self.recv_incoming().await {
                 return records;
             }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no binary message in time"
+            );
         }
     }
 
     /// The next JSON frame or binary message from the broker.
     pub async fn recv_incoming(&mut self) -> Incoming {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let frame = tokio::time::timeout(WAIT, self.ws.next())
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .expect("a frame in time")
                 .expect("connection open")
@@ -262,6 +268,23 @@ impl RawPeer {
         }
     }
 
+    /// Waits (up to [`WAIT`]) for the broker to close the connection, failing on any data
+    /// frame before that: a close frame, the end of the stream or a reset all count.
+    pub async fn expect_closed(&mut self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .expect("the broker closed the connection in time");
+            match frame {
+                None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => return,
+                Some(Ok(WsMessage::Text(text))) => panic!("a frame instead of a close: {text}"),
+                Some(Ok(WsMessage::Binary(_))) => panic!("a binary frame instead of a close"),
+                Some(Ok(_)) => {} // ping / pong
+            }
+        }
+    }
+
     pub async fn send_text(&mut self, text: impl Into<String>) {
         self.ws
             .send(WsMessage::Text(text.into().into()))
@@ -275,10 +298,15 @@ impl RawPeer {
 
     /// The next JSON frame from the broker (binary messages skipped).
     pub async fn recv(&mut self) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             if let Incoming::Json(value) = self.recv_incoming().await {
                 return value;
             }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no JSON frame in time"
+            );
         }
     }
 

@@ -148,9 +148,12 @@ pub fn parse_request(text: &str) -> Result<Request, ParseError> {
     if let Some(request) = super::hot::parse_hot_request(text) {
         return Ok(request);
     }
+    // serde reads an internally tagged enum's tag as a variant *index* when it is an
+    // integer (`"op":5` would be `list_queues`): only a string names an operation.
     let err = match serde_json::from_str::<Request>(text) {
-        Ok(request) => return Ok(request),
-        Err(err) => err,
+        Ok(request) if op_is_a_string(text) => return Ok(request),
+        Ok(_) => None,
+        Err(err) => Some(err),
     };
     let fail = |id, code, message: String| ParseError { id, code, message };
     // Only the error path pays for a second, looser parse.
@@ -193,7 +196,12 @@ pub fn parse_request(text: &str) -> Result<Request, ParseError> {
             format!("unknown operation `{op}`"),
         )),
         Some(serde_json::Value::String(_)) => {
-            Err(fail(id, ErrorCode::InvalidField, err.to_string()))
+            let err = err.map_or_else(|| "invalid request".to_owned(), |e| e.to_string());
+            let message = match bad_field(&value) {
+                Some(field) => format!("`{field}`: {err}"),
+                None => err,
+            };
+            Err(fail(id, ErrorCode::InvalidField, message))
         }
         Some(_) => Err(fail(
             id,
@@ -201,6 +209,59 @@ pub fn parse_request(text: &str) -> Result<Request, ParseError> {
             "`op` must be a string".into(),
         )),
     }
+}
+
+/// Whether the frame's `op` is a JSON string (a second, skimming read of the frame).
+fn op_is_a_string(text: &str) -> bool {
+    #[derive(Deserialize)]
+    struct OpField<'a> {
+        #[serde(borrow)]
+        #[allow(dead_code)]
+        op: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_str::<OpField>(text).is_ok()
+}
+
+/// The field a request's error is about, for the message (errors of serde's derived
+/// parsers name the type they expected, not the field): the one top-level field without
+/// which the request parses (or lacks only that field); inside `properties`, the property.
+/// Only error replies pay for it, and it tries at most [`FIELD_TRIALS`] fields.
+fn bad_field(request: &serde_json::Value) -> Option<String> {
+    const FIELD_TRIALS: usize = 32;
+    let mut trial = request.clone();
+    let parses_without = |trial: &mut serde_json::Value, path: &[&str]| {
+        let (parent, key) = match path {
+            [key] => (&mut *trial, *key),
+            [outer, key] => (trial.get_mut(*outer)?, *key),
+            _ => return None,
+        };
+        let removed = parent.as_object_mut()?.remove(key)?;
+        let verdict = match Request::deserialize(&*trial) {
+            Ok(_) => true,
+            Err(e) => e.to_string() == format!("missing field `{}`", path[0]),
+        };
+        let parent = match path {
+            [_] => &mut *trial,
+            _ => trial.get_mut(path[0])?,
+        };
+        parent.as_object_mut()?.insert(key.to_owned(), removed);
+        Some(verdict)
+    };
+    let keys: Vec<String> = request.as_object()?.keys().cloned().collect();
+    let field = keys
+        .iter()
+        .filter(|key| *key != "id" && *key != "op")
+        .take(FIELD_TRIALS)
+        .find(|key| parses_without(&mut trial, &[key.as_str()]) == Some(true))?;
+    if let Some(serde_json::Value::Object(properties)) = request.get(field) {
+        let inner: Vec<String> = properties.keys().take(FIELD_TRIALS).cloned().collect();
+        for key in inner {
+            if parses_without(&mut trial, &[field, &key]) == Some(true) {
+                return Some(format!("{field}.{key}"));
+            }
+        }
+    }
+    Some(field.clone())
 }
 
 #[cfg(test)]
@@ -241,6 +302,90 @@ mod tests {
             code_of(r#"{"id":2,"op":"declare_queue"}"#),
             (Some(2.into()), ErrorCode::InvalidField)
         );
+    }
+
+    /// Every field has exactly its documented type: no operation by index, no positional
+    /// properties, no `null` for an optional field. The error names the field.
+    #[test]
+    fn fields_have_exactly_their_documented_type() {
+        for (text, field) in [
+            (r#"{"id":1,"op":5}"#, "`op`"),
+            (r#"{"id":1,"op":0,"queue":"q"}"#, "`op`"),
+            (
+                r#"{"id":1,"op":"publish","routing_key":"q","properties":[true]}"#,
+                "`properties`",
+            ),
+            (
+                r#"{"id":1,"op":"publish","routing_key":"q","body":null}"#,
+                "`body`",
+            ),
+            (
+                r#"{"id":1,"op":"publish","routing_key":"q","body_base64":null}"#,
+                "`body_base64`",
+            ),
+            (
+                r#"{"id":1,"op":"publish","routing_key":"q","properties":{"priority":null}}"#,
+                "`properties.priority`",
+            ),
+            (
+                r#"{"id":1,"op":"publish","properties":{"message_id":null},"body":"x"}"#,
+                "`properties.message_id`",
+            ),
+            (
+                r#"{"id":1,"op":"subscribe","queue":"q","consumer_tag":null}"#,
+                "`consumer_tag`",
+            ),
+            (
+                r#"{"id":1,"op":"subscribe","queue":"q","filter":null}"#,
+                "`filter`",
+            ),
+            (
+                r#"{"id":1,"op":"nack","delivery_tag":1,"delay_ms":null}"#,
+                "`delay_ms`",
+            ),
+            (
+                r#"{"id":1,"op":"ack","delivery_tag":null}"#,
+                "`delivery_tag`",
+            ),
+            (
+                r#"{"id":1,"op":"rollback_plugin","name":"p","version":null}"#,
+                "`version`",
+            ),
+            (
+                r#"{"id":1,"op":"requeue_dead_letters","queue":"q","message_id":null}"#,
+                "`message_id`",
+            ),
+            (
+                r#"{"id":1,"op":"deploy_plugin","name":"p","wasm_base64":"","deployed_by":null}"#,
+                "`deployed_by`",
+            ),
+            (
+                r#"{"id":1,"op":"attach_handler","queue":"q","plugin":"p","mode":{"filter":null}}"#,
+                "`mode`",
+            ),
+            (r#"{"id":1,"op":"declare_queue","queue":7}"#, "`queue`"),
+            (
+                r#"{"id":1,"op":"delete_queue","queue":"q","if_empty":null}"#,
+                "`if_empty`",
+            ),
+        ] {
+            let err = parse_request(text).expect_err(text);
+            assert_eq!(
+                (err.id, err.code),
+                (Some(1.into()), ErrorCode::InvalidField),
+                "{text}"
+            );
+            assert!(err.message.contains(field), "{text}: {}", err.message);
+        }
+        // Their valid counterparts parse.
+        for text in [
+            r#"{"id":1,"op":"list_queues"}"#,
+            r#"{"id":1,"op":"publish","routing_key":"q","properties":{"priority":3},"body":"x"}"#,
+            r#"{"id":1,"op":"subscribe","queue":"q","consumer_tag":"c","filter":"f"}"#,
+            r#"{"id":1,"op":"attach_handler","queue":"q","plugin":"p","mode":"filter"}"#,
+        ] {
+            parse_request(text).expect(text);
+        }
     }
 
     #[test]

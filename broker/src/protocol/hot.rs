@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::{Delivery, Op, Publish, Request, RequestId, ServerFrame};
-use crate::message::{Headers, Message, Properties};
+use crate::message::{Headers, Message, Properties, present};
 
 /// Every field a `publish` or an `ack` may carry, with the types and defaults of
 /// [`Publish`] (and [`Message`]'s wire shape) and [`Op::Ack`]. Fields a derived parser
@@ -33,13 +33,13 @@ struct HotRequest<'a> {
     headers: Headers,
     #[serde(default)]
     properties: Properties,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     body: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     body_base64: Option<String>,
     #[serde(default)]
     mandatory: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     delivery_tag: Option<u64>,
     #[serde(default)]
     multiple: bool,
@@ -298,6 +298,23 @@ mod tests {
             ),
             (
                 r#"{"id":1,"op":"publish","body_base64":"!"}"#,
+                "invalid_field",
+            ),
+            // `null` for an optional field, properties as an array: refused, not defaulted.
+            (
+                r#"{"id":1,"op":"publish","routing_key":"q","body":null}"#,
+                "invalid_field",
+            ),
+            (
+                r#"{"id":1,"op":"publish","routing_key":"q","body_base64":null}"#,
+                "invalid_field",
+            ),
+            (
+                r#"{"id":1,"op":"publish","properties":{"priority":null}}"#,
+                "invalid_field",
+            ),
+            (
+                r#"{"id":1,"op":"publish","properties":[true,"m"]}"#,
                 "invalid_field",
             ),
             (r#"{"id":1,"op":"ack"}"#, "invalid_field"),

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::message::{Headers, Message};
+use crate::message::{Headers, Message, present};
 
 /// A request's operation and its fields.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,7 +54,11 @@ pub enum Op {
         #[serde(default = "yes")]
         requeue: bool,
         /// Redeliver after this many milliseconds instead of the queue's `retry_backoff`.
-        #[serde(default)]
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "present"
+        )]
         delay_ms: Option<u64>,
     },
     Reject {
@@ -70,7 +74,11 @@ pub enum Op {
         /// The component's bytes, standard base64.
         wasm_base64: String,
         /// Who deployed it, for the history.
-        #[serde(default)]
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "present"
+        )]
         deployed_by: Option<String>,
         /// Roll back to the version active before this one if this one starts failing.
         #[serde(default)]
@@ -79,7 +87,11 @@ pub enum Op {
     /// Activates an earlier version: `version`, or the one before the active one.
     RollbackPlugin {
         name: String,
-        #[serde(default)]
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "present"
+        )]
         version: Option<u64>,
     },
     /// Every exchange type with its active version and counters.
@@ -98,7 +110,11 @@ pub enum Op {
     /// all of them, or those with `message_id`.
     RequeueDeadLetters {
         queue: String,
-        #[serde(default)]
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "present"
+        )]
         message_id: Option<String>,
     },
     /// Every exchange (the default one included) with its counters.
@@ -207,10 +223,18 @@ pub struct Subscribe {
     #[serde(default)]
     pub auto_ack: bool,
     /// Chosen by the broker when absent.
-    #[serde(default)]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub consumer_tag: Option<String>,
     /// A handler attached to the queue in `filter` mode that every delivery passes through.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub filter: Option<String>,
 }
 
@@ -231,7 +255,7 @@ pub struct AttachHandler {
     pub queue: String,
     /// A handler plugin (bundled, loaded or deployed).
     pub plugin: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "mode_name")]
     pub mode: HandlerMode,
     /// Calls in flight at once (1 to 64): one plugin instance each.
     #[serde(default = "one")]
@@ -239,6 +263,18 @@ pub struct AttachHandler {
     /// Given to the plugin's `init`.
     #[serde(default)]
     pub config: std::collections::BTreeMap<String, String>,
+}
+
+/// A mode is its name: the derived enum would also take `{"filter": null}`.
+fn mode_name<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<HandlerMode, D::Error> {
+    match String::deserialize(deserializer)?.as_str() {
+        "consume" => Ok(HandlerMode::Consume),
+        "filter" => Ok(HandlerMode::Filter),
+        other => Err(serde::de::Error::unknown_variant(
+            other,
+            &["consume", "filter"],
+        )),
+    }
 }
 
 fn one() -> u32 {

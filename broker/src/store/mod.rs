@@ -324,6 +324,11 @@ mod tests {
     /// Messages acked within their own commit group are never written, and the rest of the
     /// group (including earlier-committed deletes and entry states) still applies; entry
     /// states come back with their messages.
+    ///
+    /// Writing such a message and deleting it again would leave the same final state, so
+    /// the writes are observed through a sentinel: seq 3 is first committed with another
+    /// body, and survives untouched only if the group wrote neither the put nor the delete
+    /// of its seq 3. (Real seqs are never reused; this one is, to make the writes visible.)
     #[test]
     fn a_group_skips_messages_acked_before_their_commit() {
         let dir = tempfile::tempdir().unwrap();
@@ -334,10 +339,27 @@ mod tests {
             arguments: Headers::new(),
         };
         let (_, writer) = open(dir.path(), |_| usize::MAX).unwrap();
+        let (committed, first_group) = std::sync::mpsc::channel();
+        let sentinel = StoreOp::PutMessage {
+            queue: 7,
+            seq: 3,
+            enqueued_at: 1,
+            message: Arc::new(Message::text("q", "sentinel-3")),
+        };
         writer.submit(WriteBatch {
-            ops: vec![StoreOp::PutQueue(record.clone()), put(7, 1), put(7, 2)],
-            completions: Vec::new(),
+            ops: vec![
+                StoreOp::PutQueue(record.clone()),
+                put(7, 1),
+                put(7, 2),
+                sentinel,
+            ],
+            completions: vec![Box::new(move |result| committed.send(result).unwrap())],
         });
+        // The next batch must be a group of its own.
+        first_group
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap()
+            .unwrap();
         writer.submit(WriteBatch {
             ops: vec![
                 put(7, 3),
@@ -382,23 +404,31 @@ mod tests {
         let queue = &recovered.queues[0];
         assert_eq!(queue.record, record);
         let seqs: Vec<u64> = queue.messages.iter().map(|m| m.seq).collect();
-        assert_eq!(seqs, [2, 5, 6]);
+        assert_eq!(seqs, [2, 3, 5, 6], "seq 3: neither put nor delete written");
         let Recalled::InMemory(first) = &queue.messages[0].message else {
             panic!("a pending retry is read whole");
         };
         assert_eq!(&first.body[..], b"m2");
-        let Recalled::OnDisk(placement) = &queue.messages[1].message else {
-            panic!("past the limit only the placement is read");
-        };
-        assert_eq!(placement.body_len, 2);
+        let body_lens: Vec<u64> = queue.messages[1..3]
+            .iter()
+            .map(|m| match &m.message {
+                Recalled::OnDisk(placement) => placement.body_len,
+                Recalled::InMemory(_) => panic!("past the limit only the placement is read"),
+            })
+            .collect();
+        assert_eq!(
+            body_lens,
+            ["sentinel-3".len() as u64, 2],
+            "the sentinel's body"
+        );
         assert!(
-            matches!(&queue.messages[2].message, Recalled::InMemory(m) if &m.body[..] == b"m6")
+            matches!(&queue.messages[3].message, Recalled::InMemory(m) if &m.body[..] == b"m6")
         );
         let states: Vec<_> = queue
             .messages
             .iter()
             .map(|m| (m.delivery_count, m.not_before))
             .collect();
-        assert_eq!(states, [(3, Some(99)), (0, None), (0, None)]);
+        assert_eq!(states, [(3, Some(99)), (0, None), (0, None), (0, None)]);
     }
 }
