@@ -216,6 +216,13 @@ async fn the_http_listener_wants_a_user_and_its_own_host_name() {
                 .starts_with("Basic")
         );
     }
+    // The failed login is counted.
+    let metrics = b.get("/metrics").await.body;
+    let failures = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("broker_auth_failures_total "))
+        .expect("the failures metric");
+    assert_eq!(failures, "1", "one wrong password so far");
     // Health checks need no login.
     let reply = http_with_headers(
         addr,

@@ -17,6 +17,7 @@ pub struct Scrape {
     pub resident_bytes: Option<u64>,
     pub memory_high_watermark_bytes: u64,
     pub memory_alarm: bool,
+    pub auth_failures: u64,
     pub uptime_seconds: f64,
 }
 
@@ -259,6 +260,12 @@ pub fn render(s: &Scrape) -> String {
         "1 while the memory alarm blocks publishing connections.",
     );
     e.sample("broker_memory_alarm", &[], s.memory_alarm as u8 as f64);
+    e.family(
+        "broker_auth_failures_total",
+        "counter",
+        "Failed logins on every listener.",
+    );
+    e.sample("broker_auth_failures_total", &[], s.auth_failures as f64);
     e.family(
         "broker_uptime_seconds",
         "gauge",

@@ -285,6 +285,7 @@ async fn scrape(state: &HttpState) -> HttpResponse {
         resident_bytes: crate::server::resident_memory(),
         memory_high_watermark_bytes: state.memory.watermark_bytes.load(Ordering::Relaxed),
         memory_alarm: state.memory.alarm.load(Ordering::Relaxed) == 1,
+        auth_failures: state.auth.stats.failures.load(Ordering::Relaxed),
         uptime_seconds: state.started.elapsed().as_secs_f64(),
     });
     let mut response = Response::new(Full::new(Bytes::from(text)));
