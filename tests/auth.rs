@@ -263,3 +263,56 @@ async fn raw_http(addr: std::net::SocketAddr, head: &str) -> String {
         .unwrap();
     String::from_utf8_lossy(&raw).into_owned()
 }
+
+#[tokio::test]
+async fn the_cli_manages_users_and_logs_in_from_broker_url_or_flags() {
+    let b = TestBroker::start().await;
+    let url = b.url();
+    let cli = |args: &[&str], env: Option<&str>| {
+        let mut command = std::process::Command::new(common::bin());
+        command.args(args).env_remove("BROKER_URL");
+        match env {
+            Some(broker_url) => command.env("BROKER_URL", broker_url),
+            None => command.args(["--server", &url]),
+        };
+        let out = command.output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        (
+            out.status.success(),
+            text,
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (ok, out, err) = cli(&["user", "add", "ann", "pw", "--tag", "management"], None);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "user ann stored");
+    let (ok, out, _) = cli(&["user", "list"], None);
+    assert!(ok);
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["USER", "TAGS"],
+            vec!["ann", "management"],
+            vec!["guest", "administrator", "(loopback", "only)"],
+        ]
+    );
+    // BROKER_URL with credentials, and --user / --password.
+    let as_ann = url.replacen("ws://", "ws://ann:pw@", 1);
+    let (ok, _, err) = cli(&["queues"], Some(&as_ann));
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(&["queues", "--user", "ann", "--password", "pw"], None);
+    assert!(ok, "{err}");
+    let (ok, _, _) = cli(&["queues", "--user", "ann", "--password", "wrong"], None);
+    assert!(!ok, "a wrong password fails the command");
+    // ann is no administrator.
+    let (ok, _, err) = cli(&["user", "list", "--user", "ann", "--password", "pw"], None);
+    assert!(!ok);
+    assert!(err.contains("access_refused"), "{err}");
+    let (ok, out, err) = cli(&["user", "delete", "ann"], None);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "user ann deleted");
+}

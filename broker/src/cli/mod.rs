@@ -126,3 +126,14 @@ pub fn init_logging(level: &str, json: bool) {
         builder.init();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap's own consistency checks (duplicate argument names, ...) over every command:
+    /// otherwise they only fire when that command is run.
+    #[test]
+    fn every_command_is_well_formed() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -11,7 +11,8 @@ pub enum User {
     /// Create (or replace) a user.
     Add {
         name: String,
-        password: String,
+        #[arg(value_name = "PASSWORD")]
+        new_password: String,
         /// administrator, management, monitoring or none; repeat for several.
         #[arg(long = "tag", value_parser = Tag::parse)]
         tags: Vec<Tag>,
@@ -30,7 +31,8 @@ pub enum User {
     Passwd {
         name: String,
         /// The new password.
-        password: String,
+        #[arg(value_name = "PASSWORD")]
+        new_password: String,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -40,12 +42,12 @@ pub async fn run(command: User) -> anyhow::Result<()> {
     match command {
         User::Add {
             name,
-            password,
+            new_password,
             tags,
             server,
         } => {
             let client = Client::connect(&server.url()).await?;
-            client.add_user(&name, &password, &tags).await?;
+            client.add_user(&name, &new_password, &tags).await?;
             println!("user {name} stored");
         }
         User::Delete { name, server } => {
@@ -68,11 +70,11 @@ pub async fn run(command: User) -> anyhow::Result<()> {
         }
         User::Passwd {
             name,
-            password,
+            new_password,
             server,
         } => {
             let client = Client::connect(&server.url()).await?;
-            client.change_password(&name, &password).await?;
+            client.change_password(&name, &new_password).await?;
             println!("password of {name} changed");
         }
     }
