@@ -264,7 +264,8 @@ async fn raw_http(addr: std::net::SocketAddr, head: &str) -> String {
     String::from_utf8_lossy(&raw).into_owned()
 }
 
-#[tokio::test]
+// The CLI runs as a blocking child process: the in-process broker needs other threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_manages_users_and_logs_in_from_broker_url_or_flags() {
     let b = TestBroker::start().await;
     let url = b.url();
