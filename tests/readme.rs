@@ -37,7 +37,11 @@ fn the_first_command_runs_the_broker_binary() {
         .current_dir(workspace_root())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let defaults: Vec<&str> = meta["workspace_default_members"]
         .as_array()
@@ -54,7 +58,11 @@ fn the_first_command_runs_the_broker_binary() {
         .filter(|t| t["kind"].as_array().unwrap().iter().any(|k| k == "bin"))
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert_eq!(bins, ["broker"], "`cargo run` at the root must resolve to the broker");
+    assert_eq!(
+        bins,
+        ["broker"],
+        "`cargo run` at the root must resolve to the broker"
+    );
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! A handler is a component exporting `broker:plugin/handler`. The router runs it for the
 //! messages of a queue (see `router::handlers`); this module only knows how to compile it,
 //! instantiate it with an attachment's configuration and call `handle` under the same
-//! limits as exchanges (fuel, epoch deadline, memory). A failed call discards the instance.
+//! limits as exchanges (fuel, time, memory). A failed call discards the instance.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,19 +12,18 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Engine, Store, Trap};
+use wasmtime::{Engine, Store};
 
 use super::bundled;
-use super::epoch::CALL_DEADLINE_TICKS;
 use super::handler_bindings::{
     HANDLER_INTERFACE, HandlerPlugin, HandlerPluginPre, LogHost, LogLevel, PublishHost, wit,
 };
 use super::host_state::HostState;
-use super::instance::Failure;
+use super::instance::classify;
 use super::limits::Limits;
 use super::loader::{Capabilities, LoadError, PluginInfo, PluginSource, check_abi, check_source};
 use super::registry::PluginHost;
-use super::stats::{FailureKind, PluginStats, StatsSnapshot};
+use super::stats::{PluginStats, StatsSnapshot};
 use crate::message::Message;
 
 mod convert;
@@ -401,7 +400,8 @@ pub struct HandlerState {
 
 impl LogHost for HandlerState {
     fn log(&mut self, level: LogLevel, text: String) {
-        let Some(text) = self.host.admit_log(&text) else {
+        let is_error = matches!(level, LogLevel::Error);
+        let Some(text) = self.host.admit_log(is_error, &text) else {
             return;
         };
         let (plugin, queue) = (&*self.plugin, &*self.queue);
@@ -462,7 +462,6 @@ pub struct LiveHandler {
     plugin: HandlerPlugin,
     loaded: Arc<LoadedHandler>,
     generation: u64,
-    limits: Limits,
     stats: Arc<PluginStats>,
 }
 
@@ -483,11 +482,11 @@ impl LiveHandler {
             outbox_bytes: 0,
         };
         let mut store = Store::new(loaded.pre.engine(), state);
-        store.limiter(|state| state.host.limiter());
+        HostState::install(&mut store, |state| &mut state.host);
         loaded.stats.record_instantiation();
-        prepare(&mut store, limits);
+        prepare(&mut store);
         let failed = |store: &Store<HandlerState>, e| {
-            let failure = classify(store, e);
+            let failure = classify(&store.data().host, e);
             loaded.stats.record_failure(failure.kind);
             HandlerError::Failed(failure.reason)
         };
@@ -495,6 +494,7 @@ impl LiveHandler {
             Ok(plugin) => plugin,
             Err(e) => return Err(failed(&store, e)),
         };
+        prepare(&mut store);
         let init = plugin
             .broker_plugin_handler()
             .call_init(&mut store, queue, config);
@@ -508,7 +508,6 @@ impl LiveHandler {
             plugin,
             loaded: loaded.clone(),
             generation,
-            limits: limits.clone(),
             stats: loaded.stats.clone(),
         })
     }
@@ -535,7 +534,10 @@ impl LiveHandler {
     /// Runs `handle` on `msg`. A failure (trap, fuel, deadline, memory; the error says
     /// which) means the instance must not be used again.
     pub fn handle(&mut self, msg: &Message, delivery_count: u32) -> Result<Handled, String> {
-        prepare(&mut self.store, &self.limits);
+        // The body travels inside the message: it widens the budget like a fetched body.
+        self.store.data_mut().host.bodies.push(msg.body.clone());
+        prepare(&mut self.store);
+        self.store.data_mut().host.bodies.clear();
         let view = wit::Message {
             exchange: msg.exchange.clone(),
             routing_key: msg.routing_key.clone(),
@@ -555,7 +557,7 @@ impl LiveHandler {
         let outcome = match result {
             Ok(outcome) => outcome,
             Err(e) => {
-                let failure = classify(&self.store, e);
+                let failure = classify(&self.store.data().host, e);
                 self.stats.record_failure(failure.kind);
                 return Err(failure.reason);
             }
@@ -577,38 +579,11 @@ impl LiveHandler {
     }
 }
 
-/// Fresh budget before a call: fuel, deadline, log allowance, empty outbox.
-fn prepare(store: &mut Store<HandlerState>, limits: &Limits) {
-    if limits.meter_fuel {
-        store
-            .set_fuel(limits.fuel_per_call)
-            .expect("the engine is configured to consume fuel");
-    }
-    if limits.call_deadline.is_some() {
-        store.set_epoch_deadline(CALL_DEADLINE_TICKS);
-    }
+/// Fresh budget before a call: fuel, time, log allowance, empty outbox. The body is in
+/// the message itself, so it widens the budget like an exchange's fetched body.
+fn prepare(store: &mut Store<HandlerState>) {
     let state = store.data_mut();
-    state.host.begin_call();
     state.outbox.clear();
     state.outbox_bytes = 0;
-}
-
-fn classify(store: &Store<HandlerState>, error: wasmtime::Error) -> Failure {
-    let trap = error.downcast_ref::<Trap>().copied();
-    let kind = match trap {
-        _ if store.data().host.memory_denied() => FailureKind::MemoryExhausted,
-        Some(Trap::OutOfFuel | Trap::Interrupt) => FailureKind::Timeout,
-        _ => FailureKind::Trap,
-    };
-    tracing::debug!(error = ?error, "handler call failed");
-    let cause = match trap {
-        Some(trap) => trap.to_string(),
-        None => error.root_cause().to_string(),
-    };
-    let reason = match kind {
-        FailureKind::Timeout => format!("exceeded its CPU budget ({cause})"),
-        FailureKind::MemoryExhausted => format!("exceeded its memory limit ({cause})"),
-        _ => cause,
-    };
-    Failure { kind, reason }
+    HostState::arm(store, |state| &mut state.host);
 }

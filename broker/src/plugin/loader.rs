@@ -234,16 +234,11 @@ fn probe(
     name: &Arc<str>,
 ) -> Result<Capabilities, LoadError> {
     let mut store = Store::new(engine, HostState::new(limits, name.clone(), "".into()));
-    store.limiter(|state| state.limiter());
+    HostState::install(&mut store, |state| state);
     let fail = |e: wasmtime::Error| LoadError::Probe(format!("{e:#}"));
-    if limits.meter_fuel {
-        store.set_fuel(limits.fuel_per_call).map_err(fail)?;
-    }
-    if limits.call_deadline.is_some() {
-        // Probing happens off the router; a generous deadline only guards against hangs.
-        store.set_epoch_deadline(super::epoch::CALL_DEADLINE_TICKS * 10);
-    }
+    HostState::arm(&mut store, |state| state);
     let plugin = pre.instantiate(&mut store).map_err(fail)?;
+    HostState::arm(&mut store, |state| state);
     let caps = plugin
         .broker_plugin_exchange()
         .call_get_capabilities(&mut store)

@@ -39,6 +39,7 @@ mod epoch;
 mod exchange;
 mod handler;
 mod handler_bindings;
+mod health;
 mod host_state;
 mod instance;
 mod key_cache;
