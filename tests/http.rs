@@ -591,7 +591,7 @@ async fn cli_lists_exchanges_bindings_and_connections() {
     let events = exchanges.lines().find(|l| l.starts_with("events")).unwrap();
     assert_eq!(
         events.split_whitespace().collect::<Vec<_>>(),
-        ["events", "topic", "1", "0", "0", "true"],
+        ["events", "topic", "1", "0", "0", "0", "true", "ok"],
         "{exchanges}"
     );
     assert!(exchanges.contains("(default)"), "{exchanges}");

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use broker::exchange::{BindingId, Exchange, ExchangeError};
 use broker::message::{Headers, Message};
-use broker::plugin::{Limits, PluginExchange, PluginHost};
+use broker::plugin::{Limits, LoadError, PluginExchange, PluginHost};
 
 /// Loads test plugin `plugin` and declares `ex-<plugin>` bound 1 -> "a", 2 -> "b".
 fn hostile(host: &PluginHost, plugin: &str) -> PluginExchange {
@@ -238,4 +238,53 @@ fn failure_logs_name_the_plugin_and_are_rate_limited() {
     }
     assert!(failures[0].contains("suppressed=0"), "{}", failures[0]);
     assert!(failures[1].contains("suppressed=19"), "{}", failures[1]);
+}
+
+#[test]
+fn deploy_samples_refuse_plugins_that_misbehave_on_every_message() {
+    let host = PluginHost::new(Limits::default()).unwrap();
+    for (plugin, expected) in [
+        ("always-spin", "CPU budget"),
+        ("always-alloc", "memory"),
+        ("always-panic", "panicked at"),
+        ("always-huge", "bindings"),
+        ("always-bad-ids", "not bound to this exchange"),
+        ("always-spin-handler", "CPU budget"),
+    ] {
+        match host.load_blocking(plugin, &hostile::plugin(plugin)) {
+            Err(LoadError::Sample {
+                sample,
+                description,
+                reason,
+            }) => {
+                assert_eq!(sample, 1, "{plugin}: the first sample already fails");
+                assert!(
+                    description.contains("routing key `sample`"),
+                    "{description}"
+                );
+                // A million ids are refused for their number, or stopped while built.
+                let expected = if plugin == "always-huge" && reason.contains("CPU budget") {
+                    "CPU budget"
+                } else {
+                    expected
+                };
+                assert!(reason.contains(expected), "{plugin}: {reason}");
+            }
+            other => panic!("{plugin}: expected a refused sample, got {other:?}"),
+        }
+        assert!(
+            host.info(plugin).is_none() && !host.is_handler(plugin),
+            "{plugin}"
+        );
+    }
+    let err = host
+        .load_blocking("always-panic", &hostile::plugin("always-panic"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no route for sample"), "{err}");
+    // Misbehaving only on some keys, they pass the samples and deploy.
+    for plugin in ["spin", "alloc", "trap", "huge-output", "bad-ids", "handler"] {
+        host.load_blocking(plugin, &hostile::plugin(plugin))
+            .unwrap_or_else(|e| panic!("{plugin}: {e}"));
+    }
 }

@@ -159,7 +159,14 @@ impl HandlerSlot {
         queue: &str,
         config: &[(String, String)],
     ) -> Result<LiveHandler, HandlerError> {
-        LiveHandler::new(self, &version.loaded, version.generation, queue, config)
+        LiveHandler::new(
+            &self.name,
+            &self.limits,
+            &version.loaded,
+            version.generation,
+            queue,
+            config,
+        )
     }
 }
 
@@ -370,7 +377,7 @@ fn load(
         .instantiate_pre(&component)
         .map_err(|e| LoadError::Link(format!("{e:#}")))?;
     let pre = HandlerPluginPre::new(instance_pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
-    Ok(LoadedHandler {
+    let loaded = Arc::new(LoadedHandler {
         pre,
         stats: Arc::default(),
         info: PluginInfo {
@@ -386,7 +393,9 @@ fn load(
             version: source.version,
             from_cache: false,
         },
-    })
+    });
+    super::samples::check_handler(&loaded, limits)?;
+    Ok(Arc::into_inner(loaded).expect("the sample run keeps no instance"))
 }
 
 /// A handler's store: the memory limiter, log allowance and the call's publishes.
@@ -466,17 +475,17 @@ pub struct LiveHandler {
 }
 
 impl LiveHandler {
-    fn new(
-        slot: &HandlerSlot,
+    pub(crate) fn new(
+        name: &Arc<str>,
+        limits: &Limits,
         loaded: &Arc<LoadedHandler>,
         generation: u64,
         queue: &str,
         config: &[(String, String)],
     ) -> Result<Self, HandlerError> {
-        let limits = &slot.limits;
         let state = HandlerState {
-            host: HostState::new(limits, slot.name.clone(), queue.into()),
-            plugin: slot.name.clone(),
+            host: HostState::new(limits, name.clone(), queue.into()),
+            plugin: name.clone(),
             queue: queue.into(),
             outbox: Vec::new(),
             outbox_bytes: 0,

@@ -122,6 +122,7 @@ impl CallHealth {
 
 /// At most one failure line per interval for one exchange (or handler attachment); the
 /// next line says how many it left out.
+#[doc(hidden)]
 #[derive(Debug, Default)]
 pub struct LogThrottle {
     last: Option<Instant>,

@@ -43,6 +43,13 @@ pub enum LoadError {
     Link(String),
     #[error("plugin failed while being probed: {0}")]
     Probe(String),
+    /// A deploy-time sample run failed (sample 0: setting up the run).
+    #[error("plugin refused: on deploy sample {sample} ({description}) it failed: {reason}")]
+    Sample {
+        sample: usize,
+        description: String,
+        reason: String,
+    },
     #[error(
         "`{0}` is already a plugin of the other kind (exchange vs handler); choose another name"
     )]
@@ -208,7 +215,7 @@ pub(crate) fn load(
         ExchangePluginPre::new(instance_pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
     let name: Arc<str> = name.into();
     let capabilities = probe(engine, &pre, limits, &name)?;
-    Ok(LoadedPlugin {
+    let loaded = LoadedPlugin {
         info: PluginInfo {
             name: name.to_string(),
             abi_version,
@@ -223,7 +230,9 @@ pub(crate) fn load(
         stats: Arc::default(),
         component,
         freshly_compiled,
-    })
+    };
+    super::samples::check_exchange(&loaded, limits)?;
+    Ok(loaded)
 }
 
 /// Instantiates the plugin once, under the usual limits, to read its capabilities.
