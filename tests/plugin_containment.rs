@@ -288,3 +288,26 @@ fn deploy_samples_refuse_plugins_that_misbehave_on_every_message() {
             .unwrap_or_else(|e| panic!("{plugin}: {e}"));
     }
 }
+
+#[test]
+fn the_time_bound_holds_after_the_ticker_went_idle() {
+    // Unlimited fuel: only the time bound can stop the loop.
+    let limits = Limits {
+        fuel_per_call: u64::MAX / 4,
+        ..patient()
+    };
+    let host = PluginHost::new(limits).unwrap();
+    let mut ex = hostile(&host, "spin");
+    // With no call for 100 ms the ticker parks; the next call must wake it (precondition,
+    // not synchronisation).
+    std::thread::sleep(Duration::from_millis(300));
+    let before = thread_cpu();
+    match route(&mut ex, "spin") {
+        Err(ExchangeError::PluginFailed(reason)) => {
+            assert!(reason.contains("CPU budget (time)"), "{reason}")
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    let spent = thread_cpu() - before;
+    assert!(spent < Duration::from_millis(20), "{spent:?}");
+}
