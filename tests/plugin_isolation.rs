@@ -237,3 +237,107 @@ async fn plugins_that_fail_on_every_message_are_refused_at_deploy() {
         "nothing refused is listed: {plugins}"
     );
 }
+
+/// The real binary with JSON logs: a failing exchange's lines carry the plugin, its
+/// version, the panic's text and how many lines were left out; a failing handler's line
+/// names the plugin, its version and the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_logs_name_plugin_version_and_panic_text() {
+    let data = tempfile::tempdir().unwrap();
+    let log_path = data.path().join("broker.log");
+    let mut child = std::process::Command::new(common::bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-http"])
+        .args(["--log", "info", "--log-format", "json", "--data-dir"])
+        .arg(data.path().join("db"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("ws://"))
+        .unwrap()
+        .to_owned();
+    let c = Client::connect(&url).await.unwrap();
+    c.confirm_select().await.unwrap();
+    c.deploy_plugin("keyed", &hostile::plugin("trap"))
+        .await
+        .unwrap();
+    c.declare_exchange("custom", "keyed", false, Headers::new())
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        c.publish(to("custom", "boom", "x"), false)
+            .await
+            .unwrap_err();
+    }
+    // A handler that loops on the key `spin`, fed through a direct exchange.
+    c.deploy_plugin("looper", &hostile::plugin("handler"))
+        .await
+        .unwrap();
+    c.declare_queue("work", QueueOptions::durable())
+        .await
+        .unwrap();
+    c.attach_handler(broker::protocol::AttachHandler {
+        queue: "work".into(),
+        plugin: "looper".into(),
+        mode: broker::protocol::HandlerMode::Consume,
+        concurrency: 1,
+        config: Default::default(),
+    })
+    .await
+    .unwrap();
+    c.declare_exchange("in", "direct", false, Headers::new())
+        .await
+        .unwrap();
+    bind(&c, "in", "work", "spin").await;
+    c.publish(to("in", "spin", "x"), false).await.unwrap();
+
+    let lines = common::wait_for(|| async {
+        let text = std::fs::read_to_string(&log_path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let failed = |l: &serde_json::Value| l["fields"]["message"] == "handler call failed";
+        lines.iter().any(failed).then_some(lines)
+    })
+    .await;
+    c.close().await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let with = |message: &str| -> Vec<&serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| l["fields"]["message"] == message)
+            .collect()
+    };
+    // Three failures: at most one line a second, each counting those it left out.
+    let trapped = with("plugin call failed");
+    let logged: u64 = trapped
+        .iter()
+        .map(|l| 1 + l["fields"]["suppressed"].as_u64().unwrap())
+        .sum();
+    assert!(!trapped.is_empty() && logged <= 3, "{lines:?}");
+    let first = &trapped[0]["fields"];
+    assert_eq!(first["exchange"], "custom");
+    assert_eq!(first["plugin"], "keyed");
+    assert_eq!(first["version"], 1);
+    assert_eq!(first["suppressed"], 0);
+    let reason = first["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("panicked at ") && reason.ends_with(": boom"),
+        "{reason}"
+    );
+    let handler = with("handler call failed");
+    assert_eq!(handler[0]["fields"]["plugin"], "looper");
+    assert_eq!(handler[0]["fields"]["version"], 1);
+    assert_eq!(handler[0]["fields"]["queue"], "work");
+    assert_eq!(handler[0]["level"], "WARN");
+}
