@@ -493,7 +493,7 @@ impl LiveHandler {
         let mut store = Store::new(loaded.pre.engine(), state);
         HostState::install(&mut store, |state| &mut state.host);
         loaded.stats.record_instantiation();
-        prepare(&mut store);
+        prepare(&mut store, true);
         let failed = |store: &Store<HandlerState>, e| {
             let failure = classify(&store.data().host, e);
             loaded.stats.record_failure(failure.kind);
@@ -503,7 +503,7 @@ impl LiveHandler {
             Ok(plugin) => plugin,
             Err(e) => return Err(failed(&store, e)),
         };
-        prepare(&mut store);
+        prepare(&mut store, true);
         let init = plugin
             .broker_plugin_handler()
             .call_init(&mut store, queue, config);
@@ -545,7 +545,7 @@ impl LiveHandler {
     pub fn handle(&mut self, msg: &Message, delivery_count: u32) -> Result<Handled, String> {
         // The body travels inside the message: it widens the budget like a fetched body.
         self.store.data_mut().host.bodies.push(msg.body.clone());
-        prepare(&mut self.store);
+        prepare(&mut self.store, false);
         self.store.data_mut().host.bodies.clear();
         let view = wit::Message {
             exchange: msg.exchange.clone(),
@@ -590,9 +590,13 @@ impl LiveHandler {
 
 /// Fresh budget before a call: fuel, time, log allowance, empty outbox. The body is in
 /// the message itself, so it widens the budget like an exchange's fetched body.
-fn prepare(store: &mut Store<HandlerState>) {
+/// `setup`: instantiation and `init`, which get the setup budget.
+fn prepare(store: &mut Store<HandlerState>, setup: bool) {
     let state = store.data_mut();
     state.outbox.clear();
     state.outbox_bytes = 0;
-    HostState::arm(store, |state| &mut state.host);
+    match setup {
+        true => HostState::arm_setup(store, |state| &mut state.host),
+        false => HostState::arm(store, |state| &mut state.host),
+    }
 }

@@ -14,6 +14,9 @@ use super::limits::Limits;
 /// reason instead of logging it (failure logs are rate-limited, plain logs are not).
 pub const PANIC_PREFIX: &str = "panicked at ";
 
+/// How many message budgets setting up an instance gets (see [`HostState::arm_setup`]).
+pub const SETUP_BUDGET_FACTOR: u32 = 10;
+
 /// Each body may be fetched this many times per call...
 const BODY_COPIES_PER_CALL: usize = 4;
 /// ...plus this many bytes, so empty bodies can be fetched too.
@@ -67,9 +70,27 @@ impl HostState {
     /// Arms a store for one call (after `bodies` is filled): fuel and time for the bodies
     /// it carries, fresh log and body-copy allowances.
     pub fn arm<T>(store: &mut Store<T>, host: fn(&mut T) -> &mut HostState) {
+        Self::arm_scaled(store, host, 1);
+    }
+
+    /// Arms a store for setting up an instance (instantiation, `init`, capabilities):
+    /// work done once per instance, mostly by the host (creating and filling its memory),
+    /// which gets [`SETUP_BUDGET_FACTOR`] times a message's budget.
+    pub fn arm_setup<T>(store: &mut Store<T>, host: fn(&mut T) -> &mut HostState) {
+        Self::arm_scaled(store, host, SETUP_BUDGET_FACTOR);
+    }
+
+    fn arm_scaled<T>(store: &mut Store<T>, host: fn(&mut T) -> &mut HostState, factor: u32) {
         let state = host(store.data_mut());
         let bodies = state.begin_call();
-        let (fuel, time) = (state.limits.fuel_for(bodies), state.limits.time_for(bodies));
+        let fuel = state
+            .limits
+            .fuel_for(bodies)
+            .saturating_mul(u64::from(factor));
+        let time = state
+            .limits
+            .time_for(bodies)
+            .map(|t| t.saturating_mul(factor));
         state.limiter.clock.begin(time);
         if state.limits.meter_fuel {
             store

@@ -52,7 +52,7 @@ impl LiveInstance {
         let mut store = Store::new(plugin.pre.engine(), state);
         HostState::install(&mut store, |state| state);
         stats.record_instantiation();
-        HostState::arm(&mut store, |state| state);
+        HostState::arm_setup(&mut store, |state| state);
         let instance = plugin
             .pre
             .instantiate(&mut store)
@@ -63,7 +63,8 @@ impl LiveInstance {
             stats: stats.clone(),
         };
         let name = exchange.to_string();
-        match live.call(|ex, store| ex.call_init(store, &name, arguments))? {
+        HostState::arm_setup(&mut live.store, |state| state);
+        match live.call_armed(|ex, store| ex.call_init(store, &name, arguments))? {
             Ok(()) => Ok(Ok(live)),
             Err(reason) => Ok(Err(reason)),
         }
@@ -75,6 +76,14 @@ impl LiveInstance {
         f: impl FnOnce(&wit::Guest, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, Failure> {
         HostState::arm(&mut self.store, |state| state);
+        self.call_armed(f)
+    }
+
+    /// Runs `f` against the exchange export with the budget already armed.
+    fn call_armed<R>(
+        &mut self,
+        f: impl FnOnce(&wit::Guest, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, Failure> {
         let started = Instant::now();
         let result = f(self.plugin.broker_plugin_exchange(), &mut self.store);
         self.stats.record_call(started.elapsed());

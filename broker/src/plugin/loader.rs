@@ -245,9 +245,9 @@ fn probe(
     let mut store = Store::new(engine, HostState::new(limits, name.clone(), "".into()));
     HostState::install(&mut store, |state| state);
     let fail = |e: wasmtime::Error| LoadError::Probe(format!("{e:#}"));
-    HostState::arm(&mut store, |state| state);
+    HostState::arm_setup(&mut store, |state| state);
     let plugin = pre.instantiate(&mut store).map_err(fail)?;
-    HostState::arm(&mut store, |state| state);
+    HostState::arm_setup(&mut store, |state| state);
     let caps = plugin
         .broker_plugin_exchange()
         .call_get_capabilities(&mut store)
