@@ -567,6 +567,8 @@ async fn json_logs_have_one_line_per_event() {
     let trapped = with("plugin call failed");
     assert_eq!(trapped.len(), 1, "{lines:?}");
     assert_eq!(trapped[0]["fields"]["exchange"], "custom");
+    assert_eq!(trapped[0]["fields"]["plugin"], "keyed");
+    assert_eq!(trapped[0]["fields"]["version"], 1);
     assert_eq!(trapped[0]["level"], "WARN");
 }
 
@@ -591,7 +593,7 @@ async fn cli_lists_exchanges_bindings_and_connections() {
     let events = exchanges.lines().find(|l| l.starts_with("events")).unwrap();
     assert_eq!(
         events.split_whitespace().collect::<Vec<_>>(),
-        ["events", "topic", "1", "0", "0", "true"],
+        ["events", "topic", "1", "0", "0", "0", "true", "ok"],
         "{exchanges}"
     );
     assert!(exchanges.contains("(default)"), "{exchanges}");

@@ -7,7 +7,7 @@ mod hostile;
 
 use broker::protocol::{Binding, ErrorCode};
 use broker::{Client, Headers, Message, QueueOptions};
-use common::TestBroker;
+use common::{TestBroker, run_cli};
 
 /// Publishes key `boom` to exchange `ex`: v1 (the `trap` plugin) fails on it, v2 (the
 /// `spin` plugin, which only misbehaves on `spin`) routes it nowhere.
@@ -400,6 +400,24 @@ async fn versions_are_counted_cached_and_rolled_back_automatically() {
     let list = c.list_plugins().await.unwrap();
     let rollback = &plugin(&list, "router")["last_auto_rollback"];
     assert_eq!((&rollback["from"], &rollback["to"]), (&4.into(), &3.into()));
+    // Also next to the exchange, in the API and both CLI listings.
+    let exchanges = c.list_exchanges().await.unwrap();
+    let row = exchanges.exchanges.iter().find(|x| x.exchange == "ex");
+    let rollback = row.and_then(|x| x.last_auto_rollback.clone()).unwrap();
+    assert_eq!((&rollback["from"], &rollback["to"]), (&4.into(), &3.into()));
+    let url = b.url();
+    let printed = tokio::task::spawn_blocking(move || {
+        let (_, exchanges, _) = run_cli(&["exchanges"], &url);
+        let (_, plugins, _) = run_cli(&["plugin", "list"], &url);
+        exchanges + &plugins
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        printed.matches("auto-rolled back v4 -> v3").count(),
+        2,
+        "{printed}"
+    );
     assert!(publish_n(&c, "boom", 3).await.iter().all(Result::is_ok));
     let history = c.plugin_history("router").await.unwrap();
     assert_eq!(

@@ -92,6 +92,7 @@ pub fn init(
     config: Vec<(String, String)>,
     check: &impl InitFn,
 ) -> Result<(), String> {
+    crate::log::__install_panic_hook();
     let config = Config::from(config);
     check.call(&queue, &config)?;
     ATTACHMENT.with(|cell| *cell.borrow_mut() = Some((queue, Rc::new(config))));

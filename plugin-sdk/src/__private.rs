@@ -93,6 +93,7 @@ fn with<T: Exchange, R>(state: &'static State<T>, f: impl FnOnce(&mut T) -> R) -
 }
 
 pub fn capabilities<T: Exchange>() -> wit::Capabilities {
+    crate::log::__install_panic_hook();
     let Capabilities {
         key_only,
         reads_headers,
@@ -111,6 +112,7 @@ pub fn init<T: Exchange>(
     name: String,
     arguments: Vec<wit::Header>,
 ) -> Result<(), String> {
+    crate::log::__install_panic_hook();
     let exchange = T::new(&name, &headers(arguments))?;
     state.with(|cell| *cell.borrow_mut() = Some(exchange));
     Ok(())

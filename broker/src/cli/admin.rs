@@ -106,6 +106,12 @@ pub enum Plugin {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Lift quarantine for every exchange of a plugin (each restarts at its next message).
+    Reset {
+        name: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
     /// Exchange types with their active version, hash and counters.
     List(ServerArg),
     /// Every deployed version of a plugin.
@@ -170,8 +176,8 @@ pub async fn exchanges(args: ServerArg) -> anyhow::Result<()> {
         .unwrap_or(0)
         .max(9);
     println!(
-        "{:<width$}  {:<10}  {:>8}  {:>9}  {:>10}  DURABLE",
-        "EXCHANGE", "TYPE", "BINDINGS", "ROUTED", "UNROUTABLE"
+        "{:<width$}  {:<10}  {:>8}  {:>9}  {:>10}  {:>8}  {:<7}  STATE",
+        "EXCHANGE", "TYPE", "BINDINGS", "ROUTED", "UNROUTABLE", "FAILED", "DURABLE"
     );
     for x in list.exchanges {
         let name = if x.exchange.is_empty() {
@@ -179,16 +185,46 @@ pub async fn exchanges(args: ServerArg) -> anyhow::Result<()> {
         } else {
             x.exchange
         };
+        let state = match (x.quarantined_since, &x.quarantine_reason) {
+            (Some(since), reason) => format!(
+                "quarantined {} ({})",
+                ago(since),
+                reason.as_deref().unwrap_or("failing")
+            ),
+            _ => "ok".to_owned(),
+        };
         println!(
-            "{name:<width$}  {:<10}  {:>8}  {:>9}  {:>10}  {}",
-            x.kind, x.bindings, x.routed, x.unroutable, x.durable
+            "{name:<width$}  {:<10}  {:>8}  {:>9}  {:>10}  {:>8}  {:<7}  {state}",
+            x.kind, x.bindings, x.routed, x.unroutable, x.failed, x.durable
         );
+        if let Some(r) = &x.last_auto_rollback {
+            println!(
+                "{:<width$}  its type auto-rolled back v{} -> v{} {}",
+                "",
+                r["from"],
+                r["to"],
+                ago(r["at"].as_u64().unwrap_or(0))
+            );
+        }
     }
     for name in list.unrestored {
         println!("{name:<width$}  (waiting for its plugin type to be loaded)");
     }
     client.close().await;
     Ok(())
+}
+
+/// "12s ago" for a time in ms since the Unix epoch.
+fn ago(at_ms: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let secs = now.saturating_sub(at_ms) / 1000;
+    match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m{}s ago", secs / 60, secs % 60),
+        _ => format!("{}h{}m ago", secs / 3600, secs / 60 % 60),
+    }
 }
 
 pub async fn bindings(args: ServerArg) -> anyhow::Result<()> {
@@ -356,6 +392,21 @@ pub async fn plugin(what: Plugin) -> anyhow::Result<()> {
             println!("plugin {name} rolled back to version {}", v["version"]);
             client.close().await;
         }
+        Plugin::Reset { name, server } => {
+            let client = Client::connect(&server.server).await?;
+            let v = client.reset_plugin(&name).await?;
+            let reset: Vec<&str> = v["reset"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str())
+                .collect();
+            match reset.as_slice() {
+                [] => println!("plugin {name}: no exchange was quarantined"),
+                names => println!("plugin {name}: quarantine lifted for {}", names.join(", ")),
+            }
+            client.close().await;
+        }
         Plugin::List(server) => {
             let client = Client::connect(&server.url()).await?;
             let list = client.list_plugins().await?;
@@ -392,8 +443,22 @@ pub async fn plugin(what: Plugin) -> anyhow::Result<()> {
                 );
                 if let Some(r) = p["last_auto_rollback"].as_object() {
                     println!(
-                        "{:<20} auto-rolled back v{} -> v{} ({} errors in {} calls)",
-                        "", r["from"], r["to"], r["errors"], r["calls"]
+                        "{:<20} auto-rolled back v{} -> v{} {} ({} errors in {} calls)",
+                        "",
+                        r["from"],
+                        r["to"],
+                        ago(r["at"].as_u64().unwrap_or(0)),
+                        r["errors"],
+                        r["calls"]
+                    );
+                }
+                for q in p["quarantined"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<20} exchange {} quarantined {} ({})",
+                        "",
+                        q["exchange"].as_str().unwrap_or("?"),
+                        ago(q["since"].as_u64().unwrap_or(0)),
+                        q["reason"].as_str().unwrap_or("?")
                     );
                 }
             }

@@ -560,6 +560,15 @@ impl Client {
         self.send(op, None, true).await
     }
 
+    /// Lifts quarantine for every exchange of plugin `name`; the result's `reset` lists
+    /// the exchanges that were quarantined.
+    pub async fn reset_plugin(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        let op = Op::ResetPlugin {
+            name: name.to_owned(),
+        };
+        self.send(op, None, true).await
+    }
+
     /// Every exchange type with its active version and counters.
     pub async fn list_plugins(&self) -> Result<serde_json::Value, ClientError> {
         self.send(Op::ListPlugins, None, true).await

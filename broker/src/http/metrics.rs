@@ -151,7 +151,7 @@ pub fn render(s: &Scrape) -> String {
     }
 
     type ExchangeField = fn(&ExchangeInfo) -> u64;
-    let exchange_families: [(&str, &str, &str, ExchangeField); 4] = [
+    let exchange_families: [(&str, &str, &str, ExchangeField); 5] = [
         (
             "broker_exchange_routed_total",
             "counter",
@@ -175,6 +175,12 @@ pub fn render(s: &Scrape) -> String {
             "gauge",
             "Bindings of the exchange.",
             |x| x.bindings,
+        ),
+        (
+            "broker_exchange_quarantined",
+            "gauge",
+            "1 while the exchange is quarantined (its plugin kept failing), else 0.",
+            |x| u64::from(x.quarantined),
         ),
     ];
     for (name, kind, help, field) in exchange_families {

@@ -171,6 +171,9 @@ async fn handle(state: &HttpState, req: Request<Incoming>) -> HttpResponse {
         (["api", "exchanges"], true, _) => op(state, json!({"op": "list_exchanges"})).await,
         (["api", "bindings"], true, _) => op(state, json!({"op": "list_bindings"})).await,
         (["api", "plugins"], true, _) => op(state, json!({"op": "list_plugins"})).await,
+        (["api", "plugins", name, "reset"], _, true) => {
+            op(state, json!({"op": "reset_plugin", "name": name})).await
+        }
         (["api", "connections"], true, _) => op(state, json!({"op": "list_connections"})).await,
         _ if known_path(&segments) => {
             let e = ApiError::new(
@@ -219,6 +222,7 @@ fn known_path(segments: &[&str]) -> bool {
             ]
             | ["api", "queues", _]
             | ["api", "queues", _, "messages" | "purge" | "requeue"]
+            | ["api", "plugins", _, "reset"]
     )
 }
 

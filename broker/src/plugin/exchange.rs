@@ -1,14 +1,18 @@
 //! One declared exchange backed by a plugin instance: keeps the bindings (to replay into
 //! a fresh instance), validates what the plugin returns, caches key-only routes, and
-//! contains failures (discard the instance, count, quarantine after too many in a row).
+//! contains failures (discard the instance, count, log at a limited rate, throttle, and
+//! quarantine after too many in a row or too many of the recent calls). Every message is
+//! its own call with its own budget, batches included.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use super::bindings::wit;
 use super::convert;
+use super::health::{CallHealth, LogThrottle};
 use super::instance::{Failure, LiveInstance};
 use super::key_cache::KeyCache;
 use super::limits::Limits;
@@ -19,20 +23,57 @@ use crate::exchange::{BindingId, Exchange, ExchangeError};
 use crate::message::{Headers, Message};
 
 /// The part of an exchange's state the host can reach while the router owns the exchange.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ExchangeControl {
+    /// The exchange type (plugin name), for a reset of every exchange of a plugin.
+    plugin: String,
     quarantined: AtomicBool,
+    /// When it was quarantined (ms since the Unix epoch), and why.
+    quarantine: Mutex<Option<(u64, String)>>,
     reset_requested: AtomicBool,
 }
 
 impl ExchangeControl {
+    pub fn new(plugin: &str) -> Self {
+        ExchangeControl {
+            plugin: plugin.to_owned(),
+            quarantined: AtomicBool::new(false),
+            quarantine: Mutex::new(None),
+            reset_requested: AtomicBool::new(false),
+        }
+    }
+
+    pub fn plugin(&self) -> &str {
+        &self.plugin
+    }
+
     pub fn is_quarantined(&self) -> bool {
         self.quarantined.load(Ordering::Acquire)
     }
 
-    /// Asks the exchange to leave quarantine with a fresh instance at its next call.
+    /// Since when (ms since the Unix epoch) and why the exchange is quarantined.
+    pub fn quarantine(&self) -> Option<(u64, String)> {
+        if !self.is_quarantined() {
+            return None;
+        }
+        self.quarantine
+            .lock()
+            .expect("control lock poisoned")
+            .clone()
+    }
+
+    /// Lifts quarantine now; the exchange starts a fresh instance, its failure history
+    /// forgotten, at its next call.
     pub fn request_reset(&self) {
         self.reset_requested.store(true, Ordering::Release);
+        self.set_quarantine(None);
+    }
+
+    fn set_quarantine(&self, cause: Option<String>) {
+        let mut quarantine = self.quarantine.lock().expect("control lock poisoned");
+        *quarantine = cause.map(|cause| (super::health::now_ms(), cause));
+        self.quarantined
+            .store(quarantine.is_some(), Ordering::Release);
     }
 }
 
@@ -75,7 +116,8 @@ pub struct PluginExchange {
     instance: Option<LiveInstance>,
     bindings: BindingMap,
     cache: Option<KeyCache>,
-    consecutive_failures: u32,
+    health: CallHealth,
+    failure_log: LogThrottle,
     limits: Limits,
     control: Arc<ExchangeControl>,
     stats: Arc<PluginStats>,
@@ -119,7 +161,8 @@ impl PluginExchange {
             generation,
             instance: Some(instance),
             bindings: BindingMap::default(),
-            consecutive_failures: 0,
+            health: CallHealth::new(limits),
+            failure_log: LogThrottle::default(),
             limits: limits.clone(),
             control,
             stats,
@@ -138,13 +181,13 @@ impl PluginExchange {
     /// Leaves quarantine; the next call starts a fresh instance with the current bindings.
     pub fn reset(&mut self) {
         self.control.reset_requested.store(false, Ordering::Release);
-        self.control.quarantined.store(false, Ordering::Release);
-        self.consecutive_failures = 0;
+        self.control.set_quarantine(None);
+        self.health.clear(&self.limits);
         self.instance = None;
     }
 
     /// Applies a reset requested through the host, and moves to a redeployed version of
-    /// the plugin; then refuses work while quarantined.
+    /// the plugin; then refuses work while quarantined or throttled (no call is made).
     fn check_in(&mut self) -> Result<(), ExchangeError> {
         if self.control.reset_requested.load(Ordering::Acquire) {
             self.reset();
@@ -152,10 +195,18 @@ impl PluginExchange {
         if self.slot.generation() != self.generation {
             self.upgrade();
         }
-        if self.control.is_quarantined() {
+        if let Some((_, cause)) = self.control.quarantine() {
             return Err(ExchangeError::Unavailable(format!(
-                "exchange `{}` failed {} times in a row; reset or redeploy plugin `{}`",
-                self.name, self.consecutive_failures, self.plugin.info.name
+                "exchange `{}` is quarantined ({cause}); run `broker plugin reset {}` or \
+                 redeploy the plugin",
+                self.name, self.plugin.info.name
+            )));
+        }
+        if self.health.throttled(&self.limits) {
+            return Err(ExchangeError::Unavailable(format!(
+                "exchange `{}` is throttled: its failing calls used their time share; \
+                 retry later",
+                self.name
             )));
         }
         Ok(())
@@ -178,8 +229,8 @@ impl PluginExchange {
                     .capabilities
                     .key_only
                     .then(|| KeyCache::new(self.limits.key_cache_entries));
-                self.control.quarantined.store(false, Ordering::Release);
-                self.consecutive_failures = 0;
+                self.control.set_quarantine(None);
+                self.health.clear(&self.limits);
             }
             Err(reason) => {
                 tracing::warn!(exchange = %self.name, %reason, "redeployed plugin rejected the exchange; keeping the previous version");
@@ -219,93 +270,80 @@ impl PluginExchange {
     }
 
     /// The live instance, recreated (bindings replayed) after a failure.
-    fn instance(&mut self) -> Result<&mut LiveInstance, ExchangeError> {
+    fn instance(&mut self) -> Result<&mut LiveInstance, Failure> {
         if self.instance.is_none() {
             match self.start(&self.plugin.clone()) {
                 Ok(instance) => self.instance = Some(instance),
+                // Counted in the stats by `start`; the caller counts it for the exchange.
                 Err(reason) => {
-                    // Failures inside `start` were counted there; count the streak here.
-                    self.note_failure();
-                    return Err(ExchangeError::PluginFailed(format!(
-                        "could not restart the plugin: {reason}"
-                    )));
+                    return Err(Failure {
+                        kind: super::stats::FailureKind::Trap,
+                        reason: format!("could not restart the plugin: {reason}"),
+                    });
                 }
             }
         }
         Ok(self.instance.as_mut().expect("just ensured"))
     }
 
-    fn note_failure(&mut self) {
-        self.instance = None;
-        self.consecutive_failures += 1;
-        if self.consecutive_failures >= self.limits.max_consecutive_failures
-            && !self.control.quarantined.swap(true, Ordering::AcqRel)
-        {
-            self.stats.record_quarantine();
-            tracing::warn!(exchange = %self.name, plugin = %self.plugin.info.name, failures = self.consecutive_failures, "exchange quarantined");
-        }
+    /// A call that worked.
+    fn succeed(&mut self) {
+        self.health.record_success(&self.limits);
     }
 
-    /// Records a failed call: count it, drop the instance, maybe quarantine.
-    fn fail(&mut self, failure: Failure) -> ExchangeError {
-        self.stats.record_failure(failure.kind);
-        tracing::warn!(exchange = %self.name, plugin = %self.plugin.info.name, reason = %failure.reason, "plugin call failed");
-        self.note_failure();
+    /// Records a failed call that took `spent` (restart included): drop the instance,
+    /// log (at most once a second per exchange), maybe quarantine.
+    fn fail(&mut self, failure: Failure, started: Instant, counted: bool) -> ExchangeError {
+        if counted {
+            self.stats.record_failure(failure.kind);
+        }
+        self.instance = None;
+        let (plugin, version) = (&*self.plugin.info.name, self.plugin.info.version);
+        if let Some(suppressed) = self.failure_log.admit() {
+            tracing::warn!(exchange = %self.name, plugin, version, kind = ?failure.kind, reason = %failure.reason, suppressed, "plugin call failed");
+        }
+        if let Some(cause) = self.health.record_failure(started.elapsed(), &self.limits)
+            && !self.control.is_quarantined()
+        {
+            self.stats.record_quarantine();
+            tracing::warn!(exchange = %self.name, plugin, version, %cause, "exchange quarantined");
+            self.control.set_quarantine(Some(cause.to_string()));
+        }
         plugin_failed(failure)
     }
 
     /// Checks a route result against the contract: bounded size, bound ids only.
     fn check_output(&self, ids: &[BindingId]) -> Result<(), Failure> {
-        if ids.len() > self.limits.max_route_ids {
-            return Err(Failure::invalid_output(format!(
-                "routed to {} bindings, more than the limit of {}",
-                ids.len(),
-                self.limits.max_route_ids
-            )));
-        }
-        match ids.iter().find(|id| !self.bindings.contains_key(id)) {
-            Some(id) => Err(Failure::invalid_output(format!(
-                "routed to binding {id}, which is not bound to this exchange"
-            ))),
-            None => Ok(()),
-        }
+        check_route_output(ids, self.limits.max_route_ids, |id| {
+            self.bindings.contains_key(&id)
+        })
     }
 
     fn with_headers(&self) -> bool {
         self.plugin.info.capabilities.reads_headers
     }
 
-    /// Routes several messages with as few plugin calls as possible (cache hits need
-    /// none; the rest go in `route-batch` calls of up to `max_batch` messages). When a
-    /// batch call fails, its messages are routed again one call each, so only the message
-    /// that makes the plugin fail fails (and counts toward quarantine).
+    /// Routes several messages: each is checked in (quarantine, throttle) and routed on
+    /// its own, from the key cache or with one `route` call under its own fuel and time
+    /// budget, so a message that makes the plugin fail fails alone, and once the exchange
+    /// is quarantined no later message of the batch reaches the plugin.
     pub fn route_batch(&mut self, msgs: &[&Message]) -> Vec<Result<Vec<BindingId>, ExchangeError>> {
-        let mut results: Vec<Option<Result<Vec<BindingId>, ExchangeError>>> =
-            (0..msgs.len()).map(|_| None).collect();
-        if let Err(e) = self.check_in() {
-            return msgs.iter().map(|_| Err(e.clone())).collect();
-        }
-        self.stats.record_messages(msgs.len() as u64);
-        let mut misses = Vec::new();
-        for (i, msg) in msgs.iter().enumerate() {
-            match self.cache.as_ref().and_then(|c| c.get(&msg.routing_key)) {
-                Some(ids) => results[i] = Some(Ok(ids.to_vec())),
-                None => misses.push(i),
-            }
-        }
-        self.stats
-            .record_cache_hits((msgs.len() - misses.len()) as u64);
-        let chunk = self.limits.max_batch.max(1);
-        for indexes in misses.chunks(chunk) {
-            let outcome = self.route_chunk(msgs, indexes);
-            for (slot, result) in indexes.iter().zip(outcome) {
-                results[*slot] = Some(result);
-            }
-        }
-        results
-            .into_iter()
-            .map(|r| r.expect("every message is a cache hit or in a chunk"))
+        msgs.iter()
+            .map(|msg| {
+                let mut out = Vec::new();
+                self.route_checked(msg, &mut out).map(|()| out)
+            })
             .collect()
+    }
+
+    fn route_checked(
+        &mut self,
+        msg: &Message,
+        out: &mut Vec<BindingId>,
+    ) -> Result<(), ExchangeError> {
+        self.check_in()?;
+        self.stats.record_messages(1);
+        self.route_one(msg, out)
     }
 
     /// Routes one message (already counted) with the cache or one `route` call.
@@ -315,107 +353,94 @@ impl PluginExchange {
             self.stats.record_cache_hits(1);
             return Ok(());
         }
+        let started = Instant::now();
         let view = convert::message(msg, self.with_headers());
-        let routed = self.instance()?.route(&view, msg.body.clone());
+        let instance = match self.instance() {
+            Ok(instance) => instance,
+            Err(failure) => return Err(self.fail(failure, started, false)),
+        };
+        let routed = instance.route(&view, msg.body.clone());
         match routed.and_then(|ids| self.check_output(&ids).map(|()| ids)) {
             Ok(ids) => {
-                self.consecutive_failures = 0;
+                self.succeed();
                 if let Some(cache) = &mut self.cache {
                     cache.insert(&msg.routing_key, &ids);
                 }
                 out.extend_from_slice(&ids);
                 Ok(())
             }
-            Err(failure) => Err(self.fail(failure)),
+            Err(failure) => Err(self.fail(failure, started, true)),
         }
     }
-    fn route_chunk(
+
+    /// Runs a binding call (validate, bind) on the live instance: the plugin's answer, or
+    /// the failure recorded.
+    fn binding_call(
         &mut self,
-        msgs: &[&Message],
-        indexes: &[usize],
-    ) -> Vec<Result<Vec<BindingId>, ExchangeError>> {
-        let fail_all = |e: ExchangeError| indexes.iter().map(|_| Err(e.clone())).collect();
-        if let Err(e) = self.check_in() {
-            return fail_all(e);
-        }
-        let with_headers = self.with_headers();
-        let views: Vec<wit::Message> = indexes
-            .iter()
-            .map(|&i| convert::message(msgs[i], with_headers))
-            .collect();
-        let bodies = indexes.iter().map(|&i| msgs[i].body.clone());
-        let routed = match self.instance() {
-            Ok(instance) => instance.route_batch(&views, bodies),
-            Err(e) => return fail_all(e),
+        call: impl FnOnce(&mut LiveInstance) -> Result<Result<(), String>, Failure>,
+    ) -> Result<Result<(), String>, ExchangeError> {
+        self.check_in()?;
+        let started = Instant::now();
+        let instance = match self.instance() {
+            Ok(instance) => instance,
+            Err(failure) => return Err(self.fail(failure, started, false)),
         };
-        let checked = routed.and_then(|all| {
-            all.iter().try_for_each(|ids| self.check_output(ids))?;
-            Ok(all)
-        });
-        match checked {
-            Ok(all) => {
-                self.consecutive_failures = 0;
-                if let Some(cache) = &mut self.cache {
-                    for (&i, ids) in indexes.iter().zip(&all) {
-                        cache.insert(&msgs[i].routing_key, ids);
-                    }
-                }
-                all.into_iter().map(Ok).collect()
+        match call(instance) {
+            Ok(answer) => {
+                self.succeed();
+                Ok(answer)
             }
-            Err(failure) if indexes.len() == 1 => fail_all(self.fail(failure)),
-            Err(failure) => {
-                // Not counted: the one-by-one calls below count the culprit.
-                tracing::debug!(exchange = %self.name, reason = %failure.reason, "batch failed; routing its messages one by one");
-                self.instance = None;
-                indexes
-                    .iter()
-                    .map(|&i| {
-                        let mut out = Vec::new();
-                        self.route_one(msgs[i], &mut out).map(|()| out)
-                    })
-                    .collect()
-            }
+            Err(failure) => Err(self.fail(failure, started, true)),
         }
+    }
+}
+
+/// Checks one route result: at most `max` ids, each a binding of the exchange.
+pub(crate) fn check_route_output(
+    ids: &[BindingId],
+    max: usize,
+    bound: impl Fn(BindingId) -> bool,
+) -> Result<(), Failure> {
+    if ids.len() > max {
+        return Err(Failure::invalid_output(format!(
+            "routed to {} bindings, more than the limit of {max}",
+            ids.len(),
+        )));
+    }
+    match ids.iter().find(|id| !bound(**id)) {
+        Some(id) => Err(Failure::invalid_output(format!(
+            "routed to binding {id}, which is not bound to this exchange"
+        ))),
+        None => Ok(()),
     }
 }
 
 impl Exchange for PluginExchange {
     fn route_batch(&mut self, msgs: &[&Message]) -> Vec<Result<Vec<BindingId>, ExchangeError>> {
-        // The inherent method: one `route-batch` call into the plugin per chunk.
         PluginExchange::route_batch(self, msgs)
     }
 
     fn validate_binding(&mut self, key: &str, arguments: &Headers) -> Result<(), ExchangeError> {
-        self.check_in()?;
         let arguments = convert::headers(arguments);
-        match self.instance()?.validate_binding(key, &arguments) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(ExchangeError::InvalidBinding(reason)),
-            Err(failure) => Err(self.fail(failure)),
-        }
+        self.binding_call(|instance| instance.validate_binding(key, &arguments))?
+            .map_err(ExchangeError::InvalidBinding)
     }
 
     fn bind(&mut self, id: BindingId, key: &str, arguments: &Headers) -> Result<(), ExchangeError> {
-        self.check_in()?;
         let arguments = convert::headers(arguments);
-        match self.instance()?.bind(id, key, &arguments) {
-            Ok(Ok(())) => {
-                self.bindings.insert(
-                    id,
-                    BoundKey {
-                        key: key.to_owned(),
-                        arguments,
-                    },
-                );
-                if let Some(cache) = &mut self.cache {
-                    cache.clear();
-                }
-                self.consecutive_failures = 0;
-                Ok(())
-            }
-            Ok(Err(reason)) => Err(ExchangeError::InvalidBinding(reason)),
-            Err(failure) => Err(self.fail(failure)),
+        self.binding_call(|instance| instance.bind(id, key, &arguments))?
+            .map_err(ExchangeError::InvalidBinding)?;
+        self.bindings.insert(
+            id,
+            BoundKey {
+                key: key.to_owned(),
+                arguments,
+            },
+        );
+        if let Some(cache) = &mut self.cache {
+            cache.clear();
         }
+        Ok(())
     }
 
     /// Always succeeds for the broker: the binding is forgotten host-side even if the
@@ -428,17 +453,16 @@ impl Exchange for PluginExchange {
         if !known || self.check_in().is_err() {
             return Ok(());
         }
+        let started = Instant::now();
         if let Some(instance) = self.instance.as_mut()
             && let Err(failure) = instance.unbind(id)
         {
-            self.fail(failure);
+            self.fail(failure, started, true);
         }
         Ok(())
     }
 
     fn route(&mut self, msg: &Message, out: &mut Vec<BindingId>) -> Result<(), ExchangeError> {
-        self.check_in()?;
-        self.stats.record_messages(1);
-        self.route_one(msg, out)
+        self.route_checked(msg, out)
     }
 }

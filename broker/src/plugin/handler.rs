@@ -3,7 +3,7 @@
 //! A handler is a component exporting `broker:plugin/handler`. The router runs it for the
 //! messages of a queue (see `router::handlers`); this module only knows how to compile it,
 //! instantiate it with an attachment's configuration and call `handle` under the same
-//! limits as exchanges (fuel, epoch deadline, memory). A failed call discards the instance.
+//! limits as exchanges (fuel, time, memory). A failed call discards the instance.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,19 +12,18 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Engine, Store, Trap};
+use wasmtime::{Engine, Store};
 
 use super::bundled;
-use super::epoch::CALL_DEADLINE_TICKS;
 use super::handler_bindings::{
     HANDLER_INTERFACE, HandlerPlugin, HandlerPluginPre, LogHost, LogLevel, PublishHost, wit,
 };
 use super::host_state::HostState;
-use super::instance::Failure;
+use super::instance::classify;
 use super::limits::Limits;
 use super::loader::{Capabilities, LoadError, PluginInfo, PluginSource, check_abi, check_source};
 use super::registry::PluginHost;
-use super::stats::{FailureKind, PluginStats, StatsSnapshot};
+use super::stats::{PluginStats, StatsSnapshot};
 use crate::message::Message;
 
 mod convert;
@@ -160,7 +159,14 @@ impl HandlerSlot {
         queue: &str,
         config: &[(String, String)],
     ) -> Result<LiveHandler, HandlerError> {
-        LiveHandler::new(self, &version.loaded, version.generation, queue, config)
+        LiveHandler::new(
+            &self.name,
+            &self.limits,
+            &version.loaded,
+            version.generation,
+            queue,
+            config,
+        )
     }
 }
 
@@ -371,7 +377,7 @@ fn load(
         .instantiate_pre(&component)
         .map_err(|e| LoadError::Link(format!("{e:#}")))?;
     let pre = HandlerPluginPre::new(instance_pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
-    Ok(LoadedHandler {
+    let loaded = Arc::new(LoadedHandler {
         pre,
         stats: Arc::default(),
         info: PluginInfo {
@@ -387,7 +393,9 @@ fn load(
             version: source.version,
             from_cache: false,
         },
-    })
+    });
+    super::samples::check_handler(&loaded, limits)?;
+    Ok(Arc::into_inner(loaded).expect("the sample run keeps no instance"))
 }
 
 /// A handler's store: the memory limiter, log allowance and the call's publishes.
@@ -401,7 +409,8 @@ pub struct HandlerState {
 
 impl LogHost for HandlerState {
     fn log(&mut self, level: LogLevel, text: String) {
-        let Some(text) = self.host.admit_log(&text) else {
+        let is_error = matches!(level, LogLevel::Error);
+        let Some(text) = self.host.admit_log(is_error, &text) else {
             return;
         };
         let (plugin, queue) = (&*self.plugin, &*self.queue);
@@ -462,32 +471,31 @@ pub struct LiveHandler {
     plugin: HandlerPlugin,
     loaded: Arc<LoadedHandler>,
     generation: u64,
-    limits: Limits,
     stats: Arc<PluginStats>,
 }
 
 impl LiveHandler {
-    fn new(
-        slot: &HandlerSlot,
+    pub(crate) fn new(
+        name: &Arc<str>,
+        limits: &Limits,
         loaded: &Arc<LoadedHandler>,
         generation: u64,
         queue: &str,
         config: &[(String, String)],
     ) -> Result<Self, HandlerError> {
-        let limits = &slot.limits;
         let state = HandlerState {
-            host: HostState::new(limits, slot.name.clone(), queue.into()),
-            plugin: slot.name.clone(),
+            host: HostState::new(limits, name.clone(), queue.into()),
+            plugin: name.clone(),
             queue: queue.into(),
             outbox: Vec::new(),
             outbox_bytes: 0,
         };
         let mut store = Store::new(loaded.pre.engine(), state);
-        store.limiter(|state| state.host.limiter());
+        HostState::install(&mut store, |state| &mut state.host);
         loaded.stats.record_instantiation();
-        prepare(&mut store, limits);
+        prepare(&mut store, true);
         let failed = |store: &Store<HandlerState>, e| {
-            let failure = classify(store, e);
+            let failure = classify(&store.data().host, e);
             loaded.stats.record_failure(failure.kind);
             HandlerError::Failed(failure.reason)
         };
@@ -495,6 +503,7 @@ impl LiveHandler {
             Ok(plugin) => plugin,
             Err(e) => return Err(failed(&store, e)),
         };
+        prepare(&mut store, true);
         let init = plugin
             .broker_plugin_handler()
             .call_init(&mut store, queue, config);
@@ -508,7 +517,6 @@ impl LiveHandler {
             plugin,
             loaded: loaded.clone(),
             generation,
-            limits: limits.clone(),
             stats: loaded.stats.clone(),
         })
     }
@@ -535,7 +543,10 @@ impl LiveHandler {
     /// Runs `handle` on `msg`. A failure (trap, fuel, deadline, memory; the error says
     /// which) means the instance must not be used again.
     pub fn handle(&mut self, msg: &Message, delivery_count: u32) -> Result<Handled, String> {
-        prepare(&mut self.store, &self.limits);
+        // The body travels inside the message: it widens the budget like a fetched body.
+        self.store.data_mut().host.bodies.push(msg.body.clone());
+        prepare(&mut self.store, false);
+        self.store.data_mut().host.bodies.clear();
         let view = wit::Message {
             exchange: msg.exchange.clone(),
             routing_key: msg.routing_key.clone(),
@@ -555,7 +566,7 @@ impl LiveHandler {
         let outcome = match result {
             Ok(outcome) => outcome,
             Err(e) => {
-                let failure = classify(&self.store, e);
+                let failure = classify(&self.store.data().host, e);
                 self.stats.record_failure(failure.kind);
                 return Err(failure.reason);
             }
@@ -577,38 +588,15 @@ impl LiveHandler {
     }
 }
 
-/// Fresh budget before a call: fuel, deadline, log allowance, empty outbox.
-fn prepare(store: &mut Store<HandlerState>, limits: &Limits) {
-    if limits.meter_fuel {
-        store
-            .set_fuel(limits.fuel_per_call)
-            .expect("the engine is configured to consume fuel");
-    }
-    if limits.call_deadline.is_some() {
-        store.set_epoch_deadline(CALL_DEADLINE_TICKS);
-    }
+/// Fresh budget before a call: fuel, time, log allowance, empty outbox. The body is in
+/// the message itself, so it widens the budget like an exchange's fetched body.
+/// `setup`: instantiation and `init`, which get the setup budget.
+fn prepare(store: &mut Store<HandlerState>, setup: bool) {
     let state = store.data_mut();
-    state.host.begin_call();
     state.outbox.clear();
     state.outbox_bytes = 0;
-}
-
-fn classify(store: &Store<HandlerState>, error: wasmtime::Error) -> Failure {
-    let trap = error.downcast_ref::<Trap>().copied();
-    let kind = match trap {
-        _ if store.data().host.memory_denied() => FailureKind::MemoryExhausted,
-        Some(Trap::OutOfFuel | Trap::Interrupt) => FailureKind::Timeout,
-        _ => FailureKind::Trap,
-    };
-    tracing::debug!(error = ?error, "handler call failed");
-    let cause = match trap {
-        Some(trap) => trap.to_string(),
-        None => error.root_cause().to_string(),
-    };
-    let reason = match kind {
-        FailureKind::Timeout => format!("exceeded its CPU budget ({cause})"),
-        FailureKind::MemoryExhausted => format!("exceeded its memory limit ({cause})"),
-        _ => cause,
-    };
-    Failure { kind, reason }
+    match setup {
+        true => HostState::arm_setup(store, |state| &mut state.host),
+        false => HostState::arm(store, |state| &mut state.host),
+    }
 }

@@ -1,12 +1,21 @@
-//! What a plugin's store holds: its limits and the messages of the current call.
+//! What a plugin's store holds: its limits, the clock and messages of the current call,
+//! and a panic message the guest reported before trapping.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
 
 use super::bindings::{Host, LogLevel};
+use super::epoch::CallClock;
 use super::limits::Limits;
+
+/// How the SDK's panic hook starts the line it logs: the host keeps it as the failure's
+/// reason instead of logging it (failure logs are rate-limited, plain logs are not).
+pub const PANIC_PREFIX: &str = "panicked at ";
+
+/// How many message budgets setting up an instance gets (see [`HostState::arm_setup`]).
+pub const SETUP_BUDGET_FACTOR: u32 = 10;
 
 /// Each body may be fetched this many times per call...
 const BODY_COPIES_PER_CALL: usize = 4;
@@ -21,10 +30,11 @@ pub struct HostState {
     /// Body bytes the plugin may still copy in this call: host time spent copying is not
     /// metered by fuel, so a loop fetching a large body must not run unchecked.
     body_bytes_left: usize,
-    max_log_lines: u32,
-    max_log_line_bytes: usize,
+    limits: Limits,
     plugin: Arc<str>,
     exchange: Arc<str>,
+    /// What the guest's panic hook reported in this call.
+    panic: Option<String>,
 }
 
 impl HostState {
@@ -36,14 +46,59 @@ impl HostState {
                     .trap_on_grow_failure(true)
                     .build(),
                 memory_denied: false,
+                clock: CallClock::new(),
             },
             bodies: Vec::new(),
             log_lines_left: limits.max_log_lines_per_call,
             body_bytes_left: 0,
-            max_log_lines: limits.max_log_lines_per_call,
-            max_log_line_bytes: limits.max_log_line_bytes,
+            limits: limits.clone(),
             plugin,
             exchange,
+            panic: None,
+        }
+    }
+
+    /// Sets up a store around this state: memory limits, and the clock that interrupts a
+    /// call past its time budget. `host` finds the `HostState` in the store's data.
+    pub fn install<T: 'static>(store: &mut Store<T>, host: fn(&mut T) -> &mut HostState) {
+        store.limiter(move |data| host(data).limiter());
+        store.epoch_deadline_callback(move |mut ctx| {
+            Ok(host(ctx.data_mut()).limiter.clock.on_tick())
+        });
+    }
+
+    /// Arms a store for one call (after `bodies` is filled): fuel and time for the bodies
+    /// it carries, fresh log and body-copy allowances.
+    pub fn arm<T>(store: &mut Store<T>, host: fn(&mut T) -> &mut HostState) {
+        Self::arm_scaled(store, host, 1);
+    }
+
+    /// Arms a store for setting up an instance (instantiation, `init`, capabilities):
+    /// work done once per instance, mostly by the host (creating and filling its memory),
+    /// which gets [`SETUP_BUDGET_FACTOR`] times a message's budget.
+    pub fn arm_setup<T>(store: &mut Store<T>, host: fn(&mut T) -> &mut HostState) {
+        Self::arm_scaled(store, host, SETUP_BUDGET_FACTOR);
+    }
+
+    fn arm_scaled<T>(store: &mut Store<T>, host: fn(&mut T) -> &mut HostState, factor: u32) {
+        let state = host(store.data_mut());
+        let bodies = state.begin_call();
+        let fuel = state
+            .limits
+            .fuel_for(bodies)
+            .saturating_mul(u64::from(factor));
+        let time = state
+            .limits
+            .time_for(bodies)
+            .map(|t| t.saturating_mul(factor));
+        state.limiter.clock.begin(time);
+        if state.limits.meter_fuel {
+            store
+                .set_fuel(fuel)
+                .expect("the engine is configured to consume fuel");
+        }
+        if time.is_some() {
+            store.set_epoch_deadline(1);
         }
     }
 
@@ -52,26 +107,40 @@ impl HostState {
     }
 
     /// Prepares for a call (after `bodies` is filled): fresh log and body-copy allowances,
-    /// no "memory denied" left from an earlier call.
-    pub fn begin_call(&mut self) {
-        self.log_lines_left = self.max_log_lines;
+    /// nothing left from an earlier call. Returns the bytes of the call's bodies.
+    fn begin_call(&mut self) -> usize {
+        self.log_lines_left = self.limits.max_log_lines_per_call;
         let bodies: usize = self.bodies.iter().map(Bytes::len).sum();
         self.body_bytes_left = bodies.saturating_mul(BODY_COPIES_PER_CALL) + BODY_COPY_SLACK;
         self.limiter.memory_denied = false;
+        self.panic = None;
+        bodies
     }
 
     /// The part of a log line the plugin may still write in this call: `None` once it used
-    /// up its lines, otherwise `text` cut to the line limit (on a char boundary).
-    pub fn admit_log<'a>(&mut self, text: &'a str) -> Option<&'a str> {
+    /// up its lines (or when the line is a panic report, kept for the failure instead),
+    /// otherwise `text` cut to the line limit (on a char boundary).
+    pub fn admit_log<'a>(&mut self, is_error: bool, text: &'a str) -> Option<&'a str> {
+        let text = cut(text, self.limits.max_log_line_bytes);
+        if is_error && text.starts_with(PANIC_PREFIX) {
+            self.panic.get_or_insert_with(|| text.to_owned());
+            return None;
+        }
         if self.log_lines_left == 0 {
             return None;
         }
         self.log_lines_left -= 1;
-        let mut end = text.len().min(self.max_log_line_bytes);
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        Some(&text[..end])
+        Some(text)
+    }
+
+    /// The panic message the guest reported in the last call, if it did.
+    pub fn panic_message(&self) -> Option<&str> {
+        self.panic.as_deref()
+    }
+
+    /// Why the last call ran out of time, if it did.
+    pub fn exhausted(&self) -> Option<super::epoch::Exhausted> {
+        self.limiter.clock.exhausted()
     }
 
     /// Whether the last failure was a memory growth the limits refused.
@@ -80,11 +149,22 @@ impl HostState {
     }
 }
 
+/// `text` cut to at most `max` bytes, on a char boundary.
+fn cut(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// `StoreLimits` (which traps on a refused growth) plus a note that it refused, so a
-/// failure can be reported as memory exhaustion rather than a generic trap.
+/// failure can be reported as memory exhaustion rather than a generic trap; and the call's
+/// clock, which charges every growth against the call's time budget.
 struct Limiter {
     inner: StoreLimits,
     memory_denied: bool,
+    clock: CallClock,
 }
 
 impl ResourceLimiter for Limiter {
@@ -97,6 +177,12 @@ impl ResourceLimiter for Limiter {
         let result = self.inner.memory_growing(current, desired, maximum);
         if !matches!(result, Ok(true)) {
             self.memory_denied = true;
+            return result;
+        }
+        if !self.clock.charge_growth(desired.saturating_sub(current)) {
+            return Err(wasmtime::format_err!(
+                "memory growth past the call's time budget"
+            ));
         }
         result
     }
@@ -125,7 +211,8 @@ impl ResourceLimiter for Limiter {
 
 impl Host for HostState {
     fn log(&mut self, level: LogLevel, text: String) {
-        let Some(text) = self.admit_log(&text) else {
+        let is_error = matches!(level, LogLevel::Error);
+        let Some(text) = self.admit_log(is_error, &text) else {
             return;
         };
         let (plugin, exchange) = (&*self.plugin, &*self.exchange);

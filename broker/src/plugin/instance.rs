@@ -1,5 +1,6 @@
 //! One live plugin instance (one store) and the guarded way to call into it: fresh fuel
-//! and deadline per call, timing, and failures classified for the stats.
+//! and time per call (one message per call), timing, and failures classified for the
+//! stats.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,7 +9,7 @@ use bytes::Bytes;
 use wasmtime::{Store, Trap};
 
 use super::bindings::{ExchangePlugin, wit};
-use super::epoch::CALL_DEADLINE_TICKS;
+use super::epoch::Exhausted;
 use super::host_state::HostState;
 use super::limits::Limits;
 use super::loader::LoadedPlugin;
@@ -34,7 +35,6 @@ impl Failure {
 pub struct LiveInstance {
     store: Store<HostState>,
     plugin: ExchangePlugin,
-    limits: Limits,
     stats: Arc<PluginStats>,
 }
 
@@ -50,38 +50,45 @@ impl LiveInstance {
     ) -> Result<Result<Self, String>, Failure> {
         let state = HostState::new(limits, plugin.name.clone(), exchange.clone());
         let mut store = Store::new(plugin.pre.engine(), state);
-        store.limiter(|state| state.limiter());
+        HostState::install(&mut store, |state| state);
         stats.record_instantiation();
-        prepare(&mut store, limits, 1);
+        HostState::arm_setup(&mut store, |state| state);
         let instance = plugin
             .pre
             .instantiate(&mut store)
-            .map_err(|e| classify(&store, e))?;
+            .map_err(|e| classify(store.data(), e))?;
         let mut live = LiveInstance {
             store,
             plugin: instance,
-            limits: limits.clone(),
             stats: stats.clone(),
         };
         let name = exchange.to_string();
-        match live.call(1, |ex, store| ex.call_init(store, &name, arguments))? {
+        HostState::arm_setup(&mut live.store, |state| state);
+        match live.call_armed(|ex, store| ex.call_init(store, &name, arguments))? {
             Ok(()) => Ok(Ok(live)),
             Err(reason) => Ok(Err(reason)),
         }
     }
 
-    /// Runs `f` against the exchange export with the budget for `messages` messages.
+    /// Runs `f` against the exchange export with a fresh budget.
     fn call<R>(
         &mut self,
-        messages: usize,
         f: impl FnOnce(&wit::Guest, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, Failure> {
-        prepare(&mut self.store, &self.limits, messages);
+        HostState::arm(&mut self.store, |state| state);
+        self.call_armed(f)
+    }
+
+    /// Runs `f` against the exchange export with the budget already armed.
+    fn call_armed<R>(
+        &mut self,
+        f: impl FnOnce(&wit::Guest, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, Failure> {
         let started = Instant::now();
         let result = f(self.plugin.broker_plugin_exchange(), &mut self.store);
         self.stats.record_call(started.elapsed());
         self.store.data_mut().bodies.clear();
-        result.map_err(|e| classify(&self.store, e))
+        result.map_err(|e| classify(self.store.data(), e))
     }
 
     pub fn validate_binding(
@@ -89,9 +96,7 @@ impl LiveInstance {
         key: &str,
         arguments: &[wit::Header],
     ) -> Result<Result<(), String>, Failure> {
-        self.call(1, |ex, store| {
-            ex.call_validate_binding(store, key, arguments)
-        })
+        self.call(|ex, store| ex.call_validate_binding(store, key, arguments))
     }
 
     pub fn bind(
@@ -100,66 +105,50 @@ impl LiveInstance {
         key: &str,
         arguments: &[wit::Header],
     ) -> Result<Result<(), String>, Failure> {
-        self.call(1, |ex, store| ex.call_bind(store, id, key, arguments))
+        self.call(|ex, store| ex.call_bind(store, id, key, arguments))
     }
 
     pub fn unbind(&mut self, id: BindingId) -> Result<(), Failure> {
-        self.call(1, |ex, store| ex.call_unbind(store, id))
+        self.call(|ex, store| ex.call_unbind(store, id))
     }
 
     pub fn route(&mut self, msg: &wit::Message, body: Bytes) -> Result<Vec<BindingId>, Failure> {
         self.store.data_mut().bodies.push(body);
-        self.call(1, |ex, store| ex.call_route(store, msg))
-    }
-
-    pub fn route_batch(
-        &mut self,
-        msgs: &[wit::Message],
-        bodies: impl Iterator<Item = Bytes>,
-    ) -> Result<Vec<Vec<BindingId>>, Failure> {
-        self.store.data_mut().bodies.extend(bodies);
-        let routed = self.call(msgs.len(), |ex, store| ex.call_route_batch(store, msgs))?;
-        if routed.len() != msgs.len() {
-            return Err(Failure::invalid_output(format!(
-                "route-batch returned {} results for {} messages",
-                routed.len(),
-                msgs.len()
-            )));
-        }
-        Ok(routed)
+        self.call(|ex, store| ex.call_route(store, msg))
     }
 }
 
-/// Fresh budget before a call: fuel for `messages`, deadline, log allowance.
-fn prepare(store: &mut Store<HostState>, limits: &Limits, messages: usize) {
-    if limits.meter_fuel {
-        store
-            .set_fuel(limits.fuel_for(messages))
-            .expect("the engine is configured to consume fuel");
-    }
-    if limits.call_deadline.is_some() {
-        store.set_epoch_deadline(CALL_DEADLINE_TICKS);
-    }
-    store.data_mut().begin_call();
-}
-
-fn classify(store: &Store<HostState>, error: wasmtime::Error) -> Failure {
+/// What went wrong in a failed call (exchange or handler), from the error and what the
+/// store saw: a memory limit, the time or fuel budget, a panic the guest reported, a trap.
+pub(crate) fn classify(host: &HostState, error: wasmtime::Error) -> Failure {
     let trap = error.downcast_ref::<Trap>().copied();
-    let kind = match trap {
-        _ if store.data().memory_denied() => FailureKind::MemoryExhausted,
-        Some(Trap::OutOfFuel | Trap::Interrupt) => FailureKind::Timeout,
-        _ => FailureKind::Trap,
-    };
     // The short cause goes to the client; the full error (with the Wasm backtrace) to the log.
     tracing::debug!(error = ?error, "plugin call failed");
     let cause = match trap {
         Some(trap) => trap.to_string(),
         None => error.root_cause().to_string(),
     };
-    let reason = match kind {
-        FailureKind::Timeout => format!("exceeded its CPU budget ({cause})"),
-        FailureKind::MemoryExhausted => format!("exceeded its memory limit ({cause})"),
-        _ => cause,
+    let (kind, reason) = match (trap, host.exhausted()) {
+        _ if host.memory_denied() => (
+            FailureKind::MemoryExhausted,
+            format!("exceeded its memory limit ({cause})"),
+        ),
+        (_, Some(Exhausted::Growth)) => (
+            FailureKind::Timeout,
+            "exceeded its CPU budget (time, memory growth charged)".to_owned(),
+        ),
+        (Some(Trap::Interrupt), _) => (
+            FailureKind::Timeout,
+            "exceeded its CPU budget (time)".to_owned(),
+        ),
+        (Some(Trap::OutOfFuel), _) => (
+            FailureKind::Timeout,
+            "exceeded its CPU budget (fuel)".to_owned(),
+        ),
+        _ => match host.panic_message() {
+            Some(panic) => (FailureKind::Trap, panic.to_owned()),
+            None => (FailureKind::Trap, cause),
+        },
     };
     Failure { kind, reason }
 }

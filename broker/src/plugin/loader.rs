@@ -43,6 +43,13 @@ pub enum LoadError {
     Link(String),
     #[error("plugin failed while being probed: {0}")]
     Probe(String),
+    /// A deploy-time sample run failed (sample 0: setting up the run).
+    #[error("plugin refused: on deploy sample {sample} ({description}) it failed: {reason}")]
+    Sample {
+        sample: usize,
+        description: String,
+        reason: String,
+    },
     #[error(
         "`{0}` is already a plugin of the other kind (exchange vs handler); choose another name"
     )]
@@ -208,7 +215,7 @@ pub(crate) fn load(
         ExchangePluginPre::new(instance_pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
     let name: Arc<str> = name.into();
     let capabilities = probe(engine, &pre, limits, &name)?;
-    Ok(LoadedPlugin {
+    let loaded = LoadedPlugin {
         info: PluginInfo {
             name: name.to_string(),
             abi_version,
@@ -223,7 +230,9 @@ pub(crate) fn load(
         stats: Arc::default(),
         component,
         freshly_compiled,
-    })
+    };
+    super::samples::check_exchange(&loaded, limits)?;
+    Ok(loaded)
 }
 
 /// Instantiates the plugin once, under the usual limits, to read its capabilities.
@@ -234,16 +243,11 @@ fn probe(
     name: &Arc<str>,
 ) -> Result<Capabilities, LoadError> {
     let mut store = Store::new(engine, HostState::new(limits, name.clone(), "".into()));
-    store.limiter(|state| state.limiter());
+    HostState::install(&mut store, |state| state);
     let fail = |e: wasmtime::Error| LoadError::Probe(format!("{e:#}"));
-    if limits.meter_fuel {
-        store.set_fuel(limits.fuel_per_call).map_err(fail)?;
-    }
-    if limits.call_deadline.is_some() {
-        // Probing happens off the router; a generous deadline only guards against hangs.
-        store.set_epoch_deadline(super::epoch::CALL_DEADLINE_TICKS * 10);
-    }
+    HostState::arm_setup(&mut store, |state| state);
     let plugin = pre.instantiate(&mut store).map_err(fail)?;
+    HostState::arm_setup(&mut store, |state| state);
     let caps = plugin
         .broker_plugin_exchange()
         .call_get_capabilities(&mut store)

@@ -39,12 +39,14 @@ mod epoch;
 mod exchange;
 mod handler;
 mod handler_bindings;
+mod health;
 mod host_state;
 mod instance;
 mod key_cache;
 mod limits;
 mod loader;
 mod registry;
+mod samples;
 mod stats;
 pub mod testing;
 
@@ -55,6 +57,7 @@ pub use handler::{
     Handled, HandlerError, HandlerOutcome, HandlerSlot, HandlerVersion, LiveHandler,
     MAX_PUBLISH_BYTES_PER_CALL, MAX_PUBLISHES_PER_CALL,
 };
+pub use health::LogThrottle;
 pub use limits::Limits;
 pub use loader::{Capabilities, LoadError, PluginInfo, PluginSource};
 pub use registry::{HostError, PluginHost, PreparedPlugin, content_hash};

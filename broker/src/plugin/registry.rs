@@ -9,7 +9,6 @@ use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bundled;
-use super::epoch::EpochTicker;
 use super::exchange::{ExchangeControl, PluginExchange};
 use super::handler::HandlerRegistry;
 use super::host_state::HostState;
@@ -152,7 +151,8 @@ struct HostInner {
     limits: Limits,
     types: RwLock<HashMap<String, Arc<PluginSlot>>>,
     exchanges: Mutex<HashMap<String, Weak<ExchangeControl>>>,
-    _epoch: Option<EpochTicker>,
+    /// Keeps the engine's epoch ticking while the host lives.
+    _epoch: Option<Arc<()>>,
     /// Handler plugins (consumer side), a namespace shared with exchange types.
     handlers: HandlerRegistry,
 }
@@ -186,7 +186,7 @@ impl PluginHost {
     pub fn new(limits: Limits) -> Result<Self, HostError> {
         let engine = engine(&limits)?;
         let epoch = match limits.call_deadline {
-            Some(deadline) => Some(EpochTicker::start(engine.clone(), deadline)?),
+            Some(_) => Some(super::epoch::register(&engine)?),
             None => None,
         };
         Ok(PluginHost {
@@ -411,9 +411,33 @@ impl PluginHost {
         }
     }
 
+    /// Takes every live exchange of plugin `plugin` out of quarantine (each starts a fresh
+    /// instance, its failure history forgotten, at its next call). Returns the names of
+    /// those that were quarantined.
+    pub fn reset_plugin(&self, plugin: &str) -> Vec<String> {
+        let exchanges = self.inner.exchanges.lock().expect("registry lock poisoned");
+        let mut lifted: Vec<String> = exchanges
+            .iter()
+            .filter_map(|(name, control)| Some((name, control.upgrade()?)))
+            .filter(|(_, control)| control.plugin() == plugin)
+            .filter_map(|(name, control)| {
+                let was = control.is_quarantined();
+                control.request_reset();
+                was.then(|| name.clone())
+            })
+            .collect();
+        lifted.sort();
+        lifted
+    }
+
     /// Whether exchange `exchange` is quarantined (`None`: no such live plugin exchange).
     pub fn is_quarantined(&self, exchange: &str) -> Option<bool> {
         self.control(exchange).map(|c| c.is_quarantined())
+    }
+
+    /// Since when (ms since the Unix epoch) and why exchange `exchange` is quarantined.
+    pub fn quarantine(&self, exchange: &str) -> Option<(u64, String)> {
+        self.control(exchange)?.quarantine()
     }
 
     /// Like [`ExchangeTypes::create`], returning the concrete type (for `route_batch`).
@@ -426,7 +450,7 @@ impl PluginHost {
         let slot = self
             .slot(type_name)
             .ok_or_else(|| ExchangeError::UnknownType(type_name.to_owned()))?;
-        let control = Arc::new(ExchangeControl::default());
+        let control = Arc::new(ExchangeControl::new(type_name));
         let created = PluginExchange::new(
             slot,
             exchange,

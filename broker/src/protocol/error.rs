@@ -119,6 +119,7 @@ const OP_NAMES: &[&str] = &[
     "requeue_dead_letters",
     "deploy_plugin",
     "rollback_plugin",
+    "reset_plugin",
     "list_plugins",
     "plugin_history",
     "list_exchanges",

@@ -94,6 +94,11 @@ pub enum Op {
         )]
         version: Option<u64>,
     },
+    /// Lifts quarantine for every exchange of plugin `name`: each starts a fresh instance,
+    /// its failure history forgotten, at its next message.
+    ResetPlugin {
+        name: String,
+    },
     /// Every exchange type with its active version and counters.
     ListPlugins,
     /// Every deployed version of a plugin.
@@ -386,6 +391,14 @@ pub struct ExchangeInfo {
     pub failed: u64,
     /// The exchange's plugin is quarantined after repeated failures.
     pub quarantined: bool,
+    /// Since when it is quarantined (ms since the Unix epoch) and why.
+    #[serde(default)]
+    pub quarantined_since: Option<u64>,
+    #[serde(default)]
+    pub quarantine_reason: Option<String>,
+    /// The last automatic rollback of the exchange's plugin type (see `list_plugins`).
+    #[serde(default)]
+    pub last_auto_rollback: Option<serde_json::Value>,
 }
 
 /// Result of `list_exchanges`.

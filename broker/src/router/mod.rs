@@ -524,6 +524,7 @@ impl Router {
             Op::RollbackPlugin { name, version } => {
                 self.rollback_plugin(conn, id.clone(), &name, version)
             }
+            Op::ResetPlugin { name } => self.reset_plugin(&name),
             Op::ListPlugins => Ok(self.list_plugins()),
             Op::PluginHistory { name } => self.plugin_history(&name),
             Op::RequeueDeadLetters { queue, message_id } => {

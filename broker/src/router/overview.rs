@@ -18,18 +18,30 @@ impl Router {
             unroutable: self.default_exchange.unroutable,
             failed: self.default_exchange.failed,
             quarantined: false,
+            quarantined_since: None,
+            quarantine_reason: None,
+            last_auto_rollback: None,
         };
         let mut exchanges: Vec<ExchangeInfo> = std::iter::once(default)
-            .chain(self.exchanges.iter().map(|(name, e)| ExchangeInfo {
-                exchange: name.clone(),
-                kind: e.kind.clone(),
-                durable: e.durable,
-                arguments: e.arguments.clone(),
-                bindings: e.bindings.len() as u64,
-                routed: e.counters.routed,
-                unroutable: e.counters.unroutable,
-                failed: e.counters.failed,
-                quarantined: self.plugins.is_quarantined(name).unwrap_or(false),
+            .chain(self.exchanges.iter().map(|(name, e)| {
+                let quarantine = self.plugins.quarantine(name);
+                ExchangeInfo {
+                    exchange: name.clone(),
+                    kind: e.kind.clone(),
+                    durable: e.durable,
+                    arguments: e.arguments.clone(),
+                    bindings: e.bindings.len() as u64,
+                    routed: e.counters.routed,
+                    unroutable: e.counters.unroutable,
+                    failed: e.counters.failed,
+                    quarantined: quarantine.is_some(),
+                    quarantined_since: quarantine.as_ref().map(|(since, _)| *since),
+                    quarantine_reason: quarantine.map(|(_, reason)| reason),
+                    last_auto_rollback: self
+                        .auto_rollbacks
+                        .get(&e.kind)
+                        .map(|r| serde_json::to_value(r).expect("serializable")),
+                }
             }))
             .collect();
         exchanges.sort_by(|a, b| a.exchange.cmp(&b.exchange));

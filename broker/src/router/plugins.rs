@@ -444,6 +444,19 @@ impl Router {
         self.prepare(None, target, false, false, Some(failing));
     }
 
+    /// Lifts quarantine for every exchange of plugin `name`; answers which were lifted.
+    pub(super) fn reset_plugin(&self, name: &str) -> Result<Reply, OpError> {
+        if self.plugins.info(name).is_none() && !self.plugins.is_handler(name) {
+            let message = format!("no plugin `{name}`");
+            return Err(OpError::new(ErrorCode::PluginNotFound, message));
+        }
+        let lifted = self.plugins.reset_plugin(name);
+        if !lifted.is_empty() {
+            tracing::info!(plugin = name, exchanges = ?lifted, "quarantine lifted by reset");
+        }
+        Ok(Reply::Ok(json!({ "name": name, "reset": lifted })))
+    }
+
     pub(super) fn list_plugins(&self) -> Reply {
         let plugins: Vec<_> = self
             .plugins
@@ -472,6 +485,7 @@ impl Router {
                     "stats": stats,
                     "versions": self.version_counts(&info.name),
                     "last_auto_rollback": self.auto_rollbacks.get(&info.name),
+                    "quarantined": self.quarantined_exchanges(&info.name),
                 })
             })
             .collect();
@@ -500,6 +514,22 @@ impl Router {
             }));
         }
         Reply::Ok(json!({ "plugins": plugins }))
+    }
+
+    /// The quarantined exchanges of type `name`: exchange, since (ms since the Unix
+    /// epoch), reason.
+    fn quarantined_exchanges(&self, name: &str) -> Vec<serde_json::Value> {
+        let mut quarantined: Vec<_> = self
+            .exchanges
+            .iter()
+            .filter(|(_, e)| e.kind == name)
+            .filter_map(|(exchange, _)| {
+                let (since, reason) = self.plugins.quarantine(exchange)?;
+                Some(json!({ "exchange": exchange, "since": since, "reason": reason }))
+            })
+            .collect();
+        quarantined.sort_by(|a, b| a["exchange"].as_str().cmp(&b["exchange"].as_str()));
+        quarantined
     }
 
     /// Messages, calls and errors of each version of plugin `name` since startup.

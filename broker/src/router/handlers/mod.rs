@@ -491,7 +491,8 @@ impl Router {
                 }
             }
             Verdict::Failed(reason) => {
-                tracing::warn!(%reason, "handler call failed");
+                // Logged by the worker, with the plugin, version and queue, rate-limited.
+                tracing::debug!(%reason, "handler call failed");
                 Settle::Failed
             }
         };
@@ -559,6 +560,7 @@ impl Router {
             stats: stats.clone(),
             stop: stop.clone(),
             router: self.self_tx.clone(),
+            failure_log: Default::default(),
         };
         let mut attachment = Attachment {
             record,

@@ -9,7 +9,9 @@ use tokio::sync::mpsc;
 
 use super::{AttachmentStats, Done, FilterJob, Verdict};
 use crate::message::Message;
-use crate::plugin::{Handled, HandlerOutcome, HandlerSlot, HandlerVersion, LiveHandler};
+use crate::plugin::{
+    Handled, HandlerOutcome, HandlerSlot, HandlerVersion, LiveHandler, LogThrottle,
+};
 use crate::protocol::ServerFrame;
 use crate::queue::ConnId;
 use crate::router::{Command, Outbound};
@@ -32,6 +34,8 @@ pub(super) struct Pool {
     pub stats: Arc<AttachmentStats>,
     pub stop: Arc<AtomicBool>,
     pub router: mpsc::UnboundedSender<Command>,
+    /// One failure line per second for the attachment, whichever worker failed.
+    pub failure_log: Arc<Mutex<LogThrottle>>,
 }
 
 impl Pool {
@@ -129,10 +133,15 @@ impl Worker {
             .live
             .as_mut()
             .ok_or_else(|| "no handler instance".to_owned())?;
+        let version = live.version();
         let result = live.handle(msg, delivery_count);
-        if result.is_err() {
+        if let Err(reason) = &result {
             // A failed instance is not reused; the next call starts a fresh one.
             self.live = None;
+            let admitted = self.pool.failure_log.lock().map(|mut log| log.admit());
+            if let Ok(Some(suppressed)) = admitted {
+                tracing::warn!(plugin = self.pool.slot.name(), version, queue = %self.pool.queue, %reason, suppressed, "handler call failed");
+            }
         }
         result
     }

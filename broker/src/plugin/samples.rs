@@ -1,0 +1,115 @@
+//! Deploy-time validation: before a version is accepted it routes a few synthetic
+//! messages (a handler handles them) under the real per-message limits. A version that
+//! traps, runs out of budget or returns an invalid result on any of them is refused,
+//! naming the sample and the reason; a plugin that refuses the empty arguments or
+//! configuration a sample run uses is only checked as far as it gets.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::convert;
+use super::exchange::check_route_output;
+use super::handler::{HandlerError, LiveHandler, LoadedHandler};
+use super::instance::LiveInstance;
+use super::limits::Limits;
+use super::loader::{LoadError, LoadedPlugin};
+use super::stats::PluginStats;
+use crate::message::{Headers, Message};
+
+/// The exchange (or handler queue) name sample runs use.
+const SAMPLE_NAME: &str = "deploy-check";
+
+/// Binding keys tried before the samples (each kept if the plugin accepts it), so a
+/// plugin that misuses its bindings shows it.
+const SAMPLE_BINDINGS: [(u64, &str); 4] = [(1, "sample"), (2, "#"), (3, "sample.*"), (4, "")];
+
+/// The synthetic messages, each with a description for the refusal.
+pub(crate) fn sample_messages() -> Vec<(&'static str, Message)> {
+    let empty = Message::text("sample", "");
+    let mut json = Message::text(
+        "sample.key.1",
+        r#"{"id":1,"amount":100,"country":"DE","user":{"name":"sample"},"items":[1,2,3]}"#,
+    );
+    json.properties.content_type = Some("application/json".into());
+    json.properties.message_id = Some("sample-1".into());
+    let mut headers = Headers::new();
+    headers.insert("x-sample".into(), "1".into());
+    headers.insert("x-count".into(), 3.into());
+    json.headers = headers;
+    let mut binary = Message::text("", "");
+    binary.body = Bytes::from((0..=255u8).cycle().take(1024).collect::<Vec<u8>>());
+    vec![
+        ("routing key `sample`, empty body", empty),
+        ("routing key `sample.key.1`, JSON body, headers", json),
+        ("empty routing key, 1 KiB binary body", binary),
+    ]
+}
+
+fn refused(sample: usize, description: &str, reason: impl Into<String>) -> LoadError {
+    LoadError::Sample {
+        sample,
+        description: description.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Runs the samples through a fresh instance of exchange plugin `plugin`.
+pub(crate) fn check_exchange(plugin: &LoadedPlugin, limits: &Limits) -> Result<(), LoadError> {
+    // Counters of its own: validation is not traffic.
+    let stats = Arc::new(PluginStats::default());
+    let name: Arc<str> = SAMPLE_NAME.into();
+    let mut instance = match LiveInstance::new(plugin, &name, &[], limits, &stats) {
+        Ok(Ok(instance)) => instance,
+        Ok(Err(reason)) => {
+            tracing::debug!(plugin = %plugin.info.name, %reason, "plugin refuses empty arguments; samples not routed");
+            return Ok(());
+        }
+        Err(failure) => return Err(refused(0, "init", failure.reason)),
+    };
+    let mut bound = Vec::new();
+    for (id, key) in SAMPLE_BINDINGS {
+        let accepted = instance
+            .validate_binding(key, &[])
+            .and_then(|valid| match valid {
+                Ok(()) => instance.bind(id, key, &[]),
+                Err(reason) => Ok(Err(reason)),
+            })
+            .map_err(|failure| refused(0, &format!("binding `{key}`"), failure.reason))?;
+        if accepted.is_ok() {
+            bound.push(id);
+        }
+    }
+    let reads_headers = plugin.info.capabilities.reads_headers;
+    for (i, (description, msg)) in sample_messages().iter().enumerate() {
+        let view = convert::message(msg, reads_headers);
+        let ids = instance
+            .route(&view, msg.body.clone())
+            .map_err(|failure| refused(i + 1, description, failure.reason))?;
+        check_route_output(&ids, limits.max_route_ids, |id| bound.contains(&id))
+            .map_err(|failure| refused(i + 1, description, failure.reason))?;
+    }
+    Ok(())
+}
+
+/// Runs the samples through a fresh instance of handler `handler` (attached with no
+/// configuration to a sample queue).
+pub(crate) fn check_handler(
+    handler: &Arc<LoadedHandler>,
+    limits: &Limits,
+) -> Result<(), LoadError> {
+    let name: Arc<str> = handler.info().name.as_str().into();
+    let mut live = match LiveHandler::new(&name, limits, handler, 0, SAMPLE_NAME, &[]) {
+        Ok(live) => live,
+        Err(HandlerError::Config(reason)) => {
+            tracing::debug!(plugin = %name, %reason, "handler refuses an empty configuration; samples not handled");
+            return Ok(());
+        }
+        Err(e) => return Err(refused(0, "init", e.to_string())),
+    };
+    for (i, (description, msg)) in sample_messages().iter().enumerate() {
+        live.handle(msg, 1)
+            .map_err(|reason| refused(i + 1, description, reason))?;
+    }
+    Ok(())
+}
