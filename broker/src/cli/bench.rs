@@ -113,6 +113,11 @@ pub struct BenchArgs {
     /// the local process listening on --server's port; the own process with --embedded].
     #[arg(long)]
     broker_pid: Option<u32>,
+    /// Against --server: run every client connection's tasks on one thread of their own
+    /// (a current-thread runtime; open-loop publishers still pace on their own thread), so
+    /// the bench's hand-offs are not wake-ups across threads.
+    #[arg(long)]
+    client_thread: bool,
     /// flood: a durable queue and persistent messages (default: transient).
     #[arg(long)]
     durable: bool,
@@ -311,6 +316,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 static BROKER_PID: OnceLock<Option<u32>> = OnceLock::new();
 /// The broker's thread CPU times at the start of the measured interval.
 static CPU_FROM: Mutex<Option<procfs::ThreadTimes>> = Mutex::new(None);
+/// The bench's own, against --server (`client_cpu_cores`).
+static CLIENT_FROM: Mutex<Option<procfs::ThreadTimes>> = Mutex::new(None);
 
 fn broker_pid() -> Option<u32> {
     BROKER_PID.get().copied().flatten()
@@ -325,6 +332,7 @@ fn measured_cpu() -> Option<procfs::CpuUsage> {
 /// it once its setup is done, just before the clock starts.
 fn mark_measured_start() {
     *CPU_FROM.lock().unwrap() = broker_pid().and_then(procfs::ThreadTimes::sample);
+    *CLIENT_FROM.lock().unwrap() = procfs::ThreadTimes::sample(std::process::id());
 }
 
 /// Runs a scenario against --server, or against an embedded broker it starts and stops.
@@ -351,27 +359,48 @@ async fn with_broker(args: &BenchArgs) -> anyhow::Result<Report> {
     BROKER_PID.set(pid).ok();
     // From here unless the scenario marks its own start after setup.
     mark_measured_start();
-    let result = match args.scenario {
-        Scenario::Persistent | Scenario::Transient | Scenario::Topic | Scenario::Fanout => {
-            throughput::run(&url, args).await
-        }
-        Scenario::Latency => latency::run(&url, args).await,
-        Scenario::Backlog => backlog::backlog(&url, args, embedded.is_some()).await,
-        Scenario::Reload => plugins::reload(&url, args).await,
-        Scenario::Recovery | Scenario::Startup => unreachable!("these run their own broker"),
-        Scenario::Handler => handler::run(&url, args).await,
-        Scenario::Flood => flood::run(&url, args).await,
-        Scenario::Isolation => isolation::run(&url, args).await,
+    let result = match embedded.is_none() && args.client_thread {
+        // The clients' tasks on this thread alone: no wake-ups across threads.
+        true => tokio::task::block_in_place(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(scenario(&url, args, false))
+        }),
+        false => scenario(&url, args, embedded.is_some()).await,
     };
     // Before an embedded broker stops: its threads are ours.
     let result = result.map(|mut report| {
         report.cpu = measured_cpu();
+        if embedded.is_none() {
+            let client = CLIENT_FROM.lock().unwrap().take();
+            let cores = client.and_then(|from| from.usage_since());
+            report = report.with(
+                "client_cpu_cores",
+                cores.map_or("-".into(), |c| format!("{:.2}", c.cores)),
+            );
+        }
         report
     });
     if let Some((broker, _dir)) = embedded {
         broker.shutdown().await;
     }
     result
+}
+
+async fn scenario(url: &str, args: &BenchArgs, embedded: bool) -> anyhow::Result<Report> {
+    match args.scenario {
+        Scenario::Persistent | Scenario::Transient | Scenario::Topic | Scenario::Fanout => {
+            throughput::run(url, args).await
+        }
+        Scenario::Latency => latency::run(url, args).await,
+        Scenario::Backlog => backlog::backlog(url, args, embedded).await,
+        Scenario::Reload => plugins::reload(url, args).await,
+        Scenario::Recovery | Scenario::Startup => unreachable!("these run their own broker"),
+        Scenario::Handler => handler::run(url, args).await,
+        Scenario::Flood => flood::run(url, args).await,
+        Scenario::Isolation => isolation::run(url, args).await,
+    }
 }
 
 fn embedded_config(dir: &std::path::Path) -> Config {
