@@ -17,6 +17,8 @@ use super::writer::{Request, StoreOp, WriteBatch};
 pub(super) const LINGER: Duration = Duration::from_millis(2);
 /// How long a group that only deletes messages (acks) may wait for company.
 pub(super) const ACK_LINGER: Duration = Duration::from_millis(20);
+/// A group this large already: the load makes groups, lingering would only add latency.
+const LINGER_BELOW: usize = 32;
 /// After a linger that gathered nothing waited-for, no lingering for this long: a lone
 /// synchronous publisher pays one linger per backoff, not one per message.
 const QUIET_BACKOFF: Duration = Duration::from_millis(50);
@@ -103,8 +105,9 @@ pub(super) struct Gathering {
 }
 
 /// The next group of batches to commit together: waits for a first request; a group of
-/// acks alone waits up to `ACK_LINGER` for a waited-for batch; a waited-for group lingers
-/// `LINGER` (unless the last linger gathered nothing) and takes what came meanwhile.
+/// acks alone waits up to `ACK_LINGER` for a waited-for batch; a waited-for group of fewer
+/// than `LINGER_BELOW` batches lingers `LINGER` (unless the last linger gathered nothing)
+/// and takes what came meanwhile.
 /// `closing` is set once a `Close` was taken (the group still commits).
 pub(super) fn gather(
     inbox: &Inbox,
@@ -133,6 +136,7 @@ pub(super) fn gather(
 
     let now = Instant::now();
     let linger = waited
+        && requests.len() < LINGER_BELOW
         && !requests.iter().any(|r| matches!(r, Request::Close))
         && gathering.quiet_until.is_none_or(|q| now >= q);
     if linger {
@@ -208,6 +212,21 @@ mod tests {
         assert!(inbox.push(confirmed()).is_ok());
         assert_eq!(gather(&inbox, &mut gathering, &mut closing).len(), 1);
         assert!(gathering.quiet_until.is_some());
+    }
+
+    #[test]
+    fn a_large_group_does_not_linger() {
+        let inbox = Inbox::default();
+        let (mut gathering, mut closing) = (Gathering::default(), false);
+        for _ in 0..LINGER_BELOW {
+            assert!(inbox.push(confirmed()).is_ok());
+        }
+        assert_eq!(
+            gather(&inbox, &mut gathering, &mut closing).len(),
+            LINGER_BELOW
+        );
+        // No linger, so no verdict on lingering either.
+        assert!(gathering.quiet_until.is_none());
     }
 
     #[test]

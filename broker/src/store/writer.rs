@@ -11,8 +11,9 @@
 //! - a group that only deletes messages (acks) waits up to `ACK_LINGER` for more: nobody
 //!   waits for an ack's commit (a crash before it redelivers the message, as a crash before
 //!   the ack would have);
-//! - a group somebody waits for (a confirm, a declare) lingers `LINGER` (2 ms) for more,
-//!   unless the last linger gathered nothing waited-for: then not for `QUIET_BACKOFF`, so
+//! - a small group somebody waits for (a confirm, a declare) lingers `LINGER` (2 ms) for
+//!   more (a large one does not: the load already makes groups), unless the last linger
+//!   gathered nothing waited-for: then not for `QUIET_BACKOFF`, so
 //!   a lone synchronous publisher pays one linger per backoff, not one per message.
 //!
 //! Completions still run only after the commit that includes their operations: a confirm
