@@ -77,10 +77,14 @@ async fn hostile_exchange(
     )?;
     let wasm = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let plugin = name(args.scenario, "-hostile");
-    admin
-        .deploy_plugin(&plugin, &wasm)
-        .await
-        .with_context(|| format!("deploying {} as `{plugin}`", path.display()))?;
+    admin.deploy_plugin(&plugin, &wasm).await.with_context(|| {
+        format!(
+            "deploying {} as `{plugin}` (if deploy-time validation refused it, use a \
+                 variant that misbehaves only on its trigger key, as the test plugins \
+                 spin, alloc, huge-output and trap do, with --hostile-key)",
+            path.display()
+        )
+    })?;
     let exchange = name(args.scenario, "-hostile-x");
     let queue = name(args.scenario, "-hostile-q");
     declare(admin, cleanup, &exchange, &plugin, &queue, GOOD_KEY).await?;
