@@ -150,6 +150,74 @@ fn plugin_deploy_list_history_rollback() {
     assert!(err.contains("invalid_plugin"), "{err}");
 }
 
+/// Runs `broker bench ARGS` (with `--embedded` unless `server` is given) and returns its
+/// one line, checked against the documented format: the common fields first, the broker's
+/// CPU and `encoding=` last.
+fn bench_line(args: &[&str], server: Option<&str>) -> String {
+    let mut command = Command::new(bin());
+    command.arg("bench").args(args);
+    match server {
+        Some(url) => command.args(["--server", url]),
+        None => command.arg("--embedded"),
+    };
+    let out = command.output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    let line = lines[0].to_owned();
+    let fields: Vec<&str> = line
+        .split(' ')
+        .map(|f| f.split('=').next().unwrap())
+        .collect();
+    assert_eq!(
+        &fields[..8],
+        [
+            "scenario",
+            "msgs",
+            "secs",
+            "rate",
+            "p50_us",
+            "p99_us",
+            "p999_us",
+            "publish_confirm_p99_us"
+        ],
+        "{line}"
+    );
+    assert_eq!(
+        &fields[fields.len() - 4..],
+        [
+            "broker_cpu_cores",
+            "max_thread_share",
+            "max_thread",
+            "encoding"
+        ],
+        "{line}"
+    );
+    assert!(
+        line.starts_with(&format!("scenario={} msgs=", args[0])),
+        "{line}"
+    );
+    let encoding = if args.contains(&"binary") {
+        "binary"
+    } else {
+        "json"
+    };
+    assert!(line.ends_with(&format!(" encoding={encoding}")), "{line}");
+    line
+}
+
+/// The value of `key=` in a bench line.
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split(' ')
+        .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= in {line}"))
+}
+
 /// A tiny run of each quick bench scenario: one line each, in the documented format.
 #[test]
 fn bench_scenarios_print_one_line_each() {
@@ -164,53 +232,102 @@ fn bench_scenarios_print_one_line_each() {
         &["reload", "--msgs", "4000", "--rate", "2000"],
         &["startup", "--plugins", "1"],
     ] {
-        let out = Command::new(bin())
-            .arg("bench")
-            .args(args)
-            .arg("--embedded")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let lines: Vec<&str> = stdout.lines().collect();
-        assert_eq!(lines.len(), 1, "{stdout}");
+        let line = bench_line(args, None);
         if args[0] == "reload" {
-            assert!(stdout.contains(" deploys=1 "), "{stdout}");
+            assert!(line.contains(" deploys=1 "), "{line}");
         }
-        let fields: Vec<&str> = lines[0]
-            .split(' ')
-            .map(|f| f.split('=').next().unwrap())
-            .collect();
-        assert_eq!(
-            &fields[..8],
-            [
-                "scenario",
-                "msgs",
-                "secs",
-                "rate",
-                "p50_us",
-                "p99_us",
-                "p999_us",
-                "publish_confirm_p99_us"
-            ],
-            "{stdout}"
-        );
-        assert!(
-            lines[0].starts_with(&format!("scenario={} msgs=", args[0])),
-            "{stdout}"
-        );
-        let encoding = if args.contains(&"binary") {
-            "binary"
-        } else {
-            "json"
-        };
-        assert!(
-            lines[0].ends_with(&format!(" encoding={encoding}")),
-            "{stdout}"
-        );
+        // --embedded: the broker's CPU is the own process's, always readable.
+        let cores: f64 = field(&line, "broker_cpu_cores").parse().unwrap();
+        assert!(cores >= 0.0, "{line}");
     }
+}
+
+/// `--queues N`: N independent publisher → queue → consumer pairs, every message arriving.
+#[test]
+fn bench_queue_pairs() {
+    for scenario in ["persistent", "transient"] {
+        let args = [
+            scenario,
+            "--msgs",
+            "601",
+            "--queues",
+            "3",
+            "--publishers",
+            "3",
+            "--consumers",
+            "3",
+        ];
+        let line = bench_line(&args, None);
+        assert_eq!(field(&line, "queues"), "3", "{line}");
+        assert_eq!(field(&line, "msgs"), "601", "{line}");
+        assert_ne!(field(&line, "p50_us"), "-", "{line}");
+    }
+}
+
+/// `flood` against a broker process with a watermark 48 MiB above its own footprint:
+/// blocked, unblocked once drained, nothing lost; its RSS and CPU read from /proc (the
+/// process found from the --server port).
+#[test]
+fn bench_flood_blocks_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let baseline = {
+        let process = BrokerProcess::spawn(dir.path());
+        // A first request, so the footprint includes a connection.
+        run_cli(&["queues"], &process.url);
+        resident_kib(process.child.id()) * 1024
+    };
+    let watermark = (baseline + (48 << 20)).to_string();
+    let process = BrokerProcess::spawn_with(dir.path(), &["--memory-high-watermark", &watermark]);
+    let http = process.http_url.trim_end_matches('/').to_owned();
+    let args = [
+        "flood", "--size", "65536", "--msgs", "4000", "--http", &http,
+    ];
+    let line = bench_line(&args, Some(&process.url));
+    assert_eq!(field(&line, "blocked"), "yes", "{line}");
+    assert_eq!(field(&line, "unblocked"), "yes", "{line}");
+    assert_eq!(field(&line, "lost"), "0", "{line}");
+    let watermark_mib: f64 = field(&line, "watermark_mib").parse().unwrap();
+    let expected = watermark.parse::<f64>().unwrap() / 1048576.0;
+    assert!((watermark_mib - expected).abs() <= 1.0, "{line}");
+    let peak: u64 = field(&line, "peak_rss_mib").parse().unwrap();
+    assert!(peak > 0, "{line}");
+    assert_ne!(field(&line, "broker_cpu_cores"), "-", "{line}");
+}
+
+fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// `isolation`: a victim exchange served next to a hostile plugin (the memory hog, only on
+/// its trigger key), and alone. Functional only: every victim message confirmed and
+/// delivered, the hostile publishes answered with errors.
+#[test]
+fn bench_isolation_serves_the_victim_next_to_a_hostile_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("hostile_alloc.wasm");
+    std::fs::write(&wasm, hostile::plugin("alloc")).unwrap();
+    let plugin = wasm.to_str().unwrap();
+    let common = ["--rate", "500", "--msgs", "600", "--hostile-rate", "50"];
+    let line = bench_line(
+        &[
+            &["isolation", "--hostile", "memory", "--plugin", plugin][..],
+            &common,
+        ]
+        .concat(),
+        None,
+    );
+    assert_eq!(field(&line, "hostile"), "memory", "{line}");
+    assert_ne!(field(&line, "confirm_p99_us"), "-", "{line}");
+    let sent: u64 = field(&line, "hostile_sent").parse().unwrap();
+    let failed: u64 = field(&line, "hostile_failed").parse().unwrap();
+    assert!(sent > 0 && failed > 0 && failed <= sent, "{line}");
+
+    let alone = bench_line(
+        &[&["isolation", "--hostile", "none"][..], &common].concat(),
+        None,
+    );
+    assert_eq!(field(&alone, "hostile_sent"), "0", "{alone}");
+    assert_ne!(field(&alone, "confirm_p999_us"), "-", "{alone}");
 }

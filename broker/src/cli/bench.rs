@@ -9,13 +9,16 @@
 
 mod backlog;
 mod clients;
+mod flood;
 mod handler;
+mod isolation;
 mod latency;
 mod plugins;
+mod procfs;
 mod throughput;
 
 use std::fmt;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use anyhow::Context as _;
 use broker::protocol::Encoding;
@@ -29,13 +32,30 @@ use super::DEFAULT_SERVER;
 const OUTPUT_HELP: &str = "\
 Prints one line per run:
   scenario=NAME msgs=N secs=S rate=R p50_us=.. p99_us=.. p999_us=.. publish_confirm_p99_us=..
-then scenario-specific fields, and encoding=json|binary last. p50/p99/p999 are end-to-end latencies (publish to delivery);
+then scenario-specific fields, the broker's CPU over the measured interval
+  broker_cpu_cores=X.XX max_thread_share=0.NN max_thread=NAME
+(from /proc/PID/task/*/stat: CPU seconds per wall second over all the broker's threads, the
+busiest thread's share of that and its name; the broker's PID is --broker-pid, else the local
+process listening on --server's port, found through /proc/net/tcp{,6} and /proc/*/fd; with
+--embedded it is the bench's own process; `-` when none is readable),
+and encoding=json|binary last. p50/p99/p999 are end-to-end latencies (publish to delivery);
 `-` marks a figure the scenario does not measure. With --embedded, client and broker share
 the process (and its CPU and memory).
 
 Default --msgs: 200000 (persistent, transient, topic), 100000 (fanout, publishes; each is
-delivered once per queue; handler, per drain), --rate x 10 (latency, reload: ten
-seconds), 1000000 (backlog, recovery).";
+delivered once per queue; handler, per drain), --rate x 10 (latency, reload, isolation: ten
+seconds), 1000000 (backlog, recovery), 10000000 (flood: a cap, it stops when blocked).
+
+flood against a local broker process, e.g. with a 256 MiB watermark:
+  broker serve --memory-high-watermark 256MiB --http 127.0.0.1:15672 &
+  broker bench flood --server ws://127.0.0.1:5672 --http http://127.0.0.1:15672 --durable
+
+isolation with a hostile test plugin (tests/plugins, built for wasm32):
+  (cd tests/plugins && cargo build --release --target wasm32-unknown-unknown)
+  broker bench isolation --hostile memory \
+    --plugin tests/plugins/target/wasm32-unknown-unknown/release/hostile_alloc.wasm
+(loop: hostile_spin.wasm, memory: hostile_alloc.wasm, huge-output: hostile_huge_output.wasm,
+panic: hostile_trap.wasm; they misbehave only on their trigger key, see --hostile-key).";
 
 #[derive(Args)]
 #[command(after_long_help = OUTPUT_HELP)]
@@ -73,10 +93,13 @@ pub struct BenchArgs {
     /// topic: distinct routing keys, cycled through; each matches at least one binding.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     keys: u64,
-    /// fanout: queues bound to the fanout exchange.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
-    queues: u64,
-    /// latency, reload: publishes per second (fixed schedule, all publishers together).
+    /// fanout: queues bound to the fanout exchange [default: 4]. persistent, transient:
+    /// independent queue pairs [default: 1]: publisher i publishes to queue i mod N,
+    /// consumer j consumes from queue j mod N (--publishers and --consumers at least N).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    queues: Option<u64>,
+    /// latency, reload, isolation: publishes per second (fixed schedule, all publishers
+    /// together; for isolation, the victim's).
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     rate: u64,
     /// startup: deployed plugins (each with a durable exchange) to restore.
@@ -86,6 +109,78 @@ pub struct BenchArgs {
     /// binary (`broker-binary.v1` records for publish, ack, deliver and confirm).
     #[arg(long, value_enum, default_value_t = EncodingArg::Json)]
     encoding: EncodingArg,
+    /// The broker's process id, for its CPU (every scenario) and RSS (flood) [default:
+    /// the local process listening on --server's port; the own process with --embedded].
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// Against --server: run every client connection's tasks on one thread of their own
+    /// (a current-thread runtime; open-loop publishers still pace on their own thread), so
+    /// the bench's hand-offs are not wake-ups across threads.
+    #[arg(long)]
+    client_thread: bool,
+    /// flood: a durable queue and persistent messages (default: transient).
+    #[arg(long)]
+    durable: bool,
+    /// flood: the broker's management HTTP address (`http://host:port`), to read
+    /// `broker_memory_high_watermark_bytes` from its /metrics.
+    #[arg(long)]
+    http: Option<String>,
+    /// flood: the broker's memory high watermark when --http is not given (`512MiB`,
+    /// bytes, or a share of RAM such as 0.4), for the report; with --embedded it is
+    /// also the embedded broker's.
+    #[arg(long)]
+    watermark: Option<String>,
+    /// isolation: what the hostile exchange's plugin does on its trigger key.
+    #[arg(long, value_enum, default_value_t = Hostile::Memory)]
+    hostile: Hostile,
+    /// isolation: the hostile plugin's Wasm file (needed unless --hostile none).
+    #[arg(long)]
+    plugin: Option<std::path::PathBuf>,
+    /// isolation: the routing key that triggers the hostile path [default: the test
+    /// plugins' keys: spin, alloc, huge, boom].
+    #[arg(long)]
+    hostile_key: Option<String>,
+    /// isolation: publishes per second to the hostile exchange.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    hostile_rate: u64,
+}
+
+/// isolation: the hostile plugin's misbehaviour.
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+pub(super) enum Hostile {
+    /// Loops until its budget runs out (test plugin `spin`, key `spin`).
+    Loop,
+    /// Grows its memory in 1 MiB steps until it fails (`alloc`, key `alloc`).
+    Memory,
+    /// Returns a million binding ids (`huge-output`, key `huge`).
+    HugeOutput,
+    /// Panics (`trap`, key `boom`).
+    Panic,
+    /// No hostile exchange: the victim's baseline.
+    None,
+}
+
+impl Hostile {
+    fn name(self) -> &'static str {
+        match self {
+            Hostile::Loop => "loop",
+            Hostile::Memory => "memory",
+            Hostile::HugeOutput => "huge-output",
+            Hostile::Panic => "panic",
+            Hostile::None => "none",
+        }
+    }
+
+    /// The routing key on which the test plugin misbehaves.
+    fn trigger(self) -> &'static str {
+        match self {
+            Hostile::Loop => "spin",
+            Hostile::Memory => "alloc",
+            Hostile::HugeOutput => "huge",
+            Hostile::Panic => "boom",
+            Hostile::None => "",
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -118,8 +213,11 @@ impl BenchArgs {
         self.msgs.unwrap_or(match self.scenario {
             Scenario::Persistent | Scenario::Transient | Scenario::Topic => 200_000,
             Scenario::Fanout => 100_000,
-            Scenario::Latency | Scenario::Reload => self.rate.saturating_mul(10),
+            Scenario::Latency | Scenario::Reload | Scenario::Isolation => {
+                self.rate.saturating_mul(10)
+            }
             Scenario::Backlog | Scenario::Recovery => 1_000_000,
+            Scenario::Flood => 10_000_000,
             Scenario::Startup => 0,
             Scenario::Handler => 100_000,
         })
@@ -157,6 +255,15 @@ enum Scenario {
     /// trivial in-broker Wasm handler (concurrency --consumers): rate = handler msgs/s,
     /// remote_rate, overhead = remote_rate / rate.
     Handler,
+    /// A publisher without confirms at full speed into a queue with no consumer (--durable
+    /// or transient) until the broker says `blocked` (or --msgs); then a consumer drains it.
+    /// blocked, unblocked, lost (published - delivered), peak broker RSS (sampled every
+    /// 10 ms) against the watermark.
+    Flood,
+    /// A victim `direct` exchange published to at --rate with confirms, next to a hostile
+    /// exchange (--hostile, --plugin) published to --hostile-rate times a second with its
+    /// trigger key: the victim's confirm p50/p99/p999 and how many hostile publishes failed.
+    Isolation,
 }
 
 impl Scenario {
@@ -172,6 +279,8 @@ impl Scenario {
             Scenario::Reload => "reload",
             Scenario::Startup => "startup",
             Scenario::Handler => "handler",
+            Scenario::Flood => "flood",
+            Scenario::Isolation => "isolation",
         }
     }
 }
@@ -187,19 +296,55 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("one bench run per process"))?;
     let report = match args.scenario {
         // Recovery starts (and restarts) its own broker.
-        Scenario::Recovery => backlog::recovery(&args).await?,
-        Scenario::Startup => plugins::startup(&args).await?,
+        Scenario::Recovery | Scenario::Startup => {
+            BROKER_PID.set(Some(std::process::id())).ok();
+            mark_measured_start();
+            let mut report = match args.scenario {
+                Scenario::Recovery => backlog::recovery(&args).await?,
+                _ => plugins::startup(&args).await?,
+            };
+            report.cpu = measured_cpu();
+            report
+        }
         _ => with_broker(&args).await?,
     };
     println!("{report} encoding={}", encoding.name());
     Ok(())
 }
 
+/// The broker's process id for /proc readings (`None`: not a readable local process).
+static BROKER_PID: OnceLock<Option<u32>> = OnceLock::new();
+/// The broker's thread CPU times at the start of the measured interval.
+static CPU_FROM: Mutex<Option<procfs::ThreadTimes>> = Mutex::new(None);
+/// The bench's own, against --server (`client_cpu_cores`).
+static CLIENT_FROM: Mutex<Option<procfs::ThreadTimes>> = Mutex::new(None);
+
+fn broker_pid() -> Option<u32> {
+    BROKER_PID.get().copied().flatten()
+}
+
+/// The broker's CPU since [`mark_measured_start`].
+fn measured_cpu() -> Option<procfs::CpuUsage> {
+    CPU_FROM.lock().unwrap().take()?.usage_since()
+}
+
+/// Starts (or restarts) the interval the broker's CPU is reported over: a scenario calls
+/// it once its setup is done, just before the clock starts.
+fn mark_measured_start() {
+    *CPU_FROM.lock().unwrap() = broker_pid().and_then(procfs::ThreadTimes::sample);
+    *CLIENT_FROM.lock().unwrap() = procfs::ThreadTimes::sample(std::process::id());
+}
+
 /// Runs a scenario against --server, or against an embedded broker it starts and stops.
 async fn with_broker(args: &BenchArgs) -> anyhow::Result<Report> {
     let embedded = if args.embedded {
         let dir = tempfile::tempdir().context("creating a temporary data directory")?;
-        let broker = Broker::start(embedded_config(dir.path())).await?;
+        let mut config = embedded_config(dir.path());
+        if let Some(watermark) = &args.watermark {
+            config.memory_high_watermark = broker::server::MemoryWatermark::parse(watermark)
+                .map_err(|e| anyhow::anyhow!("--watermark {e}"))?;
+        }
+        let broker = Broker::start(config).await?;
         Some((broker, dir))
     } else {
         None
@@ -207,20 +352,55 @@ async fn with_broker(args: &BenchArgs) -> anyhow::Result<Report> {
     let url = embedded
         .as_ref()
         .map_or(args.server.clone(), |(b, _)| b.url());
-    let result = match args.scenario {
-        Scenario::Persistent | Scenario::Transient | Scenario::Topic | Scenario::Fanout => {
-            throughput::run(&url, args).await
-        }
-        Scenario::Latency => latency::run(&url, args).await,
-        Scenario::Backlog => backlog::backlog(&url, args, embedded.is_some()).await,
-        Scenario::Reload => plugins::reload(&url, args).await,
-        Scenario::Recovery | Scenario::Startup => unreachable!("these run their own broker"),
-        Scenario::Handler => handler::run(&url, args).await,
+    let pid = match embedded {
+        Some(_) => Some(std::process::id()),
+        None => args.broker_pid.or_else(|| procfs::listener_pid(&url)),
     };
+    BROKER_PID.set(pid).ok();
+    // From here unless the scenario marks its own start after setup.
+    mark_measured_start();
+    let result = match embedded.is_none() && args.client_thread {
+        // The clients' tasks on this thread alone: no wake-ups across threads.
+        true => tokio::task::block_in_place(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(scenario(&url, args, false))
+        }),
+        false => scenario(&url, args, embedded.is_some()).await,
+    };
+    // Before an embedded broker stops: its threads are ours.
+    let result = result.map(|mut report| {
+        report.cpu = measured_cpu();
+        if embedded.is_none() {
+            let client = CLIENT_FROM.lock().unwrap().take();
+            let cores = client.and_then(|from| from.usage_since());
+            report = report.with(
+                "client_cpu_cores",
+                cores.map_or("-".into(), |c| format!("{:.2}", c.cores)),
+            );
+        }
+        report
+    });
     if let Some((broker, _dir)) = embedded {
         broker.shutdown().await;
     }
     result
+}
+
+async fn scenario(url: &str, args: &BenchArgs, embedded: bool) -> anyhow::Result<Report> {
+    match args.scenario {
+        Scenario::Persistent | Scenario::Transient | Scenario::Topic | Scenario::Fanout => {
+            throughput::run(url, args).await
+        }
+        Scenario::Latency => latency::run(url, args).await,
+        Scenario::Backlog => backlog::backlog(url, args, embedded).await,
+        Scenario::Reload => plugins::reload(url, args).await,
+        Scenario::Recovery | Scenario::Startup => unreachable!("these run their own broker"),
+        Scenario::Handler => handler::run(url, args).await,
+        Scenario::Flood => flood::run(url, args).await,
+        Scenario::Isolation => isolation::run(url, args).await,
+    }
 }
 
 fn embedded_config(dir: &std::path::Path) -> Config {
@@ -240,6 +420,8 @@ struct Report {
     latency_us: Histogram<u64>,
     confirm_us: Histogram<u64>,
     extra: Vec<(&'static str, String)>,
+    /// The broker's CPU over the measured interval (`-` when not readable).
+    cpu: Option<procfs::CpuUsage>,
 }
 
 impl Report {
@@ -252,6 +434,7 @@ impl Report {
             latency_us: new_histogram(),
             confirm_us: new_histogram(),
             extra: Vec::new(),
+            cpu: None,
         }
     }
 
@@ -282,7 +465,14 @@ impl fmt::Display for Report {
         for (key, value) in &self.extra {
             write!(f, " {key}={value}")?;
         }
-        Ok(())
+        match &self.cpu {
+            Some(cpu) => write!(
+                f,
+                " broker_cpu_cores={:.2} max_thread_share={:.2} max_thread={}",
+                cpu.cores, cpu.max_share, cpu.max_thread
+            ),
+            None => write!(f, " broker_cpu_cores=- max_thread_share=- max_thread=-"),
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! commit) and reports each commit to its waiters.
 
 mod error;
+mod gather;
 mod reader;
 mod writer;
 

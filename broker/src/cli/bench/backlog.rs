@@ -32,7 +32,7 @@ async fn fill(
     let msgs = args.msgs();
     let publishers = spawn_publishers(
         url,
-        &stream(queue, args),
+        &[stream(queue, args)],
         msgs,
         args.publishers,
         args.window,
@@ -71,6 +71,7 @@ async fn measure_backlog(
     admin.declare_queue(&queue, QueueOptions::durable()).await?;
     cleanup.queues.push(queue.clone());
 
+    super::mark_measured_start();
     let start = Instant::now();
     let confirm_us = fill(url, admin, &queue, args, start).await?;
     let publish_secs = start.elapsed().as_secs_f64();

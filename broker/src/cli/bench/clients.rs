@@ -50,10 +50,16 @@ impl Stream {
     }
 }
 
-/// Starts `publishers` tasks sharing `msgs` messages; each returns its confirm latencies.
+/// Publisher `i`'s share of `msgs` split over `publishers`.
+pub(super) fn publisher_share(msgs: u64, publishers: u64, i: u64) -> u64 {
+    msgs / publishers + u64::from(i < msgs % publishers)
+}
+
+/// Starts `publishers` tasks sharing `msgs` messages, publisher `i` sending
+/// `streams[i % streams.len()]`; each returns its confirm latencies.
 pub(super) fn spawn_publishers(
     url: &str,
-    stream: &Stream,
+    streams: &[Stream],
     msgs: u64,
     publishers: u64,
     window: usize,
@@ -62,7 +68,8 @@ pub(super) fn spawn_publishers(
     let mut first = 0;
     (0..publishers)
         .map(|i| {
-            let share = msgs / publishers + u64::from(i < msgs % publishers);
+            let share = publisher_share(msgs, publishers, i);
+            let stream = &streams[i as usize % streams.len()];
             let task = tokio::spawn(publish(
                 url.to_owned(),
                 stream.clone(),

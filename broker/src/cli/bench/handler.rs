@@ -139,7 +139,7 @@ fn trivial(queue: &str, concurrency: u32) -> AttachHandler {
 async fn fill(url: &str, stream: &Stream, args: &BenchArgs) -> anyhow::Result<()> {
     let publishers = spawn_publishers(
         url,
-        stream,
+        std::slice::from_ref(stream),
         args.msgs(),
         args.publishers,
         args.window,

@@ -62,6 +62,7 @@ async fn measure(
         clients.push(Arc::new(client));
     }
 
+    super::mark_measured_start();
     let start = Instant::now() + LEAD_IN;
     let drains = spawn_drains(consumers, start);
     let mut pacers = Vec::new();
@@ -161,7 +162,7 @@ pub(super) async fn collect(
 }
 
 /// [`collect`] into a histogram of microseconds.
-async fn collect_histogram(
+pub(super) async fn collect_histogram(
     client: Arc<Client>,
     confirms: mpsc::UnboundedReceiver<(Instant, Confirm)>,
 ) -> anyhow::Result<Histogram<u64>> {

@@ -92,6 +92,7 @@ async fn measure_reload(
     let client = Arc::new(super::connect(url).await?);
     client.confirm_select().await?;
 
+    super::mark_measured_start();
     let start = Instant::now() + LEAD_IN;
     let drains = spawn_drains(consumers, start);
     let (confirms_tx, confirms_rx) = mpsc::unbounded_channel();

@@ -1,6 +1,8 @@
 //! Throughput scenarios: `persistent` and `transient` (default exchange, one queue),
 //! `topic` (Wasm topic exchange, many patterns) and `fanout` (one exchange, many queues).
 //! Publishers and consumers run at full speed; rate is publishes per second end to end.
+//! `persistent` and `transient` take `--queues N`: N independent pairs, publisher i
+//! publishing to queue i mod N and consumer j consuming from queue j mod N.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,7 +10,7 @@ use std::time::Instant;
 use broker::protocol::Binding;
 use broker::{Client, QueueOptions};
 
-use super::clients::{Consumer, Stream, spawn_drains, spawn_publishers};
+use super::clients::{Consumer, Stream, publisher_share, spawn_drains, spawn_publishers};
 use super::{BenchArgs, Cleanup, Report, Scenario, merged, name};
 
 /// What a scenario declares and how it publishes.
@@ -29,12 +31,15 @@ impl Topology {
         let scenario = args.scenario;
         match scenario {
             Scenario::Persistent | Scenario::Transient => {
-                let queue = name(scenario, "");
+                let queues: Vec<String> = match args.queues.unwrap_or(1) {
+                    1 => vec![name(scenario, "")],
+                    n => (0..n).map(|q| name(scenario, &format!("-{q}"))).collect(),
+                };
                 Topology {
                     exchange: None,
-                    queues: vec![queue.clone()],
                     bindings: Vec::new(),
-                    keys: vec![queue],
+                    keys: queues.clone(),
+                    queues,
                     durable: matches!(scenario, Scenario::Persistent),
                 }
             }
@@ -52,7 +57,7 @@ impl Topology {
                 }
             }
             Scenario::Fanout => {
-                let queues: Vec<String> = (0..args.queues)
+                let queues: Vec<String> = (0..args.queues.unwrap_or(4))
                     .map(|q| name(scenario, &format!("-{q}")))
                     .collect();
                 Topology {
@@ -149,14 +154,24 @@ async fn measure(
         persistent: topology.durable,
         size: args.size,
     };
+    let pairs = matches!(args.scenario, Scenario::Persistent | Scenario::Transient)
+        && topology.queues.len() > 1;
     // Subscribed before the clock starts; with --consumers 0 the run measures confirmed
     // publishing alone. Every queue receives every message it is bound for: all of them.
-    let consumers =
-        Consumer::subscribe_all(url, &topology.queues, args.consumers, args.prefetch, msgs).await?;
+    let (streams, consumers) = match pairs {
+        false => {
+            let consumers =
+                Consumer::subscribe_all(url, &topology.queues, args.consumers, args.prefetch, msgs)
+                    .await?;
+            (vec![stream], consumers)
+        }
+        true => independent_pairs(url, args, &topology.queues, &stream, msgs).await?,
+    };
 
+    super::mark_measured_start();
     let start = Instant::now();
     let drains = spawn_drains(consumers, start);
-    let publishers = spawn_publishers(url, &stream, msgs, args.publishers, args.window, start);
+    let publishers = spawn_publishers(url, &streams, msgs, args.publishers, args.window, start);
     let confirm_us = merged(publishers).await?;
     let latency_us = merged(drains).await?;
     let secs = start.elapsed().as_secs_f64();
@@ -168,15 +183,58 @@ async fn measure(
         Scenario::Topic => report
             .with("bindings", args.bindings)
             .with("keys", args.keys),
+        Scenario::Persistent | Scenario::Transient if pairs => {
+            report.with("queues", topology.queues.len())
+        }
+        Scenario::Persistent | Scenario::Transient if pairs => {
+            report.with("queues", topology.queues.len())
+        }
         Scenario::Fanout => {
             let deliveries = match args.consumers {
                 0 => "-".to_string(),
-                _ => format!("{:.0}", (msgs * args.queues) as f64 / secs),
+                _ => format!("{:.0}", (msgs * topology.queues.len() as u64) as f64 / secs),
             };
             report
-                .with("queues", args.queues)
+                .with("queues", topology.queues.len())
                 .with("deliveries_rate", deliveries)
         }
         _ => report,
     })
+}
+
+/// `--queues N` for persistent and transient: stream i publishes only to queue i, and each
+/// queue's consumers (consumer j on queue j mod N) share what its publishers send (publisher
+/// i sends to queue i mod N, its share of --msgs as `spawn_publishers` splits them).
+async fn independent_pairs(
+    url: &str,
+    args: &BenchArgs,
+    queues: &[String],
+    stream: &Stream,
+    msgs: u64,
+) -> anyhow::Result<(Vec<Stream>, Vec<(Consumer, u64)>)> {
+    let n = queues.len() as u64;
+    anyhow::ensure!(
+        args.publishers >= n && (args.consumers == 0 || args.consumers >= n),
+        "--queues {n} needs at least {n} publishers and 0 or at least {n} consumers"
+    );
+    let streams = queues
+        .iter()
+        .map(|queue| Stream {
+            keys: Arc::from(vec![queue.clone()]),
+            ..stream.clone()
+        })
+        .collect();
+    let mut per_queue = vec![0u64; queues.len()];
+    for i in 0..args.publishers {
+        per_queue[(i % n) as usize] += publisher_share(msgs, args.publishers, i);
+    }
+    let mut consumers = Vec::new();
+    for (q, queue) in queues.iter().enumerate() {
+        let on_queue = (0..args.consumers).filter(|j| j % n == q as u64).count() as u64;
+        for k in 0..on_queue {
+            let share = per_queue[q] / on_queue + u64::from(k < per_queue[q] % on_queue);
+            consumers.push((Consumer::subscribe(url, queue, args.prefetch).await?, share));
+        }
+    }
+    Ok((streams, consumers))
 }
