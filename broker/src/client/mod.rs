@@ -12,6 +12,7 @@
 //! without them.
 
 pub mod credentials;
+mod incoming;
 mod users;
 
 use std::collections::HashMap;
@@ -28,7 +29,7 @@ use crate::message::{Headers, Message};
 use crate::protocol::{
     AttachHandler, BINARY_BATCH_BYTES, BINARY_SUBPROTOCOL, Binding, DeclareExchange, DeclareQueue,
     Delivery, Encoding, ErrorCode, MessageCount, Op, Publish, QueueInfo, QueueList, Request,
-    RequestId, ServerFrame, Subscribe, Subscribed, decode_server_frames, write_request_record,
+    RequestId, Subscribe, Subscribed, decode_server_frames, write_request_record,
 };
 
 /// What can go wrong talking to a broker.
@@ -213,13 +214,13 @@ impl Client {
             while let Some(Ok(frame)) = source.next().await {
                 match frame {
                     WsMessage::Text(text) => match crate::protocol::parse_server_frame(&text) {
-                        Ok(frame) => on_frame(&reader_shared, &returns_tx, frame),
+                        Ok(frame) => incoming::on_frame(&reader_shared, &returns_tx, frame),
                         Err(e) => tracing::warn!(error = %e, "undecodable frame from broker"),
                     },
                     WsMessage::Binary(bytes) => {
                         for frame in decode_server_frames(&bytes) {
                             match frame {
-                                Ok(frame) => on_frame(&reader_shared, &returns_tx, frame),
+                                Ok(frame) => incoming::on_frame(&reader_shared, &returns_tx, frame),
                                 Err(e) => {
                                     tracing::warn!(error = %e, "undecodable record from broker")
                                 }
@@ -654,67 +655,4 @@ where
     }
     let bytes = bytes::Bytes::from(std::mem::take(records));
     sink.feed(WsMessage::Binary(bytes)).await
-}
-
-fn on_frame(shared: &Shared, returns: &mpsc::UnboundedSender<Returned>, frame: ServerFrame) {
-    let (id, result) = match frame {
-        ServerFrame::Deliver(delivery) => {
-            let consumers = shared.consumers.lock().unwrap();
-            if let Some(tx) = consumers.get(&*delivery.consumer_tag) {
-                let _ = tx.send(delivery);
-            }
-            return;
-        }
-        ServerFrame::Cancelled { consumer_tag, .. } => {
-            shared.consumers.lock().unwrap().remove(&consumer_tag);
-            return;
-        }
-        ServerFrame::Blocked { reason } => {
-            shared.blocked.send_replace(Some(reason));
-            return;
-        }
-        ServerFrame::Unblocked => {
-            shared.blocked.send_replace(None);
-            return;
-        }
-        ServerFrame::Return {
-            id,
-            reason,
-            message,
-        } => {
-            let _ = returns.send(Returned {
-                id,
-                reason,
-                message,
-            });
-            return;
-        }
-        ServerFrame::Ok { id, result } => (id, Ok(result)),
-        ServerFrame::Confirm { id } => (id, Ok(serde_json::Value::Null)),
-        ServerFrame::Error { id, code, message } => {
-            let Some(id) = id else {
-                tracing::warn!(%code, %message, "broker reported an error");
-                return;
-            };
-            (id, Err(ClientError::Server { code, message }))
-        }
-    };
-    let RequestId::Num(id) = id else { return };
-    let Some(pending) = shared.pending.lock().unwrap().remove(&id) else {
-        if let Err(e) = result {
-            tracing::warn!(request = id, error = %e, "broker refused a request");
-        }
-        return;
-    };
-    if let (Ok(value), Some(deliveries)) = (&result, pending.deliveries)
-        && let Some(tag) = value.get("consumer_tag").and_then(|t| t.as_str())
-    {
-        // Registered before the caller is woken: deliveries may follow this reply at once.
-        shared
-            .consumers
-            .lock()
-            .unwrap()
-            .insert(tag.to_owned(), deliveries);
-    }
-    let _ = pending.reply.send(result);
 }
