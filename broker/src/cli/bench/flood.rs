@@ -197,7 +197,10 @@ fn sample_rss(pid: Option<u32>) -> (watch::Sender<bool>, tokio::task::JoinHandle
 /// The broker's watermark in bytes: from --http's /metrics, else --watermark.
 async fn watermark(args: &BenchArgs) -> anyhow::Result<Option<u64>> {
     if let Some(http) = &args.http {
-        let metrics = http_get(http, "/metrics").await?;
+        // The same user as on --server (guest without one).
+        let (_, user, password) = broker::client::credentials::split_credentials(&args.server);
+        let login = broker::client::credentials::basic_header(&user, &password);
+        let metrics = http_get(http, "/metrics", &login).await?;
         let bytes = metrics
             .lines()
             .find_map(|l| l.strip_prefix("broker_memory_high_watermark_bytes "))
@@ -215,8 +218,9 @@ async fn watermark(args: &BenchArgs) -> anyhow::Result<Option<u64>> {
     }
 }
 
-/// The body of `GET path` from `http://host:port` (HTTP/1.0, so the server closes).
-async fn http_get(base: &str, path: &str) -> anyhow::Result<String> {
+/// The body of `GET path` from `http://host:port` (HTTP/1.0, so the server closes),
+/// sending `authorization`.
+async fn http_get(base: &str, path: &str, authorization: &str) -> anyhow::Result<String> {
     let authority = base
         .trim_start_matches("http://")
         .split('/')
@@ -225,7 +229,9 @@ async fn http_get(base: &str, path: &str) -> anyhow::Result<String> {
     let mut stream = tokio::net::TcpStream::connect(authority)
         .await
         .with_context(|| format!("connecting to {authority}"))?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n");
+    let request = format!(
+        "GET {path} HTTP/1.0\r\nHost: {authority}\r\nAuthorization: {authorization}\r\n\r\n"
+    );
     stream.write_all(request.as_bytes()).await?;
     let mut response = String::new();
     tokio::time::timeout(QUIET, stream.read_to_string(&mut response))
