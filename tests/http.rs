@@ -479,20 +479,7 @@ async fn the_binary_serves_http_on_its_flag() {
 async fn json_logs_have_one_line_per_event() {
     let data = tempfile::tempdir().unwrap();
     let log_path = data.path().join("broker.log");
-    let mut child = std::process::Command::new(bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--no-http"])
-        .args(["--log", "info", "--log-format", "json", "--data-dir"])
-        .arg(data.path().join("db"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let (mut child, line) = common::spawn_with_json_log(&data.path().join("db"), &log_path);
     assert!(
         !line.contains("http://"),
         "--no-http serves no HTTP: {line}"

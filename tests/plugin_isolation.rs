@@ -245,20 +245,7 @@ async fn plugins_that_fail_on_every_message_are_refused_at_deploy() {
 async fn failure_logs_name_plugin_version_and_panic_text() {
     let data = tempfile::tempdir().unwrap();
     let log_path = data.path().join("broker.log");
-    let mut child = std::process::Command::new(common::bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--no-http"])
-        .args(["--log", "info", "--log-format", "json", "--data-dir"])
-        .arg(data.path().join("db"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let (mut child, line) = common::spawn_with_json_log(&data.path().join("db"), &log_path);
     let url = line
         .split_whitespace()
         .find(|w| w.starts_with("ws://"))

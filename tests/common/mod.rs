@@ -161,6 +161,26 @@ impl Drop for BrokerProcess {
     }
 }
 
+/// The real binary without HTTP, logging JSON lines to `log_path`; its data in
+/// `data_dir`. Returns the process and the line it printed when it started serving.
+pub fn spawn_with_json_log(data_dir: &Path, log_path: &Path) -> (Child, String) {
+    let mut child = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-http"])
+        .args(["--log", "info", "--log-format", "json", "--data-dir"])
+        .arg(data_dir)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    (child, line)
+}
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_broker"))
 }
