@@ -10,3 +10,24 @@ fn readme_shows_the_tested_example_verbatim() {
         "README.md must contain examples/review_gate.rs verbatim; copy it again"
     );
 }
+
+/// Every code block is closed by a fence alone on its line (a closing fence with text
+/// after it swallowed the prose that followed it).
+#[test]
+fn readme_code_blocks_are_closed() {
+    let readme = include_str!("../README.md");
+    let fences: Vec<(usize, &str)> = readme
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| line.starts_with("```"))
+        .collect();
+    assert!(fences.len() % 2 == 0, "an unclosed code block");
+    for (number, line) in fences.iter().skip(1).step_by(2) {
+        assert_eq!(
+            *line,
+            "```",
+            "line {}: a closing fence with text after it",
+            number + 1
+        );
+    }
+}
