@@ -21,7 +21,7 @@ fn readme_code_blocks_are_closed() {
         .enumerate()
         .filter(|(_, line)| line.starts_with("```"))
         .collect();
-    assert!(fences.len() % 2 == 0, "an unclosed code block");
+    assert!(fences.len().is_multiple_of(2), "an unclosed code block");
     for (number, line) in fences.iter().skip(1).step_by(2) {
         assert_eq!(
             *line,
