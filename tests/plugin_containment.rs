@@ -11,19 +11,7 @@ use std::time::Duration;
 
 use broker::exchange::{BindingId, Exchange, ExchangeError};
 use broker::message::{Headers, Message};
-use broker::plugin::{Limits, LoadError, PluginExchange, PluginHost};
-
-/// Loads test plugin `plugin` and declares `ex-<plugin>` bound 1 -> "a", 2 -> "b".
-fn hostile(host: &PluginHost, plugin: &str) -> PluginExchange {
-    host.load_blocking(plugin, &hostile::plugin(plugin))
-        .unwrap_or_else(|e| panic!("load {plugin}: {e}"));
-    let mut ex = host
-        .create_exchange(plugin, &format!("ex-{plugin}"), &Headers::new())
-        .expect("declare");
-    ex.bind(1, "a", &Headers::new()).unwrap();
-    ex.bind(2, "b", &Headers::new()).unwrap();
-    ex
-}
+use broker::plugin::{Limits, LoadError, PluginHost};
 
 fn route(ex: &mut dyn Exchange, key: &str) -> Result<Vec<BindingId>, ExchangeError> {
     let mut out = Vec::new();
@@ -66,7 +54,7 @@ fn a_failing_call_costs_about_one_message_budget() {
         ("huge-output", "huge"),
         ("trap", "boom"),
     ] {
-        let mut ex = hostile(&host, plugin);
+        let mut ex = hostile::exchange(&host, plugin);
         let rounds = 10;
         let before = thread_cpu();
         for _ in 0..rounds {
@@ -92,7 +80,7 @@ fn a_failing_call_costs_about_one_message_budget() {
 #[test]
 fn a_loop_in_a_batch_costs_one_message_budget_and_fails_alone() {
     let host = PluginHost::new(patient()).unwrap();
-    let mut ex = hostile(&host, "spin");
+    let mut ex = hostile::exchange(&host, "spin");
     let (a, spin) = (Message::text("a", ""), Message::text("spin", ""));
     let mut batch: Vec<&Message> = vec![&a; 200];
     batch[100] = &spin;
@@ -113,7 +101,7 @@ fn a_loop_in_a_batch_costs_one_message_budget_and_fails_alone() {
 #[test]
 fn every_other_message_failing_quarantines_by_ratio() {
     let host = PluginHost::new(Limits::default()).unwrap();
-    let mut ex = hostile(&host, "trap");
+    let mut ex = hostile::exchange(&host, "trap");
     let mut failures = 0;
     let quarantined_at = (0..100).find(|i| {
         let key = if i % 2 == 0 { "a" } else { "boom" };
@@ -138,7 +126,7 @@ fn every_other_message_failing_quarantines_by_ratio() {
 #[test]
 fn no_call_after_quarantine_within_a_batch() {
     let host = PluginHost::new(Limits::default()).unwrap();
-    let mut ex = hostile(&host, "trap");
+    let mut ex = hostile::exchange(&host, "trap");
     let (a, boom) = (Message::text("a", ""), Message::text("boom", ""));
     let mut batch: Vec<&Message> = vec![&boom; 5];
     batch.extend(std::iter::repeat_n(&a, 20));
@@ -169,7 +157,7 @@ fn failing_time_past_its_share_throttles_the_exchange() {
         ..Limits::default()
     };
     let host = PluginHost::new(limits).unwrap();
-    let mut ex = hostile(&host, "trap");
+    let mut ex = hostile::exchange(&host, "trap");
     assert!(matches!(
         route(&mut ex, "boom"),
         Err(ExchangeError::PluginFailed(_))
@@ -297,7 +285,7 @@ fn the_time_bound_holds_after_the_ticker_went_idle() {
         ..patient()
     };
     let host = PluginHost::new(limits).unwrap();
-    let mut ex = hostile(&host, "spin");
+    let mut ex = hostile::exchange(&host, "spin");
     // With no call for 100 ms the ticker parks; the next call must wake it (precondition,
     // not synchronisation).
     std::thread::sleep(Duration::from_millis(300));

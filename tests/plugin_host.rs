@@ -14,19 +14,6 @@ fn host() -> PluginHost {
     PluginHost::with_standard_exchanges(Limits::default()).expect("host starts")
 }
 
-/// Loads test plugin `plugin` as type `plugin` and declares exchange `ex-<plugin>` with
-/// bindings 1 -> "a" and 2 -> "b".
-fn hostile(host: &PluginHost, plugin: &str) -> PluginExchange {
-    host.load_blocking(plugin, &hostile::plugin(plugin))
-        .unwrap_or_else(|e| panic!("load {plugin}: {e}"));
-    let mut ex = host
-        .create_exchange(plugin, &format!("ex-{plugin}"), &Headers::new())
-        .expect("declare");
-    ex.bind(1, "a", &Headers::new()).unwrap();
-    ex.bind(2, "b", &Headers::new()).unwrap();
-    ex
-}
-
 fn route(ex: &mut dyn Exchange, key: &str) -> Result<Vec<BindingId>, ExchangeError> {
     let mut out = Vec::new();
     ex.route(&Message::text(key, "body"), &mut out)?;
@@ -52,7 +39,7 @@ fn assert_recovers(host: &PluginHost, plugin: &str, ex: &mut PluginExchange) {
 #[test]
 fn infinite_loop_runs_out_of_fuel() {
     let host = host();
-    let mut ex = hostile(&host, "spin");
+    let mut ex = hostile::exchange(&host, "spin");
     let started = Instant::now();
     let reason = failed(route(&mut ex, "spin"));
     assert!(
@@ -75,7 +62,7 @@ fn time_budget_stops_a_loop_fuel_would_allow() {
         ..Limits::default()
     };
     let host = PluginHost::new(limits).unwrap();
-    let mut ex = hostile(&host, "spin");
+    let mut ex = hostile::exchange(&host, "spin");
     let started = Instant::now();
     let reason = failed(route(&mut ex, "spin"));
     let elapsed = started.elapsed();
@@ -91,7 +78,7 @@ fn time_budget_stops_a_loop_fuel_would_allow() {
 #[test]
 fn runaway_allocation_hits_the_memory_cap() {
     let host = host();
-    let mut ex = hostile(&host, "alloc");
+    let mut ex = hostile::exchange(&host, "alloc");
     let reason = failed(route(&mut ex, "alloc"));
     // The 16 MiB cap or, first, the time each MiB of growth is charged.
     assert!(
@@ -109,7 +96,7 @@ fn runaway_allocation_hits_the_memory_cap() {
 #[test]
 fn trap_is_contained() {
     let host = host();
-    let mut ex = hostile(&host, "trap");
+    let mut ex = hostile::exchange(&host, "trap");
     let reason = failed(route(&mut ex, "boom"));
     // The SDK's panic hook reports the panic through `log`; the host keeps it as the reason.
     assert!(reason.starts_with("panicked at "), "{reason}");
@@ -122,7 +109,7 @@ fn trap_is_contained() {
 #[test]
 fn unknown_binding_ids_are_rejected() {
     let host = host();
-    let mut ex = hostile(&host, "bad-ids");
+    let mut ex = hostile::exchange(&host, "bad-ids");
     let reason = failed(route(&mut ex, "bad"));
     assert!(reason.contains("424242"), "{reason}");
     assert_eq!(host.stats("bad-ids").unwrap().invalid_output, 1);
@@ -132,7 +119,7 @@ fn unknown_binding_ids_are_rejected() {
 #[test]
 fn oversized_output_is_rejected() {
     let host = host();
-    let mut ex = hostile(&host, "huge-output");
+    let mut ex = hostile::exchange(&host, "huge-output");
     let reason = failed(route(&mut ex, "huge"));
     // Refused for its size, or stopped while building it (8 MB of ids take time).
     assert!(
@@ -199,7 +186,7 @@ fn bad_plugin_bytes_are_refused() {
 #[test]
 fn repeated_failures_quarantine_until_reset() {
     let host = host();
-    let mut ex = hostile(&host, "trap");
+    let mut ex = hostile::exchange(&host, "trap");
     for _ in 0..4 {
         failed(route(&mut ex, "boom"));
     }
@@ -245,8 +232,8 @@ fn healthy_exchanges_keep_routing_next_to_hostile_ones() {
     let host = host();
     let mut topic = host.create("topic", "healthy", &Headers::new()).unwrap();
     topic.bind(10, "stock.#", &Headers::new()).unwrap();
-    let mut spin = hostile(&host, "spin");
-    let mut alloc = hostile(&host, "alloc");
+    let mut spin = hostile::exchange(&host, "spin");
+    let mut alloc = hostile::exchange(&host, "alloc");
     for round in 0..6 {
         let spun = route(&mut spin, "spin");
         match round {
@@ -270,7 +257,7 @@ fn healthy_exchanges_keep_routing_next_to_hostile_ones() {
 #[test]
 fn batch_failure_fails_only_the_culprit() {
     let host = host();
-    let mut ex = hostile(&host, "trap");
+    let mut ex = hostile::exchange(&host, "trap");
     let (a, boom, b) = (
         Message::text("a", ""),
         Message::text("boom", ""),
@@ -296,7 +283,7 @@ fn batch_failure_fails_only_the_culprit() {
 #[test]
 fn body_and_properties_reach_the_plugin() {
     let host = host();
-    let mut ex = hostile(&host, "body");
+    let mut ex = hostile::exchange(&host, "body");
     let mut out = Vec::new();
     ex.route(&Message::text("ignored", "b"), &mut out).unwrap();
     assert_eq!(out, vec![2]);
@@ -320,7 +307,7 @@ fn body_and_properties_reach_the_plugin() {
 #[test]
 fn fetching_bodies_in_a_loop_is_stopped() {
     let host = host();
-    let mut ex = hostile(&host, "body");
+    let mut ex = hostile::exchange(&host, "body");
     let big = Message::text("greedy", "x".repeat(1 << 20));
     let started = Instant::now();
     let reason = match ex.route(&big, &mut Vec::new()) {

@@ -48,3 +48,19 @@ pub fn plugin(name: &str) -> Vec<u8> {
     let file = dir.join(format!("hostile_{}.wasm", name.replace('-', "_")));
     std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
 }
+
+/// Loads test plugin `plugin` as type `plugin` into `host` and declares exchange
+/// `ex-<plugin>` with bindings 1 -> "a" and 2 -> "b".
+#[allow(dead_code)] // used by the host-level tests only
+pub fn exchange(host: &broker::plugin::PluginHost, plugin: &str) -> broker::plugin::PluginExchange {
+    use broker::exchange::Exchange as _;
+    let none = broker::message::Headers::new();
+    host.load_blocking(plugin, &self::plugin(plugin))
+        .unwrap_or_else(|e| panic!("load {plugin}: {e}"));
+    let mut ex = host
+        .create_exchange(plugin, &format!("ex-{plugin}"), &none)
+        .expect("declare");
+    ex.bind(1, "a", &none).unwrap();
+    ex.bind(2, "b", &none).unwrap();
+    ex
+}
