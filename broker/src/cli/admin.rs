@@ -7,7 +7,8 @@ use clap::{Args, Subcommand};
 
 use super::{DEFAULT_SERVER, parse_key_value, to_headers};
 
-/// Where the broker is and who to log in as.
+// Where the broker is and who to log in as. (A `///` comment here would become the help
+// text of every subcommand that flattens it.)
 #[derive(Args)]
 pub struct ServerArg {
     /// The broker's URL; may carry credentials: `ws://user:password@host:port`.
@@ -24,11 +25,22 @@ pub struct ServerArg {
         hide_env_values = true
     )]
     password: Option<String>,
+    /// Virtual host to work in (default: the URL's path, else `/`).
+    #[arg(long, env = "BROKER_VHOST")]
+    vhost: Option<String>,
 }
 
 impl ServerArg {
-    /// The URL to connect to, with --user / --password in it when given.
+    /// The URL to connect to, with --user / --password / --vhost in it when given.
     pub fn url(&self) -> String {
+        let url = self.url_with_user();
+        match &self.vhost {
+            Some(vhost) => broker::client::credentials::with_vhost(&url, vhost),
+            None => url,
+        }
+    }
+
+    fn url_with_user(&self) -> String {
         let Some(user) = &self.user else {
             return self.server.clone();
         };

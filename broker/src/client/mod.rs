@@ -14,6 +14,7 @@
 pub mod credentials;
 mod incoming;
 mod users;
+mod vhosts;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -66,6 +67,8 @@ struct Pending {
 #[derive(Default)]
 struct Shared {
     pending: Mutex<HashMap<u64, Pending>>,
+    /// Set when the connection is gone: requests made after that fail at once.
+    closed: AtomicBool,
     consumers: Mutex<HashMap<String, mpsc::UnboundedSender<Delivery>>>,
     /// The broker's last word on flow control: `Some(reason)` while it blocks this
     /// connection's publishes.
@@ -232,6 +235,7 @@ impl Client {
                 }
             }
             // Wake every waiter: the connection is gone.
+            reader_shared.closed.store(true, Ordering::SeqCst);
             for (_, pending) in reader_shared.pending.lock().unwrap().drain() {
                 let _ = pending.reply.send(Err(ClientError::Closed));
             }
@@ -272,7 +276,11 @@ impl Client {
             self.shared.pending.lock().unwrap().insert(id, pending);
             rx
         });
-        let sent = self.out.send(item).is_ok();
+        // After the reader's last drain nobody would answer: fail now instead.
+        if self.shared.closed.load(Ordering::SeqCst) {
+            self.shared.pending.lock().unwrap().remove(&id);
+        }
+        let sent = !self.shared.closed.load(Ordering::SeqCst) && self.out.send(item).is_ok();
         async move {
             if !sent {
                 return Err(ClientError::Closed);

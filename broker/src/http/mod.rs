@@ -376,8 +376,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         MalformedJson | UnknownOp | InvalidField | UnsupportedFrame | MalformedBinary
         | InvalidBinding | InvalidPlugin | UnknownExchangeType => StatusCode::BAD_REQUEST,
         FrameTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        QueueNotFound | ExchangeNotFound | PluginNotFound | UserNotFound | UnknownConsumer
-        | UnknownDeliveryTag => StatusCode::NOT_FOUND,
+        QueueNotFound | ExchangeNotFound | PluginNotFound | UserNotFound | VhostNotFound
+        | UnknownConsumer | UnknownDeliveryTag => StatusCode::NOT_FOUND,
         PreconditionFailed | ConsumerTagInUse | QueueFull | Unroutable => StatusCode::CONFLICT,
         ResourceLocked => StatusCode::LOCKED,
         AccessRefused => StatusCode::FORBIDDEN,

@@ -160,6 +160,45 @@ pub enum Op {
     },
     /// Every user with its tags (administrators only).
     ListUsers,
+    /// Creates a virtual host (administrators only).
+    AddVhost {
+        vhost: String,
+    },
+    /// Deletes a virtual host with every queue, exchange and binding in it and closes its
+    /// connections (administrators only).
+    DeleteVhost {
+        vhost: String,
+    },
+    /// Every virtual host (administrators only).
+    ListVhosts,
+    /// Sets what a user may do in a vhost (administrators only).
+    SetPermissions(SetPermissions),
+    /// Takes a user's permissions in a vhost away (administrators only).
+    ClearPermissions {
+        user: String,
+        vhost: String,
+    },
+    /// Every user's permissions in every vhost (administrators only).
+    ListPermissions,
+}
+
+/// A user's permissions in a vhost, RabbitMQ style: regular expressions on resource names
+/// (an empty one matches nothing), plus whether it may manage plugins.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetPermissions {
+    pub user: String,
+    #[serde(default = "default_vhost")]
+    pub vhost: String,
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+    /// May deploy, roll back and reset plugins, and attach and detach handlers.
+    #[serde(default)]
+    pub plugin: bool,
+}
+
+fn default_vhost() -> String {
+    crate::vhost::DEFAULT_VHOST.to_string()
 }
 
 fn default_peek_limit() -> usize {
@@ -424,12 +463,32 @@ pub struct ConnectionInfo {
     /// The authenticated user.
     #[serde(default)]
     pub user: String,
+    /// The virtual host it is connected to.
+    #[serde(default = "default_vhost")]
+    pub vhost: String,
     /// Milliseconds since the epoch.
     pub opened_at: u64,
     pub confirms: bool,
     /// `queue` and `consumer_tag` of each consumer.
     pub consumers: Vec<ConsumerInfo>,
     pub unacked: u64,
+}
+
+/// `list_vhosts` result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VhostList {
+    pub vhosts: Vec<VhostInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VhostInfo {
+    pub vhost: String,
+}
+
+/// `list_permissions` result: every (user, vhost) pair with permissions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PermissionList {
+    pub permissions: Vec<SetPermissions>,
 }
 
 /// `list_users` result.

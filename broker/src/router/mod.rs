@@ -14,6 +14,7 @@ mod plugins;
 mod queues;
 mod session;
 mod users;
+mod vhosts;
 
 pub use dead_letter::{DEATH_HEADER, DeathReason};
 pub use session::{Session, SessionError};
@@ -43,6 +44,8 @@ pub enum Outbound {
     AutoAckDelivery(Delivery),
     /// A WebSocket ping, sent by the connection itself to check that its peer is alive.
     Ping,
+    /// The broker ends the connection (its vhost was deleted): close it with this reason.
+    Close(String),
 }
 
 /// A connection's outbound channel.
@@ -79,6 +82,9 @@ pub enum Command {
         outbound: Option<Arc<std::sync::atomic::AtomicUsize>>,
         /// Who authenticated; `None` for the broker's own sessions.
         user: Option<Principal>,
+        /// The virtual host its requests' names are in (already qualified by the
+        /// connection, see [`crate::vhost`]); listings show this vhost's resources.
+        vhost: Arc<str>,
     },
     /// The connection ended; `broker_stopping` when the broker closed it to shut down
     /// (its unacked messages then go back without counting as failed deliveries).
@@ -189,6 +195,7 @@ struct Conn {
     outbound: Option<Arc<std::sync::atomic::AtomicUsize>>,
     /// Who authenticated; `None` for the broker's own sessions and in-broker consumers.
     user: Option<Principal>,
+    vhost: Arc<str>,
     /// Milliseconds since the epoch.
     opened_at: u64,
     confirms: bool,
@@ -343,7 +350,8 @@ impl Router {
                         peer,
                         outbound,
                         user,
-                    } => self.open_conn(conn, tx, peer, outbound, user),
+                        vhost,
+                    } => self.open_conn(conn, tx, peer, outbound, user, vhost),
                     Command::ChangeUser { conn, id, change } => self.change_user(conn, id, change),
                     Command::Close {
                         conn,
@@ -433,6 +441,7 @@ impl Router {
         peer: Option<SocketAddr>,
         outbound: Option<Arc<std::sync::atomic::AtomicUsize>>,
         user: Option<Principal>,
+        vhost: Arc<str>,
     ) {
         self.conns.insert(
             conn,
@@ -441,6 +450,7 @@ impl Router {
                 peer,
                 outbound,
                 user,
+                vhost,
                 opened_at: exchanges::now_ms(),
                 confirms: false,
                 next_delivery_tag: 1,
@@ -472,7 +482,7 @@ impl Router {
             } => self.delete_queue(conn, &queue, if_unused, if_empty),
             Op::PurgeQueue { queue } => self.purge_queue(conn, &queue),
             Op::QueueInfo { queue } => self.queue_info(&queue),
-            Op::ListQueues => Ok(self.list_queues()),
+            Op::ListQueues => Ok(self.list_queues(conn)),
             Op::DeclareExchange(declare) => self.declare_exchange(declare),
             Op::DeleteExchange { exchange } => self.delete_exchange(&exchange),
             Op::Bind(binding) => self.bind(conn, binding),
@@ -530,14 +540,20 @@ impl Router {
             Op::RequeueDeadLetters { queue, message_id } => {
                 self.requeue_dead_letters(conn, &queue, message_id.as_deref())
             }
-            Op::ListExchanges => Ok(self.list_exchanges()),
-            Op::ListBindings => Ok(self.list_bindings()),
-            Op::ListConnections => Ok(self.list_connections()),
+            Op::ListExchanges => Ok(self.list_exchanges(conn)),
+            Op::ListBindings => Ok(self.list_bindings(conn)),
+            Op::ListConnections => Ok(self.list_connections(conn)),
             Op::AttachHandler(attach) => self.attach_handler(conn, id.clone(), attach),
             Op::DetachHandler { queue, plugin } => self.detach_handler(&queue, &plugin),
-            Op::ListHandlers => Ok(self.list_handlers()),
+            Op::ListHandlers => Ok(self.list_handlers(conn)),
             Op::DeleteUser { user } => self.store_user_change(conn, UserChange::Delete(user)),
             Op::ListUsers => self.list_users(conn),
+            Op::AddVhost { vhost } => self.add_vhost(conn, vhost),
+            Op::DeleteVhost { vhost } => self.delete_vhost(conn, vhost),
+            Op::ListVhosts => self.list_vhosts(conn),
+            Op::SetPermissions(set) => self.set_permissions(conn, set),
+            Op::ClearPermissions { user, vhost } => self.clear_permissions(conn, user, vhost),
+            Op::ListPermissions => self.list_permissions(conn),
             // Answered by the connection itself (they hash or check passwords, which
             // takes tens of milliseconds: never on this task).
             Op::Authenticate { .. } | Op::AddUser { .. } | Op::ChangePassword { .. } => Err(
@@ -604,7 +620,8 @@ impl Router {
         Ok(Reply::Ok(serde_json::Value::Null))
     }
 
-    /// A broker-chosen name, unique across runs: `{prefix}-{run}-{conn}-{n}`.
+    /// A broker-chosen name, unique across runs: `{prefix}-{run}-{conn}-{n}` (a queue
+    /// name still to qualify with the connection's vhost).
     fn generate_name(&mut self, conn: ConnId, prefix: &str) -> String {
         let c = self
             .conns
@@ -612,6 +629,13 @@ impl Router {
             .expect("requests come from open connections");
         c.next_generated += 1;
         format!("{prefix}-{}-{conn}-{}", self.run_id, c.next_generated - 1)
+    }
+
+    /// The vhost of connection `conn` (listings show its resources only).
+    fn conn_vhost(&self, conn: ConnId) -> &str {
+        self.conns
+            .get(&conn)
+            .map_or(crate::vhost::DEFAULT_VHOST, |c| &c.vhost)
     }
 }
 

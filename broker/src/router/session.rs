@@ -77,6 +77,7 @@ impl Session {
             peer: None,
             outbound: None,
             user: None,
+            vhost: crate::vhost::DEFAULT_VHOST.into(),
         });
         let waiters = Waiters::default();
         tokio::spawn(match_replies(rx, waiters.clone()));
@@ -102,8 +103,11 @@ impl Session {
         if let Some(object) = request.as_object_mut() {
             object.insert("id".into(), id.into());
         }
-        let request = parse_request(&request.to_string())
+        let mut request = parse_request(&request.to_string())
             .map_err(|e| SessionError::new(e.code, e.message))?;
+        // The broker's own sessions act in the default vhost, with its names.
+        crate::vhost::qualify_op(crate::vhost::DEFAULT_VHOST, &mut request.op)
+            .map_err(|e| SessionError::new(ErrorCode::InvalidField, e))?;
         let (done, reply) = oneshot::channel();
         self.waiters
             .lock()

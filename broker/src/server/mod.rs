@@ -200,6 +200,13 @@ impl Broker {
                 compiled.ops.push(StoreOp::PutUser(guest.clone()));
                 recovered.users.push(guest);
             }
+            if recovered.vhosts.is_empty() {
+                // A fresh install, or a data dir from before vhosts: its resources are
+                // the default vhost's (see `crate::vhost`).
+                let default = crate::vhost::DEFAULT_VHOST.to_string();
+                compiled.ops.push(StoreOp::PutVhost(default.clone()));
+                recovered.vhosts.push(default);
+            }
             writer.submit(compiled);
             Ok::<_, StartError>((recovered, writer, host))
         })
@@ -226,7 +233,8 @@ impl Broker {
             None => None,
         };
         let store_stats = writer.stats();
-        let auth = crate::auth::Authenticator::new(recovered.users.clone());
+        let auth =
+            crate::auth::Authenticator::new(recovered.users.clone(), recovered.vhosts.clone());
         let router = Router::spawn(recovered, writer, plugins.clone(), auth.clone());
         let store = store_stats.clone();
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -445,6 +453,7 @@ async fn accept_loop(
             peer,
             router: router.clone(),
             gate: gate.clone(),
+            vhost: crate::vhost::DEFAULT_VHOST.into(),
             limits,
             flow: FlowControl {
                 credit: Arc::new(Semaphore::new(limits.max_unconfirmed)),

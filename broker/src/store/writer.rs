@@ -32,7 +32,7 @@ use super::reader::{Commits, StoreReader};
 use super::{
     ACTIVE_PLUGINS, BINDINGS, CommitError, ENTRY_STATE, EXCHANGES, ExchangeRecord, HANDLERS,
     MESSAGES, PLUGIN_ARTIFACTS, PLUGIN_VERSIONS, PLUGIN_WASM, PluginVersion, QUEUES, QueueRecord,
-    USERS, encode_entry,
+    USERS, VHOSTS, VhostRecord, encode_entry,
 };
 use crate::exchange::BindingId;
 use crate::message::Message;
@@ -92,6 +92,9 @@ pub enum StoreOp {
     /// Stores a user (replacing one of the same name).
     PutUser(crate::auth::UserRecord),
     DeleteUser(String),
+    /// Stores a virtual host (by name).
+    PutVhost(String),
+    DeleteVhost(String),
 }
 
 /// Runs once the batch holding it has committed (or failed to).
@@ -474,6 +477,14 @@ fn apply<'a>(
                     None => users.insert(txn.open_table(USERS)?),
                 };
                 table.remove(name.as_str())?;
+            }
+            StoreOp::PutVhost(name) => {
+                let record = VhostRecord { name: name.clone() };
+                let mut table = txn.open_table(VHOSTS)?;
+                table.insert(name.as_str(), json(&record).as_slice())?;
+            }
+            StoreOp::DeleteVhost(name) => {
+                txn.open_table(VHOSTS)?.remove(name.as_str())?;
             }
         }
     }
