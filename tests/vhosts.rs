@@ -425,3 +425,85 @@ async fn the_cli_manages_vhosts_and_permissions() {
     run(&["vhost", "delete", "prod"]);
     assert_eq!(run(&["vhost", "list"]).trim(), "/");
 }
+
+#[tokio::test]
+async fn the_http_api_checks_the_same_permissions() {
+    let b = common::HttpBroker::start().await;
+    let admin = b.client().await;
+    for queue in ["orders", "payroll"] {
+        admin
+            .declare_queue(queue, QueueOptions::durable())
+            .await
+            .unwrap();
+    }
+    admin.confirm_select().await.unwrap();
+    admin
+        .publish(persistent("payroll", "salaries"), false)
+        .await
+        .unwrap();
+    admin
+        .add_user("ops", "pw", &[broker::auth::Tag::Management])
+        .await
+        .unwrap();
+    admin
+        .set_permissions(permissions("ops", "/", "", "", "^orders$"))
+        .await
+        .unwrap();
+    let ops = broker::client::credentials::basic_header("ops", "pw");
+    let as_ops = [("Authorization", ops.as_str())];
+    let get = |path: &'static str| common::http_with_headers(b.addr(), "GET", path, None, &as_ops);
+    assert_eq!(get("/api/queues/orders/messages").await.status, 200);
+    let refused = get("/api/queues/payroll/messages").await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(refused.json()["error"]["code"], "access_refused");
+    assert!(!refused.body.contains("salaries"));
+    let purge =
+        common::http_with_headers(b.addr(), "POST", "/api/queues/payroll/purge", None, &as_ops)
+            .await;
+    assert_eq!(purge.status, 403);
+    assert_eq!(admin.queue_info("payroll").await.unwrap().ready, 1);
+}
+
+#[tokio::test]
+async fn a_user_limit_refuses_connections_past_it() {
+    let b = TestBroker::start().await;
+    let admin = b.client().await;
+    admin.add_user("app", "pw", &[]).await.unwrap();
+    admin
+        .set_permissions(permissions("app", "/", ".*", ".*", ".*"))
+        .await
+        .unwrap();
+    admin.set_user_limits("app", Some(2)).await.unwrap();
+    let listed = admin.list_users().await.unwrap();
+    let app = listed.iter().find(|u| u.user == "app").unwrap();
+    assert_eq!(app.max_connections, Some(2));
+
+    let url = url_as(&b, "app", "pw", "/");
+    let first = Client::connect(&url).await.unwrap();
+    let second = Client::connect(&url).await.unwrap();
+    first.list_queues().await.unwrap();
+    second.list_queues().await.unwrap();
+    let third = Client::connect(&url).await.unwrap();
+    let refused = tokio::time::timeout(WAIT, third.list_queues())
+        .await
+        .expect("an answer in time");
+    assert!(refused.is_err(), "{refused:?}");
+    let connections = admin.list_connections().await.unwrap();
+    assert_eq!(connections.iter().filter(|c| c.user == "app").count(), 2);
+    // A closed connection gives its place back; lifting the limit lifts it.
+    first.close().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let again = Client::connect(&url).await.unwrap();
+        if again.list_queues().await.is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place came back"
+        );
+    }
+    admin.set_user_limits("app", None).await.unwrap();
+    let fourth = Client::connect(&url).await.unwrap();
+    fourth.list_queues().await.unwrap();
+}

@@ -100,6 +100,7 @@ fn resource_names(op: &mut Op) -> Vec<&mut String> {
         | Op::DeployPlugin { .. }
         | Op::RollbackPlugin { .. }
         | Op::ResetPlugin { .. }
+        | Op::PrunePlugin { .. }
         | Op::ListPlugins
         | Op::PluginHistory { .. }
         | Op::ListExchanges
@@ -111,6 +112,7 @@ fn resource_names(op: &mut Op) -> Vec<&mut String> {
         | Op::DeleteUser { .. }
         | Op::ChangePassword { .. }
         | Op::ListUsers
+        | Op::SetUserLimits { .. }
         | Op::AddVhost { .. }
         | Op::DeleteVhost { .. }
         | Op::ListVhosts

@@ -168,9 +168,10 @@ impl Grant {
                 exchange,
                 &exchange_name(&publish.message.exchange),
             ),
-            Op::DeployPlugin { .. } | Op::RollbackPlugin { .. } | Op::ResetPlugin { .. } => {
-                plugin()
-            }
+            Op::DeployPlugin { .. }
+            | Op::RollbackPlugin { .. }
+            | Op::ResetPlugin { .. }
+            | Op::PrunePlugin { .. } => plugin(),
             Op::AttachHandler(attach) => {
                 plugin()?;
                 check(Access::Configure, queue, &attach.queue)
@@ -199,6 +200,7 @@ impl Grant {
             | Op::DeleteUser { .. }
             | Op::ChangePassword { .. }
             | Op::ListUsers
+            | Op::SetUserLimits { .. }
             | Op::AddVhost { .. }
             | Op::DeleteVhost { .. }
             | Op::ListVhosts

@@ -124,6 +124,15 @@ pub enum Plugin {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Delete stored versions of a plugin but the newest N (the active version and the
+    /// one before it are always kept).
+    Prune {
+        name: String,
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        keep: u64,
+        #[command(flatten)]
+        server: ServerArg,
+    },
     /// Exchange types with their active version, hash and counters.
     List(ServerArg),
     /// Every deployed version of a plugin.
@@ -404,8 +413,31 @@ pub async fn plugin(what: Plugin) -> anyhow::Result<()> {
             println!("plugin {name} rolled back to version {}", v["version"]);
             client.close().await;
         }
+        Plugin::Prune { name, keep, server } => {
+            let client = Client::connect(&server.url()).await?;
+            let v = client.prune_plugin(&name, keep).await?;
+            let list = |key: &str| -> String {
+                let versions: Vec<String> = v[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|x| x.to_string())
+                    .collect();
+                if versions.is_empty() {
+                    "none".into()
+                } else {
+                    versions.join(", ")
+                }
+            };
+            println!(
+                "plugin {name}: deleted versions {}; kept {}",
+                list("pruned"),
+                list("kept")
+            );
+            client.close().await;
+        }
         Plugin::Reset { name, server } => {
-            let client = Client::connect(&server.server).await?;
+            let client = Client::connect(&server.url()).await?;
             let v = client.reset_plugin(&name).await?;
             let reset: Vec<&str> = v["reset"]
                 .as_array()

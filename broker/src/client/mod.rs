@@ -569,6 +569,20 @@ impl Client {
         self.send(op, None, true).await
     }
 
+    /// Deletes the stored versions of plugin `name` but the newest `keep` (and the active
+    /// one and the one before it); the result lists `pruned` and `kept` versions.
+    pub async fn prune_plugin(
+        &self,
+        name: &str,
+        keep: u64,
+    ) -> Result<serde_json::Value, ClientError> {
+        let op = Op::PrunePlugin {
+            name: name.to_owned(),
+            keep,
+        };
+        self.send(op, None, true).await
+    }
+
     /// Lifts quarantine for every exchange of plugin `name`; the result's `reset` lists
     /// the exchanges that were quarantined.
     pub async fn reset_plugin(&self, name: &str) -> Result<serde_json::Value, ClientError> {

@@ -123,6 +123,7 @@ const OP_NAMES: &[&str] = &[
     "deploy_plugin",
     "rollback_plugin",
     "reset_plugin",
+    "prune_plugin",
     "list_plugins",
     "plugin_history",
     "list_exchanges",
@@ -142,6 +143,7 @@ const OP_NAMES: &[&str] = &[
     "delete_user",
     "change_password",
     "list_users",
+    "set_user_limits",
 ];
 
 /// A request frame that could not be parsed: the id when one could be read, the code, why.

@@ -99,6 +99,12 @@ pub enum Op {
     ResetPlugin {
         name: String,
     },
+    /// Deletes the stored versions of plugin `name` but the newest `keep`, the active one
+    /// and the one before it (the rollback target).
+    PrunePlugin {
+        name: String,
+        keep: u64,
+    },
     /// Every exchange type with its active version and counters.
     ListPlugins,
     /// Every deployed version of a plugin.
@@ -160,6 +166,17 @@ pub enum Op {
     },
     /// Every user with its tags (administrators only).
     ListUsers,
+    /// Sets a user's limits (administrators only); an absent limit is no limit.
+    SetUserLimits {
+        user: String,
+        /// Connections the user may have open at once (over every protocol).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "present"
+        )]
+        max_connections: Option<u32>,
+    },
     /// Creates a virtual host (administrators only).
     AddVhost {
         vhost: String,
@@ -503,6 +520,9 @@ pub struct UserInfo {
     pub tags: Vec<crate::auth::Tag>,
     /// May connect from loopback addresses only.
     pub loopback_only: bool,
+    /// Connections it may have open at once; absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -10,6 +10,7 @@ mod dead_letter;
 mod exchanges;
 mod handlers;
 mod overview;
+mod plugin_prune;
 mod plugins;
 mod queues;
 mod session;
@@ -283,6 +284,8 @@ pub struct Router {
     handlers: handlers::Handlers,
     /// The users, updated once user changes commit.
     auth: Arc<Authenticator>,
+    /// Stored versions kept per plugin after each deploy; `None`: all.
+    keep_plugin_versions: Option<u64>,
 }
 
 impl Router {
@@ -292,10 +295,12 @@ impl Router {
         store: StoreWriter,
         plugins: PluginHost,
         auth: Arc<Authenticator>,
+        keep_plugin_versions: Option<u64>,
     ) -> RouterHandle {
         let (control, control_rx) = mpsc::unbounded_channel();
         let (requests, requests_rx) = mpsc::channel(REQUEST_CHANNEL_CAPACITY);
-        let router = Router::recover(recovered, store, plugins, control.clone(), auth);
+        let mut router = Router::recover(recovered, store, plugins, control.clone(), auth);
+        router.keep_plugin_versions = keep_plugin_versions;
         tokio::spawn(router.run(requests_rx, control_rx));
         RouterHandle { requests, control }
     }
@@ -443,6 +448,14 @@ impl Router {
         user: Option<Principal>,
         vhost: Arc<str>,
     ) {
+        if let Some(principal) = &user
+            && let Err(refused) = self.check_connection_limit(principal)
+        {
+            let frame = ServerFrame::error(None, ErrorCode::AccessRefused, refused.clone());
+            let _ = tx.send(Outbound::Frame(frame));
+            let _ = tx.send(Outbound::Close(refused));
+            return;
+        }
         self.conns.insert(
             conn,
             Conn {
@@ -535,6 +548,7 @@ impl Router {
                 self.rollback_plugin(conn, id.clone(), &name, version)
             }
             Op::ResetPlugin { name } => self.reset_plugin(&name),
+            Op::PrunePlugin { name, keep } => self.prune_plugin(&name, keep),
             Op::ListPlugins => Ok(self.list_plugins()),
             Op::PluginHistory { name } => self.plugin_history(&name),
             Op::RequeueDeadLetters { queue, message_id } => {
@@ -548,6 +562,10 @@ impl Router {
             Op::ListHandlers => Ok(self.list_handlers(conn)),
             Op::DeleteUser { user } => self.store_user_change(conn, UserChange::Delete(user)),
             Op::ListUsers => self.list_users(conn),
+            Op::SetUserLimits {
+                user,
+                max_connections,
+            } => self.set_user_limits(conn, user, max_connections),
             Op::AddVhost { vhost } => self.add_vhost(conn, vhost),
             Op::DeleteVhost { vhost } => self.delete_vhost(conn, vhost),
             Op::ListVhosts => self.list_vhosts(conn),

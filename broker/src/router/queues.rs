@@ -57,6 +57,7 @@ impl Router {
             dead_letter_log: Default::default(),
             handlers: Default::default(),
             auth,
+            keep_plugin_versions: None,
         };
         let mut messages = 0;
         for stored in recovered.queues {

@@ -77,6 +77,9 @@ pub struct Config {
     /// `Host` header values the management HTTP listener answers to (defeats DNS
     /// rebinding); empty: its own address, and `localhost:PORT` on loopback.
     pub http_allowed_hosts: Vec<String>,
+    /// Stored versions kept per plugin after each deploy (older ones are deleted, but
+    /// never the active one or the one before it); `None`: all.
+    pub keep_plugin_versions: Option<u64>,
     /// Tests of panic containment only: a connection receiving
     /// [`INJECTED_PANIC_FRAME`] panics.
     #[doc(hidden)]
@@ -115,6 +118,7 @@ impl Config {
             http: None,
             allowed_origins: Vec::new(),
             http_allowed_hosts: Vec::new(),
+            keep_plugin_versions: None,
             inject_connection_panics: false,
         }
     }
@@ -235,7 +239,13 @@ impl Broker {
         let store_stats = writer.stats();
         let auth =
             crate::auth::Authenticator::new(recovered.users.clone(), recovered.vhosts.clone());
-        let router = Router::spawn(recovered, writer, plugins.clone(), auth.clone());
+        let router = Router::spawn(
+            recovered,
+            writer,
+            plugins.clone(),
+            auth.clone(),
+            config.keep_plugin_versions,
+        );
         let store = store_stats.clone();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let memory = Arc::new(MemoryStats::default());

@@ -66,6 +66,12 @@ pub enum StoreOp {
     },
     /// Stores a deployed plugin version (metadata and bytes).
     PutPluginVersion(PluginVersion),
+    /// Deletes a stored plugin version (metadata and bytes).
+    DeletePluginVersion {
+        name: String,
+        version: u64,
+    },
+    DeletePluginArtifact(String),
     /// Caches a plugin's compiled code under its artifact key.
     PutPluginArtifact {
         key: String,
@@ -444,6 +450,13 @@ fn apply<'a>(
             }
             StoreOp::PutPluginArtifact { key, artifact } => {
                 plugin_artifacts.insert(key.as_str(), artifact.as_slice())?;
+            }
+            StoreOp::DeletePluginVersion { name, version } => {
+                plugin_versions.remove((name.as_str(), *version))?;
+                plugin_wasm.remove((name.as_str(), *version))?;
+            }
+            StoreOp::DeletePluginArtifact(key) => {
+                plugin_artifacts.remove(key.as_str())?;
             }
             StoreOp::SetActivePlugin { name, version } => {
                 active_plugins.insert(name.as_str(), *version)?;
