@@ -8,6 +8,7 @@
 //! build step, nothing fetched from elsewhere.
 
 mod access;
+mod api;
 mod metrics;
 
 pub use access::default_hosts;
@@ -183,17 +184,20 @@ async fn handle(state: &HttpState, req: Request<Incoming>, who: &Caller) -> Http
         (["api", "connections"], true, _) => {
             op(state, who, json!({"op": "list_connections"})).await
         }
-        _ if known_path(&segments) => {
-            let e = ApiError::new(
-                ErrorCode::UnknownOp,
-                format!("{method} is not allowed on {path}"),
-            );
-            return with_status(error_response(&e), StatusCode::METHOD_NOT_ALLOWED);
-        }
-        _ => {
-            let e = ApiError::new(ErrorCode::UnknownOp, format!("no such endpoint: {path}"));
-            return with_status(error_response(&e), StatusCode::NOT_FOUND);
-        }
+        _ => match api::write(state, who, &method, &segments, &query, req).await {
+            Some(result) => result,
+            None if known_path(&segments) => {
+                let e = ApiError::new(
+                    ErrorCode::UnknownOp,
+                    format!("{method} is not allowed on {path}"),
+                );
+                return with_status(error_response(&e), StatusCode::METHOD_NOT_ALLOWED);
+            }
+            None => {
+                let e = ApiError::new(ErrorCode::UnknownOp, format!("no such endpoint: {path}"));
+                return with_status(error_response(&e), StatusCode::NOT_FOUND);
+            }
+        },
     };
     match result {
         Ok(value) => json_response(StatusCode::OK, &value),
@@ -231,6 +235,8 @@ fn known_path(segments: &[&str]) -> bool {
             | ["api", "queues", _]
             | ["api", "queues", _, "messages" | "purge" | "requeue"]
             | ["api", "plugins", _, "reset"]
+            | ["api", "exchanges", _]
+            | ["api", "exchanges", _, "publish"]
     )
 }
 
