@@ -18,6 +18,6 @@ pub mod router;
 pub mod server;
 pub mod store;
 
-pub use client::{Client, ClientError, ConnectOptions, QueueOptions, Subscription};
+pub use client::{Client, ClientError, ClientTls, ConnectOptions, QueueOptions, Subscription};
 pub use message::{Headers, Message, Properties};
 pub use server::{Broker, Config};

@@ -1,6 +1,5 @@
 //! `broker user add NAME PASSWORD [--tag T]...`, `delete NAME`, `list`, `passwd NAME PASSWORD`.
 
-use broker::Client;
 use broker::auth::Tag;
 use clap::Subcommand;
 
@@ -46,17 +45,17 @@ pub async fn run(command: User) -> anyhow::Result<()> {
             tags,
             server,
         } => {
-            let client = Client::connect(&server.url()).await?;
+            let client = server.connect().await?;
             client.add_user(&name, &new_password, &tags).await?;
             println!("user {name} stored");
         }
         User::Delete { name, server } => {
-            let client = Client::connect(&server.url()).await?;
+            let client = server.connect().await?;
             client.delete_user(&name).await?;
             println!("user {name} deleted");
         }
         User::List(server) => {
-            let client = Client::connect(&server.url()).await?;
+            let client = server.connect().await?;
             let users = client.list_users().await?;
             let width = users.iter().map(|u| u.user.len()).max().unwrap_or(4).max(4);
             println!("{:width$}  TAGS", "USER");
@@ -73,7 +72,7 @@ pub async fn run(command: User) -> anyhow::Result<()> {
             new_password,
             server,
         } => {
-            let client = Client::connect(&server.url()).await?;
+            let client = server.connect().await?;
             client.change_password(&name, &new_password).await?;
             println!("password of {name} changed");
         }
