@@ -336,7 +336,7 @@ impl Drop for TlsProcess {
     }
 }
 
-fn spawn_tls_broker(data: &Path, server: &CertFiles) -> TlsProcess {
+fn spawn_tls_broker(data: &Path, server: &CertFiles, client_ca: &Path) -> TlsProcess {
     let mut child = Command::new(bin())
         .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
         .args(["--log", "warn", "--data-dir"])
@@ -345,6 +345,8 @@ fn spawn_tls_broker(data: &Path, server: &CertFiles) -> TlsProcess {
         .arg(&server.cert)
         .arg("--tls-key")
         .arg(&server.key)
+        .arg("--tls-ca")
+        .arg(client_ca)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -385,7 +387,7 @@ fn cli(args: &[&str], envs: &[(&str, &Path)]) -> (bool, String, String) {
 fn the_cli_and_the_bench_speak_wss_with_a_ca_file() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path(), "main");
-    let process = spawn_tls_broker(&dir.path().join("data"), &ca.server());
+    let process = spawn_tls_broker(&dir.path().join("data"), &ca.server(), &ca.ca);
     assert!(
         process.http_url.starts_with("https://"),
         "{}",
@@ -431,6 +433,30 @@ fn the_cli_and_the_bench_speak_wss_with_a_ca_file() {
     let plain = url.replacen("wss://", "ws://", 1);
     let (ok, _, _) = cli(&["queues", "--server", &plain], &[]);
     assert!(!ok, "plaintext accepted");
+
+    // --cert / --key log in as the certificate's user: `app` may change its own
+    // password but, without the administrator tag, not add users (guest could).
+    let (ok, _, err) = cli(
+        &[
+            "user", "add", "app", "app-pw", "--server", url, "--ca", ca_file,
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let app = ca.client("app");
+    let (cert, key) = (app.cert.to_str().unwrap(), app.key.to_str().unwrap());
+    let as_app = |args: &[&str]| {
+        let mut args = args.to_vec();
+        args.extend([
+            "--server", url, "--ca", ca_file, "--cert", cert, "--key", key,
+        ]);
+        cli(&args, &[])
+    };
+    let (ok, _, err) = as_app(&["user", "passwd", "app", "new-pw"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = as_app(&["user", "add", "intruder", "pw"]);
+    assert!(!ok);
+    assert!(err.contains("administrator"), "{err}");
 
     // The bench over wss://.
     let (ok, out, err) = cli(

@@ -31,10 +31,13 @@ pub(super) async fn login(
         // Credentials sent alongside must not name someone else (they are not checked:
         // the certificate is the proof).
         let result = match credentials {
-            Some((user, _)) if user != certified => Err(AuthError::CertificateMismatch {
-                certificate: certified,
-                credentials: user,
-            }),
+            Some((user, _)) if user != certified => {
+                tracing::warn!(target: "audit", event = "authentication_failed", user = %certified, %peer, method = "certificate", credentials_user = %user, "authentication failed: credentials for another user");
+                Err(AuthError::CertificateMismatch {
+                    certificate: certified,
+                    credentials: user,
+                })
+            }
             _ => {
                 gate.auth
                     .authenticate_certificate(&certified, peer.ip())
