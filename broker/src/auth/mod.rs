@@ -58,6 +58,17 @@ pub enum AuthError {
     LoopbackOnly(String),
     #[error("access to vhost `{vhost}` refused for user `{user}`")]
     VhostRefused { user: String, vhost: String },
+    /// A client certificate the CA vouches for, naming a user that does not exist.
+    #[error("the client certificate names no user of this broker")]
+    UnknownCertificateUser,
+    /// A client certificate for one user, and credentials for another.
+    #[error(
+        "the client certificate is for user `{certificate}`, the credentials for `{credentials}`"
+    )]
+    CertificateMismatch {
+        certificate: String,
+        credentials: String,
+    },
 }
 
 /// Login counters, for metrics.
@@ -119,7 +130,49 @@ impl Authenticator {
             tokio::time::sleep(penalty).await;
         }
         let result = self.check(user, password, peer).await;
-        match &result {
+        self.record(&result, user, peer, "password");
+        result
+    }
+
+    /// Logs in the user named by a client certificate's subject CN, which the TLS layer
+    /// verified against `--tls-ca`: the user must exist (no password is asked); counted,
+    /// slowed down after failures and audited like a password login.
+    pub async fn authenticate_certificate(
+        &self,
+        user: &str,
+        peer: IpAddr,
+    ) -> Result<Principal, AuthError> {
+        let penalty = self.penalty(peer);
+        if !penalty.is_zero() {
+            tokio::time::sleep(penalty).await;
+        }
+        let record = self.read_users().get(user).cloned();
+        let result = match record {
+            None => Err(AuthError::UnknownCertificateUser),
+            Some(record) if record.loopback_only && !peer.is_loopback() => {
+                Err(AuthError::LoopbackOnly(user.to_string()))
+            }
+            Some(record) => Ok(Principal {
+                user: Arc::from(user),
+                tags: record.tags,
+            }),
+        };
+        self.record(&result, user, peer, "certificate");
+        if result.is_ok() {
+            tracing::info!(target: "audit", event = "authenticated", user, %peer, method = "certificate", "authenticated by client certificate");
+        }
+        result
+    }
+
+    /// A login's outcome in the counters, the failures per address and the audit log.
+    fn record(
+        &self,
+        result: &Result<Principal, AuthError>,
+        user: &str,
+        peer: IpAddr,
+        method: &str,
+    ) {
+        match result {
             Ok(_) => {
                 self.stats.successes.fetch_add(1, Ordering::Relaxed);
                 self.lock_failures().remove(&peer);
@@ -133,10 +186,9 @@ impl Authenticator {
                 });
                 entry.count = entry.count.saturating_add(1);
                 entry.last = Instant::now();
-                tracing::warn!(target: "audit", event = "authentication_failed", user, %peer, reason = %e, "authentication failed");
+                tracing::warn!(target: "audit", event = "authentication_failed", user, %peer, method, reason = %e, "authentication failed");
             }
         }
-        result
     }
 
     async fn check(
@@ -401,6 +453,29 @@ mod tests {
         assert!(auth.authenticate("ann", "pw", loopback()).await.is_err());
         assert!(auth.authenticate("ann", "new", loopback()).await.is_ok());
         assert!(auth.authenticate("ann", "new", loopback()).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn certificate_logins_need_an_existing_user_and_count_failures() {
+        let auth = Authenticator::new([default_user(), UserRecord::new("app", "pw", vec![])]);
+        let app = auth
+            .authenticate_certificate("app", loopback())
+            .await
+            .unwrap();
+        assert_eq!(&*app.user, "app");
+        assert_eq!(
+            auth.authenticate_certificate("nobody", loopback()).await,
+            Err(AuthError::UnknownCertificateUser)
+        );
+        // guest stays loopback-only with a certificate too.
+        let remote: IpAddr = "10.1.2.3".parse().unwrap();
+        assert_eq!(
+            auth.authenticate_certificate("guest", remote).await,
+            Err(AuthError::LoopbackOnly("guest".into()))
+        );
+        assert_eq!(auth.stats.successes.load(Ordering::Relaxed), 1);
+        assert_eq!(auth.stats.failures.load(Ordering::Relaxed), 2);
+        assert_eq!(auth.penalty(loopback()), FIRST_PENALTY);
     }
 
     #[test]

@@ -75,6 +75,17 @@ pub struct ServeArgs {
     /// Default: its own address (and localhost:PORT on loopback).
     #[arg(long = "http-allowed-host")]
     http_allowed_hosts: Vec<String>,
+    /// TLS: the server's certificate chain (PEM). With --tls-key, the WebSocket listener
+    /// speaks only `wss://` and the management listener only `https://`.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS: the private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// TLS: CA certificates (PEM) whose client certificates log in as the user their
+    /// subject CN names (no password); clients without a certificate log in as before.
+    #[arg(long, requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -101,10 +112,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.http = (!args.no_http).then_some(args.http);
     config.allowed_origins = args.allowed_origins;
     config.http_allowed_hosts = args.http_allowed_hosts;
+    config.tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(broker::server::TlsConfig {
+            cert,
+            key,
+            client_ca: args.tls_ca,
+        }),
+        _ => None,
+    };
     let broker = Broker::start(config).await.context("starting the broker")?;
     // Scripts and tests read this line to learn the addresses (e.g. with --listen ...:0).
-    let http = match broker.http_addr() {
-        Some(addr) => format!(", management on http://{addr}/"),
+    let http = match broker.http_url() {
+        Some(url) => format!(", management on {url}"),
         None => String::new(),
     };
     println!(

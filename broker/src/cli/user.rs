@@ -1,7 +1,6 @@
 //! `broker user add NAME PASSWORD [--tag T]...`, `delete NAME`, `list`, `passwd NAME PASSWORD`,
 //! `limits NAME [--max-connections N]`.
 
-use broker::Client;
 use broker::auth::Tag;
 use clap::Subcommand;
 
@@ -56,17 +55,17 @@ pub async fn run(command: User) -> anyhow::Result<()> {
             tags,
             server,
         } => {
-            let client = Client::connect(&server.url()).await?;
+            let client = server.connect().await?;
             client.add_user(&name, &new_password, &tags).await?;
             println!("user {name} stored");
         }
         User::Delete { name, server } => {
-            let client = Client::connect(&server.url()).await?;
+            let client = server.connect().await?;
             client.delete_user(&name).await?;
             println!("user {name} deleted");
         }
         User::List(server) => {
-            let client = Client::connect(&server.url()).await?;
+            let client = server.connect().await?;
             let users = client.list_users().await?;
             let width = users.iter().map(|u| u.user.len()).max().unwrap_or(4).max(4);
             println!("{:width$}  TAGS", "USER");
@@ -86,7 +85,7 @@ pub async fn run(command: User) -> anyhow::Result<()> {
             max_connections,
             server,
         } => {
-            let client = Client::connect(&server.url()).await?;
+            let client = server.connect().await?;
             client.set_user_limits(&name, max_connections).await?;
             match max_connections {
                 Some(n) => println!("user {name} may have {n} connections"),
@@ -98,7 +97,7 @@ pub async fn run(command: User) -> anyhow::Result<()> {
             new_password,
             server,
         } => {
-            let client = Client::connect(&server.url()).await?;
+            let client = server.connect().await?;
             client.change_password(&name, &new_password).await?;
             println!("password of {name} changed");
         }

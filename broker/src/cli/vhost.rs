@@ -1,7 +1,6 @@
 //! `broker vhost add|delete|list` and `broker permissions set|clear|list`, as
 //! `rabbitmqctl add_vhost` / `set_permissions` do.
 
-use broker::Client;
 use broker::protocol::SetPermissions;
 use clap::Subcommand;
 
@@ -68,21 +67,15 @@ pub enum Permissions {
 pub async fn run_vhost(command: Vhost) -> anyhow::Result<()> {
     match command {
         Vhost::Add { name, server } => {
-            Client::connect(&server.url())
-                .await?
-                .add_vhost(&name)
-                .await?;
+            server.connect().await?.add_vhost(&name).await?;
             println!("vhost {name} added");
         }
         Vhost::Delete { name, server } => {
-            Client::connect(&server.url())
-                .await?
-                .delete_vhost(&name)
-                .await?;
+            server.connect().await?.delete_vhost(&name).await?;
             println!("vhost {name} deleted");
         }
         Vhost::List { server } => {
-            for vhost in Client::connect(&server.url()).await?.list_vhosts().await? {
+            for vhost in server.connect().await?.list_vhosts().await? {
                 println!("{vhost}");
             }
         }
@@ -101,7 +94,7 @@ pub async fn run_permissions(command: Permissions) -> anyhow::Result<()> {
             plugin,
             server,
         } => {
-            let client = Client::connect(&server.url()).await?;
+            let client = server.connect().await?;
             client
                 .set_permissions(SetPermissions {
                     user: user.clone(),
@@ -119,15 +112,12 @@ pub async fn run_permissions(command: Permissions) -> anyhow::Result<()> {
             in_vhost: vhost,
             server,
         } => {
-            let client = Client::connect(&server.url()).await?;
+            let client = server.connect().await?;
             client.clear_permissions(&user, &vhost).await?;
             println!("permissions of {user} in {vhost} cleared");
         }
         Permissions::List { server } => {
-            let rows = Client::connect(&server.url())
-                .await?
-                .list_permissions()
-                .await?;
+            let rows = server.connect().await?.list_permissions().await?;
             let user_width = rows.iter().map(|p| p.user.len()).max().unwrap_or(4).max(4);
             let vhost_width = rows.iter().map(|p| p.vhost.len()).max().unwrap_or(5).max(5);
             println!(

@@ -36,6 +36,8 @@ use crate::store::WriterStats;
 
 /// Simultaneous HTTP connections; more wait to be accepted.
 const MAX_HTTP_CONNECTIONS: usize = 256;
+/// How long a client may take to send a request head (and, with TLS, the handshake).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request body (the API's bodies are tiny JSON objects).
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
@@ -53,6 +55,8 @@ pub struct HttpState {
     pub auth: Arc<crate::auth::Authenticator>,
     /// `Host` values the listener answers to.
     pub allowed_hosts: Vec<String>,
+    /// `https://` only, when set.
+    pub tls: Option<crate::server::tls::TlsSetup>,
 }
 
 /// Serves HTTP on `listener` until `shutdown` turns true.
@@ -81,10 +85,25 @@ pub async fn serve(
         let state = state.clone();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
+            // The TLS handshake, bounded like the request head.
+            let handshake = crate::server::tls::accept(state.tls.as_ref(), stream);
+            let stream = match tokio::time::timeout(HEADER_READ_TIMEOUT, handshake).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    if crate::server::tls::is_certificate_error(&e) {
+                        tracing::warn!(target: "audit", event = "certificate_refused", %peer, error = %e, "HTTPS handshake refused: client certificate");
+                    }
+                    return;
+                }
+                Err(_) => return,
+            };
+            let certified: Option<Arc<str>> = stream.client_user().map(Arc::from);
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
+                let certified = certified.clone();
                 async move {
-                    let mut response = match access::admit(&state, &req, peer).await {
+                    let admitted = access::admit(&state, &req, peer, certified.as_deref()).await;
+                    let mut response = match admitted {
                         Ok(user) => handle(&state, req, &Caller { user, peer }).await,
                         Err(refused) => refused,
                     };
@@ -94,7 +113,7 @@ pub async fn serve(
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use futures_util::SinkExt;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
@@ -23,7 +22,8 @@ use crate::vhost::LocalNames;
 /// writer flushes as soon as its channel is empty.
 const MAX_FRAMES_PER_FLUSH: usize = 256;
 
-pub(super) type WsSink = futures_util::stream::SplitSink<WebSocketStream<TcpStream>, WsMessage>;
+pub(super) type WsSink =
+    futures_util::stream::SplitSink<WebSocketStream<super::tls::MaybeTls>, WsMessage>;
 
 /// Writes until the channel closes (the router and the reader dropped their senders) or
 /// the socket fails; then sends a close frame.

@@ -29,6 +29,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use super::conn_writer::write_loop;
 use super::gate::{Admitted, Gate};
 use super::login::{login, user_change};
+use super::tls::{self, MaybeTls, TlsSetup};
 use crate::auth::Principal;
 use crate::protocol::{
     BINARY_SUBPROTOCOL, Encoding, ErrorCode, Op, ParseError, Request, RequestId, ServerFrame,
@@ -60,6 +61,8 @@ pub(super) struct Connection {
     pub gate: Arc<Gate>,
     /// The vhost it logged in to (its requests' names are that vhost's).
     pub vhost: Arc<str>,
+    /// The listener's TLS, when it has it: the handshake comes before the WebSocket one.
+    pub tls: Option<TlsSetup>,
     pub limits: ConnLimits,
     pub flow: FlowControl,
     pub shutdown: watch::Receiver<bool>,
@@ -108,10 +111,10 @@ impl fmt::Display for Ended {
     }
 }
 
-type WsSource = futures_util::stream::SplitStream<WebSocketStream<TcpStream>>;
+type WsSource = futures_util::stream::SplitStream<WebSocketStream<MaybeTls>>;
 
 /// An accepted WebSocket, its encoding, and the upgrade request's credentials and vhost.
-type Upgraded = (WebSocketStream<TcpStream>, Encoding, Admitted);
+type Upgraded = (WebSocketStream<MaybeTls>, Encoding, Admitted);
 
 impl Connection {
     pub async fn run(mut self, stream: TcpStream) {
@@ -177,9 +180,21 @@ impl Connection {
         }
     }
 
-    /// The WebSocket upgrade (refused for a browser origin not allowed), negotiating the
+    /// The TLS handshake when the listener has TLS (a plaintext client fails it), then the
+    /// WebSocket upgrade (refused for a browser origin not allowed), negotiating the
     /// binary encoding when the client offers it; returns the request's credentials too.
     async fn handshake(&self, stream: TcpStream) -> Option<Upgraded> {
+        let stream = match tls::accept(self.tls.as_ref(), stream).await {
+            Ok(stream) => stream,
+            Err(e) if tls::is_certificate_error(&e) => {
+                tracing::warn!(target: "audit", event = "certificate_refused", peer = %self.peer, error = %e, "TLS handshake refused: client certificate");
+                return None;
+            }
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+                return None;
+            }
+        };
         // Frames up to twice the limit are read and answered with `frame_too_large`;
         // beyond that the WebSocket layer drops the connection without buffering it all.
         let max = self.limits.max_frame_bytes.saturating_mul(2);

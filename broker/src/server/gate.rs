@@ -96,14 +96,15 @@ fn refuse(status: StatusCode, text: String) -> ErrorResponse {
 }
 
 /// The origins of the management page on `http` (its address as given, and `localhost`
-/// for a loopback address): the default `--allowed-origin`.
-pub fn management_origins(http: Option<std::net::SocketAddr>) -> Vec<String> {
+/// for a loopback address; `https` with TLS): the default `--allowed-origin`.
+pub fn management_origins(http: Option<std::net::SocketAddr>, tls: bool) -> Vec<String> {
     let Some(addr) = http else {
         return Vec::new();
     };
-    let mut origins = vec![format!("http://{addr}")];
+    let scheme = if tls { "https" } else { "http" };
+    let mut origins = vec![format!("{scheme}://{addr}")];
     if addr.ip().is_loopback() {
-        origins.push(format!("http://localhost:{}", addr.port()));
+        origins.push(format!("{scheme}://localhost:{}", addr.port()));
     }
     origins
 }

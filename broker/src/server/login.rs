@@ -5,28 +5,55 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::gate::Gate;
+use super::tls::MaybeTls;
 use crate::auth::{AuthError, Principal, UserRecord, hash_password};
 use crate::protocol::{
     ErrorCode, Op, Request, RequestId, ServerFrame, encode_server_frame, parse_request,
 };
 use crate::router::UserChange;
 
-/// Logs the connection in: with the upgrade request's credentials, or else with the
-/// first `authenticate` request (other requests are refused until then). `None` when it
-/// did not authenticate in time, or failed (the connection is then closed).
+/// Logs the connection in: as the user its verified client certificate names, else with
+/// the upgrade request's credentials, or else with the first `authenticate` request
+/// (other requests are refused until then). `None` when it did not authenticate in time,
+/// or failed (the connection is then closed).
 pub(super) async fn login(
-    ws: &mut WebSocketStream<TcpStream>,
+    ws: &mut WebSocketStream<MaybeTls>,
     gate: &Gate,
     peer: SocketAddr,
     credentials: Option<(String, String)>,
     vhost: &str,
     within: Duration,
 ) -> Option<Principal> {
+    if let Some(certified) = ws.get_ref().client_user() {
+        // Credentials sent alongside must not name someone else (they are not checked:
+        // the certificate is the proof).
+        let result = match credentials {
+            Some((user, _)) if user != certified => {
+                tracing::warn!(target: "audit", event = "authentication_failed", user = %certified, %peer, method = "certificate", credentials_user = %user, "authentication failed: credentials for another user");
+                Err(AuthError::CertificateMismatch {
+                    certificate: certified,
+                    credentials: user,
+                })
+            }
+            _ => {
+                gate.auth
+                    .authenticate_certificate(&certified, peer.ip())
+                    .await
+            }
+        };
+        let result = result.and_then(|p| gate.auth.open_vhost(&p, vhost).map(|_| p));
+        return match result {
+            Ok(principal) => Some(principal),
+            Err(e) => {
+                refuse(ws, None, &e).await;
+                None
+            }
+        };
+    }
     if let Some((user, password)) = credentials {
         let login = gate.auth.authenticate(&user, &password, peer.ip()).await;
         return match login.and_then(|p| gate.auth.open_vhost(&p, vhost).map(|_| p)) {
@@ -91,14 +118,14 @@ fn not_yet(id: Option<RequestId>) -> ServerFrame {
     )
 }
 
-async fn reply(ws: &mut WebSocketStream<TcpStream>, frame: ServerFrame) {
+async fn reply(ws: &mut WebSocketStream<MaybeTls>, frame: ServerFrame) {
     let _ = ws
         .send(WsMessage::Text(encode_server_frame(&frame).into()))
         .await;
 }
 
 /// Answers a failed login with `access_refused` and closes the connection.
-async fn refuse(ws: &mut WebSocketStream<TcpStream>, id: Option<RequestId>, e: &AuthError) {
+async fn refuse(ws: &mut WebSocketStream<MaybeTls>, id: Option<RequestId>, e: &AuthError) {
     reply(
         ws,
         ServerFrame::error(id, ErrorCode::AccessRefused, e.to_string()),
