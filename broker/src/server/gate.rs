@@ -74,3 +74,22 @@ pub fn management_origins(http: Option<std::net::SocketAddr>, tls: bool) -> Vec<
     }
     origins
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_origin_follows_the_listener_scheme() {
+        let addr = "127.0.0.1:6790".parse().ok();
+        assert_eq!(
+            management_origins(addr, false),
+            ["http://127.0.0.1:6790", "http://localhost:6790"]
+        );
+        assert_eq!(
+            management_origins(addr, true),
+            ["https://127.0.0.1:6790", "https://localhost:6790"]
+        );
+        assert!(management_origins(None, true).is_empty());
+    }
+}
