@@ -17,6 +17,7 @@ pub mod queue;
 pub mod router;
 pub mod server;
 pub mod store;
+pub mod vhost;
 
 pub use client::{Client, ClientError, ClientTls, ConnectOptions, QueueOptions, Subscription};
 pub use message::{Headers, Message, Properties};

@@ -9,7 +9,8 @@ use clap::{Args, Subcommand};
 
 use super::{DEFAULT_SERVER, parse_key_value, to_headers};
 
-/// Where the broker is and who to log in as.
+// Where the broker is and who to log in as. (A `///` comment here would become the help
+// text of every subcommand that flattens it.)
 #[derive(Args)]
 pub struct ServerArg {
     /// The broker's URL; may carry credentials: `ws://user:password@host:port`
@@ -27,6 +28,9 @@ pub struct ServerArg {
         hide_env_values = true
     )]
     password: Option<String>,
+    /// Virtual host to work in (default: the URL's path, else `/`).
+    #[arg(long, env = "BROKER_VHOST")]
+    vhost: Option<String>,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -68,8 +72,16 @@ impl ServerArg {
         Ok(Client::connect_with(&self.url(), options).await?)
     }
 
-    /// The URL to connect to, with --user / --password in it when given.
+    /// The URL to connect to, with --user / --password / --vhost in it when given.
     pub fn url(&self) -> String {
+        let url = self.url_with_user();
+        match &self.vhost {
+            Some(vhost) => broker::client::credentials::with_vhost(&url, vhost),
+            None => url,
+        }
+    }
+
+    fn url_with_user(&self) -> String {
         let Some(user) = &self.user else {
             return self.server.clone();
         };
@@ -150,6 +162,15 @@ pub enum Plugin {
     /// Lift quarantine for every exchange of a plugin (each restarts at its next message).
     Reset {
         name: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Delete stored versions of a plugin but the newest N (the active version and the
+    /// one before it are always kept).
+    Prune {
+        name: String,
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        keep: u64,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -431,6 +452,29 @@ pub async fn plugin(what: Plugin) -> anyhow::Result<()> {
             let client = server.connect().await?;
             let v = client.rollback_plugin(&name, to).await?;
             println!("plugin {name} rolled back to version {}", v["version"]);
+            client.close().await;
+        }
+        Plugin::Prune { name, keep, server } => {
+            let client = server.connect().await?;
+            let v = client.prune_plugin(&name, keep).await?;
+            let list = |key: &str| -> String {
+                let versions: Vec<String> = v[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|x| x.to_string())
+                    .collect();
+                if versions.is_empty() {
+                    "none".into()
+                } else {
+                    versions.join(", ")
+                }
+            };
+            println!(
+                "plugin {name}: deleted versions {}; kept {}",
+                list("pruned"),
+                list("kept")
+            );
             client.close().await;
         }
         Plugin::Reset { name, server } => {

@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// confirm); past this the broker stops reading that connection until answers go out.
     #[arg(long, default_value_t = Config::DEFAULT_MAX_UNCONFIRMED as u64, value_parser = clap::value_parser!(u64).range(1..))]
     max_unconfirmed: u64,
+    /// Stored versions kept per plugin: after each deploy older ones are deleted (never
+    /// the active version or the one before it). Default: all are kept.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    keep_plugin_versions: Option<u64>,
     /// Resident memory past which publishing connections are blocked until it falls
     /// (memory alarm): a share of the machine's memory (`0.4`) or a size (`512MiB`).
     #[arg(long, default_value = "0.4", value_parser = MemoryWatermark::parse)]
@@ -100,6 +104,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.first_request_timeout = Duration::from_secs_f64(args.first_request_timeout);
     config.heartbeat = (args.heartbeat > 0.0).then(|| Duration::from_secs_f64(args.heartbeat));
     config.max_unconfirmed = args.max_unconfirmed as usize;
+    config.keep_plugin_versions = args.keep_plugin_versions;
     config.memory_high_watermark = args.memory_high_watermark;
     config.max_frame_bytes = args.max_frame_bytes;
     config.plugins_dir = args.plugins_dir;

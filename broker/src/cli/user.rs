@@ -1,4 +1,5 @@
-//! `broker user add NAME PASSWORD [--tag T]...`, `delete NAME`, `list`, `passwd NAME PASSWORD`.
+//! `broker user add NAME PASSWORD [--tag T]...`, `delete NAME`, `list`, `passwd NAME PASSWORD`,
+//! `limits NAME [--max-connections N]`.
 
 use broker::auth::Tag;
 use clap::Subcommand;
@@ -26,6 +27,15 @@ pub enum User {
     },
     /// List users and their tags.
     List(ServerArg),
+    /// Set a user's limits; a limit not given is lifted.
+    Limits {
+        name: String,
+        /// Connections the user may have open at once, over every protocol.
+        #[arg(long)]
+        max_connections: Option<u32>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
     /// Set a user's password.
     Passwd {
         name: String,
@@ -64,7 +74,22 @@ pub async fn run(command: User) -> anyhow::Result<()> {
                 if user.loopback_only {
                     tags.push("(loopback only)".into());
                 }
+                if let Some(n) = user.max_connections {
+                    tags.push(format!("(max {n} connections)"));
+                }
                 println!("{:width$}  {}", user.user, tags.join(" "));
+            }
+        }
+        User::Limits {
+            name,
+            max_connections,
+            server,
+        } => {
+            let client = server.connect().await?;
+            client.set_user_limits(&name, max_connections).await?;
+            match max_connections {
+                Some(n) => println!("user {name} may have {n} connections"),
+                None => println!("user {name} has no connection limit"),
             }
         }
         User::Passwd {

@@ -42,6 +42,18 @@ pub fn basic_header(user: &str, password: &str) -> String {
     format!("Basic {encoded}")
 }
 
+/// `url` with its path naming `vhost` (as in AMQP URIs: `ws://host:port/prod`; the
+/// default vhost `/` is the empty path).
+pub fn with_vhost(url: &str, vhost: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("ws", url));
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    if vhost == crate::vhost::DEFAULT_VHOST {
+        format!("{scheme}://{authority}/")
+    } else {
+        format!("{scheme}://{authority}/{}", percent_encode(vhost))
+    }
+}
+
 /// `user:password@` for a URL, percent-encoding what a URL's user info cannot hold.
 pub fn userinfo(user: &str, password: &str) -> String {
     format!("{}:{}@", percent_encode(user), percent_encode(password))

@@ -16,6 +16,7 @@ pub mod credentials;
 mod incoming;
 pub mod tls;
 mod users;
+mod vhosts;
 
 pub use tls::ClientTls;
 
@@ -71,6 +72,8 @@ struct Pending {
 #[derive(Default)]
 struct Shared {
     pending: Mutex<HashMap<u64, Pending>>,
+    /// Set when the connection is gone: requests made after that fail at once.
+    closed: AtomicBool,
     consumers: Mutex<HashMap<String, mpsc::UnboundedSender<Delivery>>>,
     /// The broker's last word on flow control: `Some(reason)` while it blocks this
     /// connection's publishes.
@@ -250,6 +253,7 @@ impl Client {
                 }
             }
             // Wake every waiter: the connection is gone.
+            reader_shared.closed.store(true, Ordering::SeqCst);
             for (_, pending) in reader_shared.pending.lock().unwrap().drain() {
                 let _ = pending.reply.send(Err(ClientError::Closed));
             }
@@ -290,7 +294,11 @@ impl Client {
             self.shared.pending.lock().unwrap().insert(id, pending);
             rx
         });
-        let sent = self.out.send(item).is_ok();
+        // After the reader's last drain nobody would answer: fail now instead.
+        if self.shared.closed.load(Ordering::SeqCst) {
+            self.shared.pending.lock().unwrap().remove(&id);
+        }
+        let sent = !self.shared.closed.load(Ordering::SeqCst) && self.out.send(item).is_ok();
         async move {
             if !sent {
                 return Err(ClientError::Closed);
@@ -575,6 +583,20 @@ impl Client {
         let op = Op::RollbackPlugin {
             name: name.to_owned(),
             version,
+        };
+        self.send(op, None, true).await
+    }
+
+    /// Deletes the stored versions of plugin `name` but the newest `keep` (and the active
+    /// one and the one before it); the result lists `pruned` and `kept` versions.
+    pub async fn prune_plugin(
+        &self,
+        name: &str,
+        keep: u64,
+    ) -> Result<serde_json::Value, ClientError> {
+        let op = Op::PrunePlugin {
+            name: name.to_owned(),
+            keep,
         };
         self.send(op, None, true).await
     }

@@ -25,6 +25,7 @@ pub(super) async fn login(
     gate: &Gate,
     peer: SocketAddr,
     credentials: Option<(String, String)>,
+    vhost: &str,
     within: Duration,
 ) -> Option<Principal> {
     if let Some(certified) = ws.get_ref().client_user() {
@@ -44,6 +45,7 @@ pub(super) async fn login(
                     .await
             }
         };
+        let result = result.and_then(|p| gate.auth.open_vhost(&p, vhost).map(|_| p));
         return match result {
             Ok(principal) => Some(principal),
             Err(e) => {
@@ -53,7 +55,8 @@ pub(super) async fn login(
         };
     }
     if let Some((user, password)) = credentials {
-        return match gate.auth.authenticate(&user, &password, peer.ip()).await {
+        let login = gate.auth.authenticate(&user, &password, peer.ip()).await;
+        return match login.and_then(|p| gate.auth.open_vhost(&p, vhost).map(|_| p)) {
             Ok(principal) => Some(principal),
             Err(e) => {
                 refuse(ws, None, &e).await;
@@ -88,11 +91,11 @@ pub(super) async fn login(
             reply(ws, not_yet(Some(id))).await;
             continue;
         };
-        match gate
+        let login = gate
             .auth
             .authenticate(&username, &password, peer.ip())
-            .await
-        {
+            .await;
+        match login.and_then(|p| gate.auth.open_vhost(&p, vhost).map(|_| p)) {
             Ok(principal) => {
                 let result = serde_json::json!({ "user": username });
                 reply(ws, ServerFrame::Ok { id, result }).await;
@@ -164,7 +167,8 @@ pub(super) async fn user_change(
                     .as_ref()
                     .map(|u| u.limits.clone())
                     .unwrap_or_default(),
-                loopback_only: existing.is_some_and(|u| u.loopback_only),
+                loopback_only: existing.as_ref().is_some_and(|u| u.loopback_only),
+                permissions: existing.map(|u| u.permissions).unwrap_or_default(),
             };
             Ok(UserChange::Put(record))
         }

@@ -80,6 +80,9 @@ pub struct Config {
     /// `Host` header values the management HTTP listener answers to (defeats DNS
     /// rebinding); empty: its own address, and `localhost:PORT` on loopback.
     pub http_allowed_hosts: Vec<String>,
+    /// Stored versions kept per plugin after each deploy (older ones are deleted, but
+    /// never the active one or the one before it); `None`: all.
+    pub keep_plugin_versions: Option<u64>,
     /// TLS for the WebSocket and the HTTP listener: when set, both accept TLS only (a
     /// plaintext client fails the handshake) and, with a client CA, log in clients by
     /// their certificate's CN.
@@ -122,6 +125,7 @@ impl Config {
             http: None,
             allowed_origins: Vec::new(),
             http_allowed_hosts: Vec::new(),
+            keep_plugin_versions: None,
             tls: None,
             inject_connection_panics: false,
         }
@@ -214,6 +218,13 @@ impl Broker {
                 compiled.ops.push(StoreOp::PutUser(guest.clone()));
                 recovered.users.push(guest);
             }
+            if recovered.vhosts.is_empty() {
+                // A fresh install, or a data dir from before vhosts: its resources are
+                // the default vhost's (see `crate::vhost`).
+                let default = crate::vhost::DEFAULT_VHOST.to_string();
+                compiled.ops.push(StoreOp::PutVhost(default.clone()));
+                recovered.vhosts.push(default);
+            }
             writer.submit(compiled);
             Ok::<_, StartError>((recovered, writer, host))
         })
@@ -240,8 +251,15 @@ impl Broker {
             None => None,
         };
         let store_stats = writer.stats();
-        let auth = crate::auth::Authenticator::new(recovered.users.clone());
-        let router = Router::spawn(recovered, writer, plugins.clone(), auth.clone());
+        let auth =
+            crate::auth::Authenticator::new(recovered.users.clone(), recovered.vhosts.clone());
+        let router = Router::spawn(
+            recovered,
+            writer,
+            plugins.clone(),
+            auth.clone(),
+            config.keep_plugin_versions,
+        );
         let store = store_stats.clone();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let memory = Arc::new(MemoryStats::default());
@@ -476,6 +494,7 @@ async fn accept_loop(
             id: conn,
             peer,
             router: router.clone(),
+            vhost: crate::vhost::DEFAULT_VHOST.into(),
             gate: entry.gate.clone(),
             tls: entry.tls.clone(),
             limits,
