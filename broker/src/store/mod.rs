@@ -5,12 +5,16 @@
 //! which batches everyone's operations into one write transaction per commit (group
 //! commit) and reports each commit to its waiters.
 
+mod check;
 mod error;
 mod gather;
+#[doc(hidden)]
+pub mod power_cut;
 mod reader;
 mod writer;
 
-pub use error::{CommitError, OpenError, ReadError};
+pub use check::{CheckError, CheckReport, check};
+pub use error::{CommitError, Damage, OpenError, ReadError};
 pub use reader::StoreReader;
 pub use writer::{Completion, StoreOp, StoreWriter, WriteBatch, WriterSnapshot, WriterStats};
 
@@ -140,6 +144,10 @@ pub struct Recovered {
     pub users: Vec<crate::auth::UserRecord>,
 }
 
+/// Makes the storage a broker opens instead of its data directory's file: tests' simulated
+/// disks ([`power_cut`]). Called once per start.
+pub type BackendFactory = Arc<dyn Fn() -> Box<dyn redb::StorageBackend> + Send + Sync>;
+
 /// Opens (or creates) the database in `data_dir`, reads what to recover, and starts the
 /// writer thread. Of each queue's ready messages, the first `in_memory(queue)` are read
 /// whole; the bodies of the rest stay on disk.
@@ -147,18 +155,90 @@ pub fn open(
     data_dir: &Path,
     in_memory: impl Fn(&QueueRecord) -> usize,
 ) -> Result<(Recovered, StoreWriter), OpenError> {
+    open_with(data_dir, None, in_memory)
+}
+
+/// [`open`] on `backend` instead of the data directory's file when one is given (tests).
+///
+/// Every page of the database is checked against its checksum on open (redb's integrity
+/// check): a plain open trusts a cleanly closed file, so a flipped bit would be served (or
+/// panic redb). A damaged file is refused with an error naming it.
+pub fn open_with(
+    data_dir: &Path,
+    backend: Option<Box<dyn redb::StorageBackend>>,
+    in_memory: impl Fn(&QueueRecord) -> usize,
+) -> Result<(Recovered, StoreWriter), OpenError> {
     std::fs::create_dir_all(data_dir).map_err(|source| OpenError::DataDir {
         path: data_dir.to_owned(),
         source,
     })?;
     let path = data_dir.join(DB_FILE);
-    let db = redb::Builder::new()
-        .set_cache_size(CACHE_BYTES)
-        .create(&path)
-        .map_err(|source| OpenError::Database { path, source })?;
-    create_tables(&db)?;
-    let recovered = recover(&db, in_memory)?;
+    let (db, recovered) = open_and_recover(&path, backend, in_memory)?;
     Ok((recovered, StoreWriter::start(Arc::new(db))))
+}
+
+/// Opens the database (checking it) and reads everything to recover. redb may panic on a
+/// damaged file where its checks do not reach: that is reported as damage too.
+pub(crate) fn open_and_recover(
+    path: &Path,
+    backend: Option<Box<dyn redb::StorageBackend>>,
+    in_memory: impl Fn(&QueueRecord) -> usize,
+) -> Result<(Database, Recovered), OpenError> {
+    let damaged = |damage| OpenError::Damaged {
+        path: path.to_owned(),
+        damage,
+    };
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut builder = redb::Builder::new();
+        builder
+            .set_cache_size(CACHE_BYTES)
+            .set_check_integrity_on_open(true);
+        let db = match backend {
+            None => builder.create(path),
+            Some(backend) => builder.create_with_backend(DynBackend(backend)),
+        }
+        .map_err(|source| OpenError::Database {
+            path: path.to_owned(),
+            source,
+        })?;
+        create_tables(&db).map_err(|e| damaged(Damage::Read(e)))?;
+        let recovered = recover(&db, in_memory).map_err(damaged)?;
+        Ok((db, recovered))
+    }));
+    opened.unwrap_or_else(|panic| Err(damaged(Damage::Panicked(panic_message(&*panic)))))
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// A boxed backend as a backend (redb takes `impl StorageBackend`).
+#[derive(Debug)]
+struct DynBackend(Box<dyn redb::StorageBackend>);
+
+impl redb::StorageBackend for DynBackend {
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.0.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.0.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.0.write(offset, data)
+    }
+    fn close(&self) -> std::io::Result<()> {
+        self.0.close()
+    }
 }
 
 fn create_tables(db: &Database) -> Result<(), redb::Error> {
@@ -178,14 +258,11 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
     Ok(())
 }
 
-fn corrupt(table: &'static str) -> impl Fn(String) -> OpenError {
-    move |reason| OpenError::Corrupt { table, reason }
+fn corrupt(table: &'static str) -> impl Fn(String) -> Damage {
+    move |reason| Damage::Corrupt { table, reason }
 }
 
-fn recover(
-    db: &Database,
-    in_memory: impl Fn(&QueueRecord) -> usize,
-) -> Result<Recovered, OpenError> {
+fn recover(db: &Database, in_memory: impl Fn(&QueueRecord) -> usize) -> Result<Recovered, Damage> {
     let txn = db.begin_read()?;
     let messages = txn.open_table(MESSAGES)?;
     let deliveries = txn.open_table(ENTRY_STATE)?;
@@ -304,6 +381,9 @@ fn decode_entry(bytes: &[u8]) -> Result<(u64, Message), String> {
         .ok_or("stored entry shorter than its enqueue time")?;
     Ok((u64::from_le_bytes(*time), decode_stored(rest)?))
 }
+
+#[cfg(test)]
+mod integrity_tests;
 
 #[cfg(test)]
 mod tests {
