@@ -11,7 +11,7 @@
 //! random write, sync or file growth, sometimes during the startup's own recovery. Every
 //! cut image also passes `broker check` (`store::check`): a power cut is never damage.
 //!
-//! `POWER_CUT_SEED` (a number or `random`) and `POWER_CUT_POINTS` (default 240) make a
+//! `POWER_CUT_SEED` (a number or `random`) and `POWER_CUT_POINTS` (default 300) make a
 //! longer run: `POWER_CUT_SEED=random POWER_CUT_POINTS=5000 cargo test -p broker --test
 //! power_cut -- --nocapture`.
 
@@ -23,12 +23,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use broker::protocol::Delivery;
-use broker::store::power_cut::{CutAt, PowerCutDisk, Tear};
+use broker::store::power_cut::{CutAt, DiskStats, PowerCutDisk, Tear};
 use broker::{Broker, Client, Config, QueueOptions, Subscription};
 use model::{DLQ, Expected, IN_DLQ, IN_QUEUE, QUEUE, Tally};
 use serde_json::json;
 
-const DEFAULT_POINTS: u64 = 240;
+const DEFAULT_POINTS: u64 = 300;
 /// Bound on anything the test waits for (a broker that hangs fails the test).
 const WAIT: Duration = Duration::from_secs(20);
 const PLUGIN: &str = "router";
@@ -56,6 +56,13 @@ async fn start(dir: &std::path::Path, disk: &PowerCutDisk) -> Result<Broker, Str
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.heartbeat = None;
     config.max_frame_bytes = common::FRAME_LIMIT;
+    // A host of its own without the bundled exchange types (the workload needs only the
+    // default exchange and its deployed plugin): starting is then mostly recovery.
+    let limits = broker::plugin::Limits {
+        pooled_instances: None,
+        ..Default::default()
+    };
+    config.plugins = Some(broker::plugin::PluginHost::new(limits).unwrap());
     let disk = disk.clone();
     config.storage_backend = Some(Arc::new(move || Box::new(disk.backend())));
     tokio::time::timeout(WAIT, Broker::start(config))
@@ -147,14 +154,24 @@ struct Plan {
     during_recovery: bool,
 }
 
-/// What one cycle's broker did before its cut, to aim the next cuts.
-#[derive(Debug, Default, Clone, Copy)]
+/// How much I/O a cycle does, typically (a moving average over cycles that ran to the
+/// end of their work), to aim the next cuts inside it.
+#[derive(Debug, Clone, Copy)]
 struct Span {
     startup_ops: u64,
+    startup_syncs: u64,
     ops: u64,
     syncs: u64,
-    startup_syncs: u64,
-    growths: u64,
+}
+
+impl Span {
+    fn learn(&mut self, started: DiskStats, whole: DiskStats) {
+        let average = |old: u64, new: u64| (old * 3 + new).div_ceil(4);
+        self.startup_ops = average(self.startup_ops, started.ops);
+        self.startup_syncs = average(self.startup_syncs, started.syncs);
+        self.ops = average(self.ops, whole.ops);
+        self.syncs = average(self.syncs, whole.syncs);
+    }
 }
 
 fn plan(rng: &mut fastrand::Rng, span: &Span) -> Plan {
@@ -163,36 +180,70 @@ fn plan(rng: &mut fastrand::Rng, span: &Span) -> Plan {
         1 => Tear::TearLast,
         _ => Tear::Scramble,
     };
+    // A little past the typical end, so that some cuts come after the work.
+    let reach = |n: u64| n + n / 8 + 1;
     let (at, during_recovery) = match rng.u8(..20) {
         0..=2 => (CutAt::Op(rng.u64(..span.startup_ops.max(1))), true),
-        3..=9 => (CutAt::Op(rng.u64(span.startup_ops..reach(span.ops))), false),
-        10..=16 => (
-            CutAt::Sync(rng.u64(span.startup_syncs..reach(span.syncs))),
-            false,
-        ),
-        _ => (CutAt::Growth(rng.u64(..reach(span.growths))), false),
+        3..=10 => (CutAt::Op(rng.u64(span.startup_ops..reach(span.ops))), false),
+        11..=18 => {
+            let first = span.startup_syncs;
+            (CutAt::Sync(rng.u64(first..reach(span.syncs).max(first + 1))), false)
+        }
+        // The first growth of the file, if the cycle grows it (see also
+        // `power_cuts_during_file_growth`).
+        _ => (CutAt::Growth(0), false),
     };
-    Plan { at, tear, during_recovery }
+    Plan {
+        at,
+        tear,
+        during_recovery,
+    }
 }
 
 /// One round of work on a recovered broker whose deliveries (`orders`, `dlq`) the client
-/// holds: settle them, publish more, sometimes deploy a plugin version. Stops at the first
-/// failure (the power went).
+/// holds, in three steps (so several commits): settle a part of them, publish more;
+/// sometimes deploy a plugin version. Stops at the first failure (the power went).
 async fn round(
     c: &Client,
     rng: &mut fastrand::Rng,
     expected: &mut Expected,
     tally: &mut Tally,
-    held: Vec<(Delivery, u8)>,
+    mut held: Vec<(Delivery, u8)>,
     disk: &PowerCutDisk,
 ) {
-    let mut unfenced = Vec::new();
+    const STEPS: usize = 3;
+    let deploy_at = rng.usize(..STEPS * 4);
+    for step in 0..STEPS {
+        let rest = held.len() / (STEPS - step);
+        let chunk: Vec<_> = held.drain(..rest).collect();
+        let Some(unfenced) = settle(c, rng, expected, tally, chunk) else {
+            return;
+        };
+        if !publish(c, rng, expected, tally, unfenced, disk).await {
+            return;
+        }
+        if step == deploy_at && !deploy(c, expected).await {
+            return;
+        }
+    }
+}
+
+/// Acks, nacks (with requeue: retry backoff, dead letter at the limit), dead-letters or
+/// keeps each delivery; returns the acked ids (`None` when the connection failed).
+fn settle(
+    c: &Client,
+    rng: &mut fastrand::Rng,
+    expected: &mut Expected,
+    tally: &mut Tally,
+    held: Vec<(Delivery, u8)>,
+) -> Option<Vec<u64>> {
+    let mut acked = Vec::new();
     for (d, place) in held {
         let id = model::id_of(&d.message.body).unwrap();
         let settled = match (place, rng.u8(..20)) {
             (IN_QUEUE, 0..=7) | (IN_DLQ, 0..=9) => c.ack(d.delivery_tag, false).map(|()| {
                 expected.acked(id);
-                unfenced.push(id);
+                acked.push(id);
             }),
             (IN_QUEUE, 8..=12) => c.nack(d.delivery_tag, false, true).map(|()| expected.nacked(id)),
             (IN_QUEUE, 13..=16) => c.nack(d.delivery_tag, false, false).map(|()| {
@@ -201,52 +252,62 @@ async fn round(
             }),
             _ => Ok(()),
         };
-        if settled.is_err() {
-            return;
-        }
+        settled.ok()?;
     }
-    // Publishes, pipelined; the acks above are durable once one of them is confirmed.
+    Some(acked)
+}
+
+/// Publishes a few messages, pipelined; the acks `unfenced` (sent before them on this
+/// connection) are durable once one is confirmed. False once one failed.
+async fn publish(
+    c: &Client,
+    rng: &mut fastrand::Rng,
+    expected: &mut Expected,
+    tally: &mut Tally,
+    mut unfenced: Vec<u64>,
+    disk: &PowerCutDisk,
+) -> bool {
     let mut confirms = Vec::new();
-    for _ in 0..rng.u64(4..24) {
+    for _ in 0..rng.u64(2..14) {
         let id = expected.publish();
         let mut m = broker::Message::text(QUEUE, "");
         m.body = model::body(id).into();
         m.properties.persistent = true;
         confirms.push((id, c.publish(m, false)));
     }
-    let mut fenced = false;
     for (id, confirm) in confirms {
         match tokio::time::timeout(WAIT, confirm).await {
             Ok(Ok(())) => {
                 expected.confirmed(id);
                 tally.confirmed += 1;
-                if !fenced {
-                    for acked in unfenced.drain(..) {
-                        expected.fenced(acked);
-                        tally.fenced_acks += 1;
-                    }
-                    fenced = true;
+                for acked in unfenced.drain(..) {
+                    expected.fenced(acked);
+                    tally.fenced_acks += 1;
                 }
             }
-            Ok(Err(_)) => return,
-            Err(_) => panic!("no confirm or error in time (power lost: {})", disk.stats().lost),
+            Ok(Err(_)) => return false,
+            Err(_) => panic!("no confirm in time (power lost: {})", disk.stats().lost),
         }
     }
-    if rng.u8(..4) == 0 {
-        let version = expected.plugin_committed + 1;
-        let content = plugin_version_wasm(version);
-        expected.plugin_attempted = version;
-        expected
-            .plugin_hashes
-            .insert(version, broker::plugin::content_hash(content));
-        match tokio::time::timeout(WAIT, c.deploy_plugin(PLUGIN, content)).await {
-            Ok(Ok(reply)) => {
-                assert_eq!(reply["version"], version, "{reply}");
-                expected.plugin_committed = version;
-            }
-            Ok(Err(_)) => {}
-            Err(_) => panic!("no deploy reply in time"),
+    true
+}
+
+/// Deploys the next version of plugin `PLUGIN`; false when it failed.
+async fn deploy(c: &Client, expected: &mut Expected) -> bool {
+    let version = expected.plugin_committed + 1;
+    let content = plugin_version_wasm(version);
+    expected.plugin_attempted = version;
+    expected
+        .plugin_hashes
+        .insert(version, broker::plugin::content_hash(content));
+    match tokio::time::timeout(WAIT, c.deploy_plugin(PLUGIN, content)).await {
+        Ok(Ok(reply)) => {
+            assert_eq!(reply["version"], version, "{reply}");
+            expected.plugin_committed = version;
+            true
         }
+        Ok(Err(_)) => false,
+        Err(_) => panic!("no deploy reply in time"),
     }
 }
 
@@ -296,12 +357,6 @@ async fn check_recovered(
     (held, subs, problems)
 }
 
-/// A range to draw a cut index from: past what was seen so far, so that cuts also land
-/// after the work (idle) and the range learns how long a cycle is.
-fn reach(seen: u64) -> u64 {
-    seen * 3 / 2 + 1
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmed_messages_survive_power_cuts_and_acked_ones_stay_gone() {
     let Settings { seed, points } = settings();
@@ -313,22 +368,24 @@ async fn confirmed_messages_survive_power_cuts_and_acked_ones_stay_gone() {
     let mut expected = Expected::default();
     let mut tally = Tally::default();
     let mut span = Span {
-        startup_ops: 8,
-        ops: 100,
-        syncs: 10,
-        startup_syncs: 2,
-        growths: 2,
+        startup_ops: 10,
+        startup_syncs: 6,
+        ops: 60,
+        syncs: 12,
     };
     let (mut startup_cuts, mut failed_starts, mut idle_cuts) = (0, 0, 0);
     let mut by_kind = [0u64; 3];
+    // Scheduled cuts that struck (the rest came after the round's work).
+    let mut struck = [0u64; 3];
     let mut by_tear = [0u64; 3];
     for point in 0..points {
         let plan = plan(&mut rng, &span);
-        by_kind[match plan.at {
+        let kind = match plan.at {
             CutAt::Op(_) => 0,
             CutAt::Sync(_) => 1,
             CutAt::Growth(_) => 2,
-        }] += 1;
+        };
+        by_kind[kind] += 1;
         by_tear[plan.tear as usize] += 1;
         startup_cuts += plan.during_recovery as u64;
         let disk = PowerCutDisk::from_image(std::mem::take(&mut image), rng.u64(..));
@@ -340,6 +397,7 @@ async fn confirmed_messages_survive_power_cuts_and_acked_ones_stay_gone() {
                 // recovers the image this one left.
                 assert!(disk.stats().lost, "start failed without a power cut: {e}");
                 failed_starts += 1;
+                struck[kind] += 1;
                 image = disk.image();
                 continue;
             }
@@ -354,16 +412,14 @@ async fn confirmed_messages_survive_power_cuts_and_acked_ones_stay_gone() {
             problems.join("\n")
         );
         round(&c, &mut rng, &mut expected, &mut tally, held, &disk).await;
-        if !disk.stats().lost {
-            idle_cuts += 1;
-            disk.cut_now(plan.tear);
+        match disk.stats().lost {
+            true => struck[kind] += 1,
+            false => {
+                idle_cuts += 1;
+                span.learn(started, disk.stats());
+                disk.cut_now(plan.tear);
+            }
         }
-        let stats = disk.stats();
-        span.startup_ops = span.startup_ops.max(started.ops);
-        span.startup_syncs = span.startup_syncs.max(started.syncs);
-        span.ops = span.ops.max(stats.ops);
-        span.syncs = span.syncs.max(stats.syncs);
-        span.growths = span.growths.max(stats.growths);
         drop(subs);
         c.close().await;
         stop(broker).await;
@@ -384,16 +440,24 @@ async fn confirmed_messages_survive_power_cuts_and_acked_ones_stay_gone() {
     c.close().await;
     stop(broker).await;
     println!(
-        "power cut: {points} cut points (at a write {}, at a sync {}, at file growth {}; \
-         aimed at the startup's recovery {startup_cuts}, of which failed the start \
-         {failed_starts}; after the round's work {idle_cuts}); tears: drop all {}, tear \
-         last {}, scramble {}",
-        by_kind[0], by_kind[1], by_kind[2], by_tear[0], by_tear[1], by_tear[2]
+        "power cut: {points} cut points: aimed at a write {} (struck {}), at a sync {} \
+         (struck {}), at file growth {} (struck {}), at the startup's recovery \
+         {startup_cuts} (start failed {failed_starts}); the rest after the round's work \
+         ({idle_cuts}); tears: drop all {}, tear last {}, scramble {}",
+        by_kind[0],
+        struck[0],
+        by_kind[1],
+        struck[1],
+        by_kind[2],
+        struck[2],
+        by_tear[0],
+        by_tear[1],
+        by_tear[2]
     );
     println!(
         "power cut: verified {} stored messages after {} recoveries ({} confirmed \
          publishes, {} acks fenced by a later confirm, {} dead letters, {} plugin version \
-         checks); largest cycle {span:?}",
+         checks); a typical cycle {span:?}",
         tally.verified_messages,
         tally.plugin_checks,
         tally.confirmed,
@@ -401,4 +465,89 @@ async fn confirmed_messages_survive_power_cuts_and_acked_ones_stay_gone() {
         tally.dead_lettered,
         tally.plugin_checks
     );
+}
+
+/// A body of the file-growth workload: 64 KiB, naming its id.
+fn large_body(id: u64) -> Vec<u8> {
+    let mut body = format!("m{id}:").into_bytes();
+    body.resize(64 * 1024, b'a' + (id % 26) as u8);
+    body
+}
+
+/// Publishes `count` large messages (8 in flight); returns the ids confirmed before the
+/// first failure.
+async fn publish_large(c: &Client, count: u64) -> Vec<u64> {
+    let mut confirmed = Vec::new();
+    let mut in_flight = std::collections::VecDeque::new();
+    for id in 0..count {
+        let mut m = broker::Message::text(QUEUE, "");
+        m.body = large_body(id).into();
+        m.properties.persistent = true;
+        in_flight.push_back((id, c.publish(m, false)));
+        if in_flight.len() == 8 || id + 1 == count {
+            while let Some((id, confirm)) = in_flight.pop_front() {
+                match tokio::time::timeout(WAIT, confirm).await.expect("an answer in time") {
+                    Ok(()) => confirmed.push(id),
+                    Err(_) => return confirmed,
+                }
+            }
+        }
+    }
+    confirmed
+}
+
+/// The same workload — 3 MiB of confirmed messages into an empty queue, growing the file
+/// several times — cut at each of its file growths with each tear: every message
+/// confirmed before the cut is there once, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_cuts_during_file_growth() {
+    const COUNT: u64 = 48;
+    let dir = tempfile::tempdir().unwrap();
+    let base = base_image(dir.path(), 1).await;
+    // A run without a cut counts the growths.
+    let disk = PowerCutDisk::from_image(base.clone(), 1);
+    let broker = start(dir.path(), &disk).await.unwrap();
+    let started = disk.stats().growths;
+    let c = Client::connect(&broker.url()).await.unwrap();
+    c.confirm_select().await.unwrap();
+    assert_eq!(publish_large(&c, COUNT).await.len() as u64, COUNT);
+    let growths = disk.stats().growths - started;
+    c.close().await;
+    stop(broker).await;
+    assert!(growths >= 2, "the workload grows the file ({growths} growths)");
+
+    let mut cuts = 0;
+    for growth in started..started + growths {
+        for tear in [Tear::DropAll, Tear::TearLast, Tear::Scramble] {
+            let disk = PowerCutDisk::from_image(base.clone(), growth);
+            disk.schedule_cut(CutAt::Growth(growth), tear);
+            let broker = start(dir.path(), &disk).await.unwrap();
+            let c = Client::connect(&broker.url()).await.unwrap();
+            c.confirm_select().await.unwrap();
+            let confirmed = publish_large(&c, COUNT).await;
+            assert!(disk.stats().lost, "growth {growth} came");
+            c.close().await;
+            stop(broker).await;
+
+            let disk = PowerCutDisk::from_image(disk.image(), growth);
+            let broker = start(dir.path(), &disk).await.unwrap();
+            let c = Client::connect(&broker.url()).await.unwrap();
+            let count = stored(&c, QUEUE).await;
+            let mut sub = c.consume(QUEUE, 0).await.unwrap();
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..count {
+                let d = common::next(&mut sub).await;
+                let id = model::id_of(&d.message.body).expect("one of ours");
+                assert!(d.message.body[..] == large_body(id)[..], "message {id} whole");
+                assert!(seen.insert(id), "message {id} once");
+            }
+            for id in &confirmed {
+                assert!(seen.contains(id), "growth cut {growth} ({tear:?}): confirmed {id} lost");
+            }
+            c.close().await;
+            stop(broker).await;
+            cuts += 1;
+        }
+    }
+    println!("file growth: {cuts} cuts at the {growths} growths of one workload");
 }
