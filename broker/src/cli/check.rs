@@ -20,6 +20,12 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
         false => "not shut down cleanly; recovery passed (checked in memory, file unchanged)",
     };
     println!("{}: ok, {shutdown}", report.path.display());
+    if report.fell_back {
+        println!(
+            "warning: the last commit did not verify (torn by a crash, so never confirmed; or \
+             damaged since): the broker will recover the commit before it"
+        );
+    }
     println!(
         "queues {}, messages {}, entry states {}, exchanges {}, bindings {}, plugin versions {}, handlers {}, users {}",
         report.queues,

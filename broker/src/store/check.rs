@@ -20,6 +20,9 @@ pub struct CheckReport {
     pub path: PathBuf,
     /// The broker that last wrote it closed it; otherwise it needed (and passed) recovery.
     pub clean_shutdown: bool,
+    /// The recovery found the last commit torn (or damaged) and recovered the one before
+    /// it (see [`super::Recovered::fell_back`]).
+    pub fell_back: bool,
     pub queues: usize,
     /// Every stored message, decoded whole (those of deleted queues included).
     pub messages: u64,
@@ -112,6 +115,7 @@ pub fn check(data_dir: &Path) -> Result<CheckReport, CheckError> {
     Ok(CheckReport {
         path: path.clone(),
         clean_shutdown,
+        fell_back: recovered.fell_back,
         queues: recovered.queues.len(),
         messages,
         entry_states,

@@ -8,10 +8,11 @@ pub enum OpenError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot open database {path}: {source}")]
+    // (Not `source`: redb's error repeats its own cause in its message.)
+    #[error("cannot open database {path}: {error}")]
     Database {
         path: std::path::PathBuf,
-        source: redb::DatabaseError,
+        error: redb::DatabaseError,
     },
     #[error("database {path} is damaged: {damage}")]
     Damaged {

@@ -81,3 +81,61 @@ fn a_truncated_file_is_refused() {
         );
     }
 }
+
+/// After a crash, redb verifies the last commit and, when it does not verify (a commit
+/// the crash tore; or one damaged since), recovers the commit before it. The store says
+/// so (the broker logs it; `broker check` prints it): a flip in the last commit's pages
+/// after a crash looks exactly like a torn commit, and is not silent.
+#[test]
+fn a_recovery_that_falls_back_to_the_previous_commit_says_so() {
+    use super::power_cut::{PowerCutDisk, Tear};
+    let dir = tempfile::tempdir().unwrap();
+    let put = |seq| StoreOp::PutMessage {
+        queue: 1,
+        seq,
+        enqueued_at: 1,
+        message: Arc::new(Message::text("q", body(seq))),
+    };
+    let committed = |writer: &StoreWriter, ops| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        writer.submit(WriteBatch {
+            ops,
+            completions: vec![Box::new(move |r| tx.send(r).unwrap())],
+        });
+        rx.recv().unwrap().unwrap();
+    };
+    let disk = PowerCutDisk::new(1);
+    let (recovered, writer) =
+        open_with(dir.path(), Some(Box::new(disk.backend())), |_| usize::MAX).unwrap();
+    assert!(!recovered.fell_back);
+    let queue = StoreOp::PutQueue(QueueRecord {
+        id: 1,
+        name: "q".into(),
+        auto_delete: false,
+        arguments: Headers::new(),
+    });
+    committed(&writer, vec![queue, put(1)]);
+    committed(&writer, vec![put(2)]);
+    disk.cut_now(Tear::DropAll);
+    drop(writer);
+
+    // Recovered whole after the crash: no fallback.
+    let image = disk.image();
+    let disk = PowerCutDisk::from_image(image.clone(), 2);
+    let (recovered, writer) =
+        open_with(dir.path(), Some(Box::new(disk.backend())), |_| usize::MAX).unwrap();
+    assert!(!recovered.fell_back);
+    assert_eq!(recovered.queues[0].messages.len(), 2);
+    writer.close();
+
+    // The last commit damaged after the crash: the one before it, and the store says so.
+    let mut damaged = image;
+    let at = offset_of(&damaged, body(2).as_bytes()) + 300;
+    damaged[at] ^= 4;
+    let disk = PowerCutDisk::from_image(damaged, 3);
+    let (recovered, writer) =
+        open_with(dir.path(), Some(Box::new(disk.backend())), |_| usize::MAX).unwrap();
+    assert!(recovered.fell_back, "the fallback is reported");
+    assert_eq!(recovered.queues[0].messages.len(), 1);
+    writer.close();
+}

@@ -60,6 +60,10 @@ const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 /// queues' own copy of every message; the OS page cache already holds recent pages.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
+/// The progress redb's repair reports after the last commit failed to verify, when it
+/// falls back to the one before (`Database::do_repair` in redb 4.6).
+const FELL_BACK_PROGRESS: f64 = 0.3;
+
 /// The name of the database file inside the data directory.
 pub const DB_FILE: &str = "broker.redb";
 
@@ -142,6 +146,9 @@ pub struct Recovered {
     pub handlers: Vec<crate::protocol::AttachHandler>,
     /// Users (none before the first start that created the default one).
     pub users: Vec<crate::auth::UserRecord>,
+    /// The recovery after a crash found that the last commit did not verify — torn by the
+    /// crash (it was never confirmed) or damaged since — and recovered the one before it.
+    pub fell_back: bool,
 }
 
 /// Makes the storage a broker opens instead of its data directory's file: tests' simulated
@@ -188,21 +195,38 @@ pub(crate) fn open_and_recover(
         path: path.to_owned(),
         damage,
     };
+    // redb reports its recovery's steps through this callback; the step after a last
+    // commit that did not verify is the only one at 30 %.
+    let fell_back = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut builder = redb::Builder::new();
+        let seen = fell_back.clone();
         builder
             .set_cache_size(CACHE_BYTES)
-            .set_check_integrity_on_open(true);
+            .set_check_integrity_on_open(true)
+            .set_repair_callback(move |session| {
+                if session.progress() == FELL_BACK_PROGRESS {
+                    seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
         let db = match backend {
             None => builder.create(path),
             Some(backend) => builder.create_with_backend(DynBackend(backend)),
         }
-        .map_err(|source| OpenError::Database {
+        .map_err(|error| OpenError::Database {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         create_tables(&db).map_err(|e| damaged(Damage::Read(e)))?;
-        let recovered = recover(&db, in_memory).map_err(damaged)?;
+        let mut recovered = recover(&db, in_memory).map_err(damaged)?;
+        recovered.fell_back = fell_back.load(std::sync::atomic::Ordering::Relaxed);
+        if recovered.fell_back {
+            tracing::warn!(
+                file = %path.display(),
+                "recovered the commit before the last one: the last did not verify (torn by \
+                 a crash, so never confirmed; or damaged since)"
+            );
+        }
         Ok((db, recovered))
     }));
     opened.unwrap_or_else(|panic| Err(damaged(Damage::Panicked(panic_message(&*panic)))))
