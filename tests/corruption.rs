@@ -72,7 +72,10 @@ async fn start_or_serve_everything(dir: &Path) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let c = Client::connect(&broker.url()).await.unwrap();
     let info = c.queue_info("orders").await.unwrap();
-    assert_eq!(info.ready, MESSAGES, "a started broker serves the whole queue");
+    assert_eq!(
+        info.ready, MESSAGES,
+        "a started broker serves the whole queue"
+    );
     let mut sub = c.consume("orders", 0).await.unwrap();
     for i in 0..MESSAGES {
         let d = next(&mut sub).await;
@@ -147,11 +150,17 @@ async fn a_flipped_bit_anywhere_is_refused_or_harmless() {
             Err(e) => {
                 refused += 1;
                 assert!(e.contains(&path.display().to_string()), "offset {at}: {e}");
-                assert!(!checked, "offset {at}: the broker refused, check passed: {stdout}");
+                assert!(
+                    !checked,
+                    "offset {at}: the broker refused, check passed: {stdout}"
+                );
             }
             Ok(()) => {
                 harmless += 1;
-                assert!(checked, "offset {at}: the broker served it, check failed: {stderr}");
+                assert!(
+                    checked,
+                    "offset {at}: the broker served it, check failed: {stderr}"
+                );
             }
         }
     }

@@ -124,15 +124,24 @@ async fn stored(c: &Client, queue: &str) -> u64 {
 }
 
 /// Takes `count` deliveries from `sub`, checking each body.
-async fn take(sub: &mut Subscription, count: u64, place: u8, seen: &mut Vec<(u64, u8)>) -> Vec<Delivery> {
+async fn take(
+    sub: &mut Subscription,
+    count: u64,
+    place: u8,
+    seen: &mut Vec<(u64, u8)>,
+) -> Vec<Delivery> {
     let mut deliveries = Vec::new();
     while (deliveries.len() as u64) < count {
         let d = tokio::time::timeout(WAIT, sub.next())
             .await
             .expect("every stored message is delivered in time")
             .expect("subscription open");
-        let id = model::id_of(&d.message.body)
-            .unwrap_or_else(|| panic!("a body that is none of ours: {:?}", &d.message.body[..16.min(d.message.body.len())]));
+        let id = model::id_of(&d.message.body).unwrap_or_else(|| {
+            panic!(
+                "a body that is none of ours: {:?}",
+                &d.message.body[..16.min(d.message.body.len())]
+            )
+        });
         assert!(
             d.message.body[..] == model::body(id)[..],
             "message {id}: body changed ({} bytes, expected {})",
@@ -188,7 +197,10 @@ fn plan(rng: &mut fastrand::Rng, span: &Span) -> Plan {
         // (File growth is rare here, its cuts are `power_cuts_during_file_growth`'s.)
         _ => {
             let first = span.startup_syncs;
-            (CutAt::Sync(rng.u64(first..reach(span.syncs).max(first + 1))), false)
+            (
+                CutAt::Sync(rng.u64(first..reach(span.syncs).max(first + 1))),
+                false,
+            )
         }
     };
     Plan {
@@ -243,7 +255,9 @@ fn settle(
                 expected.acked(id);
                 acked.push(id);
             }),
-            (IN_QUEUE, 8..=12) => c.nack(d.delivery_tag, false, true).map(|()| expected.nacked(id)),
+            (IN_QUEUE, 8..=12) => c
+                .nack(d.delivery_tag, false, true)
+                .map(|()| expected.nacked(id)),
             (IN_QUEUE, 13..=16) => c.nack(d.delivery_tag, false, false).map(|()| {
                 expected.nacked(id);
                 tally.dead_lettered += 1;
@@ -312,7 +326,12 @@ async fn deploy(c: &Client, expected: &mut Expected) -> bool {
 /// The active version and hash of plugin `PLUGIN` (0 before its first deploy).
 async fn active_plugin(c: &Client) -> (u64, Option<String>) {
     let list = c.list_plugins().await.unwrap();
-    let plugins = list.get("plugins").unwrap_or(&list).as_array().cloned().unwrap_or_default();
+    let plugins = list
+        .get("plugins")
+        .unwrap_or(&list)
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     plugins
         .iter()
         .find(|p| p["name"] == PLUGIN)
@@ -433,7 +452,11 @@ async fn confirmed_messages_survive_power_cuts_and_acked_ones_stay_gone() {
     let broker = start(dir.path(), &disk).await.unwrap();
     let c = Client::connect(&broker.url()).await.unwrap();
     let (_, subs, problems) = check_recovered(&c, &mut expected, &mut tally).await;
-    assert!(problems.is_empty(), "after the last cut:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "after the last cut:\n{}",
+        problems.join("\n")
+    );
     drop(subs);
     c.close().await;
     stop(broker).await;
@@ -443,13 +466,7 @@ async fn confirmed_messages_survive_power_cuts_and_acked_ones_stay_gone() {
          {startup_cuts} (start failed {failed_starts}); the rest after the round's work \
          ({idle_cuts}); tears: drop all {}, tear last {}, scramble {}; {fell_back} images \
          with a torn last commit (recovered the one before)",
-        by_kind[0],
-        struck[0],
-        by_kind[1],
-        struck[1],
-        by_tear[0],
-        by_tear[1],
-        by_tear[2]
+        by_kind[0], struck[0], by_kind[1], struck[1], by_tear[0], by_tear[1], by_tear[2]
     );
     println!(
         "power cut: verified {} stored messages after {} recoveries ({} confirmed \
@@ -483,7 +500,10 @@ async fn publish_large(c: &Client, count: u64) -> Vec<u64> {
         in_flight.push_back((id, c.publish(m, false)));
         if in_flight.len() == 8 || id + 1 == count {
             while let Some((id, confirm)) = in_flight.pop_front() {
-                match tokio::time::timeout(WAIT, confirm).await.expect("an answer in time") {
+                match tokio::time::timeout(WAIT, confirm)
+                    .await
+                    .expect("an answer in time")
+                {
                     Ok(()) => confirmed.push(id),
                     Err(_) => return confirmed,
                 }
@@ -511,7 +531,10 @@ async fn power_cuts_during_file_growth() {
     let growths = disk.stats().growths - started;
     c.close().await;
     stop(broker).await;
-    assert!(growths >= 2, "the workload grows the file ({growths} growths)");
+    assert!(
+        growths >= 2,
+        "the workload grows the file ({growths} growths)"
+    );
 
     let mut cuts = 0;
     for growth in started..started + growths {
@@ -535,11 +558,17 @@ async fn power_cuts_during_file_growth() {
             for _ in 0..count {
                 let d = common::next(&mut sub).await;
                 let id = model::id_of(&d.message.body).expect("one of ours");
-                assert!(d.message.body[..] == large_body(id)[..], "message {id} whole");
+                assert!(
+                    d.message.body[..] == large_body(id)[..],
+                    "message {id} whole"
+                );
                 assert!(seen.insert(id), "message {id} once");
             }
             for id in &confirmed {
-                assert!(seen.contains(id), "growth cut {growth} ({tear:?}): confirmed {id} lost");
+                assert!(
+                    seen.contains(id),
+                    "growth cut {growth} ({tear:?}): confirmed {id} lost"
+                );
             }
             c.close().await;
             stop(broker).await;

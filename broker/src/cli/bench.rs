@@ -19,8 +19,8 @@ mod soak;
 mod throughput;
 
 use std::fmt;
-use std::time::Duration;
 use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use broker::protocol::Encoding;

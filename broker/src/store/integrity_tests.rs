@@ -56,7 +56,11 @@ fn a_flipped_bit_in_a_body_is_served_by_plain_redb_and_refused_by_the_store() {
         let table = txn.open_table(MESSAGES).unwrap();
         let value = table.get((1, 17)).unwrap().unwrap();
         let (_, served) = decode_entry(value.value()).unwrap();
-        assert_ne!(&served.body[..], body(17).as_bytes(), "redb served the flip");
+        assert_ne!(
+            &served.body[..],
+            body(17).as_bytes(),
+            "redb served the flip"
+        );
     }
 
     let err = open(dir.path(), |_| usize::MAX).err().expect("refused");
