@@ -186,3 +186,15 @@ async fn a_truncated_file_stops_the_start_and_fails_check() {
         assert!(stderr.contains(&name), "{stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_refuses_a_data_dir_a_running_broker_has_open() {
+    let dir = clean_data_dir().await;
+    let broker = common::start_on(dir.path()).await;
+    let (ok, _, stderr) = check(dir.path());
+    assert!(!ok);
+    assert!(stderr.contains("open in a running broker"), "{stderr}");
+    broker.shutdown().await;
+    let (ok, stdout, stderr) = check(dir.path());
+    assert!(ok, "{stdout}{stderr}");
+}
