@@ -7,9 +7,10 @@
 //! the recovery under test), its contents are checked against what the client was told
 //! (`support/power_cut_model.rs`), then it runs a round of work — confirmed publishes,
 //! acks, nacks with retry backoff, dead letters, plugin deploys, a queue deeper than its
-//! `max_in_memory_length`, large messages growing the file — and the power is cut at a
-//! random write, sync or file growth, sometimes during the startup's own recovery. Every
-//! cut image also passes `broker check` (`store::check`): a power cut is never damage.
+//! `max_in_memory_length`, large messages — and the power is cut at a random write or
+//! sync, sometimes during the startup's own recovery or the clean shutdown. Every cut image
+//! also passes `broker check` (`store::check`): a power cut is never damage. A second test
+//! cuts one workload at each of its file growths.
 //!
 //! `POWER_CUT_SEED` (a number or `random`) and `POWER_CUT_POINTS` (default 300) make a
 //! longer run: `POWER_CUT_SEED=random POWER_CUT_POINTS=5000 cargo test -p broker --test
@@ -391,6 +392,7 @@ async fn confirmed_messages_survive_power_cuts_and_acked_ones_stay_gone() {
         syncs: 12,
     };
     let (mut startup_cuts, mut failed_starts, mut idle_cuts, mut fell_back) = (0, 0, 0, 0);
+    let mut shutdown_cuts = 0;
     let mut by_kind = [0u64; 2];
     // Scheduled cuts that struck (the rest came after the round's work).
     let mut struck = [0u64; 2];
@@ -428,17 +430,34 @@ async fn confirmed_messages_survive_power_cuts_and_acked_ones_stay_gone() {
             problems.join("\n")
         );
         round(&c, &mut rng, &mut expected, &mut tally, held, &disk).await;
+        let mut in_shutdown = false;
         match disk.stats().lost {
             true => struck[kind] += 1,
             false => {
                 idle_cuts += 1;
                 span.learn(started, disk.stats());
-                disk.cut_now(plan.tear);
+                // Now, or during the clean shutdown (its last commit, the allocator
+                // state, the file trimmed) if it lasts that long.
+                in_shutdown = rng.u8(..5) == 0;
+                match in_shutdown {
+                    true => {
+                        disk.schedule_cut(CutAt::Op(disk.stats().ops + rng.u64(..12)), plan.tear)
+                    }
+                    false => disk.cut_now(plan.tear),
+                }
             }
         }
-        drop(subs);
-        c.close().await;
+        // The broker first: it closes the connection as stopping, so the deliveries
+        // held go back uncounted (as a power cut would leave them).
         stop(broker).await;
+        drop(subs);
+        drop(c);
+        if in_shutdown {
+            match disk.stats().lost {
+                true => shutdown_cuts += 1,
+                false => disk.cut_now(plan.tear),
+            }
+        }
         image = disk.image();
         // A power cut is never damage: the offline check passes on every cut image.
         std::fs::write(check_dir.path().join(broker::store::DB_FILE), &image).unwrap();
@@ -464,7 +483,7 @@ async fn confirmed_messages_survive_power_cuts_and_acked_ones_stay_gone() {
         "power cut: {points} cut points: aimed at a write {} (struck {}), at a sync {} \
          (struck {}), at the startup's recovery \
          {startup_cuts} (start failed {failed_starts}); the rest after the round's work \
-         ({idle_cuts}); tears: drop all {}, tear last {}, scramble {}; {fell_back} images \
+         ({idle_cuts}, of which {shutdown_cuts} during the clean shutdown); tears: drop all {}, tear last {}, scramble {}; {fell_back} images \
          with a torn last commit (recovered the one before)",
         by_kind[0], struck[0], by_kind[1], struck[1], by_tear[0], by_tear[1], by_tear[2]
     );
