@@ -533,8 +533,8 @@ async fn publish_large(c: &Client, count: u64) -> Vec<u64> {
 }
 
 /// The same workload — 3 MiB of confirmed messages into an empty queue, growing the file
-/// several times — cut at each of its file growths with each tear: every message
-/// confirmed before the cut is there once, whole.
+/// several times — cut at each of its file growths with each tear (scrambles and torn
+/// writes with several seeds): every message confirmed before the cut is there once, whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_cuts_during_file_growth() {
     const COUNT: u64 = 48;
@@ -557,8 +557,17 @@ async fn power_cuts_during_file_growth() {
 
     let mut cuts = 0;
     for growth in started..started + growths {
-        for tear in [Tear::DropAll, Tear::TearLast, Tear::Scramble] {
-            let disk = PowerCutDisk::from_image(base.clone(), growth);
+        // Scrambles keep a different random part of the unsynced writes with each seed.
+        let tears = [
+            (Tear::DropAll, 0),
+            (Tear::TearLast, 0),
+            (Tear::TearLast, 1),
+            (Tear::Scramble, 0),
+            (Tear::Scramble, 1),
+            (Tear::Scramble, 2),
+        ];
+        for (tear, seed) in tears {
+            let disk = PowerCutDisk::from_image(base.clone(), growth * 8 + seed);
             disk.schedule_cut(CutAt::Growth(growth), tear);
             let broker = start(dir.path(), &disk).await.unwrap();
             let c = Client::connect(&broker.url()).await.unwrap();
