@@ -198,3 +198,28 @@ async fn check_refuses_a_data_dir_a_running_broker_has_open() {
     let (ok, stdout, stderr) = check(dir.path());
     assert!(ok, "{stdout}{stderr}");
 }
+
+/// The binary, too: `broker serve` on a damaged file exits with status 1 and the file
+/// named, before listening.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_exits_naming_the_damaged_file() {
+    let dir = clean_data_dir().await;
+    let file = std::fs::read(dir.path().join(DB_FILE)).unwrap();
+    let at = offset_of(&file, &body(3)) + 100;
+    let (copy, path) = damaged_copy(dir.path(), |f| f[at] ^= 0x10);
+    let out = Command::new(common::bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-http",
+            "--data-dir",
+        ])
+        .arg(copy.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty(), "never listened");
+    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+}
