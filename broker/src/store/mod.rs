@@ -6,6 +6,7 @@
 //! commit) and reports each commit to its waiters.
 
 mod check;
+mod entry;
 mod error;
 mod gather;
 #[doc(hidden)]
@@ -25,8 +26,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::exchange::BindingId;
-use crate::message::{Headers, Message, Placement, decode_placement, decode_stored, encode_stored};
+use crate::message::{Headers, Message, Placement};
 use crate::protocol::Binding;
+use entry::{decode_entry, encode_entry, recall};
 
 /// Durable queues by name.
 const QUEUES: TableDefinition<&str, &[u8]> = TableDefinition::new("queues");
@@ -374,36 +376,6 @@ fn recover(db: &Database, in_memory: impl Fn(&QueueRecord) -> usize) -> Result<R
         recovered.users.push(record);
     }
     Ok(recovered)
-}
-
-/// A MESSAGES value: enqueue time, then the message.
-fn encode_entry(enqueued_at: u64, message: &Message, out: &mut Vec<u8>) {
-    out.clear();
-    out.extend_from_slice(&enqueued_at.to_le_bytes());
-    encode_stored(message, out);
-}
-
-/// A MESSAGES value, whole or (`on_disk`) only its placement; a message with a delay is
-/// always whole (it waits in memory).
-fn recall(bytes: &[u8], on_disk: bool) -> Result<(u64, Recalled), String> {
-    let (time, rest) = bytes
-        .split_first_chunk::<8>()
-        .ok_or("stored entry shorter than its enqueue time")?;
-    if on_disk {
-        let placement = decode_placement(rest)?;
-        if placement.delay_ms.is_none_or(|d| d == 0) {
-            return Ok((u64::from_le_bytes(*time), Recalled::OnDisk(placement)));
-        }
-    }
-    let message = Arc::new(decode_stored(rest)?);
-    Ok((u64::from_le_bytes(*time), Recalled::InMemory(message)))
-}
-
-fn decode_entry(bytes: &[u8]) -> Result<(u64, Message), String> {
-    let (time, rest) = bytes
-        .split_first_chunk::<8>()
-        .ok_or("stored entry shorter than its enqueue time")?;
-    Ok((u64::from_le_bytes(*time), decode_stored(rest)?))
 }
 
 #[cfg(test)]
