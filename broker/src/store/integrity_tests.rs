@@ -63,9 +63,7 @@ fn a_flipped_bit_in_a_body_is_served_by_plain_redb_and_refused_by_the_store() {
             served.windows(flipped.len()).any(|w| w == flipped),
             "redb served the flipped body"
         );
-        let err = decode_entry(served)
-            .err()
-            .expect("the entry checksum refuses it");
+        let err = decode_entry(served).expect_err("the entry checksum refuses it");
         assert!(err.contains("checksum"), "{err}");
     }
 
