@@ -15,10 +15,12 @@ mod isolation;
 mod latency;
 mod plugins;
 mod procfs;
+mod soak;
 mod throughput;
 
 use std::fmt;
 use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use broker::protocol::Encoding;
@@ -146,6 +148,12 @@ pub struct BenchArgs {
     /// isolation: publishes per second to the hostile exchange.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     hostile_rate: u64,
+    /// soak: how long to keep killing and restarting the broker (fractions allowed).
+    #[arg(long, default_value_t = 1.0)]
+    minutes: f64,
+    /// soak: the seed of the kill moments [default: random].
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 /// isolation: the hostile plugin's misbehaviour.
@@ -221,7 +229,7 @@ impl BenchArgs {
             }
             Scenario::Backlog | Scenario::Recovery => 1_000_000,
             Scenario::Flood => 10_000_000,
-            Scenario::Startup => 0,
+            Scenario::Startup | Scenario::Soak => 0,
             Scenario::Handler => 100_000,
         })
     }
@@ -267,6 +275,11 @@ enum Scenario {
     /// exchange (--hostile, --plugin) published to --hostile-rate times a second with its
     /// trigger key: the victim's confirm p50/p99/p999 and how many hostile publishes failed.
     Isolation,
+    /// The crash soak: runs `broker serve` itself, publishes with confirms and consumes
+    /// with acks while SIGKILLing and restarting it for --minutes; prints published,
+    /// confirmed, delivered, lost, duplicates, corrupted and fails unless lost and
+    /// corrupted are 0 (its own output line; --server and the figures above do not apply).
+    Soak,
 }
 
 impl Scenario {
@@ -284,6 +297,7 @@ impl Scenario {
             Scenario::Handler => "handler",
             Scenario::Flood => "flood",
             Scenario::Isolation => "isolation",
+            Scenario::Soak => "soak",
         }
     }
 }
@@ -293,6 +307,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.size >= STAMP_LEN,
         "--size must be at least {STAMP_LEN}"
     );
+    if let Scenario::Soak = args.scenario {
+        anyhow::ensure!(args.minutes > 0.0, "--minutes must be positive");
+        let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
+        return soak::run(Duration::from_secs_f64(args.minutes * 60.0), seed).await;
+    }
     let encoding = args.encoding.encoding();
     let options = ConnectOptions {
         encoding,
@@ -403,7 +422,9 @@ async fn scenario(url: &str, args: &BenchArgs, embedded: bool) -> anyhow::Result
         Scenario::Latency => latency::run(url, args).await,
         Scenario::Backlog => backlog::backlog(url, args, embedded).await,
         Scenario::Reload => plugins::reload(url, args).await,
-        Scenario::Recovery | Scenario::Startup => unreachable!("these run their own broker"),
+        Scenario::Recovery | Scenario::Startup | Scenario::Soak => {
+            unreachable!("these run their own broker")
+        }
         Scenario::Handler => handler::run(url, args).await,
         Scenario::Flood => flood::run(url, args).await,
         Scenario::Isolation => isolation::run(url, args).await,

@@ -2,6 +2,7 @@
 
 mod admin;
 mod bench;
+mod check;
 mod consume;
 mod dlq;
 mod handler;
@@ -31,6 +32,8 @@ pub struct Cli {
 enum Command {
     /// Run the broker.
     Serve(serve::ServeArgs),
+    /// Verify a data directory offline: every page's checksum, every record decoded.
+    Check(check::CheckArgs),
     /// Publish messages and wait for their confirms.
     Publish(publish::PublishArgs),
     /// Print messages from a queue as JSON lines, acking each.
@@ -82,6 +85,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
+        Command::Check(args) => check::run(args),
         Command::Publish(args) => publish::run(args).await,
         Command::Consume(args) => consume::run(args).await,
         Command::Queues(args) => admin::queues(args).await,

@@ -91,6 +91,10 @@ pub struct Config {
     /// [`INJECTED_PANIC_FRAME`] panics.
     #[doc(hidden)]
     pub inject_connection_panics: bool,
+    /// Durability tests only: the storage to open instead of `data_dir`'s database file
+    /// (a simulated disk that loses power, `store::power_cut`). `None`: the file.
+    #[doc(hidden)]
+    pub storage_backend: Option<store::BackendFactory>,
 }
 
 impl Config {
@@ -128,6 +132,7 @@ impl Config {
             keep_plugin_versions: None,
             tls: None,
             inject_connection_panics: false,
+            storage_backend: None,
         }
     }
 
@@ -188,8 +193,9 @@ impl Broker {
             config.plugins.clone(),
             config.artifact_cache,
         );
+        let backend = config.storage_backend.as_ref().map(|make| make());
         let (recovered, writer, plugins) = tokio::task::spawn_blocking(move || {
-            let (mut recovered, writer) = store::open(&data_dir, in_memory_length)?;
+            let (mut recovered, writer) = store::open_with(&data_dir, backend, in_memory_length)?;
             if !use_cache {
                 recovered.plugin_artifacts.clear();
             }

@@ -8,15 +8,37 @@ pub enum OpenError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot open database {path}: {source}")]
+    // (Not `source`: redb's error repeats its own cause in its message.)
+    #[error("cannot open database {path}: {error}")]
     Database {
         path: std::path::PathBuf,
-        source: redb::DatabaseError,
+        error: redb::DatabaseError,
     },
+    #[error("database {path} is damaged: {damage}")]
+    Damaged {
+        path: std::path::PathBuf,
+        damage: Damage,
+    },
+}
+
+impl OpenError {
+    pub(crate) fn damaged_read(path: &std::path::Path, e: redb::Error) -> Self {
+        OpenError::Damaged {
+            path: path.to_owned(),
+            damage: Damage::Read(e),
+        }
+    }
+}
+
+/// What is wrong with a database file that opened: what reading it back found.
+#[derive(Debug, thiserror::Error)]
+pub enum Damage {
     #[error("cannot read stored state: {0}")]
     Read(#[from] redb::Error),
     #[error("corrupt record in table `{table}`: {reason}")]
     Corrupt { table: &'static str, reason: String },
+    #[error("reading it failed: {0}")]
+    Panicked(String),
 }
 
 /// Lets `?` lift each of redb's per-operation errors into an operation's own error.
@@ -30,7 +52,7 @@ macro_rules! from_redb {
     )*};
 }
 
-from_redb!(OpenError: redb::TransactionError, redb::TableError, redb::StorageError);
+from_redb!(Damage: redb::TransactionError, redb::TableError, redb::StorageError);
 from_redb!(CommitError: redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
 
 /// A message could not be read back from the store while the broker runs.

@@ -5,12 +5,17 @@
 //! which batches everyone's operations into one write transaction per commit (group
 //! commit) and reports each commit to its waiters.
 
+mod check;
+mod entry;
 mod error;
 mod gather;
+#[doc(hidden)]
+pub mod power_cut;
 mod reader;
 mod writer;
 
-pub use error::{CommitError, OpenError, ReadError};
+pub use check::{CheckError, CheckReport, check};
+pub use error::{CommitError, Damage, OpenError, ReadError};
 pub use reader::StoreReader;
 pub use writer::{Completion, StoreOp, StoreWriter, WriteBatch, WriterSnapshot, WriterStats};
 
@@ -21,8 +26,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::exchange::BindingId;
-use crate::message::{Headers, Message, Placement, decode_placement, decode_stored, encode_stored};
+use crate::message::{Headers, Message, Placement};
 use crate::protocol::Binding;
+use entry::{decode_entry, encode_entry, recall};
 
 /// Durable queues by name.
 const QUEUES: TableDefinition<&str, &[u8]> = TableDefinition::new("queues");
@@ -64,6 +70,10 @@ pub struct VhostRecord {
 /// redb's page cache. Its default (1 GiB) kept a backlog's pages in RAM next to the
 /// queues' own copy of every message; the OS page cache already holds recent pages.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The progress redb's repair reports after the last commit failed to verify, when it
+/// falls back to the one before (`Database::do_repair` in redb 4.6).
+const FELL_BACK_PROGRESS: f64 = 0.3;
 
 /// The name of the database file inside the data directory.
 pub const DB_FILE: &str = "broker.redb";
@@ -149,7 +159,14 @@ pub struct Recovered {
     pub users: Vec<crate::auth::UserRecord>,
     /// Virtual host names (none before the first start that created `/`).
     pub vhosts: Vec<String>,
+    /// The recovery after a crash found that the last commit did not verify — torn by the
+    /// crash (it was never confirmed) or damaged since — and recovered the one before it.
+    pub fell_back: bool,
 }
+
+/// Makes the storage a broker opens instead of its data directory's file: tests' simulated
+/// disks ([`power_cut`]). Called once per start.
+pub type BackendFactory = Arc<dyn Fn() -> Box<dyn redb::StorageBackend> + Send + Sync>;
 
 /// Opens (or creates) the database in `data_dir`, reads what to recover, and starts the
 /// writer thread. Of each queue's ready messages, the first `in_memory(queue)` are read
@@ -158,18 +175,107 @@ pub fn open(
     data_dir: &Path,
     in_memory: impl Fn(&QueueRecord) -> usize,
 ) -> Result<(Recovered, StoreWriter), OpenError> {
+    open_with(data_dir, None, in_memory)
+}
+
+/// [`open`] on `backend` instead of the data directory's file when one is given (tests).
+///
+/// Every page of the database is checked against its checksum on open (redb's integrity
+/// check): a plain open trusts a cleanly closed file, so a flipped bit would be served (or
+/// panic redb). A damaged file is refused with an error naming it.
+pub fn open_with(
+    data_dir: &Path,
+    backend: Option<Box<dyn redb::StorageBackend>>,
+    in_memory: impl Fn(&QueueRecord) -> usize,
+) -> Result<(Recovered, StoreWriter), OpenError> {
     std::fs::create_dir_all(data_dir).map_err(|source| OpenError::DataDir {
         path: data_dir.to_owned(),
         source,
     })?;
     let path = data_dir.join(DB_FILE);
-    let db = redb::Builder::new()
-        .set_cache_size(CACHE_BYTES)
-        .create(&path)
-        .map_err(|source| OpenError::Database { path, source })?;
-    create_tables(&db)?;
-    let recovered = recover(&db, in_memory)?;
+    let (db, recovered) = open_and_recover(&path, backend, in_memory)?;
     Ok((recovered, StoreWriter::start(Arc::new(db))))
+}
+
+/// Opens the database (checking it) and reads everything to recover. redb may panic on a
+/// damaged file where its checks do not reach: that is reported as damage too.
+pub(crate) fn open_and_recover(
+    path: &Path,
+    backend: Option<Box<dyn redb::StorageBackend>>,
+    in_memory: impl Fn(&QueueRecord) -> usize,
+) -> Result<(Database, Recovered), OpenError> {
+    let damaged = |damage| OpenError::Damaged {
+        path: path.to_owned(),
+        damage,
+    };
+    // redb reports its recovery's steps through this callback; the step after a last
+    // commit that did not verify is the only one at 30 %.
+    let fell_back = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut builder = redb::Builder::new();
+        let seen = fell_back.clone();
+        builder
+            .set_cache_size(CACHE_BYTES)
+            .set_check_integrity_on_open(true)
+            .set_repair_callback(move |session| {
+                if session.progress() == FELL_BACK_PROGRESS {
+                    seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        let db = match backend {
+            None => builder.create(path),
+            Some(backend) => builder.create_with_backend(DynBackend(backend)),
+        }
+        .map_err(|error| OpenError::Database {
+            path: path.to_owned(),
+            error,
+        })?;
+        create_tables(&db).map_err(|e| damaged(Damage::Read(e)))?;
+        let mut recovered = recover(&db, in_memory).map_err(damaged)?;
+        recovered.fell_back = fell_back.load(std::sync::atomic::Ordering::Relaxed);
+        if recovered.fell_back {
+            tracing::warn!(
+                file = %path.display(),
+                "recovered the commit before the last one: the last did not verify (torn by \
+                 a crash, so never confirmed; or damaged since)"
+            );
+        }
+        Ok((db, recovered))
+    }));
+    opened.unwrap_or_else(|panic| Err(damaged(Damage::Panicked(panic_message(&*panic)))))
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// A boxed backend as a backend (redb takes `impl StorageBackend`).
+#[derive(Debug)]
+struct DynBackend(Box<dyn redb::StorageBackend>);
+
+impl redb::StorageBackend for DynBackend {
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.0.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.0.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.0.write(offset, data)
+    }
+    fn close(&self) -> std::io::Result<()> {
+        self.0.close()
+    }
 }
 
 fn create_tables(db: &Database) -> Result<(), redb::Error> {
@@ -190,14 +296,11 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
     Ok(())
 }
 
-fn corrupt(table: &'static str) -> impl Fn(String) -> OpenError {
-    move |reason| OpenError::Corrupt { table, reason }
+fn corrupt(table: &'static str) -> impl Fn(String) -> Damage {
+    move |reason| Damage::Corrupt { table, reason }
 }
 
-fn recover(
-    db: &Database,
-    in_memory: impl Fn(&QueueRecord) -> usize,
-) -> Result<Recovered, OpenError> {
+fn recover(db: &Database, in_memory: impl Fn(&QueueRecord) -> usize) -> Result<Recovered, Damage> {
     let txn = db.begin_read()?;
     let messages = txn.open_table(MESSAGES)?;
     let deliveries = txn.open_table(ENTRY_STATE)?;
@@ -293,35 +396,8 @@ fn recover(
     Ok(recovered)
 }
 
-/// A MESSAGES value: enqueue time, then the message.
-fn encode_entry(enqueued_at: u64, message: &Message, out: &mut Vec<u8>) {
-    out.clear();
-    out.extend_from_slice(&enqueued_at.to_le_bytes());
-    encode_stored(message, out);
-}
-
-/// A MESSAGES value, whole or (`on_disk`) only its placement; a message with a delay is
-/// always whole (it waits in memory).
-fn recall(bytes: &[u8], on_disk: bool) -> Result<(u64, Recalled), String> {
-    let (time, rest) = bytes
-        .split_first_chunk::<8>()
-        .ok_or("stored entry shorter than its enqueue time")?;
-    if on_disk {
-        let placement = decode_placement(rest)?;
-        if placement.delay_ms.is_none_or(|d| d == 0) {
-            return Ok((u64::from_le_bytes(*time), Recalled::OnDisk(placement)));
-        }
-    }
-    let message = Arc::new(decode_stored(rest)?);
-    Ok((u64::from_le_bytes(*time), Recalled::InMemory(message)))
-}
-
-fn decode_entry(bytes: &[u8]) -> Result<(u64, Message), String> {
-    let (time, rest) = bytes
-        .split_first_chunk::<8>()
-        .ok_or("stored entry shorter than its enqueue time")?;
-    Ok((u64::from_le_bytes(*time), decode_stored(rest)?))
-}
+#[cfg(test)]
+mod integrity_tests;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,223 @@
+//! `broker bench soak`: the crash soak. Runs `broker serve` (this executable) on a
+//! temporary data directory, publishes persistent messages with confirms and consumes them
+//! with acks while killing the broker with SIGKILL at random moments and restarting it;
+//! at the end a clean broker drains the queue. Prints one line:
+//!
+//! `scenario=soak secs=S kills=K published=P confirmed=C delivered=D lost=L duplicates=U corrupted=X left=N`
+//!
+//! `delivered` counts distinct messages. `lost` (confirmed, never delivered) and
+//! `corrupted` (a body that is not what was published) must be 0: the command fails
+//! otherwise. `duplicates` (deliveries of a message already acked, when the ack did not
+//! reach the disk before the kill) are what at-least-once delivery allows.
+
+use std::collections::{HashMap, HashSet};
+use std::io::BufRead as _;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use broker::{Client, Message, QueueOptions};
+
+const QUEUE: &str = "soak";
+/// Publishes in flight per publisher connection.
+const WINDOW: usize = 64;
+
+/// What the clients saw, over every broker run.
+#[derive(Default)]
+struct Seen {
+    published: u64,
+    confirmed: HashSet<u64>,
+    /// Message id → deliveries.
+    delivered: HashMap<u64, u64>,
+    /// Deliveries of a message after one that was acked.
+    duplicates: u64,
+    corrupted: u64,
+    acked: HashSet<u64>,
+}
+
+/// The body of message `id`: the id, a filler whose size and bytes follow from it.
+fn body(id: u64) -> Vec<u8> {
+    let mut body = format!("soak-{id}:").into_bytes();
+    let len = (id.wrapping_mul(2_654_435_761) % 2000) as usize;
+    body.extend((0..len).map(|i| b'A' + ((i as u64 ^ id) % 26) as u8));
+    body
+}
+
+fn id_of(body: &[u8]) -> Option<u64> {
+    let rest = body.strip_prefix(b"soak-")?;
+    let end = rest.iter().position(|b| *b == b':')?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+/// A `broker serve` child on `data_dir`, and its WebSocket URL.
+fn spawn_broker(data_dir: &std::path::Path) -> anyhow::Result<(Child, String)> {
+    let exe = std::env::current_exe().context("locating the broker executable")?;
+    let mut child = Command::new(exe)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-http",
+            "--log",
+            "error",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("spawning `broker serve`")?;
+    let mut line = String::new();
+    let stdout = child.stdout.take().context("the broker's stdout")?;
+    std::io::BufReader::new(stdout).read_line(&mut line)?;
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("ws://"))
+        .with_context(|| format!("no ws:// address in the broker's first line `{line}`"))?
+        .to_owned();
+    Ok((child, url))
+}
+
+/// Publishes until the connection fails, `WINDOW` in flight; ids from `next_id`.
+async fn publish(c: Client, next_id: Arc<Mutex<u64>>, seen: Arc<Mutex<Seen>>) {
+    let mut in_flight = std::collections::VecDeque::new();
+    loop {
+        let id = {
+            let mut next = next_id.lock().unwrap();
+            *next += 1;
+            *next - 1
+        };
+        let mut message = Message::text(QUEUE, "");
+        message.body = body(id).into();
+        message.properties.persistent = true;
+        seen.lock().unwrap().published += 1;
+        in_flight.push_back((id, c.publish(message, false)));
+        if in_flight.len() >= WINDOW {
+            let (id, confirm) = in_flight.pop_front().expect("not empty");
+            match confirm.await {
+                Ok(()) => seen.lock().unwrap().confirmed.insert(id),
+                Err(_) => return,
+            };
+        }
+    }
+}
+
+/// How long the final drain may take.
+const DRAIN_LIMIT: Duration = Duration::from_secs(120);
+
+/// Consumes and acks until the connection fails (or, with `until_empty`, until the queue
+/// is empty: the final drain).
+async fn consume(c: &Client, seen: &Mutex<Seen>, until_empty: bool) -> anyhow::Result<()> {
+    let mut sub = c.consume(QUEUE, 200).await?;
+    let drain_until = Instant::now() + DRAIN_LIMIT;
+    loop {
+        let delivery = match until_empty {
+            true => match tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
+                Ok(d) => d,
+                Err(_) => {
+                    let info = c.queue_info(QUEUE).await?;
+                    if info.ready + info.unacked + info.delayed == 0 {
+                        return Ok(());
+                    }
+                    anyhow::ensure!(Instant::now() < drain_until, "the drain stalled: {info:?}");
+                    continue;
+                }
+            },
+            false => sub.next().await,
+        };
+        let Some(d) = delivery else { return Ok(()) };
+        let mut seen = seen.lock().unwrap();
+        match id_of(&d.message.body).filter(|id| d.message.body[..] == body(*id)[..]) {
+            Some(id) => {
+                *seen.delivered.entry(id).or_default() += 1;
+                if seen.acked.contains(&id) {
+                    seen.duplicates += 1;
+                }
+                seen.acked.insert(id);
+            }
+            None => seen.corrupted += 1,
+        }
+        drop(seen);
+        if c.ack(d.delivery_tag, false).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Runs the soak for `duration`; `seed` picks the kill moments.
+pub async fn run(duration: Duration, seed: u64) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir().context("creating a temporary data directory")?;
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let next_id = Arc::new(Mutex::new(0));
+    let started = Instant::now();
+    let mut kills = 0;
+    while started.elapsed() < duration {
+        let (mut child, url) = spawn_broker(dir.path())?;
+        let publisher = Client::connect(&url).await?;
+        publisher
+            .declare_queue(QUEUE, QueueOptions::durable())
+            .await?;
+        publisher.confirm_select().await?;
+        let consumer = Client::connect(&url).await?;
+        let publishing = tokio::spawn(publish(publisher, next_id.clone(), seen.clone()));
+        let consuming = {
+            let seen = seen.clone();
+            tokio::spawn(async move { consume(&consumer, &seen, false).await })
+        };
+        // Sometimes at once: during the first commits after recovery.
+        let uptime = match rng.u8(..10) {
+            0 => rng.u64(..30),
+            _ => rng.u64(100..1500),
+        };
+        tokio::time::sleep(Duration::from_millis(uptime)).await;
+        child.kill().context("SIGKILL to the broker")?;
+        child.wait()?;
+        kills += 1;
+        let _ = publishing.await;
+        let _ = consuming.await;
+    }
+    // A clean run drains what is left.
+    let (mut child, url) = spawn_broker(dir.path())?;
+    let consumer = Client::connect(&url).await?;
+    consume(&consumer, &seen, true).await?;
+    let left = consumer.queue_info(QUEUE).await?;
+    consumer.close().await;
+    let _ = child.kill();
+    child.wait()?;
+
+    let seen = seen.lock().unwrap();
+    let lost = seen
+        .confirmed
+        .iter()
+        .filter(|id| !seen.delivered.contains_key(id))
+        .count();
+    let delivered = seen.delivered.len();
+    println!(
+        "scenario=soak secs={:.1} kills={kills} published={} confirmed={} delivered={delivered} \
+         lost={lost} duplicates={} corrupted={} left={}",
+        started.elapsed().as_secs_f64(),
+        seen.published,
+        seen.confirmed.len(),
+        seen.duplicates,
+        seen.corrupted,
+        left.ready + left.unacked,
+    );
+    anyhow::ensure!(
+        lost == 0 && seen.corrupted == 0,
+        "{lost} confirmed messages lost, {} corrupted",
+        seen.corrupted
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bodies_name_their_ids() {
+        for id in [0, 7, 123_456] {
+            assert_eq!(super::id_of(&super::body(id)), Some(id));
+        }
+    }
+}
