@@ -392,6 +392,7 @@ impl Client {
     pub async fn delete_exchange(&self, exchange: &str) -> Result<(), ClientError> {
         self.call_unit(Op::DeleteExchange {
             exchange: exchange.to_owned(),
+            if_unused: false,
         })
         .await
     }

@@ -32,6 +32,9 @@ pub enum Op {
     DeclareExchange(DeclareExchange),
     DeleteExchange {
         exchange: String,
+        /// Refuse when the exchange has bindings.
+        #[serde(default)]
+        if_unused: bool,
     },
     Bind(Binding),
     Unbind(Binding),

@@ -105,9 +105,22 @@ impl Router {
         })
     }
 
-    pub(super) fn delete_exchange(&mut self, name: &str) -> Result<Reply, OpError> {
+    pub(super) fn delete_exchange(
+        &mut self,
+        name: &str,
+        if_unused: bool,
+    ) -> Result<Reply, OpError> {
         if name == DEFAULT_EXCHANGE {
             return Err(default_exchange_refused("deleted"));
+        }
+        if if_unused
+            && self
+                .exchanges
+                .get(name)
+                .is_some_and(|e| !e.bindings.is_empty())
+        {
+            let message = format!("exchange `{name}` has bindings");
+            return Err(OpError::new(ErrorCode::PreconditionFailed, message));
         }
         let exchange = self
             .exchanges

@@ -474,7 +474,10 @@ impl Router {
             Op::QueueInfo { queue } => self.queue_info(&queue),
             Op::ListQueues => Ok(self.list_queues()),
             Op::DeclareExchange(declare) => self.declare_exchange(declare),
-            Op::DeleteExchange { exchange } => self.delete_exchange(&exchange),
+            Op::DeleteExchange {
+                exchange,
+                if_unused,
+            } => self.delete_exchange(&exchange, if_unused),
             Op::Bind(binding) => self.bind(conn, binding),
             Op::Unbind(binding) => self.unbind(conn, binding),
             Op::Publish(publish) => self.publish(conn, &id, publish, prerouted),

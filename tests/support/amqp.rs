@@ -1,0 +1,101 @@
+//! Helpers of the AMQP tests: a broker with its AMQP listener, lapin connections to it,
+//! and the reply code of an AMQP error.
+#![allow(dead_code)] // each test crate uses a different subset
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use broker::{Broker, Config};
+use futures_util::StreamExt;
+use lapin::{Connection, ConnectionProperties};
+
+/// Generous bound for anything that should happen "at once".
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// An in-process broker with both listeners on ephemeral ports.
+pub struct AmqpBroker {
+    pub broker: Option<Broker>,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn config(dir: &Path) -> Config {
+    let mut config = Config::new(dir);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.amqp = Some("127.0.0.1:0".parse().unwrap());
+    config.max_frame_bytes = 1024 * 1024;
+    config
+}
+
+impl AmqpBroker {
+    pub async fn start() -> AmqpBroker {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> AmqpBroker {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path());
+        adjust(&mut config);
+        let broker = Broker::start(config).await.unwrap();
+        AmqpBroker {
+            broker: Some(broker),
+            dir,
+        }
+    }
+
+    pub fn broker(&self) -> &Broker {
+        self.broker.as_ref().unwrap()
+    }
+
+    pub fn amqp_addr(&self) -> SocketAddr {
+        self.broker().amqp_addr().expect("AMQP listener configured")
+    }
+
+    /// `amqp://user:password@addr/%2f`.
+    pub fn uri(&self, user: &str, password: &str) -> String {
+        format!("amqp://{user}:{password}@{}/%2f", self.amqp_addr())
+    }
+
+    /// A lapin connection as guest.
+    pub async fn connect(&self) -> Connection {
+        within(Connection::connect(
+            &self.uri("guest", "guest"),
+            ConnectionProperties::default(),
+        ))
+        .await
+        .expect("lapin connects")
+    }
+
+    /// A JSON-protocol client of the same broker.
+    pub async fn json_client(&self) -> broker::Client {
+        broker::Client::connect(&self.broker().url()).await.unwrap()
+    }
+
+    /// Graceful shutdown and a fresh start on the same data directory.
+    pub async fn restart(&mut self) {
+        self.broker.take().unwrap().shutdown().await;
+        let config = config(self.dir.path());
+        self.broker = Some(Broker::start(config).await.unwrap());
+    }
+}
+
+/// Fails the test when `future` takes longer than [`WAIT`].
+pub async fn within<F: std::future::Future>(future: F) -> F::Output {
+    tokio::time::timeout(WAIT, future).await.expect("in time")
+}
+
+/// The AMQP reply code of a lapin error (`None` when it is not an AMQP error).
+pub fn reply_code(error: &lapin::Error) -> Option<u16> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(e) => Some(e.get_id()),
+        _ => None,
+    }
+}
+
+/// The next delivery of a lapin consumer.
+pub async fn next_delivery(consumer: &mut lapin::Consumer) -> lapin::message::Delivery {
+    within(consumer.next())
+        .await
+        .expect("consumer open")
+        .expect("a delivery, not an error")
+}
