@@ -17,7 +17,7 @@ use super::mapping::properties_to_amqp;
 use super::writer::{Chunk, Delivered};
 use crate::message::Message;
 use crate::protocol::{
-    Delivery, ErrorCode, ExchangeList, MessageCount, QueueInfo, RequestId, ServerFrame,
+    Delivery, ErrorCode, ExchangeList, Got, MessageCount, QueueInfo, RequestId, ServerFrame,
 };
 use crate::queue::ConnId;
 use crate::router::{Outbound, outbound_cost};
@@ -64,6 +64,7 @@ pub(super) enum Awaiting {
     ConfirmSelect {
         nowait: bool,
     },
+    Get,
 }
 
 /// A `basic.publish` waiting for its content.
@@ -218,6 +219,10 @@ impl Channel {
                 let Some((awaiting, _, _)) = self.take_awaiting(&id) else {
                     return Ok(None);
                 };
+                if let Awaiting::Get = awaiting {
+                    self.got(result, frame_max, &mut out)?;
+                    return Ok(Some(Chunk::frames(out)));
+                }
                 match self.answer(awaiting, result)? {
                     Some(reply) => method_frame(n, reply, &mut out),
                     None => return Ok(None),
@@ -228,6 +233,39 @@ impl Channel {
             _ => return Ok(None),
         }
         Ok(Some(Chunk::frames(out)))
+    }
+
+    /// `basic.get-ok` with the message, or `get-empty`.
+    fn got(
+        &mut self,
+        result: serde_json::Value,
+        frame_max: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<(), AmqpError> {
+        let got: Got = serde_json::from_value(result).map_err(internal)?;
+        let Some(d) = got.delivery else {
+            let empty = basic::GetEmpty {};
+            method_frame(
+                self.number,
+                AMQPClass::Basic(basic::AMQPMethod::GetEmpty(empty)),
+                out,
+            );
+            return Ok(());
+        };
+        let get_ok = basic::GetOk {
+            delivery_tag: d.delivery_tag,
+            redelivered: d.redelivered,
+            exchange: d.message.exchange.clone().into(),
+            routing_key: d.message.routing_key.clone().into(),
+            message_count: got.message_count.min(u32::MAX.into()) as u32,
+        };
+        method_frame(
+            self.number,
+            AMQPClass::Basic(basic::AMQPMethod::GetOk(get_ok)),
+            out,
+        );
+        content_frames(self.number, &d.message, frame_max, out);
+        Ok(())
     }
 
     fn take_awaiting(&mut self, id: &str) -> Option<(Awaiting, u16, u16)> {
@@ -331,6 +369,7 @@ impl Channel {
             Awaiting::ConfirmSelect { nowait: false } => {
                 AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {}))
             }
+            Awaiting::Get => return Ok(None),
         };
         Ok(Some(reply))
     }

@@ -27,7 +27,7 @@ use super::handshake::{self, NotOpened, Offer};
 use super::methods::{self, Effect};
 use super::writer::{Chunk, WriterTx, write_loop};
 use crate::auth::{Authenticator, Principal};
-use crate::protocol::Request;
+use crate::protocol::{Request, WireProtocol};
 use crate::queue::ConnId;
 use crate::router::{Command, Outbound, RouterHandle};
 
@@ -142,6 +142,22 @@ pub(crate) async fn serve(
     };
     frame_max.store(opened.frame_max, Ordering::Relaxed);
     tracing::info!(conn = id, %peer, user = %opened.principal.user, protocol = "amqp", "connection opened");
+    // The connection itself is a router connection too: its channels' exclusive queues
+    // belong to it, and `list_connections` shows it (with its channels) once.
+    let (session_tx, _) = mpsc::unbounded_channel();
+    let session = Command::Open {
+        conn: id,
+        tx: session_tx,
+        peer: Some(peer),
+        outbound: None,
+        user: Some(opened.principal.clone()),
+        session: None,
+        protocol: WireProtocol::Amqp,
+    };
+    if !ctx.router.send_request(session).await {
+        reader.abort();
+        return;
+    }
     let (router_tx, mut router_frames) = mpsc::unbounded_channel();
     let mut conn = AmqpConnection {
         id,
@@ -175,8 +191,13 @@ pub(crate) async fn serve(
             "connection task panicked",
         )),
     };
-    conn.close_channels(matches!(ended, Ended::BrokerStopping))
-        .await;
+    let broker_stopping = matches!(ended, Ended::BrokerStopping);
+    conn.close_channels(broker_stopping).await;
+    let close = Command::Close {
+        conn: id,
+        broker_stopping,
+    };
+    ctx.router.send_request(close).await;
     reader.abort();
     tracing::info!(conn = id, %peer, reason = %ended, "connection closed");
 }
@@ -593,6 +614,8 @@ impl AmqpConnection {
             peer: Some(self.peer),
             outbound: Some(channel.outbound.clone()),
             user: Some(self.principal.clone()),
+            session: Some(self.id),
+            protocol: WireProtocol::Amqp,
         };
         if !self.ctx.router.send_request(open).await {
             return Err(Ended::BrokerStopping);

@@ -205,6 +205,17 @@ pub(super) fn on_method(ch: &mut Channel, method: AMQPClass) -> Result<Effect, A
             let id = ch.expect(awaiting, 60, 30);
             request(id, Op::Cancel { consumer_tag })
         }
+        AMQPClass::Basic(basic::AMQPMethod::Get(m)) => {
+            let queue = queue_name(ch, m.queue.as_str(), 60, 70)?;
+            let id = ch.expect(Awaiting::Get, 60, 70);
+            request(
+                id,
+                Op::Get {
+                    queue,
+                    auto_ack: m.no_ack,
+                },
+            )
+        }
         AMQPClass::Basic(basic::AMQPMethod::Publish(m)) => {
             if m.immediate {
                 return Err(not_implemented("immediate=true", 60, 40));

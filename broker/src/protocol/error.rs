@@ -112,6 +112,7 @@ const OP_NAMES: &[&str] = &[
     "publish",
     "subscribe",
     "cancel",
+    "get",
     "ack",
     "nack",
     "reject",

@@ -232,7 +232,7 @@ impl Router {
         name: &str,
         message_id: Option<&str>,
     ) -> Result<Reply, OpError> {
-        super::queues::check_access(self.queue(name)?, conn)?;
+        super::queues::check_access(self.queue(name)?, self.owner(conn))?;
         let existing: std::collections::HashSet<Arc<str>> = self.queues.keys().cloned().collect();
         let dlq = self.queues.get_mut(name).expect("checked above");
         let dlq_id = dlq.id;

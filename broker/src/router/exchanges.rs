@@ -143,7 +143,7 @@ impl Router {
             return Err(default_exchange_refused("bound"));
         }
         let queue = self.queue(&binding.queue)?;
-        check_access(queue, conn)?;
+        check_access(queue, self.owner(conn))?;
         let queue_stored = queue.is_stored();
         let exchange = self
             .exchanges
@@ -180,7 +180,7 @@ impl Router {
             return Err(default_exchange_refused("unbound"));
         }
         if let Some(queue) = self.queues.get(binding.queue.as_str()) {
-            check_access(queue, conn)?;
+            check_access(queue, self.owner(conn))?;
         }
         let exchange = self
             .exchanges

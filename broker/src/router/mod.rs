@@ -79,6 +79,10 @@ pub enum Command {
         outbound: Option<Arc<std::sync::atomic::AtomicUsize>>,
         /// Who authenticated; `None` for the broker's own sessions.
         user: Option<Principal>,
+        /// The connection this one is a channel of (AMQP): exclusive queues belong to
+        /// it, and `list_connections` shows the channels in its row.
+        session: Option<ConnId>,
+        protocol: crate::protocol::WireProtocol,
     },
     /// The connection ended; `broker_stopping` when the broker closed it to shut down
     /// (its unacked messages then go back without counting as failed deliveries).
@@ -199,6 +203,35 @@ struct Conn {
     consumers: Vec<(Arc<str>, Arc<str>)>,
     /// For broker-chosen consumer tags and queue names.
     next_generated: u64,
+    /// The connection this one is a channel of.
+    session: Option<ConnId>,
+    protocol: crate::protocol::WireProtocol,
+}
+
+impl Conn {
+    fn new(
+        tx: ConnTx,
+        peer: Option<SocketAddr>,
+        outbound: Option<Arc<std::sync::atomic::AtomicUsize>>,
+        user: Option<Principal>,
+        session: Option<ConnId>,
+        protocol: crate::protocol::WireProtocol,
+    ) -> Self {
+        Conn {
+            tx,
+            peer,
+            outbound,
+            user,
+            opened_at: exchanges::now_ms(),
+            confirms: false,
+            next_delivery_tag: 1,
+            unacked: BTreeMap::new(),
+            consumers: Vec::new(),
+            next_generated: 1,
+            session,
+            protocol,
+        }
+    }
 }
 
 /// A delivery a connection holds. The queue id tells a queue from a later one of the same
@@ -343,7 +376,11 @@ impl Router {
                         peer,
                         outbound,
                         user,
-                    } => self.open_conn(conn, tx, peer, outbound, user),
+                        session,
+                        protocol,
+                    } => {
+                        self.open_conn(conn, Conn::new(tx, peer, outbound, user, session, protocol))
+                    }
                     Command::ChangeUser { conn, id, change } => self.change_user(conn, id, change),
                     Command::Close {
                         conn,
@@ -426,29 +463,16 @@ impl Router {
         }
     }
 
-    fn open_conn(
-        &mut self,
-        conn: ConnId,
-        tx: ConnTx,
-        peer: Option<SocketAddr>,
-        outbound: Option<Arc<std::sync::atomic::AtomicUsize>>,
-        user: Option<Principal>,
-    ) {
-        self.conns.insert(
-            conn,
-            Conn {
-                tx,
-                peer,
-                outbound,
-                user,
-                opened_at: exchanges::now_ms(),
-                confirms: false,
-                next_delivery_tag: 1,
-                unacked: BTreeMap::new(),
-                consumers: Vec::new(),
-                next_generated: 1,
-            },
-        );
+    fn open_conn(&mut self, conn: ConnId, state: Conn) {
+        self.conns.insert(conn, state);
+    }
+
+    /// Who owns the exclusive queues `conn` declares: its session, or itself.
+    fn owner(&self, conn: ConnId) -> ConnId {
+        self.conns
+            .get(&conn)
+            .and_then(|c| c.session)
+            .unwrap_or(conn)
     }
 
     fn request(
@@ -483,6 +507,7 @@ impl Router {
             Op::Publish(publish) => self.publish(conn, &id, publish, prerouted),
             Op::Subscribe(subscribe) => self.subscribe(conn, subscribe),
             Op::Cancel { consumer_tag } => self.cancel(conn, &consumer_tag),
+            Op::Get { queue, auto_ack } => self.get(conn, &queue, auto_ack),
             Op::Ack {
                 delivery_tag,
                 multiple,

@@ -77,6 +77,8 @@ impl Session {
             peer: None,
             outbound: None,
             user: None,
+            session: None,
+            protocol: crate::protocol::WireProtocol::Json,
         });
         let waiters = Waiters::default();
         tokio::spawn(match_replies(rx, waiters.clone()));

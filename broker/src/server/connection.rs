@@ -142,6 +142,8 @@ impl Connection {
             peer: Some(self.peer),
             outbound: Some(outbound.clone()),
             user: Some(principal.clone()),
+            session: None,
+            protocol: crate::protocol::WireProtocol::Json,
         };
         if !self.router.send_request(open).await {
             return;
