@@ -5,7 +5,7 @@
 #[path = "support/amqp.rs"]
 mod amqp;
 
-use amqp::{AmqpBroker, next_delivery, reply_code, within};
+use amqp::{AmqpBroker, next_delivery, next_error_code, reply_code, within};
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, ExchangeKind};
@@ -259,26 +259,17 @@ async fn confirms_returns_and_negative_confirms() {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    let failed = within(async {
-        ch.basic_publish(
+    let mut events = Box::pin(conn.events_listener());
+    let _ = ch
+        .basic_publish(
             "no-such".into(),
             "k".into(),
             BasicPublishOptions::default(),
             b"x",
             BasicProperties::default(),
         )
-        .await?
-        .await
-    })
-    .await;
-    let closed = match failed {
-        Err(e) => e,
-        Ok(_) => within(ch.wait_for_confirms())
-            .await
-            .map(|_| ())
-            .expect_err("channel closed"),
-    };
-    assert_eq!(reply_code(&closed), Some(404), "{closed:?}");
+        .await;
+    assert_eq!(next_error_code(&mut events).await, 404);
 }
 
 #[tokio::test]
@@ -349,16 +340,13 @@ async fn acks_nacks_rejects_qos_and_recover() {
     assert!(recovered.redelivered);
     recovered.ack(BasicAckOptions::default()).await.unwrap();
     // An unknown tag closes the channel with 406.
+    let mut events = Box::pin(conn.events_listener());
     ch.basic_ack(999, BasicAckOptions::default()).await.unwrap();
+    assert_eq!(next_error_code(&mut events).await, 406);
     let passive = QueueDeclareOptions {
         passive: true,
         ..Default::default()
     };
-    let closed = ch
-        .queue_declare("work".into(), passive, no_args())
-        .await
-        .unwrap_err();
-    assert_eq!(reply_code(&closed), Some(406), "{closed:?}");
     let ch = conn.create_channel().await.unwrap();
     let left = ch
         .queue_declare("work".into(), passive, no_args())

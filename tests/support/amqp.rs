@@ -99,3 +99,23 @@ pub async fn next_delivery(consumer: &mut lapin::Consumer) -> lapin::message::De
         .expect("consumer open")
         .expect("a delivery, not an error")
 }
+
+/// The reply code of the next channel or connection exception `events` reports (from
+/// `Connection::events_listener`): what a method sent after the offending one may not see,
+/// because lapin fails it as "channel closing" first.
+pub async fn next_error_code(
+    events: &mut (impl futures_util::Stream<Item = lapin::Event> + Unpin),
+) -> u16 {
+    within(async {
+        loop {
+            match events.next().await.expect("connection events") {
+                lapin::Event::Error(e) => match reply_code(&e) {
+                    Some(code) => break code,
+                    None => continue,
+                },
+                _ => continue,
+            }
+        }
+    })
+    .await
+}

@@ -7,7 +7,8 @@
 //! `{"$bytes": base64}` (byte arrays, and long strings that are not UTF-8),
 //! `{"$timestamp": seconds}`, `{"$decimal": {"scale": s, "value": v}}`. What does not
 //! round-trip exactly is said in docs/amqp.md: integer widths (every integer comes back as a
-//! signed 64-bit `l`), `f` floats (come back as `d`), short strings (as long strings).
+//! signed 64-bit `l`), `f` floats (come back as `d`). Short strings (`s`) cannot be sent
+//! in a table at all: like RabbitMQ, `amq-protocol` reads `s` as a 16-bit integer.
 
 use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::{AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable};
