@@ -4,7 +4,7 @@
 #[path = "support/amqp.rs"]
 mod amqp;
 
-use amqp::{AmqpBroker, WAIT, next_delivery, reply_code, within};
+use amqp::{AmqpBroker, WAIT, next_delivery, raw_open, reply_code, within};
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -144,52 +144,4 @@ async fn heartbeats_are_sent_and_a_silent_peer_is_dropped() {
         rest.windows(8).any(|w| w == [8, 0, 0, 0, 0, 0, 0, 0xCE]),
         "{rest:?}"
     );
-}
-
-/// A raw socket through the handshake (PLAIN guest/guest, heartbeat as offered).
-pub async fn raw_open(broker: &AmqpBroker) -> tokio::net::TcpStream {
-    use amq_protocol::frame::{AMQPFrame, gen_frame};
-    use amq_protocol::protocol::{AMQPClass, connection};
-    let mut socket = tokio::net::TcpStream::connect(broker.amqp_addr())
-        .await
-        .unwrap();
-    socket.write_all(b"AMQP\x00\x00\x09\x01").await.unwrap();
-    let send = |class: AMQPClass| {
-        let frame = AMQPFrame::Method(0, class);
-        let (buffer, _) = gen_frame(&frame)(Vec::new().into()).unwrap().into_inner();
-        buffer
-    };
-    let start_ok = connection::StartOk {
-        client_properties: Default::default(),
-        mechanism: "PLAIN".into(),
-        response: "\0guest\0guest".into(),
-        locale: "en_US".into(),
-    };
-    socket
-        .write_all(&send(AMQPClass::Connection(
-            connection::AMQPMethod::StartOk(start_ok),
-        )))
-        .await
-        .unwrap();
-    let tune_ok = connection::TuneOk {
-        channel_max: 16,
-        frame_max: 131072,
-        heartbeat: 1,
-    };
-    socket
-        .write_all(&send(AMQPClass::Connection(
-            connection::AMQPMethod::TuneOk(tune_ok),
-        )))
-        .await
-        .unwrap();
-    let open = connection::Open {
-        virtual_host: "/".into(),
-    };
-    socket
-        .write_all(&send(AMQPClass::Connection(connection::AMQPMethod::Open(
-            open,
-        ))))
-        .await
-        .unwrap();
-    socket
 }

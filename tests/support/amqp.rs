@@ -119,3 +119,91 @@ pub async fn next_error_code(
     })
     .await
 }
+
+/// Encodes one frame.
+pub fn frame_bytes(frame: &amq_protocol::frame::AMQPFrame) -> Vec<u8> {
+    let (buffer, _) = amq_protocol::frame::gen_frame(frame)(Vec::new().into())
+        .unwrap()
+        .into_inner();
+    buffer
+}
+
+/// A raw socket through the handshake (PLAIN guest/guest, a 1 s heartbeat, the offered
+/// frame_max), for bytes no client library would send.
+pub async fn raw_open(broker: &AmqpBroker) -> tokio::net::TcpStream {
+    use amq_protocol::frame::AMQPFrame;
+    use amq_protocol::protocol::{AMQPClass, connection};
+    use tokio::io::AsyncWriteExt;
+    let mut socket = tokio::net::TcpStream::connect(broker.amqp_addr())
+        .await
+        .unwrap();
+    socket.write_all(b"AMQP\x00\x00\x09\x01").await.unwrap();
+    let method =
+        |m: connection::AMQPMethod| frame_bytes(&AMQPFrame::Method(0, AMQPClass::Connection(m)));
+    let start_ok = connection::StartOk {
+        client_properties: Default::default(),
+        mechanism: "PLAIN".into(),
+        response: "\0guest\0guest".into(),
+        locale: "en_US".into(),
+    };
+    let tune_ok = connection::TuneOk {
+        channel_max: 16,
+        frame_max: 131072,
+        heartbeat: 1,
+    };
+    let open = connection::Open {
+        virtual_host: "/".into(),
+    };
+    for m in [
+        connection::AMQPMethod::StartOk(start_ok),
+        connection::AMQPMethod::TuneOk(tune_ok),
+        connection::AMQPMethod::Open(open),
+    ] {
+        socket.write_all(&method(m)).await.unwrap();
+    }
+    socket
+}
+
+/// Reads frames until the broker's `connection.close` (answering it with `close-ok`);
+/// returns its reply code, then checks the broker closes the socket.
+pub async fn connection_close_code(socket: &mut tokio::net::TcpStream) -> u16 {
+    use amq_protocol::frame::{AMQPFrame, parse_frame};
+    use amq_protocol::protocol::{AMQPClass, connection};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = Vec::new();
+    let code = within(async {
+        loop {
+            // Skip whole frames already read; stop at the close.
+            loop {
+                let parsed = parse_frame(buffer.as_slice()).map(|(rest, f)| (rest.len(), f));
+                match parsed {
+                    Ok((rest, frame)) => {
+                        let used = buffer.len() - rest;
+                        buffer.drain(..used);
+                        if let AMQPFrame::Method(
+                            0,
+                            AMQPClass::Connection(connection::AMQPMethod::Close(close)),
+                        ) = frame
+                        {
+                            return close.reply_code;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = socket.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the broker closed without connection.close");
+            buffer.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    let close_ok = AMQPFrame::Method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+    );
+    let _ = socket.write_all(&frame_bytes(&close_ok)).await;
+    let mut rest = Vec::new();
+    let _ = within(socket.read_to_end(&mut rest)).await;
+    code
+}
