@@ -70,8 +70,7 @@ async fn a_wrong_password_is_refused_with_403() {
         ConnectionProperties::default(),
     ))
     .await
-    .err()
-    .expect("refused");
+    .expect_err("refused");
     assert_eq!(reply_code(&refused), Some(403), "{refused:?}");
     // AMQPLAIN goes through the same authenticator.
     let amqplain = format!("{}?auth_mechanism=amqplain", broker.uri("guest", "guest"));
@@ -88,8 +87,7 @@ async fn a_wrong_password_is_refused_with_403() {
         ConnectionProperties::default(),
     ))
     .await
-    .err()
-    .expect("refused");
+    .expect_err("refused");
     assert_eq!(reply_code(&refused), Some(403), "{refused:?}");
 }
 
@@ -99,8 +97,7 @@ async fn a_vhost_other_than_slash_is_not_allowed() {
     let uri = format!("amqp://guest:guest@{}/elsewhere", broker.amqp_addr());
     let refused = within(Connection::connect(&uri, ConnectionProperties::default()))
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(reply_code(&refused), Some(530), "{refused:?}");
 }
 

@@ -29,6 +29,11 @@ async fn round_trip_keeps_body_headers_and_properties() {
         expiration_ms: Some(60_000),
         timestamp: Some(1234),
         delay_ms: None,
+        content_encoding: Some("identity".into()),
+        kind: Some("order".into()),
+        user_id: Some("guest".into()),
+        app_id: Some("core-test".into()),
+        cluster_id: Some("c".into()),
     };
     c.publish(sent.clone(), false).await.unwrap();
     c.publish(Message::text("q", "héllo"), false).await.unwrap();

@@ -410,6 +410,25 @@ impl Channel {
                 Err(AmqpError::from_core(error, message).during(60, 80))
             }
             Some(RequestId::Str(id)) => match self.take_awaiting(&id) {
+                // RabbitMQ answers the cancel of an unknown consumer with `cancel-ok`
+                // (it may have been cancelled by the broker meanwhile).
+                Some((
+                    Awaiting::Cancel {
+                        consumer_tag,
+                        nowait,
+                    },
+                    _,
+                    _,
+                )) if error == ErrorCode::UnknownConsumer => {
+                    let reply = self.answer(
+                        Awaiting::Cancel {
+                            consumer_tag,
+                            nowait,
+                        },
+                        Default::default(),
+                    )?;
+                    Ok(reply.map(|reply| self.method(reply)))
+                }
                 Some((_, class_id, method_id)) => {
                     Err(AmqpError::from_core(error, message).during(class_id, method_id))
                 }

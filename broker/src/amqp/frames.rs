@@ -78,9 +78,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         2 => {
             use amq_protocol::frame::parsing::parse_content_header;
             match parse_content_header(&payload[..]) {
-                Ok((rest, header)) if rest.is_empty() => {
-                    Ok(Incoming::Header(channel, Box::new(header)))
-                }
+                Ok(([], header)) => Ok(Incoming::Header(channel, Box::new(header))),
                 _ => Err(syntax_error("malformed content header")),
             }
         }
@@ -110,7 +108,7 @@ fn parse_method(channel: u16, payload: &[u8]) -> Result<Incoming, ReadError> {
         ));
     };
     match parse_class(payload) {
-        Ok((rest, parsed)) if rest.is_empty() => Ok(Incoming::Method(channel, Box::new(parsed))),
+        Ok(([], parsed)) => Ok(Incoming::Method(channel, Box::new(parsed))),
         _ if !is_known_method(class, method) => Err(ReadError::Invalid(
             AmqpError::connection(
                 code::NOT_IMPLEMENTED,

@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 use crate::message::{Headers, Message, present};
 
 /// A request's operation and its fields.
+// Publishes are nearly all requests: boxing the big variant would only add an allocation
+// per publish.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
