@@ -111,7 +111,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => String::new(),
     };
     println!(
-        "broker listening on {} (data: {}){http}{amqp}",
+        "broker listening on {} (data: {}){amqp}{http}",
         broker.url(),
         args.data_dir.join(broker::store::DB_FILE).display()
     );
