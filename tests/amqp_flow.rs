@@ -32,22 +32,20 @@ async fn a_publisher_out_of_credit_is_not_read_until_confirms_go_out() {
     // The disk stalls: the first persistent publish holds the connection's only credit.
     broker.broker().hold_commits(true);
     let persistent = BasicProperties::default().with_delivery_mode(2);
-    let publish = |body: &'static [u8]| {
-        let (ch, props) = (ch.clone(), persistent.clone());
-        async move {
-            ch.basic_publish(
+    let mut confirms = Vec::new();
+    for body in [b"1", b"2"] {
+        let confirm = ch
+            .basic_publish(
                 "".into(),
                 "slow".into(),
                 BasicPublishOptions::default(),
                 body,
-                props,
+                persistent.clone(),
             )
             .await
-            .unwrap()
-        }
-    };
-    let first = publish(b"1").await;
-    let second = publish(b"2").await;
+            .unwrap();
+        confirms.push(confirm);
+    }
     // The second publish waits for credit, so the connection reads nothing behind it.
     let other = conn.create_channel();
     assert!(
@@ -57,8 +55,9 @@ async fn a_publisher_out_of_credit_is_not_read_until_confirms_go_out() {
         "a channel.open behind a publish without credit is not read"
     );
     broker.broker().hold_commits(false);
-    assert_eq!(within(first).await.unwrap(), Confirmation::Ack(None));
-    assert_eq!(within(second).await.unwrap(), Confirmation::Ack(None));
+    for confirm in confirms {
+        assert_eq!(within(confirm).await.unwrap(), Confirmation::Ack(None));
+    }
     within(conn.create_channel()).await.unwrap();
 }
 
