@@ -460,3 +460,51 @@ async fn list_connections_shows_an_amqp_connection_once_with_its_channels() {
         .count();
     assert_eq!(json_rows, 1, "{list:?}");
 }
+
+#[tokio::test]
+async fn an_exclusive_consumer_is_the_only_one() {
+    let broker = AmqpBroker::start().await;
+    let conn = broker.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare("solo".into(), QueueDeclareOptions::default(), no_args())
+        .await
+        .unwrap();
+    let exclusive = BasicConsumeOptions {
+        exclusive: true,
+        ..Default::default()
+    };
+    let _only = ch
+        .basic_consume("solo".into(), "only".into(), exclusive, no_args())
+        .await
+        .unwrap();
+    let other = conn.create_channel().await.unwrap();
+    let refused = other
+        .basic_consume(
+            "solo".into(),
+            "second".into(),
+            BasicConsumeOptions::default(),
+            no_args(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(reply_code(&refused), Some(403), "{refused:?}");
+    // And an exclusive consumer is refused where another consumer is.
+    ch.queue_declare("shared".into(), QueueDeclareOptions::default(), no_args())
+        .await
+        .unwrap();
+    let _first = ch
+        .basic_consume(
+            "shared".into(),
+            "first".into(),
+            BasicConsumeOptions::default(),
+            no_args(),
+        )
+        .await
+        .unwrap();
+    let other = conn.create_channel().await.unwrap();
+    let refused = other
+        .basic_consume("shared".into(), "x".into(), exclusive, no_args())
+        .await
+        .unwrap_err();
+    assert_eq!(reply_code(&refused), Some(403), "{refused:?}");
+}

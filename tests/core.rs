@@ -324,6 +324,7 @@ async fn cancelled_subscription_gets_no_more_messages_and_keeps_unacked() {
             prefetch: 0,
             auto_ack: false,
             filter: None,
+            exclusive: false,
             consumer_tag: Some("mine".into()),
         })
         .await
@@ -357,6 +358,7 @@ async fn auto_ack_consumer_settles_on_write() {
             auto_ack: true,
             consumer_tag: None,
             filter: None,
+            exclusive: false,
         })
         .await
         .unwrap();

@@ -56,7 +56,7 @@ type Frames = mpsc::Receiver<Result<Incoming, ReadError>>;
 type RouterFrames = mpsc::UnboundedReceiver<(u16, ConnId, Outbound)>;
 
 /// Why a connection ended.
-enum Ended {
+pub(super) enum Ended {
     ClientClosed,
     ReadError(String),
     BrokerStopping,
@@ -250,25 +250,25 @@ pub(super) fn short(text: &str) -> amq_protocol::types::ShortString {
     text[..end].into()
 }
 
-struct AmqpConnection {
-    id: ConnId,
-    peer: SocketAddr,
-    ctx: Arc<AmqpContext>,
-    principal: Principal,
-    frame_max: u32,
-    channel_max: u16,
-    heartbeat: Option<Duration>,
-    writer: WriterTx,
+pub(super) struct AmqpConnection {
+    pub(super) id: ConnId,
+    pub(super) peer: SocketAddr,
+    pub(super) ctx: Arc<AmqpContext>,
+    pub(super) principal: Principal,
+    pub(super) frame_max: u32,
+    pub(super) channel_max: u16,
+    pub(super) heartbeat: Option<Duration>,
+    pub(super) writer: WriterTx,
     /// Each channel's router frames, tagged with the channel and its router id.
-    router_tx: mpsc::UnboundedSender<(u16, ConnId, Outbound)>,
-    channels: HashMap<u16, Channel>,
+    pub(super) router_tx: mpsc::UnboundedSender<(u16, ConnId, Outbound)>,
+    pub(super) channels: HashMap<u16, Channel>,
     /// One permit per publish the router has not answered yet.
-    credit: Arc<Semaphore>,
-    alarm: watch::Receiver<bool>,
+    pub(super) credit: Arc<Semaphore>,
+    pub(super) alarm: watch::Receiver<bool>,
     /// Only connections that publish are blocked by the memory alarm.
-    published: bool,
-    blocked: bool,
-    shutdown: watch::Receiver<bool>,
+    pub(super) published: bool,
+    pub(super) blocked: bool,
+    pub(super) shutdown: watch::Receiver<bool>,
 }
 
 impl AmqpConnection {
@@ -342,7 +342,7 @@ impl AmqpConnection {
         self.send(0, AMQPClass::Connection(method));
     }
 
-    fn send(&self, channel: u16, class: AMQPClass) {
+    pub(super) fn send(&self, channel: u16, class: AMQPClass) {
         let mut out = Vec::new();
         encode(&AMQPFrame::Method(channel, class), &mut out);
         let _ = self.writer.send(Chunk::frames(out));
@@ -370,53 +370,6 @@ impl AmqpConnection {
             }
             Ok(None) => Ok(()),
             Err(e) => self.raise(number, e).await,
-        }
-    }
-
-    /// A channel exception closes its channel; a connection exception ends the connection.
-    async fn raise(&mut self, number: u16, e: AmqpError) -> Result<(), Ended> {
-        let AmqpError::Channel {
-            code,
-            text,
-            class_id,
-            method_id,
-        } = &e
-        else {
-            return Err(Ended::Raised(e));
-        };
-        let Some(channel) = self.channels.get_mut(&number) else {
-            return Ok(());
-        };
-        tracing::debug!(conn = self.id, channel = number, error = %e, "AMQP channel exception");
-        channel.closing = true;
-        channel.content = None;
-        let conn = channel.conn;
-        let close = channel::Close {
-            reply_code: *code,
-            reply_text: short(text),
-            class_id: *class_id,
-            method_id: *method_id,
-        };
-        self.send(
-            number,
-            AMQPClass::Channel(channel::AMQPMethod::Close(close)),
-        );
-        // Its consumers, unacked deliveries and exclusive queues go now.
-        self.router_close(conn, false).await
-    }
-
-    async fn router_close(&self, conn: ConnId, broker_stopping: bool) -> Result<(), Ended> {
-        match self
-            .ctx
-            .router
-            .send_request(Command::Close {
-                conn,
-                broker_stopping,
-            })
-            .await
-        {
-            true => Ok(()),
-            false => Err(Ended::BrokerStopping),
         }
     }
 
@@ -474,20 +427,6 @@ impl AmqpConnection {
         match effect {
             Err(e) => self.raise(number, e).await,
             Ok(effect) => self.apply(number, effect, router_frames).await,
-        }
-    }
-
-    /// The channel a frame is for: `None` while it is closing (the frame is dropped); a
-    /// connection exception when it is not open.
-    fn open_channel_mut(&mut self, number: u16) -> Result<Option<&mut Channel>, AmqpError> {
-        match self.channels.get_mut(&number) {
-            Some(channel) if channel.closing => Ok(None),
-            Some(channel) => Ok(Some(channel)),
-            None => Err(AmqpError::connection(
-                code::CHANNEL_ERROR,
-                "CHANNEL_ERROR",
-                format_args!("channel {number} is not open"),
-            )),
         }
     }
 
@@ -579,78 +518,6 @@ impl AmqpConnection {
                 )
                 .during(other.get_amqp_class_id(), other.get_amqp_method_id()),
             )),
-        }
-    }
-
-    async fn open_channel(&mut self, number: u16) -> Result<(), Ended> {
-        if self.channels.contains_key(&number) || number > self.channel_max {
-            return Err(Ended::Raised(
-                AmqpError::connection(
-                    code::CHANNEL_ERROR,
-                    "CHANNEL_ERROR",
-                    format_args!(
-                        "channel {number} is already open or above channel_max {}",
-                        self.channel_max
-                    ),
-                )
-                .during(20, 10),
-            ));
-        }
-        let conn = self.ctx.next_conn.fetch_add(1, Ordering::Relaxed);
-        let channel = Channel::new(number, conn);
-        // The router writes to a channel of its own; a forwarder tags its frames.
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let forward = self.router_tx.clone();
-        tokio::spawn(async move {
-            while let Some(outbound) = rx.recv().await {
-                if forward.send((number, conn, outbound)).is_err() {
-                    break;
-                }
-            }
-        });
-        let open = Command::Open {
-            conn,
-            tx,
-            peer: Some(self.peer),
-            outbound: Some(channel.outbound.clone()),
-            user: Some(self.principal.clone()),
-            session: Some(self.id),
-            protocol: WireProtocol::Amqp,
-        };
-        if !self.ctx.router.send_request(open).await {
-            return Err(Ended::BrokerStopping);
-        }
-        self.channels.insert(number, channel);
-        self.send(
-            number,
-            AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
-        );
-        Ok(())
-    }
-
-    async fn close_channel(&mut self, number: u16) -> Result<(), Ended> {
-        if let Some(channel) = self.channels.remove(&number)
-            && !channel.closing
-        {
-            self.router_close(channel.conn, false).await?;
-        }
-        self.send(
-            number,
-            AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
-        );
-        Ok(())
-    }
-
-    /// The router forgets every channel still open.
-    async fn close_channels(&mut self, broker_stopping: bool) {
-        for (_, channel) in self.channels.drain() {
-            if !channel.closing {
-                let close = Command::Close {
-                    conn: channel.conn,
-                    broker_stopping,
-                };
-                self.ctx.router.send_request(close).await;
-            }
         }
     }
 }

@@ -193,6 +193,7 @@ pub(super) fn on_method(ch: &mut Channel, method: AMQPClass) -> Result<Effect, A
                     consumer_tag: Some(m.consumer_tag.as_str().to_string())
                         .filter(|t| !t.is_empty()),
                     filter: None,
+                    exclusive: m.exclusive,
                 }),
             )
         }

@@ -6,6 +6,7 @@
 //! maps.
 
 mod channel;
+mod channels;
 mod connection;
 mod errors;
 mod frames;

@@ -439,6 +439,7 @@ impl Client {
             auto_ack: false,
             consumer_tag: None,
             filter: None,
+            exclusive: false,
         })
         .await
     }
@@ -457,6 +458,7 @@ impl Client {
             auto_ack: false,
             consumer_tag: None,
             filter: Some(filter.to_owned()),
+            exclusive: false,
         })
         .await
     }

@@ -254,6 +254,10 @@ pub struct Subscribe {
         deserialize_with = "present"
     )]
     pub filter: Option<String>,
+    /// The queue's only consumer: refused (`access_refused`) while it has others, and
+    /// others are refused while this one lasts (AMQP's exclusive consumer).
+    #[serde(default)]
+    pub exclusive: bool,
 }
 
 /// How a handler is attached to its queue.

@@ -99,6 +99,8 @@ pub struct Consumer {
     /// Most unacked deliveries at once; 0 is unlimited.
     pub prefetch: u32,
     pub auto_ack: bool,
+    /// The queue's only consumer while it lasts.
+    pub exclusive: bool,
     in_flight: u32,
 }
 
@@ -109,6 +111,7 @@ impl Consumer {
             tag,
             prefetch,
             auto_ack,
+            exclusive: false,
             in_flight: 0,
         }
     }

@@ -18,6 +18,13 @@ impl Router {
         if let Some(filter) = &sub.filter {
             self.check_filter(&sub.queue, filter)?;
         }
+        let queue = self.queue(&sub.queue)?;
+        if queue.consumers().iter().any(|c| c.exclusive)
+            || (sub.exclusive && queue.consumer_count() > 0)
+        {
+            let message = format!("queue `{}` in exclusive use", sub.queue);
+            return Err(OpError::new(ErrorCode::AccessRefused, message));
+        }
         let tag = match sub.consumer_tag {
             Some(tag) if !tag.is_empty() => tag,
             _ => self.generate_name(conn, "ctag"),
@@ -37,7 +44,9 @@ impl Router {
         let (name, tag): (Arc<str>, Arc<str>) = (name.clone(), tag.into());
         c.consumers.push((name.clone(), tag.clone()));
         let queue = self.queues.get_mut(&name).expect("checked above");
-        queue.add_consumer(Consumer::new(conn, tag.clone(), sub.prefetch, sub.auto_ack));
+        let mut consumer = Consumer::new(conn, tag.clone(), sub.prefetch, sub.auto_ack);
+        consumer.exclusive = sub.exclusive;
+        queue.add_consumer(consumer);
         if let Some(filter) = &sub.filter {
             self.add_filter(conn, tag.clone(), name.clone(), filter);
         }
