@@ -28,6 +28,11 @@ fn samples(queue: &str) -> Vec<Message> {
         expiration_ms: Some(3_600_000),
         timestamp: Some(1_795_466_186_762),
         delay_ms: None,
+        content_encoding: Some("gzip".into()),
+        kind: Some("event".into()),
+        user_id: Some("guest".into()),
+        app_id: Some("binary-test".into()),
+        cluster_id: Some("c".into()),
     };
     let mut binary = Message::text(queue, "");
     binary.body = Bytes::from_static(&[0, 0xff, 0xfe, b'a', 0x80]);

@@ -62,6 +62,7 @@ fn subscribe(queue: &str, prefetch: u32) -> Subscribe {
         auto_ack: false,
         consumer_tag: None,
         filter: None,
+        exclusive: false,
     }
 }
 

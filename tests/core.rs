@@ -29,6 +29,11 @@ async fn round_trip_keeps_body_headers_and_properties() {
         expiration_ms: Some(60_000),
         timestamp: Some(1234),
         delay_ms: None,
+        content_encoding: Some("identity".into()),
+        kind: Some("order".into()),
+        user_id: Some("guest".into()),
+        app_id: Some("core-test".into()),
+        cluster_id: Some("c".into()),
     };
     c.publish(sent.clone(), false).await.unwrap();
     c.publish(Message::text("q", "héllo"), false).await.unwrap();
@@ -319,6 +324,7 @@ async fn cancelled_subscription_gets_no_more_messages_and_keeps_unacked() {
             prefetch: 0,
             auto_ack: false,
             filter: None,
+            exclusive: false,
             consumer_tag: Some("mine".into()),
         })
         .await
@@ -352,6 +358,7 @@ async fn auto_ack_consumer_settles_on_write() {
             auto_ack: true,
             consumer_tag: None,
             filter: None,
+            exclusive: false,
         })
         .await
         .unwrap();

@@ -170,6 +170,7 @@ async fn a_flood_blocks_publishers_at_the_memory_watermark_and_nothing_is_lost()
             auto_ack: true,
             consumer_tag: None,
             filter: None,
+            exclusive: false,
         })
         .await
         .unwrap();

@@ -397,6 +397,7 @@ async fn lists_exchanges_bindings_plugins_and_connections() {
             auto_ack: false,
             consumer_tag: Some("auditor".into()),
             filter: None,
+            exclusive: false,
         })
         .await
         .unwrap();

@@ -72,6 +72,42 @@ pub struct Properties {
         deserialize_with = "present"
     )]
     pub delay_ms: Option<u64>,
+    /// e.g. `gzip`: set by the application and carried unchanged (AMQP's `content-encoding`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub content_encoding: Option<String>,
+    /// The application's message type name (AMQP's `type`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present",
+        rename = "type"
+    )]
+    pub kind: Option<String>,
+    /// The publishing user (AMQP's `user-id`; an AMQP publish must name its own login).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub user_id: Option<String>,
+    /// The publishing application (AMQP's `app-id`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub app_id: Option<String>,
+    /// AMQP's deprecated `cluster-id`, carried unchanged.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub cluster_id: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {

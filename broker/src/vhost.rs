@@ -81,6 +81,7 @@ fn resource_names(op: &mut Op) -> Vec<&mut String> {
         Op::DeclareQueue(declare) => vec![&mut declare.queue],
         Op::DeleteQueue { queue, .. }
         | Op::PurgeQueue { queue }
+        | Op::Get { queue, .. }
         | Op::QueueInfo { queue }
         | Op::PeekQueue { queue, .. }
         | Op::RequeueDeadLetters { queue, .. }
@@ -88,7 +89,7 @@ fn resource_names(op: &mut Op) -> Vec<&mut String> {
         Op::AttachHandler(attach) => vec![&mut attach.queue],
         Op::Subscribe(subscribe) => vec![&mut subscribe.queue],
         Op::DeclareExchange(declare) => vec![&mut declare.exchange],
-        Op::DeleteExchange { exchange } => vec![exchange],
+        Op::DeleteExchange { exchange, .. } => vec![exchange],
         Op::Bind(binding) | Op::Unbind(binding) => vec![&mut binding.exchange, &mut binding.queue],
         Op::Publish(publish) => vec![&mut publish.message.exchange],
         Op::ConfirmSelect

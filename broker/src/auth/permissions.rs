@@ -153,12 +153,13 @@ impl Grant {
             }
             Op::DeleteQueue { queue: name, .. } => check(Access::Configure, queue, name),
             Op::PurgeQueue { queue: name }
+            | Op::Get { queue: name, .. }
             | Op::QueueInfo { queue: name }
             | Op::PeekQueue { queue: name, .. }
             | Op::RequeueDeadLetters { queue: name, .. } => check(Access::Read, queue, name),
             Op::Subscribe(subscribe) => check(Access::Read, queue, &subscribe.queue),
             Op::DeclareExchange(declare) => check(Access::Configure, exchange, &declare.exchange),
-            Op::DeleteExchange { exchange: name } => check(Access::Configure, exchange, name),
+            Op::DeleteExchange { exchange: name, .. } => check(Access::Configure, exchange, name),
             Op::Bind(binding) | Op::Unbind(binding) => {
                 check(Access::Write, queue, &binding.queue)?;
                 check(Access::Read, exchange, &exchange_name(&binding.exchange))

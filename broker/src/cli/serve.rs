@@ -67,6 +67,9 @@ pub struct ServeArgs {
     /// Serve no HTTP at all.
     #[arg(long)]
     no_http: bool,
+    /// Address of the AMQP 0-9-1 listener for RabbitMQ clients (docs/amqp.md), or `off`.
+    #[arg(long, default_value = Config::DEFAULT_AMQP, value_parser = amqp_address)]
+    amqp: AmqpListen,
     /// Origin (`http://host:port`) of a web page allowed to open WebSocket connections;
     /// repeat for several. Default: the management page's own.
     #[arg(long = "allowed-origin")]
@@ -110,6 +113,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.plugins_dir = args.plugins_dir;
     config.watch_plugins = args.watch;
     config.http = (!args.no_http).then_some(args.http);
+    config.amqp = args.amqp.0;
     config.allowed_origins = args.allowed_origins;
     config.http_allowed_hosts = args.http_allowed_hosts;
     config.tls = match (args.tls_cert, args.tls_key) {
@@ -126,8 +130,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(url) => format!(", management on {url}"),
         None => String::new(),
     };
+    let amqp = match broker.amqp_addr() {
+        Some(addr) => format!(", AMQP on amqp://{addr}"),
+        None => String::new(),
+    };
     println!(
-        "broker listening on {} (data: {}){http}",
+        "broker listening on {} (data: {}){amqp}{http}",
         broker.url(),
         args.data_dir.join(broker::store::DB_FILE).display()
     );
@@ -151,6 +159,20 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// `--amqp`: an address, or `None` for `off`.
+#[derive(Clone, Copy)]
+struct AmqpListen(Option<SocketAddr>);
+
+fn amqp_address(text: &str) -> Result<AmqpListen, String> {
+    match text {
+        "off" => Ok(AmqpListen(None)),
+        addr => addr
+            .parse()
+            .map(|addr| AmqpListen(Some(addr)))
+            .map_err(|_| format!("`{addr}` is neither an address (HOST:PORT) nor `off`")),
+    }
 }
 
 /// A number of seconds greater than zero.

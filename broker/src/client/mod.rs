@@ -418,6 +418,7 @@ impl Client {
     pub async fn delete_exchange(&self, exchange: &str) -> Result<(), ClientError> {
         self.call_unit(Op::DeleteExchange {
             exchange: exchange.to_owned(),
+            if_unused: false,
         })
         .await
     }
@@ -464,6 +465,7 @@ impl Client {
             auto_ack: false,
             consumer_tag: None,
             filter: None,
+            exclusive: false,
         })
         .await
     }
@@ -482,6 +484,7 @@ impl Client {
             auto_ack: false,
             consumer_tag: None,
             filter: Some(filter.to_owned()),
+            exclusive: false,
         })
         .await
     }

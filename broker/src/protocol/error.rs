@@ -115,6 +115,7 @@ const OP_NAMES: &[&str] = &[
     "publish",
     "subscribe",
     "cancel",
+    "get",
     "ack",
     "nack",
     "reject",

@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 use crate::message::{Headers, Message, present};
 
 /// A request's operation and its fields.
+// Publishes are nearly all requests: boxing the big variant would only add an allocation
+// per publish.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
@@ -32,6 +35,9 @@ pub enum Op {
     DeclareExchange(DeclareExchange),
     DeleteExchange {
         exchange: String,
+        /// Refuse when the exchange has bindings.
+        #[serde(default)]
+        if_unused: bool,
     },
     Bind(Binding),
     Unbind(Binding),
@@ -39,6 +45,13 @@ pub enum Op {
     Subscribe(Subscribe),
     Cancel {
         consumer_tag: String,
+    },
+    /// Takes the queue's next ready message, if any, without a subscription (AMQP's
+    /// `basic.get`): unacked until settled like a delivery, unless `auto_ack`.
+    Get {
+        queue: String,
+        #[serde(default)]
+        auto_ack: bool,
     },
     Ack {
         delivery_tag: u64,
@@ -297,6 +310,10 @@ pub struct Subscribe {
         deserialize_with = "present"
     )]
     pub filter: Option<String>,
+    /// The queue's only consumer: refused (`access_refused`) while it has others, and
+    /// others are refused while this one lasts (AMQP's exclusive consumer).
+    #[serde(default)]
+    pub exclusive: bool,
 }
 
 /// How a handler is attached to its queue.
@@ -410,6 +427,15 @@ pub struct Subscribed {
     pub consumer_tag: String,
 }
 
+/// Result of `get`: the delivery (its `consumer_tag` empty), or none when the queue had
+/// no ready message; and how many ready messages remain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Got {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<crate::protocol::Delivery>,
+    pub message_count: u64,
+}
+
 /// Result of `peek_queue`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeekedMessages {
@@ -472,11 +498,28 @@ pub struct BindingList {
     pub bindings: Vec<Binding>,
 }
 
+/// The protocol a client connection speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WireProtocol {
+    /// This document's JSON (or binary) frames over WebSocket.
+    #[default]
+    Json,
+    /// AMQP 0-9-1 (docs/amqp.md).
+    Amqp,
+}
+
 /// One row of `list_connections`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConnectionInfo {
     pub conn: u64,
     pub peer: String,
+    #[serde(default)]
+    pub protocol: WireProtocol,
+    /// AMQP channels open on the connection (their consumers and unacked deliveries are
+    /// counted in this row).
+    #[serde(default)]
+    pub channels: u64,
     /// The authenticated user.
     #[serde(default)]
     pub user: String,

@@ -99,6 +99,8 @@ pub struct Consumer {
     /// Most unacked deliveries at once; 0 is unlimited.
     pub prefetch: u32,
     pub auto_ack: bool,
+    /// The queue's only consumer while it lasts.
+    pub exclusive: bool,
     in_flight: u32,
 }
 
@@ -109,6 +111,7 @@ impl Consumer {
             tag,
             prefetch,
             auto_ack,
+            exclusive: false,
             in_flight: 0,
         }
     }
@@ -531,6 +534,40 @@ impl Queue {
                 consumer_tag: consumer.tag.clone(),
             },
         );
+        Some(Next::Deliver(dispatch))
+    }
+
+    /// Takes the head message for a `get` by connection `conn` (no consumer, so no
+    /// prefetch); an expired head is returned for dead-lettering instead.
+    pub fn next_get(&mut self, now: u64, conn: ConnId) -> Option<Next> {
+        let mut entry = loop {
+            let key = *self.ready.first_key_value()?.0;
+            if let Some(entry) = self.take_ready(key) {
+                break entry;
+            }
+            if self.ready.contains_key(&key) {
+                return None;
+            }
+        };
+        if entry.expires_at.is_some_and(|at| at <= now) {
+            return Some(Next::Expired(entry));
+        }
+        entry.delivery_count += 1;
+        let consumer_tag: Arc<str> = Arc::from("");
+        let dispatch = Dispatch {
+            conn,
+            consumer_tag: consumer_tag.clone(),
+            auto_ack: false,
+            seq: entry.seq,
+            message: entry.message.clone(),
+            delivery_count: entry.delivery_count,
+        };
+        let unacked = Unacked {
+            entry,
+            conn,
+            consumer_tag,
+        };
+        self.unacked.insert(dispatch.seq, unacked);
         Some(Next::Deliver(dispatch))
     }
 

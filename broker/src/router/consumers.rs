@@ -8,15 +8,22 @@ use super::queues::check_access;
 use super::{
     DeathReason, Held, MAX_OUTBOUND_BYTES, OpError, Outbound, Reply, Router, Settle, outbound_cost,
 };
-use crate::protocol::{Delivery, ErrorCode, ServerFrame, Subscribe, Subscribed};
+use crate::protocol::{Delivery, ErrorCode, Got, ServerFrame, Subscribe, Subscribed};
 use crate::queue::{ConnId, Consumer, Next, Retried, Retry};
 use crate::store::StoreOp;
 
 impl Router {
     pub(super) fn subscribe(&mut self, conn: ConnId, sub: Subscribe) -> Result<Reply, OpError> {
-        check_access(self.queue(&sub.queue)?, conn)?;
+        check_access(self.queue(&sub.queue)?, self.owner(conn))?;
         if let Some(filter) = &sub.filter {
             self.check_filter(&sub.queue, filter)?;
+        }
+        let queue = self.queue(&sub.queue)?;
+        if queue.consumers().iter().any(|c| c.exclusive)
+            || (sub.exclusive && queue.consumer_count() > 0)
+        {
+            let message = format!("queue `{}` in exclusive use", sub.queue);
+            return Err(OpError::new(ErrorCode::AccessRefused, message));
         }
         let tag = match sub.consumer_tag {
             Some(tag) if !tag.is_empty() => tag,
@@ -37,7 +44,9 @@ impl Router {
         let (name, tag): (Arc<str>, Arc<str>) = (name.clone(), tag.into());
         c.consumers.push((name.clone(), tag.clone()));
         let queue = self.queues.get_mut(&name).expect("checked above");
-        queue.add_consumer(Consumer::new(conn, tag.clone(), sub.prefetch, sub.auto_ack));
+        let mut consumer = Consumer::new(conn, tag.clone(), sub.prefetch, sub.auto_ack);
+        consumer.exclusive = sub.exclusive;
+        queue.add_consumer(consumer);
         if let Some(filter) = &sub.filter {
             self.add_filter(conn, tag.clone(), name.clone(), filter);
         }
@@ -47,6 +56,71 @@ impl Router {
         })
         .expect("serializable");
         Ok(Reply::Ok(result))
+    }
+
+    /// `get`: the queue's next ready message to this connection, held unacked like a
+    /// delivery (settled at once with `auto_ack`).
+    pub(super) fn get(
+        &mut self,
+        conn: ConnId,
+        name: &str,
+        auto_ack: bool,
+    ) -> Result<Reply, OpError> {
+        check_access(self.queue(name)?, self.owner(conn))?;
+        let (name, _) = self.queues.get_key_value(name).expect("checked above");
+        let name = name.clone();
+        let now = now_ms();
+        loop {
+            let queue = self.queues.get_mut(&name).expect("checked above");
+            let queue_id = queue.id;
+            let d = match queue.next_get(now, conn) {
+                None => {
+                    let got = Got {
+                        delivery: None,
+                        message_count: queue.ready_len() as u64,
+                    };
+                    return Ok(Reply::Ok(serde_json::to_value(got).expect("serializable")));
+                }
+                Some(Next::Expired(entry)) => {
+                    self.dead_letter(&name, entry, DeathReason::Expired, now);
+                    continue;
+                }
+                Some(Next::Deliver(d)) => d,
+            };
+            queue.counters.delivered += 1;
+            if d.delivery_count > 1 {
+                queue.counters.redelivered += 1;
+            }
+            let message_count = queue.ready_len() as u64;
+            let c = self
+                .conns
+                .get_mut(&conn)
+                .expect("requests come from open connections");
+            let delivery_tag = c.next_delivery_tag;
+            c.next_delivery_tag += 1;
+            let held = Held {
+                queue: name.clone(),
+                queue_id,
+                seq: d.seq,
+            };
+            if auto_ack {
+                self.settle_one(held, Settle::Ack, now);
+            } else {
+                c.unacked.insert(delivery_tag, held);
+            }
+            let got = Got {
+                delivery: Some(Delivery {
+                    consumer_tag: d.consumer_tag,
+                    delivery_tag,
+                    redelivered: d.delivery_count > 1,
+                    delivery_count: d.delivery_count,
+                    queue: name,
+                    message: d.message,
+                }),
+                message_count,
+            };
+            return Ok(Reply::Ok(serde_json::to_value(got).expect("serializable")));
+        }
     }
 
     pub(super) fn cancel(&mut self, conn: ConnId, tag: &str) -> Result<Reply, OpError> {

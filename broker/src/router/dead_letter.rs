@@ -233,7 +233,7 @@ impl Router {
         name: &str,
         message_id: Option<&str>,
     ) -> Result<Reply, OpError> {
-        super::queues::check_access(self.queue(name)?, conn)?;
+        super::queues::check_access(self.queue(name)?, self.owner(conn))?;
         let existing: std::collections::HashSet<Arc<str>> = self.queues.keys().cloned().collect();
         // Death records name queues of the dead letters' vhost, as its clients know them.
         let vhost = crate::vhost::of(name).to_string();

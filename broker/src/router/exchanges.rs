@@ -110,9 +110,22 @@ impl Router {
         })
     }
 
-    pub(super) fn delete_exchange(&mut self, name: &str) -> Result<Reply, OpError> {
+    pub(super) fn delete_exchange(
+        &mut self,
+        name: &str,
+        if_unused: bool,
+    ) -> Result<Reply, OpError> {
         if is_default(name) {
             return Err(default_exchange_refused("deleted"));
+        }
+        if if_unused
+            && self
+                .exchanges
+                .get(name)
+                .is_some_and(|e| !e.bindings.is_empty())
+        {
+            let message = format!("exchange `{name}` has bindings");
+            return Err(OpError::new(ErrorCode::PreconditionFailed, message));
         }
         let exchange = self
             .exchanges
@@ -135,7 +148,7 @@ impl Router {
             return Err(default_exchange_refused("bound"));
         }
         let queue = self.queue(&binding.queue)?;
-        check_access(queue, conn)?;
+        check_access(queue, self.owner(conn))?;
         let queue_stored = queue.is_stored();
         let exchange = self
             .exchanges
@@ -172,7 +185,7 @@ impl Router {
             return Err(default_exchange_refused("unbound"));
         }
         if let Some(queue) = self.queues.get(binding.queue.as_str()) {
-            check_access(queue, conn)?;
+            check_access(queue, self.owner(conn))?;
         }
         let exchange = self
             .exchanges

@@ -86,6 +86,10 @@ pub enum Command {
         /// The virtual host its requests' names are in (already qualified by the
         /// connection, see [`crate::vhost`]); listings show this vhost's resources.
         vhost: Arc<str>,
+        /// The connection this one is a channel of (AMQP): exclusive queues belong to
+        /// it, and `list_connections` shows the channels in its row.
+        session: Option<ConnId>,
+        protocol: crate::protocol::WireProtocol,
     },
     /// The connection ended; `broker_stopping` when the broker closed it to shut down
     /// (its unacked messages then go back without counting as failed deliveries).
@@ -207,6 +211,37 @@ struct Conn {
     consumers: Vec<(Arc<str>, Arc<str>)>,
     /// For broker-chosen consumer tags and queue names.
     next_generated: u64,
+    /// The connection this one is a channel of.
+    session: Option<ConnId>,
+    protocol: crate::protocol::WireProtocol,
+}
+
+impl Conn {
+    fn new(
+        tx: ConnTx,
+        peer: Option<SocketAddr>,
+        outbound: Option<Arc<std::sync::atomic::AtomicUsize>>,
+        user: Option<Principal>,
+        vhost: Arc<str>,
+        session: Option<ConnId>,
+        protocol: crate::protocol::WireProtocol,
+    ) -> Self {
+        Conn {
+            tx,
+            peer,
+            outbound,
+            user,
+            vhost,
+            opened_at: exchanges::now_ms(),
+            confirms: false,
+            next_delivery_tag: 1,
+            unacked: BTreeMap::new(),
+            consumers: Vec::new(),
+            next_generated: 1,
+            session,
+            protocol,
+        }
+    }
 }
 
 /// A delivery a connection holds. The queue id tells a queue from a later one of the same
@@ -356,7 +391,12 @@ impl Router {
                         outbound,
                         user,
                         vhost,
-                    } => self.open_conn(conn, tx, peer, outbound, user, vhost),
+                        session,
+                        protocol,
+                    } => {
+                        let state = Conn::new(tx, peer, outbound, user, vhost, session, protocol);
+                        self.open_conn(conn, state)
+                    }
                     Command::ChangeUser { conn, id, change } => self.change_user(conn, id, change),
                     Command::Close {
                         conn,
@@ -439,39 +479,25 @@ impl Router {
         }
     }
 
-    fn open_conn(
-        &mut self,
-        conn: ConnId,
-        tx: ConnTx,
-        peer: Option<SocketAddr>,
-        outbound: Option<Arc<std::sync::atomic::AtomicUsize>>,
-        user: Option<Principal>,
-        vhost: Arc<str>,
-    ) {
-        if let Some(principal) = &user
+    fn open_conn(&mut self, conn: ConnId, state: Conn) {
+        // A channel of an open connection is no new connection.
+        if let (Some(principal), None) = (&state.user, state.session)
             && let Err(refused) = self.check_connection_limit(principal)
         {
             let frame = ServerFrame::error(None, ErrorCode::AccessRefused, refused.clone());
-            let _ = tx.send(Outbound::Frame(frame));
-            let _ = tx.send(Outbound::Close(refused));
+            let _ = state.tx.send(Outbound::Frame(frame));
+            let _ = state.tx.send(Outbound::Close(refused));
             return;
         }
-        self.conns.insert(
-            conn,
-            Conn {
-                tx,
-                peer,
-                outbound,
-                user,
-                vhost,
-                opened_at: exchanges::now_ms(),
-                confirms: false,
-                next_delivery_tag: 1,
-                unacked: BTreeMap::new(),
-                consumers: Vec::new(),
-                next_generated: 1,
-            },
-        );
+        self.conns.insert(conn, state);
+    }
+
+    /// Who owns the exclusive queues `conn` declares: its session, or itself.
+    fn owner(&self, conn: ConnId) -> ConnId {
+        self.conns
+            .get(&conn)
+            .and_then(|c| c.session)
+            .unwrap_or(conn)
     }
 
     fn request(
@@ -497,12 +523,16 @@ impl Router {
             Op::QueueInfo { queue } => self.queue_info(&queue),
             Op::ListQueues => Ok(self.list_queues(conn)),
             Op::DeclareExchange(declare) => self.declare_exchange(declare),
-            Op::DeleteExchange { exchange } => self.delete_exchange(&exchange),
+            Op::DeleteExchange {
+                exchange,
+                if_unused,
+            } => self.delete_exchange(&exchange, if_unused),
             Op::Bind(binding) => self.bind(conn, binding),
             Op::Unbind(binding) => self.unbind(conn, binding),
             Op::Publish(publish) => self.publish(conn, &id, publish, prerouted),
             Op::Subscribe(subscribe) => self.subscribe(conn, subscribe),
             Op::Cancel { consumer_tag } => self.cancel(conn, &consumer_tag),
+            Op::Get { queue, auto_ack } => self.get(conn, &queue, auto_ack),
             Op::Ack {
                 delivery_tag,
                 multiple,

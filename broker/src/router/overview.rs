@@ -85,11 +85,14 @@ impl Router {
             .conns
             .iter()
             .filter(|(_, c)| *c.vhost == *vhost)
+            .filter(|(_, c)| c.session.is_none())
             .filter_map(|(id, c)| {
                 Some(ConnectionInfo {
                     conn: *id,
                     peer: c.peer?.to_string(),
                     vhost: c.vhost.to_string(),
+                    protocol: c.protocol,
+                    channels: 0,
                     user: c
                         .user
                         .as_ref()
@@ -109,6 +112,23 @@ impl Router {
             })
             .collect();
         connections.sort_by_key(|c| c.conn);
+        // An AMQP connection's channels are counted in its row.
+        for c in self.conns.values() {
+            let Some(row) = c
+                .session
+                .and_then(|s| connections.iter_mut().find(|row| row.conn == s))
+            else {
+                continue;
+            };
+            row.channels += 1;
+            row.confirms |= c.confirms;
+            row.unacked += c.unacked.len() as u64;
+            row.consumers
+                .extend(c.consumers.iter().map(|(queue, tag)| ConsumerInfo {
+                    queue: queue.to_string(),
+                    consumer_tag: tag.to_string(),
+                }));
+        }
         Reply::Ok(to_json(ConnectionList { connections }))
     }
 }

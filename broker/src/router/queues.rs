@@ -143,12 +143,12 @@ impl Router {
             .map_err(|e| OpError::new(ErrorCode::InvalidField, format!("queue argument {e}")))?;
         let spec = QueueSpec {
             durable: declare.durable,
-            exclusive_owner: declare.exclusive.then_some(conn),
+            exclusive_owner: declare.exclusive.then(|| self.owner(conn)),
             auto_delete: declare.auto_delete,
             arguments: declare.arguments,
         };
         if let Some(queue) = self.queues.get(name.as_str()) {
-            check_access(queue, conn)?;
+            check_access(queue, self.owner(conn))?;
             if queue.spec != spec {
                 return Err(OpError::new(
                     ErrorCode::PreconditionFailed,
@@ -190,7 +190,7 @@ impl Router {
         if_empty: bool,
     ) -> Result<Reply, OpError> {
         let queue = self.queue(name)?;
-        check_access(queue, conn)?;
+        check_access(queue, self.owner(conn))?;
         if if_unused && queue.consumer_count() > 0 {
             let message = format!("queue `{name}` has consumers");
             return Err(OpError::new(ErrorCode::PreconditionFailed, message));
@@ -256,7 +256,7 @@ impl Router {
     }
 
     pub(super) fn purge_queue(&mut self, conn: ConnId, name: &str) -> Result<Reply, OpError> {
-        check_access(self.queue(name)?, conn)?;
+        check_access(self.queue(name)?, self.owner(conn))?;
         let queue = self.queues.get_mut(name).expect("checked above");
         let purged = queue.purge();
         let queue_id = queue.id;

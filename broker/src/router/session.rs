@@ -78,6 +78,8 @@ impl Session {
             outbound: None,
             user: None,
             vhost: crate::vhost::DEFAULT_VHOST.into(),
+            session: None,
+            protocol: crate::protocol::WireProtocol::Json,
         });
         // Confirm mode, so that a publish is answered (after its commit) like any call.
         router.send(Command::Request {

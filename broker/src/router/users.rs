@@ -126,7 +126,7 @@ impl Router {
         let open = self
             .conns
             .values()
-            .filter(|c| c.peer.is_some())
+            .filter(|c| c.peer.is_some() && c.session.is_none())
             .filter(|c| c.user.as_ref().is_some_and(|u| u.user == principal.user))
             .count();
         if open < limit as usize {

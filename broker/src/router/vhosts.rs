@@ -78,7 +78,7 @@ impl Router {
             .cloned()
             .collect();
         for exchange in exchanges {
-            let _ = self.delete_exchange(&exchange);
+            let _ = self.delete_exchange(&exchange, false);
         }
         let unrestored: Vec<String> = self
             .unrestored

@@ -147,6 +147,8 @@ impl Connection {
             outbound: Some(outbound.clone()),
             user: Some(principal.clone()),
             vhost: self.vhost.clone(),
+            session: None,
+            protocol: crate::protocol::WireProtocol::Json,
         };
         if !self.router.send_request(open).await {
             return;

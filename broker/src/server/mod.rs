@@ -32,7 +32,7 @@ use connection::{ConnLimits, FlowControl};
 use gate::Gate;
 pub use memory_alarm::{MemoryStats, MemoryWatermark, resident_memory};
 use plugins_dir::PluginsDir;
-use sources::Sources;
+pub(crate) use sources::Sources;
 use tls::TlsSetup;
 pub use tls::{TlsConfig, TlsError};
 
@@ -73,6 +73,8 @@ pub struct Config {
     pub artifact_cache: bool,
     /// Where to serve the management HTTP API, metrics and page; `None`: no HTTP.
     pub http: Option<SocketAddr>,
+    /// Where to serve AMQP 0-9-1 (docs/amqp.md); `None`: no AMQP listener.
+    pub amqp: Option<SocketAddr>,
     /// Origins (`http://host:port`) of web pages allowed to open WebSocket connections;
     /// empty: only the management page's own. Requests without `Origin` (programs, not
     /// browsers) are not affected.
@@ -102,6 +104,8 @@ impl Config {
     pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
     /// The CLI's default for `--http` (a library `Config` has no HTTP unless asked).
     pub const DEFAULT_HTTP: &str = "127.0.0.1:6790";
+    /// The CLI's default for `--amqp` (a library `Config` has no AMQP unless asked).
+    pub const DEFAULT_AMQP: &str = "127.0.0.1:5672";
     pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
     pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 1_000;
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -127,6 +131,7 @@ impl Config {
             watch_plugins: false,
             artifact_cache: true,
             http: None,
+            amqp: None,
             allowed_origins: Vec::new(),
             http_allowed_hosts: Vec::new(),
             keep_plugin_versions: None,
@@ -175,6 +180,7 @@ pub struct Broker {
     /// Whether the listeners speak TLS (`wss://`, `https://`).
     tls: bool,
     http_addr: Option<SocketAddr>,
+    amqp_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     acceptor: JoinHandle<()>,
     http: Option<JoinHandle<()>>,
@@ -256,6 +262,15 @@ impl Broker {
             }
             None => None,
         };
+        let amqp_listener = match config.amqp {
+            Some(addr) => {
+                let listen_error = |source| StartError::Listen { addr, source };
+                let listener = TcpListener::bind(addr).await.map_err(listen_error)?;
+                let bound = listener.local_addr().map_err(listen_error)?;
+                Some((listener, bound))
+            }
+            None => None,
+        };
         let store_stats = writer.stats();
         let auth =
             crate::auth::Authenticator::new(recovered.users.clone(), recovered.vhosts.clone());
@@ -311,6 +326,35 @@ impl Broker {
             true => gate::management_origins(http, tls.is_some()),
             false => config.allowed_origins.clone(),
         };
+        let admission = Admission {
+            limit: Arc::new(Semaphore::new(config.max_connections)),
+            sources: Sources::new(config.max_connections_per_source),
+            next_conn: Arc::new(AtomicU64::new(1)),
+        };
+        let amqp_addr = amqp_listener.as_ref().map(|(_, addr)| *addr);
+        let amqp_task = amqp_listener.map(|(listener, amqp_addr)| {
+            let ctx = Arc::new(crate::amqp::AmqpContext {
+                router: router.clone(),
+                auth: auth.clone(),
+                offer: crate::amqp::Offer {
+                    frame_max: crate::amqp::DEFAULT_FRAME_MAX,
+                    channel_max: crate::amqp::DEFAULT_CHANNEL_MAX,
+                    heartbeat: config.heartbeat,
+                },
+                handshake_timeout: config.handshake_timeout,
+                max_unconfirmed: config.max_unconfirmed.max(1),
+                max_body: config.max_frame_bytes,
+                next_conn: admission.next_conn.clone(),
+                alarm: alarm_rx.clone(),
+            });
+            tracing::info!(%amqp_addr, "AMQP listening");
+            tokio::spawn(crate::amqp::accept_loop(
+                listener,
+                ctx,
+                admission.clone(),
+                shutdown_rx.clone(),
+            ))
+        });
         let gate = Arc::new(Gate {
             auth,
             allowed_origins,
@@ -322,6 +366,10 @@ impl Broker {
             config,
             Entry { gate, tls },
             alarm_rx,
+            Acceptors {
+                admission,
+                amqp: amqp_task,
+            },
             shutdown_rx,
         ));
         tracing::info!(%local_addr, tls = tls_enabled, "broker listening");
@@ -329,6 +377,7 @@ impl Broker {
             local_addr,
             tls: tls_enabled,
             http_addr: http,
+            amqp_addr,
             shutdown,
             acceptor,
             http: http_task,
@@ -357,6 +406,11 @@ impl Broker {
     pub fn http_url(&self) -> Option<String> {
         let scheme = if self.tls { "https" } else { "http" };
         self.http_addr.map(|addr| format!("{scheme}://{addr}/"))
+    }
+
+    /// Where the AMQP listener is, when [`Config::amqp`] asked for one.
+    pub fn amqp_addr(&self) -> Option<SocketAddr> {
+        self.amqp_addr
     }
 
     /// Fault injection for tests: while `on`, every store commit fails (the transaction is
@@ -459,18 +513,37 @@ struct Entry {
     tls: Option<TlsSetup>,
 }
 
+/// What every listener admits connections under: one bound on connections, one
+/// per-source limit, one allocator of connection ids (AMQP channels take theirs from it).
+#[derive(Clone)]
+pub(crate) struct Admission {
+    pub limit: Arc<Semaphore>,
+    pub sources: Arc<Sources>,
+    pub next_conn: Arc<AtomicU64>,
+}
+
+/// The WebSocket acceptor's share of the admission, and the other listeners it waits for
+/// before the router stops.
+struct Acceptors {
+    admission: Admission,
+    amqp: Option<JoinHandle<()>>,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     router: RouterHandle,
     config: Config,
     entry: Entry,
     alarm: watch::Receiver<bool>,
+    acceptors: Acceptors,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let limit = Arc::new(Semaphore::new(config.max_connections));
-    let sources = Sources::new(config.max_connections_per_source);
+    let Admission {
+        limit,
+        sources,
+        next_conn,
+    } = acceptors.admission;
     let limits = config.conn_limits();
-    let next_conn = AtomicU64::new(1);
     // Each connection holds a clone; recv() returns None once all of them ended.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     loop {
@@ -520,6 +593,9 @@ async fn accept_loop(
     drop(listener);
     drop(alive_tx);
     let _ = alive_rx.recv().await;
+    if let Some(amqp) = acceptors.amqp {
+        let _ = amqp.await;
+    }
     router.shutdown().await;
     tracing::info!("broker stopped");
 }

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 /// Open connections by peer IP address, bounded per address.
-pub(super) struct Sources {
+pub(crate) struct Sources {
     limit: usize,
     open: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -38,7 +38,7 @@ impl Sources {
 }
 
 /// One admitted connection; releases its slot when dropped.
-pub(super) struct SourceGuard {
+pub(crate) struct SourceGuard {
     sources: Arc<Sources>,
     ip: IpAddr,
 }

@@ -74,7 +74,7 @@ pub(super) fn from_wit_properties(p: wit::Properties) -> Properties {
         priority: p.priority,
         expiration_ms: p.expiration_ms,
         timestamp: p.timestamp,
-        delay_ms: None,
+        ..Default::default()
     }
 }
 

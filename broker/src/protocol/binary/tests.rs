@@ -18,6 +18,11 @@ fn messages() -> Vec<Message> {
         expiration_ms: Some(10),
         timestamp: Some(1_795_466_186_762),
         delay_ms: Some(5),
+        content_encoding: Some("gzip".into()),
+        kind: Some("t".into()),
+        user_id: Some("u".into()),
+        app_id: Some("a".into()),
+        cluster_id: Some("c".into()),
     };
     let mut headers_only = Message::text("k", "h");
     headers_only

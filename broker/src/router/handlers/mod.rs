@@ -265,7 +265,7 @@ impl Router {
     /// instance is ready (the queue or another attach may have changed meanwhile).
     fn check_attach(&self, conn: ConnId, attach: &AttachHandler) -> Result<Option<Reply>, OpError> {
         let queue = self.queue(&attach.queue)?;
-        check_access(queue, conn)?;
+        check_access(queue, self.owner(conn))?;
         if !(1..=MAX_CONCURRENCY).contains(&attach.concurrency) {
             let message = format!("`concurrency` must be 1 to {MAX_CONCURRENCY}");
             return Err(OpError::new(ErrorCode::InvalidField, message));
@@ -581,7 +581,8 @@ impl Router {
                 let conn = self.handlers.next_conn();
                 let (tx, rx) = mpsc::unbounded_channel();
                 let vhost = crate::vhost::of(&queue).into();
-                self.open_conn(conn, tx, None, None, None, vhost);
+                let state = super::Conn::new(tx, None, None, None, vhost, None, Default::default());
+                self.open_conn(conn, state);
                 let tag: Arc<str> = format!("handler.{}", attachment.record.plugin).into();
                 let prefetch = attachment.record.concurrency * WINDOW_PER_WORKER;
                 self.conns

@@ -1,0 +1,576 @@
+//! One AMQP connection: the protocol header, the handshake (`handshake.rs`), then a task
+//! that owns the channel map and multiplexes: client frames to the router (each channel
+//! its own router pseudo-connection), router frames to the socket, heartbeats both ways,
+//! publish credit and the memory alarm, and the closing handshakes. However it ends —
+//! the client closes, a connection exception, silence, the broker stopping, a panic —
+//! the router hears `Close` for every channel it opened.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use amq_protocol::frame::AMQPFrame;
+use amq_protocol::protocol::{AMQPClass, channel, connection};
+use futures_util::FutureExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::time::Instant;
+
+use super::channel::Channel;
+use super::errors::{AmqpError, code};
+use super::frames::{Incoming, ReadError, encode, read_frame};
+use super::handshake::{self, NotOpened, Offer};
+use super::methods::{self, Effect};
+use super::writer::{Chunk, WriterTx, write_loop};
+use crate::auth::{Authenticator, Principal};
+use crate::protocol::{Request, ServerFrame, WireProtocol};
+use crate::queue::ConnId;
+use crate::router::{Command, Outbound, RouterHandle};
+
+/// AMQP 0-9-1's protocol header.
+const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
+/// How long the broker waits for `close-ok` after closing a connection.
+const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Client frames read ahead of the connection task.
+const READ_AHEAD_FRAMES: usize = 16;
+
+/// What every AMQP connection shares.
+pub(crate) struct AmqpContext {
+    pub router: RouterHandle,
+    pub auth: Arc<Authenticator>,
+    pub offer: Offer,
+    pub handshake_timeout: Duration,
+    pub max_unconfirmed: usize,
+    /// Largest message body accepted.
+    pub max_body: usize,
+    /// The acceptors' one connection id allocator: channels take ids from it too.
+    pub next_conn: Arc<AtomicU64>,
+    pub alarm: watch::Receiver<bool>,
+}
+
+type Frames = mpsc::Receiver<Result<Incoming, ReadError>>;
+type RouterFrames = mpsc::UnboundedReceiver<(u16, ConnId, Outbound)>;
+
+/// Why a connection ended.
+pub(super) enum Ended {
+    ClientClosed,
+    ReadError(String),
+    BrokerStopping,
+    HeartbeatTimeout(Duration),
+    /// The broker closed it with this exception.
+    Raised(AmqpError),
+    WriteFailed,
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::ClientClosed => f.write_str("closed by client"),
+            Ended::ReadError(e) => write!(f, "read error: {e}"),
+            Ended::BrokerStopping => f.write_str("broker shutting down"),
+            Ended::HeartbeatTimeout(d) => write!(
+                f,
+                "peer silent for {} ms (heartbeat timeout)",
+                d.as_millis()
+            ),
+            Ended::Raised(e) => write!(f, "closed by the broker: {e}"),
+            Ended::WriteFailed => f.write_str("write failed"),
+        }
+    }
+}
+
+/// Serves one accepted socket until it closes.
+pub(crate) async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    id: ConnId,
+    ctx: Arc<AmqpContext>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut header = [0u8; 8];
+    match tokio::time::timeout(ctx.handshake_timeout, stream.read_exact(&mut header)).await {
+        Ok(Ok(_)) if &header == PROTOCOL_HEADER => {}
+        Ok(Ok(_)) => {
+            // The spec's answer to a header it does not speak: ours, then close.
+            tracing::debug!(%peer, "AMQP connection with a wrong protocol header");
+            let _ = stream.write_all(PROTOCOL_HEADER).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+        _ => return,
+    }
+    let (read, write) = stream.into_split();
+    let (writer_tx, writer_rx) = mpsc::unbounded_channel();
+    tokio::spawn(write_loop(write, writer_rx, ctx.router.clone()));
+    let frame_max = Arc::new(AtomicU32::new(ctx.offer.frame_max));
+    let (frames_tx, mut frames) = mpsc::channel(READ_AHEAD_FRAMES);
+    let limit = frame_max.clone();
+    let reader = tokio::spawn(async move {
+        let mut read = BufReader::with_capacity(64 * 1024, read);
+        loop {
+            let frame = read_frame(&mut read, limit.load(Ordering::Relaxed)).await;
+            let last = frame.is_err();
+            if frames_tx.send(frame).await.is_err() || last {
+                break;
+            }
+        }
+    });
+    let mut send0 = |class: AMQPClass| {
+        let mut out = Vec::new();
+        encode(&AMQPFrame::Method(0, class), &mut out);
+        let _ = writer_tx.send(Chunk::frames(out));
+    };
+    send0(handshake::start());
+    let opening = handshake::open(&mut frames, &mut send0, &ctx.auth, peer, ctx.offer);
+    let opened = match tokio::time::timeout(ctx.handshake_timeout, opening).await {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(NotOpened::Refused(e))) => {
+            tracing::info!(conn = id, %peer, error = %e, "AMQP connection refused");
+            close_connection(&writer_tx, &e, &mut frames).await;
+            reader.abort();
+            return;
+        }
+        Ok(Err(NotOpened::Gone)) | Err(_) => {
+            tracing::debug!(conn = id, %peer, "AMQP handshake not completed");
+            reader.abort();
+            return;
+        }
+    };
+    frame_max.store(opened.frame_max, Ordering::Relaxed);
+    tracing::info!(conn = id, %peer, user = %opened.principal.user, protocol = "amqp", "connection opened");
+    // The connection itself is a router connection too: its channels' exclusive queues
+    // belong to it, and `list_connections` shows it (with its channels) once.
+    let (router_tx, mut router_frames) = mpsc::unbounded_channel();
+    // What the router says to the connection itself (that it is over: its vhost was
+    // deleted, or its user is at its connection limit) comes in as channel 0's.
+    let (session_tx, mut session_rx) = mpsc::unbounded_channel();
+    let to_connection = router_tx.clone();
+    tokio::spawn(async move {
+        while let Some(outbound) = session_rx.recv().await {
+            if to_connection.send((0, id, outbound)).is_err() {
+                break;
+            }
+        }
+    });
+    let session = Command::Open {
+        conn: id,
+        tx: session_tx,
+        peer: Some(peer),
+        outbound: None,
+        user: Some(opened.principal.clone()),
+        vhost: opened.vhost.clone(),
+        session: None,
+        protocol: WireProtocol::Amqp,
+    };
+    if !ctx.router.send_request(session).await {
+        reader.abort();
+        return;
+    }
+    let mut conn = AmqpConnection {
+        id,
+        peer,
+        ctx: ctx.clone(),
+        principal: opened.principal,
+        names: crate::vhost::LocalNames::new(&opened.vhost),
+        vhost: opened.vhost,
+        frame_max: opened.frame_max,
+        channel_max: opened.channel_max,
+        heartbeat: opened.heartbeat,
+        writer: writer_tx,
+        router_tx,
+        channels: HashMap::new(),
+        credit: Arc::new(Semaphore::new(ctx.max_unconfirmed)),
+        alarm: ctx.alarm.clone(),
+        published: false,
+        blocked: false,
+        shutdown,
+    };
+    let served = AssertUnwindSafe(conn.serve(&mut frames, &mut router_frames))
+        .catch_unwind()
+        .await;
+    let ended = match served {
+        Ok(Ended::Raised(e)) => {
+            close_connection(&conn.writer, &e, &mut frames).await;
+            Ended::Raised(e)
+        }
+        Ok(ended) => ended,
+        Err(_) => Ended::Raised(AmqpError::connection(
+            code::INTERNAL_ERROR,
+            "INTERNAL_ERROR",
+            "connection task panicked",
+        )),
+    };
+    let broker_stopping = matches!(ended, Ended::BrokerStopping);
+    conn.close_channels(broker_stopping).await;
+    let close = Command::Close {
+        conn: id,
+        broker_stopping,
+    };
+    ctx.router.send_request(close).await;
+    reader.abort();
+    tracing::info!(conn = id, %peer, reason = %ended, "connection closed");
+}
+
+/// Sends `connection.close` for `e` and waits a little for `close-ok`.
+async fn close_connection(writer: &WriterTx, e: &AmqpError, frames: &mut Frames) {
+    let AmqpError::Connection {
+        code,
+        text,
+        class_id,
+        method_id,
+    } = e
+    else {
+        return;
+    };
+    let close = connection::Close {
+        reply_code: *code,
+        reply_text: short(text),
+        class_id: *class_id,
+        method_id: *method_id,
+    };
+    let mut out = Vec::new();
+    encode(
+        &AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(close)),
+        ),
+        &mut out,
+    );
+    let _ = writer.send(Chunk::frames(out));
+    let deadline = Instant::now() + CLOSE_OK_TIMEOUT;
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, frames.recv()).await {
+        if let Incoming::Method(0, class) = frame
+            && matches!(
+                *class,
+                AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))
+            )
+        {
+            break;
+        }
+    }
+}
+
+/// A reply text fits a short string (255 bytes), cut at a character boundary.
+pub(super) fn short(text: &str) -> amq_protocol::types::ShortString {
+    let mut end = text.len().min(255);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].into()
+}
+
+pub(super) struct AmqpConnection {
+    pub(super) id: ConnId,
+    pub(super) peer: SocketAddr,
+    pub(super) ctx: Arc<AmqpContext>,
+    pub(super) principal: Principal,
+    /// The vhost `connection.open` named: requests are authorized and named in it.
+    pub(super) vhost: Arc<str>,
+    /// Makes the router's frames speak the vhost's names.
+    pub(super) names: crate::vhost::LocalNames,
+    pub(super) frame_max: u32,
+    pub(super) channel_max: u16,
+    pub(super) heartbeat: Option<Duration>,
+    pub(super) writer: WriterTx,
+    /// Each channel's router frames, tagged with the channel and its router id.
+    pub(super) router_tx: mpsc::UnboundedSender<(u16, ConnId, Outbound)>,
+    pub(super) channels: HashMap<u16, Channel>,
+    /// One permit per publish the router has not answered yet.
+    pub(super) credit: Arc<Semaphore>,
+    pub(super) alarm: watch::Receiver<bool>,
+    /// Only connections that publish are blocked by the memory alarm.
+    pub(super) published: bool,
+    pub(super) blocked: bool,
+    pub(super) shutdown: watch::Receiver<bool>,
+}
+
+impl AmqpConnection {
+    async fn serve(&mut self, frames: &mut Frames, router_frames: &mut RouterFrames) -> Ended {
+        let mut beats = self
+            .heartbeat
+            .map(|every| tokio::time::interval_at(Instant::now() + every, every));
+        let mut last_heard = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.changed() => {
+                    let e = AmqpError::connection(code::CONNECTION_FORCED, "CONNECTION_FORCED", "broker shutdown");
+                    close_connection(&self.writer, &e, frames).await;
+                    return Ended::BrokerStopping;
+                }
+                Some((number, conn, outbound)) = router_frames.recv() => {
+                    if let Err(e) = self.on_router_frame(number, conn, outbound).await {
+                        return e;
+                    }
+                }
+                frame = frames.recv(), if !self.blocked => {
+                    let frame = match frame {
+                        Some(Ok(frame)) => frame,
+                        Some(Err(ReadError::Invalid(e))) => return Ended::Raised(e),
+                        Some(Err(ReadError::Closed(e))) => return Ended::ReadError(e.to_string()),
+                        None => return Ended::ReadError("reader stopped".into()),
+                    };
+                    if let Err(ended) = self.on_frame(frame, router_frames).await {
+                        return ended;
+                    }
+                    self.update_blocked();
+                    // Time spent waiting for credit is not the peer's silence.
+                    last_heard = Instant::now();
+                }
+                _ = next_tick(&mut beats) => {
+                    let every = self.heartbeat.expect("ticks only with a heartbeat");
+                    let silent = last_heard.elapsed();
+                    if silent >= every * 2 && !self.blocked {
+                        return Ended::HeartbeatTimeout(silent);
+                    }
+                    let mut out = Vec::new();
+                    encode(&AMQPFrame::Heartbeat, &mut out);
+                    if self.writer.send(Chunk::frames(out)).is_err() {
+                        return Ended::WriteFailed;
+                    }
+                }
+                changed = self.alarm.changed() => {
+                    if changed.is_ok() {
+                        self.update_blocked();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Raises or clears `connection.blocked` as the alarm and the publishing say.
+    fn update_blocked(&mut self) {
+        let block = self.published && *self.alarm.borrow();
+        if block == self.blocked {
+            return;
+        }
+        self.blocked = block;
+        let method = match block {
+            true => connection::AMQPMethod::Blocked(connection::Blocked {
+                reason: "memory high watermark reached".into(),
+            }),
+            false => connection::AMQPMethod::Unblocked(connection::Unblocked {}),
+        };
+        tracing::info!(conn = self.id, peer = %self.peer, blocked = block, "AMQP connection flow");
+        self.send(0, AMQPClass::Connection(method));
+    }
+
+    pub(super) fn send(&self, channel: u16, class: AMQPClass) {
+        let mut out = Vec::new();
+        encode(&AMQPFrame::Method(channel, class), &mut out);
+        let _ = self.writer.send(Chunk::frames(out));
+    }
+
+    async fn on_router_frame(
+        &mut self,
+        number: u16,
+        conn: ConnId,
+        outbound: Outbound,
+    ) -> Result<(), Ended> {
+        let outbound = match outbound {
+            Outbound::Close(reason) => {
+                let e = AmqpError::connection(code::CONNECTION_FORCED, "CONNECTION_FORCED", reason);
+                return Err(Ended::Raised(e));
+            }
+            Outbound::Frame(frame) => Outbound::Frame(self.names.frame(frame)),
+            Outbound::AutoAckDelivery(d) => match self.names.frame(ServerFrame::Deliver(d)) {
+                ServerFrame::Deliver(d) => Outbound::AutoAckDelivery(d),
+                _ => unreachable!("a delivery stays a delivery"),
+            },
+            other => other,
+        };
+        let Some(channel) = self
+            .channels
+            .get_mut(&number)
+            .filter(|c| c.conn == conn && !c.closing)
+        else {
+            return Ok(());
+        };
+        match channel.on_outbound(outbound, self.frame_max) {
+            Ok(Some(chunk)) => {
+                if self.writer.send(chunk).is_err() {
+                    return Err(Ended::WriteFailed);
+                }
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => self.raise(number, e).await,
+        }
+    }
+
+    async fn on_frame(
+        &mut self,
+        frame: Incoming,
+        router_frames: &mut RouterFrames,
+    ) -> Result<(), Ended> {
+        let (number, effect) = match frame {
+            Incoming::Heartbeat => return Ok(()),
+            Incoming::Method(0, class) => return self.on_connection_method(*class),
+            Incoming::Method(number, class) => match *class {
+                AMQPClass::Channel(channel::AMQPMethod::Open(_)) => {
+                    return self.open_channel(number).await;
+                }
+                AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
+                    return self.close_channel(number).await;
+                }
+                AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => {
+                    if self.channels.get(&number).is_some_and(|c| c.closing) {
+                        self.channels.remove(&number);
+                    }
+                    return Ok(());
+                }
+                class => {
+                    let (class_id, method_id) =
+                        (class.get_amqp_class_id(), class.get_amqp_method_id());
+                    let channel = self
+                        .open_channel_mut(number)
+                        .map_err(|e| Ended::Raised(e.during(class_id, method_id)))?;
+                    let Some(channel) = channel else {
+                        return Ok(());
+                    };
+                    (number, methods::on_method(channel, class))
+                }
+            },
+            Incoming::Header(number, header) => {
+                let (max_body, user) = (self.ctx.max_body, self.principal.user.clone());
+                let Some(channel) = self.open_channel_mut(number).map_err(Ended::Raised)? else {
+                    return Ok(());
+                };
+                (
+                    number,
+                    methods::on_header(channel, *header, max_body, &user),
+                )
+            }
+            Incoming::Body(number, body) => {
+                let user = self.principal.user.clone();
+                let Some(channel) = self.open_channel_mut(number).map_err(Ended::Raised)? else {
+                    return Ok(());
+                };
+                (number, methods::on_body(channel, &body, &user))
+            }
+        };
+        match effect {
+            Err(e) => self.raise(number, e).await,
+            Ok(effect) => self.apply(number, effect, router_frames).await,
+        }
+    }
+
+    async fn apply(
+        &mut self,
+        number: u16,
+        effect: Effect,
+        router_frames: &mut RouterFrames,
+    ) -> Result<(), Ended> {
+        let conn = self.channels[&number].conn;
+        let (request, credit, reply) = match effect {
+            Effect::None => return Ok(()),
+            Effect::Reply(reply) => {
+                self.send(number, reply);
+                return Ok(());
+            }
+            Effect::Request(request) => (request, None, None),
+            Effect::RequestThenReply(request, reply) => (request, None, Some(reply)),
+            Effect::Publish(request) => {
+                self.published = true;
+                let credit = self.publish_credit(router_frames).await?;
+                (request, Some(credit), None)
+            }
+        };
+        let mut request = request;
+        let admitted = self.ctx.auth.admit(
+            &self.principal,
+            &self.vhost,
+            self.peer.ip(),
+            &mut request.op,
+        );
+        if let Err((code, message)) = admitted {
+            // Raised as the router's own refusal would be: a channel exception.
+            let refusal = ServerFrame::error(Some(request.id), code, message);
+            return self
+                .on_router_frame(number, conn, Outbound::Frame(refusal))
+                .await;
+        }
+        self.request(conn, request, credit).await?;
+        if let Some(reply) = reply {
+            self.send(number, reply);
+        }
+        Ok(())
+    }
+
+    async fn request(
+        &self,
+        conn: ConnId,
+        request: Request,
+        credit: Option<OwnedSemaphorePermit>,
+    ) -> Result<(), Ended> {
+        let command = Command::Request {
+            conn,
+            request,
+            credit,
+        };
+        match self.ctx.router.send_request(command).await {
+            true => Ok(()),
+            false => Err(Ended::BrokerStopping),
+        }
+    }
+
+    /// A unit of publish credit; while there is none, router frames (the confirms that
+    /// give credit back) keep being written.
+    async fn publish_credit(
+        &mut self,
+        router_frames: &mut RouterFrames,
+    ) -> Result<OwnedSemaphorePermit, Ended> {
+        loop {
+            if let Ok(permit) = self.credit.clone().try_acquire_owned() {
+                return Ok(permit);
+            }
+            tokio::select! {
+                permit = self.credit.clone().acquire_owned() => {
+                    return Ok(permit.expect("the semaphore is never closed"));
+                }
+                Some((number, conn, outbound)) = router_frames.recv() => {
+                    self.on_router_frame(number, conn, outbound).await?;
+                }
+                _ = self.shutdown.changed() => return Err(Ended::BrokerStopping),
+            }
+        }
+    }
+
+    fn on_connection_method(&mut self, class: AMQPClass) -> Result<(), Ended> {
+        match class {
+            AMQPClass::Connection(connection::AMQPMethod::Close(_)) => {
+                self.send(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                );
+                Err(Ended::ClientClosed)
+            }
+            AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => Err(Ended::ClientClosed),
+            // RabbitMQ's client-side flow notifications need no answer.
+            AMQPClass::Connection(connection::AMQPMethod::Blocked(_))
+            | AMQPClass::Connection(connection::AMQPMethod::Unblocked(_)) => Ok(()),
+            other => Err(Ended::Raised(
+                AmqpError::connection(
+                    code::COMMAND_INVALID,
+                    "COMMAND_INVALID",
+                    "unexpected method on channel 0",
+                )
+                .during(other.get_amqp_class_id(), other.get_amqp_method_id()),
+            )),
+        }
+    }
+}
+
+/// Waits for the next heartbeat tick; forever without heartbeats.
+async fn next_tick(beats: &mut Option<tokio::time::Interval>) {
+    match beats {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}

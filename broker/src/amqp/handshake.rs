@@ -1,0 +1,271 @@
+//! Opening an AMQP connection: `connection.start` / `start-ok` (SASL PLAIN or AMQPLAIN,
+//! checked by the shared authenticator), `tune` / `tune-ok`, `open` / `open-ok`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use amq_protocol::protocol::{AMQPClass, connection};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString};
+use tokio::sync::mpsc;
+
+use super::errors::{AmqpError, code};
+use super::frames::{Incoming, ReadError};
+use crate::auth::{Authenticator, Principal};
+
+/// What the handshake settled.
+pub(super) struct Opened {
+    pub principal: Principal,
+    /// The vhost `connection.open` named (`/` for an empty name).
+    pub vhost: std::sync::Arc<str>,
+    /// Largest frame either side sends; 0 is no limit.
+    pub frame_max: u32,
+    pub channel_max: u16,
+    pub heartbeat: Option<Duration>,
+}
+
+/// Why a connection did not open.
+pub(super) enum NotOpened {
+    /// The peer went away (or sent no frame in time).
+    Gone,
+    /// Refused with this connection exception.
+    Refused(AmqpError),
+}
+
+/// What the broker offers in `connection.tune`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Offer {
+    pub frame_max: u32,
+    pub channel_max: u16,
+    pub heartbeat: Option<Duration>,
+}
+
+pub(super) fn start() -> AMQPClass {
+    let mut capabilities = FieldTable::default();
+    for name in [
+        "publisher_confirms",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "connection.blocked",
+        "authentication_failure_close",
+        "per_consumer_qos",
+    ] {
+        capabilities.insert(name.into(), AMQPValue::Boolean(true));
+    }
+    capabilities.insert(
+        "exchange_exchange_bindings".into(),
+        AMQPValue::Boolean(false),
+    );
+    let mut properties = FieldTable::default();
+    let text = |s: &str| AMQPValue::LongString(s.into());
+    properties.insert("product".into(), text("broker"));
+    properties.insert("version".into(), text(env!("CARGO_PKG_VERSION")));
+    properties.insert("platform".into(), text("Rust"));
+    properties.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
+    AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
+        version_major: 0,
+        version_minor: 9,
+        server_properties: properties,
+        mechanisms: "PLAIN AMQPLAIN".into(),
+        locales: "en_US".into(),
+    }))
+}
+
+/// The next frame, as a connection-class method on channel 0.
+async fn next_method(
+    frames: &mut mpsc::Receiver<Result<Incoming, ReadError>>,
+) -> Result<connection::AMQPMethod, NotOpened> {
+    loop {
+        match frames.recv().await {
+            None | Some(Err(ReadError::Closed(_))) => return Err(NotOpened::Gone),
+            Some(Err(ReadError::Invalid(e))) => return Err(NotOpened::Refused(e)),
+            Some(Ok(Incoming::Heartbeat)) => continue,
+            Some(Ok(Incoming::Method(0, class))) => match *class {
+                AMQPClass::Connection(method) => return Ok(method),
+                other => {
+                    return Err(NotOpened::Refused(
+                        AmqpError::connection(
+                            code::COMMAND_INVALID,
+                            "COMMAND_INVALID",
+                            "the connection is not open yet",
+                        )
+                        .during(other.get_amqp_class_id(), other.get_amqp_method_id()),
+                    ));
+                }
+            },
+            Some(Ok(_)) => {
+                return Err(NotOpened::Refused(AmqpError::connection(
+                    code::CHANNEL_ERROR,
+                    "CHANNEL_ERROR",
+                    "only channel 0 is open during the handshake",
+                )));
+            }
+        }
+    }
+}
+
+fn unexpected(method: &connection::AMQPMethod, wanted: &str) -> NotOpened {
+    let class = AMQPClass::Connection(method.clone());
+    NotOpened::Refused(
+        AmqpError::connection(
+            code::COMMAND_INVALID,
+            "COMMAND_INVALID",
+            format_args!("expected connection.{wanted}"),
+        )
+        .during(10, class.get_amqp_method_id()),
+    )
+}
+
+/// Runs the handshake after `connection.start` was sent; `send` writes a method on
+/// channel 0.
+pub(super) async fn open(
+    frames: &mut mpsc::Receiver<Result<Incoming, ReadError>>,
+    send: &mut impl FnMut(AMQPClass),
+    auth: &Authenticator,
+    peer: SocketAddr,
+    offer: Offer,
+) -> Result<Opened, NotOpened> {
+    let start_ok = match next_method(frames).await? {
+        connection::AMQPMethod::StartOk(m) => m,
+        other => return Err(unexpected(&other, "start-ok")),
+    };
+    let mechanism = start_ok.mechanism.as_str().to_string();
+    let refused = |text: String| {
+        NotOpened::Refused(
+            AmqpError::connection(code::ACCESS_REFUSED, "ACCESS_REFUSED", text).during(10, 11),
+        )
+    };
+    let Some((user, password)) = credentials(&mechanism, &start_ok.response) else {
+        return Err(refused(format!(
+            "Login was refused using authentication mechanism {mechanism}: unsupported mechanism or malformed response"
+        )));
+    };
+    let principal = match auth.authenticate(&user, &password, peer.ip()).await {
+        Ok(principal) => principal,
+        Err(e) => {
+            return Err(refused(format!(
+                "Login was refused using authentication mechanism {mechanism}: {e}"
+            )));
+        }
+    };
+    send(AMQPClass::Connection(connection::AMQPMethod::Tune(
+        connection::Tune {
+            channel_max: offer.channel_max,
+            frame_max: offer.frame_max,
+            heartbeat: offer
+                .heartbeat
+                .map_or(0, |h| h.as_secs().clamp(1, 65535) as u16),
+        },
+    )));
+    let tune_ok = match next_method(frames).await? {
+        connection::AMQPMethod::TuneOk(m) => m,
+        other => return Err(unexpected(&other, "tune-ok")),
+    };
+    let lower = |ours: u32, theirs: u32| match (ours, theirs) {
+        (0, theirs) => theirs,
+        (ours, 0) => ours,
+        (ours, theirs) => ours.min(theirs),
+    };
+    let frame_max = lower(offer.frame_max, tune_ok.frame_max);
+    if frame_max != 0 && frame_max < 4096 {
+        return Err(NotOpened::Refused(
+            AmqpError::connection(
+                code::SYNTAX_ERROR,
+                "SYNTAX_ERROR",
+                format_args!("frame_max {frame_max} is below the minimum of 4096"),
+            )
+            .during(10, 31),
+        ));
+    }
+    let channel_max = lower(offer.channel_max.into(), tune_ok.channel_max.into()) as u16;
+    // The client's tune-ok has the last word; 0 turns heartbeats off.
+    let heartbeat = (tune_ok.heartbeat > 0).then(|| Duration::from_secs(tune_ok.heartbeat.into()));
+    let open = match next_method(frames).await? {
+        connection::AMQPMethod::Open(m) => m,
+        other => return Err(unexpected(&other, "open")),
+    };
+    let vhost = match open.virtual_host.as_str() {
+        "" => crate::vhost::DEFAULT_VHOST,
+        named => named,
+    };
+    if auth.open_vhost(&principal, vhost).is_err() {
+        return Err(NotOpened::Refused(
+            AmqpError::connection(
+                code::NOT_ALLOWED,
+                "NOT_ALLOWED",
+                format_args!(
+                    "access to vhost '{vhost}' refused for user '{}'",
+                    principal.user
+                ),
+            )
+            .during(10, 40),
+        ));
+    }
+    send(AMQPClass::Connection(connection::AMQPMethod::OpenOk(
+        connection::OpenOk {},
+    )));
+    Ok(Opened {
+        vhost: vhost.into(),
+        principal,
+        frame_max,
+        channel_max: if channel_max == 0 {
+            u16::MAX
+        } else {
+            channel_max
+        },
+        heartbeat,
+    })
+}
+
+/// User and password from a SASL response.
+fn credentials(mechanism: &str, response: &LongString) -> Option<(String, String)> {
+    match mechanism {
+        // authzid NUL authcid NUL password
+        "PLAIN" => {
+            let mut parts = response.as_bytes().split(|b| *b == 0);
+            let _authzid = parts.next()?;
+            let user = String::from_utf8(parts.next()?.to_vec()).ok()?;
+            let password = String::from_utf8(parts.next()?.to_vec()).ok()?;
+            parts.next().is_none().then_some((user, password))
+        }
+        // A field table without its length prefix.
+        "AMQPLAIN" => {
+            let bytes = response.as_bytes();
+            let mut framed = (bytes.len() as u32).to_be_bytes().to_vec();
+            framed.extend_from_slice(bytes);
+            let (rest, table) =
+                amq_protocol::types::parsing::parse_field_table(&framed[..]).ok()?;
+            if !rest.is_empty() {
+                return None;
+            }
+            let text = |key: &str| match table.inner().get(key)? {
+                AMQPValue::LongString(s) => String::from_utf8(s.as_bytes().to_vec()).ok(),
+                AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+                _ => None,
+            };
+            Some((text("LOGIN")?, text("PASSWORD")?))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_plain_and_amqplain_responses() {
+        let plain: LongString = "\0ann\0p:w".into();
+        assert_eq!(
+            credentials("PLAIN", &plain),
+            Some(("ann".into(), "p:w".into()))
+        );
+        assert_eq!(credentials("PLAIN", &"ann".into()), None);
+        let creds = amq_protocol::auth::Credentials::new("bob".into(), "secret".into());
+        let amqplain = creds.sasl_auth_string(amq_protocol::auth::SASLMechanism::AMQPlain);
+        assert_eq!(
+            credentials("AMQPLAIN", &amqplain),
+            Some(("bob".into(), "secret".into()))
+        );
+        assert_eq!(credentials("EXTERNAL", &plain), None);
+    }
+}

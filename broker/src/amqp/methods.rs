@@ -1,0 +1,405 @@
+//! Client methods on an open channel → the core's operations. Validation and semantics are
+//! the core's; this file only translates fields and says which reply each method awaits.
+
+use amq_protocol::protocol::{AMQPClass, access, basic, channel, confirm, exchange, queue};
+use bytes::BytesMut;
+
+use super::channel::{Awaiting, Channel, Content, PUBLISH_ID, SETTLE_ID};
+use super::errors::{AmqpError, code};
+use super::mapping::{message_from_amqp, queue_arguments, table_to_json};
+use crate::protocol::{
+    Binding, DeclareExchange, DeclareQueue, Op, Publish, Request, RequestId, Subscribe,
+};
+
+/// What a client method asks of the connection.
+pub(super) enum Effect {
+    /// Nothing (yet): e.g. a publish waiting for its content.
+    None,
+    /// Answer the client at once.
+    Reply(AMQPClass),
+    /// Hand a request to the router.
+    Request(Request),
+    /// Hand a publish to the router, with a unit of the connection's publish credit.
+    Publish(Request),
+    /// A request, and a reply right behind it (the router answers nothing on success).
+    RequestThenReply(Request, AMQPClass),
+}
+
+fn unexpected(text: impl std::fmt::Display) -> AmqpError {
+    AmqpError::connection(code::UNEXPECTED_FRAME, "UNEXPECTED_FRAME", text)
+}
+
+fn not_implemented(text: impl std::fmt::Display, class_id: u16, method_id: u16) -> AmqpError {
+    AmqpError::connection(code::NOT_IMPLEMENTED, "NOT_IMPLEMENTED", text)
+        .during(class_id, method_id)
+}
+
+/// The queue a method names: AMQP's empty name means the channel's last declared queue.
+fn queue_name(
+    ch: &Channel,
+    name: &str,
+    class_id: u16,
+    method_id: u16,
+) -> Result<String, AmqpError> {
+    match (name, ch.last_queue.as_str()) {
+        ("", "") => {
+            Err(
+                AmqpError::channel(code::NOT_FOUND, "NOT_FOUND", "no previously declared queue")
+                    .during(class_id, method_id),
+            )
+        }
+        ("", last) => Ok(last.to_string()),
+        (name, _) => Ok(name.to_string()),
+    }
+}
+
+/// A method on an open channel (not `channel.open` / `close`, handled by the connection).
+pub(super) fn on_method(ch: &mut Channel, method: AMQPClass) -> Result<Effect, AmqpError> {
+    let class_id = method.get_amqp_class_id();
+    let method_id = method.get_amqp_method_id();
+    if ch.content.is_some() {
+        return Err(
+            unexpected("a method frame in the middle of a message's content")
+                .during(class_id, method_id),
+        );
+    }
+    let request = |id: RequestId, op: Op| Effect::Request(Request { id, op });
+    Ok(match method {
+        AMQPClass::Queue(queue::AMQPMethod::Declare(m)) => {
+            let nowait = m.nowait;
+            if m.passive {
+                let queue = queue_name(ch, m.queue.as_str(), 50, 10)?;
+                let id = ch.expect(Awaiting::QueueDeclare { nowait }, 50, 10);
+                request(id, Op::QueueInfo { queue })
+            } else {
+                let arguments = queue_arguments(&m.arguments).map_err(|e| e.during(50, 10))?;
+                let id = ch.expect(Awaiting::QueueDeclare { nowait }, 50, 10);
+                request(
+                    id,
+                    Op::DeclareQueue(DeclareQueue {
+                        queue: m.queue.as_str().to_string(),
+                        durable: m.durable,
+                        exclusive: m.exclusive,
+                        auto_delete: m.auto_delete,
+                        arguments,
+                    }),
+                )
+            }
+        }
+        AMQPClass::Queue(queue::AMQPMethod::Bind(m)) => {
+            let queue = queue_name(ch, m.queue.as_str(), 50, 20)?;
+            let id = ch.expect(Awaiting::QueueBind { nowait: m.nowait }, 50, 20);
+            request(
+                id,
+                Op::Bind(Binding {
+                    exchange: m.exchange.as_str().to_string(),
+                    queue,
+                    key: m.routing_key.as_str().to_string(),
+                    arguments: table_to_json(&m.arguments),
+                }),
+            )
+        }
+        AMQPClass::Queue(queue::AMQPMethod::Unbind(m)) => {
+            let queue = queue_name(ch, m.queue.as_str(), 50, 50)?;
+            let id = ch.expect(Awaiting::QueueUnbind, 50, 50);
+            request(
+                id,
+                Op::Unbind(Binding {
+                    exchange: m.exchange.as_str().to_string(),
+                    queue,
+                    key: m.routing_key.as_str().to_string(),
+                    arguments: table_to_json(&m.arguments),
+                }),
+            )
+        }
+        AMQPClass::Queue(queue::AMQPMethod::Purge(m)) => {
+            let queue = queue_name(ch, m.queue.as_str(), 50, 30)?;
+            let id = ch.expect(Awaiting::QueuePurge { nowait: m.nowait }, 50, 30);
+            request(id, Op::PurgeQueue { queue })
+        }
+        AMQPClass::Queue(queue::AMQPMethod::Delete(m)) => {
+            let queue = queue_name(ch, m.queue.as_str(), 50, 40)?;
+            let id = ch.expect(Awaiting::QueueDelete { nowait: m.nowait }, 50, 40);
+            request(
+                id,
+                Op::DeleteQueue {
+                    queue,
+                    if_unused: m.if_unused,
+                    if_empty: m.if_empty,
+                },
+            )
+        }
+        AMQPClass::Exchange(exchange::AMQPMethod::Declare(m)) => {
+            let nowait = m.nowait;
+            if m.passive {
+                let exchange = m.exchange.as_str().to_string();
+                let id = ch.expect(Awaiting::ExchangeExists { exchange, nowait }, 40, 10);
+                request(id, Op::ListExchanges)
+            } else if m.internal || m.auto_delete {
+                return Err(AmqpError::channel(
+                    code::PRECONDITION_FAILED,
+                    "PRECONDITION_FAILED",
+                    "internal and auto-delete exchanges are not supported",
+                )
+                .during(40, 10));
+            } else {
+                let id = ch.expect(Awaiting::ExchangeDeclare { nowait }, 40, 10);
+                request(
+                    id,
+                    Op::DeclareExchange(DeclareExchange {
+                        exchange: m.exchange.as_str().to_string(),
+                        kind: m.kind.as_str().to_string(),
+                        durable: m.durable,
+                        arguments: table_to_json(&m.arguments),
+                    }),
+                )
+            }
+        }
+        AMQPClass::Exchange(exchange::AMQPMethod::Delete(m)) => {
+            let id = ch.expect(Awaiting::ExchangeDelete { nowait: m.nowait }, 40, 20);
+            request(
+                id,
+                Op::DeleteExchange {
+                    exchange: m.exchange.as_str().to_string(),
+                    if_unused: m.if_unused,
+                },
+            )
+        }
+        AMQPClass::Exchange(exchange::AMQPMethod::Bind(_))
+        | AMQPClass::Exchange(exchange::AMQPMethod::Unbind(_)) => {
+            return Err(not_implemented(
+                "exchange-to-exchange bindings are not supported",
+                class_id,
+                method_id,
+            ));
+        }
+        AMQPClass::Basic(basic::AMQPMethod::Qos(m)) => {
+            ch.prefetch = m.prefetch_count;
+            Effect::Reply(AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})))
+        }
+        AMQPClass::Basic(basic::AMQPMethod::Consume(m)) => {
+            let queue = queue_name(ch, m.queue.as_str(), 60, 20)?;
+            let awaiting = Awaiting::Consume {
+                nowait: m.nowait,
+                no_ack: m.no_ack,
+            };
+            let id = ch.expect(awaiting, 60, 20);
+            request(
+                id,
+                Op::Subscribe(Subscribe {
+                    queue,
+                    prefetch: u32::from(ch.prefetch),
+                    auto_ack: m.no_ack,
+                    consumer_tag: Some(m.consumer_tag.as_str().to_string())
+                        .filter(|t| !t.is_empty()),
+                    filter: None,
+                    exclusive: m.exclusive,
+                }),
+            )
+        }
+        AMQPClass::Basic(basic::AMQPMethod::Cancel(m)) => {
+            let consumer_tag = m.consumer_tag.as_str().to_string();
+            let awaiting = Awaiting::Cancel {
+                consumer_tag: consumer_tag.clone(),
+                nowait: m.nowait,
+            };
+            let id = ch.expect(awaiting, 60, 30);
+            request(id, Op::Cancel { consumer_tag })
+        }
+        AMQPClass::Basic(basic::AMQPMethod::Get(m)) => {
+            let queue = queue_name(ch, m.queue.as_str(), 60, 70)?;
+            let id = ch.expect(Awaiting::Get, 60, 70);
+            request(
+                id,
+                Op::Get {
+                    queue,
+                    auto_ack: m.no_ack,
+                },
+            )
+        }
+        AMQPClass::Basic(basic::AMQPMethod::Publish(m)) => {
+            if m.immediate {
+                return Err(not_implemented("immediate=true", 60, 40));
+            }
+            ch.content = Some(Content {
+                publish: m,
+                header: None,
+                body: BytesMut::new(),
+            });
+            Effect::None
+        }
+        AMQPClass::Basic(basic::AMQPMethod::Ack(m)) => {
+            let (delivery_tag, multiple) = all_when_zero(m.delivery_tag, m.multiple);
+            request(
+                RequestId::Str(SETTLE_ID.into()),
+                Op::Ack {
+                    delivery_tag,
+                    multiple,
+                },
+            )
+        }
+        AMQPClass::Basic(basic::AMQPMethod::Nack(m)) => {
+            let (delivery_tag, multiple) = all_when_zero(m.delivery_tag, m.multiple);
+            request(
+                RequestId::Str(SETTLE_ID.into()),
+                Op::Nack {
+                    delivery_tag,
+                    multiple,
+                    requeue: m.requeue,
+                    delay_ms: None,
+                },
+            )
+        }
+        AMQPClass::Basic(basic::AMQPMethod::Reject(m)) => request(
+            RequestId::Str(SETTLE_ID.into()),
+            Op::Reject {
+                delivery_tag: m.delivery_tag,
+                requeue: m.requeue,
+            },
+        ),
+        AMQPClass::Basic(basic::AMQPMethod::Recover(_)) => Effect::RequestThenReply(
+            recover(),
+            AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
+        ),
+        AMQPClass::Basic(basic::AMQPMethod::RecoverAsync(_)) => Effect::Request(recover()),
+        AMQPClass::Confirm(confirm::AMQPMethod::Select(m)) => {
+            ch.confirms = true;
+            let id = ch.expect(Awaiting::ConfirmSelect { nowait: m.nowait }, 85, 10);
+            request(id, Op::ConfirmSelect)
+        }
+        AMQPClass::Channel(channel::AMQPMethod::Flow(m)) if m.active => {
+            Effect::Reply(AMQPClass::Channel(channel::AMQPMethod::FlowOk(
+                channel::FlowOk { active: true },
+            )))
+        }
+        AMQPClass::Channel(channel::AMQPMethod::Flow(_)) => {
+            return Err(not_implemented("channel.flow active=false", 20, 20));
+        }
+        AMQPClass::Access(access::AMQPMethod::Request(_)) => Effect::Reply(AMQPClass::Access(
+            access::AMQPMethod::RequestOk(access::RequestOk {}),
+        )),
+        AMQPClass::Tx(_) => {
+            return Err(not_implemented(
+                "transactions (tx.*) are not supported; use publisher confirms",
+                class_id,
+                method_id,
+            ));
+        }
+        _ => {
+            return Err(AmqpError::connection(
+                code::COMMAND_INVALID,
+                "COMMAND_INVALID",
+                format_args!("method {class_id}/{method_id} is not sent by clients"),
+            )
+            .during(class_id, method_id));
+        }
+    })
+}
+
+/// AMQP's "tag 0 with multiple": every unacked delivery of the channel.
+fn all_when_zero(tag: u64, multiple: bool) -> (u64, bool) {
+    match (tag, multiple) {
+        (0, true) => (u64::MAX, true),
+        other => other,
+    }
+}
+
+/// `basic.recover`: every unacked delivery of the channel back to its queue.
+fn recover() -> Request {
+    Request {
+        id: RequestId::Str(SETTLE_ID.into()),
+        op: Op::Nack {
+            delivery_tag: u64::MAX,
+            multiple: true,
+            requeue: true,
+            delay_ms: None,
+        },
+    }
+}
+
+/// A content header frame: the publish's properties and body size.
+pub(super) fn on_header(
+    ch: &mut Channel,
+    header: amq_protocol::frame::AMQPContentHeader,
+    max_body: usize,
+    user: &str,
+) -> Result<Effect, AmqpError> {
+    let Some(content) = ch.content.as_mut().filter(|c| c.header.is_none()) else {
+        return Err(unexpected(
+            "a content header without a basic.publish before it",
+        ));
+    };
+    if header.class_id != 60 {
+        return Err(unexpected(format_args!(
+            "content header of class {}",
+            header.class_id
+        )));
+    }
+    if header.body_size > max_body as u64 {
+        ch.content = None;
+        return Err(AmqpError::channel(
+            code::PRECONDITION_FAILED,
+            "PRECONDITION_FAILED",
+            format_args!(
+                "message size {} is larger than configured max size {max_body}",
+                header.body_size
+            ),
+        )
+        .during(60, 40));
+    }
+    content.body.reserve(header.body_size.min(1 << 20) as usize);
+    content.header = Some((header.properties, header.body_size));
+    complete(ch, user)
+}
+
+/// A content body frame.
+pub(super) fn on_body(ch: &mut Channel, body: &[u8], user: &str) -> Result<Effect, AmqpError> {
+    let Some(content) = ch.content.as_mut() else {
+        return Err(unexpected(
+            "a content body without a basic.publish before it",
+        ));
+    };
+    let Some((_, size)) = &content.header else {
+        return Err(unexpected("a content body before its content header"));
+    };
+    if (content.body.len() + body.len()) as u64 > *size {
+        return Err(unexpected("content body longer than its header said"));
+    }
+    content.body.extend_from_slice(body);
+    complete(ch, user)
+}
+
+/// The publish, once its body is whole.
+fn complete(ch: &mut Channel, user: &str) -> Result<Effect, AmqpError> {
+    let done = matches!(&ch.content, Some(Content { header: Some((_, size)), body, .. }) if body.len() as u64 == *size);
+    if !done {
+        return Ok(Effect::None);
+    }
+    let Content {
+        publish,
+        header,
+        body,
+    } = ch.content.take().expect("checked above");
+    let (properties, _) = header.expect("checked above");
+    let message = message_from_amqp(
+        publish.exchange.as_str(),
+        publish.routing_key.as_str(),
+        &properties,
+        body.freeze(),
+        user,
+    )
+    .map_err(|e| e.during(60, 40))?;
+    let id = if ch.confirms {
+        ch.publish_seq += 1;
+        RequestId::Num(ch.publish_seq)
+    } else {
+        RequestId::Str(PUBLISH_ID.into())
+    };
+    Ok(Effect::Publish(Request {
+        id,
+        op: Op::Publish(Publish {
+            message,
+            mandatory: publish.mandatory,
+        }),
+    }))
+}
