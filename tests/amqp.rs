@@ -142,3 +142,152 @@ async fn heartbeats_are_sent_and_a_silent_peer_is_dropped() {
         "{rest:?}"
     );
 }
+
+/// AMQP frames over a WebSocket that chose the `amqp` subprotocol.
+struct AmqpOverWebSocket {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    buffer: Vec<u8>,
+}
+
+impl AmqpOverWebSocket {
+    async fn connect(url: &str) -> Self {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", "amqp".parse().unwrap());
+        let (ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+        assert_eq!(response.headers()["Sec-WebSocket-Protocol"], "amqp");
+        AmqpOverWebSocket {
+            ws,
+            buffer: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: Vec<u8>) {
+        use futures_util::SinkExt;
+        let message = tokio_tungstenite::tungstenite::Message::Binary(bytes.into());
+        self.ws.send(message).await.unwrap();
+    }
+
+    async fn send_method(&mut self, channel: u16, class: amq_protocol::protocol::AMQPClass) {
+        let bytes = amqp::frame_bytes(&amq_protocol::frame::AMQPFrame::Method(channel, class));
+        self.send(bytes).await;
+    }
+
+    /// The next frame, whichever WebSocket messages it came in.
+    async fn next_frame(&mut self) -> amq_protocol::frame::AMQPFrame {
+        use futures_util::StreamExt;
+        within(async {
+            loop {
+                if let Ok((rest, frame)) = amq_protocol::frame::parse_frame(self.buffer.as_slice())
+                {
+                    let used = self.buffer.len() - rest.len();
+                    self.buffer.drain(..used);
+                    return frame;
+                }
+                match self.ws.next().await {
+                    Some(Ok(tokio_tungstenite::tungstenite::Message::Binary(bytes))) => {
+                        self.buffer.extend_from_slice(&bytes)
+                    }
+                    Some(Ok(_)) => {}
+                    other => panic!("WebSocket ended: {other:?}"),
+                }
+            }
+        })
+        .await
+    }
+}
+
+#[tokio::test]
+async fn amqp_runs_over_a_websocket_with_the_amqp_subprotocol() {
+    use amq_protocol::frame::AMQPFrame;
+    use amq_protocol::protocol::{AMQPClass, channel, connection, queue};
+    let broker = AmqpBroker::start_with(|c| c.amqp = None).await;
+    let url = broker.broker().url();
+    let mut ws = AmqpOverWebSocket::connect(&url).await;
+    ws.send(b"AMQP\x00\x00\x09\x01".to_vec()).await;
+    assert!(matches!(
+        ws.next_frame().await,
+        AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Start(_)))
+    ));
+    let start_ok = connection::StartOk {
+        client_properties: Default::default(),
+        mechanism: "PLAIN".into(),
+        response: "\0guest\0guest".into(),
+        locale: "en_US".into(),
+    };
+    ws.send_method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::StartOk(start_ok)),
+    )
+    .await;
+    assert!(matches!(
+        ws.next_frame().await,
+        AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Tune(_)))
+    ));
+    let tune_ok = connection::TuneOk {
+        channel_max: 8,
+        frame_max: 131072,
+        heartbeat: 0,
+    };
+    ws.send_method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::TuneOk(tune_ok)),
+    )
+    .await;
+    let open = connection::Open {
+        virtual_host: "/".into(),
+    };
+    ws.send_method(0, AMQPClass::Connection(connection::AMQPMethod::Open(open)))
+        .await;
+    assert!(matches!(
+        ws.next_frame().await,
+        AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)))
+    ));
+    ws.send_method(
+        1,
+        AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+    )
+    .await;
+    assert!(matches!(ws.next_frame().await, AMQPFrame::Method(1, _)));
+    let declare = queue::Declare {
+        queue: "over-ws".into(),
+        ..Default::default()
+    };
+    ws.send_method(1, AMQPClass::Queue(queue::AMQPMethod::Declare(declare)))
+        .await;
+    let AMQPFrame::Method(1, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok))) =
+        ws.next_frame().await
+    else {
+        panic!("expected queue.declare-ok");
+    };
+    assert_eq!(ok.queue.as_str(), "over-ws");
+    // The same queue, seen by a JSON client of the same listener.
+    let json = broker.json_client().await;
+    assert_eq!(json.queue_info("over-ws").await.unwrap().queue, "over-ws");
+    // A wrong password over WebSocket is refused like over TCP.
+    let mut refused = AmqpOverWebSocket::connect(&url).await;
+    refused.send(b"AMQP\x00\x00\x09\x01".to_vec()).await;
+    refused.next_frame().await;
+    let wrong = connection::StartOk {
+        client_properties: Default::default(),
+        mechanism: "PLAIN".into(),
+        response: "\0guest\0nope".into(),
+        locale: "en_US".into(),
+    };
+    refused
+        .send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(wrong)),
+        )
+        .await;
+    let AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(close))) =
+        refused.next_frame().await
+    else {
+        panic!("expected connection.close");
+    };
+    assert_eq!(close.reply_code, 403);
+}

@@ -54,6 +54,19 @@ async fn exchanges_bindings_and_basic_get() {
     ch.exchange_declare("orders".into(), ExchangeKind::Direct, durable, no_args())
         .await
         .unwrap();
+    // auto_delete is accepted (not enforced).
+    let auto_delete = ExchangeDeclareOptions {
+        auto_delete: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        "pidbox".into(),
+        ExchangeKind::Direct,
+        auto_delete,
+        no_args(),
+    )
+    .await
+    .unwrap();
     // Passive: the exchange exists.
     let passive = ExchangeDeclareOptions {
         passive: true,

@@ -5,7 +5,7 @@
 //! enqueues it and asks the [`store`] to persist it (group commit); the store's writer
 //! confirms to the publisher after commit; the router dispatches to consumers.
 
-mod amqp;
+pub mod amqp;
 pub mod auth;
 pub mod client;
 pub mod exchange;

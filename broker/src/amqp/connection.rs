@@ -15,8 +15,7 @@ use std::time::Duration;
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{AMQPClass, channel, connection};
 use futures_util::FutureExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
@@ -83,14 +82,17 @@ impl std::fmt::Display for Ended {
     }
 }
 
-/// Serves one accepted socket until it closes.
-pub(crate) async fn serve(
-    mut stream: TcpStream,
+/// Serves one AMQP byte stream (a TCP socket, or a WebSocket's binary messages) until it
+/// closes.
+pub(crate) async fn serve<S>(
+    mut stream: S,
     peer: SocketAddr,
     id: ConnId,
     ctx: Arc<AmqpContext>,
     shutdown: watch::Receiver<bool>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let mut header = [0u8; 8];
     match tokio::time::timeout(ctx.handshake_timeout, stream.read_exact(&mut header)).await {
         Ok(Ok(_)) if &header == PROTOCOL_HEADER => {}
@@ -103,7 +105,7 @@ pub(crate) async fn serve(
         }
         _ => return,
     }
-    let (read, write) = stream.into_split();
+    let (read, write) = tokio::io::split(stream);
     let (writer_tx, writer_rx) = mpsc::unbounded_channel();
     tokio::spawn(write_loop(write, writer_rx, ctx.router.clone()));
     let frame_max = Arc::new(AtomicU32::new(ctx.offer.frame_max));

@@ -135,11 +135,13 @@ pub(super) fn on_method(ch: &mut Channel, method: AMQPClass) -> Result<Effect, A
                 let exchange = m.exchange.as_str().to_string();
                 let id = ch.expect(Awaiting::ExchangeExists { exchange, nowait }, 40, 10);
                 request(id, Op::ListExchanges)
-            } else if m.internal || m.auto_delete {
+            } else if m.internal {
+                // `auto_delete` is accepted and not enforced (clients such as kombu set it
+                // on exchanges they never expect to vanish mid-use); docs/amqp.md says so.
                 return Err(AmqpError::channel(
                     code::PRECONDITION_FAILED,
                     "PRECONDITION_FAILED",
-                    "internal and auto-delete exchanges are not supported",
+                    "internal exchanges are not supported",
                 )
                 .during(40, 10));
             } else {

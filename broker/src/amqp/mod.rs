@@ -14,11 +14,14 @@ mod handshake;
 mod listener;
 mod mapping;
 mod methods;
+mod websocket;
 mod writer;
 
 pub(crate) use connection::AmqpContext;
 pub(crate) use handshake::Offer;
 pub(crate) use listener::accept_loop;
+pub use websocket::AMQP_SUBPROTOCOL;
+pub(crate) use websocket::serve_websocket;
 
 /// The `frame_max` the broker offers (RabbitMQ's default).
 pub const DEFAULT_FRAME_MAX: u32 = 131_072;

@@ -50,7 +50,7 @@ seconds), 1000000 (backlog, recovery), 10000000 (flood: a cap, it stops when blo
 
 flood against a local broker process, e.g. with a 256 MiB watermark:
   broker serve --memory-high-watermark 256MiB --http 127.0.0.1:15672 &
-  broker bench flood --server ws://127.0.0.1:5672 --http http://127.0.0.1:15672 --durable
+  broker bench flood --server ws://127.0.0.1:6789 --http http://127.0.0.1:15672 --durable
 
 isolation with a hostile test plugin (tests/plugins, built for wasm32):
   (cd tests/plugins && cargo build --release --target wasm32-unknown-unknown)

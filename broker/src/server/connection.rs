@@ -66,6 +66,8 @@ pub(super) struct Connection {
     pub limits: ConnLimits,
     pub flow: FlowControl,
     pub shutdown: watch::Receiver<bool>,
+    /// For a WebSocket that chose the `amqp` subprotocol.
+    pub amqp: Arc<crate::amqp::AmqpContext>,
 }
 
 /// What holds a publishing connection back.
@@ -113,14 +115,15 @@ impl fmt::Display for Ended {
 
 type WsSource = futures_util::stream::SplitStream<WebSocketStream<MaybeTls>>;
 
-/// An accepted WebSocket, its encoding, and the upgrade request's credentials and vhost.
-type Upgraded = (WebSocketStream<MaybeTls>, Encoding, Admitted);
+/// An accepted WebSocket, its encoding, the upgrade request's credentials and vhost, and
+/// whether it chose the `amqp` subprotocol.
+type Upgraded = (WebSocketStream<MaybeTls>, Encoding, Admitted, bool);
 
 impl Connection {
     pub async fn run(mut self, stream: TcpStream) {
         let _ = stream.set_nodelay(true);
         let handshake = tokio::time::timeout(self.limits.handshake_timeout, self.handshake(stream));
-        let (mut ws, encoding, admitted) = match handshake.await {
+        let (mut ws, encoding, admitted, amqp) = match handshake.await {
             Ok(Some(accepted)) => accepted,
             Ok(None) => return,
             Err(_) => {
@@ -128,6 +131,12 @@ impl Connection {
                 return;
             }
         };
+        if amqp {
+            // AMQP logs in with its own SASL handshake.
+            let (peer, id, ctx) = (self.peer, self.id, self.amqp.clone());
+            crate::amqp::serve_websocket(ws, peer, id, ctx, self.shutdown.clone()).await;
+            return;
+        }
         let within = self.limits.first_request_timeout;
         let Admitted { credentials, vhost } = admitted;
         let login = login(&mut ws, &self.gate, self.peer, credentials, &vhost, within).await;
@@ -206,11 +215,18 @@ impl Connection {
             .max_frame_size(Some(max));
         let mut encoding = Encoding::Json;
         let mut admitted = Admitted::default();
+        let mut amqp = false;
         // tungstenite's callback type.
         #[allow(clippy::result_large_err)]
         let negotiate = |request: &HsRequest, mut response: HsResponse| {
             admitted = self.gate.check_upgrade(request)?;
-            if offers_binary(request) {
+            if offers(request, crate::amqp::AMQP_SUBPROTOCOL) {
+                amqp = true;
+                response.headers_mut().insert(
+                    SEC_WEBSOCKET_PROTOCOL,
+                    HeaderValue::from_static(crate::amqp::AMQP_SUBPROTOCOL),
+                );
+            } else if offers_binary(request) {
                 encoding = Encoding::Binary;
                 response.headers_mut().insert(
                     SEC_WEBSOCKET_PROTOCOL,
@@ -223,7 +239,7 @@ impl Connection {
             tokio_tungstenite::accept_hdr_async_with_config(stream, negotiate, Some(ws_config))
                 .await;
         match accepted {
-            Ok(ws) => Some((ws, encoding, admitted)),
+            Ok(ws) => Some((ws, encoding, admitted, amqp)),
             Err(e) => {
                 tracing::debug!(peer = %self.peer, error = %e, "WebSocket handshake failed");
                 None
@@ -430,13 +446,18 @@ impl Connection {
 
 /// Whether the handshake's `Sec-WebSocket-Protocol` headers list the binary subprotocol.
 fn offers_binary(request: &HsRequest) -> bool {
+    offers(request, BINARY_SUBPROTOCOL)
+}
+
+/// Whether the handshake's `Sec-WebSocket-Protocol` headers list `subprotocol`.
+fn offers(request: &HsRequest, subprotocol: &str) -> bool {
     request
         .headers()
         .get_all(SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|list| list.split(','))
-        .any(|name| name.trim() == BINARY_SUBPROTOCOL)
+        .any(|name| name.trim() == subprotocol)
 }
 
 /// The `id` of a frame that starts `{"id":...,` — read from its first bytes only, without

@@ -332,25 +332,27 @@ impl Broker {
             next_conn: Arc::new(AtomicU64::new(1)),
         };
         let amqp_addr = amqp_listener.as_ref().map(|(_, addr)| *addr);
+        // AMQP's shared state: for its listener, and for WebSocket upgrades that choose
+        // the `amqp` subprotocol.
+        let amqp = Arc::new(crate::amqp::AmqpContext {
+            router: router.clone(),
+            auth: auth.clone(),
+            offer: crate::amqp::Offer {
+                frame_max: crate::amqp::DEFAULT_FRAME_MAX,
+                channel_max: crate::amqp::DEFAULT_CHANNEL_MAX,
+                heartbeat: config.heartbeat,
+            },
+            handshake_timeout: config.handshake_timeout,
+            max_unconfirmed: config.max_unconfirmed.max(1),
+            max_body: config.max_frame_bytes,
+            next_conn: admission.next_conn.clone(),
+            alarm: alarm_rx.clone(),
+        });
         let amqp_task = amqp_listener.map(|(listener, amqp_addr)| {
-            let ctx = Arc::new(crate::amqp::AmqpContext {
-                router: router.clone(),
-                auth: auth.clone(),
-                offer: crate::amqp::Offer {
-                    frame_max: crate::amqp::DEFAULT_FRAME_MAX,
-                    channel_max: crate::amqp::DEFAULT_CHANNEL_MAX,
-                    heartbeat: config.heartbeat,
-                },
-                handshake_timeout: config.handshake_timeout,
-                max_unconfirmed: config.max_unconfirmed.max(1),
-                max_body: config.max_frame_bytes,
-                next_conn: admission.next_conn.clone(),
-                alarm: alarm_rx.clone(),
-            });
             tracing::info!(%amqp_addr, "AMQP listening");
             tokio::spawn(crate::amqp::accept_loop(
                 listener,
-                ctx,
+                amqp.clone(),
                 admission.clone(),
                 shutdown_rx.clone(),
             ))
@@ -369,6 +371,7 @@ impl Broker {
             Acceptors {
                 admission,
                 amqp: amqp_task,
+                amqp_context: amqp,
             },
             shutdown_rx,
         ));
@@ -527,6 +530,8 @@ pub(crate) struct Admission {
 struct Acceptors {
     admission: Admission,
     amqp: Option<JoinHandle<()>>,
+    /// For WebSocket connections that speak AMQP.
+    amqp_context: Arc<crate::amqp::AmqpContext>,
 }
 
 async fn accept_loop(
@@ -583,6 +588,7 @@ async fn accept_loop(
                 published: false,
             },
             shutdown: shutdown.clone(),
+            amqp: acceptors.amqp_context.clone(),
         };
         let alive = alive_tx.clone();
         tokio::spawn(async move {

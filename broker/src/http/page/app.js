@@ -455,7 +455,7 @@ function renderConnections(connections) {
     ...connections.map((c) =>
       el("tr", {},
         el("td", { text: c.conn }),
-        el("td", { class: "name", text: c.peer }),
+        el("td", { class: "name", text: c.protocol === "amqp" ? `${c.peer} (AMQP, ${c.channels} channels)` : c.peer }),
         el("td", { text: ago(c.opened_at) }),
         el("td", {}, c.confirms ? el("span", { class: "tag good", text: "on" }) : el("span", { class: "tag", text: "off" })),
         el("td", { class: "name", text: c.consumers.map((s) => `${s.queue} (${s.consumer_tag})`).join(", ") || "—" }),
