@@ -36,7 +36,6 @@ use crate::protocol::{
     Delivery, Encoding, ErrorCode, MessageCount, Op, Publish, QueueInfo, QueueList, Request,
     RequestId, Subscribe, Subscribed, decode_server_frames, write_request_record,
 };
-use crate::server::tls::MaybeTls;
 
 /// What can go wrong talking to a broker.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -186,7 +185,7 @@ impl Client {
         }
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .read_buffer_size(crate::protocol::READ_BUFFER_BYTES);
-        let stream = open_stream(request.uri(), options.tls.as_ref())
+        let stream = tls::open_stream(request.uri(), options.tls.as_ref())
             .await
             .map_err(connect_error)?;
         let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
@@ -698,34 +697,4 @@ where
     }
     let bytes = bytes::Bytes::from(std::mem::take(records));
     sink.feed(WsMessage::Binary(bytes)).await
-}
-
-/// The TCP connection to the URL's host and port, with the TLS handshake for `wss://`.
-async fn open_stream(
-    uri: &tokio_tungstenite::tungstenite::http::Uri,
-    tls: Option<&ClientTls>,
-) -> Result<MaybeTls, String> {
-    let secure = match uri.scheme_str() {
-        Some("ws") => false,
-        Some("wss") => true,
-        _ => return Err("the URL must start with ws:// or wss://".into()),
-    };
-    let host = uri.host().ok_or("the URL names no host")?;
-    // An IPv6 address comes bracketed.
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
-    let tcp = tokio::net::TcpStream::connect((host, port))
-        .await
-        .map_err(|e| e.to_string())?;
-    let _ = tcp.set_nodelay(true);
-    if !secure {
-        return Ok(MaybeTls::Plain(tcp));
-    }
-    let tls = match tls {
-        Some(tls) => tls.clone(),
-        None => ClientTls::system(),
-    };
-    tls.connect(host, tcp)
-        .await
-        .map_err(|e| format!("TLS handshake: {e}"))
 }

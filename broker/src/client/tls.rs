@@ -1,5 +1,6 @@
-//! The client's side of `wss://`: which CAs it trusts, and the certificate it may present
-//! (logging in as the user the certificate's CN names, when the broker has `--tls-ca`).
+//! The client's connection to a URL: TCP, and for `wss://` TLS with the CAs it trusts and
+//! the certificate it may present (logging in as the user the certificate's CN names, when
+//! the broker has `--tls-ca`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -73,7 +74,7 @@ impl ClientTls {
     }
 
     /// The TLS handshake with `host` (a DNS name or an IP address, as in the URL).
-    pub(super) async fn connect(&self, host: &str, tcp: TcpStream) -> std::io::Result<MaybeTls> {
+    async fn connect(&self, host: &str, tcp: TcpStream) -> std::io::Result<MaybeTls> {
         let name = ServerName::try_from(host.to_owned())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let tls = TlsConnector::from(self.config.clone())
@@ -83,6 +84,36 @@ impl ClientTls {
             tls,
         ))))
     }
+}
+
+/// The TCP connection to the URL's host and port, with the TLS handshake for `wss://`.
+pub(super) async fn open_stream(
+    uri: &tokio_tungstenite::tungstenite::http::Uri,
+    tls: Option<&ClientTls>,
+) -> Result<MaybeTls, String> {
+    let secure = match uri.scheme_str() {
+        Some("ws") => false,
+        Some("wss") => true,
+        _ => return Err("the URL must start with ws:// or wss://".into()),
+    };
+    let host = uri.host().ok_or("the URL names no host")?;
+    // An IPv6 address comes bracketed.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+    let tcp = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    if !secure {
+        return Ok(MaybeTls::Plain(tcp));
+    }
+    let tls = match tls {
+        Some(tls) => tls.clone(),
+        None => ClientTls::system(),
+    };
+    tls.connect(host, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))
 }
 
 /// The operating system's CA bundle; certificates it cannot read are skipped (a
