@@ -122,6 +122,20 @@ async fn administrators_manage_users_and_users_their_own_password() {
         .add_user("ops", "secret", &[Tag::Administrator])
         .await
         .unwrap();
+    // New users may do nothing until given permissions in a vhost (as in RabbitMQ).
+    for user in ["ann", "ops"] {
+        admin
+            .set_permissions(broker::protocol::SetPermissions {
+                user: user.into(),
+                vhost: "/".into(),
+                configure: ".*".into(),
+                write: ".*".into(),
+                read: ".*".into(),
+                plugin: false,
+            })
+            .await
+            .unwrap();
+    }
     let listed: Vec<(String, Vec<Tag>)> = admin
         .list_users()
         .await
@@ -287,6 +301,8 @@ async fn the_cli_manages_users_and_logs_in_from_broker_url_or_flags() {
     let (ok, out, err) = cli(&["user", "add", "ann", "pw", "--tag", "management"], None);
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "user ann stored");
+    let (ok, _, err) = cli(&["permissions", "set", "ann", ".*", ".*", ".*"], None);
+    assert!(ok, "{err}");
     let (ok, out, _) = cli(&["user", "list"], None);
     assert!(ok);
     let rows: Vec<Vec<&str>> = out

@@ -17,7 +17,8 @@ pub mod queue;
 pub mod router;
 pub mod server;
 pub mod store;
+pub mod vhost;
 
-pub use client::{Client, ClientError, ConnectOptions, QueueOptions, Subscription};
+pub use client::{Client, ClientError, ClientTls, ConnectOptions, QueueOptions, Subscription};
 pub use message::{Headers, Message, Properties};
 pub use server::{Broker, Config};

@@ -42,6 +42,7 @@ impl TestBroker {
     pub async fn binary_client(&self) -> Client {
         let options = broker::ConnectOptions {
             encoding: broker::protocol::Encoding::Binary,
+            ..Default::default()
         };
         Client::connect_with(&self.url(), options).await.unwrap()
     }

@@ -2,11 +2,15 @@
 //! protocols added later). It owns the users in memory; the store keeps them (table
 //! `users`), written through the router's batches like everything else.
 
+mod permissions;
 mod users;
 
+pub use permissions::{
+    Access, DEFAULT_EXCHANGE_RESOURCE, GENERATED_QUEUE_RESOURCE, Grant, Permissions,
+};
 pub use users::{Tag, UserLimits, UserRecord, check_user_name, hash_password};
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -52,6 +56,19 @@ pub enum AuthError {
     InvalidCredentials,
     #[error("user `{0}` may only connect from a loopback address")]
     LoopbackOnly(String),
+    #[error("access to vhost `{vhost}` refused for user `{user}`")]
+    VhostRefused { user: String, vhost: String },
+    /// A client certificate the CA vouches for, naming a user that does not exist.
+    #[error("the client certificate names no user of this broker")]
+    UnknownCertificateUser,
+    /// A client certificate for one user, and credentials for another.
+    #[error(
+        "the client certificate is for user `{certificate}`, the credentials for `{credentials}`"
+    )]
+    CertificateMismatch {
+        certificate: String,
+        credentials: String,
+    },
 }
 
 /// Login counters, for metrics.
@@ -68,6 +85,9 @@ struct Failures {
 
 pub struct Authenticator {
     users: RwLock<HashMap<String, UserRecord>>,
+    /// (user, vhost) → the user's permissions there, compiled.
+    grants: RwLock<HashMap<(String, String), Arc<Grant>>>,
+    vhosts: RwLock<BTreeSet<String>>,
     /// User → SHA-256 of (per-process pepper, password) that last verified: a client
     /// reconnecting with the same password skips Argon2 (tens of milliseconds).
     verified: Mutex<HashMap<String, [u8; 32]>>,
@@ -77,11 +97,19 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(users: impl IntoIterator<Item = UserRecord>) -> Arc<Self> {
+    pub fn new(
+        users: impl IntoIterator<Item = UserRecord>,
+        vhosts: impl IntoIterator<Item = String>,
+    ) -> Arc<Self> {
         let mut pepper = [0u8; 16];
         OsRng.fill_bytes(&mut pepper);
+        let users: HashMap<String, UserRecord> =
+            users.into_iter().map(|u| (u.name.clone(), u)).collect();
+        let grants = users.values().flat_map(compile_grants).collect();
         Arc::new(Authenticator {
-            users: RwLock::new(users.into_iter().map(|u| (u.name.clone(), u)).collect()),
+            users: RwLock::new(users),
+            grants: RwLock::new(grants),
+            vhosts: RwLock::new(vhosts.into_iter().collect()),
             verified: Mutex::new(HashMap::new()),
             pepper,
             failures: Mutex::new(HashMap::new()),
@@ -102,7 +130,49 @@ impl Authenticator {
             tokio::time::sleep(penalty).await;
         }
         let result = self.check(user, password, peer).await;
-        match &result {
+        self.record(&result, user, peer, "password");
+        result
+    }
+
+    /// Logs in the user named by a client certificate's subject CN, which the TLS layer
+    /// verified against `--tls-ca`: the user must exist (no password is asked); counted,
+    /// slowed down after failures and audited like a password login.
+    pub async fn authenticate_certificate(
+        &self,
+        user: &str,
+        peer: IpAddr,
+    ) -> Result<Principal, AuthError> {
+        let penalty = self.penalty(peer);
+        if !penalty.is_zero() {
+            tokio::time::sleep(penalty).await;
+        }
+        let record = self.read_users().get(user).cloned();
+        let result = match record {
+            None => Err(AuthError::UnknownCertificateUser),
+            Some(record) if record.loopback_only && !peer.is_loopback() => {
+                Err(AuthError::LoopbackOnly(user.to_string()))
+            }
+            Some(record) => Ok(Principal {
+                user: Arc::from(user),
+                tags: record.tags,
+            }),
+        };
+        self.record(&result, user, peer, "certificate");
+        if result.is_ok() {
+            tracing::info!(target: "audit", event = "authenticated", user, %peer, method = "certificate", "authenticated by client certificate");
+        }
+        result
+    }
+
+    /// A login's outcome in the counters, the failures per address and the audit log.
+    fn record(
+        &self,
+        result: &Result<Principal, AuthError>,
+        user: &str,
+        peer: IpAddr,
+        method: &str,
+    ) {
+        match result {
             Ok(_) => {
                 self.stats.successes.fetch_add(1, Ordering::Relaxed);
                 self.lock_failures().remove(&peer);
@@ -116,10 +186,9 @@ impl Authenticator {
                 });
                 entry.count = entry.count.saturating_add(1);
                 entry.last = Instant::now();
-                tracing::warn!(target: "audit", event = "authentication_failed", user, %peer, reason = %e, "authentication failed");
+                tracing::warn!(target: "audit", event = "authentication_failed", user, %peer, method, reason = %e, "authentication failed");
             }
         }
-        result
     }
 
     async fn check(
@@ -161,13 +230,92 @@ impl Authenticator {
     /// Adds or replaces a user (already stored by the caller).
     pub fn put(&self, record: UserRecord) {
         self.lock_verified().remove(&record.name);
+        let mut grants = self.write_grants();
+        grants.retain(|(user, _), _| *user != record.name);
+        grants.extend(compile_grants(&record));
+        drop(grants);
         self.write_users().insert(record.name.clone(), record);
     }
 
     /// Removes a user (already deleted from the store by the caller).
     pub fn remove(&self, user: &str) -> Option<UserRecord> {
         self.lock_verified().remove(user);
+        self.write_grants().retain(|(name, _), _| name != user);
         self.write_users().remove(user)
+    }
+
+    /// What `user` may do in `vhost`; `None`: nothing (no permissions there, or the vhost
+    /// or the user is gone).
+    pub fn grant(&self, user: &str, vhost: &str) -> Option<Arc<Grant>> {
+        if !self.vhost_exists(vhost) {
+            return None;
+        }
+        let grants = self.grants.read().expect("grants lock not poisoned");
+        grants.get(&(user.to_string(), vhost.to_string())).cloned()
+    }
+
+    /// Checks that `principal` may use `vhost` (it exists and the user has permissions
+    /// there), as a login does.
+    pub fn open_vhost(&self, principal: &Principal, vhost: &str) -> Result<Arc<Grant>, AuthError> {
+        let refused = || AuthError::VhostRefused {
+            user: principal.user.to_string(),
+            vhost: vhost.to_string(),
+        };
+        let grant = self.grant(&principal.user, vhost).ok_or_else(refused);
+        if grant.is_err() {
+            tracing::warn!(target: "audit", event = "vhost_refused", user = %principal.user, vhost, "access to vhost refused");
+        }
+        grant
+    }
+
+    /// Authorizes a request of `principal`'s connection to `vhost`, then rewrites its
+    /// names to the broker's (see [`crate::vhost`]): what every front end does with a
+    /// request before the router sees it. A refusal is audited.
+    pub fn admit(
+        &self,
+        principal: &Principal,
+        vhost: &str,
+        peer: IpAddr,
+        op: &mut crate::protocol::Op,
+    ) -> Result<(), (crate::protocol::ErrorCode, String)> {
+        use crate::protocol::ErrorCode;
+        let refused = match self.grant(&principal.user, vhost) {
+            None => Err(format!(
+                "user `{}` has no permissions in vhost `{vhost}`",
+                principal.user
+            )),
+            Some(grant) => grant.authorize(op),
+        };
+        if let Err(reason) = refused {
+            tracing::warn!(target: "audit", event = "permission_refused", user = %principal.user, %peer, vhost, %reason, "request refused");
+            return Err((ErrorCode::AccessRefused, reason));
+        }
+        crate::vhost::qualify_op(vhost, op).map_err(|e| (ErrorCode::InvalidField, e))
+    }
+
+    pub fn vhost_exists(&self, vhost: &str) -> bool {
+        self.vhosts
+            .read()
+            .expect("vhosts lock not poisoned")
+            .contains(vhost)
+    }
+
+    /// Every vhost, by name.
+    pub fn vhosts(&self) -> Vec<String> {
+        let vhosts = self.vhosts.read().expect("vhosts lock not poisoned");
+        vhosts.iter().cloned().collect()
+    }
+
+    /// Adds a vhost (already stored by the caller).
+    pub fn put_vhost(&self, vhost: &str) {
+        let mut vhosts = self.vhosts.write().expect("vhosts lock not poisoned");
+        vhosts.insert(vhost.to_string());
+    }
+
+    /// Removes a vhost (already deleted from the store by the caller).
+    pub fn remove_vhost(&self, vhost: &str) {
+        let mut vhosts = self.vhosts.write().expect("vhosts lock not poisoned");
+        vhosts.remove(vhost);
     }
 
     pub fn get(&self, user: &str) -> Option<UserRecord> {
@@ -205,6 +353,12 @@ impl Authenticator {
         self.users.read().expect("users lock not poisoned")
     }
 
+    fn write_grants(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<(String, String), Arc<Grant>>> {
+        self.grants.write().expect("grants lock not poisoned")
+    }
+
     fn write_users(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, UserRecord>> {
         self.users.write().expect("users lock not poisoned")
     }
@@ -218,10 +372,29 @@ impl Authenticator {
     }
 }
 
-/// The user a fresh install starts with.
+/// A user's permissions, compiled, keyed by (user, vhost). A stored pattern that no
+/// longer compiles allows nothing.
+fn compile_grants(record: &UserRecord) -> Vec<((String, String), Arc<Grant>)> {
+    record
+        .permissions
+        .iter()
+        .map(|(vhost, permissions)| {
+            let grant = permissions.compile().unwrap_or_else(|e| {
+                tracing::error!(user = %record.name, vhost, error = %e, "stored permissions do not compile; the user may do nothing there");
+                Grant::none()
+            });
+            ((record.name.clone(), vhost.clone()), Arc::new(grant))
+        })
+        .collect()
+}
+
+/// The user a fresh install starts with: everything on `/`, from loopback only.
 pub fn default_user() -> UserRecord {
     let mut guest = UserRecord::new(DEFAULT_USER, DEFAULT_PASSWORD, vec![Tag::Administrator]);
     guest.loopback_only = true;
+    guest
+        .permissions
+        .insert(crate::vhost::DEFAULT_VHOST.to_string(), Permissions::full());
     guest
 }
 
@@ -249,7 +422,10 @@ mod tests {
 
     #[tokio::test]
     async fn checks_passwords_loopback_and_slows_down_failures() {
-        let auth = Authenticator::new([default_user(), UserRecord::new("ann", "pw", vec![])]);
+        let auth = Authenticator::new(
+            [default_user(), UserRecord::new("ann", "pw", vec![])],
+            ["/".to_string()],
+        );
         let guest = auth
             .authenticate("guest", "guest", loopback())
             .await
@@ -277,6 +453,29 @@ mod tests {
         assert!(auth.authenticate("ann", "pw", loopback()).await.is_err());
         assert!(auth.authenticate("ann", "new", loopback()).await.is_ok());
         assert!(auth.authenticate("ann", "new", loopback()).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn certificate_logins_need_an_existing_user_and_count_failures() {
+        let auth = Authenticator::new([default_user(), UserRecord::new("app", "pw", vec![])]);
+        let app = auth
+            .authenticate_certificate("app", loopback())
+            .await
+            .unwrap();
+        assert_eq!(&*app.user, "app");
+        assert_eq!(
+            auth.authenticate_certificate("nobody", loopback()).await,
+            Err(AuthError::UnknownCertificateUser)
+        );
+        // guest stays loopback-only with a certificate too.
+        let remote: IpAddr = "10.1.2.3".parse().unwrap();
+        assert_eq!(
+            auth.authenticate_certificate("guest", remote).await,
+            Err(AuthError::LoopbackOnly("guest".into()))
+        );
+        assert_eq!(auth.stats.successes.load(Ordering::Relaxed), 1);
+        assert_eq!(auth.stats.failures.load(Ordering::Relaxed), 2);
+        assert_eq!(auth.penalty(loopback()), FIRST_PENALTY);
     }
 
     #[test]

@@ -1,12 +1,16 @@
 //! Users as stored: a name, an Argon2id password hash (PHC string), RabbitMQ's tags, and
 //! per-user limits.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use rand_core::OsRng;
 use serde::{Deserialize, Serialize};
+
+use super::permissions::Permissions;
+use crate::vhost::DEFAULT_VHOST;
 
 /// What a user may do beyond its permissions, as RabbitMQ's user tags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -67,6 +71,14 @@ pub struct UserRecord {
     /// May only connect from a loopback address (the default `guest`, as in RabbitMQ).
     #[serde(default)]
     pub loopback_only: bool,
+    /// Vhost → what the user may do there; none: the user cannot use that vhost.
+    /// Records stored before permissions existed get everything on `/` (what they had).
+    #[serde(default = "permissions_before_vhosts")]
+    pub permissions: BTreeMap<String, Permissions>,
+}
+
+fn permissions_before_vhosts() -> BTreeMap<String, Permissions> {
+    BTreeMap::from([(DEFAULT_VHOST.to_string(), Permissions::full())])
 }
 
 impl UserRecord {
@@ -78,6 +90,7 @@ impl UserRecord {
             tags,
             limits: UserLimits::default(),
             loopback_only: false,
+            permissions: BTreeMap::new(),
         }
     }
 
@@ -125,6 +138,18 @@ mod tests {
         assert!(verify_password("s3cret", &a));
         assert!(!verify_password("S3cret", &a));
         assert!(!verify_password("s3cret", "not a hash"));
+    }
+
+    #[test]
+    fn records_from_before_permissions_get_everything_on_the_default_vhost() {
+        let old = r#"{"name":"alice","password_hash":"x","tags":["management"]}"#;
+        let record: UserRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(record.permissions["/"], Permissions::full());
+        assert_eq!(record.permissions.len(), 1);
+        let new = UserRecord::new("bob", "pw", vec![]);
+        let stored = serde_json::to_string(&new).unwrap();
+        let back: UserRecord = serde_json::from_str(&stored).unwrap();
+        assert!(back.permissions.is_empty());
     }
 
     #[test]

@@ -2,15 +2,19 @@
 
 use anyhow::Context as _;
 use broker::protocol::Binding;
-use broker::{Client, QueueOptions};
+use std::path::PathBuf;
+
+use broker::{Client, ClientTls, ConnectOptions, QueueOptions};
 use clap::{Args, Subcommand};
 
 use super::{DEFAULT_SERVER, parse_key_value, to_headers};
 
-/// Where the broker is and who to log in as.
+// Where the broker is and who to log in as. (A `///` comment here would become the help
+// text of every subcommand that flattens it.)
 #[derive(Args)]
 pub struct ServerArg {
-    /// The broker's URL; may carry credentials: `ws://user:password@host:port`.
+    /// The broker's URL; may carry credentials: `ws://user:password@host:port`
+    /// (`wss://` for a broker with TLS).
     #[arg(long, env = "BROKER_URL", default_value = DEFAULT_SERVER)]
     server: String,
     /// User to log in as (default: the URL's, else `guest`).
@@ -24,11 +28,60 @@ pub struct ServerArg {
         hide_env_values = true
     )]
     password: Option<String>,
+    /// Virtual host to work in (default: the URL's path, else `/`).
+    #[arg(long, env = "BROKER_VHOST")]
+    vhost: Option<String>,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// How a `wss://` connection trusts the broker and, optionally, proves who it is.
+#[derive(Args)]
+pub struct TlsArgs {
+    /// `wss://`: CA certificates (PEM) to trust for the broker's certificate [default:
+    /// the system's].
+    #[arg(long, env = "BROKER_CA")]
+    ca: Option<PathBuf>,
+    /// `wss://`: a client certificate (PEM) to log in with, as the user its CN names
+    /// (the broker needs `--tls-ca`); no password is sent unless the URL or --user has one.
+    #[arg(long, env = "BROKER_CERT", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, env = "BROKER_KEY", requires = "cert")]
+    key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The client's TLS settings, when any option was given.
+    pub fn client_tls(&self) -> anyhow::Result<Option<ClientTls>> {
+        if self.ca.is_none() && self.cert.is_none() {
+            return Ok(None);
+        }
+        let identity = self.cert.as_deref().zip(self.key.as_deref());
+        Ok(Some(ClientTls::from_files(self.ca.as_deref(), identity)?))
+    }
 }
 
 impl ServerArg {
-    /// The URL to connect to, with --user / --password in it when given.
+    /// Connects to the broker as these arguments say.
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        let options = ConnectOptions {
+            tls: self.tls.client_tls()?,
+            ..Default::default()
+        };
+        Ok(Client::connect_with(&self.url(), options).await?)
+    }
+
+    /// The URL to connect to, with --user / --password / --vhost in it when given.
     pub fn url(&self) -> String {
+        let url = self.url_with_user();
+        match &self.vhost {
+            Some(vhost) => broker::client::credentials::with_vhost(&url, vhost),
+            None => url,
+        }
+    }
+
+    fn url_with_user(&self) -> String {
         let Some(user) = &self.user else {
             return self.server.clone();
         };
@@ -112,6 +165,15 @@ pub enum Plugin {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Delete stored versions of a plugin but the newest N (the active version and the
+    /// one before it are always kept).
+    Prune {
+        name: String,
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        keep: u64,
+        #[command(flatten)]
+        server: ServerArg,
+    },
     /// Exchange types with their active version, hash and counters.
     List(ServerArg),
     /// Every deployed version of a plugin.
@@ -143,7 +205,7 @@ pub struct BindArgs {
 }
 
 pub async fn queues(args: ServerArg) -> anyhow::Result<()> {
-    let client = Client::connect(&args.url()).await?;
+    let client = args.connect().await?;
     let queues = client.list_queues().await?;
     let width = queues
         .iter()
@@ -166,7 +228,7 @@ pub async fn queues(args: ServerArg) -> anyhow::Result<()> {
 }
 
 pub async fn exchanges(args: ServerArg) -> anyhow::Result<()> {
-    let client = Client::connect(&args.url()).await?;
+    let client = args.connect().await?;
     let list = client.list_exchanges().await?;
     let width = list
         .exchanges
@@ -228,7 +290,7 @@ fn ago(at_ms: u64) -> String {
 }
 
 pub async fn bindings(args: ServerArg) -> anyhow::Result<()> {
-    let client = Client::connect(&args.url()).await?;
+    let client = args.connect().await?;
     println!("EXCHANGE -> QUEUE  KEY  ARGUMENTS");
     for b in client.list_bindings().await? {
         let arguments = serde_json::to_string(&b.arguments)?;
@@ -239,7 +301,7 @@ pub async fn bindings(args: ServerArg) -> anyhow::Result<()> {
 }
 
 pub async fn connections(args: ServerArg) -> anyhow::Result<()> {
-    let client = Client::connect(&args.url()).await?;
+    let client = args.connect().await?;
     println!(
         "{:>6}  {:<22}  {:>8}  {:>8}  CONSUMERS",
         "CONN", "PEER", "CONFIRMS", "UNACKED"
@@ -272,7 +334,7 @@ pub async fn declare(what: Declare) -> anyhow::Result<()> {
             args,
             server,
         } => {
-            let client = Client::connect(&server.url()).await?;
+            let client = server.connect().await?;
             let options = QueueOptions {
                 durable,
                 auto_delete,
@@ -290,7 +352,7 @@ pub async fn declare(what: Declare) -> anyhow::Result<()> {
             args,
             server,
         } => {
-            let client = Client::connect(&server.url()).await?;
+            let client = server.connect().await?;
             client
                 .declare_exchange(&name, &kind, durable, to_headers(args))
                 .await?;
@@ -304,13 +366,13 @@ pub async fn declare(what: Declare) -> anyhow::Result<()> {
 pub async fn delete(what: Delete) -> anyhow::Result<()> {
     match what {
         Delete::Queue { name, server } => {
-            let client = Client::connect(&server.url()).await?;
+            let client = server.connect().await?;
             let messages = client.delete_queue(&name).await?;
             println!("queue {name} deleted with {messages} messages");
             client.close().await;
         }
         Delete::Exchange { name, server } => {
-            let client = Client::connect(&server.url()).await?;
+            let client = server.connect().await?;
             client.delete_exchange(&name).await?;
             println!("exchange {name} deleted");
             client.close().await;
@@ -320,7 +382,7 @@ pub async fn delete(what: Delete) -> anyhow::Result<()> {
 }
 
 pub async fn purge(args: PurgeArgs) -> anyhow::Result<()> {
-    let client = Client::connect(&args.server.url()).await?;
+    let client = args.server.connect().await?;
     let messages = client.purge_queue(&args.queue).await?;
     println!("purged {messages} messages from {}", args.queue);
     client.close().await;
@@ -328,7 +390,7 @@ pub async fn purge(args: PurgeArgs) -> anyhow::Result<()> {
 }
 
 pub async fn bind(args: BindArgs, bind: bool) -> anyhow::Result<()> {
-    let client = Client::connect(&args.server.url()).await?;
+    let client = args.server.connect().await?;
     let binding = Binding {
         exchange: args.exchange,
         queue: args.queue,
@@ -360,7 +422,7 @@ pub async fn plugin(what: Plugin) -> anyhow::Result<()> {
         } => {
             let wasm =
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            let client = Client::connect(&server.url()).await?;
+            let client = server.connect().await?;
             let started = std::time::Instant::now();
             let v = client
                 .deploy_plugin_with(&name, &wasm, auto_rollback)
@@ -387,13 +449,36 @@ pub async fn plugin(what: Plugin) -> anyhow::Result<()> {
             client.close().await;
         }
         Plugin::Rollback { name, to, server } => {
-            let client = Client::connect(&server.url()).await?;
+            let client = server.connect().await?;
             let v = client.rollback_plugin(&name, to).await?;
             println!("plugin {name} rolled back to version {}", v["version"]);
             client.close().await;
         }
+        Plugin::Prune { name, keep, server } => {
+            let client = server.connect().await?;
+            let v = client.prune_plugin(&name, keep).await?;
+            let list = |key: &str| -> String {
+                let versions: Vec<String> = v[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|x| x.to_string())
+                    .collect();
+                if versions.is_empty() {
+                    "none".into()
+                } else {
+                    versions.join(", ")
+                }
+            };
+            println!(
+                "plugin {name}: deleted versions {}; kept {}",
+                list("pruned"),
+                list("kept")
+            );
+            client.close().await;
+        }
         Plugin::Reset { name, server } => {
-            let client = Client::connect(&server.server).await?;
+            let client = server.connect().await?;
             let v = client.reset_plugin(&name).await?;
             let reset: Vec<&str> = v["reset"]
                 .as_array()
@@ -408,7 +493,7 @@ pub async fn plugin(what: Plugin) -> anyhow::Result<()> {
             client.close().await;
         }
         Plugin::List(server) => {
-            let client = Client::connect(&server.url()).await?;
+            let client = server.connect().await?;
             let list = client.list_plugins().await?;
             println!(
                 "{:<20} {:>8} {:>8} {:>10} {:>8} {:>9}  {:<12}  MESSAGES BY VERSION",
@@ -465,7 +550,7 @@ pub async fn plugin(what: Plugin) -> anyhow::Result<()> {
             client.close().await;
         }
         Plugin::History { name, server } => {
-            let client = Client::connect(&server.url()).await?;
+            let client = server.connect().await?;
             let history = client.plugin_history(&name).await?;
             for v in history["versions"].as_array().into_iter().flatten() {
                 println!(

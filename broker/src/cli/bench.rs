@@ -67,8 +67,11 @@ pub struct BenchArgs {
     /// Start an in-process broker on a temporary data directory instead of using --server.
     #[arg(long)]
     embedded: bool,
+    /// The broker's URL (`ws://`, or `wss://` with --ca for a broker with TLS).
     #[arg(long, default_value = DEFAULT_SERVER)]
     server: String,
+    #[command(flatten)]
+    tls: super::admin::TlsArgs,
     /// Messages to publish in total [default: depends on the scenario, see below].
     #[arg(long)]
     msgs: Option<u64>,
@@ -206,13 +209,13 @@ impl EncodingArg {
     }
 }
 
-/// `--encoding` of this run, for every connection the scenarios open.
-static ENCODING: OnceLock<Encoding> = OnceLock::new();
+/// `--encoding` and the TLS options of this run, for every connection the scenarios open.
+static OPTIONS: OnceLock<ConnectOptions> = OnceLock::new();
 
-/// Connects a bench client with the run's `--encoding`.
+/// Connects a bench client with the run's `--encoding` and TLS options.
 async fn connect(url: &str) -> Result<Client, ClientError> {
-    let encoding = ENCODING.get().copied().unwrap_or_default();
-    Client::connect_with(url, ConnectOptions { encoding }).await
+    let options = OPTIONS.get().cloned().unwrap_or_default();
+    Client::connect_with(url, options).await
 }
 
 impl BenchArgs {
@@ -310,8 +313,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         return soak::run(Duration::from_secs_f64(args.minutes * 60.0), seed).await;
     }
     let encoding = args.encoding.encoding();
-    ENCODING
-        .set(encoding)
+    let options = ConnectOptions {
+        encoding,
+        tls: args.tls.client_tls()?,
+    };
+    OPTIONS
+        .set(options)
         .map_err(|_| anyhow::anyhow!("one bench run per process"))?;
     let report = match args.scenario {
         // Recovery starts (and restarts) its own broker.

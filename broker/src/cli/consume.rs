@@ -1,6 +1,5 @@
 //! `broker consume`: the consumer script.
 
-use broker::Client;
 use clap::Args;
 
 use super::publish::ensure_queue;
@@ -23,7 +22,7 @@ pub struct ConsumeArgs {
 }
 
 pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
-    let client = Client::connect(&args.server.url()).await?;
+    let client = args.server.connect().await?;
     ensure_queue(&client, &args.queue).await?;
     let mut subscription = match &args.filter {
         Some(filter) => {

@@ -1,6 +1,5 @@
 //! `broker dlq`: the dead-letter consumer users otherwise write by hand.
 
-use broker::Client;
 use broker::router::DEATH_HEADER;
 use clap::Args;
 
@@ -22,7 +21,7 @@ pub struct DlqArgs {
 }
 
 pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
-    let client = Client::connect(&args.server.url()).await?;
+    let client = args.server.connect().await?;
     let dlq = if args.queue.ends_with(".dlq") {
         args.queue.clone()
     } else {

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use broker::Client;
 use broker::protocol::{AttachHandler, HandlerMode};
 use clap::{Subcommand, ValueEnum};
 
@@ -62,7 +61,7 @@ pub async fn run(what: Handler) -> anyhow::Result<()> {
             config,
             server,
         } => {
-            let client = Client::connect(&server.url()).await?;
+            let client = server.connect().await?;
             let mode = match mode {
                 Mode::Consume => HandlerMode::Consume,
                 Mode::Filter => HandlerMode::Filter,
@@ -88,13 +87,13 @@ pub async fn run(what: Handler) -> anyhow::Result<()> {
             plugin,
             server,
         } => {
-            let client = Client::connect(&server.url()).await?;
+            let client = server.connect().await?;
             client.detach_handler(&queue, &plugin).await?;
             println!("handler {plugin} detached from {queue}");
             client.close().await;
         }
         Handler::List(server) => {
-            let client = Client::connect(&server.url()).await?;
+            let client = server.connect().await?;
             let list = client.list_handlers().await?;
             println!(
                 "{:<20} {:<16} {:<8} {:>4} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9}  CONFIG",

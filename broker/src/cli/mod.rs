@@ -9,6 +9,7 @@ mod handler;
 mod publish;
 mod serve;
 mod user;
+mod vhost;
 
 use clap::{Parser, Subcommand};
 
@@ -42,6 +43,12 @@ enum Command {
     /// Manage users (administrators).
     #[command(subcommand)]
     User(user::User),
+    /// Manage virtual hosts (administrators).
+    #[command(subcommand)]
+    Vhost(vhost::Vhost),
+    /// Manage users' permissions in virtual hosts (administrators).
+    #[command(subcommand)]
+    Permissions(vhost::Permissions),
     /// List exchanges with their type and routed / unroutable counts.
     Exchanges(admin::ServerArg),
     /// List bindings.
@@ -83,6 +90,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Consume(args) => consume::run(args).await,
         Command::Queues(args) => admin::queues(args).await,
         Command::User(command) => user::run(command).await,
+        Command::Vhost(command) => vhost::run_vhost(command).await,
+        Command::Permissions(command) => vhost::run_permissions(command).await,
         Command::Exchanges(args) => admin::exchanges(args).await,
         Command::Bindings(args) => admin::bindings(args).await,
         Command::Connections(args) => admin::connections(args).await,

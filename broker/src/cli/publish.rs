@@ -50,7 +50,7 @@ pub struct PublishArgs {
 }
 
 pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
-    let client = Client::connect(&args.server.url()).await?;
+    let client = args.server.connect().await?;
     let (exchange, routing_key) = match (&args.queue, args.exchange) {
         (Some(queue), _) => {
             ensure_queue(&client, queue).await?;

@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// confirm); past this the broker stops reading that connection until answers go out.
     #[arg(long, default_value_t = Config::DEFAULT_MAX_UNCONFIRMED as u64, value_parser = clap::value_parser!(u64).range(1..))]
     max_unconfirmed: u64,
+    /// Stored versions kept per plugin: after each deploy older ones are deleted (never
+    /// the active version or the one before it). Default: all are kept.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    keep_plugin_versions: Option<u64>,
     /// Resident memory past which publishing connections are blocked until it falls
     /// (memory alarm): a share of the machine's memory (`0.4`) or a size (`512MiB`).
     #[arg(long, default_value = "0.4", value_parser = MemoryWatermark::parse)]
@@ -71,6 +75,17 @@ pub struct ServeArgs {
     /// Default: its own address (and localhost:PORT on loopback).
     #[arg(long = "http-allowed-host")]
     http_allowed_hosts: Vec<String>,
+    /// TLS: the server's certificate chain (PEM). With --tls-key, the WebSocket listener
+    /// speaks only `wss://` and the management listener only `https://`.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS: the private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// TLS: CA certificates (PEM) whose client certificates log in as the user their
+    /// subject CN names (no password); clients without a certificate log in as before.
+    #[arg(long, requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -89,6 +104,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.first_request_timeout = Duration::from_secs_f64(args.first_request_timeout);
     config.heartbeat = (args.heartbeat > 0.0).then(|| Duration::from_secs_f64(args.heartbeat));
     config.max_unconfirmed = args.max_unconfirmed as usize;
+    config.keep_plugin_versions = args.keep_plugin_versions;
     config.memory_high_watermark = args.memory_high_watermark;
     config.max_frame_bytes = args.max_frame_bytes;
     config.plugins_dir = args.plugins_dir;
@@ -96,10 +112,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.http = (!args.no_http).then_some(args.http);
     config.allowed_origins = args.allowed_origins;
     config.http_allowed_hosts = args.http_allowed_hosts;
+    config.tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(broker::server::TlsConfig {
+            cert,
+            key,
+            client_ca: args.tls_ca,
+        }),
+        _ => None,
+    };
     let broker = Broker::start(config).await.context("starting the broker")?;
     // Scripts and tests read this line to learn the addresses (e.g. with --listen ...:0).
-    let http = match broker.http_addr() {
-        Some(addr) => format!(", management on http://{addr}/"),
+    let http = match broker.http_url() {
+        Some(url) => format!(", management on {url}"),
         None => String::new(),
     };
     println!(

@@ -1,6 +1,6 @@
-//! `broker user add NAME PASSWORD [--tag T]...`, `delete NAME`, `list`, `passwd NAME PASSWORD`.
+//! `broker user add NAME PASSWORD [--tag T]...`, `delete NAME`, `list`, `passwd NAME PASSWORD`,
+//! `limits NAME [--max-connections N]`.
 
-use broker::Client;
 use broker::auth::Tag;
 use clap::Subcommand;
 
@@ -27,6 +27,15 @@ pub enum User {
     },
     /// List users and their tags.
     List(ServerArg),
+    /// Set a user's limits; a limit not given is lifted.
+    Limits {
+        name: String,
+        /// Connections the user may have open at once, over every protocol.
+        #[arg(long)]
+        max_connections: Option<u32>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
     /// Set a user's password.
     Passwd {
         name: String,
@@ -46,17 +55,17 @@ pub async fn run(command: User) -> anyhow::Result<()> {
             tags,
             server,
         } => {
-            let client = Client::connect(&server.url()).await?;
+            let client = server.connect().await?;
             client.add_user(&name, &new_password, &tags).await?;
             println!("user {name} stored");
         }
         User::Delete { name, server } => {
-            let client = Client::connect(&server.url()).await?;
+            let client = server.connect().await?;
             client.delete_user(&name).await?;
             println!("user {name} deleted");
         }
         User::List(server) => {
-            let client = Client::connect(&server.url()).await?;
+            let client = server.connect().await?;
             let users = client.list_users().await?;
             let width = users.iter().map(|u| u.user.len()).max().unwrap_or(4).max(4);
             println!("{:width$}  TAGS", "USER");
@@ -65,7 +74,22 @@ pub async fn run(command: User) -> anyhow::Result<()> {
                 if user.loopback_only {
                     tags.push("(loopback only)".into());
                 }
+                if let Some(n) = user.max_connections {
+                    tags.push(format!("(max {n} connections)"));
+                }
                 println!("{:width$}  {}", user.user, tags.join(" "));
+            }
+        }
+        User::Limits {
+            name,
+            max_connections,
+            server,
+        } => {
+            let client = server.connect().await?;
+            client.set_user_limits(&name, max_connections).await?;
+            match max_connections {
+                Some(n) => println!("user {name} may have {n} connections"),
+                None => println!("user {name} has no connection limit"),
             }
         }
         User::Passwd {
@@ -73,7 +97,7 @@ pub async fn run(command: User) -> anyhow::Result<()> {
             new_password,
             server,
         } => {
-            let client = Client::connect(&server.url()).await?;
+            let client = server.connect().await?;
             client.change_password(&name, &new_password).await?;
             println!("password of {name} changed");
         }

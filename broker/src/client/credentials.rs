@@ -7,22 +7,31 @@ use crate::auth::{DEFAULT_PASSWORD, DEFAULT_USER};
 /// The URL without its user info, and the user and password it named (percent-decoded),
 /// or the default ones.
 pub fn split_credentials(url: &str) -> (String, String, String) {
-    let default = || (DEFAULT_USER.to_string(), DEFAULT_PASSWORD.to_string());
+    let (bare, credentials) = split_user_info(url);
+    let (user, password) = credentials.unwrap_or_else(default_credentials);
+    (bare, user, password)
+}
+
+/// The default user and password (`guest` / `guest`).
+pub fn default_credentials() -> (String, String) {
+    (DEFAULT_USER.to_string(), DEFAULT_PASSWORD.to_string())
+}
+
+/// The URL without its user info, and the user and password it named (percent-decoded),
+/// if it named any.
+pub fn split_user_info(url: &str) -> (String, Option<(String, String)>) {
     let Some((scheme, rest)) = url.split_once("://") else {
-        let (user, password) = default();
-        return (url.to_string(), user, password);
+        return (url.to_string(), None);
     };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(authority_end);
     let Some((userinfo, host)) = authority.rsplit_once('@') else {
-        let (user, password) = default();
-        return (url.to_string(), user, password);
+        return (url.to_string(), None);
     };
     let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
     (
         format!("{scheme}://{host}{path}"),
-        percent_decode(user),
-        percent_decode(password),
+        Some((percent_decode(user), percent_decode(password))),
     )
 }
 
@@ -31,6 +40,18 @@ pub fn basic_header(user: &str, password: &str) -> String {
     use base64::Engine as _;
     let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     format!("Basic {encoded}")
+}
+
+/// `url` with its path naming `vhost` (as in AMQP URIs: `ws://host:port/prod`; the
+/// default vhost `/` is the empty path).
+pub fn with_vhost(url: &str, vhost: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("ws", url));
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    if vhost == crate::vhost::DEFAULT_VHOST {
+        format!("{scheme}://{authority}/")
+    } else {
+        format!("{scheme}://{authority}/{}", percent_encode(vhost))
+    }
 }
 
 /// `user:password@` for a URL, percent-encoding what a URL's user info cannot hold.

@@ -9,11 +9,16 @@
 //! every other request and reply stays JSON.
 //!
 //! Credentials come from the URL (`ws://user:password@host:port`), `guest` / `guest`
-//! without them.
+//! without them. `wss://` URLs connect over TLS, trusting [`ConnectOptions::tls`]'s CAs
+//! (the system's without it); a client certificate there logs in as its CN's user.
 
 pub mod credentials;
 mod incoming;
+pub mod tls;
 mod users;
+mod vhosts;
+
+pub use tls::ClientTls;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -31,6 +36,7 @@ use crate::protocol::{
     Delivery, Encoding, ErrorCode, MessageCount, Op, Publish, QueueInfo, QueueList, Request,
     RequestId, Subscribe, Subscribed, decode_server_frames, write_request_record,
 };
+use crate::server::tls::MaybeTls;
 
 /// What can go wrong talking to a broker.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -66,6 +72,8 @@ struct Pending {
 #[derive(Default)]
 struct Shared {
     pending: Mutex<HashMap<u64, Pending>>,
+    /// Set when the connection is gone: requests made after that fail at once.
+    closed: AtomicBool,
     consumers: Mutex<HashMap<String, mpsc::UnboundedSender<Delivery>>>,
     /// The broker's last word on flow control: `Some(reason)` while it blocks this
     /// connection's publishes.
@@ -93,10 +101,13 @@ pub struct Client {
 }
 
 /// Options of [`Client::connect_with`].
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ConnectOptions {
     /// How `publish`, `ack`, `deliver` and `confirm` travel; everything else is JSON.
     pub encoding: Encoding,
+    /// For `wss://` URLs: the CAs to trust and the client certificate to present
+    /// (default: the system's CAs, no certificate). Unused for `ws://`.
+    pub tls: Option<ClientTls>,
 }
 
 /// Options of `declare_queue`.
@@ -145,17 +156,27 @@ impl Client {
             url: url.to_owned(),
             reason,
         };
-        let (bare_url, user, password) = credentials::split_credentials(url);
+        let (bare_url, user_info) = credentials::split_user_info(url);
         let mut request = bare_url
             .into_client_request()
             .map_err(|e| connect_error(e.to_string()))?;
-        let authorization = credentials::basic_header(&user, &password)
-            .parse()
-            .map_err(|_| connect_error("credentials not valid in a header".into()))?;
-        request.headers_mut().insert(
-            tokio_tungstenite::tungstenite::http::header::AUTHORIZATION,
-            authorization,
-        );
+        // With a client certificate and no credentials in the URL, the certificate alone
+        // logs in; otherwise the URL's credentials or the default user's.
+        let certified = options.tls.as_ref().is_some_and(ClientTls::has_identity);
+        let login = match user_info {
+            Some(credentials) => Some(credentials),
+            None if certified => None,
+            None => Some(credentials::default_credentials()),
+        };
+        if let Some((user, password)) = login {
+            let authorization = credentials::basic_header(&user, &password)
+                .parse()
+                .map_err(|_| connect_error("credentials not valid in a header".into()))?;
+            request.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::header::AUTHORIZATION,
+                authorization,
+            );
+        }
         let binary = options.encoding == Encoding::Binary;
         if binary {
             request.headers_mut().insert(
@@ -165,12 +186,12 @@ impl Client {
         }
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .read_buffer_size(crate::protocol::READ_BUFFER_BYTES);
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), false)
+        let stream = open_stream(request.uri(), options.tls.as_ref())
+            .await
+            .map_err(connect_error)?;
+        let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
             .await
             .map_err(|e| connect_error(e.to_string()))?;
-        if let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.get_ref() {
-            let _ = tcp.set_nodelay(true);
-        }
         let (mut sink, mut source) = ws.split();
         let shared = Arc::new(Shared::default());
         let (out, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
@@ -232,6 +253,7 @@ impl Client {
                 }
             }
             // Wake every waiter: the connection is gone.
+            reader_shared.closed.store(true, Ordering::SeqCst);
             for (_, pending) in reader_shared.pending.lock().unwrap().drain() {
                 let _ = pending.reply.send(Err(ClientError::Closed));
             }
@@ -272,7 +294,11 @@ impl Client {
             self.shared.pending.lock().unwrap().insert(id, pending);
             rx
         });
-        let sent = self.out.send(item).is_ok();
+        // After the reader's last drain nobody would answer: fail now instead.
+        if self.shared.closed.load(Ordering::SeqCst) {
+            self.shared.pending.lock().unwrap().remove(&id);
+        }
+        let sent = !self.shared.closed.load(Ordering::SeqCst) && self.out.send(item).is_ok();
         async move {
             if !sent {
                 return Err(ClientError::Closed);
@@ -561,6 +587,20 @@ impl Client {
         self.send(op, None, true).await
     }
 
+    /// Deletes the stored versions of plugin `name` but the newest `keep` (and the active
+    /// one and the one before it); the result lists `pruned` and `kept` versions.
+    pub async fn prune_plugin(
+        &self,
+        name: &str,
+        keep: u64,
+    ) -> Result<serde_json::Value, ClientError> {
+        let op = Op::PrunePlugin {
+            name: name.to_owned(),
+            keep,
+        };
+        self.send(op, None, true).await
+    }
+
     /// Lifts quarantine for every exchange of plugin `name`; the result's `reset` lists
     /// the exchanges that were quarantined.
     pub async fn reset_plugin(&self, name: &str) -> Result<serde_json::Value, ClientError> {
@@ -655,4 +695,34 @@ where
     }
     let bytes = bytes::Bytes::from(std::mem::take(records));
     sink.feed(WsMessage::Binary(bytes)).await
+}
+
+/// The TCP connection to the URL's host and port, with the TLS handshake for `wss://`.
+async fn open_stream(
+    uri: &tokio_tungstenite::tungstenite::http::Uri,
+    tls: Option<&ClientTls>,
+) -> Result<MaybeTls, String> {
+    let secure = match uri.scheme_str() {
+        Some("ws") => false,
+        Some("wss") => true,
+        _ => return Err("the URL must start with ws:// or wss://".into()),
+    };
+    let host = uri.host().ok_or("the URL names no host")?;
+    // An IPv6 address comes bracketed.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+    let tcp = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    if !secure {
+        return Ok(MaybeTls::Plain(tcp));
+    }
+    let tls = match tls {
+        Some(tls) => tls.clone(),
+        None => ClientTls::system(),
+    };
+    tls.connect(host, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))
 }

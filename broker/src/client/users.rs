@@ -35,6 +35,19 @@ impl Client {
         .await
     }
 
+    /// Sets `user`'s connection limit (`None`: no limit).
+    pub async fn set_user_limits(
+        &self,
+        user: &str,
+        max_connections: Option<u32>,
+    ) -> Result<(), ClientError> {
+        self.call_unit(Op::SetUserLimits {
+            user: user.to_owned(),
+            max_connections,
+        })
+        .await
+    }
+
     pub async fn list_users(&self) -> Result<Vec<UserInfo>, ClientError> {
         Ok(self.call::<UserList>(Op::ListUsers).await?.users)
     }

@@ -1,7 +1,8 @@
 //! Who may use the management HTTP listener: requests must name an allowed `Host` (so a
 //! DNS-rebinding page cannot reach it under its own name) and, except for the health
-//! checks, carry HTTP Basic credentials of a user tagged `administrator` or `management`
-//! (`monitoring` may read). Every response forbids framing and off-site scripts.
+//! checks, carry HTTP Basic credentials (or, over TLS, a verified client certificate) of a
+//! user tagged `administrator` or `management` (`monitoring` may read). Every response
+//! forbids framing and off-site scripts.
 
 use std::net::SocketAddr;
 
@@ -23,11 +24,13 @@ pub fn default_hosts(addr: SocketAddr) -> Vec<String> {
     hosts
 }
 
-/// `Err(response)` unless the request may proceed.
+/// `Err(response)` unless the request may proceed. `certified`: the user the connection's
+/// verified client certificate names, which logs in requests without credentials.
 pub(super) async fn admit<B>(
     state: &HttpState,
     req: &Request<B>,
     peer: SocketAddr,
+    certified: Option<&str>,
 ) -> Result<Option<Principal>, Response<Full<Bytes>>> {
     let host = req.headers().get(HOST).and_then(|h| h.to_str().ok());
     let host_allowed = host.is_some_and(|host| {
@@ -51,12 +54,13 @@ pub(super) async fn admit<B>(
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_basic);
-    let Some((user, password)) = credentials else {
-        return Err(challenge());
+    let login = match (credentials, certified) {
+        (Some((user, password)), _) => state.auth.authenticate(&user, &password, peer.ip()).await,
+        (None, Some(user)) => state.auth.authenticate_certificate(user, peer.ip()).await,
+        (None, None) => return Err(challenge()),
     };
-    let principal = match state.auth.authenticate(&user, &password, peer.ip()).await {
-        Ok(principal) => principal,
-        Err(_) => return Err(challenge()),
+    let Ok(principal) = login else {
+        return Err(challenge());
     };
     let reads = req.method() == Method::GET || req.method() == Method::HEAD;
     let allowed = principal.has_tag(Tag::Administrator)

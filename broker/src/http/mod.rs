@@ -8,6 +8,7 @@
 //! build step, nothing fetched from elsewhere.
 
 mod access;
+mod api;
 mod metrics;
 
 pub use access::default_hosts;
@@ -35,6 +36,8 @@ use crate::store::WriterStats;
 
 /// Simultaneous HTTP connections; more wait to be accepted.
 const MAX_HTTP_CONNECTIONS: usize = 256;
+/// How long a client may take to send a request head (and, with TLS, the handshake).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request body (the API's bodies are tiny JSON objects).
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
@@ -52,6 +55,8 @@ pub struct HttpState {
     pub auth: Arc<crate::auth::Authenticator>,
     /// `Host` values the listener answers to.
     pub allowed_hosts: Vec<String>,
+    /// `https://` only, when set.
+    pub tls: Option<crate::server::tls::TlsSetup>,
 }
 
 /// Serves HTTP on `listener` until `shutdown` turns true.
@@ -80,11 +85,26 @@ pub async fn serve(
         let state = state.clone();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
+            // The TLS handshake, bounded like the request head.
+            let handshake = crate::server::tls::accept(state.tls.as_ref(), stream);
+            let stream = match tokio::time::timeout(HEADER_READ_TIMEOUT, handshake).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    if crate::server::tls::is_certificate_error(&e) {
+                        tracing::warn!(target: "audit", event = "certificate_refused", %peer, error = %e, "HTTPS handshake refused: client certificate");
+                    }
+                    return;
+                }
+                Err(_) => return,
+            };
+            let certified: Option<Arc<str>> = stream.client_user().map(Arc::from);
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
+                let certified = certified.clone();
                 async move {
-                    let mut response = match access::admit(&state, &req, peer).await {
-                        Ok(_) => handle(&state, req).await,
+                    let admitted = access::admit(&state, &req, peer, certified.as_deref()).await;
+                    let mut response = match admitted {
+                        Ok(user) => handle(&state, req, &Caller { user, peer }).await,
                         Err(refused) => refused,
                     };
                     access::harden(&mut response);
@@ -93,7 +113,7 @@ pub async fn serve(
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
@@ -111,7 +131,13 @@ pub async fn serve(
 
 type HttpResponse = Response<Full<Bytes>>;
 
-async fn handle(state: &HttpState, req: Request<Incoming>) -> HttpResponse {
+/// Who is asking: the authenticated user (`None` for the health checks) and from where.
+struct Caller {
+    user: Option<crate::auth::Principal>,
+    peer: std::net::SocketAddr,
+}
+
+async fn handle(state: &HttpState, req: Request<Incoming>, who: &Caller) -> HttpResponse {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = parse_query(req.uri().query().unwrap_or(""));
@@ -146,46 +172,51 @@ async fn handle(state: &HttpState, req: Request<Incoming>) -> HttpResponse {
         (["healthz"], true, _) => return text(StatusCode::OK, "ok\n"),
         (["readyz"], true, _) => return readyz(state).await,
         (["metrics"], true, _) => return scrape(state).await,
-        (["api", "queues"], true, _) => op(state, json!({"op": "list_queues"})).await,
+        (["api", "queues"], true, _) => op(state, who, json!({"op": "list_queues"})).await,
         (["api", "queues", queue], true, _) => {
-            op(state, json!({"op": "queue_info", "queue": queue})).await
+            op(state, who, json!({"op": "queue_info", "queue": queue})).await
         }
         (["api", "queues", queue, "messages"], true, _) => {
             let mut request = json!({"op": "peek_queue", "queue": queue});
             if let Some(limit) = query_value(&query, "limit") {
                 request["limit"] = limit;
             }
-            op(state, request).await
+            op(state, who, request).await
         }
         (["api", "queues", queue, "purge"], _, true) => {
-            op(state, json!({"op": "purge_queue", "queue": queue})).await
+            op(state, who, json!({"op": "purge_queue", "queue": queue})).await
         }
         (["api", "queues", queue, "requeue"], _, true) => match body_object(req).await {
             Ok(mut request) => {
                 request.insert("op".into(), "requeue_dead_letters".into());
                 request.insert("queue".into(), (*queue).into());
-                op(state, Value::Object(request)).await
+                op(state, who, Value::Object(request)).await
             }
             Err(e) => Err(e),
         },
-        (["api", "exchanges"], true, _) => op(state, json!({"op": "list_exchanges"})).await,
-        (["api", "bindings"], true, _) => op(state, json!({"op": "list_bindings"})).await,
-        (["api", "plugins"], true, _) => op(state, json!({"op": "list_plugins"})).await,
+        (["api", "exchanges"], true, _) => op(state, who, json!({"op": "list_exchanges"})).await,
+        (["api", "bindings"], true, _) => op(state, who, json!({"op": "list_bindings"})).await,
+        (["api", "plugins"], true, _) => op(state, who, json!({"op": "list_plugins"})).await,
         (["api", "plugins", name, "reset"], _, true) => {
-            op(state, json!({"op": "reset_plugin", "name": name})).await
+            op(state, who, json!({"op": "reset_plugin", "name": name})).await
         }
-        (["api", "connections"], true, _) => op(state, json!({"op": "list_connections"})).await,
-        _ if known_path(&segments) => {
-            let e = ApiError::new(
-                ErrorCode::UnknownOp,
-                format!("{method} is not allowed on {path}"),
-            );
-            return with_status(error_response(&e), StatusCode::METHOD_NOT_ALLOWED);
+        (["api", "connections"], true, _) => {
+            op(state, who, json!({"op": "list_connections"})).await
         }
-        _ => {
-            let e = ApiError::new(ErrorCode::UnknownOp, format!("no such endpoint: {path}"));
-            return with_status(error_response(&e), StatusCode::NOT_FOUND);
-        }
+        _ => match api::write(state, who, &method, &segments, &query, req).await {
+            Some(result) => result,
+            None if known_path(&segments) => {
+                let e = ApiError::new(
+                    ErrorCode::UnknownOp,
+                    format!("{method} is not allowed on {path}"),
+                );
+                return with_status(error_response(&e), StatusCode::METHOD_NOT_ALLOWED);
+            }
+            None => {
+                let e = ApiError::new(ErrorCode::UnknownOp, format!("no such endpoint: {path}"));
+                return with_status(error_response(&e), StatusCode::NOT_FOUND);
+            }
+        },
     };
     match result {
         Ok(value) => json_response(StatusCode::OK, &value),
@@ -223,10 +254,25 @@ fn known_path(segments: &[&str]) -> bool {
             | ["api", "queues", _]
             | ["api", "queues", _, "messages" | "purge" | "requeue"]
             | ["api", "plugins", _, "reset"]
+            | ["api", "exchanges", _]
+            | ["api", "exchanges", _, "publish"]
     )
 }
 
-async fn op(state: &HttpState, request: Value) -> Result<Value, ApiError> {
+/// Sends `request` as the caller: its permissions in vhost `/` are checked first, as on
+/// a WebSocket connection.
+async fn op(state: &HttpState, who: &Caller, request: Value) -> Result<Value, ApiError> {
+    if let Some(user) = &who.user {
+        let mut numbered = request.clone();
+        numbered["id"] = json!(0);
+        let mut parsed = crate::protocol::parse_request(&numbered.to_string())
+            .map_err(|e| ApiError::new(e.code, e.message))?;
+        let vhost = crate::vhost::DEFAULT_VHOST;
+        state
+            .auth
+            .admit(user, vhost, who.peer.ip(), &mut parsed.op)
+            .map_err(|(code, message)| ApiError::new(code, message))?;
+    }
     let result = state.management.call(request).await?;
     // Operations with an empty result answer `{}` rather than `null`.
     Ok(if result.is_null() { json!({}) } else { result })
@@ -376,8 +422,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         MalformedJson | UnknownOp | InvalidField | UnsupportedFrame | MalformedBinary
         | InvalidBinding | InvalidPlugin | UnknownExchangeType => StatusCode::BAD_REQUEST,
         FrameTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        QueueNotFound | ExchangeNotFound | PluginNotFound | UserNotFound | UnknownConsumer
-        | UnknownDeliveryTag => StatusCode::NOT_FOUND,
+        QueueNotFound | ExchangeNotFound | PluginNotFound | UserNotFound | VhostNotFound
+        | UnknownConsumer | UnknownDeliveryTag => StatusCode::NOT_FOUND,
         PreconditionFailed | ConsumerTagInUse | QueueFull | Unroutable => StatusCode::CONFLICT,
         ResourceLocked => StatusCode::LOCKED,
         AccessRefused => StatusCode::FORBIDDEN,

@@ -52,6 +52,8 @@ pub enum ErrorCode {
     PluginNotFound,
     /// No user of that name.
     UserNotFound,
+    /// No virtual host of that name.
+    VhostNotFound,
 }
 
 impl ErrorCode {
@@ -95,6 +97,7 @@ const ALL_CODES: &[(ErrorCode, &str)] = &[
     (ErrorCode::InvalidPlugin, "invalid_plugin"),
     (ErrorCode::PluginNotFound, "plugin_not_found"),
     (ErrorCode::UserNotFound, "user_not_found"),
+    (ErrorCode::VhostNotFound, "vhost_not_found"),
 ];
 
 /// The operation names of [`super::Op`], to tell an unknown `op` from a bad field.
@@ -120,6 +123,7 @@ const OP_NAMES: &[&str] = &[
     "deploy_plugin",
     "rollback_plugin",
     "reset_plugin",
+    "prune_plugin",
     "list_plugins",
     "plugin_history",
     "list_exchanges",
@@ -128,11 +132,18 @@ const OP_NAMES: &[&str] = &[
     "attach_handler",
     "detach_handler",
     "list_handlers",
+    "add_vhost",
+    "delete_vhost",
+    "list_vhosts",
+    "set_permissions",
+    "clear_permissions",
+    "list_permissions",
     "authenticate",
     "add_user",
     "delete_user",
     "change_password",
     "list_users",
+    "set_user_limits",
 ];
 
 /// A request frame that could not be parsed: the id when one could be read, the code, why.

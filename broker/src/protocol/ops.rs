@@ -99,6 +99,12 @@ pub enum Op {
     ResetPlugin {
         name: String,
     },
+    /// Deletes the stored versions of plugin `name` but the newest `keep`, the active one
+    /// and the one before it (the rollback target).
+    PrunePlugin {
+        name: String,
+        keep: u64,
+    },
     /// Every exchange type with its active version and counters.
     ListPlugins,
     /// Every deployed version of a plugin.
@@ -160,6 +166,56 @@ pub enum Op {
     },
     /// Every user with its tags (administrators only).
     ListUsers,
+    /// Sets a user's limits (administrators only); an absent limit is no limit.
+    SetUserLimits {
+        user: String,
+        /// Connections the user may have open at once (over every protocol).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "present"
+        )]
+        max_connections: Option<u32>,
+    },
+    /// Creates a virtual host (administrators only).
+    AddVhost {
+        vhost: String,
+    },
+    /// Deletes a virtual host with every queue, exchange and binding in it and closes its
+    /// connections (administrators only).
+    DeleteVhost {
+        vhost: String,
+    },
+    /// Every virtual host (administrators only).
+    ListVhosts,
+    /// Sets what a user may do in a vhost (administrators only).
+    SetPermissions(SetPermissions),
+    /// Takes a user's permissions in a vhost away (administrators only).
+    ClearPermissions {
+        user: String,
+        vhost: String,
+    },
+    /// Every user's permissions in every vhost (administrators only).
+    ListPermissions,
+}
+
+/// A user's permissions in a vhost, RabbitMQ style: regular expressions on resource names
+/// (an empty one matches nothing), plus whether it may manage plugins.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetPermissions {
+    pub user: String,
+    #[serde(default = "default_vhost")]
+    pub vhost: String,
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+    /// May deploy, roll back and reset plugins, and attach and detach handlers.
+    #[serde(default)]
+    pub plugin: bool,
+}
+
+fn default_vhost() -> String {
+    crate::vhost::DEFAULT_VHOST.to_string()
 }
 
 fn default_peek_limit() -> usize {
@@ -424,12 +480,32 @@ pub struct ConnectionInfo {
     /// The authenticated user.
     #[serde(default)]
     pub user: String,
+    /// The virtual host it is connected to.
+    #[serde(default = "default_vhost")]
+    pub vhost: String,
     /// Milliseconds since the epoch.
     pub opened_at: u64,
     pub confirms: bool,
     /// `queue` and `consumer_tag` of each consumer.
     pub consumers: Vec<ConsumerInfo>,
     pub unacked: u64,
+}
+
+/// `list_vhosts` result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VhostList {
+    pub vhosts: Vec<VhostInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VhostInfo {
+    pub vhost: String,
+}
+
+/// `list_permissions` result: every (user, vhost) pair with permissions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PermissionList {
+    pub permissions: Vec<SetPermissions>,
 }
 
 /// `list_users` result.
@@ -444,6 +520,9 @@ pub struct UserInfo {
     pub tags: Vec<crate::auth::Tag>,
     /// May connect from loopback addresses only.
     pub loopback_only: bool,
+    /// Connections it may have open at once; absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -136,7 +136,8 @@ impl Router {
                     routing_key,
                 } => {
                     let mut routed = (*message).clone();
-                    routed.exchange = exchange;
+                    // The exchange is named in the queue's arguments, in its vhost.
+                    routed.exchange = crate::vhost::qualify(crate::vhost::of(&from), &exchange);
                     if let Some(key) = routing_key {
                         routed.routing_key = key;
                     }
@@ -234,13 +235,19 @@ impl Router {
     ) -> Result<Reply, OpError> {
         super::queues::check_access(self.queue(name)?, conn)?;
         let existing: std::collections::HashSet<Arc<str>> = self.queues.keys().cloned().collect();
+        // Death records name queues of the dead letters' vhost, as its clients know them.
+        let vhost = crate::vhost::of(name).to_string();
+        let origin = |message: &Message| {
+            death_queue(message).map(|queue| crate::vhost::qualify(&vhost, queue))
+        };
         let dlq = self.queues.get_mut(name).expect("checked above");
         let dlq_id = dlq.id;
         let taken = dlq.take_ready_where(|entry| {
             let id_matches = message_id
                 .is_none_or(|id| entry.message.properties.message_id.as_deref() == Some(id));
             id_matches
-                && death_queue(&entry.message).is_some_and(|q| existing.contains(q) && q != name)
+                && origin(&entry.message)
+                    .is_some_and(|q| existing.contains(q.as_str()) && q != name)
         });
         let now = super::exchanges::now_ms();
         let dlq_name: Arc<str> = name.into();
@@ -253,7 +260,7 @@ impl Router {
                     state: entry.state_stored,
                 });
             }
-            let target: Arc<str> = death_queue(&entry.message).expect("selected above").into();
+            let target: Arc<str> = origin(&entry.message).expect("selected above").into();
             match self.enqueue(&target, &entry.message, now) {
                 Ok(_) => moved += 1,
                 // The original queue is full (`reject_publish`): it stays a dead letter,
@@ -298,8 +305,8 @@ fn with_death_record(message: &Message, queue: &str, reason: DeathReason, now: u
         0,
         json!({
             "reason": reason.as_str(),
-            "queue": queue,
-            "exchange": message.exchange,
+            "queue": crate::vhost::local(queue),
+            "exchange": crate::vhost::local(&message.exchange),
             "routing_key": message.routing_key,
             "count": count,
             "time": now,

@@ -18,6 +18,11 @@ use crate::store::{ExchangeRecord, StoreOp};
 /// The default exchange: routes to the queue named by the routing key. Native, not a plugin.
 pub const DEFAULT_EXCHANGE: &str = "";
 
+/// Whether `name` is a vhost's default exchange (`""` in the client's view).
+pub(super) fn is_default(name: &str) -> bool {
+    crate::vhost::local(name) == DEFAULT_EXCHANGE
+}
+
 impl From<ExchangeError> for OpError {
     fn from(e: ExchangeError) -> Self {
         let code = match &e {
@@ -47,7 +52,7 @@ fn default_exchange_refused(what: &str) -> OpError {
 
 impl Router {
     pub(super) fn declare_exchange(&mut self, declare: DeclareExchange) -> Result<Reply, OpError> {
-        if declare.exchange == DEFAULT_EXCHANGE {
+        if is_default(&declare.exchange) {
             return Err(default_exchange_refused("redeclared"));
         }
         check_name("exchange", &declare.exchange)?;
@@ -106,7 +111,7 @@ impl Router {
     }
 
     pub(super) fn delete_exchange(&mut self, name: &str) -> Result<Reply, OpError> {
-        if name == DEFAULT_EXCHANGE {
+        if is_default(name) {
             return Err(default_exchange_refused("deleted"));
         }
         let exchange = self
@@ -126,7 +131,7 @@ impl Router {
     }
 
     pub(super) fn bind(&mut self, conn: ConnId, binding: Binding) -> Result<Reply, OpError> {
-        if binding.exchange == DEFAULT_EXCHANGE {
+        if is_default(&binding.exchange) {
             return Err(default_exchange_refused("bound"));
         }
         let queue = self.queue(&binding.queue)?;
@@ -163,7 +168,7 @@ impl Router {
 
     /// Unbinding a binding that does not exist succeeds (idempotent, as in AMQP).
     pub(super) fn unbind(&mut self, conn: ConnId, binding: Binding) -> Result<Reply, OpError> {
-        if binding.exchange == DEFAULT_EXCHANGE {
+        if is_default(&binding.exchange) {
             return Err(default_exchange_refused("unbound"));
         }
         if let Some(queue) = self.queues.get(binding.queue.as_str()) {
@@ -315,7 +320,7 @@ impl Router {
                             op: Op::Publish(p), ..
                         },
                     ..
-                }) if p.message.exchange != DEFAULT_EXCHANGE => Some(p),
+                }) if !is_default(&p.message.exchange) => Some(p),
                 _ => None,
             }
         }
@@ -406,7 +411,7 @@ impl Router {
 
     /// The publish counters of exchange `name` (the default one included).
     fn exchange_counters(&mut self, name: &str) -> Option<&mut super::ExchangeCounters> {
-        if name == DEFAULT_EXCHANGE {
+        if is_default(name) {
             return Some(&mut self.default_exchange);
         }
         self.exchanges.get_mut(name).map(|e| &mut e.counters)
@@ -417,10 +422,16 @@ impl Router {
         &mut self,
         message: &crate::message::Message,
     ) -> Result<Vec<Arc<str>>, OpError> {
-        if message.exchange == DEFAULT_EXCHANGE {
+        if is_default(&message.exchange) {
+            // A routing key cannot name another vhost's queue.
+            if message.routing_key.contains(crate::vhost::SEPARATOR) {
+                return Ok(Vec::new());
+            }
+            let vhost = crate::vhost::of(&message.exchange);
+            let queue = crate::vhost::qualify(vhost, &message.routing_key);
             return Ok(self
                 .queues
-                .get_key_value(message.routing_key.as_str())
+                .get_key_value(queue.as_str())
                 .map(|(name, _)| vec![name.clone()])
                 .unwrap_or_default());
         }

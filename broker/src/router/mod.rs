@@ -10,10 +10,12 @@ mod dead_letter;
 mod exchanges;
 mod handlers;
 mod overview;
+mod plugin_prune;
 mod plugins;
 mod queues;
 mod session;
 mod users;
+mod vhosts;
 
 pub use dead_letter::{DEATH_HEADER, DeathReason};
 pub use session::{Session, SessionError};
@@ -43,6 +45,8 @@ pub enum Outbound {
     AutoAckDelivery(Delivery),
     /// A WebSocket ping, sent by the connection itself to check that its peer is alive.
     Ping,
+    /// The broker ends the connection (its vhost was deleted): close it with this reason.
+    Close(String),
 }
 
 /// A connection's outbound channel.
@@ -79,6 +83,9 @@ pub enum Command {
         outbound: Option<Arc<std::sync::atomic::AtomicUsize>>,
         /// Who authenticated; `None` for the broker's own sessions.
         user: Option<Principal>,
+        /// The virtual host its requests' names are in (already qualified by the
+        /// connection, see [`crate::vhost`]); listings show this vhost's resources.
+        vhost: Arc<str>,
     },
     /// The connection ended; `broker_stopping` when the broker closed it to shut down
     /// (its unacked messages then go back without counting as failed deliveries).
@@ -189,6 +196,7 @@ struct Conn {
     outbound: Option<Arc<std::sync::atomic::AtomicUsize>>,
     /// Who authenticated; `None` for the broker's own sessions and in-broker consumers.
     user: Option<Principal>,
+    vhost: Arc<str>,
     /// Milliseconds since the epoch.
     opened_at: u64,
     confirms: bool,
@@ -276,6 +284,8 @@ pub struct Router {
     handlers: handlers::Handlers,
     /// The users, updated once user changes commit.
     auth: Arc<Authenticator>,
+    /// Stored versions kept per plugin after each deploy; `None`: all.
+    keep_plugin_versions: Option<u64>,
 }
 
 impl Router {
@@ -285,10 +295,12 @@ impl Router {
         store: StoreWriter,
         plugins: PluginHost,
         auth: Arc<Authenticator>,
+        keep_plugin_versions: Option<u64>,
     ) -> RouterHandle {
         let (control, control_rx) = mpsc::unbounded_channel();
         let (requests, requests_rx) = mpsc::channel(REQUEST_CHANNEL_CAPACITY);
-        let router = Router::recover(recovered, store, plugins, control.clone(), auth);
+        let mut router = Router::recover(recovered, store, plugins, control.clone(), auth);
+        router.keep_plugin_versions = keep_plugin_versions;
         tokio::spawn(router.run(requests_rx, control_rx));
         RouterHandle { requests, control }
     }
@@ -343,7 +355,8 @@ impl Router {
                         peer,
                         outbound,
                         user,
-                    } => self.open_conn(conn, tx, peer, outbound, user),
+                        vhost,
+                    } => self.open_conn(conn, tx, peer, outbound, user, vhost),
                     Command::ChangeUser { conn, id, change } => self.change_user(conn, id, change),
                     Command::Close {
                         conn,
@@ -433,7 +446,16 @@ impl Router {
         peer: Option<SocketAddr>,
         outbound: Option<Arc<std::sync::atomic::AtomicUsize>>,
         user: Option<Principal>,
+        vhost: Arc<str>,
     ) {
+        if let Some(principal) = &user
+            && let Err(refused) = self.check_connection_limit(principal)
+        {
+            let frame = ServerFrame::error(None, ErrorCode::AccessRefused, refused.clone());
+            let _ = tx.send(Outbound::Frame(frame));
+            let _ = tx.send(Outbound::Close(refused));
+            return;
+        }
         self.conns.insert(
             conn,
             Conn {
@@ -441,6 +463,7 @@ impl Router {
                 peer,
                 outbound,
                 user,
+                vhost,
                 opened_at: exchanges::now_ms(),
                 confirms: false,
                 next_delivery_tag: 1,
@@ -472,7 +495,7 @@ impl Router {
             } => self.delete_queue(conn, &queue, if_unused, if_empty),
             Op::PurgeQueue { queue } => self.purge_queue(conn, &queue),
             Op::QueueInfo { queue } => self.queue_info(&queue),
-            Op::ListQueues => Ok(self.list_queues()),
+            Op::ListQueues => Ok(self.list_queues(conn)),
             Op::DeclareExchange(declare) => self.declare_exchange(declare),
             Op::DeleteExchange { exchange } => self.delete_exchange(&exchange),
             Op::Bind(binding) => self.bind(conn, binding),
@@ -525,19 +548,30 @@ impl Router {
                 self.rollback_plugin(conn, id.clone(), &name, version)
             }
             Op::ResetPlugin { name } => self.reset_plugin(&name),
+            Op::PrunePlugin { name, keep } => self.prune_plugin(&name, keep),
             Op::ListPlugins => Ok(self.list_plugins()),
             Op::PluginHistory { name } => self.plugin_history(&name),
             Op::RequeueDeadLetters { queue, message_id } => {
                 self.requeue_dead_letters(conn, &queue, message_id.as_deref())
             }
-            Op::ListExchanges => Ok(self.list_exchanges()),
-            Op::ListBindings => Ok(self.list_bindings()),
-            Op::ListConnections => Ok(self.list_connections()),
+            Op::ListExchanges => Ok(self.list_exchanges(conn)),
+            Op::ListBindings => Ok(self.list_bindings(conn)),
+            Op::ListConnections => Ok(self.list_connections(conn)),
             Op::AttachHandler(attach) => self.attach_handler(conn, id.clone(), attach),
             Op::DetachHandler { queue, plugin } => self.detach_handler(&queue, &plugin),
-            Op::ListHandlers => Ok(self.list_handlers()),
+            Op::ListHandlers => Ok(self.list_handlers(conn)),
             Op::DeleteUser { user } => self.store_user_change(conn, UserChange::Delete(user)),
             Op::ListUsers => self.list_users(conn),
+            Op::SetUserLimits {
+                user,
+                max_connections,
+            } => self.set_user_limits(conn, user, max_connections),
+            Op::AddVhost { vhost } => self.add_vhost(conn, vhost),
+            Op::DeleteVhost { vhost } => self.delete_vhost(conn, vhost),
+            Op::ListVhosts => self.list_vhosts(conn),
+            Op::SetPermissions(set) => self.set_permissions(conn, set),
+            Op::ClearPermissions { user, vhost } => self.clear_permissions(conn, user, vhost),
+            Op::ListPermissions => self.list_permissions(conn),
             // Answered by the connection itself (they hash or check passwords, which
             // takes tens of milliseconds: never on this task).
             Op::Authenticate { .. } | Op::AddUser { .. } | Op::ChangePassword { .. } => Err(
@@ -604,7 +638,8 @@ impl Router {
         Ok(Reply::Ok(serde_json::Value::Null))
     }
 
-    /// A broker-chosen name, unique across runs: `{prefix}-{run}-{conn}-{n}`.
+    /// A broker-chosen name, unique across runs: `{prefix}-{run}-{conn}-{n}` (a queue
+    /// name still to qualify with the connection's vhost).
     fn generate_name(&mut self, conn: ConnId, prefix: &str) -> String {
         let c = self
             .conns
@@ -612,6 +647,13 @@ impl Router {
             .expect("requests come from open connections");
         c.next_generated += 1;
         format!("{prefix}-{}-{conn}-{}", self.run_id, c.next_generated - 1)
+    }
+
+    /// The vhost of connection `conn` (listings show its resources only).
+    fn conn_vhost(&self, conn: ConnId) -> &str {
+        self.conns
+            .get(&conn)
+            .map_or(crate::vhost::DEFAULT_VHOST, |c| &c.vhost)
     }
 }
 

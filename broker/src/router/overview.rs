@@ -5,9 +5,11 @@ use super::{Reply, Router};
 use crate::protocol::{
     Binding, BindingList, ConnectionInfo, ConnectionList, ConsumerInfo, ExchangeInfo, ExchangeList,
 };
+use crate::queue::ConnId;
 
 impl Router {
-    pub(super) fn list_exchanges(&self) -> Reply {
+    pub(super) fn list_exchanges(&self, conn: ConnId) -> Reply {
+        let vhost = self.conn_vhost(conn);
         let default = ExchangeInfo {
             exchange: DEFAULT_EXCHANGE.into(),
             kind: "default".into(),
@@ -23,29 +25,39 @@ impl Router {
             last_auto_rollback: None,
         };
         let mut exchanges: Vec<ExchangeInfo> = std::iter::once(default)
-            .chain(self.exchanges.iter().map(|(name, e)| {
-                let quarantine = self.plugins.quarantine(name);
-                ExchangeInfo {
-                    exchange: name.clone(),
-                    kind: e.kind.clone(),
-                    durable: e.durable,
-                    arguments: e.arguments.clone(),
-                    bindings: e.bindings.len() as u64,
-                    routed: e.counters.routed,
-                    unroutable: e.counters.unroutable,
-                    failed: e.counters.failed,
-                    quarantined: quarantine.is_some(),
-                    quarantined_since: quarantine.as_ref().map(|(since, _)| *since),
-                    quarantine_reason: quarantine.map(|(_, reason)| reason),
-                    last_auto_rollback: self
-                        .auto_rollbacks
-                        .get(&e.kind)
-                        .map(|r| serde_json::to_value(r).expect("serializable")),
-                }
-            }))
+            .chain(
+                self.exchanges
+                    .iter()
+                    .filter(|(name, _)| crate::vhost::of(name) == vhost)
+                    .map(|(name, e)| {
+                        let quarantine = self.plugins.quarantine(name);
+                        ExchangeInfo {
+                            exchange: name.clone(),
+                            kind: e.kind.clone(),
+                            durable: e.durable,
+                            arguments: e.arguments.clone(),
+                            bindings: e.bindings.len() as u64,
+                            routed: e.counters.routed,
+                            unroutable: e.counters.unroutable,
+                            failed: e.counters.failed,
+                            quarantined: quarantine.is_some(),
+                            quarantined_since: quarantine.as_ref().map(|(since, _)| *since),
+                            quarantine_reason: quarantine.map(|(_, reason)| reason),
+                            last_auto_rollback: self
+                                .auto_rollbacks
+                                .get(&e.kind)
+                                .map(|r| serde_json::to_value(r).expect("serializable")),
+                        }
+                    }),
+            )
             .collect();
         exchanges.sort_by(|a, b| a.exchange.cmp(&b.exchange));
-        let mut unrestored: Vec<String> = self.unrestored.keys().cloned().collect();
+        let mut unrestored: Vec<String> = self
+            .unrestored
+            .keys()
+            .filter(|name| crate::vhost::of(name) == vhost)
+            .cloned()
+            .collect();
         unrestored.sort();
         Reply::Ok(to_json(ExchangeList {
             exchanges,
@@ -53,11 +65,13 @@ impl Router {
         }))
     }
 
-    pub(super) fn list_bindings(&self) -> Reply {
+    pub(super) fn list_bindings(&self, conn: ConnId) -> Reply {
+        let vhost = self.conn_vhost(conn);
         let mut bindings: Vec<(&u64, &Binding)> = self
             .exchanges
-            .values()
-            .flat_map(|e| e.bindings.iter())
+            .iter()
+            .filter(|(name, _)| crate::vhost::of(name) == vhost)
+            .flat_map(|(_, e)| e.bindings.iter())
             .collect();
         // By exchange, then in the order they were made.
         bindings.sort_by(|a, b| (&a.1.exchange, a.0).cmp(&(&b.1.exchange, b.0)));
@@ -65,14 +79,17 @@ impl Router {
         Reply::Ok(to_json(BindingList { bindings }))
     }
 
-    pub(super) fn list_connections(&self) -> Reply {
+    pub(super) fn list_connections(&self, conn: ConnId) -> Reply {
+        let vhost = self.conn_vhost(conn);
         let mut connections: Vec<ConnectionInfo> = self
             .conns
             .iter()
+            .filter(|(_, c)| *c.vhost == *vhost)
             .filter_map(|(id, c)| {
                 Some(ConnectionInfo {
                     conn: *id,
                     peer: c.peer?.to_string(),
+                    vhost: c.vhost.to_string(),
                     user: c
                         .user
                         .as_ref()

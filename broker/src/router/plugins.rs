@@ -382,6 +382,9 @@ impl Router {
             self.watch_for_rollback(name.clone(), number, previous);
         }
         self.restore_waiting_exchanges(&name);
+        if is_new {
+            self.apply_plugin_retention(&name);
+        }
     }
 
     /// Sends `frame` to connection `conn`, if it is still open.

@@ -12,7 +12,9 @@ use crate::store::{QueueRecord, Recalled, Recovered, StoreOp, StoreWriter, Write
 /// Longest queue or exchange name, in bytes (AMQP's short string).
 pub(crate) const MAX_NAME_LEN: usize = 255;
 
+/// Checks the name a client gave (the local part of a broker name, see [`crate::vhost`]).
 pub(crate) fn check_name(what: &str, name: &str) -> Result<(), OpError> {
+    let name = crate::vhost::local(name);
     if name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
         return Err(OpError::new(
             ErrorCode::InvalidField,
@@ -55,6 +57,7 @@ impl Router {
             dead_letter_log: Default::default(),
             handlers: Default::default(),
             auth,
+            keep_plugin_versions: None,
         };
         let mut messages = 0;
         for stored in recovered.queues {
@@ -131,7 +134,8 @@ impl Router {
     ) -> Result<Reply, OpError> {
         check_name("queue", &declare.queue)?;
         let name = if declare.queue.is_empty() {
-            self.generate_name(conn, "gen")
+            let name = self.generate_name(conn, "gen");
+            crate::vhost::qualify(self.conn_vhost(conn), &name)
         } else {
             declare.queue
         };
@@ -281,8 +285,14 @@ impl Router {
         Ok(Reply::Ok(to_json(info(self.queue(name)?))))
     }
 
-    pub(super) fn list_queues(&self) -> Reply {
-        let mut queues: Vec<QueueInfo> = self.queues.values().map(info).collect();
+    pub(super) fn list_queues(&self, conn: ConnId) -> Reply {
+        let vhost = self.conn_vhost(conn);
+        let mut queues: Vec<QueueInfo> = self
+            .queues
+            .values()
+            .filter(|q| crate::vhost::of(&q.name) == vhost)
+            .map(info)
+            .collect();
         queues.sort_by(|a, b| a.queue.cmp(&b.queue));
         Reply::Ok(to_json(QueueList { queues }))
     }

@@ -77,6 +77,16 @@ impl Session {
             peer: None,
             outbound: None,
             user: None,
+            vhost: crate::vhost::DEFAULT_VHOST.into(),
+        });
+        // Confirm mode, so that a publish is answered (after its commit) like any call.
+        router.send(Command::Request {
+            conn,
+            request: crate::protocol::Request {
+                id: RequestId::Num(0),
+                op: crate::protocol::Op::ConfirmSelect,
+            },
+            credit: None,
         });
         let waiters = Waiters::default();
         tokio::spawn(match_replies(rx, waiters.clone()));
@@ -102,8 +112,11 @@ impl Session {
         if let Some(object) = request.as_object_mut() {
             object.insert("id".into(), id.into());
         }
-        let request = parse_request(&request.to_string())
+        let mut request = parse_request(&request.to_string())
             .map_err(|e| SessionError::new(e.code, e.message))?;
+        // The broker's own sessions act in the default vhost, with its names.
+        crate::vhost::qualify_op(crate::vhost::DEFAULT_VHOST, &mut request.op)
+            .map_err(|e| SessionError::new(ErrorCode::InvalidField, e))?;
         let (done, reply) = oneshot::channel();
         self.waiters
             .lock()
@@ -133,6 +146,8 @@ impl Session {
         match frame {
             ServerFrame::Ok { result, .. } => Ok(result),
             ServerFrame::Confirm { .. } => Ok(serde_json::Value::Null),
+            // A `mandatory` publish no queue took (its confirm follows, unheard).
+            ServerFrame::Return { reason, .. } => Ok(serde_json::json!({ "returned": reason })),
             ServerFrame::Error { code, message, .. } => Err(SessionError::new(code, message)),
             other => Err(SessionError::new(
                 ErrorCode::StoreError,
@@ -158,6 +173,7 @@ async fn match_replies(mut rx: mpsc::UnboundedReceiver<Outbound>, waiters: Waite
         let id = match &frame {
             ServerFrame::Ok { id, .. }
             | ServerFrame::Confirm { id }
+            | ServerFrame::Return { id, .. }
             | ServerFrame::Error { id: Some(id), .. } => id,
             _ => continue,
         };

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{OpError, Reply, Router};
-use crate::auth::{Authenticator, UserRecord};
+use crate::auth::{Authenticator, Principal, UserRecord};
 use crate::protocol::{ErrorCode, RequestId, UserInfo, UserList};
 use crate::queue::ConnId;
 use crate::store::StoreOp;
@@ -41,6 +41,7 @@ impl Router {
                 user: u.name,
                 tags: u.tags,
                 loopback_only: u.loopback_only,
+                max_connections: u.limits.max_connections,
             })
             .collect();
         Ok(Reply::Ok(
@@ -94,6 +95,48 @@ impl Router {
             }
         }
         Ok(Reply::OkAfterCommit(serde_json::Value::Null))
+    }
+
+    pub(super) fn set_user_limits(
+        &mut self,
+        conn: ConnId,
+        user: String,
+        max_connections: Option<u32>,
+    ) -> Result<Reply, OpError> {
+        self.require_administrator(conn, "set_user_limits")?;
+        let Some(mut record) = self.auth.get(&user) else {
+            return Err(OpError::new(
+                ErrorCode::UserNotFound,
+                format!("no user `{user}`"),
+            ));
+        };
+        record.limits.max_connections = max_connections;
+        self.store_user_change(conn, UserChange::Put(record))
+    }
+
+    /// Refuses a new connection of a user who has as many open as its limit allows.
+    pub(super) fn check_connection_limit(&self, principal: &Principal) -> Result<(), String> {
+        let Some(limit) = self
+            .auth
+            .get(&principal.user)
+            .and_then(|u| u.limits.max_connections)
+        else {
+            return Ok(());
+        };
+        let open = self
+            .conns
+            .values()
+            .filter(|c| c.peer.is_some())
+            .filter(|c| c.user.as_ref().is_some_and(|u| u.user == principal.user))
+            .count();
+        if open < limit as usize {
+            return Ok(());
+        }
+        tracing::warn!(target: "audit", event = "connection_limit", user = %principal.user, limit, "connection refused: user at its connection limit");
+        Err(format!(
+            "user `{}` has reached its limit of {limit} connections",
+            principal.user
+        ))
     }
 
     /// Who is behind `conn`, for audit lines.

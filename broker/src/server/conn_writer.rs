@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use futures_util::SinkExt;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
@@ -17,12 +16,14 @@ use crate::protocol::{
 };
 use crate::queue::ConnId;
 use crate::router::{Command, MAX_OUTBOUND_BYTES, Outbound, RouterHandle, outbound_cost};
+use crate::vhost::LocalNames;
 
 /// Frames written before one flush: amortizes syscalls under load, and at low load the
 /// writer flushes as soon as its channel is empty.
 const MAX_FRAMES_PER_FLUSH: usize = 256;
 
-pub(super) type WsSink = futures_util::stream::SplitSink<WebSocketStream<TcpStream>, WsMessage>;
+pub(super) type WsSink =
+    futures_util::stream::SplitSink<WebSocketStream<super::tls::MaybeTls>, WsMessage>;
 
 /// Writes until the channel closes (the router and the reader dropped their senders) or
 /// the socket fails; then sends a close frame.
@@ -33,6 +34,7 @@ pub(super) async fn write_loop(
     router: RouterHandle,
     encoding: Encoding,
     outbound: Arc<AtomicUsize>,
+    names: LocalNames,
 ) {
     let mut written_auto_acks = Vec::new();
     // Binary mode: consecutive `deliver` / `confirm` records packed into one message.
@@ -43,10 +45,15 @@ pub(super) async fn write_loop(
         let mut written_bytes = 0;
         while let Some(out) = next {
             let frame = match out {
-                Outbound::Frame(frame) => frame,
+                Outbound::Frame(frame) => names.frame(frame),
                 Outbound::AutoAckDelivery(delivery) => {
                     written_auto_acks.push(delivery.delivery_tag);
-                    ServerFrame::Deliver(delivery)
+                    names.frame(ServerFrame::Deliver(delivery))
+                }
+                Outbound::Close(reason) => {
+                    tracing::info!(conn, %reason, "the broker closes the connection");
+                    let _ = feed_records(&mut sink, &mut records).await;
+                    break 'outer;
                 }
                 Outbound::Ping => {
                     let fed = match feed_records(&mut sink, &mut records).await {

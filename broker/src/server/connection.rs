@@ -27,8 +27,9 @@ use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::conn_writer::write_loop;
-use super::gate::Gate;
+use super::gate::{Admitted, Gate};
 use super::login::{login, user_change};
+use super::tls::{self, MaybeTls, TlsSetup};
 use crate::auth::Principal;
 use crate::protocol::{
     BINARY_SUBPROTOCOL, Encoding, ErrorCode, Op, ParseError, Request, RequestId, ServerFrame,
@@ -36,6 +37,7 @@ use crate::protocol::{
 };
 use crate::queue::ConnId;
 use crate::router::{Command, ConnTx, Outbound, RouterHandle};
+use crate::vhost::LocalNames;
 
 /// A text frame that makes the connection task panic, when the broker was started with
 /// [`super::Config::inject_connection_panics`] (tests of panic containment only).
@@ -57,6 +59,10 @@ pub(super) struct Connection {
     pub peer: SocketAddr,
     pub router: RouterHandle,
     pub gate: Arc<Gate>,
+    /// The vhost it logged in to (its requests' names are that vhost's).
+    pub vhost: Arc<str>,
+    /// The listener's TLS, when it has it: the handshake comes before the WebSocket one.
+    pub tls: Option<TlsSetup>,
     pub limits: ConnLimits,
     pub flow: FlowControl,
     pub shutdown: watch::Receiver<bool>,
@@ -105,20 +111,16 @@ impl fmt::Display for Ended {
     }
 }
 
-type WsSource = futures_util::stream::SplitStream<WebSocketStream<TcpStream>>;
+type WsSource = futures_util::stream::SplitStream<WebSocketStream<MaybeTls>>;
 
-/// An accepted WebSocket, its encoding, and the upgrade request's Basic credentials.
-type Upgraded = (
-    WebSocketStream<TcpStream>,
-    Encoding,
-    Option<(String, String)>,
-);
+/// An accepted WebSocket, its encoding, and the upgrade request's credentials and vhost.
+type Upgraded = (WebSocketStream<MaybeTls>, Encoding, Admitted);
 
 impl Connection {
     pub async fn run(mut self, stream: TcpStream) {
         let _ = stream.set_nodelay(true);
         let handshake = tokio::time::timeout(self.limits.handshake_timeout, self.handshake(stream));
-        let (mut ws, encoding, credentials) = match handshake.await {
+        let (mut ws, encoding, admitted) = match handshake.await {
             Ok(Some(accepted)) => accepted,
             Ok(None) => return,
             Err(_) => {
@@ -127,12 +129,14 @@ impl Connection {
             }
         };
         let within = self.limits.first_request_timeout;
-        let Some(principal) = login(&mut ws, &self.gate, self.peer, credentials, within).await
-        else {
+        let Admitted { credentials, vhost } = admitted;
+        let login = login(&mut ws, &self.gate, self.peer, credentials, &vhost, within).await;
+        let Some(principal) = login else {
             tracing::debug!(conn = self.id, peer = %self.peer, "connection not authenticated");
             return;
         };
-        tracing::info!(conn = self.id, peer = %self.peer, user = %principal.user, encoding = encoding.name(), "connection opened");
+        tracing::info!(conn = self.id, peer = %self.peer, user = %principal.user, vhost, encoding = encoding.name(), "connection opened");
+        self.vhost = vhost.into();
         let (sink, mut source) = ws.split();
         let (tx, rx) = mpsc::unbounded_channel();
         let outbound = Arc::new(AtomicUsize::new(0));
@@ -142,12 +146,16 @@ impl Connection {
             peer: Some(self.peer),
             outbound: Some(outbound.clone()),
             user: Some(principal.clone()),
+            vhost: self.vhost.clone(),
         };
         if !self.router.send_request(open).await {
             return;
         }
         let router = self.router.clone();
-        let mut writer = tokio::spawn(write_loop(sink, rx, self.id, router, encoding, outbound));
+        let names = LocalNames::new(&self.vhost);
+        let mut writer = tokio::spawn(write_loop(
+            sink, rx, self.id, router, encoding, outbound, names,
+        ));
         // A panic anywhere in the reader ends the connection like any other reason.
         let read =
             AssertUnwindSafe(self.read_loop(&mut source, &tx, &mut writer, encoding, &principal));
@@ -172,9 +180,21 @@ impl Connection {
         }
     }
 
-    /// The WebSocket upgrade (refused for a browser origin not allowed), negotiating the
+    /// The TLS handshake when the listener has TLS (a plaintext client fails it), then the
+    /// WebSocket upgrade (refused for a browser origin not allowed), negotiating the
     /// binary encoding when the client offers it; returns the request's credentials too.
     async fn handshake(&self, stream: TcpStream) -> Option<Upgraded> {
+        let stream = match tls::accept(self.tls.as_ref(), stream).await {
+            Ok(stream) => stream,
+            Err(e) if tls::is_certificate_error(&e) => {
+                tracing::warn!(target: "audit", event = "certificate_refused", peer = %self.peer, error = %e, "TLS handshake refused: client certificate");
+                return None;
+            }
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+                return None;
+            }
+        };
         // Frames up to twice the limit are read and answered with `frame_too_large`;
         // beyond that the WebSocket layer drops the connection without buffering it all.
         let max = self.limits.max_frame_bytes.saturating_mul(2);
@@ -183,11 +203,11 @@ impl Connection {
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
         let mut encoding = Encoding::Json;
-        let mut credentials = None;
+        let mut admitted = Admitted::default();
         // tungstenite's callback type.
         #[allow(clippy::result_large_err)]
         let negotiate = |request: &HsRequest, mut response: HsResponse| {
-            credentials = self.gate.check_upgrade(request)?;
+            admitted = self.gate.check_upgrade(request)?;
             if offers_binary(request) {
                 encoding = Encoding::Binary;
                 response.headers_mut().insert(
@@ -201,7 +221,7 @@ impl Connection {
             tokio_tungstenite::accept_hdr_async_with_config(stream, negotiate, Some(ws_config))
                 .await;
         match accepted {
-            Ok(ws) => Some((ws, encoding, credentials)),
+            Ok(ws) => Some((ws, encoding, admitted)),
             Err(e) => {
                 tracing::debug!(peer = %self.peer, error = %e, "WebSocket handshake failed");
                 None
@@ -321,13 +341,22 @@ impl Connection {
         tx: &ConnTx,
         principal: &Principal,
     ) -> Result<(), Ended> {
-        let request = match parsed {
+        let mut request = match parsed {
             Ok(request) => request,
             Err(e) => {
                 let _ = tx.send(Outbound::Frame(ServerFrame::error(e.id, e.code, e.message)));
                 return Ok(());
             }
         };
+        let admitted =
+            self.gate
+                .auth
+                .admit(principal, &self.vhost, self.peer.ip(), &mut request.op);
+        if let Err((code, message)) = admitted {
+            let frame = ServerFrame::error(Some(request.id), code, message);
+            let _ = tx.send(Outbound::Frame(frame));
+            return Ok(());
+        }
         if matches!(
             request.op,
             Op::AddUser { .. } | Op::ChangePassword { .. } | Op::Authenticate { .. }

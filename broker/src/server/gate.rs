@@ -17,14 +17,19 @@ pub(super) struct Gate {
     pub allowed_origins: Vec<String>,
 }
 
+/// What the upgrade request says about its client: Basic credentials, if any, and the
+/// vhost named by its path (`/` or none: the default vhost; `/prod`: `prod`; `/%2F`: `/`).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Admitted {
+    pub credentials: Option<(String, String)>,
+    pub vhost: String,
+}
+
 impl Gate {
-    /// Checks the upgrade request's `Origin`; returns its Basic credentials, if any.
+    /// Checks the upgrade request's `Origin`; returns its credentials and vhost.
     // tungstenite's callback error type.
     #[allow(clippy::result_large_err)]
-    pub fn check_upgrade(
-        &self,
-        request: &HsRequest,
-    ) -> Result<Option<(String, String)>, ErrorResponse> {
+    pub fn check_upgrade(&self, request: &HsRequest) -> Result<Admitted, ErrorResponse> {
         if let Some(origin) = request.headers().get(ORIGIN) {
             let origin = origin.to_str().unwrap_or("").trim_end_matches('/');
             if !self
@@ -51,8 +56,37 @@ impl Gate {
                 }
             },
         };
-        Ok(credentials)
+        let vhost = vhost_from_path(request.uri().path()).ok_or_else(|| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                "the path must name a vhost (percent-encoded UTF-8), or be `/`".into(),
+            )
+        })?;
+        Ok(Admitted { credentials, vhost })
     }
+}
+
+/// The vhost a request path names, as AMQP URIs do: the path without its leading `/`,
+/// percent-decoded; empty means the default vhost.
+fn vhost_from_path(path: &str) -> Option<String> {
+    let encoded = path.strip_prefix('/').unwrap_or(path);
+    if encoded.is_empty() {
+        return Some(crate::vhost::DEFAULT_VHOST.to_string());
+    }
+    let bytes = encoded.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            decoded.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            decoded.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(decoded).ok()
 }
 
 fn refuse(status: StatusCode, text: String) -> ErrorResponse {
@@ -62,14 +96,31 @@ fn refuse(status: StatusCode, text: String) -> ErrorResponse {
 }
 
 /// The origins of the management page on `http` (its address as given, and `localhost`
-/// for a loopback address): the default `--allowed-origin`.
-pub fn management_origins(http: Option<std::net::SocketAddr>) -> Vec<String> {
+/// for a loopback address; `https` with TLS): the default `--allowed-origin`.
+pub fn management_origins(http: Option<std::net::SocketAddr>, tls: bool) -> Vec<String> {
     let Some(addr) = http else {
         return Vec::new();
     };
-    let mut origins = vec![format!("http://{addr}")];
+    let scheme = if tls { "https" } else { "http" };
+    let mut origins = vec![format!("{scheme}://{addr}")];
     if addr.ip().is_loopback() {
-        origins.push(format!("http://localhost:{}", addr.port()));
+        origins.push(format!("{scheme}://localhost:{}", addr.port()));
     }
     origins
+}
+
+#[cfg(test)]
+mod tests {
+    use super::vhost_from_path;
+
+    #[test]
+    fn paths_name_vhosts() {
+        assert_eq!(vhost_from_path("/").as_deref(), Some("/"));
+        assert_eq!(vhost_from_path("").as_deref(), Some("/"));
+        assert_eq!(vhost_from_path("/prod").as_deref(), Some("prod"));
+        assert_eq!(vhost_from_path("/%2F").as_deref(), Some("/"));
+        assert_eq!(vhost_from_path("/a%20b").as_deref(), Some("a b"));
+        assert_eq!(vhost_from_path("/%zz"), None);
+        assert_eq!(vhost_from_path("/%ff"), None);
+    }
 }

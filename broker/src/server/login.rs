@@ -5,29 +5,58 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::gate::Gate;
+use super::tls::MaybeTls;
 use crate::auth::{AuthError, Principal, UserRecord, hash_password};
 use crate::protocol::{
     ErrorCode, Op, Request, RequestId, ServerFrame, encode_server_frame, parse_request,
 };
 use crate::router::UserChange;
 
-/// Logs the connection in: with the upgrade request's credentials, or else with the
-/// first `authenticate` request (other requests are refused until then). `None` when it
-/// did not authenticate in time, or failed (the connection is then closed).
+/// Logs the connection in: as the user its verified client certificate names, else with
+/// the upgrade request's credentials, or else with the first `authenticate` request
+/// (other requests are refused until then). `None` when it did not authenticate in time,
+/// or failed (the connection is then closed).
 pub(super) async fn login(
-    ws: &mut WebSocketStream<TcpStream>,
+    ws: &mut WebSocketStream<MaybeTls>,
     gate: &Gate,
     peer: SocketAddr,
     credentials: Option<(String, String)>,
+    vhost: &str,
     within: Duration,
 ) -> Option<Principal> {
+    if let Some(certified) = ws.get_ref().client_user() {
+        // Credentials sent alongside must not name someone else (they are not checked:
+        // the certificate is the proof).
+        let result = match credentials {
+            Some((user, _)) if user != certified => {
+                tracing::warn!(target: "audit", event = "authentication_failed", user = %certified, %peer, method = "certificate", credentials_user = %user, "authentication failed: credentials for another user");
+                Err(AuthError::CertificateMismatch {
+                    certificate: certified,
+                    credentials: user,
+                })
+            }
+            _ => {
+                gate.auth
+                    .authenticate_certificate(&certified, peer.ip())
+                    .await
+            }
+        };
+        let result = result.and_then(|p| gate.auth.open_vhost(&p, vhost).map(|_| p));
+        return match result {
+            Ok(principal) => Some(principal),
+            Err(e) => {
+                refuse(ws, None, &e).await;
+                None
+            }
+        };
+    }
     if let Some((user, password)) = credentials {
-        return match gate.auth.authenticate(&user, &password, peer.ip()).await {
+        let login = gate.auth.authenticate(&user, &password, peer.ip()).await;
+        return match login.and_then(|p| gate.auth.open_vhost(&p, vhost).map(|_| p)) {
             Ok(principal) => Some(principal),
             Err(e) => {
                 refuse(ws, None, &e).await;
@@ -62,11 +91,11 @@ pub(super) async fn login(
             reply(ws, not_yet(Some(id))).await;
             continue;
         };
-        match gate
+        let login = gate
             .auth
             .authenticate(&username, &password, peer.ip())
-            .await
-        {
+            .await;
+        match login.and_then(|p| gate.auth.open_vhost(&p, vhost).map(|_| p)) {
             Ok(principal) => {
                 let result = serde_json::json!({ "user": username });
                 reply(ws, ServerFrame::Ok { id, result }).await;
@@ -89,14 +118,14 @@ fn not_yet(id: Option<RequestId>) -> ServerFrame {
     )
 }
 
-async fn reply(ws: &mut WebSocketStream<TcpStream>, frame: ServerFrame) {
+async fn reply(ws: &mut WebSocketStream<MaybeTls>, frame: ServerFrame) {
     let _ = ws
         .send(WsMessage::Text(encode_server_frame(&frame).into()))
         .await;
 }
 
 /// Answers a failed login with `access_refused` and closes the connection.
-async fn refuse(ws: &mut WebSocketStream<TcpStream>, id: Option<RequestId>, e: &AuthError) {
+async fn refuse(ws: &mut WebSocketStream<MaybeTls>, id: Option<RequestId>, e: &AuthError) {
     reply(
         ws,
         ServerFrame::error(id, ErrorCode::AccessRefused, e.to_string()),
@@ -138,7 +167,8 @@ pub(super) async fn user_change(
                     .as_ref()
                     .map(|u| u.limits.clone())
                     .unwrap_or_default(),
-                loopback_only: existing.is_some_and(|u| u.loopback_only),
+                loopback_only: existing.as_ref().is_some_and(|u| u.loopback_only),
+                permissions: existing.map(|u| u.permissions).unwrap_or_default(),
             };
             Ok(UserChange::Put(record))
         }

@@ -11,6 +11,7 @@ mod login;
 mod memory_alarm;
 mod plugins_dir;
 mod sources;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,6 +33,8 @@ use gate::Gate;
 pub use memory_alarm::{MemoryStats, MemoryWatermark, resident_memory};
 use plugins_dir::PluginsDir;
 use sources::Sources;
+use tls::TlsSetup;
+pub use tls::{TlsConfig, TlsError};
 
 /// How to run a broker.
 #[derive(Clone)]
@@ -77,6 +80,13 @@ pub struct Config {
     /// `Host` header values the management HTTP listener answers to (defeats DNS
     /// rebinding); empty: its own address, and `localhost:PORT` on loopback.
     pub http_allowed_hosts: Vec<String>,
+    /// Stored versions kept per plugin after each deploy (older ones are deleted, but
+    /// never the active one or the one before it); `None`: all.
+    pub keep_plugin_versions: Option<u64>,
+    /// TLS for the WebSocket and the HTTP listener: when set, both accept TLS only (a
+    /// plaintext client fails the handshake) and, with a client CA, log in clients by
+    /// their certificate's CN.
+    pub tls: Option<TlsConfig>,
     /// Tests of panic containment only: a connection receiving
     /// [`INJECTED_PANIC_FRAME`] panics.
     #[doc(hidden)]
@@ -119,6 +129,8 @@ impl Config {
             http: None,
             allowed_origins: Vec::new(),
             http_allowed_hosts: Vec::new(),
+            keep_plugin_versions: None,
+            tls: None,
             inject_connection_panics: false,
             storage_backend: None,
         }
@@ -148,6 +160,8 @@ pub enum StartError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -158,6 +172,8 @@ pub enum StartError {
 /// A running broker.
 pub struct Broker {
     local_addr: SocketAddr,
+    /// Whether the listeners speak TLS (`wss://`, `https://`).
+    tls: bool,
     http_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     acceptor: JoinHandle<()>,
@@ -168,6 +184,8 @@ pub struct Broker {
 impl Broker {
     /// Opens the store, recovers, and starts accepting connections.
     pub async fn start(config: Config) -> Result<Broker, StartError> {
+        // Bad TLS files stop the broker before it touches the store.
+        let tls = config.tls.as_ref().map(TlsSetup::load).transpose()?;
         // Plugins before the router: recovered exchanges need their types. Compiled code
         // comes from the store's artifact cache when it is valid for this engine.
         let (data_dir, host, use_cache) = (
@@ -206,6 +224,13 @@ impl Broker {
                 compiled.ops.push(StoreOp::PutUser(guest.clone()));
                 recovered.users.push(guest);
             }
+            if recovered.vhosts.is_empty() {
+                // A fresh install, or a data dir from before vhosts: its resources are
+                // the default vhost's (see `crate::vhost`).
+                let default = crate::vhost::DEFAULT_VHOST.to_string();
+                compiled.ops.push(StoreOp::PutVhost(default.clone()));
+                recovered.vhosts.push(default);
+            }
             writer.submit(compiled);
             Ok::<_, StartError>((recovered, writer, host))
         })
@@ -232,8 +257,15 @@ impl Broker {
             None => None,
         };
         let store_stats = writer.stats();
-        let auth = crate::auth::Authenticator::new(recovered.users.clone());
-        let router = Router::spawn(recovered, writer, plugins.clone(), auth.clone());
+        let auth =
+            crate::auth::Authenticator::new(recovered.users.clone(), recovered.vhosts.clone());
+        let router = Router::spawn(
+            recovered,
+            writer,
+            plugins.clone(),
+            auth.clone(),
+            config.keep_plugin_versions,
+        );
         let store = store_stats.clone();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let memory = Arc::new(MemoryStats::default());
@@ -270,29 +302,32 @@ impl Broker {
                     true => crate::http::default_hosts(http_addr),
                     false => config.http_allowed_hosts.clone(),
                 },
+                tls: tls.clone(),
             });
-            tracing::info!(%http_addr, "management HTTP listening");
+            tracing::info!(%http_addr, tls = tls.is_some(), "management HTTP listening");
             tokio::spawn(crate::http::serve(listener, state, shutdown_rx.clone()))
         });
         let allowed_origins = match config.allowed_origins.is_empty() {
-            true => gate::management_origins(http),
+            true => gate::management_origins(http, tls.is_some()),
             false => config.allowed_origins.clone(),
         };
         let gate = Arc::new(Gate {
             auth,
             allowed_origins,
         });
+        let tls_enabled = tls.is_some();
         let acceptor = tokio::spawn(accept_loop(
             listener,
             router,
             config,
-            gate,
+            Entry { gate, tls },
             alarm_rx,
             shutdown_rx,
         ));
-        tracing::info!(%local_addr, "broker listening");
+        tracing::info!(%local_addr, tls = tls_enabled, "broker listening");
         Ok(Broker {
             local_addr,
+            tls: tls_enabled,
             http_addr: http,
             shutdown,
             acceptor,
@@ -305,14 +340,23 @@ impl Broker {
         self.local_addr
     }
 
-    /// The `ws://` URL clients connect to.
+    /// The URL clients connect to: `ws://`, or `wss://` with TLS.
     pub fn url(&self) -> String {
-        format!("ws://{}", self.local_addr)
+        match self.tls {
+            true => format!("wss://{}", self.local_addr),
+            false => format!("ws://{}", self.local_addr),
+        }
     }
 
     /// Where the management HTTP listener is, when [`Config::http`] asked for one.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// The management page's URL (`http://` or, with TLS, `https://`), when there is one.
+    pub fn http_url(&self) -> Option<String> {
+        let scheme = if self.tls { "https" } else { "http" };
+        self.http_addr.map(|addr| format!("{scheme}://{addr}/"))
     }
 
     /// Fault injection for tests: while `on`, every store commit fails (the transaction is
@@ -409,11 +453,17 @@ fn restore_plugin_versions(
     }
 }
 
+/// What every connection of the WebSocket listener goes through first.
+struct Entry {
+    gate: Arc<Gate>,
+    tls: Option<TlsSetup>,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     router: RouterHandle,
     config: Config,
-    gate: Arc<Gate>,
+    entry: Entry,
     alarm: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -450,7 +500,9 @@ async fn accept_loop(
             id: conn,
             peer,
             router: router.clone(),
-            gate: gate.clone(),
+            vhost: crate::vhost::DEFAULT_VHOST.into(),
+            gate: entry.gate.clone(),
+            tls: entry.tls.clone(),
             limits,
             flow: FlowControl {
                 credit: Arc::new(Semaphore::new(limits.max_unconfirmed)),

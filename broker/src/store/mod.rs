@@ -57,6 +57,15 @@ const PLUGIN_ARTIFACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("plu
 const HANDLERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("handlers");
 /// Users by name: their record (JSON, with the password's Argon2id hash).
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+/// Virtual host name → [`VhostRecord`] (JSON). A data dir from before vhosts has none:
+/// the broker then creates `/`, where its resources already are.
+const VHOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("vhosts");
+
+/// A virtual host as stored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct VhostRecord {
+    pub name: String,
+}
 
 /// redb's page cache. Its default (1 GiB) kept a backlog's pages in RAM next to the
 /// queues' own copy of every message; the OS page cache already holds recent pages.
@@ -151,6 +160,8 @@ pub struct Recovered {
     /// The recovery after a crash found that the last commit did not verify — torn by the
     /// crash (it was never confirmed) or damaged since — and recovered the one before it.
     pub fell_back: bool,
+    /// Virtual host names (none before the first start that created `/`).
+    pub vhosts: Vec<String>,
 }
 
 /// Makes the storage a broker opens instead of its data directory's file: tests' simulated
@@ -280,6 +291,7 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
     txn.open_table(PLUGIN_ARTIFACTS)?;
     txn.open_table(HANDLERS)?;
     txn.open_table(USERS)?;
+    txn.open_table(VHOSTS)?;
     txn.commit()?;
     Ok(())
 }
@@ -374,6 +386,12 @@ fn recover(db: &Database, in_memory: impl Fn(&QueueRecord) -> usize) -> Result<R
         let record =
             serde_json::from_slice(value.value()).map_err(|e| corrupt("users")(e.to_string()))?;
         recovered.users.push(record);
+    }
+    for entry in txn.open_table(VHOSTS)?.iter()? {
+        let (_, value) = entry?;
+        let record: VhostRecord =
+            serde_json::from_slice(value.value()).map_err(|e| corrupt("vhosts")(e.to_string()))?;
+        recovered.vhosts.push(record.name);
     }
     Ok(recovered)
 }

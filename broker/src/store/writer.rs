@@ -32,7 +32,7 @@ use super::reader::{Commits, StoreReader};
 use super::{
     ACTIVE_PLUGINS, BINDINGS, CommitError, ENTRY_STATE, EXCHANGES, ExchangeRecord, HANDLERS,
     MESSAGES, PLUGIN_ARTIFACTS, PLUGIN_VERSIONS, PLUGIN_WASM, PluginVersion, QUEUES, QueueRecord,
-    USERS, encode_entry,
+    USERS, VHOSTS, VhostRecord, encode_entry,
 };
 use crate::exchange::BindingId;
 use crate::message::Message;
@@ -66,6 +66,12 @@ pub enum StoreOp {
     },
     /// Stores a deployed plugin version (metadata and bytes).
     PutPluginVersion(PluginVersion),
+    /// Deletes a stored plugin version (metadata and bytes).
+    DeletePluginVersion {
+        name: String,
+        version: u64,
+    },
+    DeletePluginArtifact(String),
     /// Caches a plugin's compiled code under its artifact key.
     PutPluginArtifact {
         key: String,
@@ -92,6 +98,9 @@ pub enum StoreOp {
     /// Stores a user (replacing one of the same name).
     PutUser(crate::auth::UserRecord),
     DeleteUser(String),
+    /// Stores a virtual host (by name).
+    PutVhost(String),
+    DeleteVhost(String),
 }
 
 /// Runs once the batch holding it has committed (or failed to).
@@ -442,6 +451,13 @@ fn apply<'a>(
             StoreOp::PutPluginArtifact { key, artifact } => {
                 plugin_artifacts.insert(key.as_str(), artifact.as_slice())?;
             }
+            StoreOp::DeletePluginVersion { name, version } => {
+                plugin_versions.remove((name.as_str(), *version))?;
+                plugin_wasm.remove((name.as_str(), *version))?;
+            }
+            StoreOp::DeletePluginArtifact(key) => {
+                plugin_artifacts.remove(key.as_str())?;
+            }
             StoreOp::SetActivePlugin { name, version } => {
                 active_plugins.insert(name.as_str(), *version)?;
             }
@@ -474,6 +490,14 @@ fn apply<'a>(
                     None => users.insert(txn.open_table(USERS)?),
                 };
                 table.remove(name.as_str())?;
+            }
+            StoreOp::PutVhost(name) => {
+                let record = VhostRecord { name: name.clone() };
+                let mut table = txn.open_table(VHOSTS)?;
+                table.insert(name.as_str(), json(&record).as_slice())?;
+            }
+            StoreOp::DeleteVhost(name) => {
+                txn.open_table(VHOSTS)?.remove(name.as_str())?;
             }
         }
     }

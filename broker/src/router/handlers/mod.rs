@@ -340,11 +340,13 @@ impl Router {
         Ok(Reply::OkAfterCommit(serde_json::Value::Null))
     }
 
-    pub(super) fn list_handlers(&self) -> Reply {
+    pub(super) fn list_handlers(&self, conn: ConnId) -> Reply {
+        let vhost = self.conn_vhost(conn);
         let mut rows: Vec<_> = self
             .handlers
             .attachments
             .values()
+            .filter(|a| crate::vhost::of(&a.record.queue) == vhost)
             .map(|a| {
                 let r = &a.record;
                 let (version, refused) = a.stats.version_json();
@@ -470,8 +472,11 @@ impl Router {
         if !held {
             return;
         }
+        // Outputs name exchanges of the handler's queue's vhost.
+        let queue = &self.conns[&done.conn].unacked[&done.delivery_tag].queue;
+        let vhost = crate::vhost::of(queue).to_string();
         let how = match done.verdict {
-            Verdict::Ack(published) => match self.publish_outputs(published) {
+            Verdict::Ack(published) => match self.publish_outputs(published, &vhost) {
                 Ok(()) => Settle::Ack,
                 Err(e) => {
                     tracing::warn!(error = %e.message, "handler output not routable; delivery failed");
@@ -482,7 +487,7 @@ impl Router {
             Verdict::Retry(Some(ms)) => Settle::Retry(Retry::After(ms)),
             Verdict::Reject(reason, published) => {
                 tracing::info!(%reason, "handler rejected a message; dead-lettering it");
-                match self.publish_outputs(published) {
+                match self.publish_outputs(published, &vhost) {
                     Ok(()) => Settle::DeadLetter,
                     Err(e) => {
                         tracing::warn!(error = %e.message, "handler output not routable; delivery failed");
@@ -501,13 +506,14 @@ impl Router {
 
     /// Routes every message first, then enqueues them all: a handler's outputs are stored
     /// all together or (one is unroutable) not at all.
-    fn publish_outputs(&mut self, published: Vec<Message>) -> Result<(), OpError> {
+    fn publish_outputs(&mut self, published: Vec<Message>, vhost: &str) -> Result<(), OpError> {
         if published.is_empty() {
             return Ok(());
         }
         let now = now_ms();
         let mut routed = Vec::with_capacity(published.len());
         for mut message in published {
+            message.exchange = crate::vhost::qualify(vhost, &message.exchange);
             message.properties.timestamp.get_or_insert(now);
             let destinations = self.route(&message)?;
             routed.push((Arc::new(message), destinations));
@@ -574,7 +580,8 @@ impl Router {
             HandlerMode::Consume => {
                 let conn = self.handlers.next_conn();
                 let (tx, rx) = mpsc::unbounded_channel();
-                self.open_conn(conn, tx, None, None, None);
+                let vhost = crate::vhost::of(&queue).into();
+                self.open_conn(conn, tx, None, None, None, vhost);
                 let tag: Arc<str> = format!("handler.{}", attachment.record.plugin).into();
                 let prefetch = attachment.record.concurrency * WINDOW_PER_WORKER;
                 self.conns

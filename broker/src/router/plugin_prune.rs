@@ -1,0 +1,102 @@
+//! Plugin storage: deleting old versions, on request (`prune_plugin`) or after each deploy
+//! when a retention is set (`--keep-plugin-versions`), so storage does not grow with every
+//! deploy. The active version and the one before it (what a rollback, automatic or not,
+//! goes back to) are always kept.
+
+use std::collections::HashSet;
+
+use serde_json::json;
+
+use super::{OpError, Reply, Router};
+use crate::protocol::ErrorCode;
+use crate::store::StoreOp;
+
+impl Router {
+    pub(super) fn prune_plugin(&mut self, name: &str, keep: u64) -> Result<Reply, OpError> {
+        if keep == 0 {
+            return Err(OpError::new(
+                ErrorCode::InvalidField,
+                "`keep` must be at least 1",
+            ));
+        }
+        if !self.plugin_versions.contains_key(name) {
+            let message = format!("no deployed plugin `{name}` (bundled types have no versions)");
+            return Err(OpError::new(ErrorCode::PluginNotFound, message));
+        }
+        if self.deploys.contains_key(name) || self.committing.contains_key(name) {
+            let message = format!("a deploy or rollback of `{name}` is in progress");
+            return Err(OpError::new(ErrorCode::PreconditionFailed, message));
+        }
+        let (pruned, kept) = self.prune_versions(name, keep);
+        let result = json!({ "name": name, "pruned": pruned, "kept": kept });
+        Ok(match pruned.is_empty() {
+            true => Reply::Ok(result),
+            false => Reply::OkAfterCommit(result),
+        })
+    }
+
+    /// After a new version of `name` went active: applies the retention, if any.
+    pub(super) fn apply_plugin_retention(&mut self, name: &str) {
+        let Some(keep) = self.keep_plugin_versions else {
+            return;
+        };
+        if self.deploys.contains_key(name) || self.committing.contains_key(name) {
+            return; // the last deploy of the queue prunes
+        }
+        let (pruned, _) = self.prune_versions(name, keep);
+        if !pruned.is_empty() {
+            tracing::info!(plugin = %name, ?pruned, keep, "old plugin versions deleted (retention)");
+        }
+    }
+
+    /// Deletes the versions of `name` but the newest `keep`, the active one and the one
+    /// before it; returns (deleted, kept) version numbers.
+    fn prune_versions(&mut self, name: &str, keep: u64) -> (Vec<u64>, Vec<u64>) {
+        let active = self.active_plugins.get(name).copied();
+        let Some(versions) = self.plugin_versions.get_mut(name) else {
+            return (Vec::new(), Vec::new());
+        };
+        let before_active = versions
+            .iter()
+            .rev()
+            .find(|v| Some(v.version) < active)
+            .map(|v| v.version);
+        let newest: HashSet<u64> = versions
+            .iter()
+            .rev()
+            .take(keep as usize)
+            .map(|v| v.version)
+            .collect();
+        let stays = |v: u64| newest.contains(&v) || Some(v) == active || Some(v) == before_active;
+        let (kept, pruned): (Vec<_>, Vec<_>) = std::mem::take(versions)
+            .into_iter()
+            .partition(|v| stays(v.version));
+        *versions = kept;
+        let kept: Vec<u64> = versions.iter().map(|v| v.version).collect();
+        for version in &pruned {
+            self.batch.ops.push(StoreOp::DeletePluginVersion {
+                name: name.to_string(),
+                version: version.version,
+            });
+        }
+        // Compiled code is stored by content: delete it when no version left has it.
+        let hashes_left: HashSet<&str> = self
+            .plugin_versions
+            .values()
+            .flatten()
+            .map(|v| v.hash.as_str())
+            .collect();
+        let mut gone: Vec<String> = pruned
+            .iter()
+            .filter(|v| !hashes_left.contains(v.hash.as_str()))
+            .map(|v| self.plugins.artifact_key(&v.hash))
+            .collect();
+        gone.dedup();
+        for key in gone {
+            if self.plugin_artifacts.remove(&key).is_some() {
+                self.batch.ops.push(StoreOp::DeletePluginArtifact(key));
+            }
+        }
+        (pruned.iter().map(|v| v.version).collect(), kept)
+    }
+}
