@@ -234,6 +234,19 @@ async fn client_certificates_log_in_as_their_cn() {
         .add_user("ops", "ops-pw", &[Tag::Administrator])
         .await
         .unwrap();
+    for user in ["app", "ops"] {
+        admin
+            .set_permissions(broker::protocol::SetPermissions {
+                user: user.into(),
+                vhost: "/".into(),
+                configure: ".*".into(),
+                write: ".*".into(),
+                read: ".*".into(),
+                plugin: false,
+            })
+            .await
+            .unwrap();
+    }
     let app_cert = ca.client("app");
 
     // The certificate alone logs in as `app` (the client sends no credentials).
@@ -439,6 +452,22 @@ fn the_cli_and_the_bench_speak_wss_with_a_ca_file() {
     let (ok, _, err) = cli(
         &[
             "user", "add", "app", "app-pw", "--server", url, "--ca", ca_file,
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(
+        &[
+            "permissions",
+            "set",
+            "app",
+            ".*",
+            ".*",
+            ".*",
+            "--server",
+            url,
+            "--ca",
+            ca_file,
         ],
         &[],
     );

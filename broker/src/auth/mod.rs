@@ -457,7 +457,10 @@ mod tests {
 
     #[tokio::test]
     async fn certificate_logins_need_an_existing_user_and_count_failures() {
-        let auth = Authenticator::new([default_user(), UserRecord::new("app", "pw", vec![])]);
+        let auth = Authenticator::new(
+            [default_user(), UserRecord::new("app", "pw", vec![])],
+            ["/".to_string()],
+        );
         let app = auth
             .authenticate_certificate("app", loopback())
             .await

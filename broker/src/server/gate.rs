@@ -111,7 +111,7 @@ pub fn management_origins(http: Option<std::net::SocketAddr>, tls: bool) -> Vec<
 
 #[cfg(test)]
 mod tests {
-    use super::vhost_from_path;
+    use super::*;
 
     #[test]
     fn paths_name_vhosts() {
@@ -122,5 +122,19 @@ mod tests {
         assert_eq!(vhost_from_path("/a%20b").as_deref(), Some("a b"));
         assert_eq!(vhost_from_path("/%zz"), None);
         assert_eq!(vhost_from_path("/%ff"), None);
+    }
+
+    #[test]
+    fn the_page_origin_follows_the_listener_scheme() {
+        let addr = "127.0.0.1:6790".parse().ok();
+        assert_eq!(
+            management_origins(addr, false),
+            ["http://127.0.0.1:6790", "http://localhost:6790"]
+        );
+        assert_eq!(
+            management_origins(addr, true),
+            ["https://127.0.0.1:6790", "https://localhost:6790"]
+        );
+        assert!(management_origins(None, true).is_empty());
     }
 }

@@ -157,11 +157,11 @@ pub struct Recovered {
     pub handlers: Vec<crate::protocol::AttachHandler>,
     /// Users (none before the first start that created the default one).
     pub users: Vec<crate::auth::UserRecord>,
+    /// Virtual host names (none before the first start that created `/`).
+    pub vhosts: Vec<String>,
     /// The recovery after a crash found that the last commit did not verify — torn by the
     /// crash (it was never confirmed) or damaged since — and recovered the one before it.
     pub fell_back: bool,
-    /// Virtual host names (none before the first start that created `/`).
-    pub vhosts: Vec<String>,
 }
 
 /// Makes the storage a broker opens instead of its data directory's file: tests' simulated
