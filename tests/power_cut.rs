@@ -6,7 +6,8 @@
 //! One chain of cycles: a broker starts on the durable image the last cut left (that is
 //! the recovery under test), its contents are checked against what the client was told
 //! (`support/power_cut_model.rs`), then it runs a round of work — confirmed publishes,
-//! acks, nacks with retry backoff, dead letters, plugin deploys, a queue deeper than its
+//! delayed publishes, acks, nacks with retry backoff, dead letters, plugin deploys, a
+//! queue deeper than its
 //! `max_in_memory_length`, large messages — and the power is cut at a random write or
 //! sync, sometimes during the startup's own recovery or the clean shutdown. Every cut image
 //! also passes `broker check` (`store::check`): a power cut is never damage. A second test
@@ -286,6 +287,10 @@ async fn publish(
         let mut m = broker::Message::text(QUEUE, "");
         m.body = model::body(id).into();
         m.properties.persistent = true;
+        // Some delayed: stored whole, recovered waiting for their time.
+        if rng.u8(..8) == 0 {
+            m.properties.delay_ms = Some(rng.u64(5..40));
+        }
         confirms.push((id, c.publish(m, false)));
     }
     for (id, confirm) in confirms {

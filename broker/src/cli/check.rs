@@ -27,7 +27,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "queues {}, messages {}, entry states {}, exchanges {}, bindings {}, plugin versions {}, handlers {}, users {}",
+        "queues {}, messages {}, entry states {}, exchanges {}, bindings {}, plugin versions {}, handlers {}, users {}, vhosts {}",
         report.queues,
         report.messages,
         report.entry_states,
@@ -36,6 +36,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
         report.plugin_versions,
         report.handlers,
         report.users,
+        report.vhosts,
     );
     Ok(())
 }

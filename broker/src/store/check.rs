@@ -33,6 +33,7 @@ pub struct CheckReport {
     pub plugin_versions: usize,
     pub handlers: usize,
     pub users: usize,
+    pub vhosts: usize,
 }
 
 /// Why a data directory failed the check.
@@ -124,6 +125,7 @@ pub fn check(data_dir: &Path) -> Result<CheckReport, CheckError> {
         plugin_versions: recovered.plugin_versions.len(),
         handlers: recovered.handlers.len(),
         users: recovered.users.len(),
+        vhosts: recovered.vhosts.len(),
     })
 }
 
