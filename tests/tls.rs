@@ -477,7 +477,14 @@ fn the_cli_and_the_bench_speak_wss_with_a_ca_file() {
     let as_app = |args: &[&str]| {
         let mut args = args.to_vec();
         args.extend([
-            "--server", url, "--ca", ca_file, "--cert", cert, "--key", key,
+            "--server",
+            url,
+            "--ca",
+            ca_file,
+            "--cert",
+            cert,
+            "--cert-key",
+            key,
         ]);
         cli(&args, &[])
     };

@@ -44,11 +44,11 @@ pub struct TlsArgs {
     ca: Option<PathBuf>,
     /// `wss://`: a client certificate (PEM) to log in with, as the user its CN names
     /// (the broker needs `--tls-ca`); no password is sent unless the URL or --user has one.
-    #[arg(long, env = "BROKER_CERT", requires = "key")]
+    #[arg(long, env = "BROKER_CERT", requires = "cert_key")]
     cert: Option<PathBuf>,
-    /// The private key (PEM) of --cert.
-    #[arg(long, env = "BROKER_KEY", requires = "cert")]
-    key: Option<PathBuf>,
+    /// The private key (PEM) of --cert. (Not `--key`: `broker bind` has a binding key.)
+    #[arg(long, env = "BROKER_CERT_KEY", requires = "cert")]
+    cert_key: Option<PathBuf>,
 }
 
 impl TlsArgs {
@@ -57,7 +57,7 @@ impl TlsArgs {
         if self.ca.is_none() && self.cert.is_none() {
             return Ok(None);
         }
-        let identity = self.cert.as_deref().zip(self.key.as_deref());
+        let identity = self.cert.as_deref().zip(self.cert_key.as_deref());
         Ok(Some(ClientTls::from_files(self.ca.as_deref(), identity)?))
     }
 }
