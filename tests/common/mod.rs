@@ -121,6 +121,8 @@ impl BrokerProcess {
                 "127.0.0.1:0",
                 "--http",
                 "127.0.0.1:0",
+                "--stomp",
+                "127.0.0.1:0",
                 "--log",
                 "warn",
                 "--data-dir",
@@ -165,7 +167,14 @@ impl Drop for BrokerProcess {
 /// `data_dir`. Returns the process and the line it printed when it started serving.
 pub fn spawn_with_json_log(data_dir: &Path, log_path: &Path) -> (Child, String) {
     let mut child = Command::new(bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--no-http"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-http",
+            "--stomp",
+            "off",
+        ])
         .args(["--log", "info", "--log-format", "json", "--data-dir"])
         .arg(data_dir)
         .stdout(Stdio::piped())

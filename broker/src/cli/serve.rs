@@ -63,6 +63,10 @@ pub struct ServeArgs {
     /// Serve no HTTP at all.
     #[arg(long)]
     no_http: bool,
+    /// Address of the STOMP listener (TCP; docs/stomp.md), or `off`. STOMP over the
+    /// WebSocket listener (subprotocol v12.stomp) is on either way.
+    #[arg(long, default_value = Config::DEFAULT_STOMP, value_parser = stomp_listen)]
+    stomp: StompListen,
     /// Origin (`http://host:port`) of a web page allowed to open WebSocket connections;
     /// repeat for several. Default: the management page's own.
     #[arg(long = "allowed-origin")]
@@ -71,6 +75,19 @@ pub struct ServeArgs {
     /// Default: its own address (and localhost:PORT on loopback).
     #[arg(long = "http-allowed-host")]
     http_allowed_hosts: Vec<String>,
+}
+
+/// `--stomp`: an address, or `off`.
+#[derive(Clone, Copy)]
+struct StompListen(Option<SocketAddr>);
+
+fn stomp_listen(text: &str) -> Result<StompListen, String> {
+    if text == "off" {
+        return Ok(StompListen(None));
+    }
+    text.parse()
+        .map(|addr| StompListen(Some(addr)))
+        .map_err(|_| format!("`{text}` is not an address (HOST:PORT) or `off`"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -94,6 +111,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.plugins_dir = args.plugins_dir;
     config.watch_plugins = args.watch;
     config.http = (!args.no_http).then_some(args.http);
+    config.stomp = args.stomp.0;
     config.allowed_origins = args.allowed_origins;
     config.http_allowed_hosts = args.http_allowed_hosts;
     let broker = Broker::start(config).await.context("starting the broker")?;
@@ -102,8 +120,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(addr) => format!(", management on http://{addr}/"),
         None => String::new(),
     };
+    let stomp = match broker.stomp_addr() {
+        Some(addr) => format!(", STOMP on {addr}"),
+        None => String::new(),
+    };
     println!(
-        "broker listening on {} (data: {}){http}",
+        "broker listening on {} (data: {}){http}{stomp}",
         broker.url(),
         args.data_dir.join(broker::store::DB_FILE).display()
     );

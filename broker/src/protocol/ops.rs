@@ -201,6 +201,10 @@ fn default_vhost() -> String {
     crate::vhost::DEFAULT_VHOST.to_string()
 }
 
+fn default_protocol() -> String {
+    "json".to_string()
+}
+
 fn default_peek_limit() -> usize {
     100
 }
@@ -466,6 +470,10 @@ pub struct ConnectionInfo {
     /// The virtual host it is connected to.
     #[serde(default = "default_vhost")]
     pub vhost: String,
+    /// The client's protocol: `json` (this WebSocket protocol, either encoding) or
+    /// `stomp` (STOMP over TCP or WebSocket, see docs/stomp.md).
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
     /// Milliseconds since the epoch.
     pub opened_at: u64,
     pub confirms: bool,

@@ -85,6 +85,9 @@ pub enum Command {
         /// The virtual host its requests' names are in (already qualified by the
         /// connection, see [`crate::vhost`]); listings show this vhost's resources.
         vhost: Arc<str>,
+        /// The client's protocol, as `list_connections` shows it: `"json"` (the
+        /// WebSocket protocol, either encoding) or `"stomp"`.
+        protocol: &'static str,
     },
     /// The connection ended; `broker_stopping` when the broker closed it to shut down
     /// (its unacked messages then go back without counting as failed deliveries).
@@ -196,6 +199,7 @@ struct Conn {
     /// Who authenticated; `None` for the broker's own sessions and in-broker consumers.
     user: Option<Principal>,
     vhost: Arc<str>,
+    protocol: &'static str,
     /// Milliseconds since the epoch.
     opened_at: u64,
     confirms: bool,
@@ -351,7 +355,8 @@ impl Router {
                         outbound,
                         user,
                         vhost,
-                    } => self.open_conn(conn, tx, peer, outbound, user, vhost),
+                        protocol,
+                    } => self.open_conn(conn, tx, peer, outbound, user, vhost, protocol),
                     Command::ChangeUser { conn, id, change } => self.change_user(conn, id, change),
                     Command::Close {
                         conn,
@@ -434,6 +439,8 @@ impl Router {
         }
     }
 
+    // One argument per field of `Command::Open`.
+    #[allow(clippy::too_many_arguments)]
     fn open_conn(
         &mut self,
         conn: ConnId,
@@ -442,6 +449,7 @@ impl Router {
         outbound: Option<Arc<std::sync::atomic::AtomicUsize>>,
         user: Option<Principal>,
         vhost: Arc<str>,
+        protocol: &'static str,
     ) {
         self.conns.insert(
             conn,
@@ -451,6 +459,7 @@ impl Router {
                 outbound,
                 user,
                 vhost,
+                protocol,
                 opened_at: exchanges::now_ms(),
                 confirms: false,
                 next_delivery_tag: 1,

@@ -90,6 +90,7 @@ impl Router {
                     conn: *id,
                     peer: c.peer?.to_string(),
                     vhost: c.vhost.to_string(),
+                    protocol: c.protocol.to_string(),
                     user: c
                         .user
                         .as_ref()

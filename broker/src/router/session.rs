@@ -78,6 +78,7 @@ impl Session {
             outbound: None,
             user: None,
             vhost: crate::vhost::DEFAULT_VHOST.into(),
+            protocol: "json",
         });
         let waiters = Waiters::default();
         tokio::spawn(match_replies(rx, waiters.clone()));

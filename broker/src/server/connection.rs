@@ -58,6 +58,8 @@ pub(super) struct Connection {
     pub peer: SocketAddr,
     pub router: RouterHandle,
     pub gate: Arc<Gate>,
+    /// For a WebSocket that chooses a STOMP subprotocol.
+    pub stomp: Arc<crate::stomp::Context>,
     /// The vhost it logged in to (its requests' names are that vhost's).
     pub vhost: Arc<str>,
     pub limits: ConnLimits,
@@ -125,8 +127,20 @@ impl Connection {
                 return;
             }
         };
+        if admitted.stomp {
+            let stomp = crate::stomp::serve_websocket(
+                ws,
+                self.peer,
+                self.id,
+                self.stomp,
+                admitted.credentials,
+            );
+            return stomp.await;
+        }
         let within = self.limits.first_request_timeout;
-        let Admitted { credentials, vhost } = admitted;
+        let Admitted {
+            credentials, vhost, ..
+        } = admitted;
         let login = login(&mut ws, &self.gate, self.peer, credentials, &vhost, within).await;
         let Some(principal) = login else {
             tracing::debug!(conn = self.id, peer = %self.peer, "connection not authenticated");
@@ -144,6 +158,7 @@ impl Connection {
             outbound: Some(outbound.clone()),
             user: Some(principal.clone()),
             vhost: self.vhost.clone(),
+            protocol: "json",
         };
         if !self.router.send_request(open).await {
             return;
@@ -193,7 +208,13 @@ impl Connection {
         #[allow(clippy::result_large_err)]
         let negotiate = |request: &HsRequest, mut response: HsResponse| {
             admitted = self.gate.check_upgrade(request)?;
-            if offers_binary(request) {
+            if let Some(stomp) = crate::stomp::offered_subprotocol(request) {
+                admitted.stomp = true;
+                let chosen = HeaderValue::from_static(stomp);
+                response
+                    .headers_mut()
+                    .insert(SEC_WEBSOCKET_PROTOCOL, chosen);
+            } else if offers_binary(request) {
                 encoding = Encoding::Binary;
                 response.headers_mut().insert(
                     SEC_WEBSOCKET_PROTOCOL,

@@ -1,9 +1,11 @@
-//! The server: opens the store, starts the router, accepts WebSocket connections.
+//! The server: opens the store, starts the router, accepts WebSocket (and STOMP)
+//! connections.
 //!
 //! Shaped after mini-redis's server: one acceptor, one task per connection, a bound on
 //! connections, and a graceful shutdown that stops accepting, closes connections, lets
 //! the router commit what is pending and closes the database.
 
+mod admission;
 mod conn_writer;
 mod connection;
 mod gate;
@@ -15,11 +17,12 @@ mod sources;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
+
+pub use admission::{Admission, Ticket};
 use tokio::task::JoinHandle;
 
 use crate::plugin::{HostError, Limits, PluginHost, PluginSource};
@@ -31,7 +34,6 @@ use connection::{ConnLimits, FlowControl};
 use gate::Gate;
 pub use memory_alarm::{MemoryStats, MemoryWatermark, resident_memory};
 use plugins_dir::PluginsDir;
-use sources::Sources;
 
 /// How to run a broker.
 #[derive(Clone)]
@@ -70,6 +72,10 @@ pub struct Config {
     pub artifact_cache: bool,
     /// Where to serve the management HTTP API, metrics and page; `None`: no HTTP.
     pub http: Option<SocketAddr>,
+    /// Where to accept STOMP over TCP (docs/stomp.md); `None`: nowhere. STOMP over the
+    /// WebSocket listener is always on (subprotocols `v12.stomp`, `v11.stomp`,
+    /// `v10.stomp`).
+    pub stomp: Option<SocketAddr>,
     /// Origins (`http://host:port`) of web pages allowed to open WebSocket connections;
     /// empty: only the management page's own. Requests without `Origin` (programs, not
     /// browsers) are not affected.
@@ -88,6 +94,9 @@ impl Config {
     pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
     /// The CLI's default for `--http` (a library `Config` has no HTTP unless asked).
     pub const DEFAULT_HTTP: &str = "127.0.0.1:6790";
+    /// The CLI's default for `--stomp` (a library `Config` has no STOMP listener unless
+    /// asked): the usual STOMP port.
+    pub const DEFAULT_STOMP: &str = "127.0.0.1:61613";
     pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
     pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 1_000;
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -113,6 +122,7 @@ impl Config {
             watch_plugins: false,
             artifact_cache: true,
             http: None,
+            stomp: None,
             allowed_origins: Vec::new(),
             http_allowed_hosts: Vec::new(),
             inject_connection_panics: false,
@@ -154,6 +164,7 @@ pub enum StartError {
 pub struct Broker {
     local_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
+    stomp_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     acceptor: JoinHandle<()>,
     http: Option<JoinHandle<()>>,
@@ -232,6 +243,15 @@ impl Broker {
             }
             None => None,
         };
+        let stomp_listener = match config.stomp {
+            Some(addr) => {
+                let listen_error = |source| StartError::Listen { addr, source };
+                let listener = TcpListener::bind(addr).await.map_err(listen_error)?;
+                let bound = listener.local_addr().map_err(listen_error)?;
+                Some((listener, bound))
+            }
+            None => None,
+        };
         let store_stats = writer.stats();
         let auth =
             crate::auth::Authenticator::new(recovered.users.clone(), recovered.vhosts.clone());
@@ -280,21 +300,49 @@ impl Broker {
             true => gate::management_origins(http),
             false => config.allowed_origins.clone(),
         };
+        let stomp = Arc::new(crate::stomp::Context {
+            router: router.clone(),
+            auth: auth.clone(),
+            max_frame_bytes: config.max_frame_bytes,
+            handshake_timeout: config.handshake_timeout,
+            max_unconfirmed: config.max_unconfirmed.max(1),
+            alarm: alarm_rx.clone(),
+            shutdown: shutdown_rx.clone(),
+        });
         let gate = Arc::new(Gate {
             auth,
             allowed_origins,
         });
+        let (admission, alive) =
+            Admission::new(config.max_connections, config.max_connections_per_source);
+        let stomp_addr = stomp_listener.map(|(listener, addr)| {
+            tracing::info!(stomp_addr = %addr, "STOMP listening");
+            let accept = crate::stomp::listener::accept_loop(
+                listener,
+                stomp.clone(),
+                admission.clone(),
+                shutdown_rx.clone(),
+            );
+            tokio::spawn(accept);
+            addr
+        });
         let acceptor = tokio::spawn(accept_loop(
             listener,
             router,
-            config,
-            gate,
+            Listener {
+                config,
+                gate,
+                stomp,
+                admission,
+                alive,
+            },
             alarm_rx,
             shutdown_rx,
         ));
         tracing::info!(%local_addr, "broker listening");
         Ok(Broker {
             local_addr,
+            stomp_addr,
             http_addr: http,
             shutdown,
             acceptor,
@@ -310,6 +358,11 @@ impl Broker {
     /// The `ws://` URL clients connect to.
     pub fn url(&self) -> String {
         format!("ws://{}", self.local_addr)
+    }
+
+    /// Where the STOMP TCP listener is, when [`Config::stomp`] asked for one.
+    pub fn stomp_addr(&self) -> Option<SocketAddr> {
+        self.stomp_addr
     }
 
     /// Where the management HTTP listener is, when [`Config::http`] asked for one.
@@ -411,23 +464,34 @@ fn restore_plugin_versions(
     }
 }
 
+/// What the WebSocket acceptor works with.
+struct Listener {
+    config: Config,
+    gate: Arc<Gate>,
+    stomp: Arc<crate::stomp::Context>,
+    admission: Arc<Admission>,
+    /// `None` once every connection (of every listener) ended.
+    alive: mpsc::Receiver<()>,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     router: RouterHandle,
-    config: Config,
-    gate: Arc<Gate>,
+    accepting: Listener,
     alarm: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let limit = Arc::new(Semaphore::new(config.max_connections));
-    let sources = Sources::new(config.max_connections_per_source);
+    let Listener {
+        config,
+        gate,
+        stomp,
+        admission,
+        mut alive,
+    } = accepting;
     let limits = config.conn_limits();
-    let next_conn = AtomicU64::new(1);
-    // Each connection holds a clone; recv() returns None once all of them ended.
-    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     loop {
-        let permit = tokio::select! {
-            permit = limit.clone().acquire_owned() => permit.expect("semaphore never closed"),
+        let slot = tokio::select! {
+            slot = admission.slot() => slot,
             _ = shutdown.changed() => break,
         };
         let (stream, peer) = tokio::select! {
@@ -442,17 +506,16 @@ async fn accept_loop(
             },
             _ = shutdown.changed() => break,
         };
-        let Some(source) = sources.admit(peer.ip()) else {
-            tracing::warn!(%peer, limit = config.max_connections_per_source, "connection refused: too many from this address");
+        let Some(ticket) = admission.admit(slot, peer) else {
             drop(stream);
             continue;
         };
-        let conn = next_conn.fetch_add(1, Ordering::Relaxed);
         let connection = connection::Connection {
-            id: conn,
+            id: ticket.conn,
             peer,
             router: router.clone(),
             gate: gate.clone(),
+            stomp: stomp.clone(),
             vhost: crate::vhost::DEFAULT_VHOST.into(),
             limits,
             flow: FlowControl {
@@ -462,15 +525,14 @@ async fn accept_loop(
             },
             shutdown: shutdown.clone(),
         };
-        let alive = alive_tx.clone();
         tokio::spawn(async move {
             connection.run(stream).await;
-            drop((permit, source, alive));
+            drop(ticket);
         });
     }
     drop(listener);
-    drop(alive_tx);
-    let _ = alive_rx.recv().await;
+    drop(admission);
+    let _ = alive.recv().await;
     router.shutdown().await;
     tracing::info!("broker stopped");
 }

@@ -581,7 +581,8 @@ impl Router {
                 let conn = self.handlers.next_conn();
                 let (tx, rx) = mpsc::unbounded_channel();
                 let vhost = crate::vhost::of(&queue).into();
-                self.open_conn(conn, tx, None, None, None, vhost);
+                // In-broker consumers are not listed (no peer).
+                self.open_conn(conn, tx, None, None, None, vhost, "internal");
                 let tag: Arc<str> = format!("handler.{}", attachment.record.plugin).into();
                 let prefetch = attachment.record.concurrency * WINDOW_PER_WORKER;
                 self.conns
