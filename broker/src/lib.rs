@@ -17,6 +17,7 @@ pub mod protocol;
 pub mod queue;
 pub mod router;
 pub mod server;
+pub mod stomp;
 pub mod store;
 pub mod vhost;
 

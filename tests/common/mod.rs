@@ -124,6 +124,8 @@ impl BrokerProcess {
                 "127.0.0.1:0",
                 "--amqp",
                 "127.0.0.1:0",
+                "--stomp",
+                "127.0.0.1:0",
                 "--log",
                 "warn",
                 "--data-dir",
@@ -174,6 +176,8 @@ pub fn spawn_with_json_log(data_dir: &Path, log_path: &Path) -> (Child, String) 
             "127.0.0.1:0",
             "--no-http",
             "--amqp",
+            "off",
+            "--stomp",
             "off",
         ])
         .args(["--log", "info", "--log-format", "json", "--data-dir"])

@@ -70,6 +70,10 @@ pub struct ServeArgs {
     /// Address of the AMQP 0-9-1 listener for RabbitMQ clients (docs/amqp.md), or `off`.
     #[arg(long, default_value = Config::DEFAULT_AMQP, value_parser = amqp_address)]
     amqp: AmqpListen,
+    /// Address of the STOMP listener (TCP; docs/stomp.md), or `off`. STOMP over the
+    /// WebSocket listener (subprotocol v12.stomp) is on either way.
+    #[arg(long, default_value = Config::DEFAULT_STOMP, value_parser = stomp_listen)]
+    stomp: StompListen,
     /// Origin (`http://host:port`) of a web page allowed to open WebSocket connections;
     /// repeat for several. Default: the management page's own.
     #[arg(long = "allowed-origin")]
@@ -89,6 +93,19 @@ pub struct ServeArgs {
     /// subject CN names (no password); clients without a certificate log in as before.
     #[arg(long, requires = "tls_cert")]
     tls_ca: Option<PathBuf>,
+}
+
+/// `--stomp`: an address, or `off`.
+#[derive(Clone, Copy)]
+struct StompListen(Option<SocketAddr>);
+
+fn stomp_listen(text: &str) -> Result<StompListen, String> {
+    if text == "off" {
+        return Ok(StompListen(None));
+    }
+    text.parse()
+        .map(|addr| StompListen(Some(addr)))
+        .map_err(|_| format!("`{text}` is not an address (HOST:PORT) or `off`"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -114,6 +131,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.watch_plugins = args.watch;
     config.http = (!args.no_http).then_some(args.http);
     config.amqp = args.amqp.0;
+    config.stomp = args.stomp.0;
     config.allowed_origins = args.allowed_origins;
     config.http_allowed_hosts = args.http_allowed_hosts;
     config.tls = match (args.tls_cert, args.tls_key) {
@@ -134,8 +152,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(addr) => format!(", AMQP on amqp://{addr}"),
         None => String::new(),
     };
+    let stomp = match broker.stomp_addr() {
+        Some(addr) => format!(", STOMP on {addr}"),
+        None => String::new(),
+    };
     println!(
-        "broker listening on {} (data: {}){amqp}{http}",
+        "broker listening on {} (data: {}){amqp}{stomp}{http}",
         broker.url(),
         args.data_dir.join(broker::store::DB_FILE).display()
     );

@@ -507,6 +507,8 @@ pub enum WireProtocol {
     Json,
     /// AMQP 0-9-1 (docs/amqp.md).
     Amqp,
+    /// STOMP 1.0–1.2 over TCP or WebSocket (docs/stomp.md).
+    Stomp,
 }
 
 /// One row of `list_connections`.

@@ -59,6 +59,8 @@ pub(super) struct Connection {
     pub peer: SocketAddr,
     pub router: RouterHandle,
     pub gate: Arc<Gate>,
+    /// For a WebSocket that chooses a STOMP subprotocol.
+    pub stomp: Arc<crate::stomp::Context>,
     /// The vhost it logged in to (its requests' names are that vhost's).
     pub vhost: Arc<str>,
     /// The listener's TLS, when it has it: the handshake comes before the WebSocket one.
@@ -137,8 +139,20 @@ impl Connection {
             crate::amqp::serve_websocket(ws, peer, id, ctx, self.shutdown.clone()).await;
             return;
         }
+        if admitted.stomp {
+            let stomp = crate::stomp::serve_websocket(
+                ws,
+                self.peer,
+                self.id,
+                self.stomp,
+                admitted.credentials,
+            );
+            return stomp.await;
+        }
         let within = self.limits.first_request_timeout;
-        let Admitted { credentials, vhost } = admitted;
+        let Admitted {
+            credentials, vhost, ..
+        } = admitted;
         let login = login(&mut ws, &self.gate, self.peer, credentials, &vhost, within).await;
         let Some(principal) = login else {
             tracing::debug!(conn = self.id, peer = %self.peer, "connection not authenticated");
@@ -226,6 +240,12 @@ impl Connection {
                     SEC_WEBSOCKET_PROTOCOL,
                     HeaderValue::from_static(crate::amqp::AMQP_SUBPROTOCOL),
                 );
+            } else if let Some(stomp) = crate::stomp::offered_subprotocol(request) {
+                admitted.stomp = true;
+                let chosen = HeaderValue::from_static(stomp);
+                response
+                    .headers_mut()
+                    .insert(SEC_WEBSOCKET_PROTOCOL, chosen);
             } else if offers_binary(request) {
                 encoding = Encoding::Binary;
                 response.headers_mut().insert(

@@ -23,6 +23,9 @@ pub(super) struct Gate {
 pub(super) struct Admitted {
     pub credentials: Option<(String, String)>,
     pub vhost: String,
+    /// The client chose a STOMP subprotocol: the connection speaks STOMP (which names
+    /// its vhost in CONNECT, not in the path).
+    pub stomp: bool,
 }
 
 impl Gate {
@@ -62,7 +65,11 @@ impl Gate {
                 "the path must name a vhost (percent-encoded UTF-8), or be `/`".into(),
             )
         })?;
-        Ok(Admitted { credentials, vhost })
+        Ok(Admitted {
+            credentials,
+            vhost,
+            stomp: false,
+        })
     }
 }
 

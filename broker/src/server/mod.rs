@@ -1,4 +1,5 @@
-//! The server: opens the store, starts the router, accepts WebSocket connections.
+//! The server: opens the store, starts the router, accepts WebSocket (and STOMP)
+//! connections.
 //!
 //! Shaped after mini-redis's server: one acceptor, one task per connection, a bound on
 //! connections, and a graceful shutdown that stops accepting, closes connections, lets
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
+
 use tokio::task::JoinHandle;
 
 use crate::plugin::{HostError, Limits, PluginHost, PluginSource};
@@ -75,6 +77,10 @@ pub struct Config {
     pub http: Option<SocketAddr>,
     /// Where to serve AMQP 0-9-1 (docs/amqp.md); `None`: no AMQP listener.
     pub amqp: Option<SocketAddr>,
+    /// Where to accept STOMP over TCP (docs/stomp.md); `None`: nowhere. STOMP over the
+    /// WebSocket listener is always on (subprotocols `v12.stomp`, `v11.stomp`,
+    /// `v10.stomp`).
+    pub stomp: Option<SocketAddr>,
     /// Origins (`http://host:port`) of web pages allowed to open WebSocket connections;
     /// empty: only the management page's own. Requests without `Origin` (programs, not
     /// browsers) are not affected.
@@ -106,6 +112,9 @@ impl Config {
     pub const DEFAULT_HTTP: &str = "127.0.0.1:6790";
     /// The CLI's default for `--amqp` (a library `Config` has no AMQP unless asked).
     pub const DEFAULT_AMQP: &str = "127.0.0.1:5672";
+    /// The CLI's default for `--stomp` (a library `Config` has no STOMP listener unless
+    /// asked): the usual STOMP port.
+    pub const DEFAULT_STOMP: &str = "127.0.0.1:61613";
     pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
     pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 1_000;
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -132,6 +141,7 @@ impl Config {
             artifact_cache: true,
             http: None,
             amqp: None,
+            stomp: None,
             allowed_origins: Vec::new(),
             http_allowed_hosts: Vec::new(),
             keep_plugin_versions: None,
@@ -181,6 +191,7 @@ pub struct Broker {
     tls: bool,
     http_addr: Option<SocketAddr>,
     amqp_addr: Option<SocketAddr>,
+    stomp_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     acceptor: JoinHandle<()>,
     http: Option<JoinHandle<()>>,
@@ -263,6 +274,15 @@ impl Broker {
             None => None,
         };
         let amqp_listener = match config.amqp {
+            Some(addr) => {
+                let listen_error = |source| StartError::Listen { addr, source };
+                let listener = TcpListener::bind(addr).await.map_err(listen_error)?;
+                let bound = listener.local_addr().map_err(listen_error)?;
+                Some((listener, bound))
+            }
+            None => None,
+        };
+        let stomp_listener = match config.stomp {
             Some(addr) => {
                 let listen_error = |source| StartError::Listen { addr, source };
                 let listener = TcpListener::bind(addr).await.map_err(listen_error)?;
@@ -357,9 +377,28 @@ impl Broker {
                 shutdown_rx.clone(),
             ))
         });
+        let stomp = Arc::new(crate::stomp::Context {
+            router: router.clone(),
+            auth: auth.clone(),
+            max_frame_bytes: config.max_frame_bytes,
+            handshake_timeout: config.handshake_timeout,
+            max_unconfirmed: config.max_unconfirmed.max(1),
+            alarm: alarm_rx.clone(),
+            shutdown: shutdown_rx.clone(),
+        });
         let gate = Arc::new(Gate {
             auth,
             allowed_origins,
+        });
+        let stomp_addr = stomp_listener.as_ref().map(|(_, addr)| *addr);
+        let stomp_task = stomp_listener.map(|(listener, addr)| {
+            tracing::info!(stomp_addr = %addr, "STOMP listening");
+            tokio::spawn(crate::stomp::listener::accept_loop(
+                listener,
+                stomp.clone(),
+                admission.clone(),
+                shutdown_rx.clone(),
+            ))
         });
         let tls_enabled = tls.is_some();
         let acceptor = tokio::spawn(accept_loop(
@@ -372,6 +411,8 @@ impl Broker {
                 admission,
                 amqp: amqp_task,
                 amqp_context: amqp,
+                stomp: stomp_task,
+                stomp_context: stomp,
             },
             shutdown_rx,
         ));
@@ -379,6 +420,7 @@ impl Broker {
         Ok(Broker {
             local_addr,
             tls: tls_enabled,
+            stomp_addr,
             http_addr: http,
             amqp_addr,
             shutdown,
@@ -398,6 +440,11 @@ impl Broker {
             true => format!("wss://{}", self.local_addr),
             false => format!("ws://{}", self.local_addr),
         }
+    }
+
+    /// Where the STOMP TCP listener is, when [`Config::stomp`] asked for one.
+    pub fn stomp_addr(&self) -> Option<SocketAddr> {
+        self.stomp_addr
     }
 
     /// Where the management HTTP listener is, when [`Config::http`] asked for one.
@@ -532,6 +579,9 @@ struct Acceptors {
     amqp: Option<JoinHandle<()>>,
     /// For WebSocket connections that speak AMQP.
     amqp_context: Arc<crate::amqp::AmqpContext>,
+    stomp: Option<JoinHandle<()>>,
+    /// For WebSocket connections that speak STOMP.
+    stomp_context: Arc<crate::stomp::Context>,
 }
 
 async fn accept_loop(
@@ -589,6 +639,7 @@ async fn accept_loop(
             },
             shutdown: shutdown.clone(),
             amqp: acceptors.amqp_context.clone(),
+            stomp: acceptors.stomp_context.clone(),
         };
         let alive = alive_tx.clone();
         tokio::spawn(async move {
@@ -599,8 +650,8 @@ async fn accept_loop(
     drop(listener);
     drop(alive_tx);
     let _ = alive_rx.recv().await;
-    if let Some(amqp) = acceptors.amqp {
-        let _ = amqp.await;
+    for listener in [acceptors.amqp, acceptors.stomp].into_iter().flatten() {
+        let _ = listener.await;
     }
     router.shutdown().await;
     tracing::info!("broker stopped");
