@@ -125,14 +125,7 @@ async fn administrators_manage_users_and_users_their_own_password() {
     // New users may do nothing until given permissions in a vhost (as in RabbitMQ).
     for user in ["ann", "ops"] {
         admin
-            .set_permissions(broker::protocol::SetPermissions {
-                user: user.into(),
-                vhost: "/".into(),
-                configure: ".*".into(),
-                write: ".*".into(),
-                read: ".*".into(),
-                plugin: false,
-            })
+            .set_permissions(common::all_permissions(user, "/"))
             .await
             .unwrap();
     }

@@ -236,14 +236,7 @@ async fn client_certificates_log_in_as_their_cn() {
         .unwrap();
     for user in ["app", "ops"] {
         admin
-            .set_permissions(broker::protocol::SetPermissions {
-                user: user.into(),
-                vhost: "/".into(),
-                configure: ".*".into(),
-                write: ".*".into(),
-                read: ".*".into(),
-                plugin: false,
-            })
+            .set_permissions(common::all_permissions(user, "/"))
             .await
             .unwrap();
     }

@@ -493,3 +493,15 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Everything (`.*` to configure, write and read; no plugins) for `user` in `vhost`.
+pub fn all_permissions(user: &str, vhost: &str) -> broker::protocol::SetPermissions {
+    broker::protocol::SetPermissions {
+        user: user.into(),
+        vhost: vhost.into(),
+        configure: ".*".into(),
+        write: ".*".into(),
+        read: ".*".into(),
+        plugin: false,
+    }
+}

@@ -5,6 +5,7 @@
 //! connections, and a graceful shutdown that stops accepting, closes connections, lets
 //! the router commit what is pending and closes the database.
 
+mod admission;
 mod conn_writer;
 mod connection;
 mod gate;
@@ -29,12 +30,13 @@ use crate::plugin::{HostError, Limits, PluginHost, PluginSource};
 use crate::queue::{DEFAULT_MAX_IN_MEMORY_LENGTH, QueuePolicy};
 use crate::router::{Router, RouterHandle};
 use crate::store::{self, OpenError, Recovered, StoreOp, WriteBatch};
+pub(crate) use admission::{Admission, accept_each};
 pub use connection::INJECTED_PANIC_FRAME;
 use connection::{ConnLimits, FlowControl};
 use gate::Gate;
 pub use memory_alarm::{MemoryStats, MemoryWatermark, resident_memory};
 use plugins_dir::PluginsDir;
-pub(crate) use sources::Sources;
+use sources::Sources;
 use tls::TlsSetup;
 pub use tls::{TlsConfig, TlsError};
 
@@ -561,15 +563,6 @@ fn restore_plugin_versions(
 struct Entry {
     gate: Arc<Gate>,
     tls: Option<TlsSetup>,
-}
-
-/// What every listener admits connections under: one bound on connections, one
-/// per-source limit, one allocator of connection ids (AMQP channels take theirs from it).
-#[derive(Clone)]
-pub(crate) struct Admission {
-    pub limit: Arc<Semaphore>,
-    pub sources: Arc<Sources>,
-    pub next_conn: Arc<AtomicU64>,
 }
 
 /// The WebSocket acceptor's share of the admission, and the other listeners it waits for
