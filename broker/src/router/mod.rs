@@ -5,6 +5,7 @@
 //! messages to consumers, and submits the turn's store operations as one batch to the
 //! store writer, whose commit then confirms to publishers.
 
+mod conn;
 mod consumers;
 mod dead_letter;
 mod exchanges;
@@ -17,6 +18,7 @@ mod session;
 mod users;
 mod vhosts;
 
+use conn::{Conn, Held};
 pub use dead_letter::{DEATH_HEADER, DeathReason};
 pub use session::{Session, SessionError};
 pub use users::UserChange;
@@ -189,68 +191,6 @@ pub(crate) enum Reply {
     Confirm,
     /// `confirm` once this turn's store batch has committed.
     ConfirmAfterCommit,
-}
-
-/// A connection as the router knows it.
-struct Conn {
-    tx: ConnTx,
-    peer: Option<SocketAddr>,
-    /// Delivery bytes queued for its writer (see [`MAX_OUTBOUND_BYTES`]); `None` for
-    /// in-broker consumers, bounded by their prefetch alone.
-    outbound: Option<Arc<std::sync::atomic::AtomicUsize>>,
-    /// Who authenticated; `None` for the broker's own sessions and in-broker consumers.
-    user: Option<Principal>,
-    vhost: Arc<str>,
-    /// Milliseconds since the epoch.
-    opened_at: u64,
-    confirms: bool,
-    next_delivery_tag: u64,
-    /// Delivery tag → every unsettled delivery.
-    unacked: BTreeMap<u64, Held>,
-    /// (queue, consumer tag) of each of its consumers.
-    consumers: Vec<(Arc<str>, Arc<str>)>,
-    /// For broker-chosen consumer tags and queue names.
-    next_generated: u64,
-    /// The connection this one is a channel of.
-    session: Option<ConnId>,
-    protocol: crate::protocol::WireProtocol,
-}
-
-impl Conn {
-    fn new(
-        tx: ConnTx,
-        peer: Option<SocketAddr>,
-        outbound: Option<Arc<std::sync::atomic::AtomicUsize>>,
-        user: Option<Principal>,
-        vhost: Arc<str>,
-        session: Option<ConnId>,
-        protocol: crate::protocol::WireProtocol,
-    ) -> Self {
-        Conn {
-            tx,
-            peer,
-            outbound,
-            user,
-            vhost,
-            opened_at: exchanges::now_ms(),
-            confirms: false,
-            next_delivery_tag: 1,
-            unacked: BTreeMap::new(),
-            consumers: Vec::new(),
-            next_generated: 1,
-            session,
-            protocol,
-        }
-    }
-}
-
-/// A delivery a connection holds. The queue id tells a queue from a later one of the same
-/// name (ids are never reused while the broker runs).
-#[derive(Debug, Clone)]
-struct Held {
-    queue: Arc<str>,
-    queue_id: u64,
-    seq: u64,
 }
 
 /// A declared exchange and its bindings.

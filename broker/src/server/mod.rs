@@ -266,33 +266,9 @@ impl Broker {
             addr: config.listen,
             source,
         })?;
-        let http_listener = match config.http {
-            Some(addr) => {
-                let listen_error = |source| StartError::Listen { addr, source };
-                let listener = TcpListener::bind(addr).await.map_err(listen_error)?;
-                let bound = listener.local_addr().map_err(listen_error)?;
-                Some((listener, bound))
-            }
-            None => None,
-        };
-        let amqp_listener = match config.amqp {
-            Some(addr) => {
-                let listen_error = |source| StartError::Listen { addr, source };
-                let listener = TcpListener::bind(addr).await.map_err(listen_error)?;
-                let bound = listener.local_addr().map_err(listen_error)?;
-                Some((listener, bound))
-            }
-            None => None,
-        };
-        let stomp_listener = match config.stomp {
-            Some(addr) => {
-                let listen_error = |source| StartError::Listen { addr, source };
-                let listener = TcpListener::bind(addr).await.map_err(listen_error)?;
-                let bound = listener.local_addr().map_err(listen_error)?;
-                Some((listener, bound))
-            }
-            None => None,
-        };
+        let http_listener = bind_if_asked(config.http).await?;
+        let amqp_listener = bind_if_asked(config.amqp).await?;
+        let stomp_listener = bind_if_asked(config.stomp).await?;
         let store_stats = writer.stats();
         let auth =
             crate::auth::Authenticator::new(recovered.users.clone(), recovered.vhosts.clone());
@@ -557,6 +533,19 @@ fn restore_plugin_versions(
             "plugin versions restored"
         );
     }
+}
+
+/// A listener on `addr` when one was asked for, with the address it got.
+async fn bind_if_asked(
+    addr: Option<SocketAddr>,
+) -> Result<Option<(TcpListener, SocketAddr)>, StartError> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listen_error = |source| StartError::Listen { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(listen_error)?;
+    let bound = listener.local_addr().map_err(listen_error)?;
+    Ok(Some((listener, bound)))
 }
 
 /// What every connection of the WebSocket listener goes through first.

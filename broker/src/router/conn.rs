@@ -1,0 +1,72 @@
+//! A connection as the router knows it: its writer, who it is, its vhost and protocol,
+//! and the deliveries it holds.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::ConnTx;
+use crate::auth::Principal;
+use crate::queue::ConnId;
+
+/// A connection as the router knows it.
+pub(super) struct Conn {
+    pub(super) tx: ConnTx,
+    pub(super) peer: Option<SocketAddr>,
+    /// Delivery bytes queued for its writer (see [`super::MAX_OUTBOUND_BYTES`]); `None` for
+    /// in-broker consumers, bounded by their prefetch alone.
+    pub(super) outbound: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    /// Who authenticated; `None` for the broker's own sessions and in-broker consumers.
+    pub(super) user: Option<Principal>,
+    pub(super) vhost: Arc<str>,
+    /// Milliseconds since the epoch.
+    pub(super) opened_at: u64,
+    pub(super) confirms: bool,
+    pub(super) next_delivery_tag: u64,
+    /// Delivery tag → every unsettled delivery.
+    pub(super) unacked: BTreeMap<u64, Held>,
+    /// (queue, consumer tag) of each of its consumers.
+    pub(super) consumers: Vec<(Arc<str>, Arc<str>)>,
+    /// For broker-chosen consumer tags and queue names.
+    pub(super) next_generated: u64,
+    /// The connection this one is a channel of.
+    pub(super) session: Option<ConnId>,
+    pub(super) protocol: crate::protocol::WireProtocol,
+}
+
+impl Conn {
+    pub(super) fn new(
+        tx: ConnTx,
+        peer: Option<SocketAddr>,
+        outbound: Option<Arc<std::sync::atomic::AtomicUsize>>,
+        user: Option<Principal>,
+        vhost: Arc<str>,
+        session: Option<ConnId>,
+        protocol: crate::protocol::WireProtocol,
+    ) -> Self {
+        Conn {
+            tx,
+            peer,
+            outbound,
+            user,
+            vhost,
+            opened_at: super::exchanges::now_ms(),
+            confirms: false,
+            next_delivery_tag: 1,
+            unacked: BTreeMap::new(),
+            consumers: Vec::new(),
+            next_generated: 1,
+            session,
+            protocol,
+        }
+    }
+}
+
+/// A delivery a connection holds. The queue id tells a queue from a later one of the same
+/// name (ids are never reused while the broker runs).
+#[derive(Debug, Clone)]
+pub(super) struct Held {
+    pub(super) queue: Arc<str>,
+    pub(super) queue_id: u64,
+    pub(super) seq: u64,
+}
