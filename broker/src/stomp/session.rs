@@ -61,7 +61,7 @@ enum Ended {
     /// An ERROR was sent (a bad frame, or a refused operation).
     Refused(String),
     /// The writer stopped: it sent an ERROR from the router, or the socket failed.
-    WriterEnded,
+    WriterStopped,
     Panicked(String),
 }
 
@@ -80,7 +80,7 @@ impl fmt::Display for Ended {
                 )
             }
             Ended::Refused(e) => write!(f, "ERROR sent: {e}"),
-            Ended::WriterEnded => f.write_str("writer ended (ERROR sent or write failed)"),
+            Ended::WriterStopped => f.write_str("writer ended (ERROR sent or write failed)"),
             Ended::Panicked(what) => write!(f, "connection task panicked: {what}"),
         }
     }
@@ -255,7 +255,7 @@ impl Session {
                     Err(e) => return Ended::ReadError(e),
                 },
                 _ = self.shutdown.changed() => return Ended::BrokerStopping,
-                _ = &mut *writer => return Ended::WriterEnded,
+                _ = &mut *writer => return Ended::WriterStopped,
                 _ = next_tick(&mut sends) => {
                     let _ = self.tx.send(Outbound::Ping);
                 }
