@@ -172,3 +172,47 @@ async fn websocket_messages_may_pack_several_frames_or_split_one() {
     let bodies: Vec<&[u8]> = peeked.iter().map(|m| &m.message.body[..]).collect();
     assert_eq!(bodies, [&b"one"[..], b"two", b"th\0ee"]);
 }
+
+#[tokio::test]
+async fn acks_in_transactions_wait_for_commit_and_1_1_acks_by_message_id() {
+    let b = StompBroker::start().await;
+    let mut raw = RawStomp::open(b.stomp_port()).await;
+    raw.send(b"CONNECT\naccept-version:1.1\nhost:/\nlogin:guest\npasscode:guest\n\n\0")
+        .await;
+    let connected = raw.frame().await.unwrap();
+    assert_eq!(header(&connected, "version"), Some("1.1"));
+    raw.send(b"SUBSCRIBE\ndestination:/queue/tx-ack\nid:s\nack:client-individual\n\n\0")
+        .await;
+    raw.send(b"SEND\ndestination:/queue/tx-ack\n\nm\0").await;
+    let message = raw.frame().await.unwrap();
+    assert!(message.starts_with("MESSAGE\n"), "{message}");
+    // 1.1 has no `ack` header: ACK names the message by `message-id`.
+    assert_eq!(header(&message, "ack"), None);
+    let id = header(&message, "message-id").unwrap().to_string();
+    let client = b.client().await;
+    let ack = |tx: &str| format!("ACK\nsubscription:s\nmessage-id:{id}\ntransaction:{tx}\n\n\0");
+    raw.send(b"BEGIN\ntransaction:t1\n\n\0").await;
+    raw.send(ack("t1").as_bytes()).await;
+    raw.send(b"ABORT\ntransaction:t1\nreceipt:aborted\n\n\0")
+        .await;
+    assert_eq!(
+        header(&raw.frame().await.unwrap(), "receipt-id"),
+        Some("aborted")
+    );
+    let info = client.queue_info("tx-ack").await.unwrap();
+    assert_eq!(
+        (info.unacked, info.acked),
+        (1, 0),
+        "the aborted ACK did nothing"
+    );
+    raw.send(b"BEGIN\ntransaction:t2\n\n\0").await;
+    raw.send(ack("t2").as_bytes()).await;
+    raw.send(b"COMMIT\ntransaction:t2\nreceipt:committed\n\n\0")
+        .await;
+    assert_eq!(
+        header(&raw.frame().await.unwrap(), "receipt-id"),
+        Some("committed")
+    );
+    let info = client.queue_info("tx-ack").await.unwrap();
+    assert_eq!((info.unacked, info.acked), (0, 1));
+}
