@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::dead_letter::QueueFull;
 use super::exchanges::now_ms;
 use super::queues::check_access;
 use super::{Command, ConnTx, OpError, Outbound, Reply, Router, Settle};
@@ -511,13 +510,16 @@ impl Router {
     }
 
     /// Maps every message's route to queues first, then enqueues them all: a handler's
-    /// outputs are stored all together or (one is unroutable) not at all.
+    /// outputs are stored all together, or none of them when one is routed nowhere or a
+    /// `reject_publish` queue would refuse one (the delivery then fails).
     fn publish_outputs(&mut self, published: Vec<Published>) -> Result<(), OpError> {
         if published.is_empty() {
             return Ok(());
         }
         let now = now_ms();
         let mut routed = Vec::with_capacity(published.len());
+        // What the outputs add to each destination, to check its limits all at once.
+        let mut adds: HashMap<Arc<str>, (u64, u64)> = HashMap::new();
         for Published {
             message,
             routed: ids,
@@ -529,13 +531,37 @@ impl Router {
                     .and_then(|ids| self.destinations(&message.exchange, ids))?,
                 None => self.route(&message)?,
             };
+            if destinations.is_empty() {
+                let local = crate::vhost::local(&message.exchange);
+                let text = format!(
+                    "an output to exchange `{local}` with key `{}` is routed to no queue",
+                    message.routing_key
+                );
+                return Err(OpError::new(ErrorCode::Unroutable, text));
+            }
+            for name in &destinations {
+                let add = adds.entry(name.clone()).or_default();
+                *add = (add.0 + 1, add.1 + message.body_len() as u64);
+            }
             routed.push((Arc::new(message), destinations));
+        }
+        for (name, (messages, bytes)) in adds {
+            if self
+                .queues
+                .get(&name)
+                .is_some_and(|q| q.refuses(messages, bytes))
+            {
+                let text = format!(
+                    "queue `{}` is full (overflow: reject_publish): it would refuse an output",
+                    crate::vhost::local(&name)
+                );
+                return Err(OpError::new(ErrorCode::QueueFull, text));
+            }
         }
         for (message, destinations) in routed {
             for name in destinations {
-                if let Err(QueueFull) = self.enqueue(&name, &message, now) {
-                    tracing::warn!(queue = %name, "queue full; a handler's output was not stored there");
-                }
+                // Checked above: a queue refuses nothing here.
+                let _ = self.enqueue(&name, &message, now);
             }
         }
         Ok(())
