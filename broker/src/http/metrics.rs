@@ -84,6 +84,11 @@ const QUEUE_COUNTERS: &[(&str, &str, QueueField)] = &[
         "Messages that expired in the queue.",
         |q| q.expired,
     ),
+    (
+        "broker_queue_deduplicated_total",
+        "Publishes confirmed but not enqueued: their message id was in the dedup window.",
+        |q| q.deduplicated,
+    ),
 ];
 
 const PLUGIN_COUNTERS: &[(&str, &str, PluginField)] = &[

@@ -398,6 +398,10 @@ pub struct QueueInfo {
     /// requeued dead letters).
     #[serde(default)]
     pub published: u64,
+    /// Publishes confirmed but not enqueued: their message id was in the queue's
+    /// `dedup_window`.
+    #[serde(default)]
+    pub deduplicated: u64,
     /// Deliveries to consumers since the broker started (redeliveries included).
     #[serde(default)]
     pub delivered: u64,

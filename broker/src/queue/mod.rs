@@ -7,11 +7,13 @@
 //! `max_in_memory_length` keeps the bodies of the rest only in the store and reads them
 //! back in runs before it delivers them (see [`Queue::enable_paging`]).
 
+mod dedup;
 mod entry;
 mod paging;
 mod parked;
 mod policy;
 
+pub use dedup::DedupWindow;
 pub use entry::Entry;
 use paging::{PAGE_IN_RUN, Paging};
 use parked::{Held, NEVER, Parked};
@@ -167,6 +169,8 @@ pub struct Counters {
     pub delivered: u64,
     pub redelivered: u64,
     pub acked: u64,
+    /// Publishes confirmed but not enqueued: their message id was in the dedup window.
+    pub deduplicated: u64,
 }
 
 #[derive(Debug)]
@@ -197,6 +201,8 @@ pub struct Queue {
     paging: Option<Paging>,
     /// Ready messages whose body is only in the store.
     paged_out: usize,
+    /// Message ids taken within `policy.dedup_window_ms` (empty without one).
+    pub dedup: DedupWindow,
 }
 
 impl Queue {
@@ -219,6 +225,7 @@ impl Queue {
             pack_buf: Vec::new(),
             paging: None,
             paged_out: 0,
+            dedup: DedupWindow::default(),
         }
     }
 

@@ -46,6 +46,9 @@ pub struct QueuePolicy {
     /// Ready messages held as they are; past it a stored queue keeps bodies only on disk
     /// and any other queue packs them (see `Queue`).
     pub max_in_memory_length: usize,
+    /// How long a message id is remembered: a publish repeating one within it is
+    /// confirmed but not enqueued again (`None`: no deduplication).
+    pub dedup_window_ms: Option<u64>,
 }
 
 /// The default `max_in_memory_length`: a message costs ~600 bytes in memory, so a queue
@@ -127,6 +130,13 @@ impl QueuePolicy {
             max_in_memory_length: match optional_u64(args, "max_in_memory_length")? {
                 Some(n) => usize::try_from(n).map_err(|_| "`max_in_memory_length` is too large")?,
                 None => DEFAULT_MAX_IN_MEMORY_LENGTH,
+            },
+            dedup_window_ms: match args.get("dedup_window") {
+                None => None,
+                Some(d) => match duration_ms(d).map_err(|e| format!("`dedup_window`: {e}"))? {
+                    0 => return Err("`dedup_window` must be longer than 0".into()),
+                    ms => Some(ms),
+                },
             },
         })
     }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::dead_letter::QueueFull;
+use super::dedup::Taken;
 use super::ingress::SharedExchange;
 use super::queues::{check_access, check_name};
 use super::{ExchangeState, OpError, Outbound, Reply, Routed, Router};
@@ -368,8 +369,17 @@ impl Router {
         let mut stored = false;
         let mut full = Vec::new();
         for name in destinations {
+            if let Taken::Duplicate { stored: durable } =
+                self.check_message_id(&name, &message, now)
+            {
+                stored |= durable;
+                continue;
+            }
             match self.enqueue(&name, &message, now) {
-                Ok(persisted) => stored |= persisted,
+                Ok(persisted) => {
+                    stored |= persisted;
+                    self.record_message_id(&name, &message, now);
+                }
                 Err(QueueFull) => full.push(name),
             }
         }

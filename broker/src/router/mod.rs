@@ -8,6 +8,7 @@
 mod conn;
 mod consumers;
 mod dead_letter;
+mod dedup;
 mod exchanges;
 mod handlers;
 mod ingress;

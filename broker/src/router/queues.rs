@@ -113,6 +113,7 @@ impl Router {
             router.restore_binding(id, binding);
         }
         router.restore_handlers(recovered.handlers);
+        router.restore_message_ids(recovered.dedup, super::exchanges::now_ms());
         let names: Vec<Arc<str>> = router.queues.keys().cloned().collect();
         for name in &names {
             // Delays that ended and messages that expired while the broker was down are
@@ -336,6 +337,7 @@ fn info(queue: &Queue) -> QueueInfo {
         delivered: queue.counters.delivered,
         redelivered: queue.counters.redelivered,
         acked: queue.counters.acked,
+        deduplicated: queue.counters.deduplicated,
     }
 }
 

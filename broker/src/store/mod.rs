@@ -60,6 +60,9 @@ const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 /// Virtual host name → [`VhostRecord`] (JSON). A data dir from before vhosts has none:
 /// the broker then creates `/`, where its resources already are.
 const VHOSTS: TableDefinition<&str, &[u8]> = TableDefinition::new("vhosts");
+/// (queue id, message id) → until when (ms since the Unix epoch) a publish with that
+/// message id is a duplicate in that queue (its `dedup_window`).
+const DEDUP: TableDefinition<(u64, &str), u64> = TableDefinition::new("dedup");
 
 /// A virtual host as stored.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -159,6 +162,8 @@ pub struct Recovered {
     pub users: Vec<crate::auth::UserRecord>,
     /// Virtual host names (none before the first start that created `/`).
     pub vhosts: Vec<String>,
+    /// Message ids seen within queues' dedup windows: (queue id, message id, until).
+    pub dedup: Vec<(u64, String, u64)>,
     /// The recovery after a crash found that the last commit did not verify — torn by the
     /// crash (it was never confirmed) or damaged since — and recovered the one before it.
     pub fell_back: bool,
@@ -292,6 +297,7 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
     txn.open_table(HANDLERS)?;
     txn.open_table(USERS)?;
     txn.open_table(VHOSTS)?;
+    txn.open_table(DEDUP)?;
     txn.commit()?;
     Ok(())
 }
@@ -392,6 +398,11 @@ fn recover(db: &Database, in_memory: impl Fn(&QueueRecord) -> usize) -> Result<R
         let record: VhostRecord =
             serde_json::from_slice(value.value()).map_err(|e| corrupt("vhosts")(e.to_string()))?;
         recovered.vhosts.push(record.name);
+    }
+    for entry in txn.open_table(DEDUP)?.iter()? {
+        let (key, until) = entry?;
+        let (queue, id) = key.value();
+        recovered.dedup.push((queue, id.to_owned(), until.value()));
     }
     Ok(recovered)
 }

@@ -30,7 +30,7 @@ use redb::{Database, WriteTransaction};
 use super::gather::{Gathering, Inbox, gather};
 use super::reader::{Commits, StoreReader};
 use super::{
-    ACTIVE_PLUGINS, BINDINGS, CommitError, ENTRY_STATE, EXCHANGES, ExchangeRecord, HANDLERS,
+    ACTIVE_PLUGINS, BINDINGS, CommitError, DEDUP, ENTRY_STATE, EXCHANGES, ExchangeRecord, HANDLERS,
     MESSAGES, PLUGIN_ARTIFACTS, PLUGIN_VERSIONS, PLUGIN_WASM, PluginVersion, QUEUES, QueueRecord,
     USERS, VHOSTS, VhostRecord, encode_entry,
 };
@@ -101,6 +101,18 @@ pub enum StoreOp {
     /// Stores a virtual host (by name).
     PutVhost(String),
     DeleteVhost(String),
+    /// Remembers a message id in a queue's dedup window until `until` (ms since the Unix
+    /// epoch), replacing an earlier entry.
+    PutDedup {
+        queue: u64,
+        message_id: String,
+        until: u64,
+    },
+    /// Forgets a message id whose window has passed.
+    DeleteDedup {
+        queue: u64,
+        message_id: String,
+    },
 }
 
 /// Runs once the batch holding it has committed (or failed to).
@@ -398,8 +410,10 @@ fn apply<'a>(
     let mut active_plugins = txn.open_table(ACTIVE_PLUGINS)?;
     let mut plugin_artifacts = txn.open_table(PLUGIN_ARTIFACTS)?;
     let mut handlers = txn.open_table(HANDLERS)?;
-    // Opened only by the rare batch that changes users.
+    // Opened only by the rare batch that changes users, or publishes with a message id to
+    // a queue with a dedup window.
     let mut users = None;
+    let mut dedup = None;
     for op in ops {
         match op {
             StoreOp::PutQueue(record) => {
@@ -410,6 +424,11 @@ fn apply<'a>(
                 let range = (*id, 0)..=(*id, u64::MAX);
                 messages.retain_in(range.clone(), |_, _| false)?;
                 entry_state.retain_in(range, |_, _| false)?;
+                let table = match &mut dedup {
+                    Some(table) => table,
+                    None => dedup.insert(txn.open_table(DEDUP)?),
+                };
+                table.retain_in((*id, "")..(*id + 1, ""), |_, _| false)?;
             }
             StoreOp::PutExchange(record) => {
                 exchanges.insert(record.name.as_str(), json(record).as_slice())?;
@@ -498,6 +517,24 @@ fn apply<'a>(
             }
             StoreOp::DeleteVhost(name) => {
                 txn.open_table(VHOSTS)?.remove(name.as_str())?;
+            }
+            StoreOp::PutDedup {
+                queue,
+                message_id,
+                until,
+            } => {
+                let table = match &mut dedup {
+                    Some(table) => table,
+                    None => dedup.insert(txn.open_table(DEDUP)?),
+                };
+                table.insert((*queue, message_id.as_str()), *until)?;
+            }
+            StoreOp::DeleteDedup { queue, message_id } => {
+                let table = match &mut dedup {
+                    Some(table) => table,
+                    None => dedup.insert(txn.open_table(DEDUP)?),
+                };
+                table.remove((*queue, message_id.as_str()))?;
             }
         }
     }
