@@ -47,6 +47,11 @@ pub trait Exchange: Send {
         None
     }
 
+    /// The plugin version that routes (`None` for a native exchange).
+    fn plugin_version(&self) -> Option<u64> {
+        None
+    }
+
     /// Routes several messages at once (one call into a plugin instead of one per
     /// message); the router uses it when several publishes to one exchange are waiting.
     fn route_batch(&mut self, msgs: &[&Message]) -> Vec<Result<Vec<BindingId>, ExchangeError>> {

@@ -92,6 +92,7 @@ fn resource_names(op: &mut Op) -> Vec<&mut String> {
         Op::DeleteExchange { exchange, .. } => vec![exchange],
         Op::Bind(binding) | Op::Unbind(binding) => vec![&mut binding.exchange, &mut binding.queue],
         Op::Publish(publish) => vec![&mut publish.message.exchange],
+        Op::Route(message) => vec![&mut message.exchange],
         Op::ConfirmSelect
         | Op::ListQueues
         | Op::Cancel { .. }

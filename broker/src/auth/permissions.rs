@@ -169,6 +169,8 @@ impl Grant {
                 exchange,
                 &exchange_name(&publish.message.exchange),
             ),
+            // What a publish would do: asked of who may publish there.
+            Op::Route(message) => check(Access::Write, exchange, &exchange_name(&message.exchange)),
             Op::DeployPlugin { .. }
             | Op::RollbackPlugin { .. }
             | Op::ResetPlugin { .. }

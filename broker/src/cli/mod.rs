@@ -7,6 +7,7 @@ mod consume;
 mod dlq;
 mod handler;
 mod publish;
+mod route;
 mod serve;
 mod user;
 mod vhost;
@@ -36,6 +37,9 @@ enum Command {
     Check(check::CheckArgs),
     /// Publish messages and wait for their confirms.
     Publish(publish::PublishArgs),
+    /// Show where a message would go, without publishing it: the plugin version that
+    /// decides, the bindings that match, the queues that would receive it.
+    Route(route::RouteArgs),
     /// Print messages from a queue as JSON lines, acking each.
     Consume(consume::ConsumeArgs),
     /// List queues with ready / unacked / consumer counts.
@@ -87,6 +91,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args).await,
         Command::Check(args) => check::run(args),
         Command::Publish(args) => publish::run(args).await,
+        Command::Route(args) => route::run(args).await,
         Command::Consume(args) => consume::run(args).await,
         Command::Queues(args) => admin::queues(args).await,
         Command::User(command) => user::run(command).await,

@@ -381,6 +381,12 @@ impl Client {
         self.call(Op::ListExchanges).await
     }
 
+    /// Where `message` would go, without publishing it (the `route` op's result: type,
+    /// plugin version, matching bindings, queues).
+    pub async fn route(&self, message: Message) -> Result<serde_json::Value, ClientError> {
+        self.send(Op::Route(message), None, true).await
+    }
+
     pub async fn list_bindings(&self) -> Result<Vec<Binding>, ClientError> {
         Ok(self
             .call::<crate::protocol::BindingList>(Op::ListBindings)

@@ -487,4 +487,8 @@ impl Exchange for PluginExchange {
     fn route_cached(&mut self, msg: &Message) -> Option<Result<Vec<BindingId>, ExchangeError>> {
         PluginExchange::route_cached(self, msg)
     }
+
+    fn plugin_version(&self) -> Option<u64> {
+        Some(self.plugin.info.version)
+    }
 }

@@ -42,6 +42,10 @@ pub enum Op {
     Bind(Binding),
     Unbind(Binding),
     Publish(Publish),
+    /// Shows where a message would go without publishing it: the exchange's type and the
+    /// plugin version that decides, the bindings that match and the queues that would
+    /// receive it. The message's fields are those of `publish`.
+    Route(Message),
     Subscribe(Subscribe),
     Cancel {
         consumer_tag: String,

@@ -289,30 +289,25 @@ pub(crate) fn changes_routing(command: &Command) -> bool {
     )
 }
 
+/// The message of a publish, or of a `route` (which shows what a publish would do).
 fn publish_message(command: &Command) -> Option<&Message> {
     match command {
-        Command::Request {
-            request:
-                Request {
-                    op: Op::Publish(publish),
-                    ..
-                },
-            ..
-        } => Some(&publish.message),
+        Command::Request { request, .. } => match &request.op {
+            Op::Publish(publish) => Some(&publish.message),
+            Op::Route(message) => Some(message),
+            _ => None,
+        },
         _ => None,
     }
 }
 
 fn publish_message_mut(command: &mut Command) -> Option<&mut Message> {
     match command {
-        Command::Request {
-            request:
-                Request {
-                    op: Op::Publish(publish),
-                    ..
-                },
-            ..
-        } => Some(&mut publish.message),
+        Command::Request { request, .. } => match &mut request.op {
+            Op::Publish(publish) => Some(&mut publish.message),
+            Op::Route(message) => Some(message),
+            _ => None,
+        },
         _ => None,
     }
 }

@@ -16,6 +16,7 @@ mod overview;
 mod plugin_prune;
 mod plugins;
 mod queues;
+mod route_trace;
 mod session;
 mod users;
 mod vhosts;
@@ -532,6 +533,7 @@ impl Router {
             Op::Bind(binding) => self.bind(conn, binding),
             Op::Unbind(binding) => self.unbind(conn, binding),
             Op::Publish(publish) => self.publish(conn, &id, publish, routed),
+            Op::Route(message) => self.trace_route(&message, routed),
             Op::Subscribe(subscribe) => self.subscribe(conn, subscribe),
             Op::Cancel { consumer_tag } => self.cancel(conn, &consumer_tag),
             Op::Get { queue, auto_ack } => self.get(conn, &queue, auto_ack),
