@@ -9,9 +9,12 @@
 
 mod access;
 mod api;
+mod login;
 mod metrics;
+mod sessions;
 
 pub use access::default_hosts;
+pub use sessions::Sessions;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -39,7 +42,7 @@ const MAX_HTTP_CONNECTIONS: usize = 256;
 /// How long a client may take to send a request head (and, with TLS, the handshake).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request body (the API's bodies are tiny JSON objects).
-const MAX_BODY_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 
 const INDEX_HTML: &str = include_str!("page/index.html");
 const APP_JS: &str = include_str!("page/app.js");
@@ -57,6 +60,8 @@ pub struct HttpState {
     pub allowed_hosts: Vec<String>,
     /// `https://` only, when set.
     pub tls: Option<crate::server::tls::TlsSetup>,
+    /// The management page's logins.
+    pub sessions: Sessions,
 }
 
 /// Serves HTTP on `listener` until `shutdown` turns true.
@@ -166,7 +171,10 @@ async fn handle(state: &HttpState, req: Request<Incoming>, who: &Caller) -> Http
         return error_response(&e);
     }
     let result = match (segments.as_slice(), get, post) {
-        ([], true, _) => return asset("text/html; charset=utf-8", INDEX_HTML),
+        (["login"], true, _) => return login::form(StatusCode::OK, None),
+        (["login"], _, true) => return login::log_in(state, req, who.peer).await,
+        (["logout"], _, true) => return login::log_out(state, &req),
+        ([] | ["index.html"], true, _) => return asset("text/html; charset=utf-8", INDEX_HTML),
         (["app.js"], true, _) => return asset("text/javascript; charset=utf-8", APP_JS),
         (["style.css"], true, _) => return asset("text/css; charset=utf-8", STYLE_CSS),
         (["healthz"], true, _) => return text(StatusCode::OK, "ok\n"),
@@ -246,7 +254,14 @@ fn same_origin(req: &Request<Incoming>) -> bool {
 fn known_path(segments: &[&str]) -> bool {
     matches!(
         segments,
-        [] | ["metrics" | "healthz" | "readyz" | "app.js" | "style.css"]
+        [] | ["metrics"
+            | "healthz"
+            | "readyz"
+            | "app.js"
+            | "style.css"
+            | "index.html"
+            | "login"
+            | "logout"]
             | [
                 "api",
                 "queues" | "exchanges" | "bindings" | "plugins" | "connections"
@@ -473,7 +488,7 @@ fn asset(content_type: &'static str, body: &'static str) -> HttpResponse {
 }
 
 /// `a=1&b=x%20y` as (name, value) pairs, decoded.
-fn parse_query(query: &str) -> Vec<(String, String)> {
+pub(crate) fn parse_query(query: &str) -> Vec<(String, String)> {
     query
         .split('&')
         .filter(|pair| !pair.is_empty())

@@ -65,6 +65,8 @@ function ago(ms) {
 
 async function api(path, options) {
   const response = await fetch(path, options);
+  // The session ended (expired, or logged out elsewhere): back to the login form.
+  if (response.status === 401) window.location.assign("/login");
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
     const e = body.error || {};
