@@ -473,7 +473,11 @@ async fn a_user_limit_refuses_connections_past_it() {
         .set_permissions(permissions("app", "/", ".*", ".*", ".*"))
         .await
         .unwrap();
-    admin.set_user_limits("app", Some(2)).await.unwrap();
+    let two = broker::auth::UserLimits {
+        max_connections: Some(2),
+        max_queues: None,
+    };
+    admin.set_user_limits("app", &two).await.unwrap();
     let listed = admin.list_users().await.unwrap();
     let app = listed.iter().find(|u| u.user == "app").unwrap();
     assert_eq!(app.max_connections, Some(2));
@@ -503,7 +507,10 @@ async fn a_user_limit_refuses_connections_past_it() {
             "the place came back"
         );
     }
-    admin.set_user_limits("app", None).await.unwrap();
+    admin
+        .set_user_limits("app", &Default::default())
+        .await
+        .unwrap();
     let fourth = Client::connect(&url).await.unwrap();
     fourth.list_queues().await.unwrap();
 }

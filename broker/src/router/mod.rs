@@ -535,7 +535,14 @@ impl Router {
             Op::SetUserLimits {
                 user,
                 max_connections,
-            } => self.set_user_limits(conn, user, max_connections),
+                max_queues,
+            } => {
+                let limits = crate::auth::UserLimits {
+                    max_connections,
+                    max_queues,
+                };
+                self.set_user_limits(conn, user, limits)
+            }
             Op::AddVhost { vhost } => self.add_vhost(conn, vhost),
             Op::DeleteVhost { vhost } => self.delete_vhost(conn, vhost),
             Op::ListVhosts => self.list_vhosts(conn),
