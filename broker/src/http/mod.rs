@@ -109,7 +109,10 @@ pub async fn serve(
                 async move {
                     let admitted = access::admit(&state, &req, peer, certified.as_deref()).await;
                     let mut response = match admitted {
-                        Ok(user) => handle(&state, req, &Caller { user, peer }).await,
+                        Ok(user) => {
+                            let vhost = requested_vhost(&req);
+                            handle(&state, req, &Caller { user, peer, vhost }).await
+                        }
                         Err(refused) => refused,
                     };
                     access::harden(&mut response);
@@ -136,10 +139,22 @@ pub async fn serve(
 
 type HttpResponse = Response<Full<Bytes>>;
 
-/// Who is asking: the authenticated user (`None` for the health checks) and from where.
+/// Who is asking: the authenticated user (`None` for the health checks), from where,
+/// and in which vhost the API acts for it.
 struct Caller {
     user: Option<crate::auth::Principal>,
     peer: std::net::SocketAddr,
+    vhost: String,
+}
+
+/// The vhost a request's `?vhost=` names (percent-encoded: `%2F` is `/`); `/` without.
+fn requested_vhost<B>(req: &Request<B>) -> String {
+    let query = parse_query(req.uri().query().unwrap_or(""));
+    query
+        .into_iter()
+        .find(|(name, _)| name == "vhost")
+        .map(|(_, vhost)| vhost)
+        .unwrap_or_else(|| crate::vhost::DEFAULT_VHOST.to_string())
 }
 
 async fn handle(state: &HttpState, req: Request<Incoming>, who: &Caller) -> HttpResponse {
@@ -274,21 +289,22 @@ fn known_path(segments: &[&str]) -> bool {
     )
 }
 
-/// Sends `request` as the caller: its permissions in vhost `/` are checked first, as on
-/// a WebSocket connection.
+/// Sends `request` as the caller, in the vhost it asked for: its permissions there are
+/// checked first, as on a WebSocket connection to that vhost.
 async fn op(state: &HttpState, who: &Caller, request: Value) -> Result<Value, ApiError> {
-    if let Some(user) = &who.user {
-        let mut numbered = request.clone();
-        numbered["id"] = json!(0);
-        let mut parsed = crate::protocol::parse_request(&numbered.to_string())
-            .map_err(|e| ApiError::new(e.code, e.message))?;
-        let vhost = crate::vhost::DEFAULT_VHOST;
-        state
-            .auth
-            .admit(user, vhost, who.peer.ip(), &mut parsed.op)
-            .map_err(|(code, message)| ApiError::new(code, message))?;
-    }
-    let result = state.management.call(request).await?;
+    let Some(user) = &who.user else {
+        let e = "the API needs a logged-in user";
+        return Err(ApiError::new(ErrorCode::AccessRefused, e));
+    };
+    let mut numbered = request.clone();
+    numbered["id"] = json!(0);
+    let mut parsed = crate::protocol::parse_request(&numbered.to_string())
+        .map_err(|e| ApiError::new(e.code, e.message))?;
+    state
+        .auth
+        .admit(user, &who.vhost, who.peer.ip(), &mut parsed.op)
+        .map_err(|(code, message)| ApiError::new(code, message))?;
+    let result = state.management.in_vhost(&who.vhost).call(request).await?;
     // Operations with an empty result answer `{}` rather than `null`.
     Ok(if result.is_null() { json!({}) } else { result })
 }

@@ -45,6 +45,9 @@ impl SessionError {
 #[derive(Clone)]
 pub struct Session {
     conn: ConnId,
+    /// The vhost it acts in: requests name its resources, results speak its names.
+    vhost: Arc<str>,
+    names: crate::vhost::LocalNames,
     router: RouterHandle,
     waiters: Waiters,
     next_id: Arc<AtomicU64>,
@@ -67,8 +70,22 @@ impl Drop for Registered {
 }
 
 impl Session {
-    /// Opens a pseudo-connection on the router and starts matching its replies.
+    /// Opens a pseudo-connection in the default vhost and starts matching its replies.
     pub fn open(router: RouterHandle) -> Session {
+        Session::open_in(router, crate::vhost::DEFAULT_VHOST)
+    }
+
+    /// A session acting in `vhost` (this one when it is this one's): its own
+    /// pseudo-connection, closed when the last clone is dropped. The caller has checked
+    /// that whoever it acts for may use `vhost`.
+    pub fn in_vhost(&self, vhost: &str) -> Session {
+        if *self.vhost == *vhost {
+            return self.clone();
+        }
+        Session::open_in(self.router.clone(), vhost)
+    }
+
+    fn open_in(router: RouterHandle, vhost: &str) -> Session {
         let conn = NEXT_SESSION.fetch_sub(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         router.send(Command::Open {
@@ -77,7 +94,7 @@ impl Session {
             peer: None,
             outbound: None,
             user: None,
-            vhost: crate::vhost::DEFAULT_VHOST.into(),
+            vhost: vhost.into(),
             session: None,
             protocol: crate::protocol::WireProtocol::Json,
         });
@@ -94,6 +111,8 @@ impl Session {
         tokio::spawn(match_replies(rx, waiters.clone()));
         Session {
             conn,
+            vhost: vhost.into(),
+            names: crate::vhost::LocalNames::new(vhost),
             _registered: Arc::new(Registered {
                 conn,
                 router: router.clone(),
@@ -116,8 +135,8 @@ impl Session {
         }
         let mut request = parse_request(&request.to_string())
             .map_err(|e| SessionError::new(e.code, e.message))?;
-        // The broker's own sessions act in the default vhost, with its names.
-        crate::vhost::qualify_op(crate::vhost::DEFAULT_VHOST, &mut request.op)
+        // The request names resources of the session's vhost.
+        crate::vhost::qualify_op(&self.vhost, &mut request.op)
             .map_err(|e| SessionError::new(ErrorCode::InvalidField, e))?;
         let (done, reply) = oneshot::channel();
         self.waiters
@@ -145,7 +164,7 @@ impl Session {
                 ));
             }
         };
-        match frame {
+        match self.names.frame(frame) {
             ServerFrame::Ok { result, .. } => Ok(result),
             ServerFrame::Confirm { .. } => Ok(serde_json::Value::Null),
             // A `mandatory` publish no queue took (its confirm follows, unheard).
