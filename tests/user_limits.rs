@@ -1,6 +1,7 @@
 //! Per-user `max_queues`, end to end: set with the CLI, enforced on the JSON protocol
 //! (`access_refused`) for queues the user's connections declared, freed by deleting
-//! them, and still in force — limit and count — after a restart.
+//! them, and still in force — limit and count — after a restart; HTTP API declares count
+//! for the user making them.
 
 mod common;
 
@@ -126,4 +127,54 @@ async fn max_queues_counts_the_users_own_queues_and_survives_a_restart() {
     app.declare_queue("d", QueueOptions::durable())
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn queues_declared_through_the_http_api_count_for_the_user_asking() {
+    let b = common::HttpBroker::start().await;
+    let admin = b.client().await;
+    admin
+        .add_user("ops", "pw", &[broker::auth::Tag::Management])
+        .await
+        .unwrap();
+    admin
+        .set_permissions(all_permissions("ops", "/"))
+        .await
+        .unwrap();
+    let one = broker::auth::UserLimits {
+        max_connections: None,
+        max_queues: Some(1),
+    };
+    admin.set_user_limits("ops", &one).await.unwrap();
+    let ops = broker::client::credentials::basic_header("ops", "pw");
+    let as_ops = [("Authorization", ops.as_str())];
+    let put =
+        |path: &'static str| common::http_with_headers(b.addr(), "PUT", path, Some("{}"), &as_ops);
+    assert_eq!(put("/api/queues/first").await.status, 200);
+    let refused = put("/api/queues/second").await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(refused.json()["error"]["code"], "access_refused");
+    assert_eq!(
+        refused.json()["error"]["message"],
+        "user `ops` has reached its limit of 1 queues"
+    );
+    // The same user over the protocol: the queue from HTTP counts there too.
+    let url = b.broker.url();
+    let rest = url.strip_prefix("ws://").unwrap();
+    let userinfo = broker::client::credentials::userinfo("ops", "pw");
+    let client = Client::connect(&format!("ws://{userinfo}{rest}"))
+        .await
+        .unwrap();
+    let result = client.declare_queue("third", QueueOptions::durable()).await;
+    match result {
+        Err(ClientError::Server { code, .. }) => assert_eq!(code, ErrorCode::AccessRefused),
+        other => panic!("expected access_refused, got {other:?}"),
+    }
+    // Another user's HTTP requests are not limited by it.
+    let guest = common::http(b.addr(), "PUT", "/api/queues/by-guest", Some("{}")).await;
+    assert_eq!(guest.status, 200);
+    // An exclusive queue has no connection to belong to over HTTP.
+    let body = Some(r#"{"exclusive": true}"#);
+    let exclusive = common::http(b.addr(), "PUT", "/api/queues/mine", body).await;
+    assert_eq!(exclusive.status, 400, "{}", exclusive.body);
 }

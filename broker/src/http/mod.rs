@@ -2,7 +2,8 @@
 //! management page.
 //!
 //! The API goes through the protocol's own path (see [`Session`]): each call becomes
-//! the request a WebSocket client would send, so it is validated the same way and fails
+//! the request a WebSocket client would send, made on a pseudo-connection of the calling
+//! user in the vhost the request names, so it is validated the same way and fails
 //! with the same error codes (`{"error": {"code": .., "message": ..}}`, with an HTTP status
 //! chosen from the code). The page is plain HTML, CSS and JS compiled into the binary: no
 //! build step, nothing fetched from elsewhere.
@@ -304,7 +305,8 @@ async fn op(state: &HttpState, who: &Caller, request: Value) -> Result<Value, Ap
         .auth
         .admit(user, &who.vhost, who.peer.ip(), &mut parsed.op)
         .map_err(|(code, message)| ApiError::new(code, message))?;
-    let result = state.management.in_vhost(&who.vhost).call(request).await?;
+    let session = state.management.acting_for(user, &who.vhost);
+    let result = session.call(request).await?;
     // Operations with an empty result answer `{}` rather than `null`.
     Ok(if result.is_null() { json!({}) } else { result })
 }

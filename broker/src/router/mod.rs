@@ -420,8 +420,9 @@ impl Router {
     }
 
     fn open_conn(&mut self, conn: ConnId, state: Conn) {
-        // A channel of an open connection is no new connection.
-        if let (Some(principal), None) = (&state.user, state.session)
+        // A channel of an open connection is no new connection, nor is a session acting
+        // for a user (no peer: the HTTP API's).
+        if let (Some(principal), None, Some(_)) = (&state.user, state.session, state.peer)
             && let Err(refused) = self.check_connection_limit(principal)
         {
             let frame = ServerFrame::error(None, ErrorCode::AccessRefused, refused.clone());

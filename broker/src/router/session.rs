@@ -70,22 +70,20 @@ impl Drop for Registered {
 }
 
 impl Session {
-    /// Opens a pseudo-connection in the default vhost and starts matching its replies.
+    /// Opens the broker's own pseudo-connection (no user: trusted) in the default vhost
+    /// and starts matching its replies.
     pub fn open(router: RouterHandle) -> Session {
-        Session::open_in(router, crate::vhost::DEFAULT_VHOST)
+        Session::open_in(router, crate::vhost::DEFAULT_VHOST, None)
     }
 
-    /// A session acting in `vhost` (this one when it is this one's): its own
-    /// pseudo-connection, closed when the last clone is dropped. The caller has checked
-    /// that whoever it acts for may use `vhost`.
-    pub fn in_vhost(&self, vhost: &str) -> Session {
-        if *self.vhost == *vhost {
-            return self.clone();
-        }
-        Session::open_in(self.router.clone(), vhost)
+    /// A session acting for `user` in `vhost`, on its own pseudo-connection (closed when
+    /// the last clone is dropped): what it declares is the user's (its `max_queues`), and
+    /// the router's own checks see the user. The caller has authorized each request.
+    pub fn acting_for(&self, user: &crate::auth::Principal, vhost: &str) -> Session {
+        Session::open_in(self.router.clone(), vhost, Some(user.clone()))
     }
 
-    fn open_in(router: RouterHandle, vhost: &str) -> Session {
+    fn open_in(router: RouterHandle, vhost: &str, user: Option<crate::auth::Principal>) -> Session {
         let conn = NEXT_SESSION.fetch_sub(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         router.send(Command::Open {
@@ -93,7 +91,7 @@ impl Session {
             tx,
             peer: None,
             outbound: None,
-            user: None,
+            user,
             vhost: vhost.into(),
             session: None,
             protocol: crate::protocol::WireProtocol::Json,
