@@ -5,7 +5,6 @@
 //! `POST /logout` ends it. The API takes the cookie and HTTP Basic credentials alike.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -13,6 +12,7 @@ use hyper::body::Incoming;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, HeaderValue, LOCATION, SET_COOKIE};
 use hyper::{Method, Request, Response, StatusCode};
 
+use super::sessions::Login;
 use super::{HttpResponse, HttpState, MAX_BODY_BYTES, parse_query};
 use crate::auth::{AuthError, Principal};
 
@@ -108,7 +108,17 @@ pub(super) async fn log_in(
             Some("This user's tags do not allow the management page."),
         );
     }
-    let token = state.sessions.open(&principal.user);
+    // The password as it verified (a change meanwhile ends the session at its first use).
+    let Some(record) = state.auth.get(&principal.user) else {
+        return form(
+            StatusCode::UNAUTHORIZED,
+            Some("Invalid user name or password."),
+        );
+    };
+    let token = state.sessions.open(Login {
+        user: principal.user.clone(),
+        password_hash: record.password_hash.into(),
+    });
     tracing::info!(target: "audit", event = "authenticated", user = %principal.user, %peer, method = "management_login", "management page login");
     let mut response = redirect("/");
     let cookie = cookie(state, &format!("{COOKIE_NAME}={token}"));
@@ -139,16 +149,21 @@ pub(super) fn session_token<B>(req: &Request<B>) -> Option<&str> {
         .map(|(_, token)| token)
 }
 
-/// The user a live session belongs to, as it is now (its tags may have changed; a
-/// deleted user's sessions end; a loopback-only user stays on loopback).
+/// The user a live session belongs to, as it is now (its tags may have changed). A
+/// deleted user's sessions end, and so do they when its password changes; a
+/// loopback-only user stays on loopback.
 pub(super) fn resume(state: &HttpState, token: &str, peer: SocketAddr) -> Option<Principal> {
-    let user = state.sessions.user(token)?;
-    let record = state.auth.get(&user)?;
+    let login = state.sessions.login(token)?;
+    let record = state.auth.get(&login.user)?;
+    if *record.password_hash != *login.password_hash {
+        state.sessions.close(token);
+        return None;
+    }
     if record.loopback_only && !peer.ip().is_loopback() {
         return None;
     }
     Some(Principal {
-        user: Arc::clone(&user),
+        user: login.user,
         tags: record.tags,
     })
 }

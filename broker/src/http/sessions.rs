@@ -16,8 +16,16 @@ use sha2::{Digest, Sha256};
 const MAX_SESSIONS: usize = 10_000;
 
 struct Session {
-    user: Arc<str>,
+    login: Login,
     expires: Instant,
+}
+
+/// Who a session is for: the user, and its password (hash) when it logged in — a
+/// session ends when the password changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Login {
+    pub user: Arc<str>,
+    pub password_hash: Arc<str>,
 }
 
 pub struct Sessions {
@@ -34,8 +42,8 @@ impl Sessions {
         }
     }
 
-    /// A new session for `user`: its token (32 random bytes, base64url), for the cookie.
-    pub fn open(&self, user: &str) -> String {
+    /// A new session for `login`: its token (32 random bytes, base64url), for the cookie.
+    pub fn open(&self, login: Login) -> String {
         let mut token = [0u8; 32];
         OsRng.fill_bytes(&mut token);
         let now = Instant::now();
@@ -55,16 +63,16 @@ impl Sessions {
         sessions.insert(
             digest(&token),
             Session {
-                user: Arc::from(user),
+                login,
                 expires: now + self.lifetime,
             },
         );
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token)
     }
 
-    /// The user of the session `token` names; `None` when it is unknown or expired (an
+    /// The login of the session `token` names; `None` when it is unknown or expired (an
     /// expired one is forgotten).
-    pub fn user(&self, token: &str) -> Option<Arc<str>> {
+    pub fn login(&self, token: &str) -> Option<Login> {
         let key = key_of(token)?;
         let mut sessions = self.lock();
         let session = sessions.get(&key)?;
@@ -72,7 +80,7 @@ impl Sessions {
             sessions.remove(&key);
             return None;
         }
-        Some(session.user.clone())
+        Some(session.login.clone())
     }
 
     /// Ends the session `token` names (logout).
@@ -104,20 +112,27 @@ fn digest(token: &[u8; 32]) -> [u8; 32] {
 mod tests {
     use super::*;
 
+    fn ann() -> Login {
+        Login {
+            user: "ann".into(),
+            password_hash: "$argon2id$x".into(),
+        }
+    }
+
     #[test]
-    fn tokens_name_their_user_until_closed_or_expired() {
+    fn tokens_name_their_login_until_closed_or_expired() {
         let sessions = Sessions::new(Duration::from_secs(60));
-        let a = sessions.open("ann");
-        let b = sessions.open("ann");
+        let a = sessions.open(ann());
+        let b = sessions.open(ann());
         assert_ne!(a, b);
         assert_eq!(a.len(), 43);
-        assert_eq!(sessions.user(&a).as_deref(), Some("ann"));
+        assert_eq!(sessions.login(&a), Some(ann()));
         sessions.close(&a);
-        assert_eq!(sessions.user(&a), None);
-        assert_eq!(sessions.user(&b).as_deref(), Some("ann"));
-        assert_eq!(sessions.user("not a token"), None);
+        assert_eq!(sessions.login(&a), None);
+        assert_eq!(sessions.login(&b), Some(ann()));
+        assert_eq!(sessions.login("not a token"), None);
         let expired = Sessions::new(Duration::ZERO);
-        let c = expired.open("bob");
-        assert_eq!(expired.user(&c), None);
+        let c = expired.open(ann());
+        assert_eq!(expired.login(&c), None);
     }
 }
