@@ -227,6 +227,7 @@ async fn handle(state: &HttpState, req: Request<Incoming>, who: &Caller) -> Http
         (["api", "connections"], true, _) => {
             op(state, who, json!({"op": "list_connections"})).await
         }
+        (["api", "vhosts"], true, _) => op(state, who, json!({"op": "list_vhosts"})).await,
         _ => match api::write(state, who, &method, &segments, &query, req).await {
             Some(result) => result,
             None if known_path(&segments) => {
@@ -280,7 +281,7 @@ fn known_path(segments: &[&str]) -> bool {
             | "logout"]
             | [
                 "api",
-                "queues" | "exchanges" | "bindings" | "plugins" | "connections"
+                "queues" | "exchanges" | "bindings" | "plugins" | "connections" | "vhosts"
             ]
             | ["api", "queues", _]
             | ["api", "queues", _, "messages" | "purge" | "requeue"]
