@@ -57,7 +57,7 @@ impl Target {
     }
 
     /// One request with hyper's HTTP/1 client on a fresh connection; `Host` is the
-    /// listener's address, as a browser would send it.
+    /// listener's address, as a browser would send it, unless `headers` name one.
     async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
         let tcp = tokio::net::TcpStream::connect(self.addr()).await.unwrap();
         match self {
@@ -108,10 +108,13 @@ where
             .await
             .unwrap();
     tokio::spawn(connection);
-    let mut request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(hyper::header::HOST, addr.to_string());
+    let mut request = Request::builder().method(method).uri(path);
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        request = request.header(hyper::header::HOST, addr.to_string());
+    }
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
@@ -272,6 +275,17 @@ async fn only_management_users_from_the_page_itself_get_a_session() {
     let refused = http.send("POST", "/login", &foreign, form).await;
     assert_eq!(refused.status, 403);
     assert!(refused.header("set-cookie").is_none());
+
+    // A DNS-rebinding page reaches the port under its own name: no form, no login.
+    let rebound = [
+        ("content-type", "application/x-www-form-urlencoded"),
+        ("host", "evil.example:80"),
+    ];
+    let refused = http.send("POST", "/login", &rebound, form).await;
+    assert_eq!(refused.status, 421);
+    assert!(refused.header("set-cookie").is_none());
+    let refused = http.send("GET", "/login", &rebound[1..], "").await;
+    assert_eq!(refused.status, 421);
 
     // A missing field: the form again.
     let origin = http.origin();
