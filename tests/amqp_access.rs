@@ -134,3 +134,69 @@ async fn amqp_works_in_its_vhost_under_its_permissions() {
     };
     assert!(failed.is_err(), "the connection was closed");
 }
+
+/// A user's `max_queues` holds over AMQP too: the declare past it closes the channel
+/// with 403 and the limit in the reply text; a deleted queue gives its place back.
+#[tokio::test]
+async fn amqp_declares_count_against_the_users_max_queues() {
+    let broker = AmqpBroker::start().await;
+    let admin = broker.json_client().await;
+    admin.add_user("app", "pw", &[]).await.unwrap();
+    admin
+        .set_permissions(permissions("app", "/", ""))
+        .await
+        .unwrap();
+    let two = broker::auth::UserLimits {
+        max_connections: None,
+        max_queues: Some(2),
+    };
+    admin.set_user_limits("app", &two).await.unwrap();
+    let app = connect(&broker, "app", "%2f").await.unwrap();
+    let channel = app.create_channel().await.unwrap();
+    for queue in ["one", "two"] {
+        channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+    // Declaring one it has is no new queue.
+    channel
+        .queue_declare(
+            "one".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let refused = channel
+        .queue_declare(
+            "three".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("refused");
+    assert_eq!(reply_code(&refused), Some(403), "{refused:?}");
+    assert!(
+        refused.to_string().contains("limit of 2 queues"),
+        "{refused}"
+    );
+    // Deleting one gives its place back.
+    let channel = app.create_channel().await.unwrap();
+    channel
+        .queue_delete("two".into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    channel
+        .queue_declare(
+            "three".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+}

@@ -326,3 +326,108 @@ async fn the_cli_manages_users_and_logs_in_from_broker_url_or_flags() {
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "user ann deleted");
 }
+
+/// An IPv4 address of one of this machine's interfaces that is not loopback (the broker
+/// treats all of 127.0.0.0/8 as loopback, as `Ipv4Addr::is_loopback` does).
+fn non_loopback_ipv4() -> Option<std::net::Ipv4Addr> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates the list it points `list` at; it is read while alive
+    // and freed once below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cursor = list;
+    while !cursor.is_null() {
+        // SAFETY: a node of the list getifaddrs returned; `ifa_addr`, when set, points at
+        // a sockaddr whose family says its type.
+        let entry = unsafe { &*cursor };
+        let address = entry.ifa_addr;
+        if !address.is_null() && i32::from(unsafe { (*address).sa_family }) == libc::AF_INET {
+            let ipv4 = unsafe { &*(address as *const libc::sockaddr_in) };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(ipv4.sin_addr.s_addr));
+            if !ip.is_loopback() && !ip.is_unspecified() {
+                found = Some(ip);
+                break;
+            }
+        }
+        cursor = entry.ifa_next;
+    }
+    // SAFETY: the list from the successful getifaddrs above, freed once.
+    unsafe { libc::freeifaddrs(list) };
+    found
+}
+
+#[tokio::test]
+async fn guest_is_refused_from_a_non_loopback_address() {
+    let ip = non_loopback_ipv4()
+        .expect("this test needs a non-loopback IPv4 address on this machine (ip -4 addr)");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = broker::Config::new(dir.path());
+    config.listen = "0.0.0.0:0".parse().unwrap();
+    config.http = Some(std::net::SocketAddr::new(ip.into(), 0));
+    let broker = broker::Broker::start(config).await.unwrap();
+    let port = broker.local_addr().port();
+    let from_loopback = format!("ws://127.0.0.1:{port}");
+    let from_network = format!("ws://{ip}:{port}");
+
+    // From loopback guest may, and makes an administrator that may log in from anywhere.
+    let admin = Client::connect(&from_loopback).await.unwrap();
+    admin
+        .add_user("ops", "pw", &[Tag::Administrator])
+        .await
+        .unwrap();
+    admin
+        .set_permissions(common::all_permissions("ops", "/"))
+        .await
+        .unwrap();
+
+    // Over the network address the broker sees a non-loopback peer: guest is refused
+    // and the connection closed; ops, same address, is let in.
+    let mut ws = anonymous(&from_network).await;
+    let login = json!({"id": 1, "op": "authenticate", "username": "guest", "password": "guest"});
+    let reply = call(&mut ws, login).await;
+    assert_eq!(reply["code"], "access_refused", "{reply}");
+    assert!(
+        next_json(&mut ws).await.is_none(),
+        "closed after the refusal"
+    );
+    let mut ws = anonymous(&from_network).await;
+    let login = json!({"id": 1, "op": "authenticate", "username": "ops", "password": "pw"});
+    let reply = call(&mut ws, login).await;
+    assert_eq!(reply["type"], "ok", "{reply}");
+    let connections = admin.list_connections().await.unwrap();
+    let ops = connections.iter().find(|c| c.user == "ops").unwrap();
+    assert!(ops.peer.starts_with(&format!("{ip}:")), "{}", ops.peer);
+
+    // The HTTP listener (on that address only): the same rule for Basic and the form.
+    let http = broker.http_addr().unwrap();
+    let guest = broker::client::credentials::basic_header("guest", "guest");
+    let reply = http_with_headers(
+        http,
+        "GET",
+        "/api/queues",
+        None,
+        &[("Authorization", &guest)],
+    )
+    .await;
+    assert_eq!(reply.status, 401, "{}", reply.body);
+    let form = [
+        ("Content-Type", "application/x-www-form-urlencoded"),
+        ("Authorization", "none"),
+    ];
+    let reply = http_with_headers(
+        http,
+        "POST",
+        "/login",
+        Some("user=guest&password=guest"),
+        &form,
+    )
+    .await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert!(reply.header("set-cookie").is_none());
+    let ops = broker::client::credentials::basic_header("ops", "pw");
+    let reply =
+        http_with_headers(http, "GET", "/api/queues", None, &[("Authorization", &ops)]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}

@@ -1,7 +1,8 @@
 //! The management page in a real headless browser (Debian's chromium), driven over the
 //! Chrome DevTools Protocol with the WebSocket client the project already uses: the page
 //! loads, shows a queue once something is published to it, and its requeue button moves a
-//! dead letter back. Also saves a screenshot to `target/tmp/management-page.png`.
+//! dead letter back; its login form opens a session whose cookie scripts cannot read, the
+//! page shows the vhost it is asked for, and logging out ends the session. Also saves a screenshot to `target/tmp/management-page.png`.
 //!
 //! Skipped, with a message, when chromium is not installed (`apt-get install chromium`;
 //! `.ci/run` installs it and sets `REQUIRE_BROWSER=1`, which turns the skip into a failure).
@@ -198,9 +199,11 @@ impl Page {
     }
 }
 
-#[tokio::test]
-async fn the_management_page_shows_queues_and_requeues_dead_letters() {
-    let Some(chromium) = chromium_path() else {
+/// Chromium's path, or `None` after saying the test is skipped (a failure instead with
+/// `REQUIRE_BROWSER`).
+fn chromium_or_skip() -> Option<String> {
+    let found = chromium_path();
+    if found.is_none() {
         assert!(
             std::env::var_os("REQUIRE_BROWSER").is_none(),
             "REQUIRE_BROWSER is set but chromium is not installed"
@@ -209,6 +212,13 @@ async fn the_management_page_shows_queues_and_requeues_dead_letters() {
             "SKIPPED: chromium not found at /usr/bin/chromium (or $CHROMIUM); \
              install it with `apt-get install chromium` (`.ci/run` does)"
         );
+    }
+    found
+}
+
+#[tokio::test]
+async fn the_management_page_shows_queues_and_requeues_dead_letters() {
+    let Some(chromium) = chromium_or_skip() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -362,4 +372,116 @@ async fn the_management_page_shows_queues_and_requeues_dead_letters() {
     drop(page);
     drop(browser);
     broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_page_logs_in_with_its_form_shows_a_vhost_and_logs_out() {
+    let Some(chromium) = chromium_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_with_http(dir.path()).await;
+    let admin = Client::connect(&broker.url()).await.unwrap();
+    admin.add_vhost("prod").await.unwrap();
+    admin
+        .set_permissions(all_permissions("guest", "prod"))
+        .await
+        .unwrap();
+    admin
+        .declare_queue("root-orders", QueueOptions::durable())
+        .await
+        .unwrap();
+    let prod_url = broker::client::credentials::with_vhost(&broker.url(), "prod");
+    let prod = Client::connect(&prod_url).await.unwrap();
+    prod.declare_queue("prod-orders", QueueOptions::durable())
+        .await
+        .unwrap();
+    let base = format!("http://{}", broker.http_addr().unwrap());
+    let browser = Chromium::launch(&chromium);
+    let mut page = Page::open(&browser).await;
+    page.call("Network.enable", json!({})).await;
+
+    // No session: the page sends the browser to the form; a wrong password keeps it there.
+    let url = format!("{base}/?vhost=prod");
+    page.call("Page.navigate", json!({"url": url})).await;
+    page.wait_until(
+        "the login form",
+        "location.pathname === '/login' && document.querySelector('form.login') !== null",
+    )
+    .await;
+    let submit = |user: &str, password: &str| {
+        format!(
+            "document.querySelector('input[name=user]').value = '{user}';\
+             document.querySelector('input[name=password]').value = '{password}';\
+             document.querySelector('form.login').submit(), true"
+        )
+    };
+    page.eval(&submit("guest", "nope")).await;
+    page.wait_until(
+        "the form saying the password was wrong",
+        "document.querySelector('.error')?.textContent === 'Invalid user name or password.'",
+    )
+    .await;
+
+    // The right password: the page, working, with a session cookie scripts cannot see.
+    page.eval(&submit("guest", "guest")).await;
+    page.wait_until(
+        "the page, logged in",
+        "location.pathname === '/' && \
+         document.getElementById('status')?.classList.contains('ok') === true",
+    )
+    .await;
+    assert_eq!(page.eval("document.cookie").await, json!(""));
+    let cookies = page.call("Network.getCookies", json!({})).await;
+    let session = cookies["cookies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "broker_session")
+        .expect("the session cookie")
+        .clone();
+    assert_eq!(session["httpOnly"], true, "{session}");
+    assert_eq!(session["sameSite"], "Strict", "{session}");
+    assert_eq!(session["path"], "/", "{session}");
+
+    // The vhost the URL names: its queues only, and chosen in the list.
+    page.call("Page.navigate", json!({"url": url})).await;
+    page.wait_until(
+        "prod's queue",
+        "document.querySelector('tr[data-queue=\"prod-orders\"]') !== null",
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.querySelector('tr[data-queue=\"root-orders\"]') === null")
+            .await,
+        json!(true)
+    );
+    assert_eq!(
+        page.eval("document.getElementById('vhost').value").await,
+        json!("prod")
+    );
+
+    // Log out: back to the form, the cookie gone, and the page wants a login again.
+    page.eval("document.querySelector('form.logout button').click(), true")
+        .await;
+    page.wait_until("the login form again", "location.pathname === '/login'")
+        .await;
+    let cookies = page.call("Network.getCookies", json!({})).await;
+    let left = cookies["cookies"].as_array().unwrap();
+    assert!(
+        !left.iter().any(|c| c["name"] == "broker_session"),
+        "{left:?}"
+    );
+    let token = session["value"].as_str().unwrap();
+    let cookie = format!("broker_session={token}");
+    let reused = http_with_headers(
+        broker.http_addr().unwrap(),
+        "GET",
+        "/api/queues",
+        None,
+        &[("Cookie", &cookie), ("Authorization", "none")],
+    )
+    .await;
+    assert_eq!(reused.status, 401, "the ended session opens nothing");
+    assert!(page.exceptions.is_empty(), "{:?}", page.exceptions);
 }

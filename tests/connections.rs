@@ -1,8 +1,11 @@
 //! Connections end cleanly, whatever their peer does: sockets that never speak give their
 //! slot back, a peer that vanishes loses its unacked messages to others, one address
-//! cannot take every slot, and a panic in a connection's own code is torn down like a
-//! close.
+//! cannot take every slot, a client stalled mid-TLS-handshake is closed, and a panic in
+//! a connection's own code is torn down like a close.
 
+#[path = "support/certs.rs"]
+#[allow(dead_code)] // the client certificates are not used here
+mod certs;
 mod common;
 
 use std::time::Duration;
@@ -106,6 +109,46 @@ async fn silent_sockets_give_their_slots_back_after_the_handshake_timeout() {
         .await
         .expect("the silent socket is closed in time");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
+
+#[tokio::test]
+async fn a_client_stalled_mid_tls_handshake_is_closed_at_the_handshake_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = certs::TestCa::new(dir.path(), "stall");
+    let server = ca.server();
+    let broker = start_with(&dir.path().join("data"), |c| {
+        c.handshake_timeout = Duration::from_millis(300);
+        c.tls = Some(broker::server::TlsConfig {
+            cert: server.cert,
+            key: server.key,
+            client_ca: None,
+        });
+    })
+    .await;
+    // The listener speaks TLS to a client that finishes its handshake.
+    let options = broker::ConnectOptions {
+        tls: Some(broker::ClientTls::from_files(Some(&ca.ca), None).unwrap()),
+        ..Default::default()
+    };
+    let client = Client::connect_with(&broker.url(), options).await.unwrap();
+    client.list_queues().await.unwrap();
+    // A client that sends the start of a ClientHello (a handshake record announcing 512
+    // bytes, then 4 of them) and no more: the server waits for the rest, until the
+    // handshake timeout closes the socket.
+    let mut stalled = tokio::net::TcpStream::connect(broker.local_addr())
+        .await
+        .unwrap();
+    let partial_hello = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc];
+    stalled.write_all(&partial_hello).await.unwrap();
+    // Whatever the server sends (an alert, or nothing), then end of stream or a reset.
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, stalled.read_to_end(&mut rest))
+        .await
+        .expect("the stalled socket is closed in time")
+        .ok();
+    // The broker is still serving.
+    client.list_queues().await.unwrap();
 }
 
 #[tokio::test]

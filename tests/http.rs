@@ -548,6 +548,16 @@ async fn json_logs_have_one_line_per_event() {
     assert_eq!(dead[0]["fields"]["reason"], "rejected");
     assert_eq!(dead[0]["fields"]["messages"], 3);
     assert_eq!(dead[0]["level"], "INFO");
+    // The deploy's audit line: who, from where, in which vhost.
+    let audited = with("plugin change requested");
+    assert_eq!(audited.len(), 1, "{lines:?}");
+    assert_eq!(audited[0]["target"], "audit");
+    let fields = &audited[0]["fields"];
+    assert_eq!(fields["event"], "plugin_deploy");
+    assert_eq!(fields["user"], "guest");
+    assert_eq!(fields["peer"], "127.0.0.1");
+    assert_eq!(fields["vhost"], "/");
+    assert_eq!(fields["plugin"], "keyed");
     let deployed = with("plugin version active");
     assert_eq!(deployed.len(), 1, "{lines:?}");
     assert_eq!(deployed[0]["fields"]["plugin"], "keyed");

@@ -135,3 +135,38 @@ async fn the_write_endpoints_check_permissions() {
     assert_eq!(refused.status, 403, "{}", refused.body);
     assert_eq!(admin.queue_info("orders").await.unwrap().ready, 1);
 }
+
+/// The vhosts, for the page's vhost list: administrators may list them, no one else.
+#[tokio::test]
+async fn administrators_list_the_vhosts() {
+    let b = HttpBroker::start().await;
+    let admin = b.client().await;
+    admin.add_vhost("prod").await.unwrap();
+    let listed = b.get("/api/vhosts").await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert_eq!(
+        listed.json(),
+        json!({"vhosts": [{"vhost": "/"}, {"vhost": "prod"}]})
+    );
+    // The page offers them in its header.
+    assert!(b.get("/").await.body.contains(r#"<select id="vhost">"#));
+    admin
+        .add_user("ops", "pw", &[broker::auth::Tag::Management])
+        .await
+        .unwrap();
+    admin
+        .set_permissions(common::all_permissions("ops", "/"))
+        .await
+        .unwrap();
+    let ops = broker::client::credentials::basic_header("ops", "pw");
+    let refused = http_with_headers(
+        b.addr(),
+        "GET",
+        "/api/vhosts",
+        None,
+        &[("Authorization", &ops)],
+    )
+    .await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(refused.json()["error"]["code"], "access_refused");
+}

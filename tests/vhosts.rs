@@ -465,6 +465,78 @@ async fn the_http_api_checks_the_same_permissions() {
 }
 
 #[tokio::test]
+async fn the_http_api_acts_in_the_vhost_a_request_names() {
+    let b = common::HttpBroker::start().await;
+    let admin = b.client().await;
+    admin
+        .declare_queue("root-only", QueueOptions::durable())
+        .await
+        .unwrap();
+    admin.add_vhost("prod").await.unwrap();
+    admin
+        .add_user("ops", "pw", &[broker::auth::Tag::Management])
+        .await
+        .unwrap();
+    admin
+        .set_permissions(permissions("ops", "prod", ".*", ".*", ".*"))
+        .await
+        .unwrap();
+    let ops = broker::client::credentials::basic_header("ops", "pw");
+    let as_ops = [("Authorization", ops.as_str())];
+    let addr = b.addr();
+    let call = |method: &'static str, path: &'static str, body: Option<&'static str>| {
+        common::http_with_headers(addr, method, path, body, &as_ops)
+    };
+
+    // Declared, published to and listed in prod, with prod's own names.
+    let declared = call("PUT", "/api/queues/orders?vhost=prod", Some("{}")).await;
+    assert_eq!(declared.status, 200, "{}", declared.body);
+    assert_eq!(declared.json()["queue"], "orders");
+    let message = Some(r#"{"routing_key": "orders", "body": "in prod"}"#);
+    let path = "/api/exchanges/amq.default/publish?vhost=prod";
+    let published = call("POST", path, message).await;
+    assert_eq!(
+        published.json(),
+        serde_json::json!({"routed": true}),
+        "{}",
+        published.body
+    );
+    let listed = call("GET", "/api/queues?vhost=prod", None).await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let listed = listed.json();
+    let names: Vec<&str> = listed["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["queue"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["orders"]);
+    let peeked = call("GET", "/api/queues/orders/messages?vhost=prod", None).await;
+    assert!(peeked.body.contains("in prod"), "{}", peeked.body);
+
+    // Vhost `/`, by default or by name: no permissions there.
+    for path in [
+        "/api/queues",
+        "/api/queues?vhost=%2F",
+        "/api/queues/root-only",
+    ] {
+        let refused = call("GET", path, None).await;
+        assert_eq!(refused.status, 403, "{path}: {}", refused.body);
+        assert_eq!(refused.json()["error"]["code"], "access_refused");
+    }
+    let refused = call("GET", "/api/queues?vhost=nowhere", None).await;
+    assert_eq!(refused.status, 403);
+    // The queue lives in prod only: `/` does not have it.
+    assert!(!queue_names(&admin).await.contains(&"orders".to_string()));
+    let guest_view = b.get("/api/queues?vhost=%2F").await;
+    assert!(
+        !guest_view.body.contains("\"orders\""),
+        "{}",
+        guest_view.body
+    );
+}
+
+#[tokio::test]
 async fn a_user_limit_refuses_connections_past_it() {
     let b = TestBroker::start().await;
     let admin = b.client().await;
@@ -473,7 +545,11 @@ async fn a_user_limit_refuses_connections_past_it() {
         .set_permissions(permissions("app", "/", ".*", ".*", ".*"))
         .await
         .unwrap();
-    admin.set_user_limits("app", Some(2)).await.unwrap();
+    let two = broker::auth::UserLimits {
+        max_connections: Some(2),
+        max_queues: None,
+    };
+    admin.set_user_limits("app", &two).await.unwrap();
     let listed = admin.list_users().await.unwrap();
     let app = listed.iter().find(|u| u.user == "app").unwrap();
     assert_eq!(app.max_connections, Some(2));
@@ -503,7 +579,10 @@ async fn a_user_limit_refuses_connections_past_it() {
             "the place came back"
         );
     }
-    admin.set_user_limits("app", None).await.unwrap();
+    admin
+        .set_user_limits("app", &Default::default())
+        .await
+        .unwrap();
     let fourth = Client::connect(&url).await.unwrap();
     fourth.list_queues().await.unwrap();
 }

@@ -2,6 +2,7 @@
 //! protocols added later). It owns the users in memory; the store keeps them (table
 //! `users`), written through the router's batches like everything else.
 
+mod audit;
 mod permissions;
 mod users;
 
@@ -290,6 +291,7 @@ impl Authenticator {
             tracing::warn!(target: "audit", event = "permission_refused", user = %principal.user, %peer, vhost, %reason, "request refused");
             return Err((ErrorCode::AccessRefused, reason));
         }
+        audit::admitted(principal, vhost, peer, op);
         crate::vhost::qualify_op(vhost, op).map_err(|e| (ErrorCode::InvalidField, e))
     }
 

@@ -82,6 +82,9 @@ pub struct ServeArgs {
     /// Default: its own address (and localhost:PORT on loopback).
     #[arg(long = "http-allowed-host")]
     http_allowed_hosts: Vec<String>,
+    /// Seconds a management page login lasts before its session cookie is refused.
+    #[arg(long, default_value_t = Config::DEFAULT_HTTP_SESSION_TIMEOUT.as_secs_f64(), value_parser = positive_secs)]
+    http_session_timeout: f64,
     /// TLS: the server's certificate chain (PEM). With --tls-key, the WebSocket listener
     /// speaks only `wss://` and the management listener only `https://`.
     #[arg(long, requires = "tls_key")]
@@ -134,6 +137,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.stomp = args.stomp.0;
     config.allowed_origins = args.allowed_origins;
     config.http_allowed_hosts = args.http_allowed_hosts;
+    config.http_session_timeout = Duration::from_secs_f64(args.http_session_timeout);
     config.tls = match (args.tls_cert, args.tls_key) {
         (Some(cert), Some(key)) => Some(broker::server::TlsConfig {
             cert,

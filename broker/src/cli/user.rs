@@ -1,7 +1,7 @@
 //! `broker user add NAME PASSWORD [--tag T]...`, `delete NAME`, `list`, `passwd NAME PASSWORD`,
 //! `limits NAME [--max-connections N]`.
 
-use broker::auth::Tag;
+use broker::auth::{Tag, UserLimits};
 use clap::Subcommand;
 
 use super::admin::ServerArg;
@@ -33,6 +33,9 @@ pub enum User {
         /// Connections the user may have open at once, over every protocol.
         #[arg(long)]
         max_connections: Option<u32>,
+        /// Queues the user may have declared (and not deleted), over every vhost.
+        #[arg(long)]
+        max_queues: Option<u32>,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -77,19 +80,31 @@ pub async fn run(command: User) -> anyhow::Result<()> {
                 if let Some(n) = user.max_connections {
                     tags.push(format!("(max {n} connections)"));
                 }
+                if let Some(n) = user.max_queues {
+                    tags.push(format!("(max {n} queues)"));
+                }
                 println!("{:width$}  {}", user.user, tags.join(" "));
             }
         }
         User::Limits {
             name,
             max_connections,
+            max_queues,
             server,
         } => {
             let client = server.connect().await?;
-            client.set_user_limits(&name, max_connections).await?;
+            let limits = UserLimits {
+                max_connections,
+                max_queues,
+            };
+            client.set_user_limits(&name, &limits).await?;
             match max_connections {
                 Some(n) => println!("user {name} may have {n} connections"),
                 None => println!("user {name} has no connection limit"),
+            }
+            match max_queues {
+                Some(n) => println!("user {name} may have {n} queues"),
+                None => println!("user {name} has no queue limit"),
             }
         }
         User::Passwd {

@@ -1,7 +1,7 @@
 //! User management through the client (administrators; any user for its own password).
 
 use super::{Client, ClientError};
-use crate::auth::Tag;
+use crate::auth::{Tag, UserLimits};
 use crate::protocol::{Op, UserInfo, UserList};
 
 impl Client {
@@ -35,15 +35,16 @@ impl Client {
         .await
     }
 
-    /// Sets `user`'s connection limit (`None`: no limit).
+    /// Sets `user`'s limits, replacing the ones it had (a `None` limit: no limit).
     pub async fn set_user_limits(
         &self,
         user: &str,
-        max_connections: Option<u32>,
+        limits: &UserLimits,
     ) -> Result<(), ClientError> {
         self.call_unit(Op::SetUserLimits {
             user: user.to_owned(),
-            max_connections,
+            max_connections: limits.max_connections,
+            max_queues: limits.max_queues,
         })
         .await
     }

@@ -1,7 +1,9 @@
 //! Who may use the management HTTP listener: requests must name an allowed `Host` (so a
 //! DNS-rebinding page cannot reach it under its own name) and, except for the health
-//! checks, carry HTTP Basic credentials (or, over TLS, a verified client certificate) of a
-//! user tagged `administrator` or `management` (`monitoring` may read). Every response
+//! checks and the login form, carry HTTP Basic credentials, a session cookie
+//! ([`super::login`]) or, over TLS, a verified client certificate, of a user tagged
+//! `administrator` or `management` (`monitoring` may read). A browser asking for the page
+//! without them is sent to the login form. Every response
 //! forbids framing and off-site scripts.
 
 use std::net::SocketAddr;
@@ -11,7 +13,7 @@ use http_body_util::Full;
 use hyper::header::{AUTHORIZATION, HOST, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::HttpState;
+use super::{HttpState, login};
 use crate::auth::{Principal, Tag, parse_basic};
 
 /// The `Host` values the listener on `addr` answers to by default: its address, and
@@ -46,7 +48,7 @@ pub(super) async fn admit<B>(
         ));
     }
     let path = req.uri().path();
-    if path == "/healthz" || path == "/readyz" {
+    if path == "/healthz" || path == "/readyz" || login::is_public(req.method(), path) {
         return Ok(None);
     }
     let credentials = req
@@ -54,10 +56,22 @@ pub(super) async fn admit<B>(
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_basic);
-    let login = match (credentials, certified) {
-        (Some((user, password)), _) => state.auth.authenticate(&user, &password, peer.ip()).await,
-        (None, Some(user)) => state.auth.authenticate_certificate(user, peer.ip()).await,
-        (None, None) => return Err(challenge()),
+    let session = login::session_token(req);
+    let page = login::is_page(req.method(), path);
+    let login = match (credentials, session, certified) {
+        (Some((user, password)), _, _) => {
+            state.auth.authenticate(&user, &password, peer.ip()).await
+        }
+        (None, Some(token), _) => match login::resume(state, token, peer) {
+            Some(principal) => Ok(principal),
+            // No Basic challenge: a page whose session ended goes back to the form
+            // rather than to the browser's password dialog.
+            None if page => return Err(login::to_form()),
+            None => return Err(plain(StatusCode::UNAUTHORIZED, "the session has ended\n")),
+        },
+        (None, None, Some(user)) => state.auth.authenticate_certificate(user, peer.ip()).await,
+        (None, None, None) if page => return Err(login::to_form()),
+        (None, None, None) => return Err(challenge()),
     };
     let Ok(principal) = login else {
         return Err(challenge());
@@ -74,6 +88,13 @@ pub(super) async fn admit<B>(
         ));
     }
     Ok(Some(principal))
+}
+
+/// Whether `principal` may use the management page at all (reading, at least).
+pub(super) fn may_manage(principal: &Principal) -> bool {
+    [Tag::Administrator, Tag::Management, Tag::Monitoring]
+        .into_iter()
+        .any(|tag| principal.has_tag(tag))
 }
 
 /// Headers every response carries: no framing (clickjacking), no scripts from elsewhere.

@@ -8,6 +8,7 @@ use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 
 use super::{ApiError, Caller, HttpState, Request, body_object, op};
+use crate::protocol::ErrorCode;
 
 /// Answers the write endpoints; `None` when the method and path are none of them.
 pub(super) async fn write(
@@ -23,10 +24,16 @@ pub(super) async fn write(
     let delete = method == Method::DELETE;
     let result = match (segments, put, post, delete) {
         (["api", "queues", queue], true, _, _) => {
-            let request = body_object(req).await.map(|mut body| {
+            let request = body_object(req).await.and_then(|mut body| {
+                if body.get("exclusive") == Some(&Value::Bool(true)) {
+                    // Each request acts on its own pseudo-connection, gone once it is
+                    // answered: the queue would be deleted at once.
+                    let e = "`exclusive`: an HTTP request has no connection to own the queue";
+                    return Err(ApiError::new(ErrorCode::InvalidField, e));
+                }
                 body.insert("op".into(), "declare_queue".into());
                 body.insert("queue".into(), (*queue).into());
-                body
+                Ok(body)
             });
             call(state, who, request).await
         }
@@ -88,7 +95,7 @@ async fn publish(
 ) -> Result<Value, ApiError> {
     if body.contains_key("mandatory") {
         return Err(ApiError::new(
-            crate::protocol::ErrorCode::InvalidField,
+            ErrorCode::InvalidField,
             "`mandatory`: not a field here (the reply says whether the message was routed)",
         ));
     }

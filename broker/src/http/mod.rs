@@ -2,16 +2,20 @@
 //! management page.
 //!
 //! The API goes through the protocol's own path (see [`Session`]): each call becomes
-//! the request a WebSocket client would send, so it is validated the same way and fails
+//! the request a WebSocket client would send, made on a pseudo-connection of the calling
+//! user in the vhost the request names, so it is validated the same way and fails
 //! with the same error codes (`{"error": {"code": .., "message": ..}}`, with an HTTP status
 //! chosen from the code). The page is plain HTML, CSS and JS compiled into the binary: no
 //! build step, nothing fetched from elsewhere.
 
 mod access;
 mod api;
+mod login;
 mod metrics;
+mod sessions;
 
 pub use access::default_hosts;
+pub use sessions::Sessions;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -39,7 +43,7 @@ const MAX_HTTP_CONNECTIONS: usize = 256;
 /// How long a client may take to send a request head (and, with TLS, the handshake).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request body (the API's bodies are tiny JSON objects).
-const MAX_BODY_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 
 const INDEX_HTML: &str = include_str!("page/index.html");
 const APP_JS: &str = include_str!("page/app.js");
@@ -57,6 +61,8 @@ pub struct HttpState {
     pub allowed_hosts: Vec<String>,
     /// `https://` only, when set.
     pub tls: Option<crate::server::tls::TlsSetup>,
+    /// The management page's logins.
+    pub sessions: Sessions,
 }
 
 /// Serves HTTP on `listener` until `shutdown` turns true.
@@ -104,7 +110,10 @@ pub async fn serve(
                 async move {
                     let admitted = access::admit(&state, &req, peer, certified.as_deref()).await;
                     let mut response = match admitted {
-                        Ok(user) => handle(&state, req, &Caller { user, peer }).await,
+                        Ok(user) => {
+                            let vhost = requested_vhost(&req);
+                            handle(&state, req, &Caller { user, peer, vhost }).await
+                        }
                         Err(refused) => refused,
                     };
                     access::harden(&mut response);
@@ -131,10 +140,22 @@ pub async fn serve(
 
 type HttpResponse = Response<Full<Bytes>>;
 
-/// Who is asking: the authenticated user (`None` for the health checks) and from where.
+/// Who is asking: the authenticated user (`None` for the health checks), from where,
+/// and in which vhost the API acts for it.
 struct Caller {
     user: Option<crate::auth::Principal>,
     peer: std::net::SocketAddr,
+    vhost: String,
+}
+
+/// The vhost a request's `?vhost=` names (percent-encoded: `%2F` is `/`); `/` without.
+fn requested_vhost<B>(req: &Request<B>) -> String {
+    let query = parse_query(req.uri().query().unwrap_or(""));
+    query
+        .into_iter()
+        .find(|(name, _)| name == "vhost")
+        .map(|(_, vhost)| vhost)
+        .unwrap_or_else(|| crate::vhost::DEFAULT_VHOST.to_string())
 }
 
 async fn handle(state: &HttpState, req: Request<Incoming>, who: &Caller) -> HttpResponse {
@@ -166,7 +187,10 @@ async fn handle(state: &HttpState, req: Request<Incoming>, who: &Caller) -> Http
         return error_response(&e);
     }
     let result = match (segments.as_slice(), get, post) {
-        ([], true, _) => return asset("text/html; charset=utf-8", INDEX_HTML),
+        (["login"], true, _) => return login::form(StatusCode::OK, None),
+        (["login"], _, true) => return login::log_in(state, req, who.peer).await,
+        (["logout"], _, true) => return login::log_out(state, &req),
+        ([] | ["index.html"], true, _) => return asset("text/html; charset=utf-8", INDEX_HTML),
         (["app.js"], true, _) => return asset("text/javascript; charset=utf-8", APP_JS),
         (["style.css"], true, _) => return asset("text/css; charset=utf-8", STYLE_CSS),
         (["healthz"], true, _) => return text(StatusCode::OK, "ok\n"),
@@ -203,6 +227,7 @@ async fn handle(state: &HttpState, req: Request<Incoming>, who: &Caller) -> Http
         (["api", "connections"], true, _) => {
             op(state, who, json!({"op": "list_connections"})).await
         }
+        (["api", "vhosts"], true, _) => op(state, who, json!({"op": "list_vhosts"})).await,
         _ => match api::write(state, who, &method, &segments, &query, req).await {
             Some(result) => result,
             None if known_path(&segments) => {
@@ -246,10 +271,17 @@ fn same_origin(req: &Request<Incoming>) -> bool {
 fn known_path(segments: &[&str]) -> bool {
     matches!(
         segments,
-        [] | ["metrics" | "healthz" | "readyz" | "app.js" | "style.css"]
+        [] | ["metrics"
+            | "healthz"
+            | "readyz"
+            | "app.js"
+            | "style.css"
+            | "index.html"
+            | "login"
+            | "logout"]
             | [
                 "api",
-                "queues" | "exchanges" | "bindings" | "plugins" | "connections"
+                "queues" | "exchanges" | "bindings" | "plugins" | "connections" | "vhosts"
             ]
             | ["api", "queues", _]
             | ["api", "queues", _, "messages" | "purge" | "requeue"]
@@ -259,21 +291,23 @@ fn known_path(segments: &[&str]) -> bool {
     )
 }
 
-/// Sends `request` as the caller: its permissions in vhost `/` are checked first, as on
-/// a WebSocket connection.
+/// Sends `request` as the caller, in the vhost it asked for: its permissions there are
+/// checked first, as on a WebSocket connection to that vhost.
 async fn op(state: &HttpState, who: &Caller, request: Value) -> Result<Value, ApiError> {
-    if let Some(user) = &who.user {
-        let mut numbered = request.clone();
-        numbered["id"] = json!(0);
-        let mut parsed = crate::protocol::parse_request(&numbered.to_string())
-            .map_err(|e| ApiError::new(e.code, e.message))?;
-        let vhost = crate::vhost::DEFAULT_VHOST;
-        state
-            .auth
-            .admit(user, vhost, who.peer.ip(), &mut parsed.op)
-            .map_err(|(code, message)| ApiError::new(code, message))?;
-    }
-    let result = state.management.call(request).await?;
+    let Some(user) = &who.user else {
+        let e = "the API needs a logged-in user";
+        return Err(ApiError::new(ErrorCode::AccessRefused, e));
+    };
+    let mut numbered = request.clone();
+    numbered["id"] = json!(0);
+    let mut parsed = crate::protocol::parse_request(&numbered.to_string())
+        .map_err(|e| ApiError::new(e.code, e.message))?;
+    state
+        .auth
+        .admit(user, &who.vhost, who.peer.ip(), &mut parsed.op)
+        .map_err(|(code, message)| ApiError::new(code, message))?;
+    let session = state.management.acting_for(user, &who.vhost);
+    let result = session.call(request).await?;
     // Operations with an empty result answer `{}` rather than `null`.
     Ok(if result.is_null() { json!({}) } else { result })
 }
@@ -473,7 +507,7 @@ fn asset(content_type: &'static str, body: &'static str) -> HttpResponse {
 }
 
 /// `a=1&b=x%20y` as (name, value) pairs, decoded.
-fn parse_query(query: &str) -> Vec<(String, String)> {
+pub(crate) fn parse_query(query: &str) -> Vec<(String, String)> {
     query
         .split('&')
         .filter(|pair| !pair.is_empty())

@@ -193,6 +193,14 @@ pub enum Op {
             deserialize_with = "present"
         )]
         max_connections: Option<u32>,
+        /// Queues the user may have declared and not yet deleted (counted over every
+        /// vhost; see docs/protocol.md).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "present"
+        )]
+        max_queues: Option<u32>,
     },
     /// Creates a virtual host (administrators only).
     AddVhost {
@@ -576,6 +584,9 @@ pub struct UserInfo {
     /// Connections it may have open at once; absent: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
+    /// Queues it may have declared; absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queues: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -180,6 +180,9 @@ pub struct Queue {
     pub id: u64,
     pub spec: QueueSpec,
     pub policy: QueuePolicy,
+    /// The user whose connection declared it (for its `max_queues`); `None`: the broker
+    /// (dead-letter queues, the HTTP API) or a queue stored before this was recorded.
+    pub declared_by: Option<Arc<str>>,
     pub counters: Counters,
     /// The earliest time the router has a wake-up scheduled for this queue.
     pub wakeup: Option<u64>,
@@ -212,6 +215,7 @@ impl Queue {
             id,
             spec,
             policy,
+            declared_by: None,
             counters: Counters::default(),
             wakeup: None,
             next_seq: 1,

@@ -425,6 +425,7 @@ fn messages_recovered_on_disk_keep_their_place_and_expiry() {
         name: "q".into(),
         auto_delete: false,
         arguments: Headers::new(),
+        declared_by: None,
     };
     let stored: Vec<(u64, Arc<Message>)> = (0..6)
         .map(|i| {

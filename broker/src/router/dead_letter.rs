@@ -204,6 +204,7 @@ impl Router {
             name: name.clone(),
             auto_delete: false,
             arguments,
+            declared_by: None,
         }));
         let name: Arc<str> = name.into();
         tracing::info!(queue = %name, "dead-letter queue created");

@@ -483,8 +483,9 @@ impl Router {
     }
 
     fn open_conn(&mut self, conn: ConnId, state: Conn) {
-        // A channel of an open connection is no new connection.
-        if let (Some(principal), None) = (&state.user, state.session)
+        // A channel of an open connection is no new connection, nor is a session acting
+        // for a user (no peer: the HTTP API's).
+        if let (Some(principal), None, Some(_)) = (&state.user, state.session, state.peer)
             && let Err(refused) = self.check_connection_limit(principal)
         {
             let frame = ServerFrame::error(None, ErrorCode::AccessRefused, refused.clone());
@@ -599,7 +600,14 @@ impl Router {
             Op::SetUserLimits {
                 user,
                 max_connections,
-            } => self.set_user_limits(conn, user, max_connections),
+                max_queues,
+            } => {
+                let limits = crate::auth::UserLimits {
+                    max_connections,
+                    max_queues,
+                };
+                self.set_user_limits(conn, user, limits)
+            }
             Op::AddVhost { vhost } => self.add_vhost(conn, vhost),
             Op::DeleteVhost { vhost } => self.delete_vhost(conn, vhost),
             Op::ListVhosts => self.list_vhosts(conn),

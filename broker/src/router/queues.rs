@@ -77,6 +77,7 @@ impl Router {
             });
             let name: Arc<str> = record.name.into();
             let mut queue = router.new_queue(name.clone(), record.id, spec, policy);
+            queue.declared_by = record.declared_by.map(Arc::from);
             messages += stored.messages.len();
             for m in stored.messages {
                 match m.message {
@@ -162,10 +163,15 @@ impl Router {
             }
             return Ok(Reply::Ok(to_json(info(queue))));
         }
+        let declared_by = self.conn_principal(conn);
+        if let Some(user) = &declared_by {
+            self.check_queue_limit(user)?;
+        }
         let id = self.next_queue_id;
         self.next_queue_id += 1;
         let name: Arc<str> = name.into();
-        let queue = self.new_queue(name.clone(), id, spec, policy);
+        let mut queue = self.new_queue(name.clone(), id, spec, policy);
+        queue.declared_by = declared_by;
         let result = to_json(info(&queue));
         let stored = queue.is_stored();
         if stored {
@@ -174,6 +180,7 @@ impl Router {
                 name: name.to_string(),
                 auto_delete: queue.spec.auto_delete,
                 arguments: queue.spec.arguments.clone(),
+                declared_by: queue.declared_by.as_deref().map(str::to_owned),
             }));
         }
         tracing::debug!(queue = %name, durable = queue.spec.durable, "queue declared");

@@ -45,6 +45,9 @@ impl SessionError {
 #[derive(Clone)]
 pub struct Session {
     conn: ConnId,
+    /// The vhost it acts in: requests name its resources, results speak its names.
+    vhost: Arc<str>,
+    names: crate::vhost::LocalNames,
     router: RouterHandle,
     waiters: Waiters,
     next_id: Arc<AtomicU64>,
@@ -67,8 +70,20 @@ impl Drop for Registered {
 }
 
 impl Session {
-    /// Opens a pseudo-connection on the router and starts matching its replies.
+    /// Opens the broker's own pseudo-connection (no user: trusted) in the default vhost
+    /// and starts matching its replies.
     pub fn open(router: RouterHandle) -> Session {
+        Session::open_in(router, crate::vhost::DEFAULT_VHOST, None)
+    }
+
+    /// A session acting for `user` in `vhost`, on its own pseudo-connection (closed when
+    /// the last clone is dropped): what it declares is the user's (its `max_queues`), and
+    /// the router's own checks see the user. The caller has authorized each request.
+    pub fn acting_for(&self, user: &crate::auth::Principal, vhost: &str) -> Session {
+        Session::open_in(self.router.clone(), vhost, Some(user.clone()))
+    }
+
+    fn open_in(router: RouterHandle, vhost: &str, user: Option<crate::auth::Principal>) -> Session {
         let conn = NEXT_SESSION.fetch_sub(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         router.send(Command::Open {
@@ -76,8 +91,8 @@ impl Session {
             tx,
             peer: None,
             outbound: None,
-            user: None,
-            vhost: crate::vhost::DEFAULT_VHOST.into(),
+            user,
+            vhost: vhost.into(),
             session: None,
             protocol: crate::protocol::WireProtocol::Json,
         });
@@ -95,6 +110,8 @@ impl Session {
         tokio::spawn(match_replies(rx, waiters.clone()));
         Session {
             conn,
+            vhost: vhost.into(),
+            names: crate::vhost::LocalNames::new(vhost),
             _registered: Arc::new(Registered {
                 conn,
                 router: router.clone(),
@@ -117,8 +134,8 @@ impl Session {
         }
         let mut request = parse_request(&request.to_string())
             .map_err(|e| SessionError::new(e.code, e.message))?;
-        // The broker's own sessions act in the default vhost, with its names.
-        crate::vhost::qualify_op(crate::vhost::DEFAULT_VHOST, &mut request.op)
+        // The request names resources of the session's vhost.
+        crate::vhost::qualify_op(&self.vhost, &mut request.op)
             .map_err(|e| SessionError::new(ErrorCode::InvalidField, e))?;
         let (done, reply) = oneshot::channel();
         self.waiters
@@ -151,7 +168,7 @@ impl Session {
                 ));
             }
         };
-        match frame {
+        match self.names.frame(frame) {
             ServerFrame::Ok { result, .. } => Ok(result),
             ServerFrame::Confirm { .. } => Ok(serde_json::Value::Null),
             // A `mandatory` publish no queue took (its confirm follows, unheard).

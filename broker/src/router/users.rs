@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{OpError, Reply, Router};
-use crate::auth::{Authenticator, Principal, UserRecord};
+use crate::auth::{Authenticator, Principal, UserLimits, UserRecord};
 use crate::protocol::{ErrorCode, RequestId, UserInfo, UserList};
 use crate::queue::ConnId;
 use crate::store::StoreOp;
@@ -42,6 +42,7 @@ impl Router {
                 tags: u.tags,
                 loopback_only: u.loopback_only,
                 max_connections: u.limits.max_connections,
+                max_queues: u.limits.max_queues,
             })
             .collect();
         Ok(Reply::Ok(
@@ -101,7 +102,7 @@ impl Router {
         &mut self,
         conn: ConnId,
         user: String,
-        max_connections: Option<u32>,
+        limits: UserLimits,
     ) -> Result<Reply, OpError> {
         self.require_administrator(conn, "set_user_limits")?;
         let Some(mut record) = self.auth.get(&user) else {
@@ -110,7 +111,7 @@ impl Router {
                 format!("no user `{user}`"),
             ));
         };
-        record.limits.max_connections = max_connections;
+        record.limits = limits;
         self.store_user_change(conn, UserChange::Put(record))
     }
 
@@ -136,6 +137,35 @@ impl Router {
         Err(format!(
             "user `{}` has reached its limit of {limit} connections",
             principal.user
+        ))
+    }
+
+    /// The user whose connection `conn` is, if any (`None`: the broker's own sessions,
+    /// such as the HTTP API's).
+    pub(super) fn conn_principal(&self, conn: ConnId) -> Option<Arc<str>> {
+        let principal = self.conns.get(&conn)?.user.as_ref()?;
+        Some(principal.user.clone())
+    }
+
+    /// Refuses a new queue of `user` when it has declared as many as its limit allows.
+    /// As RabbitMQ does, a queue counts for the user whose connection declared it (over
+    /// every vhost) until it is deleted; the count is the queues that exist now.
+    pub(super) fn check_queue_limit(&self, user: &str) -> Result<(), OpError> {
+        let Some(limit) = self.auth.get(user).and_then(|u| u.limits.max_queues) else {
+            return Ok(());
+        };
+        let declared = self
+            .queues
+            .values()
+            .filter(|q| q.declared_by.as_deref() == Some(user))
+            .count();
+        if declared < limit as usize {
+            return Ok(());
+        }
+        tracing::warn!(target: "audit", event = "queue_limit", user, limit, "queue refused: user at its queue limit");
+        Err(OpError::new(
+            ErrorCode::AccessRefused,
+            format!("user `{user}` has reached its limit of {limit} queues"),
         ))
     }
 

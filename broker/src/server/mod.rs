@@ -90,6 +90,8 @@ pub struct Config {
     /// `Host` header values the management HTTP listener answers to (defeats DNS
     /// rebinding); empty: its own address, and `localhost:PORT` on loopback.
     pub http_allowed_hosts: Vec<String>,
+    /// How long a management page login lasts (its session cookie is refused after).
+    pub http_session_timeout: Duration,
     /// Stored versions kept per plugin after each deploy (older ones are deleted, but
     /// never the active one or the one before it); `None`: all.
     pub keep_plugin_versions: Option<u64>,
@@ -123,6 +125,8 @@ impl Config {
     pub const DEFAULT_FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
     pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
     pub const DEFAULT_MAX_UNCONFIRMED: usize = 10_000;
+    /// RabbitMQ's management login lasts 8 hours too.
+    pub const DEFAULT_HTTP_SESSION_TIMEOUT: Duration = Duration::from_secs(8 * 3600);
 
     /// Defaults for everything but the data directory.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
@@ -146,6 +150,7 @@ impl Config {
             stomp: None,
             allowed_origins: Vec::new(),
             http_allowed_hosts: Vec::new(),
+            http_session_timeout: Self::DEFAULT_HTTP_SESSION_TIMEOUT,
             keep_plugin_versions: None,
             tls: None,
             inject_connection_panics: false,
@@ -316,6 +321,7 @@ impl Broker {
                     false => config.http_allowed_hosts.clone(),
                 },
                 tls: tls.clone(),
+                sessions: crate::http::Sessions::new(config.http_session_timeout),
             });
             tracing::info!(%http_addr, tls = tls.is_some(), "management HTTP listening");
             tokio::spawn(crate::http::serve(listener, state, shutdown_rx.clone()))

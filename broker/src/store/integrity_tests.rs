@@ -11,6 +11,7 @@ fn cleanly_closed_store(dir: &Path, count: u64) -> Vec<u8> {
         name: "q".into(),
         auto_delete: false,
         arguments: Headers::new(),
+        declared_by: None,
     })];
     for seq in 0..count {
         ops.push(StoreOp::PutMessage {
@@ -121,6 +122,7 @@ fn a_recovery_that_falls_back_to_the_previous_commit_says_so() {
         name: "q".into(),
         auto_delete: false,
         arguments: Headers::new(),
+        declared_by: None,
     });
     committed(&writer, vec![queue, put(1)]);
     committed(&writer, vec![put(2)]);

@@ -90,6 +90,9 @@ pub struct QueueRecord {
     pub auto_delete: bool,
     #[serde(default)]
     pub arguments: Headers,
+    /// The user whose connection declared it (counted against its `max_queues`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declared_by: Option<String>,
 }
 
 /// A durable exchange as stored.
@@ -443,6 +446,7 @@ mod tests {
             name: "q".into(),
             auto_delete: false,
             arguments: Headers::new(),
+            declared_by: None,
         };
         let (_, writer) = open(dir.path(), |_| usize::MAX).unwrap();
         let (committed, first_group) = std::sync::mpsc::channel();

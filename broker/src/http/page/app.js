@@ -50,6 +50,9 @@ function svg(tag, attrs, ...children) {
 
 const $ = (id) => document.getElementById(id);
 const enc = encodeURIComponent;
+// The vhost the page shows (`?vhost=` in its own URL); every API call names it.
+const VHOST = new URLSearchParams(window.location.search).get("vhost") || "/";
+const inVhost = (path) => `${path}${path.includes("?") ? "&" : "?"}vhost=${enc(VHOST)}`;
 const fmt = (n) => (n === undefined || n === null ? "–" : Number(n).toLocaleString("en-US"));
 function fmtRate(r) {
   if (!r) return "0";
@@ -64,7 +67,9 @@ function ago(ms) {
 }
 
 async function api(path, options) {
-  const response = await fetch(path, options);
+  const response = await fetch(inVhost(path), options);
+  // The session ended (expired, or logged out elsewhere): back to the login form.
+  if (response.status === 401) window.location.assign("/login");
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
     const e = body.error || {};
@@ -520,4 +525,24 @@ $("peek-close").addEventListener("click", () => {
   $("peek-card").hidden = true;
 });
 window.addEventListener("resize", renderChart);
+
+// The vhosts to choose from (administrators may list them; others see their own).
+async function loadVhosts() {
+  const names = await api("/api/vhosts")
+    .then((r) => r.vhosts.map((v) => v.vhost))
+    .catch(() => []);
+  if (!names.includes(VHOST)) names.push(VHOST);
+  const select = $("vhost");
+  select.replaceChildren(...names.sort().map((name) => {
+    const option = document.createElement("option");
+    option.value = name;
+    option.textContent = name;
+    option.selected = name === VHOST;
+    return option;
+  }));
+  select.addEventListener("change", () => {
+    window.location.search = `?vhost=${enc(select.value)}`;
+  });
+}
+loadVhosts();
 poll();
