@@ -196,6 +196,7 @@ impl Grant {
             | Op::ListHandlers
             | Op::ListPlugins
             | Op::PluginHistory { .. }
+            | Op::PluginLogs { .. }
             | Op::Authenticate { .. }
             | Op::AddUser { .. }
             | Op::DeleteUser { .. }

@@ -319,8 +319,8 @@ impl PluginExchange {
         })
     }
 
-    fn with_headers(&self) -> bool {
-        self.plugin.info.capabilities.reads_headers
+    fn capabilities(&self) -> super::loader::Capabilities {
+        self.plugin.info.capabilities
     }
 
     /// Routes several messages: each is checked in (quarantine, throttle) and routed on
@@ -354,7 +354,7 @@ impl PluginExchange {
             return Ok(());
         }
         let started = Instant::now();
-        let view = convert::message(msg, self.with_headers());
+        let view = convert::message(msg, self.capabilities());
         let instance = match self.instance() {
             Ok(instance) => instance,
             Err(failure) => return Err(self.fail(failure, started, false)),

@@ -9,6 +9,7 @@ use wasmtime::{ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
 use super::bindings::{Host, LogLevel};
 use super::epoch::CallClock;
 use super::limits::Limits;
+use super::log_ring::LogRing;
 
 /// How the SDK's panic hook starts the line it logs: the host keeps it as the failure's
 /// reason instead of logging it (failure logs are rate-limited, plain logs are not).
@@ -35,6 +36,13 @@ pub struct HostState {
     exchange: Arc<str>,
     /// What the guest's panic hook reported in this call.
     panic: Option<String>,
+    /// Where its log lines are kept for `plugin_logs` (besides the broker's log).
+    log: Option<Arc<LogRing>>,
+    /// A key-only plugin: `message-body` hands it nothing (its results are cached by
+    /// routing key, so they must not depend on the body).
+    body_hidden: bool,
+    /// Whether it asked for a body while `body_hidden` (deploy checks refuse that).
+    asked_for_hidden_body: bool,
 }
 
 impl HostState {
@@ -55,7 +63,27 @@ impl HostState {
             plugin,
             exchange,
             panic: None,
+            log: None,
+            body_hidden: false,
+            asked_for_hidden_body: false,
         }
+    }
+
+    /// Hands the plugin no body (a key-only plugin).
+    pub fn with_body_hidden(mut self, hidden: bool) -> Self {
+        self.body_hidden = hidden;
+        self
+    }
+
+    /// Whether the plugin asked for a body it is not given (see [`Self::with_body_hidden`]).
+    pub fn asked_for_hidden_body(&self) -> bool {
+        self.asked_for_hidden_body
+    }
+
+    /// Keeps the plugin's log lines in `ring` too.
+    pub fn with_log(mut self, ring: Arc<LogRing>) -> Self {
+        self.log = Some(ring);
+        self
     }
 
     /// Sets up a store around this state: memory limits, and the clock that interrupts a
@@ -216,6 +244,16 @@ impl Host for HostState {
             return;
         };
         let (plugin, exchange) = (&*self.plugin, &*self.exchange);
+        if let Some(ring) = &self.log {
+            let name = match level {
+                LogLevel::Trace => "trace",
+                LogLevel::Debug => "debug",
+                LogLevel::Info => "info",
+                LogLevel::Warn => "warn",
+                LogLevel::Error => "error",
+            };
+            ring.push(name, exchange, text);
+        }
         match level {
             LogLevel::Trace => tracing::trace!(plugin, exchange, "{text}"),
             LogLevel::Debug => tracing::debug!(plugin, exchange, "{text}"),
@@ -226,6 +264,10 @@ impl Host for HostState {
     }
 
     fn message_body(&mut self, index: u32) -> wasmtime::Result<Vec<u8>> {
+        if self.body_hidden {
+            self.asked_for_hidden_body = true;
+            return Ok(Vec::new());
+        }
         let Some(body) = self.bodies.get(index as usize) else {
             return Ok(Vec::new());
         };
