@@ -8,6 +8,28 @@ use std::process::Command;
 
 use common::{BrokerProcess, bin, run_cli};
 
+/// Each of the left-aligned `columns` starts at the same character in the header and in every row that
+/// has a cell there (indented note lines excepted).
+fn assert_columns_aligned(out: &str, columns: &[&str]) {
+    let mut lines = out.lines();
+    let header = lines.next().expect("a header");
+    let header: Vec<char> = header.chars().collect();
+    for column in columns {
+        let column: Vec<char> = column.chars().collect();
+        let at = header
+            .windows(column.len())
+            .position(|w| w == column)
+            .unwrap_or_else(|| panic!("no column {column:?} in {out}"));
+        for row in out.lines().skip(1).filter(|l| !l.starts_with("  ")) {
+            let row: Vec<char> = row.chars().collect();
+            assert!(
+                row.len() > at && row[at - 1] == ' ' && row[at - 2] == ' ' && row[at] != ' ',
+                "column {column:?} not aligned at {at}:\n{out}"
+            );
+        }
+    }
+}
+
 #[test]
 fn publish_consume_and_admin_commands() {
     let dir = tempfile::tempdir().unwrap();
@@ -126,12 +148,26 @@ fn plugin_deploy_list_history_rollback() {
         .expect("listed");
     assert_eq!(row.split_whitespace().nth(2), Some("2"), "{row}");
     assert!(out.lines().any(|l| l.starts_with("topic")), "{out}");
+    assert_columns_aligned(&out, &["KIND", "SHA256"]);
 
     let (ok, out, _) = run_cli(&["plugin", "history", "router"], &url);
     assert!(ok);
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 2, "{out}");
-    assert!(lines[1].starts_with('*'), "version 2 active: {out}");
+    assert_eq!(lines.len(), 3, "a header and two versions: {out}");
+    assert!(lines[2].starts_with('*'), "version 2 active: {out}");
+    assert_columns_aligned(&out, &["DEPLOYED (UTC)", "BY", "SHA256"]);
+    for row in &lines[1..] {
+        // [*] VERSION TIME BY BYTES SHA256
+        let cells: Vec<&str> = row.trim_start_matches('*').split_whitespace().collect();
+        let time = cells[1];
+        assert!(
+            time.len() >= 20 && time.as_bytes()[10] == b'T' && time.ends_with('Z'),
+            "RFC 3339 time: {row}"
+        );
+        assert!(time.starts_with("20"), "{row}");
+        // The user the CLI logged in as, not "connection N".
+        assert_eq!(cells[2], "guest", "{row}");
+    }
 
     let (ok, out, _) = run_cli(&["plugin", "rollback", "router"], &url);
     assert!(ok);

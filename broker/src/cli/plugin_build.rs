@@ -1,0 +1,93 @@
+//! `broker plugin build [PATH]`: builds a plugin crate as a Wasm component, the way the
+//! broker's own build compiles its bundled plugins (one `wasm_cargo` for both).
+
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+include!("../../build/wasm_cargo.rs");
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// The plugin crate's directory (with its Cargo.toml).
+    #[arg(default_value = ".")]
+    path: PathBuf,
+    /// Where cargo puts the build [default: CARGO_TARGET_DIR, else PATH/target]. Plugins
+    /// that share one compile the SDK's dependencies once.
+    #[arg(long, env = "CARGO_TARGET_DIR")]
+    target_dir: Option<PathBuf>,
+}
+
+pub fn run(args: BuildArgs) -> anyhow::Result<()> {
+    for wasm in build(&args.path, args.target_dir.as_deref())? {
+        println!("{}", wasm.display());
+    }
+    Ok(())
+}
+
+/// Builds the crate at `path` for wasm32 and returns the components it produced. Cargo's
+/// progress and errors go to stderr as they come.
+pub fn build(path: &Path, target_dir: Option<&Path>) -> anyhow::Result<Vec<PathBuf>> {
+    // Absolute: cargo runs in the crate's directory (for its `.cargo/config.toml`).
+    let path = &std::path::absolute(path)?;
+    let manifest = path.join("Cargo.toml");
+    if !manifest.is_file() {
+        bail!(
+            "{} has no Cargo.toml (create a plugin with `broker plugin new NAME`)",
+            path.display()
+        );
+    }
+    if !ensure_wasm_target() {
+        bail!("{MISSING_TARGET}");
+    }
+    let target_dir = match target_dir {
+        Some(dir) => std::path::absolute(dir)?,
+        None => path.join("target"),
+    };
+    let mut cargo = wasm_cargo(&manifest, path, &target_dir);
+    // The component linker, also for crates without the `.cargo/config.toml` that
+    // `plugin new` writes.
+    cargo
+        .env(
+            "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER",
+            "wasm-component-ld",
+        )
+        .arg("--message-format=json-render-diagnostics")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cargo
+        .spawn()
+        .context("cannot run cargo (install Rust with rustup: https://rustup.rs)")?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut components = Vec::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if message["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let wasm = message["filenames"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.as_str())
+            .filter(|f| f.ends_with(".wasm"));
+        components.extend(wasm.map(PathBuf::from));
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("cargo build for wasm32-unknown-unknown failed ({status})");
+    }
+    if components.is_empty() {
+        bail!(
+            "the build produced no .wasm file: a plugin crate needs \
+             `crate-type = [\"cdylib\", \"rlib\"]` under [lib]"
+        );
+    }
+    Ok(components)
+}
