@@ -6,12 +6,13 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use broker::protocol::{AttachHandler, Binding, HandlerMode};
 use broker::{Client, Headers, Message, QueueOptions};
-use common::{TestBroker, bin, wait_for};
+use common::{TestBroker, WAIT, bin, wait_for};
 
 /// `<target>/plugin-wasm`: where the broker's build compiled the bundled plugins, so the
 /// generated crates reuse the SDK's compiled dependencies (the same as tests/support/hostile.rs).
@@ -191,6 +192,56 @@ async fn new_exchange_builds_tests_deploys_and_routes_on_the_body() {
     let (ok, _, err) = broker(&["plugin", "logs", "no-such-plugin", "--server", &url]);
     assert!(!ok && err.contains("plugin_not_found"), "{err}");
 
+    // --follow prints lines logged after it started: a new binding logs one.
+    let mut follower = Command::new(bin())
+        .args([
+            "plugin",
+            "logs",
+            "urgent-router",
+            "--follow",
+            "--server",
+            &url,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The lines already there come first (the follower is running once they have).
+    let seen = lines
+        .recv_timeout(WAIT)
+        .expect("the follower prints the kept lines");
+    assert!(seen.contains("takes bodies starting with"), "{seen}");
+    c.declare_queue("ops", QueueOptions::durable())
+        .await
+        .unwrap();
+    c.bind(Binding {
+        exchange: "alerts".into(),
+        queue: "ops".into(),
+        key: "deploy".into(),
+        arguments: Headers::new(),
+    })
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let followed = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = lines.recv_timeout(left).expect("the new line, followed");
+        if line.contains("starting with `deploy`") {
+            break line;
+        }
+    };
+    assert!(followed.contains("INFO  alerts:"), "{followed}");
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+
     // Its calls' p99 is shown as the bound the histogram gives.
     let (ok, out, err) = broker(&["plugin", "list", "--server", &url]);
     assert!(ok, "{err}");
@@ -277,7 +328,10 @@ async fn key_only_exchange_that_reads_the_body_is_refused() {
     // Its native tests catch it first.
     let (ok, out) = cargo_test(&crate_dir);
     assert!(!ok, "{out}");
-    assert!(out.contains("declares_that_it_reads_the_body"), "{out}");
+    assert!(
+        out.contains("routes_on_the_first_word_of_the_body ... FAILED"),
+        "{out}"
+    );
     let (ok, out, err) = broker(&["plugin", "build", crate_path]);
     assert!(ok, "plugin build: {err}");
     let wasm = out.lines().last().unwrap().to_owned();
