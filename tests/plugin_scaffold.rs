@@ -242,6 +242,17 @@ async fn new_exchange_builds_tests_deploys_and_routes_on_the_body() {
     follower.kill().unwrap();
     follower.wait().unwrap();
 
+    // `broker exchanges` fits the columns to a type name longer than the standard ones.
+    let (ok, out, err) = broker(&["exchanges", "--server", &url]);
+    assert!(ok, "{err}");
+    let header = out.lines().next().unwrap();
+    let state_at = header.find("STATE").unwrap();
+    let alerts = out.lines().find(|l| l.starts_with("alerts")).unwrap();
+    assert_eq!(alerts.find("urgent-router"), header.find("TYPE"), "{out}");
+    for row in out.lines().skip(1) {
+        assert_eq!(row.get(state_at..), Some("ok"), "{out}");
+    }
+
     // Its calls' p99 is shown as the bound the histogram gives.
     let (ok, out, err) = broker(&["plugin", "list", "--server", &url]);
     assert!(ok, "{err}");

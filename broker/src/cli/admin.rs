@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use broker::{Client, ClientTls, ConnectOptions, QueueOptions};
 use clap::{Args, Subcommand};
 
+use super::table::{Align, Table};
 use super::{DEFAULT_SERVER, parse_key_value, to_headers};
 
 // Where the broker is and who to log in as. (A `///` comment here would become the help
@@ -182,17 +183,16 @@ pub async fn queues(args: ServerArg) -> anyhow::Result<()> {
 pub async fn exchanges(args: ServerArg) -> anyhow::Result<()> {
     let client = args.connect().await?;
     let list = client.list_exchanges().await?;
-    let width = list
-        .exchanges
-        .iter()
-        .map(|x| x.exchange.len())
-        .max()
-        .unwrap_or(0)
-        .max(9);
-    println!(
-        "{:<width$}  {:<10}  {:>8}  {:>9}  {:>10}  {:>8}  {:<7}  STATE",
-        "EXCHANGE", "TYPE", "BINDINGS", "ROUTED", "UNROUTABLE", "FAILED", "DURABLE"
-    );
+    let mut table = Table::new(&[
+        ("EXCHANGE", Align::Left),
+        ("TYPE", Align::Left),
+        ("BINDINGS", Align::Right),
+        ("ROUTED", Align::Right),
+        ("UNROUTABLE", Align::Right),
+        ("FAILED", Align::Right),
+        ("DURABLE", Align::Left),
+        ("STATE", Align::Left),
+    ]);
     for x in list.exchanges {
         let name = if x.exchange.is_empty() {
             "(default)".to_owned()
@@ -207,22 +207,28 @@ pub async fn exchanges(args: ServerArg) -> anyhow::Result<()> {
             ),
             _ => "ok".to_owned(),
         };
-        println!(
-            "{name:<width$}  {:<10}  {:>8}  {:>9}  {:>10}  {:>8}  {:<7}  {state}",
-            x.kind, x.bindings, x.routed, x.unroutable, x.failed, x.durable
-        );
+        table.row(vec![
+            name,
+            x.kind,
+            x.bindings.to_string(),
+            x.routed.to_string(),
+            x.unroutable.to_string(),
+            x.failed.to_string(),
+            x.durable.to_string(),
+            state,
+        ]);
         if let Some(r) = &x.last_auto_rollback {
-            println!(
-                "{:<width$}  its type auto-rolled back v{} -> v{} {}",
-                "",
+            table.note(format!(
+                "its type auto-rolled back v{} -> v{} {}",
                 r["from"],
                 r["to"],
                 ago(r["at"].as_u64().unwrap_or(0))
-            );
+            ));
         }
     }
+    table.print();
     for name in list.unrestored {
-        println!("{name:<width$}  (waiting for its plugin type to be loaded)");
+        println!("{name}  (waiting for its plugin type to be loaded)");
     }
     client.close().await;
     Ok(())
@@ -267,25 +273,28 @@ pub async fn bindings(args: ServerArg) -> anyhow::Result<()> {
 
 pub async fn connections(args: ServerArg) -> anyhow::Result<()> {
     let client = args.connect().await?;
-    println!(
-        "{:>6}  {:<22}  {:>8}  {:>8}  CONSUMERS",
-        "CONN", "PEER", "CONFIRMS", "UNACKED"
-    );
+    let mut table = Table::new(&[
+        ("CONN", Align::Right),
+        ("PEER", Align::Left),
+        ("CONFIRMS", Align::Right),
+        ("UNACKED", Align::Right),
+        ("CONSUMERS", Align::Left),
+    ]);
     for c in client.list_connections().await? {
         let consumers: Vec<String> = c
             .consumers
             .iter()
             .map(|s| format!("{} ({})", s.queue, s.consumer_tag))
             .collect();
-        println!(
-            "{:>6}  {:<22}  {:>8}  {:>8}  {}",
-            c.conn,
-            c.peer,
-            c.confirms,
-            c.unacked,
-            consumers.join(", ")
-        );
+        table.row(vec![
+            c.conn.to_string(),
+            c.peer.to_string(),
+            c.confirms.to_string(),
+            c.unacked.to_string(),
+            consumers.join(", "),
+        ]);
     }
+    table.print();
     client.close().await;
     Ok(())
 }

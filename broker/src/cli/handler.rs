@@ -110,7 +110,6 @@ pub async fn run(what: Handler) -> anyhow::Result<()> {
                 ("PUBLISHED", Align::Right),
                 ("CONFIG", Align::Left),
             ]);
-            let mut notes = Vec::new();
             for h in list["handlers"].as_array().into_iter().flatten() {
                 let s = &h["stats"];
                 let version = match &h["plugin_version"] {
@@ -138,23 +137,16 @@ pub async fn run(what: Handler) -> anyhow::Result<()> {
                     s["published"].to_string(),
                     config.join(","),
                 ]);
-                notes.push(h["refused"].as_object().map(|refused| {
-                    format!(
-                        "  version {} refused this attachment, which stays on version {}: {}",
+                if let Some(refused) = h["refused"].as_object() {
+                    table.note(format!(
+                        "version {} refused this attachment, which stays on version {}: {}",
                         refused["version"],
                         version,
                         refused["reason"].as_str().unwrap_or("?")
-                    )
-                }));
-            }
-            let rendered = table.render();
-            println!("{}", rendered[0]);
-            for (row, note) in rendered[1..].iter().zip(notes) {
-                println!("{row}");
-                if let Some(note) = note {
-                    println!("{note}");
+                    ));
                 }
             }
+            table.print();
             client.close().await;
         }
     }

@@ -222,7 +222,6 @@ fn print_plugins(list: &serde_json::Value) {
         ("SHA256", Align::Left),
         ("MESSAGES BY VERSION", Align::Left),
     ]);
-    let mut notes: Vec<Vec<String>> = Vec::new();
     for p in list["plugins"].as_array().into_iter().flatten() {
         let version = match (&p["active_version"], p["bundled"].as_bool()) {
             (serde_json::Value::Number(n), _) => n.to_string(),
@@ -247,10 +246,9 @@ fn print_plugins(list: &serde_json::Value) {
             hash.to_owned(),
             by_version.join(" "),
         ]);
-        let mut lines = Vec::new();
         if let Some(r) = p["last_auto_rollback"].as_object() {
-            lines.push(format!(
-                "  auto-rolled back v{} -> v{} {} ({} errors in {} calls)",
+            table.note(format!(
+                "auto-rolled back v{} -> v{} {} ({} errors in {} calls)",
                 r["from"],
                 r["to"],
                 ago(r["at"].as_u64().unwrap_or(0)),
@@ -259,23 +257,15 @@ fn print_plugins(list: &serde_json::Value) {
             ));
         }
         for q in p["quarantined"].as_array().into_iter().flatten() {
-            lines.push(format!(
-                "  exchange {} quarantined {} ({})",
+            table.note(format!(
+                "exchange {} quarantined {} ({})",
                 q["exchange"].as_str().unwrap_or("?"),
                 ago(q["since"].as_u64().unwrap_or(0)),
                 q["reason"].as_str().unwrap_or("?")
             ));
         }
-        notes.push(lines);
     }
-    let rendered = table.render();
-    println!("{}", rendered[0]);
-    for (row, lines) in rendered[1..].iter().zip(notes) {
-        println!("{row}");
-        for line in lines {
-            println!("{line}");
-        }
-    }
+    table.print();
 }
 
 /// `plugin history`: one row per version, oldest first, `*` marking the active one.

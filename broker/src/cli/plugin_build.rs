@@ -43,6 +43,12 @@ pub fn build(path: &Path, target_dir: Option<&Path>) -> anyhow::Result<Vec<PathB
     if !ensure_wasm_target() {
         bail!("{MISSING_TARGET}");
     }
+    if !component_linker_found() {
+        bail!(
+            "the component linker `wasm-component-ld` is missing: it ships with Rust 1.82 and \
+             later (`rustup update stable`), or install it with `cargo install wasm-component-ld`"
+        );
+    }
     let target_dir = match target_dir {
         Some(dir) => std::path::absolute(dir)?,
         None => path.join("target"),
@@ -90,4 +96,36 @@ pub fn build(path: &Path, target_dir: Option<&Path>) -> anyhow::Result<Vec<PathB
         );
     }
     Ok(components)
+}
+
+/// Whether `wasm-component-ld` is in the toolchain (`<sysroot>/lib/rustlib/<host>/bin`,
+/// where rustc looks for it) or on PATH.
+fn component_linker_found() -> bool {
+    let exe = format!("wasm-component-ld{}", std::env::consts::EXE_SUFFIX);
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let sysroot = std::process::Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    let in_toolchain = sysroot
+        .and_then(|root| std::fs::read_dir(root.join("lib/rustlib")).ok())
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .any(|host| host.path().join("bin").join(&exe).is_file());
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(&exe).is_file()))
+        .unwrap_or(false);
+    in_toolchain || on_path
+}
+
+#[cfg(test)]
+mod tests {
+    /// This toolchain builds the bundled plugins with it, so it must be found.
+    #[test]
+    fn finds_the_component_linker_of_this_toolchain() {
+        assert!(super::component_linker_found());
+    }
 }

@@ -8,10 +8,11 @@ pub enum Align {
     Right,
 }
 
-/// A table: a header row, then rows of cells. The last column is not padded.
+/// A table: a header row, then rows of cells, each followed by its notes (lines
+/// indented by two spaces, outside the columns). The last column is not padded.
 pub struct Table {
     columns: Vec<(&'static str, Align)>,
-    rows: Vec<Vec<String>>,
+    rows: Vec<(Vec<String>, Vec<String>)>,
 }
 
 impl Table {
@@ -25,21 +26,31 @@ impl Table {
     /// Adds a row; it has as many cells as there are columns.
     pub fn row(&mut self, cells: Vec<String>) {
         debug_assert_eq!(cells.len(), self.columns.len());
-        self.rows.push(cells);
+        self.rows.push((cells, Vec::new()));
     }
 
-    /// The table, one line per row (header first), columns two spaces apart.
+    /// Adds a note under the last row.
+    pub fn note(&mut self, line: String) {
+        if let Some((_, notes)) = self.rows.last_mut() {
+            notes.push(line);
+        }
+    }
+
+    /// The table, one line per row (header first), columns two spaces apart, each row
+    /// followed by its notes.
     pub fn render(&self) -> Vec<String> {
         let header: Vec<String> = self.columns.iter().map(|(h, _)| h.to_string()).collect();
-        let rows = std::iter::once(&header).chain(&self.rows);
+        let none = Vec::new();
+        let rows = std::iter::once((&header, &none)).chain(self.rows.iter().map(|(r, n)| (r, n)));
         let mut widths = vec![0; self.columns.len()];
-        for row in rows.clone() {
+        for (row, _) in rows.clone() {
             for (width, cell) in widths.iter_mut().zip(row) {
                 *width = (*width).max(cell.chars().count());
             }
         }
         let last = self.columns.len().saturating_sub(1);
-        rows.map(|row| {
+        let mut lines = Vec::new();
+        for (row, notes) in rows {
             let mut line = String::new();
             for (i, cell) in row.iter().enumerate() {
                 if i > 0 {
@@ -52,9 +63,10 @@ impl Table {
                     (Align::Right, _) => write!(line, "{cell:>width$}").unwrap(),
                 }
             }
-            line.trim_end().to_owned()
-        })
-        .collect()
+            lines.push(line.trim_end().to_owned());
+            lines.extend(notes.iter().map(|note| format!("  {note}")));
+        }
+        lines
     }
 
     pub fn print(&self) {
@@ -91,11 +103,13 @@ mod tests {
             "7".into(),
             "x=1".into(),
         ]);
+        t.note("refused".into());
         t.row(vec!["q".into(), "123456".into(), "".into()]);
         let lines = t.render();
         assert_eq!(lines[0], "QUEUE                        N  CONFIG");
         assert_eq!(lines[1], "a-very-long-queue-name       7  x=1");
-        assert_eq!(lines[2], "q                       123456");
+        assert_eq!(lines[2], "  refused");
+        assert_eq!(lines[3], "q                       123456");
     }
 
     #[test]
