@@ -367,3 +367,50 @@ fn bench_isolation_serves_the_victim_next_to_a_hostile_plugin() {
     assert_eq!(field(&alone, "hostile_sent"), "0", "{alone}");
     assert_ne!(field(&alone, "confirm_p999_us"), "-", "{alone}");
 }
+
+/// `plugin test` runs a component in the real host without a broker: per message the
+/// bindings chosen, or the failure with the guest's panic text; messages from
+/// `--message` and from a `--sample` file of JSON lines.
+#[test]
+fn plugin_test_routes_samples_and_shows_the_panic_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("trap.wasm");
+    std::fs::write(&wasm, hostile::plugin("trap")).unwrap();
+    let samples = dir.path().join("samples.jsonl");
+    std::fs::write(
+        &samples,
+        "{\"routing_key\":\"b\",\"body\":\"x\"}\n\n{\"routing_key\":\"boom\"}\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["plugin", "test", wasm.to_str().unwrap()])
+        .args(["--binding", "a", "--binding", "b"])
+        .args(["--message", r#"{"routing_key":"a"}"#])
+        .args(["--sample", samples.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success(), "a message failed: {stdout}");
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("message"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(lines[0].contains("bindings 1 (`a`)"), "{stdout}");
+    assert!(lines[1].contains("bindings 2 (`b`)"), "{stdout}");
+    assert!(
+        lines[2].contains("FAILED") && lines[2].contains("panicked at"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("1 of 3 messages failed"), "{stderr}");
+
+    let out = Command::new(bin())
+        .args(["plugin", "test", wasm.to_str().unwrap()])
+        .args(["--message", "{not json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("--message 1"), "{stderr}");
+}

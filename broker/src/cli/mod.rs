@@ -85,8 +85,11 @@ enum Command {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    if !matches!(cli.command, Command::Serve(_)) {
-        init_logging("warn", false);
+    match &cli.command {
+        Command::Serve(_) => {}
+        // It prints each failure itself; the host's warning would repeat it.
+        Command::Plugin(plugin::Plugin::Test(_)) => init_logging("error", false),
+        _ => init_logging("warn", false),
     }
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
