@@ -398,6 +398,8 @@ fn plugin_test_routes_samples_and_shows_the_panic_text() {
         .collect();
     assert_eq!(lines.len(), 3, "{stdout}");
     assert!(lines[0].contains("bindings 1 (`a`)"), "{stdout}");
+    // What the call cost: time and fuel.
+    assert!(lines[0].contains("us, fuel "), "{stdout}");
     assert!(lines[1].contains("bindings 2 (`b`)"), "{stdout}");
     assert!(
         lines[2].contains("FAILED") && lines[2].contains("panicked at"),

@@ -138,13 +138,21 @@ fn run_exchange(
     let mut failed = 0;
     for (i, (what, msg)) in messages.iter().enumerate() {
         let mut out = Vec::new();
+        let cache_hits = || host.stats(NAME).map_or(0, |s| s.cache_hits);
+        let hits_before = cache_hits();
         let started = Instant::now();
         let result = exchange.route(msg, &mut out);
         let micros = started.elapsed().as_secs_f64() * 1e6;
-        match result {
-            Ok(()) if out.is_empty() => {
-                println!("message {} ({what}): unroutable ({micros:.0}us)", i + 1)
+        let cost = if cache_hits() > hits_before {
+            "from the key cache, no call".to_owned()
+        } else {
+            match exchange.last_call_fuel() {
+                Some(fuel) => format!("{micros:.0}us, fuel {fuel}"),
+                None => format!("{micros:.0}us"),
             }
+        };
+        match result {
+            Ok(()) if out.is_empty() => println!("message {} ({what}): unroutable ({cost})", i + 1),
             Ok(()) => {
                 out.sort_unstable();
                 out.dedup();
@@ -156,7 +164,7 @@ fn run_exchange(
                     })
                     .collect();
                 println!(
-                    "message {} ({what}): bindings {} ({micros:.0}us)",
+                    "message {} ({what}): bindings {} ({cost})",
                     i + 1,
                     chosen.join(", ")
                 );

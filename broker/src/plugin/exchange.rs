@@ -169,6 +169,12 @@ impl PluginExchange {
         })
     }
 
+    /// The fuel its plugin's last call used (`None`: fuel not metered, or no instance
+    /// since a failure); `broker plugin test` prints it.
+    pub fn last_call_fuel(&self) -> Option<u64> {
+        self.instance.as_ref()?.last_call_fuel()
+    }
+
     /// The counters of the plugin version this exchange runs.
     pub fn stats(&self) -> &Arc<PluginStats> {
         &self.stats

@@ -43,6 +43,8 @@ pub struct HostState {
     body_hidden: bool,
     /// Whether it asked for a body while `body_hidden` (deploy checks refuse that).
     asked_for_hidden_body: bool,
+    /// The fuel the current call started with (0 when fuel is not metered).
+    armed_fuel: u64,
 }
 
 impl HostState {
@@ -66,6 +68,7 @@ impl HostState {
             log: None,
             body_hidden: false,
             asked_for_hidden_body: false,
+            armed_fuel: 0,
         }
     }
 
@@ -120,6 +123,7 @@ impl HostState {
             .time_for(bodies)
             .map(|t| t.saturating_mul(factor));
         state.limiter.clock.begin(time);
+        state.armed_fuel = if state.limits.meter_fuel { fuel } else { 0 };
         if state.limits.meter_fuel {
             store
                 .set_fuel(fuel)
@@ -159,6 +163,13 @@ impl HostState {
         }
         self.log_lines_left -= 1;
         Some(text)
+    }
+
+    /// The fuel the last call used, when fuel is metered.
+    pub fn fuel_used<T>(store: &Store<T>, host: fn(&T) -> &HostState) -> Option<u64> {
+        let armed = host(store.data()).armed_fuel;
+        let left = store.get_fuel().ok()?;
+        (armed > 0).then(|| armed.saturating_sub(left))
     }
 
     /// The panic message the guest reported in the last call, if it did.

@@ -114,6 +114,11 @@ impl LiveInstance {
         self.call(|ex, store| ex.call_unbind(store, id))
     }
 
+    /// The fuel its last call used (`None` when fuel is not metered).
+    pub fn last_call_fuel(&self) -> Option<u64> {
+        HostState::fuel_used(&self.store, |state| state)
+    }
+
     /// Whether this (key-only) instance asked for a message body it was not given.
     pub fn asked_for_hidden_body(&self) -> bool {
         self.store.data().asked_for_hidden_body()
