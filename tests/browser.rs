@@ -4,7 +4,7 @@
 //! dead letter back. Also saves a screenshot to `target/tmp/management-page.png`.
 //!
 //! Skipped, with a message, when chromium is not installed (`apt-get install chromium`;
-//! `BROWSER_TEST=1 .ci/run` installs it). `REQUIRE_BROWSER=1` turns the skip into a failure.
+//! `.ci/run` installs it and sets `REQUIRE_BROWSER=1`, which turns the skip into a failure).
 
 mod common;
 
@@ -207,7 +207,7 @@ async fn the_management_page_shows_queues_and_requeues_dead_letters() {
         );
         eprintln!(
             "SKIPPED: chromium not found at /usr/bin/chromium (or $CHROMIUM); \
-             install it with `apt-get install chromium` or run `BROWSER_TEST=1 .ci/run`"
+             install it with `apt-get install chromium` (`.ci/run` does)"
         );
         return;
     };

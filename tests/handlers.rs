@@ -132,7 +132,7 @@ async fn published_outputs_are_stored_with_the_ack_and_unroutable_ones_fail_the_
 
     // An output to an exchange that does not exist: nothing is stored, the delivery fails.
     let args = json!({"retry_backoff": ["10ms"], "max_deliveries": 2});
-    c.declare_queue("broken", queue_options(args))
+    c.declare_queue("broken", queue_options(args.clone()))
         .await
         .unwrap();
     c.attach_handler(attach("broken", "enrich", &[("exchange", "nowhere")]))
@@ -147,6 +147,34 @@ async fn published_outputs_are_stored_with_the_ack_and_unroutable_ones_fail_the_
         dead[0].message.headers[DEATH_HEADER][0]["reason"],
         "plugin_error"
     );
+    assert_eq!(c.queue_info("audit").await.unwrap().ready, 5);
+
+    // An output its exchange routes to no queue, and one a full `reject_publish` queue
+    // refuses: the delivery fails each time rather than being acked without its output.
+    let full = json!({"max_length": 1, "overflow": "reject_publish"});
+    c.declare_queue("full", queue_options(full)).await.unwrap();
+    c.publish(persistent("full", "already here"), false)
+        .await
+        .unwrap();
+    for (queue, config) in [
+        (
+            "unrouted",
+            [("exchange", "derived"), ("routing_key", "no.match")],
+        ),
+        ("refused", [("exchange", ""), ("routing_key", "full")]),
+    ] {
+        c.declare_queue(queue, queue_options(args.clone()))
+            .await
+            .unwrap();
+        c.attach_handler(attach(queue, "enrich", &config))
+            .await
+            .unwrap();
+        c.publish(persistent(queue, r#"{"id":10}"#), false)
+            .await
+            .unwrap();
+        wait_for(&c, queue, |q| q.dead_lettered == 1).await;
+    }
+    assert_eq!(c.queue_info("full").await.unwrap().ready, 1);
     assert_eq!(c.queue_info("audit").await.unwrap().ready, 5);
 }
 

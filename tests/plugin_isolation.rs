@@ -328,3 +328,72 @@ async fn failure_logs_name_plugin_version_and_panic_text() {
     assert_eq!(handler[0]["fields"]["queue"], "work");
     assert_eq!(handler[0]["level"], "WARN");
 }
+
+/// Exchange routing runs at ingress, off the router's task: while one exchange's plugin
+/// is stuck in a long call, a publish from another connection to another queue is
+/// confirmed and the stuck publish is still unanswered. (When the router ran the plugin,
+/// it waited for the call to end, and the stuck publish was answered first.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_call_in_progress_does_not_hold_up_other_publishers() {
+    use futures_util::FutureExt as _;
+    // A loop that only a 3 s budget stops (fuel is not what stops it).
+    let limits = broker::plugin::Limits {
+        fuel_per_call: u64::MAX / 4,
+        call_deadline: Some(std::time::Duration::from_secs(3)),
+        failing_time_per_sec: std::time::Duration::from_secs(10),
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = broker::Config::new(dir.path());
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.plugins = Some(broker::plugin::PluginHost::new(limits).unwrap());
+    let b = broker::Broker::start(config).await.unwrap();
+    let hostile = Client::connect(&b.url()).await.unwrap();
+    let victim = Client::connect(&b.url()).await.unwrap();
+    hostile
+        .deploy_plugin("h-loop", &hostile::plugin("spin"))
+        .await
+        .unwrap();
+    hostile
+        .declare_exchange("x-loop", "h-loop", false, Headers::new())
+        .await
+        .unwrap();
+    for c in [&hostile, &victim] {
+        c.confirm_select().await.unwrap();
+    }
+    victim
+        .declare_queue("victim-q", QueueOptions::durable())
+        .await
+        .unwrap();
+
+    let routed = |plugins: &serde_json::Value| {
+        plugins["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "h-loop")
+            .map(|p| p["stats"]["messages"].as_u64().unwrap())
+            .unwrap()
+    };
+    let before = routed(&victim.list_plugins().await.unwrap());
+    let stuck = hostile.publish(to("x-loop", "spin", "stuck"), false);
+    // The plugin has the message (its call started).
+    common::wait_for(|| async {
+        (routed(&victim.list_plugins().await.unwrap()) > before).then_some(())
+    })
+    .await;
+    victim
+        .publish(Message::text("victim-q", "served"), false)
+        .await
+        .unwrap();
+    let mut stuck = Box::pin(stuck);
+    assert!(
+        (&mut stuck).now_or_never().is_none(),
+        "the stuck publish was answered before the other connection's confirm"
+    );
+    let err = stuck.await.expect_err("the loop never routes");
+    assert!(err.to_string().contains("CPU budget"), "{err}");
+    assert_eq!(victim.peek_queue("victim-q", 10).await.unwrap().len(), 1);
+    drop((hostile, victim));
+    b.shutdown().await;
+}

@@ -39,6 +39,14 @@ pub trait Exchange: Send {
     /// router delivers at most once per queue).
     fn route(&mut self, msg: &Message, out: &mut Vec<BindingId>) -> Result<(), ExchangeError>;
 
+    /// Routes `msg` only if that is cheap and cannot fail in the plugin (a key-only
+    /// route already cached, or a refusal while quarantined): `None` means a real call
+    /// is needed. Ingress tries this on the publisher's own task before handing the
+    /// message to an exchange worker.
+    fn route_cached(&mut self, _msg: &Message) -> Option<Result<Vec<BindingId>, ExchangeError>> {
+        None
+    }
+
     /// Routes several messages at once (one call into a plugin instead of one per
     /// message); the router uses it when several publishes to one exchange are waiting.
     fn route_batch(&mut self, msgs: &[&Message]) -> Vec<Result<Vec<BindingId>, ExchangeError>> {

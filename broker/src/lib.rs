@@ -9,6 +9,8 @@ pub mod amqp;
 pub mod auth;
 pub mod client;
 pub mod exchange;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http;
 pub mod message;
 pub mod metrics;

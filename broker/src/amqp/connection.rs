@@ -513,6 +513,7 @@ impl AmqpConnection {
             conn,
             request,
             credit,
+            routed: None,
         };
         match self.ctx.router.send_request(command).await {
             true => Ok(()),

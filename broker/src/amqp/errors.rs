@@ -122,7 +122,7 @@ impl AmqpError {
         self
     }
 
-    #[cfg(test)]
+    /// The reply code.
     pub fn code(&self) -> u16 {
         match self {
             AmqpError::Channel { code, .. } | AmqpError::Connection { code, .. } => *code,

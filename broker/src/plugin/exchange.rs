@@ -342,6 +342,24 @@ impl PluginExchange {
             .collect()
     }
 
+    /// The cheap part of [`Self::route_checked`]: a refusal while quarantined or
+    /// throttled, or a cached key-only route; `None` when the plugin must be called (or
+    /// a reset or redeploy must be applied first, which starts an instance).
+    fn route_cached(&mut self, msg: &Message) -> Option<Result<Vec<BindingId>, ExchangeError>> {
+        if self.control.reset_requested.load(Ordering::Acquire)
+            || self.slot.generation() != self.generation
+        {
+            return None;
+        }
+        if self.control.is_quarantined() || self.health.throttled(&self.limits) {
+            return self.check_in().err().map(Err);
+        }
+        let ids = self.cache.as_ref()?.get(&msg.routing_key)?.to_vec();
+        self.stats.record_messages(1);
+        self.stats.record_cache_hits(1);
+        Some(Ok(ids))
+    }
+
     fn route_checked(
         &mut self,
         msg: &Message,
@@ -470,5 +488,9 @@ impl Exchange for PluginExchange {
 
     fn route(&mut self, msg: &Message, out: &mut Vec<BindingId>) -> Result<(), ExchangeError> {
         self.route_checked(msg, out)
+    }
+
+    fn route_cached(&mut self, msg: &Message) -> Option<Result<Vec<BindingId>, ExchangeError>> {
+        PluginExchange::route_cached(self, msg)
     }
 }

@@ -62,5 +62,6 @@ pub use health::LogThrottle;
 pub use limits::Limits;
 pub use loader::{Capabilities, LoadError, PluginInfo, PluginSource};
 pub use log_ring::{LOG_RING_LINES, LogLine};
+pub(crate) use registry::lower_thread_priority;
 pub use registry::{HostError, PluginHost, PreparedPlugin, content_hash};
 pub use stats::{CALL_TIME_BUCKETS, PluginStats, StatsSnapshot, call_time_bucket_bound};

@@ -29,7 +29,7 @@ pub fn content_hash(wasm: &[u8]) -> String {
 }
 
 /// Makes the calling thread yield to the broker's other threads (nice 10).
-fn lower_thread_priority() {
+pub(crate) fn lower_thread_priority() {
     #[cfg(target_os = "linux")]
     // SAFETY: setpriority with PRIO_PROCESS and a thread id only changes that thread's
     // nice value; failure (e.g. a seccomp filter) just leaves it as it was.

@@ -7,10 +7,12 @@
 //! `max_in_memory_length` keeps the bodies of the rest only in the store and reads them
 //! back in runs before it delivers them (see [`Queue::enable_paging`]).
 
+mod entry;
 mod paging;
 mod parked;
 mod policy;
 
+pub use entry::Entry;
 use paging::{PAGE_IN_RUN, Paging};
 use parked::{Held, NEVER, Parked};
 pub use policy::{
@@ -26,50 +28,6 @@ use crate::message::{Headers, Message, encode_stored};
 
 /// Identifies a client connection.
 pub type ConnId = u64;
-
-/// A message in a queue.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    /// Position in the queue; also the message's key in the store.
-    pub seq: u64,
-    pub message: Arc<Message>,
-    /// Deliveries so far.
-    pub delivery_count: u32,
-    /// The message is in the store (persistent message in a durable queue).
-    pub stored: bool,
-    /// The store also holds its delivery count / schedule.
-    pub state_stored: bool,
-    /// Its priority in this queue (0 unless the queue has `max_priority`).
-    pub priority: u8,
-    /// When it expires (ms since the epoch), from its own and the queue's TTL.
-    pub expires_at: Option<u64>,
-}
-
-impl Entry {
-    pub fn new(seq: u64, message: Arc<Message>, stored: bool) -> Self {
-        Entry {
-            seq,
-            message,
-            delivery_count: 0,
-            stored,
-            state_stored: false,
-            priority: 0,
-            expires_at: None,
-        }
-    }
-
-    fn ready_key(&self) -> ReadyKey {
-        (Reverse(self.priority), self.seq)
-    }
-
-    fn removed(&self) -> Removed {
-        Removed {
-            seq: self.seq,
-            stored: self.stored,
-            state_stored: self.state_stored,
-        }
-    }
-}
 
 /// Ready order: highest priority first, then oldest first.
 type ReadyKey = (Reverse<u8>, u64);
@@ -266,27 +224,33 @@ impl Queue {
 
     /// Offers a new message published at `now`; `stored` says it is persisted here.
     pub fn push(&mut self, message: Arc<Message>, stored: bool, now: u64) -> Push {
-        let size = message.body_len() as u64;
-        let over = |q: &Queue, extra_len: u64, extra_bytes: u64| {
-            let len = (q.ready.len() + q.delayed.len()) as u64 + extra_len;
-            let bytes = q.queued_bytes + extra_bytes;
-            q.policy.max_length.is_some_and(|max| len > max)
-                || q.policy.max_length_bytes.is_some_and(|max| bytes > max)
-        };
-        if self.policy.overflow == Overflow::RejectPublish && over(self, 1, size) {
+        if self.refuses(1, message.body_len() as u64) {
             return Push::Rejected;
         }
         let seq = self.next_seq;
         self.next_seq += 1;
         self.place(Entry::new(seq, message, stored), now, None, Origin::Live);
         let mut evicted = Vec::new();
-        while over(self, 0, 0) {
+        while self.over_limits(0, 0) {
             match self.pop_oldest() {
                 Some(e) => evicted.push(e),
                 None => break,
             }
         }
         Push::Accepted { seq, evicted }
+    }
+
+    /// Whether `overflow: reject_publish` refuses `messages` more messages of `bytes`.
+    pub fn refuses(&self, messages: u64, bytes: u64) -> bool {
+        self.policy.overflow == Overflow::RejectPublish && self.over_limits(messages, bytes)
+    }
+
+    /// Whether the queue with `messages` more of `bytes` exceeds its length limits.
+    fn over_limits(&self, messages: u64, bytes: u64) -> bool {
+        let len = (self.ready.len() + self.delayed.len()) as u64 + messages;
+        let bytes = self.queued_bytes + bytes;
+        self.policy.max_length.is_some_and(|max| len > max)
+            || self.policy.max_length_bytes.is_some_and(|max| bytes > max)
     }
 
     /// Places a message that entered the queue at `enqueued_at` (now for a new one, earlier

@@ -5,13 +5,11 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::dead_letter::QueueFull;
+use super::ingress::SharedExchange;
 use super::queues::{check_access, check_name};
-use super::{Command, ExchangeState, OpError, Outbound, Reply, Routed, Router};
+use super::{ExchangeState, OpError, Outbound, Reply, Routed, Router};
 use crate::exchange::{BindingId, ExchangeError, ExchangeTypes as _};
-use crate::message::Message;
-use crate::protocol::{
-    Binding, DeclareExchange, ErrorCode, Op, Publish, Request, RequestId, ServerFrame,
-};
+use crate::protocol::{Binding, DeclareExchange, ErrorCode, Publish, RequestId, ServerFrame};
 use crate::queue::ConnId;
 use crate::store::{ExchangeRecord, StoreOp};
 
@@ -92,6 +90,8 @@ impl Router {
             }));
         }
         tracing::debug!(exchange = %declare.exchange, kind = %declare.kind, "exchange declared");
+        let routing = SharedExchange::new(routing);
+        self.directory.insert(&declare.exchange, routing.clone());
         self.exchanges.insert(
             declare.exchange,
             ExchangeState {
@@ -131,6 +131,7 @@ impl Router {
             .exchanges
             .remove(name)
             .ok_or_else(|| exchange_not_found(name))?;
+        self.directory.remove(name);
         if !exchange.durable {
             return Ok(Reply::Ok(serde_json::Value::Null));
         }
@@ -157,13 +158,12 @@ impl Router {
         if exchange.bindings.values().any(|b| *b == binding) {
             return Ok(Reply::Ok(serde_json::Value::Null));
         }
-        exchange
-            .routing
-            .validate_binding(&binding.key, &binding.arguments)?;
         let id = self.next_binding_id;
-        exchange
-            .routing
-            .bind(id, &binding.key, &binding.arguments)?;
+        {
+            let mut routing = exchange.routing.lock();
+            routing.validate_binding(&binding.key, &binding.arguments)?;
+            routing.bind(id, &binding.key, &binding.arguments)?;
+        }
         self.next_binding_id += 1;
         let durable = exchange.durable && queue_stored;
         if durable {
@@ -198,7 +198,7 @@ impl Router {
         else {
             return Ok(Reply::Ok(serde_json::Value::Null));
         };
-        exchange.routing.unbind(id)?;
+        exchange.routing.lock().unbind(id)?;
         exchange.bindings.remove(&id);
         self.batch.ops.push(StoreOp::DeleteBinding(id));
         Ok(Reply::OkAfterCommit(serde_json::Value::Null))
@@ -215,6 +215,8 @@ impl Router {
             .create(&record.kind, &record.name, &record.arguments)
         {
             Ok(routing) => {
+                let routing = SharedExchange::new(routing);
+                self.directory.insert(&record.name, routing.clone());
                 let state = ExchangeState {
                     kind: record.kind,
                     durable: true,
@@ -245,7 +247,11 @@ impl Router {
         }
         match self.exchanges.get_mut(&binding.exchange) {
             Some(exchange) if queue_exists => {
-                match exchange.routing.bind(id, &binding.key, &binding.arguments) {
+                match exchange
+                    .routing
+                    .lock()
+                    .bind(id, &binding.key, &binding.arguments)
+                {
                     Ok(()) => {
                         exchange.bindings.insert(id, binding);
                     }
@@ -309,7 +315,7 @@ impl Router {
                 .map(|(id, _)| *id)
                 .collect();
             for id in ids {
-                if let Err(e) = exchange.routing.unbind(id) {
+                if let Err(e) = exchange.routing.lock().unbind(id) {
                     tracing::warn!(binding = id, error = %e, "exchange refused unbind");
                 }
                 exchange.bindings.remove(&id);
@@ -318,55 +324,12 @@ impl Router {
         }
     }
 
-    /// If `commands` starts with two or more publishes to the same named exchange, routes
-    /// them in one batch call and returns their results in order; otherwise nothing. Only
-    /// consecutive publishes are grouped, so no other operation falls between them.
-    pub(super) fn route_publish_run(
-        &mut self,
-        commands: &mut [Option<Command>],
-    ) -> std::collections::VecDeque<Routed> {
-        fn publish(command: &mut Option<Command>) -> Option<&mut Publish> {
-            match command {
-                Some(Command::Request {
-                    request:
-                        Request {
-                            op: Op::Publish(p), ..
-                        },
-                    ..
-                }) if !is_default(&p.message.exchange) => Some(p),
-                _ => None,
-            }
-        }
-        let Some(exchange) = commands
-            .first_mut()
-            .and_then(publish)
-            .map(|p| p.message.exchange.clone())
-        else {
-            return Default::default();
-        };
-        let now = now_ms();
-        let mut run: Vec<&Message> = Vec::new();
-        for command in commands.iter_mut() {
-            match publish(command) {
-                Some(p) if p.message.exchange == exchange => {
-                    p.message.properties.timestamp.get_or_insert(now);
-                    run.push(&p.message);
-                }
-                _ => break,
-            }
-        }
-        match self.exchanges.get_mut(&exchange) {
-            Some(state) if run.len() >= 2 => state.routing.route_batch(&run).into(),
-            _ => Default::default(),
-        }
-    }
-
     pub(super) fn publish(
         &mut self,
         conn: ConnId,
         id: &RequestId,
         publish: Publish,
-        prerouted: Option<Routed>,
+        routed: Option<Routed>,
     ) -> Result<Reply, OpError> {
         let Publish {
             mut message,
@@ -375,7 +338,7 @@ impl Router {
         if message.properties.timestamp.is_none() {
             message.properties.timestamp = Some(now_ms());
         }
-        let routed = match prerouted {
+        let routed = match routed {
             Some(routed) => routed
                 .map_err(OpError::from)
                 .and_then(|ids| self.destinations(&message.exchange, ids)),
@@ -454,7 +417,7 @@ impl Router {
             .ok_or_else(|| exchange_not_found(&message.exchange))?;
         let mut ids = std::mem::take(&mut self.route_buf);
         ids.clear();
-        let routed = exchange.routing.route(message, &mut ids);
+        let routed = exchange.routing.lock().route(message, &mut ids);
         let destinations = routed
             .map_err(OpError::from)
             .and_then(|()| self.destinations(&message.exchange, &ids));
@@ -463,7 +426,7 @@ impl Router {
     }
 
     /// The queues behind an exchange's binding ids, each once.
-    fn destinations(
+    pub(super) fn destinations(
         &self,
         exchange: &str,
         ids: impl AsRef<[BindingId]>,
@@ -475,9 +438,10 @@ impl Router {
         let ids = ids.as_ref();
         let mut destinations: Vec<Arc<str>> = Vec::with_capacity(ids.len());
         for id in ids {
+            // The exchange checked its output against its bindings; one missing here was
+            // removed after ingress routed the message.
             let Some(binding) = exchange.bindings.get(id) else {
-                let message = format!("exchange returned unknown binding id {id}");
-                return Err(OpError::new(ErrorCode::PluginError, message));
+                continue;
             };
             if let Some((name, _)) = self.queues.get_key_value(binding.queue.as_str())
                 && !destinations.contains(name)

@@ -10,6 +10,7 @@ mod consumers;
 mod dead_letter;
 mod exchanges;
 mod handlers;
+mod ingress;
 mod overview;
 mod plugin_logs;
 mod plugin_prune;
@@ -33,7 +34,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use crate::auth::{Authenticator, Principal};
-use crate::exchange::{BindingId, Exchange};
+use crate::exchange::BindingId;
 use crate::plugin::PluginHost;
 use crate::protocol::{Binding, Delivery, ErrorCode, Op, Request, RequestId, ServerFrame};
 use crate::queue::{ConnId, Queue, Retry};
@@ -103,7 +104,12 @@ pub enum Command {
         /// A publish's share of the connection's unconfirmed-publish limit, given back
         /// when the publish is answered (for a confirm, after its commit).
         credit: Option<OwnedSemaphorePermit>,
+        /// A publish's route, found at ingress (see [`ingress`]); `None` from senders,
+        /// and for the default exchange, which the router routes itself.
+        routed: Option<Routed>,
     },
+    /// Answered once every command sent on the same channel before it is applied.
+    Barrier { passed: oneshot::Sender<()> },
     /// A user change from connection `conn`'s request `id` (its password already hashed).
     ChangeUser {
         conn: ConnId,
@@ -139,10 +145,17 @@ pub enum Command {
 /// connections (each connection sends all its commands there, in order) and an unbounded
 /// one for the broker's own work (plugins, handlers, the management session), which must
 /// never wait on clients.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RouterHandle {
     requests: mpsc::Sender<Command>,
     control: mpsc::UnboundedSender<Command>,
+    ingress: Arc<ingress::Ingress>,
+}
+
+impl std::fmt::Debug for RouterHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouterHandle").finish_non_exhaustive()
+    }
 }
 
 impl RouterHandle {
@@ -152,9 +165,45 @@ impl RouterHandle {
     }
 
     /// Sends a client connection's command, waiting while the router is behind; false
-    /// when the router has stopped.
+    /// when the router has stopped. A publish is routed first (ingress); after a change
+    /// of routing this waits until the router has applied it.
     pub async fn send_request(&self, command: Command) -> bool {
-        self.requests.send(command).await.is_ok()
+        let command = self.ingress.route(command).await;
+        let barrier = ingress::changes_routing(&command);
+        if self.requests.send(command).await.is_err() {
+            return false;
+        }
+        if barrier {
+            let (passed, wait) = oneshot::channel();
+            if self
+                .requests
+                .send(Command::Barrier { passed })
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            return wait.await.is_ok();
+        }
+        true
+    }
+
+    /// [`Self::send_request`] for the broker's own sessions, on the channel that never
+    /// waits on clients.
+    pub async fn send_internal_request(&self, command: Command) -> bool {
+        let command = self.ingress.route(command).await;
+        let barrier = ingress::changes_routing(&command);
+        if !self.send(command) {
+            return false;
+        }
+        if barrier {
+            let (passed, wait) = oneshot::channel();
+            if !self.send(Command::Barrier { passed }) {
+                return false;
+            }
+            return wait.await.is_ok();
+        }
+        true
     }
 
     /// Asks the router to commit and close the store; returns when it has.
@@ -199,7 +248,7 @@ struct ExchangeState {
     kind: String,
     durable: bool,
     arguments: crate::message::Headers,
-    routing: Box<dyn Exchange>,
+    routing: Arc<ingress::SharedExchange>,
     bindings: HashMap<BindingId, Binding>,
     counters: ExchangeCounters,
 }
@@ -215,6 +264,8 @@ struct ExchangeCounters {
 pub struct Router {
     queues: HashMap<Arc<str>, Queue>,
     exchanges: HashMap<String, ExchangeState>,
+    /// The exchanges' routing as ingress finds it; updated with `exchanges`.
+    directory: Arc<ingress::ExchangeDirectory>,
     /// The exchange types (Wasm plugins), and where deploys load new versions.
     plugins: PluginHost,
     /// Stored exchanges whose type was not loaded at startup, with their stored bindings:
@@ -275,10 +326,25 @@ impl Router {
     ) -> RouterHandle {
         let (control, control_rx) = mpsc::unbounded_channel();
         let (requests, requests_rx) = mpsc::channel(REQUEST_CHANNEL_CAPACITY);
-        let mut router = Router::recover(recovered, store, plugins, control.clone(), auth);
+        let directory = Arc::new(ingress::ExchangeDirectory::default());
+        let mut router = Router::recover(
+            recovered,
+            store,
+            plugins,
+            control.clone(),
+            auth,
+            directory.clone(),
+        );
         router.keep_plugin_versions = keep_plugin_versions;
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let workers = ingress::ExchangeWorkers::start(cores.max(2))
+            .expect("cannot start the exchange worker threads");
         tokio::spawn(router.run(requests_rx, control_rx));
-        RouterHandle { requests, control }
+        RouterHandle {
+            requests,
+            control,
+            ingress: Arc::new(ingress::Ingress::new(directory, workers)),
+        }
     }
 
     async fn run(
@@ -314,16 +380,7 @@ impl Router {
             {
                 commands.push(command);
             }
-            // Runs of publishes to one exchange are routed in one batch call, at the moment
-            // the run is reached: everything before it has been applied.
-            let mut waiting: Vec<Option<Command>> = commands.drain(..).map(Some).collect();
-            let mut prerouted = std::collections::VecDeque::new();
-            for i in 0..waiting.len() {
-                if prerouted.is_empty() {
-                    prerouted = self.route_publish_run(&mut waiting[i..]);
-                }
-                let prerouted = prerouted.pop_front();
-                let command = waiting[i].take().expect("each command is taken once");
+            for command in commands.drain(..) {
                 match command {
                     Command::Open {
                         conn,
@@ -347,7 +404,11 @@ impl Router {
                         conn,
                         request,
                         credit,
-                    } => self.request(conn, request, prerouted, credit),
+                        routed,
+                    } => self.request(conn, request, routed, credit),
+                    Command::Barrier { passed } => {
+                        let _ = passed.send(());
+                    }
                     Command::Drained { conn } => self.drained(conn),
                     Command::Written {
                         conn,
@@ -445,7 +506,7 @@ impl Router {
         &mut self,
         conn: ConnId,
         request: Request,
-        prerouted: Option<Routed>,
+        routed: Option<Routed>,
         credit: Option<OwnedSemaphorePermit>,
     ) {
         if !self.conns.contains_key(&conn) {
@@ -470,7 +531,7 @@ impl Router {
             } => self.delete_exchange(&exchange, if_unused),
             Op::Bind(binding) => self.bind(conn, binding),
             Op::Unbind(binding) => self.unbind(conn, binding),
-            Op::Publish(publish) => self.publish(conn, &id, publish, prerouted),
+            Op::Publish(publish) => self.publish(conn, &id, publish, routed),
             Op::Subscribe(subscribe) => self.subscribe(conn, subscribe),
             Op::Cancel { consumer_tag } => self.cancel(conn, &consumer_tag),
             Op::Get { queue, auto_ack } => self.get(conn, &queue, auto_ack),

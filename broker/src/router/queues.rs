@@ -31,10 +31,12 @@ impl Router {
         plugins: PluginHost,
         self_tx: tokio::sync::mpsc::UnboundedSender<super::Command>,
         auth: Arc<crate::auth::Authenticator>,
+        directory: Arc<super::ingress::ExchangeDirectory>,
     ) -> Self {
         let mut router = Router {
             queues: HashMap::new(),
             exchanges: HashMap::new(),
+            directory,
             plugins,
             plugin_versions: super::plugins::group_versions(recovered.plugin_versions),
             active_plugins: recovered.active_plugins.into_iter().collect(),

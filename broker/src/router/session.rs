@@ -89,6 +89,7 @@ impl Session {
                 op: crate::protocol::Op::ConfirmSelect,
             },
             credit: None,
+            routed: None,
         });
         let waiters = Waiters::default();
         tokio::spawn(match_replies(rx, waiters.clone()));
@@ -126,11 +127,16 @@ impl Session {
             .insert(id, done);
         let unavailable =
             || SessionError::new(ErrorCode::StoreError, "the broker is shutting down");
-        if !self.router.send(Command::Request {
-            conn: self.conn,
-            request,
-            credit: None,
-        }) {
+        let sent = self
+            .router
+            .send_internal_request(Command::Request {
+                conn: self.conn,
+                request,
+                credit: None,
+                routed: None,
+            })
+            .await;
+        if !sent {
             self.forget(id);
             return Err(unavailable());
         }

@@ -434,6 +434,7 @@ impl Connection {
             conn: self.id,
             request,
             credit,
+            routed: None,
         };
         match self.router.send_request(command).await {
             true => Ok(()),

@@ -7,7 +7,7 @@
 
 mod connect;
 mod destinations;
-mod frame;
+pub(crate) mod frame;
 mod headers;
 pub(crate) mod listener;
 mod session;
@@ -16,6 +16,7 @@ mod writer;
 
 pub use connect::MIN_HEARTBEAT;
 pub use destinations::{REPLY_QUEUE_PREFIX, SUBSCRIPTION_QUEUE_PREFIX, TOPIC_EXCHANGE};
+pub(crate) use frame::Decoder as FrameDecoder;
 pub use frame::{MAX_HEADER_BYTES, MAX_HEADERS};
 
 use std::net::SocketAddr;

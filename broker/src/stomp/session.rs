@@ -485,6 +485,7 @@ impl Session {
             conn: self.conn,
             request,
             credit,
+            routed: None,
         };
         match self.ctx.router.send_request(command).await {
             true => Ok(()),

@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::dead_letter::QueueFull;
 use super::exchanges::now_ms;
 use super::queues::check_access;
 use super::{Command, ConnTx, OpError, Outbound, Reply, Router, Settle};
@@ -48,14 +47,23 @@ pub const MAX_CONCURRENCY: u32 = 64;
 #[derive(Debug)]
 pub enum Verdict {
     /// Ack it, after storing what the handler published.
-    Ack(Vec<Message>),
+    Ack(Vec<Published>),
     /// Redeliver it after this delay, or after the queue's backoff.
     Retry(Option<u64>),
     /// Dead-letter it (reason `rejected`), after storing what the handler published.
-    Reject(String, Vec<Message>),
+    Reject(String, Vec<Published>),
     /// The call failed (trap, limits, broken contract): a failed delivery whose death
     /// reason at the delivery limit is `plugin_error`.
     Failed(String),
+}
+
+/// A message a handler published (its exchange named in the vhost of the handler's
+/// queue), routed on the handler's worker thread as ingress routes a client's publish.
+#[derive(Debug)]
+pub struct Published {
+    pub message: Message,
+    /// `None`: the default exchange, routed by the router.
+    pub routed: Option<super::Routed>,
 }
 
 /// An attach whose first instance is ready, for the router to register.
@@ -472,11 +480,8 @@ impl Router {
         if !held {
             return;
         }
-        // Outputs name exchanges of the handler's queue's vhost.
-        let queue = &self.conns[&done.conn].unacked[&done.delivery_tag].queue;
-        let vhost = crate::vhost::of(queue).to_string();
         let how = match done.verdict {
-            Verdict::Ack(published) => match self.publish_outputs(published, &vhost) {
+            Verdict::Ack(published) => match self.publish_outputs(published) {
                 Ok(()) => Settle::Ack,
                 Err(e) => {
                     tracing::warn!(error = %e.message, "handler output not routable; delivery failed");
@@ -487,7 +492,7 @@ impl Router {
             Verdict::Retry(Some(ms)) => Settle::Retry(Retry::After(ms)),
             Verdict::Reject(reason, published) => {
                 tracing::info!(%reason, "handler rejected a message; dead-lettering it");
-                match self.publish_outputs(published, &vhost) {
+                match self.publish_outputs(published) {
                     Ok(()) => Settle::DeadLetter,
                     Err(e) => {
                         tracing::warn!(error = %e.message, "handler output not routable; delivery failed");
@@ -504,25 +509,59 @@ impl Router {
         let _ = self.settle(done.conn, done.delivery_tag, false, how);
     }
 
-    /// Routes every message first, then enqueues them all: a handler's outputs are stored
-    /// all together or (one is unroutable) not at all.
-    fn publish_outputs(&mut self, published: Vec<Message>, vhost: &str) -> Result<(), OpError> {
+    /// Maps every message's route to queues first, then enqueues them all: a handler's
+    /// outputs are stored all together, or none of them when one is routed nowhere or a
+    /// `reject_publish` queue would refuse one (the delivery then fails).
+    fn publish_outputs(&mut self, published: Vec<Published>) -> Result<(), OpError> {
         if published.is_empty() {
             return Ok(());
         }
         let now = now_ms();
         let mut routed = Vec::with_capacity(published.len());
-        for mut message in published {
-            message.exchange = crate::vhost::qualify(vhost, &message.exchange);
-            message.properties.timestamp.get_or_insert(now);
-            let destinations = self.route(&message)?;
+        // What the outputs add to each destination, to check its limits all at once.
+        let mut adds: HashMap<Arc<str>, (u64, u64)> = HashMap::new();
+        for Published {
+            message,
+            routed: ids,
+        } in published
+        {
+            let destinations = match ids {
+                Some(ids) => ids
+                    .map_err(OpError::from)
+                    .and_then(|ids| self.destinations(&message.exchange, ids))?,
+                None => self.route(&message)?,
+            };
+            if destinations.is_empty() {
+                let local = crate::vhost::local(&message.exchange);
+                let text = format!(
+                    "an output to exchange `{local}` with key `{}` is routed to no queue",
+                    message.routing_key
+                );
+                return Err(OpError::new(ErrorCode::Unroutable, text));
+            }
+            for name in &destinations {
+                let add = adds.entry(name.clone()).or_default();
+                *add = (add.0 + 1, add.1 + message.body_len() as u64);
+            }
             routed.push((Arc::new(message), destinations));
+        }
+        for (name, (messages, bytes)) in adds {
+            if self
+                .queues
+                .get(&name)
+                .is_some_and(|q| q.refuses(messages, bytes))
+            {
+                let text = format!(
+                    "queue `{}` is full (overflow: reject_publish): it would refuse an output",
+                    crate::vhost::local(&name)
+                );
+                return Err(OpError::new(ErrorCode::QueueFull, text));
+            }
         }
         for (message, destinations) in routed {
             for name in destinations {
-                if let Err(QueueFull) = self.enqueue(&name, &message, now) {
-                    tracing::warn!(queue = %name, "queue full; a handler's output was not stored there");
-                }
+                // Checked above: a queue refuses nothing here.
+                let _ = self.enqueue(&name, &message, now);
             }
         }
         Ok(())
@@ -559,6 +598,7 @@ impl Router {
         let stats = Arc::new(AttachmentStats::default());
         stats.running(first.version());
         let pool = Pool {
+            directory: self.directory.clone(),
             initial: first.handler_version(),
             slot,
             queue: record.queue.clone(),

@@ -7,13 +7,14 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use super::{AttachmentStats, Done, FilterJob, Verdict};
+use super::{AttachmentStats, Done, FilterJob, Published, Verdict};
 use crate::message::Message;
 use crate::plugin::{
     Handled, HandlerOutcome, HandlerSlot, HandlerVersion, LiveHandler, LogThrottle,
 };
 use crate::protocol::ServerFrame;
 use crate::queue::ConnId;
+use crate::router::ingress::ExchangeDirectory;
 use crate::router::{Command, Outbound};
 
 /// Where a pool's workers take their work from.
@@ -34,6 +35,8 @@ pub(super) struct Pool {
     pub stats: Arc<AttachmentStats>,
     pub stop: Arc<AtomicBool>,
     pub router: mpsc::UnboundedSender<Command>,
+    /// Where the handler's outputs are routed, on the worker's thread.
+    pub directory: Arc<ExchangeDirectory>,
     /// One failure line per second for the attachment, whichever worker failed.
     pub failure_log: Arc<Mutex<LogThrottle>>,
 }
@@ -146,6 +149,21 @@ impl Worker {
         result
     }
 
+    /// Routes what the handler published, its exchanges named in its queue's vhost.
+    fn route(&self, published: Vec<Message>) -> Vec<Published> {
+        let vhost = crate::vhost::of(&self.pool.queue);
+        let now = crate::router::exchanges::now_ms();
+        published
+            .into_iter()
+            .map(|mut message| {
+                message.exchange = crate::vhost::qualify(vhost, &message.exchange);
+                message.properties.timestamp.get_or_insert(now);
+                let routed = self.pool.directory.route_now(&message);
+                Published { message, routed }
+            })
+            .collect()
+    }
+
     fn consume(mut self, rx: &Mutex<mpsc::UnboundedReceiver<Outbound>>, conn: ConnId) {
         loop {
             let next = rx.lock().expect("worker lock poisoned").blocking_recv();
@@ -167,7 +185,7 @@ impl Worker {
                     match outcome {
                         HandlerOutcome::Ack | HandlerOutcome::Drop => {
                             AttachmentStats::count(&stats.acked);
-                            Verdict::Ack(published)
+                            Verdict::Ack(self.route(published))
                         }
                         HandlerOutcome::Retry(delay) => {
                             AttachmentStats::count(&stats.retried);
@@ -175,7 +193,7 @@ impl Worker {
                         }
                         HandlerOutcome::Reject(reason) => {
                             AttachmentStats::count(&stats.rejected);
-                            Verdict::Reject(reason, published)
+                            Verdict::Reject(reason, self.route(published))
                         }
                         HandlerOutcome::Deliver(_) => {
                             AttachmentStats::count(&stats.failed);

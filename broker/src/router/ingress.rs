@@ -1,0 +1,324 @@
+//! Ingress, the first stage of a publish: a message to a named exchange is routed here,
+//! before it reaches the router, so no exchange plugin runs on the router's task (which
+//! owns every queue) and a slow or failing plugin delays only the publishes to its own
+//! exchange.
+//!
+//! - A key-only route already cached (or a refusal while the exchange is quarantined) is
+//!   answered on the publisher's own task: no hand-off on the hot path.
+//! - Anything else waits in its exchange's queue for an exchange worker: a few threads
+//!   below the broker's scheduling priority, each taking one exchange at a time and routing
+//!   what waits for it in one batch (each message with its own budget). A hostile exchange
+//!   occupies one worker at most; the others keep routing everyone else's.
+//! - The connection waits for its publish's route before it sends anything else, so its
+//!   requests still reach the router in order; and after a request that changes routing
+//!   (declare, bind, ...) it waits until the router has applied it, so a publish that
+//!   follows is routed with it ([`changes_routing`]).
+//!
+//! The router still owns the exchanges: it creates them, binds and unbinds, and maps the
+//! binding ids that ingress found to queues (a binding removed meanwhile is skipped).
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+
+use tokio::sync::oneshot;
+
+use super::{Command, Routed};
+use crate::exchange::{Exchange, ExchangeError};
+use crate::message::Message;
+use crate::protocol::{Op, Request};
+
+/// Publishes routed by one worker in one turn at most, so one busy exchange cannot keep a
+/// worker from the others for long.
+const WORKER_BATCH: usize = 256;
+
+/// One declared exchange's routing, shared by the router (which binds and unbinds) and
+/// ingress (which routes).
+pub(crate) struct SharedExchange {
+    routing: Mutex<Box<dyn Exchange>>,
+    /// Publishes waiting for a worker, and whether the exchange is queued for one.
+    waiting: Mutex<Waiting>,
+}
+
+#[derive(Default)]
+struct Waiting {
+    jobs: VecDeque<RouteJob>,
+    scheduled: bool,
+}
+
+/// A publish (a `Command::Request` with `Op::Publish`) waiting for its route.
+struct RouteJob {
+    command: Command,
+    done: oneshot::Sender<Command>,
+}
+
+impl SharedExchange {
+    pub fn new(routing: Box<dyn Exchange>) -> Arc<Self> {
+        Arc::new(SharedExchange {
+            routing: Mutex::new(routing),
+            waiting: Mutex::default(),
+        })
+    }
+
+    /// The exchange's routing, for the router's binding changes. A worker that panicked
+    /// holding it left nothing half-done that matters: the plugin instance is replaced
+    /// after a failure anyway.
+    pub fn lock(&self) -> MutexGuard<'_, Box<dyn Exchange>> {
+        self.routing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The cheap route, if there is one and no worker holds the exchange.
+    fn try_cached(&self, message: &Message) -> Option<Routed> {
+        let mut routing = match self.routing.try_lock() {
+            Ok(routing) => routing,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        routing.route_cached(message)
+    }
+
+    /// Queues a publish; schedules the exchange on a worker if it is not already.
+    fn submit(self: &Arc<Self>, job: RouteJob, run: &RunQueue) {
+        let mut waiting = self.waiting.lock().expect("waiting lock poisoned");
+        waiting.jobs.push_back(job);
+        if !waiting.scheduled {
+            waiting.scheduled = true;
+            run.schedule(self.clone());
+        }
+    }
+
+    /// Routes what waits (one batch), answers each publish, and puts the exchange back in
+    /// line if more came meanwhile.
+    fn route_waiting(self: &Arc<Self>, run: &RunQueue) {
+        let jobs: Vec<RouteJob> = {
+            let mut waiting = self.waiting.lock().expect("waiting lock poisoned");
+            let n = waiting.jobs.len().min(WORKER_BATCH);
+            waiting.jobs.drain(..n).collect()
+        };
+        let results = {
+            let messages: Vec<&Message> = jobs
+                .iter()
+                .map(|job| publish_message(&job.command).expect("only publishes are queued"))
+                .collect();
+            let mut routing = self.lock();
+            std::panic::catch_unwind(AssertUnwindSafe(|| routing.route_batch(&messages)))
+                .unwrap_or_else(|_| {
+                    let failed =
+                        ExchangeError::PluginFailed("the exchange's routing panicked".into());
+                    vec![Err(failed); messages.len()]
+                })
+        };
+        for (job, routed) in jobs.into_iter().zip(results) {
+            let mut command = job.command;
+            set_routed(&mut command, routed);
+            // The connection may have gone; its publish goes with it.
+            let _ = job.done.send(command);
+        }
+        let mut waiting = self.waiting.lock().expect("waiting lock poisoned");
+        if waiting.jobs.is_empty() {
+            waiting.scheduled = false;
+        } else {
+            run.schedule(self.clone());
+        }
+    }
+}
+
+/// Exchanges with publishes waiting, in the order they asked for a worker.
+#[derive(Default)]
+struct RunQueue {
+    state: Mutex<RunState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct RunState {
+    exchanges: VecDeque<Arc<SharedExchange>>,
+    stopped: bool,
+}
+
+impl RunQueue {
+    fn schedule(&self, exchange: Arc<SharedExchange>) {
+        let mut state = self.state.lock().expect("run queue poisoned");
+        state.exchanges.push_back(exchange);
+        self.ready.notify_one();
+    }
+
+    /// The next exchange to route for; `None` once the workers are stopped.
+    fn next(&self) -> Option<Arc<SharedExchange>> {
+        let mut state = self.state.lock().expect("run queue poisoned");
+        loop {
+            if state.stopped {
+                return None;
+            }
+            if let Some(exchange) = state.exchanges.pop_front() {
+                return Some(exchange);
+            }
+            state = self.ready.wait(state).expect("run queue poisoned");
+        }
+    }
+}
+
+/// The exchange worker threads: they take exchanges with waiting publishes, one at a
+/// time. Dropping this stops them.
+pub(crate) struct ExchangeWorkers {
+    run: Arc<RunQueue>,
+}
+
+impl ExchangeWorkers {
+    /// Starts `n` workers below the broker's scheduling priority.
+    pub fn start(n: usize) -> std::io::Result<Self> {
+        let run = Arc::new(RunQueue::default());
+        for i in 0..n.max(1) {
+            let run = run.clone();
+            std::thread::Builder::new()
+                .name(format!("exchange-worker-{i}"))
+                .spawn(move || {
+                    crate::plugin::lower_thread_priority();
+                    while let Some(exchange) = run.next() {
+                        exchange.route_waiting(&run);
+                    }
+                })?;
+        }
+        Ok(ExchangeWorkers { run })
+    }
+}
+
+impl Drop for ExchangeWorkers {
+    fn drop(&mut self) {
+        let mut state = self.run.state.lock().expect("run queue poisoned");
+        state.stopped = true;
+        self.run.ready.notify_all();
+    }
+}
+
+/// Every exchange by its (qualified) name, as ingress finds them; kept by the router.
+#[derive(Default)]
+pub(crate) struct ExchangeDirectory {
+    exchanges: RwLock<HashMap<String, Arc<SharedExchange>>>,
+}
+
+impl ExchangeDirectory {
+    pub fn insert(&self, name: &str, exchange: Arc<SharedExchange>) {
+        let mut exchanges = self.exchanges.write().expect("directory lock poisoned");
+        exchanges.insert(name.to_owned(), exchange);
+    }
+
+    pub fn remove(&self, name: &str) {
+        let mut exchanges = self.exchanges.write().expect("directory lock poisoned");
+        exchanges.remove(name);
+    }
+
+    /// Routes `message` on the calling thread (a handler's worker, for what the handler
+    /// published); `None` for the default exchange, which the router routes, and for an
+    /// exchange that does not exist (the router answers it).
+    pub fn route_now(&self, message: &Message) -> Option<Routed> {
+        if super::exchanges::is_default(&message.exchange) {
+            return None;
+        }
+        let exchange = self.get(&message.exchange)?;
+        let mut ids = Vec::new();
+        let routed = exchange.lock().route(message, &mut ids);
+        Some(routed.map(|()| ids))
+    }
+
+    fn get(&self, name: &str) -> Option<Arc<SharedExchange>> {
+        let exchanges = self.exchanges.read().expect("directory lock poisoned");
+        exchanges.get(name).cloned()
+    }
+}
+
+/// The ingress stage, shared by every connection's [`super::RouterHandle`].
+pub(crate) struct Ingress {
+    pub directory: Arc<ExchangeDirectory>,
+    workers: ExchangeWorkers,
+}
+
+impl Ingress {
+    pub fn new(directory: Arc<ExchangeDirectory>, workers: ExchangeWorkers) -> Self {
+        Ingress { directory, workers }
+    }
+
+    /// Routes `command` if it publishes to a named exchange (stamping the message's
+    /// timestamp first, as the plugin may read it); anything else passes unchanged, and so
+    /// does a publish to an exchange that does not exist (the router answers it).
+    pub async fn route(&self, mut command: Command) -> Command {
+        let Some(message) = publish_message_mut(&mut command) else {
+            return command;
+        };
+        if super::exchanges::is_default(&message.exchange) {
+            return command;
+        }
+        message
+            .properties
+            .timestamp
+            .get_or_insert_with(super::exchanges::now_ms);
+        let Some(exchange) = self.directory.get(&message.exchange) else {
+            return command;
+        };
+        if let Some(routed) = exchange.try_cached(message) {
+            set_routed(&mut command, routed);
+            return command;
+        }
+        let (done, routed) = oneshot::channel();
+        exchange.submit(RouteJob { command, done }, &self.workers.run);
+        routed
+            .await
+            .expect("an exchange worker answers every publish it takes")
+    }
+}
+
+/// Whether the router must have applied `command` before this connection's next publish
+/// is routed at ingress: it changes which exchanges exist or what they are bound to.
+pub(crate) fn changes_routing(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Request {
+            request: Request {
+                op: Op::DeclareExchange(_)
+                    | Op::DeleteExchange { .. }
+                    | Op::Bind(_)
+                    | Op::Unbind(_)
+                    | Op::DeleteQueue { .. }
+                    | Op::DeleteVhost { .. },
+                ..
+            },
+            ..
+        }
+    )
+}
+
+fn publish_message(command: &Command) -> Option<&Message> {
+    match command {
+        Command::Request {
+            request:
+                Request {
+                    op: Op::Publish(publish),
+                    ..
+                },
+            ..
+        } => Some(&publish.message),
+        _ => None,
+    }
+}
+
+fn publish_message_mut(command: &mut Command) -> Option<&mut Message> {
+    match command {
+        Command::Request {
+            request:
+                Request {
+                    op: Op::Publish(publish),
+                    ..
+                },
+            ..
+        } => Some(&mut publish.message),
+        _ => None,
+    }
+}
+
+fn set_routed(command: &mut Command, result: Routed) {
+    if let Command::Request { routed, .. } = command {
+        *routed = Some(result);
+    }
+}
