@@ -14,8 +14,8 @@ use broker::protocol::{AttachHandler, Binding, HandlerMode};
 use broker::{Client, Headers, Message, QueueOptions};
 use common::{TestBroker, WAIT, bin, wait_for};
 
-/// `<target>/plugin-wasm`: where the broker's build compiled the bundled plugins, so the
-/// generated crates reuse the SDK's compiled dependencies (the same as tests/support/hostile.rs).
+/// `<target>/plugin-wasm`: where the broker's build compiled the bundled plugins (as in
+/// tests/support/hostile.rs), which `plugin new` makes the new crates' target-dir.
 fn shared_target_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("BROKER_PLUGIN_TARGET_DIR") {
         return dir.into();
@@ -27,11 +27,12 @@ fn shared_target_dir() -> PathBuf {
         .join("plugin-wasm")
 }
 
-/// Runs the real `broker` binary: success, stdout, stderr.
+/// Runs the real `broker` binary: success, stdout, stderr. No CARGO_TARGET_DIR: a new
+/// crate builds where its `.cargo/config.toml` says.
 fn broker(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(bin())
         .args(args)
-        .env("CARGO_TARGET_DIR", shared_target_dir())
+        .env_remove("CARGO_TARGET_DIR")
         .output()
         .unwrap();
     (
@@ -47,7 +48,7 @@ fn cargo_test(crate_dir: &Path) -> (bool, String) {
     let out = Command::new(cargo)
         .arg("test")
         .current_dir(crate_dir)
-        .env("CARGO_TARGET_DIR", shared_target_dir())
+        .env_remove("CARGO_TARGET_DIR")
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .output()
@@ -96,6 +97,13 @@ fn new_and_build(dir: &Path, name: &str, kind: &str) -> String {
     let wasm = out.lines().last().expect("the component's path").to_owned();
     let expected = format!("{}_{}.wasm", kind, name.replace('-', "_"));
     assert!(wasm.ends_with(&expected), "{out}");
+    // Built where the broker's build compiled the bundled plugins (their dependencies are
+    // the new crate's): `plugin new` pointed the crate's target-dir there.
+    assert!(
+        Path::new(&wasm).starts_with(shared_target_dir()),
+        "{wasm} not under {}",
+        shared_target_dir().display()
+    );
     let bytes = std::fs::read(&wasm).unwrap();
     // A component (layer 1), not a core module.
     assert_eq!(&bytes[..8], b"\0asm\x0d\0\x01\0", "{wasm} is a component");

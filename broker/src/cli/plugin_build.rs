@@ -15,8 +15,9 @@ pub struct BuildArgs {
     /// The plugin crate's directory (with its Cargo.toml).
     #[arg(default_value = ".")]
     path: PathBuf,
-    /// Where cargo puts the build [default: CARGO_TARGET_DIR, else PATH/target]. Plugins
-    /// that share one compile the SDK's dependencies once.
+    /// Where cargo puts the build [default: CARGO_TARGET_DIR, else the crate's cargo
+    /// configuration (`plugin new` sets the broker's plugin build directory), else
+    /// PATH/target]. Plugins that share one compile the SDK's dependencies once.
     #[arg(long, env = "CARGO_TARGET_DIR")]
     target_dir: Option<PathBuf>,
 }
@@ -49,11 +50,13 @@ pub fn build(path: &Path, target_dir: Option<&Path>) -> anyhow::Result<Vec<PathB
              later (`rustup update stable`), or install it with `cargo install wasm-component-ld`"
         );
     }
-    let target_dir = match target_dir {
-        Some(dir) => std::path::absolute(dir)?,
-        None => path.join("target"),
-    };
-    let mut cargo = wasm_cargo(&manifest, path, &target_dir);
+    let explicit = target_dir.map(std::path::absolute).transpose()?;
+    let default = path.join("target");
+    let mut cargo = wasm_cargo(&manifest, path, explicit.as_deref().unwrap_or(&default));
+    if explicit.is_none() {
+        // Cargo decides: the crate's `build.target-dir`, else PATH/target.
+        cargo.env_remove("CARGO_TARGET_DIR");
+    }
     // The component linker, also for crates without the `.cargo/config.toml` that
     // `plugin new` writes.
     cargo

@@ -3,9 +3,10 @@
 //!
 //! The SDK is not published to a registry, so the crate depends on it by path: `--sdk`,
 //! else the plugin-sdk of the source tree this broker was built from (when it is still
-//! there). Inside that tree the new crate also gets the tree's `Cargo.lock`, so it builds
-//! with the very dependency versions the bundled plugins use (offline, and sharing their
-//! compiled dependencies when `CARGO_TARGET_DIR` points at the same directory).
+//! there). With that tree's SDK the new crate also gets the tree's `Cargo.lock` (the very
+//! dependency versions the bundled plugins use, offline) and builds in the directory
+//! where the broker's build compiled them (`.cargo/config.toml`'s `build.target-dir`), so
+//! their compiled dependencies are reused.
 
 use std::path::{Path, PathBuf};
 
@@ -125,6 +126,17 @@ pub fn run(args: NewArgs) -> anyhow::Result<()> {
     let wasm_name = crate_name.replace('-', "_");
     let type_name = type_name(name);
     let sdk_readme = sdk.join("README.md").display().to_string();
+    // With the source tree's SDK: build where the broker's build compiled the bundled
+    // plugins, whose dependencies (the SDK's) are this crate's too.
+    let target_dir_section = match args.sdk {
+        None => format!(
+            "\n# Shared with the broker's build of its bundled plugins, where the SDK's\n\
+             # dependencies are compiled already: this crate's first build takes seconds.\n\
+             [build]\ntarget-dir = {:?}\n",
+            env!("BROKER_PLUGIN_WASM_TARGET")
+        ),
+        Some(_) => String::new(),
+    };
     let values: &[(&str, &str)] = &[
         ("name", name),
         ("crate_name", &crate_name),
@@ -135,6 +147,7 @@ pub fn run(args: NewArgs) -> anyhow::Result<()> {
         ("sdk_readme", &sdk_readme),
         ("test_flags", &test_flags),
         ("use_rows", &use_rows),
+        ("target_dir_section", &target_dir_section),
     ];
 
     let files: [(&str, &str); 5] = [
@@ -199,6 +212,7 @@ mod tests {
             "sdk_readme",
             "test_flags",
             "use_rows",
+            "target_dir_section",
         ];
         let all = [
             CARGO_TOML,
