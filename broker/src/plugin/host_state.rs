@@ -276,6 +276,16 @@ impl Host for HostState {
 
     fn message_body(&mut self, index: u32) -> wasmtime::Result<Vec<u8>> {
         if self.body_hidden {
+            if !self.asked_for_hidden_body {
+                // Once per instance: it routes as if every body were empty.
+                let text = "asked for a message body, but it declares key_only: it is \
+                            handed none (declare reads_body to read bodies)";
+                let (plugin, exchange) = (&*self.plugin, &*self.exchange);
+                tracing::warn!(plugin, exchange, "{text}");
+                if let Some(ring) = &self.log {
+                    ring.push("warn", exchange, text);
+                }
+            }
             self.asked_for_hidden_body = true;
             return Ok(Vec::new());
         }
