@@ -184,6 +184,30 @@ fn plugin_deploy_list_history_rollback() {
     );
     assert!(!ok);
     assert!(err.contains("invalid_plugin"), "{err}");
+
+    // --sample: the CLI runs the user's messages first and uploads nothing if one fails.
+    let samples = dir.path().join("samples.jsonl");
+    std::fs::write(
+        &samples,
+        "{\"routing_key\":\"a\"}\n{\"routing_key\":\"boom\"}\n",
+    )
+    .unwrap();
+    std::fs::write(&wasm, hostile::plugin("body")).unwrap();
+    let sample_arg = samples.to_str().unwrap();
+    let deploy = ["plugin", "deploy", "router", path, "--sample", sample_arg];
+    let (ok, out, err) = run_cli(&deploy, &url);
+    assert!(ok, "the body plugin routes both: {out}{err}");
+    assert!(out.contains("plugin router version 3 active"), "{out}");
+    std::fs::write(&wasm, hostile::plugin("trap")).unwrap();
+    let (ok, out, err) = run_cli(&[&deploy[..], &["--binding", "a"]].concat(), &url);
+    assert!(!ok);
+    assert!(
+        out.contains("bindings 1 (`a`)") && out.contains("FAILED"),
+        "{out}"
+    );
+    assert!(err.contains("not deployed: 1 of 2 messages"), "{err}");
+    let (_, out, _) = run_cli(&["plugin", "history", "router"], &url);
+    assert_eq!(out.lines().count(), 4, "nothing uploaded: {out}");
 }
 
 /// Runs `broker bench ARGS` (with `--embedded` unless `server` is given) and returns its

@@ -1,7 +1,7 @@
 //! `broker plugin ...`: deploy and manage plugins on a broker, and the plugin author's
 //! tools (new, build, test) that need no broker.
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use clap::Subcommand;
 
 use super::admin::{ServerArg, ago, rfc3339};
@@ -19,6 +19,14 @@ pub enum Plugin {
         /// (at least 5 failed calls, a tenth or more of its calls).
         #[arg(long)]
         auto_rollback: bool,
+        /// First run the plugin on these messages (JSON lines, as `plugin test
+        /// --sample` takes) here, in the real host with the default limits, and do not
+        /// upload it if any fails.
+        #[arg(long)]
+        sample: Option<std::path::PathBuf>,
+        /// With --sample: an exchange's binding key for that run. Repeatable.
+        #[arg(long = "binding", requires = "sample")]
+        bindings: Vec<String>,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -119,10 +127,23 @@ pub async fn run(what: Plugin) -> anyhow::Result<()> {
             name,
             path,
             auto_rollback,
+            sample,
+            bindings,
             server,
         } => {
             let wasm =
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            if let Some(sample) = sample {
+                let messages = plugin_test::messages(&[], Some(&sample))?;
+                let failed = plugin_test::run_on(&wasm, &bindings, &[], &messages)?;
+                if failed > 0 {
+                    bail!(
+                        "not deployed: {failed} of {} messages of {} failed (above)",
+                        messages.len(),
+                        sample.display()
+                    );
+                }
+            }
             let client = server.connect().await?;
             let started = std::time::Instant::now();
             let v = client

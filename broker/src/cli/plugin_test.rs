@@ -59,15 +59,18 @@ impl MessageInput {
     }
 }
 
-/// The messages to run: the user's, else the deploy check's samples.
-fn messages(args: &TestArgs) -> anyhow::Result<Vec<(String, Message)>> {
-    let mut lines: Vec<(String, String)> = args
-        .messages
+/// The messages to run, each with a description: the user's (`--message` JSON, then the
+/// lines of a `--sample` file), else the deploy check's samples.
+pub fn messages(
+    messages: &[String],
+    sample: Option<&std::path::Path>,
+) -> anyhow::Result<Vec<(String, Message)>> {
+    let mut lines: Vec<(String, String)> = messages
         .iter()
         .enumerate()
         .map(|(i, m)| (format!("--message {}", i + 1), m.clone()))
         .collect();
-    if let Some(file) = &args.sample {
+    if let Some(file) = sample {
         let text =
             std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         let numbered = text
@@ -95,11 +98,27 @@ fn messages(args: &TestArgs) -> anyhow::Result<Vec<(String, Message)>> {
 pub fn run(args: TestArgs) -> anyhow::Result<()> {
     let wasm =
         std::fs::read(&args.wasm).with_context(|| format!("reading {}", args.wasm.display()))?;
-    let messages = messages(&args)?;
+    let messages = messages(&args.messages, args.sample.as_deref())?;
+    let failed = run_on(&wasm, &args.bindings, &args.config, &messages)?;
+    if failed > 0 {
+        bail!("{failed} of {} messages failed", messages.len());
+    }
+    Ok(())
+}
+
+/// Loads `wasm` in a host of its own (default limits, the deploy checks), binds `keys`
+/// (an exchange) or configures it with `config` (a handler), and runs each message,
+/// printing a line each; returns how many failed.
+pub fn run_on(
+    wasm: &[u8],
+    keys: &[String],
+    config: &[(String, String)],
+    messages: &[(String, Message)],
+) -> anyhow::Result<usize> {
     let host = PluginHost::new(Limits::default())?;
     // Loading runs the deploy checks: a version the broker would refuse is refused here.
     let info = host
-        .load_blocking(NAME, &wasm)
+        .load_blocking(NAME, wasm)
         .context("a deploy would refuse this plugin")?;
     let failed = match host.info(NAME) {
         Some(_) => {
@@ -108,17 +127,14 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
                 "exchange plugin: key_only={} reads_headers={} reads_body={}",
                 caps.key_only, caps.reads_headers, caps.reads_body
             );
-            run_exchange(&host, &args.bindings, &messages)?
+            run_exchange(&host, keys, messages)?
         }
         None => {
             println!("handler plugin");
-            run_handler(&wasm, &args.config, &messages)?
+            run_handler(wasm, config, messages)?
         }
     };
-    if failed > 0 {
-        bail!("{failed} of {} messages failed", messages.len());
-    }
-    Ok(())
+    Ok(failed)
 }
 
 /// Routes each message; returns how many failed.
