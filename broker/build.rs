@@ -67,6 +67,12 @@ fn main() {
     }
 
     let target_dir = plugin_target_dir(&out_dir);
+    // `broker plugin new` points new plugin crates here, where the SDK's dependencies are
+    // compiled already.
+    println!(
+        "cargo:rustc-env=BROKER_PLUGIN_WASM_TARGET={}",
+        target_dir.display()
+    );
     let mut cmd = wasm_cargo(&root.join("Cargo.toml"), &root.join("plugins"), &target_dir);
     for (name, kind) in BUNDLED {
         cmd.args(["-p", &format!("{}-{name}", kind.prefix())]);

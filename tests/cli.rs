@@ -8,6 +8,28 @@ use std::process::Command;
 
 use common::{BrokerProcess, bin, run_cli};
 
+/// Each of the left-aligned `columns` starts at the same character in the header and in every row that
+/// has a cell there (indented note lines excepted).
+fn assert_columns_aligned(out: &str, columns: &[&str]) {
+    let mut lines = out.lines();
+    let header = lines.next().expect("a header");
+    let header: Vec<char> = header.chars().collect();
+    for column in columns {
+        let column: Vec<char> = column.chars().collect();
+        let at = header
+            .windows(column.len())
+            .position(|w| w == column)
+            .unwrap_or_else(|| panic!("no column {column:?} in {out}"));
+        for row in out.lines().skip(1).filter(|l| !l.starts_with("  ")) {
+            let row: Vec<char> = row.chars().collect();
+            assert!(
+                row.len() > at && row[at - 1] == ' ' && row[at - 2] == ' ' && row[at] != ' ',
+                "column {column:?} not aligned at {at}:\n{out}"
+            );
+        }
+    }
+}
+
 #[test]
 fn publish_consume_and_admin_commands() {
     let dir = tempfile::tempdir().unwrap();
@@ -126,12 +148,26 @@ fn plugin_deploy_list_history_rollback() {
         .expect("listed");
     assert_eq!(row.split_whitespace().nth(2), Some("2"), "{row}");
     assert!(out.lines().any(|l| l.starts_with("topic")), "{out}");
+    assert_columns_aligned(&out, &["KIND", "SHA256"]);
 
     let (ok, out, _) = run_cli(&["plugin", "history", "router"], &url);
     assert!(ok);
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 2, "{out}");
-    assert!(lines[1].starts_with('*'), "version 2 active: {out}");
+    assert_eq!(lines.len(), 3, "a header and two versions: {out}");
+    assert!(lines[2].starts_with('*'), "version 2 active: {out}");
+    assert_columns_aligned(&out, &["DEPLOYED (UTC)", "BY", "SHA256"]);
+    for row in &lines[1..] {
+        // [*] VERSION TIME BY BYTES SHA256
+        let cells: Vec<&str> = row.trim_start_matches('*').split_whitespace().collect();
+        let time = cells[1];
+        assert!(
+            time.len() >= 20 && time.as_bytes()[10] == b'T' && time.ends_with('Z'),
+            "RFC 3339 time: {row}"
+        );
+        assert!(time.starts_with("20"), "{row}");
+        // The user the CLI logged in as, not "connection N".
+        assert_eq!(cells[2], "guest", "{row}");
+    }
 
     let (ok, out, _) = run_cli(&["plugin", "rollback", "router"], &url);
     assert!(ok);
@@ -148,6 +184,30 @@ fn plugin_deploy_list_history_rollback() {
     );
     assert!(!ok);
     assert!(err.contains("invalid_plugin"), "{err}");
+
+    // --sample: the CLI runs the user's messages first and uploads nothing if one fails.
+    let samples = dir.path().join("samples.jsonl");
+    std::fs::write(
+        &samples,
+        "{\"routing_key\":\"a\"}\n{\"routing_key\":\"boom\"}\n",
+    )
+    .unwrap();
+    std::fs::write(&wasm, hostile::plugin("body")).unwrap();
+    let sample_arg = samples.to_str().unwrap();
+    let deploy = ["plugin", "deploy", "router", path, "--sample", sample_arg];
+    let (ok, out, err) = run_cli(&deploy, &url);
+    assert!(ok, "the body plugin routes both: {out}{err}");
+    assert!(out.contains("plugin router version 3 active"), "{out}");
+    std::fs::write(&wasm, hostile::plugin("trap")).unwrap();
+    let (ok, out, err) = run_cli(&[&deploy[..], &["--binding", "a"]].concat(), &url);
+    assert!(!ok);
+    assert!(
+        out.contains("bindings 1 (`a`)") && out.contains("FAILED"),
+        "{out}"
+    );
+    assert!(err.contains("not deployed: 1 of 2 messages"), "{err}");
+    let (_, out, _) = run_cli(&["plugin", "history", "router"], &url);
+    assert_eq!(out.lines().count(), 4, "nothing uploaded: {out}");
 }
 
 /// Runs `broker bench ARGS` (with `--embedded` unless `server` is given) and returns its
@@ -330,4 +390,53 @@ fn bench_isolation_serves_the_victim_next_to_a_hostile_plugin() {
     );
     assert_eq!(field(&alone, "hostile_sent"), "0", "{alone}");
     assert_ne!(field(&alone, "confirm_p999_us"), "-", "{alone}");
+}
+
+/// `plugin test` runs a component in the real host without a broker: per message the
+/// bindings chosen, or the failure with the guest's panic text; messages from
+/// `--message` and from a `--sample` file of JSON lines.
+#[test]
+fn plugin_test_routes_samples_and_shows_the_panic_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("trap.wasm");
+    std::fs::write(&wasm, hostile::plugin("trap")).unwrap();
+    let samples = dir.path().join("samples.jsonl");
+    std::fs::write(
+        &samples,
+        "{\"routing_key\":\"b\",\"body\":\"x\"}\n\n{\"routing_key\":\"boom\"}\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["plugin", "test", wasm.to_str().unwrap()])
+        .args(["--binding", "a", "--binding", "b"])
+        .args(["--message", r#"{"routing_key":"a"}"#])
+        .args(["--sample", samples.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success(), "a message failed: {stdout}");
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("message"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(lines[0].contains("bindings 1 (`a`)"), "{stdout}");
+    // What the call cost: time and fuel.
+    assert!(lines[0].contains("us, fuel "), "{stdout}");
+    assert!(lines[1].contains("bindings 2 (`b`)"), "{stdout}");
+    assert!(
+        lines[2].contains("FAILED") && lines[2].contains("panicked at"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("1 of 3 messages failed"), "{stderr}");
+
+    let out = Command::new(bin())
+        .args(["plugin", "test", wasm.to_str().unwrap()])
+        .args(["--message", "{not json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("--message 1"), "{stderr}");
 }

@@ -496,6 +496,15 @@ fn cli_attaches_lists_filters_and_detaches() {
     let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(row[..4], ["users", "redact", "filter", "1"], "{out}");
     assert_eq!(row.last(), Some(&"fields=password"), "{out}");
+    // Columns line up with the header (widths computed from the cells).
+    let header = out.lines().next().unwrap();
+    let first = out.lines().nth(1).unwrap();
+    assert_eq!(
+        header.find("CONFIG"),
+        first.find("fields=password"),
+        "{out}"
+    );
+    assert_eq!(header.find("MODE"), first.find("filter"), "{out}");
 
     let (ok, out, err) = cli(&["handler", "detach", "users", "redact"], &url);
     assert!(ok, "{err}");

@@ -378,3 +378,25 @@ fn pooling_allocator_hosts_exchanges() {
     ex.bind(5, "k", &Headers::new()).unwrap();
     assert_eq!(route(ex.as_mut(), "k").unwrap(), vec![5]);
 }
+
+/// A key-only plugin is handed the routing key alone: one that reads the body anyway
+/// (here only for key `peek`, so the deploy samples do not catch it) routes as if the
+/// body were empty, so its key-cached results stay right, and its log says why.
+#[test]
+fn key_only_plugin_is_handed_no_body() {
+    let host = host();
+    let mut ex = hostile::exchange(&host, "key-only-peek");
+    let mut out = Vec::new();
+    ex.route(&Message::text("peek", "a"), &mut out).unwrap();
+    assert!(
+        out.is_empty(),
+        "routed on a body it was not handed: {out:?}"
+    );
+    assert_eq!(route(&mut ex, "a").unwrap(), vec![1]);
+    let logs = host.logs("key-only-peek", 0, 10).expect("it logged");
+    assert!(
+        logs.iter()
+            .any(|l| l.level == "warn" && l.text.contains("declares key_only")),
+        "{logs:?}"
+    );
+}

@@ -105,6 +105,7 @@ fn resource_names(op: &mut Op) -> Vec<&mut String> {
         | Op::PrunePlugin { .. }
         | Op::ListPlugins
         | Op::PluginHistory { .. }
+        | Op::PluginLogs { .. }
         | Op::ListExchanges
         | Op::ListBindings
         | Op::ListConnections

@@ -111,6 +111,20 @@ impl Message {
         }
     }
 
+    /// What the broker hands a plugin with `capabilities`: for a key-only plugin the
+    /// routing key alone (no headers, default properties, empty body); without
+    /// `reads_headers`, no headers.
+    pub(crate) fn as_handed(&self, capabilities: crate::Capabilities) -> Message {
+        if capabilities.key_only {
+            return Message::new(self.routing_key.clone());
+        }
+        let mut msg = self.clone();
+        if !capabilities.reads_headers {
+            msg.headers = Headers::new();
+        }
+        msg
+    }
+
     /// The body. In Wasm this copies it from the host on every call, so call it once.
     pub fn body(&self) -> Vec<u8> {
         match &self.body {

@@ -198,6 +198,7 @@ impl Grant {
             | Op::ListHandlers
             | Op::ListPlugins
             | Op::PluginHistory { .. }
+            | Op::PluginLogs { .. }
             | Op::Authenticate { .. }
             | Op::AddUser { .. }
             | Op::DeleteUser { .. }

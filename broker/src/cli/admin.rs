@@ -1,12 +1,12 @@
 //! The rabbitmqadmin-style commands: queues, declare, delete, purge, bind, unbind.
 
-use anyhow::Context as _;
 use broker::protocol::Binding;
 use std::path::PathBuf;
 
 use broker::{Client, ClientTls, ConnectOptions, QueueOptions};
 use clap::{Args, Subcommand};
 
+use super::table::{Align, Table};
 use super::{DEFAULT_SERVER, parse_key_value, to_headers};
 
 // Where the broker is and who to log in as. (A `///` comment here would become the help
@@ -137,53 +137,6 @@ pub enum Delete {
     },
 }
 
-#[derive(Subcommand)]
-pub enum Plugin {
-    /// Deploy a new version of a Wasm exchange plugin (a component built with plugin-sdk);
-    /// NAME becomes an exchange type for `declare exchange --type NAME`.
-    Deploy {
-        name: String,
-        path: std::path::PathBuf,
-        /// Go back to the version active before this one if this one starts failing
-        /// (at least 5 failed calls, a tenth or more of its calls).
-        #[arg(long)]
-        auto_rollback: bool,
-        #[command(flatten)]
-        server: ServerArg,
-    },
-    /// Activate an earlier version (default: the one before the active one).
-    Rollback {
-        name: String,
-        #[arg(long)]
-        to: Option<u64>,
-        #[command(flatten)]
-        server: ServerArg,
-    },
-    /// Lift quarantine for every exchange of a plugin (each restarts at its next message).
-    Reset {
-        name: String,
-        #[command(flatten)]
-        server: ServerArg,
-    },
-    /// Delete stored versions of a plugin but the newest N (the active version and the
-    /// one before it are always kept).
-    Prune {
-        name: String,
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-        keep: u64,
-        #[command(flatten)]
-        server: ServerArg,
-    },
-    /// Exchange types with their active version, hash and counters.
-    List(ServerArg),
-    /// Every deployed version of a plugin.
-    History {
-        name: String,
-        #[command(flatten)]
-        server: ServerArg,
-    },
-}
-
 #[derive(Args)]
 pub struct PurgeArgs {
     queue: String,
@@ -230,17 +183,16 @@ pub async fn queues(args: ServerArg) -> anyhow::Result<()> {
 pub async fn exchanges(args: ServerArg) -> anyhow::Result<()> {
     let client = args.connect().await?;
     let list = client.list_exchanges().await?;
-    let width = list
-        .exchanges
-        .iter()
-        .map(|x| x.exchange.len())
-        .max()
-        .unwrap_or(0)
-        .max(9);
-    println!(
-        "{:<width$}  {:<10}  {:>8}  {:>9}  {:>10}  {:>8}  {:<7}  STATE",
-        "EXCHANGE", "TYPE", "BINDINGS", "ROUTED", "UNROUTABLE", "FAILED", "DURABLE"
-    );
+    let mut table = Table::new(&[
+        ("EXCHANGE", Align::Left),
+        ("TYPE", Align::Left),
+        ("BINDINGS", Align::Right),
+        ("ROUTED", Align::Right),
+        ("UNROUTABLE", Align::Right),
+        ("FAILED", Align::Right),
+        ("DURABLE", Align::Left),
+        ("STATE", Align::Left),
+    ]);
     for x in list.exchanges {
         let name = if x.exchange.is_empty() {
             "(default)".to_owned()
@@ -255,29 +207,48 @@ pub async fn exchanges(args: ServerArg) -> anyhow::Result<()> {
             ),
             _ => "ok".to_owned(),
         };
-        println!(
-            "{name:<width$}  {:<10}  {:>8}  {:>9}  {:>10}  {:>8}  {:<7}  {state}",
-            x.kind, x.bindings, x.routed, x.unroutable, x.failed, x.durable
-        );
+        table.row(vec![
+            name,
+            x.kind,
+            x.bindings.to_string(),
+            x.routed.to_string(),
+            x.unroutable.to_string(),
+            x.failed.to_string(),
+            x.durable.to_string(),
+            state,
+        ]);
         if let Some(r) = &x.last_auto_rollback {
-            println!(
-                "{:<width$}  its type auto-rolled back v{} -> v{} {}",
-                "",
+            table.note(format!(
+                "its type auto-rolled back v{} -> v{} {}",
                 r["from"],
                 r["to"],
                 ago(r["at"].as_u64().unwrap_or(0))
-            );
+            ));
         }
     }
+    table.print();
     for name in list.unrestored {
-        println!("{name:<width$}  (waiting for its plugin type to be loaded)");
+        println!("{name}  (waiting for its plugin type to be loaded)");
     }
     client.close().await;
     Ok(())
 }
 
+/// A time in ms since the Unix epoch as RFC 3339 in UTC, to the millisecond
+/// (`2026-12-06T16:20:01.123Z`).
+pub fn rfc3339(at_ms: u64) -> String {
+    let nanos = i128::from(at_ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{at_ms} ms"))
+}
+
 /// "12s ago" for a time in ms since the Unix epoch.
-fn ago(at_ms: u64) -> String {
+pub fn ago(at_ms: u64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -302,25 +273,28 @@ pub async fn bindings(args: ServerArg) -> anyhow::Result<()> {
 
 pub async fn connections(args: ServerArg) -> anyhow::Result<()> {
     let client = args.connect().await?;
-    println!(
-        "{:>6}  {:<22}  {:>8}  {:>8}  CONSUMERS",
-        "CONN", "PEER", "CONFIRMS", "UNACKED"
-    );
+    let mut table = Table::new(&[
+        ("CONN", Align::Right),
+        ("PEER", Align::Left),
+        ("CONFIRMS", Align::Right),
+        ("UNACKED", Align::Right),
+        ("CONSUMERS", Align::Left),
+    ]);
     for c in client.list_connections().await? {
         let consumers: Vec<String> = c
             .consumers
             .iter()
             .map(|s| format!("{} ({})", s.queue, s.consumer_tag))
             .collect();
-        println!(
-            "{:>6}  {:<22}  {:>8}  {:>8}  {}",
-            c.conn,
-            c.peer,
-            c.confirms,
-            c.unacked,
-            consumers.join(", ")
-        );
+        table.row(vec![
+            c.conn.to_string(),
+            c.peer.to_string(),
+            c.confirms.to_string(),
+            c.unacked.to_string(),
+            consumers.join(", "),
+        ]);
     }
+    table.print();
     client.close().await;
     Ok(())
 }
@@ -409,162 +383,5 @@ pub async fn bind(args: BindArgs, bind: bool) -> anyhow::Result<()> {
     }
     println!("{line}");
     client.close().await;
-    Ok(())
-}
-
-pub async fn plugin(what: Plugin) -> anyhow::Result<()> {
-    match what {
-        Plugin::Deploy {
-            name,
-            path,
-            auto_rollback,
-            server,
-        } => {
-            let wasm =
-                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            let client = server.connect().await?;
-            let started = std::time::Instant::now();
-            let v = client
-                .deploy_plugin_with(&name, &wasm, auto_rollback)
-                .await?;
-            if v["unchanged"] == true {
-                println!(
-                    "plugin {name} version {} is already active with these bytes",
-                    v["version"]
-                );
-            } else {
-                println!(
-                    "plugin {name} version {} active in {:.0} ms (sha256 {}, {} bytes{})",
-                    v["version"],
-                    started.elapsed().as_secs_f64() * 1e3,
-                    v["hash"].as_str().unwrap_or("?"),
-                    v["size_bytes"],
-                    if auto_rollback {
-                        ", auto-rollback on"
-                    } else {
-                        ""
-                    }
-                );
-            }
-            client.close().await;
-        }
-        Plugin::Rollback { name, to, server } => {
-            let client = server.connect().await?;
-            let v = client.rollback_plugin(&name, to).await?;
-            println!("plugin {name} rolled back to version {}", v["version"]);
-            client.close().await;
-        }
-        Plugin::Prune { name, keep, server } => {
-            let client = server.connect().await?;
-            let v = client.prune_plugin(&name, keep).await?;
-            let list = |key: &str| -> String {
-                let versions: Vec<String> = v[key]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|x| x.to_string())
-                    .collect();
-                if versions.is_empty() {
-                    "none".into()
-                } else {
-                    versions.join(", ")
-                }
-            };
-            println!(
-                "plugin {name}: deleted versions {}; kept {}",
-                list("pruned"),
-                list("kept")
-            );
-            client.close().await;
-        }
-        Plugin::Reset { name, server } => {
-            let client = server.connect().await?;
-            let v = client.reset_plugin(&name).await?;
-            let reset: Vec<&str> = v["reset"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|x| x.as_str())
-                .collect();
-            match reset.as_slice() {
-                [] => println!("plugin {name}: no exchange was quarantined"),
-                names => println!("plugin {name}: quarantine lifted for {}", names.join(", ")),
-            }
-            client.close().await;
-        }
-        Plugin::List(server) => {
-            let client = server.connect().await?;
-            let list = client.list_plugins().await?;
-            println!(
-                "{:<20} {:>8} {:>8} {:>10} {:>8} {:>9}  {:<12}  MESSAGES BY VERSION",
-                "PLUGIN", "KIND", "VERSION", "CALLS", "ERRORS", "P99_CALL", "SHA256"
-            );
-            for p in list["plugins"].as_array().into_iter().flatten() {
-                let p99 = p["p99_call_us"]
-                    .as_f64()
-                    .map_or("-".into(), |us| format!("{us:.1}us"));
-                let version = match (&p["active_version"], p["bundled"].as_bool()) {
-                    (serde_json::Value::Number(n), _) => n.to_string(),
-                    (_, Some(true)) => "bundled".into(),
-                    _ => "-".into(),
-                };
-                let hash = p["hash"].as_str().map_or("-", |h| &h[..h.len().min(12)]);
-                let by_version: Vec<String> = p["versions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|v| v["version"] != 0)
-                    .map(|v| format!("v{}={}", v["version"], v["messages"]))
-                    .collect();
-                println!(
-                    "{:<20} {:>8} {:>8} {:>10} {:>8} {:>9}  {hash:<12}  {}",
-                    p["name"].as_str().unwrap_or("?"),
-                    p["kind"].as_str().unwrap_or("?"),
-                    version,
-                    p["calls"].as_u64().unwrap_or(0),
-                    p["errors"].as_u64().unwrap_or(0),
-                    p99,
-                    by_version.join(" ")
-                );
-                if let Some(r) = p["last_auto_rollback"].as_object() {
-                    println!(
-                        "{:<20} auto-rolled back v{} -> v{} {} ({} errors in {} calls)",
-                        "",
-                        r["from"],
-                        r["to"],
-                        ago(r["at"].as_u64().unwrap_or(0)),
-                        r["errors"],
-                        r["calls"]
-                    );
-                }
-                for q in p["quarantined"].as_array().into_iter().flatten() {
-                    println!(
-                        "{:<20} exchange {} quarantined {} ({})",
-                        "",
-                        q["exchange"].as_str().unwrap_or("?"),
-                        ago(q["since"].as_u64().unwrap_or(0)),
-                        q["reason"].as_str().unwrap_or("?")
-                    );
-                }
-            }
-            client.close().await;
-        }
-        Plugin::History { name, server } => {
-            let client = server.connect().await?;
-            let history = client.plugin_history(&name).await?;
-            for v in history["versions"].as_array().into_iter().flatten() {
-                println!(
-                    "{}{:>4}  {}  deployed_at={} by={} size={}",
-                    if v["active"] == true { "*" } else { " " },
-                    v["version"],
-                    v["hash"].as_str().unwrap_or("?"),
-                    v["deployed_at"],
-                    v["deployed_by"].as_str().unwrap_or("?"),
-                    v["size_bytes"]
-                );
-            }
-            client.close().await;
-        }
-    }
     Ok(())
 }

@@ -6,6 +6,7 @@ use broker::protocol::{AttachHandler, HandlerMode};
 use clap::{Subcommand, ValueEnum};
 
 use super::admin::ServerArg;
+use super::table::{Align, Table};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Mode {
@@ -43,7 +44,7 @@ pub enum Handler {
     List(ServerArg),
 }
 
-fn parse_pair(arg: &str) -> Result<(String, String), String> {
+pub fn parse_pair(arg: &str) -> Result<(String, String), String> {
     match arg.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
         Some(_) => Err(format!("`{arg}` has an empty key")),
@@ -95,20 +96,20 @@ pub async fn run(what: Handler) -> anyhow::Result<()> {
         Handler::List(server) => {
             let client = server.connect().await?;
             let list = client.list_handlers().await?;
-            println!(
-                "{:<20} {:<16} {:<8} {:>4} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9}  CONFIG",
-                "QUEUE",
-                "PLUGIN",
-                "MODE",
-                "CONC",
-                "VERSION",
-                "HANDLED",
-                "ACKED",
-                "RETRIED",
-                "REJECTED",
-                "FAILED",
-                "PUBLISHED"
-            );
+            let mut table = Table::new(&[
+                ("QUEUE", Align::Left),
+                ("PLUGIN", Align::Left),
+                ("MODE", Align::Left),
+                ("CONC", Align::Right),
+                ("VERSION", Align::Right),
+                ("HANDLED", Align::Right),
+                ("ACKED", Align::Right),
+                ("RETRIED", Align::Right),
+                ("REJECTED", Align::Right),
+                ("FAILED", Align::Right),
+                ("PUBLISHED", Align::Right),
+                ("CONFIG", Align::Left),
+            ]);
             for h in list["handlers"].as_array().into_iter().flatten() {
                 let s = &h["stats"];
                 let version = match &h["plugin_version"] {
@@ -121,30 +122,31 @@ pub async fn run(what: Handler) -> anyhow::Result<()> {
                     .flatten()
                     .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
                     .collect();
-                println!(
-                    "{:<20} {:<16} {:<8} {:>4} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9}  {}",
-                    h["queue"].as_str().unwrap_or("?"),
-                    h["plugin"].as_str().unwrap_or("?"),
-                    h["mode"].as_str().unwrap_or("?"),
-                    h["concurrency"],
-                    version,
-                    s["handled"],
-                    s["acked"],
-                    s["retried"],
-                    s["rejected"],
-                    s["failed"],
-                    s["published"],
-                    config.join(",")
-                );
+                let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_owned();
+                table.row(vec![
+                    text(&h["queue"]),
+                    text(&h["plugin"]),
+                    text(&h["mode"]),
+                    h["concurrency"].to_string(),
+                    version.clone(),
+                    s["handled"].to_string(),
+                    s["acked"].to_string(),
+                    s["retried"].to_string(),
+                    s["rejected"].to_string(),
+                    s["failed"].to_string(),
+                    s["published"].to_string(),
+                    config.join(","),
+                ]);
                 if let Some(refused) = h["refused"].as_object() {
-                    println!(
-                        "  version {} refused this attachment, which stays on version {}: {}",
+                    table.note(format!(
+                        "version {} refused this attachment, which stays on version {}: {}",
                         refused["version"],
                         version,
                         refused["reason"].as_str().unwrap_or("?")
-                    );
+                    ));
                 }
             }
+            table.print();
             client.close().await;
         }
     }

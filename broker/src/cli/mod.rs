@@ -6,9 +6,14 @@ mod check;
 mod consume;
 mod dlq;
 mod handler;
+mod plugin;
+mod plugin_build;
+mod plugin_new;
+mod plugin_test;
 mod publish;
 mod route;
 mod serve;
+mod table;
 mod user;
 mod vhost;
 
@@ -73,7 +78,7 @@ enum Command {
     Unbind(admin::BindArgs),
     /// Manage exchange plugins.
     #[command(subcommand)]
-    Plugin(admin::Plugin),
+    Plugin(plugin::Plugin),
     /// Inspect a queue's dead letters, or move them back to their original queue.
     Dlq(dlq::DlqArgs),
     /// Measure throughput and latency (see `broker bench --help`).
@@ -84,8 +89,11 @@ enum Command {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    if !matches!(cli.command, Command::Serve(_)) {
-        init_logging("warn", false);
+    match &cli.command {
+        Command::Serve(_) => {}
+        // It prints each failure itself; the host's warning would repeat it.
+        Command::Plugin(plugin::Plugin::Test(_)) => init_logging("error", false),
+        _ => init_logging("warn", false),
     }
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
@@ -106,7 +114,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bind(args) => admin::bind(args, true).await,
         Command::Unbind(args) => admin::bind(args, false).await,
         Command::Dlq(args) => dlq::run(args).await,
-        Command::Plugin(what) => admin::plugin(what).await,
+        Command::Plugin(what) => plugin::run(what).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Handler(what) => handler::run(what).await,
     }

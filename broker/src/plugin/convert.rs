@@ -3,6 +3,7 @@
 use serde_json::Value as Json;
 
 use super::bindings::wit;
+use super::loader::Capabilities;
 use crate::message::{Headers, Message, Properties};
 
 pub fn value(json: &Json) -> wit::Value {
@@ -44,11 +45,21 @@ fn properties(p: &Properties) -> wit::Properties {
     }
 }
 
-/// The plugin's view of `msg`; headers only for plugins that read them.
-pub fn message(msg: &Message, with_headers: bool) -> wit::Message {
+/// The plugin's view of `msg`: headers only for plugins that read them; for key-only
+/// plugins the routing key alone (no headers, default properties, body size 0), so their
+/// results, cached by routing key, cannot depend on anything else.
+pub fn message(msg: &Message, capabilities: Capabilities) -> wit::Message {
+    if capabilities.key_only {
+        return wit::Message {
+            routing_key: msg.routing_key.clone(),
+            headers: Vec::new(),
+            properties: properties(&Properties::default()),
+            body_size: 0,
+        };
+    }
     wit::Message {
         routing_key: msg.routing_key.clone(),
-        headers: if with_headers {
+        headers: if capabilities.reads_headers {
             headers(&msg.headers)
         } else {
             Vec::new()
@@ -62,6 +73,29 @@ pub fn message(msg: &Message, with_headers: bool) -> wit::Message {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A key-only plugin sees the routing key alone: what it returns is cached by key.
+    #[test]
+    fn key_only_view_is_the_routing_key_alone() {
+        let mut msg = Message::text("k", "body");
+        msg.headers.insert("h".into(), json!(1));
+        msg.properties.content_type = Some("text/plain".into());
+        let caps = |key_only, reads_headers, reads_body| Capabilities {
+            key_only,
+            reads_headers,
+            reads_body,
+        };
+        let view = message(&msg, caps(true, false, false));
+        assert_eq!(view.routing_key, "k");
+        assert!(view.headers.is_empty());
+        assert_eq!(view.properties.content_type, None);
+        assert_eq!(view.body_size, 0);
+        let view = message(&msg, caps(false, true, true));
+        assert_eq!(view.headers.len(), 1);
+        assert_eq!(view.properties.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(view.body_size, 4);
+        assert!(message(&msg, caps(false, false, true)).headers.is_empty());
+    }
 
     #[test]
     fn json_values_map_to_abi_values() {

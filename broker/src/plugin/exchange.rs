@@ -169,6 +169,12 @@ impl PluginExchange {
         })
     }
 
+    /// The fuel its plugin's last call used (`None`: fuel not metered, or no instance
+    /// since a failure); `broker plugin test` prints it.
+    pub fn last_call_fuel(&self) -> Option<u64> {
+        self.instance.as_ref()?.last_call_fuel()
+    }
+
     /// The counters of the plugin version this exchange runs.
     pub fn stats(&self) -> &Arc<PluginStats> {
         &self.stats
@@ -319,8 +325,8 @@ impl PluginExchange {
         })
     }
 
-    fn with_headers(&self) -> bool {
-        self.plugin.info.capabilities.reads_headers
+    fn capabilities(&self) -> super::loader::Capabilities {
+        self.plugin.info.capabilities
     }
 
     /// Routes several messages: each is checked in (quarantine, throttle) and routed on
@@ -372,7 +378,7 @@ impl PluginExchange {
             return Ok(());
         }
         let started = Instant::now();
-        let view = convert::message(msg, self.with_headers());
+        let view = convert::message(msg, self.capabilities());
         let instance = match self.instance() {
             Ok(instance) => instance,
             Err(failure) => return Err(self.fail(failure, started, false)),

@@ -70,6 +70,8 @@ pub struct LoadedHandler {
     info: PluginInfo,
     /// This version's counters (kept by the slot across swaps and rollbacks).
     stats: Arc<PluginStats>,
+    /// Where its instances keep their log lines (the registry's ring for its name).
+    pub(super) log: Arc<super::log_ring::LogRing>,
 }
 
 impl LoadedHandler {
@@ -380,6 +382,7 @@ fn load(
     let loaded = Arc::new(LoadedHandler {
         pre,
         stats: Arc::default(),
+        log: Arc::default(),
         info: PluginInfo {
             name: name.to_owned(),
             abi_version,
@@ -484,7 +487,7 @@ impl LiveHandler {
         config: &[(String, String)],
     ) -> Result<Self, HandlerError> {
         let state = HandlerState {
-            host: HostState::new(limits, name.clone(), queue.into()),
+            host: HostState::new(limits, name.clone(), queue.into()).with_log(loaded.log.clone()),
             plugin: name.clone(),
             queue: queue.into(),
             outbox: Vec::new(),

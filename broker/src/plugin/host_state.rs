@@ -9,6 +9,7 @@ use wasmtime::{ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
 use super::bindings::{Host, LogLevel};
 use super::epoch::CallClock;
 use super::limits::Limits;
+use super::log_ring::LogRing;
 
 /// How the SDK's panic hook starts the line it logs: the host keeps it as the failure's
 /// reason instead of logging it (failure logs are rate-limited, plain logs are not).
@@ -35,6 +36,15 @@ pub struct HostState {
     exchange: Arc<str>,
     /// What the guest's panic hook reported in this call.
     panic: Option<String>,
+    /// Where its log lines are kept for `plugin_logs` (besides the broker's log).
+    log: Option<Arc<LogRing>>,
+    /// A key-only plugin: `message-body` hands it nothing (its results are cached by
+    /// routing key, so they must not depend on the body).
+    body_hidden: bool,
+    /// Whether it asked for a body while `body_hidden` (deploy checks refuse that).
+    asked_for_hidden_body: bool,
+    /// The fuel the current call started with (0 when fuel is not metered).
+    armed_fuel: u64,
 }
 
 impl HostState {
@@ -55,7 +65,28 @@ impl HostState {
             plugin,
             exchange,
             panic: None,
+            log: None,
+            body_hidden: false,
+            asked_for_hidden_body: false,
+            armed_fuel: 0,
         }
+    }
+
+    /// Hands the plugin no body (a key-only plugin).
+    pub fn with_body_hidden(mut self, hidden: bool) -> Self {
+        self.body_hidden = hidden;
+        self
+    }
+
+    /// Whether the plugin asked for a body it is not given (see [`Self::with_body_hidden`]).
+    pub fn asked_for_hidden_body(&self) -> bool {
+        self.asked_for_hidden_body
+    }
+
+    /// Keeps the plugin's log lines in `ring` too.
+    pub fn with_log(mut self, ring: Arc<LogRing>) -> Self {
+        self.log = Some(ring);
+        self
     }
 
     /// Sets up a store around this state: memory limits, and the clock that interrupts a
@@ -92,6 +123,7 @@ impl HostState {
             .time_for(bodies)
             .map(|t| t.saturating_mul(factor));
         state.limiter.clock.begin(time);
+        state.armed_fuel = if state.limits.meter_fuel { fuel } else { 0 };
         if state.limits.meter_fuel {
             store
                 .set_fuel(fuel)
@@ -131,6 +163,13 @@ impl HostState {
         }
         self.log_lines_left -= 1;
         Some(text)
+    }
+
+    /// The fuel the last call used, when fuel is metered.
+    pub fn fuel_used<T>(store: &Store<T>, host: fn(&T) -> &HostState) -> Option<u64> {
+        let armed = host(store.data()).armed_fuel;
+        let left = store.get_fuel().ok()?;
+        (armed > 0).then(|| armed.saturating_sub(left))
     }
 
     /// The panic message the guest reported in the last call, if it did.
@@ -216,6 +255,16 @@ impl Host for HostState {
             return;
         };
         let (plugin, exchange) = (&*self.plugin, &*self.exchange);
+        if let Some(ring) = &self.log {
+            let name = match level {
+                LogLevel::Trace => "trace",
+                LogLevel::Debug => "debug",
+                LogLevel::Info => "info",
+                LogLevel::Warn => "warn",
+                LogLevel::Error => "error",
+            };
+            ring.push(name, exchange, text);
+        }
         match level {
             LogLevel::Trace => tracing::trace!(plugin, exchange, "{text}"),
             LogLevel::Debug => tracing::debug!(plugin, exchange, "{text}"),
@@ -226,6 +275,20 @@ impl Host for HostState {
     }
 
     fn message_body(&mut self, index: u32) -> wasmtime::Result<Vec<u8>> {
+        if self.body_hidden {
+            if !self.asked_for_hidden_body {
+                // Once per instance: it routes as if every body were empty.
+                let text = "asked for a message body, but it declares key_only: it is \
+                            handed none (declare reads_body to read bodies)";
+                let (plugin, exchange) = (&*self.plugin, &*self.exchange);
+                tracing::warn!(plugin, exchange, "{text}");
+                if let Some(ring) = &self.log {
+                    ring.push("warn", exchange, text);
+                }
+            }
+            self.asked_for_hidden_body = true;
+            return Ok(Vec::new());
+        }
         let Some(body) = self.bodies.get(index as usize) else {
             return Ok(Vec::new());
         };

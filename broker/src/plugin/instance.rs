@@ -48,7 +48,9 @@ impl LiveInstance {
         limits: &Limits,
         stats: &Arc<PluginStats>,
     ) -> Result<Result<Self, String>, Failure> {
-        let state = HostState::new(limits, plugin.name.clone(), exchange.clone());
+        let state = HostState::new(limits, plugin.name.clone(), exchange.clone())
+            .with_log(plugin.log.clone())
+            .with_body_hidden(plugin.info.capabilities.key_only);
         let mut store = Store::new(plugin.pre.engine(), state);
         HostState::install(&mut store, |state| state);
         stats.record_instantiation();
@@ -110,6 +112,16 @@ impl LiveInstance {
 
     pub fn unbind(&mut self, id: BindingId) -> Result<(), Failure> {
         self.call(|ex, store| ex.call_unbind(store, id))
+    }
+
+    /// The fuel its last call used (`None` when fuel is not metered).
+    pub fn last_call_fuel(&self) -> Option<u64> {
+        HostState::fuel_used(&self.store, |state| state)
+    }
+
+    /// Whether this (key-only) instance asked for a message body it was not given.
+    pub fn asked_for_hidden_body(&self) -> bool {
+        self.store.data().asked_for_hidden_body()
     }
 
     pub fn route(&mut self, msg: &wit::Message, body: Bytes) -> Result<Vec<BindingId>, Failure> {

@@ -50,6 +50,9 @@ pub enum LoadError {
         description: String,
         reason: String,
     },
+    /// Its capabilities say it routes on the routing key alone, but it reads more.
+    #[error("plugin refused: {0}")]
+    KeyOnlyReadsMore(String),
     #[error(
         "`{0}` is already a plugin of the other kind (exchange vs handler); choose another name"
     )]
@@ -88,6 +91,8 @@ pub struct LoadedPlugin {
     pub(crate) name: Arc<str>,
     /// This version's counters (kept by the registry across swaps and rollbacks).
     pub(crate) stats: Arc<PluginStats>,
+    /// Where its instances keep their log lines (the registry's ring for its name).
+    pub(crate) log: Arc<super::log_ring::LogRing>,
     /// The compiled code, for the artifact cache.
     pub(crate) component: Component,
     /// Whether `component` was compiled now rather than taken from the artifact cache.
@@ -228,6 +233,7 @@ pub(crate) fn load(
         pre,
         name,
         stats: Arc::default(),
+        log: Arc::default(),
         component,
         freshly_compiled,
     };

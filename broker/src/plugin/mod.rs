@@ -45,6 +45,7 @@ mod instance;
 mod key_cache;
 mod limits;
 mod loader;
+mod log_ring;
 mod registry;
 mod samples;
 mod stats;
@@ -60,6 +61,7 @@ pub use handler::{
 pub use health::LogThrottle;
 pub use limits::Limits;
 pub use loader::{Capabilities, LoadError, PluginInfo, PluginSource};
+pub use log_ring::{LOG_RING_LINES, LogLine};
 pub(crate) use registry::lower_thread_priority;
 pub use registry::{HostError, PluginHost, PreparedPlugin, content_hash};
 pub use stats::{CALL_TIME_BUCKETS, PluginStats, StatsSnapshot, call_time_bucket_bound};

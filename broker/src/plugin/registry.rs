@@ -14,6 +14,7 @@ use super::handler::HandlerRegistry;
 use super::host_state::HostState;
 use super::limits::Limits;
 use super::loader::{self, LoadError, LoadedPlugin, PluginInfo, PluginSource};
+use super::log_ring::{LogLine, PluginLogs};
 use super::stats::{PluginStats, StatsSnapshot};
 use crate::exchange::{Exchange, ExchangeError, ExchangeTypes};
 use crate::message::Headers;
@@ -155,6 +156,8 @@ struct HostInner {
     _epoch: Option<Arc<()>>,
     /// Handler plugins (consumer side), a namespace shared with exchange types.
     handlers: HandlerRegistry,
+    /// Every plugin's recent log lines.
+    logs: PluginLogs,
 }
 
 /// The Wasm plugin host and registry of exchange types. Cheap to clone (shared state).
@@ -193,6 +196,7 @@ impl PluginHost {
             inner: Arc::new(HostInner {
                 linker: loader::linker(&engine),
                 handlers: HandlerRegistry::new(&engine),
+                logs: PluginLogs::default(),
                 engine,
                 limits,
                 types: RwLock::new(HashMap::new()),
@@ -464,6 +468,12 @@ impl PluginHost {
         Ok(created)
     }
 
+    /// Plugin `name`'s log lines numbered above `after`, at most the newest `limit`
+    /// (`None`: it never logged a line since startup).
+    pub fn logs(&self, name: &str, after: u64, limit: usize) -> Option<Vec<LogLine>> {
+        Some(self.inner.logs.get(name)?.since(after, limit))
+    }
+
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
     }
@@ -524,8 +534,12 @@ impl HostInner {
     fn install(&self, prepared: PreparedPlugin) -> PluginInfo {
         let mut plugin = match prepared.plugin {
             Prepared::Exchange(plugin) => plugin,
-            Prepared::Handler(handler) => return self.handlers.install(handler, &self.limits),
+            Prepared::Handler(mut handler) => {
+                handler.log = self.logs.ring(&handler.info().name);
+                return self.handlers.install(handler, &self.limits);
+            }
         };
+        plugin.log = self.logs.ring(&plugin.info.name);
         let info = plugin.info.clone();
         let mut types = self.types.write().expect("registry lock poisoned");
         match types.get(&info.name) {

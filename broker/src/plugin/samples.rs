@@ -25,7 +25,7 @@ const SAMPLE_NAME: &str = "deploy-check";
 const SAMPLE_BINDINGS: [(u64, &str); 4] = [(1, "sample"), (2, "#"), (3, "sample.*"), (4, "")];
 
 /// The synthetic messages, each with a description for the refusal.
-pub(crate) fn sample_messages() -> Vec<(&'static str, Message)> {
+pub fn sample_messages() -> Vec<(&'static str, Message)> {
     let empty = Message::text("sample", "");
     let mut json = Message::text(
         "sample.key.1",
@@ -56,6 +56,15 @@ fn refused(sample: usize, description: &str, reason: impl Into<String>) -> LoadE
 
 /// Runs the samples through a fresh instance of exchange plugin `plugin`.
 pub(crate) fn check_exchange(plugin: &LoadedPlugin, limits: &Limits) -> Result<(), LoadError> {
+    let capabilities = plugin.info.capabilities;
+    if capabilities.key_only && (capabilities.reads_body || capabilities.reads_headers) {
+        return Err(LoadError::KeyOnlyReadsMore(
+            "its capabilities say key_only and also reads_body or reads_headers; a key-only \
+             plugin is handed the routing key alone. Declare key_only alone \
+             (Capabilities::KEY_ONLY), or drop it to read the body or headers"
+                .into(),
+        ));
+    }
     // Counters of its own: validation is not traffic.
     let stats = Arc::new(PluginStats::default());
     let name: Arc<str> = SAMPLE_NAME.into();
@@ -80,14 +89,23 @@ pub(crate) fn check_exchange(plugin: &LoadedPlugin, limits: &Limits) -> Result<(
             bound.push(id);
         }
     }
-    let reads_headers = plugin.info.capabilities.reads_headers;
+    let capabilities = plugin.info.capabilities;
     for (i, (description, msg)) in sample_messages().iter().enumerate() {
-        let view = convert::message(msg, reads_headers);
+        let view = convert::message(msg, capabilities);
         let ids = instance
             .route(&view, msg.body.clone())
             .map_err(|failure| refused(i + 1, description, failure.reason))?;
         check_route_output(&ids, limits.max_route_ids, |id| bound.contains(&id))
             .map_err(|failure| refused(i + 1, description, failure.reason))?;
+        if instance.asked_for_hidden_body() {
+            return Err(LoadError::KeyOnlyReadsMore(format!(
+                "it declares key_only (Capabilities::KEY_ONLY) but read the body of deploy \
+                 sample {} ({description}); a key-only plugin is handed the routing key \
+                 alone and its results are cached by routing key. To route on the body, \
+                 declare `Capabilities {{ reads_body: true, ..Capabilities::default() }}`",
+                i + 1
+            )));
+        }
     }
     Ok(())
 }

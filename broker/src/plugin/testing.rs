@@ -20,6 +20,9 @@ use super::handler::{Handled, HandlerError, HandlerSlot, LiveHandler};
 use super::limits::Limits;
 use super::loader::LoadError;
 use super::registry::{HostError, PluginHost};
+/// The synthetic messages a deploy routes (handles) before accepting a version, each with
+/// a description.
+pub use super::samples::sample_messages;
 use crate::message::Message;
 
 /// Why the harness could not start the handler.

@@ -127,6 +127,7 @@ const OP_NAMES: &[&str] = &[
     "prune_plugin",
     "list_plugins",
     "plugin_history",
+    "plugin_logs",
     "list_exchanges",
     "list_bindings",
     "list_connections",

@@ -128,6 +128,15 @@ pub enum Op {
     PluginHistory {
         name: String,
     },
+    /// The recent log lines of plugin `name` (exchange type or handler) numbered above
+    /// `after`, at most the newest `limit`.
+    PluginLogs {
+        name: String,
+        #[serde(default)]
+        after: u64,
+        #[serde(default = "default_log_limit")]
+        limit: usize,
+    },
     /// Lists a queue's ready messages in delivery order without consuming them.
     PeekQueue {
         queue: String,
@@ -244,6 +253,10 @@ fn default_vhost() -> String {
 }
 
 fn default_peek_limit() -> usize {
+    100
+}
+
+fn default_log_limit() -> usize {
     100
 }
 

@@ -13,6 +13,7 @@ mod exchanges;
 mod handlers;
 mod ingress;
 mod overview;
+mod plugin_logs;
 mod plugin_prune;
 mod plugins;
 mod queues;
@@ -586,6 +587,7 @@ impl Router {
             Op::PrunePlugin { name, keep } => self.prune_plugin(&name, keep),
             Op::ListPlugins => Ok(self.list_plugins()),
             Op::PluginHistory { name } => self.plugin_history(&name),
+            Op::PluginLogs { name, after, limit } => self.plugin_logs(&name, after, limit),
             Op::RequeueDeadLetters { queue, message_id } => {
                 self.requeue_dead_letters(conn, &queue, message_id.as_deref())
             }

@@ -127,7 +127,12 @@ impl Router {
             name,
             version: number,
             deployed_at: now_ms(),
-            deployed_by: deployed_by.unwrap_or_else(|| format!("connection {conn}")),
+            // Unless it says otherwise: the user it logged in as (the broker's own
+            // sessions have none).
+            deployed_by: deployed_by.unwrap_or_else(|| {
+                let user = self.conns.get(&conn).and_then(|c| c.user.as_ref());
+                user.map_or_else(|| format!("connection {conn}"), |p| p.user.to_string())
+            }),
             size_bytes: wasm.len() as u64,
             wasm: wasm.into(),
         };

@@ -1,0 +1,101 @@
+//! Plugins through the client: deploy, rollback, prune, reset, list, history, logs.
+
+use super::{Client, ClientError};
+use crate::protocol::Op;
+
+impl Client {
+    /// Deploys a new version of Wasm exchange plugin `name` (an exchange type). Returns
+    /// what the broker reports: name, version, hash, ABI version, capabilities, size,
+    /// compile time (or `unchanged: true` when these are the active version's bytes).
+    pub async fn deploy_plugin(
+        &self,
+        name: &str,
+        wasm: &[u8],
+    ) -> Result<serde_json::Value, ClientError> {
+        self.deploy_plugin_with(name, wasm, false).await
+    }
+
+    /// [`Client::deploy_plugin`]; with `auto_rollback`, the broker goes back to the
+    /// previously active version if this one starts failing.
+    pub async fn deploy_plugin_with(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        auto_rollback: bool,
+    ) -> Result<serde_json::Value, ClientError> {
+        use base64::Engine as _;
+        let op = Op::DeployPlugin {
+            name: name.to_owned(),
+            wasm_base64: base64::engine::general_purpose::STANDARD.encode(wasm),
+            // The broker records the user this client logged in as.
+            deployed_by: None,
+            auto_rollback,
+        };
+        self.send(op, None, true).await
+    }
+
+    /// Activates an earlier version of a plugin (`version`, or the one before the active).
+    pub async fn rollback_plugin(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let op = Op::RollbackPlugin {
+            name: name.to_owned(),
+            version,
+        };
+        self.send(op, None, true).await
+    }
+
+    /// Deletes the stored versions of plugin `name` but the newest `keep` (and the active
+    /// one and the one before it); the result lists `pruned` and `kept` versions.
+    pub async fn prune_plugin(
+        &self,
+        name: &str,
+        keep: u64,
+    ) -> Result<serde_json::Value, ClientError> {
+        let op = Op::PrunePlugin {
+            name: name.to_owned(),
+            keep,
+        };
+        self.send(op, None, true).await
+    }
+
+    /// Lifts quarantine for every exchange of plugin `name`; the result's `reset` lists
+    /// the exchanges that were quarantined.
+    pub async fn reset_plugin(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        let op = Op::ResetPlugin {
+            name: name.to_owned(),
+        };
+        self.send(op, None, true).await
+    }
+
+    /// Every exchange type with its active version and counters.
+    pub async fn list_plugins(&self) -> Result<serde_json::Value, ClientError> {
+        self.send(Op::ListPlugins, None, true).await
+    }
+
+    /// Every deployed version of a plugin.
+    pub async fn plugin_history(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        let op = Op::PluginHistory {
+            name: name.to_owned(),
+        };
+        self.send(op, None, true).await
+    }
+
+    /// Plugin `name`'s kept log lines numbered above `after` (at most the newest
+    /// `limit`); the reply's `lines` and `last_seq`.
+    pub async fn plugin_logs(
+        &self,
+        name: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<serde_json::Value, ClientError> {
+        let op = Op::PluginLogs {
+            name: name.to_owned(),
+            after,
+            limit,
+        };
+        self.send(op, None, true).await
+    }
+}
