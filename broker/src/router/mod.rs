@@ -13,6 +13,7 @@ mod handlers;
 mod overview;
 mod plugin_prune;
 mod plugins;
+mod predeclared;
 mod queues;
 mod session;
 mod users;

@@ -106,6 +106,7 @@ impl Router {
                     .insert(waiting.record.name.clone(), waiting);
             }
         }
+        router.predeclare_all();
         for (id, binding) in recovered.bindings {
             router.next_binding_id = router.next_binding_id.max(id + 1);
             router.restore_binding(id, binding);

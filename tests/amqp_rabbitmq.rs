@@ -1,0 +1,216 @@
+//! What RabbitMQ applications rely on beyond the spec's methods, with lapin: the
+//! predeclared `amq.*` exchanges of every vhost.
+
+#[path = "support/amqp.rs"]
+mod amqp;
+
+use amqp::{AmqpBroker, next_delivery, reply_code, within};
+use broker::protocol::SetPermissions;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+const PREDECLARED: [(&str, &str); 5] = [
+    ("amq.direct", "direct"),
+    ("amq.fanout", "fanout"),
+    ("amq.topic", "topic"),
+    ("amq.headers", "headers"),
+    ("amq.match", "headers"),
+];
+
+fn no_args() -> FieldTable {
+    FieldTable::default()
+}
+
+fn kind(name: &str) -> ExchangeKind {
+    match name {
+        "direct" => ExchangeKind::Direct,
+        "fanout" => ExchangeKind::Fanout,
+        "topic" => ExchangeKind::Topic,
+        "headers" => ExchangeKind::Headers,
+        other => ExchangeKind::Custom(other.into()),
+    }
+}
+
+async fn publish_confirmed(channel: &Channel, exchange: &str, key: &str, body: &[u8]) {
+    let confirm = within(async {
+        channel
+            .basic_publish(
+                exchange.into(),
+                key.into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+    })
+    .await;
+    assert!(confirm.is_ack(), "{confirm:?}");
+}
+
+/// Passive declares of every predeclared exchange on a new channel of `conn`.
+async fn assert_predeclared(conn: &Connection) {
+    let ch = conn.create_channel().await.unwrap();
+    let passive = ExchangeDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    for (name, type_name) in PREDECLARED {
+        ch.exchange_declare(name.into(), kind(type_name), passive, no_args())
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+    }
+}
+
+#[tokio::test]
+async fn every_vhost_has_the_amq_exchanges_and_they_are_the_brokers() {
+    let mut broker = AmqpBroker::start().await;
+    let conn = broker.connect().await;
+    assert_predeclared(&conn).await;
+
+    // amq.topic routes by pattern to a durable queue bound to it.
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare("audit".into(), durable, no_args())
+        .await
+        .unwrap();
+    ch.queue_bind(
+        "audit".into(),
+        "amq.topic".into(),
+        "user.#".into(),
+        QueueBindOptions::default(),
+        no_args(),
+    )
+    .await
+    .unwrap();
+    let mut consumer = ch
+        .basic_consume(
+            "audit".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            no_args(),
+        )
+        .await
+        .unwrap();
+    publish_confirmed(&ch, "amq.topic", "order.created", b"not for audit").await;
+    publish_confirmed(&ch, "amq.topic", "user.created", b"alice").await;
+    let delivery = next_delivery(&mut consumer).await;
+    assert_eq!(delivery.data, b"alice");
+    assert_eq!(delivery.exchange.as_str(), "amq.topic");
+    assert_eq!(delivery.routing_key.as_str(), "user.created");
+    delivery.ack(BasicAckOptions::default()).await.unwrap();
+
+    // An equivalent redeclare is fine (clients redeclare amq.topic routinely).
+    let same = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare("amq.topic".into(), ExchangeKind::Topic, same, no_args())
+        .await
+        .unwrap();
+    // Another type: 406, as for any existing exchange.
+    let other = conn.create_channel().await.unwrap();
+    let refused = other
+        .exchange_declare("amq.topic".into(), ExchangeKind::Fanout, same, no_args())
+        .await
+        .unwrap_err();
+    assert_eq!(reply_code(&refused), Some(406), "{refused:?}");
+    // A new `amq.` name: 403, as RabbitMQ.
+    let other = conn.create_channel().await.unwrap();
+    let refused = other
+        .exchange_declare("amq.mine".into(), ExchangeKind::Direct, same, no_args())
+        .await
+        .unwrap_err();
+    assert_eq!(reply_code(&refused), Some(403), "{refused:?}");
+    // Deleting one: 403, and it is still there.
+    for (name, _) in PREDECLARED {
+        let other = conn.create_channel().await.unwrap();
+        let refused = other
+            .exchange_delete(name.into(), ExchangeDeleteOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(reply_code(&refused), Some(403), "{name}: {refused:?}");
+    }
+    assert_predeclared(&conn).await;
+    drop(consumer);
+    let _ = conn.close(200, "bye".into()).await;
+
+    // Durable: after a restart the binding to amq.topic still routes.
+    broker.restart().await;
+    let conn = broker.connect().await;
+    assert_predeclared(&conn).await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    publish_confirmed(&ch, "amq.topic", "user.deleted", b"bob").await;
+    let got = within(ch.basic_get("audit".into(), BasicGetOptions { no_ack: true }))
+        .await
+        .unwrap()
+        .expect("routed through the restored binding");
+    assert_eq!(got.delivery.data, b"bob");
+
+    // A new vhost has its own; deleting and re-adding the vhost leaves a fresh set.
+    let admin = broker.json_client().await;
+    for round in 0..2 {
+        admin.add_vhost("prod").await.unwrap();
+        admin
+            .set_permissions(SetPermissions {
+                user: "guest".into(),
+                vhost: "prod".into(),
+                configure: ".*".into(),
+                write: ".*".into(),
+                read: ".*".into(),
+                plugin: false,
+            })
+            .await
+            .unwrap();
+        let uri = format!("amqp://guest:guest@{}/prod", broker.amqp_addr());
+        let prod = within(Connection::connect(&uri, ConnectionProperties::default()))
+            .await
+            .unwrap();
+        assert_predeclared(&prod).await;
+        let ch = prod.create_channel().await.unwrap();
+        let queue = ch
+            .queue_declare("".into(), QueueDeclareOptions::default(), no_args())
+            .await
+            .unwrap();
+        ch.queue_bind(
+            queue.name().as_str().into(),
+            "amq.fanout".into(),
+            "".into(),
+            QueueBindOptions::default(),
+            no_args(),
+        )
+        .await
+        .unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        publish_confirmed(
+            &ch,
+            "amq.fanout",
+            "any",
+            format!("round {round}").as_bytes(),
+        )
+        .await;
+        let got = within(ch.basic_get(
+            queue.name().as_str().into(),
+            BasicGetOptions { no_ack: true },
+        ))
+        .await
+        .unwrap()
+        .expect("fanned out");
+        assert_eq!(got.delivery.data, format!("round {round}").as_bytes());
+        admin.delete_vhost("prod").await.unwrap();
+    }
+}
