@@ -1,13 +1,15 @@
 //! What RabbitMQ applications rely on beyond the spec's methods, with lapin: the
-//! predeclared `amq.*` exchanges of every vhost.
+//! predeclared `amq.*` exchanges of every vhost and `x-expires`.
 
 #[path = "support/amqp.rs"]
 mod amqp;
 
-use amqp::{AmqpBroker, next_delivery, reply_code, within};
+use std::time::{Duration, Instant};
+
+use amqp::{AmqpBroker, WAIT, next_delivery, reply_code, within};
 use broker::protocol::SetPermissions;
 use lapin::options::*;
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
 const PREDECLARED: [(&str, &str); 5] = [
@@ -213,4 +215,91 @@ async fn every_vhost_has_the_amq_exchanges_and_they_are_the_brokers() {
         assert_eq!(got.delivery.data, format!("round {round}").as_bytes());
         admin.delete_vhost("prod").await.unwrap();
     }
+}
+
+/// Whether queue `name` exists (a passive declare, which is no use of the queue for
+/// `x-expires`); a channel of its own, since a 404 closes it.
+async fn queue_exists(conn: &Connection, name: &str) -> bool {
+    let ch = conn.create_channel().await.unwrap();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    match within(ch.queue_declare(name.into(), passive, no_args())).await {
+        Ok(_) => true,
+        Err(e) => {
+            assert_eq!(reply_code(&e), Some(404), "{e:?}");
+            false
+        }
+    }
+}
+
+/// Polls until queue `name` is gone; fails after [`WAIT`].
+async fn wait_until_gone(conn: &Connection, name: &str) {
+    let deadline = Instant::now() + WAIT;
+    while queue_exists(conn, name).await {
+        assert!(Instant::now() < deadline, "`{name}` still exists");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn expires(ms: i32) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-expires".into(), AMQPValue::LongInt(ms));
+    args
+}
+
+#[tokio::test]
+async fn a_queue_unused_for_its_x_expires_is_deleted() {
+    let broker = AmqpBroker::start().await;
+    let conn = broker.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    // `busy` has a consumer from the start, `idle` none; both expire after 300 ms unused.
+    ch.queue_declare("busy".into(), QueueDeclareOptions::default(), expires(300))
+        .await
+        .unwrap();
+    let consumer = ch
+        .basic_consume(
+            "busy".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            no_args(),
+        )
+        .await
+        .unwrap();
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare("idle".into(), durable, expires(300))
+        .await
+        .unwrap();
+    ch.queue_declare("forever".into(), durable, no_args())
+        .await
+        .unwrap();
+    wait_until_gone(&conn, "idle").await;
+    // Declared before `idle`, `busy` is still there: a consumer is a use.
+    assert!(queue_exists(&conn, "busy").await);
+    assert!(queue_exists(&conn, "forever").await);
+    // Its period starts when its last consumer leaves.
+    ch.basic_cancel(consumer.tag(), BasicCancelOptions::default())
+        .await
+        .unwrap();
+    wait_until_gone(&conn, "busy").await;
+    // Over JSON too: the core argument `expires`; a stored queue leaves the store.
+    let json = broker.json_client().await;
+    let names: Vec<String> = json
+        .list_queues()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|q| q.queue)
+        .collect();
+    assert_eq!(names, ["forever"]);
+    // 0 is no expiry: 406, as RabbitMQ.
+    let refused = ch
+        .queue_declare("never".into(), QueueDeclareOptions::default(), expires(0))
+        .await
+        .unwrap_err();
+    assert_eq!(reply_code(&refused), Some(406), "{refused:?}");
 }

@@ -7,6 +7,7 @@
 //! `max_in_memory_length` keeps the bodies of the rest only in the store and reads them
 //! back in runs before it delivers them (see [`Queue::enable_paging`]).
 
+mod expiry;
 mod paging;
 mod parked;
 mod policy;
@@ -239,6 +240,8 @@ pub struct Queue {
     paging: Option<Paging>,
     /// Ready messages whose body is only in the store.
     paged_out: usize,
+    /// When the queue was last used, for `expires` (see `expiry.rs`).
+    last_used: u64,
 }
 
 impl Queue {
@@ -261,6 +264,7 @@ impl Queue {
             pack_buf: Vec::new(),
             paging: None,
             paged_out: 0,
+            last_used: 0,
         }
     }
 
@@ -459,11 +463,15 @@ impl Queue {
         Some(self.consumers.remove(index))
     }
 
-    /// The earliest time something changes by itself (a delay ends, a message expires).
+    /// The earliest time something changes by itself (a delay ends, a message expires,
+    /// the queue expires unused).
     pub fn next_deadline(&self) -> Option<u64> {
         let delayed = self.delayed.keys().next().map(|(due, _)| *due);
         let expiring = self.expiring.iter().next().map(|(at, _)| *at);
-        delayed.into_iter().chain(expiring).min()
+        [delayed, expiring, self.unused_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Moves due delayed messages to ready and takes out expired ready ones.

@@ -70,6 +70,9 @@ impl Router {
         let (name, _) = self.queues.get_key_value(name).expect("checked above");
         let name = name.clone();
         let now = now_ms();
+        if let Some(queue) = self.queues.get_mut(&name) {
+            queue.touch(now);
+        }
         loop {
             let queue = self.queues.get_mut(&name).expect("checked above");
             let queue_id = queue.id;
@@ -144,6 +147,8 @@ impl Router {
             return;
         };
         queue.remove_consumer(conn, tag);
+        // Its `expires` period starts when the last consumer leaves.
+        queue.touch(now_ms());
         if queue.spec.auto_delete && queue.consumer_count() == 0 {
             self.remove_queue(queue_name, "auto-delete queue lost its last consumer");
         } else {

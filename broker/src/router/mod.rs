@@ -384,6 +384,11 @@ impl Router {
                 continue;
             };
             queue.wakeup = None;
+            if queue.expired_unused(now) {
+                tracing::info!(queue = %name, "queue expired unused (`expires`); deleted");
+                self.remove_queue(&name, "queue expired (expires)");
+                continue;
+            }
             for entry in queue.tick(now) {
                 self.dead_letter(&name, entry, DeathReason::Expired, now);
             }

@@ -148,8 +148,9 @@ impl Router {
             auto_delete: declare.auto_delete,
             arguments: declare.arguments,
         };
-        if let Some(queue) = self.queues.get(name.as_str()) {
-            check_access(queue, self.owner(conn))?;
+        let owner = self.owner(conn);
+        if let Some(queue) = self.queues.get_mut(name.as_str()) {
+            check_access(queue, owner)?;
             if queue.spec != spec {
                 return Err(OpError::new(
                     ErrorCode::PreconditionFailed,
@@ -158,6 +159,8 @@ impl Router {
                     ),
                 ));
             }
+            // A redeclare is a use (`expires`).
+            queue.touch(super::exchanges::now_ms());
             return Ok(Reply::Ok(to_json(info(queue))));
         }
         let id = self.next_queue_id;
@@ -175,6 +178,8 @@ impl Router {
             }));
         }
         tracing::debug!(queue = %name, durable = queue.spec.durable, "queue declared");
+        // Scheduled at the end of the turn (its `expires`, if any).
+        self.dirty.insert(name.clone());
         self.queues.insert(name, queue);
         Ok(if stored {
             Reply::OkAfterCommit(result)
@@ -248,6 +253,7 @@ impl Router {
         policy: QueuePolicy,
     ) -> Queue {
         let mut queue = Queue::new(name, id, spec, policy);
+        queue.touch(super::exchanges::now_ms());
         if let Some(store) = &self.store
             && queue.is_stored()
         {
