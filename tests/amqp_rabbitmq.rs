@@ -1,5 +1,6 @@
 //! What RabbitMQ applications rely on beyond the spec's methods, with lapin: the
-//! predeclared `amq.*` exchanges of every vhost and `x-expires`.
+//! predeclared `amq.*` exchanges of every vhost, `x-expires` and `basic.qos` with
+//! `global`.
 
 #[path = "support/amqp.rs"]
 mod amqp;
@@ -302,4 +303,119 @@ async fn a_queue_unused_for_its_x_expires_is_deleted() {
         .await
         .unwrap_err();
     assert_eq!(reply_code(&refused), Some(406), "{refused:?}");
+}
+
+/// Publishes `count` messages to queue `queue` through the default exchange, confirmed.
+async fn fill(channel: &Channel, queue: &str, count: usize) {
+    for n in 0..count {
+        publish_confirmed(channel, "", queue, format!("{queue} {n}").as_bytes()).await;
+    }
+}
+
+/// The ready messages of `queues` together (passive declares).
+async fn ready(channel: &Channel, queues: &[&str]) -> u32 {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let mut total = 0;
+    for queue in queues {
+        let info = channel
+            .queue_declare((*queue).into(), passive, no_args())
+            .await
+            .unwrap();
+        total += info.message_count();
+    }
+    total
+}
+
+#[tokio::test]
+async fn basic_qos_global_is_shared_by_the_channels_consumers() {
+    let broker = AmqpBroker::start().await;
+    let conn = broker.connect().await;
+    let admin = conn.create_channel().await.unwrap();
+    admin
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let queues = ["a", "b", "c", "d"];
+    for queue in queues {
+        admin
+            .queue_declare(queue.into(), QueueDeclareOptions::default(), no_args())
+            .await
+            .unwrap();
+        fill(&admin, queue, 5).await;
+    }
+
+    // global=true: 3 unacked deliveries for the whole channel, over both its consumers.
+    let shared = conn.create_channel().await.unwrap();
+    shared
+        .basic_qos(3, BasicQosOptions { global: true })
+        .await
+        .unwrap();
+    let mut on_a = shared
+        .basic_consume(
+            "a".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            no_args(),
+        )
+        .await
+        .unwrap();
+    let mut on_b = shared
+        .basic_consume(
+            "b".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            no_args(),
+        )
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while held.len() < 3 {
+        assert!(Instant::now() < deadline, "3 deliveries in time");
+        tokio::select! {
+            d = next_delivery(&mut on_a) => held.push(d),
+            d = next_delivery(&mut on_b) => held.push(d),
+        }
+    }
+    // The router dispatched before it answered these: the rest stayed in the queues.
+    assert_eq!(ready(&admin, &["a", "b"]).await, 7);
+    // An ack makes room for exactly one more, from either queue.
+    held.remove(0)
+        .ack(BasicAckOptions::default())
+        .await
+        .unwrap();
+    tokio::select! {
+        d = next_delivery(&mut on_a) => held.push(d),
+        d = next_delivery(&mut on_b) => held.push(d),
+    }
+    assert_eq!(ready(&admin, &["a", "b"]).await, 6);
+
+    // global=false: the prefetch of each consumer started after it (2 + 2).
+    let per_consumer = conn.create_channel().await.unwrap();
+    per_consumer
+        .basic_qos(2, BasicQosOptions { global: false })
+        .await
+        .unwrap();
+    let mut consumers = Vec::new();
+    for queue in ["c", "d"] {
+        let consumer = per_consumer
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                no_args(),
+            )
+            .await
+            .unwrap();
+        consumers.push(consumer);
+    }
+    for consumer in &mut consumers {
+        for _ in 0..2 {
+            next_delivery(consumer).await;
+        }
+    }
+    assert_eq!(ready(&admin, &["c", "d"]).await, 6);
 }

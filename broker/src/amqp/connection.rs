@@ -474,6 +474,14 @@ impl AmqpConnection {
                 self.send(number, reply);
                 return Ok(());
             }
+            Effect::ChannelPrefetch(prefetch, reply) => {
+                let command = Command::ChannelPrefetch { conn, prefetch };
+                if !self.ctx.router.send_request(command).await {
+                    return Err(Ended::BrokerStopping);
+                }
+                self.send(number, reply);
+                return Ok(());
+            }
             Effect::Request(request) => (request, None, None),
             Effect::RequestThenReply(request, reply) => (request, None, Some(reply)),
             Effect::Publish(request) => {

@@ -23,6 +23,8 @@ pub(super) enum Effect {
     Publish(Request),
     /// A request, and a reply right behind it (the router answers nothing on success).
     RequestThenReply(Request, AMQPClass),
+    /// Set the channel-wide prefetch (`basic.qos` with `global`), then reply.
+    ChannelPrefetch(u32, AMQPClass),
 }
 
 fn unexpected(text: impl std::fmt::Display) -> AmqpError {
@@ -176,8 +178,16 @@ pub(super) fn on_method(ch: &mut Channel, method: AMQPClass) -> Result<Effect, A
             ));
         }
         AMQPClass::Basic(basic::AMQPMethod::Qos(m)) => {
-            ch.prefetch = m.prefetch_count;
-            Effect::Reply(AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})))
+            let ok = AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {}));
+            // RabbitMQ 3's reading: `global` is the channel's limit, shared by its
+            // consumers; otherwise the prefetch of each consumer started after it.
+            match m.global {
+                true => Effect::ChannelPrefetch(u32::from(m.prefetch_count), ok),
+                false => {
+                    ch.prefetch = m.prefetch_count;
+                    Effect::Reply(ok)
+                }
+            }
         }
         AMQPClass::Basic(basic::AMQPMethod::Consume(m)) => {
             let queue = queue_name(ch, m.queue.as_str(), 60, 20)?;

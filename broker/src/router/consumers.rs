@@ -189,6 +189,7 @@ impl Router {
         for held in settled {
             self.settle_one(held, how, now);
         }
+        self.channel_settled(conn);
         Ok(Reply::Silent)
     }
 
@@ -202,6 +203,7 @@ impl Router {
         for held in settled {
             self.settle_one(held, Settle::Ack, now);
         }
+        self.channel_settled(conn);
     }
 
     fn settle_one(&mut self, held: Held, how: Settle, now: u64) {
@@ -323,9 +325,10 @@ impl Router {
             let conns = &self.conns;
             let may_receive = |conn: ConnId| {
                 conns.get(&conn).is_some_and(|c| {
-                    c.outbound
-                        .as_ref()
-                        .is_none_or(|queued| queued.load(Ordering::Relaxed) < MAX_OUTBOUND_BYTES)
+                    c.within_channel_prefetch()
+                        && c.outbound.as_ref().is_none_or(|queued| {
+                            queued.load(Ordering::Relaxed) < MAX_OUTBOUND_BYTES
+                        })
                 })
             };
             let Some(next) = queue.next_dispatch(now, &may_receive) else {

@@ -14,6 +14,7 @@ mod overview;
 mod plugin_prune;
 mod plugins;
 mod predeclared;
+mod prefetch;
 mod queues;
 mod session;
 mod users;
@@ -113,6 +114,9 @@ pub enum Command {
     /// The connection's writer drained below [`MAX_OUTBOUND_BYTES`]: its consumers may
     /// receive again.
     Drained { conn: ConnId },
+    /// At most `prefetch` unsettled deliveries on the connection across its consumers
+    /// (AMQP `basic.qos` with `global`); 0: no such limit.
+    ChannelPrefetch { conn: ConnId, prefetch: u32 },
     /// Auto-ack deliveries that reached the socket.
     Written {
         conn: ConnId,
@@ -349,6 +353,9 @@ impl Router {
                         credit,
                     } => self.request(conn, request, prerouted, credit),
                     Command::Drained { conn } => self.drained(conn),
+                    Command::ChannelPrefetch { conn, prefetch } => {
+                        self.set_channel_prefetch(conn, prefetch)
+                    }
                     Command::Written {
                         conn,
                         delivery_tags,
