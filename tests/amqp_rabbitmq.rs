@@ -1,13 +1,13 @@
 //! What RabbitMQ applications rely on beyond the spec's methods, with lapin: the
-//! predeclared `amq.*` exchanges of every vhost, `x-expires` and `basic.qos` with
-//! `global`.
+//! predeclared `amq.*` exchanges of every vhost, `x-expires`, `basic.qos` with `global`,
+//! and direct reply-to.
 
 #[path = "support/amqp.rs"]
 mod amqp;
 
 use std::time::{Duration, Instant};
 
-use amqp::{AmqpBroker, WAIT, next_delivery, reply_code, within};
+use amqp::{AmqpBroker, WAIT, next_delivery, next_error_code, reply_code, within};
 use broker::protocol::SetPermissions;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
@@ -418,4 +418,120 @@ async fn basic_qos_global_is_shared_by_the_channels_consumers() {
         }
     }
     assert_eq!(ready(&admin, &["c", "d"]).await, 6);
+}
+
+#[tokio::test]
+async fn direct_reply_to_carries_an_rpc_round_trip() {
+    let broker = AmqpBroker::start().await;
+    let conn = broker.connect().await;
+    // The server side: consumes requests from `rpc`.
+    let server = conn.create_channel().await.unwrap();
+    server
+        .queue_declare("rpc".into(), QueueDeclareOptions::default(), no_args())
+        .await
+        .unwrap();
+    let mut requests = server
+        .basic_consume(
+            "rpc".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            no_args(),
+        )
+        .await
+        .unwrap();
+
+    // The client: a no-ack consumer of the pseudo-queue, then a request naming it.
+    let client_conn = broker.connect().await;
+    let client = client_conn.create_channel().await.unwrap();
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let mut replies = client
+        .basic_consume("amq.rabbitmq.reply-to".into(), "".into(), no_ack, no_args())
+        .await
+        .unwrap();
+    client
+        .basic_publish(
+            "".into(),
+            "rpc".into(),
+            BasicPublishOptions::default(),
+            b"ping",
+            BasicProperties::default()
+                .with_reply_to("amq.rabbitmq.reply-to".into())
+                .with_correlation_id("call-1".into()),
+        )
+        .await
+        .unwrap();
+
+    let request = next_delivery(&mut requests).await;
+    assert_eq!(request.data, b"ping");
+    let reply_to = request
+        .properties
+        .reply_to()
+        .clone()
+        .expect("a reply address");
+    assert!(
+        reply_to.as_str().starts_with("amq.rabbitmq.reply-to."),
+        "{reply_to}"
+    );
+    server
+        .basic_publish(
+            "".into(),
+            reply_to.clone(),
+            BasicPublishOptions::default(),
+            b"pong",
+            BasicProperties::default().with_correlation_id("call-1".into()),
+        )
+        .await
+        .unwrap();
+    request.ack(BasicAckOptions::default()).await.unwrap();
+    let reply = next_delivery(&mut replies).await;
+    assert_eq!(reply.data, b"pong");
+    assert_eq!(
+        reply
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|c| c.as_str()),
+        Some("call-1")
+    );
+    assert_eq!(reply.routing_key.as_str(), reply_to.as_str());
+
+    // The reply consumer must be no-ack, and a request needs one: 406.
+    let acking = client_conn.create_channel().await.unwrap();
+    let refused = acking
+        .basic_consume(
+            "amq.rabbitmq.reply-to".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            no_args(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(reply_code(&refused), Some(406), "{refused:?}");
+    let lonely = client_conn.create_channel().await.unwrap();
+    let mut events = Box::pin(client_conn.events_listener());
+    let _ = lonely
+        .basic_publish(
+            "".into(),
+            "rpc".into(),
+            BasicPublishOptions::default(),
+            b"no reply consumer",
+            BasicProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()),
+        )
+        .await;
+    assert_eq!(next_error_code(&mut events).await, 406);
+    let deadline = Instant::now() + WAIT;
+    while lonely.status().connected() {
+        assert!(
+            Instant::now() < deadline,
+            "the refused publish's channel closes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The reply queue belongs to the client's channel: it goes when the channel closes.
+    client.close(200, "done".into()).await.unwrap();
+    wait_until_gone(&conn, reply_to.as_str()).await;
 }

@@ -482,6 +482,17 @@ impl AmqpConnection {
                 self.send(number, reply);
                 return Ok(());
             }
+            Effect::Requests(requests) => {
+                for request in requests {
+                    // Boxed: `apply` calls itself.
+                    Box::pin(self.apply(number, Effect::Request(request), router_frames)).await?;
+                    // A refused request closed the channel: the rest would be refused too.
+                    if self.channels.get(&number).is_none_or(|c| c.closing) {
+                        break;
+                    }
+                }
+                return Ok(());
+            }
             Effect::Request(request) => (request, None, None),
             Effect::RequestThenReply(request, reply) => (request, None, Some(reply)),
             Effect::Publish(request) => {

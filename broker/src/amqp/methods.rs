@@ -7,6 +7,7 @@ use bytes::BytesMut;
 use super::channel::{Awaiting, Channel, Content, PUBLISH_ID, SETTLE_ID};
 use super::errors::{AmqpError, code};
 use super::mapping::{message_from_amqp, queue_arguments, table_to_json};
+use super::reply_to::{self, REPLY_TO};
 use crate::protocol::{
     Binding, DeclareExchange, DeclareQueue, Op, Publish, Request, RequestId, Subscribe,
 };
@@ -23,6 +24,8 @@ pub(super) enum Effect {
     Publish(Request),
     /// A request, and a reply right behind it (the router answers nothing on success).
     RequestThenReply(Request, AMQPClass),
+    /// Requests handed to the router in order (the last one's answer is the reply).
+    Requests(Vec<Request>),
     /// Set the channel-wide prefetch (`basic.qos` with `global`), then reply.
     ChannelPrefetch(u32, AMQPClass),
 }
@@ -189,11 +192,15 @@ pub(super) fn on_method(ch: &mut Channel, method: AMQPClass) -> Result<Effect, A
                 }
             }
         }
+        AMQPClass::Basic(basic::AMQPMethod::Consume(m)) if m.queue.as_str() == REPLY_TO => {
+            reply_to::consume(ch, m)?
+        }
         AMQPClass::Basic(basic::AMQPMethod::Consume(m)) => {
             let queue = queue_name(ch, m.queue.as_str(), 60, 20)?;
             let awaiting = Awaiting::Consume {
                 nowait: m.nowait,
                 no_ack: m.no_ack,
+                reply: false,
             };
             let id = ch.expect(awaiting, 60, 20);
             request(
@@ -393,7 +400,7 @@ fn complete(ch: &mut Channel, user: &str) -> Result<Effect, AmqpError> {
         body,
     } = ch.content.take().expect("checked above");
     let (properties, _) = header.expect("checked above");
-    let message = message_from_amqp(
+    let mut message = message_from_amqp(
         publish.exchange.as_str(),
         publish.routing_key.as_str(),
         &properties,
@@ -401,6 +408,7 @@ fn complete(ch: &mut Channel, user: &str) -> Result<Effect, AmqpError> {
         user,
     )
     .map_err(|e| e.during(60, 40))?;
+    reply_to::rewrite(ch, &mut message)?;
     let id = if ch.confirms {
         ch.publish_seq += 1;
         RequestId::Num(ch.publish_seq)
