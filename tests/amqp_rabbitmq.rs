@@ -252,7 +252,7 @@ fn expires(ms: i32) -> FieldTable {
 
 #[tokio::test]
 async fn a_queue_unused_for_its_x_expires_is_deleted() {
-    let broker = AmqpBroker::start().await;
+    let mut broker = AmqpBroker::start().await;
     let conn = broker.connect().await;
     let ch = conn.create_channel().await.unwrap();
     // `busy` has a consumer from the start, `idle` none; both expire after 300 ms unused.
@@ -303,6 +303,13 @@ async fn a_queue_unused_for_its_x_expires_is_deleted() {
         .await
         .unwrap_err();
     assert_eq!(reply_code(&refused), Some(406), "{refused:?}");
+    // The durable `idle` left the store too: it does not come back after a restart.
+    drop(json);
+    let _ = conn.close(200, "bye".into()).await;
+    broker.restart().await;
+    let conn = broker.connect().await;
+    assert!(queue_exists(&conn, "forever").await);
+    assert!(!queue_exists(&conn, "idle").await);
 }
 
 /// Publishes `count` messages to queue `queue` through the default exchange, confirmed.
