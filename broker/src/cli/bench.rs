@@ -31,6 +31,7 @@ use hdrhistogram::Histogram;
 use tokio::task::JoinHandle;
 
 use super::DEFAULT_SERVER;
+use amqp::ProtocolArg;
 
 const OUTPUT_HELP: &str = "\
 Prints one line per run:
@@ -200,12 +201,6 @@ impl Hostile {
             Hostile::None => "",
         }
     }
-}
-
-#[derive(Clone, Copy, PartialEq, ValueEnum)]
-enum ProtocolArg {
-    Json,
-    Amqp,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

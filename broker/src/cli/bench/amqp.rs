@@ -25,6 +25,13 @@ use super::clients::{IDLE_TIMEOUT, Stream, body_stamp, publisher_share, stamped_
 use super::throughput::Topology;
 use super::{BenchArgs, Report, Scenario, merged, new_histogram};
 
+/// `--protocol`: the clients' protocol.
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+pub(super) enum ProtocolArg {
+    Json,
+    Amqp,
+}
+
 /// The AMQP URL `--amqp-url` defaults to: the broker's default listener, as guest.
 pub(super) const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
