@@ -447,8 +447,25 @@ async fn direct_reply_to_carries_an_rpc_round_trip() {
         .await
         .unwrap();
 
-    // The client: a no-ack consumer of the pseudo-queue, then a request naming it.
-    let client_conn = broker.connect().await;
+    // The client, a user that may only publish (as in RabbitMQ, direct reply-to needs no
+    // permission): a no-ack consumer of the pseudo-queue, then a request naming it.
+    let admin = broker.json_client().await;
+    admin.add_user("caller", "pw", &[]).await.unwrap();
+    admin
+        .set_permissions(SetPermissions {
+            user: "caller".into(),
+            vhost: "/".into(),
+            configure: "^$".into(),
+            write: ".*".into(),
+            read: "^$".into(),
+            plugin: false,
+        })
+        .await
+        .unwrap();
+    let uri = format!("amqp://caller:pw@{}/%2f", broker.amqp_addr());
+    let client_conn = within(Connection::connect(&uri, ConnectionProperties::default()))
+        .await
+        .unwrap();
     let client = client_conn.create_channel().await.unwrap();
     let no_ack = BasicConsumeOptions {
         no_ack: true,

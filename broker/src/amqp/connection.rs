@@ -482,13 +482,11 @@ impl AmqpConnection {
                 self.send(number, reply);
                 return Ok(());
             }
-            Effect::Requests(requests) => {
-                for request in requests {
-                    // Boxed: `apply` calls itself.
-                    Box::pin(self.apply(number, Effect::Request(request), router_frames)).await?;
-                    // A refused request closed the channel: the rest would be refused too.
-                    if self.channels.get(&number).is_none_or(|c| c.closing) {
-                        break;
+            Effect::BrokerRequests(requests) => {
+                for mut request in requests {
+                    // Names the broker chose cannot fail to qualify.
+                    if crate::vhost::qualify_op(&self.vhost, &mut request.op).is_ok() {
+                        self.request(conn, request, None).await?;
                     }
                 }
                 return Ok(());

@@ -24,8 +24,10 @@ pub(super) enum Effect {
     Publish(Request),
     /// A request, and a reply right behind it (the router answers nothing on success).
     RequestThenReply(Request, AMQPClass),
-    /// Requests handed to the router in order (the last one's answer is the reply).
-    Requests(Vec<Request>),
+    /// Requests the front end makes for a RabbitMQ feature that needs no permission
+    /// (direct reply-to), handed to the router in order without the permission check
+    /// (their names are still put in the connection's vhost).
+    BrokerRequests(Vec<Request>),
     /// Set the channel-wide prefetch (`basic.qos` with `global`), then reply.
     ChannelPrefetch(u32, AMQPClass),
 }

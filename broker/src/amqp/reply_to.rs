@@ -62,7 +62,9 @@ pub(super) fn consume(ch: &mut Channel, m: basic::Consume) -> Result<Effect, Amq
             exclusive: false,
         }),
     };
-    Ok(Effect::Requests(vec![declare, subscribe]))
+    // As in RabbitMQ, direct reply-to needs no permission: the queue's name is the
+    // broker's choice, and it is exclusive to this connection.
+    Ok(Effect::BrokerRequests(vec![declare, subscribe]))
 }
 
 /// A publish asking for direct reply-to gets the channel's reply queue as its `reply_to`
