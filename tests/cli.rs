@@ -264,6 +264,8 @@ fn bench_line(args: &[&str], server: Option<&str>) -> String {
     );
     let encoding = if args.contains(&"binary") {
         "binary"
+    } else if args.contains(&"amqp") {
+        "amqp"
     } else {
         "json"
     };
@@ -285,6 +287,10 @@ fn bench_scenarios_print_one_line_each() {
         &["persistent", "--msgs", "300"][..],
         &["transient", "--msgs", "300"],
         &["persistent", "--msgs", "300", "--encoding", "binary"],
+        // The same scenarios over AMQP 0-9-1 (lapin against the embedded AMQP listener).
+        &["persistent", "--msgs", "300", "--protocol", "amqp"],
+        &["transient", "--msgs", "300", "--protocol", "amqp"],
+        &["fanout", "--msgs", "100", "--protocol", "amqp"],
         &["topic", "--msgs", "300", "--bindings", "20"],
         &["fanout", "--msgs", "100"],
         &["handler", "--msgs", "300"],

@@ -409,9 +409,20 @@ async fn lists_exchanges_bindings_plugins_and_connections() {
         .iter()
         .map(|e| e["exchange"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["", "events"]);
-    assert_eq!(exchanges["exchanges"][1]["type"], "topic");
-    assert_eq!(exchanges["exchanges"][1]["bindings"], 1);
+    assert_eq!(
+        names,
+        [
+            "",
+            "amq.direct",
+            "amq.fanout",
+            "amq.headers",
+            "amq.match",
+            "amq.topic",
+            "events"
+        ]
+    );
+    assert_eq!(exchanges["exchanges"][6]["type"], "topic");
+    assert_eq!(exchanges["exchanges"][6]["bindings"], 1);
 
     let bindings = b.get("/api/bindings").await.json();
     assert_eq!(

@@ -56,7 +56,11 @@ pub(super) enum Awaiting {
     Consume {
         nowait: bool,
         no_ack: bool,
+        /// The direct reply-to consumer (see `reply_to.rs`).
+        reply: bool,
     },
+    /// The direct reply-to queue's declare: nothing to answer on success.
+    ReplyQueue,
     Cancel {
         consumer_tag: String,
         nowait: bool,
@@ -92,6 +96,10 @@ pub(super) struct Channel {
     awaiting: HashMap<u64, (Awaiting, u16, u16)>,
     /// Consumer tags of no-ack consumers: their deliveries are settled when written.
     no_ack: HashMap<Arc<str>, ()>,
+    /// The direct reply-to queue, once a consumer of `amq.rabbitmq.reply-to` was asked for.
+    pub reply_queue: Option<String>,
+    /// That consumer's tag, once it consumes.
+    reply_consumer: Option<String>,
 }
 
 fn method_frame(channel: u16, class: AMQPClass, out: &mut Vec<u8>) {
@@ -113,6 +121,8 @@ impl Channel {
             next_request: 1,
             awaiting: HashMap::new(),
             no_ack: HashMap::new(),
+            reply_queue: None,
+            reply_consumer: None,
         }
     }
 
@@ -204,6 +214,7 @@ impl Channel {
             }
             ServerFrame::Cancelled { consumer_tag, .. } => {
                 self.no_ack.remove(consumer_tag.as_str());
+                self.forget_reply_consumer(&consumer_tag);
                 let cancel = basic::Cancel {
                     consumer_tag: consumer_tag.into(),
                     nowait: true,
@@ -341,13 +352,20 @@ impl Channel {
             Awaiting::ExchangeDelete { nowait: false } => {
                 AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {}))
             }
-            Awaiting::Consume { nowait, no_ack } => {
+            Awaiting::Consume {
+                nowait,
+                no_ack,
+                reply,
+            } => {
                 let tag = result["consumer_tag"]
                     .as_str()
                     .unwrap_or_default()
                     .to_string();
                 if no_ack {
                     self.no_ack.insert(tag.as_str().into(), ());
+                }
+                if reply {
+                    self.reply_consumer = Some(tag.clone());
                 }
                 if nowait {
                     return Ok(None);
@@ -361,6 +379,7 @@ impl Channel {
                 nowait,
             } => {
                 self.no_ack.remove(consumer_tag.as_str());
+                self.forget_reply_consumer(&consumer_tag);
                 if nowait {
                     return Ok(None);
                 }
@@ -371,9 +390,17 @@ impl Channel {
             Awaiting::ConfirmSelect { nowait: false } => {
                 AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {}))
             }
-            Awaiting::Get => return Ok(None),
+            Awaiting::Get | Awaiting::ReplyQueue => return Ok(None),
         };
         Ok(Some(reply))
+    }
+
+    /// The direct reply-to consumer ended (its queue, auto-delete, went with it).
+    fn forget_reply_consumer(&mut self, consumer_tag: &str) {
+        if self.reply_consumer.as_deref() == Some(consumer_tag) {
+            self.reply_consumer = None;
+            self.reply_queue = None;
+        }
     }
 
     /// A failed operation: a negative confirm, nothing, or the channel exception.

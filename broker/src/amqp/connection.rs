@@ -474,6 +474,23 @@ impl AmqpConnection {
                 self.send(number, reply);
                 return Ok(());
             }
+            Effect::ChannelPrefetch(prefetch, reply) => {
+                let command = Command::ChannelPrefetch { conn, prefetch };
+                if !self.ctx.router.send_request(command).await {
+                    return Err(Ended::BrokerStopping);
+                }
+                self.send(number, reply);
+                return Ok(());
+            }
+            Effect::BrokerRequests(requests) => {
+                for mut request in requests {
+                    // Names the broker chose cannot fail to qualify.
+                    if crate::vhost::qualify_op(&self.vhost, &mut request.op).is_ok() {
+                        self.request(conn, request, None).await?;
+                    }
+                }
+                return Ok(());
+            }
             Effect::Request(request) => (request, None, None),
             Effect::RequestThenReply(request, reply) => (request, None, Some(reply)),
             Effect::Publish(request) => {

@@ -296,6 +296,16 @@ pub fn queue_arguments(table: &FieldTable) -> Result<Headers, AmqpError> {
             "x-max-length-bytes" => {
                 args.insert("max_length_bytes".into(), number("x-max-length-bytes")?);
             }
+            "x-expires" => match json.as_u64() {
+                Some(ms) if ms > 0 => {
+                    args.insert("expires".into(), Value::from(ms));
+                }
+                _ => {
+                    return Err(refuse(format!(
+                        "invalid arg 'x-expires': {json} is not a positive integer"
+                    )));
+                }
+            },
             "x-max-priority" => {
                 args.insert("max_priority".into(), number("x-max-priority")?);
             }
@@ -413,6 +423,7 @@ mod tests {
             AMQPValue::LongString("reject-publish".into()),
         );
         table.insert("x-delivery-limit".into(), AMQPValue::LongInt(2));
+        table.insert("x-expires".into(), AMQPValue::LongInt(60_000));
         table.insert(
             "x-queue-type".into(),
             AMQPValue::LongString("quorum".into()),
@@ -422,9 +433,12 @@ mod tests {
         assert_eq!(
             Value::Object(args),
             json!({"message_ttl": 500, "overflow": "reject_publish", "max_deliveries": 3,
-                   "custom": "kept", "dead_letter": false})
+                   "expires": 60_000, "custom": "kept", "dead_letter": false})
         );
         table.insert("x-message-ttl".into(), AMQPValue::LongString("soon".into()));
+        assert_eq!(queue_arguments(&table).unwrap_err().code(), 406);
+        table.insert("x-message-ttl".into(), AMQPValue::LongInt(500));
+        table.insert("x-expires".into(), AMQPValue::LongInt(0));
         assert_eq!(queue_arguments(&table).unwrap_err().code(), 406);
     }
 }

@@ -7,6 +7,7 @@ use bytes::BytesMut;
 use super::channel::{Awaiting, Channel, Content, PUBLISH_ID, SETTLE_ID};
 use super::errors::{AmqpError, code};
 use super::mapping::{message_from_amqp, queue_arguments, table_to_json};
+use super::reply_to::{self, REPLY_TO};
 use crate::protocol::{
     Binding, DeclareExchange, DeclareQueue, Op, Publish, Request, RequestId, Subscribe,
 };
@@ -23,6 +24,12 @@ pub(super) enum Effect {
     Publish(Request),
     /// A request, and a reply right behind it (the router answers nothing on success).
     RequestThenReply(Request, AMQPClass),
+    /// Requests the front end makes for a RabbitMQ feature that needs no permission
+    /// (direct reply-to), handed to the router in order without the permission check
+    /// (their names are still put in the connection's vhost).
+    BrokerRequests(Vec<Request>),
+    /// Set the channel-wide prefetch (`basic.qos` with `global`), then reply.
+    ChannelPrefetch(u32, AMQPClass),
 }
 
 fn unexpected(text: impl std::fmt::Display) -> AmqpError {
@@ -176,14 +183,26 @@ pub(super) fn on_method(ch: &mut Channel, method: AMQPClass) -> Result<Effect, A
             ));
         }
         AMQPClass::Basic(basic::AMQPMethod::Qos(m)) => {
-            ch.prefetch = m.prefetch_count;
-            Effect::Reply(AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})))
+            let ok = AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {}));
+            // RabbitMQ 3's reading: `global` is the channel's limit, shared by its
+            // consumers; otherwise the prefetch of each consumer started after it.
+            match m.global {
+                true => Effect::ChannelPrefetch(u32::from(m.prefetch_count), ok),
+                false => {
+                    ch.prefetch = m.prefetch_count;
+                    Effect::Reply(ok)
+                }
+            }
+        }
+        AMQPClass::Basic(basic::AMQPMethod::Consume(m)) if m.queue.as_str() == REPLY_TO => {
+            reply_to::consume(ch, m)?
         }
         AMQPClass::Basic(basic::AMQPMethod::Consume(m)) => {
             let queue = queue_name(ch, m.queue.as_str(), 60, 20)?;
             let awaiting = Awaiting::Consume {
                 nowait: m.nowait,
                 no_ack: m.no_ack,
+                reply: false,
             };
             let id = ch.expect(awaiting, 60, 20);
             request(
@@ -383,7 +402,7 @@ fn complete(ch: &mut Channel, user: &str) -> Result<Effect, AmqpError> {
         body,
     } = ch.content.take().expect("checked above");
     let (properties, _) = header.expect("checked above");
-    let message = message_from_amqp(
+    let mut message = message_from_amqp(
         publish.exchange.as_str(),
         publish.routing_key.as_str(),
         &properties,
@@ -391,6 +410,7 @@ fn complete(ch: &mut Channel, user: &str) -> Result<Effect, AmqpError> {
         user,
     )
     .map_err(|e| e.during(60, 40))?;
+    reply_to::rewrite(ch, &mut message)?;
     let id = if ch.confirms {
         ch.publish_seq += 1;
         RequestId::Num(ch.publish_seq)

@@ -14,6 +14,7 @@ mod handshake;
 mod listener;
 mod mapping;
 mod methods;
+mod reply_to;
 mod websocket;
 mod writer;
 

@@ -7,6 +7,7 @@
 //! figure a scenario cannot measure is printed as `-`. Every scenario declares its own queues and exchanges (named after
 //! the scenario and the process id) and deletes them when done.
 
+mod amqp;
 mod backlog;
 mod clients;
 mod flood;
@@ -30,6 +31,7 @@ use hdrhistogram::Histogram;
 use tokio::task::JoinHandle;
 
 use super::DEFAULT_SERVER;
+use amqp::ProtocolArg;
 
 const OUTPUT_HELP: &str = "\
 Prints one line per run:
@@ -40,7 +42,7 @@ then scenario-specific fields, the broker's CPU over the measured interval
 busiest thread's share of that and its name; the broker's PID is --broker-pid, else the local
 process listening on --server's port, found through /proc/net/tcp{,6} and /proc/*/fd; with
 --embedded it is the bench's own process; `-` when none is readable),
-and encoding=json|binary last. p50/p99/p999 are end-to-end latencies (publish to delivery);
+and encoding=json|binary|amqp last (amqp: --protocol amqp, clients through lapin). p50/p99/p999 are end-to-end latencies (publish to delivery);
 `-` marks a figure the scenario does not measure. With --embedded, client and broker share
 the process (and its CPU and memory).
 
@@ -114,6 +116,13 @@ pub struct BenchArgs {
     /// binary (`broker-binary.v1` records for publish, ack, deliver and confirm).
     #[arg(long, value_enum, default_value_t = EncodingArg::Json)]
     encoding: EncodingArg,
+    /// The clients' protocol: json (the WebSocket protocol, see --encoding) or amqp
+    /// (AMQP 0-9-1 through lapin to --amqp-url; persistent, transient, topic, fanout).
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Json)]
+    protocol: ProtocolArg,
+    /// With --protocol amqp: the broker's AMQP URL (any AMQP 0-9-1 broker, RabbitMQ too).
+    #[arg(long, default_value = amqp::DEFAULT_AMQP_URL)]
+    amqp_url: String,
     /// The broker's process id, for its CPU (every scenario) and RSS (flood) [default:
     /// the local process listening on --server's port; the own process with --embedded].
     #[arg(long)]
@@ -334,7 +343,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         _ => with_broker(&args).await?,
     };
-    println!("{report} encoding={}", encoding.name());
+    let encoding = match args.protocol {
+        ProtocolArg::Json => encoding.name(),
+        ProtocolArg::Amqp => "amqp",
+    };
+    println!("{report} encoding={encoding}");
     Ok(())
 }
 
@@ -366,6 +379,7 @@ async fn with_broker(args: &BenchArgs) -> anyhow::Result<Report> {
     let embedded = if args.embedded {
         let dir = tempfile::tempdir().context("creating a temporary data directory")?;
         let mut config = embedded_config(dir.path());
+        config.amqp = Some("127.0.0.1:0".parse().expect("valid address"));
         if let Some(watermark) = &args.watermark {
             config.memory_high_watermark = broker::server::MemoryWatermark::parse(watermark)
                 .map_err(|e| anyhow::anyhow!("--watermark {e}"))?;
@@ -375,9 +389,15 @@ async fn with_broker(args: &BenchArgs) -> anyhow::Result<Report> {
     } else {
         None
     };
-    let url = embedded
-        .as_ref()
-        .map_or(args.server.clone(), |(b, _)| b.url());
+    let url = match (&embedded, args.protocol) {
+        (None, ProtocolArg::Json) => args.server.clone(),
+        (None, ProtocolArg::Amqp) => args.amqp_url.clone(),
+        (Some((b, _)), ProtocolArg::Json) => b.url(),
+        (Some((b, _)), ProtocolArg::Amqp) => {
+            let addr = b.amqp_addr().expect("the embedded broker listens for AMQP");
+            format!("amqp://guest:guest@{addr}/%2f")
+        }
+    };
     let pid = match embedded {
         Some(_) => Some(std::process::id()),
         None => args.broker_pid.or_else(|| procfs::listener_pid(&url)),
@@ -415,6 +435,9 @@ async fn with_broker(args: &BenchArgs) -> anyhow::Result<Report> {
 }
 
 async fn scenario(url: &str, args: &BenchArgs, embedded: bool) -> anyhow::Result<Report> {
+    if args.protocol == ProtocolArg::Amqp {
+        return amqp::run(url, args).await;
+    }
     match args.scenario {
         Scenario::Persistent | Scenario::Transient | Scenario::Topic | Scenario::Fanout => {
             throughput::run(url, args).await

@@ -9,6 +9,7 @@
 
 mod dedup;
 mod entry;
+mod expiry;
 mod paging;
 mod parked;
 mod policy;
@@ -206,6 +207,8 @@ pub struct Queue {
     paged_out: usize,
     /// Message ids taken within `policy.dedup_window_ms` (empty without one).
     pub dedup: DedupWindow,
+    /// When the queue was last used, for `expires` (see `expiry.rs`).
+    last_used: u64,
 }
 
 impl Queue {
@@ -230,6 +233,7 @@ impl Queue {
             paging: None,
             paged_out: 0,
             dedup: DedupWindow::default(),
+            last_used: 0,
         }
     }
 
@@ -434,11 +438,15 @@ impl Queue {
         Some(self.consumers.remove(index))
     }
 
-    /// The earliest time something changes by itself (a delay ends, a message expires).
+    /// The earliest time something changes by itself (a delay ends, a message expires,
+    /// the queue expires unused).
     pub fn next_deadline(&self) -> Option<u64> {
         let delayed = self.delayed.keys().next().map(|(due, _)| *due);
         let expiring = self.expiring.iter().next().map(|(at, _)| *at);
-        delayed.into_iter().chain(expiring).min()
+        [delayed, expiring, self.unused_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Moves due delayed messages to ready and takes out expired ready ones.

@@ -49,6 +49,8 @@ pub struct QueuePolicy {
     /// How long a message id is remembered: a publish repeating one within it is
     /// confirmed but not enqueued again (`None`: no deduplication).
     pub dedup_window_ms: Option<u64>,
+    /// The queue is deleted after being unused this long (see `Queue::expired_unused`).
+    pub expires_ms: Option<u64>,
 }
 
 /// The default `max_in_memory_length`: a message costs ~600 bytes in memory, so a queue
@@ -115,7 +117,15 @@ impl QueuePolicy {
             Some(n) => Some(u32::try_from(n).map_err(|_| "`max_deliveries` is too large")?),
             None => None,
         };
+        let expires_ms = match args.get("expires") {
+            None => None,
+            Some(d) => match duration_ms(d).map_err(|e| format!("`expires`: {e}"))? {
+                0 => return Err("`expires` must be at least 1 ms".into()),
+                ms => Some(ms),
+            },
+        };
         Ok(QueuePolicy {
+            expires_ms,
             max_deliveries,
             retry_backoff_ms,
             dead_letter,
@@ -222,7 +232,7 @@ mod tests {
             "max_deliveries": 3, "retry_backoff": ["5s", 30000, "2m"],
             "dead_letter_exchange": "dlx", "message_ttl": "1.5s", "max_length": 10,
             "max_length_bytes": 4096, "overflow": "reject_publish", "max_priority": 5,
-            "owner": "billing"
+            "owner": "billing", "expires": "30m"
         }))
         .unwrap();
         assert_eq!(p.max_deliveries, Some(3));
@@ -238,6 +248,7 @@ mod tests {
         assert_eq!((p.max_length, p.max_length_bytes), (Some(10), Some(4096)));
         assert_eq!(p.overflow, Overflow::RejectPublish);
         assert_eq!(p.max_priority, Some(5));
+        assert_eq!(p.expires_ms, Some(1_800_000));
         assert_eq!(p.effective_priority(Some(9)), 5);
         assert_eq!(p.effective_priority(None), 0);
     }
@@ -265,6 +276,8 @@ mod tests {
             json!({"dead_letter": "no"}),
             json!({"dead_letter": false, "dead_letter_exchange": "x"}),
             json!({"max_length": 1.5}),
+            json!({"expires": 0}),
+            json!({"expires": "soon"}),
         ] {
             assert!(parse(bad.clone()).is_err(), "{bad} should be refused");
         }

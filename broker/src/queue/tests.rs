@@ -472,3 +472,22 @@ fn messages_recovered_on_disk_keep_their_place_and_expiry() {
     assert_eq!((q.ready_len(), q.paged_out_len()), (4, 1));
     writer.close();
 }
+
+#[test]
+fn expires_counts_from_the_last_use_while_there_are_no_consumers() {
+    let mut q = queue_with(json!({"expires": 100}));
+    q.touch(1_000);
+    assert_eq!(q.next_deadline(), Some(1_100));
+    assert!(!q.expired_unused(1_099));
+    assert!(q.expired_unused(1_100));
+    // A consumer keeps it; its leaving starts the period again.
+    q.add_consumer(Consumer::new(1, "c1".into(), 0, false));
+    assert!(!q.expired_unused(5_000));
+    assert_eq!(q.next_deadline(), None);
+    q.remove_consumer(1, "c1");
+    q.touch(5_000);
+    assert!(!q.expired_unused(5_099));
+    assert!(q.expired_unused(5_100));
+    // Without `expires` a queue never expires.
+    assert!(!queue().expired_unused(u64::MAX));
+}

@@ -32,6 +32,8 @@ pub(super) struct Conn {
     /// The connection this one is a channel of.
     pub(super) session: Option<ConnId>,
     pub(super) protocol: crate::protocol::WireProtocol,
+    /// Unsettled deliveries allowed across its consumers (see `prefetch.rs`); 0: no limit.
+    pub(super) channel_prefetch: u32,
 }
 
 impl Conn {
@@ -58,7 +60,13 @@ impl Conn {
             next_generated: 1,
             session,
             protocol,
+            channel_prefetch: 0,
         }
+    }
+
+    /// Whether the channel-wide prefetch leaves room for another delivery.
+    pub(super) fn within_channel_prefetch(&self) -> bool {
+        self.channel_prefetch == 0 || self.unacked.len() < self.channel_prefetch as usize
     }
 }
 

@@ -70,6 +70,9 @@ impl Router {
         let (name, _) = self.queues.get_key_value(name).expect("checked above");
         let name = name.clone();
         let now = now_ms();
+        if let Some(queue) = self.queues.get_mut(&name) {
+            queue.touch(now);
+        }
         loop {
             let queue = self.queues.get_mut(&name).expect("checked above");
             let queue_id = queue.id;
@@ -144,6 +147,8 @@ impl Router {
             return;
         };
         queue.remove_consumer(conn, tag);
+        // Its `expires` period starts when the last consumer leaves.
+        queue.touch(now_ms());
         if queue.spec.auto_delete && queue.consumer_count() == 0 {
             self.remove_queue(queue_name, "auto-delete queue lost its last consumer");
         } else {
@@ -184,6 +189,7 @@ impl Router {
         for held in settled {
             self.settle_one(held, how, now);
         }
+        self.channel_settled(conn);
         Ok(Reply::Silent)
     }
 
@@ -197,6 +203,7 @@ impl Router {
         for held in settled {
             self.settle_one(held, Settle::Ack, now);
         }
+        self.channel_settled(conn);
     }
 
     fn settle_one(&mut self, held: Held, how: Settle, now: u64) {
@@ -318,9 +325,10 @@ impl Router {
             let conns = &self.conns;
             let may_receive = |conn: ConnId| {
                 conns.get(&conn).is_some_and(|c| {
-                    c.outbound
-                        .as_ref()
-                        .is_none_or(|queued| queued.load(Ordering::Relaxed) < MAX_OUTBOUND_BYTES)
+                    c.within_channel_prefetch()
+                        && c.outbound.as_ref().is_none_or(|queued| {
+                            queued.load(Ordering::Relaxed) < MAX_OUTBOUND_BYTES
+                        })
                 })
             };
             let Some(next) = queue.next_dispatch(now, &may_receive) else {

@@ -55,6 +55,7 @@ impl Router {
             return Err(default_exchange_refused("redeclared"));
         }
         check_name("exchange", &declare.exchange)?;
+        self.check_reserved_declare(&declare)?;
         if let Some(existing) = self.exchanges.get(&declare.exchange) {
             if existing.kind != declare.kind
                 || existing.durable != declare.durable
@@ -119,6 +120,7 @@ impl Router {
         if is_default(name) {
             return Err(default_exchange_refused("deleted"));
         }
+        self.check_reserved_delete(name)?;
         if if_unused
             && self
                 .exchanges

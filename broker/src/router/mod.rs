@@ -16,6 +16,8 @@ mod overview;
 mod plugin_logs;
 mod plugin_prune;
 mod plugins;
+mod predeclared;
+mod prefetch;
 mod queues;
 mod route_trace;
 mod session;
@@ -121,6 +123,9 @@ pub enum Command {
     /// The connection's writer drained below [`MAX_OUTBOUND_BYTES`]: its consumers may
     /// receive again.
     Drained { conn: ConnId },
+    /// At most `prefetch` unsettled deliveries on the connection across its consumers
+    /// (AMQP `basic.qos` with `global`); 0: no such limit.
+    ChannelPrefetch { conn: ConnId, prefetch: u32 },
     /// Auto-ack deliveries that reached the socket.
     Written {
         conn: ConnId,
@@ -412,6 +417,9 @@ impl Router {
                         let _ = passed.send(());
                     }
                     Command::Drained { conn } => self.drained(conn),
+                    Command::ChannelPrefetch { conn, prefetch } => {
+                        self.set_channel_prefetch(conn, prefetch)
+                    }
                     Command::Written {
                         conn,
                         delivery_tags,
@@ -447,6 +455,11 @@ impl Router {
                 continue;
             };
             queue.wakeup = None;
+            if queue.expired_unused(now) {
+                tracing::info!(queue = %name, "queue expired unused (`expires`); deleted");
+                self.remove_queue(&name, "queue expired (expires)");
+                continue;
+            }
             for entry in queue.tick(now) {
                 self.dead_letter(&name, entry, DeathReason::Expired, now);
             }

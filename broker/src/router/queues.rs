@@ -109,6 +109,7 @@ impl Router {
                     .insert(waiting.record.name.clone(), waiting);
             }
         }
+        router.predeclare_all();
         for (id, binding) in recovered.bindings {
             router.next_binding_id = router.next_binding_id.max(id + 1);
             router.restore_binding(id, binding);
@@ -151,8 +152,9 @@ impl Router {
             auto_delete: declare.auto_delete,
             arguments: declare.arguments,
         };
-        if let Some(queue) = self.queues.get(name.as_str()) {
-            check_access(queue, self.owner(conn))?;
+        let owner = self.owner(conn);
+        if let Some(queue) = self.queues.get_mut(name.as_str()) {
+            check_access(queue, owner)?;
             if queue.spec != spec {
                 return Err(OpError::new(
                     ErrorCode::PreconditionFailed,
@@ -161,6 +163,8 @@ impl Router {
                     ),
                 ));
             }
+            // A redeclare is a use (`expires`).
+            queue.touch(super::exchanges::now_ms());
             return Ok(Reply::Ok(to_json(info(queue))));
         }
         let declared_by = self.conn_principal(conn);
@@ -184,6 +188,8 @@ impl Router {
             }));
         }
         tracing::debug!(queue = %name, durable = queue.spec.durable, "queue declared");
+        // Scheduled at the end of the turn (its `expires`, if any).
+        self.dirty.insert(name.clone());
         self.queues.insert(name, queue);
         Ok(if stored {
             Reply::OkAfterCommit(result)
@@ -257,6 +263,7 @@ impl Router {
         policy: QueuePolicy,
     ) -> Queue {
         let mut queue = Queue::new(name, id, spec, policy);
+        queue.touch(super::exchanges::now_ms());
         if let Some(store) = &self.store
             && queue.is_stored()
         {

@@ -22,6 +22,7 @@ impl Router {
         }
         tracing::info!(target: "audit", event = "vhost_added", vhost = %name, by = %self.conn_user(conn), "vhost added");
         self.batch.ops.push(StoreOp::PutVhost(name.clone()));
+        self.predeclare(&name);
         let auth = self.auth.clone();
         self.batch.completions.push(Box::new(move |result| {
             if result.is_ok() {
@@ -71,6 +72,7 @@ impl Router {
         for queue in queues {
             self.remove_queue(&queue, "vhost deleted");
         }
+        self.drop_reserved(&name);
         let exchanges: Vec<String> = self
             .exchanges
             .keys()

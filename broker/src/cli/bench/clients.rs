@@ -27,27 +27,44 @@ pub(super) struct Stream {
 impl Stream {
     /// Message `n` of the run; its body starts with `stamp_us` (µs since the run's start).
     pub(super) fn message(&self, n: u64, stamp_us: u64) -> Message {
-        let key = &self.keys[(n % self.keys.len() as u64) as usize];
-        // The stamp's decimal digits, zero-padded (20 digits hold any u64), then filler:
-        // written in place, the bench's own cost per message stays small next to the
-        // broker's it measures.
-        let mut body = vec![b'x'; self.size.max(STAMP_LEN)];
-        let mut rest = stamp_us;
-        for digit in body[..STAMP_LEN].iter_mut().rev() {
-            *digit = b'0' + (rest % 10) as u8;
-            rest /= 10;
-        }
         Message {
             exchange: self.exchange.clone(),
-            routing_key: key.clone(),
+            routing_key: self.key(n).to_owned(),
             properties: Properties {
                 persistent: self.persistent,
                 ..Default::default()
             },
-            body: body.into(),
+            body: stamped_body(self.size, stamp_us).into(),
             ..Default::default()
         }
     }
+
+    /// The routing key of message `n`.
+    pub(super) fn key(&self, n: u64) -> &str {
+        &self.keys[(n % self.keys.len() as u64) as usize]
+    }
+}
+
+/// A body of `size` bytes (at least [`STAMP_LEN`]) starting with `stamp_us`.
+pub(super) fn stamped_body(size: usize, stamp_us: u64) -> Vec<u8> {
+    // The stamp's decimal digits, zero-padded (20 digits hold any u64), then filler:
+    // written in place, the bench's own cost per message stays small next to the
+    // broker's it measures.
+    let mut body = vec![b'x'; size.max(STAMP_LEN)];
+    let mut rest = stamp_us;
+    for digit in body[..STAMP_LEN].iter_mut().rev() {
+        *digit = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    body
+}
+
+/// The send time (µs since the run's start) a body starts with.
+pub(super) fn body_stamp(body: &[u8]) -> anyhow::Result<u64> {
+    let stamp = body
+        .get(..STAMP_LEN)
+        .context("body shorter than its timestamp")?;
+    Ok(std::str::from_utf8(stamp)?.parse()?)
 }
 
 /// Publisher `i`'s share of `msgs` split over `publishers`.
@@ -120,7 +137,7 @@ fn record(
 }
 
 /// A consumer stops waiting (and the run fails) after this long without a delivery.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A subscribed consumer (manual acks) that has not consumed yet.
 pub(super) struct Consumer {
@@ -188,12 +205,7 @@ impl Consumer {
         let mut latency_us = new_histogram();
         for got in 0..count {
             let delivery = self.next(got, count).await?;
-            let stamp = delivery
-                .message
-                .body
-                .get(..STAMP_LEN)
-                .context("body shorter than its timestamp")?;
-            let sent_us: u64 = std::str::from_utf8(stamp)?.parse()?;
+            let sent_us = body_stamp(&delivery.message.body)?;
             let now_us = start.elapsed().as_micros() as u64;
             latency_us.saturating_record(now_us.saturating_sub(sent_us));
             self.client.ack(delivery.delivery_tag, false)?;

@@ -164,7 +164,12 @@ fn port_of(url: &str) -> Option<u16> {
     let authority = rest.split('/').next()?;
     match authority.rsplit_once(':') {
         Some((_, port)) if !port.ends_with(']') => port.parse().ok(),
-        _ => Some(if scheme == "wss" { 443 } else { 80 }),
+        _ => Some(match scheme {
+            "wss" => 443,
+            "amqp" => 5672,
+            "amqps" => 5671,
+            _ => 80,
+        }),
     }
 }
 

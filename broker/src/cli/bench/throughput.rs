@@ -14,20 +14,20 @@ use super::clients::{Consumer, Stream, publisher_share, spawn_drains, spawn_publ
 use super::{BenchArgs, Cleanup, Report, Scenario, merged, name};
 
 /// What a scenario declares and how it publishes.
-struct Topology {
+pub(super) struct Topology {
     /// Exchange name and type; `None` publishes to the default exchange.
-    exchange: Option<(String, &'static str)>,
-    queues: Vec<String>,
+    pub(super) exchange: Option<(String, &'static str)>,
+    pub(super) queues: Vec<String>,
     /// (queue, binding key) pairs on `exchange`.
-    bindings: Vec<(String, String)>,
+    pub(super) bindings: Vec<(String, String)>,
     /// Routing keys publishers cycle through.
-    keys: Vec<String>,
+    pub(super) keys: Vec<String>,
     /// Durable queues and exchange, persistent messages.
-    durable: bool,
+    pub(super) durable: bool,
 }
 
 impl Topology {
-    fn of(args: &BenchArgs) -> Topology {
+    pub(super) fn of(args: &BenchArgs) -> Topology {
         let scenario = args.scenario;
         match scenario {
             Scenario::Persistent | Scenario::Transient => {
