@@ -92,24 +92,41 @@ impl Router {
             }));
         }
         tracing::debug!(exchange = %declare.exchange, kind = %declare.kind, "exchange declared");
-        let routing = SharedExchange::new(routing);
-        self.directory.insert(&declare.exchange, routing.clone());
-        self.exchanges.insert(
+        self.insert_exchange(
             declare.exchange,
-            ExchangeState {
-                kind: declare.kind,
-                durable: declare.durable,
-                arguments: declare.arguments,
-                routing,
-                bindings: HashMap::new(),
-                counters: Default::default(),
-            },
+            declare.kind,
+            declare.durable,
+            declare.arguments,
+            routing,
         );
         Ok(if declare.durable {
             Reply::OkAfterCommit(serde_json::Value::Null)
         } else {
             Reply::Ok(serde_json::Value::Null)
         })
+    }
+
+    /// The one way an exchange comes into being: in the router's state and in ingress's
+    /// directory together.
+    pub(super) fn insert_exchange(
+        &mut self,
+        name: String,
+        kind: String,
+        durable: bool,
+        arguments: crate::message::Headers,
+        routing: Box<dyn crate::exchange::Exchange>,
+    ) {
+        let routing = SharedExchange::new(routing);
+        self.directory.insert(&name, routing.clone());
+        let state = ExchangeState {
+            kind,
+            durable,
+            arguments,
+            routing,
+            bindings: HashMap::new(),
+            counters: Default::default(),
+        };
+        self.exchanges.insert(name, state);
     }
 
     pub(super) fn delete_exchange(
@@ -218,17 +235,8 @@ impl Router {
             .create(&record.kind, &record.name, &record.arguments)
         {
             Ok(routing) => {
-                let routing = SharedExchange::new(routing);
-                self.directory.insert(&record.name, routing.clone());
-                let state = ExchangeState {
-                    kind: record.kind,
-                    durable: true,
-                    arguments: record.arguments,
-                    routing,
-                    bindings: HashMap::new(),
-                    counters: Default::default(),
-                };
-                self.exchanges.insert(record.name, state);
+                let (name, kind, arguments) = (record.name, record.kind, record.arguments);
+                self.insert_exchange(name, kind, true, arguments, routing);
                 Ok(())
             }
             Err(e) => Err((record, e)),

@@ -4,9 +4,7 @@
 //! that lacks them (a data dir from before they existed). Names starting with `amq.`
 //! are the broker's: clients cannot declare new ones or delete these.
 
-use std::collections::HashMap;
-
-use super::{ExchangeState, OpError, Router};
+use super::{OpError, Router};
 use crate::exchange::ExchangeTypes as _;
 use crate::message::Headers;
 use crate::protocol::{DeclareExchange, ErrorCode};
@@ -53,15 +51,7 @@ impl Router {
                 kind: kind.to_string(),
                 arguments: arguments.clone(),
             }));
-            let state = ExchangeState {
-                kind: kind.to_string(),
-                durable: true,
-                arguments,
-                routing,
-                bindings: HashMap::new(),
-                counters: Default::default(),
-            };
-            self.exchanges.insert(name, state);
+            self.insert_exchange(name, kind.to_string(), true, arguments, routing);
         }
     }
 
