@@ -179,21 +179,14 @@ async fn measure(
     let mut report = Report::new(args.scenario, msgs, secs);
     report.confirm_us = confirm_us;
     report.latency_us = latency_us;
-    Ok(match args.scenario {
-        Scenario::Topic => report
-            .with("bindings", args.bindings)
-            .with("keys", args.keys),
-        Scenario::Fanout => {
-            let deliveries = match args.consumers {
-                0 => "-".to_string(),
-                _ => format!("{:.0}", (msgs * topology.queues.len() as u64) as f64 / secs),
-            };
-            report
-                .with("queues", topology.queues.len())
-                .with("deliveries_rate", deliveries)
-        }
-        _ => report,
-    })
+    Ok(super::throughput::scenario_fields(
+        report,
+        args,
+        &topology.queues,
+        false,
+        msgs,
+        secs,
+    ))
 }
 
 /// Publishes messages `range` on one channel in confirm mode, at most `window`

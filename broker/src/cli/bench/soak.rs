@@ -59,6 +59,12 @@ fn spawn_broker(data_dir: &std::path::Path) -> anyhow::Result<(Child, String)> {
             "--listen",
             "127.0.0.1:0",
             "--no-http",
+            // Only the WebSocket listener: the AMQP and STOMP ports may be taken (by
+            // another broker, or RabbitMQ).
+            "--amqp",
+            "off",
+            "--stomp",
+            "off",
             "--log",
             "error",
         ])

@@ -179,27 +179,41 @@ async fn measure(
     let mut report = Report::new(args.scenario, msgs, secs);
     report.confirm_us = confirm_us;
     report.latency_us = latency_us;
-    Ok(match args.scenario {
+    Ok(scenario_fields(
+        report,
+        args,
+        &topology.queues,
+        pairs,
+        msgs,
+        secs,
+    ))
+}
+
+/// A throughput line's scenario-specific fields (JSON and AMQP benches alike).
+pub(super) fn scenario_fields(
+    report: Report,
+    args: &BenchArgs,
+    queues: &[String],
+    pairs: bool,
+    msgs: u64,
+    secs: f64,
+) -> Report {
+    match args.scenario {
         Scenario::Topic => report
             .with("bindings", args.bindings)
             .with("keys", args.keys),
-        Scenario::Persistent | Scenario::Transient if pairs => {
-            report.with("queues", topology.queues.len())
-        }
-        Scenario::Persistent | Scenario::Transient if pairs => {
-            report.with("queues", topology.queues.len())
-        }
+        Scenario::Persistent | Scenario::Transient if pairs => report.with("queues", queues.len()),
         Scenario::Fanout => {
             let deliveries = match args.consumers {
                 0 => "-".to_string(),
-                _ => format!("{:.0}", (msgs * topology.queues.len() as u64) as f64 / secs),
+                _ => format!("{:.0}", (msgs * queues.len() as u64) as f64 / secs),
             };
             report
-                .with("queues", topology.queues.len())
+                .with("queues", queues.len())
                 .with("deliveries_rate", deliveries)
         }
         _ => report,
-    })
+    }
 }
 
 /// `--queues N` for persistent and transient: stream i publishes only to queue i, and each
