@@ -1,7 +1,8 @@
 //! The crash soak, bounded: `broker bench soak` runs the real binary, publishing with
 //! confirms and consuming with acks while it SIGKILLs and restarts the broker at random
 //! moments; no confirmed message may be lost and no body may change. `CRASH_SOAK_MINUTES`
-//! (default 0.5) runs it longer; `broker bench soak --minutes N` is the same outside tests.
+//! (default 1: a minute in CI) runs it longer; `broker bench soak --minutes N` is the same
+//! outside tests.
 
 mod common;
 
@@ -17,7 +18,7 @@ fn field(line: &str, name: &str) -> u64 {
 
 #[test]
 fn sigkill_soak_loses_and_corrupts_nothing() {
-    let minutes = std::env::var("CRASH_SOAK_MINUTES").unwrap_or_else(|_| "0.5".into());
+    let minutes = std::env::var("CRASH_SOAK_MINUTES").unwrap_or_else(|_| "1".into());
     let out = Command::new(common::bin())
         .args(["bench", "soak", "--minutes", &minutes, "--seed", "15"])
         .output()

@@ -3,12 +3,17 @@
 //! with acks while killing the broker with SIGKILL at random moments and restarting it;
 //! at the end a clean broker drains the queue. Prints one line:
 //!
-//! `scenario=soak secs=S kills=K published=P confirmed=C delivered=D lost=L duplicates=U corrupted=X left=N`
+//! `scenario=soak secs=S kills=K published=P confirmed=C delivered=D lost=L duplicates=U
+//! duplicates_in_flight=F duplicates_acked_early=E corrupted=X left=N restart_p50_ms=R
+//! restart_max_ms=M`
 //!
 //! `delivered` counts distinct messages. `lost` (confirmed, never delivered) and
 //! `corrupted` (a body that is not what was published) must be 0: the command fails
 //! otherwise. `duplicates` (deliveries of a message already acked, when the ack did not
-//! reach the disk before the kill) are what at-least-once delivery allows.
+//! reach the disk before the kill) are what at-least-once delivery allows; they are split
+//! into those acked less than a second before the kill that preceded the redelivery (in
+//! flight) and those acked earlier (an ack that should have been stored by then). `restart`
+//! is from spawning `broker serve` on the data directory to its first answered request.
 
 use std::collections::{HashMap, HashSet};
 use std::io::BufRead as _;
@@ -30,11 +35,19 @@ struct Seen {
     confirmed: HashSet<u64>,
     /// Message id → deliveries.
     delivered: HashMap<u64, u64>,
-    /// Deliveries of a message after one that was acked.
-    duplicates: u64,
+    /// Deliveries of a message after one that was acked: its ack less than a second
+    /// before the kill that preceded the redelivery, or earlier.
+    duplicates_in_flight: u64,
+    duplicates_acked_early: u64,
     corrupted: u64,
-    acked: HashSet<u64>,
+    /// Message id → when its (last) ack was sent.
+    acked: HashMap<u64, Instant>,
+    /// When the latest kill was.
+    last_kill: Option<Instant>,
 }
+
+/// An ack this long before a kill should have reached the disk (commits take milliseconds).
+const ACK_SETTLED: Duration = Duration::from_secs(1);
 
 /// The body of message `id`: the id, a filler whose size and bytes follow from it.
 fn body(id: u64) -> Vec<u8> {
@@ -137,10 +150,16 @@ async fn consume(c: &Client, seen: &Mutex<Seen>, until_empty: bool) -> anyhow::R
         match id_of(&d.message.body).filter(|id| d.message.body[..] == body(*id)[..]) {
             Some(id) => {
                 *seen.delivered.entry(id).or_default() += 1;
-                if seen.acked.contains(&id) {
-                    seen.duplicates += 1;
+                if let Some(acked_at) = seen.acked.get(&id).copied() {
+                    let early = seen.last_kill.is_some_and(|kill| {
+                        kill.saturating_duration_since(acked_at) >= ACK_SETTLED
+                    });
+                    match early {
+                        true => seen.duplicates_acked_early += 1,
+                        false => seen.duplicates_in_flight += 1,
+                    }
                 }
-                seen.acked.insert(id);
+                seen.acked.insert(id, Instant::now());
             }
             None => seen.corrupted += 1,
         }
@@ -159,12 +178,15 @@ pub async fn run(duration: Duration, seed: u64) -> anyhow::Result<()> {
     let next_id = Arc::new(Mutex::new(0));
     let started = Instant::now();
     let mut kills = 0;
+    let mut restarts_ms = Vec::new();
     while started.elapsed() < duration {
+        let spawned = Instant::now();
         let (mut child, url) = spawn_broker(dir.path())?;
         let publisher = Client::connect(&url).await?;
         publisher
             .declare_queue(QUEUE, QueueOptions::durable())
             .await?;
+        restarts_ms.push(spawned.elapsed().as_secs_f64() * 1e3);
         publisher.confirm_select().await?;
         let consumer = Client::connect(&url).await?;
         let publishing = tokio::spawn(publish(publisher, next_id.clone(), seen.clone()));
@@ -180,6 +202,7 @@ pub async fn run(duration: Duration, seed: u64) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(uptime)).await;
         child.kill().context("SIGKILL to the broker")?;
         child.wait()?;
+        seen.lock().unwrap().last_kill = Some(Instant::now());
         kills += 1;
         let _ = publishing.await;
         let _ = consuming.await;
@@ -200,13 +223,22 @@ pub async fn run(duration: Duration, seed: u64) -> anyhow::Result<()> {
         .filter(|id| !seen.delivered.contains_key(id))
         .count();
     let delivered = seen.delivered.len();
+    restarts_ms.sort_by(f64::total_cmp);
+    let restart_p50 = restarts_ms
+        .get(restarts_ms.len() / 2)
+        .copied()
+        .unwrap_or(0.0);
+    let restart_max = restarts_ms.last().copied().unwrap_or(0.0);
     println!(
         "scenario=soak secs={:.1} kills={kills} published={} confirmed={} delivered={delivered} \
-         lost={lost} duplicates={} corrupted={} left={}",
+         lost={lost} duplicates={} duplicates_in_flight={} duplicates_acked_early={} \
+         corrupted={} left={} restart_p50_ms={restart_p50:.0} restart_max_ms={restart_max:.0}",
         started.elapsed().as_secs_f64(),
         seen.published,
         seen.confirmed.len(),
-        seen.duplicates,
+        seen.duplicates_in_flight + seen.duplicates_acked_early,
+        seen.duplicates_in_flight,
+        seen.duplicates_acked_early,
         seen.corrupted,
         left.ready + left.unacked,
     );
