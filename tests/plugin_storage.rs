@@ -101,3 +101,61 @@ async fn a_retention_setting_prunes_after_each_deploy() {
     let c = Client::connect(&broker.url()).await.unwrap();
     assert_eq!(history(&c, "router").await, [(3, false), (4, true)]);
 }
+
+/// A plugin nothing uses any more is deleted with every version (`delete_plugin`,
+/// `broker plugin delete`): refused while an exchange is of its type, gone for good after,
+/// also across a restart; bundled types cannot be deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_nothing_uses_is_deleted_with_its_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start(dir.path(), None).await;
+    let c = Client::connect(&b.url()).await.unwrap();
+    deploy_versions(&c, "custom", 3).await;
+    c.declare_exchange("x", "custom", true, Default::default())
+        .await
+        .unwrap();
+    let err = c.delete_plugin("custom").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::PreconditionFailed), "{err}");
+    assert!(err.to_string().contains("exchange `x`"), "{err}");
+    assert_eq!(history(&c, "custom").await.len(), 3);
+
+    c.delete_exchange("x").await.unwrap();
+    let (ok, out, err) = run_cli(&["plugin", "delete", "custom"], &b.url());
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("plugin custom deleted with versions [1,2,3]"),
+        "{out}"
+    );
+    let err = c
+        .declare_exchange("y", "custom", false, Default::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::UnknownExchangeType), "{err}");
+    let err = c.plugin_history("custom").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::PluginNotFound), "{err}");
+    let err = c.delete_plugin("topic").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::PluginNotFound), "{err}");
+
+    c.close().await;
+    b.shutdown().await;
+    let b = start(dir.path(), None).await;
+    let c = Client::connect(&b.url()).await.unwrap();
+    let plugins = c.list_plugins().await.unwrap();
+    let names: Vec<&str> = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(!names.contains(&"custom"), "{names:?}");
+    let err = c
+        .declare_exchange("y", "custom", false, Default::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::UnknownExchangeType), "{err}");
+    // The name can be deployed anew, from version 1.
+    deploy_versions(&c, "custom", 1).await;
+    assert_eq!(history(&c, "custom").await, [(1, true)]);
+    c.close().await;
+    b.shutdown().await;
+}

@@ -103,6 +103,7 @@ fn resource_names(op: &mut Op) -> Vec<&mut String> {
         | Op::RollbackPlugin { .. }
         | Op::ResetPlugin { .. }
         | Op::PrunePlugin { .. }
+        | Op::DeletePlugin { .. }
         | Op::ListPlugins
         | Op::PluginHistory { .. }
         | Op::PluginLogs { .. }

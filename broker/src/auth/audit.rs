@@ -16,6 +16,7 @@ pub(super) fn admitted(principal: &Principal, vhost: &str, peer: IpAddr, op: &Op
         Op::RollbackPlugin { name, .. } => ("plugin_rollback", name, None),
         Op::ResetPlugin { name } => ("plugin_reset", name, None),
         Op::PrunePlugin { name, .. } => ("plugin_prune", name, None),
+        Op::DeletePlugin { name } => ("plugin_delete", name, None),
         Op::AttachHandler(attach) => ("handler_attach", &attach.plugin, Some(&attach.queue)),
         Op::DetachHandler { queue, plugin } => ("handler_detach", plugin, Some(queue)),
         _ => return,

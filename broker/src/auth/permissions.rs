@@ -174,7 +174,8 @@ impl Grant {
             Op::DeployPlugin { .. }
             | Op::RollbackPlugin { .. }
             | Op::ResetPlugin { .. }
-            | Op::PrunePlugin { .. } => plugin(),
+            | Op::PrunePlugin { .. }
+            | Op::DeletePlugin { .. } => plugin(),
             Op::AttachHandler(attach) => {
                 plugin()?;
                 check(Access::Configure, queue, &attach.queue)

@@ -53,6 +53,13 @@ pub enum Plugin {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Delete a plugin with every stored version, once no exchange is of its type and no
+    /// handler attachment runs it.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
     /// Exchange types with their active version, hash and counters.
     List(ServerArg),
     /// Every deployed version of a plugin.
@@ -174,6 +181,12 @@ pub async fn run(what: Plugin) -> anyhow::Result<()> {
             let client = server.connect().await?;
             let v = client.rollback_plugin(&name, to).await?;
             println!("plugin {name} rolled back to version {}", v["version"]);
+            client.close().await;
+        }
+        Plugin::Delete { name, server } => {
+            let client = server.connect().await?;
+            let v = client.delete_plugin(&name).await?;
+            println!("plugin {name} deleted with versions {}", v["deleted"]);
             client.close().await;
         }
         Plugin::Prune { name, keep, server } => {

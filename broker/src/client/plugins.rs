@@ -61,6 +61,15 @@ impl Client {
         self.send(op, None, true).await
     }
 
+    /// Deletes custom plugin `name` with every stored version (refused while an exchange
+    /// is of its type or a handler attachment runs it); the result lists `deleted` versions.
+    pub async fn delete_plugin(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        let op = Op::DeletePlugin {
+            name: name.to_owned(),
+        };
+        self.send(op, None, true).await
+    }
+
     /// Lifts quarantine for every exchange of plugin `name`; the result's `reset` lists
     /// the exchanges that were quarantined.
     pub async fn reset_plugin(&self, name: &str) -> Result<serde_json::Value, ClientError> {

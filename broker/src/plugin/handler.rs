@@ -222,6 +222,12 @@ impl HandlerRegistry {
                 .contains_key(name)
     }
 
+    /// Forgets custom handler `name`; false for unknown and bundled ones.
+    pub fn remove(&self, name: &str) -> bool {
+        let mut slots = self.slots.write().expect("handler registry lock poisoned");
+        !bundled::is_standard_handler(name) && slots.remove(name).is_some()
+    }
+
     /// Compiles and checks handler `source` without making it current. Blocking.
     pub fn prepare(
         &self,

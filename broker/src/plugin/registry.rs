@@ -392,15 +392,17 @@ impl PluginHost {
         all
     }
 
-    /// Removes custom type `name`: no new exchanges of that type can be declared. Live
-    /// exchanges keep running the version they have until they are deleted. Returns false
-    /// for unknown and standard types.
+    /// Removes custom plugin `name` (an exchange type or a handler): no new exchange of
+    /// that type can be declared, no handler of that name attached. Live exchanges keep
+    /// running the version they have until they are deleted. Returns false for unknown and
+    /// bundled plugins.
     pub fn unload(&self, name: &str) -> bool {
         if bundled::is_standard(name) {
             return false;
         }
         let mut types = self.inner.types.write().expect("registry lock poisoned");
-        types.remove(name).is_some()
+        let exchange = types.remove(name).is_some();
+        exchange | self.inner.handlers.remove(name)
     }
 
     /// Takes exchange `exchange` out of quarantine (applied at its next call, with a fresh

@@ -122,6 +122,11 @@ pub enum Op {
         name: String,
         keep: u64,
     },
+    /// Deletes a custom plugin with every stored version, once no exchange is of its type
+    /// and no handler attachment runs it.
+    DeletePlugin {
+        name: String,
+    },
     /// Every exchange type with its active version and counters.
     ListPlugins,
     /// Every deployed version of a plugin.

@@ -598,6 +598,7 @@ impl Router {
             }
             Op::ResetPlugin { name } => self.reset_plugin(&name),
             Op::PrunePlugin { name, keep } => self.prune_plugin(&name, keep),
+            Op::DeletePlugin { name } => self.delete_plugin(&name),
             Op::ListPlugins => Ok(self.list_plugins()),
             Op::PluginHistory { name } => self.plugin_history(&name),
             Op::PluginLogs { name, after, limit } => self.plugin_logs(&name, after, limit),

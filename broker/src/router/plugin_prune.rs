@@ -1,7 +1,8 @@
 //! Plugin storage: deleting old versions, on request (`prune_plugin`) or after each deploy
 //! when a retention is set (`--keep-plugin-versions`), so storage does not grow with every
 //! deploy. The active version and the one before it (what a rollback, automatic or not,
-//! goes back to) are always kept.
+//! goes back to) are always kept. And deleting a whole plugin nothing uses any more
+//! (`delete_plugin`).
 
 use std::collections::HashSet;
 
@@ -33,6 +34,62 @@ impl Router {
             true => Reply::Ok(result),
             false => Reply::OkAfterCommit(result),
         })
+    }
+
+    /// Deletes custom plugin `name` with every version, once no exchange is of its type
+    /// and no handler attachment runs it.
+    pub(super) fn delete_plugin(&mut self, name: &str) -> Result<Reply, OpError> {
+        if !self.plugin_versions.contains_key(name) {
+            let message =
+                format!("no deployed plugin `{name}` (bundled plugins cannot be deleted)");
+            return Err(OpError::new(ErrorCode::PluginNotFound, message));
+        }
+        if self.deploys.contains_key(name) || self.committing.contains_key(name) {
+            let message = format!("a deploy or rollback of `{name}` is in progress");
+            return Err(OpError::new(ErrorCode::PreconditionFailed, message));
+        }
+        let mut users: Vec<String> = self
+            .exchanges
+            .iter()
+            .filter(|(_, e)| e.kind == name)
+            .map(|(x, _)| format!("exchange `{}`", crate::vhost::local(x)))
+            .chain(
+                self.unrestored
+                    .iter()
+                    .filter(|(_, w)| w.record.kind == name)
+                    .map(|(x, _)| format!("exchange `{}`", crate::vhost::local(x))),
+            )
+            .chain(
+                self.attached_queues(name)
+                    .into_iter()
+                    .map(|q| format!("a handler on queue `{}`", crate::vhost::local(&q))),
+            )
+            .collect();
+        if !users.is_empty() {
+            users.sort();
+            let message = format!("plugin `{name}` is in use by {}", users.join(", "));
+            return Err(OpError::new(ErrorCode::PreconditionFailed, message));
+        }
+        let versions = self.plugin_versions.remove(name).unwrap_or_default();
+        for version in &versions {
+            self.batch.ops.push(StoreOp::DeletePluginVersion {
+                name: name.to_string(),
+                version: version.version,
+            });
+        }
+        self.delete_unused_artifacts(&versions);
+        if self.active_plugins.remove(name).is_some() {
+            self.batch
+                .ops
+                .push(StoreOp::ClearActivePlugin(name.to_string()));
+        }
+        self.auto_rollbacks.remove(name);
+        self.plugins.unload(name);
+        tracing::info!(plugin = %name, versions = versions.len(), "plugin deleted");
+        let deleted: Vec<u64> = versions.iter().map(|v| v.version).collect();
+        Ok(Reply::OkAfterCommit(
+            json!({ "name": name, "deleted": deleted }),
+        ))
     }
 
     /// After a new version of `name` went active: applies the retention, if any.
@@ -79,14 +136,20 @@ impl Router {
                 version: version.version,
             });
         }
-        // Compiled code is stored by content: delete it when no version left has it.
+        self.delete_unused_artifacts(&pruned);
+        (pruned.iter().map(|v| v.version).collect(), kept)
+    }
+
+    /// Compiled code is stored by content: deletes that of `deleted` versions when no
+    /// version left has it.
+    fn delete_unused_artifacts(&mut self, deleted: &[crate::store::PluginVersion]) {
         let hashes_left: HashSet<&str> = self
             .plugin_versions
             .values()
             .flatten()
             .map(|v| v.hash.as_str())
             .collect();
-        let mut gone: Vec<String> = pruned
+        let mut gone: Vec<String> = deleted
             .iter()
             .filter(|v| !hashes_left.contains(v.hash.as_str()))
             .map(|v| self.plugins.artifact_key(&v.hash))
@@ -97,6 +160,5 @@ impl Router {
                 self.batch.ops.push(StoreOp::DeletePluginArtifact(key));
             }
         }
-        (pruned.iter().map(|v| v.version).collect(), kept)
     }
 }

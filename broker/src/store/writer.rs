@@ -82,6 +82,8 @@ pub enum StoreOp {
         name: String,
         version: u64,
     },
+    /// The plugin was deleted: nothing of it is restored at startup.
+    ClearActivePlugin(String),
     /// Records a retried message's delivery count and, for a delayed retry, its due time.
     SetEntryState {
         queue: u64,
@@ -479,6 +481,9 @@ fn apply<'a>(
             }
             StoreOp::SetActivePlugin { name, version } => {
                 active_plugins.insert(name.as_str(), *version)?;
+            }
+            StoreOp::ClearActivePlugin(name) => {
+                active_plugins.remove(name.as_str())?;
             }
             StoreOp::SetEntryState {
                 queue,

@@ -468,6 +468,15 @@ impl Router {
         }
     }
 
+    /// The queues with an attachment running handler `plugin`.
+    pub(super) fn attached_queues(&self, plugin: &str) -> Vec<String> {
+        let attachments = self.handlers.attachments.values();
+        attachments
+            .filter(|a| a.record.plugin == plugin)
+            .map(|a| a.record.queue.clone())
+            .collect()
+    }
+
     /// Applies a handler's verdict on a delivery it still holds. Publishes and the ack
     /// land in this turn's store batch: one commit.
     pub(super) fn handler_done(&mut self, done: Done) {
