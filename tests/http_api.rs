@@ -170,3 +170,80 @@ async fn administrators_list_the_vhosts() {
     assert_eq!(refused.status, 403, "{}", refused.body);
     assert_eq!(refused.json()["error"]["code"], "access_refused");
 }
+
+/// `POST /api/queues/{q}/get`: takes messages in order and puts them back (the default),
+/// or acks them with `"requeue": false`; bad fields get 400.
+#[tokio::test]
+async fn get_takes_messages_and_requeues_or_acks_them() {
+    let b = HttpBroker::start().await;
+    let addr = b.addr();
+    let ok = |reply: &common::HttpReply| assert_eq!(reply.status, 200, "{}", reply.body);
+    ok(&http(
+        addr,
+        "PUT",
+        "/api/queues/jobs",
+        Some(r#"{"durable": true}"#),
+    )
+    .await);
+    for i in 0..3 {
+        let message = format!(r#"{{"routing_key": "jobs", "body": "job {i}"}}"#);
+        ok(&http(
+            addr,
+            "POST",
+            "/api/exchanges/amq.default/publish",
+            Some(&message),
+        )
+        .await);
+    }
+    let bodies = |reply: &common::HttpReply| -> Vec<String> {
+        reply.json()["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["message"]["body"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    let peeked = http(
+        addr,
+        "POST",
+        "/api/queues/jobs/get",
+        Some(r#"{"count": 2}"#),
+    )
+    .await;
+    ok(&peeked);
+    assert_eq!(bodies(&peeked), ["job 0", "job 1"]);
+    let ready = |q: serde_json::Value| q["ready"].as_u64().unwrap();
+    let info = http(addr, "GET", "/api/queues/jobs", None).await;
+    assert_eq!(ready(info.json()), 3, "requeued: {}", info.body);
+
+    let taken = http(
+        addr,
+        "POST",
+        "/api/queues/jobs/get",
+        Some(r#"{"count": 10, "requeue": false}"#),
+    )
+    .await;
+    ok(&taken);
+    assert_eq!(bodies(&taken), ["job 0", "job 1", "job 2"]);
+    assert_eq!(taken.json()["message_count"], 0);
+    let info = http(addr, "GET", "/api/queues/jobs", None).await;
+    assert_eq!(
+        ready(info.json()) + info.json()["unacked"].as_u64().unwrap(),
+        0
+    );
+
+    let empty = http(addr, "POST", "/api/queues/jobs/get", None).await;
+    ok(&empty);
+    assert_eq!(empty.json()["messages"], json!([]));
+    for bad in [
+        r#"{"count": 0}"#,
+        r#"{"requeue": "yes"}"#,
+        r#"{"ackmode": "x"}"#,
+    ] {
+        let refused = http(addr, "POST", "/api/queues/jobs/get", Some(bad)).await;
+        assert_eq!(refused.status, 400, "{bad}: {}", refused.body);
+    }
+    let missing = http(addr, "POST", "/api/queues/nowhere/get", None).await;
+    assert_eq!(missing.status, 404, "{}", missing.body);
+}

@@ -1,5 +1,5 @@
 //! The HTTP API's write endpoints, as RabbitMQ's management API has them: declare and
-//! delete queues and exchanges, bind and unbind, publish. Each is the protocol request of
+//! delete queues and exchanges, bind and unbind, publish, get messages. Each is the protocol request of
 //! the same name, checked against the caller's permissions like any other request (see
 //! [`super::op`]), so `curl` can do what a WebSocket client can.
 
@@ -68,6 +68,10 @@ pub(super) async fn write(
             });
             call(state, who, request).await
         }
+        (["api", "queues", queue, "get"], _, true, _) => match body_object(req).await {
+            Ok(body) => get(state, who, queue, body).await,
+            Err(e) => Err(e),
+        },
         (["api", "exchanges", exchange, "publish"], _, true, _) => match body_object(req).await {
             Ok(body) => publish(state, who, exchange, body).await,
             Err(e) => Err(e),
@@ -112,4 +116,71 @@ async fn publish(
     let result = op(state, who, Value::Object(body)).await?;
     let returned = result.get("returned").is_some();
     Ok(json!({ "routed": !returned }))
+}
+
+/// Most messages one `get` request takes.
+const MAX_GET: u64 = 100;
+
+/// Takes up to `count` (default 1) ready messages of `queue`, then acks them all, or with
+/// `"requeue": true` (the default, as the management page's "get" should not consume)
+/// puts them all back as a consumer's `nack` with requeue would: `{"messages": [delivery,
+/// ...], "message_count": left}`.
+async fn get(
+    state: &HttpState,
+    who: &Caller,
+    queue: &str,
+    body: Map<String, Value>,
+) -> Result<Value, ApiError> {
+    let field = |name: &str| body.get(name).filter(|v| !v.is_null());
+    let count = match field("count") {
+        None => 1,
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (1..=MAX_GET).contains(n))
+            .ok_or_else(|| {
+                let e = format!("`count`: a number of messages from 1 to {MAX_GET}");
+                ApiError::new(ErrorCode::InvalidField, e)
+            })?,
+    };
+    let requeue = match field("requeue") {
+        None => true,
+        Some(v) => v
+            .as_bool()
+            .ok_or_else(|| ApiError::new(ErrorCode::InvalidField, "`requeue`: true or false"))?,
+    };
+    if let Some(unknown) = body
+        .keys()
+        .find(|k| !["count", "requeue"].contains(&k.as_str()))
+    {
+        let e = format!("`{unknown}`: not a field here (count, requeue)");
+        return Err(ApiError::new(ErrorCode::InvalidField, e));
+    }
+    // One session for the gets and their settlement: delivery tags are its own.
+    let get = json!({"op": "get", "queue": queue});
+    let session = super::session_for(state, who, &get)?;
+    let mut messages = Vec::new();
+    let mut left = 0;
+    for _ in 0..count {
+        let result = session.call(get.clone()).await?;
+        left = result["message_count"].as_u64().unwrap_or(0);
+        match result.get("delivery") {
+            Some(delivery) => messages.push(delivery.clone()),
+            None => break,
+        }
+    }
+    if let Some(last) = messages.last() {
+        let tag = last["delivery_tag"].clone();
+        let settle = match requeue {
+            true => json!({"op": "nack", "delivery_tag": tag, "multiple": true, "requeue": true}),
+            false => json!({"op": "ack", "delivery_tag": tag, "multiple": true}),
+        };
+        session.send(settle).await?;
+        // Answered once the settlement before it is applied.
+        left = session
+            .call(json!({"op": "queue_info", "queue": queue}))
+            .await?["ready"]
+            .as_u64()
+            .unwrap_or(left);
+    }
+    Ok(json!({ "messages": messages, "message_count": left }))
 }

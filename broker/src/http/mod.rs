@@ -294,6 +294,19 @@ fn known_path(segments: &[&str]) -> bool {
 /// Sends `request` as the caller, in the vhost it asked for: its permissions there are
 /// checked first, as on a WebSocket connection to that vhost.
 async fn op(state: &HttpState, who: &Caller, request: Value) -> Result<Value, ApiError> {
+    let session = session_for(state, who, &request)?;
+    let result = session.call(request).await?;
+    // Operations with an empty result answer `{}` rather than `null`.
+    Ok(if result.is_null() { json!({}) } else { result })
+}
+
+/// A session acting for the caller in its vhost, once `request` passed the caller's
+/// permissions there.
+fn session_for(
+    state: &HttpState,
+    who: &Caller,
+    request: &Value,
+) -> Result<crate::router::Session, ApiError> {
     let Some(user) = &who.user else {
         let e = "the API needs a logged-in user";
         return Err(ApiError::new(ErrorCode::AccessRefused, e));
@@ -306,10 +319,7 @@ async fn op(state: &HttpState, who: &Caller, request: Value) -> Result<Value, Ap
         .auth
         .admit(user, &who.vhost, who.peer.ip(), &mut parsed.op)
         .map_err(|(code, message)| ApiError::new(code, message))?;
-    let session = state.management.acting_for(user, &who.vhost);
-    let result = session.call(request).await?;
-    // Operations with an empty result answer `{}` rather than `null`.
-    Ok(if result.is_null() { json!({}) } else { result })
+    Ok(state.management.acting_for(user, &who.vhost))
 }
 
 /// A request body as a JSON object (an empty body is an empty object).

@@ -126,17 +126,9 @@ impl Session {
     /// protocol request and returns its `ok` result.
     pub async fn call(
         &self,
-        mut request: serde_json::Value,
+        request: serde_json::Value,
     ) -> Result<serde_json::Value, SessionError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if let Some(object) = request.as_object_mut() {
-            object.insert("id".into(), id.into());
-        }
-        let mut request = parse_request(&request.to_string())
-            .map_err(|e| SessionError::new(e.code, e.message))?;
-        // The request names resources of the session's vhost.
-        crate::vhost::qualify_op(&self.vhost, &mut request.op)
-            .map_err(|e| SessionError::new(ErrorCode::InvalidField, e))?;
+        let (id, request) = self.numbered_request(request)?;
         let (done, reply) = oneshot::channel();
         self.waiters
             .lock()
@@ -179,6 +171,41 @@ impl Session {
                 format!("unexpected reply {other:?}"),
             )),
         }
+    }
+
+    /// Sends `request`, an operation without a success reply (`ack`, `nack`), and does not
+    /// wait: a `call` after it is answered once it is applied.
+    pub async fn send(&self, request: serde_json::Value) -> Result<(), SessionError> {
+        let (_, request) = self.numbered_request(request)?;
+        let command = Command::Request {
+            conn: self.conn,
+            request,
+            credit: None,
+            routed: None,
+        };
+        match self.router.send_internal_request(command).await {
+            true => Ok(()),
+            false => Err(SessionError::new(
+                ErrorCode::StoreError,
+                "the broker is shutting down",
+            )),
+        }
+    }
+
+    /// `request` with this session's next id, parsed, its names in the session's vhost.
+    fn numbered_request(
+        &self,
+        mut request: serde_json::Value,
+    ) -> Result<(u64, crate::protocol::Request), SessionError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Some(object) = request.as_object_mut() {
+            object.insert("id".into(), id.into());
+        }
+        let mut request = parse_request(&request.to_string())
+            .map_err(|e| SessionError::new(e.code, e.message))?;
+        crate::vhost::qualify_op(&self.vhost, &mut request.op)
+            .map_err(|e| SessionError::new(ErrorCode::InvalidField, e))?;
+        Ok((id, request))
     }
 
     fn forget(&self, id: u64) {
