@@ -11,8 +11,8 @@
 //! `corrupted` (a body that is not what was published) must be 0: the command fails
 //! otherwise. `duplicates` (deliveries of a message already acked, when the ack did not
 //! reach the disk before the kill) are what at-least-once delivery allows; they are split
-//! into those acked less than a second before the kill that preceded the redelivery (in
-//! flight) and those acked earlier (an ack that should have been stored by then). `restart`
+//! into those acked less than a second before the next kill (in flight) and those acked
+//! earlier (an ack that should have been stored by then). `restart`
 //! is from spawning `broker serve` on the data directory to its first answered request.
 
 use std::collections::{HashMap, HashSet};
@@ -36,14 +36,25 @@ struct Seen {
     /// Message id → deliveries.
     delivered: HashMap<u64, u64>,
     /// Deliveries of a message after one that was acked: its ack less than a second
-    /// before the kill that preceded the redelivery, or earlier.
+    /// before the next kill, or earlier.
     duplicates_in_flight: u64,
     duplicates_acked_early: u64,
     corrupted: u64,
     /// Message id → when its (last) ack was sent.
     acked: HashMap<u64, Instant>,
-    /// When the latest kill was.
-    last_kill: Option<Instant>,
+    /// When each kill was, in order.
+    kills: Vec<Instant>,
+}
+
+impl Seen {
+    /// Whether an ack sent at `acked_at` had a second or more before the next kill: the
+    /// kill that lost it, since its redelivery can come several runs later.
+    fn acked_long_before_a_kill(&self, acked_at: Instant) -> bool {
+        let next = self.kills.partition_point(|kill| *kill < acked_at);
+        self.kills
+            .get(next)
+            .is_some_and(|kill| kill.duration_since(acked_at) >= ACK_SETTLED)
+    }
 }
 
 /// An ack this long before a kill should have reached the disk (commits take milliseconds).
@@ -151,10 +162,7 @@ async fn consume(c: &Client, seen: &Mutex<Seen>, until_empty: bool) -> anyhow::R
             Some(id) => {
                 *seen.delivered.entry(id).or_default() += 1;
                 if let Some(acked_at) = seen.acked.get(&id).copied() {
-                    let early = seen.last_kill.is_some_and(|kill| {
-                        kill.saturating_duration_since(acked_at) >= ACK_SETTLED
-                    });
-                    match early {
+                    match seen.acked_long_before_a_kill(acked_at) {
                         true => seen.duplicates_acked_early += 1,
                         false => seen.duplicates_in_flight += 1,
                     }
@@ -202,7 +210,7 @@ pub async fn run(duration: Duration, seed: u64) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(uptime)).await;
         child.kill().context("SIGKILL to the broker")?;
         child.wait()?;
-        seen.lock().unwrap().last_kill = Some(Instant::now());
+        seen.lock().unwrap().kills.push(Instant::now());
         kills += 1;
         let _ = publishing.await;
         let _ = consuming.await;
@@ -252,6 +260,23 @@ pub async fn run(duration: Duration, seed: u64) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_ack_is_judged_by_the_next_kill_not_the_last_one() {
+        use std::time::{Duration, Instant};
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let seen = super::Seen {
+            kills: vec![at(1_000), at(5_000), at(9_000)],
+            ..Default::default()
+        };
+        // Acked 200 ms before the kill at 5 s: in flight, though redelivered after 9 s.
+        assert!(!seen.acked_long_before_a_kill(at(4_800)));
+        // Acked 2.5 s before the kill at 5 s.
+        assert!(seen.acked_long_before_a_kill(at(2_500)));
+        // No kill after it.
+        assert!(!seen.acked_long_before_a_kill(at(9_500)));
+    }
+
     #[test]
     fn bodies_name_their_ids() {
         for id in [0, 7, 123_456] {
