@@ -11,8 +11,9 @@
 //! `corrupted` (a body that is not what was published) must be 0: the command fails
 //! otherwise. `duplicates` (deliveries of a message already acked, when the ack did not
 //! reach the disk before the kill) are what at-least-once delivery allows; they are split
-//! into those acked less than a second before the next kill (in flight) and those acked
-//! earlier (an ack that should have been stored by then). `restart`
+//! into those acked less than a second before the kill of the broker they went to (in
+//! flight, or sent after it) and those acked earlier (an ack that should have been stored
+//! by then). `restart`
 //! is from spawning `broker serve` on the data directory to its first answered request.
 
 use std::collections::{HashMap, HashSet};
@@ -40,20 +41,20 @@ struct Seen {
     duplicates_in_flight: u64,
     duplicates_acked_early: u64,
     corrupted: u64,
-    /// Message id → when its (last) ack was sent.
-    acked: HashMap<u64, Instant>,
+    /// Message id → when its (last) ack was sent, and to which broker run.
+    acked: HashMap<u64, (Instant, usize)>,
     /// When each kill was, in order.
     kills: Vec<Instant>,
 }
 
 impl Seen {
-    /// Whether an ack sent at `acked_at` had a second or more before the next kill: the
-    /// kill that lost it, since its redelivery can come several runs later.
-    fn acked_long_before_a_kill(&self, acked_at: Instant) -> bool {
-        let next = self.kills.partition_point(|kill| *kill < acked_at);
+    /// Whether an ack sent at `acked_at` to broker run `run` had a second or more before
+    /// that broker was killed (its redelivery can come several runs later; an ack sent
+    /// after the kill, before the consumer noticed, never reached a broker).
+    fn acked_long_before_a_kill(&self, acked_at: Instant, run: usize) -> bool {
         self.kills
-            .get(next)
-            .is_some_and(|kill| kill.duration_since(acked_at) >= ACK_SETTLED)
+            .get(run)
+            .is_some_and(|kill| kill.saturating_duration_since(acked_at) >= ACK_SETTLED)
     }
 }
 
@@ -138,7 +139,14 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(120);
 
 /// Consumes and acks until the connection fails (or, with `until_empty`, until the queue
 /// is empty: the final drain).
-async fn consume(c: &Client, seen: &Mutex<Seen>, until_empty: bool) -> anyhow::Result<()> {
+/// `run` counts the broker runs: the one this connection is to was started after `run`
+/// kills.
+async fn consume(
+    c: &Client,
+    seen: &Mutex<Seen>,
+    run: usize,
+    until_empty: bool,
+) -> anyhow::Result<()> {
     let mut sub = c.consume(QUEUE, 200).await?;
     let drain_until = Instant::now() + DRAIN_LIMIT;
     loop {
@@ -161,13 +169,13 @@ async fn consume(c: &Client, seen: &Mutex<Seen>, until_empty: bool) -> anyhow::R
         match id_of(&d.message.body).filter(|id| d.message.body[..] == body(*id)[..]) {
             Some(id) => {
                 *seen.delivered.entry(id).or_default() += 1;
-                if let Some(acked_at) = seen.acked.get(&id).copied() {
-                    match seen.acked_long_before_a_kill(acked_at) {
+                if let Some((acked_at, acked_run)) = seen.acked.get(&id).copied() {
+                    match seen.acked_long_before_a_kill(acked_at, acked_run) {
                         true => seen.duplicates_acked_early += 1,
                         false => seen.duplicates_in_flight += 1,
                     }
                 }
-                seen.acked.insert(id, Instant::now());
+                seen.acked.insert(id, (Instant::now(), run));
             }
             None => seen.corrupted += 1,
         }
@@ -200,7 +208,7 @@ pub async fn run(duration: Duration, seed: u64) -> anyhow::Result<()> {
         let publishing = tokio::spawn(publish(publisher, next_id.clone(), seen.clone()));
         let consuming = {
             let seen = seen.clone();
-            tokio::spawn(async move { consume(&consumer, &seen, false).await })
+            tokio::spawn(async move { consume(&consumer, &seen, kills, false).await })
         };
         // Sometimes at once: during the first commits after recovery.
         let uptime = match rng.u8(..10) {
@@ -218,7 +226,7 @@ pub async fn run(duration: Duration, seed: u64) -> anyhow::Result<()> {
     // A clean run drains what is left.
     let (mut child, url) = spawn_broker(dir.path())?;
     let consumer = Client::connect(&url).await?;
-    consume(&consumer, &seen, true).await?;
+    consume(&consumer, &seen, kills, true).await?;
     let left = consumer.queue_info(QUEUE).await?;
     consumer.close().await;
     let _ = child.kill();
@@ -261,7 +269,7 @@ pub async fn run(duration: Duration, seed: u64) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn an_ack_is_judged_by_the_next_kill_not_the_last_one() {
+    fn an_ack_is_judged_by_the_kill_of_the_broker_it_went_to() {
         use std::time::{Duration, Instant};
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
@@ -269,12 +277,14 @@ mod tests {
             kills: vec![at(1_000), at(5_000), at(9_000)],
             ..Default::default()
         };
-        // Acked 200 ms before the kill at 5 s: in flight, though redelivered after 9 s.
-        assert!(!seen.acked_long_before_a_kill(at(4_800)));
-        // Acked 2.5 s before the kill at 5 s.
-        assert!(seen.acked_long_before_a_kill(at(2_500)));
-        // No kill after it.
-        assert!(!seen.acked_long_before_a_kill(at(9_500)));
+        // To run 1, 200 ms before its kill at 5 s: in flight, though redelivered after 9 s.
+        assert!(!seen.acked_long_before_a_kill(at(4_800), 1));
+        // To run 1, 2.5 s before its kill.
+        assert!(seen.acked_long_before_a_kill(at(2_500), 1));
+        // Sent after run 1 was killed (the consumer had not noticed), 3 s before the next.
+        assert!(!seen.acked_long_before_a_kill(at(6_000), 1));
+        // To the last run, which is not killed.
+        assert!(!seen.acked_long_before_a_kill(at(9_500), 3));
     }
 
     #[test]
