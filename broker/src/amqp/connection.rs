@@ -5,6 +5,7 @@
 //! the client closes, a connection exception, silence, the broker stopping, a panic —
 //! the router hears `Close` for every channel it opened.
 
+use crate::server::next_tick;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -582,15 +583,5 @@ impl AmqpConnection {
                 .during(other.get_amqp_class_id(), other.get_amqp_method_id()),
             )),
         }
-    }
-}
-
-/// Waits for the next heartbeat tick; forever without heartbeats.
-async fn next_tick(beats: &mut Option<tokio::time::Interval>) {
-    match beats {
-        Some(interval) => {
-            interval.tick().await;
-        }
-        None => std::future::pending().await,
     }
 }

@@ -499,8 +499,9 @@ fn leading_id(text: &str) -> Option<RequestId> {
     serde_json::from_str(rest[..end].trim()).ok()
 }
 
-/// Waits for the next heartbeat tick; forever without heartbeats.
-async fn next_tick(pings: &mut Option<tokio::time::Interval>) {
+/// Waits for the next heartbeat tick; forever without heartbeats (every protocol's
+/// connection uses it).
+pub(crate) async fn next_tick(pings: &mut Option<tokio::time::Interval>) {
     match pings {
         Some(interval) => {
             interval.tick().await;
@@ -510,7 +511,7 @@ async fn next_tick(pings: &mut Option<tokio::time::Interval>) {
 }
 
 /// What a caught panic said.
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
     if let Some(text) = panic.downcast_ref::<&str>() {
         text.to_string()
     } else if let Some(text) = panic.downcast_ref::<String>() {

@@ -8,6 +8,7 @@
 mod admission;
 mod conn_writer;
 mod connection;
+pub(crate) use connection::{next_tick, panic_text};
 mod gate;
 mod login;
 mod memory_alarm;

@@ -3,6 +3,7 @@
 //! subscriptions and transactions, its heart-beats and flow control. However it ends,
 //! the router hears `Close` exactly once.
 
+use crate::server::{next_tick, panic_text};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
@@ -517,25 +518,5 @@ fn receipt_answer(receipt: Option<&str>) -> Answer {
             after_publishes: 0,
         },
         None => Answer::Nothing,
-    }
-}
-
-/// Waits for the next tick; forever without heart-beats.
-async fn next_tick(ticks: &mut Option<tokio::time::Interval>) {
-    match ticks {
-        Some(interval) => {
-            interval.tick().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(text) = panic.downcast_ref::<&str>() {
-        text.to_string()
-    } else if let Some(text) = panic.downcast_ref::<String>() {
-        text.clone()
-    } else {
-        "(no message)".to_string()
     }
 }
