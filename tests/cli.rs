@@ -446,3 +446,87 @@ fn plugin_test_routes_samples_and_shows_the_panic_text() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("--message 1"), "{stderr}");
 }
+
+/// Issue 13: every command takes the broker and login from a config file
+/// (`~/.config/broker/config.toml`, or `$BROKER_CONFIG`); a flag beats its environment
+/// variable, which beats the file, which beats the default.
+#[test]
+fn config_file_gives_commands_their_server_and_login_below_flags_and_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let process = BrokerProcess::spawn(dir.path());
+    let url = process.url.clone();
+    let home = tempfile::tempdir().unwrap();
+    let config_dir = home.path().join(".config").join("broker");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    let config = config_dir.join("config.toml");
+    let cli = |args: &[&str], env: &[(&str, &str)]| {
+        let mut command = Command::new(bin());
+        command.args(args).env("HOME", home.path());
+        for var in [
+            "XDG_CONFIG_HOME",
+            "BROKER_CONFIG",
+            "BROKER_URL",
+            "BROKER_USER",
+            "BROKER_PASSWORD",
+            "BROKER_VHOST",
+        ] {
+            command.env_remove(var);
+        }
+        let out = command.envs(env.iter().copied()).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let dead = "ws://127.0.0.1:1";
+
+    // Without a file (and without --server) the default server: nobody there.
+    let (ok, _, err) = cli(&["queues"], &[]);
+    assert!(!ok && err.contains("ws://127.0.0.1:6789"), "{err}");
+
+    // The file's server, for a data command and admin commands alike.
+    std::fs::write(&config, format!("server = \"{url}\"\n")).unwrap();
+    for args in [
+        &["declare", "queue", "from-file"][..],
+        &["user", "add", "ann", "pw"],
+        &["vhost", "add", "staging"],
+        &["permissions", "set", "ann", ".*", ".*", ".*", "--in", "staging"],
+    ] {
+        let (ok, _, err) = cli(args, &[]);
+        assert!(ok, "{args:?}: {err}");
+    }
+    let (ok, out, err) = cli(&["queues"], &[]);
+    assert!(ok && out.contains("from-file"), "{out}{err}");
+
+    // BROKER_URL beats the file; --server beats BROKER_URL.
+    let (ok, _, err) = cli(&["queues"], &[("BROKER_URL", dead)]);
+    assert!(!ok && err.contains(dead), "{err}");
+    let (ok, out, err) = cli(&["queues", "--server", &url], &[("BROKER_URL", dead)]);
+    assert!(ok && out.contains("from-file"), "{out}{err}");
+
+    // The file's user, password and vhost: ann works in `staging` and is no administrator.
+    let login = format!("server = \"{url}\"\nuser = \"ann\"\npassword = \"pw\"\nvhost = \"staging\"\n");
+    std::fs::write(&config, login).unwrap();
+    let (ok, _, err) = cli(&["declare", "queue", "in-staging"], &[]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(&["queues"], &[]);
+    assert!(ok && out.contains("in-staging") && !out.contains("from-file"), "{out}{err}");
+    let (ok, _, err) = cli(&["user", "list"], &[]);
+    assert!(!ok && err.contains("access_refused"), "{err}");
+    // Flags and environment variables beat the file's login and vhost.
+    let (ok, out, err) = cli(&["user", "list", "--user", "guest", "--password", "guest"], &[]);
+    assert!(ok && out.contains("ann"), "{out}{err}");
+    let guest = [("BROKER_USER", "guest"), ("BROKER_PASSWORD", "guest"), ("BROKER_VHOST", "/")];
+    let (ok, out, err) = cli(&["queues"], &guest);
+    assert!(ok && out.contains("from-file") && !out.contains("in-staging"), "{out}{err}");
+
+    // $BROKER_CONFIG names the file instead; an unknown setting is a clear error.
+    let other = home.path().join("other.toml");
+    std::fs::write(&other, format!("server = \"{dead}\"\n")).unwrap();
+    let (ok, _, err) = cli(&["queues"], &[("BROKER_CONFIG", other.to_str().unwrap())]);
+    assert!(!ok && err.contains(dead), "{err}");
+    std::fs::write(&config, "servr = \"ws://x:1\"\n").unwrap();
+    let (ok, _, err) = cli(&["queues"], &[]);
+    assert!(!ok && err.contains("config.toml") && err.contains("servr"), "{err}");
+}

@@ -23,6 +23,8 @@ pub mod stomp;
 pub mod store;
 pub mod vhost;
 
-pub use client::{Client, ClientError, ClientTls, ConnectOptions, QueueOptions, Subscription};
+pub use client::{
+    Client, ClientError, ClientTls, ConnectOptions, QueueOptions, Reconnect, Subscription,
+};
 pub use message::{Headers, Message, Properties};
 pub use server::{Broker, Config};

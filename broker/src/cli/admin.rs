@@ -6,27 +6,25 @@ use std::path::PathBuf;
 use broker::{Client, ClientTls, ConnectOptions, QueueOptions};
 use clap::{Args, Subcommand};
 
+use super::config_file::ConfigFile;
 use super::table::{Align, Table};
 use super::{DEFAULT_SERVER, parse_key_value, to_headers};
 
-// Where the broker is and who to log in as. (A `///` comment here would become the help
-// text of every subcommand that flattens it.)
+// Where the broker is and who to log in as: flag, else environment variable, else the
+// config file (`cli/config_file.rs`), else the default. (A `///` comment here would
+// become the help text of every subcommand that flattens it.)
 #[derive(Args)]
 pub struct ServerArg {
     /// The broker's URL; may carry credentials: `ws://user:password@host:port`
-    /// (`wss://` for a broker with TLS).
-    #[arg(long, env = "BROKER_URL", default_value = DEFAULT_SERVER)]
-    server: String,
+    /// (`wss://` for a broker with TLS) [default: the config file's `server`, else
+    /// ws://127.0.0.1:6789].
+    #[arg(long, env = "BROKER_URL")]
+    server: Option<String>,
     /// User to log in as (default: the URL's, else `guest`).
     #[arg(long, env = "BROKER_USER")]
     user: Option<String>,
     /// Password of --user.
-    #[arg(
-        long,
-        env = "BROKER_PASSWORD",
-        requires = "user",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "BROKER_PASSWORD", hide_env_values = true)]
     password: Option<String>,
     /// Virtual host to work in (default: the URL's path, else `/`).
     #[arg(long, env = "BROKER_VHOST")]
@@ -52,46 +50,75 @@ pub struct TlsArgs {
 }
 
 impl TlsArgs {
-    /// The client's TLS settings, when any option was given.
-    pub fn client_tls(&self) -> anyhow::Result<Option<ClientTls>> {
-        if self.ca.is_none() && self.cert.is_none() {
+    /// The client's TLS settings, when any option was given (here or in `file`).
+    pub fn client_tls(&self, file: &ConfigFile) -> anyhow::Result<Option<ClientTls>> {
+        let ca = self.ca.as_deref().or(file.ca.as_deref());
+        // A certificate and its key come together, from the flags or from the file.
+        let identity = match (&self.cert, &self.cert_key) {
+            (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+            _ => file.cert.as_deref().zip(file.cert_key.as_deref()),
+        };
+        if file.cert.is_some() != file.cert_key.is_some() {
+            anyhow::bail!("the config file's `cert` and `cert_key` go together");
+        }
+        if ca.is_none() && identity.is_none() {
             return Ok(None);
         }
-        let identity = self.cert.as_deref().zip(self.cert_key.as_deref());
-        Ok(Some(ClientTls::from_files(self.ca.as_deref(), identity)?))
+        Ok(Some(ClientTls::from_files(ca, identity)?))
     }
 }
 
 impl ServerArg {
-    /// Connects to the broker as these arguments say.
+    /// Connects to the broker as these arguments (and the config file) say.
     pub async fn connect(&self) -> anyhow::Result<Client> {
+        let file = ConfigFile::load()?;
         let options = ConnectOptions {
-            tls: self.tls.client_tls()?,
+            tls: self.tls.client_tls(&file)?,
             ..Default::default()
         };
-        Ok(Client::connect_with(&self.url(), options).await?)
+        Ok(Client::connect_with(&self.url(&file)?, options).await?)
     }
 
-    /// The URL to connect to, with --user / --password / --vhost in it when given.
-    pub fn url(&self) -> String {
-        let url = self.url_with_user();
-        match &self.vhost {
+    /// The URL to connect to, with the user, password and vhost in it when given.
+    pub fn url(&self, file: &ConfigFile) -> anyhow::Result<String> {
+        let server = self.server.as_ref().or(file.server.as_ref());
+        let server = server.map_or(DEFAULT_SERVER, String::as_str);
+        // Credentials in a URL given as a flag (or BROKER_URL) beat the file's user.
+        let url_has_user = self.server.as_deref().is_some_and(|url| {
+            broker::client::credentials::split_user_info(url).1.is_some()
+        });
+        let (user, password) = match (&self.user, url_has_user) {
+            (Some(user), _) => (Some(user), self.password.as_ref()),
+            (None, true) => (None, None),
+            (None, false) => (
+                file.user.as_ref(),
+                self.password.as_ref().or(file.password.as_ref()),
+            ),
+        };
+        anyhow::ensure!(
+            password.is_none() || user.is_some(),
+            "a password (--password, BROKER_PASSWORD or the config file's `password`) needs \
+             a user (--user, BROKER_USER or `user`)"
+        );
+        let url = url_with_user(server, user, password);
+        Ok(match self.vhost.as_ref().or(file.vhost.as_ref()) {
             Some(vhost) => broker::client::credentials::with_vhost(&url, vhost),
             None => url,
-        }
+        })
     }
+}
 
-    fn url_with_user(&self) -> String {
-        let Some(user) = &self.user else {
-            return self.server.clone();
-        };
-        let (bare, _, _) = broker::client::credentials::split_credentials(&self.server);
-        let password = self.password.as_deref().unwrap_or("");
-        let userinfo = broker::client::credentials::userinfo(user, password);
-        match bare.split_once("://") {
-            Some((scheme, rest)) => format!("{scheme}://{userinfo}{rest}"),
-            None => bare,
-        }
+/// `server` with `user` and `password` in place of the credentials it carried.
+fn url_with_user(server: &str, user: Option<&String>, password: Option<&String>) -> String {
+    let Some(user) = user else {
+        return server.to_owned();
+    };
+    let (bare, _, _) = broker::client::credentials::split_credentials(server);
+    let password = password.map_or("", String::as_str);
+    let userinfo = broker::client::credentials::userinfo(user, password);
+    match bare.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://{userinfo}{rest}"),
+        None => bare,
     }
 }
 

@@ -69,9 +69,10 @@ pub struct BenchArgs {
     /// Start an in-process broker on a temporary data directory instead of using --server.
     #[arg(long)]
     embedded: bool,
-    /// The broker's URL (`ws://`, or `wss://` with --ca for a broker with TLS).
-    #[arg(long, default_value = DEFAULT_SERVER)]
-    server: String,
+    /// The broker's URL (`ws://`, or `wss://` with --ca for a broker with TLS)
+    /// [default: the config file's `server`, else ws://127.0.0.1:6789].
+    #[arg(long, env = "BROKER_URL")]
+    server: Option<String>,
     #[command(flatten)]
     tls: super::admin::TlsArgs,
     /// Messages to publish in total [default: depends on the scenario, see below].
@@ -311,7 +312,7 @@ impl Scenario {
     }
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.size >= STAMP_LEN,
         "--size must be at least {STAMP_LEN}"
@@ -322,9 +323,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         return soak::run(Duration::from_secs_f64(args.minutes * 60.0), seed).await;
     }
     let encoding = args.encoding.encoding();
+    let file = super::config_file::ConfigFile::load()?;
+    args.server = Some(args.server.take().or(file.server.clone()).unwrap_or_else(|| DEFAULT_SERVER.to_owned()));
     let options = ConnectOptions {
         encoding,
-        tls: args.tls.client_tls()?,
+        tls: args.tls.client_tls(&file)?,
+        ..Default::default()
     };
     OPTIONS
         .set(options)
@@ -374,6 +378,14 @@ fn mark_measured_start() {
     *CLIENT_FROM.lock().unwrap() = procfs::ThreadTimes::sample(std::process::id());
 }
 
+impl BenchArgs {
+    /// --server, else `BROKER_URL`, else the config file's, else the default (resolved
+    /// in [`run`]).
+    fn server(&self) -> &str {
+        self.server.as_deref().unwrap_or(DEFAULT_SERVER)
+    }
+}
+
 /// Runs a scenario against --server, or against an embedded broker it starts and stops.
 async fn with_broker(args: &BenchArgs) -> anyhow::Result<Report> {
     let embedded = if args.embedded {
@@ -390,7 +402,7 @@ async fn with_broker(args: &BenchArgs) -> anyhow::Result<Report> {
         None
     };
     let url = match (&embedded, args.protocol) {
-        (None, ProtocolArg::Json) => args.server.clone(),
+        (None, ProtocolArg::Json) => args.server().to_owned(),
         (None, ProtocolArg::Amqp) => args.amqp_url.clone(),
         (Some((b, _)), ProtocolArg::Json) => b.url(),
         (Some((b, _)), ProtocolArg::Amqp) => {

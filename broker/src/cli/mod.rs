@@ -3,6 +3,7 @@
 mod admin;
 mod bench;
 mod check;
+mod config_file;
 mod consume;
 mod dlq;
 mod handler;

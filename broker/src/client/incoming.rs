@@ -4,16 +4,18 @@
 
 use tokio::sync::mpsc;
 
-use super::{ClientError, Returned, Shared};
+use super::{ClientError, Returned, Shared, delivery_tags};
 use crate::protocol::{RequestId, ServerFrame};
 
 pub(super) fn on_frame(
     shared: &Shared,
     returns: &mpsc::UnboundedSender<Returned>,
     frame: ServerFrame,
+    generation: u64,
 ) {
     let (id, result) = match frame {
-        ServerFrame::Deliver(delivery) => {
+        ServerFrame::Deliver(mut delivery) => {
+            delivery.delivery_tag = delivery_tags::for_app(generation, delivery.delivery_tag);
             let consumers = shared.consumers.lock().unwrap();
             if let Some(tx) = consumers.get(&*delivery.consumer_tag) {
                 let _ = tx.send(delivery);
@@ -22,6 +24,7 @@ pub(super) fn on_frame(
         }
         ServerFrame::Cancelled { consumer_tag, .. } => {
             shared.consumers.lock().unwrap().remove(&consumer_tag);
+            shared.topology.lock().unwrap().cancelled(&consumer_tag);
             return;
         }
         ServerFrame::Blocked { reason } => {

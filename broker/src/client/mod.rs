@@ -8,34 +8,50 @@
 //! records (packed several to a WebSocket message) and read `deliver` and `confirm` records;
 //! every other request and reply stays JSON.
 //!
+//! With [`ConnectOptions::reconnect`] the client survives a lost connection: it
+//! reconnects with backoff, declares again what the application declared, subscribes
+//! again, resends publishes that were not confirmed (at-least-once), and guards
+//! publishing with a circuit breaker; [`Client::health`] says how it is doing. See
+//! [`reconnect`], [`circuit`], [`health`] and [`delivery_tags`].
+//!
 //! Credentials come from the URL (`ws://user:password@host:port`), `guest` / `guest`
 //! without them. `wss://` URLs connect over TLS, trusting [`ConnectOptions::tls`]'s CAs
 //! (the system's without it); a client certificate there logs in as its CN's user.
 
+pub mod circuit;
+mod connection;
 pub mod credentials;
+pub mod delivery_tags;
+pub mod health;
 mod incoming;
+mod link;
 mod plugins;
+mod settle;
+pub mod reconnect;
 pub mod tls;
+mod topology;
 mod users;
 mod vhosts;
 
+pub use circuit::{Breaker, Circuit};
+pub use health::{Health, LinkState};
+pub use reconnect::Reconnect;
 pub use tls::ClientTls;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use futures_util::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
+
+use connection::{Class, Frame, Outgoing};
 
 use crate::message::{Headers, Message};
 use crate::protocol::{
-    AttachHandler, BINARY_BATCH_BYTES, BINARY_SUBPROTOCOL, Binding, DeclareExchange, DeclareQueue,
-    Delivery, Encoding, ErrorCode, MessageCount, Op, Publish, QueueInfo, QueueList, Request,
-    RequestId, Subscribe, Subscribed, decode_server_frames, write_request_record,
+    AttachHandler, Binding, DeclareExchange, DeclareQueue, Delivery, Encoding, ErrorCode,
+    MessageCount, Op, Publish, QueueInfo, QueueList, Request, RequestId, Subscribe, Subscribed,
 };
 
 /// What can go wrong talking to a broker.
@@ -49,6 +65,19 @@ pub enum ClientError {
     Server { code: ErrorCode, message: String },
     #[error("unexpected reply from the broker: {0}")]
     Protocol(String),
+    /// The connection dropped before the reply came, or the request was made while the
+    /// client reconnects; it may or may not have taken effect. Retry once
+    /// [`Client::health`] says connected.
+    #[error("disconnected from the broker; reconnecting")]
+    Disconnected,
+    /// Publishing fails fast: the broker has been unreachable too long (see
+    /// [`Breaker`]).
+    #[error("publishing refused while the circuit is open ({reason})")]
+    CircuitOpen { reason: String },
+    /// An ack, nack or reject for a delivery made on a connection that is gone: nothing
+    /// was settled, and the broker redelivers the message.
+    #[error("delivery tag {delivery_tag} is from a connection that is gone; the broker redelivers it")]
+    StaleDelivery { delivery_tag: u64 },
 }
 
 impl ClientError {
@@ -67,17 +96,35 @@ struct Pending {
     reply: ReplyTx,
     /// For `subscribe`: where the subscription's deliveries go once the broker names it.
     deliveries: Option<mpsc::UnboundedSender<Delivery>>,
+    /// For a publish waiting for its confirm on a reconnecting client: the request to
+    /// send again (same id) if the connection drops first.
+    resend: Option<Request>,
 }
 
-#[derive(Default)]
+/// The state the client's methods, its connection task and its reader share.
 struct Shared {
+    /// Requests waiting for a reply, by request id. `send` queues a request under this
+    /// lock, so the connection task sees each waiting publish either queued or written.
     pending: Mutex<HashMap<u64, Pending>>,
-    /// Set when the connection is gone: requests made after that fail at once.
+    /// Set when the connection is gone for good: requests made after that fail at once.
     closed: AtomicBool,
     consumers: Mutex<HashMap<String, mpsc::UnboundedSender<Delivery>>>,
     /// The broker's last word on flow control: `Some(reason)` while it blocks this
     /// connection's publishes.
     blocked: watch::Sender<Option<String>>,
+    next_id: AtomicU64,
+    /// `publish` and `ack` go as binary records (negotiated at connect).
+    binary: bool,
+    confirms: AtomicBool,
+    /// Set by [`ConnectOptions::reconnect`].
+    reconnect: Option<Reconnect>,
+    /// Connections lost so far: the current connection's number, in its delivery tags.
+    generation: AtomicU64,
+    health: watch::Sender<Health>,
+    /// What to declare and subscribe again on a new connection (reconnecting clients).
+    topology: Mutex<topology::Topology>,
+    /// Publishes made since the connection dropped (the breaker's `max_buffered`).
+    buffered: AtomicUsize,
 }
 
 /// A message the broker handed back: `mandatory` and routed nowhere.
@@ -91,12 +138,10 @@ pub struct Returned {
 /// A connection to a broker. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct Client {
     out: mpsc::UnboundedSender<Outgoing>,
-    writer: tokio::task::JoinHandle<()>,
+    link: tokio::task::JoinHandle<()>,
+    /// Dropped with the client: ends reconnecting.
+    alive: oneshot::Sender<()>,
     shared: Arc<Shared>,
-    next_id: AtomicU64,
-    /// `publish` and `ack` go as binary records (negotiated at connect).
-    binary: bool,
-    confirms: AtomicBool,
     returns: tokio::sync::Mutex<mpsc::UnboundedReceiver<Returned>>,
 }
 
@@ -108,6 +153,9 @@ pub struct ConnectOptions {
     /// For `wss://` URLs: the CAs to trust and the client certificate to present
     /// (default: the system's CAs, no certificate). Unused for `ws://`.
     pub tls: Option<ClientTls>,
+    /// Reconnect when the connection drops, and recover what the application had (see
+    /// [`Reconnect`]). `None` (the default): a dropped connection closes the client.
+    pub reconnect: Option<Reconnect>,
 }
 
 /// Options of `declare_queue`.
@@ -151,124 +199,52 @@ impl Client {
     /// Connects with `options`: with [`Encoding::Binary`] the client offers the
     /// [`BINARY_SUBPROTOCOL`] and fails to connect if the broker does not accept it.
     pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Client, ClientError> {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-        let connect_error = |reason: String| ClientError::Connect {
-            url: url.to_owned(),
-            reason,
-        };
-        let (bare_url, user_info) = credentials::split_user_info(url);
-        let mut request = bare_url
-            .into_client_request()
-            .map_err(|e| connect_error(e.to_string()))?;
-        // With a client certificate and no credentials in the URL, the certificate alone
-        // logs in; otherwise the URL's credentials or the default user's.
-        let certified = options.tls.as_ref().is_some_and(ClientTls::has_identity);
-        let login = match user_info {
-            Some(credentials) => Some(credentials),
-            None if certified => None,
-            None => Some(credentials::default_credentials()),
-        };
-        if let Some((user, password)) = login {
-            let authorization = credentials::basic_header(&user, &password)
-                .parse()
-                .map_err(|_| connect_error("credentials not valid in a header".into()))?;
-            request.headers_mut().insert(
-                tokio_tungstenite::tungstenite::http::header::AUTHORIZATION,
-                authorization,
-            );
-        }
-        let binary = options.encoding == Encoding::Binary;
-        if binary {
-            request.headers_mut().insert(
-                tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL,
-                tokio_tungstenite::tungstenite::http::HeaderValue::from_static(BINARY_SUBPROTOCOL),
-            );
-        }
-        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-            .read_buffer_size(crate::protocol::READ_BUFFER_BYTES);
-        let stream = tls::open_stream(request.uri(), options.tls.as_ref())
-            .await
-            .map_err(connect_error)?;
-        let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
-            .await
-            .map_err(|e| connect_error(e.to_string()))?;
-        let (mut sink, mut source) = ws.split();
-        let shared = Arc::new(Shared::default());
-        let (out, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
+        let ws = connection::open(url, &options).await?;
+        let (out, out_rx) = mpsc::unbounded_channel::<Outgoing>();
         let (returns_tx, returns_rx) = mpsc::unbounded_channel();
-
-        let writer = tokio::spawn(async move {
-            // Consecutive binary records packed into one message.
-            let mut records = Vec::new();
-            while let Some(first) = out_rx.recv().await {
-                let mut next = Some(first);
-                while let Some(item) = next {
-                    let fed = match item {
-                        Outgoing::Record(request) => {
-                            write_request_record(&mut records, &request);
-                            match records.len() >= BINARY_BATCH_BYTES {
-                                true => feed_records(&mut sink, &mut records).await,
-                                false => Ok(()),
-                            }
-                        }
-                        Outgoing::Text(text) => match feed_records(&mut sink, &mut records).await {
-                            Ok(()) => sink.feed(WsMessage::Text(Utf8Bytes::from(text))).await,
-                            Err(e) => Err(e),
-                        },
-                    };
-                    if fed.is_err() {
-                        return;
-                    }
-                    next = out_rx.try_recv().ok();
-                }
-                if feed_records(&mut sink, &mut records).await.is_err()
-                    || sink.flush().await.is_err()
-                {
-                    return;
-                }
-            }
-            let _ = sink.send(WsMessage::Close(None)).await;
+        let (alive, alive_rx) = oneshot::channel();
+        let shared = Arc::new(Shared {
+            pending: Mutex::default(),
+            closed: AtomicBool::new(false),
+            consumers: Mutex::default(),
+            blocked: watch::Sender::new(None),
+            next_id: AtomicU64::new(1),
+            binary: options.encoding == Encoding::Binary,
+            confirms: AtomicBool::new(false),
+            reconnect: options.reconnect.clone(),
+            generation: AtomicU64::new(0),
+            health: watch::Sender::new(Health::connected_now()),
+            topology: Mutex::default(),
+            buffered: AtomicUsize::new(0),
         });
-
-        let reader_shared = shared.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(frame)) = source.next().await {
-                match frame {
-                    WsMessage::Text(text) => match crate::protocol::parse_server_frame(&text) {
-                        Ok(frame) => incoming::on_frame(&reader_shared, &returns_tx, frame),
-                        Err(e) => tracing::warn!(error = %e, "undecodable frame from broker"),
-                    },
-                    WsMessage::Binary(bytes) => {
-                        for frame in decode_server_frames(&bytes) {
-                            match frame {
-                                Ok(frame) => incoming::on_frame(&reader_shared, &returns_tx, frame),
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "undecodable record from broker")
-                                }
-                            }
-                        }
-                    }
-                    WsMessage::Close(_) => break,
-                    _ => {}
-                }
-            }
-            // Wake every waiter: the connection is gone.
-            reader_shared.closed.store(true, Ordering::SeqCst);
-            for (_, pending) in reader_shared.pending.lock().unwrap().drain() {
-                let _ = pending.reply.send(Err(ClientError::Closed));
-            }
-            reader_shared.consumers.lock().unwrap().clear();
-        });
-
+        let link = link::Link {
+            shared: shared.clone(),
+            out_rx,
+            returns: returns_tx,
+            alive: alive_rx,
+            url: url.to_owned(),
+            options,
+            backlog: Vec::new(),
+        };
+        let link = tokio::spawn(link::run(link, ws));
         Ok(Client {
             out,
-            writer,
+            link,
+            alive,
             shared,
-            next_id: AtomicU64::new(1),
-            binary,
-            confirms: AtomicBool::new(false),
             returns: tokio::sync::Mutex::new(returns_rx),
         })
+    }
+
+    /// How the client is doing: connected, reconnecting or closed, the publish circuit,
+    /// reconnects so far, the last error, time since the last connection.
+    pub fn health(&self) -> Health {
+        self.shared.health.borrow().clone()
+    }
+
+    /// [`Client::health`] as it changes (to wait for a state instead of polling).
+    pub fn health_changes(&self) -> watch::Receiver<Health> {
+        self.shared.health.subscribe()
     }
 
     /// Sends a request; the returned future resolves with its reply. The frame is queued
@@ -279,27 +255,53 @@ impl Client {
         deliveries: Option<mpsc::UnboundedSender<Delivery>>,
         wants_reply: bool,
     ) -> impl Future<Output = Result<serde_json::Value, ClientError>> + Send + 'static {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let shared = &self.shared;
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let class = match op {
+            Op::Publish(_) => Class::Publish,
+            Op::Ack { .. } | Op::Nack { .. } | Op::Reject { .. } => Class::Settle,
+            _ => Class::Other,
+        };
+        // While reconnecting only publishes wait for the next connection.
+        let refused = class != Class::Publish
+            && shared.reconnect.is_some()
+            && shared.health.borrow().state == LinkState::Reconnecting;
         let request = Request {
             id: RequestId::Num(id),
             op,
         };
-        let item = match self.binary && matches!(request.op, Op::Publish(_) | Op::Ack { .. }) {
-            true => Outgoing::Record(request),
-            false => Outgoing::Text(crate::protocol::encode_request(&request)),
+        let resend = (wants_reply && class == Class::Publish && shared.reconnect.is_some())
+            .then(|| request.clone());
+        let frame = match shared.binary && matches!(request.op, Op::Publish(_) | Op::Ack { .. }) {
+            true => Frame::Record(request),
+            false => Frame::Text(crate::protocol::encode_request(&request)),
         };
-        let rx = wants_reply.then(|| {
-            let (reply, rx) = oneshot::channel();
-            let pending = Pending { reply, deliveries };
-            self.shared.pending.lock().unwrap().insert(id, pending);
-            rx
-        });
-        // After the reader's last drain nobody would answer: fail now instead.
-        if self.shared.closed.load(Ordering::SeqCst) {
-            self.shared.pending.lock().unwrap().remove(&id);
-        }
-        let sent = !self.shared.closed.load(Ordering::SeqCst) && self.out.send(item).is_ok();
+        let item = Outgoing { id, class, frame };
+        let mut rx = None;
+        let sent = match refused {
+            true => false,
+            false if wants_reply => {
+                let (reply, reply_rx) = oneshot::channel();
+                let mut pending = shared.pending.lock().unwrap();
+                // After the connection task's last drain nobody would answer: fail now.
+                let sent = !shared.closed.load(Ordering::SeqCst) && self.out.send(item).is_ok();
+                if sent {
+                    let waiting = Pending {
+                        reply,
+                        deliveries,
+                        resend,
+                    };
+                    pending.insert(id, waiting);
+                    rx = Some(reply_rx);
+                }
+                sent
+            }
+            false => !shared.closed.load(Ordering::SeqCst) && self.out.send(item).is_ok(),
+        };
         async move {
+            if refused {
+                return Err(ClientError::Disconnected);
+            }
             if !sent {
                 return Err(ClientError::Closed);
             }
@@ -322,14 +324,18 @@ impl Client {
     /// Sends everything queued, then closes the connection with a WebSocket close
     /// handshake. (Dropping a client closes it too, without waiting.)
     pub async fn close(self) {
-        drop(self.out);
-        let _ = self.writer.await;
+        let Client {
+            out, link, alive, ..
+        } = self;
+        drop(out);
+        drop(alive);
+        let _ = link.await;
     }
 
     /// Turns on publisher confirms: from now on `publish` resolves when the broker confirms.
     pub async fn confirm_select(&self) -> Result<(), ClientError> {
         self.call_unit(Op::ConfirmSelect).await?;
-        self.confirms.store(true, Ordering::Relaxed);
+        self.shared.confirms.store(true, Ordering::Relaxed);
         Ok(())
     }
 
@@ -338,14 +344,23 @@ impl Client {
         queue: &str,
         options: QueueOptions,
     ) -> Result<QueueInfo, ClientError> {
-        self.call(Op::DeclareQueue(DeclareQueue {
+        let declare = DeclareQueue {
             queue: queue.to_owned(),
             durable: options.durable,
             exclusive: options.exclusive,
             auto_delete: options.auto_delete,
             arguments: options.arguments,
-        }))
-        .await
+        };
+        let info: QueueInfo = self.call(Op::DeclareQueue(declare.clone())).await?;
+        self.remember(|t| t.declared_queue(declare, &info.queue));
+        Ok(info)
+    }
+
+    /// Records a declaration or subscription to make again after a reconnect.
+    fn remember(&self, change: impl FnOnce(&mut topology::Topology)) {
+        if self.shared.reconnect.is_some() {
+            change(&mut self.shared.topology.lock().unwrap());
+        }
     }
 
     /// Deletes a queue; returns how many messages it held.
@@ -355,7 +370,9 @@ impl Client {
             if_unused: false,
             if_empty: false,
         };
-        Ok(self.call::<MessageCount>(op).await?.messages)
+        let messages = self.call::<MessageCount>(op).await?.messages;
+        self.remember(|t| t.deleted_queue(queue));
+        Ok(messages)
     }
 
     /// Removes a queue's ready messages; returns how many.
@@ -412,13 +429,15 @@ impl Client {
         durable: bool,
         arguments: Headers,
     ) -> Result<(), ClientError> {
-        self.call_unit(Op::DeclareExchange(DeclareExchange {
+        let declare = DeclareExchange {
             exchange: exchange.to_owned(),
             kind: kind.to_owned(),
             durable,
             arguments,
-        }))
-        .await
+        };
+        self.call_unit(Op::DeclareExchange(declare.clone())).await?;
+        self.remember(|t| t.declared_exchange(declare));
+        Ok(())
     }
 
     pub async fn delete_exchange(&self, exchange: &str) -> Result<(), ClientError> {
@@ -426,28 +445,43 @@ impl Client {
             exchange: exchange.to_owned(),
             if_unused: false,
         })
-        .await
+        .await?;
+        self.remember(|t| t.deleted_exchange(exchange));
+        Ok(())
     }
 
     pub async fn bind(&self, binding: Binding) -> Result<(), ClientError> {
-        self.call_unit(Op::Bind(binding)).await
+        self.call_unit(Op::Bind(binding.clone())).await?;
+        self.remember(|t| t.bound(binding));
+        Ok(())
     }
 
     pub async fn unbind(&self, binding: Binding) -> Result<(), ClientError> {
-        self.call_unit(Op::Unbind(binding)).await
+        self.call_unit(Op::Unbind(binding.clone())).await?;
+        self.remember(|t| t.unbound(&binding));
+        Ok(())
     }
 
     /// Publishes a message. With confirms on, the future resolves when the broker has
     /// stored it (or refuses it); without, once it is queued for sending. The frame is
     /// queued before this returns, so publishes can be pipelined.
+    ///
+    /// On a reconnecting client a publish made while disconnected waits for the next
+    /// connection, and one waiting for its confirm when the connection drops is sent
+    /// again there (its future resolves with that confirm): at-least-once, the broker
+    /// may store it twice. While the circuit is open it fails at once with
+    /// [`ClientError::CircuitOpen`].
     pub fn publish(
         &self,
         message: Message,
         mandatory: bool,
     ) -> impl Future<Output = Result<(), ClientError>> + Send + 'static {
-        let confirms = self.confirms.load(Ordering::Relaxed);
-        let reply = self.send(Op::Publish(Publish { message, mandatory }), None, confirms);
-        async move { reply.await.map(drop) }
+        let admitted = circuit::admit_publish(&self.shared);
+        let confirms = self.shared.confirms.load(Ordering::Relaxed);
+        let reply = admitted.map(|()| {
+            self.send(Op::Publish(Publish { message, mandatory }), None, confirms)
+        });
+        async move { reply?.await.map(drop) }
     }
 
     /// The next message the broker returned as unroutable.
@@ -455,11 +489,17 @@ impl Client {
         self.returns.lock().await.recv().await
     }
 
+    /// Subscribes. On a reconnecting client the subscription survives reconnects: it is
+    /// made again on each new connection with the same consumer tag, queue, prefetch and
+    /// filter, and the stream carries on with what the broker delivers there (its
+    /// redeliveries first).
     pub async fn subscribe(&self, subscribe: Subscribe) -> Result<Subscription, ClientError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let value = self.send(Op::Subscribe(subscribe), Some(tx), true).await?;
+        let op = Op::Subscribe(subscribe.clone());
+        let value = self.send(op, Some(tx), true).await?;
         let Subscribed { consumer_tag } =
             serde_json::from_value(value).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.remember(|t| t.subscribed(subscribe, &consumer_tag));
         Ok(Subscription { consumer_tag, rx })
     }
 
@@ -515,43 +555,11 @@ impl Client {
 
     pub async fn cancel(&self, consumer_tag: &str) -> Result<(), ClientError> {
         self.shared.consumers.lock().unwrap().remove(consumer_tag);
+        self.remember(|t| t.cancelled(consumer_tag));
         self.call_unit(Op::Cancel {
             consumer_tag: consumer_tag.to_owned(),
         })
         .await
-    }
-
-    /// Acks a delivery (fire-and-forget, as in AMQP; an unknown tag is reported by the
-    /// broker but not surfaced here).
-    pub fn ack(&self, delivery_tag: u64, multiple: bool) -> Result<(), ClientError> {
-        self.settle(Op::Ack {
-            delivery_tag,
-            multiple,
-        })
-    }
-
-    pub fn nack(
-        &self,
-        delivery_tag: u64,
-        multiple: bool,
-        requeue: bool,
-    ) -> Result<(), ClientError> {
-        self.settle(Op::Nack {
-            delivery_tag,
-            multiple,
-            requeue,
-            delay_ms: None,
-        })
-    }
-
-    /// Nacks with requeue, redelivering after `delay_ms` instead of the queue's backoff.
-    pub fn nack_with_delay(&self, delivery_tag: u64, delay_ms: u64) -> Result<(), ClientError> {
-        self.settle(Op::Nack {
-            delivery_tag,
-            multiple: false,
-            requeue: true,
-            delay_ms: Some(delay_ms),
-        })
     }
 
     /// Ready messages of a queue in delivery order, without consuming them.
@@ -584,46 +592,9 @@ impl Client {
         Ok(self.call::<crate::protocol::Moved>(op).await?.moved)
     }
 
-    pub fn reject(&self, delivery_tag: u64, requeue: bool) -> Result<(), ClientError> {
-        self.settle(Op::Reject {
-            delivery_tag,
-            requeue,
-        })
-    }
-
     /// Flow control as the broker reports it: `Some(reason)` while the broker has stopped
     /// reading this connection's requests (`blocked`), `None` once it reads them again.
     pub fn blocked(&self) -> watch::Receiver<Option<String>> {
         self.shared.blocked.subscribe()
     }
-
-    fn settle(&self, op: Op) -> Result<(), ClientError> {
-        // Dropping the future is fine: the frame was queued when `send` returned.
-        drop(self.send(op, None, false));
-        if self.out.is_closed() {
-            return Err(ClientError::Closed);
-        }
-        Ok(())
-    }
-}
-
-/// What the writer task sends: a JSON text frame, or a request to pack as a binary record.
-// In binary mode records are nearly all of the traffic: boxing them would only add an
-// allocation per publish.
-#[allow(clippy::large_enum_variant)]
-enum Outgoing {
-    Text(String),
-    Record(Request),
-}
-
-/// Feeds the packed records (if any) as one binary message.
-async fn feed_records<S>(sink: &mut S, records: &mut Vec<u8>) -> Result<(), S::Error>
-where
-    S: futures_util::Sink<WsMessage> + Unpin,
-{
-    if records.is_empty() {
-        return Ok(());
-    }
-    let bytes = bytes::Bytes::from(std::mem::take(records));
-    sink.feed(WsMessage::Binary(bytes)).await
 }

@@ -198,7 +198,7 @@ fn sample_rss(pid: Option<u32>) -> (watch::Sender<bool>, tokio::task::JoinHandle
 async fn watermark(args: &BenchArgs) -> anyhow::Result<Option<u64>> {
     if let Some(http) = &args.http {
         // The same user as on --server (guest without one).
-        let (_, user, password) = broker::client::credentials::split_credentials(&args.server);
+        let (_, user, password) = broker::client::credentials::split_credentials(args.server());
         let login = broker::client::credentials::basic_header(&user, &password);
         let metrics = http_get(http, "/metrics", &login).await?;
         let bytes = metrics
