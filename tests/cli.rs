@@ -491,7 +491,16 @@ fn config_file_gives_commands_their_server_and_login_below_flags_and_env() {
         &["declare", "queue", "from-file"][..],
         &["user", "add", "ann", "pw"],
         &["vhost", "add", "staging"],
-        &["permissions", "set", "ann", ".*", ".*", ".*", "--in", "staging"],
+        &[
+            "permissions",
+            "set",
+            "ann",
+            ".*",
+            ".*",
+            ".*",
+            "--in",
+            "staging",
+        ],
     ] {
         let (ok, _, err) = cli(args, &[]);
         assert!(ok, "{args:?}: {err}");
@@ -506,20 +515,32 @@ fn config_file_gives_commands_their_server_and_login_below_flags_and_env() {
     assert!(ok && out.contains("from-file"), "{out}{err}");
 
     // The file's user, password and vhost: ann works in `staging` and is no administrator.
-    let login = format!("server = \"{url}\"\nuser = \"ann\"\npassword = \"pw\"\nvhost = \"staging\"\n");
+    let login =
+        format!("server = \"{url}\"\nuser = \"ann\"\npassword = \"pw\"\nvhost = \"staging\"\n");
     std::fs::write(&config, login).unwrap();
     let (ok, _, err) = cli(&["declare", "queue", "in-staging"], &[]);
     assert!(ok, "{err}");
     let (ok, out, err) = cli(&["queues"], &[]);
-    assert!(ok && out.contains("in-staging") && !out.contains("from-file"), "{out}{err}");
+    assert!(
+        ok && out.contains("in-staging") && !out.contains("from-file"),
+        "{out}{err}"
+    );
     let (ok, _, err) = cli(&["user", "list"], &[]);
     assert!(!ok && err.contains("access_refused"), "{err}");
     // Flags and environment variables beat the file's login and vhost.
-    let (ok, out, err) = cli(&["user", "list", "--user", "guest", "--password", "guest"], &[]);
+    let as_guest = ["--user", "guest", "--password", "guest", "--vhost", "/"];
+    let (ok, out, err) = cli(&[&["user", "list"][..], &as_guest].concat(), &[]);
     assert!(ok && out.contains("ann"), "{out}{err}");
-    let guest = [("BROKER_USER", "guest"), ("BROKER_PASSWORD", "guest"), ("BROKER_VHOST", "/")];
+    let guest = [
+        ("BROKER_USER", "guest"),
+        ("BROKER_PASSWORD", "guest"),
+        ("BROKER_VHOST", "/"),
+    ];
     let (ok, out, err) = cli(&["queues"], &guest);
-    assert!(ok && out.contains("from-file") && !out.contains("in-staging"), "{out}{err}");
+    assert!(
+        ok && out.contains("from-file") && !out.contains("in-staging"),
+        "{out}{err}"
+    );
 
     // $BROKER_CONFIG names the file instead; an unknown setting is a clear error.
     let other = home.path().join("other.toml");
@@ -528,5 +549,8 @@ fn config_file_gives_commands_their_server_and_login_below_flags_and_env() {
     assert!(!ok && err.contains(dead), "{err}");
     std::fs::write(&config, "servr = \"ws://x:1\"\n").unwrap();
     let (ok, _, err) = cli(&["queues"], &[]);
-    assert!(!ok && err.contains("config.toml") && err.contains("servr"), "{err}");
+    assert!(
+        !ok && err.contains("config.toml") && err.contains("servr"),
+        "{err}"
+    );
 }

@@ -34,7 +34,15 @@ fn free_port() -> u16 {
 fn serve(dir: &Path, port: u16) -> Child {
     let mut child = Command::new(common::bin())
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--no-http", "--amqp", "off", "--stomp", "off", "--log", "warn"])
+        .args([
+            "--no-http",
+            "--amqp",
+            "off",
+            "--stomp",
+            "off",
+            "--log",
+            "warn",
+        ])
         .arg("--data-dir")
         .arg(dir)
         .stdout(Stdio::piped())
@@ -187,10 +195,16 @@ async fn sigkilled_broker_loses_no_confirmed_message_and_the_app_carries_on() {
     .await;
     sigkill(&mut broker);
     let before_kill = seen.borrow().clone();
-    assert!(before_kill.confirmed.len() < TOTAL as usize, "killed too late");
+    assert!(
+        before_kill.confirmed.len() < TOTAL as usize,
+        "killed too late"
+    );
 
     // Health: reconnecting, then (after `open_after` down) the circuit opens.
-    let down = health_until(&client, "reconnecting", |h| h.state == LinkState::Reconnecting).await;
+    let down = health_until(&client, "reconnecting", |h| {
+        h.state == LinkState::Reconnecting
+    })
+    .await;
     assert_eq!(down.reconnects, 0);
     assert!(down.last_error.is_some() && down.down_for().is_some());
     let open = health_until(&client, "open", |h| h.circuit == Circuit::Open).await;
@@ -201,7 +215,10 @@ async fn sigkilled_broker_loses_no_confirmed_message_and_the_app_carries_on() {
         "{refused:?}"
     );
     let refused = client.list_queues().await;
-    assert!(matches!(refused, Err(ClientError::Disconnected)), "{refused:?}");
+    assert!(
+        matches!(refused, Err(ClientError::Disconnected)),
+        "{refused:?}"
+    );
 
     // The broker comes back on the same data directory and port.
     let mut broker = serve(dir.path(), port);
@@ -227,10 +244,19 @@ async fn sigkilled_broker_loses_no_confirmed_message_and_the_app_carries_on() {
     );
     assert!(before_kill.confirmed.is_subset(&done.delivered));
     let health = client.health();
+    eprintln!(
+        "{} confirmed before the kill, {} resent, {} stale acks, last error {:?}",
+        before_kill.confirmed.len(),
+        health.resent,
+        done.stale_acks,
+        health.last_error
+    );
     assert_eq!(
         (health.state, health.circuit, health.reconnects),
         (LinkState::Connected, Circuit::Closed, 1)
     );
+    // Publishes in flight at the kill (or made before the circuit opened) went out again.
+    assert!(health.resent > 0);
     sigkill(&mut broker);
 }
 
@@ -269,7 +295,10 @@ async fn declarations_come_back_on_an_empty_broker_and_stale_acks_are_refused() 
 
     // A broker that knows nothing: the client declares and subscribes again.
     sigkill(&mut broker);
-    health_until(&client, "reconnecting", |h| h.state == LinkState::Reconnecting).await;
+    health_until(&client, "reconnecting", |h| {
+        h.state == LinkState::Reconnecting
+    })
+    .await;
     let mut broker = serve(second_dir.path(), port);
     health_until(&client, "connected", |h| h.state == LinkState::Connected).await;
     assert!(client.list_bindings().await.unwrap().contains(&binding));

@@ -85,7 +85,9 @@ impl ServerArg {
         let server = server.map_or(DEFAULT_SERVER, String::as_str);
         // Credentials in a URL given as a flag (or BROKER_URL) beat the file's user.
         let url_has_user = self.server.as_deref().is_some_and(|url| {
-            broker::client::credentials::split_user_info(url).1.is_some()
+            broker::client::credentials::split_user_info(url)
+                .1
+                .is_some()
         });
         let (user, password) = match (&self.user, url_has_user) {
             (Some(user), _) => (Some(user), self.password.as_ref()),

@@ -324,7 +324,12 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     }
     let encoding = args.encoding.encoding();
     let file = super::config_file::ConfigFile::load()?;
-    args.server = Some(args.server.take().or(file.server.clone()).unwrap_or_else(|| DEFAULT_SERVER.to_owned()));
+    args.server = Some(
+        args.server
+            .take()
+            .or(file.server.clone())
+            .unwrap_or_else(|| DEFAULT_SERVER.to_owned()),
+    );
     let options = ConnectOptions {
         encoding,
         tls: args.tls.client_tls(&file)?,

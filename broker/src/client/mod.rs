@@ -26,8 +26,8 @@ pub mod health;
 mod incoming;
 mod link;
 mod plugins;
-mod settle;
 pub mod reconnect;
+mod settle;
 pub mod tls;
 mod topology;
 mod users;
@@ -76,7 +76,9 @@ pub enum ClientError {
     CircuitOpen { reason: String },
     /// An ack, nack or reject for a delivery made on a connection that is gone: nothing
     /// was settled, and the broker redelivers the message.
-    #[error("delivery tag {delivery_tag} is from a connection that is gone; the broker redelivers it")]
+    #[error(
+        "delivery tag {delivery_tag} is from a connection that is gone; the broker redelivers it"
+    )]
     StaleDelivery { delivery_tag: u64 },
 }
 
@@ -478,9 +480,8 @@ impl Client {
     ) -> impl Future<Output = Result<(), ClientError>> + Send + 'static {
         let admitted = circuit::admit_publish(&self.shared);
         let confirms = self.shared.confirms.load(Ordering::Relaxed);
-        let reply = admitted.map(|()| {
-            self.send(Op::Publish(Publish { message, mandatory }), None, confirms)
-        });
+        let reply = admitted
+            .map(|()| self.send(Op::Publish(Publish { message, mandatory }), None, confirms));
         async move { reply?.await.map(drop) }
     }
 

@@ -26,8 +26,8 @@ impl Client {
             return Ok(delivery_tag);
         }
         // `multiple` with tag 0 settles everything outstanding on the current connection.
-        let current = generation == self.shared.generation.load(Ordering::SeqCst)
-            || (multiple && tag == 0);
+        let current =
+            generation == self.shared.generation.load(Ordering::SeqCst) || (multiple && tag == 0);
         match current && self.shared.health.borrow().state == LinkState::Connected {
             true => Ok(tag),
             false => Err(ClientError::StaleDelivery { delivery_tag }),

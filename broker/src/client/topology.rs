@@ -148,7 +148,13 @@ mod tests {
         topology.bound(binding("x", "q"));
         assert_eq!(
             names(&topology),
-            ["queue amq.gen-1", "exchange x", "bind x->amq.gen-1", "queue q", "bind x->q"]
+            [
+                "queue amq.gen-1",
+                "exchange x",
+                "bind x->amq.gen-1",
+                "queue q",
+                "bind x->q"
+            ]
         );
         topology.deleted_queue("amq.gen-1");
         topology.unbound(&binding("x", "q"));
