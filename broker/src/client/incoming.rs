@@ -64,7 +64,7 @@ pub(super) fn on_frame(
         }
         return;
     };
-    if let (Ok(value), Some(deliveries)) = (&result, pending.deliveries)
+    if let (Ok(value), Some(consumer)) = (&result, pending.consumer)
         && let Some(tag) = value.get("consumer_tag").and_then(|t| t.as_str())
     {
         // Registered before the caller is woken: deliveries may follow this reply at once.
@@ -72,7 +72,10 @@ pub(super) fn on_frame(
             .consumers
             .lock()
             .unwrap()
-            .insert(tag.to_owned(), deliveries);
+            .insert(tag.to_owned(), consumer.deliveries);
+        if let Some(subscribe) = consumer.resubscribe {
+            shared.topology.lock().unwrap().subscribed(subscribe, tag);
+        }
     }
     let _ = pending.reply.send(result);
 }

@@ -28,6 +28,7 @@ mod link;
 mod plugins;
 pub mod reconnect;
 mod settle;
+mod shared;
 pub mod tls;
 mod topology;
 mod users;
@@ -38,7 +39,6 @@ pub use health::{Health, LinkState};
 pub use reconnect::Reconnect;
 pub use tls::ClientTls;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,6 +47,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use connection::{Class, Frame, Outgoing};
+use shared::{NewConsumer, Pending, Shared};
 
 use crate::message::{Headers, Message};
 use crate::protocol::{
@@ -90,43 +91,6 @@ impl ClientError {
             _ => None,
         }
     }
-}
-
-type ReplyTx = oneshot::Sender<Result<serde_json::Value, ClientError>>;
-
-struct Pending {
-    reply: ReplyTx,
-    /// For `subscribe`: where the subscription's deliveries go once the broker names it.
-    deliveries: Option<mpsc::UnboundedSender<Delivery>>,
-    /// For a publish waiting for its confirm on a reconnecting client: the request to
-    /// send again (same id) if the connection drops first.
-    resend: Option<Request>,
-}
-
-/// The state the client's methods, its connection task and its reader share.
-struct Shared {
-    /// Requests waiting for a reply, by request id. `send` queues a request under this
-    /// lock, so the connection task sees each waiting publish either queued or written.
-    pending: Mutex<HashMap<u64, Pending>>,
-    /// Set when the connection is gone for good: requests made after that fail at once.
-    closed: AtomicBool,
-    consumers: Mutex<HashMap<String, mpsc::UnboundedSender<Delivery>>>,
-    /// The broker's last word on flow control: `Some(reason)` while it blocks this
-    /// connection's publishes.
-    blocked: watch::Sender<Option<String>>,
-    next_id: AtomicU64,
-    /// `publish` and `ack` go as binary records (negotiated at connect).
-    binary: bool,
-    confirms: AtomicBool,
-    /// Set by [`ConnectOptions::reconnect`].
-    reconnect: Option<Reconnect>,
-    /// Connections lost so far: the current connection's number, in its delivery tags.
-    generation: AtomicU64,
-    health: watch::Sender<Health>,
-    /// What to declare and subscribe again on a new connection (reconnecting clients).
-    topology: Mutex<topology::Topology>,
-    /// Publishes made since the connection dropped (the breaker's `max_buffered`).
-    buffered: AtomicUsize,
 }
 
 /// A message the broker handed back: `mandatory` and routed nowhere.
@@ -254,7 +218,7 @@ impl Client {
     fn send(
         &self,
         op: Op,
-        deliveries: Option<mpsc::UnboundedSender<Delivery>>,
+        consumer: Option<NewConsumer>,
         wants_reply: bool,
     ) -> impl Future<Output = Result<serde_json::Value, ClientError>> + Send + 'static {
         let shared = &self.shared;
@@ -290,7 +254,7 @@ impl Client {
                 if sent {
                     let waiting = Pending {
                         reply,
-                        deliveries,
+                        consumer,
                         resend,
                     };
                     pending.insert(id, waiting);
@@ -496,11 +460,15 @@ impl Client {
     /// redeliveries first).
     pub async fn subscribe(&self, subscribe: Subscribe) -> Result<Subscription, ClientError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let op = Op::Subscribe(subscribe.clone());
-        let value = self.send(op, Some(tx), true).await?;
+        let consumer = NewConsumer {
+            deliveries: tx,
+            resubscribe: self.shared.reconnect.is_some().then(|| subscribe.clone()),
+        };
+        let value = self
+            .send(Op::Subscribe(subscribe), Some(consumer), true)
+            .await?;
         let Subscribed { consumer_tag } =
             serde_json::from_value(value).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        self.remember(|t| t.subscribed(subscribe, &consumer_tag));
         Ok(Subscription { consumer_tag, rx })
     }
 

@@ -221,7 +221,7 @@ async fn round_trip(
     let (reply, rx) = oneshot::channel();
     let pending = Pending {
         reply,
-        deliveries: None,
+        consumer: None,
         resend: None,
     };
     shared.pending.lock().unwrap().insert(id, pending);
