@@ -62,9 +62,13 @@ pub(super) async fn run(mut link: Link, first: Ws) {
                 Ended::Lost(reason) => reason,
                 Ended::ClientClosed => {
                     let _ = sink.send(WsMessage::Close(None)).await;
-                    let _ = tokio::time::timeout(CLOSE_WAIT, end.wait()).await;
-                    reader.abort();
-                    shut(&link.shared, None);
+                    // Replies already on their way (confirms) still reach their waiters;
+                    // `close` does not wait for them.
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(CLOSE_WAIT, end.wait()).await;
+                        reader.abort();
+                        shut(&link.shared, None);
+                    });
                     return;
                 }
             },
