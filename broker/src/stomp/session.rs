@@ -392,7 +392,7 @@ impl Session {
             body: frame.body.clone(),
         };
         let op = Op::Publish(Publish {
-            message,
+            message: Box::new(message),
             mandatory: false,
         });
         let answer = match receipt {
