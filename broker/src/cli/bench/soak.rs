@@ -118,7 +118,8 @@ fn spawn_broker(data_dir: &std::path::Path) -> anyhow::Result<(Child, String)> {
             "serve",
             "--listen",
             "127.0.0.1:0",
-            "--no-http",
+            "--http",
+            "off",
             // Only the WebSocket listener: the AMQP and STOMP ports may be taken (by
             // another broker, or RabbitMQ).
             "--amqp",
