@@ -50,6 +50,8 @@ mod registry;
 mod samples;
 mod stats;
 pub mod testing;
+mod trial;
+mod trial_lane;
 
 pub use bindings::ABI_MAJOR_VERSION;
 pub use bundled::{STANDARD_EXCHANGES, STANDARD_HANDLERS};
@@ -64,4 +66,5 @@ pub use loader::{Capabilities, LoadError, PluginInfo, PluginSource};
 pub use log_ring::{LOG_RING_LINES, LogLine};
 pub(crate) use registry::lower_thread_priority;
 pub use registry::{HostError, PluginHost, PreparedPlugin, content_hash};
+pub use trial::{Difference, TRIAL_EXAMPLES, TrialError, TrialMode, TrialReport, TrialSnapshot};
 pub use stats::{CALL_TIME_BUCKETS, PluginStats, StatsSnapshot, call_time_bucket_bound};

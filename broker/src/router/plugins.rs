@@ -20,10 +20,22 @@ use crate::protocol::{ErrorCode, RequestId, ServerFrame};
 use crate::queue::ConnId;
 use crate::store::{CommitError, PluginVersion, StoreOp};
 
+/// What a prepared version is for once stored.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Purpose {
+    /// Becomes the active version (deploy, rollback).
+    Activate,
+    /// Runs on trial next to the active version (shadow or canary deploy).
+    Trial(crate::plugin::TrialMode),
+    /// The version on trial becomes the active one, ending the trial.
+    Promote,
+}
+
 /// A deploy or rollback waiting for (or in) compilation.
 #[derive(Debug, Clone)]
 pub(super) struct DeployJob {
     requester: Option<(ConnId, RequestId)>,
+    purpose: Purpose,
     /// A new version to store (deploy), or an earlier one (rollback).
     version: PluginVersion,
     is_new: bool,
@@ -37,6 +49,7 @@ pub(super) struct DeployJob {
 pub struct Prepared {
     /// Who to answer (none for automatic rollbacks).
     pub requester: Option<(ConnId, RequestId)>,
+    pub purpose: Purpose,
     /// A new version to store (deploy), or an earlier one (rollback).
     pub version: PluginVersion,
     pub is_new: bool,
@@ -51,6 +64,7 @@ pub struct Prepared {
 #[derive(Debug)]
 pub struct Stored {
     requester: Option<(ConnId, RequestId)>,
+    purpose: Purpose,
     version: PluginVersion,
     is_new: bool,
     auto_rollback: bool,
@@ -66,7 +80,7 @@ pub struct Stored {
 /// When a version watched for automatic rollback is judged failing: at least this many
 /// failed calls, making up at least a tenth of its calls.
 const AUTO_ROLLBACK_MIN_ERRORS: u64 = 5;
-const AUTO_ROLLBACK_CHECK: Duration = Duration::from_millis(200);
+pub(super) const AUTO_ROLLBACK_CHECK: Duration = Duration::from_millis(200);
 
 /// The last automatic rollback of a plugin, for `list_plugins`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -76,6 +90,11 @@ pub struct AutoRollback {
     pub errors: u64,
     pub calls: u64,
     pub at: u64,
+    /// For a canary rolled back (its trial ended, the active version unchanged): why it
+    /// was judged failing. `errors` and `calls` then count the messages it failed on and
+    /// all it was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<String>,
 }
 
 impl Router {
@@ -87,7 +106,11 @@ impl Router {
         wasm_base64: &str,
         deployed_by: Option<String>,
         auto_rollback: bool,
+        trial: Option<crate::plugin::TrialMode>,
     ) -> Result<Reply, OpError> {
+        if trial.is_some() {
+            self.check_trial_deploy(&name)?;
+        }
         use base64::Engine as _;
         let wasm = base64::engine::general_purpose::STANDARD
             .decode(wasm_base64.as_bytes())
@@ -97,6 +120,7 @@ impl Router {
         if let Some(active) = self.active_version(&name)
             && active.hash == hash
             && running == Some(active.version)
+            && trial.is_none()
             && !self.deploys.contains_key(&name)
             && !self.committing.contains_key(&name)
         {
@@ -136,7 +160,8 @@ impl Router {
             size_bytes: wasm.len() as u64,
             wasm: wasm.into(),
         };
-        self.prepare(Some((conn, id)), version, true, auto_rollback, None);
+        let purpose = trial.map_or(Purpose::Activate, Purpose::Trial);
+        self.prepare(Some((conn, id)), version, true, auto_rollback, None, purpose);
         Ok(Reply::Silent)
     }
 
@@ -147,8 +172,11 @@ impl Router {
         name: &str,
         to: Option<u64>,
     ) -> Result<Reply, OpError> {
+        if to.is_none() && self.trials.contains_key(name) {
+            return self.drop_trial(name);
+        }
         let target = self.rollback_target(name, to)?;
-        self.prepare(Some((conn, id)), target, false, false, None);
+        self.prepare(Some((conn, id)), target, false, false, None, Purpose::Activate);
         Ok(Reply::Silent)
     }
 
@@ -182,16 +210,18 @@ impl Router {
 
     /// Queues a deploy or rollback of `version`; those of one plugin are carried out one
     /// at a time, in the order they came, so the last one asked for is the one active.
-    fn prepare(
+    pub(super) fn prepare(
         &mut self,
         requester: Option<(ConnId, RequestId)>,
         version: PluginVersion,
         is_new: bool,
         auto_rollback: bool,
         automatic: Option<AutoRollback>,
+        purpose: Purpose,
     ) {
         let job = DeployJob {
             requester,
+            purpose,
             version,
             is_new,
             auto_rollback,
@@ -211,6 +241,7 @@ impl Router {
     fn start_next_deploy(&self, name: &str) {
         let Some(DeployJob {
             requester,
+            purpose,
             version,
             is_new,
             auto_rollback,
@@ -232,6 +263,7 @@ impl Router {
             let result = plugins.prepare(source).await;
             let prepared = Prepared {
                 requester,
+                purpose,
                 version,
                 is_new,
                 auto_rollback,
@@ -248,6 +280,7 @@ impl Router {
     pub(super) fn plugin_prepared(&mut self, prepared: Prepared) {
         let Prepared {
             requester,
+            purpose,
             version,
             is_new,
             auto_rollback,
@@ -275,6 +308,15 @@ impl Router {
                 return;
             }
         };
+        if !self.trial_may_proceed(
+            &version.name,
+            version.version,
+            purpose,
+            &prepared,
+            requester.clone(),
+        ) {
+            return;
+        }
         if is_new {
             self.batch
                 .ops
@@ -288,10 +330,13 @@ impl Router {
             });
             (key, Bytes::from(artifact))
         });
-        self.batch.ops.push(StoreOp::SetActivePlugin {
-            name: version.name.clone(),
-            version: version.version,
-        });
+        if !matches!(purpose, Purpose::Trial(_)) {
+            self.batch.ops.push(StoreOp::SetActivePlugin {
+                name: version.name.clone(),
+                version: version.version,
+            });
+        }
+        self.trial_store_ops(&version.name, version.version, purpose);
         // The router's own record (versions, active version, artifacts) follows the
         // commit: until it is known, the version is neither listed nor running.
         self.committing
@@ -310,6 +355,7 @@ impl Router {
         });
         let stored = Stored {
             requester,
+            purpose,
             version,
             is_new,
             auto_rollback,
@@ -335,6 +381,7 @@ impl Router {
     pub(super) fn plugin_stored(&mut self, stored: Stored) {
         let Stored {
             requester,
+            purpose,
             version,
             is_new,
             auto_rollback,
@@ -371,15 +418,28 @@ impl Router {
             let at = versions.partition_point(|v| v.version < number);
             versions.insert(at, version);
         }
+        if let Purpose::Trial(mode) = purpose {
+            self.trial_stored(&name, number, mode, prepared, requester, result);
+            if is_new {
+                self.apply_plugin_retention(&name);
+            }
+            return;
+        }
         let previous = self.active_plugins.insert(name.clone(), number);
         if let Some(automatic) = automatic {
             self.auto_rollbacks.insert(name.clone(), automatic);
         }
-        self.plugins.install(prepared);
+        if purpose == Purpose::Promote {
+            self.trials.remove(&name);
+            self.plugins.install_ending_trial(prepared);
+        } else {
+            self.plugins.install(prepared);
+        }
         let (hash, deployed_by, rollback) = log;
         tracing::info!(plugin = %name, version = number, %hash, %deployed_by, rollback, "plugin version active");
         let watched = auto_rollback && previous.is_some();
         result["auto_rollback"] = json!(watched);
+        result["promoted"] = json!(purpose == Purpose::Promote);
         if let Some((conn, id)) = requester {
             self.send_frame(conn, ServerFrame::Ok { id, result });
         }
@@ -425,6 +485,7 @@ impl Router {
                         errors: stats.errors,
                         calls: stats.calls,
                         at: now_ms(),
+                        canary: None,
                     };
                     let _ = router.send(Command::AutoRollback { name, failing });
                     return;
@@ -435,6 +496,9 @@ impl Router {
 
     /// Rolls `name` back from a failing version, if that version is still the active one.
     pub(super) fn auto_rollback(&mut self, name: String, failing: AutoRollback) {
+        if failing.canary.is_some() {
+            return self.canary_failed(name, failing);
+        }
         if self.active_plugins.get(&name) != Some(&failing.from) {
             return;
         }
@@ -449,7 +513,7 @@ impl Router {
             plugin = %name, from = failing.from, to = failing.to, errors = failing.errors,
             calls = failing.calls, "plugin version failing; rolling back automatically"
         );
-        self.prepare(None, target, false, false, Some(failing));
+        self.prepare(None, target, false, false, Some(failing), Purpose::Activate);
     }
 
     /// Lifts quarantine for every exchange of plugin `name`; answers which were lifted.
@@ -493,6 +557,7 @@ impl Router {
                     "stats": stats,
                     "versions": self.version_counts(&info.name),
                     "last_auto_rollback": self.auto_rollbacks.get(&info.name),
+                    "trial": self.trial_summary(&info.name),
                     "quarantined": self.quarantined_exchanges(&info.name),
                 })
             })
@@ -568,6 +633,9 @@ impl Router {
             .map(|v| {
                 let mut entry = serde_json::to_value(v).expect("serializable");
                 entry["active"] = json!(Some(v.version) == active);
+                if let Some(trial) = self.trials.get(name).filter(|t| t.version == v.version) {
+                    entry["trial"] = json!(trial.mode);
+                }
                 entry
             })
             .collect();
