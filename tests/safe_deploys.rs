@@ -53,6 +53,7 @@ async fn setup(c: &Client, bindings: &[(&str, &str)]) {
 fn to_ex(key: &str, body: String) -> Message {
     let mut m = Message::text(key, body);
     m.exchange = "ex".into();
+    m.properties.persistent = true;
     m
 }
 
@@ -287,7 +288,7 @@ async fn a_failing_canary_is_rolled_back_automatically_without_a_failed_publish(
     );
     assert_eq!(entry["active_version"], 1);
     assert_eq!(
-        c.queue_info("q").await.unwrap().messages as usize,
+        c.queue_info("q").await.unwrap().ready as usize,
         published,
         "every message routed (by version 1 when the canary failed)"
     );
@@ -302,10 +303,9 @@ async fn a_failing_canary_is_rolled_back_automatically_without_a_failed_publish(
     assert_eq!(entry["active_version"], 1);
 }
 
-/// Promote the version on trial
-/// survives a restart as the trial; promoting makes it active (stored: still active after
-/// a restart, and routing); a later shadow is dropped by `rollback` with the active
-/// version unchanged.
+/// A shadow survives a restart as the trial (and compares again); promoting makes it
+/// active (stored: still active and routing after a restart); a later shadow is dropped
+/// by `rollback` with the active version unchanged, and stays dropped after a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trial_and_its_promotion_survive_a_restart() {
     let mut b = TestBroker::start().await;
@@ -430,7 +430,7 @@ async fn http_shadow_rollback_and_promote() {
 
     let none = common::http(b.addr(), "POST", "/api/plugins/router/promote", None).await;
     assert_eq!(none.status, 409, "{}", none.body);
-    assert_eq!(none.json()["code"], "precondition_failed");
+    assert_eq!(none.json()["error"]["code"], "precondition_failed");
     // Rollback with a version in the body activates that version, as `rollback_plugin`.
     let back = common::http(
         b.addr(),

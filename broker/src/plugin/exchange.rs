@@ -2,14 +2,15 @@
 //! a fresh instance), validates what the plugin returns, caches key-only routes, and
 //! contains failures (discard the instance, count, log at a limited rate, throttle, and
 //! quarantine after too many in a row or too many of the recent calls). Every message is
-//! its own call with its own budget, batches included.
+//! its own call with its own budget, batches included. When its type has a version on
+//! trial, the exchange also runs it in a [`TrialLane`] (a canary's share of the messages,
+//! or every message again as a shadow).
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use super::binding_map::{BindingMap, BoundKey, check_route_output, start_instance};
 use super::bindings::wit;
 use super::convert;
 use super::health::{CallHealth, LogThrottle};
@@ -77,34 +78,6 @@ impl ExchangeControl {
         self.quarantined
             .store(quarantine.is_some(), Ordering::Release);
     }
-}
-
-/// Hashes binding ids (assigned by the broker, so not attacker-chosen) with one multiply;
-/// every routed id is looked up to validate plugin output.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_u64(&mut self, id: u64) {
-        self.0 = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-pub(super) type BindingMap = HashMap<BindingId, BoundKey, BuildHasherDefault<IdHasher>>;
-
-pub(super) struct BoundKey {
-    key: String,
-    arguments: Vec<wit::Header>,
 }
 
 pub struct PluginExchange {
@@ -498,57 +471,6 @@ impl PluginExchange {
             }
             Err(failure) => Err(self.fail(failure, started, true)),
         }
-    }
-}
-
-/// A fresh instance of `plugin` for exchange `name`, with its arguments and bindings.
-pub(super) fn start_instance(
-    plugin: &LoadedPlugin,
-    name: &Arc<str>,
-    arguments: &[wit::Header],
-    bindings: &BindingMap,
-    limits: &Limits,
-) -> Result<LiveInstance, String> {
-    let mut instance = match LiveInstance::new(plugin, name, arguments, limits, &plugin.stats) {
-        Ok(Ok(instance)) => instance,
-        Ok(Err(reason)) => return Err(format!("plugin rejected the exchange: {reason}")),
-        Err(failure) => {
-            plugin.stats.record_failure(failure.kind);
-            return Err(failure.reason);
-        }
-    };
-    for (id, bound) in bindings {
-        match instance.bind(*id, &bound.key, &bound.arguments) {
-            Ok(Ok(())) => {}
-            Ok(Err(reason)) => {
-                return Err(format!("plugin rejected binding {id} on replay: {reason}"));
-            }
-            Err(failure) => {
-                plugin.stats.record_failure(failure.kind);
-                return Err(failure.reason);
-            }
-        }
-    }
-    Ok(instance)
-}
-
-/// Checks one route result: at most `max` ids, each a binding of the exchange.
-pub(crate) fn check_route_output(
-    ids: &[BindingId],
-    max: usize,
-    bound: impl Fn(BindingId) -> bool,
-) -> Result<(), Failure> {
-    if ids.len() > max {
-        return Err(Failure::invalid_output(format!(
-            "routed to {} bindings, more than the limit of {max}",
-            ids.len(),
-        )));
-    }
-    match ids.iter().find(|id| !bound(**id)) {
-        Some(id) => Err(Failure::invalid_output(format!(
-            "routed to binding {id}, which is not bound to this exchange"
-        ))),
-        None => Ok(()),
     }
 }
 

@@ -32,6 +32,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod binding_map;
 mod bindings;
 mod bundled;
 mod convert;
@@ -46,6 +47,7 @@ mod key_cache;
 mod limits;
 mod loader;
 mod log_ring;
+mod prepared;
 mod registry;
 mod samples;
 mod stats;

@@ -13,7 +13,9 @@ use super::exchange::{ExchangeControl, PluginExchange};
 use super::handler::HandlerRegistry;
 use super::host_state::HostState;
 use super::limits::Limits;
-use super::loader::{self, LoadError, LoadedPlugin, PluginInfo, PluginSource};
+use super::loader::{self, LoadError, PluginInfo, PluginSource};
+use super::prepared::Prepared;
+pub use super::prepared::PreparedPlugin;
 use super::log_ring::{LogLine, PluginLogs};
 use super::stats::{PluginStats, StatsSnapshot};
 use super::trial::Trial;
@@ -125,64 +127,6 @@ impl PluginSlot {
         self.version_snapshots()
             .iter()
             .fold(StatsSnapshot::default(), |sum, (_, s)| sum.merged(s))
-    }
-}
-
-/// A compiled and validated plugin version that is not serving yet
-/// ([`PluginHost::install`] makes it current).
-pub struct PreparedPlugin {
-    plugin: Prepared,
-}
-
-enum Prepared {
-    Exchange(LoadedPlugin),
-    Handler(super::handler::LoadedHandler),
-}
-
-impl std::fmt::Debug for PreparedPlugin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PreparedPlugin")
-            .field("info", self.info())
-            .finish_non_exhaustive()
-    }
-}
-
-impl PreparedPlugin {
-    pub fn is_exchange(&self) -> bool {
-        matches!(self.plugin, Prepared::Exchange(_))
-    }
-
-    /// The exchange version, or `None` for a handler.
-    pub(super) fn into_exchange(self) -> Option<LoadedPlugin> {
-        match self.plugin {
-            Prepared::Exchange(plugin) => Some(plugin),
-            Prepared::Handler(_) => None,
-        }
-    }
-
-    pub fn info(&self) -> &PluginInfo {
-        match &self.plugin {
-            Prepared::Exchange(plugin) => &plugin.info,
-            Prepared::Handler(handler) => handler.info(),
-        }
-    }
-
-    /// The compiled form to keep in the artifact cache, if it was compiled now (not
-    /// taken from the cache). Handlers are always compiled.
-    pub fn artifact(&self) -> Option<Vec<u8>> {
-        let Prepared::Exchange(plugin) = &self.plugin else {
-            return None;
-        };
-        if !plugin.freshly_compiled {
-            return None;
-        }
-        match plugin.component.serialize() {
-            Ok(bytes) => Some(bytes),
-            Err(e) => {
-                tracing::warn!(plugin = %plugin.info.name, error = %e, "cannot serialize compiled plugin");
-                None
-            }
-        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use super::bindings::wit;
 use super::convert;
-use super::exchange::{BindingMap, check_route_output, start_instance};
+use super::binding_map::{BindingMap, check_route_output, start_instance};
 use super::health::CallHealth;
 use super::instance::LiveInstance;
 use super::key_cache::KeyCache;

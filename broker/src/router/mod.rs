@@ -13,6 +13,7 @@ mod exchanges;
 mod handlers;
 mod ingress;
 mod overview;
+mod plugin_list;
 mod plugin_logs;
 mod plugin_prune;
 mod plugins;
