@@ -14,7 +14,7 @@ use crate::exchange::BindingId;
 /// Hashes binding ids (assigned by the broker, so not attacker-chosen) with one multiply;
 /// every routed id is looked up to validate plugin output.
 #[derive(Default)]
-struct IdHasher(u64);
+pub(super) struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {

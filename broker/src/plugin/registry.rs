@@ -13,7 +13,7 @@ use super::exchange::{ExchangeControl, PluginExchange};
 use super::handler::HandlerRegistry;
 use super::host_state::HostState;
 use super::limits::Limits;
-use super::loader::{self, LoadError, PluginInfo, PluginSource};
+use super::loader::{self, LoadError, LoadedPlugin, PluginInfo, PluginSource};
 use super::prepared::Prepared;
 pub use super::prepared::PreparedPlugin;
 use super::log_ring::{LogLine, PluginLogs};
