@@ -38,7 +38,9 @@ async fn setup(c: &Client, bindings: &[(&str, &str)]) {
         .await
         .unwrap();
     for (queue, key) in bindings {
-        c.declare_queue(queue, QueueOptions::durable()).await.unwrap();
+        c.declare_queue(queue, QueueOptions::durable())
+            .await
+            .unwrap();
         let binding = Binding {
             exchange: "ex".into(),
             queue: (*queue).into(),
@@ -84,7 +86,11 @@ async fn bodies(c: &Client, queue: &str) -> Vec<String> {
 }
 
 /// Polls `what` until `check` holds, failing after `common::WAIT`.
-async fn wait_until<F, Fut>(what: &str, mut poll: F, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value
+async fn wait_until<F, Fut>(
+    what: &str,
+    mut poll: F,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = serde_json::Value>,
@@ -179,7 +185,10 @@ async fn shadow_reports_the_differences_and_changes_no_routing() {
 
     let (ok, out, err) = run_cli(&["plugin", "shadow", "router"], &b.url());
     assert!(ok, "{err}");
-    assert!(out.contains("compared 200 messages: 50 routed differently"), "{out}");
+    assert!(
+        out.contains("compared 200 messages: 50 routed differently"),
+        "{out}"
+    );
     assert!(out.contains("qb (b)"), "{out}");
 }
 
@@ -222,7 +231,12 @@ async fn canary_routes_its_share_and_each_message_by_exactly_one_version() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| (v["version"].as_u64().unwrap(), v["messages"].as_u64().unwrap()))
+        .map(|v| {
+            (
+                v["version"].as_u64().unwrap(),
+                v["messages"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         by_version,
@@ -276,7 +290,10 @@ async fn a_failing_canary_is_rolled_back_automatically_without_a_failed_publish(
         if entry["trial"].is_null() {
             break entry;
         }
-        assert!(Instant::now() < deadline, "canary still on trial: {entry:#}");
+        assert!(
+            Instant::now() < deadline,
+            "canary still on trial: {entry:#}"
+        );
     };
     let rollback = &entry["last_auto_rollback"];
     assert_eq!(rollback["from"], 2, "{entry:#}");
@@ -380,7 +397,11 @@ async fn bad_trial_requests_are_refused() {
         .deploy_plugin_trial("router", &shadow, TrialMode::Shadow)
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Some(ErrorCode::PluginNotFound), "no active version");
+    assert_eq!(
+        err.code(),
+        Some(ErrorCode::PluginNotFound),
+        "no active version"
+    );
     setup(&c, &[("q1", "k")]).await;
     for percent in [0.0, 100.5, f64::NAN] {
         let err = c

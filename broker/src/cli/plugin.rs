@@ -273,7 +273,10 @@ pub async fn run(what: Plugin) -> anyhow::Result<()> {
         Plugin::Promote { name, server } => {
             let client = server.connect().await?;
             let v = client.promote_plugin(&name).await?;
-            println!("plugin {name} version {} promoted: now active", v["version"]);
+            println!(
+                "plugin {name} version {} promoted: now active",
+                v["version"]
+            );
             client.close().await;
         }
         Plugin::Shadow { name, server } => {

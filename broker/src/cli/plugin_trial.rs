@@ -8,7 +8,12 @@ use serde_json::Value;
 use super::admin::{ago, rfc3339};
 use super::table::{Align, Table};
 
-pub async fn deploy(client: &Client, name: &str, wasm: &[u8], mode: TrialMode) -> anyhow::Result<()> {
+pub async fn deploy(
+    client: &Client,
+    name: &str,
+    wasm: &[u8],
+    mode: TrialMode,
+) -> anyhow::Result<()> {
     let v = client.deploy_plugin_trial(name, wasm, mode).await?;
     let what = match mode {
         TrialMode::Shadow => "shadow (decides nothing)".to_owned(),
@@ -30,7 +35,10 @@ pub async fn deploy(client: &Client, name: &str, wasm: &[u8], mode: TrialMode) -
 pub fn describe(trial: &serde_json::Map<String, Value>) -> String {
     match trial.get("percent") {
         Some(percent) => format!("canary v{} routes {percent}%", trial["version"]),
-        None => format!("shadow v{} runs next to the active version", trial["version"]),
+        None => format!(
+            "shadow v{} runs next to the active version",
+            trial["version"]
+        ),
     }
 }
 
@@ -77,7 +85,11 @@ pub fn print_report(report: &Value) {
             None => queues(&e["shadow"]),
         };
         table.row(vec![
-            format!("{} ({})", rfc3339(e["at"].as_u64().unwrap_or(0)), ago(e["at"].as_u64().unwrap_or(0))),
+            format!(
+                "{} ({})",
+                rfc3339(e["at"].as_u64().unwrap_or(0)),
+                ago(e["at"].as_u64().unwrap_or(0))
+            ),
             e["exchange"].as_str().unwrap_or("?").to_owned(),
             e["routing_key"].as_str().unwrap_or("").to_owned(),
             e["headers"].to_string(),

@@ -299,7 +299,12 @@ fn known_path(segments: &[&str]) -> bool {
             ]
             | ["api", "queues", _]
             | ["api", "queues", _, "messages" | "purge" | "requeue"]
-            | ["api", "plugins", _, "reset" | "promote" | "rollback" | "shadow"]
+            | [
+                "api",
+                "plugins",
+                _,
+                "reset" | "promote" | "rollback" | "shadow"
+            ]
             | ["api", "exchanges", _]
             | ["api", "exchanges", _, "publish"]
     )

@@ -89,4 +89,3 @@ pub(crate) fn check_route_output(
         None => Ok(()),
     }
 }
-

@@ -68,5 +68,5 @@ pub use loader::{Capabilities, LoadError, PluginInfo, PluginSource};
 pub use log_ring::{LOG_RING_LINES, LogLine};
 pub(crate) use registry::lower_thread_priority;
 pub use registry::{HostError, PluginHost, PreparedPlugin, content_hash};
-pub use trial::{Difference, TRIAL_EXAMPLES, TrialError, TrialMode, TrialReport, TrialSnapshot};
 pub use stats::{CALL_TIME_BUCKETS, PluginStats, StatsSnapshot, call_time_bucket_bound};
+pub use trial::{Difference, TRIAL_EXAMPLES, TrialError, TrialMode, TrialReport, TrialSnapshot};

@@ -14,9 +14,9 @@ use super::handler::HandlerRegistry;
 use super::host_state::HostState;
 use super::limits::Limits;
 use super::loader::{self, LoadError, LoadedPlugin, PluginInfo, PluginSource};
+use super::log_ring::{LogLine, PluginLogs};
 use super::prepared::Prepared;
 pub use super::prepared::PreparedPlugin;
-use super::log_ring::{LogLine, PluginLogs};
 use super::stats::{PluginStats, StatsSnapshot};
 use super::trial::Trial;
 use crate::exchange::{Exchange, ExchangeError, ExchangeTypes};
@@ -73,7 +73,11 @@ impl PluginSlot {
     /// The current version, the version on trial and the generation they belong to.
     pub fn current_and_trial(&self) -> (Arc<LoadedPlugin>, Option<Arc<Trial>>, u64) {
         let current = self.current.read().expect("plugin slot lock poisoned");
-        let trial = self.trial.read().expect("plugin slot lock poisoned").clone();
+        let trial = self
+            .trial
+            .read()
+            .expect("plugin slot lock poisoned")
+            .clone();
         let generation = self.generation.load(Ordering::Acquire);
         (current.clone(), trial, generation)
     }
@@ -102,7 +106,10 @@ impl PluginSlot {
     }
 
     pub(super) fn trial(&self) -> Option<Arc<Trial>> {
-        self.trial.read().expect("plugin slot lock poisoned").clone()
+        self.trial
+            .read()
+            .expect("plugin slot lock poisoned")
+            .clone()
     }
 
     pub(super) fn stats_of(&self, version: u64) -> Arc<PluginStats> {

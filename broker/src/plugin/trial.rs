@@ -233,7 +233,6 @@ impl PluginHost {
         let trial = self.slot(name)?.trial()?;
         Some((trial.plugin.info.version, trial.mode, trial.report.clone()))
     }
-
 }
 
 #[cfg(test)]
@@ -260,7 +259,9 @@ mod tests {
 
     #[test]
     fn canary_threshold_is_the_share_of_the_draws() {
-        let ten = TrialMode::Canary { percent: 10.0 }.canary_threshold().unwrap();
+        let ten = TrialMode::Canary { percent: 10.0 }
+            .canary_threshold()
+            .unwrap();
         assert_eq!(ten, 429_496_729);
         assert_eq!(TrialMode::Shadow.canary_threshold(), None);
     }

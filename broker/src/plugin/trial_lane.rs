@@ -9,9 +9,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::binding_map::{BindingMap, check_route_output, start_instance};
 use super::bindings::wit;
 use super::convert;
-use super::binding_map::{BindingMap, check_route_output, start_instance};
 use super::health::CallHealth;
 use super::instance::LiveInstance;
 use super::key_cache::KeyCache;
@@ -186,7 +186,10 @@ impl TrialLane {
         let Some(instance) = self.instance.as_mut() else {
             return;
         };
-        if !matches!(instance.bind(id, key, &convert::headers(arguments)), Ok(Ok(()))) {
+        if !matches!(
+            instance.bind(id, key, &convert::headers(arguments)),
+            Ok(Ok(()))
+        ) {
             self.instance = None;
         }
     }

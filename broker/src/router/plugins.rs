@@ -14,6 +14,7 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::exchanges::now_ms;
+use super::trials::DeployAs;
 use super::{Command, OpError, Outbound, Reply, Router};
 use crate::plugin::{LoadError, PluginSource, PreparedPlugin, content_hash};
 use crate::protocol::{ErrorCode, RequestId, ServerFrame};
@@ -105,12 +106,15 @@ impl Router {
         name: String,
         wasm_base64: &str,
         deployed_by: Option<String>,
-        auto_rollback: bool,
-        trial: Option<crate::plugin::TrialMode>,
+        how: DeployAs,
     ) -> Result<Reply, OpError> {
-        if trial.is_some() {
-            self.check_trial_deploy(&name)?;
-        }
+        let (auto_rollback, trial) = match how {
+            DeployAs::Active { auto_rollback } => (auto_rollback, None),
+            DeployAs::Trial(mode) => {
+                self.check_trial_deploy(&name)?;
+                (false, Some(mode))
+            }
+        };
         use base64::Engine as _;
         let wasm = base64::engine::general_purpose::STANDARD
             .decode(wasm_base64.as_bytes())
@@ -161,7 +165,14 @@ impl Router {
             wasm: wasm.into(),
         };
         let purpose = trial.map_or(Purpose::Activate, Purpose::Trial);
-        self.prepare(Some((conn, id)), version, true, auto_rollback, None, purpose);
+        self.prepare(
+            Some((conn, id)),
+            version,
+            true,
+            auto_rollback,
+            None,
+            purpose,
+        );
         Ok(Reply::Silent)
     }
 
@@ -176,7 +187,14 @@ impl Router {
             return self.drop_trial(name);
         }
         let target = self.rollback_target(name, to)?;
-        self.prepare(Some((conn, id)), target, false, false, None, Purpose::Activate);
+        self.prepare(
+            Some((conn, id)),
+            target,
+            false,
+            false,
+            None,
+            Purpose::Activate,
+        );
         Ok(Reply::Silent)
     }
 

@@ -78,16 +78,8 @@ impl Router {
                 auto_rollback,
                 shadow,
                 canary_percent,
-            } => trials::requested_mode(shadow, canary_percent).and_then(|trial| {
-                self.deploy_plugin(
-                    conn,
-                    id.clone(),
-                    name,
-                    &wasm_base64,
-                    deployed_by,
-                    auto_rollback,
-                    trial,
-                )
+            } => trials::requested(shadow, canary_percent, auto_rollback).and_then(|how| {
+                self.deploy_plugin(conn, id.clone(), name, &wasm_base64, deployed_by, how)
             }),
             Op::PromotePlugin { name } => self.promote_plugin(conn, id.clone(), &name),
             Op::PluginShadow { name } => self.plugin_shadow(&name),

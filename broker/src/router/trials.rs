@@ -24,16 +24,33 @@ use crate::store::{PluginTrialRecord, Recovered, StoreOp, WriteBatch};
 /// Plugin name → its version on trial.
 pub(super) type Trials = HashMap<String, PluginTrialRecord>;
 
-/// The trial a deploy asks for: `shadow`, or `canary_percent` in (0, 100].
-pub(super) fn requested_mode(
+/// What a deploy makes of its version.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum DeployAs {
+    /// The active version, watched for automatic rollback when asked.
+    Active { auto_rollback: bool },
+    /// A version on trial next to the active one.
+    Trial(TrialMode),
+}
+
+/// What a deploy asks for: `shadow`, or `canary_percent` in (0, 100], or neither (then
+/// `auto_rollback` may be asked, which is for a version made active only).
+pub(super) fn requested(
     shadow: bool,
     canary_percent: Option<f64>,
-) -> Result<Option<TrialMode>, OpError> {
+    auto_rollback: bool,
+) -> Result<DeployAs, OpError> {
+    if auto_rollback && (shadow || canary_percent.is_some()) {
+        return Err(OpError::new(
+            ErrorCode::InvalidField,
+            "`auto_rollback` is for a version made active, not a shadow or canary",
+        ));
+    }
     match (shadow, canary_percent) {
-        (false, None) => Ok(None),
-        (true, None) => Ok(Some(TrialMode::Shadow)),
+        (false, None) => Ok(DeployAs::Active { auto_rollback }),
+        (true, None) => Ok(DeployAs::Trial(TrialMode::Shadow)),
         (false, Some(percent)) if percent > 0.0 && percent <= 100.0 => {
-            Ok(Some(TrialMode::Canary { percent }))
+            Ok(DeployAs::Trial(TrialMode::Canary { percent }))
         }
         (false, Some(percent)) => Err(OpError::new(
             ErrorCode::InvalidField,
@@ -161,7 +178,14 @@ impl Router {
             .and_then(|versions| versions.iter().find(|v| v.version == trial.version))
             .cloned()
             .ok_or_else(|| no_trial(name))?;
-        self.prepare(Some((conn, id)), version, false, false, None, Purpose::Promote);
+        self.prepare(
+            Some((conn, id)),
+            version,
+            false,
+            false,
+            None,
+            Purpose::Promote,
+        );
         Ok(Reply::Silent)
     }
 
@@ -331,7 +355,11 @@ fn no_trial(name: &str) -> OpError {
 /// Starts the stored trials in the host at startup (after the active versions), from the
 /// artifact cache when it holds them; adds the store writes caching what had to be
 /// compiled to `compiled`. A trial that cannot start is logged and left stored.
-pub(crate) fn restore_trials(host: &PluginHost, recovered: &mut Recovered, compiled: &mut WriteBatch) {
+pub(crate) fn restore_trials(
+    host: &PluginHost,
+    recovered: &mut Recovered,
+    compiled: &mut WriteBatch,
+) {
     for (name, trial) in &recovered.plugin_trials {
         let stored = recovered
             .plugin_versions
