@@ -152,6 +152,10 @@ async fn shadow_reports_the_differences_and_changes_no_routing() {
     .await;
     assert_eq!(report["differed"], 50, "{report:#}");
     assert_eq!(report["shadow_failures"], 0);
+    assert_eq!(
+        report["shadow_skipped"], 0,
+        "one publisher never puts its exchange behind"
+    );
     assert_eq!(report["trial"]["version"], 2);
     let examples = report["examples"].as_array().unwrap();
     assert_eq!(examples.len(), broker::plugin::TRIAL_EXAMPLES);

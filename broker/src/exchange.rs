@@ -76,11 +76,13 @@ pub trait Exchange: Send {
     }
 
     /// Routes `msgs` by the shadow version and compares with `routed` (what the active
-    /// version did); changes nothing.
+    /// version did); changes nothing. Stops (the rest counted as skipped) once `behind`
+    /// says publishes are piling up, so a shadow never makes its exchange fall behind.
     fn shadow_batch(
         &mut self,
         _msgs: &[&Message],
         _routed: &[Result<Vec<BindingId>, ExchangeError>],
+        _behind: &dyn Fn() -> bool,
     ) {
     }
 

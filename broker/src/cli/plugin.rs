@@ -374,7 +374,8 @@ fn print_plugins(list: &serde_json::Value) {
     table.print();
 }
 
-/// `plugin history`: one row per version, oldest first, `*` marking the active one.
+/// `plugin history`: one row per version, oldest first, `*` marking the active one and
+/// `shadow` or `canary` the one on trial.
 fn print_history(history: &serde_json::Value) {
     let mut table = Table::new(&[
         ("", Align::Left),
@@ -385,8 +386,13 @@ fn print_history(history: &serde_json::Value) {
         ("SHA256", Align::Left),
     ]);
     for v in history["versions"].as_array().into_iter().flatten() {
+        let mark = match (v["active"] == true, v["trial"]["mode"].as_str()) {
+            (true, _) => "*",
+            (false, Some(mode)) => mode,
+            (false, None) => "",
+        };
         table.row(vec![
-            if v["active"] == true { "*" } else { "" }.to_owned(),
+            mark.to_owned(),
             v["version"].to_string(),
             rfc3339(v["deployed_at"].as_u64().unwrap_or(0)),
             v["deployed_by"].as_str().unwrap_or("?").to_owned(),

@@ -60,8 +60,12 @@ pub fn print_report(report: &Value) {
             report["canary_messages"], report["canary_errors"]
         ),
         None => println!(
-            "  compared {} messages: {} routed differently, shadow failed on {}",
-            report["compared"], report["differed"], report["shadow_failures"]
+            "  compared {} messages: {} routed differently, shadow failed on {}, skipped {} \
+             (exchange behind)",
+            report["compared"],
+            report["differed"],
+            report["shadow_failures"],
+            report["shadow_skipped"]
         ),
     }
     if let Some(cause) = report["failing"].as_str() {

@@ -333,11 +333,13 @@ impl PluginExchange {
     }
 
     /// Routes `msgs` again by the shadow version (if there is one) and compares each with
-    /// what the active version did (`routed`); decides nothing.
+    /// what the active version did (`routed`); decides nothing. Once `behind` says the
+    /// exchange's publishes pile up, the rest is skipped (counted).
     pub fn shadow_batch(
         &mut self,
         msgs: &[&Message],
         routed: &[Result<Vec<BindingId>, ExchangeError>],
+        behind: &dyn Fn() -> bool,
     ) {
         let Some(lane) = self.lane.as_mut().filter(|lane| lane.is_shadow()) else {
             return;
@@ -348,7 +350,11 @@ impl PluginExchange {
             bindings: &self.bindings,
             limits: &self.limits,
         };
-        for (msg, routed) in msgs.iter().zip(routed) {
+        for (done, (msg, routed)) in msgs.iter().zip(routed).enumerate() {
+            if behind() {
+                lane.skip(msgs.len() - done);
+                return;
+            }
             if let Ok(active) = routed
                 && !lane.shadow_cached(cx.name, msg, active)
             {
@@ -559,8 +565,9 @@ impl Exchange for PluginExchange {
         &mut self,
         msgs: &[&Message],
         routed: &[Result<Vec<BindingId>, ExchangeError>],
+        behind: &dyn Fn() -> bool,
     ) {
-        PluginExchange::shadow_batch(self, msgs, routed)
+        PluginExchange::shadow_batch(self, msgs, routed, behind)
     }
 
     fn plugin_version(&self) -> Option<u64> {

@@ -60,6 +60,8 @@ pub struct TrialReport {
     differed: AtomicU64,
     /// Messages the shadow failed on.
     shadow_failures: AtomicU64,
+    /// Messages the shadow left out because publishes to its exchange were piling up.
+    shadow_skipped: AtomicU64,
     /// Messages the canary routed.
     canary_messages: AtomicU64,
     /// Messages the canary failed on (routed by the active version instead).
@@ -77,6 +79,7 @@ pub struct TrialSnapshot {
     pub compared: u64,
     pub differed: u64,
     pub shadow_failures: u64,
+    pub shadow_skipped: u64,
     pub canary_messages: u64,
     pub canary_errors: u64,
     pub failed: Option<String>,
@@ -120,6 +123,10 @@ impl TrialReport {
         examples.push_back(example);
     }
 
+    pub(crate) fn record_skipped(&self, messages: u64) {
+        self.shadow_skipped.fetch_add(messages, Ordering::Relaxed);
+    }
+
     pub(crate) fn record_canary(&self) {
         self.canary_messages.fetch_add(1, Ordering::Relaxed);
     }
@@ -148,6 +155,7 @@ impl TrialReport {
             compared: self.compared.load(Ordering::Relaxed),
             differed: self.differed.load(Ordering::Relaxed),
             shadow_failures: self.shadow_failures.load(Ordering::Relaxed),
+            shadow_skipped: self.shadow_skipped.load(Ordering::Relaxed),
             canary_messages: self.canary_messages.load(Ordering::Relaxed),
             canary_errors: self.canary_errors.load(Ordering::Relaxed),
             failed: self.failed(),

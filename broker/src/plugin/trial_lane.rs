@@ -120,6 +120,11 @@ impl TrialLane {
         self.trial.report.compare(cx.name, msg, active, shadow);
     }
 
+    /// Messages the shadow left out (its exchange was behind).
+    pub fn skip(&self, messages: usize) {
+        self.trial.report.record_skipped(messages as u64);
+    }
+
     /// One route call (or cache hit) on the trial version, its failures counted for that
     /// version and against the lane's health.
     fn route(&mut self, cx: &LaneContext<'_>, msg: &Message) -> Result<Vec<BindingId>, String> {

@@ -129,8 +129,13 @@ impl SharedExchange {
         }
         if let Some((messages, routed)) = shadowed {
             let messages: Vec<&Message> = messages.iter().collect();
+            // Behind: more than a batch of publishes waits for this exchange.
+            let behind = || {
+                let waiting = self.waiting.lock().expect("waiting lock poisoned");
+                waiting.jobs.len() > WORKER_BATCH
+            };
             let mut routing = self.lock();
-            let shadow = AssertUnwindSafe(|| routing.shadow_batch(&messages, &routed));
+            let shadow = AssertUnwindSafe(|| routing.shadow_batch(&messages, &routed, &behind));
             if std::panic::catch_unwind(shadow).is_err() {
                 tracing::error!("an exchange's shadow routing panicked");
             }

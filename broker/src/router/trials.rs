@@ -303,6 +303,7 @@ impl Router {
             "compared": snapshot.compared,
             "differed": snapshot.differed,
             "shadow_failures": snapshot.shadow_failures,
+            "shadow_skipped": snapshot.shadow_skipped,
             "canary_messages": snapshot.canary_messages,
             "canary_errors": snapshot.canary_errors,
             "failing": snapshot.failed,
