@@ -467,3 +467,30 @@ async fn http_shadow_rollback_and_promote() {
     assert_eq!(back.status, 200, "{}", back.body);
     assert_eq!(back.json()["version"], 1);
 }
+
+/// Pruning keeps the version on trial even when it is neither among the newest nor next
+/// to the active one; the trial still runs after it.
+#[tokio::test]
+async fn pruning_keeps_the_version_on_trial() {
+    let b = TestBroker::start().await;
+    let c = b.client().await;
+    setup(&c, &[("q1", "k")]).await;
+    let upper = hostile::plugin("upper-key");
+    c.deploy_plugin_trial("router", &upper, TrialMode::Shadow)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.deploy_plugin("router", &upper).await.unwrap()["version"],
+        3
+    );
+    assert_eq!(
+        c.deploy_plugin("router", direct()).await.unwrap()["version"],
+        4
+    );
+    let pruned = c.prune_plugin("router", 1).await.unwrap();
+    assert_eq!(pruned["pruned"], serde_json::json!([1]), "{pruned:#}");
+    assert_eq!(pruned["kept"], serde_json::json!([2, 3, 4]));
+    let report = c.plugin_shadow("router").await.unwrap();
+    assert_eq!(report["trial"]["version"], 2, "{report:#}");
+    assert_eq!(report["active_version"], 4);
+}

@@ -137,8 +137,8 @@ pub enum Op {
     ResetPlugin {
         name: String,
     },
-    /// Deletes the stored versions of plugin `name` but the newest `keep`, the active one
-    /// and the one before it (the rollback target).
+    /// Deletes the stored versions of plugin `name` but the newest `keep`, the active one,
+    /// the one before it (the rollback target) and the one on trial.
     PrunePlugin {
         name: String,
         keep: u64,
