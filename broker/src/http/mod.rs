@@ -224,6 +224,20 @@ async fn handle(state: &HttpState, req: Request<Incoming>, who: &Caller) -> Http
         (["api", "plugins", name, "reset"], _, true) => {
             op(state, who, json!({"op": "reset_plugin", "name": name})).await
         }
+        (["api", "plugins", name, "promote"], _, true) => {
+            op(state, who, json!({"op": "promote_plugin", "name": name})).await
+        }
+        (["api", "plugins", name, "rollback"], _, true) => match body_object(req).await {
+            Ok(mut request) => {
+                request.insert("op".into(), "rollback_plugin".into());
+                request.insert("name".into(), (*name).into());
+                op(state, who, Value::Object(request)).await
+            }
+            Err(e) => Err(e),
+        },
+        (["api", "plugins", name, "shadow"], true, _) => {
+            op(state, who, json!({"op": "plugin_shadow", "name": name})).await
+        }
         (["api", "connections"], true, _) => {
             op(state, who, json!({"op": "list_connections"})).await
         }
@@ -285,7 +299,12 @@ fn known_path(segments: &[&str]) -> bool {
             ]
             | ["api", "queues", _]
             | ["api", "queues", _, "messages" | "purge" | "requeue"]
-            | ["api", "plugins", _, "reset"]
+            | [
+                "api",
+                "plugins",
+                _,
+                "reset" | "promote" | "rollback" | "shadow"
+            ]
             | ["api", "exchanges", _]
             | ["api", "exchanges", _, "publish"]
     )

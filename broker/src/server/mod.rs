@@ -244,6 +244,7 @@ impl Broker {
                 }
             };
             restore_plugin_versions(&host, &mut recovered, &mut compiled);
+            crate::router::restore_trials(&host, &mut recovered, &mut compiled);
             if recovered.users.is_empty() {
                 // A fresh install (or a data dir from before users): RabbitMQ's default.
                 let guest = crate::auth::default_user();
