@@ -1,6 +1,7 @@
 //! The broker's recent message rates, kept so the management page's chart is filled when
 //! it opens: one task samples every vhost's queue counters every [`SAMPLE_EVERY`] and keeps
-//! the last [`SAMPLES_KEPT`] rates per vhost (10 minutes), served by `GET /api/rates`.
+//! what they counted in the last [`SAMPLES_KEPT`] intervals per vhost (10 minutes, bounded
+//! memory), served by `GET /api/rates`.
 //!
 //! The task owns the history; readers get the snapshot it publishes after each sample.
 
@@ -20,16 +21,17 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 /// Samples kept per vhost: 10 minutes' worth.
 pub const SAMPLES_KEPT: usize = 120;
 
-/// Messages per second across one vhost's queues over the [`SAMPLE_EVERY`] ending at `t`.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+/// What one vhost's queues counted in the [`SAMPLE_EVERY`] ending at `t` (a rate is the
+/// count over the interval).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct RateSample {
     /// End of the interval, milliseconds since the Unix epoch.
     pub t: u64,
-    pub publish: f64,
-    pub deliver: f64,
-    pub ack: f64,
-    pub redeliver: f64,
-    pub dead_letter: f64,
+    pub published: u64,
+    pub delivered: u64,
+    pub acked: u64,
+    pub redelivered: u64,
+    pub dead_lettered: u64,
 }
 
 /// Each vhost's samples, oldest first.
@@ -88,7 +90,7 @@ struct VhostHistory {
 
 impl VhostHistory {
     /// Adds the sample for the interval since the previous counters (`seconds` long).
-    fn record(&mut self, queues: &[QueueInfo], t: u64, seconds: f64) {
+    fn record(&mut self, queues: &[QueueInfo], t: u64) {
         let current: HashMap<String, Counters> =
             queues.iter().map(|q| (q.queue.clone(), q.into())).collect();
         let Some(previous) = self.previous.replace(current) else {
@@ -103,12 +105,11 @@ impl VhostHistory {
             // A queue new in this interval counts from zero; a deleted and redeclared
             // one's counters restart, so a drop counts as nothing.
             let before = previous.get(&q.queue).copied().unwrap_or_default();
-            let delta = |now: u64, before: u64| now.saturating_sub(before) as f64 / seconds;
-            sample.publish += delta(now.published, before.published);
-            sample.deliver += delta(now.delivered, before.delivered);
-            sample.ack += delta(now.acked, before.acked);
-            sample.redeliver += delta(now.redelivered, before.redelivered);
-            sample.dead_letter += delta(now.dead_lettered, before.dead_lettered);
+            sample.published += now.published.saturating_sub(before.published);
+            sample.delivered += now.delivered.saturating_sub(before.delivered);
+            sample.acked += now.acked.saturating_sub(before.acked);
+            sample.redelivered += now.redelivered.saturating_sub(before.redelivered);
+            sample.dead_lettered += now.dead_lettered.saturating_sub(before.dead_lettered);
         }
         self.samples.push_back(sample);
         while self.samples.len() > SAMPLES_KEPT {
@@ -126,15 +127,11 @@ async fn sample_until(
     let mut vhosts: HashMap<String, (Session, VhostHistory)> = HashMap::new();
     let mut ticks = tokio::time::interval(SAMPLE_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let now = tokio::time::Instant::now();
-        let seconds = now.duration_since(last).as_secs_f64();
-        last = now;
         let names = match session.call(json!({"op": "list_vhosts"})).await {
             Ok(list) => match serde_json::from_value::<VhostList>(list) {
                 Ok(list) => list.vhosts.into_iter().map(|v| v.vhost).collect::<Vec<_>>(),
@@ -155,7 +152,7 @@ async fn sample_until(
             let Ok(list) = serde_json::from_value::<QueueList>(list) else {
                 continue;
             };
-            history.record(&list.queues, t, seconds.max(0.001));
+            history.record(&list.queues, t);
         }
         let snapshot = vhosts
             .iter()
@@ -185,18 +182,18 @@ mod tests {
     }
 
     #[test]
-    fn rates_are_deltas_per_second_and_the_history_is_bounded() {
+    fn counts_are_deltas_per_interval_and_the_history_is_bounded() {
         let mut h = VhostHistory::default();
-        h.record(&[queue("a", 100, 0)], 0, 5.0);
+        h.record(&[queue("a", 100, 0)], 0);
         assert!(h.samples.is_empty(), "the first look only sets the start");
-        h.record(&[queue("a", 150, 10), queue("b", 25, 0)], 5000, 5.0);
+        h.record(&[queue("a", 150, 10), queue("b", 25, 0)], 5000);
         let s = h.samples[0];
-        assert_eq!((s.t, s.publish, s.ack), (5000, 15.0, 2.0));
-        // `a` deleted and redeclared: its counters restart, which is no negative rate.
-        h.record(&[queue("a", 5, 0), queue("b", 25, 0)], 10_000, 5.0);
-        assert_eq!(h.samples[1].publish, 0.0);
+        assert_eq!((s.t, s.published, s.acked), (5000, 75, 10));
+        // `a` deleted and redeclared: its counters restart, which counts as nothing.
+        h.record(&[queue("a", 5, 0), queue("b", 25, 0)], 10_000);
+        assert_eq!(h.samples[1].published, 0);
         for i in 0..SAMPLES_KEPT as u64 * 2 {
-            h.record(&[], 15_000 + i, 5.0);
+            h.record(&[], 15_000 + i);
         }
         assert_eq!(h.samples.len(), SAMPLES_KEPT);
     }

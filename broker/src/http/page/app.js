@@ -557,8 +557,9 @@ async function loadVhosts() {
 }
 // The broker keeps the last minutes of rates: the chart starts from them.
 async function seedRates() {
-  const rates = await api("/api/rates").catch(() => ({ samples: [] }));
-  const seeded = rates.samples.map((r) => ({ t: r.t, publish: r.publish, deliver: r.deliver, ack: r.ack }));
+  const rates = await api("/api/rates").catch(() => ({ samples: [], interval_ms: 1 }));
+  const per = (count) => count / (rates.interval_ms / 1000);
+  const seeded = rates.samples.map((r) => ({ t: r.t, publish: per(r.published), deliver: per(r.delivered), ack: per(r.acked) }));
   state.history = seeded.filter((p) => p.t >= Date.now() - HISTORY_MS);
   $("rates").dataset.seeded = state.history.length;
 }
