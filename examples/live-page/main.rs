@@ -9,9 +9,6 @@
 //! `Origin` is `null`); with `BROKER_URL=ws://...` it uses yours instead, which then needs
 //! `broker serve --allowed-origin null` (see examples/live-page/README.md).
 
-#[path = "../common.rs"]
-mod common;
-
 use std::time::{Duration, Instant};
 
 use broker::protocol::Binding;
