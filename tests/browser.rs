@@ -520,8 +520,8 @@ async fn the_page_declares_deploys_binds_routes_publishes_gets_and_deletes() {
     page.call("Page.reload", json!({})).await;
     page.wait_until(
         "the chart seeded from the broker",
-        "document.body.dataset.before === undefined && \
-         document.getElementById('rates').dataset.seeded > 0",
+        "document.body?.dataset.before === undefined && \
+         document.getElementById('rates')?.dataset.seeded > 0",
     )
     .await;
     let seeded = "state.history.slice(0, document.getElementById('rates').dataset.seeded)";
@@ -569,7 +569,7 @@ async fn the_live_page_follows_a_hot_reloaded_plugin_over_stomp() {
     page.call("Page.navigate", json!({"url": url})).await;
     page.wait_until(
         "the page connected",
-        "document.getElementById('status').dataset.state === 'connected'",
+        "document.getElementById('status')?.dataset.state === 'connected'",
     )
     .await;
     // Both subscriptions are bound before anything is published.

@@ -83,19 +83,17 @@ impl From<&QueueInfo> for Counters {
 /// One vhost's samples and the counters the next one starts from.
 #[derive(Default)]
 struct VhostHistory {
-    /// `None` until the first look, which only sets where counting starts.
-    previous: Option<HashMap<String, Counters>>,
+    /// Empty at first: the counters count since the broker started (or the vhost was
+    /// created), so the first sample counts from zero.
+    previous: HashMap<String, Counters>,
     samples: VecDeque<RateSample>,
 }
 
 impl VhostHistory {
-    /// Adds the sample for the interval since the previous counters (`seconds` long).
+    /// Adds the sample for the interval since the previous counters, ending at `t`.
     fn record(&mut self, queues: &[QueueInfo], t: u64) {
-        let current: HashMap<String, Counters> =
-            queues.iter().map(|q| (q.queue.clone(), q.into())).collect();
-        let Some(previous) = self.previous.replace(current) else {
-            return;
-        };
+        let current = queues.iter().map(|q| (q.queue.clone(), q.into())).collect();
+        let previous = std::mem::replace(&mut self.previous, current);
         let mut sample = RateSample {
             t,
             ..Default::default()
@@ -185,13 +183,13 @@ mod tests {
     fn counts_are_deltas_per_interval_and_the_history_is_bounded() {
         let mut h = VhostHistory::default();
         h.record(&[queue("a", 100, 0)], 0);
-        assert!(h.samples.is_empty(), "the first look only sets the start");
+        assert_eq!(h.samples[0].published, 100, "counted since the broker started");
         h.record(&[queue("a", 150, 10), queue("b", 25, 0)], 5000);
-        let s = h.samples[0];
+        let s = h.samples[1];
         assert_eq!((s.t, s.published, s.acked), (5000, 75, 10));
         // `a` deleted and redeclared: its counters restart, which counts as nothing.
         h.record(&[queue("a", 5, 0), queue("b", 25, 0)], 10_000);
-        assert_eq!(h.samples[1].published, 0);
+        assert_eq!(h.samples[2].published, 0);
         for i in 0..SAMPLES_KEPT as u64 * 2 {
             h.record(&[], 15_000 + i);
         }

@@ -445,8 +445,9 @@ function renderPlugins(plugins) {
         ? el("span", {}, `v${p.active_version}`, p.hash ? el("span", { class: "tag mono", text: p.hash.slice(0, 8) }) : null,
           byVersion ? el("div", { class: "small muted", text: byVersion }) : null)
         : el("span", { class: "tag", text: p.bundled ? "bundled" : "from file" });
-      // Earlier versions to go back to (bundled types have none).
-      const earlier = (p.versions || []).some((v) => v.version > 0 && v.version < p.active_version);
+      // A version before the active one to go back to (bundled types have no versions;
+      // a pruned history refuses, saying so).
+      const earlier = p.active_version > 1;
       return el("tr", { "data-plugin": p.name },
         el("td", { class: "name" }, p.name, p.kind === "handler" ? el("span", { class: "tag", text: "handler" }) : null),
         el("td", {}, version),
