@@ -34,8 +34,17 @@ async fn upload_deploys_versions_route_shows_them_and_rollback_returns() {
     let b = HttpBroker::start().await;
     let addr = b.addr();
     let v1 = ok(&upload(&b, "/api/plugins/flip/versions", bundled("direct")).await);
-    assert_eq!((v1["name"].clone(), v1["version"].clone()), (json!("flip"), json!(1)));
-    ok(&http(addr, "PUT", "/api/exchanges/live", Some(r#"{"type": "flip"}"#)).await);
+    assert_eq!(
+        (v1["name"].clone(), v1["version"].clone()),
+        (json!("flip"), json!(1))
+    );
+    ok(&http(
+        addr,
+        "PUT",
+        "/api/exchanges/live",
+        Some(r#"{"type": "flip"}"#),
+    )
+    .await);
     for queue in ["a", "b"] {
         ok(&http(addr, "PUT", &format!("/api/queues/{queue}"), Some("{}")).await);
         let binding = json!({"exchange": "live", "queue": queue, "key": queue}).to_string();
@@ -47,9 +56,17 @@ async fn upload_deploys_versions_route_shows_them_and_rollback_returns() {
     assert_eq!(routed["plugin_version"], 1, "{routed}");
     assert_eq!(routed["type"], "flip");
     assert_eq!(routed["queues"], json!(["a"]));
-    assert_eq!(routed["bindings"], json!([{"queue": "a", "key": "a", "arguments": {}}]));
+    assert_eq!(
+        routed["bindings"],
+        json!([{"queue": "a", "key": "a", "arguments": {}}])
+    );
 
-    let v2 = ok(&upload(&b, "/api/plugins/flip/versions?auto_rollback=true", bundled("fanout")).await);
+    let v2 = ok(&upload(
+        &b,
+        "/api/plugins/flip/versions?auto_rollback=true",
+        bundled("fanout"),
+    )
+    .await);
     assert_eq!(v2["version"], 2, "{v2}");
     let routed = ok(&route().await);
     assert_eq!(routed["plugin_version"], 2, "{routed}");
@@ -63,7 +80,10 @@ async fn upload_deploys_versions_route_shows_them_and_rollback_returns() {
     assert_eq!(admin.queue_info("b").await.unwrap().ready, 1);
     // The same bytes again are no new version.
     let again = ok(&upload(&b, "/api/plugins/flip/versions", bundled("fanout")).await);
-    assert_eq!((again["version"].clone(), again["unchanged"].clone()), (json!(2), json!(true)));
+    assert_eq!(
+        (again["version"].clone(), again["unchanged"].clone()),
+        (json!(2), json!(true))
+    );
 
     let back = ok(&http(addr, "POST", "/api/plugins/flip/rollback", None).await);
     assert_eq!(back["version"], 1, "{back}");
@@ -76,8 +96,17 @@ async fn upload_deploys_versions_route_shows_them_and_rollback_returns() {
 
     // The default exchange by its API name; a missing exchange is 404.
     let direct = r#"{"routing_key": "b"}"#;
-    let routed = ok(&http(addr, "POST", "/api/exchanges/amq.default/route", Some(direct)).await);
-    assert_eq!((routed["type"].clone(), routed["queues"].clone()), (json!("default"), json!(["b"])));
+    let routed = ok(&http(
+        addr,
+        "POST",
+        "/api/exchanges/amq.default/route",
+        Some(direct),
+    )
+    .await);
+    assert_eq!(
+        (routed["type"].clone(), routed["queues"].clone()),
+        (json!("default"), json!(["b"]))
+    );
     let missing = http(addr, "POST", "/api/exchanges/nope/route", Some(message)).await;
     assert_eq!(missing.status, 404, "{}", missing.body);
 }
@@ -92,15 +121,35 @@ async fn bad_uploads_are_refused_and_the_active_version_stays() {
     let error = |reply: &HttpReply| (reply.status, reply.json()["error"]["code"].clone());
 
     let garbage = upload(&b, "/api/plugins/keep/versions", b"\0asm not really").await;
-    assert_eq!(error(&garbage), (400, json!("invalid_plugin")), "{}", garbage.body);
+    assert_eq!(
+        error(&garbage),
+        (400, json!("invalid_plugin")),
+        "{}",
+        garbage.body
+    );
     let empty = upload(&b, "/api/plugins/keep/versions", b"").await;
-    assert_eq!(error(&empty), (400, json!("invalid_plugin")), "{}", empty.body);
+    assert_eq!(
+        error(&empty),
+        (400, json!("invalid_plugin")),
+        "{}",
+        empty.body
+    );
     let limit = broker::plugin::Limits::default().max_module_bytes;
     let huge = upload(&b, "/api/plugins/keep/versions", &vec![0; limit + 1]).await;
-    assert_eq!(error(&huge), (413, json!("frame_too_large")), "{}", huge.body);
+    assert_eq!(
+        error(&huge),
+        (413, json!("frame_too_large")),
+        "{}",
+        huge.body
+    );
     let reserved = upload(&b, "/api/plugins/topic/versions", bundled("direct")).await;
     assert_eq!(reserved.status, 400, "{}", reserved.body);
-    let flag = upload(&b, "/api/plugins/keep/versions?auto_rollback=maybe", bundled("fanout")).await;
+    let flag = upload(
+        &b,
+        "/api/plugins/keep/versions?auto_rollback=maybe",
+        bundled("fanout"),
+    )
+    .await;
     assert_eq!(error(&flag), (400, json!("invalid_field")), "{}", flag.body);
     let no_earlier = http(addr, "POST", "/api/plugins/keep/rollback", None).await;
     assert_eq!(error(&no_earlier), (404, json!("plugin_not_found")));
@@ -132,7 +181,12 @@ async fn bad_uploads_are_refused_and_the_active_version_stays() {
     ];
     let path = "/api/plugins/keep/versions";
     let refused = http_bytes(addr, "POST", path, bundled("fanout"), &as_ops).await;
-    assert_eq!(error(&refused), (403, json!("access_refused")), "{}", refused.body);
+    assert_eq!(
+        error(&refused),
+        (403, json!("access_refused")),
+        "{}",
+        refused.body
+    );
     let rollback = "/api/plugins/keep/rollback";
     let refused = http_with_headers(addr, "POST", rollback, None, &as_ops[..1]).await;
     assert_eq!(refused.status, 403, "{}", refused.body);
@@ -178,7 +232,11 @@ async fn the_broker_keeps_recent_rates_per_vhost() {
     assert_eq!(rates["interval_ms"], 5000);
     assert_eq!(total(&rates, "delivered"), 10);
     let samples = rates["samples"].as_array().unwrap();
-    assert!(samples.windows(2).all(|w| w[0]["t"].as_u64() < w[1]["t"].as_u64()));
+    assert!(
+        samples
+            .windows(2)
+            .all(|w| w[0]["t"].as_u64() < w[1]["t"].as_u64())
+    );
     let quiet = ok(&http(addr, "GET", "/api/rates?vhost=quiet", None).await);
     assert_eq!(total(&quiet, "published"), 0, "{quiet}");
     let unknown = http(addr, "GET", "/api/rates?vhost=nowhere", None).await;

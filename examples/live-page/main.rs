@@ -104,7 +104,10 @@ async fn main() -> anyhow::Result<()> {
                 }
                 _ => "every order -> standard",
             };
-            println!("plugin orders version {} active ({what})", switched["version"]);
+            println!(
+                "plugin orders version {} active ({what})",
+                switched["version"]
+            );
             next_switch += switch_every;
         }
         tokio::time::sleep(ORDER_EVERY).await;

@@ -183,7 +183,10 @@ mod tests {
     fn counts_are_deltas_per_interval_and_the_history_is_bounded() {
         let mut h = VhostHistory::default();
         h.record(&[queue("a", 100, 0)], 0);
-        assert_eq!(h.samples[0].published, 100, "counted since the broker started");
+        assert_eq!(
+            h.samples[0].published, 100,
+            "counted since the broker started"
+        );
         h.record(&[queue("a", 150, 10), queue("b", 25, 0)], 5000);
         let s = h.samples[1];
         assert_eq!((s.t, s.published, s.acked), (5000, 75, 10));
