@@ -83,7 +83,11 @@ async fn main() -> anyhow::Result<()> {
     let mut v2 = None;
     let mut order = 0u64;
     while seconds.is_none_or(|s| start.elapsed() < Duration::from_secs(s)) {
-        let tier = if order % 4 == 0 { "vip" } else { "regular" };
+        let tier = if order.is_multiple_of(4) {
+            "vip"
+        } else {
+            "regular"
+        };
         let mut m = Message::text(format!("order.{order}.{tier}"), format!("order {order}"));
         m.exchange = "orders".into();
         publisher.publish(m, false).await?;
