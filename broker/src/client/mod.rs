@@ -446,7 +446,14 @@ impl Client {
         mandatory: bool,
     ) -> impl Future<Output = Result<(), ClientError>> + Send + 'static {
         let confirms = self.confirms.load(Ordering::Relaxed);
-        let reply = self.send(Op::Publish(Publish { message, mandatory }), None, confirms);
+        let reply = self.send(
+            Op::Publish(Publish {
+                message: Box::new(message),
+                mandatory,
+            }),
+            None,
+            confirms,
+        );
         async move { reply.await.map(drop) }
     }
 

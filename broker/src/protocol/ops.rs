@@ -310,8 +310,10 @@ pub struct Binding {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Publish {
+    /// Boxed: a publish travels through several channels and futures by value, and an
+    /// inline message made every `Op` and `Command` hundreds of bytes to copy.
     #[serde(flatten)]
-    pub message: Message,
+    pub message: Box<Message>,
     /// Return the message to the publisher when no queue accepts it.
     #[serde(default)]
     pub mandatory: bool,

@@ -35,7 +35,9 @@ pub(crate) use admission::{Admission, accept_each};
 pub use connection::INJECTED_PANIC_FRAME;
 use connection::{ConnLimits, FlowControl};
 use gate::Gate;
-pub use memory_alarm::{MemoryStats, MemoryWatermark, resident_memory};
+pub use memory_alarm::{
+    MemoryStats, MemoryWatermark, StoppedWhileBlocked, resident_memory, wait_until_alarm_clears,
+};
 use plugins_dir::PluginsDir;
 use sources::Sources;
 use tls::TlsSetup;
