@@ -326,6 +326,10 @@ impl Broker {
                 },
                 tls: tls.clone(),
                 sessions: crate::http::Sessions::new(config.http_session_timeout),
+                rates: crate::http::RateHistory::start(
+                    crate::router::Session::open(router.clone()),
+                    shutdown_rx.clone(),
+                ),
             });
             tracing::info!(%http_addr, tls = tls.is_some(), "management HTTP listening");
             tokio::spawn(crate::http::serve(listener, state, shutdown_rx.clone()))
