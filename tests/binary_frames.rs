@@ -191,7 +191,7 @@ fn publish_record(id: RequestId, queue: &str, body: &str) -> Vec<u8> {
     let request = Request {
         id,
         op: Op::Publish(Publish {
-            message: Message::text(queue, body),
+            message: Box::new(Message::text(queue, body)),
             mandatory: false,
         }),
     };

@@ -2,219 +2,26 @@
 //! Chrome DevTools Protocol with the WebSocket client the project already uses: the page
 //! loads, shows a queue once something is published to it, and its requeue button moves a
 //! dead letter back; its login form opens a session whose cookie scripts cannot read, the
-//! page shows the vhost it is asked for, and logging out ends the session. Also saves a screenshot to `target/tmp/management-page.png`.
+//! page shows the vhost it is asked for, and logging out ends the session; every action of
+//! its forms (declare, deploy by upload, bind, route, publish, roll back, get, delete) does
+//! what it says on the broker, and its rate chart starts from the broker's history. Also
+//! saves a screenshot to `target/tmp/management-page.png`.
 //!
 //! Skipped, with a message, when chromium is not installed (`apt-get install chromium`;
 //! `.ci/run` installs it and sets `REQUIRE_BROWSER=1`, which turns the skip into a failure).
 
+#[path = "support/chromium.rs"]
+mod chromium;
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine as _;
 use broker::protocol::Binding;
 use broker::{Client, QueueOptions};
+use chromium::{Chromium, Page, chromium_or_skip};
 use common::*;
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-fn chromium_path() -> Option<String> {
-    let path = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    std::path::Path::new(&path).exists().then_some(path)
-}
-
-/// A headless chromium, killed on drop.
-struct Chromium {
-    child: Child,
-    _profile: tempfile::TempDir,
-    ws_url: String,
-}
-
-impl Chromium {
-    fn launch(path: &str) -> Chromium {
-        let profile = tempfile::tempdir().unwrap();
-        let mut child = Command::new(path)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-dev-shm-usage",
-                "--remote-debugging-port=0",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg("about:blank")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting chromium");
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Keep draining stderr so chromium never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in stderr.lines().map_while(Result::ok) {
-                if let Some(url) = line.split("DevTools listening on ").nth(1)
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(url.trim().to_owned());
-                }
-            }
-        });
-        let ws_url = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("chromium printed its DevTools address");
-        Chromium {
-            child,
-            _profile: profile,
-            ws_url,
-        }
-    }
-}
-
-impl Drop for Chromium {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// A DevTools Protocol session on one page target (flattened sessions over the browser's
-/// WebSocket).
-struct Page {
-    ws: Ws,
-    session: String,
-    next_id: u64,
-    /// Uncaught exceptions the page threw (`Runtime.exceptionThrown`).
-    exceptions: Vec<Value>,
-}
-
-impl Page {
-    async fn open(browser: &Chromium) -> Page {
-        let (ws, _) = tokio_tungstenite::connect_async(&browser.ws_url)
-            .await
-            .expect("connecting to chromium's DevTools");
-        let mut page = Page {
-            ws,
-            session: String::new(),
-            next_id: 1,
-            exceptions: Vec::new(),
-        };
-        let target = page
-            .browser_call("Target.createTarget", json!({"url": "about:blank"}))
-            .await;
-        let attached = page
-            .browser_call(
-                "Target.attachToTarget",
-                json!({"targetId": target["targetId"], "flatten": true}),
-            )
-            .await;
-        page.session = attached["sessionId"].as_str().unwrap().to_owned();
-        page.call("Runtime.enable", json!({})).await;
-        page.call("Page.enable", json!({})).await;
-        page.call(
-            "Emulation.setDeviceMetricsOverride",
-            json!({"width": 1400, "height": 1250, "deviceScaleFactor": 1, "mobile": false}),
-        )
-        .await;
-        page
-    }
-
-    async fn browser_call(&mut self, method: &str, params: Value) -> Value {
-        self.send(json!({"method": method, "params": params})).await
-    }
-
-    async fn call(&mut self, method: &str, params: Value) -> Value {
-        let session = self.session.clone();
-        self.send(json!({"method": method, "params": params, "sessionId": session}))
-            .await
-    }
-
-    async fn send(&mut self, mut command: Value) -> Value {
-        let id = self.next_id;
-        self.next_id += 1;
-        command["id"] = id.into();
-        self.ws
-            .send(WsMessage::Text(command.to_string().into()))
-            .await
-            .unwrap();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let frame = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .expect("a DevTools reply in time")
-                .expect("DevTools connection open")
-                .unwrap();
-            let WsMessage::Text(text) = frame else {
-                continue;
-            };
-            let message: Value = serde_json::from_str(&text).unwrap();
-            if message["method"] == "Runtime.exceptionThrown" {
-                self.exceptions
-                    .push(message["params"]["exceptionDetails"].clone());
-            }
-            if message["id"] == id {
-                assert!(message.get("error").is_none(), "{command}: {message}");
-                return message["result"].clone();
-            }
-        }
-    }
-
-    /// Evaluates `expression` in the page and returns its value.
-    async fn eval(&mut self, expression: &str) -> Value {
-        let result = self
-            .call(
-                "Runtime.evaluate",
-                json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
-            )
-            .await;
-        assert!(
-            result.get("exceptionDetails").is_none(),
-            "`{expression}` threw: {result}"
-        );
-        result["result"]["value"].clone()
-    }
-
-    /// Polls `expression` until it is true (the page polls the API every 1.5 s).
-    async fn wait_until(&mut self, what: &str, expression: &str) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while self.eval(expression).await != json!(true) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the page never showed: {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-/// Chromium's path, or `None` after saying the test is skipped (a failure instead with
-/// `REQUIRE_BROWSER`).
-fn chromium_or_skip() -> Option<String> {
-    let found = chromium_path();
-    if found.is_none() {
-        assert!(
-            std::env::var_os("REQUIRE_BROWSER").is_none(),
-            "REQUIRE_BROWSER is set but chromium is not installed"
-        );
-        eprintln!(
-            "SKIPPED: chromium not found at /usr/bin/chromium (or $CHROMIUM); \
-             install it with `apt-get install chromium` (`.ci/run` does)"
-        );
-    }
-    found
-}
+use serde_json::json;
 
 #[tokio::test]
 async fn the_management_page_shows_queues_and_requeues_dead_letters() {
@@ -483,5 +290,275 @@ async fn the_page_logs_in_with_its_form_shows_a_vhost_and_logs_out() {
     )
     .await;
     assert_eq!(reused.status, 401, "the ended session opens nothing");
+    assert!(page.exceptions.is_empty(), "{:?}", page.exceptions);
+}
+
+/// Fills the page's form `#id` (inputs and selects by name; `true`/`false` check boxes)
+/// and submits it as a click on its button would.
+fn submit_form(id: &str, fields: &[(&str, &str)]) -> String {
+    let mut js = format!("(() => {{ const f = document.getElementById('{id}');");
+    for (name, value) in fields {
+        let value = serde_json::to_string(value).unwrap();
+        js.push_str(&format!(
+            "{{ const i = f.elements['{name}']; \
+             if (i.type === 'checkbox') i.checked = {value} === 'true'; else i.value = {value}; }}"
+        ));
+    }
+    js.push_str("f.requestSubmit(); return true; })()");
+    js
+}
+
+/// Picks `file` in the deploy form's file input, as the file dialog would.
+async fn choose_file(page: &mut Page, file: &std::path::Path) {
+    let input = page
+        .call(
+            "Runtime.evaluate",
+            json!({"expression": "document.querySelector('#deploy input[name=file]')"}),
+        )
+        .await;
+    let object = input["result"]["objectId"].clone();
+    page.call(
+        "DOM.setFileInputFiles",
+        json!({"files": [file.display().to_string()], "objectId": object}),
+    )
+    .await;
+}
+
+fn active_version(plugins: &serde_json::Value, name: &str) -> Option<u64> {
+    let list = plugins["plugins"].as_array()?;
+    list.iter().find(|p| p["name"] == name)?["active_version"].as_u64()
+}
+
+/// Every action of the page, clicked and typed in the browser, checked on the broker
+/// through its own API: declare, deploy by upload, bind, route, publish, roll back, get
+/// with requeue and with ack, delete; and the rate chart filled from the broker's history.
+#[tokio::test]
+async fn the_page_declares_deploys_binds_routes_publishes_gets_and_deletes() {
+    let Some(chromium) = chromium_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_with_http(dir.path()).await;
+    let http_addr = broker.http_addr().unwrap();
+    let c = Client::connect(&broker.url()).await.unwrap();
+    let wasm = |name: &str| {
+        let bytes = broker::plugin::STANDARD_EXCHANGES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap()
+            .1;
+        let path = dir.path().join(format!("{name}.wasm"));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let (v1, v2) = (wasm("direct"), wasm("fanout"));
+    let browser = Chromium::launch(&chromium);
+    let mut page = Page::open(&browser).await;
+    let basic = broker::client::credentials::basic_header("guest", "guest");
+    page.call("Network.enable", json!({})).await;
+    page.call(
+        "Network.setExtraHTTPHeaders",
+        json!({"headers": {"Authorization": basic}}),
+    )
+    .await;
+    page.call(
+        "Page.navigate",
+        json!({"url": format!("http://{http_addr}/")}),
+    )
+    .await;
+    page.wait_until(
+        "the broker as ready",
+        "document.getElementById('status')?.classList.contains('ok') === true",
+    )
+    .await;
+    page.eval("window.confirm = () => true, true").await;
+
+    // Declare two queues.
+    for queue in ["jobs", "other"] {
+        page.eval(&submit_form(
+            "declare-queue",
+            &[("queue", queue), ("durable", "true")],
+        ))
+        .await;
+        let row = format!("document.querySelector('tr[data-queue=\"{queue}\"]') !== null");
+        page.wait_until("the declared queue", &row).await;
+    }
+    assert!(c.queue_info("jobs").await.unwrap().durable);
+
+    // Deploy plugin `flip` by uploading a .wasm.
+    choose_file(&mut page, &v1).await;
+    page.eval(&submit_form("deploy", &[("name", "flip")])).await;
+    page.wait_until(
+        "the deployed plugin",
+        "document.querySelector('tr[data-plugin=\"flip\"]') !== null",
+    )
+    .await;
+    assert_eq!(
+        active_version(&c.list_plugins().await.unwrap(), "flip"),
+        Some(1)
+    );
+
+    // Declare an exchange of that type, chosen from the deployed plugins, and bind.
+    page.wait_until(
+        "flip among the exchange types",
+        "[...document.querySelector('#declare-exchange select').options].some(o => o.value === 'flip')",
+    )
+    .await;
+    let declare = [("exchange", "live"), ("type", "flip"), ("durable", "true")];
+    page.eval(&submit_form("declare-exchange", &declare)).await;
+    page.wait_until(
+        "the exchange in the graph",
+        "document.querySelector('#graph [data-exchange=\"live\"]') !== null",
+    )
+    .await;
+    let exchanges = c.list_exchanges().await.unwrap().exchanges;
+    let live = exchanges.iter().find(|x| x.exchange == "live").unwrap();
+    assert_eq!((live.kind.as_str(), live.durable), ("flip", true));
+    for (queue, key) in [("jobs", "a"), ("other", "b")] {
+        let bind = [("exchange", "live"), ("queue", queue), ("key", key)];
+        page.eval(&submit_form("bind", &bind)).await;
+        let edge = format!(
+            "[...document.querySelectorAll('#graph .key')].some(k => k.textContent === '{key}')"
+        );
+        page.wait_until("the binding in the graph", &edge).await;
+    }
+    let bindings = c.list_bindings().await.unwrap();
+    assert!(bindings.iter().any(|b| b.queue == "jobs" && b.key == "a"));
+
+    // Where would key `a` go? Version 1 (direct) decides: to jobs only.
+    let route = |version: u64, queues: &str| {
+        format!(
+            "document.getElementById('route-result').dataset.version === '{version}' && \
+             document.getElementById('route-result').dataset.queues === '{queues}'"
+        )
+    };
+    page.eval(&submit_form(
+        "route",
+        &[("exchange", "live"), ("routing_key", "a")],
+    ))
+    .await;
+    page.wait_until("the route by version 1", &route(1, "jobs"))
+        .await;
+    assert_eq!(
+        c.queue_info("jobs").await.unwrap().ready,
+        0,
+        "route only shows"
+    );
+
+    // Publish from the page: stored in jobs.
+    let publish = [
+        ("exchange", "live"),
+        ("routing_key", "a"),
+        ("body", "hello from the page"),
+        ("headers", r#"{"tier": "vip"}"#),
+    ];
+    page.eval(&submit_form("publish", &publish)).await;
+    page.wait_until(
+        "the publish result",
+        "document.getElementById('publish-result').dataset.routed === 'true'",
+    )
+    .await;
+    let stored = c.peek_queue("jobs", 10).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(&stored[0].message.body[..], b"hello from the page");
+    assert_eq!(stored[0].message.headers["tier"], "vip");
+    assert!(stored[0].message.properties.persistent);
+
+    // Version 2 (fanout) by upload: the same message would now reach both queues.
+    choose_file(&mut page, &v2).await;
+    page.eval(&submit_form("deploy", &[("name", "flip")])).await;
+    page.wait_until(
+        "flip's roll back button",
+        "document.querySelector('button[data-rollback=\"flip\"]') !== null",
+    )
+    .await;
+    assert_eq!(
+        active_version(&c.list_plugins().await.unwrap(), "flip"),
+        Some(2)
+    );
+    page.eval(&submit_form(
+        "route",
+        &[("exchange", "live"), ("routing_key", "a")],
+    ))
+    .await;
+    page.wait_until("the route by version 2", &route(2, "jobs,other"))
+        .await;
+
+    // Roll back with one click: version 1 again.
+    page.eval("document.querySelector('button[data-rollback=\"flip\"]').click(), true")
+        .await;
+    wait_for(|| async {
+        let plugins = c.list_plugins().await.unwrap();
+        (active_version(&plugins, "flip") == Some(1)).then_some(())
+    })
+    .await;
+
+    // Get with requeue: shown, and still in the queue; with ack: gone.
+    let get = |mode: &'static str| [("queue", "jobs"), ("count", "5"), ("mode", mode)];
+    page.eval(&submit_form("get", &get("requeue"))).await;
+    page.wait_until(
+        "the message got",
+        "[...document.querySelectorAll('#get-result [data-got] .body')]\
+         .some(b => b.textContent === 'hello from the page')",
+    )
+    .await;
+    let jobs = c.queue_info("jobs").await.unwrap();
+    assert_eq!((jobs.ready, jobs.unacked), (1, 0), "requeued");
+    page.eval("document.getElementById('get-result').replaceChildren(), true")
+        .await;
+    page.eval(&submit_form("get", &get("ack"))).await;
+    page.wait_until(
+        "the message got again",
+        "document.querySelector('#get-result [data-got]') !== null",
+    )
+    .await;
+    let jobs = c.queue_info("jobs").await.unwrap();
+    assert_eq!((jobs.ready, jobs.unacked), (0, 0), "acked");
+
+    // Delete a queue and the exchange.
+    page.eval(&submit_form(
+        "delete",
+        &[("kind", "queues"), ("name", "other")],
+    ))
+    .await;
+    page.wait_until(
+        "the queue gone",
+        "document.querySelector('tr[data-queue=\"other\"]') === null",
+    )
+    .await;
+    assert!(c.queue_info("other").await.is_err());
+    page.eval(&submit_form(
+        "delete",
+        &[("kind", "exchanges"), ("name", "live")],
+    ))
+    .await;
+    page.wait_until(
+        "the exchange gone",
+        "document.querySelector('#graph [data-exchange=\"live\"]') === null",
+    )
+    .await;
+    let exchanges = c.list_exchanges().await.unwrap().exchanges;
+    assert!(exchanges.iter().all(|x| x.exchange != "live"));
+
+    // The broker's rate history (sampled every 5 s) has the publish: a page opened now
+    // starts its chart from it.
+    wait_for(|| async {
+        let rates = http(http_addr, "GET", "/api/rates", None).await.json();
+        let samples = rates["samples"].as_array().cloned().unwrap_or_default();
+        samples.iter().any(|s| s["published"] != 0).then_some(())
+    })
+    .await;
+    page.eval("document.body.dataset.before = 'reload', true")
+        .await;
+    page.call("Page.reload", json!({})).await;
+    page.wait_until(
+        "the chart seeded from the broker",
+        "document.body?.dataset.before === undefined && \
+         document.getElementById('rates')?.dataset.seeded > 0",
+    )
+    .await;
+    let seeded = "state.history.slice(0, document.getElementById('rates').dataset.seeded)";
+    let with_publish = format!("{seeded}.some(p => p.publish > 0)");
+    assert_eq!(page.eval(&with_publish).await, json!(true));
     assert!(page.exceptions.is_empty(), "{:?}", page.exceptions);
 }

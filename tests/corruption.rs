@@ -212,7 +212,8 @@ async fn serve_exits_naming_the_damaged_file() {
             "serve",
             "--listen",
             "127.0.0.1:0",
-            "--no-http",
+            "--http",
+            "off",
             "--data-dir",
         ])
         .arg(copy.path())

@@ -84,3 +84,24 @@ fn user_events_fan_out_to_two_handlers_and_a_remote_consumer() {
         "{out}"
     );
 }
+
+#[test]
+fn live_page_traffic_switches_plugin_versions_back_and_forth() {
+    let args = ["--seconds", "4", "--switch-every", "1"];
+    let out = run_with(env!("CARGO_BIN_EXE_live-page"), &args);
+    assert!(out.contains("open file://"), "{out}");
+    assert!(
+        out.contains("live-page/index.html?ws=ws://127.0.0.1:"),
+        "{out}"
+    );
+    assert!(
+        out.contains("plugin orders version 2 active (VIP orders -> express)"),
+        "{out}"
+    );
+    // Back to version 1 by a rollback, not a new version.
+    assert!(
+        out.contains("plugin orders version 1 active (every order -> standard)"),
+        "{out}"
+    );
+    assert!(!out.contains("version 3"), "{out}");
+}

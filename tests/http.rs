@@ -494,7 +494,7 @@ async fn json_logs_have_one_line_per_event() {
     let (mut child, line) = common::spawn_with_json_log(&data.path().join("db"), &log_path);
     assert!(
         !line.contains("http://"),
-        "--no-http serves no HTTP: {line}"
+        "--http off serves no HTTP: {line}"
     );
     let url = line
         .split_whitespace()

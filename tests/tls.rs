@@ -513,7 +513,8 @@ fn serve_fails(dir: &Path, cert: &Path, key: &Path) -> String {
             "serve",
             "--listen",
             "127.0.0.1:0",
-            "--no-http",
+            "--http",
+            "off",
             "--data-dir",
         ])
         .arg(dir.join("data"))

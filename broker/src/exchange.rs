@@ -47,6 +47,45 @@ pub trait Exchange: Send {
         None
     }
 
+    /// [`Exchange::route_cached`] with the message's draw: a number ingress draws once per
+    /// message (uniform over `u32`), before any cache lookup, so that when a canary
+    /// version routes a share of the messages each message is routed by exactly one
+    /// version, however many lookups it takes.
+    fn route_cached_drawn(
+        &mut self,
+        msg: &Message,
+        _draw: u32,
+    ) -> Option<Result<Vec<BindingId>, ExchangeError>> {
+        self.route_cached(msg)
+    }
+
+    /// [`Exchange::route_batch`] with each message's draw (see
+    /// [`Exchange::route_cached_drawn`]).
+    fn route_batch_drawn(
+        &mut self,
+        msgs: &[&Message],
+        _draws: &[u32],
+    ) -> Vec<Result<Vec<BindingId>, ExchangeError>> {
+        self.route_batch(msgs)
+    }
+
+    /// Whether a shadow version runs next to this exchange's routing: ingress then hands
+    /// what it routed to [`Exchange::shadow_batch`] after answering the publishers.
+    fn shadows(&self) -> bool {
+        false
+    }
+
+    /// Routes `msgs` by the shadow version and compares with `routed` (what the active
+    /// version did); changes nothing. Stops (the rest counted as skipped) once `behind`
+    /// says publishes are piling up, so a shadow never makes its exchange fall behind.
+    fn shadow_batch(
+        &mut self,
+        _msgs: &[&Message],
+        _routed: &[Result<Vec<BindingId>, ExchangeError>],
+        _behind: &dyn Fn() -> bool,
+    ) {
+    }
+
     /// The plugin version that routes (`None` for a native exchange).
     fn plugin_version(&self) -> Option<u64> {
         None

@@ -101,6 +101,8 @@ fn resource_names(op: &mut Op) -> Vec<&mut String> {
         | Op::Reject { .. }
         | Op::DeployPlugin { .. }
         | Op::RollbackPlugin { .. }
+        | Op::PromotePlugin { .. }
+        | Op::PluginShadow { .. }
         | Op::ResetPlugin { .. }
         | Op::PrunePlugin { .. }
         | Op::DeletePlugin { .. }

@@ -420,7 +420,7 @@ fn complete(ch: &mut Channel, user: &str) -> Result<Effect, AmqpError> {
     Ok(Effect::Publish(Request {
         id,
         op: Op::Publish(Publish {
-            message,
+            message: Box::new(message),
             mandatory: publish.mandatory,
         }),
     }))

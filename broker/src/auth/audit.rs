@@ -14,6 +14,7 @@ pub(super) fn admitted(principal: &Principal, vhost: &str, peer: IpAddr, op: &Op
     let (event, plugin, queue) = match op {
         Op::DeployPlugin { name, .. } => ("plugin_deploy", name, None),
         Op::RollbackPlugin { name, .. } => ("plugin_rollback", name, None),
+        Op::PromotePlugin { name } => ("plugin_promote", name, None),
         Op::ResetPlugin { name } => ("plugin_reset", name, None),
         Op::PrunePlugin { name, .. } => ("plugin_prune", name, None),
         Op::DeletePlugin { name } => ("plugin_delete", name, None),

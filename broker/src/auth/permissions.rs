@@ -173,6 +173,7 @@ impl Grant {
             Op::Route(message) => check(Access::Write, exchange, &exchange_name(&message.exchange)),
             Op::DeployPlugin { .. }
             | Op::RollbackPlugin { .. }
+            | Op::PromotePlugin { .. }
             | Op::ResetPlugin { .. }
             | Op::PrunePlugin { .. }
             | Op::DeletePlugin { .. } => plugin(),
@@ -199,6 +200,7 @@ impl Grant {
             | Op::ListHandlers
             | Op::ListPlugins
             | Op::PluginHistory { .. }
+            | Op::PluginShadow { .. }
             | Op::PluginLogs { .. }
             | Op::Authenticate { .. }
             | Op::AddUser { .. }

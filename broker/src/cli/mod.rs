@@ -11,6 +11,7 @@ mod plugin;
 mod plugin_build;
 mod plugin_new;
 mod plugin_test;
+mod plugin_trial;
 mod publish;
 mod route;
 mod serve;

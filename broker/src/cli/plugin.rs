@@ -6,7 +6,7 @@ use clap::Subcommand;
 
 use super::admin::{ServerArg, ago, rfc3339};
 use super::table::{self, Align, Table};
-use super::{plugin_build, plugin_new, plugin_test};
+use super::{plugin_build, plugin_new, plugin_test, plugin_trial};
 
 #[derive(Subcommand)]
 pub enum Plugin {
@@ -19,6 +19,14 @@ pub enum Plugin {
         /// (at least 5 failed calls, a tenth or more of its calls).
         #[arg(long)]
         auto_rollback: bool,
+        /// Do not activate it: run it next to the active version on live traffic without
+        /// effect, and count how it would have routed differently (`plugin shadow NAME`).
+        #[arg(long, conflicts_with_all = ["canary", "auto_rollback"])]
+        shadow: bool,
+        /// Do not activate it: let it route PERCENT of the messages (each message by
+        /// exactly one version), dropped automatically if it fails.
+        #[arg(long, value_name = "PERCENT", conflicts_with = "auto_rollback")]
+        canary: Option<f64>,
         /// First run the plugin on these messages (JSON lines, as `plugin test
         /// --sample` takes) here, in the real host with the default limits, and do not
         /// upload it if any fails.
@@ -30,7 +38,21 @@ pub enum Plugin {
         #[command(flatten)]
         server: ServerArg,
     },
-    /// Activate an earlier version (default: the one before the active one).
+    /// Make the shadow or canary version the active one.
+    Promote {
+        name: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// What the shadow or canary version did: messages compared, routed differently,
+    /// failures, and the newest differences.
+    Shadow {
+        name: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Drop the shadow or canary version if there is one (the active version stays);
+    /// otherwise activate an earlier version (default: the one before the active one).
     Rollback {
         name: String,
         #[arg(long)]
@@ -134,6 +156,8 @@ pub async fn run(what: Plugin) -> anyhow::Result<()> {
             name,
             path,
             auto_rollback,
+            shadow,
+            canary,
             sample,
             bindings,
             server,
@@ -152,6 +176,16 @@ pub async fn run(what: Plugin) -> anyhow::Result<()> {
                 }
             }
             let client = server.connect().await?;
+            let trial = match (shadow, canary) {
+                (true, _) => Some(broker::plugin::TrialMode::Shadow),
+                (_, Some(percent)) => Some(broker::plugin::TrialMode::Canary { percent }),
+                _ => None,
+            };
+            if let Some(mode) = trial {
+                plugin_trial::deploy(&client, &name, &wasm, mode).await?;
+                client.close().await;
+                return Ok(());
+            }
             let started = std::time::Instant::now();
             let v = client
                 .deploy_plugin_with(&name, &wasm, auto_rollback)
@@ -180,7 +214,16 @@ pub async fn run(what: Plugin) -> anyhow::Result<()> {
         Plugin::Rollback { name, to, server } => {
             let client = server.connect().await?;
             let v = client.rollback_plugin(&name, to).await?;
-            println!("plugin {name} rolled back to version {}", v["version"]);
+            match &v["dropped"] {
+                serde_json::Value::Null => {
+                    println!("plugin {name} rolled back to version {}", v["version"])
+                }
+                dropped => println!(
+                    "plugin {name}: {} version {dropped} dropped; version {} stays active",
+                    v["trial"]["mode"].as_str().unwrap_or("trial"),
+                    v["version"]
+                ),
+            }
             client.close().await;
         }
         Plugin::Delete { name, server } => {
@@ -225,6 +268,21 @@ pub async fn run(what: Plugin) -> anyhow::Result<()> {
                 [] => println!("plugin {name}: no exchange was quarantined"),
                 names => println!("plugin {name}: quarantine lifted for {}", names.join(", ")),
             }
+            client.close().await;
+        }
+        Plugin::Promote { name, server } => {
+            let client = server.connect().await?;
+            let v = client.promote_plugin(&name).await?;
+            println!(
+                "plugin {name} version {} promoted: now active",
+                v["version"]
+            );
+            client.close().await;
+        }
+        Plugin::Shadow { name, server } => {
+            let client = server.connect().await?;
+            let report = client.plugin_shadow(&name).await?;
+            plugin_trial::print_report(&report);
             client.close().await;
         }
         Plugin::List(server) => {
@@ -280,7 +338,21 @@ fn print_plugins(list: &serde_json::Value) {
             hash.to_owned(),
             by_version.join(" "),
         ]);
-        if let Some(r) = p["last_auto_rollback"].as_object() {
+        if let Some(t) = p["trial"].as_object() {
+            table.note(plugin_trial::describe(t));
+        }
+        if let Some(r) = p["last_auto_rollback"].as_object()
+            && let Some(cause) = r.get("canary")
+        {
+            table.note(format!(
+                "canary v{} rolled back automatically {} ({}; {} errors in {} messages)",
+                r["from"],
+                ago(r["at"].as_u64().unwrap_or(0)),
+                cause.as_str().unwrap_or("?"),
+                r["errors"],
+                r["calls"]
+            ));
+        } else if let Some(r) = p["last_auto_rollback"].as_object() {
             table.note(format!(
                 "auto-rolled back v{} -> v{} {} ({} errors in {} calls)",
                 r["from"],
@@ -302,7 +374,8 @@ fn print_plugins(list: &serde_json::Value) {
     table.print();
 }
 
-/// `plugin history`: one row per version, oldest first, `*` marking the active one.
+/// `plugin history`: one row per version, oldest first, `*` marking the active one and
+/// `shadow` or `canary` the one on trial.
 fn print_history(history: &serde_json::Value) {
     let mut table = Table::new(&[
         ("", Align::Left),
@@ -313,8 +386,13 @@ fn print_history(history: &serde_json::Value) {
         ("SHA256", Align::Left),
     ]);
     for v in history["versions"].as_array().into_iter().flatten() {
+        let mark = match (v["active"] == true, v["trial"]["mode"].as_str()) {
+            (true, _) => "*",
+            (false, Some(mode)) => mode,
+            (false, None) => "",
+        };
         table.row(vec![
-            if v["active"] == true { "*" } else { "" }.to_owned(),
+            mark.to_owned(),
             v["version"].to_string(),
             rfc3339(v["deployed_at"].as_u64().unwrap_or(0)),
             v["deployed_by"].as_str().unwrap_or("?").to_owned(),

@@ -61,11 +61,11 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = Config::DEFAULT_MAX_FRAME_BYTES)]
     max_frame_bytes: usize,
     /// Address of the management HTTP listener: the page at `/`, `/metrics`, `/healthz`,
-    /// `/readyz` and the JSON API under `/api`.
-    #[arg(long, default_value = Config::DEFAULT_HTTP, conflicts_with = "no_http")]
-    http: SocketAddr,
-    /// Serve no HTTP at all.
-    #[arg(long)]
+    /// `/readyz` and the JSON API under `/api`; or `off`, as for the other listeners.
+    #[arg(long, default_value = Config::DEFAULT_HTTP, value_parser = http_listen, conflicts_with = "no_http")]
+    http: HttpListen,
+    /// The same as `--http off` (kept for scripts written before it).
+    #[arg(long, hide = true)]
     no_http: bool,
     /// Address of the AMQP 0-9-1 listener for RabbitMQ clients (docs/amqp.md), or `off`.
     #[arg(long, default_value = Config::DEFAULT_AMQP, value_parser = amqp_address)]
@@ -102,6 +102,19 @@ pub struct ServeArgs {
 #[derive(Clone, Copy)]
 struct StompListen(Option<SocketAddr>);
 
+/// `--http`: an address, or `off`.
+#[derive(Clone, Copy)]
+struct HttpListen(Option<SocketAddr>);
+
+fn http_listen(text: &str) -> Result<HttpListen, String> {
+    if text == "off" {
+        return Ok(HttpListen(None));
+    }
+    text.parse()
+        .map(|addr| HttpListen(Some(addr)))
+        .map_err(|_| format!("`{text}` is not an address (HOST:PORT) or `off`"))
+}
+
 fn stomp_listen(text: &str) -> Result<StompListen, String> {
     if text == "off" {
         return Ok(StompListen(None));
@@ -132,7 +145,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.max_frame_bytes = args.max_frame_bytes;
     config.plugins_dir = args.plugins_dir;
     config.watch_plugins = args.watch;
-    config.http = (!args.no_http).then_some(args.http);
+    config.http = args.http.0.filter(|_| !args.no_http);
     config.amqp = args.amqp.0;
     config.stomp = args.stomp.0;
     config.allowed_origins = args.allowed_origins;

@@ -444,8 +444,10 @@ impl Client {
     ) -> impl Future<Output = Result<(), ClientError>> + Send + 'static {
         let admitted = circuit::admit_publish(&self.shared);
         let confirms = self.shared.confirms.load(Ordering::Relaxed);
-        let reply = admitted
-            .map(|()| self.send(Op::Publish(Publish { message, mandatory }), None, confirms));
+        let reply = admitted.map(|()| {
+            let message = Box::new(message);
+            self.send(Op::Publish(Publish { message, mandatory }), None, confirms)
+        });
         async move { reply?.await.map(drop) }
     }
 

@@ -15,6 +15,50 @@ impl Client {
         self.deploy_plugin_with(name, wasm, false).await
     }
 
+    /// Deploys a new version of exchange plugin `name` on trial next to the active one:
+    /// as a shadow (`TrialMode::Shadow`: runs on live traffic without effect) or a canary
+    /// (`TrialMode::Canary`: routes that share of the messages). The result also names the
+    /// `trial` and the `active_version`.
+    pub async fn deploy_plugin_trial(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        mode: crate::plugin::TrialMode,
+    ) -> Result<serde_json::Value, ClientError> {
+        use base64::Engine as _;
+        let (shadow, canary_percent) = match mode {
+            crate::plugin::TrialMode::Shadow => (true, None),
+            crate::plugin::TrialMode::Canary { percent } => (false, Some(percent)),
+        };
+        let op = Op::DeployPlugin {
+            name: name.to_owned(),
+            wasm_base64: base64::engine::general_purpose::STANDARD.encode(wasm),
+            deployed_by: None,
+            auto_rollback: false,
+            shadow,
+            canary_percent,
+        };
+        self.send(op, None, true).await
+    }
+
+    /// Makes plugin `name`'s shadow or canary version the active one (stored first).
+    pub async fn promote_plugin(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        let op = Op::PromotePlugin {
+            name: name.to_owned(),
+        };
+        self.send(op, None, true).await
+    }
+
+    /// What plugin `name`'s shadow or canary version has done: `compared`, `differed`,
+    /// `shadow_failures`, `canary_messages`, `canary_errors`, the newest `examples`
+    /// (`trial` is null when it has none).
+    pub async fn plugin_shadow(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        let op = Op::PluginShadow {
+            name: name.to_owned(),
+        };
+        self.send(op, None, true).await
+    }
+
     /// [`Client::deploy_plugin`]; with `auto_rollback`, the broker goes back to the
     /// previously active version if this one starts failing.
     pub async fn deploy_plugin_with(
@@ -30,6 +74,8 @@ impl Client {
             // The broker records the user this client logged in as.
             deployed_by: None,
             auto_rollback,
+            shadow: false,
+            canary_percent: None,
         };
         self.send(op, None, true).await
     }

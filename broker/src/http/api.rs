@@ -1,5 +1,6 @@
 //! The HTTP API's write endpoints, as RabbitMQ's management API has them: declare and
-//! delete queues and exchanges, bind and unbind, publish, get messages. Each is the protocol request of
+//! delete queues and exchanges, bind and unbind, publish, get messages; and `route`, where
+//! a message would go without publishing it. Each is the protocol request of
 //! the same name, checked against the caller's permissions like any other request (see
 //! [`super::op`]), so `curl` can do what a WebSocket client can.
 
@@ -76,6 +77,14 @@ pub(super) async fn write(
             Ok(body) => publish(state, who, exchange, body).await,
             Err(e) => Err(e),
         },
+        (["api", "exchanges", exchange, "route"], _, true, _) => {
+            let request = body_object(req).await.map(|mut body| {
+                body.insert("op".into(), "route".into());
+                body.insert("exchange".into(), default_exchange(exchange).into());
+                body
+            });
+            call(state, who, request).await
+        }
         _ => return None,
     };
     Some(result)
@@ -103,19 +112,21 @@ async fn publish(
             "`mandatory`: not a field here (the reply says whether the message was routed)",
         ));
     }
-    // RabbitMQ's API names the default exchange `amq.default` (a path has no empty name).
-    let exchange = if exchange == "amq.default" {
-        ""
-    } else {
-        exchange
-    };
     body.insert("op".into(), "publish".into());
-    body.insert("exchange".into(), exchange.into());
+    body.insert("exchange".into(), default_exchange(exchange).into());
     // Returned rather than dropped when unroutable, so the reply can say so.
     body.insert("mandatory".into(), true.into());
     let result = op(state, who, Value::Object(body)).await?;
     let returned = result.get("returned").is_some();
     Ok(json!({ "routed": !returned }))
+}
+
+/// RabbitMQ's API names the default exchange `amq.default` (a path has no empty name).
+fn default_exchange(exchange: &str) -> &str {
+    match exchange {
+        "amq.default" => "",
+        name => name,
+    }
 }
 
 /// Most messages one `get` request takes.

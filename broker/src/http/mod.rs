@@ -12,9 +12,12 @@ mod access;
 mod api;
 mod login;
 mod metrics;
+mod plugin_api;
+pub mod rate_history;
 mod sessions;
 
 pub use access::default_hosts;
+pub use rate_history::RateHistory;
 pub use sessions::Sessions;
 
 use std::convert::Infallible;
@@ -48,6 +51,7 @@ pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 const INDEX_HTML: &str = include_str!("page/index.html");
 const APP_JS: &str = include_str!("page/app.js");
 const STYLE_CSS: &str = include_str!("page/style.css");
+const ACTIONS_JS: &str = include_str!("page/actions.js");
 
 /// What the HTTP handlers read.
 pub struct HttpState {
@@ -63,6 +67,8 @@ pub struct HttpState {
     pub tls: Option<crate::server::tls::TlsSetup>,
     /// The management page's logins.
     pub sessions: Sessions,
+    /// Recent message rates per vhost, for the page's chart.
+    pub rates: RateHistory,
 }
 
 /// Serves HTTP on `listener` until `shutdown` turns true.
@@ -192,6 +198,7 @@ async fn handle(state: &HttpState, req: Request<Incoming>, who: &Caller) -> Http
         (["logout"], _, true) => return login::log_out(state, &req),
         ([] | ["index.html"], true, _) => return asset("text/html; charset=utf-8", INDEX_HTML),
         (["app.js"], true, _) => return asset("text/javascript; charset=utf-8", APP_JS),
+        (["actions.js"], true, _) => return asset("text/javascript; charset=utf-8", ACTIONS_JS),
         (["style.css"], true, _) => return asset("text/css; charset=utf-8", STYLE_CSS),
         (["healthz"], true, _) => return text(StatusCode::OK, "ok\n"),
         (["readyz"], true, _) => return readyz(state).await,
@@ -224,10 +231,23 @@ async fn handle(state: &HttpState, req: Request<Incoming>, who: &Caller) -> Http
         (["api", "plugins", name, "reset"], _, true) => {
             op(state, who, json!({"op": "reset_plugin", "name": name})).await
         }
+        (["api", "plugins", name, "promote"], _, true) => {
+            op(state, who, json!({"op": "promote_plugin", "name": name})).await
+        }
+        (["api", "plugins", name, "shadow"], true, _) => {
+            op(state, who, json!({"op": "plugin_shadow", "name": name})).await
+        }
         (["api", "connections"], true, _) => {
             op(state, who, json!({"op": "list_connections"})).await
         }
         (["api", "vhosts"], true, _) => op(state, who, json!({"op": "list_vhosts"})).await,
+        (["api", "rates"], true, _) => plugin_api::rates(state, who),
+        (["api", "plugins", name, "versions"], _, true) => {
+            plugin_api::deploy(state, who, name, &query, req).await
+        }
+        (["api", "plugins", name, "rollback"], _, true) => {
+            plugin_api::rollback(state, who, name, req).await
+        }
         _ => match api::write(state, who, &method, &segments, &query, req).await {
             Some(result) => result,
             None if known_path(&segments) => {
@@ -275,19 +295,31 @@ fn known_path(segments: &[&str]) -> bool {
             | "healthz"
             | "readyz"
             | "app.js"
+            | "actions.js"
             | "style.css"
             | "index.html"
             | "login"
             | "logout"]
             | [
                 "api",
-                "queues" | "exchanges" | "bindings" | "plugins" | "connections" | "vhosts"
+                "queues"
+                    | "exchanges"
+                    | "bindings"
+                    | "plugins"
+                    | "connections"
+                    | "vhosts"
+                    | "rates"
             ]
             | ["api", "queues", _]
-            | ["api", "queues", _, "messages" | "purge" | "requeue"]
-            | ["api", "plugins", _, "reset"]
+            | ["api", "queues", _, "messages" | "purge" | "requeue" | "get"]
+            | [
+                "api",
+                "plugins",
+                _,
+                "reset" | "promote" | "rollback" | "shadow" | "versions"
+            ]
             | ["api", "exchanges", _]
-            | ["api", "exchanges", _, "publish"]
+            | ["api", "exchanges", _, "publish" | "route"]
     )
 }
 
@@ -322,9 +354,9 @@ fn session_for(
     Ok(state.management.acting_for(user, &who.vhost))
 }
 
-/// A request body as a JSON object (an empty body is an empty object).
-async fn body_object(req: Request<Incoming>) -> Result<serde_json::Map<String, Value>, ApiError> {
-    let body = Limited::new(req.into_body(), MAX_BODY_BYTES)
+/// A request body, at most `limit` bytes.
+async fn body_bytes(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    let body = Limited::new(req.into_body(), limit)
         .collect()
         .await
         .map_err(|e| {
@@ -333,9 +365,14 @@ async fn body_object(req: Request<Incoming>) -> Result<serde_json::Map<String, V
             } else {
                 ErrorCode::MalformedJson
             };
-            ApiError::new(code, format!("request body: {e}"))
-        })?
-        .to_bytes();
+            ApiError::new(code, format!("request body: {e} (at most {limit} bytes)"))
+        })?;
+    Ok(body.to_bytes())
+}
+
+/// A request body as a JSON object (an empty body is an empty object).
+async fn body_object(req: Request<Incoming>) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let body = body_bytes(req, MAX_BODY_BYTES).await?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Default::default());
     }

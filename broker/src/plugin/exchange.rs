@@ -2,14 +2,15 @@
 //! a fresh instance), validates what the plugin returns, caches key-only routes, and
 //! contains failures (discard the instance, count, log at a limited rate, throttle, and
 //! quarantine after too many in a row or too many of the recent calls). Every message is
-//! its own call with its own budget, batches included.
+//! its own call with its own budget, batches included. When its type has a version on
+//! trial, the exchange also runs it in a [`TrialLane`] (a canary's share of the messages,
+//! or every message again as a shadow).
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use super::binding_map::{BindingMap, BoundKey, check_route_output, start_instance};
 use super::bindings::wit;
 use super::convert;
 use super::health::{CallHealth, LogThrottle};
@@ -19,6 +20,8 @@ use super::limits::Limits;
 use super::loader::LoadedPlugin;
 use super::registry::PluginSlot;
 use super::stats::PluginStats;
+use super::trial::Trial;
+use super::trial_lane::{LaneContext, TrialLane};
 use crate::exchange::{BindingId, Exchange, ExchangeError};
 use crate::message::{Headers, Message};
 
@@ -77,34 +80,6 @@ impl ExchangeControl {
     }
 }
 
-/// Hashes binding ids (assigned by the broker, so not attacker-chosen) with one multiply;
-/// every routed id is looked up to validate plugin output.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_u64(&mut self, id: u64) {
-        self.0 = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-type BindingMap = HashMap<BindingId, BoundKey, BuildHasherDefault<IdHasher>>;
-
-struct BoundKey {
-    key: String,
-    arguments: Vec<wit::Header>,
-}
-
 pub struct PluginExchange {
     name: Arc<str>,
     arguments: Vec<wit::Header>,
@@ -121,6 +96,8 @@ pub struct PluginExchange {
     limits: Limits,
     control: Arc<ExchangeControl>,
     stats: Arc<PluginStats>,
+    /// The type's version on trial (shadow or canary), when it has one.
+    lane: Option<TrialLane>,
 }
 
 fn plugin_failed(failure: Failure) -> ExchangeError {
@@ -136,7 +113,7 @@ impl PluginExchange {
         limits: &Limits,
         control: Arc<ExchangeControl>,
     ) -> Result<Self, ExchangeError> {
-        let (plugin, generation) = slot.current();
+        let (plugin, trial, generation) = slot.current_and_trial();
         let stats = plugin.stats.clone();
         let name: Arc<str> = name.into();
         let arguments = convert::headers(arguments);
@@ -166,6 +143,7 @@ impl PluginExchange {
             limits: limits.clone(),
             control,
             stats,
+            lane: trial.map(|trial| TrialLane::new(trial, limits)),
         })
     }
 
@@ -221,8 +199,13 @@ impl PluginExchange {
     /// Switches to the slot's current plugin version if it accepts all bindings;
     /// otherwise stays on the old version (a redeploy must not lose bindings).
     fn upgrade(&mut self) {
-        let (plugin, generation) = self.slot.current();
+        let (plugin, trial, generation) = self.slot.current_and_trial();
         self.generation = generation;
+        self.sync_lane(trial);
+        if Arc::ptr_eq(&plugin, &self.plugin) {
+            // Only the version on trial changed.
+            return;
+        }
         match self.start(&plugin) {
             Ok(instance) => {
                 tracing::info!(exchange = %self.name, plugin = %plugin.info.name, version = plugin.info.version, "exchange moved to redeployed plugin");
@@ -244,35 +227,24 @@ impl PluginExchange {
         }
     }
 
+    /// Follows the slot's version on trial: a new lane for a new trial, none without.
+    fn sync_lane(&mut self, trial: Option<Arc<Trial>>) {
+        match trial {
+            Some(trial) if self.lane.as_ref().is_some_and(|lane| lane.runs(&trial)) => {}
+            Some(trial) => self.lane = Some(TrialLane::new(trial, &self.limits)),
+            None => self.lane = None,
+        }
+    }
+
     /// A fresh instance of `plugin` with this exchange's arguments and bindings.
     fn start(&self, plugin: &LoadedPlugin) -> Result<LiveInstance, String> {
-        let mut instance = match LiveInstance::new(
+        start_instance(
             plugin,
             &self.name,
             &self.arguments,
+            &self.bindings,
             &self.limits,
-            &plugin.stats,
-        ) {
-            Ok(Ok(instance)) => instance,
-            Ok(Err(reason)) => return Err(format!("plugin rejected the exchange: {reason}")),
-            Err(failure) => {
-                plugin.stats.record_failure(failure.kind);
-                return Err(failure.reason);
-            }
-        };
-        for (id, bound) in &self.bindings {
-            match instance.bind(*id, &bound.key, &bound.arguments) {
-                Ok(Ok(())) => {}
-                Ok(Err(reason)) => {
-                    return Err(format!("plugin rejected binding {id} on replay: {reason}"));
-                }
-                Err(failure) => {
-                    plugin.stats.record_failure(failure.kind);
-                    return Err(failure.reason);
-                }
-            }
-        }
-        Ok(instance)
+        )
     }
 
     /// The live instance, recreated (bindings replayed) after a failure.
@@ -334,18 +306,90 @@ impl PluginExchange {
     /// budget, so a message that makes the plugin fail fails alone, and once the exchange
     /// is quarantined no later message of the batch reaches the plugin.
     pub fn route_batch(&mut self, msgs: &[&Message]) -> Vec<Result<Vec<BindingId>, ExchangeError>> {
+        let draws: Vec<u32> = msgs.iter().map(|_| fastrand::u32(..)).collect();
+        self.route_batch_drawn(msgs, &draws)
+    }
+
+    /// [`Self::route_batch`] with each message's draw (which version routes it, when a
+    /// canary is deployed) made by the caller.
+    pub fn route_batch_drawn(
+        &mut self,
+        msgs: &[&Message],
+        draws: &[u32],
+    ) -> Vec<Result<Vec<BindingId>, ExchangeError>> {
         msgs.iter()
-            .map(|msg| {
+            .zip(draws)
+            .map(|(msg, draw)| {
                 let mut out = Vec::new();
-                self.route_checked(msg, &mut out).map(|()| out)
+                self.route_checked(msg, *draw, &mut out).map(|()| out)
             })
             .collect()
+    }
+
+    /// Whether a shadow version runs next to this exchange's: ingress then passes what
+    /// it routed to [`Self::shadow_batch`] once the publishers are answered.
+    pub fn shadows(&self) -> bool {
+        self.lane.as_ref().is_some_and(TrialLane::is_shadow)
+    }
+
+    /// Routes `msgs` again by the shadow version (if there is one) and compares each with
+    /// what the active version did (`routed`); decides nothing. Once `behind` says the
+    /// exchange's publishes pile up, the rest is skipped (counted).
+    pub fn shadow_batch(
+        &mut self,
+        msgs: &[&Message],
+        routed: &[Result<Vec<BindingId>, ExchangeError>],
+        behind: &dyn Fn() -> bool,
+    ) {
+        let Some(lane) = self.lane.as_mut().filter(|lane| lane.is_shadow()) else {
+            return;
+        };
+        let cx = LaneContext {
+            name: &self.name,
+            arguments: &self.arguments,
+            bindings: &self.bindings,
+            limits: &self.limits,
+        };
+        for (done, (msg, routed)) in msgs.iter().zip(routed).enumerate() {
+            if behind() {
+                lane.skip(msgs.len() - done);
+                return;
+            }
+            if let Ok(active) = routed
+                && !lane.shadow_cached(cx.name, msg, active)
+            {
+                lane.shadow(&cx, msg, active);
+            }
+        }
+    }
+
+    /// The canary's route of `msg` if its draw is the canary's and the canary did not
+    /// fail on it.
+    fn route_canary(&mut self, msg: &Message, draw: u32) -> Option<Vec<BindingId>> {
+        let lane = self.lane.as_mut()?;
+        if !lane.takes(draw, &self.limits) {
+            return None;
+        }
+        let cx = LaneContext {
+            name: &self.name,
+            arguments: &self.arguments,
+            bindings: &self.bindings,
+            limits: &self.limits,
+        };
+        lane.canary(&cx, msg)
     }
 
     /// The cheap part of [`Self::route_checked`]: a refusal while quarantined or
     /// throttled, or a cached key-only route; `None` when the plugin must be called (or
     /// a reset or redeploy must be applied first, which starts an instance).
-    fn route_cached(&mut self, msg: &Message) -> Option<Result<Vec<BindingId>, ExchangeError>> {
+    /// With a canary, the draw decides the version first, then only that version's cache
+    /// is looked at; with a shadow, a cached route counts only if the shadow's is cached
+    /// too (compared here), otherwise the worker routes it and runs the shadow after.
+    fn route_cached(
+        &mut self,
+        msg: &Message,
+        draw: u32,
+    ) -> Option<Result<Vec<BindingId>, ExchangeError>> {
         if self.control.reset_requested.load(Ordering::Acquire)
             || self.slot.generation() != self.generation
         {
@@ -354,7 +398,19 @@ impl PluginExchange {
         if self.control.is_quarantined() || self.health.throttled(&self.limits) {
             return self.check_in().err().map(Err);
         }
-        let ids = self.cache.as_ref()?.get(&msg.routing_key)?.to_vec();
+        if let Some(lane) = self.lane.as_mut()
+            && lane.takes(draw, &self.limits)
+        {
+            return lane.canary_cached(msg).map(Ok);
+        }
+        let ids = self.cache.as_ref()?.get(&msg.routing_key)?;
+        if let Some(lane) = &self.lane
+            && lane.is_shadow()
+            && !lane.shadow_cached(&self.name, msg, ids)
+        {
+            return None;
+        }
+        let ids = ids.to_vec();
         self.stats.record_messages(1);
         self.stats.record_cache_hits(1);
         Some(Ok(ids))
@@ -363,9 +419,14 @@ impl PluginExchange {
     fn route_checked(
         &mut self,
         msg: &Message,
+        draw: u32,
         out: &mut Vec<BindingId>,
     ) -> Result<(), ExchangeError> {
         self.check_in()?;
+        if let Some(ids) = self.route_canary(msg, draw) {
+            out.extend_from_slice(&ids);
+            return Ok(());
+        }
         self.stats.record_messages(1);
         self.route_one(msg, out)
     }
@@ -419,26 +480,6 @@ impl PluginExchange {
     }
 }
 
-/// Checks one route result: at most `max` ids, each a binding of the exchange.
-pub(crate) fn check_route_output(
-    ids: &[BindingId],
-    max: usize,
-    bound: impl Fn(BindingId) -> bool,
-) -> Result<(), Failure> {
-    if ids.len() > max {
-        return Err(Failure::invalid_output(format!(
-            "routed to {} bindings, more than the limit of {max}",
-            ids.len(),
-        )));
-    }
-    match ids.iter().find(|id| !bound(**id)) {
-        Some(id) => Err(Failure::invalid_output(format!(
-            "routed to binding {id}, which is not bound to this exchange"
-        ))),
-        None => Ok(()),
-    }
-}
-
 impl Exchange for PluginExchange {
     fn route_batch(&mut self, msgs: &[&Message]) -> Vec<Result<Vec<BindingId>, ExchangeError>> {
         PluginExchange::route_batch(self, msgs)
@@ -450,10 +491,13 @@ impl Exchange for PluginExchange {
             .map_err(ExchangeError::InvalidBinding)
     }
 
-    fn bind(&mut self, id: BindingId, key: &str, arguments: &Headers) -> Result<(), ExchangeError> {
-        let arguments = convert::headers(arguments);
+    fn bind(&mut self, id: BindingId, key: &str, headers: &Headers) -> Result<(), ExchangeError> {
+        let arguments = convert::headers(headers);
         self.binding_call(|instance| instance.bind(id, key, &arguments))?
             .map_err(ExchangeError::InvalidBinding)?;
+        if let Some(lane) = &mut self.lane {
+            lane.bind(id, key, headers);
+        }
         self.bindings.insert(
             id,
             BoundKey {
@@ -474,6 +518,9 @@ impl Exchange for PluginExchange {
         if let Some(cache) = &mut self.cache {
             cache.clear();
         }
+        if let Some(lane) = &mut self.lane {
+            lane.unbind(id);
+        }
         if !known || self.check_in().is_err() {
             return Ok(());
         }
@@ -487,11 +534,40 @@ impl Exchange for PluginExchange {
     }
 
     fn route(&mut self, msg: &Message, out: &mut Vec<BindingId>) -> Result<(), ExchangeError> {
-        self.route_checked(msg, out)
+        self.route_checked(msg, fastrand::u32(..), out)
     }
 
     fn route_cached(&mut self, msg: &Message) -> Option<Result<Vec<BindingId>, ExchangeError>> {
-        PluginExchange::route_cached(self, msg)
+        PluginExchange::route_cached(self, msg, fastrand::u32(..))
+    }
+
+    fn route_cached_drawn(
+        &mut self,
+        msg: &Message,
+        draw: u32,
+    ) -> Option<Result<Vec<BindingId>, ExchangeError>> {
+        PluginExchange::route_cached(self, msg, draw)
+    }
+
+    fn route_batch_drawn(
+        &mut self,
+        msgs: &[&Message],
+        draws: &[u32],
+    ) -> Vec<Result<Vec<BindingId>, ExchangeError>> {
+        PluginExchange::route_batch_drawn(self, msgs, draws)
+    }
+
+    fn shadows(&self) -> bool {
+        PluginExchange::shadows(self)
+    }
+
+    fn shadow_batch(
+        &mut self,
+        msgs: &[&Message],
+        routed: &[Result<Vec<BindingId>, ExchangeError>],
+        behind: &dyn Fn() -> bool,
+    ) {
+        PluginExchange::shadow_batch(self, msgs, routed, behind)
     }
 
     fn plugin_version(&self) -> Option<u64> {

@@ -32,6 +32,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod binding_map;
 mod bindings;
 mod bundled;
 mod convert;
@@ -46,10 +47,13 @@ mod key_cache;
 mod limits;
 mod loader;
 mod log_ring;
+mod prepared;
 mod registry;
 mod samples;
 mod stats;
 pub mod testing;
+mod trial;
+mod trial_lane;
 
 pub use bindings::ABI_MAJOR_VERSION;
 pub use bundled::{STANDARD_EXCHANGES, STANDARD_HANDLERS};
@@ -65,3 +69,4 @@ pub use log_ring::{LOG_RING_LINES, LogLine};
 pub(crate) use registry::lower_thread_priority;
 pub use registry::{HostError, PluginHost, PreparedPlugin, content_hash};
 pub use stats::{CALL_TIME_BUCKETS, PluginStats, StatsSnapshot, call_time_bucket_bound};
+pub use trial::{Difference, TRIAL_EXAMPLES, TrialError, TrialMode, TrialReport, TrialSnapshot};

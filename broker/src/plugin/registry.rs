@@ -15,7 +15,10 @@ use super::host_state::HostState;
 use super::limits::Limits;
 use super::loader::{self, LoadError, LoadedPlugin, PluginInfo, PluginSource};
 use super::log_ring::{LogLine, PluginLogs};
+use super::prepared::Prepared;
+pub use super::prepared::PreparedPlugin;
 use super::stats::{PluginStats, StatsSnapshot};
+use super::trial::Trial;
 use crate::exchange::{Exchange, ExchangeError, ExchangeTypes};
 use crate::message::Headers;
 
@@ -52,6 +55,9 @@ pub enum HostError {
 /// One exchange type: its current plugin version and every version's counters.
 pub(crate) struct PluginSlot {
     current: RwLock<Arc<LoadedPlugin>>,
+    /// The version on trial (shadow or canary), if any; changed under `current`'s write
+    /// lock with a generation bump, like `current`.
+    trial: RwLock<Option<Arc<Trial>>>,
     /// Bumped on redeploy; exchanges compare it on every call (one atomic load).
     generation: AtomicU64,
     /// Counters by version, kept after a swap (and reused by a rollback to the version).
@@ -64,18 +70,49 @@ impl PluginSlot {
         (current.clone(), self.generation.load(Ordering::Acquire))
     }
 
+    /// The current version, the version on trial and the generation they belong to.
+    pub fn current_and_trial(&self) -> (Arc<LoadedPlugin>, Option<Arc<Trial>>, u64) {
+        let current = self.current.read().expect("plugin slot lock poisoned");
+        let trial = self
+            .trial
+            .read()
+            .expect("plugin slot lock poisoned")
+            .clone();
+        let generation = self.generation.load(Ordering::Acquire);
+        (current.clone(), trial, generation)
+    }
+
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
-    fn replace(&self, mut plugin: LoadedPlugin) {
+    /// Makes `plugin` current; with `end_trial`, in the same step the version on trial
+    /// stops (a promotion: each exchange moves from one to the other at one message).
+    fn replace(&self, mut plugin: LoadedPlugin, end_trial: bool) {
         plugin.stats = self.stats_of(plugin.info.version);
         let mut current = self.current.write().expect("plugin slot lock poisoned");
         *current = Arc::new(plugin);
+        if end_trial {
+            *self.trial.write().expect("plugin slot lock poisoned") = None;
+        }
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    fn stats_of(&self, version: u64) -> Arc<PluginStats> {
+    /// Starts (`Some`) or stops (`None`) a version on trial.
+    pub(super) fn set_trial(&self, trial: Option<Arc<Trial>>) {
+        let _current = self.current.write().expect("plugin slot lock poisoned");
+        *self.trial.write().expect("plugin slot lock poisoned") = trial;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(super) fn trial(&self) -> Option<Arc<Trial>> {
+        self.trial
+            .read()
+            .expect("plugin slot lock poisoned")
+            .clone()
+    }
+
+    pub(super) fn stats_of(&self, version: u64) -> Arc<PluginStats> {
         let mut all = self
             .version_stats
             .lock()
@@ -97,52 +134,6 @@ impl PluginSlot {
         self.version_snapshots()
             .iter()
             .fold(StatsSnapshot::default(), |sum, (_, s)| sum.merged(s))
-    }
-}
-
-/// A compiled and validated plugin version that is not serving yet
-/// ([`PluginHost::install`] makes it current).
-pub struct PreparedPlugin {
-    plugin: Prepared,
-}
-
-enum Prepared {
-    Exchange(LoadedPlugin),
-    Handler(super::handler::LoadedHandler),
-}
-
-impl std::fmt::Debug for PreparedPlugin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PreparedPlugin")
-            .field("info", self.info())
-            .finish_non_exhaustive()
-    }
-}
-
-impl PreparedPlugin {
-    pub fn info(&self) -> &PluginInfo {
-        match &self.plugin {
-            Prepared::Exchange(plugin) => &plugin.info,
-            Prepared::Handler(handler) => handler.info(),
-        }
-    }
-
-    /// The compiled form to keep in the artifact cache, if it was compiled now (not
-    /// taken from the cache). Handlers are always compiled.
-    pub fn artifact(&self) -> Option<Vec<u8>> {
-        let Prepared::Exchange(plugin) = &self.plugin else {
-            return None;
-        };
-        if !plugin.freshly_compiled {
-            return None;
-        }
-        match plugin.component.serialize() {
-            Ok(bytes) => Some(bytes),
-            Err(e) => {
-                tracing::warn!(plugin = %plugin.info.name, error = %e, "cannot serialize compiled plugin");
-                None
-            }
-        }
     }
 }
 
@@ -317,7 +308,13 @@ impl PluginHost {
     /// Makes a prepared version current: new exchanges use it, live ones move to it at
     /// their next call.
     pub fn install(&self, prepared: PreparedPlugin) -> PluginInfo {
-        self.inner.install(prepared)
+        self.inner.install(prepared, false)
+    }
+
+    /// [`PluginHost::install`] that also ends the type's trial in the same step: the
+    /// promotion of the version on trial.
+    pub fn install_ending_trial(&self, prepared: PreparedPlugin) -> PluginInfo {
+        self.inner.install(prepared, true)
     }
 
     /// The artifact-cache key of the plugin with content hash `hash`: compiled code is
@@ -484,11 +481,16 @@ impl PluginHost {
         &self.inner.engine
     }
 
+    /// Where plugin `name`'s instances keep their log lines.
+    pub(super) fn log_ring(&self, name: &str) -> Arc<super::log_ring::LogRing> {
+        self.inner.logs.ring(name)
+    }
+
     pub(crate) fn handler_registry(&self) -> &HandlerRegistry {
         &self.inner.handlers
     }
 
-    fn slot(&self, name: &str) -> Option<Arc<PluginSlot>> {
+    pub(super) fn slot(&self, name: &str) -> Option<Arc<PluginSlot>> {
         let types = self.inner.types.read().expect("registry lock poisoned");
         types.get(name).cloned()
     }
@@ -533,7 +535,7 @@ impl HostInner {
         })
     }
 
-    fn install(&self, prepared: PreparedPlugin) -> PluginInfo {
+    fn install(&self, prepared: PreparedPlugin, end_trial: bool) -> PluginInfo {
         let mut plugin = match prepared.plugin {
             Prepared::Exchange(plugin) => plugin,
             Prepared::Handler(mut handler) => {
@@ -545,12 +547,13 @@ impl HostInner {
         let info = plugin.info.clone();
         let mut types = self.types.write().expect("registry lock poisoned");
         match types.get(&info.name) {
-            Some(slot) => slot.replace(plugin),
+            Some(slot) => slot.replace(plugin, end_trial),
             None => {
                 let stats = Arc::new(PluginStats::default());
                 plugin.stats = stats.clone();
                 let slot = PluginSlot {
                     current: RwLock::new(Arc::new(plugin)),
+                    trial: RwLock::new(None),
                     generation: AtomicU64::new(0),
                     version_stats: Mutex::new([(info.version, stats)].into()),
                 };

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::binding_map::check_route_output;
 use super::convert;
-use super::exchange::check_route_output;
 use super::handler::{HandlerError, LiveHandler, LoadedHandler};
 use super::instance::LiveInstance;
 use super::limits::Limits;

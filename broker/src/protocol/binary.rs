@@ -446,7 +446,7 @@ fn read_request_op(kind: u8, r: &mut Reader) -> Result<Op, Fault> {
     let op = if kind == KIND_PUBLISH {
         let flags = r.flags("flags", MANDATORY)?;
         Op::Publish(Publish {
-            message: r.message()?,
+            message: Box::new(r.message()?),
             mandatory: flags & MANDATORY != 0,
         })
     } else {

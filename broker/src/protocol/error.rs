@@ -123,6 +123,8 @@ const OP_NAMES: &[&str] = &[
     "requeue_dead_letters",
     "deploy_plugin",
     "rollback_plugin",
+    "promote_plugin",
+    "plugin_shadow",
     "reset_plugin",
     "prune_plugin",
     "list_plugins",

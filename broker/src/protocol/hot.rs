@@ -62,13 +62,13 @@ pub(super) fn parse_hot_request(text: &str) -> Option<Request> {
                 (Some(_), Some(_)) => return None,
             };
             Op::Publish(Publish {
-                message: Message {
+                message: Box::new(Message {
                     exchange: hot.exchange,
                     routing_key: hot.routing_key,
                     headers: hot.headers,
                     properties: hot.properties,
                     body,
-                },
+                }),
                 mandatory: hot.mandatory,
             })
         }
@@ -385,7 +385,7 @@ mod tests {
                 let publish = Request {
                     id,
                     op: Op::Publish(Publish {
-                        message: message.clone(),
+                        message: Box::new(message.clone()),
                         mandatory,
                     }),
                 };

@@ -100,6 +100,27 @@ pub enum Op {
         /// Roll back to the version active before this one if this one starts failing.
         #[serde(default)]
         auto_rollback: bool,
+        /// Store it and run it next to the active version on live traffic, without
+        /// effect on routing (see `plugin_shadow`); `promote_plugin` makes it active.
+        #[serde(default)]
+        shadow: bool,
+        /// Store it and let it route this share (0 < percent <= 100) of the messages,
+        /// each message by exactly one version; dropped automatically if it fails.
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "present"
+        )]
+        canary_percent: Option<f64>,
+    },
+    /// Makes plugin `name`'s shadow or canary version the active one.
+    PromotePlugin {
+        name: String,
+    },
+    /// What plugin `name`'s shadow or canary version has done: messages compared, routed
+    /// differently, failures, the newest differences.
+    PluginShadow {
+        name: String,
     },
     /// Activates an earlier version: `version`, or the one before the active one.
     RollbackPlugin {
@@ -116,8 +137,8 @@ pub enum Op {
     ResetPlugin {
         name: String,
     },
-    /// Deletes the stored versions of plugin `name` but the newest `keep`, the active one
-    /// and the one before it (the rollback target).
+    /// Deletes the stored versions of plugin `name` but the newest `keep`, the active one,
+    /// the one before it (the rollback target) and the one on trial.
     PrunePlugin {
         name: String,
         keep: u64,
@@ -310,8 +331,10 @@ pub struct Binding {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Publish {
+    /// Boxed: a publish travels through several channels and futures by value, and an
+    /// inline message made every `Op` and `Command` hundreds of bytes to copy.
     #[serde(flatten)]
-    pub message: Message,
+    pub message: Box<Message>,
     /// Return the message to the publisher when no queue accepts it.
     #[serde(default)]
     pub mandatory: bool,

@@ -7,6 +7,7 @@
 //! `max_in_memory_length` keeps the bodies of the rest only in the store and reads them
 //! back in runs before it delivers them (see [`Queue::enable_paging`]).
 
+mod consumers;
 mod dedup;
 mod entry;
 mod expiry;
@@ -14,6 +15,8 @@ mod paging;
 mod parked;
 mod policy;
 
+use consumers::Unacked;
+pub use consumers::{Consumer, Dispatch, Next, Retried, Retry};
 pub use dedup::DedupWindow;
 pub use entry::Entry;
 use paging::{PAGE_IN_RUN, Paging};
@@ -52,55 +55,6 @@ pub struct Removed {
     pub state_stored: bool,
 }
 
-/// A subscription to a queue.
-#[derive(Debug, Clone)]
-pub struct Consumer {
-    pub conn: ConnId,
-    pub tag: Arc<str>,
-    /// Most unacked deliveries at once; 0 is unlimited.
-    pub prefetch: u32,
-    pub auto_ack: bool,
-    /// The queue's only consumer while it lasts.
-    pub exclusive: bool,
-    in_flight: u32,
-}
-
-impl Consumer {
-    pub fn new(conn: ConnId, tag: Arc<str>, prefetch: u32, auto_ack: bool) -> Self {
-        Consumer {
-            conn,
-            tag,
-            prefetch,
-            auto_ack,
-            exclusive: false,
-            in_flight: 0,
-        }
-    }
-
-    fn has_room(&self) -> bool {
-        self.prefetch == 0 || self.in_flight < self.prefetch
-    }
-}
-
-/// A message handed to a consumer.
-#[derive(Debug, Clone)]
-pub struct Dispatch {
-    pub conn: ConnId,
-    pub consumer_tag: Arc<str>,
-    pub auto_ack: bool,
-    pub seq: u64,
-    pub message: Arc<Message>,
-    pub delivery_count: u32,
-}
-
-/// What the head of the queue yields.
-#[derive(Debug)]
-pub enum Next {
-    Deliver(Dispatch),
-    /// It expired before anyone got it: dead-letter it.
-    Expired(Entry),
-}
-
 /// The result of offering a new message.
 #[derive(Debug)]
 pub enum Push {
@@ -111,39 +65,6 @@ pub enum Push {
     },
     /// `max_length` with `reject_publish`: the queue refuses the message.
     Rejected,
-}
-
-/// How an unacked message goes back after a failed delivery.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Retry {
-    /// After the queue's `retry_backoff` delay for this attempt.
-    Backoff,
-    /// After this many milliseconds (a nack's own delay).
-    After(u64),
-    /// At once (its consumer vanished).
-    Now,
-    /// At once and not counted as a delivery (the broker is stopping: nobody failed).
-    Release,
-}
-
-/// Where a retried message went.
-#[derive(Debug)]
-pub enum Retried {
-    /// Back in the queue, ready at once or at `not_before`.
-    Requeued {
-        stored: bool,
-        delivery_count: u32,
-        not_before: Option<u64>,
-    },
-    /// `max_deliveries` reached: dead-letter it.
-    Exhausted(Entry),
-}
-
-#[derive(Debug)]
-struct Unacked {
-    entry: Entry,
-    conn: ConnId,
-    consumer_tag: Arc<str>,
 }
 
 /// Declared properties of a queue.
@@ -413,31 +334,6 @@ impl Queue {
         self.unacked.len()
     }
 
-    pub fn consumer_count(&self) -> usize {
-        self.consumers.len()
-    }
-
-    pub fn consumers(&self) -> &[Consumer] {
-        &self.consumers
-    }
-
-    pub fn add_consumer(&mut self, consumer: Consumer) {
-        self.consumers.push(consumer);
-    }
-
-    /// Removes a consumer. Its unacked messages stay unacked until acked or until its
-    /// connection closes (as in AMQP).
-    pub fn remove_consumer(&mut self, conn: ConnId, tag: &str) -> Option<Consumer> {
-        let index = self
-            .consumers
-            .iter()
-            .position(|c| c.conn == conn && &*c.tag == tag)?;
-        if index < self.next_consumer {
-            self.next_consumer -= 1;
-        }
-        Some(self.consumers.remove(index))
-    }
-
     /// The earliest time something changes by itself (a delay ends, a message expires,
     /// the queue expires unused).
     pub fn next_deadline(&self) -> Option<u64> {
@@ -466,140 +362,6 @@ impl Queue {
             expired.extend(self.take_ready(key));
         }
         expired
-    }
-
-    /// Hands the head message to the next consumer with room (within its prefetch, and
-    /// on a connection that `may_receive`); an expired head is returned for
-    /// dead-lettering instead.
-    pub fn next_dispatch(
-        &mut self,
-        now: u64,
-        may_receive: &dyn Fn(ConnId) -> bool,
-    ) -> Option<Next> {
-        if self.ready.is_empty() || self.consumers.is_empty() {
-            return None;
-        }
-        let n = self.consumers.len();
-        let start = self.next_consumer % n;
-        let index = (0..n).map(|i| (start + i) % n).find(|&i| {
-            let consumer = &self.consumers[i];
-            consumer.has_room() && may_receive(consumer.conn)
-        })?;
-        let mut entry = loop {
-            let key = *self.ready.first_key_value()?.0;
-            if let Some(entry) = self.take_ready(key) {
-                break entry;
-            }
-            if self.ready.contains_key(&key) {
-                return None; // the store cannot be read now: the next turn tries again
-            }
-        };
-        if entry.expires_at.is_some_and(|at| at <= now) {
-            return Some(Next::Expired(entry));
-        }
-        entry.delivery_count += 1;
-        let consumer = &mut self.consumers[index];
-        consumer.in_flight += 1;
-        self.next_consumer = index + 1;
-        let dispatch = Dispatch {
-            conn: consumer.conn,
-            consumer_tag: consumer.tag.clone(),
-            auto_ack: consumer.auto_ack,
-            seq: entry.seq,
-            message: entry.message.clone(),
-            delivery_count: entry.delivery_count,
-        };
-        self.unacked.insert(
-            entry.seq,
-            Unacked {
-                entry,
-                conn: consumer.conn,
-                consumer_tag: consumer.tag.clone(),
-            },
-        );
-        Some(Next::Deliver(dispatch))
-    }
-
-    /// Takes the head message for a `get` by connection `conn` (no consumer, so no
-    /// prefetch); an expired head is returned for dead-lettering instead.
-    pub fn next_get(&mut self, now: u64, conn: ConnId) -> Option<Next> {
-        let mut entry = loop {
-            let key = *self.ready.first_key_value()?.0;
-            if let Some(entry) = self.take_ready(key) {
-                break entry;
-            }
-            if self.ready.contains_key(&key) {
-                return None;
-            }
-        };
-        if entry.expires_at.is_some_and(|at| at <= now) {
-            return Some(Next::Expired(entry));
-        }
-        entry.delivery_count += 1;
-        let consumer_tag: Arc<str> = Arc::from("");
-        let dispatch = Dispatch {
-            conn,
-            consumer_tag: consumer_tag.clone(),
-            auto_ack: false,
-            seq: entry.seq,
-            message: entry.message.clone(),
-            delivery_count: entry.delivery_count,
-        };
-        let unacked = Unacked {
-            entry,
-            conn,
-            consumer_tag,
-        };
-        self.unacked.insert(dispatch.seq, unacked);
-        Some(Next::Deliver(dispatch))
-    }
-
-    /// Settles an unacked message: it leaves the queue.
-    pub fn ack(&mut self, seq: u64) -> Option<Entry> {
-        let unacked = self.unacked.remove(&seq)?;
-        self.release_credit(&unacked);
-        Some(unacked.entry)
-    }
-
-    /// Returns an unacked message after a failed delivery, honouring `max_deliveries` and
-    /// the backoff.
-    pub fn retry(&mut self, seq: u64, how: Retry, now: u64) -> Option<Retried> {
-        let unacked = self.unacked.remove(&seq)?;
-        self.release_credit(&unacked);
-        let mut entry = unacked.entry;
-        if how == Retry::Release {
-            entry.delivery_count -= 1;
-        } else if self
-            .policy
-            .max_deliveries
-            .is_some_and(|max| entry.delivery_count >= max)
-        {
-            return Some(Retried::Exhausted(entry));
-        }
-        let delay = match how {
-            Retry::Backoff => self.policy.backoff_ms(entry.delivery_count),
-            Retry::After(ms) => ms,
-            Retry::Now | Retry::Release => 0,
-        };
-        let not_before = (delay > 0).then(|| now.saturating_add(delay));
-        entry.state_stored |= entry.stored;
-        let retried = Retried::Requeued {
-            stored: entry.stored,
-            delivery_count: entry.delivery_count,
-            not_before,
-        };
-        self.enqueue(entry, not_before, Origin::Live);
-        Some(retried)
-    }
-
-    fn release_credit(&mut self, unacked: &Unacked) {
-        if let Some(consumer) = self
-            .consumers
-            .iter_mut()
-            .find(|c| c.conn == unacked.conn && c.tag == unacked.consumer_tag)
-        {
-            consumer.in_flight -= 1;
-        }
     }
 
     /// Removes every waiting message, ready and delayed (unacked ones stay), without

@@ -364,7 +364,7 @@ impl Router {
         }
         let destinations = routed?;
         let confirms = self.conns.get(&conn).is_some_and(|c| c.confirms);
-        let message = Arc::new(message);
+        let message = Arc::<crate::message::Message>::from(message);
         if destinations.is_empty()
             && mandatory
             && let Some(c) = self.conns.get(&conn)

@@ -49,6 +49,9 @@ struct Waiting {
 /// A publish (a `Command::Request` with `Op::Publish`) waiting for its route.
 struct RouteJob {
     command: Command,
+    /// Which version routes it when a canary is deployed (see
+    /// [`Exchange::route_cached_drawn`]); drawn once, before the cache is looked at.
+    draw: u32,
     done: oneshot::Sender<Command>,
 }
 
@@ -70,13 +73,13 @@ impl SharedExchange {
     }
 
     /// The cheap route, if there is one and no worker holds the exchange.
-    fn try_cached(&self, message: &Message) -> Option<Routed> {
+    fn try_cached(&self, message: &Message, draw: u32) -> Option<Routed> {
         let mut routing = match self.routing.try_lock() {
             Ok(routing) => routing,
             Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return None,
         };
-        routing.route_cached(message)
+        routing.route_cached_drawn(message, draw)
     }
 
     /// Queues a publish; schedules the exchange on a worker if it is not already.
@@ -97,24 +100,45 @@ impl SharedExchange {
             let n = waiting.jobs.len().min(WORKER_BATCH);
             waiting.jobs.drain(..n).collect()
         };
-        let results = {
+        let (results, shadowed) = {
             let messages: Vec<&Message> = jobs
                 .iter()
                 .map(|job| publish_message(&job.command).expect("only publishes are queued"))
                 .collect();
+            let draws: Vec<u32> = jobs.iter().map(|job| job.draw).collect();
             let mut routing = self.lock();
-            std::panic::catch_unwind(AssertUnwindSafe(|| routing.route_batch(&messages)))
-                .unwrap_or_else(|_| {
-                    let failed =
-                        ExchangeError::PluginFailed("the exchange's routing panicked".into());
-                    vec![Err(failed); messages.len()]
-                })
+            let results = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                routing.route_batch_drawn(&messages, &draws)
+            }))
+            .unwrap_or_else(|_| {
+                let failed = ExchangeError::PluginFailed("the exchange's routing panicked".into());
+                vec![Err(failed); messages.len()]
+            });
+            // A shadow runs after the publishers are answered, on copies.
+            let shadowed = routing.shadows().then(|| {
+                let copies: Vec<Message> = messages.iter().map(|m| (*m).clone()).collect();
+                (copies, results.clone())
+            });
+            (results, shadowed)
         };
         for (job, routed) in jobs.into_iter().zip(results) {
             let mut command = job.command;
             set_routed(&mut command, routed);
             // The connection may have gone; its publish goes with it.
             let _ = job.done.send(command);
+        }
+        if let Some((messages, routed)) = shadowed {
+            let messages: Vec<&Message> = messages.iter().collect();
+            // Behind: more than a batch of publishes waits for this exchange.
+            let behind = || {
+                let waiting = self.waiting.lock().expect("waiting lock poisoned");
+                waiting.jobs.len() > WORKER_BATCH
+            };
+            let mut routing = self.lock();
+            let shadow = AssertUnwindSafe(|| routing.shadow_batch(&messages, &routed, &behind));
+            if std::panic::catch_unwind(shadow).is_err() {
+                tracing::error!("an exchange's shadow routing panicked");
+            }
         }
         let mut waiting = self.waiting.lock().expect("waiting lock poisoned");
         if waiting.jobs.is_empty() {
@@ -257,12 +281,18 @@ impl Ingress {
         let Some(exchange) = self.directory.get(&message.exchange) else {
             return command;
         };
-        if let Some(routed) = exchange.try_cached(message) {
+        let draw = fastrand::u32(..);
+        if let Some(routed) = exchange.try_cached(message, draw) {
             set_routed(&mut command, routed);
             return command;
         }
         let (done, routed) = oneshot::channel();
-        exchange.submit(RouteJob { command, done }, &self.workers.run);
+        let job = RouteJob {
+            command,
+            draw,
+            done,
+        };
+        exchange.submit(job, &self.workers.run);
         routed
             .await
             .expect("an exchange worker answers every publish it takes")

@@ -13,6 +13,7 @@ mod exchanges;
 mod handlers;
 mod ingress;
 mod overview;
+mod plugin_list;
 mod plugin_logs;
 mod plugin_prune;
 mod plugins;
@@ -22,6 +23,8 @@ mod queues;
 mod requests;
 mod route_trace;
 mod session;
+mod trials;
+pub(crate) use trials::restore_trials;
 mod users;
 mod vhosts;
 
@@ -293,6 +296,8 @@ pub struct Router {
     plugin_artifacts: HashMap<String, bytes::Bytes>,
     /// The last automatic rollback of each plugin.
     auto_rollbacks: HashMap<String, plugins::AutoRollback>,
+    /// Plugin name → its version on trial (shadow or canary), as stored.
+    trials: trials::Trials,
     /// For work finished off the router's task to report back.
     self_tx: mpsc::UnboundedSender<Command>,
     conns: HashMap<ConnId, Conn>,
@@ -344,6 +349,7 @@ impl Router {
             directory.clone(),
         );
         router.keep_plugin_versions = keep_plugin_versions;
+        router.watch_recovered_canaries();
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let workers = ingress::ExchangeWorkers::start(cores.max(2))
             .expect("cannot start the exchange worker threads");

@@ -84,6 +84,11 @@ impl Router {
                 .push(StoreOp::ClearActivePlugin(name.to_string()));
         }
         self.auto_rollbacks.remove(name);
+        if self.trials.remove(name).is_some() {
+            let trial = None;
+            let name = name.to_string();
+            self.batch.ops.push(StoreOp::SetPluginTrial { name, trial });
+        }
         self.plugins.unload(name);
         tracing::info!(plugin = %name, versions = versions.len(), "plugin deleted");
         let deleted: Vec<u64> = versions.iter().map(|v| v.version).collect();
@@ -124,7 +129,10 @@ impl Router {
             .take(keep as usize)
             .map(|v| v.version)
             .collect();
-        let stays = |v: u64| newest.contains(&v) || Some(v) == active || Some(v) == before_active;
+        let trial = self.trials.get(name).map(|t| t.version);
+        let stays = |v: u64| {
+            newest.contains(&v) || Some(v) == active || Some(v) == before_active || Some(v) == trial
+        };
         let (kept, pruned): (Vec<_>, Vec<_>) = std::mem::take(versions)
             .into_iter()
             .partition(|v| stays(v.version));

@@ -14,16 +14,29 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::exchanges::now_ms;
+use super::trials::DeployAs;
 use super::{Command, OpError, Outbound, Reply, Router};
 use crate::plugin::{LoadError, PluginSource, PreparedPlugin, content_hash};
 use crate::protocol::{ErrorCode, RequestId, ServerFrame};
 use crate::queue::ConnId;
 use crate::store::{CommitError, PluginVersion, StoreOp};
 
+/// What a prepared version is for once stored.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Purpose {
+    /// Becomes the active version (deploy, rollback).
+    Activate,
+    /// Runs on trial next to the active version (shadow or canary deploy).
+    Trial(crate::plugin::TrialMode),
+    /// The version on trial becomes the active one, ending the trial.
+    Promote,
+}
+
 /// A deploy or rollback waiting for (or in) compilation.
 #[derive(Debug, Clone)]
 pub(super) struct DeployJob {
     requester: Option<(ConnId, RequestId)>,
+    purpose: Purpose,
     /// A new version to store (deploy), or an earlier one (rollback).
     version: PluginVersion,
     is_new: bool,
@@ -37,6 +50,7 @@ pub(super) struct DeployJob {
 pub struct Prepared {
     /// Who to answer (none for automatic rollbacks).
     pub requester: Option<(ConnId, RequestId)>,
+    pub purpose: Purpose,
     /// A new version to store (deploy), or an earlier one (rollback).
     pub version: PluginVersion,
     pub is_new: bool,
@@ -51,6 +65,7 @@ pub struct Prepared {
 #[derive(Debug)]
 pub struct Stored {
     requester: Option<(ConnId, RequestId)>,
+    purpose: Purpose,
     version: PluginVersion,
     is_new: bool,
     auto_rollback: bool,
@@ -66,7 +81,7 @@ pub struct Stored {
 /// When a version watched for automatic rollback is judged failing: at least this many
 /// failed calls, making up at least a tenth of its calls.
 const AUTO_ROLLBACK_MIN_ERRORS: u64 = 5;
-const AUTO_ROLLBACK_CHECK: Duration = Duration::from_millis(200);
+pub(super) const AUTO_ROLLBACK_CHECK: Duration = Duration::from_millis(200);
 
 /// The last automatic rollback of a plugin, for `list_plugins`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -76,6 +91,11 @@ pub struct AutoRollback {
     pub errors: u64,
     pub calls: u64,
     pub at: u64,
+    /// For a canary rolled back (its trial ended, the active version unchanged): why it
+    /// was judged failing. `errors` and `calls` then count the messages it failed on and
+    /// all it was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<String>,
 }
 
 impl Router {
@@ -86,8 +106,15 @@ impl Router {
         name: String,
         wasm_base64: &str,
         deployed_by: Option<String>,
-        auto_rollback: bool,
+        how: DeployAs,
     ) -> Result<Reply, OpError> {
+        let (auto_rollback, trial) = match how {
+            DeployAs::Active { auto_rollback } => (auto_rollback, None),
+            DeployAs::Trial(mode) => {
+                self.check_trial_deploy(&name)?;
+                (false, Some(mode))
+            }
+        };
         use base64::Engine as _;
         let wasm = base64::engine::general_purpose::STANDARD
             .decode(wasm_base64.as_bytes())
@@ -97,6 +124,7 @@ impl Router {
         if let Some(active) = self.active_version(&name)
             && active.hash == hash
             && running == Some(active.version)
+            && trial.is_none()
             && !self.deploys.contains_key(&name)
             && !self.committing.contains_key(&name)
         {
@@ -136,7 +164,15 @@ impl Router {
             size_bytes: wasm.len() as u64,
             wasm: wasm.into(),
         };
-        self.prepare(Some((conn, id)), version, true, auto_rollback, None);
+        let purpose = trial.map_or(Purpose::Activate, Purpose::Trial);
+        self.prepare(
+            Some((conn, id)),
+            version,
+            true,
+            auto_rollback,
+            None,
+            purpose,
+        );
         Ok(Reply::Silent)
     }
 
@@ -147,8 +183,18 @@ impl Router {
         name: &str,
         to: Option<u64>,
     ) -> Result<Reply, OpError> {
+        if to.is_none() && self.trials.contains_key(name) {
+            return self.drop_trial(name);
+        }
         let target = self.rollback_target(name, to)?;
-        self.prepare(Some((conn, id)), target, false, false, None);
+        self.prepare(
+            Some((conn, id)),
+            target,
+            false,
+            false,
+            None,
+            Purpose::Activate,
+        );
         Ok(Reply::Silent)
     }
 
@@ -182,16 +228,18 @@ impl Router {
 
     /// Queues a deploy or rollback of `version`; those of one plugin are carried out one
     /// at a time, in the order they came, so the last one asked for is the one active.
-    fn prepare(
+    pub(super) fn prepare(
         &mut self,
         requester: Option<(ConnId, RequestId)>,
         version: PluginVersion,
         is_new: bool,
         auto_rollback: bool,
         automatic: Option<AutoRollback>,
+        purpose: Purpose,
     ) {
         let job = DeployJob {
             requester,
+            purpose,
             version,
             is_new,
             auto_rollback,
@@ -211,6 +259,7 @@ impl Router {
     fn start_next_deploy(&self, name: &str) {
         let Some(DeployJob {
             requester,
+            purpose,
             version,
             is_new,
             auto_rollback,
@@ -232,6 +281,7 @@ impl Router {
             let result = plugins.prepare(source).await;
             let prepared = Prepared {
                 requester,
+                purpose,
                 version,
                 is_new,
                 auto_rollback,
@@ -248,6 +298,7 @@ impl Router {
     pub(super) fn plugin_prepared(&mut self, prepared: Prepared) {
         let Prepared {
             requester,
+            purpose,
             version,
             is_new,
             auto_rollback,
@@ -275,6 +326,15 @@ impl Router {
                 return;
             }
         };
+        if !self.trial_may_proceed(
+            &version.name,
+            version.version,
+            purpose,
+            &prepared,
+            requester.clone(),
+        ) {
+            return;
+        }
         if is_new {
             self.batch
                 .ops
@@ -288,10 +348,13 @@ impl Router {
             });
             (key, Bytes::from(artifact))
         });
-        self.batch.ops.push(StoreOp::SetActivePlugin {
-            name: version.name.clone(),
-            version: version.version,
-        });
+        if !matches!(purpose, Purpose::Trial(_)) {
+            self.batch.ops.push(StoreOp::SetActivePlugin {
+                name: version.name.clone(),
+                version: version.version,
+            });
+        }
+        self.trial_store_ops(&version.name, version.version, purpose);
         // The router's own record (versions, active version, artifacts) follows the
         // commit: until it is known, the version is neither listed nor running.
         self.committing
@@ -310,6 +373,7 @@ impl Router {
         });
         let stored = Stored {
             requester,
+            purpose,
             version,
             is_new,
             auto_rollback,
@@ -335,6 +399,7 @@ impl Router {
     pub(super) fn plugin_stored(&mut self, stored: Stored) {
         let Stored {
             requester,
+            purpose,
             version,
             is_new,
             auto_rollback,
@@ -371,15 +436,28 @@ impl Router {
             let at = versions.partition_point(|v| v.version < number);
             versions.insert(at, version);
         }
+        if let Purpose::Trial(mode) = purpose {
+            self.trial_stored(&name, number, mode, prepared, requester, result);
+            if is_new {
+                self.apply_plugin_retention(&name);
+            }
+            return;
+        }
         let previous = self.active_plugins.insert(name.clone(), number);
         if let Some(automatic) = automatic {
             self.auto_rollbacks.insert(name.clone(), automatic);
         }
-        self.plugins.install(prepared);
+        if purpose == Purpose::Promote {
+            self.trials.remove(&name);
+            self.plugins.install_ending_trial(prepared);
+        } else {
+            self.plugins.install(prepared);
+        }
         let (hash, deployed_by, rollback) = log;
         tracing::info!(plugin = %name, version = number, %hash, %deployed_by, rollback, "plugin version active");
         let watched = auto_rollback && previous.is_some();
         result["auto_rollback"] = json!(watched);
+        result["promoted"] = json!(purpose == Purpose::Promote);
         if let Some((conn, id)) = requester {
             self.send_frame(conn, ServerFrame::Ok { id, result });
         }
@@ -425,6 +503,7 @@ impl Router {
                         errors: stats.errors,
                         calls: stats.calls,
                         at: now_ms(),
+                        canary: None,
                     };
                     let _ = router.send(Command::AutoRollback { name, failing });
                     return;
@@ -435,6 +514,9 @@ impl Router {
 
     /// Rolls `name` back from a failing version, if that version is still the active one.
     pub(super) fn auto_rollback(&mut self, name: String, failing: AutoRollback) {
+        if failing.canary.is_some() {
+            return self.canary_failed(name, failing);
+        }
         if self.active_plugins.get(&name) != Some(&failing.from) {
             return;
         }
@@ -449,7 +531,7 @@ impl Router {
             plugin = %name, from = failing.from, to = failing.to, errors = failing.errors,
             calls = failing.calls, "plugin version failing; rolling back automatically"
         );
-        self.prepare(None, target, false, false, Some(failing));
+        self.prepare(None, target, false, false, Some(failing), Purpose::Activate);
     }
 
     /// Lifts quarantine for every exchange of plugin `name`; answers which were lifted.
@@ -463,115 +545,6 @@ impl Router {
             tracing::info!(plugin = name, exchanges = ?lifted, "quarantine lifted by reset");
         }
         Ok(Reply::Ok(json!({ "name": name, "reset": lifted })))
-    }
-
-    pub(super) fn list_plugins(&self) -> Reply {
-        let plugins: Vec<_> = self
-            .plugins
-            .plugins()
-            .into_iter()
-            .map(|info| {
-                let active = self.active_plugins.get(&info.name).copied();
-                let hash = active.and_then(|v| {
-                    let versions = self.plugin_versions.get(&info.name)?;
-                    versions
-                        .iter()
-                        .find(|p| p.version == v)
-                        .map(|p| p.hash.clone())
-                });
-                let stats = self.plugins.stats(&info.name).unwrap_or_default();
-                json!({
-                    "name": info.name,
-                    "kind": "exchange",
-                    "bundled": info.bundled,
-                    "active_version": active,
-                    "hash": hash,
-                    "from_cache": info.from_cache,
-                    "calls": stats.calls,
-                    "errors": stats.errors,
-                    "p99_call_us": stats.call_p99().map(|d| d.as_secs_f64() * 1e6),
-                    "stats": stats,
-                    "versions": self.version_counts(&info.name),
-                    "last_auto_rollback": self.auto_rollbacks.get(&info.name),
-                    "quarantined": self.quarantined_exchanges(&info.name),
-                })
-            })
-            .collect();
-        let mut plugins = plugins;
-        for (name, bundled, stats) in self.plugins.handler_plugins() {
-            let active = self.active_plugins.get(&name).copied();
-            let hash = active.and_then(|v| {
-                let versions = self.plugin_versions.get(&name)?;
-                versions
-                    .iter()
-                    .find(|p| p.version == v)
-                    .map(|p| p.hash.clone())
-            });
-            let stats = stats.unwrap_or_default();
-            plugins.push(json!({
-                "name": name,
-                "kind": "handler",
-                "bundled": bundled,
-                "active_version": active,
-                "hash": hash,
-                "calls": stats.calls,
-                "errors": stats.errors,
-                "p99_call_us": stats.call_p99().map(|d| d.as_secs_f64() * 1e6),
-                "stats": stats,
-                "versions": self.version_counts(&name),
-            }));
-        }
-        Reply::Ok(json!({ "plugins": plugins }))
-    }
-
-    /// The quarantined exchanges of type `name`: exchange, since (ms since the Unix
-    /// epoch), reason.
-    fn quarantined_exchanges(&self, name: &str) -> Vec<serde_json::Value> {
-        let mut quarantined: Vec<_> = self
-            .exchanges
-            .iter()
-            .filter(|(_, e)| e.kind == name)
-            .filter_map(|(exchange, _)| {
-                let (since, reason) = self.plugins.quarantine(exchange)?;
-                Some(json!({ "exchange": exchange, "since": since, "reason": reason }))
-            })
-            .collect();
-        quarantined.sort_by(|a, b| a["exchange"].as_str().cmp(&b["exchange"].as_str()));
-        quarantined
-    }
-
-    /// Messages, calls and errors of each version of plugin `name` since startup.
-    fn version_counts(&self, name: &str) -> Vec<serde_json::Value> {
-        let versions = self.plugins.version_stats(name).into_iter();
-        versions
-            .map(|(version, stats)| {
-                json!({
-                    "version": version,
-                    "messages": stats.messages,
-                    "calls": stats.calls,
-                    "errors": stats.errors,
-                })
-            })
-            .collect()
-    }
-
-    pub(super) fn plugin_history(&self, name: &str) -> Result<Reply, OpError> {
-        let versions = self.plugin_versions.get(name).ok_or_else(|| {
-            OpError::new(
-                ErrorCode::PluginNotFound,
-                format!("no deployed plugin `{name}`"),
-            )
-        })?;
-        let active = self.active_plugins.get(name).copied();
-        let versions: Vec<_> = versions
-            .iter()
-            .map(|v| {
-                let mut entry = serde_json::to_value(v).expect("serializable");
-                entry["active"] = json!(Some(v.version) == active);
-                entry
-            })
-            .collect();
-        Ok(Reply::Ok(json!({ "name": name, "versions": versions })))
     }
 }
 

@@ -43,6 +43,7 @@ impl Router {
             deploys: HashMap::new(),
             plugin_artifacts: recovered.plugin_artifacts,
             auto_rollbacks: HashMap::new(),
+            trials: recovered.plugin_trials.into_iter().collect(),
             self_tx,
             unrestored: HashMap::new(),
             committing: HashMap::new(),

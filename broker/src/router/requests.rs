@@ -3,7 +3,7 @@
 
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{ConnTx, OpError, Outbound, Reply, Routed, Router, Settle, UserChange};
+use super::{ConnTx, OpError, Outbound, Reply, Routed, Router, Settle, UserChange, trials};
 use crate::protocol::{ErrorCode, Op, Request, RequestId, ServerFrame};
 use crate::queue::{ConnId, Retry};
 use crate::store::CommitError;
@@ -76,14 +76,13 @@ impl Router {
                 wasm_base64,
                 deployed_by,
                 auto_rollback,
-            } => self.deploy_plugin(
-                conn,
-                id.clone(),
-                name,
-                &wasm_base64,
-                deployed_by,
-                auto_rollback,
-            ),
+                shadow,
+                canary_percent,
+            } => trials::requested(shadow, canary_percent, auto_rollback).and_then(|how| {
+                self.deploy_plugin(conn, id.clone(), name, &wasm_base64, deployed_by, how)
+            }),
+            Op::PromotePlugin { name } => self.promote_plugin(conn, id.clone(), &name),
+            Op::PluginShadow { name } => self.plugin_shadow(&name),
             Op::RollbackPlugin { name, version } => {
                 self.rollback_plugin(conn, id.clone(), &name, version)
             }

@@ -83,6 +83,11 @@ impl Session {
         Session::open_in(self.router.clone(), vhost, Some(user.clone()))
     }
 
+    /// The broker's own (trusted) session in `vhost`, on its own pseudo-connection.
+    pub fn in_vhost(&self, vhost: &str) -> Session {
+        Session::open_in(self.router.clone(), vhost, None)
+    }
+
     fn open_in(router: RouterHandle, vhost: &str, user: Option<crate::auth::Principal>) -> Session {
         let conn = NEXT_SESSION.fetch_sub(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();

@@ -453,12 +453,9 @@ impl Connection {
             reason: reason.to_string(),
         }));
         tracing::info!(conn = self.id, peer = %self.peer, "connection blocked");
-        while *self.flow.alarm.borrow_and_update() {
-            tokio::select! {
-                changed = self.flow.alarm.changed() => if changed.is_err() { break },
-                _ = self.shutdown.changed() => return Err(Ended::BrokerStopping),
-            }
-        }
+        super::wait_until_alarm_clears(&mut self.flow.alarm, &mut self.shutdown)
+            .await
+            .map_err(|_| Ended::BrokerStopping)?;
         let _ = tx.send(Outbound::Frame(ServerFrame::Unblocked));
         tracing::info!(conn = self.id, peer = %self.peer, "connection unblocked");
         Ok(())

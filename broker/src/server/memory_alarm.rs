@@ -118,6 +118,24 @@ pub(super) async fn watch_memory(
 }
 
 /// This process's resident set size in bytes (Linux).
+/// The broker stopped while a connection waited for the alarm to clear.
+pub struct StoppedWhileBlocked;
+
+/// Waits until the memory alarm clears; every protocol's publishing connection waits
+/// here, unread, while it is raised.
+pub async fn wait_until_alarm_clears(
+    alarm: &mut watch::Receiver<bool>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), StoppedWhileBlocked> {
+    while *alarm.borrow_and_update() {
+        tokio::select! {
+            changed = alarm.changed() => if changed.is_err() { break },
+            _ = shutdown.changed() => return Err(StoppedWhileBlocked),
+        }
+    }
+    Ok(())
+}
+
 pub fn resident_memory() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;

@@ -35,7 +35,9 @@ pub(crate) use admission::{Admission, accept_each};
 pub use connection::INJECTED_PANIC_FRAME;
 use connection::{ConnLimits, FlowControl};
 use gate::Gate;
-pub use memory_alarm::{MemoryStats, MemoryWatermark, resident_memory};
+pub use memory_alarm::{
+    MemoryStats, MemoryWatermark, StoppedWhileBlocked, resident_memory, wait_until_alarm_clears,
+};
 use plugins_dir::PluginsDir;
 use sources::Sources;
 use tls::TlsSetup;
@@ -242,6 +244,7 @@ impl Broker {
                 }
             };
             restore_plugin_versions(&host, &mut recovered, &mut compiled);
+            crate::router::restore_trials(&host, &mut recovered, &mut compiled);
             if recovered.users.is_empty() {
                 // A fresh install (or a data dir from before users): RabbitMQ's default.
                 let guest = crate::auth::default_user();
@@ -323,6 +326,10 @@ impl Broker {
                 },
                 tls: tls.clone(),
                 sessions: crate::http::Sessions::new(config.http_session_timeout),
+                rates: crate::http::RateHistory::start(
+                    crate::router::Session::open(router.clone()),
+                    shutdown_rx.clone(),
+                ),
             });
             tracing::info!(%http_addr, tls = tls.is_some(), "management HTTP listening");
             tokio::spawn(crate::http::serve(listener, state, shutdown_rx.clone()))

@@ -392,7 +392,7 @@ impl Session {
             body: frame.body.clone(),
         };
         let op = Op::Publish(Publish {
-            message,
+            message: Box::new(message),
             mandatory: false,
         });
         let answer = match receipt {
@@ -500,12 +500,9 @@ impl Session {
             return Ok(());
         }
         tracing::info!(conn = self.conn, peer = %self.peer, "STOMP connection blocked");
-        while *self.alarm.borrow_and_update() {
-            tokio::select! {
-                changed = self.alarm.changed() => if changed.is_err() { break },
-                _ = self.shutdown.changed() => return Err(Ended::BrokerStopping),
-            }
-        }
+        crate::server::wait_until_alarm_clears(&mut self.alarm, &mut self.shutdown)
+            .await
+            .map_err(|_| Ended::BrokerStopping)?;
         tracing::info!(conn = self.conn, peer = %self.peer, "STOMP connection unblocked");
         Ok(())
     }

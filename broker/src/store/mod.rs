@@ -50,6 +50,9 @@ const PLUGIN_VERSIONS: TableDefinition<(&str, u64), &[u8]> =
 const PLUGIN_WASM: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("plugin_wasm");
 /// The active version of each deployed plugin.
 const ACTIVE_PLUGINS: TableDefinition<&str, u64> = TableDefinition::new("active_plugins");
+/// The version on trial (shadow or canary) of each plugin that has one: its
+/// [`PluginTrialRecord`] (JSON).
+const PLUGIN_TRIALS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugin_trials");
 /// Compiled plugin code by `<engine compatibility hash>-<content hash>`, so a restart
 /// need not recompile (see `PluginHost::artifact_key`).
 const PLUGIN_ARTIFACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugin_artifacts");
@@ -120,6 +123,14 @@ pub struct PluginVersion {
     pub wasm: bytes::Bytes,
 }
 
+/// A plugin version on trial next to the active one, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginTrialRecord {
+    pub version: u64,
+    #[serde(flatten)]
+    pub mode: crate::plugin::TrialMode,
+}
+
 /// A stored message of a recovered queue.
 #[derive(Debug, Clone)]
 pub struct StoredMessage {
@@ -157,6 +168,8 @@ pub struct Recovered {
     pub plugin_versions: Vec<PluginVersion>,
     /// Plugin name → active version.
     pub active_plugins: Vec<(String, u64)>,
+    /// Plugin name → version on trial.
+    pub plugin_trials: Vec<(String, PluginTrialRecord)>,
     /// Compiled plugin code by artifact key.
     pub plugin_artifacts: std::collections::HashMap<String, bytes::Bytes>,
     /// Handler attachments of durable queues.
@@ -296,6 +309,7 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
     txn.open_table(PLUGIN_VERSIONS)?;
     txn.open_table(PLUGIN_WASM)?;
     txn.open_table(ACTIVE_PLUGINS)?;
+    txn.open_table(PLUGIN_TRIALS)?;
     txn.open_table(PLUGIN_ARTIFACTS)?;
     txn.open_table(HANDLERS)?;
     txn.open_table(USERS)?;
@@ -376,6 +390,14 @@ fn recover(db: &Database, in_memory: impl Fn(&QueueRecord) -> usize) -> Result<R
         recovered
             .active_plugins
             .push((name.value().to_owned(), version.value()));
+    }
+    for entry in txn.open_table(PLUGIN_TRIALS)?.iter()? {
+        let (name, value) = entry?;
+        let record = serde_json::from_slice(value.value())
+            .map_err(|e| corrupt("plugin_trials")(e.to_string()))?;
+        recovered
+            .plugin_trials
+            .push((name.value().to_owned(), record));
     }
     for entry in txn.open_table(PLUGIN_ARTIFACTS)?.iter()? {
         let (key, artifact) = entry?;

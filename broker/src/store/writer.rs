@@ -84,6 +84,11 @@ pub enum StoreOp {
     },
     /// The plugin was deleted: nothing of it is restored at startup.
     ClearActivePlugin(String),
+    /// Starts (`Some`) or ends (`None`) the plugin's version on trial.
+    SetPluginTrial {
+        name: String,
+        trial: Option<super::PluginTrialRecord>,
+    },
     /// Records a retried message's delivery count and, for a delayed retry, its due time.
     SetEntryState {
         queue: u64,
@@ -484,6 +489,13 @@ fn apply<'a>(
             }
             StoreOp::ClearActivePlugin(name) => {
                 active_plugins.remove(name.as_str())?;
+            }
+            StoreOp::SetPluginTrial { name, trial } => {
+                let mut trials = txn.open_table(super::PLUGIN_TRIALS)?;
+                match trial {
+                    Some(trial) => trials.insert(name.as_str(), json(trial).as_slice())?,
+                    None => trials.remove(name.as_str())?,
+                };
             }
             StoreOp::SetEntryState {
                 queue,

@@ -4,16 +4,24 @@
 //! at the end a clean broker drains the queue. Prints one line:
 //!
 //! `scenario=soak secs=S kills=K published=P confirmed=C delivered=D lost=L duplicates=U
-//! duplicates_in_flight=F duplicates_acked_early=E corrupted=X left=N restart_p50_ms=R
-//! restart_max_ms=M`
+//! duplicates_in_flight=F duplicates_acked_early=E acks_stored=S
+//! duplicates_after_stored_ack=A corrupted=X left=N restart_p50_ms=R restart_max_ms=M`
 //!
 //! `delivered` counts distinct messages. `lost` (confirmed, never delivered) and
 //! `corrupted` (a body that is not what was published) must be 0: the command fails
 //! otherwise. `duplicates` (deliveries of a message already acked, when the ack did not
 //! reach the disk before the kill) are what at-least-once delivery allows; they are split
 //! into those acked less than a second before the kill of the broker they went to (in
-//! flight, or sent after it) and those acked earlier (an ack that should have been stored
-//! by then). `restart`
+//! flight, or sent after it) and those acked earlier.
+//!
+//! Whether an ack was stored is known exactly, not guessed from time: every
+//! `SYNC_EVERY` acks the consumer publishes a persistent marker on the same connection.
+//! The broker handles a connection's requests in order and commits its store operations
+//! in order, so the marker's confirm means every ack sent before it is on disk.
+//! `acks_stored` counts the messages whose last ack a marker showed stored (what the
+//! check covers); `duplicates_after_stored_ack` counts redeliveries of a message whose
+//! ack was known stored: the promise "an acked message never comes back" makes it 0, and the command
+//! fails otherwise. `restart`
 //! is from spawning `broker serve` on the data directory to its first answered request.
 
 use std::collections::{HashMap, HashSet};
@@ -26,6 +34,10 @@ use anyhow::Context as _;
 use broker::{Client, Message, QueueOptions};
 
 const QUEUE: &str = "soak";
+/// Where the consumer's sync markers go (the newest one kept).
+const SYNC_QUEUE: &str = "soak-sync";
+/// Acks between two sync markers.
+const SYNC_EVERY: u64 = 50;
 /// Publishes in flight per publisher connection.
 const WINDOW: usize = 64;
 
@@ -40,14 +52,37 @@ struct Seen {
     /// before the next kill, or earlier.
     duplicates_in_flight: u64,
     duplicates_acked_early: u64,
+    /// Deliveries of a message whose ack a confirmed sync marker showed stored.
+    duplicates_after_stored_ack: u64,
     corrupted: u64,
-    /// Message id → when its (last) ack was sent, and to which broker run.
-    acked: HashMap<u64, (Instant, usize)>,
+    /// Message id → its (last) ack.
+    acked: HashMap<u64, Ack>,
+    /// Broker run → how many of its consumer's sync markers were confirmed (in order).
+    synced: HashMap<usize, u64>,
+    /// How long each confirmed sync marker took from send to confirm: an upper bound on
+    /// how long the acks sent just before it took to be stored.
+    sync_ms: Vec<f64>,
     /// When each kill was, in order.
     kills: Vec<Instant>,
 }
 
+/// An ack as the consumer sent it.
+#[derive(Clone, Copy)]
+struct Ack {
+    at: Instant,
+    /// The broker run it went to.
+    run: usize,
+    /// The index of the first sync marker sent after it: once that marker is confirmed,
+    /// the ack is stored.
+    marker: u64,
+}
+
 impl Seen {
+    /// Whether a confirmed sync marker showed `ack` stored.
+    fn ack_stored(&self, ack: Ack) -> bool {
+        self.synced.get(&ack.run).is_some_and(|n| *n > ack.marker)
+    }
+
     /// Whether an ack sent at `acked_at` to broker run `run` had a second or more before
     /// that broker was killed (its redelivery can come several runs later; an ack sent
     /// after the kill, before the consumer noticed, never reached a broker).
@@ -83,7 +118,8 @@ fn spawn_broker(data_dir: &std::path::Path) -> anyhow::Result<(Child, String)> {
             "serve",
             "--listen",
             "127.0.0.1:0",
-            "--no-http",
+            "--http",
+            "off",
             // Only the WebSocket listener: the AMQP and STOMP ports may be taken (by
             // another broker, or RabbitMQ).
             "--amqp",
@@ -143,11 +179,12 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(120);
 /// kills.
 async fn consume(
     c: &Client,
-    seen: &Mutex<Seen>,
+    seen: &Arc<Mutex<Seen>>,
     run: usize,
     until_empty: bool,
 ) -> anyhow::Result<()> {
     let mut sub = c.consume(QUEUE, 200).await?;
+    let (mut markers, mut acks_since_marker) = (0u64, 0u64);
     let drain_until = Instant::now() + DRAIN_LIMIT;
     loop {
         let delivery = match until_empty {
@@ -165,25 +202,66 @@ async fn consume(
             false => sub.next().await,
         };
         let Some(d) = delivery else { return Ok(()) };
-        let mut seen = seen.lock().unwrap();
+        let mut record = seen.lock().unwrap();
         match id_of(&d.message.body).filter(|id| d.message.body[..] == body(*id)[..]) {
             Some(id) => {
-                *seen.delivered.entry(id).or_default() += 1;
-                if let Some((acked_at, acked_run)) = seen.acked.get(&id).copied() {
-                    match seen.acked_long_before_a_kill(acked_at, acked_run) {
-                        true => seen.duplicates_acked_early += 1,
-                        false => seen.duplicates_in_flight += 1,
+                *record.delivered.entry(id).or_default() += 1;
+                if let Some(ack) = record.acked.get(&id).copied() {
+                    match record.acked_long_before_a_kill(ack.at, ack.run) {
+                        true => record.duplicates_acked_early += 1,
+                        false => record.duplicates_in_flight += 1,
+                    }
+                    if record.ack_stored(ack) {
+                        record.duplicates_after_stored_ack += 1;
                     }
                 }
-                seen.acked.insert(id, (Instant::now(), run));
+                let ack = Ack {
+                    at: Instant::now(),
+                    run,
+                    marker: markers,
+                };
+                record.acked.insert(id, ack);
             }
-            None => seen.corrupted += 1,
+            None => record.corrupted += 1,
         }
-        drop(seen);
+        drop(record);
         if c.ack(d.delivery_tag, false).is_err() {
             return Ok(());
         }
+        acks_since_marker += 1;
+        if acks_since_marker == SYNC_EVERY && !until_empty {
+            acks_since_marker = 0;
+            send_sync_marker(c, seen, run, markers);
+            markers += 1;
+        }
     }
+}
+
+/// Publishes sync marker `index` on the consumer's connection, after the acks sent so
+/// far; its confirm (after the commit holding it, and so every earlier ack) is recorded.
+fn send_sync_marker(c: &Client, seen: &Arc<Mutex<Seen>>, run: usize, index: u64) {
+    let mut marker = Message::text(SYNC_QUEUE, "sync");
+    marker.properties.persistent = true;
+    let confirm = c.publish(marker, false);
+    let seen = seen.clone();
+    let sent = Instant::now();
+    tokio::spawn(async move {
+        if confirm.await.is_ok() {
+            let mut seen = seen.lock().unwrap();
+            seen.sync_ms.push(sent.elapsed().as_secs_f64() * 1e3);
+            let synced = seen.synced.entry(run).or_default();
+            *synced = (*synced).max(index + 1);
+        }
+    });
+}
+
+/// The sync markers' queue: durable, only the newest marker kept.
+fn sync_queue_options() -> QueueOptions {
+    let mut options = QueueOptions::durable();
+    options
+        .arguments
+        .insert("max_length".into(), serde_json::json!(1));
+    options
 }
 
 /// Runs the soak for `duration`; `seed` picks the kill moments.
@@ -203,8 +281,12 @@ pub async fn run(duration: Duration, seed: u64) -> anyhow::Result<()> {
             .declare_queue(QUEUE, QueueOptions::durable())
             .await?;
         restarts_ms.push(spawned.elapsed().as_secs_f64() * 1e3);
+        publisher
+            .declare_queue(SYNC_QUEUE, sync_queue_options())
+            .await?;
         publisher.confirm_select().await?;
         let consumer = Client::connect(&url).await?;
+        consumer.confirm_select().await?;
         let publishing = tokio::spawn(publish(publisher, next_id.clone(), seen.clone()));
         let consuming = {
             let seen = seen.clone();
@@ -239,31 +321,49 @@ pub async fn run(duration: Duration, seed: u64) -> anyhow::Result<()> {
         .filter(|id| !seen.delivered.contains_key(id))
         .count();
     let delivered = seen.delivered.len();
-    restarts_ms.sort_by(f64::total_cmp);
-    let restart_p50 = restarts_ms
-        .get(restarts_ms.len() / 2)
+    let acks_stored = seen
+        .acked
+        .values()
+        .filter(|ack| seen.ack_stored(**ack))
+        .count();
+    let (restart_p50, restart_max) = median_and_max(&mut restarts_ms);
+    let mut sync_ms = seen.sync_ms.clone();
+    let (sync_p50, sync_max) = median_and_max(&mut sync_ms);
+    let sync_p99 = sync_ms
+        .get(sync_ms.len() * 99 / 100)
         .copied()
         .unwrap_or(0.0);
-    let restart_max = restarts_ms.last().copied().unwrap_or(0.0);
     println!(
         "scenario=soak secs={:.1} kills={kills} published={} confirmed={} delivered={delivered} \
          lost={lost} duplicates={} duplicates_in_flight={} duplicates_acked_early={} \
-         corrupted={} left={} restart_p50_ms={restart_p50:.0} restart_max_ms={restart_max:.0}",
+         acks_stored={acks_stored} duplicates_after_stored_ack={} corrupted={} left={} \
+         restart_p50_ms={restart_p50:.0} restart_max_ms={restart_max:.0} \
+         ack_stored_p50_ms={sync_p50:.0} ack_stored_p99_ms={sync_p99:.0} \
+         ack_stored_max_ms={sync_max:.0}",
         started.elapsed().as_secs_f64(),
         seen.published,
         seen.confirmed.len(),
         seen.duplicates_in_flight + seen.duplicates_acked_early,
         seen.duplicates_in_flight,
         seen.duplicates_acked_early,
+        seen.duplicates_after_stored_ack,
         seen.corrupted,
         left.ready + left.unacked,
     );
     anyhow::ensure!(
-        lost == 0 && seen.corrupted == 0,
-        "{lost} confirmed messages lost, {} corrupted",
-        seen.corrupted
+        lost == 0 && seen.corrupted == 0 && seen.duplicates_after_stored_ack == 0,
+        "{lost} confirmed messages lost, {} corrupted, {} redelivered after their ack was stored",
+        seen.corrupted,
+        seen.duplicates_after_stored_ack
     );
     Ok(())
+}
+
+/// The median and the largest of `values` (0 for none); sorts them.
+fn median_and_max(values: &mut [f64]) -> (f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let median = values.get(values.len() / 2).copied().unwrap_or(0.0);
+    (median, values.last().copied().unwrap_or(0.0))
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
-// The management page: polls the JSON API, keeps the last minutes of rates in memory, and
-// draws everything with the DOM, inline SVG and a canvas. No framework, no build step.
+// The management page: polls the JSON API, starts its rate chart from the broker's own
+// history (`/api/rates`) and adds to it, and draws everything with the DOM, inline SVG and
+// a canvas. The forms' actions are in actions.js. No framework, no build step.
 "use strict";
 
 const POLL_MS = 1500;
-const HISTORY_MS = 5 * 60 * 1000;
+const HISTORY_MS = 10 * 60 * 1000;
 const SPARK_POINTS = 40;
 const DLQ_PEEK = 20;
 
@@ -17,6 +18,7 @@ const state = {
   timer: null,
   polling: false,        // a poll is in flight
   again: false,          // poll once more when it ends (an action changed something)
+  onPlugins: [],         // called with each poll's plugin list (actions.js's type list)
 };
 
 // ---- small helpers -------------------------------------------------------------------
@@ -243,8 +245,8 @@ function renderChart() {
   }
   g.textAlign = "center";
   g.textBaseline = "top";
-  for (let m = 0; m <= 5; m++) {
-    const x = pad.l + w - (w * m) / 5;
+  for (let m = 0; m <= 10; m += 2) {
+    const x = pad.l + w - (w * m) / 10;
     g.fillText(m === 0 ? "now" : `-${m}m`, x, pad.t + h + 6);
   }
   const x = (t) => pad.l + w - (w * (now - t)) / HISTORY_MS;
@@ -258,6 +260,7 @@ function renderChart() {
     state.history.forEach((p, i) => (i ? g.lineTo(x(p.t), y(p[s])) : g.moveTo(x(p.t), y(p[s]))));
     g.stroke();
   }
+  canvas.dataset.points = state.history.length;
   if (state.history.length < 2) {
     g.textAlign = "center";
     g.textBaseline = "middle";
@@ -442,6 +445,9 @@ function renderPlugins(plugins) {
         ? el("span", {}, `v${p.active_version}`, p.hash ? el("span", { class: "tag mono", text: p.hash.slice(0, 8) }) : null,
           byVersion ? el("div", { class: "small muted", text: byVersion }) : null)
         : el("span", { class: "tag", text: p.bundled ? "bundled" : "from file" });
+      // A version before the active one to go back to (bundled types have no versions;
+      // a pruned history refuses, saying so).
+      const earlier = p.active_version > 1;
       return el("tr", { "data-plugin": p.name },
         el("td", { class: "name" }, p.name, p.kind === "handler" ? el("span", { class: "tag", text: "handler" }) : null),
         el("td", {}, version),
@@ -449,9 +455,15 @@ function renderPlugins(plugins) {
         el("td", { class: "num" }, s.errors ? el("span", { class: "tag bad", text: fmt(s.errors) }) : "0"),
         el("td", { class: "num", text: fmt(s.traps) }),
         el("td", { class: "num", text: fmt(s.timeouts) }),
-        el("td", { class: "num", text: p99 }));
+        el("td", { class: "num", text: p99 }),
+        // Per-version actions: roll back here; shadow, canary and promote go beside it.
+        el("td", { class: "plugin-actions" },
+          earlier
+            ? el("button", { class: "btn", "data-rollback": p.name, onclick: () => rollBack(p.name) }, "Roll back")
+            : null));
     }),
   );
+  for (const listener of state.onPlugins) listener(plugins);
 }
 
 function renderConnections(connections) {
@@ -544,5 +556,14 @@ async function loadVhosts() {
     window.location.search = `?vhost=${enc(select.value)}`;
   });
 }
+// The broker keeps the last minutes of rates: the chart starts from them.
+async function seedRates() {
+  const rates = await api("/api/rates").catch(() => ({ samples: [], interval_ms: 1 }));
+  const per = (count) => count / (rates.interval_ms / 1000);
+  const seeded = rates.samples.map((r) => ({ t: r.t, publish: per(r.published), deliver: per(r.delivered), ack: per(r.acked) }));
+  state.history = seeded.filter((p) => p.t >= Date.now() - HISTORY_MS);
+  $("rates").dataset.seeded = state.history.length;
+}
+
 loadVhosts();
-poll();
+seedRates().finally(poll);

@@ -58,7 +58,7 @@ fn requests() -> Vec<Request> {
                 all.push(Request {
                     id: id.clone(),
                     op: Op::Publish(Publish {
-                        message: message.clone(),
+                        message: Box::new(message.clone()),
                         mandatory,
                     }),
                 });
@@ -202,7 +202,7 @@ fn layout_matches_the_documentation() {
     let publish = Request {
         id: RequestId::Str("p".into()),
         op: Op::Publish(Publish {
-            message: persistent,
+            message: Box::new(persistent),
             mandatory: false,
         }),
     };

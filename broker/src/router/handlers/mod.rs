@@ -25,14 +25,16 @@ use tokio::sync::mpsc;
 
 use super::exchanges::now_ms;
 use super::queues::check_access;
-use super::{Command, ConnTx, OpError, Outbound, Reply, Router, Settle};
+use super::{Command, OpError, Outbound, Reply, Router, Settle};
 use crate::message::Message;
 use crate::plugin::{HandlerError, HandlerSlot, LiveHandler};
-use crate::protocol::{AttachHandler, Delivery, ErrorCode, HandlerMode, RequestId, ServerFrame};
+use crate::protocol::{AttachHandler, ErrorCode, HandlerMode, RequestId, ServerFrame};
 use crate::queue::{ConnId, Consumer, Retry};
 use crate::store::StoreOp;
 
+mod filters;
 mod workers;
+pub(super) use filters::{FilterJob, FilterRoute};
 use workers::{Input, Pool};
 
 /// Connection ids of consume-mode attachments start here, far above client connections.
@@ -151,14 +153,6 @@ impl AttachmentStats {
     }
 }
 
-/// A delivery to a filtered subscriber, on its way through the filter.
-pub(super) struct FilterJob {
-    delivery: Delivery,
-    auto_ack: bool,
-    conn: ConnId,
-    tx: ConnTx,
-}
-
 /// (queue, plugin): one attachment per pair.
 type Key = (Arc<str>, String);
 
@@ -171,12 +165,6 @@ struct Attachment {
     stop: Arc<AtomicBool>,
     stats: Arc<AttachmentStats>,
     subscribers: usize,
-}
-
-/// The route of a filtered subscription.
-pub(super) struct FilterRoute {
-    key: Key,
-    pub tx: mpsc::UnboundedSender<FilterJob>,
 }
 
 /// The router's handler state.
@@ -192,17 +180,6 @@ impl Handlers {
     fn next_conn(&mut self) -> ConnId {
         self.next_conn += 1;
         HANDLER_CONN_BASE + self.next_conn
-    }
-}
-
-impl FilterJob {
-    pub(super) fn new(delivery: Delivery, auto_ack: bool, conn: ConnId, tx: ConnTx) -> Self {
-        FilterJob {
-            delivery,
-            auto_ack,
-            conn,
-            tx,
-        }
     }
 }
 
@@ -418,54 +395,6 @@ impl Router {
         self.handlers
             .filters
             .retain(|_, route| &*route.key.0 != name);
-    }
-
-    /// A subscription that names `filter`: routes its deliveries through the filter.
-    pub(super) fn check_filter(&self, queue: &str, filter: &str) -> Result<(), OpError> {
-        let key: Key = (queue.into(), filter.to_owned());
-        match self.handlers.attachments.get(&key) {
-            Some(a) if a.record.mode == HandlerMode::Filter => Ok(()),
-            Some(_) => Err(OpError::new(
-                ErrorCode::InvalidField,
-                format!(
-                    "handler `{filter}` is attached to `{queue}` in consume mode, not as a filter"
-                ),
-            )),
-            None => Err(not_attached(queue, filter)),
-        }
-    }
-
-    pub(super) fn add_filter(
-        &mut self,
-        conn: ConnId,
-        tag: Arc<str>,
-        queue: Arc<str>,
-        filter: &str,
-    ) {
-        let key: Key = (queue, filter.to_owned());
-        let Some(attachment) = self.handlers.attachments.get_mut(&key) else {
-            return;
-        };
-        let Some(tx) = attachment.filter_tx.clone() else {
-            return;
-        };
-        attachment.subscribers += 1;
-        self.handlers
-            .filters
-            .insert((conn, tag), FilterRoute { key, tx });
-    }
-
-    /// A consumer went away: if it was filtered, its filter has one subscriber less.
-    pub(super) fn forget_filter(&mut self, conn: ConnId, tag: &str) {
-        if self.handlers.filters.is_empty() {
-            return;
-        }
-        let key = (conn, Arc::<str>::from(tag));
-        if let Some(route) = self.handlers.filters.remove(&key)
-            && let Some(attachment) = self.handlers.attachments.get_mut(&route.key)
-        {
-            attachment.subscribers = attachment.subscribers.saturating_sub(1);
-        }
     }
 
     /// The queues with an attachment running handler `plugin`.
