@@ -321,3 +321,31 @@ async fn declarations_come_back_on_an_empty_broker_and_stale_acks_are_refused() 
     assert_eq!(client.queue_info("audit").await.unwrap().unacked, 0);
     sigkill(&mut broker);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reconnecting_gives_up_after_its_attempts_and_the_client_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut broker = serve(dir.path(), port);
+    let mut options = reconnecting();
+    if let Some(reconnect) = options.reconnect.as_mut() {
+        reconnect.max_attempts = Some(2);
+    }
+    let client = Client::connect_with(&format!("ws://127.0.0.1:{port}"), options)
+        .await
+        .unwrap();
+    client
+        .declare_queue("q", QueueOptions::default())
+        .await
+        .unwrap();
+    let mut subscription = client.consume("q", 1).await.unwrap();
+    sigkill(&mut broker);
+    let closed = health_until(&client, "closed", |h| h.state == LinkState::Closed).await;
+    assert_eq!((closed.failed_attempts, closed.reconnects), (2, 0));
+    assert!(closed.last_error.is_some());
+    // Its subscriptions end and requests fail as on a client without reconnect.
+    let ended = tokio::time::timeout(RECOVERY, subscription.next()).await;
+    assert!(matches!(ended, Ok(None)), "{ended:?}");
+    let refused = client.publish(persistent("q", "x"), false).await;
+    assert!(matches!(refused, Err(ClientError::Closed)), "{refused:?}");
+}

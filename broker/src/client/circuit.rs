@@ -51,7 +51,9 @@ pub(super) fn admit_publish(shared: &Shared) -> Result<(), ClientError> {
     };
     {
         let health = shared.health.borrow();
-        if health.circuit == Circuit::Closed && health.state == LinkState::Connected {
+        // A closed client refuses with `Closed` whatever the circuit says.
+        let closed = health.state == LinkState::Closed;
+        if closed || (health.circuit == Circuit::Closed && health.state == LinkState::Connected) {
             return Ok(());
         }
     }
