@@ -5,7 +5,7 @@
 //! lost, its subscription back without resubscribing, the publish circuit open while the
 //! broker is down and closed after — and, against a broker restarted on an empty data
 //! directory, declares its exchange, queue and binding again and refuses to ack a
-//! delivery of the dead connection.
+//! delivery of the dead connection; with `max_attempts` it gives up and closes.
 
 mod common;
 
