@@ -205,6 +205,8 @@ pub fn run_cli(args: &[&str], url: &str) -> (bool, String, String) {
     let out = Command::new(bin())
         .args(args)
         .args(["--server", url])
+        // A developer's own CLI config file must not reach the commands under test.
+        .env("BROKER_CONFIG", "/dev/null")
         .output()
         .unwrap();
     (
