@@ -2,7 +2,8 @@
 //! tests/browser.rs): the management page uploads a `.wasm` as a shadow, shows the
 //! shadow's report (checked against `plugin_shadow` through the client), promotes it with
 //! one click, uploads a canary and drops it with one click. The broker's state is checked
-//! through the client each time, not only the page.
+//! through the client each time, not only the page. Also saves a screenshot of the report
+//! to `target/tmp/shadow-report.png`.
 //!
 //! Skipped, with a message, when chromium is not installed; `REQUIRE_BROWSER=1` (`.ci/run`
 //! sets it) turns the skip into a failure.
@@ -46,6 +47,20 @@ fn outcome_text(outcome: &Value) -> String {
     } else {
         queues.join(", ")
     }
+}
+
+/// Saves what the page shows to `target/tmp/NAME` (for a look; no assertion).
+async fn screenshot(page: &mut chromium::Page, name: &str) {
+    use base64::Engine as _;
+    let shot = page
+        .call("Page.captureScreenshot", json!({"format": "png"}))
+        .await;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(shot["data"].as_str().unwrap())
+        .unwrap();
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::write(&path, png).unwrap();
+    eprintln!("screenshot: {}", path.display());
 }
 
 /// Version 1 of `flip` routes as `direct`; version 2 (`fanout`'s bytes), uploaded on the
@@ -183,6 +198,9 @@ async fn the_page_deploys_a_shadow_reports_it_promotes_it_and_drops_a_canary() {
         })
         .collect();
     assert_eq!(rows, json!(expected));
+    page.eval("document.getElementById('shadow-card').scrollIntoView({block: 'end'}), true")
+        .await;
+    screenshot(&mut page, "shadow-report.png").await;
     assert_eq!(expected[2][3], "none", "direct sends key c nowhere");
     assert_eq!(expected[2][4], "a (a), b (b)", "fanout sends it to both");
 
