@@ -240,6 +240,27 @@ async fn the_page_deploys_a_shadow_reports_it_promotes_it_and_drops_a_canary() {
             json!({"mode": "canary", "percent": 30.0, "version": 3})
         )
     );
+    // The report, still open, now counts what the canary routed (the draw picks how many
+    // of these ten; the page shows what the broker counted).
+    for _ in 0..10 {
+        publish("a").await;
+    }
+    let report = c.plugin_shadow("flip").await.unwrap();
+    assert_eq!(report["trial"]["version"], 3, "{report}");
+    let canary_routed = report["canary_messages"].to_string();
+    page.wait_until(
+        "the canary's report",
+        &format!(
+            "document.querySelector('#shadow-body [data-field=canary_messages]')\
+             ?.textContent === '{canary_routed}'"
+        ),
+    )
+    .await;
+    assert_eq!(
+        ready("a").await,
+        12,
+        "every message routed once, by one version"
+    );
     page.eval(&format!(
         "{row}.querySelector('button[data-drop]').click(), true"
     ))
