@@ -19,7 +19,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use broker::protocol::Binding;
 use broker::{Client, QueueOptions};
-use chromium::{Chromium, Page, chromium_or_skip};
+use chromium::{Chromium, Page, choose_file, chromium_or_skip, submit_form};
 use common::*;
 use serde_json::json;
 
@@ -291,37 +291,6 @@ async fn the_page_logs_in_with_its_form_shows_a_vhost_and_logs_out() {
     .await;
     assert_eq!(reused.status, 401, "the ended session opens nothing");
     assert!(page.exceptions.is_empty(), "{:?}", page.exceptions);
-}
-
-/// Fills the page's form `#id` (inputs and selects by name; `true`/`false` check boxes)
-/// and submits it as a click on its button would.
-fn submit_form(id: &str, fields: &[(&str, &str)]) -> String {
-    let mut js = format!("(() => {{ const f = document.getElementById('{id}');");
-    for (name, value) in fields {
-        let value = serde_json::to_string(value).unwrap();
-        js.push_str(&format!(
-            "{{ const i = f.elements['{name}']; \
-             if (i.type === 'checkbox') i.checked = {value} === 'true'; else i.value = {value}; }}"
-        ));
-    }
-    js.push_str("f.requestSubmit(); return true; })()");
-    js
-}
-
-/// Picks `file` in the deploy form's file input, as the file dialog would.
-async fn choose_file(page: &mut Page, file: &std::path::Path) {
-    let input = page
-        .call(
-            "Runtime.evaluate",
-            json!({"expression": "document.querySelector('#deploy input[name=file]')"}),
-        )
-        .await;
-    let object = input["result"]["objectId"].clone();
-    page.call(
-        "DOM.setFileInputFiles",
-        json!({"files": [file.display().to_string()], "objectId": object}),
-    )
-    .await;
 }
 
 fn active_version(plugins: &serde_json::Value, name: &str) -> Option<u64> {

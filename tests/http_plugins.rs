@@ -1,5 +1,6 @@
 //! The HTTP API's plugin endpoints and rate history, as docs/http.md shows them with curl:
-//! deploy a version by uploading its `.wasm`, roll back, see where a message would go
+//! deploy a version by uploading its `.wasm` (normally, as a shadow or as a canary),
+//! roll back, see where a message would go
 //! (`route`), and the rates the broker keeps for the page's chart.
 
 mod common;
@@ -197,6 +198,104 @@ async fn bad_uploads_are_refused_and_the_active_version_stays() {
     ];
     let refused = http_bytes(addr, "POST", path, bundled("fanout"), &cross).await;
     assert_eq!(refused.status, 403, "{}", refused.body);
+}
+
+/// `?shadow=true` and `?canary=PERCENT` deploy the upload on trial, as the CLI's
+/// `--shadow` and `--canary` do: the shadow (fanout's bytes) decides nothing while the
+/// active version (direct's) routes, its differences show in `GET .../shadow`; a canary
+/// replaces the shadow; bad values are `400 invalid_field` and change nothing; rollback
+/// drops the trial and the active version stays.
+#[tokio::test]
+async fn uploads_deploy_shadows_and_canaries_and_bad_modes_are_refused() {
+    let b = HttpBroker::start().await;
+    let addr = b.addr();
+    let admin = b.client().await;
+    ok(&upload(&b, "/api/plugins/trial/versions", bundled("direct")).await);
+    ok(&http(
+        addr,
+        "PUT",
+        "/api/exchanges/live",
+        Some(r#"{"type": "trial"}"#),
+    )
+    .await);
+    for queue in ["a", "b"] {
+        ok(&http(addr, "PUT", &format!("/api/queues/{queue}"), Some("{}")).await);
+        let binding = json!({"exchange": "live", "queue": queue, "key": queue}).to_string();
+        ok(&http(addr, "POST", "/api/bindings", Some(&binding)).await);
+    }
+
+    let shadow = ok(&upload(
+        &b,
+        "/api/plugins/trial/versions?shadow=true",
+        bundled("fanout"),
+    )
+    .await);
+    assert_eq!(shadow["version"], 2, "{shadow}");
+    assert_eq!(shadow["trial"]["mode"], "shadow", "{shadow}");
+    assert_eq!(shadow["active_version"], 1, "{shadow}");
+    let message = r#"{"routing_key": "a", "body": "hello"}"#;
+    let published = http(addr, "POST", "/api/exchanges/live/publish", Some(message)).await;
+    assert_eq!(ok(&published), json!({"routed": true}));
+    // The active version decided: the shadow's fanout did not reach b.
+    assert_eq!(admin.queue_info("a").await.unwrap().ready, 1);
+    assert_eq!(admin.queue_info("b").await.unwrap().ready, 0);
+    // The shadow runs after the publisher is answered: its report follows shortly.
+    let report = wait_for(|| async {
+        let report = ok(&http(addr, "GET", "/api/plugins/trial/shadow", None).await);
+        (report["differed"] == 1).then_some(report)
+    })
+    .await;
+    assert_eq!(report["trial"], json!({"mode": "shadow", "version": 2}));
+    assert_eq!(report["compared"], 1, "{report}");
+    assert_eq!(report["examples"][0]["routing_key"], "a", "{report}");
+    assert_eq!(report, admin.plugin_shadow("trial").await.unwrap());
+
+    let error = |reply: &HttpReply| (reply.status, reply.json()["error"]["code"].clone());
+    for query in [
+        "shadow=yes",
+        "canary=abc",
+        "canary=NaN",
+        "canary=0",
+        "canary=150",
+        "shadow=true&canary=10",
+        "shadow=true&auto_rollback=true",
+        "canary=10&auto_rollback=true",
+    ] {
+        let path = format!("/api/plugins/trial/versions?{query}");
+        let refused = upload(&b, &path, bundled("topic")).await;
+        assert_eq!(
+            error(&refused),
+            (400, json!("invalid_field")),
+            "{query}: {}",
+            refused.body
+        );
+    }
+    let trial_of = |plugins: &Value| {
+        let list = plugins["plugins"].as_array().unwrap();
+        let p = list.iter().find(|p| p["name"] == "trial").unwrap();
+        (p["active_version"].clone(), p["trial"].clone())
+    };
+    let (active, trial) = trial_of(&admin.list_plugins().await.unwrap());
+    assert_eq!(active, 1, "refused deploys change nothing");
+    assert_eq!(trial, json!({"mode": "shadow", "version": 2}));
+
+    let canary = ok(&upload(
+        &b,
+        "/api/plugins/trial/versions?canary=25",
+        bundled("topic"),
+    )
+    .await);
+    assert_eq!(canary["trial"], json!({"mode": "canary", "percent": 25.0}));
+    let (active, trial) = trial_of(&admin.list_plugins().await.unwrap());
+    assert_eq!(active, 1);
+    assert_eq!(trial["mode"], "canary", "{trial}");
+    assert_eq!(trial["version"], canary["version"], "{trial}");
+
+    let dropped = ok(&http(addr, "POST", "/api/plugins/trial/rollback", None).await);
+    assert_eq!(dropped["dropped"], canary["version"], "{dropped}");
+    assert_eq!(dropped["version"], 1, "{dropped}");
+    let (active, trial) = trial_of(&admin.list_plugins().await.unwrap());
+    assert_eq!((active, trial), (json!(1), Value::Null));
 }
 
 /// `GET /api/rates`: what the broker's sampler counted per interval in the vhost asked

@@ -211,3 +211,57 @@ pub fn chromium_or_skip() -> Option<String> {
     }
     found
 }
+
+/// Fills the page's form `#id` (inputs and selects by name; `true`/`false` check boxes)
+/// and submits it as a click on its button would.
+pub fn submit_form(id: &str, fields: &[(&str, &str)]) -> String {
+    let mut js = format!("(() => {{ const f = document.getElementById('{id}');");
+    for (name, value) in fields {
+        let value = serde_json::to_string(value).unwrap();
+        js.push_str(&format!(
+            "{{ const i = f.elements['{name}']; \
+             if (i.type === 'checkbox') i.checked = {value} === 'true'; else i.value = {value}; }}"
+        ));
+    }
+    js.push_str("f.requestSubmit(); return true; })()");
+    js
+}
+
+/// Picks `file` in the deploy form's file input, as the file dialog would.
+pub async fn choose_file(page: &mut Page, file: &std::path::Path) {
+    let input = page
+        .call(
+            "Runtime.evaluate",
+            json!({"expression": "document.querySelector('#deploy input[name=file]')"}),
+        )
+        .await;
+    let object = input["result"]["objectId"].clone();
+    page.call(
+        "DOM.setFileInputFiles",
+        json!({"files": [file.display().to_string()], "objectId": object}),
+    )
+    .await;
+}
+
+/// The management page at `http_addr`, logged in as guest (the browser sends HTTP Basic
+/// with every request, as after its login prompt), shown ready, with `window.confirm`
+/// answering yes as the operator would.
+pub async fn open_management_page(browser: &Chromium, http_addr: std::net::SocketAddr) -> Page {
+    let mut page = Page::open(browser).await;
+    let basic = broker::client::credentials::basic_header("guest", "guest");
+    page.call("Network.enable", json!({})).await;
+    page.call(
+        "Network.setExtraHTTPHeaders",
+        json!({"headers": {"Authorization": basic}}),
+    )
+    .await;
+    let url = format!("http://{http_addr}/");
+    page.call("Page.navigate", json!({"url": url})).await;
+    page.wait_until(
+        "the broker as ready",
+        "document.getElementById('status')?.classList.contains('ok') === true",
+    )
+    .await;
+    page.eval("window.confirm = () => true, true").await;
+    page
+}

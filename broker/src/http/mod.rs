@@ -52,6 +52,7 @@ const INDEX_HTML: &str = include_str!("page/index.html");
 const APP_JS: &str = include_str!("page/app.js");
 const STYLE_CSS: &str = include_str!("page/style.css");
 const ACTIONS_JS: &str = include_str!("page/actions.js");
+const PLUGINS_JS: &str = include_str!("page/plugins.js");
 
 /// What the HTTP handlers read.
 pub struct HttpState {
@@ -199,6 +200,7 @@ async fn handle(state: &HttpState, req: Request<Incoming>, who: &Caller) -> Http
         ([] | ["index.html"], true, _) => return asset("text/html; charset=utf-8", INDEX_HTML),
         (["app.js"], true, _) => return asset("text/javascript; charset=utf-8", APP_JS),
         (["actions.js"], true, _) => return asset("text/javascript; charset=utf-8", ACTIONS_JS),
+        (["plugins.js"], true, _) => return asset("text/javascript; charset=utf-8", PLUGINS_JS),
         (["style.css"], true, _) => return asset("text/css; charset=utf-8", STYLE_CSS),
         (["healthz"], true, _) => return text(StatusCode::OK, "ok\n"),
         (["readyz"], true, _) => return readyz(state).await,
@@ -296,6 +298,7 @@ fn known_path(segments: &[&str]) -> bool {
             | "readyz"
             | "app.js"
             | "actions.js"
+            | "plugins.js"
             | "style.css"
             | "index.html"
             | "login"

@@ -1,5 +1,5 @@
-// The management page's actions: the forms that declare, bind, publish, get, delete,
-// deploy a plugin version from a file, roll back, and show where a message would go. Each
+// The management page's actions: the forms that declare, bind, publish, get, delete, and
+// show where a message would go (deploying and rolling back plugins: plugins.js). Each
 // is one call to the HTTP API (docs/http.md); the page polls again after it. Uses app.js's
 // helpers (el, api, toast, poll, state).
 "use strict";
@@ -106,32 +106,6 @@ onSubmit("delete", async (f) => {
   await send("DELETE", `/api/${f.kind.value}/${enc(name)}`);
   toast(`Deleted ${kind} ${name}`);
 });
-
-// Uploads the chosen .wasm as the plugin's next version; the broker validates it and
-// keeps the active version when it refuses.
-onSubmit("deploy", async (f) => {
-  const name = f.name.value.trim();
-  const file = f.file.files[0];
-  if (!file) throw new Error("choose a .wasm file");
-  const query = f.auto_rollback.checked ? "?auto_rollback=true" : "";
-  const r = await api(`/api/plugins/${enc(name)}/versions${query}`, {
-    method: "POST",
-    headers: { "content-type": "application/wasm" },
-    body: await file.arrayBuffer(),
-  });
-  toast(r.unchanged ? `${name}: these bytes are already version ${r.version}` : `Deployed ${name} version ${r.version}`);
-});
-
-async function rollBack(name) {
-  if (!window.confirm(`Roll ${name} back to its previous version?`)) return;
-  try {
-    const r = await api(`/api/plugins/${enc(name)}/rollback`, { method: "POST", headers: JSON_BODY, body: "{}" });
-    toast(`${name}: version ${r.version} active again`);
-  } catch (e) {
-    toast(e.message, true);
-  }
-  poll();
-}
 
 onSubmit("route", async (f) => {
   const message = { routing_key: f.routing_key.value, body: f.body.value };

@@ -1,6 +1,6 @@
 // The management page: polls the JSON API, starts its rate chart from the broker's own
 // history (`/api/rates`) and adds to it, and draws everything with the DOM, inline SVG and
-// a canvas. The forms' actions are in actions.js. No framework, no build step.
+// a canvas. The forms' actions are in actions.js, the plugin table's in plugins.js. No framework, no build step.
 "use strict";
 
 const POLL_MS = 1500;
@@ -428,44 +428,6 @@ function renderGraph(exchanges, bindings, unrestored) {
   }
 }
 
-function renderPlugins(plugins) {
-  const body = document.querySelector("#plugins tbody");
-  body.replaceChildren(
-    ...plugins.map((p) => {
-      const s = p.stats || {};
-      // An upper bound: the top of the histogram bucket holding the 99th percentile.
-      const us = p.p99_call_us;
-      const p99 = us == null ? "–" : `${us < 10 ? us.toFixed(1) : Math.round(us)} µs`;
-      // Messages per version since the broker started, e.g. "v1 10 · v2 5".
-      const byVersion = (p.versions || [])
-        .filter((v) => v.version > 0)
-        .map((v) => `v${v.version} ${fmt(v.messages)}`)
-        .join(" · ");
-      const version = p.active_version
-        ? el("span", {}, `v${p.active_version}`, p.hash ? el("span", { class: "tag mono", text: p.hash.slice(0, 8) }) : null,
-          byVersion ? el("div", { class: "small muted", text: byVersion }) : null)
-        : el("span", { class: "tag", text: p.bundled ? "bundled" : "from file" });
-      // A version before the active one to go back to (bundled types have no versions;
-      // a pruned history refuses, saying so).
-      const earlier = p.active_version > 1;
-      return el("tr", { "data-plugin": p.name },
-        el("td", { class: "name" }, p.name, p.kind === "handler" ? el("span", { class: "tag", text: "handler" }) : null),
-        el("td", {}, version),
-        el("td", { class: "num", text: fmt(s.calls) }),
-        el("td", { class: "num" }, s.errors ? el("span", { class: "tag bad", text: fmt(s.errors) }) : "0"),
-        el("td", { class: "num", text: fmt(s.traps) }),
-        el("td", { class: "num", text: fmt(s.timeouts) }),
-        el("td", { class: "num", text: p99 }),
-        // Per-version actions: roll back here; shadow, canary and promote go beside it.
-        el("td", { class: "plugin-actions" },
-          earlier
-            ? el("button", { class: "btn", "data-rollback": p.name, onclick: () => rollBack(p.name) }, "Roll back")
-            : null));
-    }),
-  );
-  for (const listener of state.onPlugins) listener(plugins);
-}
-
 function renderConnections(connections) {
   const body = document.querySelector("#connections tbody");
   body.replaceChildren(
@@ -565,5 +527,8 @@ async function seedRates() {
   $("rates").dataset.seeded = state.history.length;
 }
 
-loadVhosts();
-seedRates().finally(poll);
+// Once every script has run (plugins.js draws the plugin table the first poll fills).
+document.addEventListener("DOMContentLoaded", () => {
+  loadVhosts();
+  seedRates().finally(poll);
+});
