@@ -388,6 +388,16 @@ impl Client {
         self.send(Op::Route(message), None, true).await
     }
 
+    /// The exchange-to-exchange bindings (`list_bindings`' `exchange_bindings`).
+    pub async fn list_exchange_bindings(
+        &self,
+    ) -> Result<Vec<crate::protocol::ExchangeBinding>, ClientError> {
+        Ok(self
+            .call::<crate::protocol::BindingList>(Op::ListBindings)
+            .await?
+            .exchange_bindings)
+    }
+
     pub async fn list_bindings(&self) -> Result<Vec<Binding>, ClientError> {
         Ok(self
             .call::<crate::protocol::BindingList>(Op::ListBindings)
@@ -416,6 +426,8 @@ impl Client {
             exchange: exchange.to_owned(),
             kind: kind.to_owned(),
             durable,
+            internal: false,
+            auto_delete: false,
             arguments,
         }))
         .await
@@ -435,6 +447,21 @@ impl Client {
 
     pub async fn unbind(&self, binding: Binding) -> Result<(), ClientError> {
         self.call_unit(Op::Unbind(binding)).await
+    }
+
+    /// Binds exchange `binding.destination` to exchange `binding.source`.
+    pub async fn bind_exchange(
+        &self,
+        binding: crate::protocol::ExchangeBinding,
+    ) -> Result<(), ClientError> {
+        self.call_unit(Op::BindExchange(binding)).await
+    }
+
+    pub async fn unbind_exchange(
+        &self,
+        binding: crate::protocol::ExchangeBinding,
+    ) -> Result<(), ClientError> {
+        self.call_unit(Op::UnbindExchange(binding)).await
     }
 
     /// Publishes a message. With confirms on, the future resolves when the broker has

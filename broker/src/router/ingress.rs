@@ -23,6 +23,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 
 use tokio::sync::oneshot;
 
+mod hops;
+
 use super::{Command, Routed};
 use crate::exchange::{Exchange, ExchangeError};
 use crate::message::Message;
@@ -197,6 +199,8 @@ impl Drop for ExchangeWorkers {
 #[derive(Default)]
 pub(crate) struct ExchangeDirectory {
     exchanges: RwLock<HashMap<String, Arc<SharedExchange>>>,
+    /// Where exchange-to-exchange bindings lead (see [`hops`]).
+    pub graph: super::exchange_graph::ExchangeGraph,
 }
 
 impl ExchangeDirectory {
@@ -220,7 +224,7 @@ impl ExchangeDirectory {
         let exchange = self.get(&message.exchange)?;
         let mut ids = Vec::new();
         let routed = exchange.lock().route(message, &mut ids);
-        Some(routed.map(|()| ids))
+        Some(routed.and_then(|()| self.follow_now(message, &mut ids)).map(|()| ids))
     }
 
     fn get(&self, name: &str) -> Option<Arc<SharedExchange>> {
@@ -259,13 +263,14 @@ impl Ingress {
         };
         if let Some(routed) = exchange.try_cached(message) {
             set_routed(&mut command, routed);
-            return command;
+        } else {
+            let (done, routed) = oneshot::channel();
+            exchange.submit(RouteJob { command, done }, &self.workers.run);
+            command = routed
+                .await
+                .expect("an exchange worker answers every publish it takes");
         }
-        let (done, routed) = oneshot::channel();
-        exchange.submit(RouteJob { command, done }, &self.workers.run);
-        routed
-            .await
-            .expect("an exchange worker answers every publish it takes")
+        self.follow_hops(command).await
     }
 }
 
@@ -280,6 +285,8 @@ pub(crate) fn changes_routing(command: &Command) -> bool {
                     | Op::DeleteExchange { .. }
                     | Op::Bind(_)
                     | Op::Unbind(_)
+                    | Op::BindExchange(_)
+                    | Op::UnbindExchange(_)
                     | Op::DeleteQueue { .. }
                     | Op::DeleteVhost { .. },
                 ..
