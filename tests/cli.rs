@@ -291,6 +291,9 @@ fn bench_scenarios_print_one_line_each() {
         &["persistent", "--msgs", "300", "--protocol", "amqp"],
         &["transient", "--msgs", "300", "--protocol", "amqp"],
         &["fanout", "--msgs", "100", "--protocol", "amqp"],
+        // And over STOMP 1.2 (TCP, the embedded STOMP listener).
+        &["persistent", "--msgs", "300", "--protocol", "stomp"],
+        &["transient", "--msgs", "300", "--protocol", "stomp"],
         &["topic", "--msgs", "300", "--bindings", "20"],
         &["fanout", "--msgs", "100"],
         &["handler", "--msgs", "300"],

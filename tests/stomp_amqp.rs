@@ -67,6 +67,9 @@ async fn stomp_sends_reach_amqp_consumers_with_properties_and_headers() {
             "priority=4",
             "amqp-message-id=m-1",
             "expiration=60000",
+            "type=order.created",
+            "app-id=shop",
+            "content-encoding=gzip",
             "x-tenant=acme",
         ],
     )
@@ -92,6 +95,9 @@ async fn stomp_sends_reach_amqp_consumers_with_properties_and_headers() {
     assert_eq!(*props.priority(), Some(4));
     assert_eq!(text(props.message_id().as_ref()), Some("m-1"));
     assert_eq!(text(props.expiration().as_ref()), Some("60000"));
+    assert_eq!(text(props.kind().as_ref()), Some("order.created"));
+    assert_eq!(text(props.app_id().as_ref()), Some("shop"));
+    assert_eq!(text(props.content_encoding().as_ref()), Some("gzip"));
     let headers = props.headers().clone().expect("headers");
     assert_eq!(
         headers.inner().get("x-tenant"),
@@ -151,6 +157,10 @@ async fn amqp_publishes_reach_stomp_subscribers_with_properties_and_headers() {
         .with_priority(7)
         .with_message_id("m-2".into())
         .with_timestamp(1_700_000_000)
+        .with_kind("order.created".into())
+        .with_app_id("shop".into())
+        .with_user_id("guest".into())
+        .with_content_encoding("identity".into())
         .with_headers(headers);
     for (body, properties) in [
         (&b"from amqp"[..], properties),
@@ -185,6 +195,10 @@ async fn amqp_publishes_reach_stomp_subscribers_with_properties_and_headers() {
     assert_eq!(stomp_header(message, "priority"), Some("7"));
     assert_eq!(stomp_header(message, "amqp-message-id"), Some("m-2"));
     assert_eq!(stomp_header(message, "timestamp"), Some("1700000000"));
+    assert_eq!(stomp_header(message, "type"), Some("order.created"));
+    assert_eq!(stomp_header(message, "app-id"), Some("shop"));
+    assert_eq!(stomp_header(message, "user-id"), Some("guest"));
+    assert_eq!(stomp_header(message, "content-encoding"), Some("identity"));
     // Custom headers: strings as they are, other values as JSON text.
     assert_eq!(stomp_header(message, "x-trace"), Some("t-9"));
     assert_eq!(stomp_header(message, "attempt"), Some("3"));
