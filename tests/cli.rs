@@ -266,6 +266,8 @@ fn bench_line(args: &[&str], server: Option<&str>) -> String {
         "binary"
     } else if args.contains(&"amqp") {
         "amqp"
+    } else if args.contains(&"stomp") {
+        "stomp"
     } else {
         "json"
     };

@@ -157,7 +157,7 @@ async fn amqp_publishes_reach_stomp_subscribers_with_properties_and_headers() {
         .with_priority(7)
         .with_message_id("m-2".into())
         .with_timestamp(1_700_000_000)
-        .with_kind("order.created".into())
+        .with_type("order.created".into())
         .with_app_id("shop".into())
         .with_user_id("guest".into())
         .with_content_encoding("identity".into())
