@@ -7,6 +7,8 @@
 
 #[path = "support/amqp.rs"]
 mod amqp;
+#[path = "support/hostile.rs"]
+mod hostile;
 #[path = "support/stomp.rs"]
 mod stomp;
 
@@ -526,6 +528,72 @@ async fn exchange_bindings_over_json_and_their_errors() {
         .await
         .unwrap();
     assert_eq!(json.queue_info("dst-q").await.unwrap().ready, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_destination_plugin_fails_the_publish_whole_and_is_contained() {
+    let broker = AmqpBroker::start().await;
+    let json = broker.json_client().await;
+    // `trapper` traps on the routing key `boom`, else routes by key (tests/plugins/trap).
+    json.deploy_plugin("trapper", &hostile::plugin("trap"))
+        .await
+        .unwrap();
+    json.declare_exchange("gate", "fanout", false, Headers::new())
+        .await
+        .unwrap();
+    json.declare_exchange("trapped", "trapper", false, Headers::new())
+        .await
+        .unwrap();
+    let queue_binding = |exchange: &str, queue: &str, key: &str| broker::protocol::Binding {
+        exchange: exchange.into(),
+        queue: queue.into(),
+        key: key.into(),
+        arguments: Headers::new(),
+    };
+    for queue in ["direct-q", "hop-q"] {
+        json.declare_queue(queue, broker::QueueOptions::default())
+            .await
+            .unwrap();
+    }
+    json.bind(queue_binding("gate", "direct-q", "")).await.unwrap();
+    json.bind(queue_binding("trapped", "hop-q", "ok")).await.unwrap();
+    let hop = ExchangeBinding {
+        source: "gate".into(),
+        destination: "trapped".into(),
+        key: String::new(),
+        arguments: Headers::new(),
+    };
+    json.bind_exchange(hop.clone()).await.unwrap();
+    json.confirm_select().await.unwrap();
+    let ready = |queue: &'static str| {
+        let json = &json;
+        async move { json.queue_info(queue).await.unwrap().ready }
+    };
+
+    json.publish(message("gate", "ok", "1"), false).await.unwrap();
+    assert_eq!((ready("direct-q").await, ready("hop-q").await), (1, 1));
+    // The second hop traps: the publish fails whole, the first hop's queue gets nothing.
+    let failed = json
+        .publish(message("gate", "boom", "2"), false)
+        .await
+        .unwrap_err();
+    assert_eq!(failed.code(), Some(ErrorCode::PluginError), "{failed:?}");
+    assert_eq!((ready("direct-q").await, ready("hop-q").await), (1, 1));
+    // Its own quarantine (5 failures in a row) applies: then it refuses without a call.
+    for _ in 0..4 {
+        let _ = json.publish(message("gate", "boom", "x"), false).await;
+    }
+    let refused = json
+        .publish(message("gate", "ok", "3"), false)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::ExchangeUnavailable), "{refused:?}");
+    let trapped = exchange_info(&json, "trapped").await.unwrap();
+    assert!(trapped.quarantined, "{trapped:?}");
+    // Unbound, the failing exchange is out of the way: `gate` routes again.
+    json.unbind_exchange(hop).await.unwrap();
+    json.publish(message("gate", "boom", "4"), false).await.unwrap();
+    assert_eq!((ready("direct-q").await, ready("hop-q").await), (2, 1));
 }
 
 #[tokio::test(flavor = "multi_thread")]
