@@ -58,7 +58,12 @@ async fn next_error(
     .await
 }
 
-async fn declare_exchange(ch: &Channel, name: &str, kind: ExchangeKind, options: ExchangeDeclareOptions) {
+async fn declare_exchange(
+    ch: &Channel,
+    name: &str,
+    kind: ExchangeKind,
+    options: ExchangeDeclareOptions,
+) {
     within(ch.exchange_declare(name.into(), kind, options, no_args()))
         .await
         .unwrap_or_else(|e| panic!("declare {name}: {e:?}"));
@@ -92,7 +97,13 @@ async fn bind_exchange(ch: &Channel, destination: &str, source: &str, key: &str)
 }
 
 /// Publishes on a confirm-mode channel and waits for the broker's ack.
-async fn publish_confirmed(ch: &Channel, exchange: &str, key: &str, body: &[u8], properties: BasicProperties) {
+async fn publish_confirmed(
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) {
     let confirm = within(async {
         ch.basic_publish(
             exchange.into(),
@@ -165,7 +176,10 @@ async fn an_internal_exchange_refuses_publishes_from_every_protocol() {
     declare_bound_queue(&ch, "feed-q", "feed", "#").await;
     let json = broker.json_client().await;
     let info = exchange_info(&json, "feed").await.expect("listed");
-    assert!(info.internal && info.durable && !info.auto_delete, "{info:?}");
+    assert!(
+        info.internal && info.durable && !info.auto_delete,
+        "{info:?}"
+    );
     // An equivalent redeclare is fine; one without `internal` is 406, as RabbitMQ.
     declare_exchange(&ch, "feed", ExchangeKind::Topic, internal).await;
     let other = conn.create_channel().await.unwrap();
@@ -173,9 +187,10 @@ async fn an_internal_exchange_refuses_publishes_from_every_protocol() {
         durable: true,
         ..Default::default()
     };
-    let refused = within(other.exchange_declare("feed".into(), ExchangeKind::Topic, plain, no_args()))
-        .await
-        .unwrap_err();
+    let refused =
+        within(other.exchange_declare("feed".into(), ExchangeKind::Topic, plain, no_args()))
+            .await
+            .unwrap_err();
     assert_eq!(amqp::reply_code(&refused), Some(406), "{refused:?}");
 
     // AMQP: the channel is closed with 403 and RabbitMQ's text.
@@ -203,7 +218,11 @@ async fn an_internal_exchange_refuses_publishes_from_every_protocol() {
         .publish(message("feed", "a.b", "from json"), false)
         .await
         .unwrap_err();
-    assert_eq!(refused.code(), Some(ErrorCode::AccessRefused), "{refused:?}");
+    assert_eq!(
+        refused.code(),
+        Some(ErrorCode::AccessRefused),
+        "{refused:?}"
+    );
 
     // STOMP (stomp.py): an ERROR frame naming it.
     let port = broker.broker().stomp_addr().unwrap().port();
@@ -318,10 +337,27 @@ async fn exchange_to_exchange_bindings_route_again_with_the_same_key_and_headers
         .with_headers(headers)
         .with_correlation_id("c-7".into())
         .with_delivery_mode(2);
-    publish_confirmed(&publisher, "ingress", "order.paid", b"paid-eu", eu_props.clone()).await;
+    publish_confirmed(
+        &publisher,
+        "ingress",
+        "order.paid",
+        b"paid-eu",
+        eu_props.clone(),
+    )
+    .await;
     publish_confirmed(&publisher, "ingress", "order.new", b"new-eu", eu_props).await;
-    publish_confirmed(&publisher, "ingress", "order.paid", b"paid-us", BasicProperties::default()).await;
-    assert_eq!(drain(&ch, "paid-q").await, vec![b"paid-eu".to_vec(), b"paid-us".to_vec()]);
+    publish_confirmed(
+        &publisher,
+        "ingress",
+        "order.paid",
+        b"paid-us",
+        BasicProperties::default(),
+    )
+    .await;
+    assert_eq!(
+        drain(&ch, "paid-q").await,
+        vec![b"paid-eu".to_vec(), b"paid-us".to_vec()]
+    );
     let got = within(ch.basic_get("eu-q".into(), BasicGetOptions { no_ack: true }))
         .await
         .unwrap()
@@ -331,7 +367,11 @@ async fn exchange_to_exchange_bindings_route_again_with_the_same_key_and_headers
     assert_eq!(got.delivery.routing_key.as_str(), "order.paid");
     assert_eq!(got.delivery.data, b"paid-eu");
     assert_eq!(
-        got.delivery.properties.correlation_id().as_ref().map(|s| s.as_str()),
+        got.delivery
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|s| s.as_str()),
         Some("c-7")
     );
     assert_eq!(drain(&ch, "eu-q").await, vec![b"new-eu".to_vec()]);
@@ -359,7 +399,14 @@ async fn exchange_to_exchange_bindings_route_again_with_the_same_key_and_headers
     let conn = broker.connect().await;
     let ch = conn.create_channel().await.unwrap();
     let publisher = confirm_channel(&conn).await;
-    publish_confirmed(&publisher, "ingress", "order.paid", b"after", BasicProperties::default()).await;
+    publish_confirmed(
+        &publisher,
+        "ingress",
+        "order.paid",
+        b"after",
+        BasicProperties::default(),
+    )
+    .await;
     assert_eq!(drain(&ch, "paid-q").await, vec![b"after".to_vec()]);
 
     // exchange.unbind removes one; deleting the destination removes the other.
@@ -408,7 +455,13 @@ async fn a_message_reaches_each_queue_once_through_cycles_and_diamonds() {
     for name in ["top", "left", "right"] {
         declare_exchange(&ch, name, ExchangeKind::Fanout, options).await;
     }
-    declare_exchange(&ch, "bottom", ExchangeKind::Custom("json-router".into()), options).await;
+    declare_exchange(
+        &ch,
+        "bottom",
+        ExchangeKind::Custom("json-router".into()),
+        options,
+    )
+    .await;
     for (destination, source) in [
         ("left", "top"),
         ("right", "top"),
@@ -450,14 +503,28 @@ async fn a_message_reaches_each_queue_once_through_cycles_and_diamonds() {
     let publisher = confirm_channel(&conn).await;
     for (round, amount) in [(1, 500), (2, 5)] {
         let body = format!(r#"{{"round":{round},"amount":{amount}}}"#);
-        publish_confirmed(&publisher, "top", "", body.as_bytes(), BasicProperties::default()).await;
+        publish_confirmed(
+            &publisher,
+            "top",
+            "",
+            body.as_bytes(),
+            BasicProperties::default(),
+        )
+        .await;
     }
     assert_eq!(drain(&ch, "top-q").await.len(), 2);
     assert_eq!(drain(&ch, "left-q").await.len(), 2);
     let big = drain(&ch, "big-q").await;
     assert_eq!(big, vec![br#"{"round":1,"amount":500}"#.to_vec()]);
     // Publishing into the cycle's middle reaches the same queues once each too.
-    publish_confirmed(&publisher, "bottom", "", br#"{"amount":1000}"#, BasicProperties::default()).await;
+    publish_confirmed(
+        &publisher,
+        "bottom",
+        "",
+        br#"{"amount":1000}"#,
+        BasicProperties::default(),
+    )
+    .await;
     assert_eq!(drain(&ch, "top-q").await.len(), 1);
     assert_eq!(drain(&ch, "left-q").await.len(), 1);
     assert_eq!(drain(&ch, "big-q").await.len(), 1);
@@ -481,13 +548,36 @@ async fn exchange_bindings_over_json_and_their_errors() {
     };
     // The default exchange cannot be either end; a missing exchange is not found; a bad
     // topic pattern is the plugin's to refuse.
-    let refused = json.bind_exchange(binding("", "dst", "k")).await.unwrap_err();
-    assert_eq!(refused.code(), Some(ErrorCode::AccessRefused), "{refused:?}");
-    let refused = json.bind_exchange(binding("src", "nope", "k")).await.unwrap_err();
-    assert_eq!(refused.code(), Some(ErrorCode::ExchangeNotFound), "{refused:?}");
-    let refused = json.bind_exchange(binding("nope", "dst", "k")).await.unwrap_err();
-    assert_eq!(refused.code(), Some(ErrorCode::ExchangeNotFound), "{refused:?}");
-    json.bind_exchange(binding("src", "dst", "a.*")).await.unwrap();
+    let refused = json
+        .bind_exchange(binding("", "dst", "k"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(ErrorCode::AccessRefused),
+        "{refused:?}"
+    );
+    let refused = json
+        .bind_exchange(binding("src", "nope", "k"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(ErrorCode::ExchangeNotFound),
+        "{refused:?}"
+    );
+    let refused = json
+        .bind_exchange(binding("nope", "dst", "k"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(ErrorCode::ExchangeNotFound),
+        "{refused:?}"
+    );
+    json.bind_exchange(binding("src", "dst", "a.*"))
+        .await
+        .unwrap();
     json.declare_queue("dst-q", broker::QueueOptions::default())
         .await
         .unwrap();
@@ -521,9 +611,13 @@ async fn exchange_bindings_over_json_and_their_errors() {
         .await
         .unwrap_err();
     assert_eq!(amqp::reply_code(&refused), Some(406), "{refused:?}");
-    json.unbind_exchange(binding("src", "dst", "a.*")).await.unwrap();
+    json.unbind_exchange(binding("src", "dst", "a.*"))
+        .await
+        .unwrap();
     // Unbinding again is fine, as in AMQP.
-    json.unbind_exchange(binding("src", "dst", "a.*")).await.unwrap();
+    json.unbind_exchange(binding("src", "dst", "a.*"))
+        .await
+        .unwrap();
     json.publish(message("src", "a.b", "gone"), false)
         .await
         .unwrap();
@@ -555,8 +649,12 @@ async fn a_failing_destination_plugin_fails_the_publish_whole_and_is_contained()
             .await
             .unwrap();
     }
-    json.bind(queue_binding("gate", "direct-q", "")).await.unwrap();
-    json.bind(queue_binding("trapped", "hop-q", "ok")).await.unwrap();
+    json.bind(queue_binding("gate", "direct-q", ""))
+        .await
+        .unwrap();
+    json.bind(queue_binding("trapped", "hop-q", "ok"))
+        .await
+        .unwrap();
     let hop = ExchangeBinding {
         source: "gate".into(),
         destination: "trapped".into(),
@@ -570,7 +668,9 @@ async fn a_failing_destination_plugin_fails_the_publish_whole_and_is_contained()
         async move { json.queue_info(queue).await.unwrap().ready }
     };
 
-    json.publish(message("gate", "ok", "1"), false).await.unwrap();
+    json.publish(message("gate", "ok", "1"), false)
+        .await
+        .unwrap();
     assert_eq!((ready("direct-q").await, ready("hop-q").await), (1, 1));
     // The second hop traps: the publish fails whole, the first hop's queue gets nothing.
     let failed = json
@@ -587,12 +687,18 @@ async fn a_failing_destination_plugin_fails_the_publish_whole_and_is_contained()
         .publish(message("gate", "ok", "3"), false)
         .await
         .unwrap_err();
-    assert_eq!(refused.code(), Some(ErrorCode::ExchangeUnavailable), "{refused:?}");
+    assert_eq!(
+        refused.code(),
+        Some(ErrorCode::ExchangeUnavailable),
+        "{refused:?}"
+    );
     let trapped = exchange_info(&json, "trapped").await.unwrap();
     assert!(trapped.quarantined, "{trapped:?}");
     // Unbound, the failing exchange is out of the way: `gate` routes again.
     json.unbind_exchange(hop).await.unwrap();
-    json.publish(message("gate", "boom", "4"), false).await.unwrap();
+    json.publish(message("gate", "boom", "4"), false)
+        .await
+        .unwrap();
     assert_eq!((ready("direct-q").await, ready("hop-q").await), (2, 1));
 }
 
@@ -606,7 +712,13 @@ async fn an_auto_delete_source_goes_when_its_destination_exchange_is_deleted() {
         ..Default::default()
     };
     declare_exchange(&ch, "relay", ExchangeKind::Fanout, auto_delete).await;
-    declare_exchange(&ch, "sink", ExchangeKind::Fanout, ExchangeDeclareOptions::default()).await;
+    declare_exchange(
+        &ch,
+        "sink",
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions::default(),
+    )
+    .await;
     bind_exchange(&ch, "sink", "relay", "").await;
     within(ch.exchange_delete("sink".into(), ExchangeDeleteOptions::default()))
         .await

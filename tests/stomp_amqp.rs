@@ -91,7 +91,10 @@ async fn stomp_sends_reach_amqp_consumers_with_properties_and_headers() {
     assert_eq!(*props.delivery_mode(), Some(2));
     assert_eq!(text(props.correlation_id().as_ref()), Some("c-42"));
     assert_eq!(text(props.reply_to().as_ref()), Some("/queue/replies"));
-    assert_eq!(text(props.content_type().as_ref()), Some("application/json"));
+    assert_eq!(
+        text(props.content_type().as_ref()),
+        Some("application/json")
+    );
     assert_eq!(*props.priority(), Some(4));
     assert_eq!(text(props.message_id().as_ref()), Some("m-1"));
     assert_eq!(text(props.expiration().as_ref()), Some("60000"));
@@ -187,7 +190,10 @@ async fn amqp_publishes_reach_stomp_subscribers_with_properties_and_headers() {
     let got = stomp::scenario("receive_one", "tcp", port, &["/amq/queue/to-stomp"]).await;
     let message = &got["message"];
     assert_eq!(message["body"], "from amqp");
-    assert_eq!(stomp_header(message, "destination"), Some("/queue/to-stomp"));
+    assert_eq!(
+        stomp_header(message, "destination"),
+        Some("/queue/to-stomp")
+    );
     assert_eq!(stomp_header(message, "persistent"), Some("true"));
     assert_eq!(stomp_header(message, "correlation-id"), Some("c-77"));
     assert_eq!(stomp_header(message, "reply-to"), Some("amqp-replies"));

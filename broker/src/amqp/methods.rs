@@ -9,7 +9,8 @@ use super::errors::{AmqpError, code};
 use super::mapping::{message_from_amqp, queue_arguments, table_to_json};
 use super::reply_to::{self, REPLY_TO};
 use crate::protocol::{
-    Binding, DeclareExchange, DeclareQueue, ExchangeBinding, Op, Publish, Request, RequestId, Subscribe,
+    Binding, DeclareExchange, DeclareQueue, ExchangeBinding, Op, Publish, Request, RequestId,
+    Subscribe,
 };
 
 /// What a client method asks of the connection.

@@ -166,7 +166,11 @@ impl Grant {
             }
             // As RabbitMQ: `write` on the destination, `read` on the source.
             Op::BindExchange(binding) | Op::UnbindExchange(binding) => {
-                check(Access::Write, exchange, &exchange_name(&binding.destination))?;
+                check(
+                    Access::Write,
+                    exchange,
+                    &exchange_name(&binding.destination),
+                )?;
                 check(Access::Read, exchange, &exchange_name(&binding.source))
             }
             Op::Publish(publish) => check(

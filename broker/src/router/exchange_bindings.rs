@@ -122,7 +122,11 @@ impl Router {
             return;
         }
         let source = self.exchanges.get(&binding.source).expect("checked above");
-        match source.routing.lock().bind(id, &binding.key, &binding.arguments) {
+        match source
+            .routing
+            .lock()
+            .bind(id, &binding.key, &binding.arguments)
+        {
             Ok(()) => self.directory.graph.insert(id, binding),
             Err(e) => tracing::error!(binding = id, error = %e, "cannot restore exchange binding"),
         }

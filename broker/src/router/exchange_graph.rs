@@ -7,8 +7,8 @@
 //! where each one leads.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Mutex, RwLock};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, RwLock};
 
 use crate::exchange::BindingId;
 use crate::protocol::ExchangeBinding;
@@ -29,7 +29,9 @@ impl ExchangeGraph {
         self.count.load(Ordering::Acquire) == 0
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, HashMap<BindingId, ExchangeBinding>>> {
+    fn read(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<String, HashMap<BindingId, ExchangeBinding>>> {
         self.by_source.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -209,7 +211,10 @@ mod tests {
         assert!(!graph.is_empty());
         assert!(graph.has_out("c"));
         assert!(!graph.has_out("a"));
-        assert_eq!(graph.remove("c", 3).map(|b| b.destination), Some("a".into()));
+        assert_eq!(
+            graph.remove("c", 3).map(|b| b.destination),
+            Some("a".into())
+        );
         assert!(graph.is_empty());
     }
 }

@@ -224,7 +224,11 @@ impl ExchangeDirectory {
         let exchange = self.get(&message.exchange)?;
         let mut ids = Vec::new();
         let routed = exchange.lock().route(message, &mut ids);
-        Some(routed.and_then(|()| self.follow_now(message, &mut ids)).map(|()| ids))
+        Some(
+            routed
+                .and_then(|()| self.follow_now(message, &mut ids))
+                .map(|()| ids),
+        )
     }
 
     fn get(&self, name: &str) -> Option<Arc<SharedExchange>> {

@@ -57,7 +57,10 @@ async fn measure(
     let mut consumers = Vec::new();
     for i in 0..args.consumers {
         let share = msgs / args.consumers + u64::from(i < msgs % args.consumers);
-        consumers.push((StompConsumer::subscribe(addr, queue, args.prefetch).await?, share));
+        consumers.push((
+            StompConsumer::subscribe(addr, queue, args.prefetch).await?,
+            share,
+        ));
     }
 
     super::mark_measured_start();
@@ -345,7 +348,10 @@ impl FrameReader {
         };
         anyhow::ensure!(self.buf[body_end] == 0, "a frame body not followed by NUL");
         let mut frame = self.buf.split_to(body_end + 1);
-        let body = frame.split_off(body_start).freeze().slice(..body_end - body_start);
+        let body = frame
+            .split_off(body_start)
+            .freeze()
+            .slice(..body_end - body_start);
         Ok(Some(Frame {
             command,
             headers,

@@ -76,7 +76,11 @@ impl ExchangeDirectory {
     /// [`Ingress::follow_hops`] on the calling thread (the router's own routing of dead
     /// letters, a handler's outputs): appends what the exchanges bound to `message`'s
     /// exchange route to `ids` (the first exchange's route).
-    pub fn follow_now(&self, message: &Message, ids: &mut Vec<BindingId>) -> Result<(), ExchangeError> {
+    pub fn follow_now(
+        &self,
+        message: &Message,
+        ids: &mut Vec<BindingId>,
+    ) -> Result<(), ExchangeError> {
         if self.graph.is_empty() {
             return Ok(());
         }
