@@ -81,7 +81,7 @@ impl Router {
         // By exchange, then in the order they were made.
         bindings.sort_by(|a, b| (&a.1.exchange, a.0).cmp(&(&b.1.exchange, b.0)));
         let bindings = bindings.into_iter().map(|(_, b)| b.clone()).collect();
-        let exchange_bindings = self.exchange_bindings_in(&vhost);
+        let exchange_bindings = self.exchange_bindings_in(vhost);
         Reply::Ok(to_json(BindingList {
             bindings,
             exchange_bindings,

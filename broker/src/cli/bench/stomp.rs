@@ -313,7 +313,7 @@ impl FrameReader {
 
     /// Whether a whole frame is already buffered (so reading it will not wait).
     fn has_frame(&self) -> bool {
-        self.buf.iter().any(|b| *b == 0)
+        self.buf.contains(&0)
     }
 
     fn parse(&mut self) -> anyhow::Result<Option<Frame>> {
