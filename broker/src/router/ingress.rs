@@ -14,6 +14,9 @@
 //!   (declare, bind, ...) it waits until the router has applied it, so a publish that
 //!   follows is routed with it ([`changes_routing`]).
 //!
+//! - A publish whose exchange is bound to other exchanges is routed on by each of them
+//!   the same way, each on its own cached route or worker ([`hops`]).
+//!
 //! The router still owns the exchanges: it creates them, binds and unbinds, and maps the
 //! binding ids that ingress found to queues (a binding removed meanwhile is skipped).
 
