@@ -54,7 +54,7 @@ async fn exchanges_bindings_and_basic_get() {
     ch.exchange_declare("orders".into(), ExchangeKind::Direct, durable, no_args())
         .await
         .unwrap();
-    // auto_delete is accepted (not enforced).
+    // auto_delete: deleted with its last binding (this one never gets one).
     let auto_delete = ExchangeDeclareOptions {
         auto_delete: true,
         ..Default::default()

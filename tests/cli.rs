@@ -266,6 +266,8 @@ fn bench_line(args: &[&str], server: Option<&str>) -> String {
         "binary"
     } else if args.contains(&"amqp") {
         "amqp"
+    } else if args.contains(&"stomp") {
+        "stomp"
     } else {
         "json"
     };
@@ -291,6 +293,9 @@ fn bench_scenarios_print_one_line_each() {
         &["persistent", "--msgs", "300", "--protocol", "amqp"],
         &["transient", "--msgs", "300", "--protocol", "amqp"],
         &["fanout", "--msgs", "100", "--protocol", "amqp"],
+        // And over STOMP 1.2 (TCP, the embedded STOMP listener).
+        &["persistent", "--msgs", "300", "--protocol", "stomp"],
+        &["transient", "--msgs", "300", "--protocol", "stomp"],
         &["topic", "--msgs", "300", "--bindings", "20"],
         &["fanout", "--msgs", "100"],
         &["handler", "--msgs", "300"],

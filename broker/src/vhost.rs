@@ -91,6 +91,9 @@ fn resource_names(op: &mut Op) -> Vec<&mut String> {
         Op::DeclareExchange(declare) => vec![&mut declare.exchange],
         Op::DeleteExchange { exchange, .. } => vec![exchange],
         Op::Bind(binding) | Op::Unbind(binding) => vec![&mut binding.exchange, &mut binding.queue],
+        Op::BindExchange(binding) | Op::UnbindExchange(binding) => {
+            vec![&mut binding.source, &mut binding.destination]
+        }
         Op::Publish(publish) => vec![&mut publish.message.exchange],
         Op::Route(message) => vec![&mut message.exchange],
         Op::ConfirmSelect

@@ -252,9 +252,17 @@ def refused(transport, port, user, password, vhost, action):
     return {"error": error.headers.get("message"), "receipt": error.headers.get("receipt-id")}
 
 
+def send_refused(transport, port, destination):
+    """One SEND (receipt) that the broker refuses: the ERROR it gets."""
+    conn, events = connect(transport, port)
+    conn.send(destination, "refused", receipt="sent")
+    error = events.next("error")
+    return {"error": error.headers.get("message"), "receipt": error.headers.get("receipt-id")}
+
+
 SCENARIOS = {f.__name__: f for f in [bad_password, roundtrip, ack_mode, nack_dead_letter, topics,
                                       temp_queue, transactions, send_then_disconnect, receive_one,
-                                      refused]}
+                                      refused, send_refused]}
 
 if __name__ == "__main__":
     name, transport, port, *args = sys.argv[1:]

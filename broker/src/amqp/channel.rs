@@ -53,6 +53,12 @@ pub(super) enum Awaiting {
     ExchangeDelete {
         nowait: bool,
     },
+    ExchangeBind {
+        nowait: bool,
+    },
+    ExchangeUnbind {
+        nowait: bool,
+    },
     Consume {
         nowait: bool,
         no_ack: bool,
@@ -314,6 +320,8 @@ impl Channel {
             | Awaiting::QueueDelete { nowait: true }
             | Awaiting::ExchangeDeclare { nowait: true }
             | Awaiting::ExchangeDelete { nowait: true }
+            | Awaiting::ExchangeBind { nowait: true }
+            | Awaiting::ExchangeUnbind { nowait: true }
             | Awaiting::ConfirmSelect { nowait: true } => return Ok(None),
             Awaiting::QueueBind { nowait: false } => {
                 AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {}))
@@ -351,6 +359,12 @@ impl Channel {
             }
             Awaiting::ExchangeDelete { nowait: false } => {
                 AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {}))
+            }
+            Awaiting::ExchangeBind { nowait: false } => {
+                AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {}))
+            }
+            Awaiting::ExchangeUnbind { nowait: false } => {
+                AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {}))
             }
             Awaiting::Consume {
                 nowait,

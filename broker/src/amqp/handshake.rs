@@ -48,13 +48,10 @@ pub(super) fn start() -> AMQPClass {
         "connection.blocked",
         "authentication_failure_close",
         "per_consumer_qos",
+        "exchange_exchange_bindings",
     ] {
         capabilities.insert(name.into(), AMQPValue::Boolean(true));
     }
-    capabilities.insert(
-        "exchange_exchange_bindings".into(),
-        AMQPValue::Boolean(false),
-    );
     let mut properties = FieldTable::default();
     let text = |s: &str| AMQPValue::LongString(s.into());
     properties.insert("product".into(), text("broker"));

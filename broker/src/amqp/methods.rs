@@ -9,7 +9,8 @@ use super::errors::{AmqpError, code};
 use super::mapping::{message_from_amqp, queue_arguments, table_to_json};
 use super::reply_to::{self, REPLY_TO};
 use crate::protocol::{
-    Binding, DeclareExchange, DeclareQueue, Op, Publish, Request, RequestId, Subscribe,
+    Binding, DeclareExchange, DeclareQueue, ExchangeBinding, Op, Publish, Request, RequestId,
+    Subscribe,
 };
 
 /// What a client method asks of the connection.
@@ -142,15 +143,6 @@ pub(super) fn on_method(ch: &mut Channel, method: AMQPClass) -> Result<Effect, A
                 let exchange = m.exchange.as_str().to_string();
                 let id = ch.expect(Awaiting::ExchangeExists { exchange, nowait }, 40, 10);
                 request(id, Op::ListExchanges)
-            } else if m.internal {
-                // `auto_delete` is accepted and not enforced (clients such as kombu set it
-                // on exchanges they never expect to vanish mid-use); docs/amqp.md says so.
-                return Err(AmqpError::channel(
-                    code::PRECONDITION_FAILED,
-                    "PRECONDITION_FAILED",
-                    "internal exchanges are not supported",
-                )
-                .during(40, 10));
             } else {
                 let id = ch.expect(Awaiting::ExchangeDeclare { nowait }, 40, 10);
                 request(
@@ -159,6 +151,8 @@ pub(super) fn on_method(ch: &mut Channel, method: AMQPClass) -> Result<Effect, A
                         exchange: m.exchange.as_str().to_string(),
                         kind: m.kind.as_str().to_string(),
                         durable: m.durable,
+                        internal: m.internal,
+                        auto_delete: m.auto_delete,
                         arguments: table_to_json(&m.arguments),
                     }),
                 )
@@ -174,13 +168,29 @@ pub(super) fn on_method(ch: &mut Channel, method: AMQPClass) -> Result<Effect, A
                 },
             )
         }
-        AMQPClass::Exchange(exchange::AMQPMethod::Bind(_))
-        | AMQPClass::Exchange(exchange::AMQPMethod::Unbind(_)) => {
-            return Err(not_implemented(
-                "exchange-to-exchange bindings are not supported",
-                class_id,
-                method_id,
-            ));
+        AMQPClass::Exchange(exchange::AMQPMethod::Bind(m)) => {
+            let id = ch.expect(Awaiting::ExchangeBind { nowait: m.nowait }, 40, 30);
+            request(
+                id,
+                Op::BindExchange(ExchangeBinding {
+                    source: m.source.as_str().to_string(),
+                    destination: m.destination.as_str().to_string(),
+                    key: m.routing_key.as_str().to_string(),
+                    arguments: table_to_json(&m.arguments),
+                }),
+            )
+        }
+        AMQPClass::Exchange(exchange::AMQPMethod::Unbind(m)) => {
+            let id = ch.expect(Awaiting::ExchangeUnbind { nowait: m.nowait }, 40, 40);
+            request(
+                id,
+                Op::UnbindExchange(ExchangeBinding {
+                    source: m.source.as_str().to_string(),
+                    destination: m.destination.as_str().to_string(),
+                    key: m.routing_key.as_str().to_string(),
+                    arguments: table_to_json(&m.arguments),
+                }),
+            )
         }
         AMQPClass::Basic(basic::AMQPMethod::Qos(m)) => {
             let ok = AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {}));

@@ -164,6 +164,15 @@ impl Grant {
                 check(Access::Write, queue, &binding.queue)?;
                 check(Access::Read, exchange, &exchange_name(&binding.exchange))
             }
+            // As RabbitMQ: `write` on the destination, `read` on the source.
+            Op::BindExchange(binding) | Op::UnbindExchange(binding) => {
+                check(
+                    Access::Write,
+                    exchange,
+                    &exchange_name(&binding.destination),
+                )?;
+                check(Access::Read, exchange, &exchange_name(&binding.source))
+            }
             Op::Publish(publish) => check(
                 Access::Write,
                 exchange,

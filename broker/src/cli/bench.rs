@@ -17,6 +17,7 @@ mod latency;
 mod plugins;
 mod procfs;
 mod soak;
+mod stomp;
 mod throughput;
 
 use std::fmt;
@@ -42,7 +43,8 @@ then scenario-specific fields, the broker's CPU over the measured interval
 busiest thread's share of that and its name; the broker's PID is --broker-pid, else the local
 process listening on --server's port, found through /proc/net/tcp{,6} and /proc/*/fd; with
 --embedded it is the bench's own process; `-` when none is readable),
-and encoding=json|binary|amqp last (amqp: --protocol amqp, clients through lapin). p50/p99/p999 are end-to-end latencies (publish to delivery);
+and encoding=json|binary|amqp|stomp last (amqp: --protocol amqp, clients through lapin; stomp:
+--protocol stomp, STOMP 1.2 over TCP). p50/p99/p999 are end-to-end latencies (publish to delivery);
 `-` marks a figure the scenario does not measure. With --embedded, client and broker share
 the process (and its CPU and memory).
 
@@ -117,13 +119,18 @@ pub struct BenchArgs {
     /// binary (`broker-binary.v1` records for publish, ack, deliver and confirm).
     #[arg(long, value_enum, default_value_t = EncodingArg::Json)]
     encoding: EncodingArg,
-    /// The clients' protocol: json (the WebSocket protocol, see --encoding) or amqp
-    /// (AMQP 0-9-1 through lapin to --amqp-url; persistent, transient, topic, fanout).
+    /// The clients' protocol: json (the WebSocket protocol, see --encoding), amqp
+    /// (AMQP 0-9-1 through lapin to --amqp-url; persistent, transient, topic, fanout) or
+    /// stomp (STOMP 1.2 over TCP to --stomp-addr; persistent, transient; the queue is
+    /// declared through --server).
     #[arg(long, value_enum, default_value_t = ProtocolArg::Json)]
     protocol: ProtocolArg,
     /// With --protocol amqp: the broker's AMQP URL (any AMQP 0-9-1 broker, RabbitMQ too).
     #[arg(long, default_value = amqp::DEFAULT_AMQP_URL)]
     amqp_url: String,
+    /// With --protocol stomp: the broker's STOMP listener (host:port).
+    #[arg(long, default_value = stomp::DEFAULT_STOMP_ADDR)]
+    stomp_addr: String,
     /// The broker's process id, for its CPU (every scenario) and RSS (flood) [default:
     /// the local process listening on --server's port; the own process with --embedded].
     #[arg(long)]
@@ -355,6 +362,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     let encoding = match args.protocol {
         ProtocolArg::Json => encoding.name(),
         ProtocolArg::Amqp => "amqp",
+        ProtocolArg::Stomp => "stomp",
     };
     println!("{report} encoding={encoding}");
     Ok(())
@@ -397,6 +405,7 @@ async fn with_broker(args: &BenchArgs) -> anyhow::Result<Report> {
         let dir = tempfile::tempdir().context("creating a temporary data directory")?;
         let mut config = embedded_config(dir.path());
         config.amqp = Some("127.0.0.1:0".parse().expect("valid address"));
+        config.stomp = Some("127.0.0.1:0".parse().expect("valid address"));
         if let Some(watermark) = &args.watermark {
             config.memory_high_watermark = broker::server::MemoryWatermark::parse(watermark)
                 .map_err(|e| anyhow::anyhow!("--watermark {e}"))?;
@@ -406,10 +415,17 @@ async fn with_broker(args: &BenchArgs) -> anyhow::Result<Report> {
     } else {
         None
     };
+    let stomp_addr = match &embedded {
+        Some((b, _)) => b
+            .stomp_addr()
+            .expect("the embedded broker listens for STOMP")
+            .to_string(),
+        None => args.stomp_addr.clone(),
+    };
     let url = match (&embedded, args.protocol) {
-        (None, ProtocolArg::Json) => args.server().to_owned(),
+        (None, ProtocolArg::Json | ProtocolArg::Stomp) => args.server().to_owned(),
         (None, ProtocolArg::Amqp) => args.amqp_url.clone(),
-        (Some((b, _)), ProtocolArg::Json) => b.url(),
+        (Some((b, _)), ProtocolArg::Json | ProtocolArg::Stomp) => b.url(),
         (Some((b, _)), ProtocolArg::Amqp) => {
             let addr = b.amqp_addr().expect("the embedded broker listens for AMQP");
             format!("amqp://guest:guest@{addr}/%2f")
@@ -428,9 +444,9 @@ async fn with_broker(args: &BenchArgs) -> anyhow::Result<Report> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(scenario(&url, args, false))
+            runtime.block_on(scenario(&url, &stomp_addr, args, false))
         }),
-        false => scenario(&url, args, embedded.is_some()).await,
+        false => scenario(&url, &stomp_addr, args, embedded.is_some()).await,
     };
     // Before an embedded broker stops: its threads are ours.
     let result = result.map(|mut report| {
@@ -451,9 +467,16 @@ async fn with_broker(args: &BenchArgs) -> anyhow::Result<Report> {
     result
 }
 
-async fn scenario(url: &str, args: &BenchArgs, embedded: bool) -> anyhow::Result<Report> {
-    if args.protocol == ProtocolArg::Amqp {
-        return amqp::run(url, args).await;
+async fn scenario(
+    url: &str,
+    stomp_addr: &str,
+    args: &BenchArgs,
+    embedded: bool,
+) -> anyhow::Result<Report> {
+    match args.protocol {
+        ProtocolArg::Amqp => return amqp::run(url, args).await,
+        ProtocolArg::Stomp => return stomp::run(url, stomp_addr, args).await,
+        ProtocolArg::Json => {}
     }
     match args.scenario {
         Scenario::Persistent | Scenario::Transient | Scenario::Topic | Scenario::Fanout => {

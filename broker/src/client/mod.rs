@@ -371,6 +371,16 @@ impl Client {
         self.send(Op::Route(message), None, true).await
     }
 
+    /// The exchange-to-exchange bindings (`list_bindings`' `exchange_bindings`).
+    pub async fn list_exchange_bindings(
+        &self,
+    ) -> Result<Vec<crate::protocol::ExchangeBinding>, ClientError> {
+        Ok(self
+            .call::<crate::protocol::BindingList>(Op::ListBindings)
+            .await?
+            .exchange_bindings)
+    }
+
     pub async fn list_bindings(&self) -> Result<Vec<Binding>, ClientError> {
         Ok(self
             .call::<crate::protocol::BindingList>(Op::ListBindings)
@@ -399,6 +409,8 @@ impl Client {
             exchange: exchange.to_owned(),
             kind: kind.to_owned(),
             durable,
+            internal: false,
+            auto_delete: false,
             arguments,
         };
         self.call_unit(Op::DeclareExchange(declare.clone())).await?;
@@ -426,6 +438,21 @@ impl Client {
         self.call_unit(Op::Unbind(binding.clone())).await?;
         self.remember(|t| t.unbound(&binding));
         Ok(())
+    }
+
+    /// Binds exchange `binding.destination` to exchange `binding.source`.
+    pub async fn bind_exchange(
+        &self,
+        binding: crate::protocol::ExchangeBinding,
+    ) -> Result<(), ClientError> {
+        self.call_unit(Op::BindExchange(binding)).await
+    }
+
+    pub async fn unbind_exchange(
+        &self,
+        binding: crate::protocol::ExchangeBinding,
+    ) -> Result<(), ClientError> {
+        self.call_unit(Op::UnbindExchange(binding)).await
     }
 
     /// Publishes a message. With confirms on, the future resolves when the broker has

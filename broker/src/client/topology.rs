@@ -140,6 +140,8 @@ mod tests {
             exchange: "x".into(),
             kind: "direct".into(),
             durable: false,
+            internal: false,
+            auto_delete: false,
             arguments: Default::default(),
         });
         topology.bound(binding("x", "amq.gen-1"));

@@ -112,6 +112,8 @@ const OP_NAMES: &[&str] = &[
     "delete_exchange",
     "bind",
     "unbind",
+    "bind_exchange",
+    "unbind_exchange",
     "publish",
     "subscribe",
     "cancel",

@@ -41,6 +41,10 @@ pub enum Op {
     },
     Bind(Binding),
     Unbind(Binding),
+    /// Binds exchange `destination` to exchange `source`: what `source` routes through
+    /// this binding is routed again by `destination` (AMQP's `exchange.bind`).
+    BindExchange(ExchangeBinding),
+    UnbindExchange(ExchangeBinding),
     Publish(Publish),
     /// Shows where a message would go without publishing it: the exchange's type and the
     /// plugin version that decides, the bindings that match and the queues that would
@@ -315,6 +319,24 @@ pub struct DeclareExchange {
     pub kind: String,
     #[serde(default)]
     pub durable: bool,
+    /// Clients cannot publish to it; only exchange-to-exchange bindings lead there.
+    #[serde(default)]
+    pub internal: bool,
+    /// Deleted when its last binding (to a queue or an exchange) is removed.
+    #[serde(default)]
+    pub auto_delete: bool,
+    #[serde(default)]
+    pub arguments: Headers,
+}
+
+/// An exchange-to-exchange binding: messages `source` routes through it go on to
+/// `destination`, which routes them again with the same routing key and headers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExchangeBinding {
+    pub source: String,
+    pub destination: String,
+    #[serde(default)]
+    pub key: String,
     #[serde(default)]
     pub arguments: Headers,
 }
@@ -519,6 +541,12 @@ pub struct ExchangeInfo {
     #[serde(rename = "type")]
     pub kind: String,
     pub durable: bool,
+    /// Clients cannot publish to it.
+    #[serde(default)]
+    pub internal: bool,
+    /// Deleted when its last binding goes.
+    #[serde(default)]
+    pub auto_delete: bool,
     #[serde(default)]
     pub arguments: Headers,
     pub bindings: u64,
@@ -553,6 +581,9 @@ pub struct ExchangeList {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BindingList {
     pub bindings: Vec<Binding>,
+    /// Exchange-to-exchange bindings, by source then in the order they were made.
+    #[serde(default)]
+    pub exchange_bindings: Vec<ExchangeBinding>,
 }
 
 /// The protocol a client connection speaks.

@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::dead_letter::QueueFull;
 use super::dedup::Taken;
+use super::exchange_flags::ExchangeFlags;
 use super::ingress::SharedExchange;
 use super::queues::{check_access, check_name};
 use super::{ExchangeState, OpError, Outbound, Reply, Routed, Router};
@@ -59,12 +60,13 @@ impl Router {
         if let Some(existing) = self.exchanges.get(&declare.exchange) {
             if existing.kind != declare.kind
                 || existing.durable != declare.durable
+                || existing.flags != ExchangeFlags::of(&declare)
                 || existing.arguments != declare.arguments
             {
                 return Err(OpError::new(
                     ErrorCode::PreconditionFailed,
                     format!(
-                        "exchange `{}` exists with a different type/durable/arguments",
+                        "exchange `{}` exists with a different type/durable/internal/auto_delete/arguments",
                         declare.exchange
                     ),
                 ));
@@ -83,12 +85,16 @@ impl Router {
             self.batch
                 .ops
                 .push(StoreOp::DeleteExchange(declare.exchange.clone()));
+            self.drop_waiting_exchange_bindings(&declare.exchange);
         }
+        let flags = ExchangeFlags::of(&declare);
         if declare.durable {
             self.batch.ops.push(StoreOp::PutExchange(ExchangeRecord {
                 name: declare.exchange.clone(),
                 kind: declare.kind.clone(),
                 arguments: declare.arguments.clone(),
+                internal: flags.internal,
+                auto_delete: flags.auto_delete,
             }));
         }
         tracing::debug!(exchange = %declare.exchange, kind = %declare.kind, "exchange declared");
@@ -96,6 +102,7 @@ impl Router {
             declare.exchange,
             declare.kind,
             declare.durable,
+            flags,
             declare.arguments,
             routing,
         );
@@ -113,6 +120,7 @@ impl Router {
         name: String,
         kind: String,
         durable: bool,
+        flags: ExchangeFlags,
         arguments: crate::message::Headers,
         routing: Box<dyn crate::exchange::Exchange>,
     ) {
@@ -121,6 +129,7 @@ impl Router {
         let state = ExchangeState {
             kind,
             durable,
+            flags,
             arguments,
             routing,
             bindings: HashMap::new(),
@@ -142,7 +151,7 @@ impl Router {
             && self
                 .exchanges
                 .get(name)
-                .is_some_and(|e| !e.bindings.is_empty())
+                .is_some_and(|e| !e.bindings.is_empty() || self.directory.graph.has_out(name))
         {
             let message = format!("exchange `{name}` has bindings");
             return Err(OpError::new(ErrorCode::PreconditionFailed, message));
@@ -152,6 +161,7 @@ impl Router {
             .remove(name)
             .ok_or_else(|| exchange_not_found(name))?;
         self.directory.remove(name);
+        self.drop_exchange_bindings(name);
         if !exchange.durable {
             return Ok(Reply::Ok(serde_json::Value::Null));
         }
@@ -221,6 +231,7 @@ impl Router {
         exchange.routing.lock().unbind(id)?;
         exchange.bindings.remove(&id);
         self.batch.ops.push(StoreOp::DeleteBinding(id));
+        self.delete_if_auto_unused(&binding.exchange);
         Ok(Reply::OkAfterCommit(serde_json::Value::Null))
     }
 
@@ -235,8 +246,12 @@ impl Router {
             .create(&record.kind, &record.name, &record.arguments)
         {
             Ok(routing) => {
+                let flags = ExchangeFlags {
+                    internal: record.internal,
+                    auto_delete: record.auto_delete,
+                };
                 let (name, kind, arguments) = (record.name, record.kind, record.arguments);
-                self.insert_exchange(name, kind, true, arguments, routing);
+                self.insert_exchange(name, kind, true, flags, arguments, routing);
                 Ok(())
             }
             Err(e) => Err((record, e)),
@@ -305,6 +320,7 @@ impl Router {
                 }
             }
         }
+        self.restore_waiting_exchange_bindings();
     }
 
     /// Removes every binding to `queue` (the queue is being deleted).
@@ -318,7 +334,8 @@ impl Router {
                 keep
             });
         }
-        for exchange in self.exchanges.values_mut() {
+        let mut unbound = Vec::new();
+        for (name, exchange) in self.exchanges.iter_mut() {
             let ids: Vec<BindingId> = exchange
                 .bindings
                 .iter()
@@ -331,7 +348,11 @@ impl Router {
                 }
                 exchange.bindings.remove(&id);
                 self.batch.ops.push(StoreOp::DeleteBinding(id));
+                unbound.push(name.clone());
             }
+        }
+        for name in unbound {
+            self.delete_if_auto_unused(&name);
         }
     }
 
@@ -346,6 +367,7 @@ impl Router {
             mut message,
             mandatory,
         } = publish;
+        self.check_publishable(&message.exchange)?;
         if message.properties.timestamp.is_none() {
             message.properties.timestamp = Some(now_ms());
         }
@@ -438,6 +460,7 @@ impl Router {
         let mut ids = std::mem::take(&mut self.route_buf);
         ids.clear();
         let routed = exchange.routing.lock().route(message, &mut ids);
+        let routed = routed.and_then(|()| self.directory.follow_now(message, &mut ids));
         let destinations = routed
             .map_err(OpError::from)
             .and_then(|()| self.destinations(&message.exchange, &ids));
@@ -448,20 +471,26 @@ impl Router {
     /// The queues behind an exchange's binding ids, each once.
     pub(super) fn destinations(
         &self,
-        exchange: &str,
+        source: &str,
         ids: impl AsRef<[BindingId]>,
     ) -> Result<Vec<Arc<str>>, OpError> {
         let exchange = self
             .exchanges
-            .get(exchange)
-            .ok_or_else(|| exchange_not_found(exchange))?;
+            .get(source)
+            .ok_or_else(|| exchange_not_found(source))?;
         let ids = ids.as_ref();
         let mut destinations: Vec<Arc<str>> = Vec::with_capacity(ids.len());
+        let mut reach = None;
         for id in ids {
-            // The exchange checked its output against its bindings; one missing here was
+            // The exchange checked its output against its bindings; one missing here is
+            // another exchange's (reached through an exchange-to-exchange binding), or was
             // removed after ingress routed the message.
-            let Some(binding) = exchange.bindings.get(id) else {
-                continue;
+            let binding = match exchange.bindings.get(id) {
+                Some(binding) => binding,
+                None => match self.binding_beyond(source, *id, &mut reach) {
+                    Some(binding) => binding,
+                    None => continue,
+                },
             };
             if let Some((name, _)) = self.queues.get_key_value(binding.queue.as_str())
                 && !destinations.contains(name)

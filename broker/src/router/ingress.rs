@@ -14,6 +14,9 @@
 //!   (declare, bind, ...) it waits until the router has applied it, so a publish that
 //!   follows is routed with it ([`changes_routing`]).
 //!
+//! - A publish whose exchange is bound to other exchanges is routed on by each of them
+//!   the same way, each on its own cached route or worker ([`hops`]).
+//!
 //! The router still owns the exchanges: it creates them, binds and unbinds, and maps the
 //! binding ids that ingress found to queues (a binding removed meanwhile is skipped).
 
@@ -22,6 +25,8 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 
 use tokio::sync::oneshot;
+
+mod hops;
 
 use super::{Command, Routed};
 use crate::exchange::{Exchange, ExchangeError};
@@ -221,6 +226,8 @@ impl Drop for ExchangeWorkers {
 #[derive(Default)]
 pub(crate) struct ExchangeDirectory {
     exchanges: RwLock<HashMap<String, Arc<SharedExchange>>>,
+    /// Where exchange-to-exchange bindings lead (see [`hops`]).
+    pub graph: super::exchange_graph::ExchangeGraph,
 }
 
 impl ExchangeDirectory {
@@ -244,7 +251,11 @@ impl ExchangeDirectory {
         let exchange = self.get(&message.exchange)?;
         let mut ids = Vec::new();
         let routed = exchange.lock().route(message, &mut ids);
-        Some(routed.map(|()| ids))
+        Some(
+            routed
+                .and_then(|()| self.follow_now(message, &mut ids))
+                .map(|()| ids),
+        )
     }
 
     fn get(&self, name: &str) -> Option<Arc<SharedExchange>> {
@@ -284,18 +295,19 @@ impl Ingress {
         let draw = fastrand::u32(..);
         if let Some(routed) = exchange.try_cached(message, draw) {
             set_routed(&mut command, routed);
-            return command;
+        } else {
+            let (done, routed) = oneshot::channel();
+            let job = RouteJob {
+                command,
+                draw,
+                done,
+            };
+            exchange.submit(job, &self.workers.run);
+            command = routed
+                .await
+                .expect("an exchange worker answers every publish it takes");
         }
-        let (done, routed) = oneshot::channel();
-        let job = RouteJob {
-            command,
-            draw,
-            done,
-        };
-        exchange.submit(job, &self.workers.run);
-        routed
-            .await
-            .expect("an exchange worker answers every publish it takes")
+        self.follow_hops(command, draw).await
     }
 }
 
@@ -310,6 +322,8 @@ pub(crate) fn changes_routing(command: &Command) -> bool {
                     | Op::DeleteExchange { .. }
                     | Op::Bind(_)
                     | Op::Unbind(_)
+                    | Op::BindExchange(_)
+                    | Op::UnbindExchange(_)
                     | Op::DeleteQueue { .. }
                     | Op::DeleteVhost { .. },
                 ..

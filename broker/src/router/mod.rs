@@ -9,6 +9,9 @@ mod conn;
 mod consumers;
 mod dead_letter;
 mod dedup;
+mod exchange_bindings;
+mod exchange_flags;
+mod exchange_graph;
 mod exchanges;
 mod handlers;
 mod ingress;
@@ -258,6 +261,8 @@ pub(crate) enum Reply {
 struct ExchangeState {
     kind: String,
     durable: bool,
+    /// `internal` and `auto_delete` (see `exchange_flags.rs`).
+    flags: exchange_flags::ExchangeFlags,
     arguments: crate::message::Headers,
     routing: Arc<ingress::SharedExchange>,
     bindings: HashMap<BindingId, Binding>,

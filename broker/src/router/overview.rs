@@ -14,6 +14,8 @@ impl Router {
             exchange: DEFAULT_EXCHANGE.into(),
             kind: "default".into(),
             durable: true,
+            internal: false,
+            auto_delete: false,
             arguments: Default::default(),
             bindings: 0,
             routed: self.default_exchange.routed,
@@ -35,8 +37,11 @@ impl Router {
                             exchange: name.clone(),
                             kind: e.kind.clone(),
                             durable: e.durable,
+                            internal: e.flags.internal,
+                            auto_delete: e.flags.auto_delete,
                             arguments: e.arguments.clone(),
-                            bindings: e.bindings.len() as u64,
+                            bindings: (e.bindings.len() + self.directory.graph.out_count(name))
+                                as u64,
                             routed: e.counters.routed,
                             unroutable: e.counters.unroutable,
                             failed: e.counters.failed,
@@ -76,7 +81,11 @@ impl Router {
         // By exchange, then in the order they were made.
         bindings.sort_by(|a, b| (&a.1.exchange, a.0).cmp(&(&b.1.exchange, b.0)));
         let bindings = bindings.into_iter().map(|(_, b)| b.clone()).collect();
-        Reply::Ok(to_json(BindingList { bindings }))
+        let exchange_bindings = self.exchange_bindings_in(vhost);
+        Reply::Ok(to_json(BindingList {
+            bindings,
+            exchange_bindings,
+        }))
     }
 
     pub(super) fn list_connections(&self, conn: ConnId) -> Reply {

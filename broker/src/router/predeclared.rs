@@ -50,8 +50,11 @@ impl Router {
                 name: name.clone(),
                 kind: kind.to_string(),
                 arguments: arguments.clone(),
+                internal: false,
+                auto_delete: false,
             }));
-            self.insert_exchange(name, kind.to_string(), true, arguments, routing);
+            let flags = Default::default();
+            self.insert_exchange(name, kind.to_string(), true, flags, arguments, routing);
         }
     }
 
@@ -104,6 +107,7 @@ impl Router {
             let Some(exchange) = self.exchanges.remove(&name) else {
                 continue;
             };
+            self.drop_exchange_bindings(&name);
             if exchange.durable {
                 for id in exchange.bindings.keys() {
                     self.batch.ops.push(StoreOp::DeleteBinding(*id));

@@ -115,6 +115,10 @@ impl Router {
             router.next_binding_id = router.next_binding_id.max(id + 1);
             router.restore_binding(id, binding);
         }
+        for (id, binding) in recovered.exchange_bindings {
+            router.next_binding_id = router.next_binding_id.max(id + 1);
+            router.restore_exchange_binding(id, binding);
+        }
         router.restore_handlers(recovered.handlers);
         router.restore_message_ids(recovered.dedup, super::exchanges::now_ms());
         let names: Vec<Arc<str>> = router.queues.keys().cloned().collect();

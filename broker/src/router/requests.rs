@@ -38,6 +38,8 @@ impl Router {
             } => self.delete_exchange(&exchange, if_unused),
             Op::Bind(binding) => self.bind(conn, binding),
             Op::Unbind(binding) => self.unbind(conn, binding),
+            Op::BindExchange(binding) => self.bind_exchange(binding),
+            Op::UnbindExchange(binding) => self.unbind_exchange(binding),
             Op::Publish(publish) => self.publish(conn, &id, publish, routed),
             Op::Route(message) => self.trace_route(&message, routed),
             Op::Subscribe(subscribe) => self.subscribe(conn, subscribe),

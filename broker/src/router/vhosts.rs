@@ -93,6 +93,7 @@ impl Router {
                 for (id, _) in waiting.bindings {
                     self.batch.ops.push(StoreOp::DeleteBinding(id));
                 }
+                self.drop_waiting_exchange_bindings(&exchange);
                 self.batch.ops.push(StoreOp::DeleteExchange(exchange));
             }
         }

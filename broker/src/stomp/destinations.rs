@@ -128,6 +128,8 @@ fn topic_exchange() -> Op {
         exchange: TOPIC_EXCHANGE.to_string(),
         kind: "topic".to_string(),
         durable: true,
+        internal: false,
+        auto_delete: false,
         arguments: Headers::new(),
     })
 }

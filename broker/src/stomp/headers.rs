@@ -26,6 +26,10 @@ const MESSAGE_HEADERS: &[&str] = &[
     "reply-to",
     "amqp-message-id",
     "timestamp",
+    "content-encoding",
+    "type",
+    "app-id",
+    "user-id",
 ];
 
 /// A SEND header with a value the broker cannot use.
@@ -69,6 +73,11 @@ pub(super) fn message_of(frame: &Frame) -> Result<(Properties, Headers), HeaderE
             }
             "correlation-id" => properties.correlation_id = Some(value.clone()),
             "reply-to" => properties.reply_to = Some(value.clone()),
+            // AMQP's properties under RabbitMQ STOMP's names (`user-id` is not taken from
+            // a SEND: it would claim another user; it stays an application header).
+            "content-encoding" => properties.content_encoding = Some(value.clone()),
+            "type" => properties.kind = Some(value.clone()),
+            "app-id" => properties.app_id = Some(value.clone()),
             "amqp-message-id" => properties.message_id = Some(value.clone()),
             "message-id" => {
                 if properties.message_id.is_none() {
@@ -156,6 +165,10 @@ pub(super) fn message_frame(delivery: &Delivery, version: Version) -> Bytes {
         ("correlation-id", &props.correlation_id),
         ("reply-to", &props.reply_to),
         ("amqp-message-id", &props.message_id),
+        ("content-encoding", &props.content_encoding),
+        ("type", &props.kind),
+        ("app-id", &props.app_id),
+        ("user-id", &props.user_id),
     ];
     for (name, value) in optional {
         if let Some(value) = value {

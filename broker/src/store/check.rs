@@ -121,7 +121,7 @@ pub fn check(data_dir: &Path) -> Result<CheckReport, CheckError> {
         messages,
         entry_states,
         exchanges: recovered.exchanges.len(),
-        bindings: recovered.bindings.len(),
+        bindings: recovered.bindings.len() + recovered.exchange_bindings.len(),
         plugin_versions: recovered.plugin_versions.len(),
         handlers: recovered.handlers.len(),
         users: recovered.users.len(),

@@ -105,6 +105,18 @@ pub struct ExchangeRecord {
     pub kind: String,
     #[serde(default)]
     pub arguments: Headers,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub internal: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_delete: bool,
+}
+
+/// A row of the bindings table: to a queue (`queue`), or to an exchange (`destination`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredBinding {
+    Queue(Binding),
+    Exchange(crate::protocol::ExchangeBinding),
 }
 
 /// One deployed version of a plugin.
@@ -164,6 +176,8 @@ pub struct Recovered {
     pub queues: Vec<RecoveredQueue>,
     pub exchanges: Vec<ExchangeRecord>,
     pub bindings: Vec<(BindingId, Binding)>,
+    /// Exchange-to-exchange bindings (stored in the bindings table, told apart by shape).
+    pub exchange_bindings: Vec<(BindingId, crate::protocol::ExchangeBinding)>,
     /// Every deployed plugin version, by name then version.
     pub plugin_versions: Vec<PluginVersion>,
     /// Plugin name → active version.
@@ -370,9 +384,14 @@ fn recover(db: &Database, in_memory: impl Fn(&QueueRecord) -> usize) -> Result<R
     }
     for entry in txn.open_table(BINDINGS)?.iter()? {
         let (key, value) = entry?;
-        let binding = serde_json::from_slice(value.value())
-            .map_err(|e| corrupt("bindings")(e.to_string()))?;
-        recovered.bindings.push((key.value(), binding));
+        match serde_json::from_slice(value.value())
+            .map_err(|e| corrupt("bindings")(e.to_string()))?
+        {
+            StoredBinding::Queue(binding) => recovered.bindings.push((key.value(), binding)),
+            StoredBinding::Exchange(binding) => {
+                recovered.exchange_bindings.push((key.value(), binding))
+            }
+        }
     }
     let wasm = txn.open_table(PLUGIN_WASM)?;
     for entry in txn.open_table(PLUGIN_VERSIONS)?.iter()? {

@@ -51,6 +51,9 @@ pub enum StoreOp {
     PutExchange(ExchangeRecord),
     DeleteExchange(String),
     PutBinding(BindingId, Binding),
+    /// An exchange-to-exchange binding, in the same table (ids are shared); removed with
+    /// `DeleteBinding`.
+    PutExchangeBinding(BindingId, crate::protocol::ExchangeBinding),
     DeleteBinding(BindingId),
     PutMessage {
         queue: u64,
@@ -444,6 +447,9 @@ fn apply<'a>(
                 exchanges.remove(name.as_str())?;
             }
             StoreOp::PutBinding(id, binding) => {
+                bindings.insert(*id, json(binding).as_slice())?;
+            }
+            StoreOp::PutExchangeBinding(id, binding) => {
                 bindings.insert(*id, json(binding).as_slice())?;
             }
             StoreOp::DeleteBinding(id) => {

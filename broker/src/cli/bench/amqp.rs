@@ -30,6 +30,8 @@ use super::{BenchArgs, Report, Scenario, merged, new_histogram};
 pub(super) enum ProtocolArg {
     Json,
     Amqp,
+    /// STOMP 1.2 over TCP to --stomp-addr (persistent, transient; see `stomp.rs`).
+    Stomp,
 }
 
 /// The AMQP URL `--amqp-url` defaults to: the broker's default listener, as guest.

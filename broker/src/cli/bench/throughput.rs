@@ -72,7 +72,11 @@ impl Topology {
         }
     }
 
-    async fn declare(&self, admin: &Client, cleanup: &mut Cleanup) -> anyhow::Result<()> {
+    pub(super) async fn declare(
+        &self,
+        admin: &Client,
+        cleanup: &mut Cleanup,
+    ) -> anyhow::Result<()> {
         let options = QueueOptions {
             durable: self.durable,
             ..Default::default()

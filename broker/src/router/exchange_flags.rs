@@ -1,0 +1,55 @@
+//! An exchange's `internal` and `auto_delete` flags, as RabbitMQ has them: clients cannot
+//! publish to an internal exchange (only exchange-to-exchange bindings lead there), and
+//! an auto-delete exchange is deleted when its last binding (to a queue or an exchange)
+//! is removed — by an unbind, or its queue or destination exchange being deleted — once
+//! it has had one. Both are stored with the exchange and part of what a redeclare must
+//! repeat.
+
+use super::{OpError, Router};
+use crate::protocol::{DeclareExchange, ErrorCode};
+use crate::vhost;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct ExchangeFlags {
+    pub internal: bool,
+    pub auto_delete: bool,
+}
+
+impl ExchangeFlags {
+    pub fn of(declare: &DeclareExchange) -> Self {
+        ExchangeFlags {
+            internal: declare.internal,
+            auto_delete: declare.auto_delete,
+        }
+    }
+}
+
+impl Router {
+    /// Refuses a client's publish to an internal exchange, in RabbitMQ's words.
+    pub(super) fn check_publishable(&self, exchange: &str) -> Result<(), OpError> {
+        match self.exchanges.get(exchange) {
+            Some(state) if state.flags.internal => {
+                let (vhost, name) = vhost::split(exchange);
+                Err(OpError::new(
+                    ErrorCode::AccessRefused,
+                    format!("cannot publish to internal exchange '{name}' in vhost '{vhost}'"),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Deletes exchange `name` if it is auto-delete and has no binding left (one was just
+    /// removed).
+    pub(super) fn delete_if_auto_unused(&mut self, name: &str) {
+        let unused = self.exchanges.get(name).is_some_and(|e| {
+            e.flags.auto_delete && e.bindings.is_empty() && !self.directory.graph.has_out(name)
+        });
+        if unused {
+            tracing::debug!(exchange = %name, "auto-delete exchange lost its last binding; deleted");
+            if let Err(e) = self.delete_exchange(name, false) {
+                tracing::warn!(exchange = %name, error = %e.message, "cannot auto-delete exchange");
+            }
+        }
+    }
+}
