@@ -445,14 +445,18 @@ impl Client {
         &self,
         binding: crate::protocol::ExchangeBinding,
     ) -> Result<(), ClientError> {
-        self.call_unit(Op::BindExchange(binding)).await
+        self.call_unit(Op::BindExchange(binding.clone())).await?;
+        self.remember(|t| t.bound_exchange(binding));
+        Ok(())
     }
 
     pub async fn unbind_exchange(
         &self,
         binding: crate::protocol::ExchangeBinding,
     ) -> Result<(), ClientError> {
-        self.call_unit(Op::UnbindExchange(binding)).await
+        self.call_unit(Op::UnbindExchange(binding.clone())).await?;
+        self.remember(|t| t.unbound_exchange(&binding));
+        Ok(())
     }
 
     /// Publishes a message. With confirms on, the future resolves when the broker has

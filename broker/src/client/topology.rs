@@ -2,7 +2,7 @@
 //! so a new connection can declare and subscribe it all again (a restarted broker, or
 //! another node, may not have it).
 
-use crate::protocol::{Binding, DeclareExchange, DeclareQueue, Op, Subscribe};
+use crate::protocol::{Binding, DeclareExchange, DeclareQueue, ExchangeBinding, Op, Subscribe};
 
 /// One declaration to replay.
 #[derive(Debug, Clone)]
@@ -10,6 +10,7 @@ enum Declaration {
     Queue(DeclareQueue),
     Exchange(DeclareExchange),
     Binding(Binding),
+    ExchangeBinding(ExchangeBinding),
 }
 
 /// The declarations (queues, exchanges, bindings in the order the application made them)
@@ -48,21 +49,33 @@ impl Topology {
         });
     }
 
+    pub fn bound_exchange(&mut self, binding: ExchangeBinding) {
+        self.unbound_exchange(&binding);
+        self.declarations
+            .push(Declaration::ExchangeBinding(binding));
+    }
+
+    pub fn unbound_exchange(&mut self, binding: &ExchangeBinding) {
+        self.declarations
+            .retain(|d| !matches!(d, Declaration::ExchangeBinding(b) if b == binding));
+    }
+
     /// Forgets queue `name`, its bindings and its subscriptions.
     pub fn deleted_queue(&mut self, name: &str) {
         self.declarations.retain(|d| match d {
             Declaration::Queue(q) => q.queue != name,
             Declaration::Binding(b) => b.queue != name,
-            Declaration::Exchange(_) => true,
+            Declaration::Exchange(_) | Declaration::ExchangeBinding(_) => true,
         });
         self.subscriptions.retain(|s| s.queue != name);
     }
 
-    /// Forgets exchange `name` and the bindings from it.
+    /// Forgets exchange `name` and the bindings from and to it.
     pub fn deleted_exchange(&mut self, name: &str) {
         self.declarations.retain(|d| match d {
             Declaration::Exchange(e) => e.exchange != name,
             Declaration::Binding(b) => b.exchange != name,
+            Declaration::ExchangeBinding(b) => b.source != name && b.destination != name,
             Declaration::Queue(_) => true,
         });
     }
@@ -86,6 +99,7 @@ impl Topology {
                 Declaration::Queue(q) => Op::DeclareQueue(q.clone()),
                 Declaration::Exchange(e) => Op::DeclareExchange(e.clone()),
                 Declaration::Binding(b) => Op::Bind(b.clone()),
+                Declaration::ExchangeBinding(b) => Op::BindExchange(b.clone()),
             })
             .collect()
     }
@@ -127,6 +141,7 @@ mod tests {
                 Op::DeclareQueue(q) => format!("queue {}", q.queue),
                 Op::DeclareExchange(e) => format!("exchange {}", e.exchange),
                 Op::Bind(b) => format!("bind {}->{}", b.exchange, b.queue),
+                Op::BindExchange(b) => format!("bind {}->{}", b.source, b.destination),
                 other => panic!("{other:?}"),
             })
             .collect()
@@ -163,5 +178,26 @@ mod tests {
         assert_eq!(names(&topology), ["exchange x", "queue q"]);
         topology.deleted_exchange("x");
         assert_eq!(names(&topology), ["queue q"]);
+    }
+
+    #[test]
+    fn exchange_bindings_replay_and_go_with_either_exchange() {
+        let e2e = |source: &str, destination: &str| ExchangeBinding {
+            source: source.into(),
+            destination: destination.into(),
+            key: "k".into(),
+            arguments: Default::default(),
+        };
+        let mut topology = Topology::default();
+        topology.bound_exchange(e2e("a", "b"));
+        topology.bound_exchange(e2e("a", "b"));
+        topology.bound_exchange(e2e("b", "c"));
+        topology.bound_exchange(e2e("c", "d"));
+        assert_eq!(names(&topology), ["bind a->b", "bind b->c", "bind c->d"]);
+        topology.unbound_exchange(&e2e("a", "b"));
+        assert_eq!(names(&topology), ["bind b->c", "bind c->d"]);
+        // Deleting `c` takes the bindings from it and to it.
+        topology.deleted_exchange("c");
+        assert!(names(&topology).is_empty());
     }
 }
