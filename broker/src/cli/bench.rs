@@ -16,11 +16,11 @@ mod isolation;
 mod latency;
 mod plugins;
 mod procfs;
+mod report;
 mod soak;
 mod stomp;
 mod throughput;
 
-use std::fmt;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -28,11 +28,10 @@ use anyhow::Context as _;
 use broker::protocol::Encoding;
 use broker::{Broker, Client, ClientError, Config, ConnectOptions};
 use clap::{Args, ValueEnum};
-use hdrhistogram::Histogram;
-use tokio::task::JoinHandle;
 
 use super::DEFAULT_SERVER;
 use amqp::ProtocolArg;
+use report::{Report, merged, new_histogram};
 
 const OUTPUT_HELP: &str = "\
 Prints one line per run:
@@ -500,73 +499,6 @@ fn embedded_config(dir: &std::path::Path) -> Config {
     config
 }
 
-/// The one line a run prints.
-struct Report {
-    scenario: Scenario,
-    msgs: u64,
-    secs: f64,
-    /// `msgs / secs` unless the scenario says otherwise.
-    rate: f64,
-    /// End to end, µs; empty when nothing was consumed (printed as `-`).
-    latency_us: Histogram<u64>,
-    confirm_us: Histogram<u64>,
-    extra: Vec<(&'static str, String)>,
-    /// The broker's CPU over the measured interval (`-` when not readable).
-    cpu: Option<procfs::CpuUsage>,
-}
-
-impl Report {
-    fn new(scenario: Scenario, msgs: u64, secs: f64) -> Self {
-        Report {
-            scenario,
-            msgs,
-            secs,
-            rate: msgs as f64 / secs,
-            latency_us: new_histogram(),
-            confirm_us: new_histogram(),
-            extra: Vec::new(),
-            cpu: None,
-        }
-    }
-
-    fn with(mut self, key: &'static str, value: impl fmt::Display) -> Self {
-        self.extra.push((key, value.to_string()));
-        self
-    }
-}
-
-impl fmt::Display for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let quantile = |h: &Histogram<u64>, q: f64| match h.is_empty() {
-            true => "-".to_string(),
-            false => h.value_at_quantile(q).to_string(),
-        };
-        write!(
-            f,
-            "scenario={} msgs={} secs={:.3} rate={:.0} p50_us={} p99_us={} p999_us={} publish_confirm_p99_us={}",
-            self.scenario.name(),
-            self.msgs,
-            self.secs,
-            self.rate,
-            quantile(&self.latency_us, 0.5),
-            quantile(&self.latency_us, 0.99),
-            quantile(&self.latency_us, 0.999),
-            quantile(&self.confirm_us, 0.99),
-        )?;
-        for (key, value) in &self.extra {
-            write!(f, " {key}={value}")?;
-        }
-        match &self.cpu {
-            Some(cpu) => write!(
-                f,
-                " broker_cpu_cores={:.2} max_thread_share={:.2} max_thread={}",
-                cpu.cores, cpu.max_share, cpu.max_thread
-            ),
-            None => write!(f, " broker_cpu_cores=- max_thread_share=- max_thread=-"),
-        }
-    }
-}
-
 /// Queues and exchanges a scenario declared, to delete when it ends (failed or not).
 #[derive(Default)]
 struct Cleanup {
@@ -595,22 +527,6 @@ impl Cleanup {
 /// A name unique to this scenario run.
 fn name(scenario: Scenario, suffix: &str) -> String {
     format!("bench-{}-{}{suffix}", scenario.name(), std::process::id())
-}
-
-/// Microseconds from 1 µs to 10 minutes at 3 significant digits; longer values saturate.
-fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
-}
-
-/// Waits for tasks that each return a histogram and merges them.
-async fn merged(
-    tasks: Vec<JoinHandle<anyhow::Result<Histogram<u64>>>>,
-) -> anyhow::Result<Histogram<u64>> {
-    let mut all = new_histogram();
-    for task in tasks {
-        all.add(task.await??)?;
-    }
-    Ok(all)
 }
 
 /// Bytes of the decimal timestamp every body starts with.
