@@ -247,6 +247,16 @@ async fn canary_routes_its_share_and_each_message_by_exactly_one_version() {
         [(1, q1.len() as u64), (2, q2.len() as u64)],
         "{entry:#}"
     );
+
+    // `route` shows the active version's decision, never the canary's share (with 10 %
+    // drawn at random, 100 routes would all miss the canary one time in ~38,000).
+    for _ in 0..100 {
+        let mut message = Message::text("k", "which way");
+        message.exchange = "ex".into();
+        let answer = c.route(message).await.unwrap();
+        assert_eq!(answer["plugin_version"], 1, "{answer}");
+        assert_eq!(answer["queues"], serde_json::json!(["q1"]), "{answer}");
+    }
     b.shutdown().await;
 }
 

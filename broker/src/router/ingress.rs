@@ -292,7 +292,13 @@ impl Ingress {
         let Some(exchange) = self.directory.get(&message.exchange) else {
             return command;
         };
-        let draw = fastrand::u32(..);
+        let draw = match is_route(&command) {
+            // `route` shows the active version's decision (the one `plugin_version`
+            // names), never a canary's share.
+            true => u32::MAX,
+            false => fastrand::u32(..),
+        };
+        let message = publish_message(&command).expect("checked above");
         if let Some(routed) = exchange.try_cached(message, draw) {
             set_routed(&mut command, routed);
         } else {
@@ -326,6 +332,20 @@ pub(crate) fn changes_routing(command: &Command) -> bool {
                     | Op::UnbindExchange(_)
                     | Op::DeleteQueue { .. }
                     | Op::DeleteVhost { .. },
+                ..
+            },
+            ..
+        }
+    )
+}
+
+/// Whether `command` is a `route` (what a publish would do) rather than a publish.
+fn is_route(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Request {
+            request: Request {
+                op: Op::Route(_),
                 ..
             },
             ..
