@@ -62,8 +62,8 @@ pub struct ServeArgs {
     max_frame_bytes: usize,
     /// Address of the management HTTP listener: the page at `/`, `/metrics`, `/healthz`,
     /// `/readyz` and the JSON API under `/api`; or `off`, as for the other listeners.
-    #[arg(long, default_value = Config::DEFAULT_HTTP, value_parser = http_listen, conflicts_with = "no_http")]
-    http: HttpListen,
+    #[arg(long, default_value = Config::DEFAULT_HTTP, value_parser = listen_or_off, conflicts_with = "no_http")]
+    http: Listen,
     /// The same as `--http off` (kept for scripts written before it).
     #[arg(long, hide = true)]
     no_http: bool,
@@ -72,8 +72,8 @@ pub struct ServeArgs {
     amqp: AmqpListen,
     /// Address of the STOMP listener (TCP; docs/stomp.md), or `off`. STOMP over the
     /// WebSocket listener (subprotocol v12.stomp) is on either way.
-    #[arg(long, default_value = Config::DEFAULT_STOMP, value_parser = stomp_listen)]
-    stomp: StompListen,
+    #[arg(long, default_value = Config::DEFAULT_STOMP, value_parser = listen_or_off)]
+    stomp: Listen,
     /// Origin (`http://host:port`) of a web page allowed to open WebSocket connections;
     /// repeat for several. Default: the management page's own.
     #[arg(long = "allowed-origin")]
@@ -98,29 +98,16 @@ pub struct ServeArgs {
     tls_ca: Option<PathBuf>,
 }
 
-/// `--stomp`: an address, or `off`.
+/// `--http`, `--stomp`: a listener's address, or `off`.
 #[derive(Clone, Copy)]
-struct StompListen(Option<SocketAddr>);
+struct Listen(Option<SocketAddr>);
 
-/// `--http`: an address, or `off`.
-#[derive(Clone, Copy)]
-struct HttpListen(Option<SocketAddr>);
-
-fn http_listen(text: &str) -> Result<HttpListen, String> {
+fn listen_or_off(text: &str) -> Result<Listen, String> {
     if text == "off" {
-        return Ok(HttpListen(None));
+        return Ok(Listen(None));
     }
     text.parse()
-        .map(|addr| HttpListen(Some(addr)))
-        .map_err(|_| format!("`{text}` is not an address (HOST:PORT) or `off`"))
-}
-
-fn stomp_listen(text: &str) -> Result<StompListen, String> {
-    if text == "off" {
-        return Ok(StompListen(None));
-    }
-    text.parse()
-        .map(|addr| StompListen(Some(addr)))
+        .map(|addr| Listen(Some(addr)))
         .map_err(|_| format!("`{text}` is not an address (HOST:PORT) or `off`"))
 }
 

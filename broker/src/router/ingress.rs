@@ -302,18 +302,29 @@ impl Ingress {
         if let Some(routed) = exchange.try_cached(message, draw) {
             set_routed(&mut command, routed);
         } else {
-            let (done, routed) = oneshot::channel();
-            let job = RouteJob {
-                command,
-                draw,
-                done,
-            };
-            exchange.submit(job, &self.workers.run);
-            command = routed
-                .await
-                .expect("an exchange worker answers every publish it takes");
+            command = self.route_on_worker(&exchange, command, draw).await;
         }
         self.follow_hops(command, draw).await
+    }
+
+    /// Hands `command` to `exchange`'s queue for an exchange worker and waits for its
+    /// route.
+    async fn route_on_worker(
+        &self,
+        exchange: &Arc<SharedExchange>,
+        command: Command,
+        draw: u32,
+    ) -> Command {
+        let (done, routed) = oneshot::channel();
+        let job = RouteJob {
+            command,
+            draw,
+            done,
+        };
+        exchange.submit(job, &self.workers.run);
+        routed
+            .await
+            .expect("an exchange worker answers every publish it takes")
     }
 }
 

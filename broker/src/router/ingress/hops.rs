@@ -12,9 +12,7 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use tokio::sync::oneshot;
-
-use super::{Command, ExchangeDirectory, Ingress, RouteJob, Routed, publish_message, set_routed};
+use super::{Command, ExchangeDirectory, Ingress, Routed, publish_message, set_routed};
 use crate::exchange::{BindingId, ExchangeError};
 use crate::message::Message;
 
@@ -49,16 +47,7 @@ impl Ingress {
             let hop = match exchange.try_cached(message, draw) {
                 Some(routed) => routed,
                 None => {
-                    let (done, routed) = oneshot::channel();
-                    let job = RouteJob {
-                        command,
-                        draw,
-                        done,
-                    };
-                    exchange.submit(job, &self.workers.run);
-                    command = routed
-                        .await
-                        .expect("an exchange worker answers every publish it takes");
+                    command = self.route_on_worker(&exchange, command, draw).await;
                     take_routed(&mut command)
                 }
             };
