@@ -4,11 +4,12 @@ prints one JSON object of what it observed on its last line; the Rust test asser
 
     python3 scenarios.py SCENARIO TRANSPORT PORT [ARG...]
 
-TRANSPORT is `tcp` (the STOMP listener) or `ws` (the WebSocket listener, subprotocol
-v12.stomp). Every wait has a deadline: a scenario fails (exit 1) rather than hang.
+TRANSPORT is `tcp` (the STOMP listener), `tls` (the STOMP-over-TLS listener, trusting the
+CA file in $STOMP_TLS_CA) or `ws` (the WebSocket listener, subprotocol v12.stomp). Every wait has a deadline: a scenario fails (exit 1) rather than hang.
 """
 
 import json
+import os
 import queue
 import sys
 import time
@@ -69,6 +70,9 @@ def connect(transport, port, user="guest", password="guest", vhost="/", heartbea
                                   reconnect_attempts_max=1)
     else:
         conn = stomp.Connection12(hosts, vhost=vhost, heartbeats=heartbeats, reconnect_attempts_max=1)
+        if transport == "tls":
+            # STOMP over TLS (--stomps), trusting the test's CA.
+            conn.set_ssl(for_hosts=hosts, ca_certs=os.environ["STOMP_TLS_CA"])
     events = Events()
     conn.set_listener("events", events)
     conn.connect(user, password, wait=True)

@@ -74,8 +74,20 @@ fn scenarios_py() -> PathBuf {
 /// Runs stomp.py scenario `name` against `port`; the JSON it printed. Fails the test when
 /// the scenario fails, or when python3 or stomp.py is missing (.ci/run installs them).
 pub async fn scenario(name: &str, transport: &str, port: u16, args: &[&str]) -> serde_json::Value {
+    scenario_with_env(name, transport, port, args, &[]).await
+}
+
+/// [`scenario`] with environment variables (`STOMP_TLS_CA` for the `tls` transport).
+pub async fn scenario_with_env(
+    name: &str,
+    transport: &str,
+    port: u16,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> serde_json::Value {
     let mut command = Command::new("python3");
     command
+        .envs(env.iter().copied())
         .arg(scenarios_py())
         .args([name, transport, &port.to_string()])
         .args(args)

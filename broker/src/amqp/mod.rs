@@ -21,7 +21,7 @@ mod writer;
 pub(crate) use connection::AmqpContext;
 pub(crate) use frames::{Incoming, ReadError, read_frame};
 pub(crate) use handshake::Offer;
-pub(crate) use listener::accept_loop;
+pub(crate) use listener::{accept_loop, accept_tls_loop};
 pub(crate) use mapping::message_from_amqp;
 pub use websocket::AMQP_SUBPROTOCOL;
 pub(crate) use websocket::serve_websocket;

@@ -74,6 +74,14 @@ pub struct ServeArgs {
     /// WebSocket listener (subprotocol v12.stomp) is on either way.
     #[arg(long, default_value = Config::DEFAULT_STOMP, value_parser = listen_or_off)]
     stomp: Listen,
+    /// Address of the AMQP-over-TLS listener (RabbitMQ's `listeners.ssl`), or `off`;
+    /// it uses the --tls-cert certificates. Default: 127.0.0.1:5671 with --tls-cert, else off.
+    #[arg(long, value_parser = listen_or_off)]
+    amqps: Option<Listen>,
+    /// Address of the STOMP-over-TLS listener, or `off`; it uses the --tls-cert
+    /// certificates. Default: 127.0.0.1:61614 with --tls-cert, else off.
+    #[arg(long, value_parser = listen_or_off)]
+    stomps: Option<Listen>,
     /// Origin (`http://host:port`) of a web page allowed to open WebSocket connections;
     /// repeat for several. Default: the management page's own.
     #[arg(long = "allowed-origin")]
@@ -86,7 +94,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = Config::DEFAULT_HTTP_SESSION_TIMEOUT.as_secs_f64(), value_parser = positive_secs)]
     http_session_timeout: f64,
     /// TLS: the server's certificate chain (PEM). With --tls-key, the WebSocket listener
-    /// speaks only `wss://` and the management listener only `https://`.
+    /// speaks only `wss://` and the management listener only `https://`, and the
+    /// --amqps and --stomps listeners start.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// TLS: the private key of --tls-cert (PEM).
@@ -98,7 +107,7 @@ pub struct ServeArgs {
     tls_ca: Option<PathBuf>,
 }
 
-/// `--http`, `--stomp`: a listener's address, or `off`.
+/// `--http`, `--stomp`, `--amqps`, `--stomps`: a listener's address, or `off`.
 #[derive(Clone, Copy)]
 struct Listen(Option<SocketAddr>);
 
@@ -146,6 +155,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }),
         _ => None,
     };
+    // The TLS listeners default on when there are certificates, as RabbitMQ's examples do.
+    let tls_default = |default: &str| {
+        config
+            .tls
+            .is_some()
+            .then(|| default.parse().expect("valid default address"))
+    };
+    config.amqps = match args.amqps {
+        Some(listen) => listen.0,
+        None => tls_default(Config::DEFAULT_AMQPS),
+    };
+    config.stomps = match args.stomps {
+        Some(listen) => listen.0,
+        None => tls_default(Config::DEFAULT_STOMPS),
+    };
     let broker = Broker::start(config).await.context("starting the broker")?;
     // Scripts and tests read this line to learn the addresses (e.g. with --listen ...:0).
     let http = match broker.http_url() {
@@ -160,8 +184,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(addr) => format!(", STOMP on {addr}"),
         None => String::new(),
     };
+    let amqps = match broker.amqps_addr() {
+        Some(addr) => format!(", AMQP over TLS on amqps://{addr}"),
+        None => String::new(),
+    };
+    let stomps = match broker.stomps_addr() {
+        Some(addr) => format!(", STOMP over TLS on {addr}"),
+        None => String::new(),
+    };
     println!(
-        "broker listening on {} (data: {}){amqp}{stomp}{http}",
+        "broker listening on {} (data: {}){amqp}{amqps}{stomp}{stomps}{http}",
         broker.url(),
         args.data_dir.join(broker::store::DB_FILE).display()
     );

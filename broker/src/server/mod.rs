@@ -86,6 +86,12 @@ pub struct Config {
     /// WebSocket listener is always on (subprotocols `v12.stomp`, `v11.stomp`,
     /// `v10.stomp`).
     pub stomp: Option<SocketAddr>,
+    /// Where to serve AMQP over TLS (RabbitMQ's `listeners.ssl`, docs/amqp.md) with the
+    /// [`Config::tls`] certificates; `None`: nowhere. Needs `tls`.
+    pub amqps: Option<SocketAddr>,
+    /// Where to accept STOMP over TLS (docs/stomp.md) with the [`Config::tls`]
+    /// certificates; `None`: nowhere. Needs `tls`.
+    pub stomps: Option<SocketAddr>,
     /// Origins (`http://host:port`) of web pages allowed to open WebSocket connections;
     /// empty: only the management page's own. Requests without `Origin` (programs, not
     /// browsers) are not affected.
@@ -100,7 +106,8 @@ pub struct Config {
     pub keep_plugin_versions: Option<u64>,
     /// TLS for the WebSocket and the HTTP listener: when set, both accept TLS only (a
     /// plaintext client fails the handshake) and, with a client CA, log in clients by
-    /// their certificate's CN.
+    /// their certificate's CN. The `amqps` and `stomps` listeners use the same
+    /// certificates; the plain `amqp` and `stomp` listeners stay plain.
     pub tls: Option<TlsConfig>,
     /// Tests of panic containment only: a connection receiving
     /// [`INJECTED_PANIC_FRAME`] panics.
@@ -122,6 +129,10 @@ impl Config {
     /// The CLI's default for `--stomp` (a library `Config` has no STOMP listener unless
     /// asked): the usual STOMP port.
     pub const DEFAULT_STOMP: &str = "127.0.0.1:61613";
+    /// The CLI's default for `--amqps` when TLS is configured: the usual AMQPS port.
+    pub const DEFAULT_AMQPS: &str = "127.0.0.1:5671";
+    /// The CLI's default for `--stomps` when TLS is configured: the usual STOMP TLS port.
+    pub const DEFAULT_STOMPS: &str = "127.0.0.1:61614";
     pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
     pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 1_000;
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -151,6 +162,8 @@ impl Config {
             http: None,
             amqp: None,
             stomp: None,
+            amqps: None,
+            stomps: None,
             allowed_origins: Vec::new(),
             http_allowed_hosts: Vec::new(),
             http_session_timeout: Self::DEFAULT_HTTP_SESSION_TIMEOUT,
@@ -187,6 +200,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("the {listener} listener needs TLS certificates (--tls-cert and --tls-key)")]
+    TlsListenerWithoutTls { listener: &'static str },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -202,6 +217,8 @@ pub struct Broker {
     http_addr: Option<SocketAddr>,
     amqp_addr: Option<SocketAddr>,
     stomp_addr: Option<SocketAddr>,
+    amqps_addr: Option<SocketAddr>,
+    stomps_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     acceptor: JoinHandle<()>,
     http: Option<JoinHandle<()>>,
@@ -213,6 +230,11 @@ impl Broker {
     pub async fn start(config: Config) -> Result<Broker, StartError> {
         // Bad TLS files stop the broker before it touches the store.
         let tls = config.tls.as_ref().map(TlsSetup::load).transpose()?;
+        for (listener, asked) in [("amqps", config.amqps), ("stomps", config.stomps)] {
+            if asked.is_some() && tls.is_none() {
+                return Err(StartError::TlsListenerWithoutTls { listener });
+            }
+        }
         // Plugins before the router: recovered exchanges need their types. Compiled code
         // comes from the store's artifact cache when it is valid for this engine.
         let (data_dir, host, use_cache) = (
@@ -278,6 +300,8 @@ impl Broker {
         let http_listener = bind_if_asked(config.http).await?;
         let amqp_listener = bind_if_asked(config.amqp).await?;
         let stomp_listener = bind_if_asked(config.stomp).await?;
+        let amqps_listener = bind_if_asked(config.amqps).await?;
+        let stomps_listener = bind_if_asked(config.stomps).await?;
         let store_stats = writer.stats();
         let auth =
             crate::auth::Authenticator::new(recovered.users.clone(), recovered.vhosts.clone());
@@ -369,6 +393,19 @@ impl Broker {
                 shutdown_rx.clone(),
             ))
         });
+        let amqps_addr = amqps_listener.as_ref().map(|(_, addr)| *addr);
+        let amqps_task = amqps_listener
+            .zip(tls.clone())
+            .map(|((listener, addr), tls)| {
+                tracing::info!(amqps_addr = %addr, "AMQP over TLS listening");
+                tokio::spawn(crate::amqp::accept_tls_loop(
+                    listener,
+                    tls,
+                    amqp.clone(),
+                    admission.clone(),
+                    shutdown_rx.clone(),
+                ))
+            });
         let stomp = Arc::new(crate::stomp::Context {
             router: router.clone(),
             auth: auth.clone(),
@@ -392,6 +429,19 @@ impl Broker {
                 shutdown_rx.clone(),
             ))
         });
+        let stomps_addr = stomps_listener.as_ref().map(|(_, addr)| *addr);
+        let stomps_task = stomps_listener
+            .zip(tls.clone())
+            .map(|((listener, addr), tls)| {
+                tracing::info!(stomps_addr = %addr, "STOMP over TLS listening");
+                tokio::spawn(crate::stomp::listener::accept_tls_loop(
+                    listener,
+                    tls,
+                    stomp.clone(),
+                    admission.clone(),
+                    shutdown_rx.clone(),
+                ))
+            });
         let tls_enabled = tls.is_some();
         let acceptor = tokio::spawn(accept_loop(
             listener,
@@ -404,6 +454,7 @@ impl Broker {
                 amqp: amqp_task,
                 amqp_context: amqp,
                 stomp: stomp_task,
+                tls_listeners: [amqps_task, stomps_task],
                 stomp_context: stomp,
             },
             shutdown_rx,
@@ -415,6 +466,8 @@ impl Broker {
             stomp_addr,
             http_addr: http,
             amqp_addr,
+            amqps_addr,
+            stomps_addr,
             shutdown,
             acceptor,
             http: http_task,
@@ -453,6 +506,16 @@ impl Broker {
     /// Where the AMQP listener is, when [`Config::amqp`] asked for one.
     pub fn amqp_addr(&self) -> Option<SocketAddr> {
         self.amqp_addr
+    }
+
+    /// Where the AMQP-over-TLS listener is, when [`Config::amqps`] asked for one.
+    pub fn amqps_addr(&self) -> Option<SocketAddr> {
+        self.amqps_addr
+    }
+
+    /// Where the STOMP-over-TLS listener is, when [`Config::stomps`] asked for one.
+    pub fn stomps_addr(&self) -> Option<SocketAddr> {
+        self.stomps_addr
     }
 
     /// Fault injection for tests: while `on`, every store commit fails (the transaction is
@@ -578,6 +641,8 @@ struct Acceptors {
     stomp: Option<JoinHandle<()>>,
     /// For WebSocket connections that speak STOMP.
     stomp_context: Arc<crate::stomp::Context>,
+    /// `--amqps` and `--stomps`.
+    tls_listeners: [Option<JoinHandle<()>>; 2],
 }
 
 async fn accept_loop(
@@ -646,7 +711,11 @@ async fn accept_loop(
     drop(listener);
     drop(alive_tx);
     let _ = alive_rx.recv().await;
-    for listener in [acceptors.amqp, acceptors.stomp].into_iter().flatten() {
+    let [amqps, stomps] = acceptors.tls_listeners;
+    for listener in [acceptors.amqp, acceptors.stomp, amqps, stomps]
+        .into_iter()
+        .flatten()
+    {
         let _ = listener.await;
     }
     router.shutdown().await;

@@ -9,10 +9,12 @@
 //! [`MaybeTls`].
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use rustls::RootCertStore;
 use rustls::pki_types::pem::{self, PemObject as _};
@@ -170,6 +172,32 @@ pub async fn accept(tls: Option<&TlsSetup>, tcp: TcpStream) -> io::Result<MaybeT
     match tls {
         Some(tls) => tls.accept(tcp).await,
         None => Ok(MaybeTls::Plain(tcp)),
+    }
+}
+
+/// The TLS handshake of a protocol listener (`--amqps`, `--stomps`), bounded by the
+/// handshake timeout; `None` when it failed (a certificate refusal is audited, a
+/// plaintext client or a port scan only logged at debug) or timed out.
+pub async fn handshake(
+    tls: &TlsSetup,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    timeout: Duration,
+) -> Option<MaybeTls> {
+    match tokio::time::timeout(timeout, tls.accept(tcp)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) if is_certificate_error(&e) => {
+            tracing::warn!(target: "audit", event = "certificate_refused", %peer, error = %e, "TLS handshake refused: client certificate");
+            None
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
     }
 }
 
