@@ -345,6 +345,8 @@ impl Drop for TlsProcess {
 fn spawn_tls_broker(data: &Path, server: &CertFiles, client_ca: &Path) -> TlsProcess {
     let mut child = Command::new(bin())
         .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args(["--amqp", "off", "--stomp", "off"])
+        .args(["--amqps", "127.0.0.1:0", "--stomps", "127.0.0.1:0"])
         .args(["--log", "warn", "--data-dir"])
         .arg(data)
         .arg("--tls-cert")
@@ -367,6 +369,9 @@ fn spawn_tls_broker(data: &Path, server: &CertFiles, client_ca: &Path) -> TlsPro
             .to_owned()
     };
     let (url, http_url) = (word("wss://"), word("https://"));
+    // The TLS listeners of AMQP and STOMP are on, and named, with the certificates.
+    word("amqps://");
+    assert!(line.contains("STOMP over TLS on 127.0.0.1:"), "{line}");
     TlsProcess {
         child,
         url,

@@ -4,7 +4,6 @@
 //! listener without certificates stops the start.
 
 #[path = "support/certs.rs"]
-#[allow(dead_code)] // client certificates: tests/tls.rs
 mod certs;
 #[path = "support/stomp.rs"]
 mod stomp;
@@ -31,6 +30,11 @@ const WAIT: Duration = Duration::from_secs(10);
 /// A broker whose only AMQP and STOMP TCP listeners are the TLS ones, with `ca`'s
 /// server certificate.
 async fn start_tls(dir: &Path, ca: &TestCa) -> Broker {
+    start_tls_with(dir, ca, false).await
+}
+
+/// [`start_tls`], with client certificates of `ca` logging in when `client_ca`.
+async fn start_tls_with(dir: &Path, ca: &TestCa, client_ca: bool) -> Broker {
     let server = ca.server();
     let mut config = Config::new(dir.join("data"));
     config.listen = "127.0.0.1:0".parse().unwrap();
@@ -40,7 +44,7 @@ async fn start_tls(dir: &Path, ca: &TestCa) -> Broker {
     config.tls = Some(TlsConfig {
         cert: server.cert,
         key: server.key,
-        client_ca: None,
+        client_ca: client_ca.then(|| ca.ca.clone()),
     });
     Broker::start(config).await.unwrap()
 }
@@ -153,6 +157,48 @@ async fn stomp_py_sends_and_receives_over_stomps() {
         result["receipts"],
         serde_json::json!(["r-send", "r-sub", "r-ack", "r-unsub"]),
         "{result}"
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_certificate_logs_in_over_stomps_when_connect_has_no_passcode() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "stomp-certs");
+    let broker = start_tls_with(dir.path(), &ca, true).await;
+    let port = broker.stomps_addr().unwrap().port();
+    let run = |cn: &str, login: &'static str| {
+        let client = ca.client(cn);
+        let env = [
+            ("STOMP_TLS_CA", ca.ca.to_str().unwrap().to_owned()),
+            ("STOMP_TLS_CERT", client.cert.to_str().unwrap().to_owned()),
+            ("STOMP_TLS_KEY", client.key.to_str().unwrap().to_owned()),
+        ];
+        async move {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            stomp::scenario_with_env("certificate_login", "tls", port, &["cert-q", login], &env)
+                .await
+        }
+    };
+    // No login, no passcode: the certificate's CN (guest) is the user.
+    let by_certificate = run("guest", "-").await;
+    assert_eq!(by_certificate["body"], "by certificate", "{by_certificate}");
+    // A CN naming no user, and a login naming someone else, are refused.
+    let unknown = run("nobody", "-").await;
+    assert!(
+        unknown["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("names no user"),
+        "{unknown}"
+    );
+    let mismatch = run("guest", "admin").await;
+    assert!(
+        mismatch["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("client certificate is for user `guest`"),
+        "{mismatch}"
     );
     broker.shutdown().await;
 }

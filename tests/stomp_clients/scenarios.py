@@ -256,6 +256,30 @@ def refused(transport, port, user, password, vhost, action):
     return {"error": error.headers.get("message"), "receipt": error.headers.get("receipt-id")}
 
 
+def certificate_login(transport, port, queue_name, login):
+    """Over TLS with the client certificate in $STOMP_TLS_CERT / $STOMP_TLS_KEY, CONNECT
+    without `passcode` (and with `login` unless it is `-`): a SEND coming back as a MESSAGE
+    when the certificate logged in, else the ERROR."""
+    hosts = [("127.0.0.1", port)]
+    conn = stomp.Connection12(hosts, vhost="/", reconnect_attempts_max=1)
+    conn.set_ssl(for_hosts=hosts, ca_certs=os.environ["STOMP_TLS_CA"],
+                 cert_file=os.environ["STOMP_TLS_CERT"], key_file=os.environ["STOMP_TLS_KEY"])
+    events = Events()
+    conn.set_listener("events", events)
+    try:
+        conn.connect(None if login == "-" else login, None, wait=True)
+    except stomp.exception.ConnectFailedException:
+        error = events.next("error")
+        return {"error": error.headers.get("message")}
+    dest = f"/queue/{queue_name}"
+    conn.send(dest, "by certificate", receipt="r-send")
+    events.receipt("r-send")
+    conn.subscribe(dest, id="s1", ack="auto")
+    message = events.message()
+    conn.disconnect(receipt="r-bye")
+    return {"body": message["body"]}
+
+
 def send_refused(transport, port, destination):
     """One SEND (receipt) that the broker refuses: the ERROR it gets."""
     conn, events = connect(transport, port)
@@ -266,7 +290,7 @@ def send_refused(transport, port, destination):
 
 SCENARIOS = {f.__name__: f for f in [bad_password, roundtrip, ack_mode, nack_dead_letter, topics,
                                       temp_queue, transactions, send_then_disconnect, receive_one,
-                                      refused, send_refused]}
+                                      refused, send_refused, certificate_login]}
 
 if __name__ == "__main__":
     name, transport, port, *args = sys.argv[1:]

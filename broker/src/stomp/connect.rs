@@ -58,6 +58,27 @@ pub(super) struct Connected {
     pub heartbeat: Heartbeat,
 }
 
+/// Who the transport says the client is before CONNECT.
+pub(crate) enum TransportLogin {
+    /// Nothing: CONNECT must carry `login` and `passcode`.
+    Nothing,
+    /// The WebSocket upgrade's HTTP Basic credentials, for a CONNECT without them.
+    Credentials(String, String),
+    /// The user a verified client certificate names (`--stomps` with `--tls-ca`): it logs
+    /// in when CONNECT has no `passcode` (a `login` beside it must name the same user).
+    Certificate(String),
+}
+
+impl TransportLogin {
+    /// The WebSocket upgrade's credentials, when it had some.
+    pub(crate) fn upgrade(credentials: Option<(String, String)>) -> TransportLogin {
+        match credentials {
+            Some((user, password)) => TransportLogin::Credentials(user, password),
+            None => TransportLogin::Nothing,
+        }
+    }
+}
+
 /// Why a connection was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum ConnectError {
@@ -68,7 +89,7 @@ pub(super) enum ConnectError {
     #[error("heart-beat header `{0}` is not two numbers of milliseconds `cx,cy`")]
     Heartbeat(String),
     #[error(
-        "CONNECT needs `login` and `passcode` headers (or HTTP Basic credentials on the WebSocket upgrade)"
+        "CONNECT needs `login` and `passcode` headers (or HTTP Basic credentials on the WebSocket upgrade, or a client certificate over TLS)"
     )]
     NoCredentials,
     #[error(transparent)]
@@ -88,7 +109,7 @@ pub(super) async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &Context,
     peer: SocketAddr,
     conn: ConnId,
-    upgrade_credentials: Option<(String, String)>,
+    transport_login: TransportLogin,
 ) -> Option<Connected> {
     let deadline = tokio::time::Instant::now() + ctx.handshake_timeout;
     let frame = loop {
@@ -110,7 +131,7 @@ pub(super) async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     let version = Version::negotiate(frame.header("accept-version")).unwrap_or(Version::V1_0);
-    match accept(&frame, ctx, peer, upgrade_credentials).await {
+    match accept(&frame, ctx, peer, transport_login).await {
         Ok(connected) => {
             let session = format!("session-{conn}");
             let heartbeat = connected.heartbeat.header();
@@ -140,7 +161,7 @@ async fn accept(
     frame: &Frame,
     ctx: &Context,
     peer: SocketAddr,
-    upgrade_credentials: Option<(String, String)>,
+    transport_login: TransportLogin,
 ) -> Result<Connected, ConnectError> {
     if !matches!(frame.command, ClientCommand::Connect | ClientCommand::Stomp) {
         return Err(ConnectError::NotConnect(frame.command));
@@ -149,18 +170,36 @@ async fn accept(
     let version = Version::negotiate(accept)
         .ok_or_else(|| ConnectError::Version(accept.unwrap_or_default().to_string()))?;
     let heartbeat = Heartbeat::negotiate(frame.header("heart-beat"))?;
-    let credentials = match (frame.header("login"), frame.header("passcode")) {
-        (Some(login), Some(passcode)) => (login.to_string(), passcode.to_string()),
-        _ => upgrade_credentials.ok_or(ConnectError::NoCredentials)?,
-    };
     let vhost = match frame.header("host") {
         None | Some("") => crate::vhost::DEFAULT_VHOST,
         Some(host) => host,
     };
-    let principal = ctx
-        .auth
-        .authenticate(&credentials.0, &credentials.1, peer.ip())
-        .await?;
+    let principal = match (
+        transport_login,
+        frame.header("login"),
+        frame.header("passcode"),
+    ) {
+        (TransportLogin::Certificate(certified), login, None) => {
+            if let Some(login) = login.filter(|login| *login != certified) {
+                tracing::warn!(target: "audit", event = "authentication_failed", user = %certified, %peer, method = "certificate", credentials_user = %login, "authentication failed: credentials for another user");
+                return Err(AuthError::CertificateMismatch {
+                    certificate: certified,
+                    credentials: login.to_string(),
+                }
+                .into());
+            }
+            ctx.auth
+                .authenticate_certificate(&certified, peer.ip())
+                .await?
+        }
+        (_, Some(login), Some(passcode)) => {
+            ctx.auth.authenticate(login, passcode, peer.ip()).await?
+        }
+        (TransportLogin::Credentials(user, password), _, _) => {
+            ctx.auth.authenticate(&user, &password, peer.ip()).await?
+        }
+        _ => return Err(ConnectError::NoCredentials),
+    };
     ctx.auth.open_vhost(&principal, vhost)?;
     Ok(Connected {
         version,

@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::Context;
+use super::connect::TransportLogin;
 use crate::server::tls::{self, TlsSetup};
 use crate::server::{Admission, accept_each};
 
@@ -24,7 +25,7 @@ pub(crate) async fn accept_loop(
         shutdown,
         move |stream, peer, id| {
             let (source, sink) = super::transport::split_stream(stream);
-            super::session::serve(source, sink, peer, id, ctx.clone(), None)
+            super::session::serve(source, sink, peer, id, ctx.clone(), TransportLogin::Nothing)
         },
     )
     .await;
@@ -49,8 +50,13 @@ pub(crate) async fn accept_tls_loop(
             async move {
                 if let Some(stream) = tls::handshake(&setup, tcp, peer, ctx.handshake_timeout).await
                 {
+                    // A verified client certificate (`--tls-ca`) logs in as its CN's user.
+                    let login = match stream.client_user() {
+                        Some(user) => TransportLogin::Certificate(user),
+                        None => TransportLogin::Nothing,
+                    };
                     let (source, sink) = super::transport::split_stream(stream);
-                    super::session::serve(source, sink, peer, id, ctx, None).await;
+                    super::session::serve(source, sink, peer, id, ctx, login).await;
                 }
             }
         },

@@ -76,7 +76,8 @@ pub(crate) async fn serve_websocket<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (source, sink) = transport::split_websocket(ws);
-    session::serve(source, sink, peer, conn, ctx, credentials).await;
+    let login = connect::TransportLogin::upgrade(credentials);
+    session::serve(source, sink, peer, conn, ctx, login).await;
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ mod subscriptions;
 use subscriptions::Subscription;
 
 use super::Context;
-use super::connect::{Heartbeat, connect};
+use super::connect::{Heartbeat, TransportLogin, connect};
 use super::destinations::{Declaration, Destination};
 use super::frame::{ClientCommand, Decoder, Frame, Version};
 use super::headers::message_of;
@@ -82,7 +82,7 @@ pub(crate) async fn serve<S>(
     peer: SocketAddr,
     conn: ConnId,
     ctx: Arc<Context>,
-    upgrade_credentials: Option<(String, String)>,
+    transport_login: TransportLogin,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -96,7 +96,7 @@ pub(crate) async fn serve<S>(
         &ctx,
         peer,
         conn,
-        upgrade_credentials,
+        transport_login,
     );
     let Some(connected) = connect.await else {
         return;
