@@ -19,7 +19,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
     QueueDeclareOptions,
 };
-use lapin::tcp::OwnedTLSConfig;
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -55,18 +55,31 @@ async fn connect_amqps(broker: &Broker, ca: &TestCa) -> Connection {
         "amqps://guest:guest@127.0.0.1:{}/%2f",
         broker.amqps_addr().unwrap().port()
     );
+    try_amqps(&uri, ca, None)
+        .await
+        .expect("lapin connects over TLS")
+}
+
+/// lapin to `uri` trusting `ca`, presenting `identity` when given.
+async fn try_amqps(
+    uri: &str,
+    ca: &TestCa,
+    identity: Option<&certs::CertFiles>,
+) -> lapin::Result<Connection> {
     let tls = OwnedTLSConfig {
-        identity: None,
+        identity: identity.map(|files| OwnedIdentity::PKCS8 {
+            pem: std::fs::read(&files.cert).unwrap(),
+            key: std::fs::read(&files.key).unwrap(),
+        }),
         cert_chain: Some(std::fs::read_to_string(&ca.ca).unwrap()),
     };
     let runtime = lapin::runtime::default_runtime().unwrap();
     tokio::time::timeout(
         WAIT,
-        Connection::connect_with_config(&uri, ConnectionProperties::default(), tls, runtime),
+        Connection::connect_with_config(uri, ConnectionProperties::default(), tls, runtime),
     )
     .await
     .expect("in time")
-    .expect("lapin connects over TLS")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -200,6 +213,43 @@ async fn a_client_certificate_logs_in_over_stomps_when_connect_has_no_passcode()
             .contains("client certificate is for user `guest`"),
         "{mismatch}"
     );
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_certificate_logs_in_over_amqps_with_sasl_external() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "amqp-certs");
+    let broker = start_tls_with(dir.path(), &ca, true).await;
+    let port = broker.amqps_addr().unwrap().port();
+    let external = format!("amqps://127.0.0.1:{port}/%2f?auth_mechanism=external");
+
+    // The certificate's CN (guest) is the user: no password anywhere.
+    let guest = ca.client("guest");
+    let connection = try_amqps(&external, &ca, Some(&guest))
+        .await
+        .expect("EXTERNAL with a client certificate logs in");
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_declare(
+            "by-certificate".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    connection.close(200, "bye".into()).await.unwrap();
+
+    // EXTERNAL without a certificate, or with one naming no user, is refused.
+    let without = try_amqps(&external, &ca, None).await.unwrap_err();
+    let nobody = ca.client("nobody");
+    let unknown = try_amqps(&external, &ca, Some(&nobody)).await.unwrap_err();
+    for error in [without, unknown] {
+        match error.kind() {
+            lapin::ErrorKind::ProtocolError(e) => assert_eq!(e.get_id(), 403, "{error}"),
+            _ => panic!("expected 403 ACCESS_REFUSED, got {error}"),
+        }
+    }
     broker.shutdown().await;
 }
 

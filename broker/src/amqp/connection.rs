@@ -84,13 +84,15 @@ impl std::fmt::Display for Ended {
 }
 
 /// Serves one AMQP byte stream (a TCP socket, or a WebSocket's binary messages) until it
-/// closes.
+/// closes. `certified`: the user a verified client certificate names (`--amqps` with
+/// `--tls-ca`), offered SASL EXTERNAL.
 pub(crate) async fn serve<S>(
     mut stream: S,
     peer: SocketAddr,
     id: ConnId,
     ctx: Arc<AmqpContext>,
     shutdown: watch::Receiver<bool>,
+    certified: Option<String>,
 ) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -127,8 +129,15 @@ pub(crate) async fn serve<S>(
         encode(&AMQPFrame::Method(0, class), &mut out);
         let _ = writer_tx.send(Chunk::frames(out));
     };
-    send0(handshake::start());
-    let opening = handshake::open(&mut frames, &mut send0, &ctx.auth, peer, ctx.offer);
+    send0(handshake::start(certified.is_some()));
+    let opening = handshake::open(
+        &mut frames,
+        &mut send0,
+        &ctx.auth,
+        peer,
+        ctx.offer,
+        certified.as_deref(),
+    );
     let opened = match tokio::time::timeout(ctx.handshake_timeout, opening).await {
         Ok(Ok(opened)) => opened,
         Ok(Err(NotOpened::Refused(e))) => {

@@ -39,7 +39,9 @@ pub(crate) struct Offer {
     pub heartbeat: Option<Duration>,
 }
 
-pub(super) fn start() -> AMQPClass {
+/// `connection.start`; `external`: the connection has a verified client certificate, so
+/// SASL EXTERNAL (RabbitMQ's `rabbitmq_auth_mechanism_ssl`) is offered too.
+pub(super) fn start(external: bool) -> AMQPClass {
     let mut capabilities = FieldTable::default();
     for name in [
         "publisher_confirms",
@@ -62,7 +64,10 @@ pub(super) fn start() -> AMQPClass {
         version_major: 0,
         version_minor: 9,
         server_properties: properties,
-        mechanisms: "PLAIN AMQPLAIN".into(),
+        mechanisms: match external {
+            true => "EXTERNAL PLAIN AMQPLAIN".into(),
+            false => "PLAIN AMQPLAIN".into(),
+        },
         locales: "en_US".into(),
     }))
 }
@@ -113,13 +118,15 @@ fn unexpected(method: &connection::AMQPMethod, wanted: &str) -> NotOpened {
 }
 
 /// Runs the handshake after `connection.start` was sent; `send` writes a method on
-/// channel 0.
+/// channel 0. `certified`: the user a verified client certificate names, who logs in
+/// with SASL EXTERNAL.
 pub(super) async fn open(
     frames: &mut mpsc::Receiver<Result<Incoming, ReadError>>,
     send: &mut impl FnMut(AMQPClass),
     auth: &Authenticator,
     peer: SocketAddr,
     offer: Offer,
+    certified: Option<&str>,
 ) -> Result<Opened, NotOpened> {
     let start_ok = match next_method(frames).await? {
         connection::AMQPMethod::StartOk(m) => m,
@@ -131,12 +138,23 @@ pub(super) async fn open(
             AmqpError::connection(code::ACCESS_REFUSED, "ACCESS_REFUSED", text).during(10, 11),
         )
     };
-    let Some((user, password)) = credentials(&mechanism, &start_ok.response) else {
-        return Err(refused(format!(
-            "Login was refused using authentication mechanism {mechanism}: unsupported mechanism or malformed response"
-        )));
+    let login = match (mechanism.as_str(), certified) {
+        ("EXTERNAL", Some(user)) => auth.authenticate_certificate(user, peer.ip()).await,
+        ("EXTERNAL", None) => {
+            return Err(refused(
+                "Login was refused using authentication mechanism EXTERNAL: no verified client certificate".into(),
+            ));
+        }
+        _ => {
+            let Some((user, password)) = credentials(&mechanism, &start_ok.response) else {
+                return Err(refused(format!(
+                    "Login was refused using authentication mechanism {mechanism}: unsupported mechanism or malformed response"
+                )));
+            };
+            auth.authenticate(&user, &password, peer.ip()).await
+        }
     };
-    let principal = match auth.authenticate(&user, &password, peer.ip()).await {
+    let principal = match login {
         Ok(principal) => principal,
         Err(e) => {
             return Err(refused(format!(

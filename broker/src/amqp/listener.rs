@@ -23,7 +23,7 @@ pub(crate) async fn accept_loop(
         listener,
         admission,
         shutdown,
-        move |stream, peer, id| serve(stream, peer, id, ctx.clone(), stopping.clone()),
+        move |stream, peer, id| serve(stream, peer, id, ctx.clone(), stopping.clone(), None),
     )
     .await;
 }
@@ -48,7 +48,9 @@ pub(crate) async fn accept_tls_loop(
             async move {
                 if let Some(stream) = tls::handshake(&setup, tcp, peer, ctx.handshake_timeout).await
                 {
-                    serve(stream, peer, id, ctx, stopping).await;
+                    // A verified client certificate (`--tls-ca`) logs in with SASL EXTERNAL.
+                    let certified = stream.client_user();
+                    serve(stream, peer, id, ctx, stopping, certified).await;
                 }
             }
         },

@@ -69,5 +69,5 @@ pub(crate) async fn serve_websocket<S>(
             _ = &mut inbound => outbound.await,
         }
     };
-    tokio::join!(serve(ours, peer, id, ctx, shutdown), pumps);
+    tokio::join!(serve(ours, peer, id, ctx, shutdown, None), pumps);
 }
