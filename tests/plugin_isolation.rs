@@ -89,7 +89,15 @@ async fn victim_exchange_is_served_while_hostile_exchanges_fail() {
         let (_, _, _, says) = HOSTILE.iter().find(|h| h.0 == plugin).unwrap();
         let err = bad.await.expect_err("a failing key never routes");
         match err.code() {
-            Some(ErrorCode::PluginError) => assert!(err.to_string().contains(says), "{err}"),
+            // On a loaded machine any plugin may reach its time budget before its own
+            // failure (a panic's message formatting, a hog's page faults).
+            Some(ErrorCode::PluginError) => {
+                let text = err.to_string();
+                assert!(
+                    text.contains(says) || text.contains("CPU budget (time"),
+                    "{plugin}: {err}"
+                )
+            }
             Some(ErrorCode::ExchangeUnavailable) => {}
             other => panic!("{plugin}: unexpected {other:?}: {err}"),
         }
