@@ -38,19 +38,20 @@ impl Router {
             return Err(OpError::new(ErrorCode::ConsumerTagInUse, message));
         }
         let (name, _) = self
+            .shard
             .queues
             .get_key_value(sub.queue.as_str())
             .expect("checked above");
         let (name, tag): (Arc<str>, Arc<str>) = (name.clone(), tag.into());
         c.consumers.push((name.clone(), tag.clone()));
-        let queue = self.queues.get_mut(&name).expect("checked above");
+        let queue = self.shard.queues.get_mut(&name).expect("checked above");
         let mut consumer = Consumer::new(conn, tag.clone(), sub.prefetch, sub.auto_ack);
         consumer.exclusive = sub.exclusive;
         queue.add_consumer(consumer);
         if let Some(filter) = &sub.filter {
             self.add_filter(conn, tag.clone(), name.clone(), filter);
         }
-        self.dirty.insert(name);
+        self.turn.to_dispatch.insert(name);
         let result = serde_json::to_value(Subscribed {
             consumer_tag: tag.to_string(),
         })
@@ -67,14 +68,18 @@ impl Router {
         auto_ack: bool,
     ) -> Result<Reply, OpError> {
         check_access(self.queue(name)?, self.owner(conn))?;
-        let (name, _) = self.queues.get_key_value(name).expect("checked above");
+        let (name, _) = self
+            .shard
+            .queues
+            .get_key_value(name)
+            .expect("checked above");
         let name = name.clone();
         let now = now_ms();
-        if let Some(queue) = self.queues.get_mut(&name) {
+        if let Some(queue) = self.shard.queues.get_mut(&name) {
             queue.touch(now);
         }
         loop {
-            let queue = self.queues.get_mut(&name).expect("checked above");
+            let queue = self.shard.queues.get_mut(&name).expect("checked above");
             let queue_id = queue.id;
             let d = match queue.next_get(now, conn) {
                 None => {
@@ -143,7 +148,7 @@ impl Router {
     /// Detaches a consumer from its queue; an auto-delete queue goes with its last consumer.
     fn remove_consumer(&mut self, queue_name: &Arc<str>, conn: ConnId, tag: &str) {
         self.forget_filter(conn, tag);
-        let Some(queue) = self.queues.get_mut(queue_name) else {
+        let Some(queue) = self.shard.queues.get_mut(queue_name) else {
             return;
         };
         queue.remove_consumer(conn, tag);
@@ -153,7 +158,7 @@ impl Router {
             self.remove_queue(queue_name, "auto-delete queue lost its last consumer");
         } else {
             // Its share of the queue may now go to the others.
-            self.dirty.insert(queue_name.clone());
+            self.turn.to_dispatch.insert(queue_name.clone());
         }
     }
 
@@ -210,6 +215,7 @@ impl Router {
         // The queue may have been deleted (and maybe re-created) since the delivery: then
         // there is nothing to settle.
         let Some(queue) = self
+            .shard
             .queues
             .get_mut(&held.queue)
             .filter(|q| q.id == held.queue_id)
@@ -227,7 +233,7 @@ impl Router {
                 if let Some(entry) = acked
                     && entry.stored
                 {
-                    self.batch.ops.push(StoreOp::DeleteMessage {
+                    self.turn.store(StoreOp::DeleteMessage {
                         queue: queue_id,
                         seq,
                         state: entry.state_stored,
@@ -242,7 +248,7 @@ impl Router {
                     delivery_count,
                     not_before,
                 }) => {
-                    self.batch.ops.push(StoreOp::SetEntryState {
+                    self.turn.store(StoreOp::SetEntryState {
                         queue: queue_id,
                         seq,
                         delivery_count,
@@ -260,7 +266,7 @@ impl Router {
         if let Some((entry, reason)) = dead {
             self.dead_letter(&held.queue, entry, reason, now);
         }
-        self.dirty.insert(held.queue);
+        self.turn.to_dispatch.insert(held.queue);
     }
 
     /// A connection closed: its consumers go, its unacked messages return to their queues
@@ -283,6 +289,7 @@ impl Router {
             self.settle_one(held, Settle::Retry(how), now);
         }
         let exclusive: Vec<Arc<str>> = self
+            .shard
             .queues
             .values()
             .filter(|q| q.spec.exclusive_owner == Some(conn))
@@ -296,7 +303,8 @@ impl Router {
     /// The connection's writer drained: its consumers' queues may deliver again.
     pub(super) fn drained(&mut self, conn: ConnId) {
         if let Some(c) = self.conns.get(&conn) {
-            self.dirty
+            self.turn
+                .to_dispatch
                 .extend(c.consumers.iter().map(|(queue, _)| queue.clone()));
         }
     }
@@ -306,16 +314,16 @@ impl Router {
     pub(super) fn dispatch(&mut self) {
         let now = now_ms();
         // Dead letters can touch further queues (their DLQs): go round until quiet.
-        while !self.dirty.is_empty() {
-            for name in std::mem::take(&mut self.dirty) {
+        while !self.turn.to_dispatch.is_empty() {
+            for name in std::mem::take(&mut self.turn.to_dispatch) {
                 self.dispatch_queue(&name, now);
-                self.schedule(&name);
+                self.shard.schedule(&name);
             }
         }
     }
 
     fn dispatch_queue(&mut self, name: &Arc<str>, now: u64) {
-        let Some(queue) = self.queues.get_mut(name) else {
+        let Some(queue) = self.shard.queues.get_mut(name) else {
             return;
         };
         let queue_id = queue.id;
@@ -338,7 +346,7 @@ impl Router {
                 Next::Deliver(d) => d,
                 Next::Expired(entry) => {
                     self.dead_letter(name, entry, DeathReason::Expired, now);
-                    self.dirty.remove(name);
+                    self.turn.to_dispatch.remove(name);
                     return self.dispatch_queue(name, now);
                 }
             };

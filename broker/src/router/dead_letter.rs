@@ -72,7 +72,7 @@ impl Router {
         message: &Arc<Message>,
         now: u64,
     ) -> Result<(bool, Vec<Entry>), QueueFull> {
-        let Some(queue) = self.queues.get_mut(name) else {
+        let Some(queue) = self.shard.queues.get_mut(name) else {
             return Ok((false, Vec::new()));
         };
         let persist = message.properties.persistent && queue.is_stored();
@@ -81,14 +81,14 @@ impl Router {
         };
         queue.counters.published += 1;
         if persist {
-            self.batch.ops.push(StoreOp::PutMessage {
+            self.turn.store(StoreOp::PutMessage {
                 queue: queue.id,
                 seq,
                 enqueued_at: now,
                 message: message.clone(),
             });
         }
-        self.dirty.insert(name.clone());
+        self.turn.to_dispatch.insert(name.clone());
         Ok((persist, evicted))
     }
 
@@ -104,11 +104,11 @@ impl Router {
         let mut handled = 0;
         while let Some((from, entry, reason)) = work.pop() {
             handled += 1;
-            let Some(queue) = self.queues.get_mut(&from) else {
+            let Some(queue) = self.shard.queues.get_mut(&from) else {
                 continue;
             };
             if entry.stored {
-                self.batch.ops.push(StoreOp::DeleteMessage {
+                self.turn.store(StoreOp::DeleteMessage {
                     queue: queue.id,
                     seq: entry.seq,
                     state: entry.state_stored,
@@ -118,7 +118,8 @@ impl Router {
                 queue.counters.expired += 1;
             }
             *self
-                .dead_letter_log
+                .turn
+                .dead_letters
                 .entry((from.clone(), reason.as_str()))
                 .or_default() += 1;
             if handled > MAX_DEAD_LETTER_CHAIN {
@@ -150,7 +151,7 @@ impl Router {
                     }
                 }
             };
-            let queue = self.queues.get_mut(&from).expect("checked above");
+            let queue = self.shard.queues.get_mut(&from).expect("checked above");
             if destinations.is_empty() {
                 queue.counters.dropped += 1;
                 continue;
@@ -165,7 +166,7 @@ impl Router {
                     ),
                     // A full `reject_publish` target drops it (counted there).
                     Err(QueueFull) => {
-                        if let Some(target) = self.queues.get_mut(&destination) {
+                        if let Some(target) = self.shard.queues.get_mut(&destination) {
                             target.counters.dropped += 1;
                         }
                     }
@@ -176,7 +177,7 @@ impl Router {
 
     /// One log line per (queue, reason) that dead-lettered messages this turn.
     pub(super) fn log_dead_letters(&mut self) {
-        for ((queue, reason), messages) in std::mem::take(&mut self.dead_letter_log) {
+        for ((queue, reason), messages) in std::mem::take(&mut self.turn.dead_letters) {
             tracing::info!(%queue, reason, messages, "messages dead-lettered");
         }
     }
@@ -185,7 +186,7 @@ impl Router {
     /// letters, so rejecting from a DLQ does not grow a chain of `.dlq.dlq` queues.
     fn ensure_dlq(&mut self, queue: &str) -> Arc<str> {
         let name = format!("{queue}.dlq");
-        if let Some((existing, _)) = self.queues.get_key_value(name.as_str()) {
+        if let Some((existing, _)) = self.shard.queues.get_key_value(name.as_str()) {
             return existing.clone();
         }
         let mut arguments = Headers::new();
@@ -197,9 +198,9 @@ impl Router {
             auto_delete: false,
             arguments: arguments.clone(),
         };
-        let id = self.next_queue_id;
-        self.next_queue_id += 1;
-        self.batch.ops.push(StoreOp::PutQueue(QueueRecord {
+        let id = self.shard.next_queue_id;
+        self.shard.next_queue_id += 1;
+        self.turn.store(StoreOp::PutQueue(QueueRecord {
             id,
             name: name.clone(),
             auto_delete: false,
@@ -209,7 +210,7 @@ impl Router {
         let name: Arc<str> = name.into();
         tracing::info!(queue = %name, "dead-letter queue created");
         let queue = self.new_queue(name.clone(), id, spec, policy);
-        self.queues.insert(name.clone(), queue);
+        self.shard.queues.insert(name.clone(), queue);
         name
     }
 
@@ -235,13 +236,14 @@ impl Router {
         message_id: Option<&str>,
     ) -> Result<Reply, OpError> {
         super::queues::check_access(self.queue(name)?, self.owner(conn))?;
-        let existing: std::collections::HashSet<Arc<str>> = self.queues.keys().cloned().collect();
+        let existing: std::collections::HashSet<Arc<str>> =
+            self.shard.queues.keys().cloned().collect();
         // Death records name queues of the dead letters' vhost, as its clients know them.
         let vhost = crate::vhost::of(name).to_string();
         let origin = |message: &Message| {
             death_queue(message).map(|queue| crate::vhost::qualify(&vhost, queue))
         };
-        let dlq = self.queues.get_mut(name).expect("checked above");
+        let dlq = self.shard.queues.get_mut(name).expect("checked above");
         let dlq_id = dlq.id;
         let taken = dlq.take_ready_where(|entry| {
             let id_matches = message_id
@@ -255,7 +257,7 @@ impl Router {
         let mut moved = 0;
         for entry in taken {
             if entry.stored {
-                self.batch.ops.push(StoreOp::DeleteMessage {
+                self.turn.store(StoreOp::DeleteMessage {
                     queue: dlq_id,
                     seq: entry.seq,
                     state: entry.state_stored,

@@ -26,7 +26,7 @@ impl Router {
         message: &Message,
         now: u64,
     ) -> Taken {
-        let Some(queue) = self.queues.get_mut(name) else {
+        let Some(queue) = self.shard.queues.get_mut(name) else {
             return Taken::New;
         };
         let (Some(_), Some(id)) = (queue.policy.dedup_window_ms, &message.properties.message_id)
@@ -45,7 +45,7 @@ impl Router {
     /// Remembers the id of `message`, just enqueued into `name`, for the queue's window
     /// (stored with a stored message), and forgets the ids whose window has passed.
     pub(super) fn record_message_id(&mut self, name: &Arc<str>, message: &Message, now: u64) {
-        let Some(queue) = self.queues.get_mut(name) else {
+        let Some(queue) = self.shard.queues.get_mut(name) else {
             return;
         };
         let (Some(window), Some(id)) =
@@ -56,7 +56,7 @@ impl Router {
         let stored = queue.is_stored();
         for expired in queue.dedup.expire(now) {
             if stored {
-                self.batch.ops.push(StoreOp::DeleteDedup {
+                self.turn.store(StoreOp::DeleteDedup {
                     queue: queue.id,
                     message_id: expired,
                 });
@@ -65,7 +65,7 @@ impl Router {
         let until = now.saturating_add(window);
         queue.dedup.record(id, until);
         if stored && message.properties.persistent {
-            self.batch.ops.push(StoreOp::PutDedup {
+            self.turn.store(StoreOp::PutDedup {
                 queue: queue.id,
                 message_id: id.clone(),
                 until,
@@ -77,6 +77,7 @@ impl Router {
     /// window passed while the broker was down are deleted.
     pub(super) fn restore_message_ids(&mut self, ids: Vec<(u64, String, u64)>, now: u64) {
         let by_id: std::collections::HashMap<u64, Arc<str>> = self
+            .shard
             .queues
             .iter()
             .map(|(name, queue)| (queue.id, name.clone()))
@@ -84,12 +85,12 @@ impl Router {
         for (queue_id, message_id, until) in ids {
             match by_id
                 .get(&queue_id)
-                .and_then(|name| self.queues.get_mut(name))
+                .and_then(|name| self.shard.queues.get_mut(name))
             {
                 Some(queue) if until > now && queue.policy.dedup_window_ms.is_some() => {
                     queue.dedup.record(&message_id, until);
                 }
-                _ => self.batch.ops.push(StoreOp::DeleteDedup {
+                _ => self.turn.store(StoreOp::DeleteDedup {
                     queue: queue_id,
                     message_id,
                 }),

@@ -29,30 +29,32 @@ impl Router {
             return Err(default_refused());
         }
         let destination_durable = self
+            .topology
             .exchanges
             .get(&binding.destination)
             .ok_or_else(|| not_found(&binding.destination))?
             .durable;
         let source = self
+            .topology
             .exchanges
             .get_mut(&binding.source)
             .ok_or_else(|| not_found(&binding.source))?;
-        if self.directory.graph.find(&binding).is_some() {
+        if self.topology.directory.graph.find(&binding).is_some() {
             return Ok(Reply::Ok(Value::Null));
         }
-        let id = self.next_binding_id;
+        let id = self.topology.next_binding_id;
         {
             let mut routing = source.routing.lock();
             routing.validate_binding(&binding.key, &binding.arguments)?;
             routing.bind(id, &binding.key, &binding.arguments)?;
         }
-        self.next_binding_id += 1;
+        self.topology.next_binding_id += 1;
         let durable = source.durable && destination_durable;
         if durable {
             let stored = StoreOp::PutExchangeBinding(id, binding.clone());
-            self.batch.ops.push(stored);
+            self.turn.store(stored);
         }
-        self.directory.graph.insert(id, binding);
+        self.topology.directory.graph.insert(id, binding);
         Ok(match durable {
             true => Reply::OkAfterCommit(Value::Null),
             false => Reply::Ok(Value::Null),
@@ -65,11 +67,11 @@ impl Router {
             return Err(default_refused());
         }
         for name in [&binding.source, &binding.destination] {
-            if !self.exchanges.contains_key(name) {
+            if !self.topology.exchanges.contains_key(name) {
                 return Err(not_found(name));
             }
         }
-        let Some(id) = self.directory.graph.find(&binding) else {
+        let Some(id) = self.topology.directory.graph.find(&binding) else {
             return Ok(Reply::Ok(Value::Null));
         };
         self.forget_exchange_binding(id, &binding.source);
@@ -80,12 +82,12 @@ impl Router {
     /// Removes binding `id` of exchange `source` from its routing, the graph and the store.
     fn forget_exchange_binding(&mut self, id: BindingId, source: &str) {
         self.unbind_routing(id, source);
-        self.directory.graph.remove(source, id);
-        self.batch.ops.push(StoreOp::DeleteBinding(id));
+        self.topology.directory.graph.remove(source, id);
+        self.turn.store(StoreOp::DeleteBinding(id));
     }
 
     fn unbind_routing(&self, id: BindingId, source: &str) {
-        if let Some(exchange) = self.exchanges.get(source)
+        if let Some(exchange) = self.topology.exchanges.get(source)
             && let Err(e) = exchange.routing.lock().unbind(id)
         {
             tracing::warn!(binding = id, error = %e, "exchange refused unbind");
@@ -95,11 +97,11 @@ impl Router {
     /// Exchange `name` was deleted: its bindings to and from other exchanges go too (an
     /// auto-delete source that loses its last one goes as well).
     pub(super) fn drop_exchange_bindings(&mut self, name: &str) {
-        if self.directory.graph.is_empty() {
+        if self.topology.directory.graph.is_empty() {
             return;
         }
-        for (id, binding) in self.directory.graph.remove_touching(name) {
-            self.batch.ops.push(StoreOp::DeleteBinding(id));
+        for (id, binding) in self.topology.directory.graph.remove_touching(name) {
+            self.turn.store(StoreOp::DeleteBinding(id));
             if binding.source != name {
                 self.unbind_routing(id, &binding.source);
                 self.delete_if_auto_unused(&binding.source);
@@ -112,29 +114,39 @@ impl Router {
     /// exchange waits for its type waits with it.
     pub(super) fn restore_exchange_binding(&mut self, id: BindingId, binding: ExchangeBinding) {
         let ends = [&binding.source, &binding.destination];
-        if ends.iter().any(|name| self.unrestored.contains_key(*name)) {
-            self.directory.graph.wait(id, binding);
+        if ends
+            .iter()
+            .any(|name| self.topology.unrestored.contains_key(*name))
+        {
+            self.topology.directory.graph.wait(id, binding);
             return;
         }
-        if ends.iter().any(|name| !self.exchanges.contains_key(*name)) {
+        if ends
+            .iter()
+            .any(|name| !self.topology.exchanges.contains_key(*name))
+        {
             tracing::warn!(binding = id, source = %binding.source, destination = %binding.destination, "stored exchange binding of an exchange that is not stored; dropped");
-            self.batch.ops.push(StoreOp::DeleteBinding(id));
+            self.turn.store(StoreOp::DeleteBinding(id));
             return;
         }
-        let source = self.exchanges.get(&binding.source).expect("checked above");
+        let source = self
+            .topology
+            .exchanges
+            .get(&binding.source)
+            .expect("checked above");
         match source
             .routing
             .lock()
             .bind(id, &binding.key, &binding.arguments)
         {
-            Ok(()) => self.directory.graph.insert(id, binding),
+            Ok(()) => self.topology.directory.graph.insert(id, binding),
             Err(e) => tracing::error!(binding = id, error = %e, "cannot restore exchange binding"),
         }
     }
 
     /// Retries the stored exchange-to-exchange bindings that waited for an exchange's type.
     pub(super) fn restore_waiting_exchange_bindings(&mut self) {
-        for (id, binding) in self.directory.graph.take_waiting() {
+        for (id, binding) in self.topology.directory.graph.take_waiting() {
             self.restore_exchange_binding(id, binding);
         }
     }
@@ -142,11 +154,11 @@ impl Router {
     /// A stored exchange that never got restored is replaced or deleted: the stored
     /// bindings waiting for it go.
     pub(super) fn drop_waiting_exchange_bindings(&mut self, name: &str) {
-        for (id, binding) in self.directory.graph.take_waiting() {
+        for (id, binding) in self.topology.directory.graph.take_waiting() {
             if binding.source == name || binding.destination == name {
-                self.batch.ops.push(StoreOp::DeleteBinding(id));
+                self.turn.store(StoreOp::DeleteBinding(id));
             } else {
-                self.directory.graph.wait(id, binding);
+                self.topology.directory.graph.wait(id, binding);
             }
         }
     }
@@ -160,18 +172,19 @@ impl Router {
         id: BindingId,
         reach: &mut Option<Vec<String>>,
     ) -> Option<&'a Binding> {
-        if self.directory.graph.is_empty() {
+        if self.topology.directory.graph.is_empty() {
             return None;
         }
-        let reach = reach.get_or_insert_with(|| self.directory.graph.reachable_from(source));
+        let reach =
+            reach.get_or_insert_with(|| self.topology.directory.graph.reachable_from(source));
         reach
             .iter()
-            .find_map(|name| self.exchanges.get(name)?.bindings.get(&id))
+            .find_map(|name| self.topology.exchanges.get(name)?.bindings.get(&id))
     }
 
     /// Exchange-to-exchange bindings from exchanges of `vhost`, by source then age.
     pub(super) fn exchange_bindings_in(&self, vhost: &str) -> Vec<ExchangeBinding> {
-        let mut bindings = self.directory.graph.all();
+        let mut bindings = self.topology.directory.graph.all();
         bindings.retain(|(_, b)| crate::vhost::of(&b.source) == vhost);
         bindings.sort_by(|a, b| (&a.1.source, a.0).cmp(&(&b.1.source, b.0)));
         bindings.into_iter().map(|(_, b)| b).collect()

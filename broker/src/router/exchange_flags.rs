@@ -27,7 +27,7 @@ impl ExchangeFlags {
 impl Router {
     /// Refuses a client's publish to an internal exchange, in RabbitMQ's words.
     pub(super) fn check_publishable(&self, exchange: &str) -> Result<(), OpError> {
-        match self.exchanges.get(exchange) {
+        match self.topology.exchanges.get(exchange) {
             Some(state) if state.flags.internal => {
                 let (vhost, name) = vhost::split(exchange);
                 Err(OpError::new(
@@ -42,8 +42,10 @@ impl Router {
     /// Deletes exchange `name` if it is auto-delete and has no binding left (one was just
     /// removed).
     pub(super) fn delete_if_auto_unused(&mut self, name: &str) {
-        let unused = self.exchanges.get(name).is_some_and(|e| {
-            e.flags.auto_delete && e.bindings.is_empty() && !self.directory.graph.has_out(name)
+        let unused = self.topology.exchanges.get(name).is_some_and(|e| {
+            e.flags.auto_delete
+                && e.bindings.is_empty()
+                && !self.topology.directory.graph.has_out(name)
         });
         if unused {
             tracing::debug!(exchange = %name, "auto-delete exchange lost its last binding; deleted");

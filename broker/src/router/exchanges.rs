@@ -57,7 +57,7 @@ impl Router {
         }
         check_name("exchange", &declare.exchange)?;
         self.check_reserved_declare(&declare)?;
-        if let Some(existing) = self.exchanges.get(&declare.exchange) {
+        if let Some(existing) = self.topology.exchanges.get(&declare.exchange) {
             if existing.kind != declare.kind
                 || existing.durable != declare.durable
                 || existing.flags != ExchangeFlags::of(&declare)
@@ -78,18 +78,17 @@ impl Router {
             .create(&declare.kind, &declare.exchange, &declare.arguments)?;
         // A new exchange replacing an unrestored stored one inherits neither its record
         // nor its bindings.
-        if let Some(waiting) = self.unrestored.remove(&declare.exchange) {
+        if let Some(waiting) = self.topology.unrestored.remove(&declare.exchange) {
             for (id, _) in waiting.bindings {
-                self.batch.ops.push(StoreOp::DeleteBinding(id));
+                self.turn.store(StoreOp::DeleteBinding(id));
             }
-            self.batch
-                .ops
-                .push(StoreOp::DeleteExchange(declare.exchange.clone()));
+            self.turn
+                .store(StoreOp::DeleteExchange(declare.exchange.clone()));
             self.drop_waiting_exchange_bindings(&declare.exchange);
         }
         let flags = ExchangeFlags::of(&declare);
         if declare.durable {
-            self.batch.ops.push(StoreOp::PutExchange(ExchangeRecord {
+            self.turn.store(StoreOp::PutExchange(ExchangeRecord {
                 name: declare.exchange.clone(),
                 kind: declare.kind.clone(),
                 arguments: declare.arguments.clone(),
@@ -125,7 +124,7 @@ impl Router {
         routing: Box<dyn crate::exchange::Exchange>,
     ) {
         let routing = SharedExchange::new(routing);
-        self.directory.insert(&name, routing.clone());
+        self.topology.directory.insert(&name, routing.clone());
         let state = ExchangeState {
             kind,
             durable,
@@ -135,7 +134,7 @@ impl Router {
             bindings: HashMap::new(),
             counters: Default::default(),
         };
-        self.exchanges.insert(name, state);
+        self.topology.exchanges.insert(name, state);
     }
 
     pub(super) fn delete_exchange(
@@ -148,29 +147,27 @@ impl Router {
         }
         self.check_reserved_delete(name)?;
         if if_unused
-            && self
-                .exchanges
-                .get(name)
-                .is_some_and(|e| !e.bindings.is_empty() || self.directory.graph.has_out(name))
+            && self.topology.exchanges.get(name).is_some_and(|e| {
+                !e.bindings.is_empty() || self.topology.directory.graph.has_out(name)
+            })
         {
             let message = format!("exchange `{name}` has bindings");
             return Err(OpError::new(ErrorCode::PreconditionFailed, message));
         }
         let exchange = self
+            .topology
             .exchanges
             .remove(name)
             .ok_or_else(|| exchange_not_found(name))?;
-        self.directory.remove(name);
+        self.topology.directory.remove(name);
         self.drop_exchange_bindings(name);
         if !exchange.durable {
             return Ok(Reply::Ok(serde_json::Value::Null));
         }
         for id in exchange.bindings.keys() {
-            self.batch.ops.push(StoreOp::DeleteBinding(*id));
+            self.turn.store(StoreOp::DeleteBinding(*id));
         }
-        self.batch
-            .ops
-            .push(StoreOp::DeleteExchange(name.to_owned()));
+        self.turn.store(StoreOp::DeleteExchange(name.to_owned()));
         Ok(Reply::OkAfterCommit(serde_json::Value::Null))
     }
 
@@ -182,24 +179,23 @@ impl Router {
         check_access(queue, self.owner(conn))?;
         let queue_stored = queue.is_stored();
         let exchange = self
+            .topology
             .exchanges
             .get_mut(&binding.exchange)
             .ok_or_else(|| exchange_not_found(&binding.exchange))?;
         if exchange.bindings.values().any(|b| *b == binding) {
             return Ok(Reply::Ok(serde_json::Value::Null));
         }
-        let id = self.next_binding_id;
+        let id = self.topology.next_binding_id;
         {
             let mut routing = exchange.routing.lock();
             routing.validate_binding(&binding.key, &binding.arguments)?;
             routing.bind(id, &binding.key, &binding.arguments)?;
         }
-        self.next_binding_id += 1;
+        self.topology.next_binding_id += 1;
         let durable = exchange.durable && queue_stored;
         if durable {
-            self.batch
-                .ops
-                .push(StoreOp::PutBinding(id, binding.clone()));
+            self.turn.store(StoreOp::PutBinding(id, binding.clone()));
         }
         exchange.bindings.insert(id, binding);
         Ok(if durable {
@@ -214,10 +210,11 @@ impl Router {
         if is_default(&binding.exchange) {
             return Err(default_exchange_refused("unbound"));
         }
-        if let Some(queue) = self.queues.get(binding.queue.as_str()) {
+        if let Some(queue) = self.shard.queues.get(binding.queue.as_str()) {
             check_access(queue, self.owner(conn))?;
         }
         let exchange = self
+            .topology
             .exchanges
             .get_mut(&binding.exchange)
             .ok_or_else(|| exchange_not_found(&binding.exchange))?;
@@ -230,7 +227,7 @@ impl Router {
         };
         exchange.routing.lock().unbind(id)?;
         exchange.bindings.remove(&id);
-        self.batch.ops.push(StoreOp::DeleteBinding(id));
+        self.turn.store(StoreOp::DeleteBinding(id));
         self.delete_if_auto_unused(&binding.exchange);
         Ok(Reply::OkAfterCommit(serde_json::Value::Null))
     }
@@ -261,17 +258,17 @@ impl Router {
     /// Re-adds a stored binding (startup, or its exchange was just restored); a binding
     /// whose queue is gone, or whose exchange is not stored, is dropped from the store.
     pub(super) fn restore_binding(&mut self, id: BindingId, binding: Binding) {
-        let queue_exists = self.queues.contains_key(binding.queue.as_str());
-        if let Some(waiting) = self.unrestored.get_mut(&binding.exchange) {
+        let queue_exists = self.shard.queues.contains_key(binding.queue.as_str());
+        if let Some(waiting) = self.topology.unrestored.get_mut(&binding.exchange) {
             // Its exchange's type is not loaded: keep it until it is.
             if queue_exists {
                 waiting.bindings.push((id, binding));
             } else {
-                self.batch.ops.push(StoreOp::DeleteBinding(id));
+                self.turn.store(StoreOp::DeleteBinding(id));
             }
             return;
         }
-        match self.exchanges.get_mut(&binding.exchange) {
+        match self.topology.exchanges.get_mut(&binding.exchange) {
             Some(exchange) if queue_exists => {
                 match exchange
                     .routing
@@ -284,10 +281,10 @@ impl Router {
                     Err(e) => tracing::error!(binding = id, error = %e, "cannot restore binding"),
                 }
             }
-            Some(_) => self.batch.ops.push(StoreOp::DeleteBinding(id)),
+            Some(_) => self.turn.store(StoreOp::DeleteBinding(id)),
             None => {
                 tracing::warn!(binding = id, exchange = %binding.exchange, "stored binding of an exchange that is not stored; dropped");
-                self.batch.ops.push(StoreOp::DeleteBinding(id));
+                self.turn.store(StoreOp::DeleteBinding(id));
             }
         }
     }
@@ -296,13 +293,15 @@ impl Router {
     /// that could not be restored at startup are created now, with their bindings.
     pub(super) fn restore_waiting_exchanges(&mut self, kind: &str) {
         let names: Vec<String> = self
+            .topology
             .unrestored
             .iter()
             .filter(|(_, waiting)| waiting.record.kind == kind)
             .map(|(name, _)| name.clone())
             .collect();
         for name in names {
-            let Some(Unrestored { record, bindings }) = self.unrestored.remove(&name) else {
+            let Some(Unrestored { record, bindings }) = self.topology.unrestored.remove(&name)
+            else {
                 continue;
             };
             match self.restore_exchange(record) {
@@ -315,7 +314,8 @@ impl Router {
                 }
                 Err((record, e)) => {
                     tracing::error!(exchange = %name, kind, error = %e, "cannot restore exchange with the new version of its type; it stays stored");
-                    self.unrestored
+                    self.topology
+                        .unrestored
                         .insert(name, Unrestored { record, bindings });
                 }
             }
@@ -325,17 +325,17 @@ impl Router {
 
     /// Removes every binding to `queue` (the queue is being deleted).
     pub(super) fn remove_bindings_to(&mut self, queue: &str) {
-        for waiting in self.unrestored.values_mut() {
+        for waiting in self.topology.unrestored.values_mut() {
             waiting.bindings.retain(|(id, b)| {
                 let keep = b.queue != queue;
                 if !keep {
-                    self.batch.ops.push(StoreOp::DeleteBinding(*id));
+                    self.turn.store(StoreOp::DeleteBinding(*id));
                 }
                 keep
             });
         }
         let mut unbound = Vec::new();
-        for (name, exchange) in self.exchanges.iter_mut() {
+        for (name, exchange) in self.topology.exchanges.iter_mut() {
             let ids: Vec<BindingId> = exchange
                 .bindings
                 .iter()
@@ -347,7 +347,7 @@ impl Router {
                     tracing::warn!(binding = id, error = %e, "exchange refused unbind");
                 }
                 exchange.bindings.remove(&id);
-                self.batch.ops.push(StoreOp::DeleteBinding(id));
+                self.turn.store(StoreOp::DeleteBinding(id));
                 unbound.push(name.clone());
             }
         }
@@ -430,9 +430,12 @@ impl Router {
     /// The publish counters of exchange `name` (the default one included).
     fn exchange_counters(&mut self, name: &str) -> Option<&mut super::ExchangeCounters> {
         if is_default(name) {
-            return Some(&mut self.default_exchange);
+            return Some(&mut self.topology.default_exchange);
         }
-        self.exchanges.get_mut(name).map(|e| &mut e.counters)
+        self.topology
+            .exchanges
+            .get_mut(name)
+            .map(|e| &mut e.counters)
     }
 
     /// The queues a message goes to, each once.
@@ -448,23 +451,25 @@ impl Router {
             let vhost = crate::vhost::of(&message.exchange);
             let queue = crate::vhost::qualify(vhost, &message.routing_key);
             return Ok(self
+                .shard
                 .queues
                 .get_key_value(queue.as_str())
                 .map(|(name, _)| vec![name.clone()])
                 .unwrap_or_default());
         }
         let exchange = self
+            .topology
             .exchanges
             .get_mut(&message.exchange)
             .ok_or_else(|| exchange_not_found(&message.exchange))?;
-        let mut ids = std::mem::take(&mut self.route_buf);
+        let mut ids = std::mem::take(&mut self.topology.route_buf);
         ids.clear();
         let routed = exchange.routing.lock().route(message, &mut ids);
-        let routed = routed.and_then(|()| self.directory.follow_now(message, &mut ids));
+        let routed = routed.and_then(|()| self.topology.directory.follow_now(message, &mut ids));
         let destinations = routed
             .map_err(OpError::from)
             .and_then(|()| self.destinations(&message.exchange, &ids));
-        self.route_buf = ids;
+        self.topology.route_buf = ids;
         destinations
     }
 
@@ -475,6 +480,7 @@ impl Router {
         ids: impl AsRef<[BindingId]>,
     ) -> Result<Vec<Arc<str>>, OpError> {
         let exchange = self
+            .topology
             .exchanges
             .get(source)
             .ok_or_else(|| exchange_not_found(source))?;
@@ -492,7 +498,7 @@ impl Router {
                     None => continue,
                 },
             };
-            if let Some((name, _)) = self.queues.get_key_value(binding.queue.as_str())
+            if let Some((name, _)) = self.shard.queues.get_key_value(binding.queue.as_str())
                 && !destinations.contains(name)
             {
                 destinations.push(name.clone());

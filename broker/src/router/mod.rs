@@ -1,9 +1,11 @@
-//! The router: the one owner of queues, exchanges, bindings and consumers.
+//! The router: the task that owns queues (`queue_shard.rs`), exchanges and bindings
+//! (`topology.rs`), plugin versions (`plugin_versions.rs`) and connections' consumers.
 //!
 //! Connections talk to it over a channel ([`RouterHandle`]), as in rumqttd's router; it
-//! never blocks on I/O. Each turn it takes every waiting command, applies them, hands
-//! messages to consumers, and submits the turn's store operations as one batch to the
-//! store writer, whose commit then confirms to publishers.
+//! never blocks on I/O. Each turn it takes every waiting command and applies them,
+//! filling the turn's record (`turn.rs`); at the end of the turn it hands messages to
+//! consumers and submits the turn's store operations as one batch to the store writer,
+//! whose commit then confirms to publishers.
 
 mod conn;
 mod consumers;
@@ -19,14 +21,18 @@ mod overview;
 mod plugin_list;
 mod plugin_logs;
 mod plugin_prune;
+mod plugin_versions;
 mod plugins;
 mod predeclared;
 mod prefetch;
+mod queue_shard;
 mod queues;
 mod requests;
 mod route_trace;
 mod session;
+mod topology;
 mod trials;
+mod turn;
 pub(crate) use trials::restore_trials;
 mod users;
 mod vhosts;
@@ -34,10 +40,10 @@ mod vhosts;
 use conn::{Conn, Held};
 pub use dead_letter::{DEATH_HEADER, DeathReason};
 pub use session::{Session, SessionError};
+use topology::{ExchangeCounters, ExchangeState};
 pub use users::UserChange;
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,9 +53,9 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use crate::auth::{Authenticator, Principal};
 use crate::exchange::BindingId;
 use crate::plugin::PluginHost;
-use crate::protocol::{Binding, Delivery, ErrorCode, Request, RequestId, ServerFrame};
-use crate::queue::{ConnId, Queue, Retry};
-use crate::store::{Recovered, StoreWriter, WriteBatch};
+use crate::protocol::{Delivery, ErrorCode, Request, RequestId, ServerFrame};
+use crate::queue::{ConnId, Retry};
+use crate::store::{Recovered, StoreWriter};
 
 /// What the router sends a connection's writer.
 #[derive(Debug)]
@@ -257,80 +263,27 @@ pub(crate) enum Reply {
     ConfirmAfterCommit,
 }
 
-/// A declared exchange and its bindings.
-struct ExchangeState {
-    kind: String,
-    durable: bool,
-    /// `internal` and `auto_delete` (see `exchange_flags.rs`).
-    flags: exchange_flags::ExchangeFlags,
-    arguments: crate::message::Headers,
-    routing: Arc<ingress::SharedExchange>,
-    bindings: HashMap<BindingId, Binding>,
-    counters: ExchangeCounters,
-}
-
-/// What happened to the publishes through one exchange since the broker started.
-#[derive(Debug, Clone, Copy, Default)]
-struct ExchangeCounters {
-    routed: u64,
-    unroutable: u64,
-    failed: u64,
-}
-
 pub struct Router {
-    queues: HashMap<Arc<str>, Queue>,
-    exchanges: HashMap<String, ExchangeState>,
-    /// The exchanges' routing as ingress finds it; updated with `exchanges`.
-    directory: Arc<ingress::ExchangeDirectory>,
+    /// The queues and their timers.
+    shard: queue_shard::QueueShard,
+    /// Exchanges, bindings and the directory ingress routes through.
+    topology: topology::Topology,
     /// The exchange types (Wasm plugins), and where deploys load new versions.
     plugins: PluginHost,
-    /// Stored exchanges whose type was not loaded at startup, with their stored bindings:
-    /// created when their type gets an active version, dropped if an exchange of that
-    /// name is declared anew.
-    unrestored: HashMap<String, exchanges::Unrestored>,
-    /// Every deployed version of each plugin, in version order.
-    plugin_versions: std::collections::BTreeMap<String, Vec<crate::store::PluginVersion>>,
-    /// Plugin name → active version.
-    active_plugins: HashMap<String, u64>,
-    /// Plugin name → its deploys and rollbacks not done yet; the first one is compiling.
-    deploys: HashMap<String, std::collections::VecDeque<plugins::DeployJob>>,
-    /// Plugin name → versions compiled and waiting for the commit that makes them active
-    /// (only then are they listed and running).
-    committing: HashMap<String, Vec<u64>>,
-    /// Compiled plugin code by artifact key (see `PluginHost::artifact_key`).
-    plugin_artifacts: HashMap<String, bytes::Bytes>,
-    /// The last automatic rollback of each plugin.
-    auto_rollbacks: HashMap<String, plugins::AutoRollback>,
-    /// Plugin name → its version on trial (shadow or canary), as stored.
-    trials: trials::Trials,
+    /// Deployed, active, on-trial and committing plugin versions.
+    versions: plugin_versions::PluginVersions,
     /// For work finished off the router's task to report back.
     self_tx: mpsc::UnboundedSender<Command>,
     conns: HashMap<ConnId, Conn>,
     store: Option<StoreWriter>,
-    /// Store operations and commit waiters of the current turn.
-    batch: WriteBatch,
-    /// Queues that may have something to deliver at the end of the turn.
-    dirty: HashSet<Arc<str>>,
-    next_queue_id: u64,
-    next_binding_id: BindingId,
-    /// Reused buffer for exchange routing results.
-    route_buf: Vec<BindingId>,
-    /// (time, queue) wake-ups for delays and expiry, earliest first; stale ones are
-    /// harmless (a tick with nothing due).
-    timers: BinaryHeap<Reverse<(u64, Arc<str>)>>,
+    /// What the current turn produces (store operations, queues to dispatch, ...).
+    turn: turn::Turn,
     /// Distinguishes this run's generated names from earlier runs' durable ones.
     run_id: String,
-    /// The default exchange's counters (it has no [`ExchangeState`]).
-    default_exchange: ExchangeCounters,
-    /// Dead letters of this turn by (source queue, reason), logged as one line each at
-    /// the end of the turn.
-    dead_letter_log: BTreeMap<(Arc<str>, &'static str), u64>,
     /// Handler attachments and filtered subscriptions.
     handlers: handlers::Handlers,
     /// The users, updated once user changes commit.
     auth: Arc<Authenticator>,
-    /// Stored versions kept per plugin after each deploy; `None`: all.
-    keep_plugin_versions: Option<u64>,
 }
 
 impl Router {
@@ -353,7 +306,7 @@ impl Router {
             auth,
             directory.clone(),
         );
-        router.keep_plugin_versions = keep_plugin_versions;
+        router.versions.keep = keep_plugin_versions;
         router.watch_recovered_canaries();
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let workers = ingress::ExchangeWorkers::start(cores.max(2))
@@ -373,9 +326,10 @@ impl Router {
     ) {
         let mut commands = Vec::with_capacity(1024);
         loop {
-            let wait = self.timers.peek().map(|Reverse((due, _))| {
-                Duration::from_millis(due.saturating_sub(exchanges::now_ms()))
-            });
+            let wait = self
+                .shard
+                .next_wakeup()
+                .map(|due| Duration::from_millis(due.saturating_sub(exchanges::now_ms())));
             // The broker's own work first; then what clients sent, up to a turn's worth.
             tokio::select! {
                 biased;
@@ -448,10 +402,7 @@ impl Router {
                     }
                 }
             }
-            self.fire_timers();
-            self.dispatch();
-            self.flush();
-            self.log_dead_letters();
+            self.end_turn();
         }
         self.shutdown().await;
     }
@@ -459,14 +410,12 @@ impl Router {
     /// Ticks every queue with a wake-up due: delays end, expired messages dead-letter.
     fn fire_timers(&mut self) {
         let now = exchanges::now_ms();
-        while let Some(Reverse((due, _))) = self.timers.peek()
-            && *due <= now
-        {
-            let Reverse((_, name)) = self.timers.pop().expect("peeked");
-            let Some(queue) = self.queues.get_mut(&name) else {
-                continue;
-            };
-            queue.wakeup = None;
+        while let Some(name) = self.shard.pop_due(now) {
+            let queue = self
+                .shard
+                .queues
+                .get_mut(&name)
+                .expect("popped a live queue");
             if queue.expired_unused(now) {
                 tracing::info!(queue = %name, "queue expired unused (`expires`); deleted");
                 self.remove_queue(&name, "queue expired (expires)");
@@ -475,20 +424,7 @@ impl Router {
             for entry in queue.tick(now) {
                 self.dead_letter(&name, entry, DeathReason::Expired, now);
             }
-            self.dirty.insert(name);
-        }
-    }
-
-    /// Makes sure the router wakes up for queue `name`'s next deadline.
-    fn schedule(&mut self, name: &Arc<str>) {
-        let Some(queue) = self.queues.get_mut(name) else {
-            return;
-        };
-        if let Some(deadline) = queue.next_deadline()
-            && queue.wakeup.is_none_or(|w| deadline < w)
-        {
-            queue.wakeup = Some(deadline);
-            self.timers.push(Reverse((deadline, name.clone())));
+            self.turn.to_dispatch.insert(name);
         }
     }
 
@@ -502,7 +438,7 @@ impl Router {
 
     /// Submits the turn's store batch.
     fn flush(&mut self) {
-        let batch = std::mem::take(&mut self.batch);
+        let batch = self.turn.take_store();
         if let Some(store) = &self.store {
             store.submit(batch);
         }

@@ -18,9 +18,9 @@ impl Router {
             auto_delete: false,
             arguments: Default::default(),
             bindings: 0,
-            routed: self.default_exchange.routed,
-            unroutable: self.default_exchange.unroutable,
-            failed: self.default_exchange.failed,
+            routed: self.topology.default_exchange.routed,
+            unroutable: self.topology.default_exchange.unroutable,
+            failed: self.topology.default_exchange.failed,
             quarantined: false,
             quarantined_since: None,
             quarantine_reason: None,
@@ -28,7 +28,8 @@ impl Router {
         };
         let mut exchanges: Vec<ExchangeInfo> = std::iter::once(default)
             .chain(
-                self.exchanges
+                self.topology
+                    .exchanges
                     .iter()
                     .filter(|(name, _)| crate::vhost::of(name) == vhost)
                     .map(|(name, e)| {
@@ -40,7 +41,8 @@ impl Router {
                             internal: e.flags.internal,
                             auto_delete: e.flags.auto_delete,
                             arguments: e.arguments.clone(),
-                            bindings: (e.bindings.len() + self.directory.graph.out_count(name))
+                            bindings: (e.bindings.len()
+                                + self.topology.directory.graph.out_count(name))
                                 as u64,
                             routed: e.counters.routed,
                             unroutable: e.counters.unroutable,
@@ -49,6 +51,7 @@ impl Router {
                             quarantined_since: quarantine.as_ref().map(|(since, _)| *since),
                             quarantine_reason: quarantine.map(|(_, reason)| reason),
                             last_auto_rollback: self
+                                .versions
                                 .auto_rollbacks
                                 .get(&e.kind)
                                 .map(|r| serde_json::to_value(r).expect("serializable")),
@@ -58,6 +61,7 @@ impl Router {
             .collect();
         exchanges.sort_by(|a, b| a.exchange.cmp(&b.exchange));
         let mut unrestored: Vec<String> = self
+            .topology
             .unrestored
             .keys()
             .filter(|name| crate::vhost::of(name) == vhost)
@@ -73,6 +77,7 @@ impl Router {
     pub(super) fn list_bindings(&self, conn: ConnId) -> Reply {
         let vhost = self.conn_vhost(conn);
         let mut bindings: Vec<(&u64, &Binding)> = self
+            .topology
             .exchanges
             .iter()
             .filter(|(name, _)| crate::vhost::of(name) == vhost)

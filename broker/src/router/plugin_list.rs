@@ -13,9 +13,9 @@ impl Router {
             .plugins()
             .into_iter()
             .map(|info| {
-                let active = self.active_plugins.get(&info.name).copied();
+                let active = self.versions.active.get(&info.name).copied();
                 let hash = active.and_then(|v| {
-                    let versions = self.plugin_versions.get(&info.name)?;
+                    let versions = self.versions.deployed.get(&info.name)?;
                     versions
                         .iter()
                         .find(|p| p.version == v)
@@ -34,7 +34,7 @@ impl Router {
                     "p99_call_us": stats.call_p99().map(|d| d.as_secs_f64() * 1e6),
                     "stats": stats,
                     "versions": self.version_counts(&info.name),
-                    "last_auto_rollback": self.auto_rollbacks.get(&info.name),
+                    "last_auto_rollback": self.versions.auto_rollbacks.get(&info.name),
                     "trial": self.trial_summary(&info.name),
                     "quarantined": self.quarantined_exchanges(&info.name),
                 })
@@ -42,9 +42,9 @@ impl Router {
             .collect();
         let mut plugins = plugins;
         for (name, bundled, stats) in self.plugins.handler_plugins() {
-            let active = self.active_plugins.get(&name).copied();
+            let active = self.versions.active.get(&name).copied();
             let hash = active.and_then(|v| {
-                let versions = self.plugin_versions.get(&name)?;
+                let versions = self.versions.deployed.get(&name)?;
                 versions
                     .iter()
                     .find(|p| p.version == v)
@@ -71,6 +71,7 @@ impl Router {
     /// epoch), reason.
     fn quarantined_exchanges(&self, name: &str) -> Vec<serde_json::Value> {
         let mut quarantined: Vec<_> = self
+            .topology
             .exchanges
             .iter()
             .filter(|(_, e)| e.kind == name)
@@ -99,19 +100,24 @@ impl Router {
     }
 
     pub(super) fn plugin_history(&self, name: &str) -> Result<Reply, OpError> {
-        let versions = self.plugin_versions.get(name).ok_or_else(|| {
+        let versions = self.versions.deployed.get(name).ok_or_else(|| {
             OpError::new(
                 ErrorCode::PluginNotFound,
                 format!("no deployed plugin `{name}`"),
             )
         })?;
-        let active = self.active_plugins.get(name).copied();
+        let active = self.versions.active.get(name).copied();
         let versions: Vec<_> = versions
             .iter()
             .map(|v| {
                 let mut entry = serde_json::to_value(v).expect("serializable");
                 entry["active"] = json!(Some(v.version) == active);
-                if let Some(trial) = self.trials.get(name).filter(|t| t.version == v.version) {
+                if let Some(trial) = self
+                    .versions
+                    .trials
+                    .get(name)
+                    .filter(|t| t.version == v.version)
+                {
                     entry["trial"] = json!(trial.mode);
                 }
                 entry

@@ -20,11 +20,11 @@ impl Router {
                 "`keep` must be at least 1",
             ));
         }
-        if !self.plugin_versions.contains_key(name) {
+        if !self.versions.deployed.contains_key(name) {
             let message = format!("no deployed plugin `{name}` (bundled types have no versions)");
             return Err(OpError::new(ErrorCode::PluginNotFound, message));
         }
-        if self.deploys.contains_key(name) || self.committing.contains_key(name) {
+        if self.versions.deploys.contains_key(name) || self.versions.committing.contains_key(name) {
             let message = format!("a deploy or rollback of `{name}` is in progress");
             return Err(OpError::new(ErrorCode::PreconditionFailed, message));
         }
@@ -39,22 +39,24 @@ impl Router {
     /// Deletes custom plugin `name` with every version, once no exchange is of its type
     /// and no handler attachment runs it.
     pub(super) fn delete_plugin(&mut self, name: &str) -> Result<Reply, OpError> {
-        if !self.plugin_versions.contains_key(name) {
+        if !self.versions.deployed.contains_key(name) {
             let message =
                 format!("no deployed plugin `{name}` (bundled plugins cannot be deleted)");
             return Err(OpError::new(ErrorCode::PluginNotFound, message));
         }
-        if self.deploys.contains_key(name) || self.committing.contains_key(name) {
+        if self.versions.deploys.contains_key(name) || self.versions.committing.contains_key(name) {
             let message = format!("a deploy or rollback of `{name}` is in progress");
             return Err(OpError::new(ErrorCode::PreconditionFailed, message));
         }
         let mut users: Vec<String> = self
+            .topology
             .exchanges
             .iter()
             .filter(|(_, e)| e.kind == name)
             .map(|(x, _)| format!("exchange `{}`", crate::vhost::local(x)))
             .chain(
-                self.unrestored
+                self.topology
+                    .unrestored
                     .iter()
                     .filter(|(_, w)| w.record.kind == name)
                     .map(|(x, _)| format!("exchange `{}`", crate::vhost::local(x))),
@@ -70,24 +72,23 @@ impl Router {
             let message = format!("plugin `{name}` is in use by {}", users.join(", "));
             return Err(OpError::new(ErrorCode::PreconditionFailed, message));
         }
-        let versions = self.plugin_versions.remove(name).unwrap_or_default();
+        let versions = self.versions.deployed.remove(name).unwrap_or_default();
         for version in &versions {
-            self.batch.ops.push(StoreOp::DeletePluginVersion {
+            self.turn.store(StoreOp::DeletePluginVersion {
                 name: name.to_string(),
                 version: version.version,
             });
         }
         self.delete_unused_artifacts(&versions);
-        if self.active_plugins.remove(name).is_some() {
-            self.batch
-                .ops
-                .push(StoreOp::ClearActivePlugin(name.to_string()));
+        if self.versions.active.remove(name).is_some() {
+            self.turn
+                .store(StoreOp::ClearActivePlugin(name.to_string()));
         }
-        self.auto_rollbacks.remove(name);
-        if self.trials.remove(name).is_some() {
+        self.versions.auto_rollbacks.remove(name);
+        if self.versions.trials.remove(name).is_some() {
             let trial = None;
             let name = name.to_string();
-            self.batch.ops.push(StoreOp::SetPluginTrial { name, trial });
+            self.turn.store(StoreOp::SetPluginTrial { name, trial });
         }
         self.plugins.unload(name);
         tracing::info!(plugin = %name, versions = versions.len(), "plugin deleted");
@@ -99,10 +100,10 @@ impl Router {
 
     /// After a new version of `name` went active: applies the retention, if any.
     pub(super) fn apply_plugin_retention(&mut self, name: &str) {
-        let Some(keep) = self.keep_plugin_versions else {
+        let Some(keep) = self.versions.keep else {
             return;
         };
-        if self.deploys.contains_key(name) || self.committing.contains_key(name) {
+        if self.versions.deploys.contains_key(name) || self.versions.committing.contains_key(name) {
             return; // the last deploy of the queue prunes
         }
         let (pruned, _) = self.prune_versions(name, keep);
@@ -114,8 +115,8 @@ impl Router {
     /// Deletes the versions of `name` but the newest `keep`, the active one and the one
     /// before it; returns (deleted, kept) version numbers.
     fn prune_versions(&mut self, name: &str, keep: u64) -> (Vec<u64>, Vec<u64>) {
-        let active = self.active_plugins.get(name).copied();
-        let Some(versions) = self.plugin_versions.get_mut(name) else {
+        let active = self.versions.active.get(name).copied();
+        let Some(versions) = self.versions.deployed.get_mut(name) else {
             return (Vec::new(), Vec::new());
         };
         let before_active = versions
@@ -129,7 +130,7 @@ impl Router {
             .take(keep as usize)
             .map(|v| v.version)
             .collect();
-        let trial = self.trials.get(name).map(|t| t.version);
+        let trial = self.versions.trials.get(name).map(|t| t.version);
         let stays = |v: u64| {
             newest.contains(&v) || Some(v) == active || Some(v) == before_active || Some(v) == trial
         };
@@ -139,7 +140,7 @@ impl Router {
         *versions = kept;
         let kept: Vec<u64> = versions.iter().map(|v| v.version).collect();
         for version in &pruned {
-            self.batch.ops.push(StoreOp::DeletePluginVersion {
+            self.turn.store(StoreOp::DeletePluginVersion {
                 name: name.to_string(),
                 version: version.version,
             });
@@ -152,7 +153,8 @@ impl Router {
     /// version left has it.
     fn delete_unused_artifacts(&mut self, deleted: &[crate::store::PluginVersion]) {
         let hashes_left: HashSet<&str> = self
-            .plugin_versions
+            .versions
+            .deployed
             .values()
             .flatten()
             .map(|v| v.hash.as_str())
@@ -164,8 +166,8 @@ impl Router {
             .collect();
         gone.dedup();
         for key in gone {
-            if self.plugin_artifacts.remove(&key).is_some() {
-                self.batch.ops.push(StoreOp::DeletePluginArtifact(key));
+            if self.versions.artifacts.remove(&key).is_some() {
+                self.turn.store(StoreOp::DeletePluginArtifact(key));
             }
         }
     }

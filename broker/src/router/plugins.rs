@@ -125,8 +125,8 @@ impl Router {
             && active.hash == hash
             && running == Some(active.version)
             && trial.is_none()
-            && !self.deploys.contains_key(&name)
-            && !self.committing.contains_key(&name)
+            && !self.versions.deploys.contains_key(&name)
+            && !self.versions.committing.contains_key(&name)
         {
             // Redeploying the running bytes (a restart's plugins directory, a touched
             // file) is not a new version; behind a queued deploy it would be one.
@@ -138,13 +138,20 @@ impl Router {
             })));
         }
         let stored = self
-            .plugin_versions
+            .versions
+            .deployed
             .get(&name)
             .and_then(|v| v.last())
             .map_or(0, |v| v.version);
         // Versions compiling or waiting for their commit hold their numbers too.
-        let queued = self.deploys.get(&name).into_iter().flatten();
-        let committing = self.committing.get(&name).into_iter().flatten().copied();
+        let queued = self.versions.deploys.get(&name).into_iter().flatten();
+        let committing = self
+            .versions
+            .committing
+            .get(&name)
+            .into_iter()
+            .flatten()
+            .copied();
         let number = queued
             .map(|job| job.version.version)
             .chain(committing)
@@ -183,7 +190,7 @@ impl Router {
         name: &str,
         to: Option<u64>,
     ) -> Result<Reply, OpError> {
-        if to.is_none() && self.trials.contains_key(name) {
+        if to.is_none() && self.versions.trials.contains_key(name) {
             return self.drop_trial(name);
         }
         let target = self.rollback_target(name, to)?;
@@ -200,11 +207,11 @@ impl Router {
 
     /// Version `to` of `name`, or the one before the active one.
     fn rollback_target(&self, name: &str, to: Option<u64>) -> Result<PluginVersion, OpError> {
-        let Some(versions) = self.plugin_versions.get(name) else {
+        let Some(versions) = self.versions.deployed.get(name) else {
             let message = format!("no deployed plugin `{name}` (bundled types have no versions)");
             return Err(OpError::new(ErrorCode::PluginNotFound, message));
         };
-        let active = self.active_plugins.get(name).copied();
+        let active = self.versions.active.get(name).copied();
         let target = match to {
             Some(v) => versions.iter().find(|p| p.version == v),
             None => versions.iter().rev().find(|p| Some(p.version) < active),
@@ -219,8 +226,9 @@ impl Router {
     }
 
     fn active_version(&self, name: &str) -> Option<&PluginVersion> {
-        let active = self.active_plugins.get(name)?;
-        self.plugin_versions
+        let active = self.versions.active.get(name)?;
+        self.versions
+            .deployed
             .get(name)?
             .iter()
             .find(|v| v.version == *active)
@@ -246,7 +254,7 @@ impl Router {
             automatic,
         };
         let name = job.version.name.clone();
-        let queue = self.deploys.entry(name.clone()).or_default();
+        let queue = self.versions.deploys.entry(name.clone()).or_default();
         queue.push_back(job);
         if queue.len() == 1 {
             self.start_next_deploy(&name);
@@ -264,7 +272,12 @@ impl Router {
             is_new,
             auto_rollback,
             automatic,
-        }) = self.deploys.get(name).and_then(|q| q.front()).cloned()
+        }) = self
+            .versions
+            .deploys
+            .get(name)
+            .and_then(|q| q.front())
+            .cloned()
         else {
             return;
         };
@@ -273,7 +286,7 @@ impl Router {
             name: version.name.clone(),
             version: version.version,
             wasm: version.wasm.clone(),
-            compiled: self.plugin_artifacts.get(&key).cloned(),
+            compiled: self.versions.artifacts.get(&key).cloned(),
         };
         let (plugins, router) = (self.plugins.clone(), self.self_tx.clone());
         tokio::spawn(async move {
@@ -306,10 +319,10 @@ impl Router {
             compile_time,
             result,
         } = prepared;
-        if let Some(queue) = self.deploys.get_mut(&version.name) {
+        if let Some(queue) = self.versions.deploys.get_mut(&version.name) {
             queue.pop_front();
             if queue.is_empty() {
-                self.deploys.remove(&version.name);
+                self.versions.deploys.remove(&version.name);
             } else {
                 self.start_next_deploy(&version.name);
             }
@@ -336,20 +349,18 @@ impl Router {
             return;
         }
         if is_new {
-            self.batch
-                .ops
-                .push(StoreOp::PutPluginVersion(version.clone()));
+            self.turn.store(StoreOp::PutPluginVersion(version.clone()));
         }
         let artifact = prepared.artifact().map(|artifact| {
             let key = self.plugins.artifact_key(&version.hash);
-            self.batch.ops.push(StoreOp::PutPluginArtifact {
+            self.turn.store(StoreOp::PutPluginArtifact {
                 key: key.clone(),
                 artifact: artifact.clone(),
             });
             (key, Bytes::from(artifact))
         });
         if !matches!(purpose, Purpose::Trial(_)) {
-            self.batch.ops.push(StoreOp::SetActivePlugin {
+            self.turn.store(StoreOp::SetActivePlugin {
                 name: version.name.clone(),
                 version: version.version,
             });
@@ -357,7 +368,8 @@ impl Router {
         self.trial_store_ops(&version.name, version.version, purpose);
         // The router's own record (versions, active version, artifacts) follows the
         // commit: until it is known, the version is neither listed nor running.
-        self.committing
+        self.versions
+            .committing
             .entry(version.name.clone())
             .or_default()
             .push(version.version);
@@ -384,7 +396,7 @@ impl Router {
             committed: Ok(()),
         };
         let router = self.self_tx.clone();
-        self.batch.completions.push(Box::new(move |committed| {
+        self.turn.on_commit(Box::new(move |committed| {
             let stored = Stored {
                 committed,
                 ..stored
@@ -410,12 +422,12 @@ impl Router {
             committed,
         } = stored;
         let name = version.name.clone();
-        if let Some(pending) = self.committing.get_mut(&name) {
+        if let Some(pending) = self.versions.committing.get_mut(&name) {
             if let Some(at) = pending.iter().position(|v| *v == version.version) {
                 pending.remove(at);
             }
             if pending.is_empty() {
-                self.committing.remove(&name);
+                self.versions.committing.remove(&name);
             }
         }
         if let Err(e) = committed {
@@ -427,12 +439,12 @@ impl Router {
             return;
         }
         if let Some((key, artifact)) = artifact {
-            self.plugin_artifacts.insert(key, artifact);
+            self.versions.artifacts.insert(key, artifact);
         }
         let number = version.version;
         let log = (version.hash.clone(), version.deployed_by.clone(), !is_new);
         if is_new {
-            let versions = self.plugin_versions.entry(name.clone()).or_default();
+            let versions = self.versions.deployed.entry(name.clone()).or_default();
             let at = versions.partition_point(|v| v.version < number);
             versions.insert(at, version);
         }
@@ -443,12 +455,12 @@ impl Router {
             }
             return;
         }
-        let previous = self.active_plugins.insert(name.clone(), number);
+        let previous = self.versions.active.insert(name.clone(), number);
         if let Some(automatic) = automatic {
-            self.auto_rollbacks.insert(name.clone(), automatic);
+            self.versions.auto_rollbacks.insert(name.clone(), automatic);
         }
         if purpose == Purpose::Promote {
-            self.trials.remove(&name);
+            self.versions.trials.remove(&name);
             self.plugins.install_ending_trial(prepared);
         } else {
             self.plugins.install(prepared);
@@ -517,7 +529,7 @@ impl Router {
         if failing.canary.is_some() {
             return self.canary_failed(name, failing);
         }
-        if self.active_plugins.get(&name) != Some(&failing.from) {
+        if self.versions.active.get(&name) != Some(&failing.from) {
             return;
         }
         let target = match self.rollback_target(&name, Some(failing.to)) {

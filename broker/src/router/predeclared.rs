@@ -35,7 +35,9 @@ impl Router {
     pub(super) fn predeclare(&mut self, vhost: &str) {
         for (local, kind) in PREDECLARED {
             let name = vhost::qualify(vhost, local);
-            if self.exchanges.contains_key(&name) || self.unrestored.contains_key(&name) {
+            if self.topology.exchanges.contains_key(&name)
+                || self.topology.unrestored.contains_key(&name)
+            {
                 continue;
             }
             let arguments = Headers::new();
@@ -46,7 +48,7 @@ impl Router {
                     continue;
                 }
             };
-            self.batch.ops.push(StoreOp::PutExchange(ExchangeRecord {
+            self.turn.store(StoreOp::PutExchange(ExchangeRecord {
                 name: name.clone(),
                 kind: kind.to_string(),
                 arguments: arguments.clone(),
@@ -68,7 +70,9 @@ impl Router {
     /// Refuses to declare a new exchange with a reserved name (403, as RabbitMQ). A
     /// declare of an existing one goes on: it succeeds when equivalent, else 406.
     pub(super) fn check_reserved_declare(&self, declare: &DeclareExchange) -> Result<(), OpError> {
-        if is_reserved(&declare.exchange) && !self.exchanges.contains_key(&declare.exchange) {
+        if is_reserved(&declare.exchange)
+            && !self.topology.exchanges.contains_key(&declare.exchange)
+        {
             return Err(OpError::new(
                 ErrorCode::AccessRefused,
                 format!(
@@ -98,21 +102,22 @@ impl Router {
     /// deleted; clients cannot delete them).
     pub(super) fn drop_reserved(&mut self, vhost: &str) {
         let names: Vec<String> = self
+            .topology
             .exchanges
             .keys()
             .filter(|name| vhost::of(name) == vhost && is_reserved(name))
             .cloned()
             .collect();
         for name in names {
-            let Some(exchange) = self.exchanges.remove(&name) else {
+            let Some(exchange) = self.topology.exchanges.remove(&name) else {
                 continue;
             };
             self.drop_exchange_bindings(&name);
             if exchange.durable {
                 for id in exchange.bindings.keys() {
-                    self.batch.ops.push(StoreOp::DeleteBinding(*id));
+                    self.turn.store(StoreOp::DeleteBinding(*id));
                 }
-                self.batch.ops.push(StoreOp::DeleteExchange(name));
+                self.turn.store(StoreOp::DeleteExchange(name));
             }
         }
     }

@@ -1,13 +1,13 @@
 //! Queue operations: recovery, declare, delete, purge, info.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{OpError, Reply, Router};
 use crate::plugin::PluginHost;
 use crate::protocol::{DeclareQueue, ErrorCode, MessageCount, QueueInfo, QueueList, ServerFrame};
 use crate::queue::{ConnId, Entry, Queue, QueuePolicy, QueueSpec};
-use crate::store::{QueueRecord, Recalled, Recovered, StoreOp, StoreWriter, WriteBatch};
+use crate::store::{QueueRecord, Recalled, Recovered, StoreOp, StoreWriter};
 
 /// Longest queue or exchange name, in bytes (AMQP's short string).
 pub(crate) const MAX_NAME_LEN: usize = 255;
@@ -34,38 +34,28 @@ impl Router {
         directory: Arc<super::ingress::ExchangeDirectory>,
     ) -> Self {
         let mut router = Router {
-            queues: HashMap::new(),
-            exchanges: HashMap::new(),
-            directory,
+            shard: super::queue_shard::QueueShard::new(),
+            topology: super::topology::Topology::new(directory),
             plugins,
-            plugin_versions: super::plugins::group_versions(recovered.plugin_versions),
-            active_plugins: recovered.active_plugins.into_iter().collect(),
-            deploys: HashMap::new(),
-            plugin_artifacts: recovered.plugin_artifacts,
-            auto_rollbacks: HashMap::new(),
-            trials: recovered.plugin_trials.into_iter().collect(),
+            versions: super::plugin_versions::PluginVersions {
+                deployed: super::plugins::group_versions(recovered.plugin_versions),
+                active: recovered.active_plugins.into_iter().collect(),
+                artifacts: recovered.plugin_artifacts,
+                trials: recovered.plugin_trials.into_iter().collect(),
+                ..Default::default()
+            },
             self_tx,
-            unrestored: HashMap::new(),
-            committing: HashMap::new(),
             conns: HashMap::new(),
             store: Some(store),
-            batch: WriteBatch::default(),
-            dirty: HashSet::new(),
-            next_queue_id: 1,
-            next_binding_id: 1,
-            route_buf: Vec::new(),
-            timers: Default::default(),
+            turn: Default::default(),
             run_id: format!("{:x}", super::exchanges::now_ms()),
-            default_exchange: Default::default(),
-            dead_letter_log: Default::default(),
             handlers: Default::default(),
             auth,
-            keep_plugin_versions: None,
         };
         let mut messages = 0;
         for stored in recovered.queues {
             let record = stored.record;
-            router.next_queue_id = router.next_queue_id.max(record.id + 1);
+            router.shard.next_queue_id = router.shard.next_queue_id.max(record.id + 1);
             let spec = QueueSpec {
                 durable: true,
                 exclusive_owner: None,
@@ -93,7 +83,7 @@ impl Router {
                     }
                 }
             }
-            router.queues.insert(name, queue);
+            router.shard.queues.insert(name, queue);
         }
         for record in recovered.exchanges {
             if let Err((record, e)) = router.restore_exchange(record) {
@@ -106,31 +96,32 @@ impl Router {
                     bindings: Vec::new(),
                 };
                 router
+                    .topology
                     .unrestored
                     .insert(waiting.record.name.clone(), waiting);
             }
         }
         router.predeclare_all();
         for (id, binding) in recovered.bindings {
-            router.next_binding_id = router.next_binding_id.max(id + 1);
+            router.topology.next_binding_id = router.topology.next_binding_id.max(id + 1);
             router.restore_binding(id, binding);
         }
         for (id, binding) in recovered.exchange_bindings {
-            router.next_binding_id = router.next_binding_id.max(id + 1);
+            router.topology.next_binding_id = router.topology.next_binding_id.max(id + 1);
             router.restore_exchange_binding(id, binding);
         }
         router.restore_handlers(recovered.handlers);
         router.restore_message_ids(recovered.dedup, super::exchanges::now_ms());
-        let names: Vec<Arc<str>> = router.queues.keys().cloned().collect();
+        let names: Vec<Arc<str>> = router.shard.queues.keys().cloned().collect();
         for name in &names {
             // Delays that ended and messages that expired while the broker was down are
             // handled at once; the rest get their wake-ups.
-            router.dirty.insert(name.clone());
-            router.schedule(name);
+            router.turn.to_dispatch.insert(name.clone());
+            router.shard.schedule(name);
         }
         tracing::info!(
-            queues = router.queues.len(),
-            exchanges = router.exchanges.len(),
+            queues = router.shard.queues.len(),
+            exchanges = router.topology.exchanges.len(),
             messages,
             "recovered stored state"
         );
@@ -158,7 +149,7 @@ impl Router {
             arguments: declare.arguments,
         };
         let owner = self.owner(conn);
-        if let Some(queue) = self.queues.get_mut(name.as_str()) {
+        if let Some(queue) = self.shard.queues.get_mut(name.as_str()) {
             check_access(queue, owner)?;
             if queue.spec != spec {
                 return Err(OpError::new(
@@ -176,15 +167,15 @@ impl Router {
         if let Some(user) = &declared_by {
             self.check_queue_limit(user)?;
         }
-        let id = self.next_queue_id;
-        self.next_queue_id += 1;
+        let id = self.shard.next_queue_id;
+        self.shard.next_queue_id += 1;
         let name: Arc<str> = name.into();
         let mut queue = self.new_queue(name.clone(), id, spec, policy);
         queue.declared_by = declared_by;
         let result = to_json(info(&queue));
         let stored = queue.is_stored();
         if stored {
-            self.batch.ops.push(StoreOp::PutQueue(QueueRecord {
+            self.turn.store(StoreOp::PutQueue(QueueRecord {
                 id,
                 name: name.to_string(),
                 auto_delete: queue.spec.auto_delete,
@@ -194,8 +185,8 @@ impl Router {
         }
         tracing::debug!(queue = %name, durable = queue.spec.durable, "queue declared");
         // Scheduled at the end of the turn (its `expires`, if any).
-        self.dirty.insert(name.clone());
-        self.queues.insert(name, queue);
+        self.turn.to_dispatch.insert(name.clone());
+        self.shard.queues.insert(name, queue);
         Ok(if stored {
             Reply::OkAfterCommit(result)
         } else {
@@ -232,7 +223,7 @@ impl Router {
     /// Removes a queue with its consumers and bindings; returns how many messages it held
     /// and whether the store was touched.
     pub(super) fn remove_queue(&mut self, name: &str, reason: &str) -> (u64, bool) {
-        let Some(mut queue) = self.queues.remove(name) else {
+        let Some(mut queue) = self.shard.queues.remove(name) else {
             return (0, false);
         };
         for consumer in queue.consumers().to_vec() {
@@ -250,7 +241,7 @@ impl Router {
         let messages = queue.drain_all().len() as u64;
         let stored = queue.is_stored();
         if stored {
-            self.batch.ops.push(StoreOp::DeleteQueue {
+            self.turn.store(StoreOp::DeleteQueue {
                 name: name.to_owned(),
                 id: queue.id,
             });
@@ -279,14 +270,14 @@ impl Router {
 
     pub(super) fn purge_queue(&mut self, conn: ConnId, name: &str) -> Result<Reply, OpError> {
         check_access(self.queue(name)?, self.owner(conn))?;
-        let queue = self.queues.get_mut(name).expect("checked above");
+        let queue = self.shard.queues.get_mut(name).expect("checked above");
         let purged = queue.purge();
         let queue_id = queue.id;
         let mut stored = false;
         for entry in &purged {
             if entry.stored {
                 stored = true;
-                self.batch.ops.push(StoreOp::DeleteMessage {
+                self.turn.store(StoreOp::DeleteMessage {
                     queue: queue_id,
                     seq: entry.seq,
                     state: entry.state_stored,
@@ -310,6 +301,7 @@ impl Router {
     pub(super) fn list_queues(&self, conn: ConnId) -> Reply {
         let vhost = self.conn_vhost(conn);
         let mut queues: Vec<QueueInfo> = self
+            .shard
             .queues
             .values()
             .filter(|q| crate::vhost::of(&q.name) == vhost)
@@ -320,7 +312,8 @@ impl Router {
     }
 
     pub(super) fn queue(&self, name: &str) -> Result<&Queue, OpError> {
-        self.queues
+        self.shard
+            .queues
             .get(name)
             .ok_or_else(|| OpError::new(ErrorCode::QueueNotFound, format!("no queue `{name}`")))
     }

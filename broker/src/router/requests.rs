@@ -166,9 +166,8 @@ impl Router {
         frame: ServerFrame,
         credit: Option<OwnedSemaphorePermit>,
     ) {
-        self.batch
-            .completions
-            .push(Box::new(move |result: Result<(), CommitError>| {
+        self.turn
+            .on_commit(Box::new(move |result: Result<(), CommitError>| {
                 let _credit = credit;
                 let frame = match (result, frame) {
                     (Ok(()), frame) => frame,

@@ -30,7 +30,7 @@ impl Router {
             true => self.route(message)?,
             false => self.destinations(&message.exchange, &ids)?,
         };
-        let (kind, version, bindings) = match self.exchanges.get(&message.exchange) {
+        let (kind, version, bindings) = match self.topology.exchanges.get(&message.exchange) {
             None => ("default".to_owned(), None, Vec::new()),
             Some(exchange) => {
                 let mut bindings: Vec<_> = ids

@@ -66,7 +66,7 @@ pub(super) fn requested(
 impl Router {
     /// A shadow or canary deploy needs a version to run next to.
     pub(super) fn check_trial_deploy(&self, name: &str) -> Result<(), OpError> {
-        if self.active_plugins.contains_key(name) {
+        if self.versions.active.contains_key(name) {
             return Ok(());
         }
         let message = format!(
@@ -94,7 +94,7 @@ impl Router {
                 "shadow and canary deploys are for exchange plugins, not handlers".to_owned(),
             )),
             Purpose::Trial(_) => None,
-            Purpose::Promote => match self.trials.get(name) {
+            Purpose::Promote => match self.versions.trials.get(name) {
                 Some(trial) if trial.version == version => None,
                 _ => Some((
                     ErrorCode::PreconditionFailed,
@@ -119,7 +119,7 @@ impl Router {
             Purpose::Trial(mode) => Some(PluginTrialRecord { version, mode }),
             Purpose::Promote => None,
         };
-        self.batch.ops.push(StoreOp::SetPluginTrial {
+        self.turn.store(StoreOp::SetPluginTrial {
             name: name.to_owned(),
             trial,
         });
@@ -137,14 +137,15 @@ impl Router {
     ) {
         let reply = match self.plugins.start_trial(prepared, mode) {
             Ok(_) => {
-                self.trials
+                self.versions
+                    .trials
                     .insert(name.to_owned(), PluginTrialRecord { version, mode });
                 tracing::info!(plugin = %name, version, ?mode, "plugin version on trial");
                 if let TrialMode::Canary { .. } = mode {
                     self.watch_canary(name.to_owned(), version);
                 }
                 result["trial"] = json!(mode);
-                result["active_version"] = json!(self.active_plugins.get(name));
+                result["active_version"] = json!(self.versions.active.get(name));
                 Ok(result)
             }
             Err(e) => {
@@ -171,9 +172,14 @@ impl Router {
         id: RequestId,
         name: &str,
     ) -> Result<Reply, OpError> {
-        let trial = self.trials.get(name).ok_or_else(|| no_trial(name))?;
+        let trial = self
+            .versions
+            .trials
+            .get(name)
+            .ok_or_else(|| no_trial(name))?;
         let version = self
-            .plugin_versions
+            .versions
+            .deployed
             .get(name)
             .and_then(|versions| versions.iter().find(|v| v.version == trial.version))
             .cloned()
@@ -192,7 +198,11 @@ impl Router {
     /// `rollback_plugin` without a version while a trial runs: ends the trial; the active
     /// version stays.
     pub(super) fn drop_trial(&mut self, name: &str) -> Result<Reply, OpError> {
-        let trial = self.trials.remove(name).ok_or_else(|| no_trial(name))?;
+        let trial = self
+            .versions
+            .trials
+            .remove(name)
+            .ok_or_else(|| no_trial(name))?;
         self.trial_store_ops(name, trial.version, Purpose::Promote);
         self.plugins.end_trial(name);
         tracing::info!(plugin = %name, version = trial.version, "plugin trial dropped");
@@ -200,7 +210,7 @@ impl Router {
             "name": name,
             "dropped": trial.version,
             "trial": trial.mode,
-            "version": self.active_plugins.get(name),
+            "version": self.versions.active.get(name),
         })))
     }
 
@@ -236,7 +246,7 @@ impl Router {
 
     /// Starts watching the canaries recovered at startup.
     pub(super) fn watch_recovered_canaries(&self) {
-        for (name, trial) in &self.trials {
+        for (name, trial) in &self.versions.trials {
             if let TrialMode::Canary { .. } = trial.mode {
                 self.watch_canary(name.clone(), trial.version);
             }
@@ -246,10 +256,10 @@ impl Router {
     /// A canary judged failing: ends the trial (stored) and records it as the plugin's
     /// last automatic rollback.
     pub(super) fn canary_failed(&mut self, name: String, failing: AutoRollback) {
-        if self.trials.get(&name).map(|t| t.version) != Some(failing.from) {
+        if self.versions.trials.get(&name).map(|t| t.version) != Some(failing.from) {
             return;
         }
-        self.trials.remove(&name);
+        self.versions.trials.remove(&name);
         self.trial_store_ops(&name, failing.from, Purpose::Promote);
         self.plugins.end_trial(&name);
         tracing::warn!(
@@ -257,12 +267,12 @@ impl Router {
             messages = failing.calls, cause = failing.canary.as_deref().unwrap_or("?"),
             "canary version failing; rolled back automatically"
         );
-        self.auto_rollbacks.insert(name, failing);
+        self.versions.auto_rollbacks.insert(name, failing);
     }
 
     /// The trial of `name` for `list_plugins`: version, mode (and share).
     pub(super) fn trial_summary(&self, name: &str) -> serde_json::Value {
-        match self.trials.get(name) {
+        match self.versions.trials.get(name) {
             Some(trial) => {
                 let mut summary = json!(trial.mode);
                 summary["version"] = json!(trial.version);
@@ -280,7 +290,7 @@ impl Router {
             let message = format!("no exchange plugin `{name}`");
             return Err(OpError::new(ErrorCode::PluginNotFound, message));
         }
-        let active = self.active_plugins.get(name);
+        let active = self.versions.active.get(name);
         let Some((version, mode, report)) = self.plugins.trial(name) else {
             return Ok(Reply::Ok(json!({
                 "name": name,
@@ -312,7 +322,7 @@ impl Router {
     }
 
     fn difference_json(&self, d: &Difference) -> serde_json::Value {
-        let exchange = self.exchanges.get(&d.exchange);
+        let exchange = self.topology.exchanges.get(&d.exchange);
         let bindings = |ids: &[BindingId]| -> Vec<serde_json::Value> {
             ids.iter()
                 .map(|id| match exchange.and_then(|e| e.bindings.get(id)) {

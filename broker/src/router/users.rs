@@ -72,8 +72,8 @@ impl Router {
         match change {
             UserChange::Put(record) => {
                 tracing::info!(target: "audit", event = "user_changed", user = %record.name, by = %who, "user stored");
-                self.batch.ops.push(StoreOp::PutUser(record.clone()));
-                self.batch.completions.push(Box::new(move |result| {
+                self.turn.store(StoreOp::PutUser(record.clone()));
+                self.turn.on_commit(Box::new(move |result| {
                     if result.is_ok() {
                         auth.put(record);
                     }
@@ -87,8 +87,8 @@ impl Router {
                     ));
                 }
                 tracing::info!(target: "audit", event = "user_deleted", user = %name, by = %who, "user deleted");
-                self.batch.ops.push(StoreOp::DeleteUser(name.clone()));
-                self.batch.completions.push(Box::new(move |result| {
+                self.turn.store(StoreOp::DeleteUser(name.clone()));
+                self.turn.on_commit(Box::new(move |result| {
                     if result.is_ok() {
                         auth.remove(&name);
                     }
@@ -155,6 +155,7 @@ impl Router {
             return Ok(());
         };
         let declared = self
+            .shard
             .queues
             .values()
             .filter(|q| q.declared_by.as_deref() == Some(user))

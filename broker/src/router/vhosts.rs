@@ -21,10 +21,10 @@ impl Router {
             return Ok(Reply::Ok(serde_json::Value::Null));
         }
         tracing::info!(target: "audit", event = "vhost_added", vhost = %name, by = %self.conn_user(conn), "vhost added");
-        self.batch.ops.push(StoreOp::PutVhost(name.clone()));
+        self.turn.store(StoreOp::PutVhost(name.clone()));
         self.predeclare(&name);
         let auth = self.auth.clone();
-        self.batch.completions.push(Box::new(move |result| {
+        self.turn.on_commit(Box::new(move |result| {
             if result.is_ok() {
                 auth.put_vhost(&name);
             }
@@ -64,6 +64,7 @@ impl Router {
             self.close_conn(id, false);
         }
         let queues: Vec<Arc<str>> = self
+            .shard
             .queues
             .keys()
             .filter(|q| in_vhost(q))
@@ -74,6 +75,7 @@ impl Router {
         }
         self.drop_reserved(&name);
         let exchanges: Vec<String> = self
+            .topology
             .exchanges
             .keys()
             .filter(|e| in_vhost(e))
@@ -83,18 +85,19 @@ impl Router {
             let _ = self.delete_exchange(&exchange, false);
         }
         let unrestored: Vec<String> = self
+            .topology
             .unrestored
             .keys()
             .filter(|e| in_vhost(e))
             .cloned()
             .collect();
         for exchange in unrestored {
-            if let Some(waiting) = self.unrestored.remove(&exchange) {
+            if let Some(waiting) = self.topology.unrestored.remove(&exchange) {
                 for (id, _) in waiting.bindings {
-                    self.batch.ops.push(StoreOp::DeleteBinding(id));
+                    self.turn.store(StoreOp::DeleteBinding(id));
                 }
                 self.drop_waiting_exchange_bindings(&exchange);
-                self.batch.ops.push(StoreOp::DeleteExchange(exchange));
+                self.turn.store(StoreOp::DeleteExchange(exchange));
             }
         }
         for mut user in self.auth.list() {
@@ -102,9 +105,9 @@ impl Router {
                 self.store_user(user);
             }
         }
-        self.batch.ops.push(StoreOp::DeleteVhost(name.clone()));
+        self.turn.store(StoreOp::DeleteVhost(name.clone()));
         let auth = self.auth.clone();
-        self.batch.completions.push(Box::new(move |result| {
+        self.turn.on_commit(Box::new(move |result| {
             if result.is_ok() {
                 auth.remove_vhost(&name);
             }
@@ -205,8 +208,8 @@ impl Router {
     /// Stores a changed user; the authenticator learns it once committed.
     fn store_user(&mut self, record: UserRecord) {
         let auth: Arc<Authenticator> = self.auth.clone();
-        self.batch.ops.push(StoreOp::PutUser(record.clone()));
-        self.batch.completions.push(Box::new(move |result| {
+        self.turn.store(StoreOp::PutUser(record.clone()));
+        self.turn.on_commit(Box::new(move |result| {
             if result.is_ok() {
                 auth.put(record);
             }

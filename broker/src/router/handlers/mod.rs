@@ -286,13 +286,14 @@ impl Router {
             Ok(Some(reply)) => Ok(reply),
             Ok(None) => {
                 let stored = self
+                    .shard
                     .queues
                     .get(record.queue.as_str())
                     .is_some_and(|q| q.is_stored());
                 tracing::info!(queue = %record.queue, plugin = %record.plugin, mode = ?record.mode, "handler attached");
                 self.start_with(record.clone(), slot, first);
                 if stored {
-                    self.batch.ops.push(StoreOp::PutHandler(record));
+                    self.turn.store(StoreOp::PutHandler(record));
                     Ok(Reply::OkAfterCommit(serde_json::Value::Null))
                 } else {
                     Ok(Reply::Ok(serde_json::Value::Null))
@@ -318,7 +319,7 @@ impl Router {
         }
         self.stop_attachment(&key);
         tracing::info!(queue, plugin, "handler detached");
-        self.batch.ops.push(StoreOp::DeleteHandler {
+        self.turn.store(StoreOp::DeleteHandler {
             queue: queue.to_owned(),
             plugin: plugin.to_owned(),
         });
@@ -362,8 +363,8 @@ impl Router {
     /// restored); one whose plugin is missing stays stored for a later start.
     pub(super) fn restore_handlers(&mut self, records: Vec<AttachHandler>) {
         for record in records {
-            if !self.queues.contains_key(record.queue.as_str()) {
-                self.batch.ops.push(StoreOp::DeleteHandler {
+            if !self.shard.queues.contains_key(record.queue.as_str()) {
+                self.turn.store(StoreOp::DeleteHandler {
                     queue: record.queue,
                     plugin: record.plugin,
                 });
@@ -387,7 +388,7 @@ impl Router {
             .collect();
         for key in keys {
             self.stop_attachment(&key);
-            self.batch.ops.push(StoreOp::DeleteHandler {
+            self.turn.store(StoreOp::DeleteHandler {
                 queue: key.0.to_string(),
                 plugin: key.1,
             });
@@ -485,6 +486,7 @@ impl Router {
         }
         for (name, (messages, bytes)) in adds {
             if self
+                .shard
                 .queues
                 .get(&name)
                 .is_some_and(|q| q.refuses(messages, bytes))
@@ -507,7 +509,7 @@ impl Router {
 
     /// Starts a stored attachment (startup: blocking is fine there).
     fn start_attachment(&mut self, record: AttachHandler) -> Result<(), OpError> {
-        if !self.queues.contains_key(record.queue.as_str()) {
+        if !self.shard.queues.contains_key(record.queue.as_str()) {
             let message = format!("no queue `{}`", record.queue);
             return Err(OpError::new(ErrorCode::QueueNotFound, message));
         }
@@ -527,6 +529,7 @@ impl Router {
     /// Registers an attachment (its queue exists) and starts its workers.
     fn start_with(&mut self, record: AttachHandler, slot: Arc<HandlerSlot>, first: LiveHandler) {
         let (queue, _) = self
+            .shard
             .queues
             .get_key_value(record.queue.as_str())
             .expect("callers check the queue exists");
@@ -536,7 +539,7 @@ impl Router {
         let stats = Arc::new(AttachmentStats::default());
         stats.running(first.version());
         let pool = Pool {
-            directory: self.directory.clone(),
+            directory: self.topology.directory.clone(),
             initial: first.handler_version(),
             slot,
             queue: record.queue.clone(),
@@ -568,11 +571,12 @@ impl Router {
                     .expect("just opened")
                     .consumers
                     .push((queue.clone(), tag.clone()));
-                self.queues
+                self.shard
+                    .queues
                     .get_mut(&queue)
                     .expect("checked above")
                     .add_consumer(Consumer::new(conn, tag, prefetch, false));
-                self.dirty.insert(queue.clone());
+                self.turn.to_dispatch.insert(queue.clone());
                 pool.spawn(
                     attachment.record.concurrency,
                     first,

@@ -1,0 +1,51 @@
+//! What one router turn produces, as one record: the store operations and the replies
+//! that wait for their commit (submitted together at the end of the turn), the queues to
+//! hand messages out from, and the turn's dead letters to log.
+//!
+//! The router fills it while it applies a turn's commands; [`Router::end_turn`] empties
+//! it. Nothing here outlives a turn.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use crate::store::{Completion, StoreOp, WriteBatch};
+
+use super::Router;
+
+#[derive(Default)]
+pub(super) struct Turn {
+    /// Store operations and the waiters for their commit: one batch for the store writer.
+    store: WriteBatch,
+    /// Queues that may have something to deliver at the end of the turn.
+    pub to_dispatch: HashSet<Arc<str>>,
+    /// Dead letters by (source queue, reason), logged as one line each.
+    pub dead_letters: BTreeMap<(Arc<str>, &'static str), u64>,
+}
+
+impl Turn {
+    /// Adds `op` to the turn's commit.
+    pub fn store(&mut self, op: StoreOp) {
+        self.store.ops.push(op);
+    }
+
+    /// Runs `done` with the outcome of the turn's commit (after it, or at once if the
+    /// store has stopped).
+    pub fn on_commit(&mut self, done: Completion) {
+        self.store.completions.push(done);
+    }
+
+    /// The turn's store batch, leaving an empty one.
+    pub fn take_store(&mut self) -> WriteBatch {
+        std::mem::take(&mut self.store)
+    }
+}
+
+impl Router {
+    /// The end of a turn: timers due, deliveries, the commit, the dead-letter log.
+    pub(super) fn end_turn(&mut self) {
+        self.fire_timers();
+        self.dispatch();
+        self.flush();
+        self.log_dead_letters();
+    }
+}
