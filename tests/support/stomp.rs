@@ -3,7 +3,6 @@
 //! for what no client library sends (malformed frames, silence).
 #![allow(dead_code)]
 
-use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -11,6 +10,9 @@ use std::time::Duration;
 use broker::{Broker, Config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+#[path = "python.rs"]
+mod python;
 
 /// Bound for anything that should happen at once.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -94,9 +96,8 @@ pub async fn scenario_with_env(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let label = format!("stomp.py scenario `{name}` over {transport} {args:?}");
-    let output = tokio::task::spawn_blocking(move || run_with_deadline(command, SCENARIO_WAIT))
+    let output = python::run_with_deadline(command, SCENARIO_WAIT)
         .await
-        .unwrap()
         .unwrap_or_else(|e| panic!("{label}: {e}"));
     let (success, stdout, stderr) = output;
     assert!(
@@ -107,43 +108,6 @@ pub async fn scenario_with_env(
     let last = stdout.lines().last().unwrap_or_default();
     serde_json::from_str(last)
         .unwrap_or_else(|e| panic!("{label} printed no JSON ({e}):\n{stdout}\n{stderr}"))
-}
-
-/// Runs `command`, killing it past `deadline`: (success, stdout, stderr).
-fn run_with_deadline(
-    mut command: Command,
-    deadline: Duration,
-) -> Result<(bool, String, String), String> {
-    let mut child = command
-        .spawn()
-        .map_err(|e| format!("cannot run python3: {e}"))?;
-    let pid = child.id();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut err = String::new();
-        let _ = stderr.read_to_string(&mut err);
-        let _ = tx.send(err);
-    });
-    let (out_tx, out_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut out = String::new();
-        let _ = stdout.read_to_string(&mut out);
-        let _ = out_tx.send(out);
-    });
-    let out = match out_rx.recv_timeout(deadline) {
-        Ok(out) => out,
-        Err(_) => {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            let _ = child.wait();
-            return Err(format!("did not finish within {deadline:?}"));
-        }
-    };
-    let err = rx.recv_timeout(WAIT).unwrap_or_default();
-    let status = child.wait().map_err(|e| e.to_string())?;
-    Ok((status.success(), out, err))
 }
 
 /// A STOMP peer on raw TCP.
