@@ -126,8 +126,8 @@ enum LogFormat {
     Json,
 }
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    super::init_logging(&args.log, matches!(args.log_format, LogFormat::Json));
+/// The broker's configuration from `broker serve`'s arguments.
+fn config(args: ServeArgs) -> Config {
     let mut config = Config::new(&args.data_dir);
     config.listen = args.listen;
     config.max_connections = args.max_connections;
@@ -170,6 +170,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(listen) => listen.0,
         None => tls_default(Config::DEFAULT_STOMPS),
     };
+    config
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    super::init_logging(&args.log, matches!(args.log_format, LogFormat::Json));
+    let db_file = args.data_dir.join(broker::store::DB_FILE);
+    let config = config(args);
     let broker = Broker::start(config).await.context("starting the broker")?;
     // Scripts and tests read this line to learn the addresses (e.g. with --listen ...:0).
     let http = match broker.http_url() {
@@ -195,7 +202,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!(
         "broker listening on {} (data: {}){amqp}{amqps}{stomp}{stomps}{http}",
         broker.url(),
-        args.data_dir.join(broker::store::DB_FILE).display()
+        db_file.display()
     );
     shutdown_signal().await;
     tracing::info!("shutting down");
@@ -250,4 +257,42 @@ fn non_negative_secs(text: &str) -> Result<f64, String> {
         return Err("must be between 0 and 31536000 seconds".into());
     }
     Ok(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn config_of(args: &[&str]) -> Config {
+        let parsed = Serve::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        config(parsed.args)
+    }
+
+    const TLS: [&str; 4] = ["--tls-cert", "cert.pem", "--tls-key", "key.pem"];
+
+    #[test]
+    fn certificates_turn_the_tls_listeners_on_at_the_standard_ports() {
+        let config = config_of(&TLS);
+        assert_eq!(config.amqps, Some("127.0.0.1:5671".parse().unwrap()));
+        assert_eq!(config.stomps, Some("127.0.0.1:61614".parse().unwrap()));
+        let plain = config_of(&[]);
+        assert_eq!((plain.amqps, plain.stomps), (None, None));
+    }
+
+    #[test]
+    fn a_tls_listener_can_be_moved_or_turned_off() {
+        let mut args = TLS.to_vec();
+        args.extend(["--amqps", "0.0.0.0:6671", "--stomps", "off"]);
+        let config = config_of(&args);
+        assert_eq!(config.amqps, Some("0.0.0.0:6671".parse().unwrap()));
+        assert_eq!(config.stomps, None);
+    }
 }
