@@ -1,6 +1,8 @@
-//! RabbitMQ's seven tutorials, their Python programs as written (pika, a client written by
-//! others: tests/amqp_clients/tutorials.py), against the broker's AMQP port: what an
-//! application written for RabbitMQ does first, run unmodified but for the port.
+//! Applications written for RabbitMQ, run unmodified but for the port, with clients
+//! written by others: RabbitMQ's seven tutorials as their pika programs are published
+//! (tests/amqp_clients/tutorials.py), the README's pika snippet, and a Celery application
+//! with its worker (tests/amqp_clients/celery_app.py; Celery speaks AMQP through py-amqp,
+//! a second client implementation).
 
 #[path = "support/amqp.rs"]
 mod amqp;
@@ -14,31 +16,43 @@ use std::time::Duration;
 use amqp::AmqpBroker;
 use serde_json::{Value, json};
 
-/// Bound for one tutorial run (its own waits are bounded at 60 s).
-const TUTORIAL_WAIT: Duration = Duration::from_secs(90);
+/// Bound for one program's run (its own waits are bounded at 60 s).
+const PROGRAM_WAIT: Duration = Duration::from_secs(120);
 
-/// Runs tutorial `name` against `b`; the JSON it printed. Fails when pika is missing
-/// (.ci/run installs it).
-async fn tutorial(b: &AmqpBroker, name: &str) -> Value {
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/amqp_clients/tutorials.py");
+fn clients_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/amqp_clients")
+}
+
+/// Runs `python3 args...` in tests/amqp_clients; the JSON it printed last. Fails when the
+/// program fails or its client library is missing (.ci/run installs them).
+async fn run_python(label: &str, args: &[&str]) -> Value {
     let mut command = Command::new("python3");
     command
-        .arg(script)
-        .args([name, &b.amqp_addr().port().to_string()])
+        .current_dir(clients_dir())
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let (success, stdout, stderr) = python::run_with_deadline(command, TUTORIAL_WAIT)
+    let (success, stdout, stderr) = python::run_with_deadline(command, PROGRAM_WAIT)
         .await
-        .unwrap_or_else(|e| panic!("tutorial `{name}`: {e}"));
+        .unwrap_or_else(|e| panic!("{label}: {e}"));
     assert!(
         success,
-        "tutorial `{name}` failed.\nstdout:\n{stdout}\nstderr:\n{stderr}\n\
-         (pika missing? python3 -m pip install pika==1.3.2)"
+        "{label} failed.\nstdout:\n{stdout}\nstderr:\n{stderr}\n\
+         (client missing? see the pip install lines in .ci/run)"
     );
     let last = stdout.lines().last().unwrap_or_default();
     serde_json::from_str(last)
-        .unwrap_or_else(|e| panic!("tutorial `{name}` printed no JSON ({e}):\n{stdout}\n{stderr}"))
+        .unwrap_or_else(|e| panic!("{label} printed no JSON ({e}):\n{stdout}\n{stderr}"))
+}
+
+/// Runs tutorial `name` against `b`; the JSON it printed.
+async fn tutorial(b: &AmqpBroker, name: &str) -> Value {
+    let port = b.amqp_addr().port().to_string();
+    run_python(
+        &format!("tutorial `{name}`"),
+        &["tutorials.py", name, &port],
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -158,15 +172,8 @@ async fn the_readme_pika_snippet_publishes_a_persistent_message() {
     assert!(snippet.contains("127.0.0.1:5672"), "{snippet}");
     let b = AmqpBroker::start().await;
     let snippet = snippet.replace("127.0.0.1:5672", &b.amqp_addr().to_string());
-    let mut command = Command::new("python3");
-    command
-        .args(["-c", &snippet])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let (success, stdout, stderr) = python::run_with_deadline(command, TUTORIAL_WAIT)
-        .await
-        .unwrap();
-    assert!(success, "the README's snippet failed:\n{stdout}\n{stderr}");
+    let snippet = format!("{snippet}\nprint('{{}}')\n");
+    run_python("the README's pika snippet", &["-c", &snippet]).await;
     let c = b.json_client().await;
     let info = c.queue_info("orders").await.unwrap();
     assert!(info.durable);
@@ -174,4 +181,24 @@ async fn the_readme_pika_snippet_publishes_a_persistent_message() {
     let bodies: Vec<&[u8]> = stored.iter().map(|d| &d.message.body[..]).collect();
     assert_eq!(bodies, [b"order 7"]);
     assert!(stored[0].message.properties.persistent);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_celery_worker_runs_tasks_retries_and_answers_remote_control() {
+    let b = AmqpBroker::start().await;
+    let port = b.amqp_addr().port().to_string();
+    let got = run_python("the Celery application", &["celery_run.py", &port]).await;
+    assert_eq!(got["add"], 5);
+    assert_eq!(got["countdown"], 9, "a task with a countdown");
+    assert_eq!(got["group"], json!([0, 2, 4, 6, 8]));
+    assert_eq!(got["chain"], 112);
+    assert_eq!(
+        got["fail"], "boom",
+        "the task's exception reaches the caller"
+    );
+    assert_eq!(got["retries"], 2, "a task retried twice, then done");
+    // Remote control: a broadcast through Celery's fanout exchange, replies to each caller.
+    let worker = got["ping"][0].as_str().unwrap();
+    assert!(worker.starts_with("worker1@"), "{got}");
+    assert_eq!(got["stats"], json!([worker]));
 }
