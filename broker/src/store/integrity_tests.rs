@@ -243,7 +243,7 @@ fn the_sidecar_follows_the_commits_and_only_one_ahead_is_refused() {
         Sidecar::Recorded(2)
     );
     std::fs::copy(&ahead_sidecar, &sidecar).unwrap();
-    let err = reopen().err().expect("a sidecar ahead is refused");
+    let err = reopen().expect_err("a sidecar ahead is refused");
     assert!(
         matches!(
             err,
