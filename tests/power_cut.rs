@@ -13,6 +13,12 @@
 //! also passes `broker check` (`store::check`): a power cut is never damage. A second test
 //! cuts one workload at each of its file growths.
 //!
+//! The commit counter's sidecar (`store/commit_seq.rs`) is a real file in the data
+//! directory, which never loses power here: it always names the last commit the broker
+//! knew durable, where a real power cut could only leave it older or torn (both accepted
+//! on open). That is the strictest case for it: a recovery that fell back past it would
+//! refuse the start, which the suite counts as a failure.
+//!
 //! `POWER_CUT_SEED` (a number or `random`) and `POWER_CUT_POINTS` (default 300) make a
 //! longer run: `POWER_CUT_SEED=random POWER_CUT_POINTS=5000 cargo test -p broker --test
 //! power_cut -- --nocapture`.
@@ -26,6 +32,7 @@ use std::time::Duration;
 
 use broker::protocol::Delivery;
 use broker::store::power_cut::{CutAt, DiskStats, PowerCutDisk, Tear};
+use broker::store::{DB_FILE, Sidecar, sidecar_path};
 use broker::{Broker, Client, Config, QueueOptions, Subscription};
 use model::{DLQ, Expected, IN_DLQ, IN_QUEUE, QUEUE, Tally};
 use serde_json::json;
@@ -52,7 +59,8 @@ fn settings() -> Settings {
     Settings { seed, points }
 }
 
-/// A broker on `disk` (the data directory holds nothing: the database is the disk).
+/// A broker on `disk` (the data directory holds only the commit counter's sidecar: the
+/// database is the disk).
 async fn start(dir: &std::path::Path, disk: &PowerCutDisk) -> Result<Broker, String> {
     let mut config = Config::new(dir);
     config.listen = "127.0.0.1:0".parse().unwrap();
@@ -71,6 +79,11 @@ async fn start(dir: &std::path::Path, disk: &PowerCutDisk) -> Result<Broker, Str
         .await
         .expect("the broker starts or fails in time")
         .map_err(|e| e.to_string())
+}
+
+/// The commit counter's sidecar of a broker on `dir`.
+fn sidecar(dir: &std::path::Path) -> std::path::PathBuf {
+    sidecar_path(&dir.join(DB_FILE))
 }
 
 async fn stop(broker: Broker) {
@@ -397,6 +410,8 @@ async fn confirmed_messages_survive_power_cuts_and_acked_ones_stay_gone() {
         syncs: 12,
     };
     let (mut startup_cuts, mut failed_starts, mut idle_cuts, mut fell_back) = (0, 0, 0, 0);
+    // Images whose recovery fell back with the sidecar naming the commit it fell back to.
+    let mut fell_back_to_recorded = 0;
     let mut shutdown_cuts = 0;
     let mut by_kind = [0u64; 2];
     // Scheduled cuts that struck (the rest came after the round's work).
@@ -464,10 +479,17 @@ async fn confirmed_messages_survive_power_cuts_and_acked_ones_stay_gone() {
             }
         }
         image = disk.image();
-        // A power cut is never damage: the offline check passes on every cut image.
-        std::fs::write(check_dir.path().join(broker::store::DB_FILE), &image).unwrap();
+        // A power cut is never damage: the offline check passes on every cut image, its
+        // recovery never falling back past the commit the sidecar records.
+        let checked = check_dir.path().join(broker::store::DB_FILE);
+        std::fs::write(&checked, &image).unwrap();
+        std::fs::copy(sidecar(dir.path()), sidecar_path(&checked)).unwrap();
         match broker::store::check(check_dir.path()) {
-            Ok(report) => fell_back += report.fell_back as u64,
+            Ok(report) => {
+                fell_back += report.fell_back as u64;
+                let recorded = report.sidecar == Sidecar::Recorded(report.commit_seq);
+                fell_back_to_recorded += (report.fell_back && recorded) as u64;
+            }
             Err(e) => panic!("cut {point} ({plan:?}): `broker check` fails on the cut image: {e}"),
         }
     }
@@ -489,7 +511,8 @@ async fn confirmed_messages_survive_power_cuts_and_acked_ones_stay_gone() {
          (struck {}), at the startup's recovery \
          {startup_cuts} (start failed {failed_starts}); the rest after the round's work \
          ({idle_cuts}, of which {shutdown_cuts} during the clean shutdown); tears: drop all {}, tear last {}, scramble {}; {fell_back} images \
-         with a torn last commit (recovered the one before)",
+         with a torn last commit (recovered the one before; {fell_back_to_recorded} of them \
+         to the commit the sidecar records)",
         by_kind[0], struck[0], by_kind[1], struck[1], by_tear[0], by_tear[1], by_tear[2]
     );
     println!(
@@ -545,6 +568,9 @@ async fn power_cuts_during_file_growth() {
     const COUNT: u64 = 48;
     let dir = tempfile::tempdir().unwrap();
     let base = base_image(dir.path(), 1).await;
+    // Every run from the base image starts with the base's sidecar (the data directory
+    // goes back with the disk).
+    let base_sidecar = std::fs::read(sidecar(dir.path())).unwrap();
     // A run without a cut counts the growths.
     let disk = PowerCutDisk::from_image(base.clone(), 1);
     let broker = start(dir.path(), &disk).await.unwrap();
@@ -572,6 +598,7 @@ async fn power_cuts_during_file_growth() {
             (Tear::Scramble, 2),
         ];
         for (tear, seed) in tears {
+            std::fs::write(sidecar(dir.path()), &base_sidecar).unwrap();
             let disk = PowerCutDisk::from_image(base.clone(), growth * 8 + seed);
             disk.schedule_cut(CutAt::Growth(growth), tear);
             let broker = start(dir.path(), &disk).await.unwrap();

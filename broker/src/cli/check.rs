@@ -20,11 +20,24 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
         false => "not shut down cleanly; recovery passed (checked in memory, file unchanged)",
     };
     println!("{}: ok, {shutdown}", report.path.display());
-    if report.fell_back {
-        println!(
+    println!(
+        "commit {}; recorded durable by {}: {}",
+        report.commit_seq,
+        broker::store::sidecar_path(&report.path).display(),
+        report.sidecar
+    );
+    match (report.fell_back, report.sidecar) {
+        (false, _) => {}
+        // Not past what the sidecar records (else the check failed): never confirmed.
+        (true, broker::store::Sidecar::Recorded(_)) => println!(
+            "the last commit did not verify and was never recorded durable (torn by a \
+             crash, so never confirmed): the broker will recover the commit before it"
+        ),
+        (true, _) => println!(
             "warning: the last commit did not verify (torn by a crash, so never confirmed; or \
-             damaged since): the broker will recover the commit before it"
-        );
+             damaged since; without the sidecar the two cannot be told apart): the broker \
+             will recover the commit before it"
+        ),
     }
     println!(
         "queues {}, messages {}, entry states {}, exchanges {}, bindings {}, plugin versions {}, handlers {}, users {}, vhosts {}",

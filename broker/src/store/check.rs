@@ -2,6 +2,9 @@
 //! check and recovery the broker runs at startup, plus a decode of every stored message,
 //! without changing the file.
 //!
+//! A recovered state older than the commit counter's sidecar records fails the check as
+//! it fails the start ([`OpenError::LostCommits`], `store/commit_seq.rs`).
+//!
 //! redb's integrity check (and the recovery of a file that was not shut down cleanly)
 //! commits; here its writes go to an in-memory overlay over the file opened read-only.
 
@@ -23,6 +26,11 @@ pub struct CheckReport {
     /// The recovery found the last commit torn (or damaged) and recovered the one before
     /// it (see [`super::Recovered::fell_back`]).
     pub fell_back: bool,
+    /// The last commit the store writer made, as recovered.
+    pub commit_seq: u64,
+    /// The last commit the broker recorded as durable (`<data file>.commit-seq`): no more
+    /// than `commit_seq`, or the check fails.
+    pub sidecar: super::Sidecar,
     pub queues: usize,
     /// Every stored message, decoded whole (those of deleted queues included).
     pub messages: u64,
@@ -117,6 +125,8 @@ pub fn check(data_dir: &Path) -> Result<CheckReport, CheckError> {
         path: path.clone(),
         clean_shutdown,
         fell_back: recovered.fell_back,
+        commit_seq: recovered.commit_seq,
+        sidecar: recovered.sidecar,
         queues: recovered.queues.len(),
         messages,
         entry_states,
@@ -131,7 +141,7 @@ pub fn check(data_dir: &Path) -> Result<CheckReport, CheckError> {
 
 /// The file, read-only, under the writes redb makes while checking it (kept in memory).
 #[derive(Debug)]
-struct ReadOnlyOverlay {
+pub(super) struct ReadOnlyOverlay {
     file: File,
     overlay: Mutex<Overlay>,
 }
@@ -146,7 +156,7 @@ struct Overlay {
 }
 
 impl ReadOnlyOverlay {
-    fn new(file: File) -> std::io::Result<Self> {
+    pub(super) fn new(file: File) -> std::io::Result<Self> {
         let len = file.metadata()?.len();
         Ok(ReadOnlyOverlay {
             file,

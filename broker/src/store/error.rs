@@ -19,6 +19,25 @@ pub enum OpenError {
         path: std::path::PathBuf,
         damage: Damage,
     },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// The recovery fell back past a commit the broker knew durable (and may have
+    /// confirmed): damage to the file after a crash, never a torn commit.
+    #[error(
+        "database {path} lost confirmed commits: it recovered to commit {recovered}, but \
+         {sidecar} records commit {recorded} as durable (the last commit was damaged after \
+         the crash). Restore the whole data directory from a backup, or, to accept the older \
+         state knowingly (its messages since commit {recovered} are lost), delete {sidecar}"
+    )]
+    LostCommits {
+        path: std::path::PathBuf,
+        sidecar: std::path::PathBuf,
+        recovered: u64,
+        recorded: u64,
+    },
 }
 
 impl OpenError {

@@ -1,5 +1,6 @@
 //! What redb detects by itself in a damaged file, and what the store adds.
 
+use super::commit_seq::read_sidecar;
 use super::*;
 
 /// A cleanly closed database holding `count` messages of queue 1 with bodies `body-<i>`
@@ -92,11 +93,13 @@ fn a_truncated_file_is_refused() {
 }
 
 /// After a crash, redb verifies the last commit and, when it does not verify (a commit
-/// the crash tore; or one damaged since), recovers the commit before it. The store says
-/// so (the broker logs it; `broker check` prints it): a flip in the last commit's pages
-/// after a crash looks exactly like a torn commit, and is not silent.
+/// the crash tore; or one damaged since), recovers the commit before it: to redb a flip
+/// in the last commit's pages after a crash looks exactly like a torn commit. The commit
+/// counter's sidecar records that commit as durable, so the store refuses the recovered
+/// state, naming the file, both numbers and the sidecar; with the sidecar deleted (the
+/// older state accepted knowingly) it opens, and says it fell back.
 #[test]
-fn a_recovery_that_falls_back_to_the_previous_commit_says_so() {
+fn a_last_commit_damaged_after_a_crash_is_refused_not_served_shorter() {
     use super::power_cut::{PowerCutDisk, Tear};
     let dir = tempfile::tempdir().unwrap();
     let put = |seq| StoreOp::PutMessage {
@@ -138,14 +141,137 @@ fn a_recovery_that_falls_back_to_the_previous_commit_says_so() {
     assert_eq!(recovered.queues[0].messages.len(), 2);
     writer.close();
 
-    // The last commit damaged after the crash: the one before it, and the store says so.
+    // The last commit damaged after the crash: the recovery falls back to the one before
+    // it, which the sidecar says is not the last durable one.
     let mut damaged = image;
     let at = offset_of(&damaged, body(2).as_bytes()) + 300;
     damaged[at] ^= 4;
-    let disk = PowerCutDisk::from_image(damaged, 3);
+    let disk = PowerCutDisk::from_image(damaged.clone(), 3);
+    let err = open_with(dir.path(), Some(Box::new(disk.backend())), |_| usize::MAX)
+        .err()
+        .expect("a recovered state older than the sidecar's is refused");
+    let db = dir.path().join(DB_FILE);
+    let sidecar = sidecar_path(&db);
+    match &err {
+        OpenError::LostCommits {
+            path,
+            sidecar: named,
+            recovered: 1,
+            recorded: 2,
+        } => {
+            assert_eq!(path, &db);
+            assert_eq!(named, &sidecar);
+        }
+        other => panic!("not a lost commit: {other}"),
+    }
+    let text = err.to_string();
+    assert!(text.contains(&db.display().to_string()), "{text}");
+    assert!(text.contains(&sidecar.display().to_string()), "{text}");
+
+    // The sidecar deleted: the older state, accepted knowingly; the fallback is reported.
+    std::fs::remove_file(&sidecar).unwrap();
+    let disk = PowerCutDisk::from_image(damaged, 4);
     let (recovered, writer) =
         open_with(dir.path(), Some(Box::new(disk.backend())), |_| usize::MAX).unwrap();
     assert!(recovered.fell_back, "the fallback is reported");
     assert_eq!(recovered.queues[0].messages.len(), 1);
+    assert_eq!(recovered.commit_seq, 1);
     writer.close();
+    assert_eq!(
+        read_sidecar(&db).unwrap(),
+        Sidecar::Recorded(1),
+        "recreated"
+    );
+}
+
+/// Each commit of the writer counts, and the sidecar follows it. A missing sidecar (a data
+/// dir from before it) and a garbled one (torn by a power cut) are accepted and rewritten;
+/// so is a sidecar next to a database that had no counter before (another file's). One
+/// ahead of the database is refused.
+#[test]
+fn the_sidecar_follows_the_commits_and_only_one_ahead_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join(DB_FILE);
+    let sidecar = sidecar_path(&db);
+    cleanly_closed_store(dir.path(), 3);
+    assert_eq!(
+        read_sidecar(&db).unwrap(),
+        Sidecar::Recorded(1),
+        "one commit"
+    );
+    let reopen = || {
+        let (recovered, writer) = open(dir.path(), |_| usize::MAX)?;
+        writer.close();
+        Ok::<_, OpenError>(recovered)
+    };
+
+    std::fs::remove_file(&sidecar).unwrap();
+    let recovered = reopen().expect("a missing sidecar is accepted");
+    assert_eq!(
+        (recovered.commit_seq, recovered.sidecar),
+        (1, Sidecar::Missing)
+    );
+    assert_eq!(read_sidecar(&db).unwrap(), Sidecar::Recorded(1), "created");
+
+    std::fs::write(&sidecar, b"torn").unwrap();
+    let recovered = reopen().expect("a garbled sidecar is accepted");
+    assert_eq!(recovered.sidecar, Sidecar::Garbled);
+    assert_eq!(
+        read_sidecar(&db).unwrap(),
+        Sidecar::Recorded(1),
+        "rewritten"
+    );
+
+    // One commit ahead of the database: refused, and left as it was.
+    let ahead = tempfile::tempdir().unwrap();
+    cleanly_closed_store(ahead.path(), 3);
+    let (_, writer) = open(ahead.path(), |_| usize::MAX).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    writer.submit(WriteBatch {
+        ops: vec![StoreOp::DeleteMessage {
+            queue: 1,
+            seq: 0,
+            state: false,
+        }],
+        completions: vec![Box::new(move |r| tx.send(r).unwrap())],
+    });
+    rx.recv().unwrap().unwrap();
+    writer.close();
+    let ahead_sidecar = sidecar_path(&ahead.path().join(DB_FILE));
+    assert_eq!(
+        read_sidecar(&ahead.path().join(DB_FILE)).unwrap(),
+        Sidecar::Recorded(2)
+    );
+    std::fs::copy(&ahead_sidecar, &sidecar).unwrap();
+    let err = reopen().expect_err("a sidecar ahead is refused");
+    assert!(
+        matches!(
+            err,
+            OpenError::LostCommits {
+                recovered: 1,
+                recorded: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        read_sidecar(&db).unwrap(),
+        Sidecar::Recorded(2),
+        "left as it was"
+    );
+
+    // A database without a counter before this open (here: a new file) makes the
+    // sidecar another file's.
+    std::fs::remove_file(&db).unwrap();
+    let recovered = reopen().expect("a new database file");
+    assert_eq!(
+        (recovered.commit_seq, recovered.sidecar),
+        (0, Sidecar::Recorded(2))
+    );
+    assert_eq!(
+        read_sidecar(&db).unwrap(),
+        Sidecar::Recorded(0),
+        "rewritten"
+    );
 }

@@ -6,6 +6,7 @@
 //! commit) and reports each commit to its waiters.
 
 mod check;
+mod commit_seq;
 mod entry;
 mod error;
 mod gather;
@@ -15,6 +16,8 @@ mod reader;
 mod writer;
 
 pub use check::{CheckError, CheckReport, check};
+use commit_seq::open_and_recover;
+pub use commit_seq::{Sidecar, sidecar_path};
 pub use error::{CommitError, Damage, OpenError, ReadError};
 pub use reader::StoreReader;
 pub use writer::{Completion, StoreOp, StoreWriter, WriteBatch, WriterSnapshot, WriterStats};
@@ -197,6 +200,12 @@ pub struct Recovered {
     /// The recovery after a crash found that the last commit did not verify — torn by the
     /// crash (it was never confirmed) or damaged since — and recovered the one before it.
     pub fell_back: bool,
+    /// The number of the last commit the store writer made, as recovered
+    /// (`store/commit_seq.rs`).
+    pub commit_seq: u64,
+    /// What the commit counter's sidecar said before this open (checked against
+    /// `commit_seq`: the open fails when it says more).
+    pub sidecar: Sidecar,
 }
 
 /// Makes the storage a broker opens instead of its data directory's file: tests' simulated
@@ -229,15 +238,20 @@ pub fn open_with(
     })?;
     let path = data_dir.join(DB_FILE);
     let (db, recovered) = open_and_recover(&path, backend, in_memory)?;
-    Ok((recovered, StoreWriter::start(Arc::new(db))))
+    let commit_seq = commit_seq::CommitSeq::open(&path, recovered.commit_seq);
+    Ok((recovered, StoreWriter::start(Arc::new(db), commit_seq)))
 }
 
-/// Opens the database (checking it) and reads everything to recover. redb may panic on a
-/// damaged file where its checks do not reach: that is reported as damage too.
-pub(crate) fn open_and_recover(
+/// One open of the database: checked, recovered, compared with the sidecar. With
+/// `stop_fallback`, a recovery about to fall back fails with `RepairAborted` instead. redb
+/// may panic on a damaged file where its checks do not reach: that is reported as damage
+/// too.
+pub(super) fn open_once(
     path: &Path,
     backend: Option<Box<dyn redb::StorageBackend>>,
-    in_memory: impl Fn(&QueueRecord) -> usize,
+    in_memory: &impl Fn(&QueueRecord) -> usize,
+    sidecar: Sidecar,
+    stop_fallback: bool,
 ) -> Result<(Database, Recovered), OpenError> {
     let damaged = |damage| OpenError::Damaged {
         path: path.to_owned(),
@@ -255,6 +269,9 @@ pub(crate) fn open_and_recover(
             .set_repair_callback(move |session| {
                 if session.progress() == FELL_BACK_PROGRESS {
                     seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                    if stop_fallback {
+                        session.abort();
+                    }
                 }
             });
         let db = match backend {
@@ -265,16 +282,11 @@ pub(crate) fn open_and_recover(
             path: path.to_owned(),
             error,
         })?;
-        create_tables(&db).map_err(|e| damaged(Damage::Read(e)))?;
+        let had_counter = create_tables(&db).map_err(|e| damaged(Damage::Read(e)))?;
         let mut recovered = recover(&db, in_memory).map_err(damaged)?;
         recovered.fell_back = fell_back.load(std::sync::atomic::Ordering::Relaxed);
-        if recovered.fell_back {
-            tracing::warn!(
-                file = %path.display(),
-                "recovered the commit before the last one: the last did not verify (torn by \
-                 a crash, so never confirmed; or damaged since)"
-            );
-        }
+        recovered.sidecar = sidecar;
+        commit_seq::verify(path, sidecar, recovered.commit_seq, had_counter)?;
         Ok((db, recovered))
     }));
     opened.unwrap_or_else(|panic| Err(damaged(Damage::Panicked(panic_message(&*panic)))))
@@ -313,8 +325,10 @@ impl redb::StorageBackend for DynBackend {
     }
 }
 
-fn create_tables(db: &Database) -> Result<(), redb::Error> {
+/// Creates the tables that are missing; true when the commit counter was there already.
+fn create_tables(db: &Database) -> Result<bool, redb::Error> {
     let txn = db.begin_write()?;
+    let had_counter = commit_seq::ensure_stored(&txn)?;
     txn.open_table(QUEUES)?;
     txn.open_table(EXCHANGES)?;
     txn.open_table(BINDINGS)?;
@@ -330,7 +344,7 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
     txn.open_table(VHOSTS)?;
     txn.open_table(DEDUP)?;
     txn.commit()?;
-    Ok(())
+    Ok(had_counter)
 }
 
 fn corrupt(table: &'static str) -> impl Fn(String) -> Damage {
@@ -341,7 +355,10 @@ fn recover(db: &Database, in_memory: impl Fn(&QueueRecord) -> usize) -> Result<R
     let txn = db.begin_read()?;
     let messages = txn.open_table(MESSAGES)?;
     let deliveries = txn.open_table(ENTRY_STATE)?;
-    let mut recovered = Recovered::default();
+    let mut recovered = Recovered {
+        commit_seq: commit_seq::stored(&txn)?,
+        ..Recovered::default()
+    };
 
     for entry in txn.open_table(QUEUES)?.iter()? {
         let (_, value) = entry?;

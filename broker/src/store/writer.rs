@@ -27,6 +27,7 @@ use std::time::Instant;
 
 use redb::{Database, WriteTransaction};
 
+use super::commit_seq::CommitSeq;
 use super::gather::{Gathering, Inbox, gather};
 use super::reader::{Commits, StoreReader};
 use super::{
@@ -227,7 +228,7 @@ pub struct StoreWriter {
 
 impl StoreWriter {
     /// Starts the writer thread, the database's only strong owner: it closes with it.
-    pub(super) fn start(db: Arc<Database>) -> Self {
+    pub(super) fn start(db: Arc<Database>, mut commit_seq: CommitSeq) -> Self {
         let inbox = Arc::new(Inbox::default());
         let thread_inbox = inbox.clone();
         let stats = Arc::new(WriterStats::default());
@@ -254,7 +255,7 @@ impl StoreWriter {
                     }
                 }
                 let running = Running(thread_stats, thread_inbox);
-                run(&db, &running.1, &running.0, &commits);
+                run(&db, &running.1, &running.0, &commits, &mut commit_seq);
             })
             .expect("spawning the store writer thread");
         StoreWriter {
@@ -314,7 +315,13 @@ fn fail_all(completions: Vec<Completion>, err: &CommitError) {
     }
 }
 
-fn run(db: &Database, inbox: &Inbox, stats: &WriterStats, commits: &Commits) {
+fn run(
+    db: &Database,
+    inbox: &Inbox,
+    stats: &WriterStats,
+    commits: &Commits,
+    commit_seq: &mut CommitSeq,
+) {
     let mut encode_buf = Vec::new();
     let mut closing = false;
     let mut gathering = Gathering::default();
@@ -326,7 +333,7 @@ fn run(db: &Database, inbox: &Inbox, stats: &WriterStats, commits: &Commits) {
         }
         let started = Instant::now();
         let fail = stats.fail_commits.load(Relaxed);
-        let result = commit(db, &batches, &mut encode_buf, fail);
+        let result = commit(db, &batches, &mut encode_buf, fail, commit_seq);
         if result.is_ok() {
             commits
                 .committed
@@ -359,13 +366,16 @@ fn run(db: &Database, inbox: &Inbox, stats: &WriterStats, commits: &Commits) {
     tracing::debug!("store writer closed");
 }
 
-/// Applies every batch's operations in one transaction and commits it; with `fail` (a
-/// test's fault injection) the transaction is aborted instead and reported as failed.
+/// Applies every batch's operations in one transaction, numbered by `commit_seq`, and
+/// commits it, then records the number in the sidecar (before any completion runs); with
+/// `fail` (a test's fault injection) the transaction is aborted instead and reported as
+/// failed.
 fn commit(
     db: &Database,
     batches: &[WriteBatch],
     buf: &mut Vec<u8>,
     fail: bool,
+    commit_seq: &mut CommitSeq,
 ) -> Result<(), CommitError> {
     if batches.iter().all(|b| b.ops.is_empty()) {
         return Ok(());
@@ -374,6 +384,7 @@ fn commit(
     let acked = put_and_deleted(ops());
     let txn = db.begin_write()?;
     apply(&txn, ops(), &acked, buf)?;
+    let seq = commit_seq.stage(&txn)?;
     if fail {
         txn.abort()?;
         return Err(CommitError(
@@ -381,6 +392,7 @@ fn commit(
         ));
     }
     txn.commit()?;
+    commit_seq.committed(seq);
     Ok(())
 }
 
