@@ -133,7 +133,11 @@ fn hot_path_cases() -> Vec<(&'static str, Vec<u8>, u16)> {
             method_frame(7, &publish_payload(0)),
             504,
         ),
-        ("publish on channel 0", method_frame(0, &publish_payload(0)), 503),
+        (
+            "publish on channel 0",
+            method_frame(0, &publish_payload(0)),
+            503,
+        ),
         (
             "publish with immediate",
             method_frame(1, &publish_payload(2)),

@@ -364,7 +364,10 @@ mod tests {
             // Anything cut short or with bytes after: the generic parser's to judge (and
             // it refuses every one of them).
             for end in 0..payload.len() {
-                assert!(parse_method(&payload[..end]).is_none(), "{expected:?} cut at {end}");
+                assert!(
+                    parse_method(&payload[..end]).is_none(),
+                    "{expected:?} cut at {end}"
+                );
                 assert!(!generic_parses(&payload[..end]));
             }
             let longer = [&payload[..], &[0]].concat();
@@ -461,7 +464,13 @@ mod tests {
         );
         assert_eq!(out, generic);
         let body: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
-        for (frame_max, len) in [(4096, 10_000), (4096, 4088), (4096, 4089), (0, 10_000), (4096, 0)] {
+        for (frame_max, len) in [
+            (4096, 10_000),
+            (4096, 4088),
+            (4096, 4089),
+            (0, 10_000),
+            (4096, 0),
+        ] {
             let mut out = Vec::new();
             write_body(&mut out, 1, &body[..len], frame_max);
             let mut generic = Vec::new();
@@ -487,11 +496,23 @@ mod tests {
             app_id: Some("a".repeat(256)),
             ..every_property()
         };
-        assert!(write_content_header(&mut out, 1, &message(long, Default::default(), b"")).is_none());
+        assert!(
+            write_content_header(&mut out, 1, &message(long, Default::default(), b"")).is_none()
+        );
         let mut long_key = message(Properties::default(), Default::default(), b"");
         long_key.routing_key = "k".repeat(256);
         assert!(write_deliver(&mut out, 1, "t", 1, false, &long_key).is_none());
-        assert!(write_deliver(&mut out, 1, &"t".repeat(256), 1, false, &message(Properties::default(), Default::default(), b"")).is_none());
+        assert!(
+            write_deliver(
+                &mut out,
+                1,
+                &"t".repeat(256),
+                1,
+                false,
+                &message(Properties::default(), Default::default(), b"")
+            )
+            .is_none()
+        );
         assert_eq!(out, [1, 2], "nothing written");
     }
 }
