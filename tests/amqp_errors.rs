@@ -80,6 +80,73 @@ fn cases() -> Vec<(&'static str, Vec<u8>, u16)> {
     ]
 }
 
+/// A method frame around `payload` (class and method ids first), as the bytes arrive.
+fn method_frame(channel: u16, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![1];
+    frame.extend_from_slice(&channel.to_be_bytes());
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame.push(0xCE);
+    frame
+}
+
+/// `basic.publish` to the default exchange with routing key `q` and these bits.
+fn publish_payload(bits: u8) -> Vec<u8> {
+    vec![0, 60, 0, 40, 0, 0, 0, 1, b'q', bits]
+}
+
+/// Malformed publishes and acks: the fixed-layout reader (`amqp/hot.rs`) leaves them to
+/// the generic one, whose exceptions they get.
+fn hot_path_cases() -> Vec<(&'static str, Vec<u8>, u16)> {
+    let ack = [0, 60, 0, 80, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    let mut publish_then_ack = method_frame(1, &publish_payload(0));
+    publish_then_ack.extend(method_frame(1, &ack));
+    vec![
+        (
+            "publish with a byte too many",
+            method_frame(1, &[publish_payload(0), vec![0]].concat()),
+            502,
+        ),
+        (
+            "publish cut short",
+            method_frame(1, &publish_payload(0)[..9]),
+            502,
+        ),
+        (
+            "publish with a routing key that is not UTF-8",
+            method_frame(1, &[0, 60, 0, 40, 0, 0, 0, 1, 0xFF, 0]),
+            502,
+        ),
+        (
+            "publish with a short string past the frame",
+            method_frame(1, &[0, 60, 0, 40, 0, 0, 0, 200, b'q', 0]),
+            502,
+        ),
+        ("ack cut short", method_frame(1, &ack[..12]), 502),
+        (
+            "reject with a byte too many",
+            method_frame(1, &[0, 60, 0, 90, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0]),
+            502,
+        ),
+        (
+            "publish on a channel not open",
+            method_frame(7, &publish_payload(0)),
+            504,
+        ),
+        (
+            "publish on channel 0",
+            method_frame(0, &publish_payload(0)),
+            503,
+        ),
+        (
+            "publish with immediate",
+            method_frame(1, &publish_payload(2)),
+            540,
+        ),
+        ("ack in the middle of a message", publish_then_ack, 505),
+    ]
+}
+
 #[tokio::test]
 async fn malformed_frames_get_their_connection_exception_and_nothing_is_lost() {
     let broker = AmqpBroker::start().await;
@@ -108,7 +175,7 @@ async fn malformed_frames_get_their_connection_exception_and_nothing_is_lost() {
     .unwrap()
     .await
     .unwrap();
-    for (what, bytes, expected) in cases() {
+    for (what, bytes, expected) in cases().into_iter().chain(hot_path_cases()) {
         let mut raw = raw_open(&broker).await;
         raw.write_all(&open_channel_1()).await.unwrap();
         raw.write_all(&bytes).await.unwrap();

@@ -12,7 +12,8 @@ use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, confirm, exchang
 use bytes::BytesMut;
 
 use super::errors::{AmqpError, code};
-use super::frames::{FRAME_OVERHEAD, encode};
+use super::frames::encode;
+use super::hot;
 use super::mapping::properties_to_amqp;
 use super::writer::{Chunk, Delivered};
 use crate::message::Message;
@@ -167,19 +168,21 @@ impl Channel {
 
     fn deliver(&mut self, d: &Delivery, auto_ack: bool, frame_max: u32) -> Chunk {
         let mut out = Vec::with_capacity(d.message.body_len() + 256);
-        let deliver = basic::Deliver {
-            consumer_tag: d.consumer_tag.to_string().into(),
-            delivery_tag: d.delivery_tag,
-            redelivered: d.redelivered,
-            exchange: d.message.exchange.clone().into(),
-            routing_key: d.message.routing_key.clone().into(),
-        };
-        method_frame(
-            self.number,
-            AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver)),
-            &mut out,
-        );
-        content_frames(self.number, &d.message, frame_max, &mut out);
+        let n = self.number;
+        let (tag, redelivered) = (d.delivery_tag, d.redelivered);
+        if hot::write_deliver(&mut out, n, &d.consumer_tag, tag, redelivered, &d.message).is_none()
+        {
+            let deliver = basic::Deliver {
+                consumer_tag: d.consumer_tag.to_string().into(),
+                delivery_tag: d.delivery_tag,
+                redelivered: d.redelivered,
+                exchange: d.message.exchange.clone().into(),
+                routing_key: d.message.routing_key.clone().into(),
+            };
+            let deliver = AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver));
+            method_frame(n, deliver, &mut out);
+        }
+        content_frames(n, &d.message, frame_max, &mut out);
         Chunk {
             bytes: out,
             delivered: Some(Delivered {
@@ -198,11 +201,7 @@ impl Channel {
             ServerFrame::Confirm {
                 id: RequestId::Num(seq),
             } => {
-                let ack = basic::Ack {
-                    delivery_tag: seq,
-                    multiple: false,
-                };
-                method_frame(n, AMQPClass::Basic(basic::AMQPMethod::Ack(ack)), &mut out);
+                hot::write_confirm(&mut out, n, seq);
             }
             ServerFrame::Return { message, .. } => {
                 let ret = basic::Return {
@@ -488,17 +487,13 @@ fn internal(e: serde_json::Error) -> AmqpError {
 
 /// A message's content header and body frames, the body cut to fit `frame_max`.
 pub(super) fn content_frames(channel: u16, message: &Message, frame_max: u32, out: &mut Vec<u8>) {
-    let header = AMQPContentHeader {
-        class_id: 60,
-        body_size: message.body.len() as u64,
-        properties: properties_to_amqp(message),
-    };
-    encode(&AMQPFrame::Header(channel, header), out);
-    let max = match frame_max {
-        0 => usize::MAX,
-        n => n.saturating_sub(FRAME_OVERHEAD).max(1) as usize,
-    };
-    for piece in message.body.chunks(max) {
-        encode(&AMQPFrame::Body(channel, piece.to_vec()), out);
+    if hot::write_content_header(out, channel, message).is_none() {
+        let header = AMQPContentHeader {
+            class_id: 60,
+            body_size: message.body.len() as u64,
+            properties: properties_to_amqp(message),
+        };
+        encode(&AMQPFrame::Header(channel, header), out);
     }
+    hot::write_body(out, channel, &message.body, frame_max);
 }

@@ -447,6 +447,16 @@ impl AmqpConnection {
                     (number, methods::on_method(channel, class))
                 }
             },
+            Incoming::Hot(number, method) => {
+                let (class_id, method_id) = method.ids();
+                let channel = self
+                    .open_channel_mut(number)
+                    .map_err(|e| Ended::Raised(e.during(class_id, method_id)))?;
+                let Some(channel) = channel else {
+                    return Ok(());
+                };
+                (number, methods::on_hot_method(channel, method))
+            }
             Incoming::Header(number, header) => {
                 let (max_body, user) = (self.ctx.max_body, self.principal.user.clone());
                 let Some(channel) = self.open_channel_mut(number).map_err(Ended::Raised)? else {

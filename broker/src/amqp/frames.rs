@@ -8,6 +8,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::errors::{AmqpError, code};
+use super::hot::{self, HotMethod};
 
 /// The octet that ends every frame.
 const FRAME_END: u8 = 0xCE;
@@ -20,6 +21,8 @@ pub const FRAME_OVERHEAD: u32 = 8;
 #[derive(Debug)]
 pub enum Incoming {
     Method(u16, Box<AMQPClass>),
+    /// A publish or settling method on a channel, read by its fixed layout (`hot.rs`).
+    Hot(u16, HotMethod),
     Header(u16, Box<AMQPContentHeader>),
     Body(u16, Bytes),
     Heartbeat,
@@ -74,7 +77,14 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         return Err(frame_error("frame does not end with 0xCE"));
     }
     match kind {
-        1 => parse_method(channel, &payload),
+        // Channel 0 takes the generic path, whose errors say what a basic method there is.
+        1 => match channel {
+            0 => parse_method(channel, &payload),
+            _ => match hot::parse_method(&payload) {
+                Some(method) => Ok(Incoming::Hot(channel, method)),
+                None => parse_method(channel, &payload),
+            },
+        },
         2 => {
             use amq_protocol::frame::parsing::parse_content_header;
             match parse_content_header(&payload[..]) {

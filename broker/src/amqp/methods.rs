@@ -6,6 +6,7 @@ use bytes::BytesMut;
 
 use super::channel::{Awaiting, Channel, Content, PUBLISH_ID, SETTLE_ID};
 use super::errors::{AmqpError, code};
+use super::hot::HotMethod;
 use super::mapping::{message_from_amqp, queue_arguments, table_to_json};
 use super::reply_to::{self, REPLY_TO};
 use crate::protocol::{
@@ -248,46 +249,10 @@ pub(super) fn on_method(ch: &mut Channel, method: AMQPClass) -> Result<Effect, A
                 },
             )
         }
-        AMQPClass::Basic(basic::AMQPMethod::Publish(m)) => {
-            if m.immediate {
-                return Err(not_implemented("immediate=true", 60, 40));
-            }
-            ch.content = Some(Content {
-                publish: m,
-                header: None,
-                body: BytesMut::new(),
-            });
-            Effect::None
-        }
-        AMQPClass::Basic(basic::AMQPMethod::Ack(m)) => {
-            let (delivery_tag, multiple) = all_when_zero(m.delivery_tag, m.multiple);
-            request(
-                RequestId::Str(SETTLE_ID.into()),
-                Op::Ack {
-                    delivery_tag,
-                    multiple,
-                },
-            )
-        }
-        AMQPClass::Basic(basic::AMQPMethod::Nack(m)) => {
-            let (delivery_tag, multiple) = all_when_zero(m.delivery_tag, m.multiple);
-            request(
-                RequestId::Str(SETTLE_ID.into()),
-                Op::Nack {
-                    delivery_tag,
-                    multiple,
-                    requeue: m.requeue,
-                    delay_ms: None,
-                },
-            )
-        }
-        AMQPClass::Basic(basic::AMQPMethod::Reject(m)) => request(
-            RequestId::Str(SETTLE_ID.into()),
-            Op::Reject {
-                delivery_tag: m.delivery_tag,
-                requeue: m.requeue,
-            },
-        ),
+        AMQPClass::Basic(basic::AMQPMethod::Publish(m)) => hot_method(ch, HotMethod::Publish(m))?,
+        AMQPClass::Basic(basic::AMQPMethod::Ack(m)) => hot_method(ch, HotMethod::Ack(m))?,
+        AMQPClass::Basic(basic::AMQPMethod::Nack(m)) => hot_method(ch, HotMethod::Nack(m))?,
+        AMQPClass::Basic(basic::AMQPMethod::Reject(m)) => hot_method(ch, HotMethod::Reject(m))?,
         AMQPClass::Basic(basic::AMQPMethod::Recover(_)) => Effect::RequestThenReply(
             recover(),
             AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
@@ -324,6 +289,61 @@ pub(super) fn on_method(ch: &mut Channel, method: AMQPClass) -> Result<Effect, A
             )
             .during(class_id, method_id));
         }
+    })
+}
+
+/// `basic.publish` and the settling methods, however they were read (`hot.rs` or the
+/// generic codec).
+pub(super) fn on_hot_method(ch: &mut Channel, method: HotMethod) -> Result<Effect, AmqpError> {
+    if ch.content.is_some() {
+        let (class_id, method_id) = method.ids();
+        return Err(
+            unexpected("a method frame in the middle of a message's content")
+                .during(class_id, method_id),
+        );
+    }
+    hot_method(ch, method)
+}
+
+fn hot_method(ch: &mut Channel, method: HotMethod) -> Result<Effect, AmqpError> {
+    let settle = |op: Op| {
+        Effect::Request(Request {
+            id: RequestId::Str(SETTLE_ID.into()),
+            op,
+        })
+    };
+    Ok(match method {
+        HotMethod::Publish(m) => {
+            if m.immediate {
+                return Err(not_implemented("immediate=true", 60, 40));
+            }
+            ch.content = Some(Content {
+                publish: m,
+                header: None,
+                body: BytesMut::new(),
+            });
+            Effect::None
+        }
+        HotMethod::Ack(m) => {
+            let (delivery_tag, multiple) = all_when_zero(m.delivery_tag, m.multiple);
+            settle(Op::Ack {
+                delivery_tag,
+                multiple,
+            })
+        }
+        HotMethod::Nack(m) => {
+            let (delivery_tag, multiple) = all_when_zero(m.delivery_tag, m.multiple);
+            settle(Op::Nack {
+                delivery_tag,
+                multiple,
+                requeue: m.requeue,
+                delay_ms: None,
+            })
+        }
+        HotMethod::Reject(m) => settle(Op::Reject {
+            delivery_tag: m.delivery_tag,
+            requeue: m.requeue,
+        }),
     })
 }
 

@@ -11,6 +11,7 @@ mod connection;
 mod errors;
 mod frames;
 mod handshake;
+mod hot;
 mod listener;
 mod mapping;
 mod methods;
