@@ -444,3 +444,75 @@ async fn length_priority_and_delivery_limit_arguments_apply() {
     }
     assert_eq!(get(&ch, "limited-dead").await.data, b"poison");
 }
+
+/// What AMQP cannot carry as a short string (over 255 bytes), from a JSON publisher:
+/// the frames stay well formed, the long routing key and properties travel as `x-`
+/// headers, a header name that cannot be written is listed, and the connection lives on.
+#[tokio::test(flavor = "multi_thread")]
+async fn long_keys_properties_and_header_names_from_json_reach_amqp_well_formed() {
+    let broker = AmqpBroker::start().await;
+    let json = broker.json_client().await;
+    json.declare_exchange("wide", "fanout", false, Headers::new())
+        .await
+        .unwrap();
+    json.declare_queue("long", QueueOptions::default())
+        .await
+        .unwrap();
+    json.bind(broker::protocol::Binding {
+        exchange: "wide".into(),
+        queue: "long".into(),
+        key: String::new(),
+        arguments: Headers::new(),
+    })
+    .await
+    .unwrap();
+    json.confirm_select().await.unwrap();
+    let key = "k".repeat(300);
+    let mut message = Message::text(&key, "long");
+    message.exchange = "wide".into();
+    message.properties.correlation_id = Some("c".repeat(400));
+    message.properties.app_id = Some("shop".into());
+    message.headers.insert("n".repeat(256), json!(1));
+    message.headers.insert("tenant".into(), json!("acme"));
+    for _ in 0..2 {
+        json.publish(message.clone(), false).await.unwrap();
+    }
+
+    let conn = broker.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    let check = |d: &lapin::message::Delivery| {
+        assert_eq!(d.routing_key.as_str(), "k".repeat(255));
+        assert_eq!(d.data, b"long");
+        let p = &d.properties;
+        assert_eq!(p.correlation_id(), &None);
+        assert_eq!(p.app_id().as_ref().map(|s| s.as_str()), Some("shop"));
+        let headers = p.headers().as_ref().expect("headers");
+        let text = |name: &str| match headers.inner().get(name) {
+            Some(AMQPValue::LongString(s)) => s.to_string(),
+            other => panic!("{name}: {other:?}"),
+        };
+        assert_eq!(text("x-routing-key"), key);
+        assert_eq!(text("x-correlation-id"), "c".repeat(400));
+        assert_eq!(text("tenant"), "acme");
+        assert!(headers.inner().contains_key("x-dropped-headers"));
+        assert!(!headers.inner().keys().any(|k| k.as_str().len() > 255));
+    };
+    // basic.get, then basic.deliver.
+    check(&get(&ch, "long").await);
+    let mut consumer = ch
+        .basic_consume(
+            "long".into(),
+            "c1".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    check(&next_delivery(&mut consumer).await);
+    // The connection is still whole.
+    declare(&ch, "after", FieldTable::default()).await;
+    assert!(conn.status().connected());
+}

@@ -15,6 +15,7 @@ use super::errors::{AmqpError, code};
 use super::frames::encode;
 use super::hot;
 use super::mapping::properties_to_amqp;
+use super::short_strings::fit_for_amqp;
 use super::writer::{Chunk, Delivered};
 use crate::message::Message;
 use crate::protocol::{
@@ -170,19 +171,20 @@ impl Channel {
         let mut out = Vec::with_capacity(d.message.body_len() + 256);
         let n = self.number;
         let (tag, redelivered) = (d.delivery_tag, d.redelivered);
-        if hot::write_deliver(&mut out, n, &d.consumer_tag, tag, redelivered, &d.message).is_none()
-        {
+        let fitted = fit_for_amqp(&d.message);
+        let message = fitted.as_ref().unwrap_or(&*d.message);
+        if hot::write_deliver(&mut out, n, &d.consumer_tag, tag, redelivered, message).is_none() {
             let deliver = basic::Deliver {
                 consumer_tag: d.consumer_tag.to_string().into(),
                 delivery_tag: d.delivery_tag,
                 redelivered: d.redelivered,
-                exchange: d.message.exchange.clone().into(),
-                routing_key: d.message.routing_key.clone().into(),
+                exchange: message.exchange.clone().into(),
+                routing_key: message.routing_key.clone().into(),
             };
             let deliver = AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver));
             method_frame(n, deliver, &mut out);
         }
-        content_frames(n, &d.message, frame_max, &mut out);
+        content_frames(n, message, frame_max, &mut out);
         Chunk {
             bytes: out,
             delivered: Some(Delivered {
@@ -204,6 +206,8 @@ impl Channel {
                 hot::write_confirm(&mut out, n, seq);
             }
             ServerFrame::Return { message, .. } => {
+                let fitted = fit_for_amqp(&message);
+                let message = fitted.as_ref().unwrap_or(&*message);
                 let ret = basic::Return {
                     reply_code: code::NO_ROUTE,
                     reply_text: "NO_ROUTE".into(),
@@ -215,7 +219,7 @@ impl Channel {
                     AMQPClass::Basic(basic::AMQPMethod::Return(ret)),
                     &mut out,
                 );
-                content_frames(n, &message, frame_max, &mut out);
+                content_frames(n, message, frame_max, &mut out);
             }
             ServerFrame::Cancelled { consumer_tag, .. } => {
                 self.no_ack.remove(consumer_tag.as_str());
@@ -270,11 +274,13 @@ impl Channel {
             );
             return Ok(());
         };
+        let fitted = fit_for_amqp(&d.message);
+        let message = fitted.as_ref().unwrap_or(&*d.message);
         let get_ok = basic::GetOk {
             delivery_tag: d.delivery_tag,
             redelivered: d.redelivered,
-            exchange: d.message.exchange.clone().into(),
-            routing_key: d.message.routing_key.clone().into(),
+            exchange: message.exchange.clone().into(),
+            routing_key: message.routing_key.clone().into(),
             message_count: got.message_count.min(u32::MAX.into()) as u32,
         };
         method_frame(
@@ -282,7 +288,7 @@ impl Channel {
             AMQPClass::Basic(basic::AMQPMethod::GetOk(get_ok)),
             out,
         );
-        content_frames(self.number, &d.message, frame_max, out);
+        content_frames(self.number, message, frame_max, out);
         Ok(())
     }
 

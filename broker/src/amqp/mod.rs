@@ -16,6 +16,7 @@ mod listener;
 mod mapping;
 mod methods;
 mod reply_to;
+mod short_strings;
 mod websocket;
 mod writer;
 
