@@ -21,7 +21,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::task::JoinHandle;
 
-use super::clients::{IDLE_TIMEOUT, Stream, body_stamp, publisher_share, stamped_body};
+use super::clients::{IDLE_TIMEOUT, Stream, body_stamp, client_share, stamped_body};
 use super::throughput::Topology;
 use super::{BenchArgs, Report, Scenario, merged, new_histogram};
 
@@ -147,7 +147,7 @@ async fn measure(
     let mut consumers = Vec::new();
     for queue in &topology.queues {
         for i in 0..args.consumers {
-            let share = msgs / args.consumers + u64::from(i < msgs % args.consumers);
+            let share = client_share(msgs, args.consumers, i);
             let consumer = AmqpConsumer::subscribe(url, queue, args.prefetch).await?;
             consumers.push((consumer, share));
         }
@@ -162,7 +162,7 @@ async fn measure(
     let mut first = 0;
     let publishers: Vec<_> = (0..args.publishers)
         .map(|i| {
-            let share = publisher_share(msgs, args.publishers, i);
+            let share = client_share(msgs, args.publishers, i);
             let range = first..first + share;
             first += share;
             tokio::spawn(publish(

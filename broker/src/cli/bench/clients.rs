@@ -67,9 +67,9 @@ pub(super) fn body_stamp(body: &[u8]) -> anyhow::Result<u64> {
     Ok(std::str::from_utf8(stamp)?.parse()?)
 }
 
-/// Publisher `i`'s share of `msgs` split over `publishers`.
-pub(super) fn publisher_share(msgs: u64, publishers: u64, i: u64) -> u64 {
-    msgs / publishers + u64::from(i < msgs % publishers)
+/// Client `i`'s share of `msgs` messages split among `clients` publishers or consumers.
+pub(super) fn client_share(msgs: u64, clients: u64, i: u64) -> u64 {
+    msgs / clients + u64::from(i < msgs % clients)
 }
 
 /// Starts `publishers` tasks sharing `msgs` messages, publisher `i` sending
@@ -85,7 +85,7 @@ pub(super) fn spawn_publishers(
     let mut first = 0;
     (0..publishers)
         .map(|i| {
-            let share = publisher_share(msgs, publishers, i);
+            let share = client_share(msgs, publishers, i);
             let stream = &streams[i as usize % streams.len()];
             let task = tokio::spawn(publish(
                 url.to_owned(),

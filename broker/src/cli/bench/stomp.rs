@@ -20,7 +20,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use super::clients::{IDLE_TIMEOUT, body_stamp, publisher_share, stamped_body};
+use super::clients::{IDLE_TIMEOUT, body_stamp, client_share, stamped_body};
 use super::throughput::Topology;
 use super::{BenchArgs, Cleanup, Report, Scenario, merged, new_histogram};
 
@@ -56,7 +56,7 @@ async fn measure(
     let msgs = args.msgs();
     let mut consumers = Vec::new();
     for i in 0..args.consumers {
-        let share = msgs / args.consumers + u64::from(i < msgs % args.consumers);
+        let share = client_share(msgs, args.consumers, i);
         consumers.push((
             StompConsumer::subscribe(addr, queue, args.prefetch).await?,
             share,
@@ -72,7 +72,7 @@ async fn measure(
     let mut first = 0;
     let publishers: Vec<_> = (0..args.publishers)
         .map(|i| {
-            let share = publisher_share(msgs, args.publishers, i);
+            let share = client_share(msgs, args.publishers, i);
             let range = first..first + share;
             first += share;
             let publisher = Publisher {

@@ -10,7 +10,7 @@ use std::time::Instant;
 use broker::protocol::Binding;
 use broker::{Client, QueueOptions};
 
-use super::clients::{Consumer, Stream, publisher_share, spawn_drains, spawn_publishers};
+use super::clients::{Consumer, Stream, client_share, spawn_drains, spawn_publishers};
 use super::{BenchArgs, Cleanup, Report, Scenario, merged, name};
 
 /// What a scenario declares and how it publishes.
@@ -244,7 +244,7 @@ async fn independent_pairs(
         .collect();
     let mut per_queue = vec![0u64; queues.len()];
     for i in 0..args.publishers {
-        per_queue[(i % n) as usize] += publisher_share(msgs, args.publishers, i);
+        per_queue[(i % n) as usize] += client_share(msgs, args.publishers, i);
     }
     let mut consumers = Vec::new();
     for (q, queue) in queues.iter().enumerate() {
