@@ -63,7 +63,7 @@ pub use handler::{
     MAX_PUBLISH_BYTES_PER_CALL, MAX_PUBLISHES_PER_CALL,
 };
 pub use health::LogThrottle;
-pub use limits::Limits;
+pub use limits::{DEFAULT_CALL_TIME, Limits};
 pub use loader::{Capabilities, LoadError, PluginInfo, PluginSource};
 pub use log_ring::{LOG_RING_LINES, LogLine};
 pub(crate) use registry::lower_thread_priority;
