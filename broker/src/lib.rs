@@ -9,6 +9,7 @@ pub mod amqp;
 pub mod auth;
 pub mod client;
 pub mod exchange;
+pub(crate) mod fast_map;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod http;

@@ -368,7 +368,7 @@ impl Client {
     /// Where `message` would go, without publishing it (the `route` op's result: type,
     /// plugin version, matching bindings, queues).
     pub async fn route(&self, message: Message) -> Result<serde_json::Value, ClientError> {
-        self.send(Op::Route(message), None, true).await
+        self.send(Op::Route(Box::new(message)), None, true).await
     }
 
     /// The exchange-to-exchange bindings (`list_bindings`' `exchange_bindings`).

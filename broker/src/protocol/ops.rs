@@ -48,8 +48,8 @@ pub enum Op {
     Publish(Publish),
     /// Shows where a message would go without publishing it: the exchange's type and the
     /// plugin version that decides, the bindings that match and the queues that would
-    /// receive it. The message's fields are those of `publish`.
-    Route(Message),
+    /// receive it. The message's fields are those of `publish`. Boxed, as in [`Publish`].
+    Route(Box<Message>),
     Subscribe(Subscribe),
     Cancel {
         consumer_tag: String,

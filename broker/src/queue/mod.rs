@@ -27,7 +27,9 @@ pub use policy::{
 };
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::fast_map::FastMap;
 use std::sync::Arc;
 
 use crate::message::{Headers, Message, encode_stored};
@@ -116,7 +118,7 @@ pub struct Queue {
     expiring: BTreeSet<(u64, ReadyKey)>,
     /// Body bytes of ready and delayed messages, for `max_length_bytes`.
     queued_bytes: u64,
-    unacked: HashMap<u64, Unacked>,
+    unacked: FastMap<u64, Unacked>,
     consumers: Vec<Consumer>,
     /// Index of the consumer to try first on the next dispatch (round-robin).
     next_consumer: usize,
@@ -147,7 +149,7 @@ impl Queue {
             delayed: BTreeMap::new(),
             expiring: BTreeSet::new(),
             queued_bytes: 0,
-            unacked: HashMap::new(),
+            unacked: FastMap::default(),
             consumers: Vec::new(),
             next_consumer: 0,
             pack_buf: Vec::new(),

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::exchanges::now_ms;
 use super::queues::check_access;
 use super::{
     DeathReason, Held, MAX_OUTBOUND_BYTES, OpError, Outbound, Reply, Router, Settle, outbound_cost,
@@ -74,7 +73,7 @@ impl Router {
             .get_key_value(name)
             .expect("checked above");
         let name = name.clone();
-        let now = now_ms();
+        let now = self.turn.now_ms();
         if let Some(queue) = self.shard.queues.get_mut(&name) {
             queue.touch(now);
         }
@@ -153,7 +152,8 @@ impl Router {
         };
         queue.remove_consumer(conn, tag);
         // Its `expires` period starts when the last consumer leaves.
-        queue.touch(now_ms());
+        let now = self.turn.now_ms();
+        queue.touch(now);
         if queue.spec.auto_delete && queue.consumer_count() == 0 {
             self.remove_queue(queue_name, "auto-delete queue lost its last consumer");
         } else {
@@ -190,7 +190,7 @@ impl Router {
             let message = format!("delivery tag {tag} is not unacked on this connection");
             return Err(OpError::new(ErrorCode::UnknownDeliveryTag, message));
         }
-        let now = now_ms();
+        let now = self.turn.now_ms();
         for held in settled {
             self.settle_one(held, how, now);
         }
@@ -204,7 +204,7 @@ impl Router {
             return;
         };
         let settled: Vec<_> = tags.iter().filter_map(|t| c.unacked.remove(t)).collect();
-        let now = now_ms();
+        let now = self.turn.now_ms();
         for held in settled {
             self.settle_one(held, Settle::Ack, now);
         }
@@ -279,7 +279,7 @@ impl Router {
         for (queue, tag) in &c.consumers {
             self.remove_consumer(queue, conn, tag);
         }
-        let now = now_ms();
+        let now = self.turn.now_ms();
         let how = if broker_stopping {
             Retry::Release
         } else {
@@ -312,7 +312,7 @@ impl Router {
     /// Hands ready messages of the touched queues to their consumers (dead-lettering
     /// expired ones on the way), then makes sure each wakes up for its next deadline.
     pub(super) fn dispatch(&mut self) {
-        let now = now_ms();
+        let now = self.turn.now_ms();
         // Dead letters can touch further queues (their DLQs): go round until quiet.
         while !self.turn.to_dispatch.is_empty() {
             for name in std::mem::take(&mut self.turn.to_dispatch) {

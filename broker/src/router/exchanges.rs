@@ -1,6 +1,6 @@
 //! Exchanges, bindings and publishing: where a message goes.
 
-use std::collections::HashMap;
+use crate::fast_map::FastMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -131,7 +131,7 @@ impl Router {
             flags,
             arguments,
             routing,
-            bindings: HashMap::new(),
+            bindings: FastMap::default(),
             counters: Default::default(),
         };
         self.topology.exchanges.insert(name, state);
@@ -369,7 +369,7 @@ impl Router {
         } = publish;
         self.check_publishable(&message.exchange)?;
         if message.properties.timestamp.is_none() {
-            message.properties.timestamp = Some(now_ms());
+            message.properties.timestamp = Some(self.turn.now_ms());
         }
         let routed = match routed {
             Some(routed) => routed
@@ -397,7 +397,7 @@ impl Router {
                 message: message.clone(),
             }));
         }
-        let now = now_ms();
+        let now = self.turn.now_ms();
         let mut stored = false;
         let mut full = Vec::new();
         for name in destinations {

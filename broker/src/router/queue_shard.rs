@@ -3,13 +3,15 @@
 //! own will own (see docs/architecture.md, "Next steps").
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+use crate::fast_map::FastMap;
 use std::sync::Arc;
 
 use crate::queue::Queue;
 
 pub(super) struct QueueShard {
-    pub queues: HashMap<Arc<str>, Queue>,
+    pub queues: FastMap<Arc<str>, Queue>,
     /// (time, queue) wake-ups for delays and expiry, earliest first; stale ones are
     /// harmless (a tick with nothing due).
     timers: BinaryHeap<Reverse<(u64, Arc<str>)>>,
@@ -19,7 +21,7 @@ pub(super) struct QueueShard {
 impl QueueShard {
     pub fn new() -> Self {
         QueueShard {
-            queues: HashMap::new(),
+            queues: FastMap::default(),
             timers: BinaryHeap::new(),
             next_queue_id: 1,
         }

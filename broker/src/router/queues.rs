@@ -1,6 +1,6 @@
 //! Queue operations: recovery, declare, delete, purge, info.
 
-use std::collections::HashMap;
+use crate::fast_map::FastMap;
 use std::sync::Arc;
 
 use super::{OpError, Reply, Router};
@@ -45,7 +45,7 @@ impl Router {
                 ..Default::default()
             },
             self_tx,
-            conns: HashMap::new(),
+            conns: FastMap::default(),
             store: Some(store),
             turn: Default::default(),
             run_id: format!("{:x}", super::exchanges::now_ms()),

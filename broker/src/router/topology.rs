@@ -5,6 +5,8 @@
 //! `exchange_bindings.rs`, `exchange_flags.rs`); ingress reads the directory.
 
 use std::collections::HashMap;
+
+use crate::fast_map::FastMap;
 use std::sync::Arc;
 
 use crate::exchange::BindingId;
@@ -15,7 +17,7 @@ use super::exchanges::Unrestored;
 use super::ingress::{ExchangeDirectory, SharedExchange};
 
 pub(super) struct Topology {
-    pub exchanges: HashMap<String, ExchangeState>,
+    pub exchanges: FastMap<String, ExchangeState>,
     /// The exchanges' routing as ingress finds it; updated with `exchanges`.
     pub directory: Arc<ExchangeDirectory>,
     /// Stored exchanges whose type was not loaded at startup, with their stored bindings:
@@ -32,7 +34,7 @@ pub(super) struct Topology {
 impl Topology {
     pub fn new(directory: Arc<ExchangeDirectory>) -> Self {
         Topology {
-            exchanges: HashMap::new(),
+            exchanges: FastMap::default(),
             directory,
             unrestored: HashMap::new(),
             next_binding_id: 1,
@@ -50,7 +52,7 @@ pub(super) struct ExchangeState {
     pub flags: ExchangeFlags,
     pub arguments: crate::message::Headers,
     pub routing: Arc<SharedExchange>,
-    pub bindings: HashMap<BindingId, Binding>,
+    pub bindings: FastMap<BindingId, Binding>,
     pub counters: ExchangeCounters,
 }
 

@@ -5,7 +5,9 @@
 //! The router fills it while it applies a turn's commands; [`Router::end_turn`] empties
 //! it. Nothing here outlives a turn.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
+
+use crate::fast_map::FastSet;
 use std::sync::Arc;
 
 use crate::store::{Completion, StoreOp, WriteBatch};
@@ -17,9 +19,13 @@ pub(super) struct Turn {
     /// Store operations and the waiters for their commit: one batch for the store writer.
     store: WriteBatch,
     /// Queues that may have something to deliver at the end of the turn.
-    pub to_dispatch: HashSet<Arc<str>>,
+    pub to_dispatch: FastSet<Arc<str>>,
     /// Dead letters by (source queue, reason), logged as one line each.
     pub dead_letters: BTreeMap<(Arc<str>, &'static str), u64>,
+    /// The wall clock, read once per turn: a turn applies up to a thousand commands in
+    /// well under a millisecond, and reading the clock for each publish, delivery and
+    /// settle was ~2 % of the broker's CPU.
+    clock_ms: Option<u64>,
 }
 
 impl Turn {
@@ -34,6 +40,16 @@ impl Turn {
         self.store.completions.push(done);
     }
 
+    /// The time (ms since the epoch) this turn's work happens at.
+    pub fn now_ms(&mut self) -> u64 {
+        *self.clock_ms.get_or_insert_with(super::exchanges::now_ms)
+    }
+
+    /// A new turn begins: the clock is read again at its first use.
+    pub fn begin(&mut self) {
+        self.clock_ms = None;
+    }
+
     /// The turn's store batch, leaving an empty one.
     pub fn take_store(&mut self) -> WriteBatch {
         std::mem::take(&mut self.store)
@@ -43,6 +59,7 @@ impl Turn {
 impl Router {
     /// The end of a turn: timers due, deliveries, the commit, the dead-letter log.
     pub(super) fn end_turn(&mut self) {
+        self.turn.begin();
         self.fire_timers();
         self.dispatch();
         self.flush();
