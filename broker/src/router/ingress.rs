@@ -279,6 +279,9 @@ impl Ingress {
     /// timestamp first, as the plugin may read it); anything else passes unchanged, and so
     /// does a publish to an exchange that does not exist (the router answers it).
     pub async fn route(&self, mut command: Command) -> Command {
+        if is_routed(&command) {
+            return command;
+        }
         let Some(message) = publish_message_mut(&mut command) else {
             return command;
         };
@@ -305,6 +308,37 @@ impl Ingress {
             command = self.route_on_worker(&exchange, command, draw).await;
         }
         self.follow_hops(command, draw).await
+    }
+
+    /// [`Self::route`] when it needs no waiting: not a publish, the default exchange, an
+    /// exchange not (or no longer) declared, or a cached route with no exchange-to-exchange
+    /// bindings to follow. `Err` gives the command back for [`Self::route`] (with what was
+    /// already done to it: its timestamp).
+    pub fn try_route(&self, mut command: Command) -> Result<Command, Command> {
+        let Some(message) = publish_message_mut(&mut command) else {
+            return Ok(command);
+        };
+        if super::exchanges::is_default(&message.exchange) {
+            return Ok(command);
+        }
+        message
+            .properties
+            .timestamp
+            .get_or_insert_with(super::exchanges::now_ms);
+        let Some(exchange) = self.directory.get(&message.exchange) else {
+            return Ok(command);
+        };
+        if is_route(&command) || !self.directory.graph.is_empty() {
+            return Err(command);
+        }
+        let message = publish_message(&command).expect("checked above");
+        match exchange.try_cached(message, fastrand::u32(..)) {
+            Some(routed) => {
+                set_routed(&mut command, routed);
+                Ok(command)
+            }
+            None => Err(command),
+        }
     }
 
     /// Hands `command` to `exchange`'s queue for an exchange worker and waits for its
@@ -374,6 +408,17 @@ fn publish_message(command: &Command) -> Option<&Message> {
         },
         _ => None,
     }
+}
+
+/// Whether `command` is a publish already routed (by [`Ingress::try_route`]).
+fn is_routed(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Request {
+            routed: Some(_),
+            ..
+        }
+    )
 }
 
 fn publish_message_mut(command: &mut Command) -> Option<&mut Message> {

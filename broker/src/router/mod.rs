@@ -188,6 +188,33 @@ impl RouterHandle {
     /// when the router has stopped. A publish is routed first (ingress); after a change
     /// of routing this waits until the router has applied it.
     pub async fn send_request(&self, command: Command) -> bool {
+        match self.try_send_request(command) {
+            Ok(sent) => sent,
+            // Boxed: the waiting path's futures are hundreds of bytes, and every caller's
+            // future would otherwise hold them, built and moved for every request
+            // (memmove was 12 % of the broker's CPU at full speed).
+            Err(command) => Box::pin(self.send_request_waiting(command)).await,
+        }
+    }
+
+    /// [`Self::send_request`] when nothing needs waiting for: a command that changes no
+    /// routing, routed at once (see [`ingress::Ingress::try_route`]), with room in the
+    /// channel. `Ok(false)`: the router has stopped; `Err` gives the command back.
+    fn try_send_request(&self, command: Command) -> Result<bool, Command> {
+        if ingress::changes_routing(&command) {
+            return Err(command);
+        }
+        let command = self.ingress.try_route(command)?;
+        match self.requests.try_send(command) {
+            Ok(()) => Ok(true),
+            Err(mpsc::error::TrySendError::Full(command)) => Err(command),
+            Err(mpsc::error::TrySendError::Closed(_)) => Ok(false),
+        }
+    }
+
+    /// [`Self::send_request`]'s path that may wait: for an exchange worker, for room in
+    /// the channel, or for the router to apply a change of routing.
+    async fn send_request_waiting(&self, command: Command) -> bool {
         let command = self.ingress.route(command).await;
         let barrier = ingress::changes_routing(&command);
         if self.requests.send(command).await.is_err() {

@@ -400,7 +400,7 @@ impl Connection {
             Op::AddUser { .. } | Op::ChangePassword { .. } | Op::Authenticate { .. }
         ) {
             let Request { id, op } = request;
-            let command = match user_change(&self.gate, principal, op).await {
+            let command = match Box::pin(user_change(&self.gate, principal, op)).await {
                 Ok(change) => Command::ChangeUser {
                     conn: self.id,
                     id,
@@ -422,7 +422,7 @@ impl Connection {
             let permit = match credit.clone().try_acquire_owned() {
                 Ok(permit) => permit,
                 Err(_) => tokio::select! {
-                    permit = credit.acquire_owned() => permit.expect("the semaphore is never closed"),
+                    permit = Box::pin(credit.acquire_owned()) => permit.expect("the semaphore is never closed"),
                     _ = self.shutdown.changed() => return Err(Ended::BrokerStopping),
                 },
             };
