@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use amq_protocol::protocol::{AMQPClass, connection};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
-use tokio::sync::mpsc;
 
 use super::errors::{AmqpError, code};
 use super::frames::{Incoming, ReadError};
+use super::reader::FrameReceiver;
 use crate::auth::{Authenticator, Principal};
 
 /// What the handshake settled.
@@ -73,9 +73,7 @@ pub(super) fn start(external: bool) -> AMQPClass {
 }
 
 /// The next frame, as a connection-class method on channel 0.
-async fn next_method(
-    frames: &mut mpsc::Receiver<Result<Incoming, ReadError>>,
-) -> Result<connection::AMQPMethod, NotOpened> {
+async fn next_method(frames: &mut FrameReceiver) -> Result<connection::AMQPMethod, NotOpened> {
     loop {
         match frames.recv().await {
             None | Some(Err(ReadError::Closed(_))) => return Err(NotOpened::Gone),
@@ -121,7 +119,7 @@ fn unexpected(method: &connection::AMQPMethod, wanted: &str) -> NotOpened {
 /// channel 0. `certified`: the user a verified client certificate names, who logs in
 /// with SASL EXTERNAL.
 pub(super) async fn open(
-    frames: &mut mpsc::Receiver<Result<Incoming, ReadError>>,
+    frames: &mut FrameReceiver,
     send: &mut impl FnMut(AMQPClass),
     auth: &Authenticator,
     peer: SocketAddr,
