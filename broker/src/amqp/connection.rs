@@ -34,6 +34,8 @@ use crate::router::{Command, Outbound, RouterHandle};
 
 /// AMQP 0-9-1's protocol header.
 const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
+/// Router frames handled in one turn of the connection task's loop at most.
+const MAX_ROUTER_FRAMES_PER_TURN: usize = 256;
 /// How long the broker waits for `close-ok` after closing a connection.
 const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -312,9 +314,20 @@ impl AmqpConnection {
                     close_connection(&self.writer, &e, frames).await;
                     return Ended::BrokerStopping;
                 }
-                Some((number, conn, outbound)) = router_frames.recv() => {
-                    if let Err(e) = self.on_router_frame(number, conn, outbound).await {
-                        return e;
+                Some(first) = router_frames.recv() => {
+                    // And those already queued behind it, up to a bound, without a turn
+                    // of this loop each.
+                    let mut next = Some(first);
+                    let mut taken = 0;
+                    while let Some((number, conn, outbound)) = next {
+                        if let Err(e) = self.on_router_frame(number, conn, outbound).await {
+                            return e;
+                        }
+                        taken += 1;
+                        next = match taken < MAX_ROUTER_FRAMES_PER_TURN {
+                            true => router_frames.try_recv().ok(),
+                            false => None,
+                        };
                     }
                 }
                 frame = frames.recv(), if !self.blocked => {
