@@ -36,8 +36,6 @@ use crate::router::{Command, Outbound, RouterHandle};
 const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
 /// Router frames handled in one turn of the connection task's loop at most.
 const MAX_ROUTER_FRAMES_PER_TURN: usize = 256;
-/// How long the broker waits for `close-ok` after closing a connection.
-const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What every AMQP connection shares.
 pub(crate) struct AmqpContext {
@@ -132,7 +130,7 @@ pub(crate) async fn serve<S>(
         Ok(Ok(opened)) => opened,
         Ok(Err(NotOpened::Refused(e))) => {
             tracing::info!(conn = id, %peer, error = %e, "AMQP connection refused");
-            close_connection(&writer_tx, &e, &mut frames).await;
+            handshake::close(&writer_tx, &e, &mut frames).await;
             reader.abort();
             return;
         }
@@ -196,7 +194,7 @@ pub(crate) async fn serve<S>(
         .await;
     let ended = match served {
         Ok(Ended::Raised(e)) => {
-            close_connection(&conn.writer, &e, &mut frames).await;
+            handshake::close(&conn.writer, &e, &mut frames).await;
             Ended::Raised(e)
         }
         Ok(ended) => ended,
@@ -225,54 +223,6 @@ fn received(frame: Option<Read>) -> Result<Incoming, Ended> {
         Some(Err(ReadError::Closed(e))) => Err(Ended::ReadError(e.to_string())),
         None => Err(Ended::ReadError("reader stopped".into())),
     }
-}
-
-/// Sends `connection.close` for `e` and waits a little for `close-ok`.
-async fn close_connection(writer: &WriterTx, e: &AmqpError, frames: &mut Frames) {
-    let AmqpError::Connection {
-        code,
-        text,
-        class_id,
-        method_id,
-    } = e
-    else {
-        return;
-    };
-    let close = connection::Close {
-        reply_code: *code,
-        reply_text: short(text),
-        class_id: *class_id,
-        method_id: *method_id,
-    };
-    let mut out = Vec::new();
-    encode(
-        &AMQPFrame::Method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::Close(close)),
-        ),
-        &mut out,
-    );
-    let _ = writer.send(Chunk::frames(out));
-    let deadline = Instant::now() + CLOSE_OK_TIMEOUT;
-    while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, frames.recv()).await {
-        if let Incoming::Method(0, class) = frame
-            && matches!(
-                *class,
-                AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))
-            )
-        {
-            break;
-        }
-    }
-}
-
-/// A reply text fits a short string (255 bytes), cut at a character boundary.
-pub(super) fn short(text: &str) -> amq_protocol::types::ShortString {
-    let mut end = text.len().min(255);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].into()
 }
 
 pub(super) struct AmqpConnection {
@@ -311,7 +261,7 @@ impl AmqpConnection {
                 biased;
                 _ = self.shutdown.changed() => {
                     let e = AmqpError::connection(code::CONNECTION_FORCED, "CONNECTION_FORCED", "broker shutdown");
-                    close_connection(&self.writer, &e, frames).await;
+                    handshake::close(&self.writer, &e, frames).await;
                     return Ended::BrokerStopping;
                 }
                 Some(first) = router_frames.recv() => {

@@ -8,9 +8,13 @@ use amq_protocol::protocol::{AMQPClass, connection};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 
 use super::errors::{AmqpError, code};
+use super::frames::encode;
 use super::frames::{Incoming, ReadError};
 use super::reader::FrameReceiver;
+use super::writer::{Chunk, WriterTx};
 use crate::auth::{Authenticator, Principal};
+use amq_protocol::frame::AMQPFrame;
+use tokio::time::Instant;
 
 /// What the handshake settled.
 pub(super) struct Opened {
@@ -281,4 +285,55 @@ mod tests {
         );
         assert_eq!(credentials("EXTERNAL", &plain), None);
     }
+}
+
+/// How long the broker waits for `close-ok` after closing a connection.
+const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Sends `connection.close` for `e` and waits a little for `close-ok`.
+pub(super) async fn close(writer: &WriterTx, e: &AmqpError, frames: &mut FrameReceiver) {
+    let AmqpError::Connection {
+        code,
+        text,
+        class_id,
+        method_id,
+    } = e
+    else {
+        return;
+    };
+    let close = connection::Close {
+        reply_code: *code,
+        reply_text: short(text),
+        class_id: *class_id,
+        method_id: *method_id,
+    };
+    let mut out = Vec::new();
+    encode(
+        &AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(close)),
+        ),
+        &mut out,
+    );
+    let _ = writer.send(Chunk::frames(out));
+    let deadline = Instant::now() + CLOSE_OK_TIMEOUT;
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, frames.recv()).await {
+        if let Incoming::Method(0, class) = frame
+            && matches!(
+                *class,
+                AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))
+            )
+        {
+            break;
+        }
+    }
+}
+
+/// A reply text fits a short string (255 bytes), cut at a character boundary.
+pub(super) fn short(text: &str) -> amq_protocol::types::ShortString {
+    let mut end = text.len().min(255);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].into()
 }
