@@ -265,28 +265,6 @@ fn credentials(mechanism: &str, response: &LongString) -> Option<(String, String
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_plain_and_amqplain_responses() {
-        let plain: LongString = "\0ann\0p:w".into();
-        assert_eq!(
-            credentials("PLAIN", &plain),
-            Some(("ann".into(), "p:w".into()))
-        );
-        assert_eq!(credentials("PLAIN", &"ann".into()), None);
-        let creds = amq_protocol::auth::Credentials::new("bob".into(), "secret".into());
-        let amqplain = creds.sasl_auth_string(amq_protocol::auth::SASLMechanism::AMQPlain);
-        assert_eq!(
-            credentials("AMQPLAIN", &amqplain),
-            Some(("bob".into(), "secret".into()))
-        );
-        assert_eq!(credentials("EXTERNAL", &plain), None);
-    }
-}
-
 /// How long the broker waits for `close-ok` after closing a connection.
 const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -336,4 +314,26 @@ pub(super) fn short(text: &str) -> amq_protocol::types::ShortString {
         end -= 1;
     }
     text[..end].into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_plain_and_amqplain_responses() {
+        let plain: LongString = "\0ann\0p:w".into();
+        assert_eq!(
+            credentials("PLAIN", &plain),
+            Some(("ann".into(), "p:w".into()))
+        );
+        assert_eq!(credentials("PLAIN", &"ann".into()), None);
+        let creds = amq_protocol::auth::Credentials::new("bob".into(), "secret".into());
+        let amqplain = creds.sasl_auth_string(amq_protocol::auth::SASLMechanism::AMQPlain);
+        assert_eq!(
+            credentials("AMQPLAIN", &amqplain),
+            Some(("bob".into(), "secret".into()))
+        );
+        assert_eq!(credentials("EXTERNAL", &plain), None);
+    }
 }
