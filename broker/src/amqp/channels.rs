@@ -8,8 +8,9 @@ use amq_protocol::protocol::{AMQPClass, channel};
 use tokio::sync::mpsc;
 
 use super::channel::Channel;
-use super::connection::{AmqpConnection, Ended, short};
+use super::connection::{AmqpConnection, Ended};
 use super::errors::{AmqpError, code};
+use super::handshake::short;
 use crate::protocol::WireProtocol;
 use crate::queue::ConnId;
 use crate::router::Command;

@@ -16,15 +16,16 @@ use std::time::Duration;
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{AMQPClass, channel, connection};
 use futures_util::FutureExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
 use super::channel::Channel;
 use super::errors::{AmqpError, code};
-use super::frames::{Incoming, ReadError, encode, read_frame};
+use super::frames::{Incoming, ReadError, encode};
 use super::handshake::{self, NotOpened, Offer};
 use super::methods::{self, Effect};
+use super::reader::{self, FrameReceiver, Read};
 use super::writer::{Chunk, WriterTx, write_loop};
 use crate::auth::{Authenticator, Principal};
 use crate::protocol::{Request, ServerFrame, WireProtocol};
@@ -33,10 +34,8 @@ use crate::router::{Command, Outbound, RouterHandle};
 
 /// AMQP 0-9-1's protocol header.
 const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
-/// How long the broker waits for `close-ok` after closing a connection.
-const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(2);
-/// Client frames read ahead of the connection task.
-const READ_AHEAD_FRAMES: usize = 16;
+/// Router frames handled in one turn of the connection task's loop at most.
+const MAX_ROUTER_FRAMES_PER_TURN: usize = 256;
 
 /// What every AMQP connection shares.
 pub(crate) struct AmqpContext {
@@ -52,7 +51,7 @@ pub(crate) struct AmqpContext {
     pub alarm: watch::Receiver<bool>,
 }
 
-type Frames = mpsc::Receiver<Result<Incoming, ReadError>>;
+type Frames = FrameReceiver;
 type RouterFrames = mpsc::UnboundedReceiver<(u16, ConnId, Outbound)>;
 
 /// Why a connection ended.
@@ -112,18 +111,7 @@ pub(crate) async fn serve<S>(
     let (writer_tx, writer_rx) = mpsc::unbounded_channel();
     tokio::spawn(write_loop(write, writer_rx, ctx.router.clone()));
     let frame_max = Arc::new(AtomicU32::new(ctx.offer.frame_max));
-    let (frames_tx, mut frames) = mpsc::channel(READ_AHEAD_FRAMES);
-    let limit = frame_max.clone();
-    let reader = tokio::spawn(async move {
-        let mut read = BufReader::with_capacity(64 * 1024, read);
-        loop {
-            let frame = read_frame(&mut read, limit.load(Ordering::Relaxed)).await;
-            let last = frame.is_err();
-            if frames_tx.send(frame).await.is_err() || last {
-                break;
-            }
-        }
-    });
+    let (mut frames, reader) = reader::spawn(read, frame_max.clone());
     let mut send0 = |class: AMQPClass| {
         let mut out = Vec::new();
         encode(&AMQPFrame::Method(0, class), &mut out);
@@ -142,7 +130,7 @@ pub(crate) async fn serve<S>(
         Ok(Ok(opened)) => opened,
         Ok(Err(NotOpened::Refused(e))) => {
             tracing::info!(conn = id, %peer, error = %e, "AMQP connection refused");
-            close_connection(&writer_tx, &e, &mut frames).await;
+            handshake::close(&writer_tx, &e, &mut frames).await;
             reader.abort();
             return;
         }
@@ -206,7 +194,7 @@ pub(crate) async fn serve<S>(
         .await;
     let ended = match served {
         Ok(Ended::Raised(e)) => {
-            close_connection(&conn.writer, &e, &mut frames).await;
+            handshake::close(&conn.writer, &e, &mut frames).await;
             Ended::Raised(e)
         }
         Ok(ended) => ended,
@@ -227,52 +215,14 @@ pub(crate) async fn serve<S>(
     tracing::info!(conn = id, %peer, reason = %ended, "connection closed");
 }
 
-/// Sends `connection.close` for `e` and waits a little for `close-ok`.
-async fn close_connection(writer: &WriterTx, e: &AmqpError, frames: &mut Frames) {
-    let AmqpError::Connection {
-        code,
-        text,
-        class_id,
-        method_id,
-    } = e
-    else {
-        return;
-    };
-    let close = connection::Close {
-        reply_code: *code,
-        reply_text: short(text),
-        class_id: *class_id,
-        method_id: *method_id,
-    };
-    let mut out = Vec::new();
-    encode(
-        &AMQPFrame::Method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::Close(close)),
-        ),
-        &mut out,
-    );
-    let _ = writer.send(Chunk::frames(out));
-    let deadline = Instant::now() + CLOSE_OK_TIMEOUT;
-    while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, frames.recv()).await {
-        if let Incoming::Method(0, class) = frame
-            && matches!(
-                *class,
-                AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))
-            )
-        {
-            break;
-        }
+/// A frame the reader handed over, or how the connection ends when it could not read one.
+fn received(frame: Option<Read>) -> Result<Incoming, Ended> {
+    match frame {
+        Some(Ok(frame)) => Ok(frame),
+        Some(Err(ReadError::Invalid(e))) => Err(Ended::Raised(e)),
+        Some(Err(ReadError::Closed(e))) => Err(Ended::ReadError(e.to_string())),
+        None => Err(Ended::ReadError("reader stopped".into())),
     }
-}
-
-/// A reply text fits a short string (255 bytes), cut at a character boundary.
-pub(super) fn short(text: &str) -> amq_protocol::types::ShortString {
-    let mut end = text.len().min(255);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].into()
 }
 
 pub(super) struct AmqpConnection {
@@ -311,25 +261,43 @@ impl AmqpConnection {
                 biased;
                 _ = self.shutdown.changed() => {
                     let e = AmqpError::connection(code::CONNECTION_FORCED, "CONNECTION_FORCED", "broker shutdown");
-                    close_connection(&self.writer, &e, frames).await;
+                    handshake::close(&self.writer, &e, frames).await;
                     return Ended::BrokerStopping;
                 }
-                Some((number, conn, outbound)) = router_frames.recv() => {
-                    if let Err(e) = self.on_router_frame(number, conn, outbound).await {
-                        return e;
+                Some(first) = router_frames.recv() => {
+                    // And those already queued behind it, up to a bound, without a turn
+                    // of this loop each.
+                    let mut next = Some(first);
+                    let mut taken = 0;
+                    while let Some((number, conn, outbound)) = next {
+                        if let Err(e) = self.on_router_frame(number, conn, outbound).await {
+                            return e;
+                        }
+                        taken += 1;
+                        next = match taken < MAX_ROUTER_FRAMES_PER_TURN {
+                            true => router_frames.try_recv().ok(),
+                            false => None,
+                        };
                     }
                 }
                 frame = frames.recv(), if !self.blocked => {
-                    let frame = match frame {
-                        Some(Ok(frame)) => frame,
-                        Some(Err(ReadError::Invalid(e))) => return Ended::Raised(e),
-                        Some(Err(ReadError::Closed(e))) => return Ended::ReadError(e.to_string()),
-                        None => return Ended::ReadError("reader stopped".into()),
-                    };
-                    if let Err(ended) = self.on_frame(frame, router_frames).await {
-                        return ended;
+                    // The rest of the reader's batch too, without a turn of this loop
+                    // each, unless the memory alarm blocks the connection meanwhile.
+                    let mut next = Some(frame);
+                    while let Some(frame) = next {
+                        let handled = match received(frame) {
+                            Ok(frame) => self.on_frame(frame, router_frames).await,
+                            Err(ended) => Err(ended),
+                        };
+                        if let Err(ended) = handled {
+                            return ended;
+                        }
+                        self.update_blocked();
+                        next = match self.blocked {
+                            true => None,
+                            false => frames.ready().map(Some),
+                        };
                     }
-                    self.update_blocked();
                     // Time spent waiting for credit is not the peer's silence.
                     last_heard = Instant::now();
                 }
@@ -472,7 +440,7 @@ impl AmqpConnection {
                 let Some(channel) = self.open_channel_mut(number).map_err(Ended::Raised)? else {
                     return Ok(());
                 };
-                (number, methods::on_body(channel, &body, &user))
+                (number, methods::on_body(channel, body, &user))
             }
         };
         match effect {

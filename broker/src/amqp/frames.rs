@@ -51,14 +51,12 @@ fn frame_error(text: impl std::fmt::Display) -> ReadError {
     ))
 }
 
-/// Reads one frame of at most `frame_max` bytes (header and frame end included; 0 means
-/// no limit).
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    reader: &mut R,
+/// Checks a frame's header (type, channel, payload size) against `frame_max` (header and
+/// frame end included; 0 means no limit): the kind, channel and payload size.
+fn check_header(
+    header: &[u8; FRAME_HEADER_LEN],
     frame_max: u32,
-) -> Result<Incoming, ReadError> {
-    let mut header = [0u8; FRAME_HEADER_LEN];
-    reader.read_exact(&mut header).await?;
+) -> Result<(u8, u16, usize), ReadError> {
     let kind = header[0];
     let channel = u16::from_be_bytes([header[1], header[2]]);
     let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]);
@@ -71,28 +69,71 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             u64::from(size) + u64::from(FRAME_OVERHEAD)
         )));
     }
-    let mut payload = vec![0u8; size as usize];
+    Ok((kind, channel, size as usize))
+}
+
+/// Reads one frame of at most `frame_max` bytes (header and frame end included; 0 means
+/// no limit).
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    frame_max: u32,
+) -> Result<Incoming, ReadError> {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    reader.read_exact(&mut header).await?;
+    let (kind, channel, size) = check_header(&header, frame_max)?;
+    let mut payload = vec![0u8; size];
     reader.read_exact(&mut payload).await?;
     if reader.read_u8().await? != FRAME_END {
         return Err(frame_error("frame does not end with 0xCE"));
     }
     match kind {
+        // A body keeps its own buffer.
+        3 => Ok(Incoming::Body(channel, Bytes::from(payload))),
+        _ => parse_payload(kind, channel, &payload),
+    }
+}
+
+/// The first frame in `buf` and the bytes it took, when `buf` holds all of it; `None`
+/// when more bytes are needed. A header that is already invalid is an error at once, as
+/// [`read_frame`] would find it.
+pub fn decode(buf: &[u8], frame_max: u32) -> Result<Option<(Incoming, usize)>, ReadError> {
+    let Some(header) = buf.first_chunk::<FRAME_HEADER_LEN>() else {
+        return Ok(None);
+    };
+    let (kind, channel, size) = check_header(header, frame_max)?;
+    let Some(rest) = buf[FRAME_HEADER_LEN..].get(..=size) else {
+        return Ok(None);
+    };
+    let (payload, end) = rest.split_at(size);
+    if end[0] != FRAME_END {
+        return Err(frame_error("frame does not end with 0xCE"));
+    }
+    let frame = match kind {
+        3 => Incoming::Body(channel, Bytes::copy_from_slice(payload)),
+        _ => parse_payload(kind, channel, payload)?,
+    };
+    Ok(Some((frame, FRAME_HEADER_LEN + size + 1)))
+}
+
+/// A frame's payload, once its header and frame end were checked.
+fn parse_payload(kind: u8, channel: u16, payload: &[u8]) -> Result<Incoming, ReadError> {
+    match kind {
         // Channel 0 takes the generic path, whose errors say what a basic method there is.
         1 => match channel {
-            0 => parse_method(channel, &payload),
-            _ => match hot::parse_method(&payload) {
+            0 => parse_method(channel, payload),
+            _ => match hot::parse_method(payload) {
                 Some(method) => Ok(Incoming::Hot(channel, method)),
-                None => parse_method(channel, &payload),
+                None => parse_method(channel, payload),
             },
         },
         2 => {
             use amq_protocol::frame::parsing::parse_content_header;
-            match parse_content_header(&payload[..]) {
+            match parse_content_header(payload) {
                 Ok(([], header)) => Ok(Incoming::Header(channel, Box::new(header))),
                 _ => Err(syntax_error("malformed content header")),
             }
         }
-        3 => Ok(Incoming::Body(channel, Bytes::from(payload))),
+        3 => Ok(Incoming::Body(channel, Bytes::copy_from_slice(payload))),
         _ if channel != 0 => Err(frame_error(format_args!(
             "heartbeat on channel {channel} (must be 0)"
         ))),

@@ -6,11 +6,15 @@ use std::time::Duration;
 
 use amq_protocol::protocol::{AMQPClass, connection};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
-use tokio::sync::mpsc;
 
 use super::errors::{AmqpError, code};
+use super::frames::encode;
 use super::frames::{Incoming, ReadError};
+use super::reader::FrameReceiver;
+use super::writer::{Chunk, WriterTx};
 use crate::auth::{Authenticator, Principal};
+use amq_protocol::frame::AMQPFrame;
+use tokio::time::Instant;
 
 /// What the handshake settled.
 pub(super) struct Opened {
@@ -73,9 +77,7 @@ pub(super) fn start(external: bool) -> AMQPClass {
 }
 
 /// The next frame, as a connection-class method on channel 0.
-async fn next_method(
-    frames: &mut mpsc::Receiver<Result<Incoming, ReadError>>,
-) -> Result<connection::AMQPMethod, NotOpened> {
+async fn next_method(frames: &mut FrameReceiver) -> Result<connection::AMQPMethod, NotOpened> {
     loop {
         match frames.recv().await {
             None | Some(Err(ReadError::Closed(_))) => return Err(NotOpened::Gone),
@@ -121,7 +123,7 @@ fn unexpected(method: &connection::AMQPMethod, wanted: &str) -> NotOpened {
 /// channel 0. `certified`: the user a verified client certificate names, who logs in
 /// with SASL EXTERNAL.
 pub(super) async fn open(
-    frames: &mut mpsc::Receiver<Result<Incoming, ReadError>>,
+    frames: &mut FrameReceiver,
     send: &mut impl FnMut(AMQPClass),
     auth: &Authenticator,
     peer: SocketAddr,
@@ -261,6 +263,57 @@ fn credentials(mechanism: &str, response: &LongString) -> Option<(String, String
         }
         _ => None,
     }
+}
+
+/// How long the broker waits for `close-ok` after closing a connection.
+const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Sends `connection.close` for `e` and waits a little for `close-ok`.
+pub(super) async fn close(writer: &WriterTx, e: &AmqpError, frames: &mut FrameReceiver) {
+    let AmqpError::Connection {
+        code,
+        text,
+        class_id,
+        method_id,
+    } = e
+    else {
+        return;
+    };
+    let close = connection::Close {
+        reply_code: *code,
+        reply_text: short(text),
+        class_id: *class_id,
+        method_id: *method_id,
+    };
+    let mut out = Vec::new();
+    encode(
+        &AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(close)),
+        ),
+        &mut out,
+    );
+    let _ = writer.send(Chunk::frames(out));
+    let deadline = Instant::now() + CLOSE_OK_TIMEOUT;
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, frames.recv()).await {
+        if let Incoming::Method(0, class) = frame
+            && matches!(
+                *class,
+                AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))
+            )
+        {
+            break;
+        }
+    }
+}
+
+/// A reply text fits a short string (255 bytes), cut at a character boundary.
+pub(super) fn short(text: &str) -> amq_protocol::types::ShortString {
+    let mut end = text.len().min(255);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].into()
 }
 
 #[cfg(test)]

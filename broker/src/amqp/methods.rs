@@ -2,7 +2,7 @@
 //! the core's; this file only translates fields and says which reply each method awaits.
 
 use amq_protocol::protocol::{AMQPClass, access, basic, channel, confirm, exchange, queue};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use super::channel::{Awaiting, Channel, Content, PUBLISH_ID, SETTLE_ID};
 use super::errors::{AmqpError, code};
@@ -398,13 +398,17 @@ pub(super) fn on_header(
         )
         .during(60, 40));
     }
-    content.body.reserve(header.body_size.min(1 << 20) as usize);
+    let empty = header.body_size == 0;
     content.header = Some((header.properties, header.body_size));
-    complete(ch, user)
+    match empty {
+        // No body frame follows.
+        true => complete(ch, Bytes::new(), user),
+        false => Ok(Effect::None),
+    }
 }
 
 /// A content body frame.
-pub(super) fn on_body(ch: &mut Channel, body: &[u8], user: &str) -> Result<Effect, AmqpError> {
+pub(super) fn on_body(ch: &mut Channel, body: Bytes, user: &str) -> Result<Effect, AmqpError> {
     let Some(content) = ch.content.as_mut() else {
         return Err(unexpected(
             "a content body without a basic.publish before it",
@@ -413,30 +417,38 @@ pub(super) fn on_body(ch: &mut Channel, body: &[u8], user: &str) -> Result<Effec
     let Some((_, size)) = &content.header else {
         return Err(unexpected("a content body before its content header"));
     };
-    if (content.body.len() + body.len()) as u64 > *size {
+    let (size, received) = (*size, (content.body.len() + body.len()) as u64);
+    if received > size {
         return Err(unexpected("content body longer than its header said"));
     }
-    content.body.extend_from_slice(body);
-    complete(ch, user)
+    if content.body.is_empty() {
+        if received == size {
+            // The whole body in one frame: the message keeps the frame's buffer.
+            return complete(ch, body, user);
+        }
+        content.body.reserve(size.min(1 << 20) as usize);
+    }
+    content.body.extend_from_slice(&body);
+    match received == size {
+        true => {
+            let body = std::mem::take(&mut content.body).freeze();
+            complete(ch, body, user)
+        }
+        false => Ok(Effect::None),
+    }
 }
 
 /// The publish, once its body is whole.
-fn complete(ch: &mut Channel, user: &str) -> Result<Effect, AmqpError> {
-    let done = matches!(&ch.content, Some(Content { header: Some((_, size)), body, .. }) if body.len() as u64 == *size);
-    if !done {
-        return Ok(Effect::None);
-    }
+fn complete(ch: &mut Channel, body: Bytes, user: &str) -> Result<Effect, AmqpError> {
     let Content {
-        publish,
-        header,
-        body,
-    } = ch.content.take().expect("checked above");
-    let (properties, _) = header.expect("checked above");
+        publish, header, ..
+    } = ch.content.take().expect("a publish with content");
+    let (properties, _) = header.expect("a content header");
     let mut message = message_from_amqp(
         publish.exchange.as_str(),
         publish.routing_key.as_str(),
         &properties,
-        body.freeze(),
+        body,
         user,
     )
     .map_err(|e| e.during(60, 40))?;

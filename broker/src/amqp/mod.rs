@@ -15,6 +15,7 @@ mod hot;
 mod listener;
 mod mapping;
 mod methods;
+mod reader;
 mod reply_to;
 mod short_strings;
 mod websocket;
