@@ -314,6 +314,8 @@ impl Ingress {
     /// exchange not (or no longer) declared, or a cached route with no exchange-to-exchange
     /// bindings to follow. `Err` gives the command back for [`Self::route`] (with what was
     /// already done to it: its timestamp).
+    // The command comes back by value either way: it is not copied more than when it is sent.
+    #[allow(clippy::result_large_err)]
     pub fn try_route(&self, mut command: Command) -> Result<Command, Command> {
         let Some(message) = publish_message_mut(&mut command) else {
             return Ok(command);

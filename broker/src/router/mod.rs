@@ -200,6 +200,7 @@ impl RouterHandle {
     /// [`Self::send_request`] when nothing needs waiting for: a command that changes no
     /// routing, routed at once (see [`ingress::Ingress::try_route`]), with room in the
     /// channel. `Ok(false)`: the router has stopped; `Err` gives the command back.
+    #[allow(clippy::result_large_err)] // as `Ingress::try_route`
     fn try_send_request(&self, command: Command) -> Result<bool, Command> {
         if ingress::changes_routing(&command) {
             return Err(command);
