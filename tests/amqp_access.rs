@@ -154,14 +154,7 @@ async fn amqp_declares_count_against_the_users_max_queues() {
     let app = connect(&broker, "app", "%2f").await.unwrap();
     let channel = app.create_channel().await.unwrap();
     for queue in ["one", "two"] {
-        channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        amqp::declare_queue(&channel, queue).await;
     }
     // Declaring one it has is no new queue.
     channel

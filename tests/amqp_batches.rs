@@ -11,7 +11,7 @@ mod amqp;
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame, parse_frame};
 use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, connection};
-use amqp::{AmqpBroker, connection_close_code, frame_bytes, raw_open, within};
+use amqp::{AmqpBroker, connection_close_code, declare_queue, frame_bytes, raw_open, within};
 use lapin::BasicProperties;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -172,17 +172,6 @@ fn interleave(messages: Vec<Vec<Vec<u8>>>) -> Vec<Vec<u8>> {
     out
 }
 
-async fn declare(channel: &lapin::Channel, queue: &str) {
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-}
-
 /// The queue's messages, in order, taken with `basic.get`.
 async fn drain(channel: &lapin::Channel, queue: &str) -> Vec<(Vec<u8>, BasicProperties)> {
     let mut got = Vec::new();
@@ -201,8 +190,8 @@ async fn publishes_interleaved_on_two_channels_in_one_write_arrive_whole() {
     let broker = AmqpBroker::start().await;
     let conn = broker.connect().await;
     let ch = conn.create_channel().await.unwrap();
-    declare(&ch, "one").await;
-    declare(&ch, "two").await;
+    declare_queue(&ch, "one").await;
+    declare_queue(&ch, "two").await;
     let mut raw = Raw::open(&broker, &[1, 2]).await;
     let select = AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
         nowait: false,
@@ -277,7 +266,7 @@ async fn a_malformed_frame_in_a_run_ends_the_connection_after_what_came_before_i
     let broker = AmqpBroker::start().await;
     let conn = broker.connect().await;
     let ch = conn.create_channel().await.unwrap();
-    declare(&ch, "run").await;
+    declare_queue(&ch, "run").await;
     // (what, the bad frame, its reply code)
     let cases: [(&str, Vec<u8>, u16); 3] = [
         (

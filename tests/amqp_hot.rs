@@ -21,14 +21,7 @@ async fn connect_small_frames(broker: &AmqpBroker) -> Connection {
 }
 
 async fn consumer(channel: &Channel, queue: &str) -> lapin::Consumer {
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    amqp::declare_queue(channel, queue).await;
     channel
         .basic_consume(
             queue.into(),

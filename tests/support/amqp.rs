@@ -10,6 +10,18 @@ use broker::{Broker, Config};
 use futures_util::StreamExt;
 use lapin::{Connection, ConnectionProperties};
 
+/// Declares `queue` with the default options and no arguments.
+pub async fn declare_queue(channel: &lapin::Channel, queue: &str) {
+    channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+}
+
 /// Generous bound for anything that should happen "at once".
 pub const WAIT: Duration = Duration::from_secs(10);
 
