@@ -1,18 +1,18 @@
 //! The machine's floor for broker-shaped traffic: what one publisher and one consumer at a
-//! fixed rate cost a server that does nothing but the I/O a broker must do for them (read
-//! a publish, optionally append it to a file and `fdatasync` in groups, write a confirm and
-//! a delivery, read an ack), with no parsing, routing or queue. `docs/performance.md`
-//! ("The floor at light load") compares the broker's CPU at `latency --rate 5000` with it.
+//! fixed rate cost a server that does nothing but the network I/O a broker must do for them
+//! (read a publish, hand it to another task, write a confirm and a delivery, read an ack),
+//! on the broker's runtime (two tokio workers), with no parsing, routing, queue or store.
+//! `docs/performance.md` ("The floor at light load") compares the broker's CPU at
+//! `latency --rate 5000` with it.
 //!
 //! ```sh
 //! cargo build --release -p broker --example io_floor
-//! target/release/examples/io_floor serve 127.0.0.1:27800 fsync &
+//! target/release/examples/io_floor serve 127.0.0.1:27800 &
 //! IO_FLOOR_PID=$! target/release/examples/io_floor drive 127.0.0.1:27800 5000 10
 //! ```
 //! With `IO_FLOOR_PID` set to the server's pid, `drive` prints the server's CPU (from
 //! `/proc`, over the run after its first second).
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,9 +27,9 @@ const SMALL: usize = 16;
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: io_floor serve ADDR [fsync] | io_floor drive ADDR RATE SECS";
+    let usage = "usage: io_floor serve ADDR | io_floor drive ADDR RATE SECS";
     match (args.get(1).map(String::as_str), args.get(2)) {
-        (Some("serve"), Some(addr)) => serve(addr, args.get(3).is_some_and(|a| a == "fsync")).await,
+        (Some("serve"), Some(addr)) => serve(addr).await,
         (Some("drive"), Some(addr)) => {
             let rate = args.get(3).and_then(|r| r.parse().ok()).expect(usage);
             let secs = args.get(4).and_then(|s| s.parse().ok()).expect(usage);
@@ -40,44 +40,22 @@ async fn main() {
 }
 
 /// Accepts connections in pairs (publisher, then consumer) and serves each pair.
-async fn serve(addr: &str, fsync: bool) {
+async fn serve(addr: &str) {
     let listener = TcpListener::bind(addr).await.expect("bind");
     loop {
         let (publisher, _) = listener.accept().await.expect("accept");
         let (consumer, _) = listener.accept().await.expect("accept");
-        tokio::spawn(serve_pair(publisher, consumer, fsync));
+        tokio::spawn(serve_pair(publisher, consumer));
     }
 }
 
-async fn serve_pair(publisher: TcpStream, consumer: TcpStream, fsync: bool) {
+async fn serve_pair(publisher: TcpStream, consumer: TcpStream) {
     let _ = (publisher.set_nodelay(true), consumer.set_nodelay(true));
     let (mut publishes, mut confirms) = publisher.into_split();
     let (mut acks, mut deliveries) = consumer.into_split();
-    // As in the broker: the reader hands each publish to one task that owns the queue
-    // (a bounded channel), which hands batches to a store thread and sends confirms and
-    // deliveries once they are durable.
+    // As in the broker: the reader hands each publish to one task that owns the queue (a
+    // bounded channel), which sends the confirms and deliveries.
     let (to_owner, mut owner) = mpsc::channel::<Vec<u8>>(4096);
-    let (to_store, store) = std::sync::mpsc::channel::<Vec<Vec<u8>>>();
-    let (stored_tx, mut stored) = mpsc::unbounded_channel::<Vec<Vec<u8>>>();
-    if fsync {
-        std::thread::spawn(move || {
-            let path = std::env::temp_dir().join(format!("io-floor-{}.bin", std::process::id()));
-            let mut file = std::fs::File::create(&path).expect("create the data file");
-            while let Ok(mut batch) = store.recv() {
-                while let Ok(more) = store.try_recv() {
-                    batch.extend(more);
-                }
-                for message in &batch {
-                    file.write_all(message).expect("write");
-                }
-                file.sync_data().expect("fdatasync");
-                if stored_tx.send(batch).is_err() {
-                    break;
-                }
-            }
-            let _ = std::fs::remove_file(path);
-        });
-    }
     tokio::spawn(async move {
         let mut message = vec![0u8; MESSAGE];
         while publishes.read_exact(&mut message).await.is_ok() {
@@ -91,31 +69,13 @@ async fn serve_pair(publisher: TcpStream, consumer: TcpStream, fsync: bool) {
         while acks.read_exact(&mut ack).await.is_ok() {}
     });
     loop {
-        let ready = if fsync {
-            tokio::select! {
-                Some(first) = owner.recv() => {
-                    let mut batch = vec![first];
-                    while let Ok(message) = owner.try_recv() {
-                        batch.push(message);
-                    }
-                    if to_store.send(batch).is_err() {
-                        return;
-                    }
-                    continue;
-                }
-                Some(durable) = stored.recv() => durable,
-                else => return,
-            }
-        } else {
-            let Some(first) = owner.recv().await else {
-                return;
-            };
-            let mut batch = vec![first];
-            while let Ok(message) = owner.try_recv() {
-                batch.push(message);
-            }
-            batch
+        let Some(first) = owner.recv().await else {
+            return;
         };
+        let mut ready = vec![first];
+        while let Ok(message) = owner.try_recv() {
+            ready.push(message);
+        }
         let confirm_bytes = vec![1u8; SMALL * ready.len()];
         let delivery_bytes = ready.concat();
         if confirms.write_all(&confirm_bytes).await.is_err()
