@@ -146,6 +146,44 @@ async fn exchanges_bindings_and_basic_get() {
     assert!(conn.status().connected());
 }
 
+/// A queue declared with the CLI or the JSON protocol (dead letters to `<queue>.dlq` by
+/// default) is declared again by a RabbitMQ client without dead-letter arguments (which
+/// implies none), and the reverse; a real difference is still refused.
+#[tokio::test]
+async fn a_native_queue_is_redeclared_by_a_rabbitmq_client_and_the_reverse() {
+    let broker = AmqpBroker::start().await;
+    let json = broker.json_client().await;
+    let durable = broker::client::QueueOptions::durable();
+    json.declare_queue("orders", durable.clone()).await.unwrap();
+    let conn = broker.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    let amqp_durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare("orders".into(), amqp_durable, no_args())
+        .await
+        .unwrap();
+    ch.queue_declare("made-by-amqp".into(), amqp_durable, no_args())
+        .await
+        .unwrap();
+    json.declare_queue("made-by-amqp", durable.clone())
+        .await
+        .unwrap();
+    // The JSON declaration did not change the queue's policy: still no dead-letter queue.
+    let info = json.queue_info("made-by-amqp").await.unwrap();
+    assert_eq!(
+        info.arguments.get("dead_letter"),
+        Some(&serde_json::Value::Bool(false)),
+        "{info:?}"
+    );
+    let transient = ch
+        .queue_declare("orders".into(), QueueDeclareOptions::default(), no_args())
+        .await
+        .unwrap_err();
+    assert_eq!(reply_code(&transient), Some(406), "{transient:?}");
+}
+
 #[tokio::test]
 async fn redeclares_and_exclusive_queues_follow_rabbitmq() {
     let broker = AmqpBroker::start().await;

@@ -79,6 +79,28 @@ pub struct QueueSpec {
     pub arguments: Headers,
 }
 
+impl QueueSpec {
+    /// Whether a declaration of `other` may name this existing queue (RabbitMQ's
+    /// equivalence check: a difference is a `precondition_failed`). The dead-letter
+    /// default is not compared: AMQP declarations without `x-dead-letter-exchange` imply
+    /// `dead_letter: false` (RabbitMQ drops such dead letters), the native protocol's
+    /// default is `<queue>.dlq`, and a queue made by one is declared again by the other
+    /// (the README's tour: the CLI, then a pika program). The queue keeps its own policy.
+    pub fn redeclared_as(&self, other: &QueueSpec) -> bool {
+        fn compared(arguments: &Headers) -> Headers {
+            let mut compared = arguments.clone();
+            if compared.get("dead_letter") == Some(&serde_json::Value::Bool(false)) {
+                compared.remove("dead_letter");
+            }
+            compared
+        }
+        self.durable == other.durable
+            && self.exclusive_owner == other.exclusive_owner
+            && self.auto_delete == other.auto_delete
+            && compared(&self.arguments) == compared(&other.arguments)
+    }
+}
+
 /// What went through the queue since the broker started (not stored: counters restart
 /// at zero, as Prometheus counters may).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

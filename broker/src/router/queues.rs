@@ -151,7 +151,7 @@ impl Router {
         let owner = self.owner(conn);
         if let Some(queue) = self.shard.queues.get_mut(name.as_str()) {
             check_access(queue, owner)?;
-            if queue.spec != spec {
+            if !queue.spec.redeclared_as(&spec) {
                 return Err(OpError::new(
                     ErrorCode::PreconditionFailed,
                     format!(
