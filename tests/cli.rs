@@ -68,6 +68,14 @@ fn publish_consume_and_admin_commands() {
     assert_eq!(lines[0]["message"]["body"], "hi");
     assert_eq!(lines[0]["message"]["headers"]["n"], 1);
     assert_eq!(lines[0]["message"]["properties"]["persistent"], true);
+    // `--count 2` took no more than 2: the third was never delivered.
+    let (ok, out, err) = run_cli(&["consume", "orders", "--count", "1"], &url);
+    assert!(ok, "{err}");
+    let third: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(third["redelivered"], false, "{third}");
+    assert_eq!(third["delivery_count"], 1, "{third}");
+    let (ok, _, err) = run_cli(&["publish", "orders", "--body", "last"], &url);
+    assert!(ok, "{err}");
 
     let (ok, out, _) = run_cli(&["purge", "orders"], &url);
     assert!(ok);
