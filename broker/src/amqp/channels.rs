@@ -1,11 +1,10 @@
 //! The channels of an AMQP connection: opening one (a router connection of its own, with
-//! a forwarder tagging its router frames), closing one (by the client, or by a channel
+//! its router frames tagged by the connection's sender), closing one (by the client, or by a channel
 //! exception the broker raises), and closing them all when the connection ends.
 
 use std::sync::atomic::Ordering;
 
 use amq_protocol::protocol::{AMQPClass, channel};
-use tokio::sync::mpsc;
 
 use super::channel::Channel;
 use super::connection::{AmqpConnection, Ended};
@@ -100,16 +99,8 @@ impl AmqpConnection {
         }
         let conn = self.ctx.next_conn.fetch_add(1, Ordering::Relaxed);
         let channel = Channel::new(number, conn);
-        // The router writes to a channel of its own; a forwarder tags its frames.
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let forward = self.router_tx.clone();
-        tokio::spawn(async move {
-            while let Some(outbound) = rx.recv().await {
-                if forward.send((number, conn, outbound)).is_err() {
-                    break;
-                }
-            }
-        });
+        // The router writes on the connection's channel, tagged with this channel.
+        let tx = self.router_tx.for_channel(number, conn);
         let open = Command::Open {
             conn,
             tx,

@@ -14,23 +14,22 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use amq_protocol::frame::AMQPFrame;
-use amq_protocol::protocol::{AMQPClass, channel, connection};
+use amq_protocol::protocol::{AMQPClass, connection};
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
 use super::channel::Channel;
 use super::errors::{AmqpError, code};
 use super::frames::{Incoming, ReadError, encode};
 use super::handshake::{self, NotOpened, Offer};
-use super::methods::{self, Effect};
 use super::reader::{self, FrameReceiver, Read};
 use super::writer::{Chunk, WriterTx, write_loop};
 use crate::auth::{Authenticator, Principal};
-use crate::protocol::{Request, ServerFrame, WireProtocol};
+use crate::protocol::{ServerFrame, WireProtocol};
 use crate::queue::ConnId;
-use crate::router::{Command, Outbound, RouterHandle};
+use crate::router::{Command, ConnRx, ConnTx, Outbound, RouterHandle};
 
 /// AMQP 0-9-1's protocol header.
 const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
@@ -52,7 +51,7 @@ pub(crate) struct AmqpContext {
 }
 
 type Frames = FrameReceiver;
-type RouterFrames = mpsc::UnboundedReceiver<(u16, ConnId, Outbound)>;
+pub(super) type RouterFrames = ConnRx;
 
 /// Why a connection ended.
 pub(super) enum Ended {
@@ -144,21 +143,13 @@ pub(crate) async fn serve<S>(
     tracing::info!(conn = id, %peer, user = %opened.principal.user, protocol = "amqp", "connection opened");
     // The connection itself is a router connection too: its channels' exclusive queues
     // belong to it, and `list_connections` shows it (with its channels) once.
-    let (router_tx, mut router_frames) = mpsc::unbounded_channel();
-    // What the router says to the connection itself (that it is over: its vhost was
+    // Every channel's router frames come in on one channel, each with its channel number;
+    // what the router says to the connection itself (that it is over: its vhost was
     // deleted, or its user is at its connection limit) comes in as channel 0's.
-    let (session_tx, mut session_rx) = mpsc::unbounded_channel();
-    let to_connection = router_tx.clone();
-    tokio::spawn(async move {
-        while let Some(outbound) = session_rx.recv().await {
-            if to_connection.send((0, id, outbound)).is_err() {
-                break;
-            }
-        }
-    });
+    let (router_tx, mut router_frames) = ConnTx::channel(id);
     let session = Command::Open {
         conn: id,
-        tx: session_tx,
+        tx: router_tx.clone(),
         peer: Some(peer),
         outbound: None,
         user: Some(opened.principal.clone()),
@@ -238,8 +229,9 @@ pub(super) struct AmqpConnection {
     pub(super) channel_max: u16,
     pub(super) heartbeat: Option<Duration>,
     pub(super) writer: WriterTx,
-    /// Each channel's router frames, tagged with the channel and its router id.
-    pub(super) router_tx: mpsc::UnboundedSender<(u16, ConnId, Outbound)>,
+    /// The sender the router writes the connection's frames with; each channel's is
+    /// this one for its number and router connection.
+    pub(super) router_tx: ConnTx,
     pub(super) channels: HashMap<u16, Channel>,
     /// One permit per publish the router has not answered yet.
     pub(super) credit: Arc<Semaphore>,
@@ -270,8 +262,13 @@ impl AmqpConnection {
                     let mut next = Some(first);
                     let mut taken = 0;
                     while let Some((number, conn, outbound)) = next {
-                        if let Err(e) = self.on_router_frame(number, conn, outbound).await {
-                            return e;
+                        let written = match self.on_router_frame(number, conn, outbound) {
+                            Ok(None) => Ok(()),
+                            Ok(Some((number, e))) => Box::pin(self.raise(number, e)).await,
+                            Err(ended) => Err(ended),
+                        };
+                        if let Err(ended) = written {
+                            return ended;
                         }
                         taken += 1;
                         next = match taken < MAX_ROUTER_FRAMES_PER_TURN {
@@ -286,7 +283,15 @@ impl AmqpConnection {
                     let mut next = Some(frame);
                     while let Some(frame) = next {
                         let handled = match received(frame) {
-                            Ok(frame) => self.on_frame(frame, router_frames).await,
+                            // Boxed: the rare path's futures are large, and this
+                            // task's future would otherwise carry them.
+                            Ok(frame) => match self.on_frame_now(frame) {
+                                Ok(None) => Ok(()),
+                                Ok(Some(pending)) => {
+                                    Box::pin(self.finish(pending, router_frames)).await
+                                }
+                                Err(ended) => Err(ended),
+                            },
                             Err(ended) => Err(ended),
                         };
                         if let Err(ended) = handled {
@@ -345,12 +350,13 @@ impl AmqpConnection {
         let _ = self.writer.send(Chunk::frames(out));
     }
 
-    async fn on_router_frame(
+    /// Writes a router frame for a channel; `Some` is a channel exception to raise.
+    pub(super) fn on_router_frame(
         &mut self,
         number: u16,
         conn: ConnId,
         outbound: Outbound,
-    ) -> Result<(), Ended> {
+    ) -> Result<Option<(u16, AmqpError)>, Ended> {
         let outbound = match outbound {
             Outbound::Close(reason) => {
                 let e = AmqpError::connection(code::CONNECTION_FORCED, "CONNECTION_FORCED", reason);
@@ -368,187 +374,19 @@ impl AmqpConnection {
             .get_mut(&number)
             .filter(|c| c.conn == conn && !c.closing)
         else {
-            return Ok(());
+            return Ok(None);
         };
         match channel.on_outbound(outbound, self.frame_max) {
-            Ok(Some(chunk)) => {
-                if self.writer.send(chunk).is_err() {
-                    return Err(Ended::WriteFailed);
-                }
-                Ok(())
-            }
-            Ok(None) => Ok(()),
-            Err(e) => self.raise(number, e).await,
-        }
-    }
-
-    async fn on_frame(
-        &mut self,
-        frame: Incoming,
-        router_frames: &mut RouterFrames,
-    ) -> Result<(), Ended> {
-        let (number, effect) = match frame {
-            Incoming::Heartbeat => return Ok(()),
-            Incoming::Method(0, class) => return self.on_connection_method(*class),
-            Incoming::Method(number, class) => match *class {
-                AMQPClass::Channel(channel::AMQPMethod::Open(_)) => {
-                    return self.open_channel(number).await;
-                }
-                AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
-                    return self.close_channel(number).await;
-                }
-                AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => {
-                    if self.channels.get(&number).is_some_and(|c| c.closing) {
-                        self.channels.remove(&number);
-                    }
-                    return Ok(());
-                }
-                class => {
-                    let (class_id, method_id) =
-                        (class.get_amqp_class_id(), class.get_amqp_method_id());
-                    let channel = self
-                        .open_channel_mut(number)
-                        .map_err(|e| Ended::Raised(e.during(class_id, method_id)))?;
-                    let Some(channel) = channel else {
-                        return Ok(());
-                    };
-                    (number, methods::on_method(channel, class))
-                }
+            Ok(Some(chunk)) => match self.writer.send(chunk) {
+                Ok(()) => Ok(None),
+                Err(_) => Err(Ended::WriteFailed),
             },
-            Incoming::Hot(number, method) => {
-                let (class_id, method_id) = method.ids();
-                let channel = self
-                    .open_channel_mut(number)
-                    .map_err(|e| Ended::Raised(e.during(class_id, method_id)))?;
-                let Some(channel) = channel else {
-                    return Ok(());
-                };
-                (number, methods::on_hot_method(channel, method))
-            }
-            Incoming::Header(number, header) => {
-                let (max_body, user) = (self.ctx.max_body, self.principal.user.clone());
-                let Some(channel) = self.open_channel_mut(number).map_err(Ended::Raised)? else {
-                    return Ok(());
-                };
-                (
-                    number,
-                    methods::on_header(channel, *header, max_body, &user),
-                )
-            }
-            Incoming::Body(number, body) => {
-                let user = self.principal.user.clone();
-                let Some(channel) = self.open_channel_mut(number).map_err(Ended::Raised)? else {
-                    return Ok(());
-                };
-                (number, methods::on_body(channel, body, &user))
-            }
-        };
-        match effect {
-            Err(e) => self.raise(number, e).await,
-            Ok(effect) => self.apply(number, effect, router_frames).await,
+            Ok(None) => Ok(None),
+            Err(e) => Ok(Some((number, e))),
         }
     }
 
-    async fn apply(
-        &mut self,
-        number: u16,
-        effect: Effect,
-        router_frames: &mut RouterFrames,
-    ) -> Result<(), Ended> {
-        let conn = self.channels[&number].conn;
-        let (request, credit, reply) = match effect {
-            Effect::None => return Ok(()),
-            Effect::Reply(reply) => {
-                self.send(number, reply);
-                return Ok(());
-            }
-            Effect::ChannelPrefetch(prefetch, reply) => {
-                let command = Command::ChannelPrefetch { conn, prefetch };
-                if !self.ctx.router.send_request(command).await {
-                    return Err(Ended::BrokerStopping);
-                }
-                self.send(number, reply);
-                return Ok(());
-            }
-            Effect::BrokerRequests(requests) => {
-                for mut request in requests {
-                    // Names the broker chose cannot fail to qualify.
-                    if crate::vhost::qualify_op(&self.vhost, &mut request.op).is_ok() {
-                        self.request(conn, request, None).await?;
-                    }
-                }
-                return Ok(());
-            }
-            Effect::Request(request) => (request, None, None),
-            Effect::RequestThenReply(request, reply) => (request, None, Some(reply)),
-            Effect::Publish(request) => {
-                self.published = true;
-                let credit = self.publish_credit(router_frames).await?;
-                (request, Some(credit), None)
-            }
-        };
-        let mut request = request;
-        let admitted = self.ctx.auth.admit(
-            &self.principal,
-            &self.vhost,
-            self.peer.ip(),
-            &mut request.op,
-        );
-        if let Err((code, message)) = admitted {
-            // Raised as the router's own refusal would be: a channel exception.
-            let refusal = ServerFrame::error(Some(request.id), code, message);
-            return self
-                .on_router_frame(number, conn, Outbound::Frame(refusal))
-                .await;
-        }
-        self.request(conn, request, credit).await?;
-        if let Some(reply) = reply {
-            self.send(number, reply);
-        }
-        Ok(())
-    }
-
-    async fn request(
-        &self,
-        conn: ConnId,
-        request: Request,
-        credit: Option<OwnedSemaphorePermit>,
-    ) -> Result<(), Ended> {
-        let command = Command::Request {
-            conn,
-            request,
-            credit,
-            routed: None,
-        };
-        match self.ctx.router.send_request(command).await {
-            true => Ok(()),
-            false => Err(Ended::BrokerStopping),
-        }
-    }
-
-    /// A unit of publish credit; while there is none, router frames (the confirms that
-    /// give credit back) keep being written.
-    async fn publish_credit(
-        &mut self,
-        router_frames: &mut RouterFrames,
-    ) -> Result<OwnedSemaphorePermit, Ended> {
-        loop {
-            if let Ok(permit) = self.credit.clone().try_acquire_owned() {
-                return Ok(permit);
-            }
-            tokio::select! {
-                permit = self.credit.clone().acquire_owned() => {
-                    return Ok(permit.expect("the semaphore is never closed"));
-                }
-                Some((number, conn, outbound)) = router_frames.recv() => {
-                    self.on_router_frame(number, conn, outbound).await?;
-                }
-                _ = self.shutdown.changed() => return Err(Ended::BrokerStopping),
-            }
-        }
-    }
-
-    fn on_connection_method(&mut self, class: AMQPClass) -> Result<(), Ended> {
+    pub(super) fn on_connection_method(&mut self, class: AMQPClass) -> Result<(), Ended> {
         match class {
             AMQPClass::Connection(connection::AMQPMethod::Close(_)) => {
                 self.send(

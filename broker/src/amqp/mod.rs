@@ -7,6 +7,7 @@
 
 mod channel;
 mod channels;
+mod client_frames;
 mod connection;
 mod errors;
 mod frames;

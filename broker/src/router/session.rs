@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::{Command, Outbound, RouterHandle};
 use crate::protocol::{ErrorCode, RequestId, ServerFrame, parse_request};
@@ -90,7 +90,7 @@ impl Session {
 
     fn open_in(router: RouterHandle, vhost: &str, user: Option<crate::auth::Principal>) -> Session {
         let conn = NEXT_SESSION.fetch_sub(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = super::ConnTx::channel(conn);
         router.send(Command::Open {
             conn,
             tx,
@@ -222,8 +222,8 @@ impl Session {
 }
 
 /// Hands each reply frame to the caller waiting for its id; ends with the router.
-async fn match_replies(mut rx: mpsc::UnboundedReceiver<Outbound>, waiters: Waiters) {
-    while let Some(out) = rx.recv().await {
+async fn match_replies(mut rx: super::ConnRx, waiters: Waiters) {
+    while let Some((_, _, out)) = rx.recv().await {
         let Outbound::Frame(frame) = out else {
             continue; // sessions never subscribe
         };

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use futures_util::SinkExt;
-use tokio::sync::mpsc;
+use crate::router::ConnRx;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
@@ -29,7 +29,7 @@ pub(super) type WsSink =
 /// the socket fails; then sends a close frame.
 pub(super) async fn write_loop(
     mut sink: WsSink,
-    mut rx: mpsc::UnboundedReceiver<Outbound>,
+    mut rx: ConnRx,
     conn: ConnId,
     router: RouterHandle,
     encoding: Encoding,
@@ -39,7 +39,7 @@ pub(super) async fn write_loop(
     let mut written_auto_acks = Vec::new();
     // Binary mode: consecutive `deliver` / `confirm` records packed into one message.
     let mut records = Vec::new();
-    'outer: while let Some(first) = rx.recv().await {
+    'outer: while let Some((_, _, first)) = rx.recv().await {
         let mut next = Some(first);
         let mut count = 0;
         let mut written_bytes = 0;
@@ -63,7 +63,7 @@ pub(super) async fn write_loop(
                     if fed.is_err() {
                         break 'outer;
                     }
-                    next = rx.try_recv().ok();
+                    next = rx.try_recv().ok().map(|(_, _, out)| out);
                     continue;
                 }
             };
@@ -89,7 +89,7 @@ pub(super) async fn write_loop(
             }
             count += 1;
             next = if count < MAX_FRAMES_PER_FLUSH {
-                rx.try_recv().ok()
+                rx.try_recv().ok().map(|(_, _, out)| out)
             } else {
                 None
             };

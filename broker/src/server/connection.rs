@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
@@ -161,7 +161,7 @@ impl Connection {
         tracing::info!(conn = self.id, peer = %self.peer, user = %principal.user, vhost, encoding = encoding.name(), "connection opened");
         self.vhost = vhost.into();
         let (sink, mut source) = ws.split();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = ConnTx::channel(self.id);
         let outbound = Arc::new(AtomicUsize::new(0));
         let open = Command::Open {
             conn: self.id,

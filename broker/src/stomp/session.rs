@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -104,7 +104,7 @@ pub(crate) async fn serve<S>(
     let vhost: Arc<str> = connected.vhost.into();
     let principal = connected.principal;
     tracing::info!(conn, %peer, user = %principal.user, %vhost, version = connected.version.as_str(), "STOMP connection opened");
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = ConnTx::channel(conn);
     let outbound = Arc::new(AtomicUsize::new(0));
     let open = Command::Open {
         conn,

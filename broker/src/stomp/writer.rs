@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use crate::router::ConnRx;
 
 use super::frame::{ServerCommand, Version, encode};
 use super::headers::message_frame;
@@ -104,12 +104,12 @@ enum Next {
 impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
     /// Writes until the channel closes, an ERROR or DISCONNECT ends the connection, or the
     /// socket fails; then closes the socket.
-    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Outbound>) {
+    pub async fn run(mut self, mut rx: ConnRx) {
         let mut confirmed: u64 = 0;
         // RECEIPTs waiting for earlier publishes' confirms.
         let mut waiting: Vec<Answer> = Vec::new();
         let mut written_auto_acks = Vec::new();
-        'outer: while let Some(first) = rx.recv().await {
+        'outer: while let Some((_, _, first)) = rx.recv().await {
             let mut next = Some(first);
             let mut count = 0;
             let mut written_bytes = 0;
@@ -141,7 +141,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
                 }
                 count += 1;
                 next = if count < MAX_FRAMES_PER_FLUSH {
-                    rx.try_recv().ok()
+                    rx.try_recv().ok().map(|(_, _, out)| out)
                 } else {
                     None
                 };

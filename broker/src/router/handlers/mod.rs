@@ -560,7 +560,7 @@ impl Router {
         match attachment.record.mode {
             HandlerMode::Consume => {
                 let conn = self.handlers.next_conn();
-                let (tx, rx) = mpsc::unbounded_channel();
+                let (tx, rx) = super::ConnTx::channel(conn);
                 let vhost = crate::vhost::of(&queue).into();
                 let state = super::Conn::new(tx, None, None, None, vhost, None, Default::default());
                 self.open_conn(conn, state);

@@ -15,12 +15,12 @@ use crate::plugin::{
 use crate::protocol::ServerFrame;
 use crate::queue::ConnId;
 use crate::router::ingress::ExchangeDirectory;
-use crate::router::{Command, Outbound};
+use crate::router::{Command, ConnRx, Outbound};
 
 /// Where a pool's workers take their work from.
 pub(super) enum Input {
     /// Deliveries to the attachment's connection.
-    Consume(mpsc::UnboundedReceiver<Outbound>, ConnId),
+    Consume(ConnRx, ConnId),
     Filter(mpsc::UnboundedReceiver<FilterJob>),
 }
 
@@ -73,7 +73,7 @@ impl Pool {
 
 #[derive(Clone)]
 enum Either {
-    Consume(Arc<Mutex<mpsc::UnboundedReceiver<Outbound>>>),
+    Consume(Arc<Mutex<ConnRx>>),
     Filter(Arc<Mutex<mpsc::UnboundedReceiver<FilterJob>>>),
 }
 
@@ -164,10 +164,10 @@ impl Worker {
             .collect()
     }
 
-    fn consume(mut self, rx: &Mutex<mpsc::UnboundedReceiver<Outbound>>, conn: ConnId) {
+    fn consume(mut self, rx: &Mutex<ConnRx>, conn: ConnId) {
         loop {
             let next = rx.lock().expect("worker lock poisoned").blocking_recv();
-            let Some(out) = next else { break };
+            let Some((_, _, out)) = next else { break };
             let delivery = match out {
                 Outbound::Frame(ServerFrame::Deliver(d)) | Outbound::AutoAckDelivery(d) => d,
                 _ => continue,
