@@ -202,6 +202,9 @@ pub(crate) async fn serve<S>(
         broker_stopping,
     };
     ctx.router.send_request(close).await;
+    if matches!(ended, Ended::ClientClosed) {
+        handshake::client_closes(&mut frames).await;
+    }
     reader.abort();
     tracing::info!(conn = id, %peer, reason = %ended, "connection closed");
 }

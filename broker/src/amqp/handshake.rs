@@ -307,6 +307,15 @@ pub(super) async fn close(writer: &WriterTx, e: &AmqpError, frames: &mut FrameRe
     }
 }
 
+/// After the broker's `connection.close-ok`, the client is the one to close the socket:
+/// waits for it to (at most [`CLOSE_OK_TIMEOUT`]), dropping whatever it still sends. As
+/// RabbitMQ does: a client that reads the end of the stream before the close-ok reports
+/// the connection as broken (lapin logs it as an error).
+pub(super) async fn client_closes(frames: &mut FrameReceiver) {
+    let deadline = Instant::now() + CLOSE_OK_TIMEOUT;
+    while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, frames.recv()).await {}
+}
+
 /// A reply text fits a short string (255 bytes), cut at a character boundary.
 pub(super) fn short(text: &str) -> amq_protocol::types::ShortString {
     let mut end = text.len().min(255);

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::router::ConnRx;
 use bytes::Bytes;
 use futures_util::SinkExt;
-use crate::router::ConnRx;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 

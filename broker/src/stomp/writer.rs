@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::router::ConnRx;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
-use crate::router::ConnRx;
 
 use super::frame::{ServerCommand, Version, encode};
 use super::headers::message_frame;
