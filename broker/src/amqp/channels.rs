@@ -2,8 +2,6 @@
 //! its router frames tagged by the connection's sender), closing one (by the client, or by a channel
 //! exception the broker raises), and closing them all when the connection ends.
 
-use std::sync::atomic::Ordering;
-
 use amq_protocol::protocol::{AMQPClass, channel};
 
 use super::channel::Channel;
@@ -97,7 +95,7 @@ impl AmqpConnection {
                 .during(20, 10),
             ));
         }
-        let conn = self.ctx.next_conn.fetch_add(1, Ordering::Relaxed);
+        let conn = self.ctx.conn_ids.next();
         let channel = Channel::new(number, conn);
         // The router writes on the connection's channel, tagged with this channel.
         let tx = self.router_tx.for_channel(number, conn);

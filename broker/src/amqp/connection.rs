@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use amq_protocol::frame::AMQPFrame;
@@ -45,8 +45,8 @@ pub(crate) struct AmqpContext {
     pub max_unconfirmed: usize,
     /// Largest message body accepted.
     pub max_body: usize,
-    /// The acceptors' one connection id allocator: channels take ids from it too.
-    pub next_conn: Arc<AtomicU64>,
+    /// Channels take their router connection ids here too.
+    pub conn_ids: crate::conn_ids::ConnIds,
     pub alarm: watch::Receiver<bool>,
 }
 

@@ -50,6 +50,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use crate::auth::{Authenticator, Principal};
+use crate::conn_ids::ConnIds;
 use crate::exchange::BindingId;
 use crate::fast_map::FastMap;
 use crate::plugin::PluginHost;
@@ -215,6 +216,7 @@ pub struct RouterHandle {
     requests: mpsc::Sender<Command>,
     control: mpsc::UnboundedSender<Command>,
     ingress: Arc<ingress::Ingress>,
+    conn_ids: ConnIds,
 }
 
 impl std::fmt::Debug for RouterHandle {
@@ -224,6 +226,11 @@ impl std::fmt::Debug for RouterHandle {
 }
 
 impl RouterHandle {
+    /// Where every connection id comes from (see `conn_ids.rs`).
+    pub fn conn_ids(&self) -> &ConnIds {
+        &self.conn_ids
+    }
+
     /// Sends a broker-internal command; false when the router has stopped.
     pub fn send(&self, command: Command) -> bool {
         self.control.send(command).is_ok()
@@ -357,6 +364,8 @@ pub struct Router {
     handlers: handlers::Handlers,
     /// The users, updated once user changes commit.
     auth: Arc<Authenticator>,
+    /// For the in-broker consumers of handler attachments.
+    conn_ids: ConnIds,
 }
 
 impl Router {
@@ -380,6 +389,7 @@ impl Router {
             directory.clone(),
         );
         router.versions.keep = keep_plugin_versions;
+        let conn_ids = router.conn_ids.clone();
         router.watch_recovered_canaries();
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let workers = ingress::ExchangeWorkers::start(cores.max(2))
@@ -389,6 +399,7 @@ impl Router {
             requests,
             control,
             ingress: Arc::new(ingress::Ingress::new(directory, workers)),
+            conn_ids,
         }
     }
 

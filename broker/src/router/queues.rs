@@ -51,6 +51,7 @@ impl Router {
             run_id: format!("{:x}", super::exchanges::now_ms()),
             handlers: Default::default(),
             auth,
+            conn_ids: Default::default(),
         };
         let mut messages = 0;
         for stored in recovered.queues {

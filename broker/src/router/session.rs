@@ -15,9 +15,6 @@ use super::{Command, Outbound, RouterHandle};
 use crate::protocol::{ErrorCode, RequestId, ServerFrame, parse_request};
 use crate::queue::ConnId;
 
-/// Session ids count down from the top, away from the acceptor's, which count up from 1.
-static NEXT_SESSION: AtomicU64 = AtomicU64::new(u64::MAX);
-
 /// How long a request may wait for the router (a commit included) before it fails.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -89,7 +86,7 @@ impl Session {
     }
 
     fn open_in(router: RouterHandle, vhost: &str, user: Option<crate::auth::Principal>) -> Session {
-        let conn = NEXT_SESSION.fetch_sub(1, Ordering::Relaxed);
+        let conn = router.conn_ids().next();
         let (tx, rx) = super::ConnTx::channel(conn);
         router.send(Command::Open {
             conn,

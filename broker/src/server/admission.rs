@@ -5,7 +5,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -17,7 +16,7 @@ use crate::queue::ConnId;
 pub(crate) struct Admission {
     pub limit: Arc<Semaphore>,
     pub sources: Arc<Sources>,
-    pub next_conn: Arc<AtomicU64>,
+    pub conn_ids: crate::conn_ids::ConnIds,
 }
 
 /// Accepts sockets on `listener` under `admission` and serves each with `serve` on a
@@ -55,7 +54,7 @@ pub(crate) async fn accept_each<S, F>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let id = admission.next_conn.fetch_add(1, Ordering::Relaxed);
+        let id = admission.conn_ids.next();
         let served = serve(stream, peer, id);
         let alive = alive_tx.clone();
         tokio::spawn(async move {

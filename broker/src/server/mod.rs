@@ -20,7 +20,6 @@ pub mod tls;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -223,7 +222,7 @@ impl Broker {
         let admission = Admission {
             limit: Arc::new(Semaphore::new(config.max_connections)),
             sources: Sources::new(config.max_connections_per_source),
-            next_conn: Arc::new(AtomicU64::new(1)),
+            conn_ids: router.conn_ids().clone(),
         };
         let amqp_addr = amqp_listener.as_ref().map(|(_, addr)| *addr);
         // AMQP's shared state: for its listener, and for WebSocket upgrades that choose
@@ -239,7 +238,7 @@ impl Broker {
             handshake_timeout: config.handshake_timeout,
             max_unconfirmed: config.max_unconfirmed.max(1),
             max_body: config.max_frame_bytes,
-            next_conn: admission.next_conn.clone(),
+            conn_ids: admission.conn_ids.clone(),
             alarm: alarm_rx.clone(),
         });
         let amqp_task = amqp_listener.map(|(listener, amqp_addr)| {
@@ -515,7 +514,7 @@ async fn accept_loop(
     let Admission {
         limit,
         sources,
-        next_conn,
+        conn_ids,
     } = acceptors.admission;
     let limits = config.conn_limits();
     // Each connection holds a clone; recv() returns None once all of them ended.
@@ -542,7 +541,7 @@ async fn accept_loop(
             drop(stream);
             continue;
         };
-        let conn = next_conn.fetch_add(1, Ordering::Relaxed);
+        let conn = conn_ids.next();
         let connection = connection::Connection {
             id: conn,
             peer,

@@ -37,8 +37,6 @@ mod workers;
 pub(super) use filters::{FilterJob, FilterRoute};
 use workers::{Input, Pool};
 
-/// Connection ids of consume-mode attachments start here, far above client connections.
-const HANDLER_CONN_BASE: ConnId = 1 << 62;
 /// Deliveries held per worker: one running, the rest queued so a worker never waits for
 /// the router between messages.
 const WINDOW_PER_WORKER: u32 = 8;
@@ -173,14 +171,6 @@ pub(super) struct Handlers {
     attachments: HashMap<Key, Attachment>,
     /// (subscriber connection, consumer tag) → its filter.
     pub filters: HashMap<(ConnId, Arc<str>), FilterRoute>,
-    next_conn: ConnId,
-}
-
-impl Handlers {
-    fn next_conn(&mut self) -> ConnId {
-        self.next_conn += 1;
-        HANDLER_CONN_BASE + self.next_conn
-    }
 }
 
 fn handler_error(e: HandlerError) -> OpError {
@@ -559,7 +549,7 @@ impl Router {
         };
         match attachment.record.mode {
             HandlerMode::Consume => {
-                let conn = self.handlers.next_conn();
+                let conn = self.conn_ids.next();
                 let (tx, rx) = super::ConnTx::channel(conn);
                 let vhost = crate::vhost::of(&queue).into();
                 let state = super::Conn::new(tx, None, None, None, vhost, None, Default::default());
