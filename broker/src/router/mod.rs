@@ -17,6 +17,7 @@ mod exchange_graph;
 mod exchanges;
 mod handlers;
 mod ingress;
+mod outbound;
 mod overview;
 mod plugin_list;
 mod plugin_logs;
@@ -39,6 +40,7 @@ mod vhosts;
 
 use conn::{Conn, Held};
 pub use dead_letter::{DEATH_HEADER, DeathReason};
+pub use outbound::{Addressed, ConnRx, ConnTx, MAX_OUTBOUND_BYTES, Outbound, outbound_cost};
 pub use session::{Session, SessionError};
 use topology::{ExchangeCounters, ExchangeState};
 pub use users::UserChange;
@@ -54,84 +56,13 @@ use crate::conn_ids::ConnIds;
 use crate::exchange::BindingId;
 use crate::fast_map::FastMap;
 use crate::plugin::PluginHost;
-use crate::protocol::{Delivery, ErrorCode, Request, RequestId, ServerFrame};
+use crate::protocol::{ErrorCode, Request, RequestId, ServerFrame};
 use crate::queue::{ConnId, Retry};
 use crate::store::{Recovered, StoreWriter};
-
-/// What the router sends a connection's writer.
-#[derive(Debug)]
-pub enum Outbound {
-    Frame(ServerFrame),
-    /// A delivery to an auto-ack consumer: the connection reports it back as written
-    /// ([`Command::Written`]) and that settles it.
-    AutoAckDelivery(Delivery),
-    /// A WebSocket ping, sent by the connection itself to check that its peer is alive.
-    Ping,
-    /// The broker ends the connection (its vhost was deleted): close it with this reason.
-    Close(String),
-}
-
-/// What the router sends a connection, with the channel number and router connection it
-/// is for (see [`ConnTx`]).
-pub type Addressed = (u16, ConnId, Outbound);
-/// The receiving end of a connection's outbound channel.
-pub type ConnRx = mpsc::UnboundedReceiver<Addressed>;
-
-/// A connection's outbound channel. Each frame travels with the channel number and router
-/// connection it is for: an AMQP connection takes all its channels' frames from one
-/// channel, with no task per channel to tag them (a hand-off per frame saved); the other
-/// front ends have one router connection, on channel number 0.
-#[derive(Clone, Debug)]
-pub struct ConnTx {
-    tx: mpsc::UnboundedSender<Addressed>,
-    channel: u16,
-    conn: ConnId,
-}
-
-impl ConnTx {
-    /// A new outbound channel for router connection `conn`.
-    pub fn channel(conn: ConnId) -> (ConnTx, ConnRx) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (
-            ConnTx {
-                tx,
-                channel: 0,
-                conn,
-            },
-            rx,
-        )
-    }
-
-    /// A sender on the same channel for another router connection: AMQP channel `channel`.
-    pub fn for_channel(&self, channel: u16, conn: ConnId) -> ConnTx {
-        ConnTx {
-            tx: self.tx.clone(),
-            channel,
-            conn,
-        }
-    }
-
-    /// Fails only once the connection has stopped receiving.
-    pub fn send(&self, outbound: Outbound) -> Result<(), mpsc::error::SendError<Outbound>> {
-        self.tx
-            .send((self.channel, self.conn, outbound))
-            .map_err(|mpsc::error::SendError((_, _, outbound))| mpsc::error::SendError(outbound))
-    }
-}
 
 /// Commands from connections waiting for the router at most: past this, connections stop
 /// reading their sockets until it catches up.
 const REQUEST_CHANNEL_CAPACITY: usize = 4096;
-
-/// Delivery bytes queued for one connection's socket past which its consumers get no
-/// more deliveries until its writer drains (a consumer that stops reading cannot grow
-/// the broker's memory).
-pub const MAX_OUTBOUND_BYTES: usize = 4 * 1024 * 1024;
-
-/// What a delivery counts against [`MAX_OUTBOUND_BYTES`]: its body and a fixed overhead.
-pub fn outbound_cost(delivery: &Delivery) -> usize {
-    delivery.message.body_len() + 256
-}
 
 /// What connections ask of the router.
 // Requests are nearly all of the traffic, so boxing the big variant would only add an
