@@ -9,6 +9,7 @@
 use amq_protocol::protocol::{AMQPClass, channel};
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::channel::Channel;
 use super::connection::{AmqpConnection, Ended, RouterFrames};
 use super::errors::AmqpError;
 use super::frames::Incoming;
@@ -51,23 +52,15 @@ impl AmqpConnection {
                     return Ok(None);
                 }
                 class => {
-                    let (class_id, method_id) =
-                        (class.get_amqp_class_id(), class.get_amqp_method_id());
-                    let channel = self
-                        .open_channel_mut(number)
-                        .map_err(|e| Ended::Raised(e.during(class_id, method_id)))?;
-                    let Some(channel) = channel else {
+                    let ids = (class.get_amqp_class_id(), class.get_amqp_method_id());
+                    let Some(channel) = self.channel_for_method(number, ids)? else {
                         return Ok(None);
                     };
                     (number, methods::on_method(channel, class))
                 }
             },
             Incoming::Hot(number, method) => {
-                let (class_id, method_id) = method.ids();
-                let channel = self
-                    .open_channel_mut(number)
-                    .map_err(|e| Ended::Raised(e.during(class_id, method_id)))?;
-                let Some(channel) = channel else {
+                let Some(channel) = self.channel_for_method(number, method.ids())? else {
                     return Ok(None);
                 };
                 (number, methods::on_hot_method(channel, method))
@@ -94,6 +87,17 @@ impl AmqpConnection {
             Err(e) => Ok(Some(Pending::Raise(number, e))),
             Ok(effect) => self.try_apply(number, effect),
         }
+    }
+
+    /// The open channel a method (class and method ids) is for; `None` while it closes; a
+    /// connection exception naming the method when it is not open.
+    fn channel_for_method(
+        &mut self,
+        number: u16,
+        (class_id, method_id): (u16, u16),
+    ) -> Result<Option<&mut Channel>, Ended> {
+        self.open_channel_mut(number)
+            .map_err(|e| Ended::Raised(e.during(class_id, method_id)))
     }
 
     /// Finishes what [`Self::on_frame_now`] left.
