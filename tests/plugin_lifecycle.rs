@@ -413,7 +413,7 @@ async fn versions_are_counted_cached_and_rolled_back_automatically() {
     let exchanges = c.list_exchanges().await.unwrap();
     let row = exchanges.exchanges.iter().find(|x| x.exchange == "ex");
     let rollback = row.and_then(|x| x.last_auto_rollback.clone()).unwrap();
-    assert_eq!((&rollback["from"], &rollback["to"]), (&4.into(), &3.into()));
+    assert_eq!((rollback.from, rollback.to), (4, 3));
     let url = b.url();
     let printed = tokio::task::spawn_blocking(move || {
         let (_, exchanges, _) = run_cli(&["exchanges"], &url);

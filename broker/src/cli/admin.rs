@@ -249,9 +249,9 @@ pub async fn exchanges(args: ServerArg) -> anyhow::Result<()> {
         if let Some(r) = &x.last_auto_rollback {
             table.note(format!(
                 "its type auto-rolled back v{} -> v{} {}",
-                r["from"],
-                r["to"],
-                ago(r["at"].as_u64().unwrap_or(0))
+                r.from,
+                r.to,
+                ago(r.at)
             ));
         }
     }

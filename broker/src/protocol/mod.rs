@@ -12,6 +12,8 @@ mod binary;
 mod error;
 mod hot;
 mod ops;
+mod plugin_results;
+mod results;
 
 pub use binary::{
     BINARY_BATCH_BYTES, BINARY_SUBPROTOCOL, Encoding, RequestRecords, ServerRecords,
@@ -20,6 +22,8 @@ pub use binary::{
 pub use error::{ErrorCode, ParseError, parse_request};
 pub use hot::{encode_request, encode_server_frame, parse_server_frame};
 pub use ops::*;
+pub use plugin_results::*;
+pub use results::*;
 
 use std::sync::Arc;
 

@@ -5,7 +5,8 @@ use std::sync::atomic::Ordering;
 
 use super::queues::check_access;
 use super::{
-    DeathReason, Held, MAX_OUTBOUND_BYTES, OpError, Outbound, Reply, Router, Settle, outbound_cost,
+    Answer, DeathReason, Held, MAX_OUTBOUND_BYTES, OpError, Outbound, Reply, Router, Settle,
+    outbound_cost,
 };
 use crate::protocol::{Delivery, ErrorCode, Got, ServerFrame, Subscribe, Subscribed};
 use crate::queue::{ConnId, Consumer, Next, Retried, Retry};
@@ -51,11 +52,10 @@ impl Router {
             self.add_filter(conn, tag.clone(), name.clone(), filter);
         }
         self.turn.to_dispatch.insert(name);
-        let result = serde_json::to_value(Subscribed {
+        let subscribed = Subscribed {
             consumer_tag: tag.to_string(),
-        })
-        .expect("serializable");
-        Ok(Reply::Ok(result))
+        };
+        Ok(Reply::Ok(subscribed.into()))
     }
 
     /// `get`: the queue's next ready message to this connection, held unacked like a
@@ -86,7 +86,7 @@ impl Router {
                         delivery: None,
                         message_count: queue.ready_len() as u64,
                     };
-                    return Ok(Reply::Ok(serde_json::to_value(got).expect("serializable")));
+                    return Ok(Reply::Ok(got.into()));
                 }
                 Some(Next::Expired(entry)) => {
                     self.dead_letter(&name, entry, DeathReason::Expired, now);
@@ -126,7 +126,7 @@ impl Router {
                 }),
                 message_count,
             };
-            return Ok(Reply::Ok(serde_json::to_value(got).expect("serializable")));
+            return Ok(Reply::Ok(got.into()));
         }
     }
 
@@ -141,7 +141,7 @@ impl Router {
         };
         let (queue, tag) = c.consumers.remove(index);
         self.remove_consumer(&queue, conn, &tag);
-        Ok(Reply::Ok(serde_json::Value::Null))
+        Ok(Reply::Ok(Answer::Done))
     }
 
     /// Detaches a consumer from its queue; an auto-delete queue goes with its last consumer.

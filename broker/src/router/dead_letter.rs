@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::{OpError, Reply, Router};
+use super::{Answer, OpError, Reply, Router};
 use crate::message::{Headers, Message};
 use crate::protocol::{Moved, PeekedMessage, PeekedMessages};
 use crate::queue::{DeadLetterTarget, Entry, Push, QueuePolicy, QueueSpec};
@@ -224,7 +224,7 @@ impl Router {
                 message: entry.message.clone(),
             })
             .collect();
-        Ok(Reply::Ok(to_json(PeekedMessages { messages })))
+        Ok(Reply::Ok(Answer::from(PeekedMessages { messages })))
     }
 
     /// Moves dead letters back to the queue their newest death record names (all, or
@@ -273,7 +273,7 @@ impl Router {
                 }
             }
         }
-        Ok(Reply::OkAfterCommit(to_json(Moved { moved })))
+        Ok(Reply::OkAfterCommit(Answer::from(Moved { moved })))
     }
 }
 
@@ -321,10 +321,6 @@ fn with_death_record(message: &Message, queue: &str, reason: DeathReason, now: u
     dead.headers
         .insert(DEATH_HEADER.into(), Value::Array(records));
     dead
-}
-
-fn to_json(value: impl serde::Serialize) -> Value {
-    serde_json::to_value(value).expect("results serialize to JSON")
 }
 
 #[cfg(test)]

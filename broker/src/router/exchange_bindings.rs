@@ -4,10 +4,8 @@
 //! [`super::exchange_graph::ExchangeGraph`] records where it leads, for ingress. A
 //! binding is stored when both exchanges are durable, and goes when either is deleted.
 
-use serde_json::Value;
-
 use super::exchanges::is_default;
-use super::{OpError, Reply, Router};
+use super::{Answer, OpError, Reply, Router};
 use crate::exchange::BindingId;
 use crate::protocol::{Binding, ErrorCode, ExchangeBinding};
 use crate::store::StoreOp;
@@ -40,7 +38,7 @@ impl Router {
             .get_mut(&binding.source)
             .ok_or_else(|| not_found(&binding.source))?;
         if self.topology.directory.graph.find(&binding).is_some() {
-            return Ok(Reply::Ok(Value::Null));
+            return Ok(Reply::Ok(Answer::Done));
         }
         let id = self.topology.next_binding_id;
         {
@@ -56,8 +54,8 @@ impl Router {
         }
         self.topology.directory.graph.insert(id, binding);
         Ok(match durable {
-            true => Reply::OkAfterCommit(Value::Null),
-            false => Reply::Ok(Value::Null),
+            true => Reply::OkAfterCommit(Answer::Done),
+            false => Reply::Ok(Answer::Done),
         })
     }
 
@@ -72,11 +70,11 @@ impl Router {
             }
         }
         let Some(id) = self.topology.directory.graph.find(&binding) else {
-            return Ok(Reply::Ok(Value::Null));
+            return Ok(Reply::Ok(Answer::Done));
         };
         self.forget_exchange_binding(id, &binding.source);
         self.delete_if_auto_unused(&binding.source);
-        Ok(Reply::OkAfterCommit(Value::Null))
+        Ok(Reply::OkAfterCommit(Answer::Done))
     }
 
     /// Removes binding `id` of exchange `source` from its routing, the graph and the store.

@@ -9,7 +9,7 @@ use super::dedup::Taken;
 use super::exchange_flags::ExchangeFlags;
 use super::ingress::SharedExchange;
 use super::queues::{check_access, check_name};
-use super::{ExchangeState, OpError, Outbound, Reply, Routed, Router};
+use super::{Answer, ExchangeState, OpError, Outbound, Reply, Routed, Router};
 use crate::exchange::{BindingId, ExchangeError, ExchangeTypes as _};
 use crate::protocol::{Binding, DeclareExchange, ErrorCode, Publish, RequestId, ServerFrame};
 use crate::queue::ConnId;
@@ -71,7 +71,7 @@ impl Router {
                     ),
                 ));
             }
-            return Ok(Reply::Ok(serde_json::Value::Null));
+            return Ok(Reply::Ok(Answer::Done));
         }
         let routing = self
             .plugins
@@ -106,9 +106,9 @@ impl Router {
             routing,
         );
         Ok(if declare.durable {
-            Reply::OkAfterCommit(serde_json::Value::Null)
+            Reply::OkAfterCommit(Answer::Done)
         } else {
-            Reply::Ok(serde_json::Value::Null)
+            Reply::Ok(Answer::Done)
         })
     }
 
@@ -162,13 +162,13 @@ impl Router {
         self.topology.directory.remove(name);
         self.drop_exchange_bindings(name);
         if !exchange.durable {
-            return Ok(Reply::Ok(serde_json::Value::Null));
+            return Ok(Reply::Ok(Answer::Done));
         }
         for id in exchange.bindings.keys() {
             self.turn.store(StoreOp::DeleteBinding(*id));
         }
         self.turn.store(StoreOp::DeleteExchange(name.to_owned()));
-        Ok(Reply::OkAfterCommit(serde_json::Value::Null))
+        Ok(Reply::OkAfterCommit(Answer::Done))
     }
 
     pub(super) fn bind(&mut self, conn: ConnId, binding: Binding) -> Result<Reply, OpError> {
@@ -184,7 +184,7 @@ impl Router {
             .get_mut(&binding.exchange)
             .ok_or_else(|| exchange_not_found(&binding.exchange))?;
         if exchange.bindings.values().any(|b| *b == binding) {
-            return Ok(Reply::Ok(serde_json::Value::Null));
+            return Ok(Reply::Ok(Answer::Done));
         }
         let id = self.topology.next_binding_id;
         {
@@ -199,9 +199,9 @@ impl Router {
         }
         exchange.bindings.insert(id, binding);
         Ok(if durable {
-            Reply::OkAfterCommit(serde_json::Value::Null)
+            Reply::OkAfterCommit(Answer::Done)
         } else {
-            Reply::Ok(serde_json::Value::Null)
+            Reply::Ok(Answer::Done)
         })
     }
 
@@ -223,13 +223,13 @@ impl Router {
             .iter()
             .find_map(|(id, b)| (*b == binding).then_some(*id))
         else {
-            return Ok(Reply::Ok(serde_json::Value::Null));
+            return Ok(Reply::Ok(Answer::Done));
         };
         exchange.routing.lock().unbind(id)?;
         exchange.bindings.remove(&id);
         self.turn.store(StoreOp::DeleteBinding(id));
         self.delete_if_auto_unused(&binding.exchange);
-        Ok(Reply::OkAfterCommit(serde_json::Value::Null))
+        Ok(Reply::OkAfterCommit(Answer::Done))
     }
 
     /// Creates a stored exchange (startup, or its type just became available), without

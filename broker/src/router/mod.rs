@@ -28,6 +28,7 @@ mod predeclared;
 mod prefetch;
 mod queue_shard;
 mod queues;
+mod reply;
 mod requests;
 mod route_trace;
 mod session;
@@ -41,6 +42,7 @@ mod vhosts;
 use conn::{Conn, Held};
 pub use dead_letter::{DEATH_HEADER, DeathReason};
 pub use outbound::{Addressed, ConnRx, ConnTx, MAX_OUTBOUND_BYTES, Outbound, outbound_cost};
+use reply::{Answer, OpError, Reply};
 pub use session::{Session, SessionError};
 use topology::{ExchangeCounters, ExchangeState};
 pub use users::UserChange;
@@ -128,7 +130,7 @@ pub enum Command {
     /// A version deployed with automatic rollback is failing.
     AutoRollback {
         name: String,
-        failing: plugins::AutoRollback,
+        failing: crate::protocol::AutoRollback,
     },
     /// A handler's verdict on a delivery (with what it published).
     HandlerDone(Box<handlers::Done>),
@@ -244,34 +246,6 @@ impl RouterHandle {
             let _ = wait.await;
         }
     }
-}
-
-/// An operation's failure, answered as an `error` frame.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct OpError {
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl OpError {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        OpError {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-/// How an operation is answered.
-pub(crate) enum Reply {
-    /// No success reply (acks, publishes without confirms).
-    Silent,
-    Ok(serde_json::Value),
-    /// `ok` once this turn's store batch has committed.
-    OkAfterCommit(serde_json::Value),
-    Confirm,
-    /// `confirm` once this turn's store batch has committed.
-    ConfirmAfterCommit,
 }
 
 pub struct Router {
@@ -486,7 +460,7 @@ impl Router {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.confirms = true;
         }
-        Ok(Reply::Ok(serde_json::Value::Null))
+        Ok(Reply::Ok(Answer::Done))
     }
 
     /// A broker-chosen name, unique across runs: `{prefix}-{run}-{conn}-{n}` (a queue

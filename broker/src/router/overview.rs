@@ -1,7 +1,7 @@
 //! Read-only views for operators: exchanges with their counters, bindings, connections.
 
 use super::exchanges::DEFAULT_EXCHANGE;
-use super::{Reply, Router};
+use super::{Answer, Reply, Router};
 use crate::protocol::{
     Binding, BindingList, ConnectionInfo, ConnectionList, ConsumerInfo, ExchangeInfo, ExchangeList,
 };
@@ -50,11 +50,7 @@ impl Router {
                             quarantined: quarantine.is_some(),
                             quarantined_since: quarantine.as_ref().map(|(since, _)| *since),
                             quarantine_reason: quarantine.map(|(_, reason)| reason),
-                            last_auto_rollback: self
-                                .versions
-                                .auto_rollbacks
-                                .get(&e.kind)
-                                .map(|r| serde_json::to_value(r).expect("serializable")),
+                            last_auto_rollback: self.versions.auto_rollbacks.get(&e.kind).cloned(),
                         }
                     }),
             )
@@ -68,7 +64,7 @@ impl Router {
             .cloned()
             .collect();
         unrestored.sort();
-        Reply::Ok(to_json(ExchangeList {
+        Reply::Ok(Answer::from(ExchangeList {
             exchanges,
             unrestored,
         }))
@@ -87,7 +83,7 @@ impl Router {
         bindings.sort_by(|a, b| (&a.1.exchange, a.0).cmp(&(&b.1.exchange, b.0)));
         let bindings = bindings.into_iter().map(|(_, b)| b.clone()).collect();
         let exchange_bindings = self.exchange_bindings_in(vhost);
-        Reply::Ok(to_json(BindingList {
+        Reply::Ok(Answer::from(BindingList {
             bindings,
             exchange_bindings,
         }))
@@ -143,10 +139,6 @@ impl Router {
                     consumer_tag: tag.to_string(),
                 }));
         }
-        Reply::Ok(to_json(ConnectionList { connections }))
+        Reply::Ok(Answer::from(ConnectionList { connections }))
     }
-}
-
-fn to_json(value: impl serde::Serialize) -> serde_json::Value {
-    serde_json::to_value(value).expect("results serialize to JSON")
 }

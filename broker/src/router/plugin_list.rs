@@ -1,75 +1,72 @@
 //! Plugin listings: `list_plugins` (every type with its versions' counters, its trial,
 //! its last automatic rollback, its quarantined exchanges) and `plugin_history`.
 
-use serde_json::json;
-
 use super::{OpError, Reply, Router};
-use crate::protocol::ErrorCode;
+use crate::plugin::StatsSnapshot;
+use crate::protocol::{
+    ErrorCode, ExchangePluginRow, HistoryEntry, PluginHistory, PluginList, PluginRow,
+    QuarantinedExchange, VersionCounts,
+};
 
 impl Router {
     pub(super) fn list_plugins(&self) -> Reply {
-        let plugins: Vec<_> = self
+        let mut plugins: Vec<PluginRow> = self
             .plugins
             .plugins()
             .into_iter()
             .map(|info| {
-                let active = self.versions.active.get(&info.name).copied();
-                let hash = active.and_then(|v| {
-                    let versions = self.versions.deployed.get(&info.name)?;
-                    versions
-                        .iter()
-                        .find(|p| p.version == v)
-                        .map(|p| p.hash.clone())
-                });
                 let stats = self.plugins.stats(&info.name).unwrap_or_default();
-                json!({
-                    "name": info.name,
-                    "kind": "exchange",
-                    "bundled": info.bundled,
-                    "active_version": active,
-                    "hash": hash,
-                    "from_cache": info.from_cache,
-                    "calls": stats.calls,
-                    "errors": stats.errors,
-                    "p99_call_us": stats.call_p99().map(|d| d.as_secs_f64() * 1e6),
-                    "stats": stats,
-                    "versions": self.version_counts(&info.name),
-                    "last_auto_rollback": self.versions.auto_rollbacks.get(&info.name),
-                    "trial": self.trial_summary(&info.name),
-                    "quarantined": self.quarantined_exchanges(&info.name),
-                })
+                let mut row = self.plugin_row(info.name.clone(), "exchange", info.bundled, stats);
+                row.exchange = Some(ExchangePluginRow {
+                    from_cache: info.from_cache,
+                    last_auto_rollback: self.versions.auto_rollbacks.get(&info.name).cloned(),
+                    trial: self.versions.trials.get(&info.name).cloned(),
+                    quarantined: self.quarantined_exchanges(&info.name),
+                });
+                row
             })
             .collect();
-        let mut plugins = plugins;
         for (name, bundled, stats) in self.plugins.handler_plugins() {
-            let active = self.versions.active.get(&name).copied();
-            let hash = active.and_then(|v| {
-                let versions = self.versions.deployed.get(&name)?;
-                versions
-                    .iter()
-                    .find(|p| p.version == v)
-                    .map(|p| p.hash.clone())
-            });
             let stats = stats.unwrap_or_default();
-            plugins.push(json!({
-                "name": name,
-                "kind": "handler",
-                "bundled": bundled,
-                "active_version": active,
-                "hash": hash,
-                "calls": stats.calls,
-                "errors": stats.errors,
-                "p99_call_us": stats.call_p99().map(|d| d.as_secs_f64() * 1e6),
-                "stats": stats,
-                "versions": self.version_counts(&name),
-            }));
+            plugins.push(self.plugin_row(name, "handler", bundled, stats));
         }
-        Reply::Ok(json!({ "plugins": plugins }))
+        Reply::Ok(PluginList { plugins }.into())
+    }
+
+    /// What `list_plugins` shows of every plugin, exchange or handler.
+    fn plugin_row(
+        &self,
+        name: String,
+        kind: &'static str,
+        bundled: bool,
+        stats: StatsSnapshot,
+    ) -> PluginRow {
+        let active = self.versions.active.get(&name).copied();
+        let hash = active.and_then(|v| {
+            let versions = self.versions.deployed.get(&name)?;
+            versions
+                .iter()
+                .find(|p| p.version == v)
+                .map(|p| p.hash.clone())
+        });
+        PluginRow {
+            versions: self.version_counts(&name),
+            name,
+            kind,
+            bundled,
+            active_version: active,
+            hash,
+            calls: stats.calls,
+            errors: stats.errors,
+            p99_call_us: stats.call_p99().map(|d| d.as_secs_f64() * 1e6),
+            stats,
+            exchange: None,
+        }
     }
 
     /// The quarantined exchanges of type `name`: exchange, since (ms since the Unix
     /// epoch), reason.
-    fn quarantined_exchanges(&self, name: &str) -> Vec<serde_json::Value> {
+    fn quarantined_exchanges(&self, name: &str) -> Vec<QuarantinedExchange> {
         let mut quarantined: Vec<_> = self
             .topology
             .exchanges
@@ -77,24 +74,27 @@ impl Router {
             .filter(|(_, e)| e.kind == name)
             .filter_map(|(exchange, _)| {
                 let (since, reason) = self.plugins.quarantine(exchange)?;
-                Some(json!({ "exchange": exchange, "since": since, "reason": reason }))
+                let exchange = exchange.to_string();
+                Some(QuarantinedExchange {
+                    exchange,
+                    since,
+                    reason,
+                })
             })
             .collect();
-        quarantined.sort_by(|a, b| a["exchange"].as_str().cmp(&b["exchange"].as_str()));
+        quarantined.sort_by(|a, b| a.exchange.cmp(&b.exchange));
         quarantined
     }
 
     /// Messages, calls and errors of each version of plugin `name` since startup.
-    fn version_counts(&self, name: &str) -> Vec<serde_json::Value> {
+    fn version_counts(&self, name: &str) -> Vec<VersionCounts> {
         let versions = self.plugins.version_stats(name).into_iter();
         versions
-            .map(|(version, stats)| {
-                json!({
-                    "version": version,
-                    "messages": stats.messages,
-                    "calls": stats.calls,
-                    "errors": stats.errors,
-                })
+            .map(|(version, stats)| VersionCounts {
+                version,
+                messages: stats.messages,
+                calls: stats.calls,
+                errors: stats.errors,
             })
             .collect()
     }
@@ -107,22 +107,19 @@ impl Router {
             )
         })?;
         let active = self.versions.active.get(name).copied();
-        let versions: Vec<_> = versions
+        let trial = self.versions.trials.get(name);
+        let versions = versions
             .iter()
-            .map(|v| {
-                let mut entry = serde_json::to_value(v).expect("serializable");
-                entry["active"] = json!(Some(v.version) == active);
-                if let Some(trial) = self
-                    .versions
-                    .trials
-                    .get(name)
-                    .filter(|t| t.version == v.version)
-                {
-                    entry["trial"] = json!(trial.mode);
-                }
-                entry
+            .map(|v| HistoryEntry {
+                version: v.clone(),
+                active: Some(v.version) == active,
+                trial: trial.filter(|t| t.version == v.version).map(|t| t.mode),
             })
             .collect();
-        Ok(Reply::Ok(json!({ "name": name, "versions": versions })))
+        let history = PluginHistory {
+            name: name.to_owned(),
+            versions,
+        };
+        Ok(Reply::Ok(history.into()))
     }
 }

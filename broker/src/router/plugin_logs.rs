@@ -1,9 +1,7 @@
 //! `plugin_logs`: a plugin's recent log lines, kept by the plugin host.
 
-use serde_json::json;
-
 use super::{OpError, Reply, Router};
-use crate::protocol::ErrorCode;
+use crate::protocol::{ErrorCode, PluginLogs};
 
 impl Router {
     pub(super) fn plugin_logs(
@@ -20,8 +18,11 @@ impl Router {
         })?;
         // Where a follower continues: the newest line it has seen.
         let last_seq = lines.last().map_or(after, |line| line.seq);
-        Ok(Reply::Ok(
-            json!({ "name": name, "lines": lines, "last_seq": last_seq }),
-        ))
+        let logs = PluginLogs {
+            name: name.to_owned(),
+            lines,
+            last_seq,
+        };
+        Ok(Reply::Ok(logs.into()))
     }
 }

@@ -6,10 +6,8 @@
 
 use std::collections::HashSet;
 
-use serde_json::json;
-
-use super::{OpError, Reply, Router};
-use crate::protocol::ErrorCode;
+use super::{Answer, OpError, Reply, Router};
+use crate::protocol::{ErrorCode, PluginDeleted, PluginPruned};
 use crate::store::StoreOp;
 
 impl Router {
@@ -29,8 +27,13 @@ impl Router {
             return Err(OpError::new(ErrorCode::PreconditionFailed, message));
         }
         let (pruned, kept) = self.prune_versions(name, keep);
-        let result = json!({ "name": name, "pruned": pruned, "kept": kept });
-        Ok(match pruned.is_empty() {
+        let nothing_pruned = pruned.is_empty();
+        let result = Answer::from(PluginPruned {
+            name: name.to_owned(),
+            pruned,
+            kept,
+        });
+        Ok(match nothing_pruned {
             true => Reply::Ok(result),
             false => Reply::OkAfterCommit(result),
         })
@@ -93,9 +96,8 @@ impl Router {
         self.plugins.unload(name);
         tracing::info!(plugin = %name, versions = versions.len(), "plugin deleted");
         let deleted: Vec<u64> = versions.iter().map(|v| v.version).collect();
-        Ok(Reply::OkAfterCommit(
-            json!({ "name": name, "deleted": deleted }),
-        ))
+        let name = name.to_owned();
+        Ok(Reply::OkAfterCommit(PluginDeleted { name, deleted }.into()))
     }
 
     /// After a new version of `name` went active: applies the retention, if any.

@@ -10,8 +10,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::store::PluginVersion;
 
-use super::plugins::{AutoRollback, DeployJob};
+use super::plugins::DeployJob;
 use super::trials::Trials;
+use crate::protocol::AutoRollback;
 
 #[derive(Default)]
 pub(super) struct PluginVersions {

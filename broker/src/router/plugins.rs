@@ -11,13 +11,15 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde_json::json;
 
 use super::exchanges::now_ms;
 use super::trials::DeployAs;
-use super::{Command, OpError, Outbound, Reply, Router};
+use super::{Answer, Command, OpError, Outbound, Reply, Router};
 use crate::plugin::{LoadError, PluginSource, PreparedPlugin, content_hash};
-use crate::protocol::{ErrorCode, RequestId, ServerFrame};
+use crate::protocol::{
+    AutoRollback, ErrorCode, PluginActivated, PluginCompiled, PluginDeployed, PluginReset,
+    RequestId, ServerFrame,
+};
 use crate::queue::ConnId;
 use crate::store::{CommitError, PluginVersion, StoreOp};
 
@@ -73,7 +75,7 @@ pub struct Stored {
     /// The compiled code stored with it (artifact key, bytes), if it was compiled now.
     artifact: Option<(String, Bytes)>,
     /// The reply's result, when the commit succeeded.
-    result: serde_json::Value,
+    result: PluginDeployed,
     prepared: PreparedPlugin,
     committed: Result<(), CommitError>,
 }
@@ -82,21 +84,6 @@ pub struct Stored {
 /// failed calls, making up at least a tenth of its calls.
 const AUTO_ROLLBACK_MIN_ERRORS: u64 = 5;
 pub(super) const AUTO_ROLLBACK_CHECK: Duration = Duration::from_millis(200);
-
-/// The last automatic rollback of a plugin, for `list_plugins`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct AutoRollback {
-    pub from: u64,
-    pub to: u64,
-    pub errors: u64,
-    pub calls: u64,
-    pub at: u64,
-    /// For a canary rolled back (its trial ended, the active version unchanged): why it
-    /// was judged failing. `errors` and `calls` then count the messages it failed on and
-    /// all it was given.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub canary: Option<String>,
-}
 
 impl Router {
     pub(super) fn deploy_plugin(
@@ -130,12 +117,16 @@ impl Router {
         {
             // Redeploying the running bytes (a restart's plugins directory, a touched
             // file) is not a new version; behind a queued deploy it would be one.
-            return Ok(Reply::Ok(json!({
-                "name": name,
-                "version": active.version,
-                "hash": hash,
-                "unchanged": true,
-            })));
+            let unchanged = PluginDeployed {
+                name,
+                version: active.version,
+                hash,
+                unchanged: true,
+                compiled: None,
+                activated: None,
+                on_trial: None,
+            };
+            return Ok(Reply::Ok(unchanged.into()));
         }
         let stored = self
             .versions
@@ -374,15 +365,20 @@ impl Router {
             .or_default()
             .push(version.version);
         let info = prepared.info().clone();
-        let result = json!({
-            "name": version.name,
-            "version": version.version,
-            "hash": version.hash,
-            "abi_version": info.abi_version,
-            "capabilities": info.capabilities,
-            "size_bytes": version.size_bytes,
-            "compile_ms": compile_time.as_secs_f64() * 1e3,
-        });
+        let result = PluginDeployed {
+            name: version.name.clone(),
+            version: version.version,
+            hash: version.hash.clone(),
+            unchanged: false,
+            compiled: Some(PluginCompiled {
+                abi_version: info.abi_version,
+                capabilities: info.capabilities,
+                size_bytes: version.size_bytes,
+                compile_ms: compile_time.as_secs_f64() * 1e3,
+            }),
+            activated: None,
+            on_trial: None,
+        };
         let stored = Stored {
             requester,
             purpose,
@@ -468,9 +464,12 @@ impl Router {
         let (hash, deployed_by, rollback) = log;
         tracing::info!(plugin = %name, version = number, %hash, %deployed_by, rollback, "plugin version active");
         let watched = auto_rollback && previous.is_some();
-        result["auto_rollback"] = json!(watched);
-        result["promoted"] = json!(purpose == Purpose::Promote);
+        result.activated = Some(PluginActivated {
+            auto_rollback: watched,
+            promoted: purpose == Purpose::Promote,
+        });
         if let Some((conn, id)) = requester {
+            let result = Answer::from(result).into_json();
             self.send_frame(conn, ServerFrame::Ok { id, result });
         }
         if watched && let Some(previous) = previous {
@@ -556,7 +555,14 @@ impl Router {
         if !lifted.is_empty() {
             tracing::info!(plugin = name, exchanges = ?lifted, "quarantine lifted by reset");
         }
-        Ok(Reply::Ok(json!({ "name": name, "reset": lifted })))
+        let name = name.to_owned();
+        Ok(Reply::Ok(
+            PluginReset {
+                name,
+                reset: lifted,
+            }
+            .into(),
+        ))
     }
 }
 

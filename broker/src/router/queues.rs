@@ -3,7 +3,7 @@
 use crate::fast_map::FastMap;
 use std::sync::Arc;
 
-use super::{OpError, Reply, Router};
+use super::{Answer, OpError, Reply, Router};
 use crate::plugin::PluginHost;
 use crate::protocol::{DeclareQueue, ErrorCode, MessageCount, QueueInfo, QueueList, ServerFrame};
 use crate::queue::{ConnId, Entry, Queue, QueuePolicy, QueueSpec};
@@ -162,7 +162,7 @@ impl Router {
             }
             // A redeclare is a use (`expires`).
             queue.touch(super::exchanges::now_ms());
-            return Ok(Reply::Ok(to_json(info(queue))));
+            return Ok(Reply::Ok(info(queue).into()));
         }
         let declared_by = self.conn_principal(conn);
         if let Some(user) = &declared_by {
@@ -173,7 +173,7 @@ impl Router {
         let name: Arc<str> = name.into();
         let mut queue = self.new_queue(name.clone(), id, spec, policy);
         queue.declared_by = declared_by;
-        let result = to_json(info(&queue));
+        let result: Answer = info(&queue).into();
         let stored = queue.is_stored();
         if stored {
             self.turn.store(StoreOp::PutQueue(QueueRecord {
@@ -213,7 +213,7 @@ impl Router {
             return Err(OpError::new(ErrorCode::PreconditionFailed, message));
         }
         let (messages, stored) = self.remove_queue(name, "queue deleted");
-        let result = to_json(MessageCount { messages });
+        let result: Answer = MessageCount { messages }.into();
         Ok(if stored {
             Reply::OkAfterCommit(result)
         } else {
@@ -285,7 +285,7 @@ impl Router {
                 });
             }
         }
-        let result = to_json(MessageCount {
+        let result: Answer = Answer::from(MessageCount {
             messages: purged.len() as u64,
         });
         Ok(if stored {
@@ -296,7 +296,7 @@ impl Router {
     }
 
     pub(super) fn queue_info(&self, name: &str) -> Result<Reply, OpError> {
-        Ok(Reply::Ok(to_json(info(self.queue(name)?))))
+        Ok(Reply::Ok(info(self.queue(name)?).into()))
     }
 
     pub(super) fn list_queues(&self, conn: ConnId) -> Reply {
@@ -309,7 +309,7 @@ impl Router {
             .map(info)
             .collect();
         queues.sort_by(|a, b| a.queue.cmp(&b.queue));
-        Reply::Ok(to_json(QueueList { queues }))
+        Reply::Ok(QueueList { queues }.into())
     }
 
     pub(super) fn queue(&self, name: &str) -> Result<&Queue, OpError> {
@@ -352,8 +352,4 @@ fn info(queue: &Queue) -> QueueInfo {
         acked: queue.counters.acked,
         deduplicated: queue.counters.deduplicated,
     }
-}
-
-fn to_json(value: impl serde::Serialize) -> serde_json::Value {
-    serde_json::to_value(value).expect("results serialize to JSON")
 }

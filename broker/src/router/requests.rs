@@ -145,9 +145,13 @@ impl Router {
         };
         let frame = match result {
             Ok(Reply::Silent) => return,
-            Ok(Reply::Ok(result)) => ServerFrame::Ok { id, result },
+            Ok(Reply::Ok(answer)) => ServerFrame::Ok {
+                id,
+                result: answer.into_json(),
+            },
             Ok(Reply::Confirm) => ServerFrame::Confirm { id },
-            Ok(Reply::OkAfterCommit(result)) => {
+            Ok(Reply::OkAfterCommit(answer)) => {
+                let result = answer.into_json();
                 return self.after_commit(tx, ServerFrame::Ok { id, result }, credit);
             }
             Ok(Reply::ConfirmAfterCommit) => {

@@ -2,11 +2,10 @@
 //! routes it like a publish, so the plugin runs where it would for a real one; the router
 //! only reads its exchanges, bindings and queues.
 
-use serde_json::json;
-
 use super::exchanges::is_default;
 use super::{OpError, Reply, Routed, Router};
 use crate::message::Message;
+use crate::protocol::{RouteTrace, TracedBinding};
 
 impl Router {
     pub(super) fn trace_route(
@@ -41,18 +40,23 @@ impl Router {
                 bindings.dedup_by_key(|(id, _)| *id);
                 let bindings = bindings
                     .into_iter()
-                    .map(|(_, b)| json!({"queue": b.queue, "key": b.key, "arguments": b.arguments}))
+                    .map(|(_, b)| TracedBinding {
+                        queue: b.queue.clone(),
+                        key: b.key.clone(),
+                        arguments: b.arguments.clone(),
+                    })
                     .collect();
                 let version = exchange.routing.lock().plugin_version();
                 (exchange.kind.clone(), version, bindings)
             }
         };
-        Ok(Reply::Ok(json!({
-            "exchange": message.exchange,
-            "type": kind,
-            "plugin_version": version,
-            "bindings": bindings,
-            "queues": queues.iter().map(|q| q.to_string()).collect::<Vec<_>>(),
-        })))
+        let trace = RouteTrace {
+            exchange: message.exchange.clone(),
+            kind,
+            plugin_version: version,
+            bindings,
+            queues: queues.iter().map(|q| q.to_string()).collect(),
+        };
+        Ok(Reply::Ok(trace.into()))
     }
 }

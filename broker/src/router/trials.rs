@@ -10,14 +10,15 @@
 
 use std::collections::HashMap;
 
-use serde_json::json;
-
 use super::exchanges::now_ms;
-use super::plugins::{AUTO_ROLLBACK_CHECK, AutoRollback, Purpose};
-use super::{Command, OpError, Outbound, Reply, Router};
+use super::plugins::{AUTO_ROLLBACK_CHECK, Purpose};
+use super::{Answer, Command, OpError, Outbound, Reply, Router};
 use crate::exchange::BindingId;
 use crate::plugin::{Difference, PluginHost, PluginSource, PreparedPlugin, TrialMode};
-use crate::protocol::{ErrorCode, RequestId, ServerFrame};
+use crate::protocol::{
+    AutoRollback, BindingTarget, ErrorCode, PluginDeployed, PluginOnTrial, RequestId,
+    RouteDifference, RoutedTo, ServerFrame, TrialDropped, TrialFigures, TrialStatus,
+};
 use crate::queue::ConnId;
 use crate::store::{PluginTrialRecord, Recovered, StoreOp, WriteBatch};
 
@@ -133,7 +134,7 @@ impl Router {
         mode: TrialMode,
         prepared: PreparedPlugin,
         requester: Option<(ConnId, RequestId)>,
-        mut result: serde_json::Value,
+        mut result: PluginDeployed,
     ) {
         let reply = match self.plugins.start_trial(prepared, mode) {
             Ok(_) => {
@@ -144,9 +145,11 @@ impl Router {
                 if let TrialMode::Canary { .. } = mode {
                     self.watch_canary(name.to_owned(), version);
                 }
-                result["trial"] = json!(mode);
-                result["active_version"] = json!(self.versions.active.get(name));
-                Ok(result)
+                result.on_trial = Some(PluginOnTrial {
+                    trial: mode,
+                    active_version: self.versions.active.get(name).copied(),
+                });
+                Ok(Answer::from(result).into_json())
             }
             Err(e) => {
                 // Stored as the trial, but it cannot run (the plugin was deleted meanwhile):
@@ -206,12 +209,13 @@ impl Router {
         self.trial_store_ops(name, trial.version, Purpose::Promote);
         self.plugins.end_trial(name);
         tracing::info!(plugin = %name, version = trial.version, "plugin trial dropped");
-        Ok(Reply::OkAfterCommit(json!({
-            "name": name,
-            "dropped": trial.version,
-            "trial": trial.mode,
-            "version": self.versions.active.get(name),
-        })))
+        let dropped = TrialDropped {
+            name: name.to_owned(),
+            dropped: trial.version,
+            trial: trial.mode,
+            version: self.versions.active.get(name).copied(),
+        };
+        Ok(Reply::OkAfterCommit(dropped.into()))
     }
 
     /// Watches canary `version` of `name` while it is on trial; once its lanes judged it
@@ -270,18 +274,6 @@ impl Router {
         self.versions.auto_rollbacks.insert(name, failing);
     }
 
-    /// The trial of `name` for `list_plugins`: version, mode (and share).
-    pub(super) fn trial_summary(&self, name: &str) -> serde_json::Value {
-        match self.versions.trials.get(name) {
-            Some(trial) => {
-                let mut summary = json!(trial.mode);
-                summary["version"] = json!(trial.version);
-                summary
-            }
-            None => serde_json::Value::Null,
-        }
-    }
-
     /// `plugin_shadow`: what the version on trial has done since it started (or since
     /// the broker did): counts and the newest differences, with binding ids shown as
     /// their queues and keys.
@@ -290,63 +282,63 @@ impl Router {
             let message = format!("no exchange plugin `{name}`");
             return Err(OpError::new(ErrorCode::PluginNotFound, message));
         }
-        let active = self.versions.active.get(name);
+        let mut status = TrialStatus {
+            name: name.to_owned(),
+            active_version: self.versions.active.get(name).copied(),
+            trial: None,
+            report: None,
+        };
         let Some((version, mode, report)) = self.plugins.trial(name) else {
-            return Ok(Reply::Ok(json!({
-                "name": name,
-                "active_version": active,
-                "trial": null,
-            })));
+            return Ok(Reply::Ok(status.into()));
         };
         let snapshot = report.snapshot();
-        let examples: Vec<_> = snapshot
-            .examples
-            .iter()
-            .map(|d| self.difference_json(d))
-            .collect();
-        let mut trial = json!(mode);
-        trial["version"] = json!(version);
-        Ok(Reply::Ok(json!({
-            "name": name,
-            "active_version": active,
-            "trial": trial,
-            "compared": snapshot.compared,
-            "differed": snapshot.differed,
-            "shadow_failures": snapshot.shadow_failures,
-            "shadow_skipped": snapshot.shadow_skipped,
-            "canary_messages": snapshot.canary_messages,
-            "canary_errors": snapshot.canary_errors,
-            "failing": snapshot.failed,
-            "examples": examples,
-        })))
+        status.trial = Some(PluginTrialRecord { version, mode });
+        status.report = Some(TrialFigures {
+            compared: snapshot.compared,
+            differed: snapshot.differed,
+            shadow_failures: snapshot.shadow_failures,
+            shadow_skipped: snapshot.shadow_skipped,
+            canary_messages: snapshot.canary_messages,
+            canary_errors: snapshot.canary_errors,
+            failing: snapshot.failed,
+            examples: snapshot
+                .examples
+                .iter()
+                .map(|d| self.route_difference(d))
+                .collect(),
+        });
+        Ok(Reply::Ok(status.into()))
     }
 
-    fn difference_json(&self, d: &Difference) -> serde_json::Value {
+    /// A difference with its binding ids shown as their queues and keys.
+    fn route_difference(&self, d: &Difference) -> RouteDifference {
         let exchange = self.topology.exchanges.get(&d.exchange);
-        let bindings = |ids: &[BindingId]| -> Vec<serde_json::Value> {
-            ids.iter()
-                .map(|id| match exchange.and_then(|e| e.bindings.get(id)) {
-                    Some(b) => json!({
-                        "binding": id,
-                        "key": b.key,
-                        "queue": crate::vhost::local(&b.queue),
-                    }),
-                    None => json!({ "binding": id, "queue": null }),
+        let bindings = |ids: &[BindingId]| RoutedTo::Bindings {
+            bindings: ids
+                .iter()
+                .map(|id| {
+                    let binding = exchange.and_then(|e| e.bindings.get(id));
+                    BindingTarget {
+                        binding: *id,
+                        key: binding.map(|b| b.key.clone()),
+                        queue: binding.map(|b| crate::vhost::local(&b.queue).to_owned()),
+                    }
                 })
-                .collect()
+                .collect(),
         };
-        let shadow = match &d.shadow {
-            Ok(ids) => json!({ "bindings": bindings(ids) }),
-            Err(reason) => json!({ "error": reason }),
-        };
-        json!({
-            "at": d.at,
-            "exchange": crate::vhost::local(&d.exchange),
-            "routing_key": d.routing_key,
-            "headers": d.headers,
-            "active": { "bindings": bindings(&d.active) },
-            "shadow": shadow,
-        })
+        RouteDifference {
+            at: d.at,
+            exchange: crate::vhost::local(&d.exchange).to_owned(),
+            routing_key: d.routing_key.clone(),
+            headers: d.headers.clone(),
+            active: bindings(&d.active),
+            shadow: match &d.shadow {
+                Ok(ids) => bindings(ids),
+                Err(reason) => RoutedTo::Failed {
+                    error: reason.clone(),
+                },
+            },
+        }
     }
 
     fn send_trial_frame(&self, conn: ConnId, frame: ServerFrame) {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{OpError, Reply, Router};
+use super::{Answer, OpError, Reply, Router};
 use crate::auth::{Authenticator, Principal, UserLimits, UserRecord};
 use crate::protocol::{ErrorCode, RequestId, UserInfo, UserList};
 use crate::queue::ConnId;
@@ -45,9 +45,7 @@ impl Router {
                 max_queues: u.limits.max_queues,
             })
             .collect();
-        Ok(Reply::Ok(
-            serde_json::to_value(UserList { users }).expect("serializes"),
-        ))
+        Ok(Reply::Ok(UserList { users }.into()))
     }
 
     /// Stores a user change; the reply and the authenticator's update follow the commit.
@@ -95,7 +93,7 @@ impl Router {
                 }));
             }
         }
-        Ok(Reply::OkAfterCommit(serde_json::Value::Null))
+        Ok(Reply::OkAfterCommit(Answer::Done))
     }
 
     pub(super) fn set_user_limits(

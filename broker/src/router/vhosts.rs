@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{OpError, Outbound, Reply, Router};
+use super::{Answer, OpError, Outbound, Reply, Router};
 use crate::auth::{Authenticator, UserRecord};
 use crate::protocol::{
     ErrorCode, PermissionList, ServerFrame, SetPermissions, VhostInfo, VhostList,
@@ -18,7 +18,7 @@ impl Router {
         self.require_administrator(conn, "add_vhost")?;
         vhost::check_vhost_name(&name).map_err(|e| OpError::new(ErrorCode::InvalidField, e))?;
         if self.auth.vhost_exists(&name) {
-            return Ok(Reply::Ok(serde_json::Value::Null));
+            return Ok(Reply::Ok(Answer::Done));
         }
         tracing::info!(target: "audit", event = "vhost_added", vhost = %name, by = %self.conn_user(conn), "vhost added");
         self.turn.store(StoreOp::PutVhost(name.clone()));
@@ -29,7 +29,7 @@ impl Router {
                 auth.put_vhost(&name);
             }
         }));
-        Ok(Reply::OkAfterCommit(serde_json::Value::Null))
+        Ok(Reply::OkAfterCommit(Answer::Done))
     }
 
     /// Removes every queue, exchange and binding of the vhost, closes its connections and
@@ -112,7 +112,7 @@ impl Router {
                 auth.remove_vhost(&name);
             }
         }));
-        Ok(Reply::OkAfterCommit(serde_json::Value::Null))
+        Ok(Reply::OkAfterCommit(Answer::Done))
     }
 
     pub(super) fn list_vhosts(&self, conn: ConnId) -> Result<Reply, OpError> {
@@ -123,7 +123,7 @@ impl Router {
             .into_iter()
             .map(|vhost| VhostInfo { vhost })
             .collect();
-        Ok(Reply::Ok(to_json(VhostList { vhosts })))
+        Ok(Reply::Ok(Answer::from(VhostList { vhosts })))
     }
 
     pub(super) fn set_permissions(
@@ -148,7 +148,7 @@ impl Router {
             plugin = permissions.plugin, by = %self.conn_user(conn), "permissions set");
         user.permissions.insert(set.vhost, permissions);
         self.store_user(user);
-        Ok(Reply::OkAfterCommit(serde_json::Value::Null))
+        Ok(Reply::OkAfterCommit(Answer::Done))
     }
 
     pub(super) fn clear_permissions(
@@ -160,11 +160,11 @@ impl Router {
         self.require_administrator(conn, "clear_permissions")?;
         let mut record = self.require_user(&user)?;
         if record.permissions.remove(&vhost).is_none() {
-            return Ok(Reply::Ok(serde_json::Value::Null));
+            return Ok(Reply::Ok(Answer::Done));
         }
         tracing::info!(target: "audit", event = "permissions_cleared", user = %user, vhost = %vhost, by = %self.conn_user(conn), "permissions cleared");
         self.store_user(record);
-        Ok(Reply::OkAfterCommit(serde_json::Value::Null))
+        Ok(Reply::OkAfterCommit(Answer::Done))
     }
 
     pub(super) fn list_permissions(&self, conn: ConnId) -> Result<Reply, OpError> {
@@ -186,7 +186,7 @@ impl Router {
                     })
             })
             .collect();
-        Ok(Reply::Ok(to_json(PermissionList { permissions })))
+        Ok(Reply::Ok(Answer::from(PermissionList { permissions })))
     }
 
     fn require_vhost(&self, name: &str) -> Result<(), OpError> {
@@ -215,8 +215,4 @@ impl Router {
             }
         }));
     }
-}
-
-fn to_json(value: impl serde::Serialize) -> serde_json::Value {
-    serde_json::to_value(value).expect("results serialize to JSON")
 }

@@ -20,15 +20,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::exchanges::now_ms;
 use super::queues::check_access;
-use super::{Command, OpError, Outbound, Reply, Router, Settle};
+use super::{Answer, Command, OpError, Outbound, Reply, Router, Settle};
 use crate::message::Message;
 use crate::plugin::{HandlerError, HandlerSlot, LiveHandler};
-use crate::protocol::{AttachHandler, ErrorCode, HandlerMode, RequestId, ServerFrame};
+use crate::protocol::{
+    AttachHandler, ErrorCode, HandlerCounts, HandlerList, HandlerMode, HandlerRefusal, HandlerRow,
+    RequestId, ServerFrame,
+};
 use crate::queue::{ConnId, Consumer, Retry};
 use crate::store::StoreOp;
 
@@ -126,28 +128,29 @@ impl AttachmentStats {
         *self.refused.lock().expect("attachment lock poisoned") = Some((version, reason));
     }
 
-    /// The version its instances run (`null` for version 0) and the refusal, if any.
-    fn version_json(&self) -> (serde_json::Value, serde_json::Value) {
+    /// The version its instances run (`None` for version 0) and the refusal, if any.
+    fn version(&self) -> (Option<u64>, Option<HandlerRefusal>) {
         let version = self.version.load(Ordering::Relaxed);
         let refused = self.refused.lock().expect("attachment lock poisoned");
-        let refused = refused
-            .as_ref()
-            .map(|(v, reason)| json!({"version": v, "reason": reason}));
-        ((version > 0).then_some(version).into(), refused.into())
+        let refused = refused.as_ref().map(|(version, reason)| HandlerRefusal {
+            version: *version,
+            reason: reason.clone(),
+        });
+        ((version > 0).then_some(version), refused)
     }
 
-    fn to_json(&self) -> serde_json::Value {
+    fn counts(&self) -> HandlerCounts {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        json!({
-            "handled": get(&self.handled),
-            "acked": get(&self.acked),
-            "retried": get(&self.retried),
-            "rejected": get(&self.rejected),
-            "failed": get(&self.failed),
-            "dropped": get(&self.dropped),
-            "transformed": get(&self.transformed),
-            "published": get(&self.published),
-        })
+        HandlerCounts {
+            handled: get(&self.handled),
+            acked: get(&self.acked),
+            retried: get(&self.retried),
+            rejected: get(&self.rejected),
+            failed: get(&self.failed),
+            dropped: get(&self.dropped),
+            transformed: get(&self.transformed),
+            published: get(&self.published),
+        }
     }
 }
 
@@ -248,9 +251,7 @@ impl Router {
         let key: Key = (attach.queue.as_str().into(), attach.plugin.clone());
         match self.handlers.attachments.get(&key) {
             None => Ok(None),
-            Some(existing) if existing.record == *attach => {
-                Ok(Some(Reply::Ok(serde_json::Value::Null)))
-            }
+            Some(existing) if existing.record == *attach => Ok(Some(Reply::Ok(Answer::Done))),
             Some(_) => {
                 let message = format!(
                     "handler `{}` is attached to queue `{}` with a different mode/concurrency/config; detach it first",
@@ -284,9 +285,9 @@ impl Router {
                 self.start_with(record.clone(), slot, first);
                 if stored {
                     self.turn.store(StoreOp::PutHandler(record));
-                    Ok(Reply::OkAfterCommit(serde_json::Value::Null))
+                    Ok(Reply::OkAfterCommit(Answer::Done))
                 } else {
-                    Ok(Reply::Ok(serde_json::Value::Null))
+                    Ok(Reply::Ok(Answer::Done))
                 }
             }
         };
@@ -313,7 +314,7 @@ impl Router {
             queue: queue.to_owned(),
             plugin: plugin.to_owned(),
         });
-        Ok(Reply::OkAfterCommit(serde_json::Value::Null))
+        Ok(Reply::OkAfterCommit(Answer::Done))
     }
 
     pub(super) fn list_handlers(&self, conn: ConnId) -> Reply {
@@ -325,28 +326,22 @@ impl Router {
             .filter(|a| crate::vhost::of(&a.record.queue) == vhost)
             .map(|a| {
                 let r = &a.record;
-                let (version, refused) = a.stats.version_json();
-                json!({
-                    "queue": r.queue,
-                    "plugin": r.plugin,
-                    "mode": r.mode,
-                    "concurrency": r.concurrency,
-                    "config": r.config,
-                    // The deployed version its instances run: the active one, unless
-                    // that refused the attachment (then `refused` says which and why);
-                    // null for bundled plugins and files from --plugins-dir.
-                    "plugin_version": version,
-                    "refused": refused,
-                    "subscribers": a.subscribers,
-                    "stats": a.stats.to_json(),
-                })
+                let (plugin_version, refused) = a.stats.version();
+                HandlerRow {
+                    queue: r.queue.clone(),
+                    plugin: r.plugin.clone(),
+                    mode: r.mode,
+                    concurrency: r.concurrency,
+                    config: r.config.clone(),
+                    plugin_version,
+                    refused,
+                    subscribers: a.subscribers,
+                    stats: a.stats.counts(),
+                }
             })
             .collect();
-        rows.sort_by(|a, b| {
-            (a["queue"].as_str(), a["plugin"].as_str())
-                .cmp(&(b["queue"].as_str(), b["plugin"].as_str()))
-        });
-        Reply::Ok(json!({ "handlers": rows }))
+        rows.sort_by(|a, b| (&a.queue, &a.plugin).cmp(&(&b.queue, &b.plugin)));
+        Reply::Ok(HandlerList { handlers: rows }.into())
     }
 
     /// Re-attaches the stored attachments at startup (after the plugin versions are
