@@ -8,6 +8,7 @@
 pub mod amqp;
 pub mod auth;
 pub mod client;
+pub mod clock;
 pub(crate) mod conn_ids;
 pub mod exchange;
 pub(crate) mod fast_map;

@@ -278,9 +278,7 @@ pub fn rfc3339(at_ms: u64) -> String {
 
 /// "12s ago" for a time in ms since the Unix epoch.
 pub fn ago(at_ms: u64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now = broker::clock::now_ms();
     let secs = now.saturating_sub(at_ms) / 1000;
     match secs {
         0..60 => format!("{secs}s ago"),

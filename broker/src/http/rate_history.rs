@@ -139,7 +139,7 @@ async fn sample_until(
             Err(_) => continue,
         };
         vhosts.retain(|name, _| names.contains(name));
-        let t = unix_ms();
+        let t = crate::clock::now_ms();
         for name in names {
             let (queues, history) = vhosts
                 .entry(name.clone())
@@ -158,12 +158,6 @@ async fn sample_until(
             .collect();
         tx.send_replace(Arc::new(snapshot));
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -74,7 +74,7 @@ impl ExchangeControl {
 
     fn set_quarantine(&self, cause: Option<String>) {
         let mut quarantine = self.quarantine.lock().expect("control lock poisoned");
-        *quarantine = cause.map(|cause| (super::health::now_ms(), cause));
+        *quarantine = cause.map(|cause| (crate::clock::now_ms(), cause));
         self.quarantined
             .store(quarantine.is_some(), Ordering::Release);
     }

@@ -229,7 +229,7 @@ impl HandlerRegistry {
     }
 
     /// Compiles and checks handler `source` without making it current. Blocking.
-    pub fn prepare(
+    pub fn compile(
         &self,
         engine: &Engine,
         limits: &Limits,
@@ -310,7 +310,7 @@ impl HandlerRegistry {
             wasm: Bytes::from_static(wasm),
             compiled: None,
         };
-        match self.prepare(engine, limits, &source, true) {
+        match self.compile(engine, limits, &source, true) {
             Ok(loaded) => {
                 self.install(loaded, limits);
                 self.slots
@@ -502,7 +502,7 @@ impl LiveHandler {
         let mut store = Store::new(loaded.pre.engine(), state);
         HostState::install(&mut store, |state| &mut state.host);
         loaded.stats.record_instantiation();
-        prepare(&mut store, true);
+        arm_call(&mut store, true);
         let failed = |store: &Store<HandlerState>, e| {
             let failure = classify(&store.data().host, e);
             loaded.stats.record_failure(failure.kind);
@@ -512,7 +512,7 @@ impl LiveHandler {
             Ok(plugin) => plugin,
             Err(e) => return Err(failed(&store, e)),
         };
-        prepare(&mut store, true);
+        arm_call(&mut store, true);
         let init = plugin
             .broker_plugin_handler()
             .call_init(&mut store, queue, config);
@@ -554,7 +554,7 @@ impl LiveHandler {
     pub fn handle(&mut self, msg: &Message, delivery_count: u32) -> Result<Handled, String> {
         // The body travels inside the message: it widens the budget like a fetched body.
         self.store.data_mut().host.bodies.push(msg.body.clone());
-        prepare(&mut self.store, false);
+        arm_call(&mut self.store, false);
         self.store.data_mut().host.bodies.clear();
         let view = wit::Message {
             exchange: msg.exchange.clone(),
@@ -600,7 +600,7 @@ impl LiveHandler {
 /// Fresh budget before a call: fuel, time, log allowance, empty outbox. The body is in
 /// the message itself, so it widens the budget like an exchange's fetched body.
 /// `setup`: instantiation and `init`, which get the setup budget.
-fn prepare(store: &mut Store<HandlerState>, setup: bool) {
+fn arm_call(store: &mut Store<HandlerState>, setup: bool) {
     let state = store.data_mut();
     state.outbox.clear();
     state.outbox_bytes = 0;

@@ -6,13 +6,6 @@ use std::time::{Duration, Instant};
 
 use super::limits::Limits;
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Why an exchange was quarantined.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QuarantineCause {

@@ -36,9 +36,7 @@ struct Ring {
 
 impl LogRing {
     pub fn push(&self, level: &'static str, scope: &str, text: &str) {
-        let at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let at = crate::clock::now_ms();
         let mut ring = self.lines.lock().expect("log ring lock poisoned");
         ring.last_seq += 1;
         let seq = ring.last_seq;

@@ -69,4 +69,6 @@ pub use log_ring::{LOG_RING_LINES, LogLine};
 pub(crate) use registry::lower_thread_priority;
 pub use registry::{HostError, PluginHost, PreparedPlugin, content_hash};
 pub use stats::{CALL_TIME_BUCKETS, PluginStats, StatsSnapshot, call_time_bucket_bound};
-pub use trial::{Difference, TRIAL_EXAMPLES, TrialError, TrialMode, TrialReport, TrialSnapshot};
+pub use trial::{
+    Difference, TRIAL_EXAMPLES, TrialCounts, TrialError, TrialMode, TrialReport, TrialSnapshot,
+};

@@ -232,7 +232,7 @@ impl PluginHost {
             };
             let prepared =
                 self.inner
-                    .prepare(&source, true)
+                    .compile(&source, true)
                     .map_err(|source| HostError::Bundled {
                         name: name.to_owned(),
                         source,
@@ -258,7 +258,7 @@ impl PluginHost {
     /// new version at their next call (if it accepts their bindings).
     pub async fn load(&self, name: &str, bytes: impl Into<Bytes>) -> Result<PluginInfo, LoadError> {
         let prepared = self
-            .prepare(PluginSource {
+            .compile(PluginSource {
                 name: name.to_owned(),
                 version: 0,
                 wasm: bytes.into(),
@@ -276,14 +276,14 @@ impl PluginHost {
             wasm: Bytes::copy_from_slice(bytes),
             compiled: None,
         };
-        let prepared = self.inner.prepare(&source, false)?;
+        let prepared = self.inner.compile(&source, false)?;
         Ok(self.install(prepared))
     }
 
     /// Compiles (or takes from `source.compiled`) and validates a plugin version on a
     /// blocking thread, without making it current: the deploy path stores the version
     /// first, then [`PluginHost::install`]s it.
-    pub async fn prepare(&self, source: PluginSource) -> Result<PreparedPlugin, LoadError> {
+    pub async fn compile(&self, source: PluginSource) -> Result<PreparedPlugin, LoadError> {
         let inner = self.inner.clone();
         let (done, prepared) = tokio::sync::oneshot::channel();
         // A thread of its own at a lower priority: compiling takes a core for up to
@@ -292,7 +292,7 @@ impl PluginHost {
             .name("plugin-compile".into())
             .spawn(move || {
                 lower_thread_priority();
-                let _ = done.send(inner.prepare(&source, false));
+                let _ = done.send(inner.compile(&source, false));
             })
             .map_err(|e| LoadError::Compile(format!("cannot start a compile thread: {e}")))?;
         prepared
@@ -300,9 +300,9 @@ impl PluginHost {
             .map_err(|_| LoadError::Compile("the compile thread panicked".into()))?
     }
 
-    /// [`PluginHost::prepare`] on the calling thread (startup).
-    pub fn prepare_blocking(&self, source: &PluginSource) -> Result<PreparedPlugin, LoadError> {
-        self.inner.prepare(source, false)
+    /// [`PluginHost::compile`] on the calling thread (startup).
+    pub fn compile_blocking(&self, source: &PluginSource) -> Result<PreparedPlugin, LoadError> {
+        self.inner.compile(source, false)
     }
 
     /// Makes a prepared version current: new exchanges use it, live ones move to it at
@@ -502,7 +502,7 @@ impl PluginHost {
 }
 
 impl HostInner {
-    fn prepare(&self, source: &PluginSource, bundled: bool) -> Result<PreparedPlugin, LoadError> {
+    fn compile(&self, source: &PluginSource, bundled: bool) -> Result<PreparedPlugin, LoadError> {
         if !bundled && bundled::is_standard(&source.name) {
             return Err(LoadError::ReservedName(source.name.clone()));
         }
@@ -520,7 +520,7 @@ impl HostInner {
                 }
                 let handler = self
                     .handlers
-                    .prepare(&self.engine, &self.limits, source, bundled)?;
+                    .compile(&self.engine, &self.limits, source, bundled)?;
                 return Ok(PreparedPlugin {
                     plugin: Prepared::Handler(handler),
                 });

@@ -74,17 +74,23 @@ pub struct TrialReport {
 }
 
 /// A point-in-time copy of a [`TrialReport`].
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct TrialSnapshot {
+    pub counts: TrialCounts,
+    pub failed: Option<String>,
+    /// The newest differences, oldest first.
+    pub examples: Vec<Difference>,
+}
+
+/// A [`TrialReport`]'s counters, read at one moment (each means what its field there does).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TrialCounts {
     pub compared: u64,
     pub differed: u64,
     pub shadow_failures: u64,
     pub shadow_skipped: u64,
     pub canary_messages: u64,
     pub canary_errors: u64,
-    pub failed: Option<String>,
-    /// The newest differences, oldest first.
-    pub examples: Vec<Difference>,
 }
 
 impl TrialReport {
@@ -109,7 +115,7 @@ impl TrialReport {
             }
         }
         let example = Difference {
-            at: super::health::now_ms(),
+            at: crate::clock::now_ms(),
             exchange: exchange.to_owned(),
             routing_key: msg.routing_key.clone(),
             headers: msg.headers.clone(),
@@ -152,12 +158,14 @@ impl TrialReport {
 
     pub fn snapshot(&self) -> TrialSnapshot {
         TrialSnapshot {
-            compared: self.compared.load(Ordering::Relaxed),
-            differed: self.differed.load(Ordering::Relaxed),
-            shadow_failures: self.shadow_failures.load(Ordering::Relaxed),
-            shadow_skipped: self.shadow_skipped.load(Ordering::Relaxed),
-            canary_messages: self.canary_messages.load(Ordering::Relaxed),
-            canary_errors: self.canary_errors.load(Ordering::Relaxed),
+            counts: TrialCounts {
+                compared: self.compared.load(Ordering::Relaxed),
+                differed: self.differed.load(Ordering::Relaxed),
+                shadow_failures: self.shadow_failures.load(Ordering::Relaxed),
+                shadow_skipped: self.shadow_skipped.load(Ordering::Relaxed),
+                canary_messages: self.canary_messages.load(Ordering::Relaxed),
+                canary_errors: self.canary_errors.load(Ordering::Relaxed),
+            },
             failed: self.failed(),
             examples: self
                 .examples
@@ -252,15 +260,19 @@ mod tests {
         let report = TrialReport::default();
         let msg = Message::text("k", "x");
         report.compare("ex", &msg, &[2, 1], Ok(&[1, 2, 2]));
-        assert_eq!(report.snapshot().differed, 0, "same set in another order");
+        assert_eq!(
+            report.snapshot().counts.differed,
+            0,
+            "same set in another order"
+        );
         for _ in 0..TRIAL_EXAMPLES + 3 {
             report.compare("ex", &msg, &[1], Ok(&[3]));
         }
         report.compare("ex", &msg, &[1], Err("trap".into()));
         let snap = report.snapshot();
-        assert_eq!(snap.compared, TRIAL_EXAMPLES as u64 + 4);
-        assert_eq!(snap.differed, TRIAL_EXAMPLES as u64 + 3);
-        assert_eq!(snap.shadow_failures, 1);
+        assert_eq!(snap.counts.compared, TRIAL_EXAMPLES as u64 + 4);
+        assert_eq!(snap.counts.differed, TRIAL_EXAMPLES as u64 + 3);
+        assert_eq!(snap.counts.shadow_failures, 1);
         assert_eq!(snap.examples.len(), TRIAL_EXAMPLES);
         assert_eq!(snap.examples.last().unwrap().shadow, Err("trap".into()));
     }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::HandlerMode;
 use crate::message::Headers;
-use crate::plugin::{Capabilities, LogLine, StatsSnapshot, TrialMode};
+use crate::plugin::{Capabilities, LogLine, StatsSnapshot, TrialCounts, TrialMode};
 use crate::store::{PluginTrialRecord, PluginVersion};
 
 /// Result of `deploy_plugin`, `rollback_plugin` (to a version) and `promote_plugin`.
@@ -93,12 +93,8 @@ pub struct TrialStatus {
 /// What a version on trial has done since it started (or since the broker did).
 #[derive(Debug, Clone, Serialize)]
 pub struct TrialFigures {
-    pub compared: u64,
-    pub differed: u64,
-    pub shadow_failures: u64,
-    pub shadow_skipped: u64,
-    pub canary_messages: u64,
-    pub canary_errors: u64,
+    #[serde(flatten)]
+    pub counts: TrialCounts,
     /// Why the trial is judged failing, if it is.
     pub failing: Option<String>,
     /// The newest messages the two versions routed differently, oldest first.

@@ -52,7 +52,7 @@ impl Conn {
             outbound,
             user,
             vhost,
-            opened_at: super::exchanges::now_ms(),
+            opened_at: crate::clock::now_ms(),
             confirms: false,
             next_delivery_tag: 1,
             unacked: BTreeMap::new(),

@@ -1,16 +1,12 @@
-//! Consumers: subscribe, cancel, dispatch, ack / nack / reject, connections closing.
+//! Consumers: subscribe, `get`, cancel, and a connection's consumers and unacked
+//! deliveries when it closes. (Handing messages out: `dispatch.rs`; acks: `settle.rs`.)
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use super::queues::check_access;
-use super::{
-    Answer, DeathReason, Held, MAX_OUTBOUND_BYTES, OpError, Outbound, Reply, Router, Settle,
-    outbound_cost,
-};
-use crate::protocol::{Delivery, ErrorCode, Got, ServerFrame, Subscribe, Subscribed};
-use crate::queue::{ConnId, Consumer, Next, Retried, Retry};
-use crate::store::StoreOp;
+use super::{Answer, DeathReason, Held, OpError, Reply, Router, Settle};
+use crate::protocol::{Delivery, ErrorCode, Got, Subscribe, Subscribed};
+use crate::queue::{ConnId, Consumer, Next, Retry};
 
 impl Router {
     pub(super) fn subscribe(&mut self, conn: ConnId, sub: Subscribe) -> Result<Reply, OpError> {
@@ -162,113 +158,6 @@ impl Router {
         }
     }
 
-    /// Acks, retries or dead-letters one delivery, or with `multiple` every delivery of
-    /// the connection up to and including `tag`.
-    pub(super) fn settle(
-        &mut self,
-        conn: ConnId,
-        tag: u64,
-        multiple: bool,
-        how: Settle,
-    ) -> Result<Reply, OpError> {
-        let c = self
-            .conns
-            .get_mut(&conn)
-            .expect("requests come from open connections");
-        let settled: Vec<Held> = if multiple {
-            let rest = match tag.checked_add(1) {
-                Some(after) => c.unacked.split_off(&after),
-                None => Default::default(),
-            };
-            std::mem::replace(&mut c.unacked, rest)
-                .into_values()
-                .collect()
-        } else {
-            c.unacked.remove(&tag).into_iter().collect()
-        };
-        if settled.is_empty() {
-            let message = format!("delivery tag {tag} is not unacked on this connection");
-            return Err(OpError::new(ErrorCode::UnknownDeliveryTag, message));
-        }
-        let now = self.turn.now_ms();
-        for held in settled {
-            self.settle_one(held, how, now);
-        }
-        self.channel_settled(conn);
-        Ok(Reply::Silent)
-    }
-
-    /// Auto-ack deliveries that reached the socket are settled as acked.
-    pub(super) fn settle_written(&mut self, conn: ConnId, tags: Vec<u64>) {
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        let settled: Vec<_> = tags.iter().filter_map(|t| c.unacked.remove(t)).collect();
-        let now = self.turn.now_ms();
-        for held in settled {
-            self.settle_one(held, Settle::Ack, now);
-        }
-        self.channel_settled(conn);
-    }
-
-    fn settle_one(&mut self, held: Held, how: Settle, now: u64) {
-        // The queue may have been deleted (and maybe re-created) since the delivery: then
-        // there is nothing to settle.
-        let Some(queue) = self
-            .shard
-            .queues
-            .get_mut(&held.queue)
-            .filter(|q| q.id == held.queue_id)
-        else {
-            return;
-        };
-        let queue_id = queue.id;
-        let seq = held.seq;
-        let dead = match how {
-            Settle::Ack => {
-                let acked = queue.ack(seq);
-                if acked.is_some() {
-                    queue.counters.acked += 1;
-                }
-                if let Some(entry) = acked
-                    && entry.stored
-                {
-                    self.turn.store(StoreOp::DeleteMessage {
-                        queue: queue_id,
-                        seq,
-                        state: entry.state_stored,
-                    });
-                }
-                None
-            }
-            Settle::DeadLetter => queue.ack(seq).map(|e| (e, DeathReason::Rejected)),
-            Settle::Retry(_) | Settle::Failed => match queue.retry(seq, retry_of(how), now) {
-                Some(Retried::Requeued {
-                    stored: true,
-                    delivery_count,
-                    not_before,
-                }) => {
-                    self.turn.store(StoreOp::SetEntryState {
-                        queue: queue_id,
-                        seq,
-                        delivery_count,
-                        not_before,
-                    });
-                    None
-                }
-                Some(Retried::Requeued { .. }) | None => None,
-                Some(Retried::Exhausted(entry)) if how == Settle::Failed => {
-                    Some((entry, DeathReason::PluginError))
-                }
-                Some(Retried::Exhausted(entry)) => Some((entry, DeathReason::DeliveryLimit)),
-            },
-        };
-        if let Some((entry, reason)) = dead {
-            self.dead_letter(&held.queue, entry, reason, now);
-        }
-        self.turn.to_dispatch.insert(held.queue);
-    }
-
     /// A connection closed: its consumers go, its unacked messages return to their queues
     /// (marked redelivered; counted against `max_deliveries`), its exclusive queues are
     /// deleted.
@@ -298,116 +187,5 @@ impl Router {
         for name in exclusive {
             self.remove_queue(&name, "exclusive queue's connection closed");
         }
-    }
-
-    /// The connection's writer drained: its consumers' queues may deliver again.
-    pub(super) fn drained(&mut self, conn: ConnId) {
-        if let Some(c) = self.conns.get(&conn) {
-            self.turn
-                .to_dispatch
-                .extend(c.consumers.iter().map(|(queue, _)| queue.clone()));
-        }
-    }
-
-    /// Hands ready messages of the touched queues to their consumers (dead-lettering
-    /// expired ones on the way), then makes sure each wakes up for its next deadline.
-    pub(super) fn dispatch(&mut self) {
-        let now = self.turn.now_ms();
-        // Dead letters can touch further queues (their DLQs): go round until quiet.
-        while !self.turn.to_dispatch.is_empty() {
-            for name in std::mem::take(&mut self.turn.to_dispatch) {
-                self.dispatch_queue(&name, now);
-                self.shard.schedule(&name);
-            }
-        }
-    }
-
-    fn dispatch_queue(&mut self, name: &Arc<str>, now: u64) {
-        let Some(queue) = self.shard.queues.get_mut(name) else {
-            return;
-        };
-        let queue_id = queue.id;
-        loop {
-            // A connection whose socket is not taking deliveries gets no more until it
-            // drains.
-            let conns = &self.conns;
-            let may_receive = |conn: ConnId| {
-                conns.get(&conn).is_some_and(|c| {
-                    c.within_channel_prefetch()
-                        && c.outbound.as_ref().is_none_or(|queued| {
-                            queued.load(Ordering::Relaxed) < MAX_OUTBOUND_BYTES
-                        })
-                })
-            };
-            let Some(next) = queue.next_dispatch(now, &may_receive) else {
-                break;
-            };
-            let d = match next {
-                Next::Deliver(d) => d,
-                Next::Expired(entry) => {
-                    self.dead_letter(name, entry, DeathReason::Expired, now);
-                    self.turn.to_dispatch.remove(name);
-                    return self.dispatch_queue(name, now);
-                }
-            };
-            let Some(c) = self.conns.get_mut(&d.conn) else {
-                // Unreachable while consumers and connections stay in step; if not, the
-                // message must not be stranded as unacked.
-                queue.retry(d.seq, Retry::Now, now);
-                break;
-            };
-            queue.counters.delivered += 1;
-            if d.delivery_count > 1 {
-                queue.counters.redelivered += 1;
-            }
-            let delivery_tag = c.next_delivery_tag;
-            c.next_delivery_tag += 1;
-            c.unacked.insert(
-                delivery_tag,
-                Held {
-                    queue: name.clone(),
-                    queue_id,
-                    seq: d.seq,
-                },
-            );
-            let delivery = Delivery {
-                consumer_tag: d.consumer_tag,
-                delivery_tag,
-                redelivered: d.delivery_count > 1,
-                delivery_count: d.delivery_count,
-                queue: name.clone(),
-                message: d.message,
-            };
-            if !self.handlers.filters.is_empty()
-                && let Some(route) = self
-                    .handlers
-                    .filters
-                    .get(&(d.conn, delivery.consumer_tag.clone()))
-            {
-                // Through the filter (off this task); it delivers or settles.
-                let job =
-                    super::handlers::FilterJob::new(delivery, d.auto_ack, d.conn, c.tx.clone());
-                let _ = route.tx.send(job);
-                continue;
-            }
-            if let Some(queued) = &c.outbound {
-                queued.fetch_add(outbound_cost(&delivery), Ordering::Relaxed);
-            }
-            let out = if d.auto_ack {
-                Outbound::AutoAckDelivery(delivery)
-            } else {
-                Outbound::Frame(ServerFrame::Deliver(delivery))
-            };
-            // A send fails only while the connection is closing; its Close requeues.
-            let _ = c.tx.send(out);
-        }
-    }
-}
-
-/// How a failed delivery goes back: a handler failure backs off like a retry.
-fn retry_of(how: Settle) -> Retry {
-    match how {
-        Settle::Retry(retry) => retry,
-        _ => Retry::Backoff,
     }
 }

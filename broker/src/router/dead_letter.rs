@@ -1,6 +1,6 @@
-//! Putting messages into queues, and taking them out as dead letters: the one enqueue
-//! path (publishes and dead letters alike), death records, the `.dlq` convention, and the
-//! operations that inspect and replay dead letters.
+//! Taking messages out of queues as dead letters (into the queue's dead-letter target
+//! through the one enqueue path, `enqueue.rs`): death records, the `.dlq` convention, and
+//! the operations that inspect and replay dead letters.
 //!
 //! A dead letter's removal from its queue and its insertion into the target go into the
 //! same store batch, so one commit does both: a crash never loses or duplicates it.
@@ -9,10 +9,11 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use super::enqueue::QueueFull;
 use super::{Answer, OpError, Reply, Router};
 use crate::message::{Headers, Message};
 use crate::protocol::{Moved, PeekedMessage, PeekedMessages};
-use crate::queue::{DeadLetterTarget, Entry, Push, QueuePolicy, QueueSpec};
+use crate::queue::{DeadLetterTarget, Entry, QueuePolicy, QueueSpec};
 use crate::store::{QueueRecord, StoreOp};
 
 /// The header holding a message's death records, newest first.
@@ -44,54 +45,7 @@ impl DeathReason {
     }
 }
 
-/// A queue refused a message (`overflow: reject_publish`).
-pub(super) struct QueueFull;
-
 impl Router {
-    /// Appends `message` to queue `name` at time `now`, persisting it when both are
-    /// durable; messages the queue evicts to make room are dead-lettered. Returns whether
-    /// it was persisted.
-    pub(super) fn enqueue(
-        &mut self,
-        name: &Arc<str>,
-        message: &Arc<Message>,
-        now: u64,
-    ) -> Result<bool, QueueFull> {
-        let (persisted, evicted) = self.push_into(name, message, now)?;
-        for entry in evicted {
-            self.dead_letter(name, entry, DeathReason::MaxLength, now);
-        }
-        Ok(persisted)
-    }
-
-    /// The one place a message enters a queue: push, persist, mark for dispatch. Returns
-    /// whether it was persisted and what `max_length` evicted (to dead-letter).
-    fn push_into(
-        &mut self,
-        name: &Arc<str>,
-        message: &Arc<Message>,
-        now: u64,
-    ) -> Result<(bool, Vec<Entry>), QueueFull> {
-        let Some(queue) = self.shard.queues.get_mut(name) else {
-            return Ok((false, Vec::new()));
-        };
-        let persist = message.properties.persistent && queue.is_stored();
-        let Push::Accepted { seq, evicted } = queue.push(message.clone(), persist, now) else {
-            return Err(QueueFull);
-        };
-        queue.counters.published += 1;
-        if persist {
-            self.turn.store(StoreOp::PutMessage {
-                queue: queue.id,
-                seq,
-                enqueued_at: now,
-                message: message.clone(),
-            });
-        }
-        self.turn.to_dispatch.insert(name.clone());
-        Ok((persist, evicted))
-    }
-
     /// Takes `entry` (already out of queue `from`) to the queue's dead-letter target.
     pub(super) fn dead_letter(
         &mut self,
@@ -252,7 +206,7 @@ impl Router {
                 && origin(&entry.message)
                     .is_some_and(|q| existing.contains(q.as_str()) && q != name)
         });
-        let now = super::exchanges::now_ms();
+        let now = crate::clock::now_ms();
         let dlq_name: Arc<str> = name.into();
         let mut moved = 0;
         for entry in taken {

@@ -1,17 +1,14 @@
-//! Exchanges, bindings and publishing: where a message goes.
+//! Exchanges and bindings: declare, delete, bind, unbind, restore. (A publish's route at
+//! the router: `publish.rs`.)
 
 use crate::fast_map::FastMap;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::dead_letter::QueueFull;
-use super::dedup::Taken;
 use super::exchange_flags::ExchangeFlags;
 use super::ingress::SharedExchange;
 use super::queues::{check_access, check_name};
-use super::{Answer, ExchangeState, OpError, Outbound, Reply, Routed, Router};
+use super::{Answer, ExchangeState, OpError, Reply, Router};
 use crate::exchange::{BindingId, ExchangeError, ExchangeTypes as _};
-use crate::protocol::{Binding, DeclareExchange, ErrorCode, Publish, RequestId, ServerFrame};
+use crate::protocol::{Binding, DeclareExchange, ErrorCode};
 use crate::queue::ConnId;
 use crate::store::{ExchangeRecord, StoreOp};
 
@@ -355,165 +352,8 @@ impl Router {
             self.delete_if_auto_unused(&name);
         }
     }
-
-    pub(super) fn publish(
-        &mut self,
-        conn: ConnId,
-        id: &RequestId,
-        publish: Publish,
-        routed: Option<Routed>,
-    ) -> Result<Reply, OpError> {
-        let Publish {
-            mut message,
-            mandatory,
-        } = publish;
-        self.check_publishable(&message.exchange)?;
-        if message.properties.timestamp.is_none() {
-            message.properties.timestamp = Some(self.turn.now_ms());
-        }
-        let routed = match routed {
-            Some(routed) => routed
-                .map_err(OpError::from)
-                .and_then(|ids| self.destinations(&message.exchange, ids)),
-            None => self.route(&message),
-        };
-        if let Some(counters) = self.exchange_counters(&message.exchange) {
-            match &routed {
-                Ok(d) if d.is_empty() => counters.unroutable += 1,
-                Ok(_) => counters.routed += 1,
-                Err(_) => counters.failed += 1,
-            }
-        }
-        let destinations = routed?;
-        let confirms = self.conns.get(&conn).is_some_and(|c| c.confirms);
-        let message = Arc::<crate::message::Message>::from(message);
-        if destinations.is_empty()
-            && mandatory
-            && let Some(c) = self.conns.get(&conn)
-        {
-            let _ = c.tx.send(Outbound::Frame(ServerFrame::Return {
-                id: id.clone(),
-                reason: ErrorCode::Unroutable,
-                message: message.clone(),
-            }));
-        }
-        let now = self.turn.now_ms();
-        let mut stored = false;
-        let mut full = Vec::new();
-        for name in destinations {
-            if let Taken::Duplicate { stored: durable } =
-                self.check_message_id(&name, &message, now)
-            {
-                stored |= durable;
-                continue;
-            }
-            match self.enqueue(&name, &message, now) {
-                Ok(persisted) => {
-                    stored |= persisted;
-                    self.record_message_id(&name, &message, now);
-                }
-                Err(QueueFull) => full.push(name),
-            }
-        }
-        if !full.is_empty() {
-            // The queues that accepted it keep it; the publisher learns who refused.
-            let message = format!("queue full (overflow: reject_publish): {}", full.join(", "));
-            return Err(OpError::new(ErrorCode::QueueFull, message));
-        }
-        Ok(match (confirms, stored) {
-            (false, _) => Reply::Silent,
-            (true, false) => Reply::Confirm,
-            (true, true) => Reply::ConfirmAfterCommit,
-        })
-    }
-
-    /// The publish counters of exchange `name` (the default one included).
-    fn exchange_counters(&mut self, name: &str) -> Option<&mut super::ExchangeCounters> {
-        if is_default(name) {
-            return Some(&mut self.topology.default_exchange);
-        }
-        self.topology
-            .exchanges
-            .get_mut(name)
-            .map(|e| &mut e.counters)
-    }
-
-    /// The queues a message goes to, each once.
-    pub(super) fn route(
-        &mut self,
-        message: &crate::message::Message,
-    ) -> Result<Vec<Arc<str>>, OpError> {
-        if is_default(&message.exchange) {
-            // A routing key cannot name another vhost's queue.
-            if message.routing_key.contains(crate::vhost::SEPARATOR) {
-                return Ok(Vec::new());
-            }
-            let vhost = crate::vhost::of(&message.exchange);
-            let queue = crate::vhost::qualify(vhost, &message.routing_key);
-            return Ok(self
-                .shard
-                .queues
-                .get_key_value(queue.as_str())
-                .map(|(name, _)| vec![name.clone()])
-                .unwrap_or_default());
-        }
-        let exchange = self
-            .topology
-            .exchanges
-            .get_mut(&message.exchange)
-            .ok_or_else(|| exchange_not_found(&message.exchange))?;
-        let mut ids = std::mem::take(&mut self.topology.route_buf);
-        ids.clear();
-        let routed = exchange.routing.lock().route(message, &mut ids);
-        let routed = routed.and_then(|()| self.topology.directory.follow_now(message, &mut ids));
-        let destinations = routed
-            .map_err(OpError::from)
-            .and_then(|()| self.destinations(&message.exchange, &ids));
-        self.topology.route_buf = ids;
-        destinations
-    }
-
-    /// The queues behind an exchange's binding ids, each once.
-    pub(super) fn destinations(
-        &self,
-        source: &str,
-        ids: impl AsRef<[BindingId]>,
-    ) -> Result<Vec<Arc<str>>, OpError> {
-        let exchange = self
-            .topology
-            .exchanges
-            .get(source)
-            .ok_or_else(|| exchange_not_found(source))?;
-        let ids = ids.as_ref();
-        let mut destinations: Vec<Arc<str>> = Vec::with_capacity(ids.len());
-        let mut reach = None;
-        for id in ids {
-            // The exchange checked its output against its bindings; one missing here is
-            // another exchange's (reached through an exchange-to-exchange binding), or was
-            // removed after ingress routed the message.
-            let binding = match exchange.bindings.get(id) {
-                Some(binding) => binding,
-                None => match self.binding_beyond(source, *id, &mut reach) {
-                    Some(binding) => binding,
-                    None => continue,
-                },
-            };
-            if let Some((name, _)) = self.shard.queues.get_key_value(binding.queue.as_str())
-                && !destinations.contains(name)
-            {
-                destinations.push(name.clone());
-            }
-        }
-        Ok(destinations)
-    }
 }
 
-fn exchange_not_found(name: &str) -> OpError {
+pub(super) fn exchange_not_found(name: &str) -> OpError {
     OpError::new(ErrorCode::ExchangeNotFound, format!("no exchange `{name}`"))
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

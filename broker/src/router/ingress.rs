@@ -291,7 +291,7 @@ impl Ingress {
         message
             .properties
             .timestamp
-            .get_or_insert_with(super::exchanges::now_ms);
+            .get_or_insert_with(crate::clock::now_ms);
         let Some(exchange) = self.directory.get(&message.exchange) else {
             return command;
         };
@@ -326,7 +326,7 @@ impl Ingress {
         message
             .properties
             .timestamp
-            .get_or_insert_with(super::exchanges::now_ms);
+            .get_or_insert_with(crate::clock::now_ms);
         let Some(exchange) = self.directory.get(&message.exchange) else {
             return Ok(command);
         };

@@ -11,6 +11,8 @@ mod conn;
 mod consumers;
 mod dead_letter;
 mod dedup;
+mod dispatch;
+mod enqueue;
 mod exchange_bindings;
 mod exchange_flags;
 mod exchange_graph;
@@ -26,12 +28,15 @@ mod plugin_versions;
 mod plugins;
 mod predeclared;
 mod prefetch;
+mod publish;
 mod queue_shard;
 mod queues;
+mod recovery;
 mod reply;
 mod requests;
 mod route_trace;
 mod session;
+mod settle;
 mod topology;
 mod trials;
 mod turn;
@@ -318,7 +323,7 @@ impl Router {
             let wait = self
                 .shard
                 .next_wakeup()
-                .map(|due| Duration::from_millis(due.saturating_sub(exchanges::now_ms())));
+                .map(|due| Duration::from_millis(due.saturating_sub(crate::clock::now_ms())));
             // The broker's own work first; then what clients sent, up to a turn's worth.
             tokio::select! {
                 biased;
@@ -399,7 +404,7 @@ impl Router {
 
     /// Ticks every queue with a wake-up due: delays end, expired messages dead-letter.
     fn fire_timers(&mut self) {
-        let now = exchanges::now_ms();
+        let now = crate::clock::now_ms();
         while let Some(name) = self.shard.pop_due(now) {
             let queue = self
                 .shard

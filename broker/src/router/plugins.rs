@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::exchanges::now_ms;
 use super::trials::DeployAs;
 use super::{Answer, Command, OpError, Outbound, Reply, Router};
+use crate::clock::now_ms;
 use crate::plugin::{LoadError, PluginSource, PreparedPlugin, content_hash};
 use crate::protocol::{
     AutoRollback, ErrorCode, PluginActivated, PluginCompiled, PluginDeployed, PluginReset,
@@ -163,7 +163,7 @@ impl Router {
             wasm: wasm.into(),
         };
         let purpose = trial.map_or(Purpose::Activate, Purpose::Trial);
-        self.prepare(
+        self.queue_deploy(
             Some((conn, id)),
             version,
             true,
@@ -185,7 +185,7 @@ impl Router {
             return self.drop_trial(name);
         }
         let target = self.rollback_target(name, to)?;
-        self.prepare(
+        self.queue_deploy(
             Some((conn, id)),
             target,
             false,
@@ -227,7 +227,7 @@ impl Router {
 
     /// Queues a deploy or rollback of `version`; those of one plugin are carried out one
     /// at a time, in the order they came, so the last one asked for is the one active.
-    pub(super) fn prepare(
+    pub(super) fn queue_deploy(
         &mut self,
         requester: Option<(ConnId, RequestId)>,
         version: PluginVersion,
@@ -282,7 +282,7 @@ impl Router {
         let (plugins, router) = (self.plugins.clone(), self.self_tx.clone());
         tokio::spawn(async move {
             let started = Instant::now();
-            let result = plugins.prepare(source).await;
+            let result = plugins.compile(source).await;
             let prepared = Prepared {
                 requester,
                 purpose,
@@ -542,7 +542,7 @@ impl Router {
             plugin = %name, from = failing.from, to = failing.to, errors = failing.errors,
             calls = failing.calls, "plugin version failing; rolling back automatically"
         );
-        self.prepare(None, target, false, false, Some(failing), Purpose::Activate);
+        self.queue_deploy(None, target, false, false, Some(failing), Purpose::Activate);
     }
 
     /// Lifts quarantine for every exchange of plugin `name`; answers which were lifted.

@@ -1,13 +1,11 @@
-//! Queue operations: recovery, declare, delete, purge, info.
+//! Queue operations: declare, delete, purge, info. (Recovery: `recovery.rs`.)
 
-use crate::fast_map::FastMap;
 use std::sync::Arc;
 
 use super::{Answer, OpError, Reply, Router};
-use crate::plugin::PluginHost;
 use crate::protocol::{DeclareQueue, ErrorCode, MessageCount, QueueInfo, QueueList, ServerFrame};
-use crate::queue::{ConnId, Entry, Queue, QueuePolicy, QueueSpec};
-use crate::store::{QueueRecord, Recalled, Recovered, StoreOp, StoreWriter};
+use crate::queue::{ConnId, Queue, QueuePolicy, QueueSpec};
+use crate::store::{QueueRecord, StoreOp};
 
 /// Longest queue or exchange name, in bytes (AMQP's short string).
 pub(crate) const MAX_NAME_LEN: usize = 255;
@@ -25,110 +23,6 @@ pub(crate) fn check_name(what: &str, name: &str) -> Result<(), OpError> {
 }
 
 impl Router {
-    pub(super) fn recover(
-        recovered: Recovered,
-        store: StoreWriter,
-        plugins: PluginHost,
-        self_tx: tokio::sync::mpsc::UnboundedSender<super::Command>,
-        auth: Arc<crate::auth::Authenticator>,
-        directory: Arc<super::ingress::ExchangeDirectory>,
-    ) -> Self {
-        let mut router = Router {
-            shard: super::queue_shard::QueueShard::new(),
-            topology: super::topology::Topology::new(directory),
-            plugins,
-            versions: super::plugin_versions::PluginVersions {
-                deployed: super::plugins::group_versions(recovered.plugin_versions),
-                active: recovered.active_plugins.into_iter().collect(),
-                artifacts: recovered.plugin_artifacts,
-                trials: recovered.plugin_trials.into_iter().collect(),
-                ..Default::default()
-            },
-            self_tx,
-            conns: FastMap::default(),
-            store: Some(store),
-            turn: Default::default(),
-            run_id: format!("{:x}", super::exchanges::now_ms()),
-            handlers: Default::default(),
-            auth,
-            conn_ids: Default::default(),
-        };
-        let mut messages = 0;
-        for stored in recovered.queues {
-            let record = stored.record;
-            router.shard.next_queue_id = router.shard.next_queue_id.max(record.id + 1);
-            let spec = QueueSpec {
-                durable: true,
-                exclusive_owner: None,
-                auto_delete: record.auto_delete,
-                arguments: record.arguments,
-            };
-            let policy = QueuePolicy::from_arguments(&spec.arguments, false).unwrap_or_else(|e| {
-                tracing::error!(queue = %record.name, error = %e, "stored arguments invalid; using defaults");
-                QueuePolicy::from_arguments(&Default::default(), false).expect("defaults are valid")
-            });
-            let name: Arc<str> = record.name.into();
-            let mut queue = router.new_queue(name.clone(), record.id, spec, policy);
-            queue.declared_by = record.declared_by.map(Arc::from);
-            messages += stored.messages.len();
-            for m in stored.messages {
-                match m.message {
-                    Recalled::InMemory(message) => {
-                        let mut entry = Entry::new(m.seq, message, true);
-                        entry.delivery_count = m.delivery_count;
-                        entry.state_stored = m.delivery_count > 0 || m.not_before.is_some();
-                        queue.restore(entry, m.enqueued_at, m.not_before);
-                    }
-                    Recalled::OnDisk(placement) => {
-                        queue.restore_on_disk(m.seq, placement, m.enqueued_at, m.delivery_count)
-                    }
-                }
-            }
-            router.shard.queues.insert(name, queue);
-        }
-        for record in recovered.exchanges {
-            if let Err((record, e)) = router.restore_exchange(record) {
-                tracing::error!(
-                    exchange = %record.name, kind = %record.kind, error = %e,
-                    "cannot restore exchange; it stays stored and is restored when its type is deployed"
-                );
-                let waiting = super::exchanges::Unrestored {
-                    record,
-                    bindings: Vec::new(),
-                };
-                router
-                    .topology
-                    .unrestored
-                    .insert(waiting.record.name.clone(), waiting);
-            }
-        }
-        router.predeclare_all();
-        for (id, binding) in recovered.bindings {
-            router.topology.next_binding_id = router.topology.next_binding_id.max(id + 1);
-            router.restore_binding(id, binding);
-        }
-        for (id, binding) in recovered.exchange_bindings {
-            router.topology.next_binding_id = router.topology.next_binding_id.max(id + 1);
-            router.restore_exchange_binding(id, binding);
-        }
-        router.restore_handlers(recovered.handlers);
-        router.restore_message_ids(recovered.dedup, super::exchanges::now_ms());
-        let names: Vec<Arc<str>> = router.shard.queues.keys().cloned().collect();
-        for name in &names {
-            // Delays that ended and messages that expired while the broker was down are
-            // handled at once; the rest get their wake-ups.
-            router.turn.to_dispatch.insert(name.clone());
-            router.shard.schedule(name);
-        }
-        tracing::info!(
-            queues = router.shard.queues.len(),
-            exchanges = router.topology.exchanges.len(),
-            messages,
-            "recovered stored state"
-        );
-        router
-    }
-
     pub(super) fn declare_queue(
         &mut self,
         conn: ConnId,
@@ -161,7 +55,7 @@ impl Router {
                 ));
             }
             // A redeclare is a use (`expires`).
-            queue.touch(super::exchanges::now_ms());
+            queue.touch(crate::clock::now_ms());
             return Ok(Reply::Ok(info(queue).into()));
         }
         let declared_by = self.conn_principal(conn);
@@ -260,7 +154,7 @@ impl Router {
         policy: QueuePolicy,
     ) -> Queue {
         let mut queue = Queue::new(name, id, spec, policy);
-        queue.touch(super::exchanges::now_ms());
+        queue.touch(crate::clock::now_ms());
         if let Some(store) = &self.store
             && queue.is_stored()
         {

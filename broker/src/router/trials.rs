@@ -10,9 +10,9 @@
 
 use std::collections::HashMap;
 
-use super::exchanges::now_ms;
 use super::plugins::{AUTO_ROLLBACK_CHECK, Purpose};
 use super::{Answer, Command, OpError, Outbound, Reply, Router};
+use crate::clock::now_ms;
 use crate::exchange::BindingId;
 use crate::plugin::{Difference, PluginHost, PluginSource, PreparedPlugin, TrialMode};
 use crate::protocol::{
@@ -187,7 +187,7 @@ impl Router {
             .and_then(|versions| versions.iter().find(|v| v.version == trial.version))
             .cloned()
             .ok_or_else(|| no_trial(name))?;
-        self.prepare(
+        self.queue_deploy(
             Some((conn, id)),
             version,
             false,
@@ -237,8 +237,8 @@ impl Router {
                 let failing = AutoRollback {
                     from: version,
                     to: plugins.info(&name).map_or(0, |info| info.version),
-                    errors: snapshot.canary_errors,
-                    calls: snapshot.canary_messages + snapshot.canary_errors,
+                    errors: snapshot.counts.canary_errors,
+                    calls: snapshot.counts.canary_messages + snapshot.counts.canary_errors,
                     at: now_ms(),
                     canary: snapshot.failed,
                 };
@@ -294,12 +294,7 @@ impl Router {
         let snapshot = report.snapshot();
         status.trial = Some(PluginTrialRecord { version, mode });
         status.report = Some(TrialFigures {
-            compared: snapshot.compared,
-            differed: snapshot.differed,
-            shadow_failures: snapshot.shadow_failures,
-            shadow_skipped: snapshot.shadow_skipped,
-            canary_messages: snapshot.canary_messages,
-            canary_errors: snapshot.canary_errors,
+            counts: snapshot.counts,
             failing: snapshot.failed,
             examples: snapshot
                 .examples
@@ -379,7 +374,7 @@ pub(crate) fn restore_trials(
             wasm: stored.wasm.clone(),
             compiled: recovered.plugin_artifacts.get(&key).cloned(),
         };
-        let prepared = match host.prepare_blocking(&source) {
+        let prepared = match host.compile_blocking(&source) {
             Ok(prepared) => prepared,
             Err(e) => {
                 tracing::error!(plugin = %name, version = trial.version, error = %e, "plugin trial not restored");

@@ -42,7 +42,7 @@ impl Turn {
 
     /// The time (ms since the epoch) this turn's work happens at.
     pub fn now_ms(&mut self) -> u64 {
-        *self.clock_ms.get_or_insert_with(super::exchanges::now_ms)
+        *self.clock_ms.get_or_insert_with(crate::clock::now_ms)
     }
 
     /// A new turn begins: the clock is read again at its first use.

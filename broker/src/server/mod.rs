@@ -439,7 +439,7 @@ fn restore_plugin_versions(
             wasm: stored.wasm.clone(),
             compiled: recovered.plugin_artifacts.get(&key).cloned(),
         };
-        match host.prepare_blocking(&source) {
+        match host.compile_blocking(&source) {
             Ok(prepared) => {
                 match prepared.artifact() {
                     Some(artifact) => {

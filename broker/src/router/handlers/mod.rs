@@ -22,9 +22,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 
-use super::exchanges::now_ms;
 use super::queues::check_access;
 use super::{Answer, Command, OpError, Outbound, Reply, Router, Settle};
+use crate::clock::now_ms;
 use crate::message::Message;
 use crate::plugin::{HandlerError, HandlerSlot, LiveHandler};
 use crate::protocol::{

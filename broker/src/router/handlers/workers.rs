@@ -152,7 +152,7 @@ impl Worker {
     /// Routes what the handler published, its exchanges named in its queue's vhost.
     fn route(&self, published: Vec<Message>) -> Vec<Published> {
         let vhost = crate::vhost::of(&self.pool.queue);
-        let now = crate::router::exchanges::now_ms();
+        let now = crate::clock::now_ms();
         published
             .into_iter()
             .map(|mut message| {
