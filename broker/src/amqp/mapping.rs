@@ -309,6 +309,12 @@ pub fn queue_arguments(table: &FieldTable) -> Result<Headers, AmqpError> {
             "x-max-priority" => {
                 args.insert("max_priority".into(), number("x-max-priority")?);
             }
+            "x-single-active-consumer" => {
+                let on = json.as_bool().ok_or_else(|| {
+                    refuse(format!("invalid arg 'x-single-active-consumer': {json}"))
+                })?;
+                args.insert("single_active_consumer".into(), Value::from(on));
+            }
             // RabbitMQ's limit counts redeliveries; ours counts deliveries.
             "x-delivery-limit" => {
                 let limit = json.as_u64().ok_or_else(|| {

@@ -1,6 +1,7 @@
 //! A queue's consumers and the messages out with them: round-robin dispatch within each
-//! consumer's prefetch window, `get`, and settling (ack, or retry with the queue's
-//! backoff and `max_deliveries`).
+//! consumer's prefetch window (or, with `single_active_consumer`, to the oldest consumer
+//! only), `get`, and settling (ack, or retry with the queue's backoff and
+//! `max_deliveries`).
 
 use std::sync::Arc;
 
@@ -127,7 +128,11 @@ impl Queue {
         if self.ready.is_empty() || self.consumers.is_empty() {
             return None;
         }
-        let n = self.consumers.len();
+        // A single active consumer: the oldest one, the others wait their turn.
+        let n = match self.policy.single_active_consumer {
+            true => 1,
+            false => self.consumers.len(),
+        };
         let start = self.next_consumer % n;
         let index = (0..n).map(|i| (start + i) % n).find(|&i| {
             let consumer = &self.consumers[i];

@@ -51,6 +51,9 @@ pub struct QueuePolicy {
     pub dedup_window_ms: Option<u64>,
     /// The queue is deleted after being unused this long (see `Queue::expired_unused`).
     pub expires_ms: Option<u64>,
+    /// Only the oldest consumer receives; the next takes over when it goes (RabbitMQ's
+    /// single active consumer: one consumer at a time, in queue order).
+    pub single_active_consumer: bool,
 }
 
 /// The default `max_in_memory_length`: a message costs ~600 bytes in memory, so a queue
@@ -124,8 +127,18 @@ impl QueuePolicy {
                 ms => Some(ms),
             },
         };
+        let single_active_consumer = match args.get("single_active_consumer") {
+            None => false,
+            Some(serde_json::Value::Bool(on)) => *on,
+            Some(other) => {
+                return Err(format!(
+                    "`single_active_consumer` must be true or false, not {other}"
+                ));
+            }
+        };
         Ok(QueuePolicy {
             expires_ms,
+            single_active_consumer,
             max_deliveries,
             retry_backoff_ms,
             dead_letter,

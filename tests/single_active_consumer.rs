@@ -1,0 +1,185 @@
+//! Single active consumer (`single_active_consumer`, AMQP `x-single-active-consumer`):
+//! one consumer at a time receives, the oldest; the next takes over when it goes, with its
+//! predecessor's unacked messages in queue order.
+
+#[path = "support/amqp.rs"]
+mod amqp;
+mod common;
+
+use std::collections::BTreeMap;
+
+use amqp::{AmqpBroker, next_delivery, reply_code};
+use broker::protocol::ErrorCode;
+use broker::{ClientError, QueueOptions};
+use common::{TestBroker, body, next, persistent};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel};
+use serde_json::json;
+
+fn single_active() -> FieldTable {
+    let map: BTreeMap<ShortString, AMQPValue> = [(
+        ShortString::from("x-single-active-consumer"),
+        AMQPValue::Boolean(true),
+    )]
+    .into_iter()
+    .collect();
+    FieldTable::from(map)
+}
+
+async fn publish(channel: &Channel, queue: &str, body: &str) {
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body.as_bytes(),
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+async fn consumer(channel: &Channel, queue: &str, tag: &str) -> lapin::Consumer {
+    channel
+        .basic_qos(100, BasicQosOptions::default())
+        .await
+        .unwrap();
+    channel
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn only_the_oldest_consumer_receives_until_it_is_cancelled() {
+    let broker = AmqpBroker::start().await;
+    let conn = broker.connect().await;
+    let setup = conn.create_channel().await.unwrap();
+    setup.confirm_select(Default::default()).await.unwrap();
+    setup
+        .queue_declare(
+            "ordered".into(),
+            QueueDeclareOptions::default(),
+            single_active(),
+        )
+        .await
+        .unwrap();
+    let (first_ch, second_ch) = (
+        conn.create_channel().await.unwrap(),
+        conn.create_channel().await.unwrap(),
+    );
+    let mut first = consumer(&first_ch, "ordered", "first").await;
+    let mut second = consumer(&second_ch, "ordered", "second").await;
+    for i in 0..10 {
+        publish(&setup, "ordered", &format!("m{i}")).await;
+    }
+    // Round robin would give the second consumer half: the first gets all ten, in order.
+    for i in 0..10 {
+        let delivery = next_delivery(&mut first).await;
+        assert_eq!(delivery.data, format!("m{i}").as_bytes());
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    first_ch
+        .basic_cancel("first".into(), BasicCancelOptions::default())
+        .await
+        .unwrap();
+    for i in 10..15 {
+        publish(&setup, "ordered", &format!("m{i}")).await;
+    }
+    for i in 10..15 {
+        let delivery = next_delivery(&mut second).await;
+        assert_eq!(
+            delivery.data,
+            format!("m{i}").as_bytes(),
+            "the next takes over"
+        );
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_flag_is_refused() {
+    let broker = AmqpBroker::start().await;
+    let conn = broker.connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    let map: BTreeMap<ShortString, AMQPValue> = [(
+        ShortString::from("x-single-active-consumer"),
+        AMQPValue::LongString("yes".into()),
+    )]
+    .into_iter()
+    .collect();
+    let refused = ch
+        .queue_declare(
+            "bad".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::from(map),
+        )
+        .await;
+    assert_eq!(reply_code(&refused.unwrap_err()), Some(406));
+
+    let c = broker.json_client().await;
+    let options = QueueOptions {
+        arguments: json!({"single_active_consumer": 1})
+            .as_object()
+            .unwrap()
+            .clone(),
+        ..Default::default()
+    };
+    match c.declare_queue("bad", options).await {
+        Err(ClientError::Server { code, message }) => {
+            assert_eq!(code, ErrorCode::InvalidField);
+            assert!(message.contains("single_active_consumer"), "{message}");
+        }
+        other => panic!("expected invalid_field, got {other:?}"),
+    }
+}
+
+/// The active consumer's connection closes with messages unacked: they come back to the
+/// queue and reach the next consumer first, in queue order, then the rest.
+#[tokio::test]
+async fn the_next_consumer_gets_the_unacked_messages_back_in_order() {
+    let b = TestBroker::start().await;
+    let publisher = b.client().await;
+    let options = QueueOptions {
+        durable: true,
+        arguments: json!({"single_active_consumer": true})
+            .as_object()
+            .unwrap()
+            .clone(),
+        ..Default::default()
+    };
+    publisher.declare_queue("jobs", options).await.unwrap();
+    publisher.confirm_select().await.unwrap();
+    let active = b.client().await;
+    let mut first = active.consume("jobs", 3).await.unwrap();
+    let waiting = b.client().await;
+    let mut second = waiting.consume("jobs", 10).await.unwrap();
+    for i in 0..6 {
+        publisher
+            .publish(persistent("jobs", &format!("j{i}")), false)
+            .await
+            .unwrap();
+    }
+    // Its prefetch holds three out; the other three wait for it, not for `second`.
+    for i in 0..3 {
+        assert_eq!(body(&next(&mut first).await), format!("j{i}"));
+    }
+    drop(first);
+    active.close().await;
+    let mut order = Vec::new();
+    for _ in 0..6 {
+        order.push(body(&next(&mut second).await));
+    }
+    assert_eq!(order, ["j0", "j1", "j2", "j3", "j4", "j5"]);
+}
