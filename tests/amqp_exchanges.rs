@@ -1,7 +1,7 @@
 //! Exchange features RabbitMQ applications use, with lapin against the real broker:
 //! internal exchanges (refused to publishers over AMQP, JSON and STOMP) and auto-delete
-//! exchanges (gone with their last binding, across a restart). Exchange-to-exchange
-//! bindings: tests/amqp_exchange_bindings.rs.
+//! exchanges (gone with their last binding, across a restart), alternate exchanges.
+//! Exchange-to-exchange bindings: tests/amqp_exchange_bindings.rs.
 
 #[path = "support/amqp.rs"]
 mod amqp;
@@ -16,8 +16,8 @@ use amqp::{AmqpBroker, within};
 use broker::protocol::ErrorCode;
 use helpers::*;
 use lapin::options::*;
-use lapin::types::AMQPValue;
-use lapin::{BasicProperties, ExchangeKind};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Confirmation, ExchangeKind};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_internal_exchange_refuses_publishes_from_every_protocol() {
@@ -207,4 +207,95 @@ async fn connection_start_advertises_exchange_to_exchange_bindings() {
         capabilities.inner().get("exchange_exchange_bindings"),
         Some(&AMQPValue::Boolean(true))
     );
+}
+
+/// A mandatory publish on a confirm channel: whether it came back (`basic.return`).
+async fn returned(ch: &Channel, exchange: &str, key: &str, body: &[u8]) -> bool {
+    let mandatory = BasicPublishOptions {
+        mandatory: true,
+        ..Default::default()
+    };
+    let confirm = within(async {
+        ch.basic_publish(
+            exchange.into(),
+            key.into(),
+            mandatory,
+            body,
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+    })
+    .await;
+    match confirm {
+        Confirmation::Ack(returned) => returned.is_some(),
+        other => panic!("{exchange}/{key}: {other:?}"),
+    }
+}
+
+fn alternate(name: &str) -> FieldTable {
+    let mut table = FieldTable::default();
+    table.insert(
+        "alternate-exchange".into(),
+        AMQPValue::LongString(name.into()),
+    );
+    table
+}
+
+#[tokio::test]
+async fn unroutable_messages_go_to_the_alternate_exchange() {
+    let broker = AmqpBroker::start().await;
+    let conn = broker.connect().await;
+    let ch = confirm_channel(&conn).await;
+    declare_exchange(&ch, "unrouted", ExchangeKind::Fanout, Default::default()).await;
+    declare_bound_queue(&ch, "lost", "unrouted", "").await;
+    within(ch.exchange_declare(
+        "orders".into(),
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions::default(),
+        alternate("unrouted"),
+    ))
+    .await
+    .unwrap();
+    declare_bound_queue(&ch, "eu", "orders", "eu").await;
+    assert!(!returned(&ch, "orders", "eu", b"routed").await);
+    // Routed nowhere by `orders`: the alternate takes it, so it does not come back.
+    assert!(!returned(&ch, "orders", "us", b"caught").await);
+    assert_eq!(drain(&ch, "eu").await, [b"routed".to_vec()]);
+    let caught = within(ch.basic_get("lost".into(), BasicGetOptions { no_ack: true }))
+        .await
+        .unwrap()
+        .expect("the alternate exchange's queue has it");
+    assert_eq!(caught.delivery.data, b"caught");
+    assert_eq!(
+        caught.delivery.exchange.as_str(),
+        "orders",
+        "delivered as published"
+    );
+    // Alternates that route nowhere either, in a cycle, or that do not exist: returned.
+    for (name, other) in [("ping", "pong"), ("pong", "ping"), ("dangling", "nowhere")] {
+        within(ch.exchange_declare(
+            name.into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            alternate(other),
+        ))
+        .await
+        .unwrap();
+    }
+    assert!(returned(&ch, "ping", "k", b"cycle").await);
+    assert!(returned(&ch, "dangling", "k", b"nowhere").await);
+    // The core's name for it must be a name.
+    let json = broker.json_client().await;
+    let arguments = serde_json::json!({"alternate_exchange": 7});
+    let arguments = arguments.as_object().unwrap().clone();
+    match json
+        .declare_exchange("bad", "direct", false, arguments)
+        .await
+    {
+        Err(broker::ClientError::Server { code, .. }) => assert_eq!(code, ErrorCode::InvalidField),
+        other => panic!("expected invalid_field, got {other:?}"),
+    }
 }

@@ -270,6 +270,17 @@ fn rabbitmq_death_records(headers: &Headers) -> std::borrow::Cow<'_, Headers> {
     std::borrow::Cow::Owned(headers)
 }
 
+/// `exchange.declare` arguments as core exchange arguments: RabbitMQ's
+/// `alternate-exchange` is the core's `alternate_exchange`; the rest goes to the plugin as
+/// given.
+pub fn exchange_arguments(table: &FieldTable) -> Headers {
+    let mut args = table_to_json(table);
+    if let Some(alternate) = args.remove("alternate-exchange") {
+        args.insert("alternate_exchange".into(), alternate);
+    }
+    args
+}
+
 /// `queue.declare` arguments as core queue arguments: RabbitMQ's `x-` arguments become the
 /// policy's names; anything else is kept as given.
 pub fn queue_arguments(table: &FieldTable) -> Result<Headers, AmqpError> {

@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 use super::channel::{Awaiting, Channel, Content, PUBLISH_ID, SETTLE_ID};
 use super::errors::{AmqpError, code};
 use super::hot::HotMethod;
-use super::mapping::{message_from_amqp, queue_arguments, table_to_json};
+use super::mapping::{exchange_arguments, message_from_amqp, queue_arguments, table_to_json};
 use super::reply_to::{self, REPLY_TO};
 use crate::protocol::{
     Binding, DeclareExchange, DeclareQueue, ExchangeBinding, Op, Publish, Request, RequestId,
@@ -154,7 +154,7 @@ pub(super) fn on_method(ch: &mut Channel, method: AMQPClass) -> Result<Effect, A
                         durable: m.durable,
                         internal: m.internal,
                         auto_delete: m.auto_delete,
-                        arguments: table_to_json(&m.arguments),
+                        arguments: exchange_arguments(&m.arguments),
                     }),
                 )
             }

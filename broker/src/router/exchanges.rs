@@ -54,6 +54,12 @@ impl Router {
         }
         check_name("exchange", &declare.exchange)?;
         self.check_reserved_declare(&declare)?;
+        if let Some(alternate) = declare.arguments.get(super::publish::ALTERNATE_EXCHANGE)
+            && !alternate.is_string()
+        {
+            let message = format!("`alternate_exchange` must be an exchange name, not {alternate}");
+            return Err(OpError::new(ErrorCode::InvalidField, message));
+        }
         if let Some(existing) = self.topology.exchanges.get(&declare.exchange) {
             if existing.kind != declare.kind
                 || existing.durable != declare.durable

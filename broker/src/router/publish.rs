@@ -1,6 +1,7 @@
 //! The route stage of a publish at the router: its destinations (the binding ids ingress
-//! found, mapped to queues; the default exchange by routing key), the exchange's
-//! counters, a mandatory return, then the enqueue into each queue and the reply.
+//! found, mapped to queues; the default exchange by routing key; for a message routed
+//! nowhere, its exchange's alternate exchange), the exchange's counters, a mandatory
+//! return, then the enqueue into each queue and the reply.
 
 use std::sync::Arc;
 
@@ -11,6 +12,9 @@ use super::{OpError, Outbound, Reply, Routed, Router};
 use crate::exchange::BindingId;
 use crate::protocol::{ErrorCode, Publish, RequestId, ServerFrame};
 use crate::queue::ConnId;
+
+/// The exchange argument naming where messages it routes nowhere go.
+pub(super) const ALTERNATE_EXCHANGE: &str = "alternate_exchange";
 
 impl Router {
     pub(super) fn publish(
@@ -41,7 +45,10 @@ impl Router {
                 Err(_) => counters.failed += 1,
             }
         }
-        let destinations = routed?;
+        let mut destinations = routed?;
+        if destinations.is_empty() {
+            destinations = self.alternate_destinations(&message)?;
+        }
         let confirms = self.conns.get(&conn).is_some_and(|c| c.confirms);
         let message = Arc::<crate::message::Message>::from(message);
         if destinations.is_empty()
@@ -93,6 +100,45 @@ impl Router {
             .exchanges
             .get_mut(name)
             .map(|e| &mut e.counters)
+    }
+
+    /// Where a message its exchange routed nowhere goes instead: through the exchange's
+    /// `alternate_exchange` (RabbitMQ's `alternate-exchange`), then that one's, and so on,
+    /// each exchange once. An alternate that does not exist routes nowhere, as in RabbitMQ.
+    fn alternate_destinations(
+        &mut self,
+        message: &crate::message::Message,
+    ) -> Result<Vec<Arc<str>>, OpError> {
+        let mut visited = vec![message.exchange.clone()];
+        while let Some(next) = self.alternate_of(visited.last().expect("not empty")) {
+            if visited.contains(&next)
+                || !(is_default(&next) || self.topology.exchanges.contains_key(&next))
+            {
+                break;
+            }
+            // Routed as if published there; delivered as published (its own exchange).
+            let mut via = message.clone();
+            via.exchange.clone_from(&next);
+            let destinations = self.route(&via)?;
+            if let Some(counters) = self.exchange_counters(&next) {
+                match destinations.is_empty() {
+                    true => counters.unroutable += 1,
+                    false => counters.routed += 1,
+                }
+            }
+            if !destinations.is_empty() {
+                return Ok(destinations);
+            }
+            visited.push(next);
+        }
+        Ok(Vec::new())
+    }
+
+    /// The qualified name of exchange `name`'s alternate exchange, if it has one.
+    fn alternate_of(&self, name: &str) -> Option<String> {
+        let exchange = self.topology.exchanges.get(name)?;
+        let alternate = exchange.arguments.get(ALTERNATE_EXCHANGE)?.as_str()?;
+        Some(crate::vhost::qualify(crate::vhost::of(name), alternate))
     }
 
     /// The queues a message goes to, each once.
