@@ -66,6 +66,7 @@ fn subscribe(queue: &str, prefetch: u32) -> Subscribe {
         consumer_tag: None,
         filter: None,
         exclusive: false,
+        priority: 0,
     }
 }
 

@@ -325,6 +325,7 @@ async fn cancelled_subscription_gets_no_more_messages_and_keeps_unacked() {
             auto_ack: false,
             filter: None,
             exclusive: false,
+            priority: 0,
             consumer_tag: Some("mine".into()),
         })
         .await
@@ -359,6 +360,7 @@ async fn auto_ack_consumer_settles_on_write() {
             consumer_tag: None,
             filter: None,
             exclusive: false,
+            priority: 0,
         })
         .await
         .unwrap();

@@ -171,6 +171,7 @@ async fn a_flood_blocks_publishers_at_the_memory_watermark_and_nothing_is_lost()
             consumer_tag: None,
             filter: None,
             exclusive: false,
+            priority: 0,
         })
         .await
         .unwrap();

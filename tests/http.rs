@@ -398,6 +398,7 @@ async fn lists_exchanges_bindings_plugins_and_connections() {
             consumer_tag: Some("auditor".into()),
             filter: None,
             exclusive: false,
+            priority: 0,
         })
         .await
         .unwrap();

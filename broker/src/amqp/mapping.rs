@@ -281,6 +281,24 @@ pub fn exchange_arguments(table: &FieldTable) -> Headers {
     args
 }
 
+/// A consumer's priority from `basic.consume`'s `x-priority` (0 without it); its other
+/// arguments are ignored.
+pub fn consumer_priority(table: &FieldTable) -> Result<i32, AmqpError> {
+    let Some(value) = table.inner().get("x-priority") else {
+        return Ok(0);
+    };
+    value_to_json(value)
+        .as_i64()
+        .and_then(|n| i32::try_from(n).ok())
+        .ok_or_else(|| {
+            AmqpError::channel(
+                code::PRECONDITION_FAILED,
+                "PRECONDITION_FAILED",
+                format!("invalid arg 'x-priority': {value:?} is not an integer"),
+            )
+        })
+}
+
 /// `queue.declare` arguments as core queue arguments: RabbitMQ's `x-` arguments become the
 /// policy's names; anything else is kept as given.
 pub fn queue_arguments(table: &FieldTable) -> Result<Headers, AmqpError> {

@@ -7,7 +7,9 @@ use bytes::{Bytes, BytesMut};
 use super::channel::{Awaiting, Channel, Content, PUBLISH_ID, SETTLE_ID};
 use super::errors::{AmqpError, code};
 use super::hot::HotMethod;
-use super::mapping::{exchange_arguments, message_from_amqp, queue_arguments, table_to_json};
+use super::mapping::{
+    consumer_priority, exchange_arguments, message_from_amqp, queue_arguments, table_to_json,
+};
 use super::reply_to::{self, REPLY_TO};
 use crate::protocol::{
     Binding, DeclareExchange, DeclareQueue, ExchangeBinding, Op, Publish, Request, RequestId,
@@ -226,6 +228,7 @@ pub(super) fn on_method(ch: &mut Channel, method: AMQPClass) -> Result<Effect, A
                         .filter(|t| !t.is_empty()),
                     filter: None,
                     exclusive: m.exclusive,
+                    priority: consumer_priority(&m.arguments)?,
                 }),
             )
         }

@@ -60,6 +60,7 @@ pub(super) fn consume(ch: &mut Channel, m: basic::Consume) -> Result<Effect, Amq
             consumer_tag: Some(m.consumer_tag.as_str().to_string()).filter(|t| !t.is_empty()),
             filter: None,
             exclusive: false,
+            priority: 0,
         }),
     };
     // As in RabbitMQ, direct reply-to needs no permission: the queue's name is the

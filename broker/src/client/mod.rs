@@ -514,6 +514,7 @@ impl Client {
             consumer_tag: None,
             filter: None,
             exclusive: false,
+            priority: 0,
         })
         .await
     }
@@ -533,6 +534,7 @@ impl Client {
             consumer_tag: None,
             filter: Some(filter.to_owned()),
             exclusive: false,
+            priority: 0,
         })
         .await
     }

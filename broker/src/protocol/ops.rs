@@ -387,6 +387,10 @@ pub struct Subscribe {
     /// others are refused while this one lasts (AMQP's exclusive consumer).
     #[serde(default)]
     pub exclusive: bool,
+    /// Among the queue's consumers with room, those of the highest priority receive;
+    /// equal ones take turns (RabbitMQ's consumer `x-priority`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i32,
 }
 
 /// How a handler is attached to its queue.
@@ -426,6 +430,10 @@ fn mode_name<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Handle
             &["consume", "filter"],
         )),
     }
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 fn one() -> u32 {

@@ -18,6 +18,8 @@ pub struct Consumer {
     pub auto_ack: bool,
     /// The queue's only consumer while it lasts.
     pub exclusive: bool,
+    /// Consumers of a higher priority with room receive first.
+    pub priority: i32,
     in_flight: u32,
 }
 
@@ -29,6 +31,7 @@ impl Consumer {
             prefetch,
             auto_ack,
             exclusive: false,
+            priority: 0,
             in_flight: 0,
         }
     }
@@ -134,10 +137,24 @@ impl Queue {
             false => self.consumers.len(),
         };
         let start = self.next_consumer % n;
-        let index = (0..n).map(|i| (start + i) % n).find(|&i| {
+        let mut with_room = (0..n).map(|i| (start + i) % n).filter(|&i| {
             let consumer = &self.consumers[i];
             consumer.has_room() && may_receive(consumer.conn)
-        })?;
+        });
+        let index = match self.consumers[..n]
+            .windows(2)
+            .all(|w| w[0].priority == w[1].priority)
+        {
+            // One priority (nearly always): the next in turn with room.
+            true => with_room.next()?,
+            // The first in turn among those with room of the highest priority.
+            false => with_room.reduce(|best, i| {
+                match self.consumers[i].priority > self.consumers[best].priority {
+                    true => i,
+                    false => best,
+                }
+            })?,
+        };
         let entry = match self.take_head(now)? {
             Ok(entry) => entry,
             Err(expired) => return Some(expired),

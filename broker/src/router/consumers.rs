@@ -43,6 +43,7 @@ impl Router {
         let queue = self.shard.queues.get_mut(&name).expect("checked above");
         let mut consumer = Consumer::new(conn, tag.clone(), sub.prefetch, sub.auto_ack);
         consumer.exclusive = sub.exclusive;
+        consumer.priority = sub.priority;
         queue.add_consumer(consumer);
         if let Some(filter) = &sub.filter {
             self.add_filter(conn, tag.clone(), name.clone(), filter);

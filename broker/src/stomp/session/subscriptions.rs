@@ -88,6 +88,7 @@ impl Session {
             consumer_tag: Some(id.clone()),
             filter: None,
             exclusive: false,
+            priority: 0,
         });
         self.request_or_refuse(subscribe, receipt_answer(receipt), receipt)
             .await?;
@@ -193,6 +194,7 @@ impl Session {
             consumer_tag: Some(reply_to.to_string()),
             filter: None,
             exclusive: false,
+            priority: 0,
         });
         self.request_or_refuse(subscribe, Answer::Nothing, receipt)
             .await?;

@@ -1,6 +1,8 @@
-//! Single active consumer (`single_active_consumer`, AMQP `x-single-active-consumer`):
-//! one consumer at a time receives, the oldest; the next takes over when it goes, with its
-//! predecessor's unacked messages in queue order.
+//! Which consumer gets a message. Single active consumer (`single_active_consumer`, AMQP
+//! `x-single-active-consumer`): one at a time receives, the oldest; the next takes over
+//! when it goes, with its predecessor's unacked messages in queue order. Consumer
+//! priorities (`priority`, AMQP `x-priority`): those of the highest priority with room
+//! receive first.
 
 #[path = "support/amqp.rs"]
 mod amqp;
@@ -10,6 +12,7 @@ use std::collections::BTreeMap;
 
 use amqp::{AmqpBroker, next_delivery, reply_code};
 use broker::protocol::ErrorCode;
+use broker::protocol::Subscribe;
 use broker::{ClientError, QueueOptions};
 use common::{TestBroker, body, next, persistent};
 use lapin::options::{
@@ -182,4 +185,96 @@ async fn the_next_consumer_gets_the_unacked_messages_back_in_order() {
         order.push(body(&next(&mut second).await));
     }
     assert_eq!(order, ["j0", "j1", "j2", "j3", "j4", "j5"]);
+}
+
+fn subscribe(queue: &str, prefetch: u32, priority: i32) -> Subscribe {
+    Subscribe {
+        queue: queue.into(),
+        prefetch,
+        auto_ack: false,
+        consumer_tag: None,
+        filter: None,
+        exclusive: false,
+        priority,
+    }
+}
+
+#[tokio::test]
+async fn a_higher_priority_consumer_receives_while_it_has_room() {
+    let b = TestBroker::start().await;
+    let c = b.client().await;
+    c.declare_queue("work", QueueOptions::durable())
+        .await
+        .unwrap();
+    c.confirm_select().await.unwrap();
+    // The low one subscribes first: round robin would start with it.
+    let mut low = c.subscribe(subscribe("work", 100, 0)).await.unwrap();
+    let mut high = c.subscribe(subscribe("work", 2, 5)).await.unwrap();
+    for i in 0..6 {
+        c.publish(persistent("work", &format!("w{i}")), false)
+            .await
+            .unwrap();
+    }
+    let first = [next(&mut high).await, next(&mut high).await];
+    assert_eq!(first.iter().map(body).collect::<Vec<_>>(), ["w0", "w1"]);
+    // Its prefetch full, the lower one gets the rest.
+    for i in 2..6 {
+        assert_eq!(body(&next(&mut low).await), format!("w{i}"));
+    }
+    for d in &first {
+        c.ack(d.delivery_tag, false).unwrap();
+    }
+    c.publish(persistent("work", "w6"), false).await.unwrap();
+    assert_eq!(
+        body(&next(&mut high).await),
+        "w6",
+        "room again: the higher one"
+    );
+}
+
+#[tokio::test]
+async fn amqp_x_priority_orders_consumers() {
+    let broker = AmqpBroker::start().await;
+    let conn = broker.connect().await;
+    let setup = conn.create_channel().await.unwrap();
+    setup.confirm_select(Default::default()).await.unwrap();
+    setup
+        .queue_declare(
+            "ranked".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let low_ch = conn.create_channel().await.unwrap();
+    let mut low = consumer(&low_ch, "ranked", "low").await;
+    let high_ch = conn.create_channel().await.unwrap();
+    let priority: BTreeMap<ShortString, AMQPValue> =
+        [(ShortString::from("x-priority"), AMQPValue::LongInt(10))]
+            .into_iter()
+            .collect();
+    let mut high = high_ch
+        .basic_consume(
+            "ranked".into(),
+            "high".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::from(priority),
+        )
+        .await
+        .unwrap();
+    for i in 0..5 {
+        publish(&setup, "ranked", &format!("r{i}")).await;
+    }
+    // The high one has room for them all (its channel's prefetch is unlimited).
+    for i in 0..5 {
+        let delivery = next_delivery(&mut high).await;
+        assert_eq!(delivery.data, format!("r{i}").as_bytes());
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    high_ch
+        .basic_cancel("high".into(), BasicCancelOptions::default())
+        .await
+        .unwrap();
+    publish(&setup, "ranked", "r5").await;
+    assert_eq!(next_delivery(&mut low).await.data, b"r5");
 }
