@@ -16,6 +16,7 @@ use super::frames::encode;
 use super::hot;
 use super::mapping::properties_to_amqp;
 use super::short_strings::fit_for_amqp;
+use super::transaction::Transaction;
 use super::writer::{Chunk, Delivered};
 use crate::message::Message;
 use crate::protocol::{
@@ -76,6 +77,8 @@ pub(super) enum Awaiting {
     ConfirmSelect {
         nowait: bool,
     },
+    /// `tx.select` (its core connection put in confirm mode).
+    TxSelect,
     Get,
 }
 
@@ -95,6 +98,8 @@ pub(super) struct Channel {
     /// `basic.qos` prefetch for consumers started after it; 0 is unlimited.
     pub prefetch: u16,
     pub confirms: bool,
+    /// `tx.select`ed: publishes and settles wait for `tx.commit` (`transaction.rs`).
+    pub tx: Option<Transaction>,
     /// The last publish's confirm sequence number.
     pub publish_seq: u64,
     /// The queue the channel declared last (AMQP's default for an empty queue name).
@@ -123,6 +128,7 @@ impl Channel {
             closing: false,
             prefetch: 0,
             confirms: false,
+            tx: None,
             publish_seq: 0,
             last_queue: String::new(),
             content: None,
@@ -202,9 +208,14 @@ impl Channel {
         match frame {
             ServerFrame::Confirm {
                 id: RequestId::Num(seq),
-            } => {
-                hot::write_confirm(&mut out, n, seq);
-            }
+            } => match self.tx.as_mut() {
+                Some(tx) => {
+                    if let Some(commit_ok) = tx.publish_answered() {
+                        method_frame(n, commit_ok, &mut out);
+                    }
+                }
+                None => hot::write_confirm(&mut out, n, seq),
+            },
             ServerFrame::Return { message, .. } => {
                 let fitted = fit_for_amqp(&message);
                 let message = fitted.as_ref().unwrap_or(&*message);
@@ -409,6 +420,7 @@ impl Channel {
             Awaiting::ConfirmSelect { nowait: false } => {
                 AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {}))
             }
+            Awaiting::TxSelect => super::transaction::select_ok(),
             Awaiting::Get | Awaiting::ReplyQueue => return Ok(None),
         };
         Ok(Some(reply))
@@ -430,6 +442,23 @@ impl Channel {
         message: &str,
     ) -> Result<Option<Chunk>, AmqpError> {
         match id {
+            // In a transaction: a refused publish is dropped (as without confirms) and
+            // counts as answered for the commit.
+            Some(RequestId::Num(_))
+                if self.tx.is_some()
+                    && matches!(
+                        error,
+                        ErrorCode::QueueFull
+                            | ErrorCode::StoreError
+                            | ErrorCode::PluginError
+                            | ErrorCode::ExchangeUnavailable
+                    ) =>
+            {
+                let tx = self.tx.as_mut().expect("checked");
+                Ok(tx
+                    .publish_answered()
+                    .map(|commit_ok| self.method(commit_ok)))
+            }
             Some(RequestId::Num(seq)) => match error {
                 // The message was refused (or may not be stored): a negative confirm.
                 ErrorCode::QueueFull

@@ -195,6 +195,20 @@ impl AmqpConnection {
                 }
                 return Ok(());
             }
+            Effect::Commit(held) => {
+                for effect in held {
+                    if self.channels.get(&number).is_none_or(|ch| ch.closing) {
+                        return Ok(());
+                    }
+                    Box::pin(self.apply(number, effect, router_frames)).await?;
+                }
+                // Nothing held to wait for (or all of it answered already): `commit-ok` now.
+                let done = self.channels.get_mut(&number).and_then(|ch| ch.tx.as_mut());
+                if let Some(commit_ok) = done.and_then(|tx| tx.commit_done()) {
+                    self.send(number, commit_ok);
+                }
+                return Ok(());
+            }
             Effect::Request(request) => (request, None, None),
             Effect::RequestThenReply(request, reply) => (request, None, Some(reply)),
             Effect::Publish(request) => {

@@ -1,7 +1,7 @@
 //! Client methods on an open channel → the core's operations. Validation and semantics are
 //! the core's; this file only translates fields and says which reply each method awaits.
 
-use amq_protocol::protocol::{AMQPClass, access, basic, channel, confirm, exchange, queue};
+use amq_protocol::protocol::{AMQPClass, access, basic, channel, confirm, exchange, queue, tx};
 use bytes::{Bytes, BytesMut};
 
 use super::channel::{Awaiting, Channel, Content, PUBLISH_ID, SETTLE_ID};
@@ -11,6 +11,7 @@ use super::mapping::{
     consumer_priority, exchange_arguments, message_from_amqp, queue_arguments, table_to_json,
 };
 use super::reply_to::{self, REPLY_TO};
+use super::transaction::{self, Transaction};
 use crate::protocol::{
     Binding, DeclareExchange, DeclareQueue, ExchangeBinding, Op, Publish, Request, RequestId,
     Subscribe,
@@ -34,10 +35,22 @@ pub(super) enum Effect {
     BrokerRequests(Vec<Request>),
     /// Set the channel-wide prefetch (`basic.qos` with `global`), then reply.
     ChannelPrefetch(u32, AMQPClass),
+    /// `tx.commit`: what the transaction held, in order (`amqp/transaction.rs`).
+    Commit(Vec<Effect>),
 }
 
 fn unexpected(text: impl std::fmt::Display) -> AmqpError {
     AmqpError::connection(code::UNEXPECTED_FRAME, "UNEXPECTED_FRAME", text)
+}
+
+fn precondition_failed(text: &str, class_id: u16, method_id: u16) -> AmqpError {
+    AmqpError::channel(code::PRECONDITION_FAILED, "PRECONDITION_FAILED", text)
+        .during(class_id, method_id)
+}
+
+/// `tx.commit` or `tx.rollback` before `tx.select`, as RabbitMQ words it.
+fn not_transactional(class_id: u16, method_id: u16) -> AmqpError {
+    precondition_failed("channel is not transactional", class_id, method_id)
 }
 
 fn not_implemented(text: impl std::fmt::Display, class_id: u16, method_id: u16) -> AmqpError {
@@ -261,6 +274,13 @@ pub(super) fn on_method(ch: &mut Channel, method: AMQPClass) -> Result<Effect, A
             AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
         ),
         AMQPClass::Basic(basic::AMQPMethod::RecoverAsync(_)) => Effect::Request(recover()),
+        AMQPClass::Confirm(confirm::AMQPMethod::Select(_)) if ch.tx.is_some() => {
+            return Err(precondition_failed(
+                "cannot switch from tx to confirm mode",
+                85,
+                10,
+            ));
+        }
         AMQPClass::Confirm(confirm::AMQPMethod::Select(m)) => {
             ch.confirms = true;
             let id = ch.expect(Awaiting::ConfirmSelect { nowait: m.nowait }, 85, 10);
@@ -277,13 +297,30 @@ pub(super) fn on_method(ch: &mut Channel, method: AMQPClass) -> Result<Effect, A
         AMQPClass::Access(access::AMQPMethod::Request(_)) => Effect::Reply(AMQPClass::Access(
             access::AMQPMethod::RequestOk(access::RequestOk {}),
         )),
-        AMQPClass::Tx(_) => {
-            return Err(not_implemented(
-                "transactions (tx.*) are not supported; use publisher confirms",
-                class_id,
-                method_id,
+        AMQPClass::Tx(tx::AMQPMethod::Select(_)) if ch.confirms => {
+            return Err(precondition_failed(
+                "cannot switch from confirm to tx mode",
+                90,
+                10,
             ));
         }
+        AMQPClass::Tx(tx::AMQPMethod::Select(_)) if ch.tx.is_some() => {
+            Effect::Reply(transaction::select_ok())
+        }
+        AMQPClass::Tx(tx::AMQPMethod::Select(_)) => {
+            // The core confirms each publish once stored: what a commit waits for.
+            ch.tx = Some(Transaction::default());
+            let id = ch.expect(Awaiting::TxSelect, 90, 10);
+            request(id, Op::ConfirmSelect)
+        }
+        AMQPClass::Tx(tx::AMQPMethod::Commit(_)) => match ch.tx.as_mut() {
+            Some(tx) => tx.commit(),
+            None => return Err(not_transactional(90, 20)),
+        },
+        AMQPClass::Tx(tx::AMQPMethod::Rollback(_)) => match ch.tx.as_mut() {
+            Some(tx) => Effect::Reply(tx.rollback()),
+            None => return Err(not_transactional(90, 30)),
+        },
         _ => {
             return Err(AmqpError::connection(
                 code::COMMAND_INVALID,
@@ -309,11 +346,16 @@ pub(super) fn on_hot_method(ch: &mut Channel, method: HotMethod) -> Result<Effec
 }
 
 fn hot_method(ch: &mut Channel, method: HotMethod) -> Result<Effect, AmqpError> {
-    let settle = |op: Op| {
-        Effect::Request(Request {
+    // In a transaction, settles wait for the commit.
+    let settle = |ch: &mut Channel, op: Op| {
+        let effect = Effect::Request(Request {
             id: RequestId::Str(SETTLE_ID.into()),
             op,
-        })
+        });
+        match ch.tx.as_mut() {
+            Some(tx) => tx.hold(effect).map_err(|e| e.during(60, 80)),
+            None => Ok(effect),
+        }
     };
     Ok(match method {
         HotMethod::Publish(m) => {
@@ -329,24 +371,33 @@ fn hot_method(ch: &mut Channel, method: HotMethod) -> Result<Effect, AmqpError> 
         }
         HotMethod::Ack(m) => {
             let (delivery_tag, multiple) = all_when_zero(m.delivery_tag, m.multiple);
-            settle(Op::Ack {
-                delivery_tag,
-                multiple,
-            })
+            settle(
+                ch,
+                Op::Ack {
+                    delivery_tag,
+                    multiple,
+                },
+            )?
         }
         HotMethod::Nack(m) => {
             let (delivery_tag, multiple) = all_when_zero(m.delivery_tag, m.multiple);
-            settle(Op::Nack {
-                delivery_tag,
-                multiple,
-                requeue: m.requeue,
-                delay_ms: None,
-            })
+            settle(
+                ch,
+                Op::Nack {
+                    delivery_tag,
+                    multiple,
+                    requeue: m.requeue,
+                    delay_ms: None,
+                },
+            )?
         }
-        HotMethod::Reject(m) => settle(Op::Reject {
-            delivery_tag: m.delivery_tag,
-            requeue: m.requeue,
-        }),
+        HotMethod::Reject(m) => settle(
+            ch,
+            Op::Reject {
+                delivery_tag: m.delivery_tag,
+                requeue: m.requeue,
+            },
+        )?,
     })
 }
 
@@ -456,17 +507,21 @@ fn complete(ch: &mut Channel, body: Bytes, user: &str) -> Result<Effect, AmqpErr
     )
     .map_err(|e| e.during(60, 40))?;
     reply_to::rewrite(ch, &mut message)?;
-    let id = if ch.confirms {
+    let id = if ch.confirms || ch.tx.is_some() {
         ch.publish_seq += 1;
         RequestId::Num(ch.publish_seq)
     } else {
         RequestId::Str(PUBLISH_ID.into())
     };
-    Ok(Effect::Publish(Request {
+    let effect = Effect::Publish(Request {
         id,
         op: Op::Publish(Publish {
             message: Box::new(message),
             mandatory: publish.mandatory,
         }),
-    }))
+    });
+    match ch.tx.as_mut() {
+        Some(tx) => tx.hold(effect).map_err(|e| e.during(60, 40)),
+        None => Ok(effect),
+    }
 }

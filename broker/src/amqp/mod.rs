@@ -19,6 +19,7 @@ mod methods;
 mod reader;
 mod reply_to;
 mod short_strings;
+mod transaction;
 mod websocket;
 mod writer;
 
