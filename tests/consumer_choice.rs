@@ -64,6 +64,15 @@ async fn consumer(channel: &Channel, queue: &str, tag: &str) -> lapin::Consumer 
         .unwrap()
 }
 
+/// Takes `bodies` from `consumer` in that order, acking each.
+async fn receive_in_order(consumer: &mut lapin::Consumer, bodies: impl Iterator<Item = String>) {
+    for body in bodies {
+        let delivery = next_delivery(consumer).await;
+        assert_eq!(delivery.data, body.as_bytes());
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn only_the_oldest_consumer_receives_until_it_is_cancelled() {
     let broker = AmqpBroker::start().await;
@@ -88,11 +97,7 @@ async fn only_the_oldest_consumer_receives_until_it_is_cancelled() {
         publish(&setup, "ordered", &format!("m{i}")).await;
     }
     // Round robin would give the second consumer half: the first gets all ten, in order.
-    for i in 0..10 {
-        let delivery = next_delivery(&mut first).await;
-        assert_eq!(delivery.data, format!("m{i}").as_bytes());
-        delivery.ack(BasicAckOptions::default()).await.unwrap();
-    }
+    receive_in_order(&mut first, (0..10).map(|i| format!("m{i}"))).await;
     first_ch
         .basic_cancel("first".into(), BasicCancelOptions::default())
         .await
@@ -100,15 +105,8 @@ async fn only_the_oldest_consumer_receives_until_it_is_cancelled() {
     for i in 10..15 {
         publish(&setup, "ordered", &format!("m{i}")).await;
     }
-    for i in 10..15 {
-        let delivery = next_delivery(&mut second).await;
-        assert_eq!(
-            delivery.data,
-            format!("m{i}").as_bytes(),
-            "the next takes over"
-        );
-        delivery.ack(BasicAckOptions::default()).await.unwrap();
-    }
+    // The next takes over.
+    receive_in_order(&mut second, (10..15).map(|i| format!("m{i}"))).await;
 }
 
 #[tokio::test]
@@ -266,11 +264,7 @@ async fn amqp_x_priority_orders_consumers() {
         publish(&setup, "ranked", &format!("r{i}")).await;
     }
     // The high one has room for them all (its channel's prefetch is unlimited).
-    for i in 0..5 {
-        let delivery = next_delivery(&mut high).await;
-        assert_eq!(delivery.data, format!("r{i}").as_bytes());
-        delivery.ack(BasicAckOptions::default()).await.unwrap();
-    }
+    receive_in_order(&mut high, (0..5).map(|i| format!("r{i}"))).await;
     high_ch
         .basic_cancel("high".into(), BasicCancelOptions::default())
         .await
