@@ -73,20 +73,26 @@ async fn receive_in_order(consumer: &mut lapin::Consumer, bodies: impl Iterator<
     }
 }
 
+/// A confirm-mode channel on `conn`, with `queue` declared with `arguments`.
+async fn confirming_with_queue(
+    conn: &lapin::Connection,
+    queue: &str,
+    arguments: FieldTable,
+) -> Channel {
+    let setup = conn.create_channel().await.unwrap();
+    setup.confirm_select(Default::default()).await.unwrap();
+    setup
+        .queue_declare(queue.into(), QueueDeclareOptions::default(), arguments)
+        .await
+        .unwrap();
+    setup
+}
+
 #[tokio::test]
 async fn only_the_oldest_consumer_receives_until_it_is_cancelled() {
     let broker = AmqpBroker::start().await;
     let conn = broker.connect().await;
-    let setup = conn.create_channel().await.unwrap();
-    setup.confirm_select(Default::default()).await.unwrap();
-    setup
-        .queue_declare(
-            "ordered".into(),
-            QueueDeclareOptions::default(),
-            single_active(),
-        )
-        .await
-        .unwrap();
+    let setup = confirming_with_queue(&conn, "ordered", single_active()).await;
     let (first_ch, second_ch) = (
         conn.create_channel().await.unwrap(),
         conn.create_channel().await.unwrap(),
@@ -234,16 +240,7 @@ async fn a_higher_priority_consumer_receives_while_it_has_room() {
 async fn amqp_x_priority_orders_consumers() {
     let broker = AmqpBroker::start().await;
     let conn = broker.connect().await;
-    let setup = conn.create_channel().await.unwrap();
-    setup.confirm_select(Default::default()).await.unwrap();
-    setup
-        .queue_declare(
-            "ranked".into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let setup = confirming_with_queue(&conn, "ranked", FieldTable::default()).await;
     let low_ch = conn.create_channel().await.unwrap();
     let mut low = consumer(&low_ch, "ranked", "low").await;
     let high_ch = conn.create_channel().await.unwrap();
