@@ -7,7 +7,7 @@
 use super::exchanges::is_default;
 use super::{Answer, OpError, Reply, Router};
 use crate::exchange::BindingId;
-use crate::protocol::{Binding, ErrorCode, ExchangeBinding};
+use crate::protocol::{ErrorCode, ExchangeBinding};
 use crate::store::StoreOp;
 
 fn default_refused() -> OpError {
@@ -159,25 +159,6 @@ impl Router {
                 self.topology.directory.graph.wait(id, binding);
             }
         }
-    }
-
-    /// The queue binding `id` of an exchange that `source` leads to (a route found at
-    /// ingress holds the ids of every exchange it went through); `reach` caches those
-    /// exchanges for the rest of one message's ids.
-    pub(super) fn binding_beyond<'a>(
-        &'a self,
-        source: &str,
-        id: BindingId,
-        reach: &mut Option<Vec<String>>,
-    ) -> Option<&'a Binding> {
-        if self.topology.directory.graph.is_empty() {
-            return None;
-        }
-        let reach =
-            reach.get_or_insert_with(|| self.topology.directory.graph.reachable_from(source));
-        reach
-            .iter()
-            .find_map(|name| self.topology.exchanges.get(name)?.bindings.get(&id))
     }
 
     /// Exchange-to-exchange bindings from exchanges of `vhost`, by source then age.

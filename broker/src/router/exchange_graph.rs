@@ -6,7 +6,7 @@
 //! binding), so the plugin decides which of them a message takes; this graph only says
 //! where each one leads.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
 
@@ -149,23 +149,6 @@ impl ExchangeGraph {
         }
         next
     }
-
-    /// Every exchange reachable from `source` through these bindings (not `source`).
-    pub fn reachable_from(&self, source: &str) -> Vec<String> {
-        let graph = self.read();
-        let mut seen: HashSet<&str> = HashSet::from([source]);
-        let mut todo: VecDeque<&str> = VecDeque::from([source]);
-        let mut reached = Vec::new();
-        while let Some(exchange) = todo.pop_front() {
-            for binding in graph.get(exchange).into_iter().flat_map(|out| out.values()) {
-                if seen.insert(&binding.destination) {
-                    reached.push(binding.destination.clone());
-                    todo.push_back(&binding.destination);
-                }
-            }
-        }
-        reached
-    }
 }
 
 #[cfg(test)]
@@ -190,9 +173,6 @@ mod tests {
         let mut visited = HashSet::from(["a".to_string()]);
         assert_eq!(graph.next_hops("a", &[1], &mut visited), vec!["b"]);
         assert_eq!(graph.next_hops("b", &[2, 3], &mut visited), vec!["c"]);
-        let mut reached = graph.reachable_from("a");
-        reached.sort();
-        assert_eq!(reached, vec!["b", "c"]);
     }
 
     #[test]

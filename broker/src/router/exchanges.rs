@@ -158,12 +158,8 @@ impl Router {
             return Err(OpError::new(ErrorCode::PreconditionFailed, message));
         }
         let exchange = self
-            .topology
-            .exchanges
-            .remove(name)
+            .forget_exchange(name)
             .ok_or_else(|| exchange_not_found(name))?;
-        self.topology.directory.remove(name);
-        self.drop_exchange_bindings(name);
         if !exchange.durable {
             return Ok(Reply::Ok(Answer::Done));
         }
@@ -194,6 +190,8 @@ impl Router {
             let mut routing = exchange.routing.lock();
             routing.validate_binding(&binding.key, &binding.arguments)?;
             routing.bind(id, &binding.key, &binding.arguments)?;
+            // Under the routing's lock: no route can take the binding before this.
+            self.topology.directory.bind_queue(id, &binding.queue);
         }
         self.topology.next_binding_id += 1;
         let durable = exchange.durable && queue_stored;
@@ -229,6 +227,7 @@ impl Router {
             return Ok(Reply::Ok(Answer::Done));
         };
         exchange.routing.lock().unbind(id)?;
+        self.topology.directory.unbind_queue(id);
         exchange.bindings.remove(&id);
         self.turn.store(StoreOp::DeleteBinding(id));
         self.delete_if_auto_unused(&binding.exchange);
@@ -258,6 +257,18 @@ impl Router {
         }
     }
 
+    /// Removes exchange `name` from the topology and from ingress, with its bindings to
+    /// queues and to and from other exchanges; the store is the caller's.
+    pub(super) fn forget_exchange(&mut self, name: &str) -> Option<ExchangeState> {
+        let exchange = self.topology.exchanges.remove(name)?;
+        self.topology.directory.remove(name);
+        for id in exchange.bindings.keys() {
+            self.topology.directory.unbind_queue(*id);
+        }
+        self.drop_exchange_bindings(name);
+        Some(exchange)
+    }
+
     /// Re-adds a stored binding (startup, or its exchange was just restored); a binding
     /// whose queue is gone, or whose exchange is not stored, is dropped from the store.
     pub(super) fn restore_binding(&mut self, id: BindingId, binding: Binding) {
@@ -273,12 +284,10 @@ impl Router {
         }
         match self.topology.exchanges.get_mut(&binding.exchange) {
             Some(exchange) if queue_exists => {
-                match exchange
-                    .routing
-                    .lock()
-                    .bind(id, &binding.key, &binding.arguments)
-                {
+                let mut routing = exchange.routing.lock();
+                match routing.bind(id, &binding.key, &binding.arguments) {
                     Ok(()) => {
+                        self.topology.directory.bind_queue(id, &binding.queue);
                         exchange.bindings.insert(id, binding);
                     }
                     Err(e) => tracing::error!(binding = id, error = %e, "cannot restore binding"),
@@ -349,6 +358,7 @@ impl Router {
                 if let Err(e) = exchange.routing.lock().unbind(id) {
                     tracing::warn!(binding = id, error = %e, "exchange refused unbind");
                 }
+                self.topology.directory.unbind_queue(id);
                 exchange.bindings.remove(&id);
                 self.turn.store(StoreOp::DeleteBinding(id));
                 unbound.push(name.clone());

@@ -17,19 +17,25 @@
 //! - A publish whose exchange is bound to other exchanges is routed on by each of them
 //!   the same way, each on its own cached route or worker ([`hops`]).
 //!
-//! The router still owns the exchanges: it creates them, binds and unbinds, and maps the
-//! binding ids that ingress found to queues (a binding removed meanwhile is skipped).
+//! - A route leaves ingress as the names of its queues, each once ([`ExchangeDirectory`]
+//!   maps binding ids to queues).
+//!
+//! The router still owns the exchanges: it creates them, binds and unbinds, keeping the
+//! directory up to date; it skips a queue deleted since ingress routed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
 
+mod directory;
 mod hops;
 
+pub(crate) use directory::ExchangeDirectory;
+
 use super::{Command, Routed};
-use crate::exchange::{Exchange, ExchangeError};
+use crate::exchange::{BindingId, Exchange, ExchangeError};
 use crate::message::Message;
 use crate::protocol::{Op, Request};
 
@@ -57,8 +63,12 @@ struct RouteJob {
     /// Which version routes it when a canary is deployed (see
     /// [`Exchange::route_cached_drawn`]); drawn once, before the cache is looked at.
     draw: u32,
-    done: oneshot::Sender<Command>,
+    done: oneshot::Sender<(Command, RoutedIds)>,
 }
+
+/// What one exchange's routing returned: binding ids, resolved to queues once every
+/// exchange the publish reaches has routed it.
+type RoutedIds = Result<Vec<BindingId>, ExchangeError>;
 
 impl SharedExchange {
     pub fn new(routing: Box<dyn Exchange>) -> Arc<Self> {
@@ -78,7 +88,7 @@ impl SharedExchange {
     }
 
     /// The cheap route, if there is one and no worker holds the exchange.
-    fn try_cached(&self, message: &Message, draw: u32) -> Option<Routed> {
+    fn try_cached(&self, message: &Message, draw: u32) -> Option<RoutedIds> {
         let mut routing = match self.routing.try_lock() {
             Ok(routing) => routing,
             Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
@@ -127,10 +137,8 @@ impl SharedExchange {
             (results, shadowed)
         };
         for (job, routed) in jobs.into_iter().zip(results) {
-            let mut command = job.command;
-            set_routed(&mut command, routed);
             // The connection may have gone; its publish goes with it.
-            let _ = job.done.send(command);
+            let _ = job.done.send((job.command, routed));
         }
         if let Some((messages, routed)) = shadowed {
             let messages: Vec<&Message> = messages.iter().collect();
@@ -222,48 +230,6 @@ impl Drop for ExchangeWorkers {
     }
 }
 
-/// Every exchange by its (qualified) name, as ingress finds them; kept by the router.
-#[derive(Default)]
-pub(crate) struct ExchangeDirectory {
-    exchanges: RwLock<HashMap<String, Arc<SharedExchange>>>,
-    /// Where exchange-to-exchange bindings lead (see [`hops`]).
-    pub graph: super::exchange_graph::ExchangeGraph,
-}
-
-impl ExchangeDirectory {
-    pub fn insert(&self, name: &str, exchange: Arc<SharedExchange>) {
-        let mut exchanges = self.exchanges.write().expect("directory lock poisoned");
-        exchanges.insert(name.to_owned(), exchange);
-    }
-
-    pub fn remove(&self, name: &str) {
-        let mut exchanges = self.exchanges.write().expect("directory lock poisoned");
-        exchanges.remove(name);
-    }
-
-    /// Routes `message` on the calling thread (a handler's worker, for what the handler
-    /// published); `None` for the default exchange, which the router routes, and for an
-    /// exchange that does not exist (the router answers it).
-    pub fn route_now(&self, message: &Message) -> Option<Routed> {
-        if super::exchanges::is_default(&message.exchange) {
-            return None;
-        }
-        let exchange = self.get(&message.exchange)?;
-        let mut ids = Vec::new();
-        let routed = exchange.lock().route(message, &mut ids);
-        Some(
-            routed
-                .and_then(|()| self.follow_now(message, &mut ids))
-                .map(|()| ids),
-        )
-    }
-
-    fn get(&self, name: &str) -> Option<Arc<SharedExchange>> {
-        let exchanges = self.exchanges.read().expect("directory lock poisoned");
-        exchanges.get(name).cloned()
-    }
-}
-
 /// The ingress stage, shared by every connection's [`super::RouterHandle`].
 pub(crate) struct Ingress {
     pub directory: Arc<ExchangeDirectory>,
@@ -302,12 +268,17 @@ impl Ingress {
             false => fastrand::u32(..),
         };
         let message = publish_message(&command).expect("checked above");
-        if let Some(routed) = exchange.try_cached(message, draw) {
-            set_routed(&mut command, routed);
-        } else {
-            command = self.route_on_worker(&exchange, command, draw).await;
-        }
-        self.follow_hops(command, draw).await
+        let first = match exchange.try_cached(message, draw) {
+            Some(routed) => routed,
+            None => {
+                let (routed_command, routed) = self.route_on_worker(&exchange, command, draw).await;
+                command = routed_command;
+                routed
+            }
+        };
+        let (mut command, routed) = self.follow_hops(command, first, draw).await;
+        set_routed(&mut command, routed.map(|ids| self.directory.resolve(ids)));
+        command
     }
 
     /// [`Self::route`] when it needs no waiting: not a publish, the default exchange, an
@@ -336,7 +307,7 @@ impl Ingress {
         let message = publish_message(&command).expect("checked above");
         match exchange.try_cached(message, fastrand::u32(..)) {
             Some(routed) => {
-                set_routed(&mut command, routed);
+                set_routed(&mut command, routed.map(|ids| self.directory.resolve(ids)));
                 Ok(command)
             }
             None => Err(command),
@@ -344,13 +315,13 @@ impl Ingress {
     }
 
     /// Hands `command` to `exchange`'s queue for an exchange worker and waits for its
-    /// route.
+    /// route (the command comes back with it).
     async fn route_on_worker(
         &self,
         exchange: &Arc<SharedExchange>,
         command: Command,
         draw: u32,
-    ) -> Command {
+    ) -> (Command, RoutedIds) {
         let (done, routed) = oneshot::channel();
         let job = RouteJob {
             command,

@@ -487,8 +487,17 @@ impl Router {
     }
 }
 
-/// An exchange's routing result for one message, computed ahead in a batch.
-pub(crate) type Routed = Result<Vec<BindingId>, crate::exchange::ExchangeError>;
+/// A message's route through a named exchange (and the exchanges bound to it), found at
+/// ingress or by [`ingress::ExchangeDirectory::route_now`].
+pub type Routed = Result<Route, crate::exchange::ExchangeError>;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// The queues it goes to, each once (one deleted since may be among them).
+    pub queues: Vec<Arc<str>>,
+    /// The bindings it took (what `route` shows).
+    pub bindings: Vec<BindingId>,
+}
 
 /// What to do with a settled delivery.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -109,10 +109,9 @@ impl Router {
             .cloned()
             .collect();
         for name in names {
-            let Some(exchange) = self.topology.exchanges.remove(&name) else {
+            let Some(exchange) = self.forget_exchange(&name) else {
                 continue;
             };
-            self.drop_exchange_bindings(&name);
             if exchange.durable {
                 for id in exchange.bindings.keys() {
                     self.turn.store(StoreOp::DeleteBinding(*id));

@@ -1,5 +1,5 @@
-//! The route stage of a publish at the router: its destinations (the binding ids ingress
-//! found, mapped to queues; the default exchange by routing key; for a message routed
+//! The route stage of a publish at the router: its destinations (the queues ingress
+//! found that still exist; the default exchange by routing key; for a message routed
 //! nowhere, its exchange's alternate exchange), the exchange's counters, a mandatory
 //! return, then the enqueue into each queue and the reply.
 
@@ -8,8 +8,7 @@ use std::sync::Arc;
 use super::dedup::Taken;
 use super::enqueue::QueueFull;
 use super::exchanges::{exchange_not_found, is_default};
-use super::{OpError, Outbound, Reply, Routed, Router};
-use crate::exchange::BindingId;
+use super::{OpError, Outbound, Reply, Route, Routed, Router};
 use crate::protocol::{ErrorCode, Publish, RequestId, ServerFrame};
 use crate::queue::ConnId;
 
@@ -35,7 +34,7 @@ impl Router {
         let routed = match routed {
             Some(routed) => routed
                 .map_err(OpError::from)
-                .and_then(|ids| self.destinations(&message.exchange, ids)),
+                .map(|route| self.destinations(&route)),
             None => self.route(&message),
         };
         if let Some(counters) = self.exchange_counters(&message.exchange) {
@@ -160,53 +159,21 @@ impl Router {
                 .map(|(name, _)| vec![name.clone()])
                 .unwrap_or_default());
         }
-        let exchange = self
+        let route = self
             .topology
-            .exchanges
-            .get_mut(&message.exchange)
+            .directory
+            .route_now(message)
             .ok_or_else(|| exchange_not_found(&message.exchange))?;
-        let mut ids = std::mem::take(&mut self.topology.route_buf);
-        ids.clear();
-        let routed = exchange.routing.lock().route(message, &mut ids);
-        let routed = routed.and_then(|()| self.topology.directory.follow_now(message, &mut ids));
-        let destinations = routed
-            .map_err(OpError::from)
-            .and_then(|()| self.destinations(&message.exchange, &ids));
-        self.topology.route_buf = ids;
-        destinations
+        Ok(self.destinations(&route.map_err(OpError::from)?))
     }
 
-    /// The queues behind an exchange's binding ids, each once.
-    pub(super) fn destinations(
-        &self,
-        source: &str,
-        ids: impl AsRef<[BindingId]>,
-    ) -> Result<Vec<Arc<str>>, OpError> {
-        let exchange = self
-            .topology
-            .exchanges
-            .get(source)
-            .ok_or_else(|| exchange_not_found(source))?;
-        let ids = ids.as_ref();
-        let mut destinations: Vec<Arc<str>> = Vec::with_capacity(ids.len());
-        let mut reach = None;
-        for id in ids {
-            // The exchange checked its output against its bindings; one missing here is
-            // another exchange's (reached through an exchange-to-exchange binding), or was
-            // removed after ingress routed the message.
-            let binding = match exchange.bindings.get(id) {
-                Some(binding) => binding,
-                None => match self.binding_beyond(source, *id, &mut reach) {
-                    Some(binding) => binding,
-                    None => continue,
-                },
-            };
-            if let Some((name, _)) = self.shard.queues.get_key_value(binding.queue.as_str())
-                && !destinations.contains(name)
-            {
-                destinations.push(name.clone());
-            }
-        }
-        Ok(destinations)
+    /// The queues of `route` that exist (one may have been deleted since it was routed).
+    pub(super) fn destinations(&self, route: &Route) -> Vec<Arc<str>> {
+        route
+            .queues
+            .iter()
+            .filter_map(|name| self.shard.queues.get_key_value(&**name))
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 }

@@ -3,7 +3,7 @@
 //! only reads its exchanges, bindings and queues.
 
 use super::exchanges::is_default;
-use super::{OpError, Reply, Routed, Router};
+use super::{OpError, Reply, Route, Routed, Router};
 use crate::message::Message;
 use crate::protocol::{RouteTrace, TracedBinding};
 
@@ -13,10 +13,13 @@ impl Router {
         message: &Message,
         routed: Option<Routed>,
     ) -> Result<Reply, OpError> {
-        let ids = match routed {
+        let route = match routed {
             Some(routed) => routed.map_err(OpError::from)?,
             // The default exchange (routed here, natively), or one that does not exist.
-            None if is_default(&message.exchange) => Vec::new(),
+            None if is_default(&message.exchange) => Route {
+                queues: Vec::new(),
+                bindings: Vec::new(),
+            },
             None => {
                 let message = format!("no exchange `{}`", message.exchange);
                 return Err(OpError::new(
@@ -27,12 +30,13 @@ impl Router {
         };
         let queues = match is_default(&message.exchange) {
             true => self.route(message)?,
-            false => self.destinations(&message.exchange, &ids)?,
+            false => self.destinations(&route),
         };
         let (kind, version, bindings) = match self.topology.exchanges.get(&message.exchange) {
             None => ("default".to_owned(), None, Vec::new()),
             Some(exchange) => {
-                let mut bindings: Vec<_> = ids
+                let mut bindings: Vec<_> = route
+                    .bindings
                     .iter()
                     .filter_map(|id| exchange.bindings.get(id).map(|b| (*id, b)))
                     .collect();

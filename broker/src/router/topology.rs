@@ -25,8 +25,6 @@ pub(super) struct Topology {
     /// name is declared anew.
     pub unrestored: HashMap<String, Unrestored>,
     pub next_binding_id: BindingId,
-    /// Reused buffer for exchange routing results.
-    pub route_buf: Vec<BindingId>,
     /// The default exchange's counters (it has no [`ExchangeState`]).
     pub default_exchange: ExchangeCounters,
 }
@@ -38,7 +36,6 @@ impl Topology {
             directory,
             unrestored: HashMap::new(),
             next_binding_id: 1,
-            route_buf: Vec::new(),
             default_exchange: ExchangeCounters::default(),
         }
     }

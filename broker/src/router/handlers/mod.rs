@@ -450,9 +450,7 @@ impl Router {
         } in published
         {
             let destinations = match ids {
-                Some(ids) => ids
-                    .map_err(OpError::from)
-                    .and_then(|ids| self.destinations(&message.exchange, ids))?,
+                Some(route) => self.destinations(&route.map_err(OpError::from)?),
                 None => self.route(&message)?,
             };
             if destinations.is_empty() {

@@ -12,32 +12,34 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use super::{Command, ExchangeDirectory, Ingress, Routed, publish_message, set_routed};
+use super::{Command, ExchangeDirectory, Ingress, RoutedIds, publish_message};
 use crate::exchange::{BindingId, ExchangeError};
 use crate::message::Message;
 
 impl Ingress {
-    /// Routes `command` (a publish its first exchange has routed) on through the
-    /// exchanges bound to that one; the result replaces the first route. `draw` is the
+    /// Routes `command` (a publish its first exchange has routed: `first`) on through
+    /// the exchanges bound to that one; returns the binding ids of every exchange. `draw` is the
     /// publish's canary draw: every hop picks its plugin version with the same one.
-    pub(super) async fn follow_hops(&self, mut command: Command, draw: u32) -> Command {
+    pub(super) async fn follow_hops(
+        &self,
+        mut command: Command,
+        first: RoutedIds,
+        draw: u32,
+    ) -> (Command, RoutedIds) {
         let graph = &self.directory.graph;
+        let Ok(first) = first else {
+            return (command, first);
+        };
         if graph.is_empty() {
-            return command;
+            return (command, Ok(first));
         }
         let Some(message) = publish_message(&command) else {
-            return command;
+            return (command, Ok(first));
         };
         let source = message.exchange.clone();
-        let Some(Ok(first)) = routed(&command) else {
-            return command;
-        };
         let mut visited = HashSet::from([source.clone()]);
-        let mut todo: VecDeque<String> = graph.next_hops(&source, first, &mut visited).into();
-        if todo.is_empty() {
-            return command;
-        }
-        let mut all: Vec<BindingId> = first.clone();
+        let mut todo: VecDeque<String> = graph.next_hops(&source, &first, &mut visited).into();
+        let mut all: Vec<BindingId> = first;
         while let Some(name) = todo.pop_front() {
             // Deleted meanwhile: its bindings went with it.
             let Some(exchange) = self.directory.get(&name) else {
@@ -47,8 +49,10 @@ impl Ingress {
             let hop = match exchange.try_cached(message, draw) {
                 Some(routed) => routed,
                 None => {
-                    command = self.route_on_worker(&exchange, command, draw).await;
-                    take_routed(&mut command)
+                    let (routed_command, routed) =
+                        self.route_on_worker(&exchange, command, draw).await;
+                    command = routed_command;
+                    routed
                 }
             };
             match hop {
@@ -56,14 +60,10 @@ impl Ingress {
                     todo.extend(graph.next_hops(&name, &ids, &mut visited));
                     all.extend(ids);
                 }
-                Err(e) => {
-                    set_routed(&mut command, Err(e));
-                    return command;
-                }
+                Err(e) => return (command, Err(e)),
             }
         }
-        set_routed(&mut command, Ok(all));
-        command
+        (command, Ok(all))
     }
 }
 
@@ -71,7 +71,7 @@ impl ExchangeDirectory {
     /// [`Ingress::follow_hops`] on the calling thread (the router's own routing of dead
     /// letters, a handler's outputs): appends what the exchanges bound to `message`'s
     /// exchange route to `ids` (the first exchange's route).
-    pub fn follow_now(
+    pub(super) fn follow_now(
         &self,
         message: &Message,
         ids: &mut Vec<BindingId>,
@@ -94,21 +94,5 @@ impl ExchangeDirectory {
             ids.extend(hop);
         }
         Ok(())
-    }
-}
-
-fn routed(command: &Command) -> Option<&Routed> {
-    match command {
-        Command::Request { routed, .. } => routed.as_ref(),
-        _ => None,
-    }
-}
-
-fn take_routed(command: &mut Command) -> Routed {
-    match command {
-        Command::Request { routed, .. } => routed
-            .take()
-            .expect("an exchange worker sets the route of what it routes"),
-        _ => unreachable!("only requests are routed"),
     }
 }
