@@ -51,8 +51,10 @@ async fn acked_messages_never_come_back_and_requeue_counts_persist() {
     let mut sub = c.consume("q", 2).await.unwrap();
     let acked = next(&mut sub).await;
     let nacked = next(&mut sub).await;
-    c.ack(acked.delivery_tag, false).unwrap();
+    // The nack first: it frees the one place the requeued message is redelivered into
+    // (an ack first could let `untouched` in ahead of it).
     c.nack(nacked.delivery_tag, false, true).unwrap();
+    c.ack(acked.delivery_tag, false).unwrap();
     let redelivered = next(&mut sub).await;
     assert_eq!(body(&redelivered), "nacked");
     c.close().await;

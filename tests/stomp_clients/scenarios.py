@@ -27,6 +27,9 @@ class Events(stomp.ConnectionListener):
 
     def __init__(self):
         self.events = queue.Queue()
+        # Frames that arrived while another kind was awaited, in order: the broker may send
+        # a delivery before the receipt of the frame that caused it, or after.
+        self.set_aside = []
 
     def on_message(self, frame):
         self.events.put(("message", frame))
@@ -41,6 +44,10 @@ class Events(stomp.ConnectionListener):
         self.events.put(("disconnected", None))
 
     def next(self, kind):
+        for i, (got, frame) in enumerate(self.set_aside):
+            if got == kind:
+                del self.set_aside[i]
+                return frame
         deadline = time.monotonic() + WAIT
         while True:
             left = deadline - time.monotonic()
@@ -51,6 +58,7 @@ class Events(stomp.ConnectionListener):
                 return frame
             if got == "error" and kind != "error":
                 raise RuntimeError(f"ERROR while waiting for {kind}: {frame.headers} {frame.body}")
+            self.set_aside.append((got, frame))
 
     def message(self):
         frame = self.next("message")
