@@ -28,7 +28,7 @@ impl Router {
     /// Refuses a client's publish to an internal exchange, in RabbitMQ's words.
     pub(super) fn check_publishable(&self, exchange: &str) -> Result<(), OpError> {
         match self.topology.exchanges.get(exchange) {
-            Some(state) if state.flags.internal => {
+            Some(state) if state.routing.flags.internal => {
                 let (vhost, name) = vhost::split(exchange);
                 Err(OpError::new(
                     ErrorCode::AccessRefused,
@@ -43,7 +43,7 @@ impl Router {
     /// removed).
     pub(super) fn delete_if_auto_unused(&mut self, name: &str) {
         let unused = self.topology.exchanges.get(name).is_some_and(|e| {
-            e.flags.auto_delete
+            e.routing.flags.auto_delete
                 && e.bindings.is_empty()
                 && !self.topology.directory.graph.has_out(name)
         });

@@ -63,7 +63,7 @@ impl Router {
         if let Some(existing) = self.topology.exchanges.get(&declare.exchange) {
             if existing.kind != declare.kind
                 || existing.durable != declare.durable
-                || existing.flags != ExchangeFlags::of(&declare)
+                || existing.routing.flags != ExchangeFlags::of(&declare)
                 || existing.arguments != declare.arguments
             {
                 return Err(OpError::new(
@@ -126,16 +126,18 @@ impl Router {
         arguments: crate::message::Headers,
         routing: Box<dyn crate::exchange::Exchange>,
     ) {
-        let routing = SharedExchange::new(routing);
+        let alternate = arguments
+            .get(super::publish::ALTERNATE_EXCHANGE)
+            .and_then(|a| a.as_str())
+            .map(|a| crate::vhost::qualify(crate::vhost::of(&name), a));
+        let routing = SharedExchange::new(routing, flags, alternate);
         self.topology.directory.insert(&name, routing.clone());
         let state = ExchangeState {
             kind,
             durable,
-            flags,
             arguments,
             routing,
             bindings: FastMap::default(),
-            counters: Default::default(),
         };
         self.topology.exchanges.insert(name, state);
     }

@@ -44,9 +44,14 @@ use crate::protocol::{Op, Request};
 const WORKER_BATCH: usize = 256;
 
 /// One declared exchange's routing, shared by the router (which binds and unbinds) and
-/// ingress (which routes).
+/// ingress (which routes), with what applying a publish needs of the exchange.
 pub(crate) struct SharedExchange {
     routing: Mutex<Box<dyn Exchange>>,
+    /// `internal` and `auto_delete` (fixed at declare).
+    pub flags: super::exchange_flags::ExchangeFlags,
+    /// The qualified name of its `alternate_exchange`, if it has one.
+    pub alternate: Option<String>,
+    pub counters: super::topology::ExchangeCounters,
     /// Publishes waiting for a worker, and whether the exchange is queued for one.
     waiting: Mutex<Waiting>,
 }
@@ -71,9 +76,16 @@ struct RouteJob {
 type RoutedIds = Result<Vec<BindingId>, ExchangeError>;
 
 impl SharedExchange {
-    pub fn new(routing: Box<dyn Exchange>) -> Arc<Self> {
+    pub fn new(
+        routing: Box<dyn Exchange>,
+        flags: super::exchange_flags::ExchangeFlags,
+        alternate: Option<String>,
+    ) -> Arc<Self> {
         Arc::new(SharedExchange {
             routing: Mutex::new(routing),
+            flags,
+            alternate,
+            counters: Default::default(),
             waiting: Mutex::default(),
         })
     }

@@ -10,6 +10,7 @@ use crate::queue::ConnId;
 impl Router {
     pub(super) fn list_exchanges(&self, conn: ConnId) -> Reply {
         let vhost = self.conn_vhost(conn);
+        let totals = self.topology.directory.default_counters.totals();
         let default = ExchangeInfo {
             exchange: DEFAULT_EXCHANGE.into(),
             kind: "default".into(),
@@ -18,9 +19,9 @@ impl Router {
             auto_delete: false,
             arguments: Default::default(),
             bindings: 0,
-            routed: self.topology.default_exchange.routed,
-            unroutable: self.topology.default_exchange.unroutable,
-            failed: self.topology.default_exchange.failed,
+            routed: totals.routed,
+            unroutable: totals.unroutable,
+            failed: totals.failed,
             quarantined: false,
             quarantined_since: None,
             quarantine_reason: None,
@@ -34,19 +35,20 @@ impl Router {
                     .filter(|(name, _)| crate::vhost::of(name) == vhost)
                     .map(|(name, e)| {
                         let quarantine = self.plugins.quarantine(name);
+                        let totals = e.routing.counters.totals();
                         ExchangeInfo {
                             exchange: name.clone(),
                             kind: e.kind.clone(),
                             durable: e.durable,
-                            internal: e.flags.internal,
-                            auto_delete: e.flags.auto_delete,
+                            internal: e.routing.flags.internal,
+                            auto_delete: e.routing.flags.auto_delete,
                             arguments: e.arguments.clone(),
                             bindings: (e.bindings.len()
                                 + self.topology.directory.graph.out_count(name))
                                 as u64,
-                            routed: e.counters.routed,
-                            unroutable: e.counters.unroutable,
-                            failed: e.counters.failed,
+                            routed: totals.routed,
+                            unroutable: totals.unroutable,
+                            failed: totals.failed,
                             quarantined: quarantine.is_some(),
                             quarantined_since: quarantine.as_ref().map(|(since, _)| *since),
                             quarantine_reason: quarantine.map(|(_, reason)| reason),

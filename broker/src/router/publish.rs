@@ -39,9 +39,8 @@ impl Router {
         };
         if let Some(counters) = self.exchange_counters(&message.exchange) {
             match &routed {
-                Ok(d) if d.is_empty() => counters.unroutable += 1,
-                Ok(_) => counters.routed += 1,
-                Err(_) => counters.failed += 1,
+                Ok(queues) => counters.count_route(queues.len()),
+                Err(_) => counters.count_failure(),
             }
         }
         let mut destinations = routed?;
@@ -91,14 +90,14 @@ impl Router {
     }
 
     /// The publish counters of exchange `name` (the default one included).
-    fn exchange_counters(&mut self, name: &str) -> Option<&mut super::ExchangeCounters> {
+    fn exchange_counters(&self, name: &str) -> Option<&super::ExchangeCounters> {
         if is_default(name) {
-            return Some(&mut self.topology.default_exchange);
+            return Some(&self.topology.directory.default_counters);
         }
         self.topology
             .exchanges
-            .get_mut(name)
-            .map(|e| &mut e.counters)
+            .get(name)
+            .map(|e| &e.routing.counters)
     }
 
     /// Where a message its exchange routed nowhere goes instead: through the exchange's
@@ -120,10 +119,7 @@ impl Router {
             via.exchange.clone_from(&next);
             let destinations = self.route(&via)?;
             if let Some(counters) = self.exchange_counters(&next) {
-                match destinations.is_empty() {
-                    true => counters.unroutable += 1,
-                    false => counters.routed += 1,
-                }
+                counters.count_route(destinations.len());
             }
             if !destinations.is_empty() {
                 return Ok(destinations);
@@ -135,9 +131,7 @@ impl Router {
 
     /// The qualified name of exchange `name`'s alternate exchange, if it has one.
     fn alternate_of(&self, name: &str) -> Option<String> {
-        let exchange = self.topology.exchanges.get(name)?;
-        let alternate = exchange.arguments.get(ALTERNATE_EXCHANGE)?.as_str()?;
-        Some(crate::vhost::qualify(crate::vhost::of(name), alternate))
+        self.topology.exchanges.get(name)?.routing.alternate.clone()
     }
 
     /// The queues a message goes to, each once.

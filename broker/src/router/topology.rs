@@ -5,14 +5,14 @@
 //! `exchange_bindings.rs`, `exchange_flags.rs`); ingress reads the directory.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::fast_map::FastMap;
-use std::sync::Arc;
 
 use crate::exchange::BindingId;
 use crate::protocol::Binding;
 
-use super::exchange_flags::ExchangeFlags;
 use super::exchanges::Unrestored;
 use super::ingress::{ExchangeDirectory, SharedExchange};
 
@@ -25,8 +25,6 @@ pub(super) struct Topology {
     /// name is declared anew.
     pub unrestored: HashMap<String, Unrestored>,
     pub next_binding_id: BindingId,
-    /// The default exchange's counters (it has no [`ExchangeState`]).
-    pub default_exchange: ExchangeCounters,
 }
 
 impl Topology {
@@ -36,27 +34,57 @@ impl Topology {
             directory,
             unrestored: HashMap::new(),
             next_binding_id: 1,
-            default_exchange: ExchangeCounters::default(),
         }
     }
 }
 
-/// A declared exchange and its bindings.
+/// A declared exchange and its bindings. What a publish needs of it (its routing, flags,
+/// alternate exchange and counters) is in `routing`, which ingress's directory shares.
 pub(super) struct ExchangeState {
     pub kind: String,
     pub durable: bool,
-    /// `internal` and `auto_delete` (see `exchange_flags.rs`).
-    pub flags: ExchangeFlags,
     pub arguments: crate::message::Headers,
     pub routing: Arc<SharedExchange>,
     pub bindings: FastMap<BindingId, Binding>,
-    pub counters: ExchangeCounters,
 }
 
-/// What happened to the publishes through one exchange since the broker started.
-#[derive(Debug, Clone, Copy, Default)]
-pub(super) struct ExchangeCounters {
+/// What happened to the publishes through one exchange since the broker started; counted
+/// by whoever applies the publish.
+#[derive(Debug, Default)]
+pub(crate) struct ExchangeCounters {
+    routed: AtomicU64,
+    unroutable: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// [`ExchangeCounters`] read at one moment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct PublishTotals {
     pub routed: u64,
     pub unroutable: u64,
     pub failed: u64,
+}
+
+impl ExchangeCounters {
+    /// Counts one publish routed to `queues` queues (none: unroutable).
+    pub fn count_route(&self, queues: usize) {
+        let counter = match queues {
+            0 => &self.unroutable,
+            _ => &self.routed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one publish the exchange failed to route.
+    pub fn count_failure(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn totals(&self) -> PublishTotals {
+        PublishTotals {
+            routed: self.routed.load(Ordering::Relaxed),
+            unroutable: self.unroutable.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
 }

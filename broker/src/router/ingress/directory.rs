@@ -19,6 +19,8 @@ pub(crate) struct ExchangeDirectory {
     pub graph: crate::router::exchange_graph::ExchangeGraph,
     /// The queue behind each queue binding (binding ids are unique across exchanges).
     queues: RwLock<FastMap<BindingId, Arc<str>>>,
+    /// The default exchange's publish counters (it has no [`SharedExchange`]).
+    pub default_counters: crate::router::topology::ExchangeCounters,
 }
 
 impl ExchangeDirectory {
@@ -32,7 +34,7 @@ impl ExchangeDirectory {
         exchanges.remove(name);
     }
 
-    pub(super) fn get(&self, name: &str) -> Option<Arc<SharedExchange>> {
+    pub fn get(&self, name: &str) -> Option<Arc<SharedExchange>> {
         let exchanges = self.exchanges.read().expect("directory lock poisoned");
         exchanges.get(name).cloned()
     }
