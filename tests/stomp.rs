@@ -269,3 +269,47 @@ async fn permissions_refuse_what_a_user_may_not_do() {
     let info = admin.queue_info("stomp-readonly").await.unwrap();
     assert_eq!(info.ready, 0);
 }
+
+/// RabbitMQ's queue headers on SEND and SUBSCRIBE (`x-max-length`, `x-message-ttl`,
+/// `durable`, ...) declare the destination's queue with them; a malformed one is an ERROR
+/// and declares nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn queue_headers_declare_the_queue_with_them() {
+    let b = StompBroker::start().await;
+    let port = b.stomp_port();
+    for body in ["m1", "m2", "m3"] {
+        let args = ["/queue/capped", body, "x-max-length=2"];
+        scenario("send_then_disconnect", "tcp", port, &args).await;
+    }
+    let client = b.client().await;
+    let capped = client.queue_info("capped").await.unwrap();
+    assert_eq!(capped.arguments["max_length"], 2);
+    let kept: Vec<String> = client
+        .peek_queue("capped", 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.message.body).into_owned())
+        .collect();
+    assert_eq!(kept, ["m2", "m3"], "the oldest went at the length limit");
+
+    let args = [
+        "/queue/subscribed",
+        "durable=false",
+        "x-message-ttl=60000",
+        "x-dead-letter-exchange=dlx",
+        "x-single-active-consumer=true",
+    ];
+    scenario("subscribe_then_disconnect", "tcp", port, &args).await;
+    let subscribed = client.queue_info("subscribed").await.unwrap();
+    assert!(!subscribed.durable);
+    assert_eq!(subscribed.arguments["message_ttl"], 60000);
+    assert_eq!(subscribed.arguments["dead_letter_exchange"], "dlx");
+    assert_eq!(subscribed.arguments["single_active_consumer"], true);
+
+    let args = ["/queue/malformed", "x-max-length=ten"];
+    let got = scenario("send_refused", "tcp", port, &args).await;
+    let error = got["error"].as_str().unwrap();
+    assert!(error.contains("invalid arg 'x-max-length'"), "{got}");
+    assert!(client.queue_info("malformed").await.is_err());
+}

@@ -238,6 +238,16 @@ def send_then_disconnect(transport, port, destination, body, *headers):
     return {"sent": True}
 
 
+def subscribe_then_disconnect(transport, port, destination, *headers):
+    """One SUBSCRIBE with `name=value` headers (receipt), then DISCONNECT."""
+    conn, events = connect(transport, port)
+    extra = dict(h.split("=", 1) for h in headers)
+    conn.subscribe(destination, id="s", ack="client-individual", headers={**extra, "receipt": "sub"})
+    events.receipt("sub")
+    conn.disconnect(receipt="bye")
+    return {"subscribed": True}
+
+
 def receive_one(transport, port, destination):
     conn, events = connect(transport, port)
     conn.subscribe(destination, id="one", ack="client-individual")
@@ -288,16 +298,17 @@ def certificate_login(transport, port, queue_name, login):
     return {"body": message["body"]}
 
 
-def send_refused(transport, port, destination):
-    """One SEND (receipt) that the broker refuses: the ERROR it gets."""
+def send_refused(transport, port, destination, *headers):
+    """One SEND (receipt) with `name=value` headers that the broker refuses: the ERROR it gets."""
     conn, events = connect(transport, port)
-    conn.send(destination, "refused", receipt="sent")
+    extra = dict(h.split("=", 1) for h in headers)
+    conn.send(destination, "refused", headers=extra, receipt="sent")
     error = events.next("error")
     return {"error": error.headers.get("message"), "receipt": error.headers.get("receipt-id")}
 
 
 SCENARIOS = {f.__name__: f for f in [bad_password, roundtrip, ack_mode, nack_dead_letter, topics,
-                                      temp_queue, transactions, send_then_disconnect, receive_one,
+                                      temp_queue, transactions, send_then_disconnect, subscribe_then_disconnect, receive_one,
                                       refused, send_refused, certificate_login]}
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ use serde_json::{Map, Number, Value, json};
 
 use super::errors::{AmqpError, code};
 use crate::message::{Headers, Message, Properties};
+use crate::queue::rabbitmq_arguments;
 use crate::router::DEATH_HEADER;
 
 const BYTES_TAG: &str = "$bytes";
@@ -300,107 +301,18 @@ pub fn consumer_priority(table: &FieldTable) -> Result<i32, AmqpError> {
 }
 
 /// `queue.declare` arguments as core queue arguments: RabbitMQ's `x-` arguments become the
-/// policy's names; anything else is kept as given.
+/// policy's names (`queue/rabbitmq_arguments.rs`), and dead letters are dropped unless a
+/// dead-letter exchange is named, as in RabbitMQ.
 pub fn queue_arguments(table: &FieldTable) -> Result<Headers, AmqpError> {
     let refuse =
         |text: String| AmqpError::channel(code::PRECONDITION_FAILED, "PRECONDITION_FAILED", text);
-    let mut args = Headers::new();
-    let mut has_dead_letter_exchange = false;
-    for (key, value) in table.inner() {
-        let json = value_to_json(value);
-        let number = |name: &str| {
-            json.as_u64().map(Value::from).ok_or_else(|| {
-                refuse(format!(
-                    "invalid arg '{name}': {json} is not a non-negative integer"
-                ))
-            })
-        };
-        match key.as_str() {
-            "x-message-ttl" => {
-                args.insert("message_ttl".into(), number("x-message-ttl")?);
-            }
-            "x-max-length" => {
-                args.insert("max_length".into(), number("x-max-length")?);
-            }
-            "x-max-length-bytes" => {
-                args.insert("max_length_bytes".into(), number("x-max-length-bytes")?);
-            }
-            "x-expires" => match json.as_u64() {
-                Some(ms) if ms > 0 => {
-                    args.insert("expires".into(), Value::from(ms));
-                }
-                _ => {
-                    return Err(refuse(format!(
-                        "invalid arg 'x-expires': {json} is not a positive integer"
-                    )));
-                }
-            },
-            "x-max-priority" => {
-                args.insert("max_priority".into(), number("x-max-priority")?);
-            }
-            "x-single-active-consumer" => {
-                let on = json.as_bool().ok_or_else(|| {
-                    refuse(format!("invalid arg 'x-single-active-consumer': {json}"))
-                })?;
-                args.insert("single_active_consumer".into(), Value::from(on));
-            }
-            // RabbitMQ's limit counts redeliveries; ours counts deliveries.
-            "x-delivery-limit" => {
-                let limit = json.as_u64().ok_or_else(|| {
-                    refuse(format!(
-                        "invalid arg 'x-delivery-limit': {json} is not a non-negative integer"
-                    ))
-                })?;
-                args.insert(
-                    "max_deliveries".into(),
-                    Value::from(limit.saturating_add(1)),
-                );
-            }
-            "x-overflow" => {
-                let overflow = match json.as_str() {
-                    Some("drop-head") => "drop_head",
-                    Some("reject-publish") | Some("reject-publish-dlx") => "reject_publish",
-                    _ => return Err(refuse(format!("invalid arg 'x-overflow': {json}"))),
-                };
-                args.insert("overflow".into(), Value::from(overflow));
-            }
-            "x-dead-letter-exchange" => {
-                has_dead_letter_exchange = true;
-                let exchange = json.as_str().ok_or_else(|| {
-                    refuse(format!("invalid arg 'x-dead-letter-exchange': {json}"))
-                })?;
-                args.insert("dead_letter_exchange".into(), Value::from(exchange));
-            }
-            "x-dead-letter-routing-key" => {
-                let key = json.as_str().ok_or_else(|| {
-                    refuse(format!("invalid arg 'x-dead-letter-routing-key': {json}"))
-                })?;
-                args.insert("dead_letter_routing_key".into(), Value::from(key));
-            }
-            "x-queue-type" => match json.as_str() {
-                Some("classic") | Some("quorum") => {}
-                _ => {
-                    return Err(refuse(format!(
-                        "invalid arg 'x-queue-type': {json} (classic and quorum are accepted)"
-                    )));
-                }
-            },
-            other => {
-                args.insert(other.to_string(), json);
-            }
-        }
-    }
-    // RabbitMQ drops dead letters of a queue without a dead-letter exchange; the core's
-    // default is a `<queue>.dlq`.
-    if !has_dead_letter_exchange && !args.contains_key("dead_letter") {
-        if args.contains_key("dead_letter_routing_key") {
-            return Err(refuse(
-                "x-dead-letter-routing-key needs x-dead-letter-exchange".into(),
-            ));
-        }
-        args.insert("dead_letter".into(), Value::Bool(false));
-    }
-    Ok(args)
+    let arguments = table
+        .inner()
+        .iter()
+        .map(|(key, value)| (key.as_str(), value_to_json(value)));
+    let mut core = rabbitmq_arguments::core_arguments(arguments).map_err(refuse)?;
+    rabbitmq_arguments::drop_dead_letters_by_default(&mut core).map_err(refuse)?;
+    Ok(core)
 }
 
 #[cfg(test)]

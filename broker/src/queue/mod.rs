@@ -14,6 +14,7 @@ mod expiry;
 mod paging;
 mod parked;
 mod policy;
+pub mod rabbitmq_arguments;
 
 use consumers::Unacked;
 pub use consumers::{Consumer, Dispatch, Next, Retried, Retry};

@@ -1,6 +1,7 @@
 //! STOMP destinations as RabbitMQ's Web-STOMP names them, and the broker operations
 //! each one means for SEND and SUBSCRIBE.
 
+use super::queue_properties::QueueProperties;
 use crate::message::Headers;
 use crate::protocol::{Binding, DeclareExchange, DeclareQueue, Op};
 
@@ -84,10 +85,13 @@ impl Destination {
         })
     }
 
-    /// What must be declared before publishing here.
-    pub fn declarations(&self) -> Vec<Declaration> {
+    /// What must be declared before publishing here, with the queue `properties` the
+    /// frame gives.
+    pub fn declarations(&self, properties: &QueueProperties) -> Vec<Declaration> {
         match self {
-            Destination::Queue(name) => vec![Declaration::Required(durable_queue(name))],
+            Destination::Queue(name) => {
+                vec![Declaration::Required(named_queue(name, properties))]
+            }
             Destination::Topic(_) => vec![Declaration::IfAllowed(topic_exchange())],
             _ => vec![],
         }
@@ -113,13 +117,15 @@ pub(super) fn declared_name(op: &Op) -> String {
     }
 }
 
-fn durable_queue(name: &str) -> Op {
+/// A `/queue/NAME` destination's queue: durable, neither exclusive nor auto-delete,
+/// unless the frame's headers say otherwise.
+fn named_queue(name: &str, properties: &QueueProperties) -> Op {
     Op::DeclareQueue(DeclareQueue {
         queue: name.to_string(),
-        durable: true,
-        exclusive: false,
-        auto_delete: false,
-        arguments: Headers::new(),
+        durable: properties.durable.unwrap_or(true),
+        exclusive: properties.exclusive.unwrap_or(false),
+        auto_delete: properties.auto_delete.unwrap_or(false),
+        arguments: properties.arguments.clone(),
     })
 }
 
@@ -147,18 +153,19 @@ pub(super) struct SubscribePlan {
 
 /// What a subscription to `destination` needs. `durable` asks for a durable queue for
 /// a topic or exchange subscription, named by `queue_name` (the `x-queue-name` header)
-/// or else from the destination and the subscription id.
+/// or else from the destination and the subscription id; `properties` are the frame's
+/// queue headers.
 pub(super) fn subscribe_plan(
     destination: &Destination,
     text: &str,
     id: &str,
-    durable: bool,
     queue_name: Option<&str>,
+    properties: &QueueProperties,
 ) -> Result<SubscribePlan, DestinationError> {
     let (exchange, key) = match destination {
         Destination::Queue(name) => {
             return Ok(SubscribePlan {
-                declarations: vec![Declaration::Required(durable_queue(name))],
+                declarations: vec![Declaration::Required(named_queue(name, properties))],
                 bind: None,
                 queue: name.clone(),
                 durable_queue: false,
@@ -178,6 +185,8 @@ pub(super) fn subscribe_plan(
         Destination::Topic(key) => (TOPIC_EXCHANGE.to_string(), key.clone()),
         Destination::Exchange { exchange, key } => (exchange.clone(), key.clone()),
     };
+    // `durable` (or `persistent`) asks for a durable subscription.
+    let durable = properties.durable.unwrap_or(false);
     let queue = match (queue_name, durable) {
         (Some(name), _) => name.to_string(),
         (None, true) => format!("{SUBSCRIPTION_QUEUE_PREFIX}{}", stable_suffix(text, id)),
@@ -192,7 +201,7 @@ pub(super) fn subscribe_plan(
         durable,
         exclusive: !durable,
         auto_delete: !durable,
-        arguments: Headers::new(),
+        arguments: properties.arguments.clone(),
     })));
     Ok(SubscribePlan {
         declarations,
@@ -264,12 +273,16 @@ mod tests {
     #[test]
     fn durable_subscriptions_find_their_queue_again() {
         let dest = Destination::Topic("k".into());
-        let one = subscribe_plan(&dest, "/topic/k", "s1", true, None).unwrap();
-        let two = subscribe_plan(&dest, "/topic/k", "s1", true, None).unwrap();
+        let durable = QueueProperties {
+            durable: Some(true),
+            ..Default::default()
+        };
+        let one = subscribe_plan(&dest, "/topic/k", "s1", None, &durable).unwrap();
+        let two = subscribe_plan(&dest, "/topic/k", "s1", None, &durable).unwrap();
         assert_eq!(one.queue, two.queue);
-        let other = subscribe_plan(&dest, "/topic/k", "s2", true, None).unwrap();
+        let other = subscribe_plan(&dest, "/topic/k", "s2", None, &durable).unwrap();
         assert_ne!(one.queue, other.queue);
-        let temp = subscribe_plan(&dest, "/topic/k", "s1", false, None).unwrap();
+        let temp = subscribe_plan(&dest, "/topic/k", "s1", None, &Default::default()).unwrap();
         assert_ne!(temp.queue, one.queue);
     }
 }

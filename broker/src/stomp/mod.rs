@@ -10,6 +10,7 @@ mod destinations;
 pub(crate) mod frame;
 mod headers;
 pub(crate) mod listener;
+mod queue_properties;
 mod session;
 mod transport;
 mod writer;

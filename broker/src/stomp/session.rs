@@ -28,6 +28,7 @@ use super::connect::{Heartbeat, TransportLogin, connect};
 use super::destinations::{Declaration, Destination};
 use super::frame::{ClientCommand, Decoder, Frame, Version};
 use super::headers::message_of;
+use super::queue_properties::QueueProperties;
 use super::transport::{Read, Sink, Source};
 use super::writer::{Answer, Writer};
 use crate::auth::Principal;
@@ -381,7 +382,8 @@ impl Session {
             let queue = self.temp_queue(&name, reply_to, receipt).await?;
             properties.reply_to = Some(format!("/reply-queue/{queue}"));
         }
-        for declaration in destination.declarations() {
+        let queue_properties = QueueProperties::of(frame).map_err(|e| self.refuse(e, receipt))?;
+        for declaration in destination.declarations(&queue_properties) {
             self.declare(declaration, receipt).await?;
         }
         let message = Message {

@@ -6,6 +6,7 @@ use crate::protocol::{DeclareQueue, Op, Subscribe};
 use crate::stomp::destinations::{Declaration, REPLY_QUEUE_PREFIX, random_suffix, subscribe_plan};
 use crate::stomp::frame::{ClientCommand, Frame, Version};
 use crate::stomp::headers::parse_ack_id;
+use crate::stomp::queue_properties::QueueProperties;
 use crate::stomp::writer::Answer;
 
 /// How a subscription's deliveries are settled.
@@ -57,13 +58,17 @@ impl Session {
                 self.refuse(format!("prefetch-count `{text}` is not a number"), receipt)
             })?,
         };
-        let durable = [frame.header("durable"), frame.header("persistent")].contains(&Some("true"));
+        let mut properties = QueueProperties::of(frame).map_err(|e| self.refuse(e, receipt))?;
+        // `persistent:true` asks for a durable subscription too (RabbitMQ's older name).
+        if frame.header("persistent") == Some("true") {
+            properties.durable = Some(true);
+        }
         let plan = subscribe_plan(
             &destination,
             &text,
             &id,
-            durable,
             frame.header("x-queue-name"),
+            &properties,
         )
         .map_err(|e| self.refuse(e.to_string(), receipt))?;
         for declaration in plan.declarations {
