@@ -1,6 +1,7 @@
 //! Exchange features RabbitMQ applications use, with lapin against the real broker:
 //! internal exchanges (refused to publishers over AMQP, JSON and STOMP) and auto-delete
-//! exchanges (gone with their last binding, across a restart), alternate exchanges.
+//! exchanges (gone with their last binding, across a restart), alternate exchanges,
+//! RabbitMQ's delayed message exchange (`x-delayed-message`, `x-delay`).
 //! Exchange-to-exchange bindings: tests/amqp_exchange_bindings.rs.
 
 #[path = "support/amqp.rs"]
@@ -298,4 +299,86 @@ async fn unroutable_messages_go_to_the_alternate_exchange() {
         Err(broker::ClientError::Server { code, .. }) => assert_eq!(code, ErrorCode::InvalidField),
         other => panic!("expected invalid_field, got {other:?}"),
     }
+}
+
+/// RabbitMQ's delayed message exchange: type `x-delayed-message` routes as its
+/// `x-delayed-type`, and a message's `x-delay` header (milliseconds) holds it back.
+#[tokio::test]
+async fn a_delayed_message_exchange_holds_back_what_has_an_x_delay() {
+    let broker = stomp_and_amqp_broker().await;
+    let conn = broker.connect().await;
+    let ch = confirm_channel(&conn).await;
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-delayed-type".into(),
+        AMQPValue::LongString("direct".into()),
+    );
+    within(ch.exchange_declare(
+        "later".into(),
+        ExchangeKind::Custom("x-delayed-message".into()),
+        ExchangeDeclareOptions::default(),
+        arguments.clone(),
+    ))
+    .await
+    .unwrap();
+    declare_bound_queue(&ch, "scheduled", "later", "job").await;
+    let publish = |body: &'static [u8], delay: Option<i64>| {
+        let mut headers = FieldTable::default();
+        if let Some(ms) = delay {
+            headers.insert("x-delay".into(), AMQPValue::LongLongInt(ms));
+        }
+        let properties = BasicProperties::default().with_headers(headers);
+        let ch = ch.clone();
+        async move {
+            let options = BasicPublishOptions::default();
+            let confirm = within(async {
+                let publish =
+                    ch.basic_publish("later".into(), "job".into(), options, body, properties);
+                publish.await.unwrap().await.unwrap()
+            })
+            .await;
+            assert!(matches!(confirm, Confirmation::Ack(None)), "{confirm:?}");
+        }
+    };
+    // A delay long past the test's end: it must still be waiting when the others are not.
+    publish(b"in an hour", Some(3_600_000)).await;
+    publish(b"now", None).await;
+    publish(b"not positive", Some(-5)).await;
+    let json = broker.json_client().await;
+    let info = json.queue_info("scheduled").await.unwrap();
+    assert_eq!((info.ready, info.delayed), (2, 1), "{info:?}");
+    assert_eq!(
+        drain(&ch, "scheduled").await,
+        [b"now".to_vec(), b"not positive".to_vec()]
+    );
+    // STOMP (stomp.py): the header is text.
+    let port = broker.broker().stomp_addr().unwrap().port();
+    let args = ["/exchange/later/job", "in a day", "x-delay=86400000"];
+    stomp::scenario("send_then_disconnect", "tcp", port, &args).await;
+    let info = json.queue_info("scheduled").await.unwrap();
+    assert_eq!((info.ready, info.delayed), (0, 2), "{info:?}");
+
+    // Without `x-delayed-type`: 406, as the plugin answers.
+    let other = conn.create_channel().await.unwrap();
+    let refused = within(other.exchange_declare(
+        "no-type".into(),
+        ExchangeKind::Custom("x-delayed-message".into()),
+        ExchangeDeclareOptions::default(),
+        no_args(),
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(amqp::reply_code(&refused), Some(406), "{refused:?}");
+    // A redeclare the same way is fine; the exchange is listed as what it routes like.
+    within(ch.exchange_declare(
+        "later".into(),
+        ExchangeKind::Custom("x-delayed-message".into()),
+        ExchangeDeclareOptions::default(),
+        arguments,
+    ))
+    .await
+    .unwrap();
+    let info = exchange_info(&json, "later").await.expect("listed");
+    assert_eq!(info.kind, "direct");
+    assert_eq!(info.arguments["delayed"], true);
 }

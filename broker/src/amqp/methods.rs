@@ -8,7 +8,7 @@ use super::channel::{Awaiting, Channel, Content, PUBLISH_ID, SETTLE_ID};
 use super::errors::{AmqpError, code};
 use super::hot::HotMethod;
 use super::mapping::{
-    consumer_priority, exchange_arguments, message_from_amqp, queue_arguments, table_to_json,
+    consumer_priority, exchange_declaration, message_from_amqp, queue_arguments, table_to_json,
 };
 use super::reply_to::{self, REPLY_TO};
 use super::transaction::{self, Transaction};
@@ -160,16 +160,18 @@ pub(super) fn on_method(ch: &mut Channel, method: AMQPClass) -> Result<Effect, A
                 let id = ch.expect(Awaiting::ExchangeExists { exchange, nowait }, 40, 10);
                 request(id, Op::ListExchanges)
             } else {
+                let (kind, arguments) = exchange_declaration(m.kind.as_str(), &m.arguments)
+                    .map_err(|e| e.during(40, 10))?;
                 let id = ch.expect(Awaiting::ExchangeDeclare { nowait }, 40, 10);
                 request(
                     id,
                     Op::DeclareExchange(DeclareExchange {
                         exchange: m.exchange.as_str().to_string(),
-                        kind: m.kind.as_str().to_string(),
+                        kind,
                         durable: m.durable,
                         internal: m.internal,
                         auto_delete: m.auto_delete,
-                        arguments: exchange_arguments(&m.arguments),
+                        arguments,
                     }),
                 )
             }

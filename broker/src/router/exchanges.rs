@@ -60,6 +60,12 @@ impl Router {
             let message = format!("`alternate_exchange` must be an exchange name, not {alternate}");
             return Err(OpError::new(ErrorCode::InvalidField, message));
         }
+        if let Some(delayed) = declare.arguments.get(super::publish::DELAYED)
+            && !delayed.is_boolean()
+        {
+            let message = format!("`delayed` must be true or false, not {delayed}");
+            return Err(OpError::new(ErrorCode::InvalidField, message));
+        }
         if let Some(existing) = self.topology.exchanges.get(&declare.exchange) {
             if existing.kind != declare.kind
                 || existing.durable != declare.durable
@@ -130,7 +136,9 @@ impl Router {
             .get(super::publish::ALTERNATE_EXCHANGE)
             .and_then(|a| a.as_str())
             .map(|a| crate::vhost::qualify(crate::vhost::of(&name), a));
-        let routing = SharedExchange::new(routing, flags, alternate);
+        let delayed =
+            arguments.get(super::publish::DELAYED) == Some(&serde_json::Value::Bool(true));
+        let routing = SharedExchange::new(routing, flags, alternate, delayed);
         self.topology.directory.insert(&name, routing.clone());
         let state = ExchangeState {
             kind,

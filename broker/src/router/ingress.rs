@@ -51,6 +51,8 @@ pub(crate) struct SharedExchange {
     pub flags: super::exchange_flags::ExchangeFlags,
     /// The qualified name of its `alternate_exchange`, if it has one.
     pub alternate: Option<String>,
+    /// Its `delayed` argument: a message's `x-delay` header delays it.
+    pub delayed: bool,
     pub counters: super::topology::ExchangeCounters,
     /// Publishes waiting for a worker, and whether the exchange is queued for one.
     waiting: Mutex<Waiting>,
@@ -80,11 +82,13 @@ impl SharedExchange {
         routing: Box<dyn Exchange>,
         flags: super::exchange_flags::ExchangeFlags,
         alternate: Option<String>,
+        delayed: bool,
     ) -> Arc<Self> {
         Arc::new(SharedExchange {
             routing: Mutex::new(routing),
             flags,
             alternate,
+            delayed,
             counters: Default::default(),
             waiting: Mutex::default(),
         })

@@ -47,6 +47,7 @@ mod vhosts;
 use conn::{Conn, Held};
 pub use dead_letter::{DEATH_HEADER, DeathReason};
 pub use outbound::{Addressed, ConnRx, ConnTx, MAX_OUTBOUND_BYTES, Outbound, outbound_cost};
+pub use publish::{DELAY_HEADER, DELAYED};
 use reply::{Answer, OpError, Reply};
 pub use session::{Session, SessionError};
 use topology::{ExchangeCounters, ExchangeState};

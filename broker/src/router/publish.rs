@@ -14,6 +14,12 @@ use crate::queue::ConnId;
 
 /// The exchange argument naming where messages it routes nowhere go.
 pub(super) const ALTERNATE_EXCHANGE: &str = "alternate_exchange";
+/// The exchange argument (`true`) that makes a message's [`DELAY_HEADER`] delay it, as
+/// RabbitMQ's delayed message exchange does.
+pub const DELAYED: &str = "delayed";
+/// Milliseconds to delay a message published to a `delayed` exchange (an integer, or
+/// text of one: STOMP headers are text); not positive: no delay.
+pub const DELAY_HEADER: &str = "x-delay";
 
 impl Router {
     pub(super) fn publish(
@@ -28,6 +34,16 @@ impl Router {
             mandatory,
         } = publish;
         self.check_publishable(&message.exchange)?;
+        if message.properties.delay_ms.is_none()
+            && let Some(delay) = message.headers.get(DELAY_HEADER)
+            && self
+                .topology
+                .exchanges
+                .get(&message.exchange)
+                .is_some_and(|e| e.routing.delayed)
+        {
+            message.properties.delay_ms = delay_of(delay);
+        }
         if message.properties.timestamp.is_none() {
             message.properties.timestamp = Some(self.turn.now_ms());
         }
@@ -170,4 +186,13 @@ impl Router {
             .map(|(name, _)| name.clone())
             .collect()
     }
+}
+
+/// The delay an `x-delay` header asks for, if positive.
+fn delay_of(header: &serde_json::Value) -> Option<u64> {
+    let ms = match header {
+        serde_json::Value::String(text) => text.trim().parse::<i64>().ok()?,
+        other => other.as_i64()?,
+    };
+    u64::try_from(ms).ok().filter(|ms| *ms > 0)
 }
