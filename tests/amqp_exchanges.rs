@@ -106,6 +106,23 @@ async fn an_auto_delete_exchange_goes_with_its_last_binding_and_stays_gone() {
     };
     // Never bound: it stays (RabbitMQ deletes only after a binding went).
     declare_exchange(&ch, "lonely", ExchangeKind::Fanout, auto_delete).await;
+    // Bound only to a queue that does not outlive the broker: gone after a restart, as
+    // RabbitMQ deletes it when that queue goes at shutdown. Bound to a durable queue: kept.
+    declare_exchange(&ch, "to-transient", ExchangeKind::Fanout, auto_delete).await;
+    within(ch.queue_declare("transient-q".into(), Default::default(), no_args()))
+        .await
+        .unwrap();
+    within(ch.queue_bind(
+        "transient-q".into(),
+        "to-transient".into(),
+        "".into(),
+        QueueBindOptions::default(),
+        no_args(),
+    ))
+    .await
+    .unwrap();
+    declare_exchange(&ch, "to-durable", ExchangeKind::Fanout, auto_delete).await;
+    declare_bound_queue(&ch, "durable-q", "to-durable", "").await;
     declare_exchange(&ch, "jobs", ExchangeKind::Fanout, auto_delete).await;
     declare_exchange(&ch, "events", ExchangeKind::Fanout, auto_delete).await;
     let json = broker.json_client().await;
@@ -143,9 +160,13 @@ async fn an_auto_delete_exchange_goes_with_its_last_binding_and_stays_gone() {
     assert!(!exchange_exists(&conn, "jobs").await);
     assert!(!exchange_exists(&conn, "events").await);
     assert!(exchange_exists(&conn, "lonely").await);
+    assert!(!exchange_exists(&conn, "to-transient").await);
+    assert!(exchange_exists(&conn, "to-durable").await);
     let json = broker.json_client().await;
     let info = exchange_info(&json, "lonely").await.expect("restored");
     assert!(info.auto_delete, "the flag is stored: {info:?}");
+    let info = exchange_info(&json, "to-durable").await.expect("restored");
+    assert_eq!(info.bindings, 1, "{info:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -52,7 +52,9 @@ impl Router {
             let stored = StoreOp::PutExchangeBinding(id, binding.clone());
             self.turn.store(stored);
         }
+        let source = binding.source.clone();
         self.topology.directory.graph.insert(id, binding);
+        self.note_bound(&source);
         Ok(match durable {
             true => Reply::OkAfterCommit(Answer::Done),
             false => Reply::Ok(Answer::Done),

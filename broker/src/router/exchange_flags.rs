@@ -39,6 +39,35 @@ impl Router {
         }
     }
 
+    /// A binding from exchange `name` was just made: a durable auto-delete exchange's
+    /// record remembers (once) that it has had one, so that at startup, its bindings to
+    /// queues that did not outlive the broker gone, it is deleted as RabbitMQ deletes it.
+    pub(super) fn note_bound(&mut self, name: &str) {
+        let Some(exchange) = self.topology.exchanges.get_mut(name) else {
+            return;
+        };
+        if exchange.bound || !exchange.durable || !exchange.routing.flags.auto_delete {
+            return;
+        }
+        exchange.bound = true;
+        self.store_exchange(name);
+    }
+
+    /// Startup (or exchanges whose type was just loaded), once their bindings are
+    /// restored: each auto-delete exchange of `names` that has had a binding and has
+    /// none left is deleted.
+    pub(super) fn drop_unbound_auto_delete(&mut self, names: Vec<String>) {
+        for name in names {
+            let unbound = self.topology.exchanges.get(&name).is_some_and(|e| {
+                e.bound && e.bindings.is_empty() && !self.topology.directory.graph.has_out(&name)
+            });
+            if unbound {
+                tracing::info!(exchange = %name, "auto-delete exchange has no binding left after the restart; deleted");
+                self.delete_if_auto_unused(&name);
+            }
+        }
+    }
+
     /// Deletes exchange `name` if it is auto-delete and has no binding left (one was just
     /// removed).
     pub(super) fn delete_if_auto_unused(&mut self, name: &str) {

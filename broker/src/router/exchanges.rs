@@ -96,16 +96,8 @@ impl Router {
             self.drop_waiting_exchange_bindings(&declare.exchange);
         }
         let flags = ExchangeFlags::of(&declare);
-        if declare.durable {
-            self.turn.store(StoreOp::PutExchange(ExchangeRecord {
-                name: declare.exchange.clone(),
-                kind: declare.kind.clone(),
-                arguments: declare.arguments.clone(),
-                internal: flags.internal,
-                auto_delete: flags.auto_delete,
-            }));
-        }
         tracing::debug!(exchange = %declare.exchange, kind = %declare.kind, "exchange declared");
+        let name = declare.exchange.clone();
         self.insert_exchange(
             declare.exchange,
             declare.kind,
@@ -114,6 +106,9 @@ impl Router {
             declare.arguments,
             routing,
         );
+        if declare.durable {
+            self.store_exchange(&name);
+        }
         Ok(if declare.durable {
             Reply::OkAfterCommit(Answer::Done)
         } else {
@@ -146,6 +141,7 @@ impl Router {
             arguments,
             routing,
             bindings: FastMap::default(),
+            bound: false,
         };
         self.topology.exchanges.insert(name, state);
     }
@@ -208,7 +204,9 @@ impl Router {
         if durable {
             self.turn.store(StoreOp::PutBinding(id, binding.clone()));
         }
+        let source = binding.exchange.clone();
         exchange.bindings.insert(id, binding);
+        self.note_bound(&source);
         Ok(if durable {
             Reply::OkAfterCommit(Answer::Done)
         } else {
@@ -260,10 +258,21 @@ impl Router {
                     auto_delete: record.auto_delete,
                 };
                 let (name, kind, arguments) = (record.name, record.kind, record.arguments);
-                self.insert_exchange(name, kind, true, flags, arguments, routing);
+                self.insert_exchange(name.clone(), kind, true, flags, arguments, routing);
+                if let Some(exchange) = self.topology.exchanges.get_mut(&name) {
+                    exchange.bound = record.bound;
+                }
                 Ok(())
             }
             Err(e) => Err((record, e)),
+        }
+    }
+
+    /// Stores exchange `name`'s record (new, or changed).
+    pub(super) fn store_exchange(&mut self, name: &str) {
+        if let Some(exchange) = self.topology.exchanges.get(name) {
+            let record = exchange.record(name);
+            self.turn.store(StoreOp::PutExchange(record));
         }
     }
 
@@ -321,6 +330,7 @@ impl Router {
             .filter(|(_, waiting)| waiting.record.kind == kind)
             .map(|(name, _)| name.clone())
             .collect();
+        let mut restored = Vec::new();
         for name in names {
             let Some(Unrestored { record, bindings }) = self.topology.unrestored.remove(&name)
             else {
@@ -333,6 +343,7 @@ impl Router {
                         self.restore_binding(id, binding);
                     }
                     tracing::info!(exchange = %name, kind, bindings = count, "stored exchange restored: its type is active now");
+                    restored.push(name);
                 }
                 Err((record, e)) => {
                     tracing::error!(exchange = %name, kind, error = %e, "cannot restore exchange with the new version of its type; it stays stored");
@@ -343,6 +354,7 @@ impl Router {
             }
         }
         self.restore_waiting_exchange_bindings();
+        self.drop_unbound_auto_delete(restored);
     }
 
     /// Removes every binding to `queue` (the queue is being deleted).

@@ -8,7 +8,7 @@ use super::{OpError, Router};
 use crate::exchange::ExchangeTypes as _;
 use crate::message::Headers;
 use crate::protocol::{DeclareExchange, ErrorCode};
-use crate::store::{ExchangeRecord, StoreOp};
+use crate::store::StoreOp;
 use crate::vhost;
 
 /// (name, exchange type) of the exchanges every vhost has.
@@ -48,15 +48,16 @@ impl Router {
                     continue;
                 }
             };
-            self.turn.store(StoreOp::PutExchange(ExchangeRecord {
-                name: name.clone(),
-                kind: kind.to_string(),
-                arguments: arguments.clone(),
-                internal: false,
-                auto_delete: false,
-            }));
             let flags = Default::default();
-            self.insert_exchange(name, kind.to_string(), true, flags, arguments, routing);
+            self.insert_exchange(
+                name.clone(),
+                kind.to_string(),
+                true,
+                flags,
+                arguments,
+                routing,
+            );
+            self.store_exchange(&name);
         }
     }
 

@@ -97,6 +97,8 @@ impl Router {
             router.topology.next_binding_id = router.topology.next_binding_id.max(id + 1);
             router.restore_exchange_binding(id, binding);
         }
+        let exchanges: Vec<String> = router.topology.exchanges.keys().cloned().collect();
+        router.drop_unbound_auto_delete(exchanges);
         router.restore_handlers(recovered.handlers);
         router.restore_message_ids(recovered.dedup, crate::clock::now_ms());
         let names: Vec<Arc<str>> = router.shard.queues.keys().cloned().collect();

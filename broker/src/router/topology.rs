@@ -46,6 +46,22 @@ pub(super) struct ExchangeState {
     pub arguments: crate::message::Headers,
     pub routing: Arc<SharedExchange>,
     pub bindings: FastMap<BindingId, Binding>,
+    /// Has had a binding (see `exchange_flags.rs`; kept for auto-delete ones).
+    pub bound: bool,
+}
+
+impl ExchangeState {
+    /// What is stored of it, under `name`.
+    pub fn record(&self, name: &str) -> crate::store::ExchangeRecord {
+        crate::store::ExchangeRecord {
+            name: name.to_owned(),
+            kind: self.kind.clone(),
+            arguments: self.arguments.clone(),
+            internal: self.routing.flags.internal,
+            auto_delete: self.routing.flags.auto_delete,
+            bound: self.bound,
+        }
+    }
 }
 
 /// What happened to the publishes through one exchange since the broker started; counted

@@ -112,6 +112,10 @@ pub struct ExchangeRecord {
     pub internal: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub auto_delete: bool,
+    /// An auto-delete exchange that has had a binding: one with none left at startup
+    /// (they were to queues that did not outlive the broker) is deleted then.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bound: bool,
 }
 
 /// A row of the bindings table: to a queue (`queue`), or to an exchange (`destination`).
