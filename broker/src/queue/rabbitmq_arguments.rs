@@ -6,32 +6,72 @@ use serde_json::Value;
 
 use crate::message::Headers;
 
-/// The RabbitMQ queue arguments whose values are integers (a STOMP header carries them
-/// as text).
-pub const INTEGER_ARGUMENTS: [&str; 6] = [
-    "x-message-ttl",
-    "x-max-length",
-    "x-max-length-bytes",
-    "x-expires",
-    "x-max-priority",
-    "x-delivery-limit",
+/// What a RabbitMQ queue argument's value must be.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Integer,
+    Positive,
+    Boolean,
+    Text,
+}
+
+/// Every RabbitMQ queue argument this maps: its core name (`None`: checked, not kept) and
+/// what its value must be. The others pass through unchanged.
+const ARGUMENTS: [(&str, Option<&str>, Kind); 12] = [
+    ("x-message-ttl", Some("message_ttl"), Kind::Integer),
+    ("x-max-length", Some("max_length"), Kind::Integer),
+    (
+        "x-max-length-bytes",
+        Some("max_length_bytes"),
+        Kind::Integer,
+    ),
+    ("x-expires", Some("expires"), Kind::Positive),
+    ("x-max-priority", Some("max_priority"), Kind::Integer),
+    ("x-delivery-limit", Some("max_deliveries"), Kind::Integer),
+    (
+        "x-single-active-consumer",
+        Some("single_active_consumer"),
+        Kind::Boolean,
+    ),
+    ("x-overflow", Some("overflow"), Kind::Text),
+    (
+        "x-dead-letter-exchange",
+        Some("dead_letter_exchange"),
+        Kind::Text,
+    ),
+    (
+        "x-dead-letter-routing-key",
+        Some("dead_letter_routing_key"),
+        Kind::Text,
+    ),
+    ("x-queue-type", None, Kind::Text),
+    ("x-queue-mode", Some("x-queue-mode"), Kind::Text),
 ];
 
-/// Every RabbitMQ queue argument this maps (the others pass through unchanged).
-pub const ARGUMENTS: [&str; 12] = [
-    "x-message-ttl",
-    "x-max-length",
-    "x-max-length-bytes",
-    "x-expires",
-    "x-max-priority",
-    "x-delivery-limit",
-    "x-single-active-consumer",
-    "x-overflow",
-    "x-dead-letter-exchange",
-    "x-dead-letter-routing-key",
-    "x-queue-type",
-    "x-queue-mode",
-];
+/// The names of the RabbitMQ queue arguments this maps.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    ARGUMENTS.iter().map(|(name, _, _)| *name)
+}
+
+/// `value` if it is what argument `name` takes; else RabbitMQ's complaint.
+fn checked(name: &str, kind: Kind, value: Value) -> Result<Value, String> {
+    let fits = match kind {
+        Kind::Integer => value.is_u64(),
+        Kind::Positive => value.as_u64().is_some_and(|n| n > 0),
+        Kind::Boolean => value.is_boolean(),
+        Kind::Text => value.is_string(),
+    };
+    match (fits, kind) {
+        (true, _) => Ok(value),
+        (false, Kind::Integer) => Err(format!(
+            "invalid arg '{name}': {value} is not a non-negative integer"
+        )),
+        (false, Kind::Positive) => Err(format!(
+            "invalid arg '{name}': {value} is not a positive integer"
+        )),
+        (false, _) => Err(format!("invalid arg '{name}': {value}")),
+    }
+}
 
 /// The core's arguments for RabbitMQ's `arguments`; `Err` names the argument refused and
 /// why, in RabbitMQ's words ("invalid arg 'x-...': ...").
@@ -40,81 +80,30 @@ pub fn core_arguments<'a>(
 ) -> Result<Headers, String> {
     let mut core = Headers::new();
     for (key, value) in arguments {
-        let number = |name: &str| {
-            value.as_u64().map(Value::from).ok_or_else(|| {
-                format!("invalid arg '{name}': {value} is not a non-negative integer")
-            })
+        let Some((_, core_name, kind)) = ARGUMENTS.iter().find(|(name, _, _)| *name == key) else {
+            core.insert(key.to_string(), value);
+            continue;
         };
-        match key {
-            "x-message-ttl" => {
-                core.insert("message_ttl".into(), number(key)?);
-            }
-            "x-max-length" => {
-                core.insert("max_length".into(), number(key)?);
-            }
-            "x-max-length-bytes" => {
-                core.insert("max_length_bytes".into(), number(key)?);
-            }
-            "x-expires" => match value.as_u64() {
-                Some(ms) if ms > 0 => {
-                    core.insert("expires".into(), Value::from(ms));
-                }
-                _ => {
-                    return Err(format!(
-                        "invalid arg 'x-expires': {value} is not a positive integer"
-                    ));
-                }
-            },
-            "x-max-priority" => {
-                core.insert("max_priority".into(), number(key)?);
-            }
-            "x-single-active-consumer" => {
-                let on = value
-                    .as_bool()
-                    .ok_or_else(|| format!("invalid arg 'x-single-active-consumer': {value}"))?;
-                core.insert("single_active_consumer".into(), Value::from(on));
-            }
+        let value = checked(key, *kind, value)?;
+        let value = match key {
             // RabbitMQ's limit counts redeliveries; ours counts deliveries.
-            "x-delivery-limit" => {
-                let limit = value.as_u64().ok_or_else(|| {
-                    format!("invalid arg 'x-delivery-limit': {value} is not a non-negative integer")
-                })?;
-                core.insert(
-                    "max_deliveries".into(),
-                    Value::from(limit.saturating_add(1)),
-                );
-            }
-            "x-overflow" => {
-                let overflow = match value.as_str() {
-                    Some("drop-head") => "drop_head",
-                    Some("reject-publish") | Some("reject-publish-dlx") => "reject_publish",
-                    _ => return Err(format!("invalid arg 'x-overflow': {value}")),
-                };
-                core.insert("overflow".into(), Value::from(overflow));
-            }
-            "x-dead-letter-exchange" => {
-                let exchange = value
-                    .as_str()
-                    .ok_or_else(|| format!("invalid arg 'x-dead-letter-exchange': {value}"))?;
-                core.insert("dead_letter_exchange".into(), Value::from(exchange));
-            }
-            "x-dead-letter-routing-key" => {
-                let key = value
-                    .as_str()
-                    .ok_or_else(|| format!("invalid arg 'x-dead-letter-routing-key': {value}"))?;
-                core.insert("dead_letter_routing_key".into(), Value::from(key));
-            }
-            "x-queue-type" => match value.as_str() {
-                Some("classic") | Some("quorum") => {}
-                _ => {
-                    return Err(format!(
-                        "invalid arg 'x-queue-type': {value} (classic and quorum are accepted)"
-                    ));
+            "x-delivery-limit" => Value::from(value.as_u64().unwrap_or(0).saturating_add(1)),
+            "x-overflow" => match value.as_str() {
+                Some("drop-head") => Value::from("drop_head"),
+                Some("reject-publish") | Some("reject-publish-dlx") => {
+                    Value::from("reject_publish")
                 }
+                _ => return Err(format!("invalid arg 'x-overflow': {value}")),
             },
-            other => {
-                core.insert(other.to_string(), value);
+            "x-queue-type" if !matches!(value.as_str(), Some("classic") | Some("quorum")) => {
+                return Err(format!(
+                    "invalid arg 'x-queue-type': {value} (classic and quorum are accepted)"
+                ));
             }
+            _ => value,
+        };
+        if let Some(core_name) = core_name {
+            core.insert((*core_name).to_string(), value);
         }
     }
     Ok(core)
@@ -134,22 +123,19 @@ pub fn drop_dead_letters_by_default(core: &mut Headers) -> Result<(), String> {
 }
 
 /// A STOMP header's text as the value RabbitMQ's argument `name` takes: an integer for
-/// the integer ones, a boolean for `x-single-active-consumer`, text otherwise (a bad
-/// value stays text, for [`core_arguments`] to refuse by name).
+/// the integer ones, a boolean for the boolean ones, text otherwise (a bad value stays
+/// text, for [`core_arguments`] to refuse by name).
 pub fn header_value(name: &str, text: &str) -> Value {
-    if INTEGER_ARGUMENTS.contains(&name)
-        && let Ok(n) = text.trim().parse::<u64>()
-    {
-        return Value::from(n);
-    }
-    if name == "x-single-active-consumer" {
-        match text.trim() {
-            "true" => return Value::Bool(true),
-            "false" => return Value::Bool(false),
-            _ => {}
-        }
-    }
-    Value::from(text)
+    let kind = ARGUMENTS
+        .iter()
+        .find(|(known, _, _)| *known == name)
+        .map_or(Kind::Text, |(_, _, kind)| *kind);
+    let parsed = match kind {
+        Kind::Integer | Kind::Positive => text.trim().parse::<u64>().ok().map(Value::from),
+        Kind::Boolean => text.trim().parse::<bool>().ok().map(Value::from),
+        Kind::Text => None,
+    };
+    parsed.unwrap_or_else(|| Value::from(text))
 }
 
 #[cfg(test)]

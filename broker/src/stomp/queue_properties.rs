@@ -5,7 +5,7 @@
 //! destination declares.
 
 use crate::message::Headers;
-use crate::queue::rabbitmq_arguments::{ARGUMENTS, core_arguments, header_value};
+use crate::queue::rabbitmq_arguments::{core_arguments, header_value, names};
 use crate::stomp::frame::Frame;
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -26,9 +26,8 @@ impl QueueProperties {
             Some("false") => Ok(Some(false)),
             Some(other) => Err(format!("header `{name}` is `{other}`, not true or false")),
         };
-        let given = ARGUMENTS
-            .iter()
-            .filter_map(|name| Some((*name, header_value(name, frame.header(name)?))));
+        let given =
+            names().filter_map(|name| Some((name, header_value(name, frame.header(name)?))));
         Ok(QueueProperties {
             durable: flag("durable")?,
             auto_delete: flag("auto-delete")?,
