@@ -281,6 +281,60 @@ async fn confirms_returns_and_negative_confirms() {
         publish(&ch, "", "one", b"b").await,
         Confirmation::Nack(_)
     ));
+    // `reject-publish-dlx`: refused the same way, and the refused message dead-lettered.
+    ch.queue_declare(
+        "refused".into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let mut dlx = FieldTable::default();
+    dlx.insert("x-max-length".into(), AMQPValue::LongInt(1));
+    dlx.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish-dlx".into()),
+    );
+    dlx.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    dlx.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString("refused".into()),
+    );
+    ch.queue_declare("one-dlx".into(), QueueDeclareOptions::default(), dlx)
+        .await
+        .unwrap();
+    assert_eq!(
+        publish(&ch, "", "one-dlx", b"kept").await,
+        Confirmation::Ack(None)
+    );
+    assert!(matches!(
+        publish(&ch, "", "one-dlx", b"over").await,
+        Confirmation::Nack(_)
+    ));
+    let dead = within(ch.basic_get("refused".into(), BasicGetOptions { no_ack: true }))
+        .await
+        .unwrap()
+        .expect("the refused message was dead-lettered");
+    assert_eq!(dead.delivery.data, b"over");
+    let headers = dead
+        .delivery
+        .properties
+        .headers()
+        .clone()
+        .unwrap_or_default();
+    let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else {
+        panic!("no x-death: {headers:?}");
+    };
+    let Some(AMQPValue::FieldTable(death)) = deaths.as_slice().first() else {
+        panic!("empty x-death");
+    };
+    assert_eq!(
+        death.inner().get("reason"),
+        Some(&AMQPValue::LongString("maxlen".into()))
+    );
     // Mandatory and unroutable: basic.return, then the ack.
     let mandatory = BasicPublishOptions {
         mandatory: true,

@@ -201,9 +201,10 @@ impl Queue {
         Push::Accepted { seq, evicted }
     }
 
-    /// Whether `overflow: reject_publish` refuses `messages` more messages of `bytes`.
+    /// Whether `overflow: reject_publish` (or `reject_publish_dlx`) refuses `messages`
+    /// more messages of `bytes`.
     pub fn refuses(&self, messages: u64, bytes: u64) -> bool {
-        self.policy.overflow == Overflow::RejectPublish && self.over_limits(messages, bytes)
+        self.policy.overflow != Overflow::DropHead && self.over_limits(messages, bytes)
     }
 
     /// Whether the queue with `messages` more of `bytes` exceeds its length limits.

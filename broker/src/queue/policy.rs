@@ -27,6 +27,9 @@ pub enum Overflow {
     DropHead,
     /// Refuse the new message: the publisher gets a negative confirm.
     RejectPublish,
+    /// As `RejectPublish`, and the refused message is dead-lettered (reason
+    /// `max_length`), as RabbitMQ's `reject-publish-dlx`.
+    RejectPublishDlx,
 }
 
 /// The failure semantics of one queue.
@@ -109,9 +112,10 @@ impl QueuePolicy {
         let overflow = match optional_string(args, "overflow")?.as_deref() {
             None | Some("drop_head") => Overflow::DropHead,
             Some("reject_publish") => Overflow::RejectPublish,
+            Some("reject_publish_dlx") => Overflow::RejectPublishDlx,
             Some(other) => {
                 return Err(format!(
-                    "`overflow` must be `drop_head` or `reject_publish`, not `{other}`"
+                    "`overflow` must be `drop_head`, `reject_publish` or `reject_publish_dlx`, not `{other}`"
                 ));
             }
         };

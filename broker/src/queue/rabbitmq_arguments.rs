@@ -90,9 +90,8 @@ pub fn core_arguments<'a>(
             "x-delivery-limit" => Value::from(value.as_u64().unwrap_or(0).saturating_add(1)),
             "x-overflow" => match value.as_str() {
                 Some("drop-head") => Value::from("drop_head"),
-                Some("reject-publish") | Some("reject-publish-dlx") => {
-                    Value::from("reject_publish")
-                }
+                Some("reject-publish") => Value::from("reject_publish"),
+                Some("reject-publish-dlx") => Value::from("reject_publish_dlx"),
                 _ => return Err(format!("invalid arg 'x-overflow': {value}")),
             },
             "x-queue-type" if !matches!(value.as_str(), Some("classic") | Some("quorum")) => {

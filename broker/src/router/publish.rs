@@ -5,12 +5,14 @@
 
 use std::sync::Arc;
 
+use super::DeathReason;
 use super::dedup::Taken;
 use super::enqueue::QueueFull;
 use super::exchanges::{exchange_not_found, is_default};
 use super::{OpError, Outbound, Reply, Route, Routed, Router};
+use crate::message::Message;
 use crate::protocol::{ErrorCode, Publish, RequestId, ServerFrame};
-use crate::queue::ConnId;
+use crate::queue::{ConnId, Entry, Overflow};
 
 /// The exchange argument naming where messages it routes nowhere go.
 pub(super) const ALTERNATE_EXCHANGE: &str = "alternate_exchange";
@@ -90,7 +92,10 @@ impl Router {
                     stored |= persisted;
                     self.record_message_id(&name, &message, now);
                 }
-                Err(QueueFull) => full.push(name),
+                Err(QueueFull) => {
+                    self.dead_letter_refused(&name, &message, now);
+                    full.push(name);
+                }
             }
         }
         if !full.is_empty() {
@@ -103,6 +108,20 @@ impl Router {
             (true, false) => Reply::Confirm,
             (true, true) => Reply::ConfirmAfterCommit,
         })
+    }
+
+    /// A queue with `overflow: reject_publish_dlx` dead-letters the publish it refused
+    /// (reason `max_length`), as RabbitMQ's `reject-publish-dlx`.
+    fn dead_letter_refused(&mut self, queue: &Arc<str>, message: &Arc<Message>, now: u64) {
+        let dead_letters = self
+            .shard
+            .queues
+            .get(queue)
+            .is_some_and(|q| q.policy.overflow == Overflow::RejectPublishDlx);
+        if dead_letters {
+            let entry = Entry::new(0, message.clone(), false);
+            self.dead_letter(queue, entry, DeathReason::MaxLength, now);
+        }
     }
 
     /// The publish counters of exchange `name` (the default one included).
