@@ -1,7 +1,8 @@
-//! The route stage of a publish at the router: its destinations (the queues ingress
-//! found that still exist; the default exchange by routing key; for a message routed
-//! nowhere, its exchange's alternate exchange), the exchange's counters, a mandatory
-//! return, then the enqueue into each queue and the reply.
+//! The route stage of a publish at the router: a `delayed` exchange's `x-delay`, its
+//! destinations (the queues ingress found that still exist; the default exchange by
+//! routing key; for a message routed nowhere, its exchange's alternate exchange), the
+//! exchange's counters, a mandatory return, then the enqueue into each queue (what a
+//! full `reject_publish_dlx` queue refuses is dead-lettered) and the reply.
 
 use std::sync::Arc;
 
