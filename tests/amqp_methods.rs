@@ -259,6 +259,14 @@ async fn redeclares_and_exclusive_queues_follow_rabbitmq() {
     assert_eq!(reply_code(&gone), Some(404), "{gone:?}");
 }
 
+/// Arguments of a queue that holds one message, with `x-overflow` `overflow`.
+fn one_message_queue(overflow: &str) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongInt(1));
+    arguments.insert("x-overflow".into(), AMQPValue::LongString(overflow.into()));
+    arguments
+}
+
 #[tokio::test]
 async fn confirms_returns_and_negative_confirms() {
     let broker = AmqpBroker::start().await;
@@ -267,12 +275,7 @@ async fn confirms_returns_and_negative_confirms() {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    let mut one = FieldTable::default();
-    one.insert("x-max-length".into(), AMQPValue::LongInt(1));
-    one.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString("reject-publish".into()),
-    );
+    let one = one_message_queue("reject-publish");
     ch.queue_declare("one".into(), QueueDeclareOptions::default(), one)
         .await
         .unwrap();
@@ -289,12 +292,7 @@ async fn confirms_returns_and_negative_confirms() {
     )
     .await
     .unwrap();
-    let mut dlx = FieldTable::default();
-    dlx.insert("x-max-length".into(), AMQPValue::LongInt(1));
-    dlx.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString("reject-publish-dlx".into()),
-    );
+    let mut dlx = one_message_queue("reject-publish-dlx");
     dlx.insert(
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString("".into()),
