@@ -38,6 +38,11 @@ pub struct ServeArgs {
     /// disconnected and its unacked messages return to their queues. 0: no heartbeats.
     #[arg(long, default_value_t = Config::DEFAULT_HEARTBEAT.as_secs_f64(), value_parser = non_negative_secs)]
     heartbeat: f64,
+    /// Seconds a delivery may stay unacked before its consumer's connection (an AMQP
+    /// channel) is closed and its unacked messages return to their queues (RabbitMQ's
+    /// `consumer_timeout`). 0: no limit.
+    #[arg(long, default_value_t = Config::DEFAULT_CONSUMER_TIMEOUT.as_secs_f64(), value_parser = non_negative_secs)]
+    consumer_timeout: f64,
     /// Publishes one connection may have waiting for their answer (in confirm mode, the
     /// confirm); past this the broker stops reading that connection until answers go out.
     #[arg(long, default_value_t = Config::DEFAULT_MAX_UNCONFIRMED as u64, value_parser = clap::value_parser!(u64).range(1..))]
@@ -135,6 +140,8 @@ fn config(args: ServeArgs) -> Config {
     config.handshake_timeout = Duration::from_secs_f64(args.handshake_timeout);
     config.first_request_timeout = Duration::from_secs_f64(args.first_request_timeout);
     config.heartbeat = (args.heartbeat > 0.0).then(|| Duration::from_secs_f64(args.heartbeat));
+    config.consumer_timeout =
+        (args.consumer_timeout > 0.0).then(|| Duration::from_secs_f64(args.consumer_timeout));
     config.max_unconfirmed = args.max_unconfirmed as usize;
     config.keep_plugin_versions = args.keep_plugin_versions;
     config.memory_high_watermark = args.memory_high_watermark;

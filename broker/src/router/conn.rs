@@ -77,4 +77,6 @@ pub(super) struct Held {
     pub(super) queue: Arc<str>,
     pub(super) queue_id: u64,
     pub(super) seq: u64,
+    /// When it was delivered, ms since the epoch (for the consumer timeout).
+    pub(super) delivered_at: u64,
 }

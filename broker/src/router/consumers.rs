@@ -106,6 +106,7 @@ impl Router {
                 queue: name.clone(),
                 queue_id,
                 seq: d.seq,
+                delivered_at: now,
             };
             if auto_ack {
                 self.settle_one(held, Settle::Ack, now);

@@ -78,6 +78,7 @@ impl Router {
                     queue: name.clone(),
                     queue_id,
                     seq: d.seq,
+                    delivered_at: now,
                 },
             );
             let delivery = Delivery {

@@ -7,6 +7,7 @@
 //! consumers and submits the turn's store operations as one batch to the store writer,
 //! whose commit then confirms to publishers.
 
+mod ack_timeout;
 mod conn;
 mod consumers;
 mod dead_letter;
@@ -277,6 +278,8 @@ pub struct Router {
     auth: Arc<Authenticator>,
     /// For the in-broker consumers of handler attachments.
     conn_ids: ConnIds,
+    /// The consumer timeout and its next check; `None`: no limit.
+    ack_timeout: Option<ack_timeout::AckTimeout>,
 }
 
 impl Router {
@@ -287,6 +290,7 @@ impl Router {
         plugins: PluginHost,
         auth: Arc<Authenticator>,
         keep_plugin_versions: Option<u64>,
+        consumer_timeout: Option<Duration>,
     ) -> RouterHandle {
         let (control, control_rx) = mpsc::unbounded_channel();
         let (requests, requests_rx) = mpsc::channel(REQUEST_CHANNEL_CAPACITY);
@@ -300,6 +304,7 @@ impl Router {
             directory.clone(),
         );
         router.versions.keep = keep_plugin_versions;
+        router.ack_timeout = ack_timeout::AckTimeout::new(consumer_timeout, crate::clock::now_ms());
         let conn_ids = router.conn_ids.clone();
         router.watch_recovered_canaries();
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -321,9 +326,11 @@ impl Router {
     ) {
         let mut commands = Vec::with_capacity(1024);
         loop {
-            let wait = self
-                .shard
-                .next_wakeup()
+            let ack_check = self.ack_timeout.as_ref().map(|t| t.due);
+            let wait = [self.shard.next_wakeup(), ack_check]
+                .into_iter()
+                .flatten()
+                .min()
                 .map(|due| Duration::from_millis(due.saturating_sub(crate::clock::now_ms())));
             // The broker's own work first; then what clients sent, up to a turn's worth.
             tokio::select! {

@@ -38,6 +38,7 @@ impl Router {
             handlers: Default::default(),
             auth,
             conn_ids: Default::default(),
+            ack_timeout: None,
         };
         let mut messages = 0;
         for stored in recovered.queues {

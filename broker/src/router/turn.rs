@@ -57,10 +57,13 @@ impl Turn {
 }
 
 impl Router {
-    /// The end of a turn: timers due, deliveries, the commit, the dead-letter log.
+    /// The end of a turn: timers due (consumer timeouts too), deliveries, the commit, the
+    /// dead-letter log.
     pub(super) fn end_turn(&mut self) {
         self.turn.begin();
         self.fire_timers();
+        let now = self.turn.now_ms();
+        self.check_ack_timeouts(now);
         self.dispatch();
         self.flush();
         self.log_dead_letters();

@@ -33,6 +33,10 @@ pub struct Config {
     /// confirm mode); past this the broker stops reading the connection until answers
     /// go out.
     pub max_unconfirmed: usize,
+    /// How long a delivery may stay unacked before its consumer's connection (an AMQP
+    /// channel) is closed with `precondition_failed` and its unacked messages return to
+    /// their queues, as RabbitMQ's `consumer_timeout`. `None`: no limit.
+    pub consumer_timeout: Option<Duration>,
     /// Resident memory past which publishing connections are blocked (memory alarm).
     pub memory_high_watermark: MemoryWatermark,
     /// The exchange types; `None` starts a host with the standard exchanges (`direct`,
@@ -104,6 +108,8 @@ impl Config {
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     pub const DEFAULT_FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
     pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
+    /// RabbitMQ's default `consumer_timeout`: 30 minutes.
+    pub const DEFAULT_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
     pub const DEFAULT_MAX_UNCONFIRMED: usize = 10_000;
     /// RabbitMQ's management login lasts 8 hours too.
     pub const DEFAULT_HTTP_SESSION_TIMEOUT: Duration = Duration::from_secs(8 * 3600);
@@ -119,6 +125,7 @@ impl Config {
             handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
             first_request_timeout: Self::DEFAULT_FIRST_REQUEST_TIMEOUT,
             heartbeat: Some(Self::DEFAULT_HEARTBEAT),
+            consumer_timeout: Some(Self::DEFAULT_CONSUMER_TIMEOUT),
             max_unconfirmed: Self::DEFAULT_MAX_UNCONFIRMED,
             memory_high_watermark: MemoryWatermark::DEFAULT,
             plugins: None,

@@ -168,6 +168,7 @@ impl Broker {
             plugins.clone(),
             auth.clone(),
             config.keep_plugin_versions,
+            config.consumer_timeout,
         );
         let store = store_stats.clone();
         let (shutdown, shutdown_rx) = watch::channel(false);
