@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// `consumer_timeout`). 0: no limit.
     #[arg(long, default_value_t = Config::DEFAULT_CONSUMER_TIMEOUT.as_secs_f64(), value_parser = non_negative_secs)]
     consumer_timeout: f64,
+    /// Shards the queues are partitioned into (placed by name; delivery tags name their
+    /// shard). Still applied by one router task: a step towards a thread per shard.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64), hide = true)]
+    queue_shards: u64,
     /// Publishes one connection may have waiting for their answer (in confirm mode, the
     /// confirm); past this the broker stops reading that connection until answers go out.
     #[arg(long, default_value_t = Config::DEFAULT_MAX_UNCONFIRMED as u64, value_parser = clap::value_parser!(u64).range(1..))]
@@ -143,6 +147,7 @@ fn config(args: ServeArgs) -> Config {
     config.consumer_timeout =
         (args.consumer_timeout > 0.0).then(|| Duration::from_secs_f64(args.consumer_timeout));
     config.max_unconfirmed = args.max_unconfirmed as usize;
+    config.queue_shards = args.queue_shards as usize;
     config.keep_plugin_versions = args.keep_plugin_versions;
     config.memory_high_watermark = args.memory_high_watermark;
     config.max_frame_bytes = args.max_frame_bytes;

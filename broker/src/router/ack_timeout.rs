@@ -44,7 +44,7 @@ impl Router {
         for (id, c) in &self.conns {
             // Tags grow with time: the first unacked one is the oldest. The broker's own
             // consumers (handlers, the HTTP API) are bounded otherwise.
-            let Some((tag, held)) = c.unacked.first_key_value() else {
+            let Some((tag, held)) = c.oldest_unacked() else {
                 continue;
             };
             if c.peer.is_none() {
@@ -52,7 +52,7 @@ impl Router {
             }
             let deadline = held.delivered_at.saturating_add(limit);
             match deadline <= now {
-                true => expired.push((*id, *tag)),
+                true => expired.push((*id, tag)),
                 false => next = next.min(deadline),
             }
         }

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::ConnTx;
+use super::queue_shards::DeliveryTags;
 use crate::auth::Principal;
 use crate::queue::ConnId;
 
@@ -22,9 +23,11 @@ pub(super) struct Conn {
     /// Milliseconds since the epoch.
     pub(super) opened_at: u64,
     pub(super) confirms: bool,
-    pub(super) next_delivery_tag: u64,
-    /// Delivery tag → every unsettled delivery.
-    pub(super) unacked: BTreeMap<u64, Held>,
+    /// Deliveries so far (a delivery's tag is this with its shard, see `queue_shards.rs`).
+    pub(super) deliveries: u64,
+    /// Per queue shard, delivery tag → every unsettled delivery from its queues.
+    pub(super) unacked: Vec<BTreeMap<u64, Held>>,
+    tags: DeliveryTags,
     /// (queue, consumer tag) of each of its consumers.
     pub(super) consumers: Vec<(Arc<str>, Arc<str>)>,
     /// For broker-chosen consumer tags and queue names.
@@ -37,6 +40,7 @@ pub(super) struct Conn {
 }
 
 impl Conn {
+    #[allow(clippy::too_many_arguments)] // what `Command::Open` says, and the tag layout
     pub(super) fn new(
         tx: ConnTx,
         peer: Option<SocketAddr>,
@@ -45,6 +49,7 @@ impl Conn {
         vhost: Arc<str>,
         session: Option<ConnId>,
         protocol: crate::protocol::WireProtocol,
+        tags: DeliveryTags,
     ) -> Self {
         Conn {
             tx,
@@ -54,8 +59,9 @@ impl Conn {
             vhost,
             opened_at: crate::clock::now_ms(),
             confirms: false,
-            next_delivery_tag: 1,
-            unacked: BTreeMap::new(),
+            deliveries: 0,
+            unacked: vec![BTreeMap::new(); tags.shards()],
+            tags,
             consumers: Vec::new(),
             next_generated: 1,
             session,
@@ -66,7 +72,57 @@ impl Conn {
 
     /// Whether the channel-wide prefetch leaves room for another delivery.
     pub(super) fn within_channel_prefetch(&self) -> bool {
-        self.channel_prefetch == 0 || self.unacked.len() < self.channel_prefetch as usize
+        self.channel_prefetch == 0 || self.unacked_len() < self.channel_prefetch as usize
+    }
+
+    /// Its unsettled deliveries, across shards.
+    pub(super) fn unacked_len(&self) -> usize {
+        self.unacked.iter().map(BTreeMap::len).sum()
+    }
+
+    /// Holds a delivery from a queue on `shard` unsettled; returns its tag.
+    pub(super) fn hold(&mut self, shard: usize, held: Held) -> u64 {
+        self.deliveries += 1;
+        let tag = self.tags.tag(self.deliveries, shard);
+        self.unacked[shard].insert(tag, held);
+        tag
+    }
+
+    /// The unsettled delivery `tag`, taken; with `multiple`, every one up to and
+    /// including it, from every shard.
+    pub(super) fn release(&mut self, tag: u64, multiple: bool) -> Vec<Held> {
+        if !multiple {
+            let shard = self.tags.shard_of(tag);
+            return self.unacked[shard].remove(&tag).into_iter().collect();
+        }
+        let mut settled = Vec::new();
+        for unacked in &mut self.unacked {
+            let rest = match tag.checked_add(1) {
+                Some(after) => unacked.split_off(&after),
+                None => Default::default(),
+            };
+            settled.extend(std::mem::replace(unacked, rest).into_values());
+        }
+        settled
+    }
+
+    /// Every unsettled delivery, taken.
+    pub(super) fn release_all(&mut self) -> Vec<Held> {
+        let all = self.unacked.iter_mut().map(std::mem::take);
+        all.flat_map(BTreeMap::into_values).collect()
+    }
+
+    /// Whether delivery `tag` is unsettled.
+    pub(super) fn holds(&self, tag: u64) -> bool {
+        self.unacked[self.tags.shard_of(tag)].contains_key(&tag)
+    }
+
+    /// Its oldest unsettled delivery (tags grow with time on each shard).
+    pub(super) fn oldest_unacked(&self) -> Option<(u64, &Held)> {
+        let firsts = self.unacked.iter().filter_map(|u| u.first_key_value());
+        firsts
+            .min_by_key(|(_, held)| held.delivered_at)
+            .map(|(tag, held)| (*tag, held))
     }
 }
 

@@ -34,13 +34,12 @@ impl Router {
             return Err(OpError::new(ErrorCode::ConsumerTagInUse, message));
         }
         let (name, _) = self
-            .shard
             .queues
             .get_key_value(sub.queue.as_str())
             .expect("checked above");
         let (name, tag): (Arc<str>, Arc<str>) = (name.clone(), tag.into());
         c.consumers.push((name.clone(), tag.clone()));
-        let queue = self.shard.queues.get_mut(&name).expect("checked above");
+        let queue = self.queues.get_mut(&name).expect("checked above");
         let mut consumer = Consumer::new(conn, tag.clone(), sub.prefetch, sub.auto_ack);
         consumer.exclusive = sub.exclusive;
         consumer.priority = sub.priority;
@@ -64,18 +63,15 @@ impl Router {
         auto_ack: bool,
     ) -> Result<Reply, OpError> {
         check_access(self.queue(name)?, self.owner(conn))?;
-        let (name, _) = self
-            .shard
-            .queues
-            .get_key_value(name)
-            .expect("checked above");
+        let (name, _) = self.queues.get_key_value(name).expect("checked above");
         let name = name.clone();
+        let shard = self.queues.shard_of(&name);
         let now = self.turn.now_ms();
-        if let Some(queue) = self.shard.queues.get_mut(&name) {
+        if let Some(queue) = self.queues.get_mut(&name) {
             queue.touch(now);
         }
         loop {
-            let queue = self.shard.queues.get_mut(&name).expect("checked above");
+            let queue = self.queues.get_mut(&name).expect("checked above");
             let queue_id = queue.id;
             let d = match queue.next_get(now, conn) {
                 None => {
@@ -100,18 +96,18 @@ impl Router {
                 .conns
                 .get_mut(&conn)
                 .expect("requests come from open connections");
-            let delivery_tag = c.next_delivery_tag;
-            c.next_delivery_tag += 1;
             let held = Held {
                 queue: name.clone(),
                 queue_id,
                 seq: d.seq,
                 delivered_at: now,
             };
+            let delivery_tag = c.hold(shard, held);
             if auto_ack {
-                self.settle_one(held, Settle::Ack, now);
-            } else {
-                c.unacked.insert(delivery_tag, held);
+                let held = c.release(delivery_tag, false);
+                for held in held {
+                    self.settle_one(held, Settle::Ack, now);
+                }
             }
             let got = Got {
                 delivery: Some(Delivery {
@@ -145,7 +141,7 @@ impl Router {
     /// Detaches a consumer from its queue; an auto-delete queue goes with its last consumer.
     fn remove_consumer(&mut self, queue_name: &Arc<str>, conn: ConnId, tag: &str) {
         self.forget_filter(conn, tag);
-        let Some(queue) = self.shard.queues.get_mut(queue_name) else {
+        let Some(queue) = self.queues.get_mut(queue_name) else {
             return;
         };
         queue.remove_consumer(conn, tag);
@@ -164,7 +160,7 @@ impl Router {
     /// (marked redelivered; counted against `max_deliveries`), its exclusive queues are
     /// deleted.
     pub(super) fn close_conn(&mut self, conn: ConnId, broker_stopping: bool) {
-        let Some(c) = self.conns.remove(&conn) else {
+        let Some(mut c) = self.conns.remove(&conn) else {
             return;
         };
         for (queue, tag) in &c.consumers {
@@ -176,11 +172,10 @@ impl Router {
         } else {
             Retry::Now
         };
-        for held in c.unacked.into_values() {
+        for held in c.release_all() {
             self.settle_one(held, Settle::Retry(how), now);
         }
         let exclusive: Vec<Arc<str>> = self
-            .shard
             .queues
             .values()
             .filter(|q| q.spec.exclusive_owner == Some(conn))

@@ -58,7 +58,7 @@ impl Router {
         let mut handled = 0;
         while let Some((from, entry, reason)) = work.pop() {
             handled += 1;
-            let Some(queue) = self.shard.queues.get_mut(&from) else {
+            let Some(queue) = self.queues.get_mut(&from) else {
                 continue;
             };
             if entry.stored {
@@ -105,7 +105,7 @@ impl Router {
                     }
                 }
             };
-            let queue = self.shard.queues.get_mut(&from).expect("checked above");
+            let queue = self.queues.get_mut(&from).expect("checked above");
             if destinations.is_empty() {
                 queue.counters.dropped += 1;
                 continue;
@@ -120,7 +120,7 @@ impl Router {
                     ),
                     // A full `reject_publish` target drops it (counted there).
                     Err(QueueFull) => {
-                        if let Some(target) = self.shard.queues.get_mut(&destination) {
+                        if let Some(target) = self.queues.get_mut(&destination) {
                             target.counters.dropped += 1;
                         }
                     }
@@ -140,7 +140,7 @@ impl Router {
     /// letters, so rejecting from a DLQ does not grow a chain of `.dlq.dlq` queues.
     fn ensure_dlq(&mut self, queue: &str) -> Arc<str> {
         let name = format!("{queue}.dlq");
-        if let Some((existing, _)) = self.shard.queues.get_key_value(name.as_str()) {
+        if let Some((existing, _)) = self.queues.get_key_value(name.as_str()) {
             return existing.clone();
         }
         let mut arguments = Headers::new();
@@ -152,8 +152,8 @@ impl Router {
             auto_delete: false,
             arguments: arguments.clone(),
         };
-        let id = self.shard.next_queue_id;
-        self.shard.next_queue_id += 1;
+        let id = self.queues.next_queue_id;
+        self.queues.next_queue_id += 1;
         self.turn.store(StoreOp::PutQueue(QueueRecord {
             id,
             name: name.clone(),
@@ -164,7 +164,7 @@ impl Router {
         let name: Arc<str> = name.into();
         tracing::info!(queue = %name, "dead-letter queue created");
         let queue = self.new_queue(name.clone(), id, spec, policy);
-        self.shard.queues.insert(name.clone(), queue);
+        self.queues.insert(name.clone(), queue);
         name
     }
 
@@ -190,14 +190,13 @@ impl Router {
         message_id: Option<&str>,
     ) -> Result<Reply, OpError> {
         super::queues::check_access(self.queue(name)?, self.owner(conn))?;
-        let existing: std::collections::HashSet<Arc<str>> =
-            self.shard.queues.keys().cloned().collect();
+        let existing: std::collections::HashSet<Arc<str>> = self.queues.keys().cloned().collect();
         // Death records name queues of the dead letters' vhost, as its clients know them.
         let vhost = crate::vhost::of(name).to_string();
         let origin = |message: &Message| {
             death_queue(message).map(|queue| crate::vhost::qualify(&vhost, queue))
         };
-        let dlq = self.shard.queues.get_mut(name).expect("checked above");
+        let dlq = self.queues.get_mut(name).expect("checked above");
         let dlq_id = dlq.id;
         let taken = dlq.take_ready_where(|entry| {
             let id_matches = message_id

@@ -26,7 +26,7 @@ impl Router {
         message: &Message,
         now: u64,
     ) -> Taken {
-        let Some(queue) = self.shard.queues.get_mut(name) else {
+        let Some(queue) = self.queues.get_mut(name) else {
             return Taken::New;
         };
         let (Some(_), Some(id)) = (queue.policy.dedup_window_ms, &message.properties.message_id)
@@ -45,7 +45,7 @@ impl Router {
     /// Remembers the id of `message`, just enqueued into `name`, for the queue's window
     /// (stored with a stored message), and forgets the ids whose window has passed.
     pub(super) fn record_message_id(&mut self, name: &Arc<str>, message: &Message, now: u64) {
-        let Some(queue) = self.shard.queues.get_mut(name) else {
+        let Some(queue) = self.queues.get_mut(name) else {
             return;
         };
         let (Some(window), Some(id)) =
@@ -77,7 +77,6 @@ impl Router {
     /// window passed while the broker was down are deleted.
     pub(super) fn restore_message_ids(&mut self, ids: Vec<(u64, String, u64)>, now: u64) {
         let by_id: std::collections::HashMap<u64, Arc<str>> = self
-            .shard
             .queues
             .iter()
             .map(|(name, queue)| (queue.id, name.clone()))
@@ -85,7 +84,7 @@ impl Router {
         for (queue_id, message_id, until) in ids {
             match by_id
                 .get(&queue_id)
-                .and_then(|name| self.shard.queues.get_mut(name))
+                .and_then(|name| self.queues.get_mut(name))
             {
                 Some(queue) if until > now && queue.policy.dedup_window_ms.is_some() => {
                     queue.dedup.record(&message_id, until);

@@ -27,13 +27,14 @@ impl Router {
         while !self.turn.to_dispatch.is_empty() {
             for name in std::mem::take(&mut self.turn.to_dispatch) {
                 self.dispatch_queue(&name, now);
-                self.shard.schedule(&name);
+                self.queues.schedule(&name);
             }
         }
     }
 
     fn dispatch_queue(&mut self, name: &Arc<str>, now: u64) {
-        let Some(queue) = self.shard.queues.get_mut(name) else {
+        let shard = self.queues.shard_of(name);
+        let Some(queue) = self.queues.get_mut(name) else {
             return;
         };
         let queue_id = queue.id;
@@ -70,17 +71,13 @@ impl Router {
             if d.delivery_count > 1 {
                 queue.counters.redelivered += 1;
             }
-            let delivery_tag = c.next_delivery_tag;
-            c.next_delivery_tag += 1;
-            c.unacked.insert(
-                delivery_tag,
-                Held {
-                    queue: name.clone(),
-                    queue_id,
-                    seq: d.seq,
-                    delivered_at: now,
-                },
-            );
+            let held = Held {
+                queue: name.clone(),
+                queue_id,
+                seq: d.seq,
+                delivered_at: now,
+            };
+            let delivery_tag = c.hold(shard, held);
             let delivery = Delivery {
                 consumer_tag: d.consumer_tag,
                 delivery_tag,

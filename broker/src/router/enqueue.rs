@@ -37,7 +37,7 @@ impl Router {
         message: &Arc<Message>,
         now: u64,
     ) -> Result<(bool, Vec<Entry>), QueueFull> {
-        let Some(queue) = self.shard.queues.get_mut(name) else {
+        let Some(queue) = self.queues.get_mut(name) else {
             return Ok((false, Vec::new()));
         };
         let persist = message.properties.persistent && queue.is_stored();

@@ -219,7 +219,7 @@ impl Router {
         if is_default(&binding.exchange) {
             return Err(default_exchange_refused("unbound"));
         }
-        if let Some(queue) = self.shard.queues.get(binding.queue.as_str()) {
+        if let Some(queue) = self.queues.get(binding.queue.as_str()) {
             check_access(queue, self.owner(conn))?;
         }
         let exchange = self
@@ -291,7 +291,7 @@ impl Router {
     /// Re-adds a stored binding (startup, or its exchange was just restored); a binding
     /// whose queue is gone, or whose exchange is not stored, is dropped from the store.
     pub(super) fn restore_binding(&mut self, id: BindingId, binding: Binding) {
-        let queue_exists = self.shard.queues.contains_key(binding.queue.as_str());
+        let queue_exists = self.queues.contains_key(binding.queue.as_str());
         if let Some(waiting) = self.topology.unrestored.get_mut(&binding.exchange) {
             // Its exchange's type is not loaded: keep it until it is.
             if queue_exists {

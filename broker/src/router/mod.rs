@@ -1,4 +1,4 @@
-//! The router: the task that owns queues (`queue_shard.rs`), exchanges and bindings
+//! The router: the task that owns queues (`queue_shards.rs`), exchanges and bindings
 //! (`topology.rs`), plugin versions (`plugin_versions.rs`) and connections' consumers.
 //!
 //! Connections talk to it over a channel ([`RouterHandle`]), as in rumqttd's router; it
@@ -30,7 +30,7 @@ mod plugins;
 mod predeclared;
 mod prefetch;
 mod publish;
-mod queue_shard;
+mod queue_shards;
 mod queues;
 mod recovery;
 mod reply;
@@ -256,8 +256,8 @@ impl RouterHandle {
 }
 
 pub struct Router {
-    /// The queues and their timers.
-    shard: queue_shard::QueueShard,
+    /// The queues and their timers, in shards.
+    queues: queue_shards::QueueShards,
     /// Exchanges, bindings and the directory ingress routes through.
     topology: topology::Topology,
     /// The exchange types (Wasm plugins), and where deploys load new versions.
@@ -291,6 +291,7 @@ impl Router {
         auth: Arc<Authenticator>,
         keep_plugin_versions: Option<u64>,
         consumer_timeout: Option<Duration>,
+        queue_shards: usize,
     ) -> RouterHandle {
         let (control, control_rx) = mpsc::unbounded_channel();
         let (requests, requests_rx) = mpsc::channel(REQUEST_CHANNEL_CAPACITY);
@@ -302,6 +303,7 @@ impl Router {
             control.clone(),
             auth,
             directory.clone(),
+            queue_shards,
         );
         router.versions.keep = keep_plugin_versions;
         router.ack_timeout = ack_timeout::AckTimeout::new(consumer_timeout, crate::clock::now_ms());
@@ -327,7 +329,7 @@ impl Router {
         let mut commands = Vec::with_capacity(1024);
         loop {
             let ack_check = self.ack_timeout.as_ref().map(|t| t.due);
-            let wait = [self.shard.next_wakeup(), ack_check]
+            let wait = [self.queues.next_wakeup(), ack_check]
                 .into_iter()
                 .flatten()
                 .min()
@@ -368,7 +370,9 @@ impl Router {
                         session,
                         protocol,
                     } => {
-                        let state = Conn::new(tx, peer, outbound, user, vhost, session, protocol);
+                        let tags = self.queues.tags();
+                        let state =
+                            Conn::new(tx, peer, outbound, user, vhost, session, protocol, tags);
                         self.open_conn(conn, state)
                     }
                     Command::ChangeUser { conn, id, change } => self.change_user(conn, id, change),
@@ -413,12 +417,8 @@ impl Router {
     /// Ticks every queue with a wake-up due: delays end, expired messages dead-letter.
     fn fire_timers(&mut self) {
         let now = crate::clock::now_ms();
-        while let Some(name) = self.shard.pop_due(now) {
-            let queue = self
-                .shard
-                .queues
-                .get_mut(&name)
-                .expect("popped a live queue");
+        while let Some(name) = self.queues.pop_due(now) {
+            let queue = self.queues.get_mut(&name).expect("popped a live queue");
             if queue.expired_unused(now) {
                 tracing::info!(queue = %name, "queue expired unused (`expires`); deleted");
                 self.remove_queue(&name, "queue expired (expires)");

@@ -119,7 +119,7 @@ impl Router {
                             consumer_tag: tag.to_string(),
                         })
                         .collect(),
-                    unacked: c.unacked.len() as u64,
+                    unacked: c.unacked_len() as u64,
                 })
             })
             .collect();
@@ -134,7 +134,7 @@ impl Router {
             };
             row.channels += 1;
             row.confirms |= c.confirms;
-            row.unacked += c.unacked.len() as u64;
+            row.unacked += c.unacked_len() as u64;
             row.consumers
                 .extend(c.consumers.iter().map(|(queue, tag)| ConsumerInfo {
                     queue: queue.to_string(),

@@ -115,7 +115,6 @@ impl Router {
     /// (reason `max_length`), as RabbitMQ's `reject-publish-dlx`.
     fn dead_letter_refused(&mut self, queue: &Arc<str>, message: &Arc<Message>, now: u64) {
         let dead_letters = self
-            .shard
             .queues
             .get(queue)
             .is_some_and(|q| q.policy.overflow == Overflow::RejectPublishDlx);
@@ -183,7 +182,6 @@ impl Router {
             let vhost = crate::vhost::of(&message.exchange);
             let queue = crate::vhost::qualify(vhost, &message.routing_key);
             return Ok(self
-                .shard
                 .queues
                 .get_key_value(queue.as_str())
                 .map(|(name, _)| vec![name.clone()])
@@ -202,7 +200,7 @@ impl Router {
         route
             .queues
             .iter()
-            .filter_map(|name| self.shard.queues.get_key_value(&**name))
+            .filter_map(|name| self.queues.get_key_value(name))
             .map(|(name, _)| name.clone())
             .collect()
     }

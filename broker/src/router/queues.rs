@@ -44,7 +44,7 @@ impl Router {
             arguments: declare.arguments,
         };
         let owner = self.owner(conn);
-        if let Some(queue) = self.shard.queues.get_mut(name.as_str()) {
+        if let Some(queue) = self.queues.get_mut(name.as_str()) {
             check_access(queue, owner)?;
             if !queue.spec.redeclared_as(&spec) {
                 return Err(OpError::new(
@@ -62,8 +62,8 @@ impl Router {
         if let Some(user) = &declared_by {
             self.check_queue_limit(user)?;
         }
-        let id = self.shard.next_queue_id;
-        self.shard.next_queue_id += 1;
+        let id = self.queues.next_queue_id;
+        self.queues.next_queue_id += 1;
         let name: Arc<str> = name.into();
         let mut queue = self.new_queue(name.clone(), id, spec, policy);
         queue.declared_by = declared_by;
@@ -81,7 +81,7 @@ impl Router {
         tracing::debug!(queue = %name, durable = queue.spec.durable, "queue declared");
         // Scheduled at the end of the turn (its `expires`, if any).
         self.turn.to_dispatch.insert(name.clone());
-        self.shard.queues.insert(name, queue);
+        self.queues.insert(name, queue);
         Ok(if stored {
             Reply::OkAfterCommit(result)
         } else {
@@ -118,7 +118,7 @@ impl Router {
     /// Removes a queue with its consumers and bindings; returns how many messages it held
     /// and whether the store was touched.
     pub(super) fn remove_queue(&mut self, name: &str, reason: &str) -> (u64, bool) {
-        let Some(mut queue) = self.shard.queues.remove(name) else {
+        let Some(mut queue) = self.queues.remove(name) else {
             return (0, false);
         };
         for consumer in queue.consumers().to_vec() {
@@ -165,7 +165,7 @@ impl Router {
 
     pub(super) fn purge_queue(&mut self, conn: ConnId, name: &str) -> Result<Reply, OpError> {
         check_access(self.queue(name)?, self.owner(conn))?;
-        let queue = self.shard.queues.get_mut(name).expect("checked above");
+        let queue = self.queues.get_mut(name).expect("checked above");
         let purged = queue.purge();
         let queue_id = queue.id;
         let mut stored = false;
@@ -196,7 +196,6 @@ impl Router {
     pub(super) fn list_queues(&self, conn: ConnId) -> Reply {
         let vhost = self.conn_vhost(conn);
         let mut queues: Vec<QueueInfo> = self
-            .shard
             .queues
             .values()
             .filter(|q| crate::vhost::of(&q.name) == vhost)
@@ -207,8 +206,7 @@ impl Router {
     }
 
     pub(super) fn queue(&self, name: &str) -> Result<&Queue, OpError> {
-        self.shard
-            .queues
+        self.queues
             .get(name)
             .ok_or_else(|| OpError::new(ErrorCode::QueueNotFound, format!("no queue `{name}`")))
     }

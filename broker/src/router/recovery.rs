@@ -18,9 +18,10 @@ impl Router {
         self_tx: tokio::sync::mpsc::UnboundedSender<super::Command>,
         auth: Arc<crate::auth::Authenticator>,
         directory: Arc<super::ingress::ExchangeDirectory>,
+        shards: usize,
     ) -> Self {
         let mut router = Router {
-            shard: super::queue_shard::QueueShard::new(),
+            queues: super::queue_shards::QueueShards::new(shards),
             topology: super::topology::Topology::new(directory),
             plugins,
             versions: super::plugin_versions::PluginVersions {
@@ -43,7 +44,7 @@ impl Router {
         let mut messages = 0;
         for stored in recovered.queues {
             let record = stored.record;
-            router.shard.next_queue_id = router.shard.next_queue_id.max(record.id + 1);
+            router.queues.next_queue_id = router.queues.next_queue_id.max(record.id + 1);
             let spec = QueueSpec {
                 durable: true,
                 exclusive_owner: None,
@@ -71,7 +72,7 @@ impl Router {
                     }
                 }
             }
-            router.shard.queues.insert(name, queue);
+            router.queues.insert(name, queue);
         }
         for record in recovered.exchanges {
             if let Err((record, e)) = router.restore_exchange(record) {
@@ -102,15 +103,15 @@ impl Router {
         router.drop_unbound_auto_delete(exchanges);
         router.restore_handlers(recovered.handlers);
         router.restore_message_ids(recovered.dedup, crate::clock::now_ms());
-        let names: Vec<Arc<str>> = router.shard.queues.keys().cloned().collect();
+        let names: Vec<Arc<str>> = router.queues.keys().cloned().collect();
         for name in &names {
             // Delays that ended and messages that expired while the broker was down are
             // handled at once; the rest get their wake-ups.
             router.turn.to_dispatch.insert(name.clone());
-            router.shard.schedule(name);
+            router.queues.schedule(name);
         }
         tracing::info!(
-            queues = router.shard.queues.len(),
+            queues = router.queues.len(),
             exchanges = router.topology.exchanges.len(),
             messages,
             "recovered stored state"

@@ -20,17 +20,7 @@ impl Router {
             .conns
             .get_mut(&conn)
             .expect("requests come from open connections");
-        let settled: Vec<Held> = if multiple {
-            let rest = match tag.checked_add(1) {
-                Some(after) => c.unacked.split_off(&after),
-                None => Default::default(),
-            };
-            std::mem::replace(&mut c.unacked, rest)
-                .into_values()
-                .collect()
-        } else {
-            c.unacked.remove(&tag).into_iter().collect()
-        };
+        let settled: Vec<Held> = c.release(tag, multiple);
         if settled.is_empty() {
             let message = format!("delivery tag {tag} is not unacked on this connection");
             return Err(OpError::new(ErrorCode::UnknownDeliveryTag, message));
@@ -48,7 +38,7 @@ impl Router {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        let settled: Vec<_> = tags.iter().filter_map(|t| c.unacked.remove(t)).collect();
+        let settled: Vec<_> = tags.iter().flat_map(|t| c.release(*t, false)).collect();
         let now = self.turn.now_ms();
         for held in settled {
             self.settle_one(held, Settle::Ack, now);
@@ -60,7 +50,6 @@ impl Router {
         // The queue may have been deleted (and maybe re-created) since the delivery: then
         // there is nothing to settle.
         let Some(queue) = self
-            .shard
             .queues
             .get_mut(&held.queue)
             .filter(|q| q.id == held.queue_id)

@@ -153,7 +153,6 @@ impl Router {
             return Ok(());
         };
         let declared = self
-            .shard
             .queues
             .values()
             .filter(|q| q.declared_by.as_deref() == Some(user))

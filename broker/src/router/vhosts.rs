@@ -64,7 +64,6 @@ impl Router {
             self.close_conn(id, false);
         }
         let queues: Vec<Arc<str>> = self
-            .shard
             .queues
             .keys()
             .filter(|q| in_vhost(q))

@@ -37,6 +37,10 @@ pub struct Config {
     /// channel) is closed with `precondition_failed` and its unacked messages return to
     /// their queues, as RabbitMQ's `consumer_timeout`. `None`: no limit.
     pub consumer_timeout: Option<Duration>,
+    /// Shards the queues are partitioned into, each queue on one (placed by its name),
+    /// with delivery tags that name their shard. All shards are still applied by the one
+    /// router task: this is a step towards a thread per shard (docs/architecture.md).
+    pub queue_shards: usize,
     /// Resident memory past which publishing connections are blocked (memory alarm).
     pub memory_high_watermark: MemoryWatermark,
     /// The exchange types; `None` starts a host with the standard exchanges (`direct`,
@@ -126,6 +130,7 @@ impl Config {
             first_request_timeout: Self::DEFAULT_FIRST_REQUEST_TIMEOUT,
             heartbeat: Some(Self::DEFAULT_HEARTBEAT),
             consumer_timeout: Some(Self::DEFAULT_CONSUMER_TIMEOUT),
+            queue_shards: 1,
             max_unconfirmed: Self::DEFAULT_MAX_UNCONFIRMED,
             memory_high_watermark: MemoryWatermark::DEFAULT,
             plugins: None,

@@ -169,6 +169,7 @@ impl Broker {
             auth.clone(),
             config.keep_plugin_versions,
             config.consumer_timeout,
+            config.queue_shards,
         );
         let store = store_stats.clone();
         let (shutdown, shutdown_rx) = watch::channel(false);

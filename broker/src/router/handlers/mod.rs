@@ -277,7 +277,6 @@ impl Router {
             Ok(Some(reply)) => Ok(reply),
             Ok(None) => {
                 let stored = self
-                    .shard
                     .queues
                     .get(record.queue.as_str())
                     .is_some_and(|q| q.is_stored());
@@ -348,7 +347,7 @@ impl Router {
     /// restored); one whose plugin is missing stays stored for a later start.
     pub(super) fn restore_handlers(&mut self, records: Vec<AttachHandler>) {
         for record in records {
-            if !self.shard.queues.contains_key(record.queue.as_str()) {
+            if !self.queues.contains_key(record.queue.as_str()) {
                 self.turn.store(StoreOp::DeleteHandler {
                     queue: record.queue,
                     plugin: record.plugin,
@@ -400,7 +399,7 @@ impl Router {
         let held = self
             .conns
             .get(&done.conn)
-            .is_some_and(|c| c.unacked.contains_key(&done.delivery_tag));
+            .is_some_and(|c| c.holds(done.delivery_tag));
         if !held {
             return;
         }
@@ -469,7 +468,6 @@ impl Router {
         }
         for (name, (messages, bytes)) in adds {
             if self
-                .shard
                 .queues
                 .get(&name)
                 .is_some_and(|q| q.refuses(messages, bytes))
@@ -492,7 +490,7 @@ impl Router {
 
     /// Starts a stored attachment (startup: blocking is fine there).
     fn start_attachment(&mut self, record: AttachHandler) -> Result<(), OpError> {
-        if !self.shard.queues.contains_key(record.queue.as_str()) {
+        if !self.queues.contains_key(record.queue.as_str()) {
             let message = format!("no queue `{}`", record.queue);
             return Err(OpError::new(ErrorCode::QueueNotFound, message));
         }
@@ -512,7 +510,6 @@ impl Router {
     /// Registers an attachment (its queue exists) and starts its workers.
     fn start_with(&mut self, record: AttachHandler, slot: Arc<HandlerSlot>, first: LiveHandler) {
         let (queue, _) = self
-            .shard
             .queues
             .get_key_value(record.queue.as_str())
             .expect("callers check the queue exists");
@@ -545,7 +542,9 @@ impl Router {
                 let conn = self.conn_ids.next();
                 let (tx, rx) = super::ConnTx::channel(conn);
                 let vhost = crate::vhost::of(&queue).into();
-                let state = super::Conn::new(tx, None, None, None, vhost, None, Default::default());
+                let tags = self.queues.tags();
+                let state =
+                    super::Conn::new(tx, None, None, None, vhost, None, Default::default(), tags);
                 self.open_conn(conn, state);
                 let tag: Arc<str> = format!("handler.{}", attachment.record.plugin).into();
                 let prefetch = attachment.record.concurrency * WINDOW_PER_WORKER;
@@ -554,8 +553,7 @@ impl Router {
                     .expect("just opened")
                     .consumers
                     .push((queue.clone(), tag.clone()));
-                self.shard
-                    .queues
+                self.queues
                     .get_mut(&queue)
                     .expect("checked above")
                     .add_consumer(Consumer::new(conn, tag, prefetch, false));
