@@ -67,6 +67,7 @@ fn subscribe(queue: &str, prefetch: u32) -> Subscribe {
         filter: None,
         exclusive: false,
         priority: 0,
+        consumer_timeout_ms: None,
     }
 }
 

@@ -200,6 +200,7 @@ fn subscribe(queue: &str, prefetch: u32, priority: i32) -> Subscribe {
         filter: None,
         exclusive: false,
         priority,
+        consumer_timeout_ms: None,
     }
 }
 

@@ -327,6 +327,7 @@ async fn cancelled_subscription_gets_no_more_messages_and_keeps_unacked() {
             exclusive: false,
             priority: 0,
             consumer_tag: Some("mine".into()),
+            consumer_timeout_ms: None,
         })
         .await
         .unwrap();
@@ -361,6 +362,7 @@ async fn auto_ack_consumer_settles_on_write() {
             filter: None,
             exclusive: false,
             priority: 0,
+            consumer_timeout_ms: None,
         })
         .await
         .unwrap();

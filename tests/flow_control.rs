@@ -172,6 +172,7 @@ async fn a_flood_blocks_publishers_at_the_memory_watermark_and_nothing_is_lost()
             filter: None,
             exclusive: false,
             priority: 0,
+            consumer_timeout_ms: None,
         })
         .await
         .unwrap();

@@ -399,6 +399,7 @@ async fn lists_exchanges_bindings_plugins_and_connections() {
             filter: None,
             exclusive: false,
             priority: 0,
+            consumer_timeout_ms: None,
         })
         .await
         .unwrap();

@@ -319,6 +319,23 @@ pub fn consumer_priority(table: &FieldTable) -> Result<i32, AmqpError> {
         })
 }
 
+/// A consumer's `x-consumer-timeout` argument (milliseconds, positive), as RabbitMQ reads
+/// it: its deliveries may stay unacked this long, whatever the queue's or the broker's
+/// timeout.
+pub fn consumer_timeout(table: &FieldTable) -> Result<Option<u64>, AmqpError> {
+    let Some(value) = table.inner().get("x-consumer-timeout") else {
+        return Ok(None);
+    };
+    match value_to_json(value).as_u64().filter(|ms| *ms > 0) {
+        Some(ms) => Ok(Some(ms)),
+        None => Err(AmqpError::channel(
+            code::PRECONDITION_FAILED,
+            "PRECONDITION_FAILED",
+            format!("invalid arg 'x-consumer-timeout': {value:?} is not a positive integer"),
+        )),
+    }
+}
+
 /// `queue.declare` arguments as core queue arguments: RabbitMQ's `x-` arguments become the
 /// policy's names (`queue/rabbitmq_arguments.rs`), and dead letters are dropped unless a
 /// dead-letter exchange is named, as in RabbitMQ.

@@ -8,7 +8,8 @@ use super::channel::{Awaiting, Channel, Content, PUBLISH_ID, SETTLE_ID};
 use super::errors::{AmqpError, code};
 use super::hot::HotMethod;
 use super::mapping::{
-    consumer_priority, exchange_declaration, message_from_amqp, queue_arguments, table_to_json,
+    consumer_priority, consumer_timeout, exchange_declaration, message_from_amqp, queue_arguments,
+    table_to_json,
 };
 use super::reply_to::{self, REPLY_TO};
 use super::transaction::{self, Transaction};
@@ -244,6 +245,7 @@ pub(super) fn on_method(ch: &mut Channel, method: AMQPClass) -> Result<Effect, A
                     filter: None,
                     exclusive: m.exclusive,
                     priority: consumer_priority(&m.arguments)?,
+                    consumer_timeout_ms: consumer_timeout(&m.arguments)?,
                 }),
             )
         }

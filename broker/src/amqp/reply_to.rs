@@ -61,6 +61,7 @@ pub(super) fn consume(ch: &mut Channel, m: basic::Consume) -> Result<Effect, Amq
             filter: None,
             exclusive: false,
             priority: 0,
+            consumer_timeout_ms: None,
         }),
     };
     // As in RabbitMQ, direct reply-to needs no permission: the queue's name is the

@@ -515,6 +515,7 @@ impl Client {
             filter: None,
             exclusive: false,
             priority: 0,
+            consumer_timeout_ms: None,
         })
         .await
     }
@@ -535,6 +536,7 @@ impl Client {
             filter: Some(filter.to_owned()),
             exclusive: false,
             priority: 0,
+            consumer_timeout_ms: None,
         })
         .await
     }

@@ -391,6 +391,15 @@ pub struct Subscribe {
     /// equal ones take turns (RabbitMQ's consumer `x-priority`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: i32,
+    /// How long a delivery to this consumer may stay unacked before its connection is
+    /// closed, overriding the queue's `consumer_timeout` and the broker's default
+    /// (RabbitMQ's consumer argument `x-consumer-timeout`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub consumer_timeout_ms: Option<u64>,
 }
 
 /// How a handler is attached to its queue.

@@ -20,6 +20,9 @@ pub struct Consumer {
     pub exclusive: bool,
     /// Consumers of a higher priority with room receive first.
     pub priority: i32,
+    /// How long its deliveries may stay unacked (its `x-consumer-timeout`); `None`: the
+    /// queue's, or the broker's.
+    pub timeout_ms: Option<u64>,
     in_flight: u32,
 }
 
@@ -32,6 +35,7 @@ impl Consumer {
             auto_ack,
             exclusive: false,
             priority: 0,
+            timeout_ms: None,
             in_flight: 0,
         }
     }
@@ -50,6 +54,8 @@ pub struct Dispatch {
     pub seq: u64,
     pub message: Arc<Message>,
     pub delivery_count: u32,
+    /// The consumer's own unacked timeout, if it has one.
+    pub timeout_ms: Option<u64>,
 }
 
 /// What the head of the queue yields.
@@ -163,7 +169,10 @@ impl Queue {
         consumer.in_flight += 1;
         self.next_consumer = index + 1;
         let (conn, tag, auto_ack) = (consumer.conn, consumer.tag.clone(), consumer.auto_ack);
-        Some(Next::Deliver(self.hand_out(entry, conn, tag, auto_ack)))
+        let timeout_ms = consumer.timeout_ms;
+        let mut dispatch = self.hand_out(entry, conn, tag, auto_ack);
+        dispatch.timeout_ms = timeout_ms;
+        Some(Next::Deliver(dispatch))
     }
 
     /// Takes the head message for a `get` by connection `conn` (no consumer, so no
@@ -216,6 +225,7 @@ impl Queue {
             seq: entry.seq,
             message: entry.message.clone(),
             delivery_count: entry.delivery_count,
+            timeout_ms: None,
         };
         let unacked = Unacked {
             entry,

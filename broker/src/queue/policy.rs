@@ -57,6 +57,10 @@ pub struct QueuePolicy {
     /// Only the oldest consumer receives; the next takes over when it goes (RabbitMQ's
     /// single active consumer: one consumer at a time, in queue order).
     pub single_active_consumer: bool,
+    /// How long a delivery from this queue may stay unacked before its consumer's
+    /// connection is closed (RabbitMQ's `x-consumer-timeout`); `None`: the broker's
+    /// `--consumer-timeout`. A consumer's own timeout comes first.
+    pub consumer_timeout_ms: Option<u64>,
 }
 
 /// The default `max_in_memory_length`: a message costs ~600 bytes in memory, so a queue
@@ -140,8 +144,16 @@ impl QueuePolicy {
                 ));
             }
         };
+        let consumer_timeout_ms = match args.get("consumer_timeout") {
+            None => None,
+            Some(d) => match duration_ms(d).map_err(|e| format!("`consumer_timeout`: {e}"))? {
+                0 => return Err("`consumer_timeout` must be at least 1 ms".into()),
+                ms => Some(ms),
+            },
+        };
         Ok(QueuePolicy {
             expires_ms,
+            consumer_timeout_ms,
             single_active_consumer,
             max_deliveries,
             retry_backoff_ms,

@@ -17,7 +17,7 @@ enum Kind {
 
 /// Every RabbitMQ queue argument this maps: its core name (`None`: checked, not kept) and
 /// what its value must be. The others pass through unchanged.
-const ARGUMENTS: [(&str, Option<&str>, Kind); 12] = [
+const ARGUMENTS: [(&str, Option<&str>, Kind); 13] = [
     ("x-message-ttl", Some("message_ttl"), Kind::Integer),
     ("x-max-length", Some("max_length"), Kind::Integer),
     (
@@ -26,6 +26,11 @@ const ARGUMENTS: [(&str, Option<&str>, Kind); 12] = [
         Kind::Integer,
     ),
     ("x-expires", Some("expires"), Kind::Positive),
+    (
+        "x-consumer-timeout",
+        Some("consumer_timeout"),
+        Kind::Positive,
+    ),
     ("x-max-priority", Some("max_priority"), Kind::Integer),
     ("x-delivery-limit", Some("max_deliveries"), Kind::Integer),
     (

@@ -1,9 +1,11 @@
 //! The consumer timeout (RabbitMQ's `consumer_timeout`): a client's delivery left unacked
 //! for longer than it ends its consumer's connection (for AMQP, the channel: a channel
 //! exception 406), and its unacked messages return to their queues for other consumers.
-//! A stuck consumer cannot hold messages forever. One check runs when the earliest
-//! delivery could be due (at least once per timeout), scanning the connections that hold
-//! deliveries; nothing is done per delivery beyond noting its time.
+//! A stuck consumer cannot hold messages forever. A delivery's limit is its consumer's
+//! `x-consumer-timeout`, else its queue's `consumer_timeout`, else the broker's
+//! `--consumer-timeout`, as RabbitMQ ranks them. One check runs when the earliest
+//! deadline is due, scanning the unacked deliveries; per delivery only its time and
+//! limit are noted.
 
 use std::time::Duration;
 
@@ -12,54 +14,80 @@ use crate::protocol::{ErrorCode, ServerFrame, WireProtocol};
 use crate::queue::ConnId;
 
 pub(super) struct AckTimeout {
-    limit_ms: u64,
-    /// When the next check runs (ms since the epoch).
-    pub due: u64,
+    /// The broker's `--consumer-timeout`; `None`: only queues and consumers that set
+    /// one have a limit.
+    default_ms: Option<u64>,
+    /// When the next check runs (ms since the epoch): the earliest deadline of the
+    /// deliveries known; `u64::MAX`: none has a limit.
+    due: u64,
+}
+
+impl Default for AckTimeout {
+    fn default() -> Self {
+        AckTimeout {
+            default_ms: None,
+            due: u64::MAX,
+        }
+    }
 }
 
 impl AckTimeout {
-    pub fn new(limit: Option<Duration>, now: u64) -> Option<Self> {
-        let limit_ms = u64::try_from(limit?.as_millis()).unwrap_or(u64::MAX).max(1);
-        Some(AckTimeout {
-            limit_ms,
-            due: now.saturating_add(limit_ms),
-        })
+    pub fn new(default: Option<Duration>) -> Self {
+        let default_ms = default.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
+        AckTimeout {
+            default_ms,
+            due: u64::MAX,
+        }
+    }
+
+    /// A delivery's limit, as RabbitMQ ranks them: its consumer's `x-consumer-timeout`,
+    /// else its queue's, else the broker's.
+    pub fn limit(&self, consumer: Option<u64>, queue: Option<u64>) -> Option<u64> {
+        consumer.or(queue).or(self.default_ms)
+    }
+
+    /// A delivery made at `now` with `limit`: the check runs by its deadline.
+    pub fn track(&mut self, now: u64, limit: Option<u64>) {
+        if let Some(limit) = limit {
+            self.due = self.due.min(now.saturating_add(limit));
+        }
+    }
+
+    /// When the router must wake up for the next check, if any delivery has a limit.
+    pub fn next_check(&self) -> Option<u64> {
+        (self.due != u64::MAX).then_some(self.due)
     }
 }
 
 impl Router {
-    /// Ends the client connections holding a delivery older than the consumer timeout,
-    /// if a check is due at `now`; schedules the next check.
+    /// Ends the client connections holding a delivery unacked past its limit, if a check
+    /// is due at `now`; schedules the next check for the earliest deadline left.
     pub(super) fn check_ack_timeouts(&mut self, now: u64) {
-        let Some(timeout) = &self.ack_timeout else {
-            return;
-        };
-        if timeout.due > now {
+        if self.ack_timeout.due > now {
             return;
         }
-        let limit = timeout.limit_ms;
-        // Deliveries made after this check are due after `now + limit` at the earliest.
-        let mut next = now.saturating_add(limit);
+        let mut next = u64::MAX;
         let mut expired = Vec::new();
         for (id, c) in &self.conns {
-            // Tags grow with time: the first unacked one is the oldest. The broker's own
-            // consumers (handlers, the HTTP API) are bounded otherwise.
-            let Some((tag, held)) = c.oldest_unacked() else {
-                continue;
-            };
-            if c.peer.is_none() {
-                continue;
+            // The first delivery past its limit ends the connection.
+            let mut late = None;
+            for (tag, held) in c.unacked() {
+                let Some(limit) = held.timeout_ms else {
+                    continue;
+                };
+                let deadline = held.delivered_at.saturating_add(limit);
+                match deadline <= now {
+                    true if late.is_none() => late = Some((tag, limit)),
+                    true => {}
+                    false => next = next.min(deadline),
+                }
             }
-            let deadline = held.delivered_at.saturating_add(limit);
-            match deadline <= now {
-                true => expired.push((*id, tag)),
-                false => next = next.min(deadline),
+            if let Some((tag, limit)) = late {
+                expired.push((*id, tag, limit));
             }
         }
-        if let Some(timeout) = &mut self.ack_timeout {
-            timeout.due = next;
-        }
-        for (conn, tag) in expired {
+        self.ack_timeout.due = next;
+        for (conn, tag, limit) in expired {
             self.time_out_consumer(conn, tag, limit);
         }
     }

@@ -106,6 +106,13 @@ impl Conn {
         settled
     }
 
+    /// Every unsettled delivery with its tag, shard by shard.
+    pub(super) fn unacked(&self) -> impl Iterator<Item = (u64, &Held)> {
+        self.unacked
+            .iter()
+            .flat_map(|u| u.iter().map(|(tag, held)| (*tag, held)))
+    }
+
     /// Every unsettled delivery, taken.
     pub(super) fn release_all(&mut self) -> Vec<Held> {
         let all = self.unacked.iter_mut().map(std::mem::take);
@@ -115,14 +122,6 @@ impl Conn {
     /// Whether delivery `tag` is unsettled.
     pub(super) fn holds(&self, tag: u64) -> bool {
         self.unacked[self.tags.shard_of(tag)].contains_key(&tag)
-    }
-
-    /// Its oldest unsettled delivery (tags grow with time on each shard).
-    pub(super) fn oldest_unacked(&self) -> Option<(u64, &Held)> {
-        let firsts = self.unacked.iter().filter_map(|u| u.first_key_value());
-        firsts
-            .min_by_key(|(_, held)| held.delivered_at)
-            .map(|(tag, held)| (*tag, held))
     }
 }
 
@@ -135,4 +134,6 @@ pub(super) struct Held {
     pub(super) seq: u64,
     /// When it was delivered, ms since the epoch (for the consumer timeout).
     pub(super) delivered_at: u64,
+    /// How long it may stay unacked (see `ack_timeout.rs`); `None`: no limit.
+    pub(super) timeout_ms: Option<u64>,
 }

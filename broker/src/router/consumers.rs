@@ -14,6 +14,10 @@ impl Router {
         if let Some(filter) = &sub.filter {
             self.check_filter(&sub.queue, filter)?;
         }
+        if sub.consumer_timeout_ms == Some(0) {
+            let message = "`consumer_timeout_ms` must be at least 1";
+            return Err(OpError::new(ErrorCode::InvalidField, message));
+        }
         let queue = self.queue(&sub.queue)?;
         if queue.consumers().iter().any(|c| c.exclusive)
             || (sub.exclusive && queue.consumer_count() > 0)
@@ -43,6 +47,7 @@ impl Router {
         let mut consumer = Consumer::new(conn, tag.clone(), sub.prefetch, sub.auto_ack);
         consumer.exclusive = sub.exclusive;
         consumer.priority = sub.priority;
+        consumer.timeout_ms = sub.consumer_timeout_ms;
         queue.add_consumer(consumer);
         if let Some(filter) = &sub.filter {
             self.add_filter(conn, tag.clone(), name.clone(), filter);
@@ -96,11 +101,19 @@ impl Router {
                 .conns
                 .get_mut(&conn)
                 .expect("requests come from open connections");
+            let timeout_ms = match c.peer {
+                Some(_) => self
+                    .ack_timeout
+                    .limit(None, queue.policy.consumer_timeout_ms),
+                None => None,
+            };
+            self.ack_timeout.track(now, timeout_ms);
             let held = Held {
                 queue: name.clone(),
                 queue_id,
                 seq: d.seq,
                 delivered_at: now,
+                timeout_ms,
             };
             let delivery_tag = c.hold(shard, held);
             if auto_ack {

@@ -38,6 +38,7 @@ impl Router {
             return;
         };
         let queue_id = queue.id;
+        let queue_timeout = queue.policy.consumer_timeout_ms;
         loop {
             // A connection whose socket is not taking deliveries gets no more until it
             // drains.
@@ -71,11 +72,18 @@ impl Router {
             if d.delivery_count > 1 {
                 queue.counters.redelivered += 1;
             }
+            // The broker's own consumers (handlers, the HTTP API) are bounded otherwise.
+            let timeout_ms = match c.peer {
+                Some(_) => self.ack_timeout.limit(d.timeout_ms, queue_timeout),
+                None => None,
+            };
+            self.ack_timeout.track(now, timeout_ms);
             let held = Held {
                 queue: name.clone(),
                 queue_id,
                 seq: d.seq,
                 delivered_at: now,
+                timeout_ms,
             };
             let delivery_tag = c.hold(shard, held);
             let delivery = Delivery {

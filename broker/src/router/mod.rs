@@ -278,8 +278,8 @@ pub struct Router {
     auth: Arc<Authenticator>,
     /// For the in-broker consumers of handler attachments.
     conn_ids: ConnIds,
-    /// The consumer timeout and its next check; `None`: no limit.
-    ack_timeout: Option<ack_timeout::AckTimeout>,
+    /// The consumer timeouts and their next check.
+    ack_timeout: ack_timeout::AckTimeout,
 }
 
 impl Router {
@@ -306,7 +306,7 @@ impl Router {
             queue_shards,
         );
         router.versions.keep = keep_plugin_versions;
-        router.ack_timeout = ack_timeout::AckTimeout::new(consumer_timeout, crate::clock::now_ms());
+        router.ack_timeout = ack_timeout::AckTimeout::new(consumer_timeout);
         let conn_ids = router.conn_ids.clone();
         router.watch_recovered_canaries();
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -328,7 +328,7 @@ impl Router {
     ) {
         let mut commands = Vec::with_capacity(1024);
         loop {
-            let ack_check = self.ack_timeout.as_ref().map(|t| t.due);
+            let ack_check = self.ack_timeout.next_check();
             let wait = [self.queues.next_wakeup(), ack_check]
                 .into_iter()
                 .flatten()

@@ -39,7 +39,7 @@ impl Router {
             handlers: Default::default(),
             auth,
             conn_ids: Default::default(),
-            ack_timeout: None,
+            ack_timeout: Default::default(),
         };
         let mut messages = 0;
         for stored in recovered.queues {

@@ -94,6 +94,7 @@ impl Session {
             filter: None,
             exclusive: false,
             priority: 0,
+            consumer_timeout_ms: None,
         });
         self.request_or_refuse(subscribe, receipt_answer(receipt), receipt)
             .await?;
@@ -200,6 +201,7 @@ impl Session {
             filter: None,
             exclusive: false,
             priority: 0,
+            consumer_timeout_ms: None,
         });
         self.request_or_refuse(subscribe, Answer::Nothing, receipt)
             .await?;
