@@ -5,6 +5,8 @@
 //! host in production — which creates one [`Exchange`] per declared exchange. The router
 //! pushes bindings into it as they change, so routing a message only passes the message.
 
+pub mod rabbitmq_arguments;
+
 use crate::message::{Headers, Message};
 
 /// Identifies one binding; unique across the broker, stable across restarts.

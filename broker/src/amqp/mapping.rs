@@ -271,35 +271,15 @@ fn rabbitmq_death_records(headers: &Headers) -> std::borrow::Cow<'_, Headers> {
     std::borrow::Cow::Owned(headers)
 }
 
-/// `exchange.declare`'s type and arguments as the core's: RabbitMQ's `alternate-exchange`
-/// is the core's `alternate_exchange`; type `x-delayed-message` (RabbitMQ's delayed
-/// message exchange plugin) is an exchange of its `x-delayed-type` with the core's
-/// `delayed` argument. The rest goes to the plugin as given.
+/// `exchange.declare`'s type and arguments as the core's (see
+/// [`crate::exchange::rabbitmq_arguments`]).
 pub fn exchange_declaration(
     kind: &str,
     table: &FieldTable,
 ) -> Result<(String, Headers), AmqpError> {
-    let mut args = table_to_json(table);
-    if let Some(alternate) = args.remove("alternate-exchange") {
-        args.insert("alternate_exchange".into(), alternate);
-    }
-    if kind != DELAYED_MESSAGE_TYPE {
-        return Ok((kind.to_string(), args));
-    }
-    let Some(Value::String(delayed_type)) = args.get("x-delayed-type") else {
-        return Err(AmqpError::channel(
-            code::PRECONDITION_FAILED,
-            "PRECONDITION_FAILED",
-            "Invalid argument, 'x-delayed-type' must be an existing exchange type",
-        ));
-    };
-    let delayed_type = delayed_type.clone();
-    args.insert(crate::router::DELAYED.into(), Value::Bool(true));
-    Ok((delayed_type, args))
+    crate::exchange::rabbitmq_arguments::exchange_declaration(kind, table_to_json(table))
+        .map_err(|text| AmqpError::channel(code::PRECONDITION_FAILED, "PRECONDITION_FAILED", text))
 }
-
-/// RabbitMQ's delayed message exchange type (see [`exchange_declaration`]).
-const DELAYED_MESSAGE_TYPE: &str = "x-delayed-message";
 
 /// A consumer's priority from `basic.consume`'s `x-priority` (0 without it); its other
 /// arguments are ignored.

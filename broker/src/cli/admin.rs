@@ -71,12 +71,26 @@ impl TlsArgs {
 impl ServerArg {
     /// Connects to the broker as these arguments (and the config file) say.
     pub async fn connect(&self) -> anyhow::Result<Client> {
+        self.connect_to(None).await
+    }
+
+    /// [`Self::connect`] to `vhost`, whatever the flags and the config file name.
+    pub async fn connect_in(&self, vhost: &str) -> anyhow::Result<Client> {
+        self.connect_to(Some(vhost)).await
+    }
+
+    async fn connect_to(&self, vhost: Option<&str>) -> anyhow::Result<Client> {
         let file = ConfigFile::load()?;
         let options = ConnectOptions {
             tls: self.tls.client_tls(&file)?,
             ..Default::default()
         };
-        Ok(Client::connect_with(&self.url(&file)?, options).await?)
+        let url = self.url(&file)?;
+        let url = match vhost {
+            Some(vhost) => broker::client::credentials::with_vhost(&url, vhost),
+            None => url,
+        };
+        Ok(Client::connect_with(&url, options).await?)
     }
 
     /// The URL to connect to, with the user, password and vhost in it when given.

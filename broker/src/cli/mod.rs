@@ -5,6 +5,7 @@ mod bench;
 mod check;
 mod config_file;
 mod consume;
+mod definitions;
 mod dlq;
 mod handler;
 mod plugin;
@@ -69,6 +70,9 @@ enum Command {
     /// Declare a queue or an exchange.
     #[command(subcommand)]
     Declare(admin::Declare),
+    /// Load a RabbitMQ definitions file (exported from RabbitMQ).
+    #[command(subcommand)]
+    Definitions(definitions::Definitions),
     /// Delete a queue or an exchange.
     #[command(subcommand)]
     Delete(admin::Delete),
@@ -111,6 +115,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bindings(args) => admin::bindings(args).await,
         Command::Connections(args) => admin::connections(args).await,
         Command::Declare(what) => admin::declare(what).await,
+        Command::Definitions(what) => definitions::run(what).await,
         Command::Delete(what) => admin::delete(what).await,
         Command::Purge(args) => admin::purge(args).await,
         Command::Bind(args) => admin::bind(args, true).await,

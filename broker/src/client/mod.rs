@@ -413,6 +413,12 @@ impl Client {
             auto_delete: false,
             arguments,
         };
+        self.declare_exchange_with(declare).await
+    }
+
+    /// [`Self::declare_exchange`] with every field of the declaration (`internal`,
+    /// `auto_delete`).
+    pub async fn declare_exchange_with(&self, declare: DeclareExchange) -> Result<(), ClientError> {
         self.call_unit(Op::DeclareExchange(declare.clone())).await?;
         self.remember(|t| t.declared_exchange(declare));
         Ok(())

@@ -1,0 +1,320 @@
+//! `broker definitions import FILE`: a RabbitMQ definitions file (what the management
+//! UI's "Export definitions", `rabbitmqadmin export` or `rabbitmqctl export_definitions`
+//! write) loaded into this broker, as a client would declare it: vhosts, exchanges,
+//! queues, bindings and permissions. Queue and exchange arguments map as they do over
+//! AMQP (`x-message-ttl` is `message_ttl`, ...). What has no counterpart here is listed
+//! as skipped: users (RabbitMQ's password hashes cannot be checked here), policies and
+//! parameters. Declaring is idempotent, so a file can be imported again.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use broker::message::Headers;
+use broker::protocol::{Binding, DeclareExchange, ExchangeBinding, SetPermissions};
+use broker::queue::rabbitmq_arguments;
+use broker::{Client, ClientError, QueueOptions};
+use clap::{Args, Subcommand};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::admin::ServerArg;
+
+#[derive(Subcommand)]
+pub enum Definitions {
+    /// Declare what a RabbitMQ definitions file describes (vhosts, exchanges, queues,
+    /// bindings, permissions); users, policies and parameters are listed as skipped.
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// The definitions file (JSON, as RabbitMQ exports it).
+    file: PathBuf,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+/// The parts of a RabbitMQ definitions file this reads; the rest is ignored.
+#[derive(Deserialize, Default)]
+struct File {
+    #[serde(default)]
+    vhosts: Vec<Named>,
+    #[serde(default)]
+    users: Vec<Named>,
+    #[serde(default)]
+    permissions: Vec<Permission>,
+    #[serde(default)]
+    exchanges: Vec<Exchange>,
+    #[serde(default)]
+    queues: Vec<Queue>,
+    #[serde(default)]
+    bindings: Vec<Bound>,
+    #[serde(default)]
+    policies: Vec<Named>,
+    #[serde(default)]
+    parameters: Vec<Value>,
+}
+
+#[derive(Deserialize)]
+struct Named {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct Permission {
+    user: String,
+    vhost: String,
+    configure: String,
+    write: String,
+    read: String,
+}
+
+#[derive(Deserialize)]
+struct Exchange {
+    name: String,
+    #[serde(default = "default_vhost")]
+    vhost: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    durable: bool,
+    #[serde(default)]
+    auto_delete: bool,
+    #[serde(default)]
+    internal: bool,
+    #[serde(default)]
+    arguments: Headers,
+}
+
+#[derive(Deserialize)]
+struct Queue {
+    name: String,
+    #[serde(default = "default_vhost")]
+    vhost: String,
+    #[serde(default)]
+    durable: bool,
+    #[serde(default)]
+    auto_delete: bool,
+    #[serde(default)]
+    arguments: Headers,
+}
+
+#[derive(Deserialize)]
+struct Bound {
+    source: String,
+    #[serde(default = "default_vhost")]
+    vhost: String,
+    destination: String,
+    destination_type: String,
+    #[serde(default)]
+    routing_key: String,
+    #[serde(default)]
+    arguments: Headers,
+}
+
+fn default_vhost() -> String {
+    broker::vhost::DEFAULT_VHOST.to_owned()
+}
+
+/// What the import did, printed at its end.
+#[derive(Default)]
+struct Tally {
+    declared: Vec<(&'static str, usize)>,
+    failed: Vec<String>,
+}
+
+impl Tally {
+    fn count(&mut self, what: &'static str) {
+        match self.declared.iter_mut().find(|(w, _)| *w == what) {
+            Some((_, n)) => *n += 1,
+            None => self.declared.push((what, 1)),
+        }
+    }
+
+    fn fail(&mut self, what: String, error: impl std::fmt::Display) {
+        eprintln!("failed: {what}: {error}");
+        self.failed.push(what);
+    }
+
+    /// Counts one of `what` as declared, or reports why `item` was not.
+    fn record<T>(
+        &mut self,
+        what: &'static str,
+        item: String,
+        result: Result<T, impl std::fmt::Display>,
+    ) {
+        match result {
+            Ok(_) => self.count(what),
+            Err(e) => self.fail(item, e),
+        }
+    }
+}
+
+pub async fn run(command: Definitions) -> anyhow::Result<()> {
+    let Definitions::Import(args) = command;
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let file: File = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a RabbitMQ definitions file", args.file.display()))?;
+    let mut tally = Tally::default();
+    let admin = args.server.connect().await?;
+    let existing: BTreeSet<String> = admin.list_vhosts().await?.into_iter().collect();
+    let mut vhosts: BTreeSet<String> = file.vhosts.iter().map(|v| v.name.clone()).collect();
+    vhosts.extend(file.exchanges.iter().map(|e| e.vhost.clone()));
+    vhosts.extend(file.queues.iter().map(|q| q.vhost.clone()));
+    vhosts.extend(file.bindings.iter().map(|b| b.vhost.clone()));
+    for vhost in &vhosts {
+        if !existing.contains(vhost) {
+            let added = admin.add_vhost(vhost).await;
+            tally.record("vhosts", format!("vhost {vhost}"), added);
+        }
+    }
+    // Before the declarations: they are made as the importing user, who may need them.
+    for p in &file.permissions {
+        let set = SetPermissions {
+            user: p.user.clone(),
+            vhost: p.vhost.clone(),
+            configure: p.configure.clone(),
+            write: p.write.clone(),
+            read: p.read.clone(),
+            plugin: false,
+        };
+        let item = format!("permissions of {} in {}", p.user, p.vhost);
+        tally.record("permissions", item, admin.set_permissions(set).await);
+    }
+    for vhost in &vhosts {
+        let client = match args.server.connect_in(vhost).await {
+            Ok(client) => client,
+            Err(e) => {
+                tally.fail(format!("vhost {vhost}"), e);
+                continue;
+            }
+        };
+        import_vhost(&client, vhost, &file, &mut tally).await;
+    }
+    let declared: Vec<String> = tally
+        .declared
+        .iter()
+        .map(|(what, n)| format!("{what} {n}"))
+        .collect();
+    println!("declared: {}", none_if_empty(declared));
+    let mut skipped = Vec::new();
+    if !file.users.is_empty() {
+        let names: Vec<&str> = file.users.iter().map(|u| u.name.as_str()).collect();
+        skipped.push(format!(
+            "users {} ({}: RabbitMQ's password hashes cannot be checked here; add each with `broker user add`)",
+            names.len(),
+            names.join(", ")
+        ));
+    }
+    if !file.policies.is_empty() {
+        let names: Vec<&str> = file.policies.iter().map(|p| p.name.as_str()).collect();
+        skipped.push(format!(
+            "policies {} ({}: give their keys as queue arguments)",
+            names.len(),
+            names.join(", ")
+        ));
+    }
+    if !file.parameters.is_empty() {
+        skipped.push(format!("parameters {}", file.parameters.len()));
+    }
+    println!("skipped: {}", none_if_empty(skipped));
+    anyhow::ensure!(
+        tally.failed.is_empty(),
+        "{} definitions could not be declared: {}",
+        tally.failed.len(),
+        tally.failed.join("; ")
+    );
+    Ok(())
+}
+
+/// Declares `vhost`'s exchanges, queues and bindings through `client` (connected to it).
+async fn import_vhost(client: &Client, vhost: &str, file: &File, tally: &mut Tally) {
+    for e in file.exchanges.iter().filter(|e| e.vhost == vhost) {
+        // The default exchange and `amq.*` are the broker's own.
+        if e.name.is_empty() || e.name.starts_with("amq.") {
+            continue;
+        }
+        let declared = declare_exchange(client, e).await;
+        tally.record(
+            "exchanges",
+            format!("exchange {} in {vhost}", e.name),
+            declared,
+        );
+    }
+    for q in file.queues.iter().filter(|q| q.vhost == vhost) {
+        let declared = declare_queue(client, q).await;
+        tally.record("queues", format!("queue {} in {vhost}", q.name), declared);
+    }
+    for b in file.bindings.iter().filter(|b| b.vhost == vhost) {
+        // Every queue is bound to the default exchange by its name already.
+        if b.source.is_empty() {
+            continue;
+        }
+        let item = format!("binding {} → {} in {vhost}", b.source, b.destination);
+        let bound = match b.destination_type.as_str() {
+            "queue" => client
+                .bind(Binding {
+                    exchange: b.source.clone(),
+                    queue: b.destination.clone(),
+                    key: b.routing_key.clone(),
+                    arguments: b.arguments.clone(),
+                })
+                .await
+                .map_err(|e| e.to_string()),
+            "exchange" => client
+                .bind_exchange(ExchangeBinding {
+                    source: b.source.clone(),
+                    destination: b.destination.clone(),
+                    key: b.routing_key.clone(),
+                    arguments: b.arguments.clone(),
+                })
+                .await
+                .map_err(|e| e.to_string()),
+            other => Err(format!("unknown destination_type `{other}`")),
+        };
+        tally.record("bindings", item, bound);
+    }
+}
+
+async fn declare_exchange(client: &Client, e: &Exchange) -> Result<(), String> {
+    let (kind, arguments) =
+        broker::exchange::rabbitmq_arguments::exchange_declaration(&e.kind, e.arguments.clone())?;
+    let declare = DeclareExchange {
+        exchange: e.name.clone(),
+        kind,
+        durable: e.durable,
+        internal: e.internal,
+        auto_delete: e.auto_delete,
+        arguments,
+    };
+    client
+        .declare_exchange_with(declare)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn declare_queue(client: &Client, q: &Queue) -> Result<(), String> {
+    let given = q.arguments.iter().map(|(k, v)| (k.as_str(), v.clone()));
+    let mut arguments = rabbitmq_arguments::core_arguments(given)?;
+    rabbitmq_arguments::drop_dead_letters_by_default(&mut arguments)?;
+    let options = QueueOptions {
+        durable: q.durable,
+        exclusive: false,
+        auto_delete: q.auto_delete,
+        arguments,
+    };
+    client
+        .declare_queue(&q.name, options)
+        .await
+        .map(drop)
+        .map_err(|e: ClientError| e.to_string())
+}
+
+fn none_if_empty(items: Vec<String>) -> String {
+    match items.is_empty() {
+        true => "nothing".into(),
+        false => items.join(", "),
+    }
+}
