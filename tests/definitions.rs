@@ -41,11 +41,12 @@ async fn a_rabbitmq_export_is_declared_and_routes_as_it_did() {
     );
     assert_eq!(err.matches("failed:").count(), 1, "{err}");
     assert!(
-        out.contains("declared: vhosts 1, permissions 2, exchanges 4, queues 4, bindings 5"),
+        out.contains(
+            "declared: vhosts 1, permissions 3, exchanges 4, queues 4, bindings 5, users 2"
+        ),
         "{out}"
     );
-    assert!(out.contains("users 2 (guest, orders-svc"), "{out}");
-    assert!(out.contains("policies 1 (audit-ttl"), "{out}");
+    assert!(out.contains("skipped: policies 1 (audit-ttl"), "{out}");
 
     let shop = Client::connect(&in_vhost(&url, "shop")).await.unwrap();
     let exchanges = shop.list_exchanges().await.unwrap().exchanges;
@@ -94,8 +95,46 @@ async fn a_rabbitmq_export_is_declared_and_routes_as_it_did() {
     assert!(!ok);
     assert_eq!(err.matches("failed:").count(), 1, "{err}");
     assert!(
-        again.contains("declared: permissions 2, exchanges 4, queues 4, bindings 5"),
+        again.contains("declared: permissions 3, exchanges 4, queues 4, bindings 5, users 2"),
         "{again}"
     );
     assert_eq!(ready(&shop, "orders").await, 1);
+}
+
+#[tokio::test]
+async fn users_keep_their_rabbitmq_passwords_and_permissions() {
+    let dir = tempfile::tempdir().unwrap();
+    let process = BrokerProcess::spawn(dir.path());
+    let url = process.url.clone();
+    let cli_url = url.clone();
+    let imported =
+        tokio::task::spawn_blocking(move || run_cli(&["definitions", "import", FIXTURE], &cli_url));
+    let (_, out, _) = imported.await.unwrap();
+    assert!(out.contains("users 2"), "{out}");
+
+    // The password the fixture's hash was made from (RabbitMQ's salted SHA-256).
+    let login = |user: &str, password: &str| {
+        let with_user = url.replacen("ws://", &format!("ws://{user}:{password}@"), 1);
+        in_vhost(&with_user, "shop")
+    };
+    let service = Client::connect(&login("orders-svc", "orders-pass"))
+        .await
+        .unwrap();
+    // Its permissions came along: it may read `orders`, not configure `audit...`.
+    service.queue_info("orders").await.unwrap();
+    let refused = service.purge_queue("unrouted.catch").await.unwrap_err();
+    assert!(refused.to_string().contains("access_refused"), "{refused}");
+    // A wrong password is refused (at the upgrade, or at the first request).
+    match Client::connect(&login("orders-svc", "wrong")).await {
+        Err(_) => {}
+        Ok(wrong) => assert!(wrong.queue_info("orders").await.is_err()),
+    }
+    // `guest` was replaced by its RabbitMQ record, with the same password and tags.
+    let users = service.list_users().await;
+    assert!(users.is_err(), "orders-svc is no administrator");
+    let guest = Client::connect(&login("guest", "guest")).await.unwrap();
+    let listed = guest.list_users().await.unwrap();
+    let tags = |name: &str| listed.iter().find(|u| u.user == name).unwrap().tags.clone();
+    assert_eq!(tags("guest"), [broker::auth::Tag::Administrator]);
+    assert_eq!(tags("orders-svc"), [broker::auth::Tag::Management]);
 }

@@ -9,7 +9,7 @@ mod users;
 pub use permissions::{
     Access, DEFAULT_EXCHANGE_RESOURCE, GENERATED_QUEUE_RESOURCE, Grant, Permissions,
 };
-pub use users::{Tag, UserLimits, UserRecord, check_user_name, hash_password};
+pub use users::{Tag, UserLimits, UserRecord, check_user_name, hash_password, rabbitmq_hash};
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;

@@ -6,8 +6,11 @@ use std::fmt;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use rand_core::OsRng;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256, Sha512};
 
 use super::permissions::Permissions;
 use crate::vhost::DEFAULT_VHOST;
@@ -116,8 +119,15 @@ pub fn hash_password(password: &str) -> String {
         .to_string()
 }
 
-/// Whether `password` matches the stored hash (false for a malformed hash).
+/// Whether `password` matches the stored hash (false for a malformed hash): Argon2id,
+/// or a hash imported from RabbitMQ ([`rabbitmq_hash`]).
 pub fn verify_password(password: &str, stored: &str) -> bool {
+    if let Some((algorithm, encoded)) = stored
+        .strip_prefix(RABBITMQ_PREFIX)
+        .and_then(|rest| rest.split_once('$'))
+    {
+        return verify_rabbitmq(password, algorithm, encoded);
+    }
     PasswordHash::new(stored).is_ok_and(|hash| {
         Argon2::default()
             .verify_password(password.as_bytes(), &hash)
@@ -125,9 +135,92 @@ pub fn verify_password(password: &str, stored: &str) -> bool {
     })
 }
 
+/// How a hash imported from RabbitMQ is stored: `$rabbitmq-ALGORITHM$BASE64`.
+const RABBITMQ_PREFIX: &str = "$rabbitmq-";
+
+/// The stored form of a password hash RabbitMQ exported: its `hashing_algorithm` is
+/// `rabbit_password_hashing_sha256` (RabbitMQ's default) or `..._sha512`, and its
+/// `password_hash` the base64 of a 4-byte salt followed by the digest of the salt and
+/// the password. (RabbitMQ's legacy MD5 is refused.)
+pub fn rabbitmq_hash(imported: &crate::protocol::ImportedHash) -> Result<String, String> {
+    let algorithm = match imported.hashing_algorithm.as_str() {
+        "rabbit_password_hashing_sha256" => "sha256",
+        "rabbit_password_hashing_sha512" => "sha512",
+        other => {
+            return Err(format!(
+                "`hashing_algorithm` `{other}` is not supported: rabbit_password_hashing_sha256 or rabbit_password_hashing_sha512"
+            ));
+        }
+    };
+    let digest_len = match algorithm {
+        "sha256" => 32,
+        _ => 64,
+    };
+    let decoded = BASE64
+        .decode(imported.password_hash.as_bytes())
+        .map_err(|e| format!("`password_hash` is not base64: {e}"))?;
+    if decoded.len() != 4 + digest_len {
+        return Err(format!(
+            "`password_hash` must hold a 4-byte salt and a {digest_len}-byte digest"
+        ));
+    }
+    Ok(format!(
+        "{RABBITMQ_PREFIX}{algorithm}${}",
+        imported.password_hash
+    ))
+}
+
+fn verify_rabbitmq(password: &str, algorithm: &str, encoded: &str) -> bool {
+    let Ok(decoded) = BASE64.decode(encoded.as_bytes()) else {
+        return false;
+    };
+    let Some((salt, expected)) = decoded.split_at_checked(4) else {
+        return false;
+    };
+    let salted = [salt, password.as_bytes()].concat();
+    let actual: Vec<u8> = match algorithm {
+        "sha256" => Sha256::digest(&salted).to_vec(),
+        "sha512" => Sha512::digest(&salted).to_vec(),
+        _ => return false,
+    };
+    // Every byte compared, whatever the first difference.
+    actual.len() == expected.len()
+        && actual
+            .iter()
+            .zip(expected)
+            .fold(0, |diff, (a, b)| diff | (a ^ b))
+            == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rabbitmq_hashes_verify_as_rabbitmq_made_them() {
+        // RabbitMQ's rabbit_password_hashing_sha256: base64(salt ++ sha256(salt ++ password)).
+        let salt = [0x90, 0x8d, 0xc6, 0x0a];
+        let digest = Sha256::digest([&salt[..], b"s3cret"].concat());
+        let exported = BASE64.encode([&salt[..], &digest[..]].concat());
+        let imported = crate::protocol::ImportedHash {
+            password_hash: exported,
+            hashing_algorithm: "rabbit_password_hashing_sha256".into(),
+        };
+        let stored = rabbitmq_hash(&imported).unwrap();
+        assert!(verify_password("s3cret", &stored));
+        assert!(!verify_password("s3cret!", &stored));
+        assert!(!verify_password("", &stored));
+        let md5 = crate::protocol::ImportedHash {
+            hashing_algorithm: "rabbit_password_hashing_md5".into(),
+            ..imported.clone()
+        };
+        assert!(rabbitmq_hash(&md5).is_err());
+        let short = crate::protocol::ImportedHash {
+            password_hash: BASE64.encode([1, 2, 3]),
+            ..imported
+        };
+        assert!(rabbitmq_hash(&short).is_err());
+    }
 
     #[test]
     fn hashes_verify_and_differ_by_salt() {

@@ -2,16 +2,18 @@
 //! UI's "Export definitions", `rabbitmqadmin export` or `rabbitmqctl export_definitions`
 //! write) loaded into this broker, as a client would declare it: vhosts, exchanges,
 //! queues, bindings and permissions. Queue and exchange arguments map as they do over
-//! AMQP (`x-message-ttl` is `message_ttl`, ...). What has no counterpart here is listed
-//! as skipped: users (RabbitMQ's password hashes cannot be checked here), policies and
+//! AMQP (`x-message-ttl` is `message_ttl`, ...). Users keep their passwords: RabbitMQ's
+//! salted SHA-256 and SHA-512 hashes are imported as they are and checked as RabbitMQ
+//! checks them. What has no counterpart here is listed as skipped: policies and
 //! parameters. Declaring is idempotent, so a file can be imported again.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use broker::auth::Tag;
 use broker::message::Headers;
-use broker::protocol::{Binding, DeclareExchange, ExchangeBinding, SetPermissions};
+use broker::protocol::{Binding, DeclareExchange, ExchangeBinding, ImportedHash, SetPermissions};
 use broker::queue::rabbitmq_arguments;
 use broker::{Client, ClientError, QueueOptions};
 use clap::{Args, Subcommand};
@@ -23,7 +25,8 @@ use super::admin::ServerArg;
 #[derive(Subcommand)]
 pub enum Definitions {
     /// Declare what a RabbitMQ definitions file describes (vhosts, exchanges, queues,
-    /// bindings, permissions); users, policies and parameters are listed as skipped.
+    /// bindings, users with their passwords, permissions); policies and parameters are
+    /// listed as skipped.
     Import(ImportArgs),
 }
 
@@ -41,7 +44,7 @@ struct File {
     #[serde(default)]
     vhosts: Vec<Named>,
     #[serde(default)]
-    users: Vec<Named>,
+    users: Vec<User>,
     #[serde(default)]
     permissions: Vec<Permission>,
     #[serde(default)]
@@ -59,6 +62,36 @@ struct File {
 #[derive(Deserialize)]
 struct Named {
     name: String,
+}
+
+#[derive(Deserialize)]
+struct User {
+    name: String,
+    password_hash: String,
+    #[serde(default = "sha256")]
+    hashing_algorithm: String,
+    /// A list, or (older exports) one comma-separated string.
+    #[serde(default)]
+    tags: Value,
+}
+
+fn sha256() -> String {
+    "rabbit_password_hashing_sha256".into()
+}
+
+impl User {
+    /// Its RabbitMQ tags that this broker has (`policymaker` and others are dropped).
+    fn tags(&self) -> Vec<Tag> {
+        let names: Vec<&str> = match &self.tags {
+            Value::String(text) => text.split(',').map(str::trim).collect(),
+            Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        names
+            .into_iter()
+            .filter_map(|n| Tag::parse(n).ok())
+            .collect()
+    }
 }
 
 #[derive(Deserialize)]
@@ -170,19 +203,20 @@ pub async fn run(command: Definitions) -> anyhow::Result<()> {
             tally.record("vhosts", format!("vhost {vhost}"), added);
         }
     }
-    // Before the declarations: they are made as the importing user, who may need them.
-    for p in &file.permissions {
-        let set = SetPermissions {
-            user: p.user.clone(),
-            vhost: p.vhost.clone(),
-            configure: p.configure.clone(),
-            write: p.write.clone(),
-            read: p.read.clone(),
-            plugin: false,
-        };
-        let item = format!("permissions of {} in {}", p.user, p.vhost);
-        tally.record("permissions", item, admin.set_permissions(set).await);
-    }
+    // The permissions of users already here first: the declarations are made as the
+    // importing user, who may need them. Users come after the declarations, so the
+    // importing user's own password is not replaced before they are made.
+    let present: BTreeSet<String> = admin
+        .list_users()
+        .await?
+        .into_iter()
+        .map(|u| u.user)
+        .collect();
+    let (now, later): (Vec<_>, Vec<_>) = file
+        .permissions
+        .iter()
+        .partition(|p| present.contains(&p.user));
+    set_permissions(&admin, &now, &mut tally).await;
     for vhost in &vhosts {
         let client = match args.server.connect_in(vhost).await {
             Ok(client) => client,
@@ -193,6 +227,15 @@ pub async fn run(command: Definitions) -> anyhow::Result<()> {
         };
         import_vhost(&client, vhost, &file, &mut tally).await;
     }
+    for user in &file.users {
+        let imported = ImportedHash {
+            password_hash: user.password_hash.clone(),
+            hashing_algorithm: user.hashing_algorithm.clone(),
+        };
+        let added = admin.import_user(&user.name, imported, &user.tags()).await;
+        tally.record("users", format!("user {}", user.name), added);
+    }
+    set_permissions(&admin, &later, &mut tally).await;
     let declared: Vec<String> = tally
         .declared
         .iter()
@@ -200,14 +243,6 @@ pub async fn run(command: Definitions) -> anyhow::Result<()> {
         .collect();
     println!("declared: {}", none_if_empty(declared));
     let mut skipped = Vec::new();
-    if !file.users.is_empty() {
-        let names: Vec<&str> = file.users.iter().map(|u| u.name.as_str()).collect();
-        skipped.push(format!(
-            "users {} ({}: RabbitMQ's password hashes cannot be checked here; add each with `broker user add`)",
-            names.len(),
-            names.join(", ")
-        ));
-    }
     if !file.policies.is_empty() {
         let names: Vec<&str> = file.policies.iter().map(|p| p.name.as_str()).collect();
         skipped.push(format!(
@@ -227,6 +262,22 @@ pub async fn run(command: Definitions) -> anyhow::Result<()> {
         tally.failed.join("; ")
     );
     Ok(())
+}
+
+/// Sets each of `permissions`.
+async fn set_permissions(admin: &Client, permissions: &[&Permission], tally: &mut Tally) {
+    for p in permissions {
+        let set = SetPermissions {
+            user: p.user.clone(),
+            vhost: p.vhost.clone(),
+            configure: p.configure.clone(),
+            write: p.write.clone(),
+            read: p.read.clone(),
+            plugin: false,
+        };
+        let item = format!("permissions of {} in {}", p.user, p.vhost);
+        tally.record("permissions", item, admin.set_permissions(set).await);
+    }
 }
 
 /// Declares `vhost`'s exchanges, queues and bindings through `client` (connected to it).

@@ -14,7 +14,26 @@ impl Client {
     ) -> Result<(), ClientError> {
         self.call_unit(Op::AddUser {
             user: user.to_owned(),
-            password: password.to_owned(),
+            password: Some(password.to_owned()),
+            imported: None,
+            tags: tags.to_vec(),
+        })
+        .await
+    }
+
+    /// Creates or replaces `user` with a password hash RabbitMQ exported (its
+    /// definitions' `password_hash` and `hashing_algorithm`): it logs in with the
+    /// password it had there.
+    pub async fn import_user(
+        &self,
+        user: &str,
+        imported: crate::protocol::ImportedHash,
+        tags: &[Tag],
+    ) -> Result<(), ClientError> {
+        self.call_unit(Op::AddUser {
+            user: user.to_owned(),
+            password: None,
+            imported: Some(Box::new(imported)),
             tags: tags.to_vec(),
         })
         .await

@@ -206,7 +206,15 @@ pub enum Op {
     /// Creates or replaces a user (administrators only).
     AddUser {
         user: String,
-        password: String,
+        /// Its password; or, instead, a hash RabbitMQ exported (`imported`).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "present"
+        )]
+        password: Option<String>,
+        #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+        imported: Option<Box<ImportedHash>>,
         #[serde(default)]
         tags: Vec<crate::auth::Tag>,
     },
@@ -325,6 +333,14 @@ pub struct DeclareExchange {
     pub auto_delete: bool,
     #[serde(default)]
     pub arguments: Headers,
+}
+
+/// A password hash as RabbitMQ exports it in its definitions (`password_hash`,
+/// `hashing_algorithm`), for a user moved from RabbitMQ with the password it had.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImportedHash {
+    pub password_hash: String,
+    pub hashing_algorithm: String,
 }
 
 /// An exchange-to-exchange binding: messages `source` routes through it go on to

@@ -151,6 +151,7 @@ pub(super) async fn user_change(
         Op::AddUser {
             user,
             password,
+            imported,
             tags,
         } => {
             if !principal.is_administrator() {
@@ -158,7 +159,15 @@ pub(super) async fn user_change(
             }
             crate::auth::check_user_name(&user).map_err(|e| (ErrorCode::InvalidField, e))?;
             let existing = gate.auth.get(&user);
-            let hashed = hash_off_runtime(password).await;
+            let hashed = match (password, imported) {
+                (Some(password), None) => hash_off_runtime(password).await,
+                (None, Some(imported)) => crate::auth::rabbitmq_hash(&imported)
+                    .map_err(|e| (ErrorCode::InvalidField, e))?,
+                _ => {
+                    let text = "give either `password` or `password_hash` with `hashing_algorithm`";
+                    return Err((ErrorCode::InvalidField, text.into()));
+                }
+            };
             let record = UserRecord {
                 name: user,
                 password_hash: hashed,
