@@ -68,6 +68,23 @@ async fn applied(ch: &lapin::Channel) {
         .unwrap();
 }
 
+/// A consumer on every queue, on channel `ch`.
+async fn consume_all(ch: &lapin::Channel) -> Vec<lapin::Consumer> {
+    let mut consumers = Vec::new();
+    for i in 0..QUEUES {
+        let (name, tag) = (queue(i), format!("c{i}"));
+        let options = BasicConsumeOptions::default();
+        let consume = ch.basic_consume(
+            name.as_str().into(),
+            tag.as_str().into(),
+            options,
+            no_args(),
+        );
+        consumers.push(within(consume).await.unwrap());
+    }
+    consumers
+}
+
 /// The queue a delivery came from (its body names it).
 fn source(delivery: &lapin::message::Delivery) -> String {
     let body = String::from_utf8(delivery.data.clone()).unwrap();
@@ -81,18 +98,7 @@ async fn acks_find_their_shard_and_multiple_settles_across_shards() {
     fill(&conn).await;
     let json = broker.json_client().await;
     let ch = conn.create_channel().await.unwrap();
-    let mut consumers = Vec::new();
-    for i in 0..QUEUES {
-        let options = BasicConsumeOptions::default();
-        let tag = format!("c{i}");
-        let consume = ch.basic_consume(
-            queue(i).as_str().into(),
-            tag.as_str().into(),
-            options,
-            no_args(),
-        );
-        consumers.push(within(consume).await.unwrap());
-    }
+    let mut consumers = consume_all(&ch).await;
     // Every delivery of the channel, in the order the channel got them.
     let mut deliveries = Vec::new();
     for consumer in &mut consumers {
@@ -181,18 +187,7 @@ async fn a_channel_wide_prefetch_counts_every_shard() {
     within(ch.basic_qos(3, BasicQosOptions { global: true }))
         .await
         .unwrap();
-    let mut consumers = Vec::new();
-    for i in 0..QUEUES {
-        let tag = format!("c{i}");
-        let options = BasicConsumeOptions::default();
-        let consume = ch.basic_consume(
-            queue(i).as_str().into(),
-            tag.as_str().into(),
-            options,
-            no_args(),
-        );
-        consumers.push(within(consume).await.unwrap());
-    }
+    let _consumers = consume_all(&ch).await;
     // The queues are on different shards; the channel still holds 3 at most.
     let unacked: u64 = counts(&json).await.values().map(|(_, u)| u).sum();
     assert_eq!(unacked, 3);

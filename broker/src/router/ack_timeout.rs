@@ -40,17 +40,23 @@ impl AckTimeout {
         }
     }
 
-    /// A delivery's limit, as RabbitMQ ranks them: its consumer's `x-consumer-timeout`,
-    /// else its queue's, else the broker's.
-    pub fn limit(&self, consumer: Option<u64>, queue: Option<u64>) -> Option<u64> {
-        consumer.or(queue).or(self.default_ms)
-    }
-
-    /// A delivery made at `now` with `limit`: the check runs by its deadline.
-    pub fn track(&mut self, now: u64, limit: Option<u64>) {
-        if let Some(limit) = limit {
-            self.due = self.due.min(now.saturating_add(limit));
-        }
+    /// The limit of a delivery made at `now`, as RabbitMQ ranks them: its consumer's
+    /// `x-consumer-timeout`, else its queue's, else the broker's; none for the broker's
+    /// own consumers (handlers, the HTTP API: not `to_client`), bounded otherwise. The
+    /// check runs by its deadline.
+    pub fn limit_delivery(
+        &mut self,
+        to_client: bool,
+        consumer: Option<u64>,
+        queue: Option<u64>,
+        now: u64,
+    ) -> Option<u64> {
+        let limit = consumer
+            .or(queue)
+            .or(self.default_ms)
+            .filter(|_| to_client)?;
+        self.due = self.due.min(now.saturating_add(limit));
+        Some(limit)
     }
 
     /// When the router must wake up for the next check, if any delivery has a limit.

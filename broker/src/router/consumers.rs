@@ -101,13 +101,9 @@ impl Router {
                 .conns
                 .get_mut(&conn)
                 .expect("requests come from open connections");
-            let timeout_ms = match c.peer {
-                Some(_) => self
-                    .ack_timeout
-                    .limit(None, queue.policy.consumer_timeout_ms),
-                None => None,
-            };
-            self.ack_timeout.track(now, timeout_ms);
+            let queue_timeout = queue.policy.consumer_timeout_ms;
+            let to_client = c.peer.is_some();
+            let timeout_ms = (self.ack_timeout).limit_delivery(to_client, None, queue_timeout, now);
             let held = Held {
                 queue: name.clone(),
                 queue_id,

@@ -72,12 +72,9 @@ impl Router {
             if d.delivery_count > 1 {
                 queue.counters.redelivered += 1;
             }
-            // The broker's own consumers (handlers, the HTTP API) are bounded otherwise.
-            let timeout_ms = match c.peer {
-                Some(_) => self.ack_timeout.limit(d.timeout_ms, queue_timeout),
-                None => None,
-            };
-            self.ack_timeout.track(now, timeout_ms);
+            let to_client = c.peer.is_some();
+            let timeout_ms =
+                (self.ack_timeout).limit_delivery(to_client, d.timeout_ms, queue_timeout, now);
             let held = Held {
                 queue: name.clone(),
                 queue_id,
