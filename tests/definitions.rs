@@ -138,3 +138,94 @@ async fn users_keep_their_rabbitmq_passwords_and_permissions() {
     assert_eq!(tags("guest"), [broker::auth::Tag::Administrator]);
     assert_eq!(tags("orders-svc"), [broker::auth::Tag::Management]);
 }
+
+/// What a vhost holds, as listings show it, for comparing two brokers.
+async fn topology(url: &str, vhost: &str) -> serde_json::Value {
+    let client = Client::connect(&in_vhost(url, vhost)).await.unwrap();
+    let mut queues: Vec<_> = client.list_queues().await.unwrap();
+    queues.sort_by(|a, b| a.queue.cmp(&b.queue));
+    let queues: Vec<_> = queues
+        .iter()
+        .map(|q| {
+            (
+                q.queue.clone(),
+                q.durable,
+                q.auto_delete,
+                q.arguments.clone(),
+            )
+        })
+        .collect();
+    let mut exchanges = client.list_exchanges().await.unwrap().exchanges;
+    exchanges.sort_by(|a, b| a.exchange.cmp(&b.exchange));
+    let exchanges: Vec<_> = exchanges
+        .iter()
+        .map(|e| {
+            (
+                e.exchange.clone(),
+                e.kind.clone(),
+                e.durable,
+                e.internal,
+                e.arguments.clone(),
+            )
+        })
+        .collect();
+    let bindings = client.list_bindings().await.unwrap();
+    let exchange_bindings = client.list_exchange_bindings().await.unwrap();
+    serde_json::json!({
+        "queues": queues,
+        "exchanges": exchanges,
+        "bindings": bindings,
+        "exchange_bindings": exchange_bindings,
+    })
+}
+
+#[tokio::test]
+async fn an_export_imports_into_another_broker_as_the_same_topology() {
+    let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = BrokerProcess::spawn(first_dir.path());
+    let second = BrokerProcess::spawn(second_dir.path());
+    let exported = first_dir.path().join("export.json");
+    let (url, file) = (first.url.clone(), exported.clone());
+    let (ok, _, err) = tokio::task::spawn_blocking(move || {
+        let _ = run_cli(&["definitions", "import", FIXTURE], &url);
+        // A queue declared as this broker's own protocol does, with its `.dlq` default.
+        let _ = run_cli(&["declare", "queue", "jobs", "--durable"], &url);
+        run_cli(&["definitions", "export", file.to_str().unwrap()], &url)
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert!(err.contains("exported: vhosts 2"), "{err}");
+
+    // RabbitMQ's names in the file: a RabbitMQ broker could import it too.
+    let text = std::fs::read_to_string(&exported).unwrap();
+    let file: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let queue = |name: &str| {
+        let queues = file["queues"].as_array().unwrap();
+        queues.iter().find(|q| q["name"] == name).unwrap().clone()
+    };
+    assert_eq!(queue("audit")["arguments"]["x-message-ttl"], 60000);
+    assert_eq!(queue("orders")["arguments"]["x-delivery-limit"], 5);
+    let later = file["exchanges"].as_array().unwrap();
+    let later = later.iter().find(|e| e["name"] == "later").unwrap();
+    assert_eq!(later["type"], "x-delayed-message");
+    assert_eq!(later["arguments"]["x-delayed-type"], "direct");
+
+    // Into a second broker (its users are added there: an export has none).
+    let admin = Client::connect(&second.url).await.unwrap();
+    admin.add_user("orders-svc", "anything", &[]).await.unwrap();
+    let (url, file) = (second.url.clone(), exported.clone());
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        run_cli(&["definitions", "import", file.to_str().unwrap()], &url)
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{out}{err}");
+    for vhost in ["/", "shop"] {
+        assert_eq!(
+            topology(&first.url, vhost).await,
+            topology(&second.url, vhost).await,
+            "vhost {vhost}"
+        );
+    }
+}

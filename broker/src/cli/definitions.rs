@@ -17,7 +17,7 @@ use broker::protocol::{Binding, DeclareExchange, ExchangeBinding, ImportedHash, 
 use broker::queue::rabbitmq_arguments;
 use broker::{Client, ClientError, QueueOptions};
 use clap::{Args, Subcommand};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::admin::ServerArg;
@@ -28,6 +28,17 @@ pub enum Definitions {
     /// bindings, users with their passwords, permissions); policies and parameters are
     /// listed as skipped.
     Import(ImportArgs),
+    /// Write this broker's vhosts, exchanges, queues, bindings and permissions as a
+    /// RabbitMQ definitions file (users are not written: their password hashes stay here).
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Where to write it (default: standard output).
+    file: Option<PathBuf>,
+    #[command(flatten)]
+    server: ServerArg,
 }
 
 #[derive(Args)]
@@ -94,16 +105,24 @@ impl User {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct Permission {
     user: String,
     vhost: String,
     configure: String,
     write: String,
     read: String,
+    /// This broker's own permission (deploying plugins, attaching handlers); not
+    /// RabbitMQ's.
+    #[serde(default, skip_serializing_if = "is_false")]
+    plugin: bool,
 }
 
-#[derive(Deserialize)]
+fn is_false(value: &bool) -> bool {
+    !value
+}
+
+#[derive(Deserialize, Serialize)]
 struct Exchange {
     name: String,
     #[serde(default = "default_vhost")]
@@ -120,7 +139,7 @@ struct Exchange {
     arguments: Headers,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct Queue {
     name: String,
     #[serde(default = "default_vhost")]
@@ -133,7 +152,7 @@ struct Queue {
     arguments: Headers,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct Bound {
     source: String,
     #[serde(default = "default_vhost")]
@@ -185,7 +204,13 @@ impl Tally {
 }
 
 pub async fn run(command: Definitions) -> anyhow::Result<()> {
-    let Definitions::Import(args) = command;
+    match command {
+        Definitions::Import(args) => import(args).await,
+        Definitions::Export(args) => export(args).await,
+    }
+}
+
+async fn import(args: ImportArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let file: File = serde_json::from_str(&text)
@@ -273,7 +298,7 @@ async fn set_permissions(admin: &Client, permissions: &[&Permission], tally: &mu
             configure: p.configure.clone(),
             write: p.write.clone(),
             read: p.read.clone(),
-            plugin: false,
+            plugin: p.plugin,
         };
         let item = format!("permissions of {} in {}", p.user, p.vhost);
         tally.record("permissions", item, admin.set_permissions(set).await);
@@ -349,7 +374,15 @@ async fn declare_exchange(client: &Client, e: &Exchange) -> Result<(), String> {
 async fn declare_queue(client: &Client, q: &Queue) -> Result<(), String> {
     let given = q.arguments.iter().map(|(k, v)| (k.as_str(), v.clone()));
     let mut arguments = rabbitmq_arguments::core_arguments(given)?;
-    rabbitmq_arguments::drop_dead_letters_by_default(&mut arguments)?;
+    // `dead_letter: true` (what an export of this broker writes for a queue with the
+    // `<queue>.dlq` default) is that default for a queue that is not exclusive.
+    if arguments.get("dead_letter") == Some(&Value::Bool(true))
+        && !arguments.contains_key("dead_letter_exchange")
+    {
+        arguments.remove("dead_letter");
+    } else {
+        rabbitmq_arguments::drop_dead_letters_by_default(&mut arguments)?;
+    }
     let options = QueueOptions {
         durable: q.durable,
         exclusive: false,
@@ -368,4 +401,123 @@ fn none_if_empty(items: Vec<String>) -> String {
         true => "nothing".into(),
         false => items.join(", "),
     }
+}
+
+/// A RabbitMQ definitions file of what this broker holds.
+#[derive(Serialize)]
+struct Export {
+    product_name: &'static str,
+    product_version: &'static str,
+    users: Vec<Value>,
+    vhosts: Vec<Value>,
+    permissions: Vec<Permission>,
+    exchanges: Vec<Exchange>,
+    queues: Vec<Queue>,
+    bindings: Vec<Bound>,
+    policies: Vec<Value>,
+    parameters: Vec<Value>,
+}
+
+async fn export(args: ExportArgs) -> anyhow::Result<()> {
+    let admin = args.server.connect().await?;
+    let vhosts = admin.list_vhosts().await?;
+    let permissions = admin.list_permissions().await?;
+    let mut file = Export {
+        product_name: "broker",
+        product_version: env!("CARGO_PKG_VERSION"),
+        users: Vec::new(),
+        vhosts: vhosts
+            .iter()
+            .map(|name| serde_json::json!({"name": name}))
+            .collect(),
+        permissions: permissions
+            .into_iter()
+            .map(|p| Permission {
+                user: p.user,
+                vhost: p.vhost,
+                configure: p.configure,
+                write: p.write,
+                read: p.read,
+                plugin: p.plugin,
+            })
+            .collect(),
+        exchanges: Vec::new(),
+        queues: Vec::new(),
+        bindings: Vec::new(),
+        policies: Vec::new(),
+        parameters: Vec::new(),
+    };
+    for vhost in &vhosts {
+        let client = args.server.connect_in(vhost).await?;
+        export_vhost(&client, vhost, &mut file).await?;
+    }
+    let text = serde_json::to_string_pretty(&file)?;
+    match &args.file {
+        Some(path) => std::fs::write(path, text + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        None => println!("{text}"),
+    }
+    eprintln!(
+        "exported: vhosts {}, permissions {}, exchanges {}, queues {}, bindings {} (users are not exported: add them where this is imported)",
+        file.vhosts.len(),
+        file.permissions.len(),
+        file.exchanges.len(),
+        file.queues.len(),
+        file.bindings.len()
+    );
+    Ok(())
+}
+
+/// Adds `vhost`'s exchanges (not the default one nor `amq.*`), queues (not exclusive
+/// ones, as RabbitMQ) and bindings to `file`, read through `client` (connected to it).
+async fn export_vhost(client: &Client, vhost: &str, file: &mut Export) -> anyhow::Result<()> {
+    for e in client.list_exchanges().await?.exchanges {
+        if e.exchange.is_empty() || e.exchange.starts_with("amq.") {
+            continue;
+        }
+        let (kind, arguments) =
+            broker::exchange::rabbitmq_arguments::rabbitmq_exchange(&e.kind, &e.arguments);
+        file.exchanges.push(Exchange {
+            name: e.exchange,
+            vhost: vhost.to_owned(),
+            kind,
+            durable: e.durable,
+            auto_delete: e.auto_delete,
+            internal: e.internal,
+            arguments,
+        });
+    }
+    for q in client.list_queues().await? {
+        if q.exclusive {
+            continue;
+        }
+        file.queues.push(Queue {
+            name: q.queue,
+            vhost: vhost.to_owned(),
+            durable: q.durable,
+            auto_delete: q.auto_delete,
+            arguments: rabbitmq_arguments::rabbitmq_arguments(&q.arguments),
+        });
+    }
+    for b in client.list_bindings().await? {
+        file.bindings.push(Bound {
+            source: b.exchange,
+            vhost: vhost.to_owned(),
+            destination: b.queue,
+            destination_type: "queue".into(),
+            routing_key: b.key,
+            arguments: b.arguments,
+        });
+    }
+    for b in client.list_exchange_bindings().await? {
+        file.bindings.push(Bound {
+            source: b.source,
+            vhost: vhost.to_owned(),
+            destination: b.destination,
+            destination_type: "exchange".into(),
+            routing_key: b.key,
+            arguments: b.arguments,
+        });
+    }
+    Ok(())
 }

@@ -9,6 +9,21 @@ use crate::message::Headers;
 /// RabbitMQ's delayed message exchange type (the plugin of that name).
 const DELAYED_MESSAGE_TYPE: &str = "x-delayed-message";
 
+/// The reverse of [`exchange_declaration`], for an export RabbitMQ can read.
+pub fn rabbitmq_exchange(kind: &str, core: &Headers) -> (String, Headers) {
+    let mut args = core.clone();
+    if let Some(alternate) = args.remove("alternate_exchange") {
+        args.insert("alternate-exchange".into(), alternate);
+    }
+    match args.remove(crate::router::DELAYED) {
+        Some(Value::Bool(true)) => {
+            args.insert("x-delayed-type".into(), Value::from(kind));
+            (DELAYED_MESSAGE_TYPE.to_string(), args)
+        }
+        _ => (kind.to_string(), args),
+    }
+}
+
 /// The core's exchange type and arguments for RabbitMQ's: `alternate-exchange` is the
 /// core's `alternate_exchange`; type `x-delayed-message` is an exchange of its
 /// `x-delayed-type` with the core's `delayed` argument. The rest goes to the plugin as

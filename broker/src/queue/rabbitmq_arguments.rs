@@ -113,6 +113,40 @@ pub fn core_arguments<'a>(
     Ok(core)
 }
 
+/// The reverse of [`core_arguments`], for an export RabbitMQ can read: the core's names
+/// as RabbitMQ's (`message_ttl` as `x-message-ttl`, in milliseconds), the rest as given.
+/// A queue that drops its dead letters (`dead_letter: false`, what RabbitMQ does without
+/// a dead-letter exchange) says nothing; one with the core's `<queue>.dlq` says
+/// `dead_letter: true`, so importing it back keeps it.
+pub fn rabbitmq_arguments(core: &Headers) -> Headers {
+    let mut arguments = Headers::new();
+    for (key, value) in core {
+        let Some((name, _, _)) = ARGUMENTS.iter().find(|(_, c, _)| *c == Some(key.as_str())) else {
+            if key != "dead_letter" {
+                arguments.insert(key.clone(), value.clone());
+            }
+            continue;
+        };
+        let value = match key.as_str() {
+            "max_deliveries" => Value::from(value.as_u64().unwrap_or(1).saturating_sub(1)),
+            "overflow" => Value::from(value.as_str().unwrap_or_default().replace('_', "-")),
+            "message_ttl" | "expires" | "consumer_timeout" => {
+                crate::queue::duration_ms(value).map_or_else(|_| value.clone(), Value::from)
+            }
+            _ => value.clone(),
+        };
+        arguments.insert((*name).to_string(), value);
+    }
+    let dead_letters_to_dlq = !core.contains_key("dead_letter_exchange")
+        && core
+            .get("dead_letter")
+            .is_none_or(|on| *on == Value::Bool(true));
+    if dead_letters_to_dlq {
+        arguments.insert("dead_letter".into(), Value::Bool(true));
+    }
+    arguments
+}
+
 /// RabbitMQ drops the dead letters of a queue without a dead-letter exchange, where the
 /// core's default is a `<queue>.dlq`: what a RabbitMQ client declares gets RabbitMQ's.
 pub fn drop_dead_letters_by_default(core: &mut Headers) -> Result<(), String> {
