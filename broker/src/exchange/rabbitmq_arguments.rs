@@ -1,6 +1,8 @@
 //! A RabbitMQ exchange declaration (type and arguments) as the core's, for the ways
 //! RabbitMQ's declarations reach this broker: AMQP's `exchange.declare` and RabbitMQ
-//! definitions files (`broker definitions import`).
+//! definitions files (`broker definitions import`), and back for `broker definitions
+//! export`. RabbitMQ's plugin exchange types that a bundled plugin does the same as are
+//! that plugin: `x-consistent-hash` is `consistent-hash`, `x-random` is `random`.
 
 use serde_json::Value;
 
@@ -9,11 +11,31 @@ use crate::message::Headers;
 /// RabbitMQ's delayed message exchange type (the plugin of that name).
 const DELAYED_MESSAGE_TYPE: &str = "x-delayed-message";
 
+/// RabbitMQ's plugin exchange types and the bundled plugin that routes as each does, with
+/// its arguments' RabbitMQ names: (RabbitMQ type, plugin, [(RabbitMQ argument, plugin's)]).
+const PLUGIN_TYPES: [(&str, &str, &[(&str, &str)]); 2] = [
+    (
+        "x-consistent-hash",
+        "consistent-hash",
+        &[("hash-header", "hash_header")],
+    ),
+    ("x-random", "random", &[]),
+];
+
 /// The reverse of [`exchange_declaration`], for an export RabbitMQ can read.
 pub fn rabbitmq_exchange(kind: &str, core: &Headers) -> (String, Headers) {
     let mut args = core.clone();
     if let Some(alternate) = args.remove("alternate_exchange") {
         args.insert("alternate-exchange".into(), alternate);
+    }
+    let mut kind = kind;
+    if let Some((rabbitmq, _, renamed)) = PLUGIN_TYPES.iter().find(|(_, p, _)| *p == kind) {
+        for (theirs, ours) in *renamed {
+            if let Some(value) = args.remove(*ours) {
+                args.insert((*theirs).into(), value);
+            }
+        }
+        kind = rabbitmq;
     }
     match args.remove(crate::router::DELAYED) {
         Some(Value::Bool(true)) => {
@@ -32,13 +54,38 @@ pub fn exchange_declaration(kind: &str, mut args: Headers) -> Result<(String, He
     if let Some(alternate) = args.remove("alternate-exchange") {
         args.insert("alternate_exchange".into(), alternate);
     }
+    let kind = plugin_type(kind, &mut args)?;
+    let kind = kind.as_str();
     if kind != DELAYED_MESSAGE_TYPE {
         return Ok((kind.to_string(), args));
     }
     let Some(Value::String(delayed_type)) = args.get("x-delayed-type") else {
         return Err("Invalid argument, 'x-delayed-type' must be an existing exchange type".into());
     };
-    let delayed_type = delayed_type.clone();
+    let mut delayed_type = delayed_type.clone();
+    delayed_type = plugin_type(&delayed_type, &mut args)?;
     args.insert(crate::router::DELAYED.into(), Value::Bool(true));
     Ok((delayed_type, args))
+}
+
+/// The bundled plugin for RabbitMQ's plugin exchange type `kind` (its arguments renamed
+/// in `args`), or `kind` itself.
+fn plugin_type(kind: &str, args: &mut Headers) -> Result<String, String> {
+    let Some((_, plugin, renamed)) = PLUGIN_TYPES
+        .iter()
+        .find(|(rabbitmq, _, _)| *rabbitmq == kind)
+    else {
+        return Ok(kind.to_string());
+    };
+    if kind == "x-consistent-hash" && args.contains_key("hash-property") {
+        return Err(
+            "Invalid argument 'hash-property': not supported here (hash-header is)".to_string(),
+        );
+    }
+    for (theirs, ours) in *renamed {
+        if let Some(value) = args.remove(*theirs) {
+            args.insert((*ours).into(), value);
+        }
+    }
+    Ok((*plugin).to_string())
 }
