@@ -11,15 +11,25 @@ use crate::message::Headers;
 /// RabbitMQ's delayed message exchange type (the plugin of that name).
 const DELAYED_MESSAGE_TYPE: &str = "x-delayed-message";
 
-/// RabbitMQ's plugin exchange types and the bundled plugin that routes as each does, with
-/// its arguments' RabbitMQ names: (RabbitMQ type, plugin, [(RabbitMQ argument, plugin's)]).
-const PLUGIN_TYPES: [(&str, &str, &[(&str, &str)]); 2] = [
-    (
-        "x-consistent-hash",
-        "consistent-hash",
-        &[("hash-header", "hash_header")],
-    ),
-    ("x-random", "random", &[]),
+/// A RabbitMQ plugin exchange type and the bundled plugin that routes as it does.
+struct PluginType {
+    rabbitmq: &'static str,
+    plugin: &'static str,
+    /// (RabbitMQ's argument, the plugin's).
+    renamed: &'static [(&'static str, &'static str)],
+}
+
+const PLUGIN_TYPES: [PluginType; 2] = [
+    PluginType {
+        rabbitmq: "x-consistent-hash",
+        plugin: "consistent-hash",
+        renamed: &[("hash-header", "hash_header")],
+    },
+    PluginType {
+        rabbitmq: "x-random",
+        plugin: "random",
+        renamed: &[],
+    },
 ];
 
 /// The reverse of [`exchange_declaration`], for an export RabbitMQ can read.
@@ -29,13 +39,13 @@ pub fn rabbitmq_exchange(kind: &str, core: &Headers) -> (String, Headers) {
         args.insert("alternate-exchange".into(), alternate);
     }
     let mut kind = kind;
-    if let Some((rabbitmq, _, renamed)) = PLUGIN_TYPES.iter().find(|(_, p, _)| *p == kind) {
-        for (theirs, ours) in *renamed {
+    if let Some(known) = PLUGIN_TYPES.iter().find(|t| t.plugin == kind) {
+        for (theirs, ours) in known.renamed {
             if let Some(value) = args.remove(*ours) {
                 args.insert((*theirs).into(), value);
             }
         }
-        kind = rabbitmq;
+        kind = known.rabbitmq;
     }
     match args.remove(crate::router::DELAYED) {
         Some(Value::Bool(true)) => {
@@ -71,10 +81,7 @@ pub fn exchange_declaration(kind: &str, mut args: Headers) -> Result<(String, He
 /// The bundled plugin for RabbitMQ's plugin exchange type `kind` (its arguments renamed
 /// in `args`), or `kind` itself.
 fn plugin_type(kind: &str, args: &mut Headers) -> Result<String, String> {
-    let Some((_, plugin, renamed)) = PLUGIN_TYPES
-        .iter()
-        .find(|(rabbitmq, _, _)| *rabbitmq == kind)
-    else {
+    let Some(known) = PLUGIN_TYPES.iter().find(|t| t.rabbitmq == kind) else {
         return Ok(kind.to_string());
     };
     if kind == "x-consistent-hash" && args.contains_key("hash-property") {
@@ -82,10 +89,10 @@ fn plugin_type(kind: &str, args: &mut Headers) -> Result<String, String> {
             "Invalid argument 'hash-property': not supported here (hash-header is)".to_string(),
         );
     }
-    for (theirs, ours) in *renamed {
+    for (theirs, ours) in known.renamed {
         if let Some(value) = args.remove(*theirs) {
             args.insert((*ours).into(), value);
         }
     }
-    Ok((*plugin).to_string())
+    Ok(known.plugin.to_string())
 }
