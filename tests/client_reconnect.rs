@@ -5,7 +5,8 @@
 //! lost, its subscription back without resubscribing, the publish circuit open while the
 //! broker is down and closed after — and, against a broker restarted on an empty data
 //! directory, declares its exchange, queue and binding again and refuses to ack a
-//! delivery of the dead connection; with `max_attempts` it gives up and closes.
+//! delivery of the dead connection; declarations made while the broker is down are made
+//! once it is back; with `max_attempts` it gives up and closes.
 
 mod common;
 
@@ -29,9 +30,20 @@ fn free_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
+/// A broker process, killed when dropped (a failing test leaves none behind to keep
+/// `cargo test` waiting on its output).
+struct Serving(Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The real broker binary serving WebSocket clients on `port`, its data in `dir`;
 /// returns once it printed its listening line.
-fn serve(dir: &Path, port: u16) -> Child {
+fn serve(dir: &Path, port: u16) -> Serving {
     let mut child = Command::new(common::bin())
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args([
@@ -53,12 +65,12 @@ fn serve(dir: &Path, port: u16) -> Child {
     let stdout = child.stdout.take().unwrap();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
     assert!(line.contains(&format!(":{port}")), "{line}");
-    child
+    Serving(child)
 }
 
-fn sigkill(child: &mut Child) {
-    child.kill().unwrap(); // SIGKILL on unix
-    child.wait().unwrap();
+fn sigkill(broker: &mut Serving) {
+    broker.0.kill().unwrap(); // SIGKILL on unix
+    broker.0.wait().unwrap();
 }
 
 /// Reconnects fast; the circuit opens after a second without a connection.
@@ -348,4 +360,60 @@ async fn reconnecting_gives_up_after_its_attempts_and_the_client_closes() {
     assert!(matches!(ended, Ok(None)), "{ended:?}");
     let refused = client.publish(persistent("q", "x"), false).await;
     assert!(matches!(refused, Err(ClientError::Closed)), "{refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn declarations_made_while_the_broker_is_down_are_made_when_it_is_back() {
+    let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let port = free_port();
+    let mut broker = serve(first_dir.path(), port);
+    let client = Arc::new(
+        Client::connect_with(&format!("ws://127.0.0.1:{port}"), reconnecting())
+            .await
+            .unwrap(),
+    );
+    sigkill(&mut broker);
+    health_until(&client, "reconnecting", |h| {
+        h.state == LinkState::Reconnecting
+    })
+    .await;
+    // An application starting while the broker is down: its declarations wait (other
+    // requests still fail at once).
+    let binding = Binding {
+        exchange: "orders".into(),
+        queue: "billing".into(),
+        key: "paid".into(),
+        arguments: Default::default(),
+    };
+    let declaring = {
+        let (client, binding) = (client.clone(), binding.clone());
+        tokio::spawn(async move {
+            client
+                .declare_exchange("orders", "direct", true, Default::default())
+                .await?;
+            client
+                .declare_queue("billing", QueueOptions::durable())
+                .await?;
+            client.bind(binding).await
+        })
+    };
+    let refused = client.list_queues().await;
+    assert!(
+        matches!(refused, Err(ClientError::Disconnected)),
+        "{refused:?}"
+    );
+    let mut broker = serve(first_dir.path(), port);
+    let declared = tokio::time::timeout(RECOVERY, declaring).await;
+    declared
+        .expect("declared once the broker is back")
+        .unwrap()
+        .unwrap();
+    assert!(client.list_bindings().await.unwrap().contains(&binding));
+    // They were remembered too: a broker that lost everything gets them again.
+    sigkill(&mut broker);
+    let mut broker = serve(second_dir.path(), port);
+    health_until(&client, "connected", |h| h.state == LinkState::Connected).await;
+    assert!(client.list_bindings().await.unwrap().contains(&binding));
+    assert!(client.queue_info("billing").await.unwrap().durable);
+    sigkill(&mut broker);
 }

@@ -62,14 +62,36 @@ pub(super) async fn open(url: &str, options: &ConnectOptions) -> Result<Ws, Clie
     Ok(ws)
 }
 
-/// What a request is, for what happens to it when the connection drops before it is
-/// written: publishes wait for the next connection, acks are dropped (the broker
-/// redelivers), other requests fail with [`ClientError::Disconnected`].
+/// What a request is, for what happens to it when the connection drops before its reply:
+/// publishes and declarations wait for the next connection (made again there, as they
+/// would be if nothing had happened), acks are dropped (the broker redelivers), other
+/// requests fail with [`ClientError::Disconnected`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Class {
     Publish,
+    /// Declaring a named queue or an exchange, or binding: made twice, it does what it
+    /// did once.
+    Declare,
     Settle,
     Other,
+}
+
+impl Class {
+    pub fn of(op: &crate::protocol::Op) -> Class {
+        use crate::protocol::Op;
+        match op {
+            Op::Publish(_) => Class::Publish,
+            Op::Ack { .. } | Op::Nack { .. } | Op::Reject { .. } => Class::Settle,
+            Op::DeclareQueue(declare) if !declare.queue.is_empty() => Class::Declare,
+            Op::DeclareExchange(_) | Op::Bind(_) | Op::BindExchange(_) => Class::Declare,
+            _ => Class::Other,
+        }
+    }
+
+    /// Whether it waits for the next connection rather than failing with the drop.
+    pub fn waits(self) -> bool {
+        matches!(self, Class::Publish | Class::Declare)
+    }
 }
 
 /// One request for the connection task to write.

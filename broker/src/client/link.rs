@@ -163,7 +163,8 @@ async fn feed_records(sink: &mut WsSink, records: &mut Vec<u8>) -> Result<(), St
 
 /// The connection dropped and the client reconnects: acks of its deliveries are refused
 /// from now on, requests waiting for a reply fail with [`ClientError::Disconnected`]
-/// (publishes waiting for a confirm wait for the next connection instead).
+/// (publishes waiting for a confirm and declarations wait for the next connection
+/// instead).
 fn on_lost(link: &mut Link, reason: String) {
     let shared = &link.shared;
     shared.generation.fetch_add(1, Ordering::SeqCst);
@@ -195,14 +196,14 @@ fn on_lost(link: &mut Link, reason: String) {
 
 impl Link {
     /// Takes what is queued off the queue (the caller holds `pending`'s lock): publishes
-    /// without confirms go to the backlog, publishes waiting for a confirm are resent
-    /// from `pending`, acks are dropped (their deliveries' connection is gone; the
+    /// without confirms go to the backlog, publishes waiting for a confirm and
+    /// declarations are resent from `pending`, acks are dropped (their deliveries' connection is gone; the
     /// broker redelivers), other requests fail with [`ClientError::Disconnected`].
     pub(super) fn take_queued(&mut self, pending: &mut HashMap<u64, Pending>) {
         while let Ok(item) = self.out_rx.try_recv() {
             match item.class {
-                Class::Publish if pending.contains_key(&item.id) => {}
-                Class::Publish => self.backlog.push(item),
+                Class::Publish | Class::Declare if pending.contains_key(&item.id) => {}
+                Class::Publish | Class::Declare => self.backlog.push(item),
                 Class::Settle => {}
                 Class::Other => {
                     if let Some(p) = pending.remove(&item.id) {

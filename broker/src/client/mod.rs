@@ -223,21 +223,17 @@ impl Client {
     ) -> impl Future<Output = Result<serde_json::Value, ClientError>> + Send + 'static {
         let shared = &self.shared;
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let class = match op {
-            Op::Publish(_) => Class::Publish,
-            Op::Ack { .. } | Op::Nack { .. } | Op::Reject { .. } => Class::Settle,
-            _ => Class::Other,
-        };
-        // While reconnecting only publishes wait for the next connection.
-        let refused = class != Class::Publish
+        let class = Class::of(&op);
+        // While reconnecting only publishes and declarations wait for the next connection.
+        let refused = !class.waits()
             && shared.reconnect.is_some()
             && shared.health.borrow().state == LinkState::Reconnecting;
         let request = Request {
             id: RequestId::Num(id),
             op,
         };
-        let resend = (wants_reply && class == Class::Publish && shared.reconnect.is_some())
-            .then(|| request.clone());
+        let resend =
+            (wants_reply && class.waits() && shared.reconnect.is_some()).then(|| request.clone());
         let frame = match shared.binary && matches!(request.op, Op::Publish(_) | Op::Ack { .. }) {
             true => Frame::Record(request),
             false => Frame::Text(crate::protocol::encode_request(&request)),

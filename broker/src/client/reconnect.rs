@@ -193,7 +193,10 @@ async fn resend(link: &mut Link, sink: &mut WsSink) -> Result<u64, String> {
         });
         unconfirmed
     };
-    let count = unconfirmed.len() as u64;
+    let count = unconfirmed
+        .iter()
+        .filter(|r| matches!(r.op, Op::Publish(_)))
+        .count() as u64;
     let mut records = Vec::new();
     for request in unconfirmed {
         let frame = match binary {
