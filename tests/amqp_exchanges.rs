@@ -1,7 +1,8 @@
 //! Exchange features RabbitMQ applications use, with lapin against the real broker:
 //! internal exchanges (refused to publishers over AMQP, JSON and STOMP) and auto-delete
 //! exchanges (gone with their last binding, across a restart), alternate exchanges,
-//! RabbitMQ's delayed message exchange (`x-delayed-message`, `x-delay`).
+//! RabbitMQ's delayed message exchange (`x-delayed-message`, `x-delay`), `CC` and `BCC`
+//! headers (sender-selected distribution).
 //! Exchange-to-exchange bindings: tests/amqp_exchange_bindings.rs.
 
 #[path = "support/amqp.rs"]
@@ -402,4 +403,51 @@ async fn a_delayed_message_exchange_holds_back_what_has_an_x_delay() {
     let info = exchange_info(&json, "later").await.expect("listed");
     assert_eq!(info.kind, "direct");
     assert_eq!(info.arguments["delayed"], true);
+}
+
+/// Headers with a `CC` list and a `BCC` list of routing keys (AMQP arrays of strings).
+fn cc_bcc(cc: &str, bcc: &str) -> BasicProperties {
+    let list = |key: &str| AMQPValue::FieldArray(vec![AMQPValue::LongString(key.into())].into());
+    let mut headers = FieldTable::default();
+    headers.insert("CC".into(), list(cc));
+    headers.insert("BCC".into(), list(bcc));
+    BasicProperties::default().with_headers(headers)
+}
+
+/// RabbitMQ's sender-selected distribution: a message is routed with its routing key and
+/// with every key of its `CC` and `BCC` headers; `BCC` is taken off before delivery.
+#[tokio::test]
+async fn cc_and_bcc_headers_add_routing_keys_and_bcc_is_not_delivered() {
+    let broker = AmqpBroker::start().await;
+    let conn = broker.connect().await;
+    let ch = confirm_channel(&conn).await;
+    declare_exchange(&ch, "notify", ExchangeKind::Direct, Default::default()).await;
+    for key in ["email", "sms", "push", "fax"] {
+        declare_bound_queue(&ch, key, "notify", key).await;
+    }
+    publish_confirmed(&ch, "notify", "email", b"hello", cc_bcc("sms", "push")).await;
+    for queue in ["email", "sms", "push"] {
+        let got = within(ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{queue} got the message"));
+        let headers = got
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
+        assert!(headers.inner().contains_key("CC"), "{queue}: CC stays");
+        assert!(
+            !headers.inner().contains_key("BCC"),
+            "{queue}: BCC is taken off"
+        );
+    }
+    assert!(drain(&ch, "fax").await.is_empty(), "no key named it");
+    // The default exchange: the keys are queue names.
+    publish_confirmed(&ch, "", "email", b"direct", cc_bcc("fax", "sms")).await;
+    for queue in ["email", "fax", "sms"] {
+        assert_eq!(drain(&ch, queue).await, [b"direct".to_vec()], "{queue}");
+    }
+    assert!(drain(&ch, "push").await.is_empty());
 }

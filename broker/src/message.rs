@@ -171,6 +171,11 @@ pub struct Message {
     pub body: Bytes,
 }
 
+/// Routing keys a message is routed with besides its own, kept on the message.
+pub const CC_HEADER: &str = "CC";
+/// Routing keys a message is routed with besides its own, taken off before delivery.
+pub const BCC_HEADER: &str = "BCC";
+
 impl Message {
     /// A message for the default exchange with a text body.
     pub fn text(routing_key: impl Into<String>, body: impl Into<String>) -> Self {
@@ -182,6 +187,21 @@ impl Message {
     }
 
     /// The size counted against frame and queue byte limits.
+    /// The routing keys of its `CC` and `BCC` headers (RabbitMQ's sender-selected
+    /// distribution: lists of keys it is routed with besides its routing key; text
+    /// items only).
+    pub fn extra_routing_keys(&self) -> Vec<String> {
+        if self.headers.is_empty() {
+            return Vec::new();
+        }
+        [CC_HEADER, BCC_HEADER]
+            .iter()
+            .filter_map(|name| self.headers.get(*name)?.as_array())
+            .flatten()
+            .filter_map(|key| key.as_str().map(str::to_owned))
+            .collect()
+    }
+
     pub fn body_len(&self) -> usize {
         self.body.len()
     }

@@ -292,6 +292,7 @@ impl Ingress {
                 routed
             }
         };
+        let (command, first) = self.route_extra_keys(command, &exchange, first, draw).await;
         let (mut command, routed) = self.follow_hops(command, first, draw).await;
         set_routed(&mut command, routed.map(|ids| self.directory.resolve(ids)));
         command
@@ -321,6 +322,10 @@ impl Ingress {
             return Err(command);
         }
         let message = publish_message(&command).expect("checked above");
+        if !message.extra_routing_keys().is_empty() {
+            return Err(command);
+        }
+        let message = publish_message(&command).expect("checked above");
         match exchange.try_cached(message, fastrand::u32(..)) {
             Some(routed) => {
                 set_routed(&mut command, routed.map(|ids| self.directory.resolve(ids)));
@@ -328,6 +333,54 @@ impl Ingress {
             }
             None => Err(command),
         }
+    }
+
+    /// Routes `command` (its first route: `first`) again with each routing key of its
+    /// `CC` and `BCC` headers, through the same exchange; the bindings of every key.
+    async fn route_extra_keys(
+        &self,
+        mut command: Command,
+        exchange: &Arc<SharedExchange>,
+        first: RoutedIds,
+        draw: u32,
+    ) -> (Command, RoutedIds) {
+        let Ok(mut ids) = first else {
+            return (command, first);
+        };
+        let keys = publish_message(&command).map_or_else(Vec::new, Message::extra_routing_keys);
+        if keys.is_empty() {
+            return (command, Ok(ids));
+        }
+        let own = publish_message(&command).map(|m| m.routing_key.clone());
+        for key in keys {
+            publish_message_mut(&mut command)
+                .expect("a publish")
+                .routing_key = key;
+            let message = publish_message(&command).expect("a publish");
+            let routed = match exchange.try_cached(message, draw) {
+                Some(routed) => routed,
+                None => {
+                    let (routed_command, routed) =
+                        self.route_on_worker(exchange, command, draw).await;
+                    command = routed_command;
+                    routed
+                }
+            };
+            match routed {
+                Ok(more) => {
+                    for id in more {
+                        if !ids.contains(&id) {
+                            ids.push(id);
+                        }
+                    }
+                }
+                Err(e) => return (command, Err(e)),
+            }
+        }
+        if let (Some(message), Some(own)) = (publish_message_mut(&mut command), own) {
+            message.routing_key = own;
+        }
+        (command, Ok(ids))
     }
 
     /// Hands `command` to `exchange`'s queue for an exchange worker and waits for its

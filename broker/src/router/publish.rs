@@ -67,6 +67,8 @@ impl Router {
             destinations = self.alternate_destinations(&message)?;
         }
         let confirms = self.conns.get(&conn).is_some_and(|c| c.confirms);
+        // Routed with its BCC keys; delivered without them, as RabbitMQ does.
+        message.headers.remove(crate::message::BCC_HEADER);
         let message = Arc::<crate::message::Message>::from(message);
         if destinations.is_empty()
             && mandatory
@@ -175,17 +177,21 @@ impl Router {
         message: &crate::message::Message,
     ) -> Result<Vec<Arc<str>>, OpError> {
         if is_default(&message.exchange) {
-            // A routing key cannot name another vhost's queue.
-            if message.routing_key.contains(crate::vhost::SEPARATOR) {
-                return Ok(Vec::new());
-            }
             let vhost = crate::vhost::of(&message.exchange);
-            let queue = crate::vhost::qualify(vhost, &message.routing_key);
-            return Ok(self
-                .queues
-                .get_key_value(queue.as_str())
-                .map(|(name, _)| vec![name.clone()])
-                .unwrap_or_default());
+            // Its routing key, then those of its `CC` and `BCC` headers.
+            let extra = message.extra_routing_keys();
+            let keys = std::iter::once(&message.routing_key).chain(&extra);
+            let mut queues: Vec<Arc<str>> = Vec::with_capacity(1);
+            // A routing key cannot name another vhost's queue.
+            for key in keys.filter(|k| !k.contains(crate::vhost::SEPARATOR)) {
+                let queue = crate::vhost::qualify(vhost, key);
+                if let Some((name, _)) = self.queues.get_key_value(queue.as_str())
+                    && !queues.contains(name)
+                {
+                    queues.push(name.clone());
+                }
+            }
+            return Ok(queues);
         }
         let route = self
             .topology

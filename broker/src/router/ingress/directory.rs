@@ -83,7 +83,18 @@ impl ExchangeDirectory {
         }
         let exchange = self.get(&message.exchange)?;
         let mut ids = Vec::new();
-        let routed = exchange.lock().route(message, &mut ids);
+        let mut routed = exchange.lock().route(message, &mut ids);
+        for key in message.extra_routing_keys() {
+            let mut copy = message.clone();
+            copy.routing_key = key;
+            let mut more = Vec::new();
+            routed = routed.and_then(|()| exchange.lock().route(&copy, &mut more));
+            for id in more {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
         Some(
             routed
                 .and_then(|()| self.follow_now(message, &mut ids))
