@@ -26,7 +26,7 @@ pub(super) struct Conn {
     /// Deliveries so far (a delivery's tag is this with its shard, see `queue_shards.rs`).
     pub(super) deliveries: u64,
     /// Per queue shard, delivery tag → every unsettled delivery from its queues.
-    pub(super) unacked: Vec<BTreeMap<u64, Held>>,
+    unacked_by_shard: Vec<BTreeMap<u64, Held>>,
     tags: DeliveryTags,
     /// (queue, consumer tag) of each of its consumers.
     pub(super) consumers: Vec<(Arc<str>, Arc<str>)>,
@@ -60,7 +60,7 @@ impl Conn {
             opened_at: crate::clock::now_ms(),
             confirms: false,
             deliveries: 0,
-            unacked: vec![BTreeMap::new(); tags.shards()],
+            unacked_by_shard: vec![BTreeMap::new(); tags.shards()],
             tags,
             consumers: Vec::new(),
             next_generated: 1,
@@ -77,14 +77,14 @@ impl Conn {
 
     /// Its unsettled deliveries, across shards.
     pub(super) fn unacked_len(&self) -> usize {
-        self.unacked.iter().map(BTreeMap::len).sum()
+        self.unacked_by_shard.iter().map(BTreeMap::len).sum()
     }
 
     /// Holds a delivery from a queue on `shard` unsettled; returns its tag.
     pub(super) fn hold(&mut self, shard: usize, held: Held) -> u64 {
         self.deliveries += 1;
         let tag = self.tags.tag(self.deliveries, shard);
-        self.unacked[shard].insert(tag, held);
+        self.unacked_by_shard[shard].insert(tag, held);
         tag
     }
 
@@ -93,10 +93,13 @@ impl Conn {
     pub(super) fn release(&mut self, tag: u64, multiple: bool) -> Vec<Held> {
         if !multiple {
             let shard = self.tags.shard_of(tag);
-            return self.unacked[shard].remove(&tag).into_iter().collect();
+            return self.unacked_by_shard[shard]
+                .remove(&tag)
+                .into_iter()
+                .collect();
         }
         let mut settled = Vec::new();
-        for unacked in &mut self.unacked {
+        for unacked in &mut self.unacked_by_shard {
             let rest = match tag.checked_add(1) {
                 Some(after) => unacked.split_off(&after),
                 None => Default::default(),
@@ -108,20 +111,20 @@ impl Conn {
 
     /// Every unsettled delivery with its tag, shard by shard.
     pub(super) fn unacked(&self) -> impl Iterator<Item = (u64, &Held)> {
-        self.unacked
+        self.unacked_by_shard
             .iter()
             .flat_map(|u| u.iter().map(|(tag, held)| (*tag, held)))
     }
 
     /// Every unsettled delivery, taken.
     pub(super) fn release_all(&mut self) -> Vec<Held> {
-        let all = self.unacked.iter_mut().map(std::mem::take);
+        let all = self.unacked_by_shard.iter_mut().map(std::mem::take);
         all.flat_map(BTreeMap::into_values).collect()
     }
 
     /// Whether delivery `tag` is unsettled.
     pub(super) fn holds(&self, tag: u64) -> bool {
-        self.unacked[self.tags.shard_of(tag)].contains_key(&tag)
+        self.unacked_by_shard[self.tags.shard_of(tag)].contains_key(&tag)
     }
 }
 
