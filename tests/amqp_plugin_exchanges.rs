@@ -34,6 +34,12 @@ async fn bodies(ch: &Channel, queues: &[&str]) -> Vec<BTreeSet<String>> {
     all
 }
 
+/// What each body (`{key}/{n}`) was sent for: its key, or its user.
+fn senders(bodies: &BTreeSet<String>) -> BTreeSet<String> {
+    let before_slash = |b: &String| b.split('/').next().unwrap().to_owned();
+    bodies.iter().map(before_slash).collect()
+}
+
 #[tokio::test]
 async fn x_consistent_hash_keeps_each_key_on_one_queue_by_weight() {
     let broker = AmqpBroker::start().await;
@@ -68,15 +74,7 @@ async fn x_consistent_hash_keeps_each_key_on_one_queue_by_weight() {
         40,
         "each message to exactly one queue"
     );
-    let customers = |set: &BTreeSet<String>| -> BTreeSet<String> {
-        set.iter()
-            .map(|b| b.split('/').next().unwrap().to_owned())
-            .collect()
-    };
-    assert!(
-        customers(&one).is_disjoint(&customers(&two)),
-        "{one:?} {two:?}"
-    );
+    assert!(senders(&one).is_disjoint(&senders(&two)), "{one:?} {two:?}");
     assert!(!one.is_empty() && !two.is_empty(), "both shards get keys");
     // The JSON side sees the bundled plugin's type.
     let json = broker.json_client().await;
@@ -121,12 +119,7 @@ async fn x_consistent_hash_with_hash_header_hashes_that_header() {
         .try_into()
         .unwrap();
     assert_eq!(a.len() + b.len(), 18);
-    let users = |set: &BTreeSet<String>| -> BTreeSet<String> {
-        set.iter()
-            .map(|b| b.split('/').next().unwrap().to_owned())
-            .collect()
-    };
-    assert!(users(&a).is_disjoint(&users(&b)), "{a:?} {b:?}");
+    assert!(senders(&a).is_disjoint(&senders(&b)), "{a:?} {b:?}");
 
     // RabbitMQ's `hash-property` has no counterpart here: refused, not ignored.
     let ch = conn.create_channel().await.unwrap();
