@@ -108,6 +108,7 @@ impl AmqpConnection {
             vhost: self.vhost.clone(),
             session: Some(self.id),
             protocol: WireProtocol::Amqp,
+            link: Default::default(),
         };
         if !self.ctx.router.send_request(open).await {
             return Err(Ended::BrokerStopping);

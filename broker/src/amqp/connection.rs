@@ -156,6 +156,7 @@ pub(crate) async fn serve<S>(
         vhost: opened.vhost.clone(),
         session: None,
         protocol: WireProtocol::Amqp,
+        link: Default::default(),
     };
     if !ctx.router.send_request(session).await {
         reader.abort();

@@ -1,9 +1,11 @@
 //! A connection as the router knows it: its writer, who it is, its vhost and protocol,
-//! and the deliveries it holds.
+//! and the deliveries it holds. Each queue shard has its own copy ([`Conn`]); what the
+//! copies share is in [`ConnLink`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::ConnTx;
 use super::queue_shards::DeliveryTags;
@@ -23,10 +25,12 @@ pub(super) struct Conn {
     /// Milliseconds since the epoch.
     pub(super) opened_at: u64,
     pub(super) confirms: bool,
-    /// Deliveries so far (a delivery's tag is this with its shard, see `queue_shards.rs`).
-    pub(super) deliveries: u64,
-    /// Per queue shard, delivery tag → every unsettled delivery from its queues.
-    unacked_by_shard: Vec<BTreeMap<u64, Held>>,
+    /// What its copies on the other shards share.
+    link: Arc<ConnLink>,
+    /// Delivery tag → every unsettled delivery from this shard's queues.
+    unacked: BTreeMap<u64, Held>,
+    /// This shard's index and how tags name it.
+    shard: usize,
     tags: DeliveryTags,
     /// (queue, consumer tag) of each of its consumers.
     pub(super) consumers: Vec<(Arc<str>, Arc<str>)>,
@@ -49,6 +53,8 @@ impl Conn {
         vhost: Arc<str>,
         session: Option<ConnId>,
         protocol: crate::protocol::WireProtocol,
+        link: Arc<ConnLink>,
+        shard: usize,
         tags: DeliveryTags,
     ) -> Self {
         Conn {
@@ -59,8 +65,9 @@ impl Conn {
             vhost,
             opened_at: crate::clock::now_ms(),
             confirms: false,
-            deliveries: 0,
-            unacked_by_shard: vec![BTreeMap::new(); tags.shards()],
+            link,
+            unacked: BTreeMap::new(),
+            shard,
             tags,
             consumers: Vec::new(),
             next_generated: 1,
@@ -77,55 +84,92 @@ impl Conn {
 
     /// Its unsettled deliveries, across shards.
     pub(super) fn unacked_len(&self) -> usize {
-        self.unacked_by_shard.iter().map(BTreeMap::len).sum()
+        self.link.unacked.load(Ordering::Relaxed)
     }
 
-    /// Holds a delivery from a queue on `shard` unsettled; returns its tag.
-    pub(super) fn hold(&mut self, shard: usize, held: Held) -> u64 {
-        self.deliveries += 1;
-        let tag = self.tags.tag(self.deliveries, shard);
-        self.unacked_by_shard[shard].insert(tag, held);
-        tag
+    /// Holds a delivery from this shard's queues unsettled and hands its tag to `send`,
+    /// under the connection's delivery lock: whichever shard delivers, the client gets
+    /// tags in increasing order, so `multiple` never settles a delivery not yet sent.
+    pub(super) fn hold<T>(
+        &mut self,
+        held: Held,
+        send: impl FnOnce(u64, &ConnTx, Option<&AtomicUsize>) -> T,
+    ) -> T {
+        let mut deliveries = self.link.deliveries.lock().expect("delivery lock poisoned");
+        *deliveries += 1;
+        let tag = self.tags.tag(*deliveries, self.shard);
+        self.unacked.insert(tag, held);
+        self.link.unacked.fetch_add(1, Ordering::Relaxed);
+        send(tag, &self.tx, self.outbound.as_deref())
     }
 
-    /// The unsettled delivery `tag`, taken; with `multiple`, every one up to and
-    /// including it, from every shard.
+    /// The unsettled delivery `tag`, taken; with `multiple`, every one of this shard's up
+    /// to and including it.
     pub(super) fn release(&mut self, tag: u64, multiple: bool) -> Vec<Held> {
-        if !multiple {
-            let shard = self.tags.shard_of(tag);
-            return self.unacked_by_shard[shard]
-                .remove(&tag)
-                .into_iter()
-                .collect();
-        }
-        let mut settled = Vec::new();
-        for unacked in &mut self.unacked_by_shard {
+        let settled: Vec<Held> = if !multiple {
+            self.unacked.remove(&tag).into_iter().collect()
+        } else {
             let rest = match tag.checked_add(1) {
-                Some(after) => unacked.split_off(&after),
+                Some(after) => self.unacked.split_off(&after),
                 None => Default::default(),
             };
-            settled.extend(std::mem::replace(unacked, rest).into_values());
-        }
+            std::mem::replace(&mut self.unacked, rest)
+                .into_values()
+                .collect()
+        };
+        self.link
+            .unacked
+            .fetch_sub(settled.len(), Ordering::Relaxed);
         settled
     }
 
-    /// Every unsettled delivery with its tag, shard by shard.
+    /// Every unsettled delivery of this shard, with its tag.
     pub(super) fn unacked(&self) -> impl Iterator<Item = (u64, &Held)> {
-        self.unacked_by_shard
-            .iter()
-            .flat_map(|u| u.iter().map(|(tag, held)| (*tag, held)))
+        self.unacked.iter().map(|(tag, held)| (*tag, held))
     }
 
-    /// Every unsettled delivery, taken.
+    /// Every unsettled delivery of this shard, taken.
     pub(super) fn release_all(&mut self) -> Vec<Held> {
-        let all = self.unacked_by_shard.iter_mut().map(std::mem::take);
-        all.flat_map(BTreeMap::into_values).collect()
+        let all = std::mem::take(&mut self.unacked);
+        self.link.unacked.fetch_sub(all.len(), Ordering::Relaxed);
+        all.into_values().collect()
     }
 
-    /// Whether delivery `tag` is unsettled.
+    /// Whether delivery `tag` is unsettled (on this shard).
     pub(super) fn holds(&self, tag: u64) -> bool {
-        self.unacked_by_shard[self.tags.shard_of(tag)].contains_key(&tag)
+        self.unacked.contains_key(&tag)
     }
+
+    /// Takes consumer tag `tag` for this connection; false if one of its consumers on any
+    /// shard has it.
+    pub(super) fn take_consumer_tag(&self, tag: &Arc<str>) -> bool {
+        let mut tags = self
+            .link
+            .consumer_tags
+            .lock()
+            .expect("consumer tags poisoned");
+        tags.insert(tag.clone())
+    }
+
+    /// Gives consumer tag `tag` back.
+    pub(super) fn free_consumer_tag(&self, tag: &str) {
+        let mut tags = self
+            .link
+            .consumer_tags
+            .lock()
+            .expect("consumer tags poisoned");
+        tags.remove(tag);
+    }
+}
+
+/// What a connection's copies on the queue shards share: its delivery sequence (a
+/// delivery's tag is it with the shard's index, see `queue_shards.rs`), its unsettled
+/// deliveries across shards (what the channel-wide prefetch counts) and its consumer tags.
+#[derive(Debug, Default)]
+pub struct ConnLink {
+    deliveries: Mutex<u64>,
+    unacked: AtomicUsize,
+    consumer_tags: Mutex<crate::fast_map::FastSet<Arc<str>>>,
 }
 
 /// A delivery a connection holds. The queue id tells a queue from a later one of the same

@@ -33,7 +33,8 @@ impl Router {
             .conns
             .get_mut(&conn)
             .expect("requests come from open connections");
-        if c.consumers.iter().any(|(_, t)| **t == *tag) {
+        let tag: Arc<str> = tag.into();
+        if !c.take_consumer_tag(&tag) {
             let message = format!("consumer tag `{tag}` is in use on this connection");
             return Err(OpError::new(ErrorCode::ConsumerTagInUse, message));
         }
@@ -41,7 +42,7 @@ impl Router {
             .queues
             .get_key_value(sub.queue.as_str())
             .expect("checked above");
-        let (name, tag): (Arc<str>, Arc<str>) = (name.clone(), tag.into());
+        let name = name.clone();
         c.consumers.push((name.clone(), tag.clone()));
         let queue = self.queues.get_mut(&name).expect("checked above");
         let mut consumer = Consumer::new(conn, tag.clone(), sub.prefetch, sub.auto_ack);
@@ -70,7 +71,6 @@ impl Router {
         check_access(self.queue(name)?, self.owner(conn))?;
         let (name, _) = self.queues.get_key_value(name).expect("checked above");
         let name = name.clone();
-        let shard = self.queues.shard_of(&name);
         let now = self.turn.now_ms();
         if let Some(queue) = self.queues.get_mut(&name) {
             queue.touch(now);
@@ -111,7 +111,7 @@ impl Router {
                 delivered_at: now,
                 timeout_ms,
             };
-            let delivery_tag = c.hold(shard, held);
+            let delivery_tag = c.hold(held, |tag, _, _| tag);
             if auto_ack {
                 let held = c.release(delivery_tag, false);
                 for held in held {
@@ -143,6 +143,7 @@ impl Router {
             return Err(OpError::new(ErrorCode::UnknownConsumer, message));
         };
         let (queue, tag) = c.consumers.remove(index);
+        c.free_consumer_tag(&tag);
         self.remove_consumer(&queue, conn, &tag);
         Ok(Reply::Ok(Answer::Done))
     }

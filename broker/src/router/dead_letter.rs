@@ -61,13 +61,11 @@ impl Router {
             let Some(queue) = self.queues.get_mut(&from) else {
                 continue;
             };
-            if entry.stored {
-                self.turn.store(StoreOp::DeleteMessage {
-                    queue: queue.id,
-                    seq: entry.seq,
-                    state: entry.state_stored,
-                });
-            }
+            let removal = entry.stored.then_some(StoreOp::DeleteMessage {
+                queue: queue.id,
+                seq: entry.seq,
+                state: entry.state_stored,
+            });
             if reason == DeathReason::Expired {
                 queue.counters.expired += 1;
             }
@@ -79,13 +77,23 @@ impl Router {
             if handled > MAX_DEAD_LETTER_CHAIN {
                 queue.counters.dropped += 1;
                 tracing::warn!(queue = %from, "dead-letter cycle: message dropped");
+                self.turn.store_some(removal);
                 continue;
             }
             let target = queue.policy.dead_letter.clone();
             let message = Arc::new(with_death_record(&entry.message, &from, reason, now));
-            let destinations = match target {
-                DeadLetterTarget::Drop => Vec::new(),
-                DeadLetterTarget::DefaultQueue => vec![self.ensure_dlq(&from)],
+            // Targets here, and on other shards (queue, or the source of a `.dlq` to make).
+            let mut here = Vec::new();
+            let mut elsewhere: Vec<(Arc<str>, Option<Arc<str>>)> = Vec::new();
+            match target {
+                DeadLetterTarget::Drop => {}
+                DeadLetterTarget::DefaultQueue => {
+                    let dlq = format!("{from}.dlq");
+                    match self.queues.is_local(&dlq) {
+                        true => here.push(self.ensure_dlq(&from)),
+                        false => elsewhere.push((dlq.into(), Some(from.clone()))),
+                    }
+                }
                 DeadLetterTarget::Exchange {
                     exchange,
                     routing_key,
@@ -97,21 +105,47 @@ impl Router {
                         routed.routing_key = key;
                     }
                     match self.route(&routed) {
-                        Ok(destinations) => destinations,
+                        Ok(destinations) => {
+                            for destination in destinations {
+                                match self.queues.is_local(&destination) {
+                                    true => here.push(destination),
+                                    false => elsewhere.push((destination, None)),
+                                }
+                            }
+                        }
                         Err(e) => {
                             tracing::warn!(queue = %from, error = %e.message, "dead-letter route failed");
-                            Vec::new()
                         }
                     }
                 }
             };
             let queue = self.queues.get_mut(&from).expect("checked above");
-            if destinations.is_empty() {
+            if here.is_empty() && elsewhere.is_empty() {
                 queue.counters.dropped += 1;
+                self.turn.store_some(removal);
                 continue;
             }
             queue.counters.dead_lettered += 1;
-            for destination in destinations {
+            // Removed in the commit that stores its copy: this turn's, the one other
+            // shard's it goes to, or, with copies on several, a later one of this shard's
+            // once theirs have committed (see `forward.rs`).
+            let (mut rides, mut stored) = (None, None);
+            match elsewhere.len() {
+                0 => self.turn.store_some(removal),
+                1 => rides = removal,
+                n => stored = removal.map(|removal| self.defer_until_stored(n, removal)),
+            }
+            for (queue, dlq_of) in elsewhere {
+                self.forward(super::forward::Forwarded {
+                    queue,
+                    dlq_of,
+                    message: message.clone(),
+                    removal: rides.take(),
+                    stored: stored.clone(),
+                    refused_back_to: None,
+                });
+            }
+            for destination in here {
                 match self.push_into(&destination, &message, now) {
                     Ok((_, evicted)) => work.extend(
                         evicted
@@ -138,7 +172,7 @@ impl Router {
 
     /// The `<queue>.dlq` queue, declared durable on first use. It drops its own dead
     /// letters, so rejecting from a DLQ does not grow a chain of `.dlq.dlq` queues.
-    fn ensure_dlq(&mut self, queue: &str) -> Arc<str> {
+    pub(super) fn ensure_dlq(&mut self, queue: &str) -> Arc<str> {
         let name = format!("{queue}.dlq");
         if let Some((existing, _)) = self.queues.get_key_value(name.as_str()) {
             return existing.clone();
@@ -152,8 +186,7 @@ impl Router {
             auto_delete: false,
             arguments: arguments.clone(),
         };
-        let id = self.queues.next_queue_id;
-        self.queues.next_queue_id += 1;
+        let id = self.queues.next_queue_id();
         self.turn.store(StoreOp::PutQueue(QueueRecord {
             id,
             name: name.clone(),
@@ -190,12 +223,15 @@ impl Router {
         message_id: Option<&str>,
     ) -> Result<Reply, OpError> {
         super::queues::check_access(self.queue(name)?, self.owner(conn))?;
-        let existing: std::collections::HashSet<Arc<str>> = self.queues.keys().cloned().collect();
         // Death records name queues of the dead letters' vhost, as its clients know them.
         let vhost = crate::vhost::of(name).to_string();
         let origin = |message: &Message| {
             death_queue(message).map(|queue| crate::vhost::qualify(&vhost, queue))
         };
+        // What can move: dead letters whose queue still exists, on any shard.
+        let existing: std::collections::HashSet<Arc<str>> = (self.queues.keys().cloned())
+            .chain(self.queues.placement().names())
+            .collect();
         let dlq = self.queues.get_mut(name).expect("checked above");
         let dlq_id = dlq.id;
         let taken = dlq.take_ready_where(|entry| {
@@ -209,21 +245,31 @@ impl Router {
         let dlq_name: Arc<str> = name.into();
         let mut moved = 0;
         for entry in taken {
-            if entry.stored {
-                self.turn.store(StoreOp::DeleteMessage {
-                    queue: dlq_id,
-                    seq: entry.seq,
-                    state: entry.state_stored,
-                });
-            }
+            let removal = entry.stored.then_some(StoreOp::DeleteMessage {
+                queue: dlq_id,
+                seq: entry.seq,
+                state: entry.state_stored,
+            });
             let target: Arc<str> = origin(&entry.message).expect("selected above").into();
-            match self.enqueue(&target, &entry.message, now) {
-                Ok(_) => moved += 1,
-                // The original queue is full (`reject_publish`): it stays a dead letter,
-                // at the DLQ's tail.
-                Err(QueueFull) => {
-                    let _ = self.enqueue(&dlq_name, &entry.message, now);
-                }
+            moved += 1;
+            if !self.queues.is_local(&target) {
+                // Its removal from the DLQ rides with it (back with it, if refused).
+                self.forward(super::forward::Forwarded {
+                    queue: target,
+                    dlq_of: None,
+                    message: entry.message.clone(),
+                    removal,
+                    stored: None,
+                    refused_back_to: Some(dlq_name.clone()),
+                });
+                continue;
+            }
+            self.turn.store_some(removal);
+            // The original queue is full (`reject_publish`): it stays a dead letter, at
+            // the DLQ's tail.
+            if let Err(QueueFull) = self.enqueue(&target, &entry.message, now) {
+                moved -= 1;
+                let _ = self.enqueue(&dlq_name, &entry.message, now);
             }
         }
         Ok(Reply::OkAfterCommit(Answer::from(Moved { moved })))

@@ -33,7 +33,6 @@ impl Router {
     }
 
     fn dispatch_queue(&mut self, name: &Arc<str>, now: u64) {
-        let shard = self.queues.shard_of(name);
         let Some(queue) = self.queues.get_mut(name) else {
             return;
         };
@@ -82,37 +81,38 @@ impl Router {
                 delivered_at: now,
                 timeout_ms,
             };
-            let delivery_tag = c.hold(shard, held);
-            let delivery = Delivery {
-                consumer_tag: d.consumer_tag,
-                delivery_tag,
-                redelivered: d.delivery_count > 1,
-                delivery_count: d.delivery_count,
-                queue: name.clone(),
-                message: d.message,
-            };
-            if !self.handlers.filters.is_empty()
-                && let Some(route) = self
-                    .handlers
-                    .filters
-                    .get(&(d.conn, delivery.consumer_tag.clone()))
-            {
-                // Through the filter (off this task); it delivers or settles.
-                let job =
-                    super::handlers::FilterJob::new(delivery, d.auto_ack, d.conn, c.tx.clone());
-                let _ = route.tx.send(job);
-                continue;
-            }
-            if let Some(queued) = &c.outbound {
-                queued.fetch_add(outbound_cost(&delivery), Ordering::Relaxed);
-            }
-            let out = if d.auto_ack {
-                Outbound::AutoAckDelivery(delivery)
+            let filter = if self.handlers.filters.is_empty() {
+                None
             } else {
-                Outbound::Frame(ServerFrame::Deliver(delivery))
+                self.handlers.filters.get(&(d.conn, d.consumer_tag.clone()))
             };
-            // A send fails only while the connection is closing; its Close requeues.
-            let _ = c.tx.send(out);
+            c.hold(held, |delivery_tag, tx, outbound| {
+                let delivery = Delivery {
+                    consumer_tag: d.consumer_tag,
+                    delivery_tag,
+                    redelivered: d.delivery_count > 1,
+                    delivery_count: d.delivery_count,
+                    queue: name.clone(),
+                    message: d.message,
+                };
+                if let Some(route) = filter {
+                    // Through the filter (off this task); it delivers or settles.
+                    let job =
+                        super::handlers::FilterJob::new(delivery, d.auto_ack, d.conn, tx.clone());
+                    let _ = route.tx.send(job);
+                    return;
+                }
+                if let Some(queued) = outbound {
+                    queued.fetch_add(outbound_cost(&delivery), Ordering::Relaxed);
+                }
+                let out = if d.auto_ack {
+                    Outbound::AutoAckDelivery(delivery)
+                } else {
+                    Outbound::Frame(ServerFrame::Deliver(delivery))
+                };
+                // A send fails only while the connection is closing; its Close requeues.
+                let _ = tx.send(out);
+            });
         }
     }
 }

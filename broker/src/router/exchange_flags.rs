@@ -24,21 +24,24 @@ impl ExchangeFlags {
     }
 }
 
-impl Router {
-    /// Refuses a client's publish to an internal exchange, in RabbitMQ's words.
-    pub(super) fn check_publishable(&self, exchange: &str) -> Result<(), OpError> {
-        match self.topology.exchanges.get(exchange) {
-            Some(state) if state.routing.flags.internal => {
-                let (vhost, name) = vhost::split(exchange);
-                Err(OpError::new(
-                    ErrorCode::AccessRefused,
-                    format!("cannot publish to internal exchange '{name}' in vhost '{vhost}'"),
-                ))
-            }
-            _ => Ok(()),
+/// Refuses a client's publish to an internal exchange, in RabbitMQ's words.
+pub(super) fn check_publishable(
+    exchange: Option<&super::ingress::SharedExchange>,
+    name: &str,
+) -> Result<(), OpError> {
+    match exchange {
+        Some(exchange) if exchange.flags.internal => {
+            let (vhost, name) = vhost::split(name);
+            Err(OpError::new(
+                ErrorCode::AccessRefused,
+                format!("cannot publish to internal exchange '{name}' in vhost '{vhost}'"),
+            ))
         }
+        _ => Ok(()),
     }
+}
 
+impl Router {
     /// A binding from exchange `name` was just made: a durable auto-delete exchange's
     /// record remembers (once) that it has had one, so that at startup, its bindings to
     /// queues that did not outlive the broker gone, it is deleted as RabbitMQ deletes it.

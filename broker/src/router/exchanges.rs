@@ -5,7 +5,7 @@ use crate::fast_map::FastMap;
 
 use super::exchange_flags::ExchangeFlags;
 use super::ingress::SharedExchange;
-use super::queues::{check_access, check_name};
+use super::queues::{check_name, check_owner};
 use super::{Answer, ExchangeState, OpError, Reply, Router};
 use crate::exchange::{BindingId, ExchangeError, ExchangeTypes as _};
 use crate::protocol::{Binding, DeclareExchange, ErrorCode};
@@ -180,9 +180,12 @@ impl Router {
         if is_default(&binding.exchange) {
             return Err(default_exchange_refused("bound"));
         }
-        let queue = self.queue(&binding.queue)?;
-        check_access(queue, self.owner(conn))?;
-        let queue_stored = queue.is_stored();
+        let queue = self.queues.card(&binding.queue).ok_or_else(|| {
+            let message = format!("no queue `{}`", binding.queue);
+            OpError::new(ErrorCode::QueueNotFound, message)
+        })?;
+        check_owner(&binding.queue, queue.exclusive_owner, self.owner(conn))?;
+        let queue_stored = queue.stored;
         let exchange = self
             .topology
             .exchanges
@@ -219,8 +222,8 @@ impl Router {
         if is_default(&binding.exchange) {
             return Err(default_exchange_refused("unbound"));
         }
-        if let Some(queue) = self.queues.get(binding.queue.as_str()) {
-            check_access(queue, self.owner(conn))?;
+        if let Some(queue) = self.queues.card(&binding.queue) {
+            check_owner(&binding.queue, queue.exclusive_owner, self.owner(conn))?;
         }
         let exchange = self
             .topology
@@ -291,7 +294,7 @@ impl Router {
     /// Re-adds a stored binding (startup, or its exchange was just restored); a binding
     /// whose queue is gone, or whose exchange is not stored, is dropped from the store.
     pub(super) fn restore_binding(&mut self, id: BindingId, binding: Binding) {
-        let queue_exists = self.queues.contains_key(binding.queue.as_str());
+        let queue_exists = self.queues.card(&binding.queue).is_some();
         if let Some(waiting) = self.topology.unrestored.get_mut(&binding.exchange) {
             // Its exchange's type is not loaded: keep it until it is.
             if queue_exists {

@@ -1,11 +1,15 @@
-//! The router: the task that owns queues (`queue_shards.rs`), exchanges and bindings
-//! (`topology.rs`), plugin versions (`plugin_versions.rs`) and connections' consumers.
+//! The router: one task per queue shard (`queue_shards.rs`), each owning its queues and
+//! its copy of every connection's consumers and deliveries; the home shard (0) also owns
+//! exchanges and bindings (`topology.rs`), plugin versions (`plugin_versions.rs`),
+//! handlers, users and vhosts.
 //!
-//! Connections talk to it over a channel ([`RouterHandle`]), as in rumqttd's router; it
-//! never blocks on I/O. Each turn it takes every waiting command and applies them,
-//! filling the turn's record (`turn.rs`); at the end of the turn it hands messages to
-//! consumers and submits the turn's store operations as one batch to the store writer,
-//! whose commit then confirms to publishers.
+//! Connections talk to the shards over channels ([`RouterHandle`], which sends each
+//! command to its owner: `shard_routing.rs`), as in rumqttd's router; a shard never
+//! blocks on I/O. Each turn it takes every waiting command and applies them, filling the
+//! turn's record (`turn.rs`); at the end of the turn it hands messages to consumers and
+//! submits the turn's store operations as one batch to the store writer (shared by the
+//! shards; its group commit merges their batches), whose commit then confirms to
+//! publishers.
 
 mod ack_timeout;
 mod conn;
@@ -18,6 +22,8 @@ mod exchange_bindings;
 mod exchange_flags;
 mod exchange_graph;
 mod exchanges;
+mod forward;
+mod gather;
 mod handlers;
 mod ingress;
 mod outbound;
@@ -38,6 +44,7 @@ mod requests;
 mod route_trace;
 mod session;
 mod settle;
+mod shard_routing;
 mod topology;
 mod trials;
 mod turn;
@@ -45,13 +52,14 @@ pub(crate) use trials::restore_trials;
 mod users;
 mod vhosts;
 
+pub use conn::ConnLink;
 use conn::{Conn, Held};
 pub use dead_letter::{DEATH_HEADER, DeathReason};
 pub use outbound::{Addressed, ConnRx, ConnTx, MAX_OUTBOUND_BYTES, Outbound, outbound_cost};
 pub use publish::{DELAY_HEADER, DELAYED};
 use reply::{Answer, OpError, Reply};
 pub use session::{Session, SessionError};
-use topology::{ExchangeCounters, ExchangeState};
+use topology::ExchangeState;
 pub use users::UserChange;
 
 use std::net::SocketAddr;
@@ -67,7 +75,7 @@ use crate::fast_map::FastMap;
 use crate::plugin::PluginHost;
 use crate::protocol::{ErrorCode, Request, RequestId, ServerFrame};
 use crate::queue::{ConnId, Retry};
-use crate::store::{Recovered, StoreWriter};
+use crate::store::{Recovered, StoreOp, StoreSubmitter, StoreWriter};
 
 /// Commands from connections waiting for the router at most: past this, connections stop
 /// reading their sockets until it catches up.
@@ -97,6 +105,9 @@ pub enum Command {
         /// it, and `list_connections` shows the channels in its row.
         session: Option<ConnId>,
         protocol: crate::protocol::WireProtocol,
+        /// What its copies on the queue shards share (a new one: the handle gives every
+        /// shard the same).
+        link: Arc<ConnLink>,
     },
     /// The connection ended; `broker_stopping` when the broker closed it to shut down
     /// (its unacked messages then go back without counting as failed deliveries).
@@ -145,16 +156,56 @@ pub enum Command {
     HandlerStarted(Box<handlers::Started>),
     /// Commit what is pending, close the store, then answer.
     Shutdown { done: oneshot::Sender<()> },
+    /// This shard's part of a request several shards apply.
+    Part(Box<Part>),
+    /// A message another shard forwards to a queue of this one.
+    Enqueue(Box<forward::Forwarded>),
+    /// Store operations this shard deferred until what it forwarded was stored.
+    Store(Vec<StoreOp>),
+    /// A queue another shard owned was removed (to home: its bindings and handlers go).
+    QueueRemoved { name: Arc<str> },
 }
 
-/// Cheap, cloneable sender of commands to the router: a bounded channel for client
-/// connections (each connection sends all its commands there, in order) and an unbounded
-/// one for the broker's own work (plugins, handlers, the management session), which must
-/// never wait on clients.
+/// One shard's part of a request several shards apply (see `shard_routing.rs`).
+#[derive(Debug)]
+pub struct Part {
+    conn: ConnId,
+    request: Request,
+    routed: Option<Routed>,
+    gather: Arc<gather::Gather>,
+}
+
+impl std::fmt::Debug for gather::Gather {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gather")
+            .field("id", self.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for forward::Forwarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarded")
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The channels to one queue shard's router.
 #[derive(Clone)]
-pub struct RouterHandle {
+struct ShardTx {
     requests: mpsc::Sender<Command>,
     control: mpsc::UnboundedSender<Command>,
+}
+
+/// Cheap, cloneable sender of commands to the router's shards: per shard, a bounded
+/// channel for client connections (each connection sends all its commands there, in
+/// order) and an unbounded one for the broker's own work (plugins, handlers, the
+/// management session), which must never wait on clients.
+#[derive(Clone)]
+pub struct RouterHandle {
+    shards: Arc<[ShardTx]>,
+    placement: Arc<queue_shards::Placement>,
     ingress: Arc<ingress::Ingress>,
     conn_ids: ConnIds,
 }
@@ -173,7 +224,11 @@ impl RouterHandle {
 
     /// Sends a broker-internal command; false when the router has stopped.
     pub fn send(&self, command: Command) -> bool {
-        self.control.send(command).is_ok()
+        match self.target(&command) {
+            Some(shard) => self.shards[shard].control.send(command).is_ok(),
+            None => (self.split(command).into_iter())
+                .all(|(shard, command)| self.shards[shard].control.send(command).is_ok()),
+        }
     }
 
     /// Sends a client connection's command, waiting while the router is behind; false
@@ -189,16 +244,26 @@ impl RouterHandle {
         }
     }
 
+    /// Whether the connection waits after `command` until the router has applied it.
+    fn needs_barrier(&self, command: &Command) -> bool {
+        ingress::changes_routing(command)
+            || (self.shards.len() > 1 && shard_routing::declares_queue(command))
+    }
+
     /// [`Self::send_request`] when nothing needs waiting for: a command that changes no
-    /// routing, routed at once (see [`ingress::Ingress::try_route`]), with room in the
-    /// channel. `Ok(false)`: the router has stopped; `Err` gives the command back.
+    /// routing, routed at once (see [`ingress::Ingress::try_route`]), for one shard, with
+    /// room in its channel. `Ok(false)`: the router has stopped; `Err` gives the command
+    /// back.
     #[allow(clippy::result_large_err)] // as `Ingress::try_route`
     pub(crate) fn try_send_request(&self, command: Command) -> Result<bool, Command> {
-        if ingress::changes_routing(&command) {
+        if self.needs_barrier(&command) {
             return Err(command);
         }
         let command = self.ingress.try_route(command)?;
-        match self.requests.try_send(command) {
+        let Some(shard) = self.target(&command) else {
+            return Err(command);
+        };
+        match self.shards[shard].requests.try_send(command) {
             Ok(()) => Ok(true),
             Err(mpsc::error::TrySendError::Full(command)) => Err(command),
             Err(mpsc::error::TrySendError::Closed(_)) => Ok(false),
@@ -209,55 +274,68 @@ impl RouterHandle {
     /// the channel, or for the router to apply a change of routing.
     async fn send_request_waiting(&self, command: Command) -> bool {
         let command = self.ingress.route(command).await;
-        let barrier = ingress::changes_routing(&command);
-        if self.requests.send(command).await.is_err() {
-            return false;
-        }
-        if barrier {
-            let (passed, wait) = oneshot::channel();
-            if self
-                .requests
-                .send(Command::Barrier { passed })
-                .await
-                .is_err()
-            {
+        let barrier = self.needs_barrier(&command);
+        let sends = match self.target(&command) {
+            Some(shard) => vec![(shard, command)],
+            None => self.split(command),
+        };
+        for (shard, command) in sends {
+            if self.shards[shard].requests.send(command).await.is_err() {
                 return false;
             }
-            return wait.await.is_ok();
         }
-        true
+        !barrier || self.barrier(false).await
     }
 
-    /// [`Self::send_request`] for the broker's own sessions, on the channel that never
-    /// waits on clients.
+    /// [`Self::send_request`] for the broker's own sessions, on the channels that never
+    /// wait on clients.
     pub async fn send_internal_request(&self, command: Command) -> bool {
         let command = self.ingress.route(command).await;
-        let barrier = ingress::changes_routing(&command);
+        let barrier = self.needs_barrier(&command);
         if !self.send(command) {
             return false;
         }
-        if barrier {
+        !barrier || self.barrier(true).await
+    }
+
+    /// Waits until every shard has applied what was sent before (on the control channels
+    /// with `control`). Home last: a queue removed on another shard has told home by then.
+    async fn barrier(&self, control: bool) -> bool {
+        for shard in (1..self.shards.len()).chain([0]) {
             let (passed, wait) = oneshot::channel();
-            if !self.send(Command::Barrier { passed }) {
+            let barrier = Command::Barrier { passed };
+            let sent = match control {
+                true => self.shards[shard].control.send(barrier).is_ok(),
+                false => self.shards[shard].requests.send(barrier).await.is_ok(),
+            };
+            if !sent || wait.await.is_err() {
                 return false;
             }
-            return wait.await.is_ok();
         }
         true
     }
 
-    /// Asks the router to commit and close the store; returns when it has.
+    /// Asks the router to commit and close the store; returns when it has (the other
+    /// shards first, home, which closes the store, last).
     pub async fn shutdown(&self) {
-        let (done, wait) = oneshot::channel();
-        if self.send(Command::Shutdown { done }) {
-            let _ = wait.await;
+        for shard in (1..self.shards.len()).chain([0]) {
+            let (done, wait) = oneshot::channel();
+            if self.shards[shard]
+                .control
+                .send(Command::Shutdown { done })
+                .is_ok()
+            {
+                let _ = wait.await;
+            }
         }
     }
 }
 
 pub struct Router {
-    /// The queues and their timers, in shards.
+    /// This shard's queues and their timers.
     queues: queue_shards::QueueShards,
+    /// Every shard's control channel (this one's too), for what crosses shards.
+    peers: Arc<[mpsc::UnboundedSender<Command>]>,
     /// Exchanges, bindings and the directory ingress routes through.
     topology: topology::Topology,
     /// The exchange types (Wasm plugins), and where deploys load new versions.
@@ -267,7 +345,10 @@ pub struct Router {
     /// For work finished off the router's task to report back.
     self_tx: mpsc::UnboundedSender<Command>,
     conns: FastMap<ConnId, Conn>,
-    store: Option<StoreWriter>,
+    /// Where the turn's batches go; `None` once stopped.
+    store: Option<StoreSubmitter>,
+    /// The home shard's: closed at shutdown, after every shard's last batch.
+    store_owner: Option<StoreWriter>,
     /// What the current turn produces (store operations, queues to dispatch, ...).
     turn: turn::Turn,
     /// Distinguishes this run's generated names from earlier runs' durable ones.
@@ -283,7 +364,8 @@ pub struct Router {
 }
 
 impl Router {
-    /// Builds the router from recovered state and starts it on the current runtime.
+    /// Builds the router's shards from recovered state and starts them on the current
+    /// runtime.
     pub fn spawn(
         recovered: Recovered,
         store: StoreWriter,
@@ -293,29 +375,71 @@ impl Router {
         consumer_timeout: Option<Duration>,
         queue_shards: usize,
     ) -> RouterHandle {
-        let (control, control_rx) = mpsc::unbounded_channel();
-        let (requests, requests_rx) = mpsc::channel(REQUEST_CHANNEL_CAPACITY);
+        let placement = Arc::new(queue_shards::Placement::new(queue_shards));
+        let shards = placement.shards();
+        let mut receivers = Vec::with_capacity(shards);
+        let mut senders = Vec::with_capacity(shards);
+        for _ in 0..shards {
+            let (control, control_rx) = mpsc::unbounded_channel();
+            let (requests, requests_rx) = mpsc::channel(REQUEST_CHANNEL_CAPACITY);
+            senders.push(ShardTx { requests, control });
+            receivers.push((requests_rx, control_rx));
+        }
+        let peers: Arc<[mpsc::UnboundedSender<Command>]> =
+            senders.iter().map(|s| s.control.clone()).collect();
         let directory = Arc::new(ingress::ExchangeDirectory::default());
-        let mut router = Router::recover(
-            recovered,
-            store,
-            plugins,
-            control.clone(),
-            auth,
-            directory.clone(),
-            queue_shards,
-        );
-        router.versions.keep = keep_plugin_versions;
-        router.ack_timeout = ack_timeout::AckTimeout::new(consumer_timeout);
-        let conn_ids = router.conn_ids.clone();
-        router.watch_recovered_canaries();
+        let conn_ids = ConnIds::default();
+        let run_id = format!("{:x}", crate::clock::now_ms());
+        let mut parts = recovery::split(recovered, &placement);
+        // The other shards first: their queues are in the directory when home restores
+        // the bindings to them.
+        let mut routers = Vec::with_capacity(shards);
+        for shard in (1..shards).rev() {
+            let setup = recovery::ShardSetup {
+                shard,
+                placement: placement.clone(),
+                peers: peers.clone(),
+                store: store.submitter(),
+                store_owner: None,
+                run_id: run_id.clone(),
+                conn_ids: conn_ids.clone(),
+                directory: directory.clone(),
+            };
+            let recovered = parts.pop().expect("a part per shard");
+            routers.push(Router::recover(
+                recovered,
+                setup,
+                plugins.clone(),
+                auth.clone(),
+            ));
+        }
+        let setup = recovery::ShardSetup {
+            shard: 0,
+            placement: placement.clone(),
+            peers,
+            store: store.submitter(),
+            store_owner: Some(store),
+            run_id,
+            conn_ids: conn_ids.clone(),
+            directory: directory.clone(),
+        };
+        let home = parts.pop().expect("a part per shard");
+        let mut home = Router::recover(home, setup, plugins, auth);
+        home.versions.keep = keep_plugin_versions;
+        home.watch_recovered_canaries();
+        routers.push(home);
+        for mut router in routers {
+            router.ack_timeout = ack_timeout::AckTimeout::new(consumer_timeout);
+            let (requests_rx, control_rx) = receivers.pop().expect("a channel per shard");
+            debug_assert_eq!(receivers.len(), router.queues.shard());
+            tokio::spawn(router.run(requests_rx, control_rx));
+        }
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let workers = ingress::ExchangeWorkers::start(cores.max(2))
             .expect("cannot start the exchange worker threads");
-        tokio::spawn(router.run(requests_rx, control_rx));
         RouterHandle {
-            requests,
-            control,
+            shards: senders.into(),
+            placement,
             ingress: Arc::new(ingress::Ingress::new(directory, workers)),
             conn_ids,
         }
@@ -369,10 +493,12 @@ impl Router {
                         vhost,
                         session,
                         protocol,
+                        link,
                     } => {
-                        let tags = self.queues.tags();
-                        let state =
-                            Conn::new(tx, peer, outbound, user, vhost, session, protocol, tags);
+                        let (shard, tags) = (self.queues.shard(), self.queues.tags());
+                        let state = Conn::new(
+                            tx, peer, outbound, user, vhost, session, protocol, link, shard, tags,
+                        );
                         self.open_conn(conn, state)
                     }
                     Command::ChangeUser { conn, id, change } => self.change_user(conn, id, change),
@@ -407,6 +533,10 @@ impl Router {
                         let _ = done.send(());
                         return;
                     }
+                    Command::Part(part) => self.request_part(*part),
+                    Command::Enqueue(forwarded) => self.enqueue_forwarded(*forwarded),
+                    Command::Store(ops) => self.store_deferred(ops),
+                    Command::QueueRemoved { name } => self.queue_removed(&name),
                 }
             }
             self.end_turn();
@@ -433,10 +563,11 @@ impl Router {
 
     async fn shutdown(&mut self) {
         self.flush();
-        if let Some(store) = self.store.take() {
+        self.store = None;
+        if let Some(store) = self.store_owner.take() {
             let _ = tokio::task::spawn_blocking(move || store.close()).await;
+            tracing::info!("router stopped; store closed");
         }
-        tracing::info!("router stopped; store closed");
     }
 
     /// Submits the turn's store batch.
@@ -449,8 +580,9 @@ impl Router {
 
     fn open_conn(&mut self, conn: ConnId, state: Conn) {
         // A channel of an open connection is no new connection, nor is a session acting
-        // for a user (no peer: the HTTP API's).
+        // for a user (no peer: the HTTP API's). Home counts connections for every shard.
         if let (Some(principal), None, Some(_)) = (&state.user, state.session, state.peer)
+            && self.is_home()
             && let Err(refused) = self.check_connection_limit(principal)
         {
             let frame = ServerFrame::error(None, ErrorCode::AccessRefused, refused.clone());
@@ -477,14 +609,23 @@ impl Router {
     }
 
     /// A broker-chosen name, unique across runs: `{prefix}-{run}-{conn}-{n}` (a queue
-    /// name still to qualify with the connection's vhost).
+    /// name still to qualify with the connection's vhost). With several shards, only
+    /// names placed on this one: a generated queue lives where it was declared, and the
+    /// shards' names (consumer tags too) never collide.
     fn generate_name(&mut self, conn: ConnId, prefix: &str) -> String {
+        let vhost = self.conn_vhost(conn).to_owned();
         let c = self
             .conns
             .get_mut(&conn)
             .expect("requests come from open connections");
-        c.next_generated += 1;
-        format!("{prefix}-{}-{conn}-{}", self.run_id, c.next_generated - 1)
+        loop {
+            c.next_generated += 1;
+            let name = format!("{prefix}-{}-{conn}-{}", self.run_id, c.next_generated - 1);
+            let qualified = crate::vhost::qualify(&vhost, &name);
+            if self.queues.is_local(&qualified) {
+                return name;
+            }
+        }
     }
 
     /// The vhost of connection `conn` (listings show its resources only).

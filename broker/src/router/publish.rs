@@ -9,7 +9,9 @@ use std::sync::Arc;
 use super::DeathReason;
 use super::dedup::Taken;
 use super::enqueue::QueueFull;
+use super::exchange_flags::check_publishable;
 use super::exchanges::{exchange_not_found, is_default};
+use super::ingress::SharedExchange;
 use super::{OpError, Outbound, Reply, Route, Routed, Router};
 use crate::message::Message;
 use crate::protocol::{ErrorCode, Publish, RequestId, ServerFrame};
@@ -25,25 +27,26 @@ pub const DELAYED: &str = "delayed";
 pub const DELAY_HEADER: &str = "x-delay";
 
 impl Router {
+    /// `part`: one of several shards' parts of a publish split by its queues' shards (see
+    /// `gather.rs`); the whole publish was routed somewhere, so a part neither returns a
+    /// mandatory message nor tries the alternate exchange.
     pub(super) fn publish(
         &mut self,
         conn: ConnId,
         id: &RequestId,
         publish: Publish,
         routed: Option<Routed>,
+        part: bool,
     ) -> Result<Reply, OpError> {
         let Publish {
             mut message,
             mandatory,
         } = publish;
-        self.check_publishable(&message.exchange)?;
+        let exchange = self.shared_exchange(&message.exchange);
+        check_publishable(exchange.as_deref(), &message.exchange)?;
         if message.properties.delay_ms.is_none()
             && let Some(delay) = message.headers.get(DELAY_HEADER)
-            && self
-                .topology
-                .exchanges
-                .get(&message.exchange)
-                .is_some_and(|e| e.routing.delayed)
+            && exchange.as_ref().is_some_and(|e| e.delayed)
         {
             message.properties.delay_ms = delay_of(delay);
         }
@@ -56,14 +59,21 @@ impl Router {
                 .map(|route| self.destinations(&route)),
             None => self.route(&message),
         };
-        if let Some(counters) = self.exchange_counters(&message.exchange) {
+        let counters = match &exchange {
+            Some(exchange) => Some(&exchange.counters),
+            None if is_default(&message.exchange) => {
+                Some(&self.topology.directory.default_counters)
+            }
+            None => None,
+        };
+        if let Some(counters) = counters {
             match &routed {
                 Ok(queues) => counters.count_route(queues.len()),
                 Err(_) => counters.count_failure(),
             }
         }
         let mut destinations = routed?;
-        if destinations.is_empty() {
+        if destinations.is_empty() && !part {
             destinations = self.alternate_destinations(&message)?;
         }
         let confirms = self.conns.get(&conn).is_some_and(|c| c.confirms);
@@ -72,6 +82,7 @@ impl Router {
         let message = Arc::<crate::message::Message>::from(message);
         if destinations.is_empty()
             && mandatory
+            && !part
             && let Some(c) = self.conns.get(&conn)
         {
             let _ = c.tx.send(Outbound::Frame(ServerFrame::Return {
@@ -83,7 +94,12 @@ impl Router {
         let now = self.turn.now_ms();
         let mut stored = false;
         let mut full = Vec::new();
+        let mut elsewhere = Vec::new();
         for name in destinations {
+            if !self.queues.is_local(&name) {
+                elsewhere.push(name);
+                continue;
+            }
             if let Taken::Duplicate { stored: durable } =
                 self.check_message_id(&name, &message, now)
             {
@@ -106,11 +122,26 @@ impl Router {
             let message = format!("queue full (overflow: reject_publish): {}", full.join(", "));
             return Err(OpError::new(ErrorCode::QueueFull, message));
         }
+        if !elsewhere.is_empty() {
+            // Its alternate exchange's queues, on other shards: confirmed once they and
+            // this shard have stored it.
+            return Ok(self.publish_elsewhere(conn, id, elsewhere, message, confirms));
+        }
         Ok(match (confirms, stored) {
             (false, _) => Reply::Silent,
             (true, false) => Reply::Confirm,
             (true, true) => Reply::ConfirmAfterCommit,
         })
+    }
+
+    /// Exchange `name` as a publish reads it: the topology's at home, the directory's on
+    /// the other shards (the same shared routing).
+    fn shared_exchange(&self, name: &str) -> Option<Arc<SharedExchange>> {
+        match self.topology.exchanges.get(name) {
+            Some(state) => Some(state.routing.clone()),
+            None if self.is_home() => None,
+            None => self.topology.directory.get(name),
+        }
     }
 
     /// A queue with `overflow: reject_publish_dlx` dead-letters the publish it refused
@@ -127,14 +158,13 @@ impl Router {
     }
 
     /// The publish counters of exchange `name` (the default one included).
-    fn exchange_counters(&self, name: &str) -> Option<&super::ExchangeCounters> {
+    fn count_alternate_route(&self, name: &str, queues: usize) {
         if is_default(name) {
-            return Some(&self.topology.directory.default_counters);
+            return self.topology.directory.default_counters.count_route(queues);
         }
-        self.topology
-            .exchanges
-            .get(name)
-            .map(|e| &e.routing.counters)
+        if let Some(exchange) = self.shared_exchange(name) {
+            exchange.counters.count_route(queues);
+        }
     }
 
     /// Where a message its exchange routed nowhere goes instead: through the exchange's
@@ -147,7 +177,7 @@ impl Router {
         let mut visited = vec![message.exchange.clone()];
         while let Some(next) = self.alternate_of(visited.last().expect("not empty")) {
             if visited.contains(&next)
-                || !(is_default(&next) || self.topology.exchanges.contains_key(&next))
+                || !(is_default(&next) || self.shared_exchange(&next).is_some())
             {
                 break;
             }
@@ -155,9 +185,7 @@ impl Router {
             let mut via = message.clone();
             via.exchange.clone_from(&next);
             let destinations = self.route(&via)?;
-            if let Some(counters) = self.exchange_counters(&next) {
-                counters.count_route(destinations.len());
-            }
+            self.count_alternate_route(&next, destinations.len());
             if !destinations.is_empty() {
                 return Ok(destinations);
             }
@@ -168,7 +196,7 @@ impl Router {
 
     /// The qualified name of exchange `name`'s alternate exchange, if it has one.
     fn alternate_of(&self, name: &str) -> Option<String> {
-        self.topology.exchanges.get(name)?.routing.alternate.clone()
+        self.shared_exchange(name)?.alternate.clone()
     }
 
     /// The queues a message goes to, each once.
@@ -185,10 +213,10 @@ impl Router {
             // A routing key cannot name another vhost's queue.
             for key in keys.filter(|k| !k.contains(crate::vhost::SEPARATOR)) {
                 let queue = crate::vhost::qualify(vhost, key);
-                if let Some((name, _)) = self.queues.get_key_value(queue.as_str())
-                    && !queues.contains(name)
+                if let Some(name) = self.queues.existing(&queue)
+                    && !queues.contains(&name)
                 {
-                    queues.push(name.clone());
+                    queues.push(name);
                 }
             }
             return Ok(queues);
@@ -201,13 +229,13 @@ impl Router {
         Ok(self.destinations(&route.map_err(OpError::from)?))
     }
 
-    /// The queues of `route` that exist (one may have been deleted since it was routed).
+    /// The queues of `route` that exist, on any shard (one may have been deleted since it
+    /// was routed).
     pub(super) fn destinations(&self, route: &Route) -> Vec<Arc<str>> {
         route
             .queues
             .iter()
-            .filter_map(|name| self.queues.get_key_value(name))
-            .map(|(name, _)| name.clone())
+            .filter_map(|name| self.queues.existing(name))
             .collect()
     }
 }

@@ -1,30 +1,158 @@
 //! The queues, partitioned into shards: each queue lives on exactly one shard, placed by
-//! its name, with its delay and expiry timers; a delivery's tag names the shard of its
-//! queue, so an ack finds its shard without a lookup. All shards are still applied by the
-//! one router task (`--shards`, default 1); each is the part a shard thread of its own
-//! will own (see docs/architecture.md, "Next steps").
+//! its name, and each shard is owned by its own router task (`--queue-shards N`, default
+//! 1; see docs/architecture.md, "Queue shards"). [`QueueShards`] is one shard's queues and
+//! timers; [`Placement`], shared by every shard and the [`super::RouterHandle`], says
+//! where a queue lives and keeps the directory of every queue's name, so a shard (or the
+//! home shard's topology) can tell a queue that exists elsewhere from one that does not.
+//! A delivery's tag names the shard of its queue, so an ack finds its shard without a
+//! lookup.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::hash::BuildHasher;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use crate::fast_map::FastMap;
-use crate::queue::Queue;
+use crate::queue::{ConnId, Queue};
 
-/// Every queue, each on the shard its name hashes to.
-pub(super) struct QueueShards {
-    shards: Vec<QueueShard>,
+/// Where queues live, shared by every shard and the handle.
+pub(crate) struct Placement {
+    shards: usize,
     /// Seeded at random per run, as the maps are: clients choose queue names, and a fixed
     /// hash would let them pile every queue onto one shard.
-    placement: foldhash::fast::RandomState,
+    seed: foldhash::fast::RandomState,
     tags: DeliveryTags,
     /// Queue ids are stored keys: unique across shards and runs.
-    pub next_queue_id: u64,
+    next_queue_id: AtomicU64,
+    /// Every queue of every shard: written by the shard that owns it (declare, delete),
+    /// read where another shard's queue must be known (binds, dead-letter and alternate
+    /// targets, per-user queue limits). Not kept with one shard: its queues are all local.
+    directory: RwLock<FastMap<Arc<str>, QueueCard>>,
 }
 
-/// The queues of one shard and their timers.
-struct QueueShard {
+/// What other shards know of a queue.
+#[derive(Debug, Clone)]
+pub(crate) struct QueueCard {
+    pub exclusive_owner: Option<ConnId>,
+    /// Durable and not exclusive: its bindings and messages are stored.
+    pub stored: bool,
+    pub declared_by: Option<Arc<str>>,
+}
+
+impl Placement {
+    pub fn new(shards: usize) -> Self {
+        let shards = shards.max(1);
+        Placement {
+            shards,
+            seed: Default::default(),
+            tags: DeliveryTags {
+                bits: usize::BITS - (shards - 1).leading_zeros(),
+                shards,
+            },
+            next_queue_id: AtomicU64::new(1),
+            directory: Default::default(),
+        }
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    /// The shard queue `name` lives on.
+    pub fn shard_of(&self, name: &str) -> usize {
+        match self.shards {
+            1 => 0,
+            n => (self.seed.hash_one(name) % n as u64) as usize,
+        }
+    }
+
+    /// How delivery tags name the shards.
+    pub fn tags(&self) -> DeliveryTags {
+        self.tags
+    }
+
+    /// What is known of queue `name`, on whichever shard it lives (with one shard: `None`,
+    /// ask the shard).
+    pub fn card(&self, name: &str) -> Option<QueueCard> {
+        let directory = self
+            .directory
+            .read()
+            .expect("queue directory lock poisoned");
+        directory.get(name).cloned()
+    }
+
+    /// The directory's own `Arc` of queue `name`, if it exists on any shard.
+    pub fn name(&self, name: &str) -> Option<Arc<str>> {
+        let directory = self
+            .directory
+            .read()
+            .expect("queue directory lock poisoned");
+        directory.get_key_value(name).map(|(name, _)| name.clone())
+    }
+
+    /// How many queues `user` declared, on every shard.
+    pub fn declared_by(&self, user: &str) -> usize {
+        let directory = self
+            .directory
+            .read()
+            .expect("queue directory lock poisoned");
+        let mine = |card: &&QueueCard| card.declared_by.as_deref() == Some(user);
+        directory.values().filter(mine).count()
+    }
+
+    /// Every queue name, on every shard.
+    pub fn names(&self) -> Vec<Arc<str>> {
+        let directory = self
+            .directory
+            .read()
+            .expect("queue directory lock poisoned");
+        directory.keys().cloned().collect()
+    }
+
+    fn note(&self, name: &Arc<str>, queue: &Queue) {
+        if self.shards == 1 {
+            return;
+        }
+        let card = QueueCard {
+            exclusive_owner: queue.spec.exclusive_owner,
+            stored: queue.is_stored(),
+            declared_by: queue.declared_by.clone(),
+        };
+        let mut directory = self
+            .directory
+            .write()
+            .expect("queue directory lock poisoned");
+        directory.insert(name.clone(), card);
+    }
+
+    fn forget(&self, name: &str) {
+        if self.shards == 1 {
+            return;
+        }
+        let mut directory = self
+            .directory
+            .write()
+            .expect("queue directory lock poisoned");
+        directory.remove(name);
+    }
+
+    /// A new queue id, unique across shards.
+    fn next_queue_id(&self) -> u64 {
+        self.next_queue_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Ids below `id + 1` are taken (a recovered queue's).
+    fn recovered_queue_id(&self, id: u64) {
+        self.next_queue_id.fetch_max(id + 1, Ordering::Relaxed);
+    }
+}
+
+/// One shard's queues and their timers.
+pub(super) struct QueueShards {
+    placement: Arc<Placement>,
+    /// The index of this shard.
+    shard: usize,
     queues: FastMap<Arc<str>, Queue>,
     /// (time, queue) wake-ups for delays and expiry, earliest first; stale ones are
     /// harmless (a tick with nothing due).
@@ -32,112 +160,148 @@ struct QueueShard {
 }
 
 impl QueueShards {
-    pub fn new(shards: usize) -> Self {
-        let shards = shards.max(1);
+    pub fn new(placement: Arc<Placement>, shard: usize) -> Self {
         QueueShards {
-            shards: (0..shards)
-                .map(|_| QueueShard {
-                    queues: FastMap::default(),
-                    timers: BinaryHeap::new(),
-                })
-                .collect(),
-            placement: Default::default(),
-            tags: DeliveryTags {
-                bits: usize::BITS - (shards - 1).leading_zeros(),
-                shards,
-            },
-            next_queue_id: 1,
+            placement,
+            shard,
+            queues: FastMap::default(),
+            timers: BinaryHeap::new(),
         }
+    }
+
+    pub fn placement(&self) -> &Arc<Placement> {
+        &self.placement
+    }
+
+    /// The index of this shard (0: the home shard).
+    pub fn shard(&self) -> usize {
+        self.shard
     }
 
     /// The shard queue `name` lives on.
     pub fn shard_of(&self, name: &str) -> usize {
-        match self.shards.len() {
-            1 => 0,
-            n => (self.placement.hash_one(name) % n as u64) as usize,
+        self.placement.shard_of(name)
+    }
+
+    /// Whether queue `name` would live here.
+    pub fn is_local(&self, name: &str) -> bool {
+        self.placement.shard_of(name) == self.shard
+    }
+
+    /// How delivery tags name the shards.
+    pub fn tags(&self) -> DeliveryTags {
+        self.placement.tags
+    }
+
+    /// Queue `name`, if it lives on any shard: this one's `Arc`, or the directory's.
+    pub fn existing(&self, name: &str) -> Option<Arc<str>> {
+        match self.queues.get_key_value(name) {
+            Some((name, _)) => Some(name.clone()),
+            None if self.placement.shards > 1 && !self.is_local(name) => self.placement.name(name),
+            None => None,
         }
     }
 
-    /// How delivery tags name these shards.
-    pub fn tags(&self) -> DeliveryTags {
-        self.tags
+    /// What is known of queue `name`, here or on another shard.
+    pub fn card(&self, name: &str) -> Option<QueueCard> {
+        match self.queues.get(name) {
+            Some(queue) => Some(QueueCard {
+                exclusive_owner: queue.spec.exclusive_owner,
+                stored: queue.is_stored(),
+                declared_by: queue.declared_by.clone(),
+            }),
+            None if self.placement.shards > 1 => self.placement.card(name),
+            None => None,
+        }
     }
 
-    fn home(&self, name: &str) -> &QueueShard {
-        &self.shards[self.shard_of(name)]
+    /// A new queue id, unique across shards and runs.
+    pub fn next_queue_id(&self) -> u64 {
+        self.placement.next_queue_id()
     }
 
-    fn home_mut(&mut self, name: &str) -> &mut QueueShard {
-        let shard = self.shard_of(name);
-        &mut self.shards[shard]
+    /// A recovered queue's id is taken.
+    pub fn recovered_queue_id(&self, id: u64) {
+        self.placement.recovered_queue_id(id)
     }
 
     pub fn get(&self, name: &str) -> Option<&Queue> {
-        self.home(name).queues.get(name)
+        self.queues.get(name)
     }
 
     pub fn get_mut(&mut self, name: &str) -> Option<&mut Queue> {
-        self.home_mut(name).queues.get_mut(name)
+        self.queues.get_mut(name)
     }
 
     pub fn get_key_value(&self, name: &str) -> Option<(&Arc<str>, &Queue)> {
-        self.home(name).queues.get_key_value(name)
+        self.queues.get_key_value(name)
     }
 
     pub fn contains_key(&self, name: &str) -> bool {
-        self.home(name).queues.contains_key(name)
+        self.queues.contains_key(name)
     }
 
     pub fn insert(&mut self, name: Arc<str>, queue: Queue) {
-        self.home_mut(&name).queues.insert(name, queue);
+        debug_assert!(self.is_local(&name), "a queue lives on its own shard");
+        self.placement.note(&name, &queue);
+        self.queues.insert(name, queue);
     }
 
     pub fn remove(&mut self, name: &str) -> Option<Queue> {
-        self.home_mut(name).queues.remove(name)
+        let removed = self.queues.remove(name);
+        if removed.is_some() {
+            self.placement.forget(name);
+        }
+        removed
     }
 
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.queues.len()).sum()
+        self.queues.len()
     }
 
-    /// Every queue, shard by shard.
+    /// This shard's queues.
     pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Queue)> {
-        self.shards.iter().flat_map(|s| s.queues.iter())
+        self.queues.iter()
     }
 
     pub fn values(&self) -> impl Iterator<Item = &Queue> {
-        self.iter().map(|(_, queue)| queue)
+        self.queues.values()
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &Arc<str>> {
-        self.iter().map(|(name, _)| name)
+        self.queues.keys()
     }
 
     /// Makes sure queue `name`'s shard wakes up for its next deadline.
     pub fn schedule(&mut self, name: &Arc<str>) {
-        let shard = self.home_mut(name);
-        let Some(queue) = shard.queues.get_mut(name) else {
+        let Some(queue) = self.queues.get_mut(name) else {
             return;
         };
         if let Some(deadline) = queue.next_deadline()
             && queue.wakeup.is_none_or(|w| deadline < w)
         {
             queue.wakeup = Some(deadline);
-            shard.timers.push(Reverse((deadline, name.clone())));
+            self.timers.push(Reverse((deadline, name.clone())));
         }
     }
 
-    /// The earliest wake-up of any shard, in ms since the epoch.
+    /// The earliest wake-up, in ms since the epoch.
     pub fn next_wakeup(&self) -> Option<u64> {
-        self.shards
-            .iter()
-            .filter_map(|s| s.timers.peek().map(|Reverse((due, _))| *due))
-            .min()
+        self.timers.peek().map(|Reverse((due, _))| *due)
     }
 
     /// A queue whose wake-up is due at `now` (its wake-up cleared), if any.
     pub fn pop_due(&mut self, now: u64) -> Option<Arc<str>> {
-        self.shards.iter_mut().find_map(|shard| shard.pop_due(now))
+        while let Some(Reverse((due, _))) = self.timers.peek()
+            && *due <= now
+        {
+            let Reverse((_, name)) = self.timers.pop().expect("peeked");
+            if let Some(queue) = self.queues.get_mut(&name) {
+                queue.wakeup = None;
+                return Some(name);
+            }
+        }
+        None
     }
 }
 
@@ -164,38 +328,19 @@ impl DeliveryTags {
         let shard = (tag & ((1u64 << self.bits) - 1)) as usize;
         shard.min(self.shards - 1)
     }
-
-    pub fn shards(self) -> usize {
-        self.shards
-    }
-}
-
-impl QueueShard {
-    fn pop_due(&mut self, now: u64) -> Option<Arc<str>> {
-        while let Some(Reverse((due, _))) = self.timers.peek()
-            && *due <= now
-        {
-            let Reverse((_, name)) = self.timers.pop().expect("peeked");
-            if let Some(queue) = self.queues.get_mut(&name) {
-                queue.wakeup = None;
-                return Some(name);
-            }
-        }
-        None
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::QueueShards;
+    use super::Placement;
 
     #[test]
     fn a_tag_names_its_shard_and_tags_grow_with_the_sequence() {
-        let one = QueueShards::new(1).tags();
+        let one = Placement::new(1).tags();
         assert_eq!(one.tag(7, 0), 7, "one shard: the sequence itself");
         assert_eq!(one.shard_of(7), 0);
         for shards in [2, 3, 4, 5, 8] {
-            let many = QueueShards::new(shards).tags();
+            let many = Placement::new(shards).tags();
             for shard in 0..shards {
                 let tag = many.tag(41, shard);
                 assert_eq!(many.shard_of(tag), shard);
@@ -208,7 +353,7 @@ mod tests {
 
     #[test]
     fn every_name_has_one_shard() {
-        let shards = QueueShards::new(4);
+        let shards = Placement::new(4);
         let mut used = [false; 4];
         for i in 0..64 {
             let name = format!("q{i}");

@@ -62,8 +62,7 @@ impl Router {
         if let Some(user) = &declared_by {
             self.check_queue_limit(user)?;
         }
-        let id = self.queues.next_queue_id;
-        self.queues.next_queue_id += 1;
+        let id = self.queues.next_queue_id();
         let name: Arc<str> = name.into();
         let mut queue = self.new_queue(name.clone(), id, spec, policy);
         queue.declared_by = declared_by;
@@ -125,14 +124,14 @@ impl Router {
             if let Some(conn) = self.conns.get_mut(&consumer.conn) {
                 conn.consumers
                     .retain(|(q, tag)| !(&**q == name && *tag == consumer.tag));
+                conn.free_consumer_tag(&consumer.tag);
                 let _ = conn.tx.send(super::Outbound::Frame(ServerFrame::Cancelled {
                     consumer_tag: consumer.tag.to_string(),
                     reason: reason.to_owned(),
                 }));
             }
         }
-        self.remove_bindings_to(name);
-        self.remove_queue_handlers(name);
+        self.tell_home_removed(name);
         let messages = queue.drain_all().len() as u64;
         let stored = queue.is_stored();
         if stored {
@@ -214,10 +213,15 @@ impl Router {
 
 /// An exclusive queue is usable only by the connection that declared it.
 pub(super) fn check_access(queue: &Queue, conn: ConnId) -> Result<(), OpError> {
-    match queue.spec.exclusive_owner {
+    check_owner(&queue.name, queue.spec.exclusive_owner, conn)
+}
+
+/// [`check_access`] for queue `name`, exclusive to `owner` if any.
+pub(super) fn check_owner(name: &str, owner: Option<ConnId>, conn: ConnId) -> Result<(), OpError> {
+    match owner {
         Some(owner) if owner != conn => Err(OpError::new(
             ErrorCode::ResourceLocked,
-            format!("queue `{}` is exclusive to another connection", queue.name),
+            format!("queue `{name}` is exclusive to another connection"),
         )),
         _ => Ok(()),
     }

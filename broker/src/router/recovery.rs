@@ -4,25 +4,68 @@
 use std::sync::Arc;
 
 use super::Router;
+use super::queue_shards::Placement;
 use crate::fast_map::FastMap;
 use crate::plugin::PluginHost;
 use crate::queue::{Entry, QueuePolicy, QueueSpec};
-use crate::store::{Recalled, Recovered, StoreWriter};
+use crate::store::{Recalled, Recovered, StoreSubmitter, StoreWriter};
+
+/// What a shard's router is built with, besides what it recovers.
+pub(super) struct ShardSetup {
+    pub shard: usize,
+    pub placement: Arc<super::queue_shards::Placement>,
+    pub peers: Arc<[tokio::sync::mpsc::UnboundedSender<super::Command>]>,
+    pub store: StoreSubmitter,
+    /// Home's: it closes the store.
+    pub store_owner: Option<StoreWriter>,
+    /// Distinguishes this run's generated names from earlier runs' durable ones.
+    pub run_id: String,
+    pub conn_ids: crate::conn_ids::ConnIds,
+    pub directory: Arc<super::ingress::ExchangeDirectory>,
+}
+
+/// What the store recovered, as each shard's part: the queues (with their messages and
+/// dedup windows) by where they live; everything else is home's (the first part).
+pub(super) fn split(mut recovered: Recovered, placement: &Placement) -> Vec<Recovered> {
+    let mut parts: Vec<Recovered> = (1..placement.shards())
+        .map(|_| Recovered::default())
+        .collect();
+    if parts.is_empty() {
+        return vec![recovered];
+    }
+    let mut shard_of_id = std::collections::HashMap::new();
+    for queue in std::mem::take(&mut recovered.queues) {
+        let shard = placement.shard_of(&queue.record.name);
+        shard_of_id.insert(queue.record.id, shard);
+        match shard {
+            0 => recovered.queues.push(queue),
+            n => parts[n - 1].queues.push(queue),
+        }
+    }
+    for window in std::mem::take(&mut recovered.dedup) {
+        match shard_of_id.get(&window.0).copied().unwrap_or(0) {
+            0 => recovered.dedup.push(window),
+            n => parts[n - 1].dedup.push(window),
+        }
+    }
+    parts.insert(0, recovered);
+    parts
+}
 
 impl Router {
-    /// The router as the store recovered it; `self_tx` is its own control channel.
+    /// A shard's router as the store recovered it (home's with everything but the other
+    /// shards' queues).
     pub(super) fn recover(
         recovered: Recovered,
-        store: StoreWriter,
+        setup: ShardSetup,
         plugins: PluginHost,
-        self_tx: tokio::sync::mpsc::UnboundedSender<super::Command>,
         auth: Arc<crate::auth::Authenticator>,
-        directory: Arc<super::ingress::ExchangeDirectory>,
-        shards: usize,
     ) -> Self {
+        let self_tx = setup.peers[setup.shard].clone();
         let mut router = Router {
-            queues: super::queue_shards::QueueShards::new(shards),
-            topology: super::topology::Topology::new(directory),
+            queues: super::queue_shards::QueueShards::new(setup.placement, setup.shard),
+            peers: setup.peers,
+            topology: super::topology::Topology::new(setup.directory),
             plugins,
             versions: super::plugin_versions::PluginVersions {
                 deployed: super::plugins::group_versions(recovered.plugin_versions),
@@ -33,18 +76,19 @@ impl Router {
             },
             self_tx,
             conns: FastMap::default(),
-            store: Some(store),
+            store: Some(setup.store),
+            store_owner: setup.store_owner,
             turn: Default::default(),
-            run_id: format!("{:x}", crate::clock::now_ms()),
+            run_id: setup.run_id,
             handlers: Default::default(),
             auth,
-            conn_ids: Default::default(),
+            conn_ids: setup.conn_ids,
             ack_timeout: Default::default(),
         };
         let mut messages = 0;
         for stored in recovered.queues {
             let record = stored.record;
-            router.queues.next_queue_id = router.queues.next_queue_id.max(record.id + 1);
+            router.queues.recovered_queue_id(record.id);
             let spec = QueueSpec {
                 durable: true,
                 exclusive_owner: None,
@@ -90,7 +134,9 @@ impl Router {
                     .insert(waiting.record.name.clone(), waiting);
             }
         }
-        router.predeclare_all();
+        if router.is_home() {
+            router.predeclare_all();
+        }
         for (id, binding) in recovered.bindings {
             router.topology.next_binding_id = router.topology.next_binding_id.max(id + 1);
             router.restore_binding(id, binding);

@@ -20,7 +20,48 @@ impl Router {
             return;
         }
         let Request { id, op } = request;
-        let result = match op {
+        let result = self.apply(conn, &id, op, routed, false);
+        self.answer(conn, id, result, credit);
+    }
+
+    /// This shard's part of a request several shards apply (see `gather.rs`): its result
+    /// goes to the gather, after this turn's commit where the answer waits for one.
+    pub(super) fn request_part(&mut self, part: super::Part) {
+        let super::Part {
+            conn,
+            request,
+            routed,
+            gather,
+        } = part;
+        let Some(tx) = self.conns.get(&conn).map(|c| c.tx.clone()) else {
+            return;
+        };
+        let shard = self.queues.shard();
+        let result = self.apply(conn, &request.id, request.op, routed, true);
+        let after_commit = match result {
+            Ok(Reply::OkAfterCommit(answer)) => Reply::Ok(answer),
+            Ok(Reply::ConfirmAfterCommit) => Reply::Confirm,
+            other => return gather.part(shard, other, &tx),
+        };
+        self.turn
+            .on_commit(Box::new(move |result: Result<(), CommitError>| {
+                let result = result
+                    .map(|()| after_commit)
+                    .map_err(|e| OpError::new(ErrorCode::StoreError, e.to_string()));
+                gather.part(shard, result, &tx);
+            }));
+    }
+
+    /// Applies one operation; `part`: one of several shards' parts of it.
+    fn apply(
+        &mut self,
+        conn: ConnId,
+        id: &RequestId,
+        op: Op,
+        routed: Option<Routed>,
+        part: bool,
+    ) -> Result<Reply, OpError> {
+        match op {
             Op::ConfirmSelect => self.confirm_select(conn),
             Op::DeclareQueue(declare) => self.declare_queue(conn, declare),
             Op::DeleteQueue {
@@ -40,7 +81,7 @@ impl Router {
             Op::Unbind(binding) => self.unbind(conn, binding),
             Op::BindExchange(binding) => self.bind_exchange(binding),
             Op::UnbindExchange(binding) => self.unbind_exchange(binding),
-            Op::Publish(publish) => self.publish(conn, &id, publish, routed),
+            Op::Publish(publish) => self.publish(conn, id, publish, routed, part),
             Op::Route(message) => self.trace_route(&message, routed),
             Op::Subscribe(subscribe) => self.subscribe(conn, subscribe),
             Op::Cancel { consumer_tag } => self.cancel(conn, &consumer_tag),
@@ -100,6 +141,7 @@ impl Router {
             Op::ListExchanges => Ok(self.list_exchanges(conn)),
             Op::ListBindings => Ok(self.list_bindings(conn)),
             Op::ListConnections => Ok(self.list_connections(conn)),
+            Op::DeleteVhost { vhost } if !self.is_home() => self.delete_vhost_queues(conn, vhost),
             Op::AttachHandler(attach) => self.attach_handler(conn, id.clone(), attach),
             Op::DetachHandler { queue, plugin } => self.detach_handler(&queue, &plugin),
             Op::ListHandlers => Ok(self.list_handlers(conn)),
@@ -127,8 +169,7 @@ impl Router {
             Op::Authenticate { .. } | Op::AddUser { .. } | Op::ChangePassword { .. } => Err(
                 OpError::new(ErrorCode::InvalidField, "not available on this connection"),
             ),
-        };
-        self.answer(conn, id, result, credit);
+        }
     }
 
     /// Sends the reply (now or after the turn's commit); the publish credit, if any, is
@@ -144,12 +185,6 @@ impl Router {
             return;
         };
         let frame = match result {
-            Ok(Reply::Silent) => return,
-            Ok(Reply::Ok(answer)) => ServerFrame::Ok {
-                id,
-                result: answer.into_json(),
-            },
-            Ok(Reply::Confirm) => ServerFrame::Confirm { id },
             Ok(Reply::OkAfterCommit(answer)) => {
                 let result = answer.into_json();
                 return self.after_commit(tx, ServerFrame::Ok { id, result }, credit);
@@ -157,9 +192,11 @@ impl Router {
             Ok(Reply::ConfirmAfterCommit) => {
                 return self.after_commit(tx, ServerFrame::Confirm { id }, credit);
             }
-            Err(e) => ServerFrame::error(Some(id), e.code, e.message),
+            result => frame_of(id, result),
         };
-        let _ = tx.send(Outbound::Frame(frame));
+        if let Some(frame) = frame {
+            let _ = tx.send(Outbound::Frame(frame));
+        }
     }
 
     /// Sends `frame` once the current turn's batch commits, or a `store_error` if it fails;
@@ -183,4 +220,18 @@ impl Router {
                 let _ = tx.send(Outbound::Frame(frame));
             }));
     }
+}
+
+/// The frame that answers request `id` now (`None`: no answer, as for an ack). An answer
+/// that waits for a commit is sent as if it had committed: the caller waits.
+pub(super) fn frame_of(id: RequestId, result: Result<Reply, OpError>) -> Option<ServerFrame> {
+    Some(match result {
+        Ok(Reply::Silent) => return None,
+        Ok(Reply::Ok(answer) | Reply::OkAfterCommit(answer)) => ServerFrame::Ok {
+            id,
+            result: answer.into_json(),
+        },
+        Ok(Reply::Confirm | Reply::ConfirmAfterCommit) => ServerFrame::Confirm { id },
+        Err(e) => ServerFrame::error(Some(id), e.code, e.message),
+    })
 }

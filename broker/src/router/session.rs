@@ -97,6 +97,7 @@ impl Session {
             vhost: vhost.into(),
             session: None,
             protocol: crate::protocol::WireProtocol::Json,
+            link: Default::default(),
         });
         // Confirm mode, so that a publish is answered (after its commit) like any call.
         router.send(Command::Request {

@@ -20,6 +20,9 @@ pub(super) struct Turn {
     store: WriteBatch,
     /// Queues that may have something to deliver at the end of the turn.
     pub to_dispatch: FastSet<Arc<str>>,
+    /// Messages for other shards' queues, sent once the batch is submitted (see
+    /// `forward.rs`).
+    pub forwards: Vec<(usize, super::forward::Forwarded)>,
     /// Dead letters by (source queue, reason), logged as one line each.
     pub dead_letters: BTreeMap<(Arc<str>, &'static str), u64>,
     /// The wall clock, read once per turn: a turn applies up to a thousand commands in
@@ -32,6 +35,11 @@ impl Turn {
     /// Adds `op` to the turn's commit.
     pub fn store(&mut self, op: StoreOp) {
         self.store.ops.push(op);
+    }
+
+    /// Adds `op`, if any, to the turn's commit.
+    pub fn store_some(&mut self, op: Option<StoreOp>) {
+        self.store.ops.extend(op);
     }
 
     /// Runs `done` with the outcome of the turn's commit (after it, or at once if the
@@ -66,6 +74,7 @@ impl Router {
         self.check_ack_timeouts(now);
         self.dispatch();
         self.flush();
+        self.send_forwards();
         self.log_dead_letters();
     }
 }

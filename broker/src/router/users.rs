@@ -152,11 +152,12 @@ impl Router {
         let Some(limit) = self.auth.get(user).and_then(|u| u.limits.max_queues) else {
             return Ok(());
         };
-        let declared = self
-            .queues
-            .values()
-            .filter(|q| q.declared_by.as_deref() == Some(user))
-            .count();
+        let declared = match self.queues.placement().shards() {
+            1 => (self.queues.values())
+                .filter(|q| q.declared_by.as_deref() == Some(user))
+                .count(),
+            _ => self.queues.placement().declared_by(user),
+        };
         if declared < limit as usize {
             return Ok(());
         }

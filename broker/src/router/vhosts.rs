@@ -188,6 +188,35 @@ impl Router {
         Ok(Reply::Ok(Answer::from(PermissionList { permissions })))
     }
 
+    /// A queue shard's part of `delete_vhost` (home deletes the vhost itself): the
+    /// vhost's connections and queues here go. Checked as home checks it, but not for the
+    /// vhost's existence, which home may already have removed.
+    pub(super) fn delete_vhost_queues(
+        &mut self,
+        conn: ConnId,
+        name: String,
+    ) -> Result<Reply, OpError> {
+        self.require_administrator(conn, "delete_vhost")?;
+        if name == DEFAULT_VHOST {
+            return Ok(Reply::Ok(Answer::Done));
+        }
+        let closing: Vec<ConnId> = (self.conns.iter())
+            .filter(|(_, c)| *c.vhost == *name && c.peer.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in closing {
+            self.close_conn(id, false);
+        }
+        let queues: Vec<Arc<str>> = (self.queues.keys())
+            .filter(|q| vhost::of(q) == name)
+            .cloned()
+            .collect();
+        for queue in queues {
+            self.remove_queue(&queue, "vhost deleted");
+        }
+        Ok(Reply::OkAfterCommit(Answer::Done))
+    }
+
     fn require_vhost(&self, name: &str) -> Result<(), OpError> {
         match self.auth.vhost_exists(name) {
             true => Ok(()),

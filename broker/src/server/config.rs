@@ -38,8 +38,8 @@ pub struct Config {
     /// their queues, as RabbitMQ's `consumer_timeout`. `None`: no limit.
     pub consumer_timeout: Option<Duration>,
     /// Shards the queues are partitioned into, each queue on one (placed by its name),
-    /// with delivery tags that name their shard. All shards are still applied by the one
-    /// router task: this is a step towards a thread per shard (docs/architecture.md).
+    /// each shard owned by its own router task, with delivery tags that name their shard
+    /// (docs/architecture.md, "Queue shards").
     pub queue_shards: usize,
     /// Resident memory past which publishing connections are blocked (memory alarm).
     pub memory_high_watermark: MemoryWatermark,

@@ -172,6 +172,7 @@ impl Connection {
             vhost: self.vhost.clone(),
             session: None,
             protocol: crate::protocol::WireProtocol::Json,
+            link: Default::default(),
         };
         if !self.router.send_request(open).await {
             return;

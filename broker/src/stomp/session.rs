@@ -116,6 +116,7 @@ pub(crate) async fn serve<S>(
         vhost: vhost.clone(),
         session: None,
         protocol: crate::protocol::WireProtocol::Stomp,
+        link: Default::default(),
     };
     if !ctx.router.send_request(open).await {
         return;

@@ -20,7 +20,9 @@ use commit_seq::open_and_recover;
 pub use commit_seq::{Sidecar, sidecar_path};
 pub use error::{CommitError, Damage, OpenError, ReadError};
 pub use reader::StoreReader;
-pub use writer::{Completion, StoreOp, StoreWriter, WriteBatch, WriterSnapshot, WriterStats};
+pub use writer::{
+    Completion, StoreOp, StoreSubmitter, StoreWriter, WriteBatch, WriterSnapshot, WriterStats,
+};
 
 use std::path::Path;
 use std::sync::Arc;

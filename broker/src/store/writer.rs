@@ -278,12 +278,14 @@ impl StoreWriter {
 
     /// Queues a batch; its completions run after the commit that includes it.
     pub fn submit(&self, batch: WriteBatch) {
-        if batch.is_empty() {
-            return;
-        }
-        self.reader.commits.submitted.fetch_add(1, Ordering::AcqRel);
-        if let Err(Request::Write(batch)) = self.inbox.push(Request::Write(batch)) {
-            fail_all(batch.completions, &closed());
+        submit(&self.inbox, &self.reader, batch);
+    }
+
+    /// A handle that submits batches too (one per queue shard); only this one closes.
+    pub fn submitter(&self) -> StoreSubmitter {
+        StoreSubmitter {
+            inbox: self.inbox.clone(),
+            reader: self.reader.clone(),
         }
     }
 
@@ -302,6 +304,34 @@ impl Drop for StoreWriter {
         if self.thread.is_some() {
             let _ = self.inbox.push(Request::Close);
         }
+    }
+}
+
+/// Submits batches to the writer thread, as [`StoreWriter::submit`]; the writer commits
+/// batches from every submitter together (group commit).
+#[derive(Clone)]
+pub struct StoreSubmitter {
+    inbox: Arc<Inbox>,
+    reader: StoreReader,
+}
+
+impl StoreSubmitter {
+    pub fn submit(&self, batch: WriteBatch) {
+        submit(&self.inbox, &self.reader, batch);
+    }
+
+    pub fn reader(&self) -> StoreReader {
+        self.reader.clone()
+    }
+}
+
+fn submit(inbox: &Inbox, reader: &StoreReader, batch: WriteBatch) {
+    if batch.is_empty() {
+        return;
+    }
+    reader.commits.submitted.fetch_add(1, Ordering::AcqRel);
+    if let Err(Request::Write(batch)) = inbox.push(Request::Write(batch)) {
+        fail_all(batch.completions, &closed());
     }
 }
 

@@ -201,6 +201,10 @@ impl Router {
         id: RequestId,
         attach: AttachHandler,
     ) -> Result<Reply, OpError> {
+        if self.queues.placement().shards() > 1 {
+            let message = "handlers need --queue-shards 1 (they are not sharded yet)";
+            return Err(OpError::new(ErrorCode::InvalidField, message));
+        }
         if let Some(reply) = self.check_attach(conn, &attach)? {
             return Ok(reply);
         }
@@ -346,6 +350,13 @@ impl Router {
     /// Re-attaches the stored attachments at startup (after the plugin versions are
     /// restored); one whose plugin is missing stays stored for a later start.
     pub(super) fn restore_handlers(&mut self, records: Vec<AttachHandler>) {
+        if !records.is_empty() && self.queues.placement().shards() > 1 {
+            tracing::error!(
+                attachments = records.len(),
+                "handlers are not started with --queue-shards above 1; they stay stored"
+            );
+            return;
+        }
         for record in records {
             if !self.queues.contains_key(record.queue.as_str()) {
                 self.turn.store(StoreOp::DeleteHandler {
@@ -542,9 +553,12 @@ impl Router {
                 let conn = self.conn_ids.next();
                 let (tx, rx) = super::ConnTx::channel(conn);
                 let vhost = crate::vhost::of(&queue).into();
-                let tags = self.queues.tags();
-                let state =
-                    super::Conn::new(tx, None, None, None, vhost, None, Default::default(), tags);
+                let (shard, tags) = (self.queues.shard(), self.queues.tags());
+                let link = Default::default();
+                let protocol = Default::default();
+                let state = super::Conn::new(
+                    tx, None, None, None, vhost, None, protocol, link, shard, tags,
+                );
                 self.open_conn(conn, state);
                 let tag: Arc<str> = format!("handler.{}", attachment.record.plugin).into();
                 let prefetch = attachment.record.concurrency * WINDOW_PER_WORKER;

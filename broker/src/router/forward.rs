@@ -1,0 +1,191 @@
+//! What one queue shard hands another: a message for a queue that lives there (a dead
+//! letter, a publish routed by an alternate exchange, a requeued dead letter), and a
+//! queue's removal for the home shard, which owns the bindings and handlers.
+//!
+//! A message moved between shards is stored by the target's commit. Forwards leave after
+//! the source's turn has submitted its batch, so the target's batch is committed with it
+//! or after it. A message with one copy on another shard takes its removal from the
+//! source along (a dead letter, a requeued one): one commit stores the copy and removes
+//! the original, as on one shard. With copies on several other shards, the removal (or a
+//! publisher's confirm) waits on a [`Countdown`] for all their commits: a crash in between
+//! keeps the message in both places (delivered twice, never lost).
+
+use std::sync::Arc;
+
+use super::gather::Countdown;
+use super::{Command, Outbound, Reply, Router};
+use crate::message::Message;
+use crate::protocol::{ErrorCode, RequestId, ServerFrame};
+use crate::queue::ConnId;
+use crate::store::StoreOp;
+
+/// A message for a queue on another shard.
+pub struct Forwarded {
+    /// The queue (or, with `dlq_of`, the `.dlq` queue of that source, made if missing).
+    pub queue: Arc<str>,
+    pub dlq_of: Option<Arc<str>>,
+    pub message: Arc<Message>,
+    /// Its removal from the queue it left, stored with it.
+    pub removal: Option<StoreOp>,
+    /// Counted down once the target's commit stored it (or it was refused).
+    pub stored: Option<Arc<Countdown>>,
+    /// Where it goes back to if the target refuses it (`reject_publish`): a requeued dead
+    /// letter stays a dead letter.
+    pub refused_back_to: Option<Arc<str>>,
+}
+
+impl Router {
+    /// Whether this is the home shard (shard 0), which also owns the topology, plugins,
+    /// handlers, users and vhosts.
+    pub(super) fn is_home(&self) -> bool {
+        self.queues.shard() == 0
+    }
+
+    /// Hands `forwarded` to the shard its queue lives on, once this turn's batch is
+    /// submitted.
+    pub(super) fn forward(&mut self, forwarded: Forwarded) {
+        let shard = match &forwarded.dlq_of {
+            Some(source) => self.queues.shard_of(&format!("{source}.dlq")),
+            None => self.queues.shard_of(&forwarded.queue),
+        };
+        self.turn.forwards.push((shard, forwarded));
+    }
+
+    /// Sends the turn's forwards (after its batch was submitted).
+    pub(super) fn send_forwards(&mut self) {
+        for (shard, forwarded) in self.turn.forwards.drain(..) {
+            let queue = forwarded.queue.clone();
+            if self.peers[shard]
+                .send(Command::Enqueue(Box::new(forwarded)))
+                .is_err()
+            {
+                tracing::warn!(%queue, "queue shard stopped; message not forwarded");
+            }
+        }
+    }
+
+    /// A message another shard forwarded, into its queue here.
+    pub(super) fn enqueue_forwarded(&mut self, forwarded: Forwarded) {
+        let now = self.turn.now_ms();
+        let Forwarded {
+            queue,
+            dlq_of,
+            message,
+            removal,
+            stored,
+            refused_back_to,
+        } = forwarded;
+        let target = match &dlq_of {
+            Some(source) => Some(self.ensure_dlq(source)),
+            None => self.queues.existing(&queue),
+        };
+        let refused = match &target {
+            Some(name) => self.enqueue(name, &message, now).is_err(),
+            // Deleted since: nothing to keep.
+            None => false,
+        };
+        match (refused, refused_back_to) {
+            // Back where it came from, its removal with it: still one commit.
+            (true, Some(back)) => {
+                return self.forward(Forwarded {
+                    queue: back,
+                    dlq_of: None,
+                    message,
+                    removal,
+                    stored,
+                    refused_back_to: None,
+                });
+            }
+            (true, None) => {
+                if let Some(queue) = target.as_ref().and_then(|t| self.queues.get_mut(t)) {
+                    queue.counters.dropped += 1;
+                }
+            }
+            (false, _) => {}
+        }
+        self.turn.store_some(removal);
+        if let Some(countdown) = stored {
+            self.turn.on_commit(Box::new(move |result| {
+                countdown.part(result.is_ok());
+            }));
+        }
+    }
+
+    /// Store operations a shard deferred until messages it forwarded were stored.
+    pub(super) fn store_deferred(&mut self, ops: Vec<StoreOp>) {
+        for op in ops {
+            self.turn.store(op);
+        }
+    }
+
+    /// Sends `op` back to this shard once every one of `parts` forwarded messages is
+    /// stored; not at all if one failed (the message then stays where it was, stored).
+    pub(super) fn defer_until_stored(&self, parts: usize, op: StoreOp) -> Arc<Countdown> {
+        let own = self.peers[self.queues.shard()].clone();
+        Arc::new(Countdown::new(parts, move |all_stored| {
+            if all_stored {
+                let _ = own.send(Command::Store(vec![op]));
+            }
+        }))
+    }
+
+    /// A publish whose (alternate) destinations include queues of other shards: they are
+    /// forwarded, and its confirm waits for their commits and this shard's.
+    pub(super) fn publish_elsewhere(
+        &mut self,
+        conn: ConnId,
+        id: &RequestId,
+        elsewhere: Vec<Arc<str>>,
+        message: Arc<Message>,
+        confirms: bool,
+    ) -> Reply {
+        let confirm = match (confirms, self.conns.get(&conn)) {
+            (true, Some(c)) => {
+                let (tx, id) = (c.tx.clone(), id.clone());
+                let countdown = Countdown::new(elsewhere.len() + 1, move |stored| {
+                    let frame = match stored {
+                        true => ServerFrame::Confirm { id },
+                        false => {
+                            let message = "a queue of the alternate route did not store it";
+                            ServerFrame::error(Some(id), ErrorCode::StoreError, message)
+                        }
+                    };
+                    let _ = tx.send(Outbound::Frame(frame));
+                });
+                Some(Arc::new(countdown))
+            }
+            _ => None,
+        };
+        for queue in elsewhere {
+            self.forward(Forwarded {
+                queue,
+                dlq_of: None,
+                message: message.clone(),
+                removal: None,
+                stored: confirm.clone(),
+                refused_back_to: None,
+            });
+        }
+        if let Some(countdown) = confirm {
+            self.turn.on_commit(Box::new(move |result| {
+                countdown.part(result.is_ok());
+            }));
+        }
+        Reply::Silent
+    }
+
+    /// Queue `name` was removed on another shard: its bindings and handlers go.
+    pub(super) fn queue_removed(&mut self, name: &str) {
+        self.remove_bindings_to(name);
+        self.remove_queue_handlers(name);
+    }
+
+    /// A queue of this shard was removed: home drops its bindings and handlers.
+    pub(super) fn tell_home_removed(&mut self, name: &str) {
+        if self.is_home() {
+            return self.queue_removed(name);
+        }
+        let removed = Command::QueueRemoved { name: name.into() };
+        let _ = self.peers[0].send(removed);
+    }
+}

@@ -1,0 +1,272 @@
+//! Which queue shard a command goes to, decided at the [`RouterHandle`] on the sender's
+//! task. With one shard, everything goes to it. With several:
+//!
+//! | command | goes to |
+//! |---|---|
+//! | publish | the shard of its queues (found at ingress; the default exchange's by name); split into a part per shard when they are on several, answered once (`gather.rs`) |
+//! | ack, nack, reject, auto-acks written | the shard in the tag's low bits; `multiple` to every shard |
+//! | declare, delete, purge, info, peek, get, subscribe, requeue dead letters | the queue's shard (a broker-named queue's: the one that names it) |
+//! | open, close, drained, channel prefetch, confirm select, cancel, listings of queues and connections, vhost deletion | every shard, answered once |
+//! | everything else (exchanges, bindings, plugins, handlers, users, vhosts) | home (shard 0) |
+//!
+//! One connection's commands reach each shard through one channel, in order, so a
+//! publisher's messages enter each queue in the order it sent them.
+
+use std::sync::Arc;
+
+use super::gather::{Combine, Gather};
+use super::{Command, Part, Route, Routed, RouterHandle};
+use crate::message::Message;
+use crate::protocol::Op;
+use crate::queue::ConnId;
+
+impl RouterHandle {
+    /// The one shard `command` goes to; `None` when it goes to several
+    /// ([`Self::split`]).
+    pub(super) fn target(&self, command: &Command) -> Option<usize> {
+        if self.shards.len() == 1 {
+            return Some(0);
+        }
+        match command {
+            Command::Open { .. }
+            | Command::Close { .. }
+            | Command::Drained { .. }
+            | Command::ChannelPrefetch { .. } => None,
+            Command::Written { delivery_tags, .. } => {
+                let tags = self.placement.tags();
+                let first = tags.shard_of(*delivery_tags.first()?);
+                (delivery_tags.iter())
+                    .all(|t| tags.shard_of(*t) == first)
+                    .then_some(first)
+            }
+            Command::Request {
+                conn,
+                request,
+                routed,
+                ..
+            } => self.request_target(*conn, &request.op, routed.as_ref()),
+            _ => Some(0),
+        }
+    }
+
+    fn request_target(&self, conn: ConnId, op: &Op, routed: Option<&Routed>) -> Option<usize> {
+        let placement = &self.placement;
+        let shard_of = |queue: &str| Some(placement.shard_of(queue));
+        match op {
+            Op::Publish(publish) => {
+                let mut shards = publish_queues(&publish.message, routed)
+                    .into_iter()
+                    .map(|queue| placement.shard_of(&queue));
+                let first = shards.next().unwrap_or(0);
+                shards.all(|shard| shard == first).then_some(first)
+            }
+            // A broker-named queue: named by the connection's shard, where it then lives.
+            Op::DeclareQueue(declare) if declare.queue.is_empty() => {
+                Some(conn as usize % self.shards.len())
+            }
+            Op::DeclareQueue(declare) => shard_of(&declare.queue),
+            Op::Subscribe(subscribe) => shard_of(&subscribe.queue),
+            Op::DeleteQueue { queue, .. }
+            | Op::PurgeQueue { queue }
+            | Op::QueueInfo { queue }
+            | Op::PeekQueue { queue, .. }
+            | Op::Get { queue, .. }
+            | Op::RequeueDeadLetters { queue, .. } => shard_of(queue),
+            Op::Ack {
+                delivery_tag,
+                multiple: false,
+            }
+            | Op::Nack {
+                delivery_tag,
+                multiple: false,
+                ..
+            }
+            | Op::Reject { delivery_tag, .. } => Some(placement.tags().shard_of(*delivery_tag)),
+            Op::Ack { .. }
+            | Op::Nack { .. }
+            | Op::Cancel { .. }
+            | Op::ListQueues
+            | Op::ListConnections
+            | Op::ConfirmSelect
+            | Op::DeleteVhost { .. } => None,
+            _ => Some(0),
+        }
+    }
+
+    /// `command`, for which [`Self::target`] named no single shard, as the commands each
+    /// shard gets.
+    pub(super) fn split(&self, command: Command) -> Vec<(usize, Command)> {
+        let every = 0..self.shards.len();
+        match command {
+            Command::Open {
+                conn,
+                tx,
+                peer,
+                outbound,
+                user,
+                vhost,
+                session,
+                protocol,
+                link,
+            } => every
+                .map(|shard| {
+                    let open = Command::Open {
+                        conn,
+                        tx: tx.clone(),
+                        peer,
+                        outbound: outbound.clone(),
+                        user: user.clone(),
+                        vhost: vhost.clone(),
+                        session,
+                        protocol,
+                        link: link.clone(),
+                    };
+                    (shard, open)
+                })
+                .collect(),
+            Command::Close {
+                conn,
+                broker_stopping,
+            } => {
+                let close = |shard| {
+                    let close = Command::Close {
+                        conn,
+                        broker_stopping,
+                    };
+                    (shard, close)
+                };
+                every.map(close).collect()
+            }
+            Command::Drained { conn } => every
+                .map(|shard| (shard, Command::Drained { conn }))
+                .collect(),
+            Command::ChannelPrefetch { conn, prefetch } => every
+                .map(|shard| (shard, Command::ChannelPrefetch { conn, prefetch }))
+                .collect(),
+            Command::Written {
+                conn,
+                delivery_tags,
+            } => {
+                let tags = self.placement.tags();
+                let mut by_shard = vec![Vec::new(); self.shards.len()];
+                for tag in delivery_tags {
+                    by_shard[tags.shard_of(tag)].push(tag);
+                }
+                let written = by_shard.into_iter().enumerate();
+                written
+                    .filter(|(_, tags)| !tags.is_empty())
+                    .map(|(shard, delivery_tags)| {
+                        let written = Command::Written {
+                            conn,
+                            delivery_tags,
+                        };
+                        (shard, written)
+                    })
+                    .collect()
+            }
+            Command::Request {
+                conn,
+                request,
+                credit,
+                routed,
+            } => {
+                if let Op::Publish(publish) = &request.op {
+                    let parts = self.publish_parts(&publish.message, routed.as_ref());
+                    let gather =
+                        Gather::new(parts.len(), request.id.clone(), Combine::Publish, credit);
+                    let gather = Arc::new(gather);
+                    return parts
+                        .into_iter()
+                        .map(|(shard, route)| {
+                            let part = Part {
+                                conn,
+                                request: request.clone(),
+                                routed: Some(Ok(route)),
+                                gather: gather.clone(),
+                            };
+                            (shard, Command::Part(Box::new(part)))
+                        })
+                        .collect();
+                }
+                let combine = match request.op {
+                    Op::Ack { .. } | Op::Nack { .. } | Op::Cancel { .. } => Combine::AnyOk,
+                    Op::ListQueues | Op::ListConnections => Combine::Lists,
+                    _ => Combine::Home,
+                };
+                let gather = Gather::new(self.shards.len(), request.id.clone(), combine, credit);
+                let gather = Arc::new(gather);
+                every
+                    .map(|shard| {
+                        let part = Part {
+                            conn,
+                            request: request.clone(),
+                            routed: None,
+                            gather: gather.clone(),
+                        };
+                        (shard, Command::Part(Box::new(part)))
+                    })
+                    .collect()
+            }
+            other => vec![(0, other)],
+        }
+    }
+
+    /// A publish's queues grouped by shard, each group its part's route.
+    fn publish_parts(&self, message: &Message, routed: Option<&Routed>) -> Vec<(usize, Route)> {
+        let bindings = match routed {
+            Some(Ok(route)) => route.bindings.clone(),
+            _ => Vec::new(),
+        };
+        let mut parts: Vec<(usize, Route)> = Vec::new();
+        for queue in publish_queues(message, routed) {
+            let shard = self.placement.shard_of(&queue);
+            let index = match parts.iter().position(|(s, _)| *s == shard) {
+                Some(index) => index,
+                None => {
+                    let route = Route {
+                        queues: Vec::new(),
+                        bindings: bindings.clone(),
+                    };
+                    parts.push((shard, route));
+                    parts.len() - 1
+                }
+            };
+            parts[index].1.queues.push(queue);
+        }
+        parts
+    }
+}
+
+/// The queues a publish may go to: its route's, or on the default exchange those its
+/// routing keys name (whether they exist is the shard's to say). None: routed nowhere, or
+/// refused; home answers it (its alternate exchange, the error).
+fn publish_queues(message: &Message, routed: Option<&Routed>) -> Vec<Arc<str>> {
+    match routed {
+        Some(Ok(route)) => route.queues.clone(),
+        Some(Err(_)) => Vec::new(),
+        None if super::exchanges::is_default(&message.exchange) => {
+            let vhost = crate::vhost::of(&message.exchange);
+            let extra = message.extra_routing_keys();
+            let keys = std::iter::once(&message.routing_key).chain(&extra);
+            keys.filter(|key| !key.contains(crate::vhost::SEPARATOR))
+                .map(|key| Arc::from(crate::vhost::qualify(vhost, key)))
+                .collect()
+        }
+        None => Vec::new(),
+    }
+}
+
+/// Whether `command` declares a queue: with several shards, the connection waits for it
+/// to be applied, so a bind that follows (applied by home) finds it.
+pub(super) fn declares_queue(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Request {
+            request: crate::protocol::Request {
+                op: Op::DeclareQueue(_),
+                ..
+            },
+            ..
+        }
+    )
+}

@@ -1,0 +1,310 @@
+//! With the queues on several shards (`broker serve --queue-shards N`), each owned by its
+//! own router task, what crosses shards still behaves as with one: a publish to queues on
+//! several shards reaches all of them and is confirmed once; dead letters, alternate
+//! routes and requeued dead letters reach queues on other shards; home's bindings follow
+//! queues declared and deleted elsewhere; consumer tags are unique per channel across
+//! shards; listings, cancels and vhost deletions cover every shard.
+//!
+//! Placement is a hash of the name with a per-run seed, so each test uses enough queues
+//! that they are spread over the shards whatever the seed.
+
+#[path = "support/amqp.rs"]
+mod amqp;
+#[path = "support/amqp_exchange_helpers.rs"]
+mod helpers;
+
+use amqp::{AmqpBroker, within};
+use broker::protocol::{ErrorCode, SetPermissions, Subscribe};
+use broker::{Broker, Config};
+use helpers::{
+    confirm_channel, declare_bound_queue, declare_exchange, drain, durable_queue, no_args,
+    publish_confirmed,
+};
+use lapin::options::{BasicGetOptions, BasicRejectOptions, ExchangeDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, ExchangeKind};
+
+const SHARDS: usize = 4;
+/// Enough queues that some land on every shard, and that a pair (a queue and its
+/// dead-letter target) on two different shards is all but certain.
+const QUEUES: usize = 12;
+
+fn sharded(config: &mut Config) {
+    config.queue_shards = SHARDS;
+}
+
+fn persistent() -> BasicProperties {
+    BasicProperties::default().with_delivery_mode(2)
+}
+
+fn args(pairs: &[(&str, &str)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in pairs {
+        table.insert((*key).into(), AMQPValue::LongString((*value).into()));
+    }
+    table
+}
+
+#[tokio::test]
+async fn a_publish_to_queues_on_every_shard_reaches_each_and_is_confirmed_once() {
+    let broker = AmqpBroker::start_with(sharded).await;
+    let conn = broker.connect().await;
+    let ch = confirm_channel(&conn).await;
+    let fanout = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    declare_exchange(&ch, "fan", ExchangeKind::Fanout, fanout).await;
+    for i in 0..QUEUES {
+        declare_bound_queue(&ch, &format!("fan-{i}"), "fan", "").await;
+    }
+    for n in 0..3 {
+        let body = format!("m{n}");
+        publish_confirmed(&ch, "fan", "", body.as_bytes(), persistent()).await;
+    }
+    for i in 0..QUEUES {
+        let bodies = drain(&ch, &format!("fan-{i}")).await;
+        assert_eq!(bodies, [b"m0", b"m1", b"m2"], "fan-{i}");
+    }
+    // One confirm per publish: a second one for the same publish would have closed the
+    // channel ("unknown delivery tag" on the client's side); it still publishes.
+    publish_confirmed(&ch, "fan", "", b"after", persistent()).await;
+}
+
+#[tokio::test]
+async fn dead_letters_reach_queues_on_other_shards_and_are_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = || async {
+        let mut config = amqp::config(dir.path());
+        sharded(&mut config);
+        Broker::start(config).await.unwrap()
+    };
+    let broker = start().await;
+    let uri = format!("amqp://guest:guest@{}/%2f", broker.amqp_addr().unwrap());
+    let conn = within(lapin::Connection::connect(&uri, Default::default()))
+        .await
+        .unwrap();
+    let ch = confirm_channel(&conn).await;
+    for i in 0..QUEUES {
+        let (source, target) = (format!("dl-{i}"), format!("dl-target-{i}"));
+        within(ch.queue_declare(target.as_str().into(), durable_queue(), no_args()))
+            .await
+            .unwrap();
+        let dead_letter = args(&[
+            ("x-dead-letter-exchange", ""),
+            ("x-dead-letter-routing-key", &target),
+        ]);
+        within(ch.queue_declare(source.as_str().into(), durable_queue(), dead_letter))
+            .await
+            .unwrap();
+        publish_confirmed(&ch, "", &source, source.as_bytes(), persistent()).await;
+        let got = within(ch.basic_get(source.as_str().into(), BasicGetOptions::default()))
+            .await
+            .unwrap()
+            .expect("a message");
+        within(
+            got.delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: false }),
+        )
+        .await
+        .unwrap();
+    }
+    let json = broker::Client::connect(&broker.url()).await.unwrap();
+    let target_count = |i: usize| {
+        let json = &json;
+        async move {
+            json.queue_info(&format!("dl-target-{i}"))
+                .await
+                .unwrap()
+                .ready
+        }
+    };
+    for i in 0..QUEUES {
+        within(async {
+            while target_count(i).await == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+    }
+    conn.close(200, "done".into()).await.unwrap();
+    broker.shutdown().await;
+
+    // After a restart each dead letter is in its target once, and gone from its source.
+    let broker = start().await;
+    let json = broker::Client::connect(&broker.url()).await.unwrap();
+    for i in 0..QUEUES {
+        let source = json.queue_info(&format!("dl-{i}")).await.unwrap();
+        let target = json.queue_info(&format!("dl-target-{i}")).await.unwrap();
+        assert_eq!((source.ready, source.unacked), (0, 0), "dl-{i}");
+        assert_eq!(target.ready, 1, "dl-target-{i}");
+        let peeked = json.peek_queue(&format!("dl-target-{i}"), 1).await.unwrap();
+        assert_eq!(&peeked[0].message.body[..], format!("dl-{i}").as_bytes());
+    }
+}
+
+#[tokio::test]
+async fn home_binds_queues_of_every_shard_and_forgets_the_bindings_of_deleted_ones() {
+    let broker = AmqpBroker::start_with(sharded).await;
+    let conn = broker.connect().await;
+    let ch = confirm_channel(&conn).await;
+    let json = broker.json_client().await;
+    declare_exchange(&ch, "direct-ex", ExchangeKind::Direct, Default::default()).await;
+    for i in 0..QUEUES {
+        let name = format!("bound-{i}");
+        declare_bound_queue(&ch, &name, "direct-ex", &name).await;
+    }
+    let bound = |bindings: &[broker::protocol::Binding]| {
+        let mut queues: Vec<String> = bindings
+            .iter()
+            .filter(|b| b.exchange == "direct-ex")
+            .map(|b| b.queue.clone())
+            .collect();
+        queues.sort();
+        queues
+    };
+    assert_eq!(bound(&json.list_bindings().await.unwrap()).len(), QUEUES);
+    for i in 0..QUEUES / 2 {
+        let name = format!("bound-{i}");
+        within(ch.queue_delete(name.as_str().into(), Default::default()))
+            .await
+            .unwrap();
+    }
+    // Deleted on their shards; home dropped their bindings before the deletes returned.
+    let mut left: Vec<String> = (QUEUES / 2..QUEUES).map(|i| format!("bound-{i}")).collect();
+    left.sort();
+    assert_eq!(bound(&json.list_bindings().await.unwrap()), left);
+    // A queue declared again is bound again, and routed to.
+    declare_bound_queue(&ch, "bound-0", "direct-ex", "bound-0").await;
+    publish_confirmed(&ch, "direct-ex", "bound-0", b"again", persistent()).await;
+    assert_eq!(drain(&ch, "bound-0").await, [b"again"]);
+}
+
+#[tokio::test]
+async fn an_alternate_exchange_routes_to_queues_on_other_shards_before_confirming() {
+    let broker = AmqpBroker::start_with(sharded).await;
+    let conn = broker.connect().await;
+    let ch = confirm_channel(&conn).await;
+    declare_exchange(&ch, "alt", ExchangeKind::Fanout, Default::default()).await;
+    for i in 0..QUEUES {
+        declare_bound_queue(&ch, &format!("alt-{i}"), "alt", "").await;
+    }
+    let main = args(&[("alternate-exchange", "alt")]);
+    within(ch.exchange_declare(
+        "main".into(),
+        ExchangeKind::Direct,
+        Default::default(),
+        main,
+    ))
+    .await
+    .unwrap();
+    publish_confirmed(&ch, "main", "no-binding", b"unroutable", persistent()).await;
+    // Confirmed after every alternate queue stored it: each has it now.
+    for i in 0..QUEUES {
+        assert_eq!(
+            drain(&ch, &format!("alt-{i}")).await,
+            [b"unroutable"],
+            "alt-{i}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn consumer_tags_listings_and_cancels_span_every_shard() {
+    let broker = AmqpBroker::start_with(sharded).await;
+    let json = broker.json_client().await;
+    for i in 0..QUEUES {
+        let name = format!("tagged-{i}");
+        json.declare_queue(&name, Default::default()).await.unwrap();
+    }
+    let subscribe = |queue: String, tag: &str| Subscribe {
+        queue,
+        prefetch: 10,
+        auto_ack: false,
+        consumer_tag: Some(tag.into()),
+        filter: None,
+        exclusive: false,
+        priority: 0,
+        consumer_timeout_ms: None,
+    };
+    let _first = json
+        .subscribe(subscribe("tagged-0".into(), "dup"))
+        .await
+        .unwrap();
+    // The tag is taken on this connection, on whichever shard the next queue is.
+    for i in 1..QUEUES {
+        let refused = json
+            .subscribe(subscribe(format!("tagged-{i}"), "dup"))
+            .await;
+        let code = refused.err().and_then(|e| e.code());
+        assert_eq!(code, Some(ErrorCode::ConsumerTagInUse), "tagged-{i}");
+    }
+    let mut subscriptions = Vec::new();
+    for i in 1..QUEUES {
+        let sub = json.subscribe(subscribe(format!("tagged-{i}"), &format!("t{i}")));
+        subscriptions.push(sub.await.unwrap());
+    }
+    // One connection, its consumers gathered from every shard.
+    let connections = json.list_connections().await.unwrap();
+    let consumers: usize = connections.iter().map(|c| c.consumers.len()).sum();
+    assert_eq!(consumers, QUEUES);
+    assert_eq!(
+        json.list_queues().await.unwrap().len(),
+        QUEUES,
+        "every shard's queues"
+    );
+    // A cancel finds its consumer's shard; a second one finds none.
+    json.cancel("dup").await.unwrap();
+    let again = json.cancel("dup").await.err().and_then(|e| e.code());
+    assert_eq!(again, Some(ErrorCode::UnknownConsumer));
+    let info = json.queue_info("tagged-0").await.unwrap();
+    assert_eq!(info.consumers, 0);
+}
+
+#[tokio::test]
+async fn deleting_a_vhost_deletes_its_queues_on_every_shard() {
+    let broker = AmqpBroker::start_with(sharded).await;
+    let admin = broker.json_client().await;
+    admin.add_vhost("prod").await.unwrap();
+    let full = SetPermissions {
+        user: "guest".into(),
+        vhost: "prod".into(),
+        configure: ".*".into(),
+        write: ".*".into(),
+        read: ".*".into(),
+        plugin: false,
+    };
+    admin.set_permissions(full.clone()).await.unwrap();
+    let uri = format!("amqp://guest:guest@{}/prod", broker.amqp_addr());
+    let conn = within(lapin::Connection::connect(&uri, Default::default()))
+        .await
+        .unwrap();
+    let ch = confirm_channel(&conn).await;
+    for i in 0..QUEUES {
+        let name = format!("prod-{i}");
+        within(ch.queue_declare(name.as_str().into(), durable_queue(), no_args()))
+            .await
+            .unwrap();
+        publish_confirmed(&ch, "", &name, b"x", persistent()).await;
+    }
+    admin.delete_vhost("prod").await.unwrap();
+    admin.add_vhost("prod").await.unwrap();
+    admin.set_permissions(full).await.unwrap();
+    let uri = format!("amqp://guest:guest@{}/prod", broker.amqp_addr());
+    let conn = within(lapin::Connection::connect(&uri, Default::default()))
+        .await
+        .unwrap();
+    for i in 0..QUEUES {
+        // A refused passive declare closes its channel: one each.
+        let ch = conn.create_channel().await.unwrap();
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let name = format!("prod-{i}");
+        let gone = within(ch.queue_declare(name.as_str().into(), passive, no_args())).await;
+        let code = gone.err().as_ref().and_then(amqp::reply_code);
+        assert_eq!(code, Some(404), "{name} outlived its vhost");
+    }
+}
