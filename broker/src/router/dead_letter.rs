@@ -54,8 +54,22 @@ impl Router {
         reason: DeathReason,
         now: u64,
     ) {
+        self.dead_letter_chain(from, entry, reason, now, 0);
+    }
+
+    /// [`Self::dead_letter`] for the `chain`-th dead letter one event caused (on other
+    /// shards too: a forwarded dead letter carries its count, so a cycle across shards
+    /// is cut off like one within a shard).
+    pub(super) fn dead_letter_chain(
+        &mut self,
+        from: &Arc<str>,
+        entry: Entry,
+        reason: DeathReason,
+        now: u64,
+        chain: usize,
+    ) {
         let mut work = vec![(from.clone(), entry, reason)];
-        let mut handled = 0;
+        let mut handled = chain;
         while let Some((from, entry, reason)) = work.pop() {
             handled += 1;
             let Some(queue) = self.queues.get_mut(&from) else {
@@ -143,6 +157,7 @@ impl Router {
                     removal: rides.take(),
                     stored: stored.clone(),
                     refused_back_to: None,
+                    chain: handled,
                 });
             }
             for destination in here {
@@ -261,6 +276,7 @@ impl Router {
                     removal,
                     stored: None,
                     refused_back_to: Some(dlq_name.clone()),
+                    chain: 0,
                 });
                 continue;
             }

@@ -12,8 +12,9 @@
 
 use std::sync::Arc;
 
+use super::enqueue::QueueFull;
 use super::gather::Countdown;
-use super::{Command, Outbound, Reply, Router};
+use super::{Command, DeathReason, Outbound, Reply, Router};
 use crate::message::Message;
 use crate::protocol::{ErrorCode, RequestId, ServerFrame};
 use crate::queue::ConnId;
@@ -32,6 +33,9 @@ pub struct Forwarded {
     /// Where it goes back to if the target refuses it (`reject_publish`): a requeued dead
     /// letter stays a dead letter.
     pub refused_back_to: Option<Arc<str>>,
+    /// A dead letter: how many the event that made it has caused so far (see
+    /// `dead_letter.rs`, `MAX_DEAD_LETTER_CHAIN`).
+    pub chain: usize,
 }
 
 impl Router {
@@ -74,13 +78,22 @@ impl Router {
             removal,
             stored,
             refused_back_to,
+            chain,
         } = forwarded;
         let target = match &dlq_of {
             Some(source) => Some(self.ensure_dlq(source)),
             None => self.queues.existing(&queue),
         };
         let refused = match &target {
-            Some(name) => self.enqueue(name, &message, now).is_err(),
+            Some(name) => match self.push_into(name, &message, now) {
+                Ok((_, evicted)) => {
+                    for entry in evicted {
+                        self.dead_letter_chain(name, entry, DeathReason::MaxLength, now, chain);
+                    }
+                    false
+                }
+                Err(QueueFull) => true,
+            },
             // Deleted since: nothing to keep.
             None => false,
         };
@@ -94,6 +107,7 @@ impl Router {
                     removal,
                     stored,
                     refused_back_to: None,
+                    chain,
                 });
             }
             (true, None) => {
@@ -164,6 +178,7 @@ impl Router {
                 removal: None,
                 stored: confirm.clone(),
                 refused_back_to: None,
+                chain: 0,
             });
         }
         if let Some(countdown) = confirm {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Command, ingress, queue_shards, shard_routing};
+use super::{Command, conn_sends, ingress, queue_shards, shard_routing};
 use crate::conn_ids::ConnIds;
 
 /// The channels to one queue shard's router.
@@ -24,6 +24,8 @@ pub(super) struct ShardTx {
 pub struct RouterHandle {
     pub(super) shards: Arc<[ShardTx]>,
     pub(super) placement: Arc<queue_shards::Placement>,
+    /// Each connection's commands across shards (with more than one).
+    pub(super) sends: Arc<conn_sends::ConnSends>,
     pub(super) ingress: Arc<ingress::Ingress>,
     pub(super) conn_ids: ConnIds,
 }
@@ -42,11 +44,14 @@ impl RouterHandle {
 
     /// Sends a broker-internal command; false when the router has stopped.
     pub fn send(&self, command: Command) -> bool {
-        match self.target(&command) {
+        let sent = self.sent(&command);
+        let all_sent = match self.target(&command) {
             Some(shard) => self.shards[shard].control.send(command).is_ok(),
             None => (self.split(command).into_iter())
                 .all(|(shard, command)| self.shards[shard].control.send(command).is_ok()),
-        }
+        };
+        self.sends.sent(sent);
+        all_sent
     }
 
     /// Sends a client connection's command, waiting while the router is behind; false
@@ -81,8 +86,12 @@ impl RouterHandle {
         let Some(shard) = self.target(&command) else {
             return Err(command);
         };
+        let sent = self.sent(&command);
         match self.shards[shard].requests.try_send(command) {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                self.sends.sent(sent);
+                Ok(true)
+            }
             Err(mpsc::error::TrySendError::Full(command)) => Err(command),
             Err(mpsc::error::TrySendError::Closed(_)) => Ok(false),
         }
@@ -93,6 +102,7 @@ impl RouterHandle {
     async fn send_request_waiting(&self, command: Command) -> bool {
         let command = self.ingress.route(command).await;
         let barrier = self.needs_barrier(&command);
+        let sent = self.sent(&command);
         let sends = match self.target(&command) {
             Some(shard) => vec![(shard, command)],
             None => self.split(command),
@@ -102,6 +112,7 @@ impl RouterHandle {
                 return false;
             }
         }
+        self.sends.sent(sent);
         !barrier || self.barrier(false).await
     }
 

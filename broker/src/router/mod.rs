@@ -13,6 +13,7 @@
 
 mod ack_timeout;
 mod conn;
+mod conn_sends;
 mod consumers;
 mod dead_letter;
 mod dedup;
@@ -173,8 +174,11 @@ pub enum Command {
 #[derive(Debug)]
 pub struct Part {
     conn: ConnId,
-    request: Request,
+    /// `None`: a sync part, answered after this shard's next commit (`conn_sends.rs`).
+    request: Option<Request>,
     routed: Option<Routed>,
+    /// A publish whose queues are on several shards, this part routing its own.
+    split: bool,
     gather: Arc<gather::Gather>,
 }
 
@@ -302,6 +306,7 @@ impl Router {
             .expect("cannot start the exchange worker threads");
         RouterHandle {
             shards: senders.into(),
+            sends: Default::default(),
             placement,
             ingress: Arc::new(ingress::Ingress::new(directory, workers)),
             conn_ids,

@@ -31,13 +31,19 @@ impl Router {
             conn,
             request,
             routed,
+            split,
             gather,
         } = part;
         let Some(tx) = self.conns.get(&conn).map(|c| c.tx.clone()) else {
             return;
         };
         let shard = self.queues.shard();
-        let result = self.apply(conn, &request.id, request.op, routed, true);
+        let result = match request {
+            Some(request) => self.apply(conn, &request.id, request.op, routed, split),
+            // A sync part: nothing to apply, answered (as nothing) after this turn's
+            // commit, which follows everything the connection sent here before.
+            None => Ok(Reply::OkAfterCommit(super::Answer::Done)),
+        };
         let after_commit = match result {
             Ok(Reply::OkAfterCommit(answer)) => Reply::Ok(answer),
             Ok(Reply::ConfirmAfterCommit) => Reply::Confirm,
@@ -52,7 +58,8 @@ impl Router {
             }));
     }
 
-    /// Applies one operation; `part`: one of several shards' parts of it.
+    /// Applies one operation; `part`: a publish split over several shards, this shard's
+    /// part of it.
     fn apply(
         &mut self,
         conn: ConnId,

@@ -10,10 +10,13 @@
 //! | everything else (exchanges, bindings, plugins, handlers, users, vhosts) | home (shard 0) |
 //!
 //! One connection's commands reach each shard through one channel, in order, so a
-//! publisher's messages enter each queue in the order it sent them.
+//! publisher's messages enter each queue in the order it sent them. A confirmed publish
+//! also gets a sync part on each other shard the connection sent commands to since its
+//! last one (`conn_sends.rs`), so its confirm covers them too.
 
 use std::sync::Arc;
 
+use super::conn_sends::{Sent, shards_in};
 use super::gather::{Combine, Gather};
 use super::{Command, Part, Route, Routed, RouterHandle};
 use crate::message::Message;
@@ -58,7 +61,8 @@ impl RouterHandle {
                     .into_iter()
                     .map(|queue| placement.shard_of(&queue));
                 let first = shards.next().unwrap_or(0);
-                shards.all(|shard| shard == first).then_some(first)
+                let one = shards.all(|shard| shard == first);
+                (one && self.sends.pending_besides(conn, 1 << first) == 0).then_some(first)
             }
             // A broker-named queue: named by the connection's shard, where it then lives.
             Op::DeclareQueue(declare) if declare.queue.is_empty() => {
@@ -171,22 +175,36 @@ impl RouterHandle {
                 routed,
             } => {
                 if let Op::Publish(publish) = &request.op {
-                    let parts = self.publish_parts(&publish.message, routed.as_ref());
-                    let gather =
-                        Gather::new(parts.len(), request.id.clone(), Combine::Publish, credit);
+                    let parts: Vec<(usize, Option<Routed>)> =
+                        match self.publish_parts(&publish.message, routed.as_ref()) {
+                            // Routed nowhere, or refused: home answers (see `publish_queues`).
+                            parts if parts.is_empty() => vec![(0, routed)],
+                            parts => parts.into_iter().map(|(s, r)| (s, Some(Ok(r)))).collect(),
+                        };
+                    let mask = parts.iter().fold(0, |mask, (shard, _)| mask | 1 << shard);
+                    let syncs = self.sends.pending_besides(conn, mask);
+                    let count = parts.len() + syncs.count_ones() as usize;
+                    let gather = Gather::new(count, request.id.clone(), Combine::Publish, credit);
                     let gather = Arc::new(gather);
-                    return parts
+                    // Split: the route's queues are on several shards (each part routes its own).
+                    let split = parts.len() > 1;
+                    let part = |request: Option<crate::protocol::Request>, routed| {
+                        let gather = gather.clone();
+                        let part = Part {
+                            conn,
+                            request,
+                            routed,
+                            split,
+                            gather,
+                        };
+                        Command::Part(Box::new(part))
+                    };
+                    let mut commands: Vec<(usize, Command)> = parts
                         .into_iter()
-                        .map(|(shard, route)| {
-                            let part = Part {
-                                conn,
-                                request: request.clone(),
-                                routed: Some(Ok(route)),
-                                gather: gather.clone(),
-                            };
-                            (shard, Command::Part(Box::new(part)))
-                        })
+                        .map(|(shard, routed)| (shard, part(Some(request.clone()), routed)))
                         .collect();
+                    commands.extend(shards_in(syncs).map(|shard| (shard, part(None, None))));
+                    return commands;
                 }
                 let combine = match request.op {
                     Op::Ack { .. } | Op::Nack { .. } | Op::Cancel { .. } => Combine::AnyOk,
@@ -199,8 +217,9 @@ impl RouterHandle {
                     .map(|shard| {
                         let part = Part {
                             conn,
-                            request: request.clone(),
+                            request: Some(request.clone()),
                             routed: None,
+                            split: false,
                             gather: gather.clone(),
                         };
                         (shard, Command::Part(Box::new(part)))
@@ -208,6 +227,47 @@ impl RouterHandle {
                     .collect()
             }
             other => vec![(0, other)],
+        }
+    }
+
+    /// What sending `command` changes of its connection's record (`conn_sends.rs`).
+    pub(super) fn sent(&self, command: &Command) -> Sent {
+        if self.shards.len() == 1 {
+            return Sent::Nothing;
+        }
+        let every = u64::MAX >> (64 - self.shards.len());
+        match command {
+            Command::Open { conn, .. } => Sent::Opened(*conn),
+            Command::Close { conn, .. } => Sent::Closed(*conn),
+            Command::Written {
+                conn,
+                delivery_tags,
+            } => {
+                let tags = self.placement.tags();
+                let shards = (delivery_tags.iter()).fold(0, |m, t| m | 1 << tags.shard_of(*t));
+                Sent::Touched(*conn, shards)
+            }
+            Command::Request {
+                conn,
+                request,
+                routed,
+                ..
+            } => match &request.op {
+                Op::ConfirmSelect => Sent::ConfirmMode(*conn),
+                Op::Publish(publish) => {
+                    let queues = publish_queues(&publish.message, routed.as_ref());
+                    let shards = queues.iter().map(|queue| self.placement.shard_of(queue));
+                    Sent::Published(
+                        *conn,
+                        shards.fold(0, |mask, shard| mask | 1 << shard).max(1),
+                    )
+                }
+                op => match self.request_target(*conn, op, routed.as_ref()) {
+                    Some(shard) => Sent::Touched(*conn, 1 << shard),
+                    None => Sent::Touched(*conn, every),
+                },
+            },
+            _ => Sent::Nothing,
         }
     }
 

@@ -1,0 +1,109 @@
+//! What the handle remembers of each connection's commands across queue shards (with more
+//! than one): whether it is in confirm mode, and which shards have had commands from it
+//! since its last confirmed publish. A confirm promises that everything the connection
+//! sent before it is stored (with one shard, turns and commits keep its order); with
+//! several, a confirmed publish to some shards also waits for the next commit of each
+//! other shard its earlier commands went to (a sync part, see `shard_routing.rs`), so an
+//! ack followed by a confirmed publish is known stored by that confirm, as with one.
+
+use std::sync::Mutex;
+
+use crate::fast_map::FastMap;
+use crate::queue::ConnId;
+
+#[derive(Default)]
+pub(super) struct ConnSends {
+    conns: Mutex<FastMap<ConnId, Sends>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Sends {
+    confirms: bool,
+    /// Shards (a bit each) with commands since its last confirmed publish.
+    dirty: u64,
+}
+
+/// What sending one command changes.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Sent {
+    Nothing,
+    Opened(ConnId),
+    Closed(ConnId),
+    ConfirmMode(ConnId),
+    /// A command to these shards.
+    Touched(ConnId, u64),
+    /// A publish to these shards (its confirm covers what the connection sent before).
+    Published(ConnId, u64),
+}
+
+impl ConnSends {
+    /// The shards besides `shards` whose earlier commands from `conn` a publish's confirm
+    /// must wait for.
+    pub fn pending_besides(&self, conn: ConnId, shards: u64) -> u64 {
+        let conns = self.conns.lock().expect("connection sends poisoned");
+        match conns.get(&conn) {
+            Some(sends) if sends.confirms => sends.dirty & !shards,
+            _ => 0,
+        }
+    }
+
+    /// Records a command sent.
+    pub fn sent(&self, sent: Sent) {
+        if let Sent::Nothing = sent {
+            return;
+        }
+        let mut conns = self.conns.lock().expect("connection sends poisoned");
+        match sent {
+            Sent::Nothing => {}
+            Sent::Opened(conn) => {
+                conns.insert(conn, Sends::default());
+            }
+            Sent::Closed(conn) => {
+                conns.remove(&conn);
+            }
+            Sent::ConfirmMode(conn) => {
+                if let Some(sends) = conns.get_mut(&conn) {
+                    sends.confirms = true;
+                }
+            }
+            Sent::Touched(conn, shards) => {
+                if let Some(sends) = conns.get_mut(&conn) {
+                    sends.dirty |= shards;
+                }
+            }
+            Sent::Published(conn, shards) => {
+                if let Some(sends) = conns.get_mut(&conn) {
+                    sends.dirty = shards;
+                }
+            }
+        }
+    }
+}
+
+/// The bit of each shard in `mask`, as indexes.
+pub(super) fn shards_in(mask: u64) -> impl Iterator<Item = usize> {
+    (0..64).filter(move |shard| mask & (1 << shard) != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_confirmed_publish_waits_for_the_other_shards_its_connection_used_since_the_last() {
+        let sends = ConnSends::default();
+        sends.sent(Sent::Opened(7));
+        sends.sent(Sent::Touched(7, 0b0010));
+        assert_eq!(sends.pending_besides(7, 0b0100), 0, "not in confirm mode");
+        sends.sent(Sent::ConfirmMode(7));
+        sends.sent(Sent::Touched(7, 0b0001));
+        assert_eq!(sends.pending_besides(7, 0b0100), 0b0011);
+        assert_eq!(sends.pending_besides(7, 0b0010), 0b0001);
+        sends.sent(Sent::Published(7, 0b0100));
+        assert_eq!(sends.pending_besides(7, 0b0100), 0);
+        assert_eq!(sends.pending_besides(7, 0b1000), 0b0100);
+        sends.sent(Sent::Closed(7));
+        assert_eq!(sends.pending_besides(7, 0), 0);
+        assert_eq!(shards_in(0b1010).collect::<Vec<_>>(), [1, 3]);
+    }
+}
