@@ -57,12 +57,10 @@ impl RouterHandle {
         let shard_of = |queue: &str| Some(placement.shard_of(queue));
         match op {
             Op::Publish(publish) => {
-                let mut shards = publish_queues(&publish.message, routed)
-                    .into_iter()
-                    .map(|queue| placement.shard_of(&queue));
-                let first = shards.next().unwrap_or(0);
-                let one = shards.all(|shard| shard == first);
-                (one && self.sends.pending_besides(conn, 1 << first) == 0).then_some(first)
+                let shards = self.publish_shards(&publish.message, routed);
+                let one = shards.count_ones() == 1;
+                let first = shards.trailing_zeros() as usize;
+                (one && self.sends.pending_besides(conn, shards) == 0).then_some(first)
             }
             // A broker-named queue: named by the connection's shard, where it then lives.
             Op::DeclareQueue(declare) if declare.queue.is_empty() => {
@@ -269,6 +267,27 @@ impl RouterHandle {
             },
             _ => Sent::Nothing,
         }
+    }
+
+    /// The shards (a bit each) of a publish's queues; home's when it has none. Without
+    /// allocating on the common paths: a route's queues, one routing key in `/`.
+    fn publish_shards(&self, message: &Message, routed: Option<&Routed>) -> u64 {
+        let bit = |queue: &str| 1u64 << self.placement.shard_of(queue);
+        let shards = match routed {
+            Some(Ok(route)) => route.queues.iter().fold(0, |mask, q| mask | bit(q)),
+            Some(Err(_)) => 0,
+            None if super::exchanges::is_default(&message.exchange)
+                && crate::vhost::of(&message.exchange) == crate::vhost::DEFAULT_VHOST
+                && !message.routing_key.contains(crate::vhost::SEPARATOR)
+                && message.headers.is_empty() =>
+            {
+                bit(&message.routing_key)
+            }
+            None => publish_queues(message, routed)
+                .iter()
+                .fold(0, |mask, q| mask | bit(q)),
+        };
+        if shards == 0 { 1 } else { shards }
     }
 
     /// A publish's queues grouped by shard, each group its part's route.
