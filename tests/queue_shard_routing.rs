@@ -14,8 +14,8 @@ mod amqp;
 mod helpers;
 
 use amqp::{AmqpBroker, within};
+use broker::Config;
 use broker::protocol::{ErrorCode, SetPermissions, Subscribe};
-use broker::{Broker, Config};
 use helpers::{
     confirm_channel, declare_bound_queue, declare_exchange, drain, durable_queue, no_args,
     publish_confirmed,
@@ -74,11 +74,7 @@ async fn a_publish_to_queues_on_every_shard_reaches_each_and_is_confirmed_once()
 #[tokio::test]
 async fn dead_letters_reach_queues_on_other_shards_and_are_stored_once() {
     let dir = tempfile::tempdir().unwrap();
-    let start = || async {
-        let mut config = amqp::config(dir.path());
-        sharded(&mut config);
-        Broker::start(config).await.unwrap()
-    };
+    let start = || amqp::start_in(dir.path(), sharded);
     let broker = start().await;
     let uri = format!("amqp://guest:guest@{}/%2f", broker.amqp_addr().unwrap());
     let conn = within(lapin::Connection::connect(&uri, Default::default()))

@@ -12,7 +12,7 @@ mod helpers;
 use std::collections::BTreeMap;
 
 use amqp::{AmqpBroker, next_delivery, within};
-use broker::{Broker, Config};
+use broker::Config;
 use helpers::{confirm_channel, durable_queue, no_args, publish_confirmed};
 use lapin::BasicProperties;
 use lapin::options::{
@@ -198,11 +198,7 @@ async fn a_channel_wide_prefetch_counts_every_shard() {
 #[tokio::test]
 async fn gets_and_a_restart_keep_each_queue_on_its_shard() {
     let dir = tempfile::tempdir().unwrap();
-    let start = || async {
-        let mut config = amqp::config(dir.path());
-        sharded(&mut config);
-        Broker::start(config).await.unwrap()
-    };
+    let start = || amqp::start_in(dir.path(), sharded);
     let broker = start().await;
     let url = broker.amqp_addr().unwrap();
     let uri = format!("amqp://guest:guest@{url}/%2f");

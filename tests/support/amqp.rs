@@ -39,6 +39,13 @@ pub fn config(dir: &Path) -> Config {
     config
 }
 
+/// A broker on `dir` (its data kept there across restarts), as [`config`] with `adjust`.
+pub async fn start_in(dir: &Path, adjust: impl FnOnce(&mut Config)) -> Broker {
+    let mut config = config(dir);
+    adjust(&mut config);
+    Broker::start(config).await.unwrap()
+}
+
 impl AmqpBroker {
     pub async fn start() -> AmqpBroker {
         Self::start_with(|_| {}).await
@@ -46,9 +53,7 @@ impl AmqpBroker {
 
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> AmqpBroker {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = config(dir.path());
-        adjust(&mut config);
-        let broker = Broker::start(config).await.unwrap();
+        let broker = start_in(dir.path(), adjust).await;
         AmqpBroker {
             broker: Some(broker),
             dir,
