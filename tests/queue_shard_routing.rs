@@ -350,3 +350,86 @@ async fn a_dead_letter_cycle_across_shards_is_cut_off() {
         assert_eq!((dropped, ready), (1, 2), "pair {i}");
     }
 }
+
+#[tokio::test]
+async fn a_handlers_outputs_reach_queues_on_other_shards_with_its_ack_stored_once() {
+    use broker::protocol::{AttachHandler, Binding, HandlerMode};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = amqp::start_in(dir.path(), sharded).await;
+    let json = broker::Client::connect(&broker.url()).await.unwrap();
+    let durable = broker::QueueOptions::durable();
+    // `enrich` publishes each message it handles to its `exchange` (with `routing_key`, or
+    // `{queue}.enriched`): a fanout to a queue on every shard, and the default exchange to
+    // one queue (on another shard than its source, most likely).
+    let no_arguments = Default::default();
+    json.declare_exchange("enriched", "fanout", true, no_arguments)
+        .await
+        .unwrap();
+    for i in 0..QUEUES {
+        let queue = format!("out-{i}");
+        json.declare_queue(&queue, durable.clone()).await.unwrap();
+        let binding = Binding {
+            exchange: "enriched".into(),
+            queue,
+            key: String::new(),
+            arguments: Default::default(),
+        };
+        json.bind(binding).await.unwrap();
+    }
+    json.declare_queue("single-out", durable.clone())
+        .await
+        .unwrap();
+    let attach = |queue: &str, config: &[(&str, &str)]| AttachHandler {
+        queue: queue.into(),
+        plugin: "enrich".into(),
+        mode: HandlerMode::Consume,
+        concurrency: 1,
+        config: config
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    for (queue, config) in [
+        ("to-every-shard", &[("exchange", "enriched")][..]),
+        (
+            "to-one",
+            &[("exchange", ""), ("routing_key", "single-out")][..],
+        ),
+    ] {
+        json.declare_queue(queue, durable.clone()).await.unwrap();
+        json.attach_handler(attach(queue, config)).await.unwrap();
+        for id in 0..3 {
+            let mut message = broker::Message::text(queue, format!(r#"{{"id":{id}}}"#));
+            message.properties.persistent = true;
+            json.publish(message, false).await.unwrap();
+        }
+    }
+    let settled = |queue: &'static str| {
+        let json = &json;
+        async move {
+            let info = json.queue_info(queue).await.unwrap();
+            info.acked == 3 && info.ready + info.unacked == 0
+        }
+    };
+    within(async {
+        while !(settled("to-every-shard").await && settled("to-one").await) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    broker.shutdown().await;
+
+    // After a restart: every output once, every source message acked.
+    let broker = amqp::start_in(dir.path(), sharded).await;
+    let json = broker::Client::connect(&broker.url()).await.unwrap();
+    for i in 0..QUEUES {
+        let out = json.queue_info(&format!("out-{i}")).await.unwrap();
+        assert_eq!(out.ready, 3, "out-{i}");
+    }
+    assert_eq!(json.queue_info("single-out").await.unwrap().ready, 3);
+    for queue in ["to-every-shard", "to-one"] {
+        assert_eq!(json.queue_info(queue).await.unwrap().ready, 0, "{queue}");
+    }
+    let rows = json.list_handlers().await.unwrap();
+    assert_eq!(rows["handlers"].as_array().unwrap().len(), 2, "{rows}");
+}

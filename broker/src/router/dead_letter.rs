@@ -147,14 +147,14 @@ impl Router {
             match elsewhere.len() {
                 0 => self.turn.store_some(removal),
                 1 => rides = removal,
-                n => stored = removal.map(|removal| self.defer_until_stored(n, removal)),
+                n => stored = removal.map(|removal| self.defer_until_stored(n, vec![removal])),
             }
             for (queue, dlq_of) in elsewhere {
                 self.forward(super::forward::Forwarded {
                     queue,
                     dlq_of,
                     message: message.clone(),
-                    removal: rides.take(),
+                    removal: rides.take().into_iter().collect(),
                     stored: stored.clone(),
                     refused_back_to: None,
                     chain: handled,
@@ -273,7 +273,7 @@ impl Router {
                     queue: target,
                     dlq_of: None,
                     message: entry.message.clone(),
-                    removal,
+                    removal: removal.into_iter().collect(),
                     stored: None,
                     refused_back_to: Some(dlq_name.clone()),
                     chain: 0,

@@ -26,8 +26,9 @@ pub struct Forwarded {
     pub queue: Arc<str>,
     pub dlq_of: Option<Arc<str>>,
     pub message: Arc<Message>,
-    /// Its removal from the queue it left, stored with it.
-    pub removal: Option<StoreOp>,
+    /// Its removal from the queue it left (a handler's output: the ack of the delivery
+    /// that made it), stored with it.
+    pub removal: Vec<StoreOp>,
     /// Counted down once the target's commit stored it (or it was refused).
     pub stored: Option<Arc<Countdown>>,
     /// Where it goes back to if the target refuses it (`reject_publish`): a requeued dead
@@ -55,15 +56,19 @@ impl Router {
         self.turn.forwards.push((shard, forwarded));
     }
 
-    /// Sends the turn's forwards (after its batch was submitted).
+    /// Sends the turn's forwards (after its batch was submitted), one command per shard:
+    /// the target applies them in one turn, so they are stored in one commit.
     pub(super) fn send_forwards(&mut self) {
+        if self.turn.forwards.is_empty() {
+            return;
+        }
+        let mut by_shard: Vec<Vec<Forwarded>> = (0..self.peers.len()).map(|_| Vec::new()).collect();
         for (shard, forwarded) in self.turn.forwards.drain(..) {
-            let queue = forwarded.queue.clone();
-            if self.peers[shard]
-                .send(Command::Enqueue(Box::new(forwarded)))
-                .is_err()
-            {
-                tracing::warn!(%queue, "queue shard stopped; message not forwarded");
+            by_shard[shard].push(forwarded);
+        }
+        for (shard, forwards) in by_shard.into_iter().enumerate() {
+            if !forwards.is_empty() && self.peers[shard].send(Command::Enqueue(forwards)).is_err() {
+                tracing::warn!(shard, "queue shard stopped; messages not forwarded");
             }
         }
     }
@@ -117,7 +122,9 @@ impl Router {
             }
             (false, _) => {}
         }
-        self.turn.store_some(removal);
+        for op in removal {
+            self.turn.store(op);
+        }
         if let Some(countdown) = stored {
             self.turn.on_commit(Box::new(move |result| {
                 countdown.part(result.is_ok());
@@ -132,13 +139,13 @@ impl Router {
         }
     }
 
-    /// Sends `op` back to this shard once every one of `parts` forwarded messages is
+    /// Sends `ops` back to this shard once every one of `parts` forwarded messages is
     /// stored; not at all if one failed (the message then stays where it was, stored).
-    pub(super) fn defer_until_stored(&self, parts: usize, op: StoreOp) -> Arc<Countdown> {
+    pub(super) fn defer_until_stored(&self, parts: usize, ops: Vec<StoreOp>) -> Arc<Countdown> {
         let own = self.peers[self.queues.shard()].clone();
         Arc::new(Countdown::new(parts, move |all_stored| {
             if all_stored {
-                let _ = own.send(Command::Store(vec![op]));
+                let _ = own.send(Command::Store(ops));
             }
         }))
     }
@@ -175,7 +182,7 @@ impl Router {
                 queue,
                 dlq_of: None,
                 message: message.clone(),
-                removal: None,
+                removal: Vec::new(),
                 stored: confirm.clone(),
                 refused_back_to: None,
                 chain: 0,
@@ -189,13 +196,12 @@ impl Router {
         Reply::Silent
     }
 
-    /// Queue `name` was removed on another shard: its bindings and handlers go.
+    /// Queue `name` was removed on another shard: its bindings go.
     pub(super) fn queue_removed(&mut self, name: &str) {
         self.remove_bindings_to(name);
-        self.remove_queue_handlers(name);
     }
 
-    /// A queue of this shard was removed: home drops its bindings and handlers.
+    /// A queue of this shard was removed: home drops its bindings.
     pub(super) fn tell_home_removed(&mut self, name: &str) {
         if self.is_home() {
             return self.queue_removed(name);

@@ -123,11 +123,20 @@ fn combine(
                     (Some(Answer::Connections(all)), Answer::Connections(more)) => {
                         Answer::Connections(merge_connections(all, more))
                     }
+                    (Some(Answer::Handlers(mut all)), Answer::Handlers(more)) => {
+                        all.handlers.extend(more.handlers);
+                        Answer::Handlers(all)
+                    }
                     (Some(kept), _) => kept,
                 });
             }
-            if let Some(Answer::Queues(list)) = &mut merged {
-                list.queues.sort_by(|a, b| a.queue.cmp(&b.queue));
+            match &mut merged {
+                Some(Answer::Queues(list)) => list.queues.sort_by(|a, b| a.queue.cmp(&b.queue)),
+                Some(Answer::Handlers(list)) => {
+                    let key = |h: &crate::protocol::HandlerRow| (h.queue.clone(), h.plugin.clone());
+                    list.handlers.sort_by_key(key);
+                }
+                _ => {}
             }
             Ok(Reply::Ok(merged.unwrap_or(Answer::Done)))
         }

@@ -145,8 +145,24 @@ impl RouterHandle {
     }
 
     /// Asks the router to commit and close the store; returns when it has (the other
-    /// shards first, home, which closes the store, last).
+    /// shards first, home, which closes the store, last). With several shards, what they
+    /// still hand each other is let through first: messages forwarded at the end of a
+    /// turn, then their commits, then what waited on those commits (`forward.rs`) — a
+    /// round each, every shard applying and committing what it was sent before.
     pub async fn shutdown(&self) {
+        let drain_rounds = if self.shards.len() > 1 { 3 } else { 0 };
+        for _ in 0..drain_rounds {
+            let mut waits = Vec::with_capacity(self.shards.len());
+            for shard in self.shards.iter() {
+                let (passed, wait) = oneshot::channel();
+                if shard.control.send(Command::Synced { passed }).is_ok() {
+                    waits.push(wait);
+                }
+            }
+            for wait in waits {
+                let _ = wait.await;
+            }
+        }
         for shard in (1..self.shards.len()).chain([0]) {
             let (done, wait) = oneshot::channel();
             if self.shards[shard]

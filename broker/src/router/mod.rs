@@ -128,6 +128,9 @@ pub enum Command {
     },
     /// Answered once every command sent on the same channel before it is applied.
     Barrier { passed: oneshot::Sender<()> },
+    /// Answered once every command sent on the same channel before it is applied and
+    /// committed (and what waited on that commit has run).
+    Synced { passed: oneshot::Sender<()> },
     /// A user change from connection `conn`'s request `id` (its password already hashed).
     ChangeUser {
         conn: ConnId,
@@ -162,11 +165,11 @@ pub enum Command {
     Shutdown { done: oneshot::Sender<()> },
     /// This shard's part of a request several shards apply.
     Part(Box<Part>),
-    /// A message another shard forwards to a queue of this one.
-    Enqueue(Box<forward::Forwarded>),
+    /// Messages another shard forwards to queues of this one (applied in one turn).
+    Enqueue(Vec<forward::Forwarded>),
     /// Store operations this shard deferred until what it forwarded was stored.
     Store(Vec<StoreOp>),
-    /// A queue another shard owned was removed (to home: its bindings and handlers go).
+    /// A queue another shard owned was removed (to home: its bindings go).
     QueueRemoved { name: Arc<str> },
 }
 
@@ -383,6 +386,9 @@ impl Router {
                     Command::Barrier { passed } => {
                         let _ = passed.send(());
                     }
+                    Command::Synced { passed } => self.turn.on_commit(Box::new(move |_| {
+                        let _ = passed.send(());
+                    })),
                     Command::Drained { conn } => self.drained(conn),
                     Command::ChannelPrefetch { conn, prefetch } => {
                         self.set_channel_prefetch(conn, prefetch)
@@ -402,7 +408,11 @@ impl Router {
                         return;
                     }
                     Command::Part(part) => self.request_part(*part),
-                    Command::Enqueue(forwarded) => self.enqueue_forwarded(*forwarded),
+                    Command::Enqueue(forwards) => {
+                        for forwarded in forwards {
+                            self.enqueue_forwarded(forwarded);
+                        }
+                    }
                     Command::Store(ops) => self.store_deferred(ops),
                     Command::QueueRemoved { name } => self.queue_removed(&name),
                 }

@@ -29,6 +29,9 @@ pub(crate) struct Placement {
     /// read where another shard's queue must be known (binds, dead-letter and alternate
     /// targets, per-user queue limits). Not kept with one shard: its queues are all local.
     directory: RwLock<FastMap<Arc<str>, QueueCard>>,
+    /// (queue, handler plugin) of every handler attachment, on every shard: what home
+    /// checks before deleting a plugin.
+    attachments: std::sync::Mutex<Vec<(Arc<str>, String)>>,
 }
 
 /// What other shards know of a queue.
@@ -52,6 +55,7 @@ impl Placement {
             },
             next_queue_id: AtomicU64::new(1),
             directory: Default::default(),
+            attachments: Default::default(),
         }
     }
 
@@ -99,6 +103,22 @@ impl Placement {
             .expect("queue directory lock poisoned");
         let mine = |card: &&QueueCard| card.declared_by.as_deref() == Some(user);
         directory.values().filter(mine).count()
+    }
+
+    /// Handler `plugin` was attached to `queue` (or, with `attached` false, detached).
+    pub fn note_attachment(&self, queue: &Arc<str>, plugin: &str, attached: bool) {
+        let mut attachments = self.attachments.lock().expect("attachments lock poisoned");
+        attachments.retain(|(q, p)| !(q == queue && p == plugin));
+        if attached {
+            attachments.push((queue.clone(), plugin.to_owned()));
+        }
+    }
+
+    /// The queues, on every shard, with an attachment of handler `plugin`.
+    pub fn attached_queues(&self, plugin: &str) -> Vec<String> {
+        let attachments = self.attachments.lock().expect("attachments lock poisoned");
+        let of_plugin = attachments.iter().filter(|(_, p)| p == plugin);
+        of_plugin.map(|(queue, _)| queue.to_string()).collect()
     }
 
     /// Every queue name, on every shard.

@@ -131,6 +131,7 @@ impl Router {
                 }));
             }
         }
+        self.remove_queue_handlers(name);
         self.tell_home_removed(name);
         let messages = queue.drain_all().len() as u64;
         let stored = queue.is_stored();

@@ -42,6 +42,12 @@ pub(super) fn split(mut recovered: Recovered, placement: &Placement) -> Vec<Reco
             n => parts[n - 1].queues.push(queue),
         }
     }
+    for attachment in std::mem::take(&mut recovered.handlers) {
+        match placement.shard_of(&attachment.queue) {
+            0 => recovered.handlers.push(attachment),
+            n => parts[n - 1].handlers.push(attachment),
+        }
+    }
     for window in std::mem::take(&mut recovered.dedup) {
         match shard_of_id.get(&window.0).copied().unwrap_or(0) {
             0 => recovered.dedup.push(window),

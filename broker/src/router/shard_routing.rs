@@ -5,9 +5,9 @@
 //! |---|---|
 //! | publish | the shard of its queues (found at ingress; the default exchange's by name); split into a part per shard when they are on several, answered once (`gather.rs`) |
 //! | ack, nack, reject, auto-acks written | the shard in the tag's low bits; `multiple` to every shard |
-//! | declare, delete, purge, info, peek, get, subscribe, requeue dead letters | the queue's shard (a broker-named queue's: the one that names it) |
-//! | open, close, drained, channel prefetch, confirm select, cancel, listings of queues and connections, vhost deletion | every shard, answered once |
-//! | everything else (exchanges, bindings, plugins, handlers, users, vhosts) | home (shard 0) |
+//! | declare, delete, purge, info, peek, get, subscribe, requeue dead letters, attach and detach a handler | the queue's shard (a broker-named queue's: the one that names it) |
+//! | open, close, drained, channel prefetch, confirm select, cancel, listings of queues, connections and handlers, vhost deletion | every shard, answered once |
+//! | everything else (exchanges, bindings, plugins, users, vhosts) | home (shard 0) |
 //!
 //! One connection's commands reach each shard through one channel, in order, so a
 //! publisher's messages enter each queue in the order it sent them. A confirmed publish
@@ -68,7 +68,9 @@ impl RouterHandle {
             }
             Op::DeclareQueue(declare) => shard_of(&declare.queue),
             Op::Subscribe(subscribe) => shard_of(&subscribe.queue),
+            Op::AttachHandler(attach) => shard_of(&attach.queue),
             Op::DeleteQueue { queue, .. }
+            | Op::DetachHandler { queue, .. }
             | Op::PurgeQueue { queue }
             | Op::QueueInfo { queue }
             | Op::PeekQueue { queue, .. }
@@ -89,6 +91,7 @@ impl RouterHandle {
             | Op::Cancel { .. }
             | Op::ListQueues
             | Op::ListConnections
+            | Op::ListHandlers
             | Op::ConfirmSelect
             | Op::DeleteVhost { .. } => None,
             _ => Some(0),
@@ -206,7 +209,7 @@ impl RouterHandle {
                 }
                 let combine = match request.op {
                     Op::Ack { .. } | Op::Nack { .. } | Op::Cancel { .. } => Combine::AnyOk,
-                    Op::ListQueues | Op::ListConnections => Combine::Lists,
+                    Op::ListQueues | Op::ListConnections | Op::ListHandlers => Combine::Lists,
                     _ => Combine::Home,
                 };
                 let gather = Gather::new(self.shards.len(), request.id.clone(), combine, credit);

@@ -42,6 +42,16 @@ impl Turn {
         self.store.ops.extend(op);
     }
 
+    /// How many store operations the turn has so far (see [`Self::take_ops_since`]).
+    pub fn ops_len(&self) -> usize {
+        self.store.ops.len()
+    }
+
+    /// The store operations added since the turn had `mark` of them, taken out.
+    pub fn take_ops_since(&mut self, mark: usize) -> Vec<StoreOp> {
+        self.store.ops.split_off(mark)
+    }
+
     /// Runs `done` with the outcome of the turn's commit (after it, or at once if the
     /// store has stopped).
     pub fn on_commit(&mut self, done: Completion) {

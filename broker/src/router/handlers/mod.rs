@@ -201,10 +201,6 @@ impl Router {
         id: RequestId,
         attach: AttachHandler,
     ) -> Result<Reply, OpError> {
-        if self.queues.placement().shards() > 1 {
-            let message = "handlers need --queue-shards 1 (they are not sharded yet)";
-            return Err(OpError::new(ErrorCode::InvalidField, message));
-        }
         if let Some(reply) = self.check_attach(conn, &attach)? {
             return Ok(reply);
         }
@@ -350,13 +346,6 @@ impl Router {
     /// Re-attaches the stored attachments at startup (after the plugin versions are
     /// restored); one whose plugin is missing stays stored for a later start.
     pub(super) fn restore_handlers(&mut self, records: Vec<AttachHandler>) {
-        if !records.is_empty() && self.queues.placement().shards() > 1 {
-            tracing::error!(
-                attachments = records.len(),
-                "handlers are not started with --queue-shards above 1; they stay stored"
-            );
-            return;
-        }
         for record in records {
             if !self.queues.contains_key(record.queue.as_str()) {
                 self.turn.store(StoreOp::DeleteHandler {
@@ -393,13 +382,9 @@ impl Router {
             .retain(|_, route| &*route.key.0 != name);
     }
 
-    /// The queues with an attachment running handler `plugin`.
+    /// The queues with an attachment running handler `plugin`, on every shard.
     pub(super) fn attached_queues(&self, plugin: &str) -> Vec<String> {
-        let attachments = self.handlers.attachments.values();
-        attachments
-            .filter(|a| a.record.plugin == plugin)
-            .map(|a| a.record.queue.clone())
-            .collect()
+        self.queues.placement().attached_queues(plugin)
     }
 
     /// Applies a handler's verdict on a delivery it still holds. Publishes and the ack
@@ -414,8 +399,10 @@ impl Router {
         if !held {
             return;
         }
+        // Outputs for queues of other shards, forwarded once the verdict is applied.
+        let mut elsewhere = Vec::new();
         let how = match done.verdict {
-            Verdict::Ack(published) => match self.publish_outputs(published) {
+            Verdict::Ack(published) => match self.publish_outputs(published, &mut elsewhere) {
                 Ok(()) => Settle::Ack,
                 Err(e) => {
                     tracing::warn!(error = %e.message, "handler output not routable; delivery failed");
@@ -426,7 +413,7 @@ impl Router {
             Verdict::Retry(Some(ms)) => Settle::Retry(Retry::After(ms)),
             Verdict::Reject(reason, published) => {
                 tracing::info!(%reason, "handler rejected a message; dead-lettering it");
-                match self.publish_outputs(published) {
+                match self.publish_outputs(published, &mut elsewhere) {
                     Ok(()) => Settle::DeadLetter,
                     Err(e) => {
                         tracing::warn!(error = %e.message, "handler output not routable; delivery failed");
@@ -440,13 +427,59 @@ impl Router {
                 Settle::Failed
             }
         };
+        if how == Settle::Failed {
+            elsewhere.clear();
+        }
+        let mark = self.turn.ops_len();
         let _ = self.settle(done.conn, done.delivery_tag, false, how);
+        if !elsewhere.is_empty() {
+            // The ack goes with the outputs (one commit) when they all go to one other
+            // shard; otherwise it is stored once they all are.
+            let ack = match how {
+                Settle::Ack => self.turn.take_ops_since(mark),
+                _ => Vec::new(),
+            };
+            self.forward_outputs(elsewhere, ack);
+        }
+    }
+
+    /// Forwards a handler's outputs for queues of other shards, `ack` (the delivery's
+    /// settling) with them.
+    fn forward_outputs(&mut self, outputs: Vec<(Arc<Message>, Arc<str>)>, ack: Vec<StoreOp>) {
+        let mut shards: Vec<usize> = outputs
+            .iter()
+            .map(|(_, queue)| self.queues.shard_of(queue))
+            .collect();
+        shards.sort_unstable();
+        shards.dedup();
+        let (mut rides, mut stored) = (Vec::new(), None);
+        match (shards.len(), ack.is_empty()) {
+            (_, true) => {}
+            (1, false) => rides = ack,
+            (_, false) => stored = Some(self.defer_until_stored(outputs.len(), ack)),
+        }
+        for (message, queue) in outputs {
+            self.forward(super::forward::Forwarded {
+                queue,
+                dlq_of: None,
+                message,
+                removal: std::mem::take(&mut rides),
+                stored: stored.clone(),
+                refused_back_to: None,
+                chain: 0,
+            });
+        }
     }
 
     /// Maps every message's route to queues first, then enqueues them all: a handler's
     /// outputs are stored all together, or none of them when one is routed nowhere or a
     /// `reject_publish` queue would refuse one (the delivery then fails).
-    fn publish_outputs(&mut self, published: Vec<Published>) -> Result<(), OpError> {
+    /// Outputs for queues of other shards are left in `elsewhere`, to forward.
+    fn publish_outputs(
+        &mut self,
+        published: Vec<Published>,
+        elsewhere: &mut Vec<(Arc<Message>, Arc<str>)>,
+    ) -> Result<(), OpError> {
         if published.is_empty() {
             return Ok(());
         }
@@ -492,6 +525,10 @@ impl Router {
         }
         for (message, destinations) in routed {
             for name in destinations {
+                if !self.queues.is_local(&name) {
+                    elsewhere.push((message.clone(), name));
+                    continue;
+                }
                 // Checked above: a queue refuses nothing here.
                 let _ = self.enqueue(&name, &message, now);
             }
@@ -586,6 +623,9 @@ impl Router {
             }
         }
         let key: Key = (queue, attachment.record.plugin.clone());
+        self.queues
+            .placement()
+            .note_attachment(&key.0, &key.1, true);
         self.handlers.attachments.insert(key, attachment);
     }
 
@@ -595,6 +635,9 @@ impl Router {
         let Some(attachment) = self.handlers.attachments.remove(key) else {
             return;
         };
+        self.queues
+            .placement()
+            .note_attachment(&key.0, &key.1, false);
         attachment.stop.store(true, Ordering::Release);
         if let Some(conn) = attachment.conn {
             self.close_conn(conn, true);
