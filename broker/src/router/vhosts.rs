@@ -45,33 +45,7 @@ impl Router {
         self.require_vhost(&name)?;
         tracing::info!(target: "audit", event = "vhost_deleted", vhost = %name, by = %self.conn_user(conn), "vhost deleted");
         let in_vhost = |resource: &str| vhost::of(resource) == name;
-        let closing: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| *c.vhost == *name && c.peer.is_some())
-            .map(|(id, _)| *id)
-            .collect();
-        for id in closing {
-            if let Some(c) = self.conns.get(&id) {
-                let reason = format!("vhost `{name}` was deleted");
-                let _ = c.tx.send(Outbound::Frame(ServerFrame::error(
-                    None,
-                    ErrorCode::AccessRefused,
-                    reason.clone(),
-                )));
-                let _ = c.tx.send(Outbound::Close(reason));
-            }
-            self.close_conn(id, false);
-        }
-        let queues: Vec<Arc<str>> = self
-            .queues
-            .keys()
-            .filter(|q| in_vhost(q))
-            .cloned()
-            .collect();
-        for queue in queues {
-            self.remove_queue(&queue, "vhost deleted");
-        }
+        self.close_vhost_here(&name, true);
         self.drop_reserved(&name);
         let exchanges: Vec<String> = self
             .topology
@@ -200,11 +174,28 @@ impl Router {
         if name == DEFAULT_VHOST {
             return Ok(Reply::Ok(Answer::Done));
         }
+        self.close_vhost_here(&name, false);
+        Ok(Reply::OkAfterCommit(Answer::Done))
+    }
+
+    /// Vhost `name`'s connections and this shard's queues of it go; with `tell`
+    /// (home: it alone writes to them), the connections are told why first.
+    fn close_vhost_here(&mut self, name: &str, tell: bool) {
         let closing: Vec<ConnId> = (self.conns.iter())
             .filter(|(_, c)| *c.vhost == *name && c.peer.is_some())
             .map(|(id, _)| *id)
             .collect();
         for id in closing {
+            if tell && let Some(c) = self.conns.get(&id) {
+                let reason = format!("vhost `{name}` was deleted");
+                let refused = ErrorCode::AccessRefused;
+                let _ = (c.tx).send(Outbound::Frame(ServerFrame::error(
+                    None,
+                    refused,
+                    reason.clone(),
+                )));
+                let _ = c.tx.send(Outbound::Close(reason));
+            }
             self.close_conn(id, false);
         }
         let queues: Vec<Arc<str>> = (self.queues.keys())
@@ -214,7 +205,6 @@ impl Router {
         for queue in queues {
             self.remove_queue(&queue, "vhost deleted");
         }
-        Ok(Reply::OkAfterCommit(Answer::Done))
     }
 
     fn require_vhost(&self, name: &str) -> Result<(), OpError> {
