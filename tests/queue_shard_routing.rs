@@ -433,3 +433,70 @@ async fn a_handlers_outputs_reach_queues_on_other_shards_with_its_ack_stored_onc
     let rows = json.list_handlers().await.unwrap();
     assert_eq!(rows["handlers"].as_array().unwrap().len(), 2, "{rows}");
 }
+
+#[tokio::test]
+async fn a_handler_output_refused_by_a_full_queue_on_another_shard_fails_the_delivery() {
+    use broker::protocol::{AttachHandler, HandlerMode};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = amqp::start_in(dir.path(), sharded).await;
+    let json = broker::Client::connect(&broker.url()).await.unwrap();
+    let options = |arguments: serde_json::Value| broker::QueueOptions {
+        durable: true,
+        arguments: arguments.as_object().cloned().unwrap(),
+        ..Default::default()
+    };
+    let full = serde_json::json!({"max_length": 1, "overflow": "reject_publish"});
+    json.declare_queue("full", options(full)).await.unwrap();
+    let mut first = broker::Message::text("full", "already here");
+    first.properties.persistent = true;
+    json.publish(first, true).await.unwrap();
+    // Each source's handler publishes to `full`: most sources are on another shard than
+    // it, some maybe on its own. Either way the delivery fails, is retried, and is
+    // dead-lettered as a handler failure at the limit; `full` keeps its one message.
+    let retried = serde_json::json!({"retry_backoff": ["10ms"], "max_deliveries": 2});
+    for i in 0..QUEUES {
+        let source = format!("source-{i}");
+        json.declare_queue(&source, options(retried.clone()))
+            .await
+            .unwrap();
+        let attach = AttachHandler {
+            queue: source.clone(),
+            plugin: "enrich".into(),
+            mode: HandlerMode::Consume,
+            concurrency: 1,
+            config: [("exchange", ""), ("routing_key", "full")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        json.attach_handler(attach).await.unwrap();
+        let mut message = broker::Message::text(&source, r#"{"id":1}"#);
+        message.properties.persistent = true;
+        json.publish(message, true).await.unwrap();
+    }
+    within(async {
+        for i in 0..QUEUES {
+            while json
+                .queue_info(&format!("source-{i}"))
+                .await
+                .unwrap()
+                .dead_lettered
+                == 0
+            {
+                tokio::task::yield_now().await;
+            }
+        }
+    })
+    .await;
+    for i in 0..QUEUES {
+        let dead = json
+            .peek_queue(&format!("source-{i}.dlq"), 10)
+            .await
+            .unwrap();
+        assert_eq!(dead.len(), 1, "source-{i}");
+        let deaths = &dead[0].message.headers[broker::router::DEATH_HEADER];
+        assert_eq!(deaths[0]["reason"], "plugin_error", "source-{i}");
+    }
+    let info = json.queue_info("full").await.unwrap();
+    assert_eq!((info.ready, info.dropped), (1, 0), "{info:?}");
+}

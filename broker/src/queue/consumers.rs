@@ -236,6 +236,17 @@ impl Queue {
         dispatch
     }
 
+    /// The store operation that acking unacked message `seq` would make, without acking
+    /// it: `None` for a transient message (or none unacked at `seq`).
+    pub fn ack_op(&self, seq: u64) -> Option<crate::store::StoreOp> {
+        let entry = &self.unacked.get(&seq)?.entry;
+        entry.stored.then(|| crate::store::StoreOp::DeleteMessage {
+            queue: self.id,
+            seq,
+            state: entry.state_stored,
+        })
+    }
+
     /// Settles an unacked message: it leaves the queue.
     pub fn ack(&mut self, seq: u64) -> Option<Entry> {
         let unacked = self.unacked.remove(&seq)?;

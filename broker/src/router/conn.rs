@@ -140,6 +140,11 @@ impl Conn {
         self.unacked.contains_key(&tag)
     }
 
+    /// The delivery it holds under `tag`.
+    pub(super) fn held(&self, tag: u64) -> Option<&Held> {
+        self.unacked.get(&tag)
+    }
+
     /// Takes consumer tag `tag` for this connection; false if one of its consumers on any
     /// shard has it.
     pub(super) fn take_consumer_tag(&self, tag: &Arc<str>) -> bool {

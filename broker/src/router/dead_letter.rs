@@ -156,7 +156,7 @@ impl Router {
                     message: message.clone(),
                     removal: rides.take().into_iter().collect(),
                     stored: stored.clone(),
-                    refused_back_to: None,
+                    refused: super::forward::OnRefusal::Drop,
                     chain: handled,
                 });
             }
@@ -275,7 +275,7 @@ impl Router {
                     message: entry.message.clone(),
                     removal: removal.into_iter().collect(),
                     stored: None,
-                    refused_back_to: Some(dlq_name.clone()),
+                    refused: super::forward::OnRefusal::BackTo(dlq_name.clone()),
                     chain: 0,
                 });
                 continue;

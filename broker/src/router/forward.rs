@@ -31,12 +31,22 @@ pub struct Forwarded {
     pub removal: Vec<StoreOp>,
     /// Counted down once the target's commit stored it (or it was refused).
     pub stored: Option<Arc<Countdown>>,
-    /// Where it goes back to if the target refuses it (`reject_publish`): a requeued dead
-    /// letter stays a dead letter.
-    pub refused_back_to: Option<Arc<str>>,
+    /// What a refusal by the target queue (`reject_publish`) does.
+    pub refused: OnRefusal,
     /// A dead letter: how many the event that made it has caused so far (see
     /// `dead_letter.rs`, `MAX_DEAD_LETTER_CHAIN`).
     pub chain: usize,
+}
+
+/// What happens to a forwarded message its queue refuses (full, `reject_publish`).
+pub enum OnRefusal {
+    /// Dropped, and counted on the queue (a dead letter, an alternate route's copy).
+    Drop,
+    /// Back to this queue, its removal with it: a requeued dead letter stays a dead letter.
+    BackTo(Arc<str>),
+    /// A handler's outputs: those of one delivery for this shard (consecutive, sharing
+    /// `stored`) are enqueued all together or none, and a refusal fails the delivery.
+    FailDelivery,
 }
 
 impl Router {
@@ -73,8 +83,57 @@ impl Router {
         }
     }
 
+    /// Messages another shard forwarded, into their queues here. A delivery's handler
+    /// outputs are checked together first: none is enqueued if a queue would refuse one.
+    pub(super) fn enqueue_forwards(&mut self, forwards: Vec<Forwarded>) {
+        let mut forwards = forwards.into_iter().peekable();
+        while let Some(first) = forwards.next() {
+            if !matches!(first.refused, OnRefusal::FailDelivery) {
+                self.enqueue_forwarded(first);
+                continue;
+            }
+            let delivery = first.stored.as_ref().map(Arc::as_ptr);
+            let mut outputs = vec![first];
+            while let Some(next) = forwards.next_if(|f| {
+                matches!(f.refused, OnRefusal::FailDelivery)
+                    && f.stored.as_ref().map(Arc::as_ptr) == delivery
+            }) {
+                outputs.push(next);
+            }
+            if self.refuses_any(&outputs) {
+                // Nothing stored, not even the ack riding along: the delivery fails.
+                for output in outputs {
+                    if let Some(countdown) = output.stored {
+                        countdown.part(false);
+                    }
+                }
+                continue;
+            }
+            for output in outputs {
+                self.enqueue_forwarded(output);
+            }
+        }
+    }
+
+    /// Whether a queue here would refuse one of `outputs`, counting them all.
+    fn refuses_any(&self, outputs: &[Forwarded]) -> bool {
+        let mut adds: Vec<(&str, u64, u64)> = Vec::new();
+        for output in outputs {
+            let bytes = output.message.body_len() as u64;
+            match adds.iter_mut().find(|(q, ..)| *q == &*output.queue) {
+                Some((_, messages, total)) => (*messages, *total) = (*messages + 1, *total + bytes),
+                None => adds.push((&output.queue, 1, bytes)),
+            }
+        }
+        adds.iter().any(|(queue, messages, bytes)| {
+            self.queues
+                .get(queue)
+                .is_some_and(|q| q.refuses(*messages, *bytes))
+        })
+    }
+
     /// A message another shard forwarded, into its queue here.
-    pub(super) fn enqueue_forwarded(&mut self, forwarded: Forwarded) {
+    fn enqueue_forwarded(&mut self, forwarded: Forwarded) {
         let now = self.turn.now_ms();
         let Forwarded {
             queue,
@@ -82,7 +141,7 @@ impl Router {
             message,
             removal,
             stored,
-            refused_back_to,
+            refused: on_refusal,
             chain,
         } = forwarded;
         let target = match &dlq_of {
@@ -102,20 +161,20 @@ impl Router {
             // Deleted since: nothing to keep.
             None => false,
         };
-        match (refused, refused_back_to) {
+        match (refused, on_refusal) {
             // Back where it came from, its removal with it: still one commit.
-            (true, Some(back)) => {
+            (true, OnRefusal::BackTo(back)) => {
                 return self.forward(Forwarded {
                     queue: back,
                     dlq_of: None,
                     message,
                     removal,
                     stored,
-                    refused_back_to: None,
+                    refused: OnRefusal::Drop,
                     chain,
                 });
             }
-            (true, None) => {
+            (true, _) => {
                 if let Some(queue) = target.as_ref().and_then(|t| self.queues.get_mut(t)) {
                     queue.counters.dropped += 1;
                 }
@@ -184,7 +243,7 @@ impl Router {
                 message: message.clone(),
                 removal: Vec::new(),
                 stored: confirm.clone(),
-                refused_back_to: None,
+                refused: OnRefusal::Drop,
                 chain: 0,
             });
         }

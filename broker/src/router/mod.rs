@@ -169,6 +169,14 @@ pub enum Command {
     Enqueue(Vec<forward::Forwarded>),
     /// Store operations this shard deferred until what it forwarded was stored.
     Store(Vec<StoreOp>),
+    /// The shards a handler's outputs went to have stored them (settle the delivery
+    /// `how`; its ack was stored with them when `ack_stored`) or refused them (`Failed`).
+    OutputsAnswered {
+        conn: ConnId,
+        tag: u64,
+        how: Settle,
+        ack_stored: bool,
+    },
     /// A queue another shard owned was removed (to home: its bindings go).
     QueueRemoved { name: Arc<str> },
 }
@@ -408,11 +416,13 @@ impl Router {
                         return;
                     }
                     Command::Part(part) => self.request_part(*part),
-                    Command::Enqueue(forwards) => {
-                        for forwarded in forwards {
-                            self.enqueue_forwarded(forwarded);
-                        }
-                    }
+                    Command::Enqueue(forwards) => self.enqueue_forwards(forwards),
+                    Command::OutputsAnswered {
+                        conn,
+                        tag,
+                        how,
+                        ack_stored,
+                    } => self.outputs_answered(conn, tag, how, ack_stored),
                     Command::Store(ops) => self.store_deferred(ops),
                     Command::QueueRemoved { name } => self.queue_removed(&name),
                 }
@@ -528,7 +538,7 @@ pub struct Route {
 
 /// What to do with a settled delivery.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum Settle {
+pub enum Settle {
     /// Processed: remove it.
     Ack,
     /// Failed: back to its queue (now or after a delay), or dead-lettered at the limit.

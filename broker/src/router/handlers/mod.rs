@@ -430,16 +430,11 @@ impl Router {
         if how == Settle::Failed {
             elsewhere.clear();
         }
-        let mark = self.turn.ops_len();
-        let _ = self.settle(done.conn, done.delivery_tag, false, how);
-        if !elsewhere.is_empty() {
-            // The ack goes with the outputs (one commit) when they all go to one other
-            // shard; otherwise it is stored once they all are.
-            let ack = match how {
-                Settle::Ack => self.turn.take_ops_since(mark),
-                _ => Vec::new(),
-            };
-            self.forward_outputs(elsewhere, ack);
+        if elsewhere.is_empty() {
+            let _ = self.settle(done.conn, done.delivery_tag, false, how);
+        } else {
+            // Settled when the shards of the outputs answer: a full queue there fails it.
+            self.forward_outputs((done.conn, done.delivery_tag), how, elsewhere);
         }
     }
 

@@ -1,24 +1,33 @@
 //! A handler's outputs: routed to their queues all at once (stored together, or none when
-//! one cannot be), in the same commit as the delivery's ack; outputs for queues of other
-//! shards are forwarded, the ack riding along when they all go to one shard.
+//! one cannot be), in the same commit as the delivery's ack. Outputs for queues of other
+//! shards are forwarded and the delivery settled once those shards answer: a full queue
+//! there fails it as one here does. The ack rides along when they all go to one shard;
+//! otherwise it is stored after them, and a refusal on one shard after another stored its
+//! share means those outputs may be published again by the retry (at-least-once).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::super::{OpError, Router};
+use super::super::forward::{Forwarded, OnRefusal};
+use super::super::gather::Countdown;
+use super::super::{Command, OpError, Router, Settle};
 use super::Published;
 use crate::clock::now_ms;
 use crate::message::Message;
 use crate::protocol::ErrorCode;
+use crate::queue::ConnId;
 use crate::store::StoreOp;
 
 impl Router {
-    /// Forwards a handler's outputs for queues of other shards, `ack` (the delivery's
-    /// settling) with them.
+    /// Forwards a handler's outputs for queues of other shards. The delivery (`conn`,
+    /// `tag`) is settled `how` once every one is stored, or fails if a queue there refuses
+    /// one (see [`Router::outputs_answered`]). When they all go to one shard, its ack rides
+    /// along: stored in the commit that stores them.
     pub(super) fn forward_outputs(
         &mut self,
+        (conn, tag): (ConnId, u64),
+        how: Settle,
         outputs: Vec<(Arc<Message>, Arc<str>)>,
-        ack: Vec<StoreOp>,
     ) {
         let mut shards: Vec<usize> = outputs
             .iter()
@@ -26,22 +35,65 @@ impl Router {
             .collect();
         shards.sort_unstable();
         shards.dedup();
-        let (mut rides, mut stored) = (Vec::new(), None);
-        match (shards.len(), ack.is_empty()) {
-            (_, true) => {}
-            (1, false) => rides = ack,
-            (_, false) => stored = Some(self.defer_until_stored(outputs.len(), ack)),
-        }
+        let ack = match (how, shards.len()) {
+            (Settle::Ack, 1) => self.ack_op(conn, tag),
+            _ => None,
+        };
+        let ack_rides = ack.is_some();
+        let own = self.peers[self.queues.shard()].clone();
+        let answered = Arc::new(Countdown::new(outputs.len(), move |all_stored| {
+            let _ = own.send(Command::OutputsAnswered {
+                conn,
+                tag,
+                how: if all_stored { how } else { Settle::Failed },
+                ack_stored: all_stored && ack_rides,
+            });
+        }));
+        let mut removal: Vec<StoreOp> = ack.into_iter().collect();
         for (message, queue) in outputs {
-            self.forward(super::super::forward::Forwarded {
+            self.forward(Forwarded {
                 queue,
                 dlq_of: None,
                 message,
-                removal: std::mem::take(&mut rides),
-                stored: stored.clone(),
-                refused_back_to: None,
+                removal: std::mem::take(&mut removal),
+                stored: Some(answered.clone()),
+                refused: OnRefusal::FailDelivery,
                 chain: 0,
             });
+        }
+    }
+
+    /// The store operation acking delivery `tag` of `conn` would make (none for a
+    /// transient message).
+    fn ack_op(&self, conn: ConnId, tag: u64) -> Option<StoreOp> {
+        let held = self.conns.get(&conn)?.held(tag)?;
+        let queue = self.queues.get(&held.queue)?;
+        (queue.id == held.queue_id)
+            .then(|| queue.ack_op(held.seq))
+            .flatten()
+    }
+
+    /// The shards a delivery's outputs went to answered: it is settled now.
+    pub(in crate::router) fn outputs_answered(
+        &mut self,
+        conn: ConnId,
+        tag: u64,
+        how: Settle,
+        ack_stored: bool,
+    ) {
+        // Requeued meanwhile (a detach, a consumer timeout): redelivered, so its outputs
+        // may be published twice (at-least-once), never lost.
+        if !self.conns.get(&conn).is_some_and(|c| c.holds(tag)) {
+            return;
+        }
+        if how == Settle::Failed {
+            tracing::warn!("a queue on another shard refused a handler output; delivery failed");
+        }
+        let mark = self.turn.ops_len();
+        let _ = self.settle(conn, tag, false, how);
+        if ack_stored {
+            // Stored already, with the outputs.
+            self.turn.take_ops_since(mark);
         }
     }
 
