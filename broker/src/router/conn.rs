@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::ConnTx;
-use super::queue_shards::DeliveryTags;
+use super::delivery_tags::DeliveryTags;
 use crate::auth::Principal;
 use crate::queue::ConnId;
 
@@ -29,9 +29,8 @@ pub(super) struct Conn {
     link: Arc<ConnLink>,
     /// Delivery tag → every unsettled delivery from this shard's queues.
     unacked: BTreeMap<u64, Held>,
-    /// This shard's index and how tags name it.
+    /// This shard's index.
     shard: usize,
-    tags: DeliveryTags,
     /// (queue, consumer tag) of each of its consumers.
     pub(super) consumers: Vec<(Arc<str>, Arc<str>)>,
     /// For broker-chosen consumer tags and queue names.
@@ -44,7 +43,7 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    #[allow(clippy::too_many_arguments)] // what `Command::Open` says, and the tag layout
+    #[allow(clippy::too_many_arguments)] // what `Command::Open` says, and the shard
     pub(super) fn new(
         tx: ConnTx,
         peer: Option<SocketAddr>,
@@ -55,7 +54,6 @@ impl Conn {
         protocol: crate::protocol::WireProtocol,
         link: Arc<ConnLink>,
         shard: usize,
-        tags: DeliveryTags,
     ) -> Self {
         Conn {
             tx,
@@ -68,7 +66,6 @@ impl Conn {
             link,
             unacked: BTreeMap::new(),
             shard,
-            tags,
             consumers: Vec::new(),
             next_generated: 1,
             session,
@@ -96,8 +93,7 @@ impl Conn {
         send: impl FnOnce(u64, &ConnTx, Option<&AtomicUsize>) -> T,
     ) -> T {
         let mut deliveries = self.link.deliveries.lock().expect("delivery lock poisoned");
-        *deliveries += 1;
-        let tag = self.tags.tag(*deliveries, self.shard);
+        let tag = deliveries.next(self.shard);
         self.unacked.insert(tag, held);
         self.link.unacked.fetch_add(1, Ordering::Relaxed);
         send(tag, &self.tx, self.outbound.as_deref())
@@ -167,14 +163,22 @@ impl Conn {
     }
 }
 
-/// What a connection's copies on the queue shards share: its delivery sequence (a
-/// delivery's tag is it with the shard's index, see `queue_shards.rs`), its unsettled
-/// deliveries across shards (what the channel-wide prefetch counts) and its consumer tags.
+/// What a connection's copies on the queue shards share: its delivery tags (and which
+/// shard gave each, see `delivery_tags.rs`), its unsettled deliveries across shards (what
+/// the channel-wide prefetch counts) and its consumer tags.
 #[derive(Debug, Default)]
 pub struct ConnLink {
-    deliveries: Mutex<u64>,
+    deliveries: Mutex<DeliveryTags>,
     unacked: AtomicUsize,
     consumer_tags: Mutex<crate::fast_map::FastSet<Arc<str>>>,
+}
+
+impl ConnLink {
+    /// The shard that delivered `tag` (see [`DeliveryTags::shard_of`]).
+    pub(super) fn shard_of_tag(&self, tag: u64) -> Option<usize> {
+        let deliveries = self.deliveries.lock().expect("delivery lock poisoned");
+        deliveries.shard_of(tag)
+    }
 }
 
 /// A delivery a connection holds. The queue id tells a queue from a later one of the same

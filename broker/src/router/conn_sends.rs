@@ -5,9 +5,11 @@
 //! several, a confirmed publish to some shards also waits for the next commit of each
 //! other shard its earlier commands went to (a sync part, see `shard_routing.rs`), so an
 //! ack followed by a confirmed publish is known stored by that confirm, as with one.
+//! It also keeps each connection's [`ConnLink`], to find the shard a delivery tag is from.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use super::conn::ConnLink;
 use crate::fast_map::FastMap;
 use crate::queue::ConnId;
 
@@ -16,18 +18,19 @@ pub(super) struct ConnSends {
     conns: Mutex<FastMap<ConnId, Sends>>,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default)]
 struct Sends {
+    link: Arc<ConnLink>,
     confirms: bool,
     /// Shards (a bit each) with commands since its last confirmed publish.
     dirty: u64,
 }
 
 /// What sending one command changes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) enum Sent {
     Nothing,
-    Opened(ConnId),
+    Opened(ConnId, Arc<ConnLink>),
     Closed(ConnId),
     ConfirmMode(ConnId),
     /// A command to these shards.
@@ -47,6 +50,12 @@ impl ConnSends {
         }
     }
 
+    /// The shard that delivered `tag` to `conn` (`None`: unknown, ask every shard).
+    pub fn shard_of_tag(&self, conn: ConnId, tag: u64) -> Option<usize> {
+        let conns = self.conns.lock().expect("connection sends poisoned");
+        conns.get(&conn)?.link.shard_of_tag(tag)
+    }
+
     /// Records a command sent.
     pub fn sent(&self, sent: Sent) {
         if let Sent::Nothing = sent {
@@ -55,8 +64,12 @@ impl ConnSends {
         let mut conns = self.conns.lock().expect("connection sends poisoned");
         match sent {
             Sent::Nothing => {}
-            Sent::Opened(conn) => {
-                conns.insert(conn, Sends::default());
+            Sent::Opened(conn, link) => {
+                let sends = Sends {
+                    link,
+                    ..Default::default()
+                };
+                conns.insert(conn, sends);
             }
             Sent::Closed(conn) => {
                 conns.remove(&conn);
@@ -92,7 +105,7 @@ mod tests {
     #[test]
     fn a_confirmed_publish_waits_for_the_other_shards_its_connection_used_since_the_last() {
         let sends = ConnSends::default();
-        sends.sent(Sent::Opened(7));
+        sends.sent(Sent::Opened(7, Default::default()));
         sends.sent(Sent::Touched(7, 0b0010));
         assert_eq!(sends.pending_besides(7, 0b0100), 0, "not in confirm mode");
         sends.sent(Sent::ConfirmMode(7));

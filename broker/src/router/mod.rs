@@ -17,6 +17,7 @@ mod conn_sends;
 mod consumers;
 mod dead_letter;
 mod dedup;
+mod delivery_tags;
 mod dispatch;
 mod enqueue;
 mod exchange_bindings;
@@ -374,9 +375,9 @@ impl Router {
                         protocol,
                         link,
                     } => {
-                        let (shard, tags) = (self.queues.shard(), self.queues.tags());
+                        let shard = self.queues.shard();
                         let state = Conn::new(
-                            tx, peer, outbound, user, vhost, session, protocol, link, shard, tags,
+                            tx, peer, outbound, user, vhost, session, protocol, link, shard,
                         );
                         self.open_conn(conn, state)
                     }

@@ -22,7 +22,6 @@ pub(crate) struct Placement {
     /// Seeded at random per run, as the maps are: clients choose queue names, and a fixed
     /// hash would let them pile every queue onto one shard.
     seed: foldhash::fast::RandomState,
-    tags: DeliveryTags,
     /// Queue ids are stored keys: unique across shards and runs.
     next_queue_id: AtomicU64,
     /// Every queue of every shard: written by the shard that owns it (declare, delete),
@@ -49,10 +48,6 @@ impl Placement {
         Placement {
             shards,
             seed: Default::default(),
-            tags: DeliveryTags {
-                bits: usize::BITS - (shards - 1).leading_zeros(),
-                shards,
-            },
             next_queue_id: AtomicU64::new(1),
             directory: Default::default(),
             attachments: Default::default(),
@@ -69,11 +64,6 @@ impl Placement {
             1 => 0,
             n => (self.seed.hash_one(name) % n as u64) as usize,
         }
-    }
-
-    /// How delivery tags name the shards.
-    pub fn tags(&self) -> DeliveryTags {
-        self.tags
     }
 
     /// What is known of queue `name`, on whichever shard it lives (with one shard: `None`,
@@ -208,11 +198,6 @@ impl QueueShards {
         self.placement.shard_of(name) == self.shard
     }
 
-    /// How delivery tags name the shards.
-    pub fn tags(&self) -> DeliveryTags {
-        self.placement.tags
-    }
-
     /// Queue `name`, if it lives on any shard: this one's `Arc`, or the directory's.
     pub fn existing(&self, name: &str) -> Option<Arc<str>> {
         match self.queues.get_key_value(name) {
@@ -325,51 +310,9 @@ impl QueueShards {
     }
 }
 
-/// How a delivery tag names the shard of the queue it came from: a connection's delivery
-/// sequence shifted left, the shard's index in the low bits. Tags still grow with each
-/// delivery of the connection, whichever shard made it, so an ack with `multiple`
-/// ("every tag up to this one") keeps its meaning.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct DeliveryTags {
-    /// Low bits that name the shard (0 with one shard: tags are then the sequence itself,
-    /// 1, 2, 3, ...).
-    bits: u32,
-    shards: usize,
-}
-
-impl DeliveryTags {
-    /// The tag of a connection's `seq`-th delivery, from a queue on `shard`.
-    pub fn tag(self, seq: u64, shard: usize) -> u64 {
-        (seq << self.bits) | shard as u64
-    }
-
-    /// The shard whose queue delivered `tag` (any number: a client may ack anything).
-    pub fn shard_of(self, tag: u64) -> usize {
-        let shard = (tag & ((1u64 << self.bits) - 1)) as usize;
-        shard.min(self.shards - 1)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::Placement;
-
-    #[test]
-    fn a_tag_names_its_shard_and_tags_grow_with_the_sequence() {
-        let one = Placement::new(1).tags();
-        assert_eq!(one.tag(7, 0), 7, "one shard: the sequence itself");
-        assert_eq!(one.shard_of(7), 0);
-        for shards in [2, 3, 4, 5, 8] {
-            let many = Placement::new(shards).tags();
-            for shard in 0..shards {
-                let tag = many.tag(41, shard);
-                assert_eq!(many.shard_of(tag), shard);
-                assert!(many.tag(42, 0) > tag, "a later delivery has a larger tag");
-            }
-            // A made-up tag still names some shard.
-            assert!(many.shard_of(u64::MAX) < shards);
-        }
-    }
 
     #[test]
     fn every_name_has_one_shard() {

@@ -4,7 +4,7 @@
 //! | command | goes to |
 //! |---|---|
 //! | publish | the shard of its queues (found at ingress; the default exchange's by name); split into a part per shard when they are on several, answered once (`gather.rs`) |
-//! | ack, nack, reject, auto-acks written | the shard in the tag's low bits; `multiple` to every shard |
+//! | ack, nack, reject, auto-acks written | the shard that delivered the tag (`delivery_tags.rs`); `multiple`, or a tag it does not know, to every shard |
 //! | declare, delete, purge, info, peek, get, subscribe, requeue dead letters, attach and detach a handler | the queue's shard (a broker-named queue's: the one that names it) |
 //! | open, close, drained, channel prefetch, confirm select, cancel, listings of queues, connections and handlers, vhost deletion | every shard, answered once |
 //! | everything else (exchanges, bindings, plugins, users, vhosts) | home (shard 0) |
@@ -35,11 +35,14 @@ impl RouterHandle {
             | Command::Close { .. }
             | Command::Drained { .. }
             | Command::ChannelPrefetch { .. } => None,
-            Command::Written { delivery_tags, .. } => {
-                let tags = self.placement.tags();
-                let first = tags.shard_of(*delivery_tags.first()?);
+            Command::Written {
+                conn,
+                delivery_tags,
+            } => {
+                let shard_of = |tag: &u64| self.sends.shard_of_tag(*conn, *tag);
+                let first = shard_of(delivery_tags.first()?)?;
                 (delivery_tags.iter())
-                    .all(|t| tags.shard_of(*t) == first)
+                    .all(|t| shard_of(t) == Some(first))
                     .then_some(first)
             }
             Command::Request {
@@ -85,7 +88,7 @@ impl RouterHandle {
                 multiple: false,
                 ..
             }
-            | Op::Reject { delivery_tag, .. } => Some(placement.tags().shard_of(*delivery_tag)),
+            | Op::Reject { delivery_tag, .. } => self.sends.shard_of_tag(conn, *delivery_tag),
             Op::Ack { .. }
             | Op::Nack { .. }
             | Op::Cancel { .. }
@@ -152,10 +155,13 @@ impl RouterHandle {
                 conn,
                 delivery_tags,
             } => {
-                let tags = self.placement.tags();
                 let mut by_shard = vec![Vec::new(); self.shards.len()];
                 for tag in delivery_tags {
-                    by_shard[tags.shard_of(tag)].push(tag);
+                    match self.sends.shard_of_tag(conn, tag) {
+                        Some(shard) => by_shard[shard].push(tag),
+                        // Forgotten: the shard that holds it settles it.
+                        None => by_shard.iter_mut().for_each(|tags| tags.push(tag)),
+                    }
                 }
                 let written = by_shard.into_iter().enumerate();
                 written
@@ -208,7 +214,9 @@ impl RouterHandle {
                     return commands;
                 }
                 let combine = match request.op {
-                    Op::Ack { .. } | Op::Nack { .. } | Op::Cancel { .. } => Combine::AnyOk,
+                    Op::Ack { .. } | Op::Nack { .. } | Op::Reject { .. } | Op::Cancel { .. } => {
+                        Combine::AnyOk
+                    }
                     Op::ListQueues | Op::ListConnections | Op::ListHandlers => Combine::Lists,
                     _ => Combine::Home,
                 };
@@ -238,14 +246,15 @@ impl RouterHandle {
         }
         let every = u64::MAX >> (64 - self.shards.len());
         match command {
-            Command::Open { conn, .. } => Sent::Opened(*conn),
+            Command::Open { conn, link, .. } => Sent::Opened(*conn, link.clone()),
             Command::Close { conn, .. } => Sent::Closed(*conn),
             Command::Written {
                 conn,
                 delivery_tags,
             } => {
-                let tags = self.placement.tags();
-                let shards = (delivery_tags.iter()).fold(0, |m, t| m | 1 << tags.shard_of(*t));
+                let shard_of = |tag: &u64| self.sends.shard_of_tag(*conn, *tag);
+                let shards = (delivery_tags.iter())
+                    .fold(0, |m, t| m | shard_of(t).map_or(every, |shard| 1 << shard));
                 Sent::Touched(*conn, shards)
             }
             Command::Request {

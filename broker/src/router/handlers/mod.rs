@@ -492,12 +492,11 @@ impl Router {
                 let conn = self.conn_ids.next();
                 let (tx, rx) = super::ConnTx::channel(conn);
                 let vhost = crate::vhost::of(&queue).into();
-                let (shard, tags) = (self.queues.shard(), self.queues.tags());
+                let shard = self.queues.shard();
                 let link = Default::default();
                 let protocol = Default::default();
-                let state = super::Conn::new(
-                    tx, None, None, None, vhost, None, protocol, link, shard, tags,
-                );
+                let state =
+                    super::Conn::new(tx, None, None, None, vhost, None, protocol, link, shard);
                 self.open_conn(conn, state);
                 let tag: Arc<str> = format!("handler.{}", attachment.record.plugin).into();
                 let prefetch = attachment.record.concurrency * WINDOW_PER_WORKER;
