@@ -99,7 +99,7 @@ impl AmqpConnection {
         let channel = Channel::new(number, conn);
         // The router writes on the connection's channel, tagged with this channel.
         let tx = self.router_tx.for_channel(number, conn);
-        let open = Command::Open {
+        let open = Command::Open(crate::router::OpenConn {
             conn,
             tx,
             peer: Some(self.peer),
@@ -109,7 +109,7 @@ impl AmqpConnection {
             session: Some(self.id),
             protocol: WireProtocol::Amqp,
             link: Default::default(),
-        };
+        });
         if !self.ctx.router.send_request(open).await {
             return Err(Ended::BrokerStopping);
         }

@@ -147,7 +147,7 @@ pub(crate) async fn serve<S>(
     // what the router says to the connection itself (that it is over: its vhost was
     // deleted, or its user is at its connection limit) comes in as channel 0's.
     let (router_tx, mut router_frames) = ConnTx::channel(id);
-    let session = Command::Open {
+    let session = Command::Open(crate::router::OpenConn {
         conn: id,
         tx: router_tx.clone(),
         peer: Some(peer),
@@ -157,7 +157,7 @@ pub(crate) async fn serve<S>(
         session: None,
         protocol: WireProtocol::Amqp,
         link: Default::default(),
-    };
+    });
     if !ctx.router.send_request(session).await {
         reader.abort();
         return;

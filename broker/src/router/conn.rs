@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::ConnTx;
 use super::delivery_tags::DeliveryTags;
+use super::{ConnTx, OpenConn};
 use crate::auth::Principal;
 use crate::queue::ConnId;
 
@@ -43,18 +43,19 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    #[allow(clippy::too_many_arguments)] // what `Command::Open` says, and the shard
-    pub(super) fn new(
-        tx: ConnTx,
-        peer: Option<SocketAddr>,
-        outbound: Option<Arc<std::sync::atomic::AtomicUsize>>,
-        user: Option<Principal>,
-        vhost: Arc<str>,
-        session: Option<ConnId>,
-        protocol: crate::protocol::WireProtocol,
-        link: Arc<ConnLink>,
-        shard: usize,
-    ) -> Self {
+    /// The shard `shard`'s copy of a connection opening.
+    pub(super) fn new(open: OpenConn, shard: usize) -> Self {
+        let OpenConn {
+            conn: _,
+            tx,
+            peer,
+            outbound,
+            user,
+            vhost,
+            session,
+            protocol,
+            link,
+        } = open;
         Conn {
             tx,
             peer,

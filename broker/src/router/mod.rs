@@ -86,37 +86,45 @@ use crate::store::{Recovered, StoreOp, StoreSubmitter, StoreWriter};
 /// reading their sockets until it catches up.
 const REQUEST_CHANNEL_CAPACITY: usize = 4096;
 
+/// A connection (or AMQP channel, or the broker's own session) opening: each queue shard
+/// gets a copy.
+#[derive(Debug, Clone)]
+pub struct OpenConn {
+    pub conn: ConnId,
+    pub tx: ConnTx,
+    /// The client's address; `None` for the broker's own management connection (the
+    /// HTTP API), which `list_connections` does not show.
+    pub peer: Option<SocketAddr>,
+    /// Delivery bytes queued for the connection's writer, which subtracts what it
+    /// has written (see [`MAX_OUTBOUND_BYTES`]); `None`: not bounded this way.
+    pub outbound: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    /// Who authenticated; `None` for the broker's own sessions.
+    pub user: Option<Principal>,
+    /// The virtual host its requests' names are in (already qualified by the
+    /// connection, see [`crate::vhost`]); listings show this vhost's resources.
+    pub vhost: Arc<str>,
+    /// The connection this one is a channel of (AMQP): exclusive queues belong to
+    /// it, and `list_connections` shows the channels in its row.
+    pub session: Option<ConnId>,
+    pub protocol: crate::protocol::WireProtocol,
+    /// What its copies on the queue shards share (a new one: the handle gives every
+    /// shard the same).
+    pub link: Arc<ConnLink>,
+}
+
 /// What connections ask of the router.
 // Requests are nearly all of the traffic, so boxing the big variant would only add an
 // allocation per publish.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Command {
-    Open {
-        conn: ConnId,
-        tx: ConnTx,
-        /// The client's address; `None` for the broker's own management connection (the
-        /// HTTP API), which `list_connections` does not show.
-        peer: Option<SocketAddr>,
-        /// Delivery bytes queued for the connection's writer, which subtracts what it
-        /// has written (see [`MAX_OUTBOUND_BYTES`]); `None`: not bounded this way.
-        outbound: Option<Arc<std::sync::atomic::AtomicUsize>>,
-        /// Who authenticated; `None` for the broker's own sessions.
-        user: Option<Principal>,
-        /// The virtual host its requests' names are in (already qualified by the
-        /// connection, see [`crate::vhost`]); listings show this vhost's resources.
-        vhost: Arc<str>,
-        /// The connection this one is a channel of (AMQP): exclusive queues belong to
-        /// it, and `list_connections` shows the channels in its row.
-        session: Option<ConnId>,
-        protocol: crate::protocol::WireProtocol,
-        /// What its copies on the queue shards share (a new one: the handle gives every
-        /// shard the same).
-        link: Arc<ConnLink>,
-    },
+    Open(OpenConn),
     /// The connection ended; `broker_stopping` when the broker closed it to shut down
     /// (its unacked messages then go back without counting as failed deliveries).
-    Close { conn: ConnId, broker_stopping: bool },
+    Close {
+        conn: ConnId,
+        broker_stopping: bool,
+    },
     Request {
         conn: ConnId,
         request: Request,
@@ -128,10 +136,14 @@ pub enum Command {
         routed: Option<Routed>,
     },
     /// Answered once every command sent on the same channel before it is applied.
-    Barrier { passed: oneshot::Sender<()> },
+    Barrier {
+        passed: oneshot::Sender<()>,
+    },
     /// Answered once every command sent on the same channel before it is applied and
     /// committed (and what waited on that commit has run).
-    Synced { passed: oneshot::Sender<()> },
+    Synced {
+        passed: oneshot::Sender<()>,
+    },
     /// A user change from connection `conn`'s request `id` (its password already hashed).
     ChangeUser {
         conn: ConnId,
@@ -140,10 +152,15 @@ pub enum Command {
     },
     /// The connection's writer drained below [`MAX_OUTBOUND_BYTES`]: its consumers may
     /// receive again.
-    Drained { conn: ConnId },
+    Drained {
+        conn: ConnId,
+    },
     /// At most `prefetch` unsettled deliveries on the connection across its consumers
     /// (AMQP `basic.qos` with `global`); 0: no such limit.
-    ChannelPrefetch { conn: ConnId, prefetch: u32 },
+    ChannelPrefetch {
+        conn: ConnId,
+        prefetch: u32,
+    },
     /// Auto-ack deliveries that reached the socket.
     Written {
         conn: ConnId,
@@ -163,7 +180,9 @@ pub enum Command {
     /// An attached handler's first instance is ready.
     HandlerStarted(Box<handlers::Started>),
     /// Commit what is pending, close the store, then answer.
-    Shutdown { done: oneshot::Sender<()> },
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
     /// This shard's part of a request several shards apply.
     Part(Box<Part>),
     /// Messages another shard forwards to queues of this one (applied in one turn).
@@ -179,7 +198,9 @@ pub enum Command {
         ack_stored: bool,
     },
     /// A queue another shard owned was removed (to home: its bindings go).
-    QueueRemoved { name: Arc<str> },
+    QueueRemoved {
+        name: Arc<str>,
+    },
 }
 
 /// One shard's part of a request several shards apply (see `shard_routing.rs`).
@@ -364,21 +385,9 @@ impl Router {
             self.turn.begin();
             for command in commands.drain(..) {
                 match command {
-                    Command::Open {
-                        conn,
-                        tx,
-                        peer,
-                        outbound,
-                        user,
-                        vhost,
-                        session,
-                        protocol,
-                        link,
-                    } => {
-                        let shard = self.queues.shard();
-                        let state = Conn::new(
-                            tx, peer, outbound, user, vhost, session, protocol, link, shard,
-                        );
+                    Command::Open(open) => {
+                        let conn = open.conn;
+                        let state = Conn::new(open, self.queues.shard());
                         self.open_conn(conn, state)
                     }
                     Command::ChangeUser { conn, id, change } => self.change_user(conn, id, change),

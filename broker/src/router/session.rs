@@ -88,7 +88,7 @@ impl Session {
     fn open_in(router: RouterHandle, vhost: &str, user: Option<crate::auth::Principal>) -> Session {
         let conn = router.conn_ids().next();
         let (tx, rx) = super::ConnTx::channel(conn);
-        router.send(Command::Open {
+        router.send(Command::Open(super::OpenConn {
             conn,
             tx,
             peer: None,
@@ -98,7 +98,7 @@ impl Session {
             session: None,
             protocol: crate::protocol::WireProtocol::Json,
             link: Default::default(),
-        });
+        }));
         // Confirm mode, so that a publish is answered (after its commit) like any call.
         router.send(Command::Request {
             conn,

@@ -31,7 +31,7 @@ impl RouterHandle {
             return Some(0);
         }
         match command {
-            Command::Open { .. }
+            Command::Open(_)
             | Command::Close { .. }
             | Command::Drained { .. }
             | Command::ChannelPrefetch { .. } => None,
@@ -106,31 +106,8 @@ impl RouterHandle {
     pub(super) fn split(&self, command: Command) -> Vec<(usize, Command)> {
         let every = 0..self.shards.len();
         match command {
-            Command::Open {
-                conn,
-                tx,
-                peer,
-                outbound,
-                user,
-                vhost,
-                session,
-                protocol,
-                link,
-            } => every
-                .map(|shard| {
-                    let open = Command::Open {
-                        conn,
-                        tx: tx.clone(),
-                        peer,
-                        outbound: outbound.clone(),
-                        user: user.clone(),
-                        vhost: vhost.clone(),
-                        session,
-                        protocol,
-                        link: link.clone(),
-                    };
-                    (shard, open)
-                })
+            Command::Open(open) => every
+                .map(|shard| (shard, Command::Open(open.clone())))
                 .collect(),
             Command::Close {
                 conn,
@@ -246,7 +223,7 @@ impl RouterHandle {
         }
         let every = u64::MAX >> (64 - self.shards.len());
         match command {
-            Command::Open { conn, link, .. } => Sent::Opened(*conn, link.clone()),
+            Command::Open(open) => Sent::Opened(open.conn, open.link.clone()),
             Command::Close { conn, .. } => Sent::Closed(*conn),
             Command::Written {
                 conn,

@@ -163,7 +163,7 @@ impl Connection {
         let (sink, mut source) = ws.split();
         let (tx, rx) = ConnTx::channel(self.id);
         let outbound = Arc::new(AtomicUsize::new(0));
-        let open = Command::Open {
+        let open = Command::Open(crate::router::OpenConn {
             conn: self.id,
             tx: tx.clone(),
             peer: Some(self.peer),
@@ -173,7 +173,7 @@ impl Connection {
             session: None,
             protocol: crate::protocol::WireProtocol::Json,
             link: Default::default(),
-        };
+        });
         if !self.router.send_request(open).await {
             return;
         }

@@ -107,7 +107,7 @@ pub(crate) async fn serve<S>(
     tracing::info!(conn, %peer, user = %principal.user, %vhost, version = connected.version.as_str(), "STOMP connection opened");
     let (tx, rx) = ConnTx::channel(conn);
     let outbound = Arc::new(AtomicUsize::new(0));
-    let open = Command::Open {
+    let open = Command::Open(crate::router::OpenConn {
         conn,
         tx: tx.clone(),
         peer: Some(peer),
@@ -117,7 +117,7 @@ pub(crate) async fn serve<S>(
         session: None,
         protocol: crate::protocol::WireProtocol::Stomp,
         link: Default::default(),
-    };
+    });
     if !ctx.router.send_request(open).await {
         return;
     }

@@ -492,11 +492,18 @@ impl Router {
                 let conn = self.conn_ids.next();
                 let (tx, rx) = super::ConnTx::channel(conn);
                 let vhost = crate::vhost::of(&queue).into();
-                let shard = self.queues.shard();
-                let link = Default::default();
-                let protocol = Default::default();
-                let state =
-                    super::Conn::new(tx, None, None, None, vhost, None, protocol, link, shard);
+                let open = super::OpenConn {
+                    conn,
+                    tx,
+                    peer: None,
+                    outbound: None,
+                    user: None,
+                    vhost,
+                    session: None,
+                    protocol: Default::default(),
+                    link: Default::default(),
+                };
+                let state = super::Conn::new(open, self.queues.shard());
                 self.open_conn(conn, state);
                 let tag: Arc<str> = format!("handler.{}", attachment.record.plugin).into();
                 let prefetch = attachment.record.concurrency * WINDOW_PER_WORKER;
