@@ -43,11 +43,10 @@ pub struct ServeArgs {
     /// `consumer_timeout`). 0: no limit.
     #[arg(long, default_value_t = Config::DEFAULT_CONSUMER_TIMEOUT.as_secs_f64(), value_parser = non_negative_secs)]
     consumer_timeout: f64,
-    /// Shards the queues are partitioned into (placed by name; a connection remembers
-    /// which shard gave each delivery), each owned by its own router task. Hidden until it
-    /// pays on this machine class (see docs/performance.md, "Session 14", and
-    /// docs/architecture.md, "Queue shards").
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64), hide = true)]
+    /// Shards the queues are partitioned into (placed by name), each owned by its own
+    /// router task, so routing uses more than one core. Default: one per 4 cores, at least
+    /// one (docs/architecture.md, "Queue shards").
+    #[arg(long, default_value_t = Config::default_queue_shards() as u64, value_parser = clap::value_parser!(u64).range(1..=64))]
     queue_shards: u64,
     /// Publishes one connection may have waiting for their answer (in confirm mode, the
     /// confirm); past this the broker stops reading that connection until answers go out.

@@ -38,8 +38,8 @@ pub struct Config {
     /// their queues, as RabbitMQ's `consumer_timeout`. `None`: no limit.
     pub consumer_timeout: Option<Duration>,
     /// Shards the queues are partitioned into, each queue on one (placed by its name),
-    /// each shard owned by its own router task, with delivery tags that name their shard
-    /// (docs/architecture.md, "Queue shards").
+    /// each shard owned by its own router task (docs/architecture.md, "Queue shards").
+    /// Default: [`Config::default_queue_shards`].
     pub queue_shards: usize,
     /// Resident memory past which publishing connections are blocked (memory alarm).
     pub memory_high_watermark: MemoryWatermark,
@@ -114,6 +114,17 @@ impl Config {
     pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
     /// RabbitMQ's default `consumer_timeout`: 30 minutes.
     pub const DEFAULT_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+    /// One queue shard per 4 cores, at least one. The router's work is about a quarter of
+    /// a message's CPU (enqueue, dispatch, settle; the connections' reading and writing
+    /// and the store writer are the rest), so one shard per 4 cores keeps the shards
+    /// about as busy as the other threads. On this project's 2-core machine that is one
+    /// shard: a second costs 2-7 % more CPU per message there and gains nothing
+    /// (docs/performance.md, "Session 14" and "Session 15").
+    pub fn default_queue_shards() -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / 4).max(1)
+    }
     pub const DEFAULT_MAX_UNCONFIRMED: usize = 10_000;
     /// RabbitMQ's management login lasts 8 hours too.
     pub const DEFAULT_HTTP_SESSION_TIMEOUT: Duration = Duration::from_secs(8 * 3600);
@@ -130,7 +141,7 @@ impl Config {
             first_request_timeout: Self::DEFAULT_FIRST_REQUEST_TIMEOUT,
             heartbeat: Some(Self::DEFAULT_HEARTBEAT),
             consumer_timeout: Some(Self::DEFAULT_CONSUMER_TIMEOUT),
-            queue_shards: 1,
+            queue_shards: Self::default_queue_shards(),
             max_unconfirmed: Self::DEFAULT_MAX_UNCONFIRMED,
             memory_high_watermark: MemoryWatermark::DEFAULT,
             plugins: None,
