@@ -229,6 +229,25 @@ fn failure_logs_name_the_plugin_and_are_rate_limited() {
 }
 
 #[test]
+fn a_deploy_sample_out_of_time_is_run_twice_before_the_refusal() {
+    // Room to grow past the time budget (growth is charged against it) before the memory
+    // limit: `always-alloc` then runs out of time on every run.
+    let limits = Limits {
+        memory_bytes: 1 << 30,
+        ..Limits::default()
+    };
+    let host = PluginHost::new(limits).unwrap();
+    match host.load_blocking("always-alloc", &hostile::plugin("always-alloc")) {
+        Err(LoadError::Sample { reason, .. }) => {
+            assert!(reason.contains("CPU budget (time"), "{reason}");
+            assert!(reason.ends_with("on a second run too"), "{reason}");
+        }
+        other => panic!("expected a refused sample, got {other:?}"),
+    }
+    assert!(host.info("always-alloc").is_none());
+}
+
+#[test]
 fn deploy_samples_refuse_plugins_that_misbehave_on_every_message() {
     let host = PluginHost::new(Limits::default()).unwrap();
     for (plugin, expected) in [
@@ -257,6 +276,14 @@ fn deploy_samples_refuse_plugins_that_misbehave_on_every_message() {
                     expected
                 };
                 assert!(reason.contains(expected), "{plugin}: {reason}");
+                // Out of time is tried twice (a busy machine's thread time is noisy);
+                // anything else is refused at once.
+                let twice = reason.contains("on a second run too");
+                assert_eq!(
+                    twice,
+                    reason.contains("CPU budget (time"),
+                    "{plugin}: {reason}"
+                );
             }
             other => panic!("{plugin}: expected a refused sample, got {other:?}"),
         }

@@ -257,6 +257,7 @@ impl PluginExchange {
                     return Err(Failure {
                         kind: super::stats::FailureKind::Trap,
                         reason: format!("could not restart the plugin: {reason}"),
+                        out_of_time: false,
                     });
                 }
             }

@@ -21,6 +21,9 @@ use crate::exchange::BindingId;
 pub struct Failure {
     pub kind: FailureKind,
     pub reason: String,
+    /// The time budget ran out (thread CPU time, memory growth charged): unlike fuel, what
+    /// that measures varies with how busy the machine is.
+    pub out_of_time: bool,
 }
 
 impl Failure {
@@ -28,6 +31,7 @@ impl Failure {
         Failure {
             kind: FailureKind::InvalidOutput,
             reason,
+            out_of_time: false,
         }
     }
 }
@@ -162,5 +166,11 @@ pub(crate) fn classify(host: &HostState, error: wasmtime::Error) -> Failure {
             None => (FailureKind::Trap, cause),
         },
     };
-    Failure { kind, reason }
+    let out_of_time = !host.memory_denied()
+        && (host.exhausted() == Some(Exhausted::Growth) || trap == Some(Trap::Interrupt));
+    Failure {
+        kind,
+        reason,
+        out_of_time,
+    }
 }
