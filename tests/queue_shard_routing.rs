@@ -500,3 +500,50 @@ async fn a_handler_output_refused_by_a_full_queue_on_another_shard_fails_the_del
     let info = json.queue_info("full").await.unwrap();
     assert_eq!((info.ready, info.dropped), (1, 0), "{info:?}");
 }
+
+#[tokio::test]
+async fn a_full_alternate_queue_on_another_shard_refuses_the_publish() {
+    use broker::protocol::Binding;
+    let broker = AmqpBroker::start_with(sharded).await;
+    let json = broker.json_client().await;
+    json.confirm_select().await.unwrap();
+    let headers = |value: serde_json::Value| value.as_object().cloned().unwrap();
+    let full = broker::QueueOptions {
+        durable: true,
+        arguments: headers(serde_json::json!({"max_length": 1, "overflow": "reject_publish"})),
+        ..Default::default()
+    };
+    // An unroutable publish is answered by home; each alternate route's one queue is on
+    // another shard than home most of the time, on home sometimes. Either way a full
+    // queue refuses it, as on one shard: `queue_full`, not a confirm.
+    for i in 0..QUEUES {
+        let (alt, queue, main) = (format!("alt-{i}"), format!("full-{i}"), format!("main-{i}"));
+        json.declare_exchange(&alt, "fanout", true, Default::default())
+            .await
+            .unwrap();
+        json.declare_queue(&queue, full.clone()).await.unwrap();
+        let binding = Binding {
+            exchange: alt.clone(),
+            queue: queue.clone(),
+            key: String::new(),
+            arguments: Default::default(),
+        };
+        json.bind(binding).await.unwrap();
+        json.publish(broker::Message::text(&queue, "first"), false)
+            .await
+            .unwrap();
+        let alternate = headers(serde_json::json!({ "alternate_exchange": alt }));
+        json.declare_exchange(&main, "direct", true, alternate)
+            .await
+            .unwrap();
+        let mut unroutable = broker::Message::text("no-binding", "second");
+        unroutable.exchange = main.clone();
+        let refused = json.publish(unroutable, false).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Some(ErrorCode::QueueFull),
+            "{main}: {refused}"
+        );
+        assert_eq!(json.queue_info(&queue).await.unwrap().ready, 1, "{queue}");
+    }
+}

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use super::enqueue::QueueFull;
-use super::gather::Countdown;
+use super::gather::{Countdown, Unstored};
 use super::{Command, DeathReason, Outbound, Reply, Router};
 use crate::message::Message;
 use crate::protocol::{ErrorCode, RequestId, ServerFrame};
@@ -47,6 +47,9 @@ pub enum OnRefusal {
     /// A handler's outputs: those of one delivery for this shard (consecutive, sharing
     /// `stored`) are enqueued all together or none, and a refusal fails the delivery.
     FailDelivery,
+    /// A publish's copy for its alternate exchange's queue: refused as on one shard (the
+    /// publisher gets `queue_full`; `reject_publish_dlx` dead-letters it).
+    FailPublish,
 }
 
 impl Router {
@@ -104,7 +107,7 @@ impl Router {
                 // Nothing stored, not even the ack riding along: the delivery fails.
                 for output in outputs {
                     if let Some(countdown) = output.stored {
-                        countdown.part(false);
+                        countdown.refused(output.queue);
                     }
                 }
                 continue;
@@ -174,6 +177,14 @@ impl Router {
                     chain,
                 });
             }
+            (true, OnRefusal::FailPublish) => {
+                let queue = target.expect("a refusal comes from a queue");
+                self.dead_letter_refused(&queue, &message, now);
+                if let Some(countdown) = stored {
+                    countdown.refused(queue);
+                }
+                return;
+            }
             (true, _) => {
                 if let Some(queue) = target.as_ref().and_then(|t| self.queues.get_mut(t)) {
                     queue.counters.dropped += 1;
@@ -202,8 +213,8 @@ impl Router {
     /// stored; not at all if one failed (the message then stays where it was, stored).
     pub(super) fn defer_until_stored(&self, parts: usize, ops: Vec<StoreOp>) -> Arc<Countdown> {
         let own = self.peers[self.queues.shard()].clone();
-        Arc::new(Countdown::new(parts, move |all_stored| {
-            if all_stored {
+        Arc::new(Countdown::new(parts, move |stored| {
+            if stored.is_ok() {
                 let _ = own.send(Command::Store(ops));
             }
         }))
@@ -224,8 +235,16 @@ impl Router {
                 let (tx, id) = (c.tx.clone(), id.clone());
                 let countdown = Countdown::new(elsewhere.len() + 1, move |stored| {
                     let frame = match stored {
-                        true => ServerFrame::Confirm { id },
-                        false => {
+                        Ok(()) => ServerFrame::Confirm { id },
+                        // As a full queue on this shard refuses it (`publish.rs`).
+                        Err(Unstored::Refused(full)) => {
+                            let message = format!(
+                                "queue full (overflow: reject_publish): {}",
+                                full.join(", ")
+                            );
+                            ServerFrame::error(Some(id), ErrorCode::QueueFull, message)
+                        }
+                        Err(Unstored::Failed) => {
                             let message = "a queue of the alternate route did not store it";
                             ServerFrame::error(Some(id), ErrorCode::StoreError, message)
                         }
@@ -243,7 +262,7 @@ impl Router {
                 message: message.clone(),
                 removal: Vec::new(),
                 stored: confirm.clone(),
-                refused: OnRefusal::Drop,
+                refused: OnRefusal::FailPublish,
                 chain: 0,
             });
         }

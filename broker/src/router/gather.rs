@@ -3,8 +3,8 @@
 //! is answered once, from every shard's part ([`Gather`]); messages one shard hands to
 //! another are counted back in ([`Countdown`]) before what waits on their commit runs.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -154,35 +154,67 @@ fn merge_connections(mut all: ConnectionList, more: ConnectionList) -> Connectio
     all
 }
 
-/// What runs once every part is in, with whether every one was stored.
-type AfterAll = Box<dyn FnOnce(bool) + Send>;
+/// Why not every part of a [`Countdown`] was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unstored {
+    /// A commit failed.
+    Failed,
+    /// These queues refused their part (full, `reject_publish`).
+    Refused(Vec<Arc<str>>),
+}
 
-/// Messages handed to other shards, counted back in as each commits; then `done` runs
-/// with whether every one was stored.
+/// What runs once every part is in.
+type AfterAll = Box<dyn FnOnce(Result<(), Unstored>) + Send>;
+
+/// Messages handed to other shards, counted back in as each commits (or is refused);
+/// then `done` runs with whether every one was stored.
 pub struct Countdown {
     remaining: AtomicUsize,
     failed: std::sync::atomic::AtomicBool,
+    refused: Mutex<Vec<Arc<str>>>,
     done: Mutex<Option<AfterAll>>,
 }
 
 impl Countdown {
-    pub fn new(parts: usize, done: impl FnOnce(bool) + Send + 'static) -> Self {
+    pub fn new(parts: usize, done: impl FnOnce(Result<(), Unstored>) + Send + 'static) -> Self {
         Countdown {
             remaining: AtomicUsize::new(parts),
             failed: Default::default(),
+            refused: Default::default(),
             done: Mutex::new(Some(Box::new(done))),
         }
     }
 
-    /// One part is stored (or failed to be).
+    /// One part is stored (or its commit failed).
     pub fn part(&self, stored: bool) {
         if !stored {
             self.failed.store(true, Ordering::Relaxed);
         }
+        self.arrived();
+    }
+
+    /// One part was refused by `queue`.
+    pub fn refused(&self, queue: Arc<str>) {
+        self.refused
+            .lock()
+            .expect("countdown lock poisoned")
+            .push(queue);
+        self.arrived();
+    }
+
+    fn arrived(&self) {
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1
             && let Some(done) = self.done.lock().expect("countdown lock poisoned").take()
         {
-            done(!self.failed.load(Ordering::Relaxed));
+            let refused =
+                std::mem::take(&mut *self.refused.lock().expect("countdown lock poisoned"));
+            done(
+                match (self.failed.load(Ordering::Relaxed), refused.is_empty()) {
+                    (true, _) => Err(Unstored::Failed),
+                    (false, false) => Err(Unstored::Refused(refused)),
+                    (false, true) => Ok(()),
+                },
+            );
         }
     }
 }
@@ -221,6 +253,16 @@ mod tests {
         countdown.part(true);
         assert!(seen.lock().unwrap().is_empty());
         countdown.part(false);
-        assert_eq!(*seen.lock().unwrap(), [false]);
+        assert_eq!(*seen.lock().unwrap(), [Err(Unstored::Failed)]);
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let countdown = Countdown::new(3, move |ok| record.lock().unwrap().push(ok));
+        countdown.refused("full".into());
+        countdown.part(true);
+        countdown.part(true);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [Err(Unstored::Refused(vec!["full".into()]))]
+        );
     }
 }

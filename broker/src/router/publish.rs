@@ -146,7 +146,12 @@ impl Router {
 
     /// A queue with `overflow: reject_publish_dlx` dead-letters the publish it refused
     /// (reason `max_length`), as RabbitMQ's `reject-publish-dlx`.
-    fn dead_letter_refused(&mut self, queue: &Arc<str>, message: &Arc<Message>, now: u64) {
+    pub(super) fn dead_letter_refused(
+        &mut self,
+        queue: &Arc<str>,
+        message: &Arc<Message>,
+        now: u64,
+    ) {
         let dead_letters = self
             .queues
             .get(queue)

@@ -41,7 +41,8 @@ impl Router {
         };
         let ack_rides = ack.is_some();
         let own = self.peers[self.queues.shard()].clone();
-        let answered = Arc::new(Countdown::new(outputs.len(), move |all_stored| {
+        let answered = Arc::new(Countdown::new(outputs.len(), move |stored| {
+            let all_stored = stored.is_ok();
             let _ = own.send(Command::OutputsAnswered {
                 conn,
                 tag,
