@@ -119,7 +119,7 @@ impl Config {
     /// a message's CPU (enqueue, dispatch, settle; the connections' reading and writing
     /// and the store writer are the rest), so one shard per 4 cores keeps the shards
     /// about as busy as the other threads. On this project's 2-core machine that is one
-    /// shard: a second costs 2-7 % more CPU per message there and gains nothing
+    /// shard: a second costs 4-11 % more CPU per message there and gains nothing
     /// (docs/performance.md, "Session 14" and "Session 15").
     pub fn default_queue_shards() -> usize {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
