@@ -103,7 +103,10 @@ impl Router {
             }) {
                 outputs.push(next);
             }
-            if self.refuses_any(&outputs) {
+            let shares = outputs
+                .iter()
+                .map(|o| (&*o.queue, o.message.body_len() as u64));
+            if self.refusing_queue(shares).is_some() {
                 // Nothing stored, not even the ack riding along: the delivery fails.
                 for output in outputs {
                     if let Some(countdown) = output.stored {
@@ -116,23 +119,6 @@ impl Router {
                 self.enqueue_forwarded(output);
             }
         }
-    }
-
-    /// Whether a queue here would refuse one of `outputs`, counting them all.
-    fn refuses_any(&self, outputs: &[Forwarded]) -> bool {
-        let mut adds: Vec<(&str, u64, u64)> = Vec::new();
-        for output in outputs {
-            let bytes = output.message.body_len() as u64;
-            match adds.iter_mut().find(|(q, ..)| *q == &*output.queue) {
-                Some((_, messages, total)) => (*messages, *total) = (*messages + 1, *total + bytes),
-                None => adds.push((&output.queue, 1, bytes)),
-            }
-        }
-        adds.iter().any(|(queue, messages, bytes)| {
-            self.queues
-                .get(queue)
-                .is_some_and(|q| q.refuses(*messages, *bytes))
-        })
     }
 
     /// A message another shard forwarded, into its queue here.
@@ -238,11 +224,8 @@ impl Router {
                         Ok(()) => ServerFrame::Confirm { id },
                         // As a full queue on this shard refuses it (`publish.rs`).
                         Err(Unstored::Refused(full)) => {
-                            let message = format!(
-                                "queue full (overflow: reject_publish): {}",
-                                full.join(", ")
-                            );
-                            ServerFrame::error(Some(id), ErrorCode::QueueFull, message)
+                            let refused = super::publish::queue_full(&full);
+                            ServerFrame::error(Some(id), refused.code, refused.message)
                         }
                         Err(Unstored::Failed) => {
                             let message = "a queue of the alternate route did not store it";

@@ -119,8 +119,7 @@ impl Router {
         }
         if !full.is_empty() {
             // The queues that accepted it keep it; the publisher learns who refused.
-            let message = format!("queue full (overflow: reject_publish): {}", full.join(", "));
-            return Err(OpError::new(ErrorCode::QueueFull, message));
+            return Err(queue_full(&full));
         }
         if !elsewhere.is_empty() {
             // Its alternate exchange's queues, on other shards: confirmed once they and
@@ -252,4 +251,11 @@ fn delay_of(header: &serde_json::Value) -> Option<u64> {
         other => other.as_i64()?,
     };
     u64::try_from(ms).ok().filter(|ms| *ms > 0)
+}
+
+/// A publish refused by full `reject_publish` queues (on this shard or, for an alternate
+/// route, on others: `forward.rs`).
+pub(super) fn queue_full(full: &[Arc<str>]) -> OpError {
+    let message = format!("queue full (overflow: reject_publish): {}", full.join(", "));
+    OpError::new(ErrorCode::QueueFull, message)
 }

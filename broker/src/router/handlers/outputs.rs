@@ -5,7 +5,6 @@
 //! otherwise it is stored after them, and a refusal on one shard after another stored its
 //! share means those outputs may be published again by the retry (at-least-once).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::super::forward::{Forwarded, OnRefusal};
@@ -112,8 +111,6 @@ impl Router {
         }
         let now = now_ms();
         let mut routed = Vec::with_capacity(published.len());
-        // What the outputs add to each destination, to check its limits all at once.
-        let mut adds: HashMap<Arc<str>, (u64, u64)> = HashMap::new();
         for Published {
             message,
             routed: ids,
@@ -131,24 +128,18 @@ impl Router {
                 );
                 return Err(OpError::new(ErrorCode::Unroutable, text));
             }
-            for name in &destinations {
-                let add = adds.entry(name.clone()).or_default();
-                *add = (add.0 + 1, add.1 + message.body_len() as u64);
-            }
             routed.push((Arc::new(message), destinations));
         }
-        for (name, (messages, bytes)) in adds {
-            if self
-                .queues
-                .get(&name)
-                .is_some_and(|q| q.refuses(messages, bytes))
-            {
-                let text = format!(
-                    "queue `{}` is full (overflow: reject_publish): it would refuse an output",
-                    crate::vhost::local(&name)
-                );
-                return Err(OpError::new(ErrorCode::QueueFull, text));
-            }
+        let shares = routed.iter().flat_map(|(message, destinations)| {
+            let bytes = message.body_len() as u64;
+            destinations.iter().map(move |queue| (&**queue, bytes))
+        });
+        if let Some(full) = self.refusing_queue(shares) {
+            let text = format!(
+                "queue `{}` is full (overflow: reject_publish): it would refuse an output",
+                crate::vhost::local(full)
+            );
+            return Err(OpError::new(ErrorCode::QueueFull, text));
         }
         for (message, destinations) in routed {
             for name in destinations {
@@ -161,5 +152,28 @@ impl Router {
             }
         }
         Ok(())
+    }
+
+    /// The first queue here that would refuse its share of a handler's outputs (each a
+    /// queue and a body's bytes), all of them counted together.
+    pub(in crate::router) fn refusing_queue<'a>(
+        &self,
+        outputs: impl IntoIterator<Item = (&'a str, u64)>,
+    ) -> Option<&'a str> {
+        let mut adds: Vec<(&str, u64, u64)> = Vec::new();
+        for (queue, bytes) in outputs {
+            match adds.iter_mut().find(|(q, ..)| *q == queue) {
+                Some((_, messages, total)) => (*messages, *total) = (*messages + 1, *total + bytes),
+                None => adds.push((queue, 1, bytes)),
+            }
+        }
+        let refuses = |(queue, messages, bytes): &(&str, u64, u64)| {
+            self.queues
+                .get(queue)
+                .is_some_and(|q| q.refuses(*messages, *bytes))
+        };
+        adds.iter()
+            .find(|add| refuses(add))
+            .map(|(queue, ..)| *queue)
     }
 }
