@@ -22,6 +22,7 @@ pub mod protocol;
 pub mod queue;
 pub mod router;
 pub mod server;
+pub mod shard_threads;
 pub mod stomp;
 pub mod store;
 pub mod vhost;

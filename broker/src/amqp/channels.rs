@@ -108,7 +108,7 @@ impl AmqpConnection {
             vhost: self.vhost.clone(),
             session: Some(self.id),
             protocol: WireProtocol::Amqp,
-            link: Default::default(),
+            link: crate::router::ConnLink::of_this_task(),
         });
         if !self.ctx.router.send_request(open).await {
             return Err(Ended::BrokerStopping);

@@ -108,7 +108,7 @@ pub(crate) async fn serve<S>(
     }
     let (read, write) = tokio::io::split(stream);
     let (writer_tx, writer_rx) = mpsc::unbounded_channel();
-    tokio::spawn(write_loop(write, writer_rx, ctx.router.clone()));
+    crate::shard_threads::spawn(write_loop(write, writer_rx, ctx.router.clone()));
     let frame_max = Arc::new(AtomicU32::new(ctx.offer.frame_max));
     let (mut frames, reader) = reader::spawn(read, frame_max.clone());
     let mut send0 = |class: AMQPClass| {
@@ -156,7 +156,7 @@ pub(crate) async fn serve<S>(
         vhost: opened.vhost.clone(),
         session: None,
         protocol: WireProtocol::Amqp,
-        link: Default::default(),
+        link: crate::router::ConnLink::of_this_task(),
     });
     if !ctx.router.send_request(session).await {
         reader.abort();

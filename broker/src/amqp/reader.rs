@@ -9,13 +9,13 @@
 //! malformed frame after good ones (the batch ends with its error, and so does the
 //! reader) — is exactly what it did frame by frame.
 
+use crate::shard_threads::PlacedTask;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use super::frames::{Incoming, ReadError, decode, read_frame};
 
@@ -57,12 +57,12 @@ impl FrameReceiver {
 
 /// Starts the reader of `read`; each frame may be at most `frame_max` bytes, as the
 /// connection has negotiated it when the frame is read.
-pub(super) fn spawn<R>(read: R, frame_max: Arc<AtomicU32>) -> (FrameReceiver, JoinHandle<()>)
+pub(super) fn spawn<R>(read: R, frame_max: Arc<AtomicU32>) -> (FrameReceiver, PlacedTask<()>)
 where
     R: AsyncRead + Send + Unpin + 'static,
 {
     let (tx, batches) = mpsc::channel(READ_AHEAD_BATCHES);
-    let task = tokio::spawn(async move {
+    let task = crate::shard_threads::spawn(async move {
         let mut read = BufReader::with_capacity(READ_BUFFER, read);
         loop {
             let batch = next_batch(&mut read, frame_max.load(Ordering::Relaxed)).await;

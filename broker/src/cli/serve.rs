@@ -48,6 +48,12 @@ pub struct ServeArgs {
     /// one (docs/architecture.md, "Queue shards").
     #[arg(long, default_value_t = Config::default_queue_shards() as u64, value_parser = clap::value_parser!(u64).range(1..=64))]
     queue_shards: u64,
+    /// Runs each queue shard on a thread of its own, and each client connection on the
+    /// thread of the shard whose queue it first consumes from (or publishes to), so a
+    /// message wakes fewer threads (docs/architecture.md, "Shard threads"). Off: shards
+    /// and connections share tokio's pool of a worker per core.
+    #[arg(long)]
+    shard_threads: bool,
     /// Publishes one connection may have waiting for their answer (in confirm mode, the
     /// confirm); past this the broker stops reading that connection until answers go out.
     #[arg(long, default_value_t = Config::DEFAULT_MAX_UNCONFIRMED as u64, value_parser = clap::value_parser!(u64).range(1..))]
@@ -149,6 +155,7 @@ fn config(args: ServeArgs) -> Config {
         (args.consumer_timeout > 0.0).then(|| Duration::from_secs_f64(args.consumer_timeout));
     config.max_unconfirmed = args.max_unconfirmed as usize;
     config.queue_shards = args.queue_shards as usize;
+    config.shard_threads = args.shard_threads;
     config.keep_plugin_versions = args.keep_plugin_versions;
     config.memory_high_watermark = args.memory_high_watermark;
     config.max_frame_bytes = args.max_frame_bytes;

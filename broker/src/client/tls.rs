@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::shard_threads::Socket;
 use rustls::RootCertStore;
 use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::server::tls::{self, MaybeTls, TlsError};
@@ -74,7 +74,7 @@ impl ClientTls {
     }
 
     /// The TLS handshake with `host` (a DNS name or an IP address, as in the URL).
-    async fn connect(&self, host: &str, tcp: TcpStream) -> std::io::Result<MaybeTls> {
+    async fn connect(&self, host: &str, tcp: Socket) -> std::io::Result<MaybeTls> {
         let name = ServerName::try_from(host.to_owned())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let tls = TlsConnector::from(self.config.clone())
@@ -104,6 +104,7 @@ pub(super) async fn open_stream(
         .await
         .map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
+    let tcp = Socket::new(tcp);
     if !secure {
         return Ok(MaybeTls::Plain(tcp));
     }

@@ -100,7 +100,10 @@ pub async fn serve(
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
             // The TLS handshake, bounded like the request head.
-            let handshake = crate::server::tls::accept(state.tls.as_ref(), stream);
+            let handshake = crate::server::tls::accept(
+                state.tls.as_ref(),
+                crate::shard_threads::Socket::new(stream),
+            );
             let stream = match tokio::time::timeout(HEADER_READ_TIMEOUT, handshake).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {

@@ -56,6 +56,9 @@ pub struct QueueInfo {
     /// Messages acked (by consumers, or auto-acked) since the broker started.
     #[serde(default)]
     pub acked: u64,
+    /// The queue shard that owns it (`--queue-shards`; always 0 with one).
+    #[serde(default)]
+    pub shard: u64,
 }
 
 /// Result of `list_queues`.
@@ -179,6 +182,10 @@ pub struct ConnectionInfo {
     /// `queue` and `consumer_tag` of each consumer.
     pub consumers: Vec<ConsumerInfo>,
     pub unacked: u64,
+    /// With `--shard-threads`: the shard whose thread runs it (where its first consume,
+    /// or before that its first publish, took it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread: Option<u64>,
 }
 
 /// `list_vhosts` result.

@@ -11,6 +11,7 @@ use super::delivery_tags::DeliveryTags;
 use super::{ConnTx, OpenConn};
 use crate::auth::Principal;
 use crate::queue::ConnId;
+use crate::shard_threads::ConnPlace;
 
 /// A connection as the router knows it.
 pub(super) struct Conn {
@@ -81,6 +82,10 @@ impl Conn {
     }
 
     /// Its unsettled deliveries, across shards.
+    pub(super) fn thread(&self) -> Option<usize> {
+        self.link.thread()
+    }
+
     pub(super) fn unacked_len(&self) -> usize {
         self.link.unacked.load(Ordering::Relaxed)
     }
@@ -166,15 +171,32 @@ impl Conn {
 
 /// What a connection's copies on the queue shards share: its delivery tags (and which
 /// shard gave each, see `delivery_tags.rs`), its unsettled deliveries across shards (what
-/// the channel-wide prefetch counts) and its consumer tags.
+/// the channel-wide prefetch counts), its consumer tags, and, with shard threads, where
+/// its tasks run.
 #[derive(Debug, Default)]
 pub struct ConnLink {
     deliveries: Mutex<DeliveryTags>,
     unacked: AtomicUsize,
     consumer_tags: Mutex<crate::fast_map::FastSet<Arc<str>>>,
+    /// The client connection's place among the shard threads (`None`: without them, and
+    /// for the broker's own sessions), which its consumes and publishes decide.
+    pub(super) place: Option<Arc<ConnPlace>>,
 }
 
 impl ConnLink {
+    /// A new link for a connection opened by the running task: placed with it.
+    pub fn of_this_task() -> Arc<Self> {
+        Arc::new(ConnLink {
+            place: crate::shard_threads::current_place(),
+            ..Default::default()
+        })
+    }
+
+    /// The shard thread the connection's tasks last ran on, with shard threads.
+    pub(super) fn thread(&self) -> Option<usize> {
+        self.place.as_ref().map(|place| place.running_on())
+    }
+
     /// The shard that delivered `tag` (see [`DeliveryTags::shard_of`]).
     pub(super) fn shard_of_tag(&self, tag: u64) -> Option<usize> {
         let deliveries = self.deliveries.lock().expect("delivery lock poisoned");

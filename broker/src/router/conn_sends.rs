@@ -37,6 +37,8 @@ pub(super) enum Sent {
     Touched(ConnId, u64),
     /// A publish to these shards (its confirm covers what the connection sent before).
     Published(ConnId, u64),
+    /// A consume from a queue of this shard.
+    Consumed(ConnId, usize),
 }
 
 impl ConnSends {
@@ -87,6 +89,17 @@ impl ConnSends {
             Sent::Published(conn, shards) => {
                 if let Some(sends) = conns.get_mut(&conn) {
                     sends.dirty = shards;
+                    if let (Some(place), 1) = (&sends.link.place, shards.count_ones()) {
+                        place.publishes_to(shards.trailing_zeros() as usize);
+                    }
+                }
+            }
+            Sent::Consumed(conn, shard) => {
+                if let Some(sends) = conns.get_mut(&conn) {
+                    sends.dirty |= 1 << shard;
+                    if let Some(place) = &sends.link.place {
+                        place.consumes_on(shard);
+                    }
                 }
             }
         }

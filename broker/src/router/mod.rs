@@ -273,9 +273,9 @@ impl Router {
         auth: Arc<Authenticator>,
         keep_plugin_versions: Option<u64>,
         consumer_timeout: Option<Duration>,
-        queue_shards: usize,
+        runtimes: crate::shard_threads::ShardRuntimes,
     ) -> RouterHandle {
-        let placement = Arc::new(queue_shards::Placement::new(queue_shards));
+        let placement = Arc::new(queue_shards::Placement::new(runtimes.count()));
         let shards = placement.shards();
         let mut receivers = Vec::with_capacity(shards);
         let mut senders = Vec::with_capacity(shards);
@@ -331,8 +331,9 @@ impl Router {
         for mut router in routers {
             router.ack_timeout = ack_timeout::AckTimeout::new(consumer_timeout);
             let (requests_rx, control_rx) = receivers.pop().expect("a channel per shard");
-            debug_assert_eq!(receivers.len(), router.queues.shard());
-            tokio::spawn(router.run(requests_rx, control_rx));
+            let shard = router.queues.shard();
+            debug_assert_eq!(receivers.len(), shard);
+            runtimes.spawn_shard(shard, router.run(requests_rx, control_rx));
         }
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let workers = ingress::ExchangeWorkers::start(cores.max(2))

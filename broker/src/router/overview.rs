@@ -120,6 +120,7 @@ impl Router {
                         })
                         .collect(),
                     unacked: c.unacked_len() as u64,
+                    thread: c.thread().map(|shard| shard as u64),
                 })
             })
             .collect();

@@ -44,6 +44,7 @@ impl Router {
             arguments: declare.arguments,
         };
         let owner = self.owner(conn);
+        let shard = self.queues.shard();
         if let Some(queue) = self.queues.get_mut(name.as_str()) {
             check_access(queue, owner)?;
             if !queue.spec.redeclared_as(&spec) {
@@ -56,7 +57,7 @@ impl Router {
             }
             // A redeclare is a use (`expires`).
             queue.touch(crate::clock::now_ms());
-            return Ok(Reply::Ok(info(queue).into()));
+            return Ok(Reply::Ok(info(queue, shard).into()));
         }
         let declared_by = self.conn_principal(conn);
         if let Some(user) = &declared_by {
@@ -66,7 +67,7 @@ impl Router {
         let name: Arc<str> = name.into();
         let mut queue = self.new_queue(name.clone(), id, spec, policy);
         queue.declared_by = declared_by;
-        let result: Answer = info(&queue).into();
+        let result: Answer = info(&queue, shard).into();
         let stored = queue.is_stored();
         if stored {
             self.turn.store(StoreOp::PutQueue(QueueRecord {
@@ -190,7 +191,9 @@ impl Router {
     }
 
     pub(super) fn queue_info(&self, name: &str) -> Result<Reply, OpError> {
-        Ok(Reply::Ok(info(self.queue(name)?).into()))
+        Ok(Reply::Ok(
+            info(self.queue(name)?, self.queues.shard()).into(),
+        ))
     }
 
     pub(super) fn list_queues(&self, conn: ConnId) -> Reply {
@@ -199,7 +202,7 @@ impl Router {
             .queues
             .values()
             .filter(|q| crate::vhost::of(&q.name) == vhost)
-            .map(info)
+            .map(|queue| info(queue, self.queues.shard()))
             .collect();
         queues.sort_by(|a, b| a.queue.cmp(&b.queue));
         Reply::Ok(QueueList { queues }.into())
@@ -228,8 +231,9 @@ pub(super) fn check_owner(name: &str, owner: Option<ConnId>, conn: ConnId) -> Re
     }
 }
 
-fn info(queue: &Queue) -> QueueInfo {
+fn info(queue: &Queue, shard: usize) -> QueueInfo {
     QueueInfo {
+        shard: shard as u64,
         queue: queue.name.to_string(),
         durable: queue.spec.durable,
         exclusive: queue.spec.exclusive_owner.is_some(),

@@ -241,6 +241,9 @@ impl RouterHandle {
                 ..
             } => match &request.op {
                 Op::ConfirmSelect => Sent::ConfirmMode(*conn),
+                Op::Subscribe(subscribe) => {
+                    Sent::Consumed(*conn, self.placement.shard_of(&subscribe.queue))
+                }
                 Op::Publish(publish) => {
                     let queues = publish_queues(&publish.message, routed.as_ref());
                     let shards = queues.iter().map(|queue| self.placement.shard_of(queue));

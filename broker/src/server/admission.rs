@@ -6,17 +6,20 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::sources::Sources;
 use crate::queue::ConnId;
+use crate::shard_threads::{ShardRuntimes, Socket};
 
 #[derive(Clone)]
 pub(crate) struct Admission {
     pub limit: Arc<Semaphore>,
     pub sources: Arc<Sources>,
     pub conn_ids: crate::conn_ids::ConnIds,
+    /// Where connections run (see `shard_threads`).
+    pub runtimes: ShardRuntimes,
 }
 
 /// Accepts sockets on `listener` under `admission` and serves each with `serve` on a
@@ -28,7 +31,7 @@ pub(crate) async fn accept_each<S, F>(
     mut shutdown: watch::Receiver<bool>,
     serve: S,
 ) where
-    S: Fn(TcpStream, SocketAddr, ConnId) -> F,
+    S: Fn(Socket, SocketAddr, ConnId) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
@@ -55,9 +58,9 @@ pub(crate) async fn accept_each<S, F>(
         };
         let _ = stream.set_nodelay(true);
         let id = admission.conn_ids.next();
-        let served = serve(stream, peer, id);
+        let served = serve(Socket::new(stream), peer, id);
         let alive = alive_tx.clone();
-        tokio::spawn(async move {
+        admission.runtimes.spawn_connection(id, async move {
             served.await;
             drop((permit, source, alive));
         });

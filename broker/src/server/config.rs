@@ -41,6 +41,9 @@ pub struct Config {
     /// each shard owned by its own router task (docs/architecture.md, "Queue shards").
     /// Default: [`Config::default_queue_shards`].
     pub queue_shards: usize,
+    /// Each queue shard on a thread of its own, with the connections that use its queues
+    /// (`shard_threads`); off: shards and connections on tokio's pool.
+    pub shard_threads: bool,
     /// Resident memory past which publishing connections are blocked (memory alarm).
     pub memory_high_watermark: MemoryWatermark,
     /// The exchange types; `None` starts a host with the standard exchanges (`direct`,
@@ -142,6 +145,7 @@ impl Config {
             heartbeat: Some(Self::DEFAULT_HEARTBEAT),
             consumer_timeout: Some(Self::DEFAULT_CONSUMER_TIMEOUT),
             queue_shards: Self::default_queue_shards(),
+            shard_threads: false,
             max_unconfirmed: Self::DEFAULT_MAX_UNCONFIRMED,
             memory_high_watermark: MemoryWatermark::DEFAULT,
             plugins: None,

@@ -13,9 +13,7 @@ use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -37,6 +35,7 @@ use crate::protocol::{
 };
 use crate::queue::ConnId;
 use crate::router::{Command, ConnTx, Outbound, RouterHandle};
+use crate::shard_threads::{self, PlacedTask, Socket};
 use crate::vhost::LocalNames;
 
 /// A text frame that makes the connection task panic, when the broker was started with
@@ -122,8 +121,7 @@ type WsSource = futures_util::stream::SplitStream<WebSocketStream<MaybeTls>>;
 type Upgraded = (WebSocketStream<MaybeTls>, Encoding, Admitted, bool);
 
 impl Connection {
-    pub async fn run(mut self, stream: TcpStream) {
-        let _ = stream.set_nodelay(true);
+    pub async fn run(mut self, stream: Socket) {
         let handshake = tokio::time::timeout(self.limits.handshake_timeout, self.handshake(stream));
         let (mut ws, encoding, admitted, amqp) = match handshake.await {
             Ok(Some(accepted)) => accepted,
@@ -172,14 +170,14 @@ impl Connection {
             vhost: self.vhost.clone(),
             session: None,
             protocol: crate::protocol::WireProtocol::Json,
-            link: Default::default(),
+            link: crate::router::ConnLink::of_this_task(),
         });
         if !self.router.send_request(open).await {
             return;
         }
         let router = self.router.clone();
         let names = LocalNames::new(&self.vhost);
-        let mut writer = tokio::spawn(write_loop(
+        let mut writer = shard_threads::spawn(write_loop(
             sink, rx, self.id, router, encoding, outbound, names,
         ));
         // A panic anywhere in the reader ends the connection like any other reason.
@@ -209,7 +207,7 @@ impl Connection {
     /// The TLS handshake when the listener has TLS (a plaintext client fails it), then the
     /// WebSocket upgrade (refused for a browser origin not allowed), negotiating the
     /// binary encoding when the client offers it; returns the request's credentials too.
-    async fn handshake(&self, stream: TcpStream) -> Option<Upgraded> {
+    async fn handshake(&self, stream: Socket) -> Option<Upgraded> {
         let stream = match tls::accept(self.tls.as_ref(), stream).await {
             Ok(stream) => stream,
             Err(e) if tls::is_certificate_error(&e) => {
@@ -274,7 +272,7 @@ impl Connection {
         &mut self,
         source: &mut WsSource,
         tx: &ConnTx,
-        writer: &mut JoinHandle<()>,
+        writer: &mut PlacedTask<()>,
         encoding: Encoding,
         principal: &Principal,
     ) -> Ended {

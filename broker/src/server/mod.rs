@@ -17,6 +17,7 @@ mod plugins_dir;
 mod sources;
 pub mod tls;
 
+use crate::shard_threads::{ShardRuntimes, ShardThreads, Socket};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -59,6 +60,8 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error("the {listener} listener needs TLS certificates (--tls-cert and --tls-key)")]
     TlsListenerWithoutTls { listener: &'static str },
+    #[error("cannot start the shard threads: {0}")]
+    ShardThreads(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -80,6 +83,8 @@ pub struct Broker {
     acceptor: JoinHandle<()>,
     http: Option<JoinHandle<()>>,
     store: Arc<store::WriterStats>,
+    /// With `--shard-threads`; stopped last.
+    shard_threads: Option<ShardThreads>,
 }
 
 impl Broker {
@@ -162,6 +167,14 @@ impl Broker {
         let store_stats = writer.stats();
         let auth =
             crate::auth::Authenticator::new(recovered.users.clone(), recovered.vhosts.clone());
+        let (runtimes, shard_threads) = match config.shard_threads {
+            true => {
+                let (runtimes, threads) = ShardRuntimes::threads(config.queue_shards)
+                    .map_err(StartError::ShardThreads)?;
+                (runtimes, Some(threads))
+            }
+            false => (ShardRuntimes::pool(config.queue_shards), None),
+        };
         let router = Router::spawn(
             recovered,
             writer,
@@ -169,7 +182,7 @@ impl Broker {
             auth.clone(),
             config.keep_plugin_versions,
             config.consumer_timeout,
-            config.queue_shards,
+            runtimes.clone(),
         );
         let store = store_stats.clone();
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -225,6 +238,7 @@ impl Broker {
             limit: Arc::new(Semaphore::new(config.max_connections)),
             sources: Sources::new(config.max_connections_per_source),
             conn_ids: router.conn_ids().clone(),
+            runtimes,
         };
         let amqp_addr = amqp_listener.as_ref().map(|(_, addr)| *addr);
         // AMQP's shared state: for its listener, and for WebSocket upgrades that choose
@@ -331,6 +345,7 @@ impl Broker {
             acceptor,
             http: http_task,
             store,
+            shard_threads,
         })
     }
 
@@ -404,6 +419,7 @@ impl Broker {
             let _ = http.await;
         }
         let _ = self.acceptor.await;
+        drop(self.shard_threads);
     }
 }
 
@@ -517,6 +533,7 @@ async fn accept_loop(
         limit,
         sources,
         conn_ids,
+        runtimes,
     } = acceptors.admission;
     let limits = config.conn_limits();
     // Each connection holds a clone; recv() returns None once all of them ended.
@@ -562,8 +579,9 @@ async fn accept_loop(
             stomp: acceptors.stomp_context.clone(),
         };
         let alive = alive_tx.clone();
-        tokio::spawn(async move {
-            connection.run(stream).await;
+        runtimes.spawn_connection(conn, async move {
+            let _ = stream.set_nodelay(true);
+            connection.run(Socket::new(stream)).await;
             drop((permit, source, alive));
         });
     }

@@ -16,12 +16,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::shard_threads::Socket;
 use rustls::RootCertStore;
 use rustls::pki_types::pem::{self, PemObject as _};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 /// The files of a TLS listener (`--tls-cert`, `--tls-key`, `--tls-ca`).
@@ -159,7 +159,7 @@ impl TlsSetup {
 
     /// The TLS handshake on an accepted socket (bound it in time: a silent peer waits).
     /// A plaintext client fails here: its first bytes are not a TLS record.
-    pub async fn accept(&self, tcp: TcpStream) -> io::Result<MaybeTls> {
+    pub async fn accept(&self, tcp: Socket) -> io::Result<MaybeTls> {
         let tls = self.acceptor.accept(tcp).await?;
         Ok(MaybeTls::Tls(Box::new(tokio_rustls::TlsStream::Server(
             tls,
@@ -168,7 +168,7 @@ impl TlsSetup {
 }
 
 /// [`TlsSetup::accept`] when the listener has TLS, else the socket as it is.
-pub async fn accept(tls: Option<&TlsSetup>, tcp: TcpStream) -> io::Result<MaybeTls> {
+pub async fn accept(tls: Option<&TlsSetup>, tcp: Socket) -> io::Result<MaybeTls> {
     match tls {
         Some(tls) => tls.accept(tcp).await,
         None => Ok(MaybeTls::Plain(tcp)),
@@ -180,7 +180,7 @@ pub async fn accept(tls: Option<&TlsSetup>, tcp: TcpStream) -> io::Result<MaybeT
 /// plaintext client or a port scan only logged at debug) or timed out.
 pub async fn handshake(
     tls: &TlsSetup,
-    tcp: TcpStream,
+    tcp: Socket,
     peer: SocketAddr,
     timeout: Duration,
 ) -> Option<MaybeTls> {
@@ -215,8 +215,8 @@ pub fn is_certificate_error(error: &io::Error) -> bool {
 
 /// A connection's byte stream: plain TCP, or TLS over TCP (either side).
 pub enum MaybeTls {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+    Plain(Socket),
+    Tls(Box<tokio_rustls::TlsStream<Socket>>),
 }
 
 impl MaybeTls {
@@ -231,13 +231,6 @@ impl MaybeTls {
         };
         let leaf = server.get_ref().1.peer_certificates()?.first()?;
         common_name(leaf)
-    }
-
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            MaybeTls::Plain(tcp) => tcp,
-            MaybeTls::Tls(tls) => tls.get_ref().0,
-        }
     }
 }
 

@@ -16,7 +16,6 @@ use bytes::BytesMut;
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 mod subscriptions;
@@ -116,7 +115,7 @@ pub(crate) async fn serve<S>(
         vhost: vhost.clone(),
         session: None,
         protocol: crate::protocol::WireProtocol::Stomp,
-        link: Default::default(),
+        link: crate::router::ConnLink::of_this_task(),
     });
     if !ctx.router.send_request(open).await {
         return;
@@ -129,7 +128,7 @@ pub(crate) async fn serve<S>(
         outbound,
         names: LocalNames::new(&vhost),
     };
-    let mut writer = tokio::spawn(writer.run(rx));
+    let mut writer = crate::shard_threads::spawn(writer.run(rx));
     let mut session = Session {
         credit: Arc::new(Semaphore::new(ctx.max_unconfirmed)),
         alarm: ctx.alarm.clone(),
@@ -215,7 +214,7 @@ impl Session {
         source: &mut Source<S>,
         buf: &mut BytesMut,
         decoder: &mut Decoder,
-        writer: &mut JoinHandle<()>,
+        writer: &mut crate::shard_threads::PlacedTask<()>,
         heartbeat: Heartbeat,
     ) -> Ended {
         let ticker = |every: Option<Duration>| {
