@@ -5,12 +5,22 @@
 //! its traffic carries on across the move, on every protocol.
 
 mod common;
+#[path = "support/amqp.rs"]
+mod amqp;
+#[path = "support/amqp_exchange_helpers.rs"]
+mod helpers;
+#[path = "support/stomp.rs"]
+mod stomp;
 
 use std::collections::BTreeMap;
 
-use broker::protocol::ConnectionInfo;
+use amqp::{AmqpBroker, next_delivery, within};
+use broker::protocol::{ConnectionInfo, WireProtocol};
 use broker::{Broker, Client, Config, QueueOptions};
 use common::{WAIT, persistent};
+use helpers::{confirm_channel, no_args, publish_confirmed};
+use lapin::BasicProperties;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 
 const SHARDS: usize = 2;
 const MESSAGES: usize = 200;
@@ -130,4 +140,80 @@ async fn consumers_move_to_their_queues_thread_and_their_traffic_carries_on() {
         client.close().await;
     }
     broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_amqp_connection_moves_with_its_channels_to_the_queue_it_consumes_from() {
+    let broker = AmqpBroker::start_with(threaded).await;
+    let json = broker.json_client().await;
+    let queues = queue_per_shard(&json, "amqp-moving").await;
+    let conn = broker.connect().await;
+    let newest_amqp = |rows: Vec<ConnectionInfo>| {
+        (rows.into_iter())
+            .filter(|r| r.protocol == WireProtocol::Amqp)
+            .max_by_key(|r| r.conn)
+            .expect("the AMQP connection's row")
+    };
+    let started = newest_amqp(rows(&json).await).thread.expect("a thread");
+    // The queue on the other shard: the connection has to move to consume from it.
+    let other = 1 - started as usize;
+    let queue = queues[other].as_str();
+    let publishing = confirm_channel(&conn).await;
+    let consuming = conn.create_channel().await.unwrap();
+    let options = BasicConsumeOptions::default();
+    let consume = consuming.basic_consume(queue.into(), "c".into(), options, no_args());
+    let mut consumer = within(consume).await.unwrap();
+    assert_eq!(newest_amqp(rows(&json).await).thread, Some(other as u64));
+    for n in 0..MESSAGES {
+        let body = format!("{n}");
+        let persistent = BasicProperties::default().with_delivery_mode(2);
+        publish_confirmed(&publishing, "", queue, body.as_bytes(), persistent).await;
+        let delivery = next_delivery(&mut consumer).await;
+        assert_eq!(delivery.data, body.as_bytes());
+        within(delivery.ack(BasicAckOptions::default()))
+            .await
+            .unwrap();
+    }
+    // A passive declare on the consuming channel is answered after its acks.
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    within(consuming.queue_declare(queue.into(), passive, no_args()))
+        .await
+        .unwrap();
+    let info = json.queue_info(queue).await.unwrap();
+    assert_eq!((info.ready, info.unacked, info.acked), (0, 0, MESSAGES as u64));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stomp_connections_keep_working_across_the_move_over_tcp_and_websocket() {
+    let b = stomp::StompBroker::start_with(threaded).await;
+    let client = b.client().await;
+    let on_shard_0: Vec<String> = (0..64)
+        .map(|i| format!("stomp-moving-{i}"))
+        .collect::<Vec<_>>();
+    let mut chosen = Vec::new();
+    for name in on_shard_0 {
+        let info = client
+            .declare_queue(&name, QueueOptions::durable())
+            .await
+            .unwrap();
+        if info.shard == 0 {
+            chosen.push(name);
+        }
+        if chosen.len() == 4 {
+            break;
+        }
+    }
+    assert_eq!(chosen.len(), 4, "4 of 64 queues on shard 0");
+    // Two connections one after the other per transport: one of them starts on shard
+    // 1's thread (`id % 2`) and moves to shard 0's at its subscribe.
+    let transports = ["tcp", "tcp", "ws", "ws"];
+    for (transport, queue) in transports.into_iter().zip(&chosen) {
+        let got = stomp::scenario("roundtrip", transport, b.port(transport), &[queue]).await;
+        assert_eq!(got["message"]["body"], "hello stomp", "{got}");
+        let info = client.queue_info(queue).await.unwrap();
+        assert_eq!((info.ready, info.unacked, info.acked), (0, 0, 1), "{queue}");
+    }
 }

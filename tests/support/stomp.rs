@@ -29,6 +29,11 @@ impl StompBroker {
     /// stomp.py's WebSocket library sends (`http://` + the address it connects to), so
     /// the port is chosen first (again, should another process take it meanwhile).
     pub async fn start() -> StompBroker {
+        Self::start_with(|_| {}).await
+    }
+
+    /// [`Self::start`] with the configuration adjusted.
+    pub async fn start_with(adjust: impl Fn(&mut Config)) -> StompBroker {
         let dir = tempfile::tempdir().unwrap();
         let mut last_error = None;
         for _ in 0..5 {
@@ -40,6 +45,7 @@ impl StompBroker {
             config.allowed_origins = vec![format!("http://{listen}")];
             config.stomp = Some("127.0.0.1:0".parse().unwrap());
             config.max_frame_bytes = 1024 * 1024;
+            adjust(&mut config);
             match Broker::start(config).await {
                 Ok(broker) => return StompBroker { broker, _dir: dir },
                 Err(e) => last_error = Some(e),

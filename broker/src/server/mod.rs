@@ -579,9 +579,11 @@ async fn accept_loop(
             stomp: acceptors.stomp_context.clone(),
         };
         let alive = alive_tx.clone();
+        let _ = stream.set_nodelay(true);
+        // Made here, where it is registered (it moves to its connection's thread).
+        let socket = Socket::new(stream);
         runtimes.spawn_connection(conn, async move {
-            let _ = stream.set_nodelay(true);
-            connection.run(Socket::new(stream)).await;
+            connection.run(socket).await;
             drop((permit, source, alive));
         });
     }

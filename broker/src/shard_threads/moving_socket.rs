@@ -28,6 +28,7 @@ pub struct Socket {
 }
 
 impl Socket {
+    /// `tcp`, made on this thread (registered with its runtime's reactor).
     pub fn new(tcp: TcpStream) -> Self {
         Socket {
             tcp: Some(tcp),
