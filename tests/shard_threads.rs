@@ -4,9 +4,9 @@
 //! publishes to). A client sees nothing of it but the `thread` in `list_connections`:
 //! its traffic carries on across the move, on every protocol.
 
-mod common;
 #[path = "support/amqp.rs"]
 mod amqp;
+mod common;
 #[path = "support/amqp_exchange_helpers.rs"]
 mod helpers;
 #[path = "support/stomp.rs"]
@@ -183,7 +183,10 @@ async fn an_amqp_connection_moves_with_its_channels_to_the_queue_it_consumes_fro
         .await
         .unwrap();
     let info = json.queue_info(queue).await.unwrap();
-    assert_eq!((info.ready, info.unacked, info.acked), (0, 0, MESSAGES as u64));
+    assert_eq!(
+        (info.ready, info.unacked, info.acked),
+        (0, 0, MESSAGES as u64)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -216,4 +219,53 @@ async fn stomp_connections_keep_working_across_the_move_over_tcp_and_websocket()
         let info = client.queue_info(queue).await.unwrap();
         assert_eq!((info.ready, info.unacked, info.acked), (0, 0, 1), "{queue}");
     }
+}
+
+/// Queue names whose `.dlq` lives on another shard, learned by declaring and deleting.
+async fn dead_lettering_across_shards(client: &Client, count: usize) -> Vec<String> {
+    let mut names = Vec::new();
+    for i in 0..256 {
+        let name = format!("rejecting-{i}");
+        let dlq = format!("{name}.dlq");
+        let on = |info: broker::protocol::QueueInfo| info.shard;
+        let queue_shard = on(client
+            .declare_queue(&name, QueueOptions::durable())
+            .await
+            .unwrap());
+        let dlq_shard = on(client
+            .declare_queue(&dlq, QueueOptions::durable())
+            .await
+            .unwrap());
+        client.delete_queue(&dlq).await.unwrap();
+        if queue_shard != dlq_shard {
+            names.push(name);
+        }
+        if names.len() == count {
+            return names;
+        }
+    }
+    panic!("fewer than {count} of 256 queues dead-letter to another shard");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consume_right_after_a_reject_finds_the_dlq_the_reject_made_on_another_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let client = Client::connect(&broker.url()).await.unwrap();
+    client.confirm_select().await.unwrap();
+    for queue in dead_lettering_across_shards(&client, 16).await {
+        client
+            .publish(persistent(&queue, "x"), false)
+            .await
+            .unwrap();
+        let mut sub = client.consume(&queue, 1).await.unwrap();
+        let delivery = common::next(&mut sub).await;
+        // The reject makes `.dlq` on its shard; the consume, sent right after it to
+        // that shard, must find it, as it would with one shard.
+        client.reject(delivery.delivery_tag, false).unwrap();
+        let mut dlq = client.consume(&format!("{queue}.dlq"), 1).await.unwrap();
+        let dead = common::next(&mut dlq).await;
+        assert_eq!(common::body(&dead), "x");
+    }
+    broker.shutdown().await;
 }

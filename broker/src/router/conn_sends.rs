@@ -52,6 +52,15 @@ impl ConnSends {
         }
     }
 
+    /// The shards besides `shard` that `conn` sent commands to since its last confirmed
+    /// publish (or ever, without confirms).
+    pub fn touched_besides(&self, conn: ConnId, shard: usize) -> u64 {
+        let conns = self.conns.lock().expect("connection sends poisoned");
+        conns
+            .get(&conn)
+            .map_or(0, |sends| sends.dirty & !(1 << shard))
+    }
+
     /// The shard that delivered `tag` to `conn` (`None`: unknown, ask every shard).
     pub fn shard_of_tag(&self, conn: ConnId, tag: u64) -> Option<usize> {
         let conns = self.conns.lock().expect("connection sends poisoned");

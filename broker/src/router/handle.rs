@@ -8,6 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Command, conn_sends, ingress, queue_shards, shard_routing};
 use crate::conn_ids::ConnIds;
+use crate::protocol::Op;
 
 /// The channels to one queue shard's router.
 #[derive(Clone)]
@@ -79,7 +80,7 @@ impl RouterHandle {
     /// back.
     #[allow(clippy::result_large_err)] // as `Ingress::try_route`
     pub(crate) fn try_send_request(&self, command: Command) -> Result<bool, Command> {
-        if self.needs_barrier(&command) {
+        if self.needs_barrier(&command) || self.earlier_turns(&command) != 0 {
             return Err(command);
         }
         let command = self.ingress.try_route(command)?;
@@ -102,6 +103,10 @@ impl RouterHandle {
     async fn send_request_waiting(&self, command: Command) -> bool {
         let command = self.ingress.route(command).await;
         let barrier = self.needs_barrier(&command);
+        let earlier = self.earlier_turns(&command);
+        if earlier != 0 && !self.turns_ended(earlier).await {
+            return false;
+        }
         let sent = self.sent(&command);
         let sends = match self.target(&command) {
             Some(shard) => vec![(shard, command)],
@@ -125,6 +130,39 @@ impl RouterHandle {
             return false;
         }
         !barrier || self.barrier(true).await
+    }
+
+    /// The shards whose turns must end before `command` is sent: a consume from a queue
+    /// on one shard waits for the other shards the connection used, so that what those
+    /// forward to it (the dead letter of a reject just sent, making its `.dlq`) is there
+    /// first, as with one shard.
+    fn earlier_turns(&self, command: &Command) -> u64 {
+        if self.shards.len() == 1 {
+            return 0;
+        }
+        match command {
+            Command::Request { conn, request, .. } => match &request.op {
+                Op::Subscribe(subscribe) => {
+                    let shard = self.placement.shard_of(&subscribe.queue);
+                    self.sends.touched_besides(*conn, shard)
+                }
+                _ => 0,
+            },
+            _ => 0,
+        }
+    }
+
+    /// Waits until each shard in `shards` has ended the turn that applies what was sent
+    /// to it before (its forwards sent).
+    async fn turns_ended(&self, shards: u64) -> bool {
+        for shard in conn_sends::shards_in(shards) {
+            let (passed, wait) = oneshot::channel();
+            let ended = Command::TurnEnded { passed };
+            if self.shards[shard].requests.send(ended).await.is_err() || wait.await.is_err() {
+                return false;
+            }
+        }
+        true
     }
 
     /// Waits until every shard has applied what was sent before (on the control channels

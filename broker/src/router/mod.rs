@@ -139,6 +139,11 @@ pub enum Command {
     Barrier {
         passed: oneshot::Sender<()>,
     },
+    /// Answered at the end of the turn that applies it, once what that turn forwards to
+    /// other shards (dead letters, alternate routes) is sent to them.
+    TurnEnded {
+        passed: oneshot::Sender<()>,
+    },
     /// Answered once every command sent on the same channel before it is applied and
     /// committed (and what waited on that commit has run).
     Synced {
@@ -405,6 +410,7 @@ impl Router {
                     Command::Barrier { passed } => {
                         let _ = passed.send(());
                     }
+                    Command::TurnEnded { passed } => self.turn.turn_ended.push(passed),
                     Command::Synced { passed } => self.turn.on_commit(Box::new(move |_| {
                         let _ = passed.send(());
                     })),

@@ -23,6 +23,8 @@ pub(super) struct Turn {
     /// Messages for other shards' queues, sent once the batch is submitted (see
     /// `forward.rs`).
     pub forwards: Vec<(usize, super::forward::Forwarded)>,
+    /// Answered once the turn's forwards are sent ([`super::Command::TurnEnded`]).
+    pub turn_ended: Vec<tokio::sync::oneshot::Sender<()>>,
     /// Dead letters by (source queue, reason), logged as one line each.
     pub dead_letters: BTreeMap<(Arc<str>, &'static str), u64>,
     /// The wall clock, read once per turn: a turn applies up to a thousand commands in
@@ -85,6 +87,9 @@ impl Router {
         self.dispatch();
         self.flush();
         self.send_forwards();
+        for passed in self.turn.turn_ended.drain(..) {
+            let _ = passed.send(());
+        }
         self.log_dead_letters();
     }
 }
