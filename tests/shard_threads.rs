@@ -221,39 +221,21 @@ async fn stomp_connections_keep_working_across_the_move_over_tcp_and_websocket()
     }
 }
 
-/// Queue names whose `.dlq` lives on another shard, learned by declaring and deleting.
-async fn dead_lettering_across_shards(client: &Client, count: usize) -> Vec<String> {
-    let mut names = Vec::new();
-    for i in 0..256 {
-        let name = format!("rejecting-{i}");
-        let dlq = format!("{name}.dlq");
-        let on = |info: broker::protocol::QueueInfo| info.shard;
-        let queue_shard = on(client
-            .declare_queue(&name, QueueOptions::durable())
-            .await
-            .unwrap());
-        let dlq_shard = on(client
-            .declare_queue(&dlq, QueueOptions::durable())
-            .await
-            .unwrap());
-        client.delete_queue(&dlq).await.unwrap();
-        if queue_shard != dlq_shard {
-            names.push(name);
-        }
-        if names.len() == count {
-            return names;
-        }
-    }
-    panic!("fewer than {count} of 256 queues dead-letter to another shard");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_consume_right_after_a_reject_finds_the_dlq_the_reject_made_on_another_shard() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(dir.path()).await;
     let client = Client::connect(&broker.url()).await.unwrap();
     client.confirm_select().await.unwrap();
-    for queue in dead_lettering_across_shards(&client, 16).await {
+    // A `.dlq` is made, on first use, on the shard its name hashes to: of 32 queues some
+    // dead-letter to the other shard (all on one: a chance of 2 in 2^32).
+    let mut across = 0;
+    for i in 0..32 {
+        let queue = format!("rejecting-{i}");
+        client
+            .declare_queue(&queue, QueueOptions::durable())
+            .await
+            .unwrap();
         client
             .publish(persistent(&queue, "x"), false)
             .await
@@ -263,9 +245,57 @@ async fn a_consume_right_after_a_reject_finds_the_dlq_the_reject_made_on_another
         // The reject makes `.dlq` on its shard; the consume, sent right after it to
         // that shard, must find it, as it would with one shard.
         client.reject(delivery.delivery_tag, false).unwrap();
-        let mut dlq = client.consume(&format!("{queue}.dlq"), 1).await.unwrap();
-        let dead = common::next(&mut dlq).await;
+        let dlq = format!("{queue}.dlq");
+        let mut dead_letters = client.consume(&dlq, 1).await.unwrap();
+        let dead = common::next(&mut dead_letters).await;
         assert_eq!(common::body(&dead), "x");
+        let queue_shard = client.queue_info(&queue).await.unwrap().shard;
+        let dlq_shard = client.queue_info(&dlq).await.unwrap().shard;
+        if queue_shard != dlq_shard {
+            across += 1;
+        }
     }
+    assert!(across > 0, "no queue dead-lettered to another shard");
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queues_are_spread_evenly_over_the_shards_when_declared_and_when_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    let client = Client::connect(&broker.url()).await.unwrap();
+    let per_shard = |infos: Vec<broker::protocol::QueueInfo>| {
+        let mut counts = vec![0; SHARDS];
+        infos.iter().for_each(|q| counts[q.shard as usize] += 1);
+        counts
+    };
+    for i in 0..8 {
+        let name = format!("spread-{i}");
+        client
+            .declare_queue(&name, QueueOptions::durable())
+            .await
+            .unwrap();
+    }
+    assert_eq!(per_shard(client.list_queues().await.unwrap()), [4, 4]);
+    // Deleting two of shard 0's: the next two declared go there.
+    let infos = client.list_queues().await.unwrap();
+    let on_0: Vec<&str> = (infos.iter().filter(|q| q.shard == 0))
+        .map(|q| q.queue.as_str())
+        .collect();
+    for name in &on_0[..2] {
+        client.delete_queue(name).await.unwrap();
+    }
+    for name in ["spread-8", "spread-9"] {
+        let info = client
+            .declare_queue(name, QueueOptions::durable())
+            .await
+            .unwrap();
+        assert_eq!(info.shard, 0, "{name}");
+    }
+    client.close().await;
+    broker.shutdown().await;
+    let broker = start(dir.path()).await;
+    let client = Client::connect(&broker.url()).await.unwrap();
+    assert_eq!(per_shard(client.list_queues().await.unwrap()), [4, 4]);
     broker.shutdown().await;
 }

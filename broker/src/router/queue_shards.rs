@@ -1,5 +1,6 @@
-//! The queues, partitioned into shards: each queue lives on exactly one shard, placed by
-//! its name, and each shard is owned by its own router task (`--queue-shards N`, default
+//! The queues, partitioned into shards: each queue lives on exactly one shard, the one
+//! with the fewest queues when it was declared (or recovered), and each shard is owned by
+//! its own router task (`--queue-shards N`, default
 //! 1; see docs/architecture.md, "Queue shards"). [`QueueShards`] is one shard's queues and
 //! timers; [`Placement`], shared by every shard and the [`super::RouterHandle`], says
 //! where a queue lives and keeps the directory of every queue's name, so a shard (or the
@@ -19,27 +20,53 @@ use crate::queue::{ConnId, Queue};
 /// Where queues live, shared by every shard and the handle.
 pub(crate) struct Placement {
     shards: usize,
-    /// Seeded at random per run, as the maps are: clients choose queue names, and a fixed
-    /// hash would let them pile every queue onto one shard.
+    /// For a name with no queue and no declare under way (a publish to a queue that does
+    /// not exist, a `.dlq` made on first use): a hash of it, seeded at random per run as
+    /// the maps are, so clients cannot choose names that pile onto one shard.
     seed: foldhash::fast::RandomState,
     /// Queue ids are stored keys: unique across shards and runs.
     next_queue_id: AtomicU64,
-    /// Every queue of every shard: written by the shard that owns it (declare, delete),
-    /// read where another shard's queue must be known (binds, dead-letter and alternate
-    /// targets, per-user queue limits). Not kept with one shard: its queues are all local.
-    directory: RwLock<FastMap<Arc<str>, QueueCard>>,
+    /// Every queue of every shard, and the new ones being declared. Not kept with one
+    /// shard: its queues are all local.
+    directory: RwLock<Directory>,
     /// (queue, handler plugin) of every handler attachment, on every shard: what home
     /// checks before deleting a plugin.
     attachments: std::sync::Mutex<Vec<(Arc<str>, String)>>,
 }
 
+#[derive(Default)]
+struct Directory {
+    /// Written by the shard that owns each queue (declare, delete), read by the handle
+    /// (where a command goes) and where another shard's queue must be known (binds,
+    /// dead-letter and alternate targets, per-user queue limits).
+    cards: FastMap<Arc<str>, QueueCard>,
+    /// Names declared (or recovered) and not yet applied by their shard: the shard chosen,
+    /// so that every declare of a name goes to one shard until the queue exists.
+    declaring: FastMap<Arc<str>, usize>,
+    /// Queues and declares under way per shard: a new queue goes where there are fewest.
+    counts: Vec<usize>,
+}
+
 /// What other shards know of a queue.
 #[derive(Debug, Clone)]
 pub(crate) struct QueueCard {
+    /// The shard it lives on.
+    pub shard: usize,
     pub exclusive_owner: Option<ConnId>,
     /// Durable and not exclusive: its bindings and messages are stored.
     pub stored: bool,
     pub declared_by: Option<Arc<str>>,
+}
+
+impl QueueCard {
+    fn of(queue: &Queue, shard: usize) -> Self {
+        QueueCard {
+            shard,
+            exclusive_owner: queue.spec.exclusive_owner,
+            stored: queue.is_stored(),
+            declared_by: queue.declared_by.clone(),
+        }
+    }
 }
 
 impl Placement {
@@ -49,7 +76,10 @@ impl Placement {
             shards,
             seed: Default::default(),
             next_queue_id: AtomicU64::new(1),
-            directory: Default::default(),
+            directory: RwLock::new(Directory {
+                counts: vec![0; shards],
+                ..Default::default()
+            }),
             attachments: Default::default(),
         }
     }
@@ -58,41 +88,120 @@ impl Placement {
         self.shards
     }
 
-    /// The shard queue `name` lives on.
+    /// The shard queue `name` lives on (or is being declared on; for a name with
+    /// neither, where a `.dlq` of that name would be made).
     pub fn shard_of(&self, name: &str) -> usize {
-        match self.shards {
-            1 => 0,
-            n => (self.seed.hash_one(name) % n as u64) as usize,
+        if self.shards == 1 {
+            return 0;
         }
+        let directory = self.read();
+        match directory.cards.get(name) {
+            Some(card) => card.shard,
+            None => match directory.declaring.get(name) {
+                Some(shard) => *shard,
+                None => self.hashed(name),
+            },
+        }
+    }
+
+    fn hashed(&self, name: &str) -> usize {
+        (self.seed.hash_one(name) % self.shards as u64) as usize
+    }
+
+    /// Where a declare of queue `name` goes: its shard if it exists or is being declared,
+    /// else the shard with the fewest queues (ties: from the name's hash on), which it is
+    /// then reserved to until that shard has applied a declare of it.
+    pub fn place_declare(&self, name: &str) -> usize {
+        if self.shards == 1 {
+            return 0;
+        }
+        let known = |directory: &Directory| {
+            let card = directory.cards.get(name).map(|card| card.shard);
+            card.or_else(|| directory.declaring.get(name).copied())
+        };
+        if let Some(shard) = known(&self.read()) {
+            return shard;
+        }
+        let mut directory = self.write();
+        if let Some(shard) = known(&directory) {
+            return shard;
+        }
+        let start = self.hashed(name);
+        let shard = (0..self.shards)
+            .map(|i| (start + i) % self.shards)
+            .min_by_key(|shard| directory.counts[*shard])
+            .expect("at least one shard");
+        directory.declaring.insert(name.into(), shard);
+        directory.counts[shard] += 1;
+        shard
+    }
+
+    /// A declare of queue `name` was applied (made, redeclared or refused): it no longer
+    /// holds a place (a queue made holds its own, see [`Self::claim`]).
+    pub fn declare_applied(&self, name: &str) {
+        if self.shards == 1 {
+            return;
+        }
+        let mut directory = self.write();
+        if let Some(shard) = directory.declaring.remove(name) {
+            directory.counts[shard] -= 1;
+        }
+    }
+
+    /// Queue `name` is being made on `card.shard`: refused (with the other shard) when a
+    /// queue of that name was made on another shard meanwhile (declares racing a refused
+    /// one: every other declare goes to the queue's shard).
+    pub fn claim(&self, name: &Arc<str>, card: QueueCard) -> Result<(), usize> {
+        if self.shards == 1 {
+            return Ok(());
+        }
+        let mut directory = self.write();
+        if let Some(other) = directory.cards.get(&**name)
+            && other.shard != card.shard
+        {
+            return Err(other.shard);
+        }
+        if let Some(shard) = directory.declaring.remove(&**name) {
+            directory.counts[shard] -= 1;
+        }
+        let shard = card.shard;
+        if directory.cards.insert(name.clone(), card).is_none() {
+            directory.counts[shard] += 1;
+        }
+        Ok(())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Directory> {
+        self.directory
+            .read()
+            .expect("queue directory lock poisoned")
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Directory> {
+        self.directory
+            .write()
+            .expect("queue directory lock poisoned")
     }
 
     /// What is known of queue `name`, on whichever shard it lives (with one shard: `None`,
     /// ask the shard).
     pub fn card(&self, name: &str) -> Option<QueueCard> {
-        let directory = self
-            .directory
-            .read()
-            .expect("queue directory lock poisoned");
-        directory.get(name).cloned()
+        self.read().cards.get(name).cloned()
     }
 
     /// The directory's own `Arc` of queue `name`, if it exists on any shard.
     pub fn name(&self, name: &str) -> Option<Arc<str>> {
-        let directory = self
-            .directory
-            .read()
-            .expect("queue directory lock poisoned");
-        directory.get_key_value(name).map(|(name, _)| name.clone())
+        let directory = self.read();
+        directory
+            .cards
+            .get_key_value(name)
+            .map(|(name, _)| name.clone())
     }
 
     /// How many queues `user` declared, on every shard.
     pub fn declared_by(&self, user: &str) -> usize {
-        let directory = self
-            .directory
-            .read()
-            .expect("queue directory lock poisoned");
         let mine = |card: &&QueueCard| card.declared_by.as_deref() == Some(user);
-        directory.values().filter(mine).count()
+        self.read().cards.values().filter(mine).count()
     }
 
     /// Handler `plugin` was attached to `queue` (or, with `attached` false, detached).
@@ -113,38 +222,24 @@ impl Placement {
 
     /// Every queue name, on every shard.
     pub fn names(&self) -> Vec<Arc<str>> {
-        let directory = self
-            .directory
-            .read()
-            .expect("queue directory lock poisoned");
-        directory.keys().cloned().collect()
+        self.read().cards.keys().cloned().collect()
     }
 
-    fn note(&self, name: &Arc<str>, queue: &Queue) {
-        if self.shards == 1 {
-            return;
-        }
-        let card = QueueCard {
-            exclusive_owner: queue.spec.exclusive_owner,
-            stored: queue.is_stored(),
-            declared_by: queue.declared_by.clone(),
-        };
-        let mut directory = self
-            .directory
-            .write()
-            .expect("queue directory lock poisoned");
-        directory.insert(name.clone(), card);
+    /// Queue `name` of `shard` is made (or recovered).
+    fn note(&self, name: &Arc<str>, queue: &Queue, shard: usize) {
+        let card = QueueCard::of(queue, shard);
+        // Its shard applies its commands in order: no other shard made it meanwhile.
+        let _ = self.claim(name, card);
     }
 
     fn forget(&self, name: &str) {
         if self.shards == 1 {
             return;
         }
-        let mut directory = self
-            .directory
-            .write()
-            .expect("queue directory lock poisoned");
-        directory.remove(name);
+        let mut directory = self.write();
+        if let Some(card) = directory.cards.remove(name) {
+            directory.counts[card.shard] -= 1;
+        }
     }
 
     /// A new queue id, unique across shards.
@@ -210,11 +305,7 @@ impl QueueShards {
     /// What is known of queue `name`, here or on another shard.
     pub fn card(&self, name: &str) -> Option<QueueCard> {
         match self.queues.get(name) {
-            Some(queue) => Some(QueueCard {
-                exclusive_owner: queue.spec.exclusive_owner,
-                stored: queue.is_stored(),
-                declared_by: queue.declared_by.clone(),
-            }),
+            Some(queue) => Some(QueueCard::of(queue, self.shard)),
             None if self.placement.shards > 1 => self.placement.card(name),
             None => None,
         }
@@ -246,9 +337,14 @@ impl QueueShards {
         self.queues.contains_key(name)
     }
 
+    /// Queue `name` is being made here (see [`Placement::claim`]).
+    pub fn claim(&self, name: &Arc<str>, queue: &Queue) -> Result<(), usize> {
+        self.placement.claim(name, QueueCard::of(queue, self.shard))
+    }
+
     pub fn insert(&mut self, name: Arc<str>, queue: Queue) {
         debug_assert!(self.is_local(&name), "a queue lives on its own shard");
-        self.placement.note(&name, &queue);
+        self.placement.note(&name, &queue, self.shard);
         self.queues.insert(name, queue);
     }
 
@@ -325,5 +421,35 @@ mod tests {
             used[shard] = true;
         }
         assert!(used.iter().all(|u| *u), "64 names spread over the 4 shards");
+    }
+
+    #[test]
+    fn declared_names_go_where_there_are_fewest_queues_and_keep_their_shard_until_applied() {
+        let placement = Placement::new(2);
+        let shards: Vec<usize> = (0..8)
+            .map(|i| placement.place_declare(&format!("q{i}")))
+            .collect();
+        let on_0 = shards.iter().filter(|s| **s == 0).count();
+        assert_eq!(on_0, 4, "8 declares over 2 shards: 4 each, {shards:?}");
+        // Declared again before it is applied: the same shard, counted once.
+        assert_eq!(placement.place_declare("q0"), shards[0]);
+        assert_eq!(placement.shard_of("q0"), shards[0]);
+        // Refused by its shard: no longer reserved, nor counted.
+        placement.declare_applied("q0");
+        assert_eq!(placement.read().counts.iter().sum::<usize>(), 7);
+        // Made: it keeps its shard, and a maker on another shard is refused.
+        let card = |shard| super::QueueCard {
+            shard,
+            exclusive_owner: None,
+            stored: true,
+            declared_by: None,
+        };
+        let q1: std::sync::Arc<str> = "q1".into();
+        placement.claim(&q1, card(shards[1])).unwrap();
+        placement.declare_applied("q1");
+        assert_eq!(placement.shard_of("q1"), shards[1]);
+        assert_eq!(placement.claim(&q1, card(1 - shards[1])), Err(shards[1]));
+        placement.forget("q1");
+        assert_eq!(placement.read().counts.iter().sum::<usize>(), 6);
     }
 }

@@ -28,6 +28,20 @@ impl Router {
         conn: ConnId,
         declare: DeclareQueue,
     ) -> Result<Reply, OpError> {
+        let named = (!declare.queue.is_empty()).then(|| declare.queue.clone());
+        let declared = self.make_or_check_queue(conn, declare);
+        if let Some(name) = named {
+            self.queues.placement().declare_applied(&name);
+        }
+        declared
+    }
+
+    /// A declare: a new queue, or the existing one checked.
+    fn make_or_check_queue(
+        &mut self,
+        conn: ConnId,
+        declare: DeclareQueue,
+    ) -> Result<Reply, OpError> {
         check_name("queue", &declare.queue)?;
         let name = if declare.queue.is_empty() {
             let name = self.generate_name(conn, "gen");
@@ -67,6 +81,14 @@ impl Router {
         let name: Arc<str> = name.into();
         let mut queue = self.new_queue(name.clone(), id, spec, policy);
         queue.declared_by = declared_by;
+        if let Err(other) = self.queues.claim(&name, &queue) {
+            return Err(OpError::new(
+                ErrorCode::PreconditionFailed,
+                format!(
+                    "queue `{name}` was just made on shard {other} by another declare; declare it again"
+                ),
+            ));
+        }
         let result: Answer = info(&queue, shard).into();
         let stored = queue.is_stored();
         if stored {

@@ -35,7 +35,8 @@ pub(super) fn split(mut recovered: Recovered, placement: &Placement) -> Vec<Reco
     }
     let mut shard_of_id = std::collections::HashMap::new();
     for queue in std::mem::take(&mut recovered.queues) {
-        let shard = placement.shard_of(&queue.record.name);
+        // Recovered queues are spread as declared ones are: each where there are fewest.
+        let shard = placement.place_declare(&queue.record.name);
         shard_of_id.insert(queue.record.id, shard);
         match shard {
             0 => recovered.queues.push(queue),

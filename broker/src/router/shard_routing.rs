@@ -69,7 +69,7 @@ impl RouterHandle {
             Op::DeclareQueue(declare) if declare.queue.is_empty() => {
                 Some(conn as usize % self.shards.len())
             }
-            Op::DeclareQueue(declare) => shard_of(&declare.queue),
+            Op::DeclareQueue(declare) => Some(placement.place_declare(&declare.queue)),
             Op::Subscribe(subscribe) => shard_of(&subscribe.queue),
             Op::AttachHandler(attach) => shard_of(&attach.queue),
             Op::DeleteQueue { queue, .. }

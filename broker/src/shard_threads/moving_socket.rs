@@ -62,12 +62,34 @@ fn current_runtime() -> u64 {
     super::thread_shard().map_or(0, |t| t.runtime)
 }
 
-/// Remembers `cx`'s waker in `waiter` when `poll` is pending.
-fn waiting<T>(poll: Poll<T>, waiter: &mut Option<Waker>, cx: &Context<'_>) -> Poll<T> {
-    if poll.is_pending() && !waiter.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-        *waiter = Some(cx.waker().clone());
+/// Which of a [`Socket`]'s waiters a poll is for.
+#[derive(Clone, Copy)]
+enum Waits {
+    ToRead,
+    ToWrite,
+}
+
+impl Socket {
+    /// `poll` on the socket, registered here; remembers `cx`'s waker when it must wait.
+    fn poll_here<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        waits: Waits,
+        poll: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let polled = match self.here() {
+            Ok(tcp) => poll(Pin::new(tcp), cx),
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        let waiter = match waits {
+            Waits::ToRead => &mut self.read_waiter,
+            Waits::ToWrite => &mut self.write_waiter,
+        };
+        if polled.is_pending() && !waiter.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *waiter = Some(cx.waker().clone());
+        }
+        polled
     }
-    poll
 }
 
 impl AsyncRead for Socket {
@@ -76,13 +98,7 @@ impl AsyncRead for Socket {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        let tcp = match this.here() {
-            Ok(tcp) => tcp,
-            Err(e) => return Poll::Ready(Err(e)),
-        };
-        let poll = Pin::new(tcp).poll_read(cx, buf);
-        waiting(poll, &mut this.read_waiter, cx)
+        self.poll_here(cx, Waits::ToRead, |tcp, cx| tcp.poll_read(cx, buf))
     }
 }
 
@@ -92,13 +108,7 @@ impl AsyncWrite for Socket {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let tcp = match this.here() {
-            Ok(tcp) => tcp,
-            Err(e) => return Poll::Ready(Err(e)),
-        };
-        let poll = Pin::new(tcp).poll_write(cx, buf);
-        waiting(poll, &mut this.write_waiter, cx)
+        self.poll_here(cx, Waits::ToWrite, |tcp, cx| tcp.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -106,13 +116,9 @@ impl AsyncWrite for Socket {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let tcp = match this.here() {
-            Ok(tcp) => tcp,
-            Err(e) => return Poll::Ready(Err(e)),
-        };
-        let poll = Pin::new(tcp).poll_write_vectored(cx, bufs);
-        waiting(poll, &mut this.write_waiter, cx)
+        self.poll_here(cx, Waits::ToWrite, |tcp, cx| {
+            tcp.poll_write_vectored(cx, bufs)
+        })
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -120,16 +126,10 @@ impl AsyncWrite for Socket {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.here() {
-            Ok(tcp) => Pin::new(tcp).poll_flush(cx),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.poll_here(cx, Waits::ToWrite, |tcp, cx| tcp.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.here() {
-            Ok(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        self.poll_here(cx, Waits::ToWrite, |tcp, cx| tcp.poll_shutdown(cx))
     }
 }
