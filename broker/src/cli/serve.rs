@@ -43,16 +43,16 @@ pub struct ServeArgs {
     /// `consumer_timeout`). 0: no limit.
     #[arg(long, default_value_t = Config::DEFAULT_CONSUMER_TIMEOUT.as_secs_f64(), value_parser = non_negative_secs)]
     consumer_timeout: f64,
-    /// Shards the queues are partitioned into (placed by name), each owned by its own
-    /// router task, so routing uses more than one core. Default: one per 4 cores, at least
-    /// one (docs/architecture.md, "Queue shards").
+    /// Shards the queues are partitioned into (a new queue goes to the one with the
+    /// fewest), each owned by its own router task, so routing uses every core. Default:
+    /// one per core (docs/architecture.md, "Queue shards").
     #[arg(long, default_value_t = Config::default_queue_shards() as u64, value_parser = clap::value_parser!(u64).range(1..=64))]
     queue_shards: u64,
     /// Runs each queue shard on a thread of its own, and each client connection on the
     /// thread of the shard whose queue it first consumes from (or publishes to), so a
-    /// message wakes fewer threads (docs/architecture.md, "Shard threads"). Off: shards
-    /// and connections share tokio's pool of a worker per core.
-    #[arg(long)]
+    /// message wakes fewer threads (docs/architecture.md, "Shard threads"). `false`:
+    /// shards and connections share tokio's pool of a worker per core.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     shard_threads: bool,
     /// Publishes one connection may have waiting for their answer (in confirm mode, the
     /// confirm); past this the broker stops reading that connection until answers go out.

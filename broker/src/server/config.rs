@@ -37,12 +37,12 @@ pub struct Config {
     /// channel) is closed with `precondition_failed` and its unacked messages return to
     /// their queues, as RabbitMQ's `consumer_timeout`. `None`: no limit.
     pub consumer_timeout: Option<Duration>,
-    /// Shards the queues are partitioned into, each queue on one (placed by its name),
+    /// Shards the queues are partitioned into, each queue on one (where there were fewest),
     /// each shard owned by its own router task (docs/architecture.md, "Queue shards").
     /// Default: [`Config::default_queue_shards`].
     pub queue_shards: usize,
     /// Each queue shard on a thread of its own, with the connections that use its queues
-    /// (`shard_threads`); off: shards and connections on tokio's pool.
+    /// (`shard_threads`; the default); off: shards and connections on tokio's pool.
     pub shard_threads: bool,
     /// Resident memory past which publishing connections are blocked (memory alarm).
     pub memory_high_watermark: MemoryWatermark,
@@ -118,15 +118,14 @@ impl Config {
     /// RabbitMQ's default `consumer_timeout`: 30 minutes.
     pub const DEFAULT_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
-    /// One queue shard per 4 cores, at least one. The router's work is about a quarter of
-    /// a message's CPU (enqueue, dispatch, settle; the connections' reading and writing
-    /// and the store writer are the rest), so one shard per 4 cores keeps the shards
-    /// about as busy as the other threads. On this project's 2-core machine that is one
-    /// shard: a second costs 4-11 % more CPU per message there and gains nothing
-    /// (docs/performance.md, "Session 14" and "Session 15").
+    /// One queue shard per core (at most 64), each on a thread of its own with the
+    /// connections that use its queues ([`Config::shard_threads`]). On this project's
+    /// 2-core machine two shard threads use 10-14 % less CPU per message than one shard on
+    /// tokio's pool, at the same or higher rates, and no thread does half the work with 4
+    /// queue pairs (docs/performance.md, "Session 16").
     pub fn default_queue_shards() -> usize {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (cores / 4).max(1)
+        cores.clamp(1, 64)
     }
     pub const DEFAULT_MAX_UNCONFIRMED: usize = 10_000;
     /// RabbitMQ's management login lasts 8 hours too.
@@ -145,7 +144,7 @@ impl Config {
             heartbeat: Some(Self::DEFAULT_HEARTBEAT),
             consumer_timeout: Some(Self::DEFAULT_CONSUMER_TIMEOUT),
             queue_shards: Self::default_queue_shards(),
-            shard_threads: false,
+            shard_threads: true,
             max_unconfirmed: Self::DEFAULT_MAX_UNCONFIRMED,
             memory_high_watermark: MemoryWatermark::DEFAULT,
             plugins: None,
