@@ -162,6 +162,7 @@ pub(crate) async fn serve<S>(
         reader.abort();
         return;
     }
+    send0(handshake::open_ok());
     let mut conn = AmqpConnection {
         id,
         peer,

@@ -217,9 +217,6 @@ pub(super) async fn open(
             .during(10, 40),
         ));
     }
-    send(AMQPClass::Connection(connection::AMQPMethod::OpenOk(
-        connection::OpenOk {},
-    )));
     Ok(Opened {
         vhost: vhost.into(),
         principal,
@@ -323,6 +320,12 @@ pub(super) fn short(text: &str) -> amq_protocol::types::ShortString {
         end -= 1;
     }
     text[..end].into()
+}
+
+/// `connection.open-ok`: sent once the router knows the connection (so that a listing
+/// made by anyone after the client has it shows the connection).
+pub(super) fn open_ok() -> AMQPClass {
+    AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {}))
 }
 
 #[cfg(test)]

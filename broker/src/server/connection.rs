@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::conn_writer::write_loop;
 use super::gate::{Admitted, Gate};
-use super::login::{login, user_change};
+use super::login::{LoggedIn, login, user_change};
 use super::tls::{self, MaybeTls, TlsSetup};
 use crate::auth::Principal;
 use crate::protocol::{
@@ -152,7 +152,7 @@ impl Connection {
             credentials, vhost, ..
         } = admitted;
         let login = login(&mut ws, &self.gate, self.peer, credentials, &vhost, within).await;
-        let Some(principal) = login else {
+        let Some(LoggedIn { principal, answer }) = login else {
             tracing::debug!(conn = self.id, peer = %self.peer, "connection not authenticated");
             return;
         };
@@ -174,6 +174,11 @@ impl Connection {
         });
         if !self.router.send_request(open).await {
             return;
+        }
+        // After the open: whoever lists connections once the client has this answer
+        // sees it (each shard gets the open before anything sent after the answer).
+        if let Some(answer) = answer {
+            let _ = tx.send(Outbound::Frame(answer));
         }
         let router = self.router.clone();
         let names = LocalNames::new(&self.vhost);

@@ -16,6 +16,14 @@ use crate::protocol::{
 };
 use crate::router::UserChange;
 
+/// A connection logged in.
+pub(super) struct LoggedIn {
+    pub principal: Principal,
+    /// The `authenticate` request to answer, once the router knows the connection (so
+    /// that a listing made by anyone after the answer shows it).
+    pub answer: Option<ServerFrame>,
+}
+
 /// Logs the connection in: as the user its verified client certificate names, else with
 /// the upgrade request's credentials, or else with the first `authenticate` request
 /// (other requests are refused until then). `None` when it did not authenticate in time,
@@ -27,7 +35,11 @@ pub(super) async fn login(
     credentials: Option<(String, String)>,
     vhost: &str,
     within: Duration,
-) -> Option<Principal> {
+) -> Option<LoggedIn> {
+    let logged_in = |principal| LoggedIn {
+        principal,
+        answer: None,
+    };
     if let Some(certified) = ws.get_ref().client_user() {
         // Credentials sent alongside must not name someone else (they are not checked:
         // the certificate is the proof).
@@ -47,7 +59,7 @@ pub(super) async fn login(
         };
         let result = result.and_then(|p| gate.auth.open_vhost(&p, vhost).map(|_| p));
         return match result {
-            Ok(principal) => Some(principal),
+            Ok(principal) => Some(logged_in(principal)),
             Err(e) => {
                 refuse(ws, None, &e).await;
                 None
@@ -57,7 +69,7 @@ pub(super) async fn login(
     if let Some((user, password)) = credentials {
         let login = gate.auth.authenticate(&user, &password, peer.ip()).await;
         return match login.and_then(|p| gate.auth.open_vhost(&p, vhost).map(|_| p)) {
-            Ok(principal) => Some(principal),
+            Ok(principal) => Some(logged_in(principal)),
             Err(e) => {
                 refuse(ws, None, &e).await;
                 None
@@ -98,8 +110,8 @@ pub(super) async fn login(
         match login.and_then(|p| gate.auth.open_vhost(&p, vhost).map(|_| p)) {
             Ok(principal) => {
                 let result = serde_json::json!({ "user": username });
-                reply(ws, ServerFrame::Ok { id, result }).await;
-                return Some(principal);
+                let answer = Some(ServerFrame::Ok { id, result });
+                return Some(LoggedIn { principal, answer });
             }
             Err(e) => {
                 refuse(ws, Some(id), &e).await;

@@ -110,7 +110,7 @@ pub(super) async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     peer: SocketAddr,
     conn: ConnId,
     transport_login: TransportLogin,
-) -> Option<Connected> {
+) -> Option<(Connected, bytes::Bytes)> {
     let deadline = tokio::time::Instant::now() + ctx.handshake_timeout;
     let frame = loop {
         match decoder.decode(buf) {
@@ -142,12 +142,10 @@ pub(super) async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
                 ("session", session.as_str()),
                 ("server", server),
             ];
+            // Sent by the session once the router knows the connection.
             let frame = encode(ServerCommand::Connected, &headers, b"", connected.version);
-            if sink.feed(frame).await.is_err() || sink.flush().await.is_err() {
-                return None;
-            }
             decoder.set_version(connected.version);
-            Some(connected)
+            Some((connected, frame))
         }
         Err(e) => {
             tracing::debug!(%peer, error = %e, "STOMP connection refused");

@@ -98,7 +98,7 @@ pub(crate) async fn serve<S>(
         conn,
         transport_login,
     );
-    let Some(connected) = connect.await else {
+    let Some((connected, answer)) = connect.await else {
         return;
     };
     let vhost: Arc<str> = connected.vhost.into();
@@ -118,6 +118,16 @@ pub(crate) async fn serve<S>(
         link: crate::router::ConnLink::of_this_task(),
     });
     if !ctx.router.send_request(open).await {
+        return;
+    }
+    // CONNECTED after the open: whoever lists connections once the client has it sees
+    // this one.
+    if sink.feed(answer).await.is_err() || sink.flush().await.is_err() {
+        let close = Command::Close {
+            conn,
+            broker_stopping: false,
+        };
+        ctx.router.send_request(close).await;
         return;
     }
     let writer = Writer {
