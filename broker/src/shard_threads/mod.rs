@@ -1,9 +1,8 @@
 //! Where the router's queue shards and the client connections run.
 //!
-//! By default on tokio's pool (a worker per core), like everything else. With
-//! `--shard-threads`, each queue shard gets a thread of its own running a single-threaded
-//! runtime, and each client connection's tasks run on the thread of the shard whose
-//! queues it uses: they start on shard `id % N` and move to the shard of the first queue
+//! By default each queue shard gets a thread of its own running a single-threaded
+//! runtime (`--shard-threads false`: tokio's pool of a worker per core instead), and each
+//! client connection's tasks run on the thread of the shard whose queues it uses: they start on shard `id % N` and move to the shard of the first queue
 //! the connection consumes from (or, before any consume, of the first queue one of its
 //! publishes reaches; `moving_task.rs`), its socket following them
 //! (`moving_socket.rs`). A publish, its delivery and its ack on one queue are then
@@ -36,7 +35,7 @@ pub struct ShardRuntimes {
 }
 
 /// The shard threads themselves; dropping this stops them (and drops what still runs
-/// on them).
+/// on them), which the broker does last in its shutdown.
 pub struct ShardThreads {
     stops: Vec<oneshot::Sender<()>>,
 }
@@ -101,11 +100,6 @@ impl ShardRuntimes {
         self.count
     }
 
-    /// Whether the shards have threads of their own.
-    pub fn threaded(&self) -> bool {
-        self.handles.is_some()
-    }
-
     /// Runs queue shard `shard`'s task.
     pub fn spawn_shard<F>(&self, shard: usize, task: F)
     where
@@ -132,11 +126,6 @@ impl ShardRuntimes {
             None => drop(tokio::spawn(task)),
         }
     }
-}
-
-impl ShardThreads {
-    /// Stops the threads: what still runs on them is dropped.
-    pub fn stop(self) {}
 }
 
 impl Drop for ShardThreads {
