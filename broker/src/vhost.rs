@@ -62,7 +62,7 @@ pub fn check_vhost_name(name: &str) -> Result<(), String> {
 /// Rewrites the resource names of a request from vhost `vhost`'s view to the broker's,
 /// refusing names that could spell another vhost's (they hold [`SEPARATOR`]).
 pub fn qualify_op(vhost: &str, op: &mut Op) -> Result<(), String> {
-    for name in resource_names(op) {
+    for name in resource_names(op).into_iter().flatten() {
         if name.contains(SEPARATOR) {
             return Err("names may not contain control characters".into());
         }
@@ -73,29 +73,32 @@ pub fn qualify_op(vhost: &str, op: &mut Op) -> Result<(), String> {
     Ok(())
 }
 
-/// The queue and exchange names a request refers to.
-fn resource_names(op: &mut Op) -> Vec<&mut String> {
+/// The queue and exchange names a request refers to (at most two; an array, so that
+/// admitting a publish allocates nothing).
+fn resource_names(op: &mut Op) -> [Option<&mut String>; 2] {
     match op {
         // An empty name asks the broker to choose one (in the connection's vhost).
-        Op::DeclareQueue(declare) if declare.queue.is_empty() => vec![],
-        Op::DeclareQueue(declare) => vec![&mut declare.queue],
+        Op::DeclareQueue(declare) if declare.queue.is_empty() => [None, None],
+        Op::DeclareQueue(declare) => [Some(&mut declare.queue), None],
         Op::DeleteQueue { queue, .. }
         | Op::PurgeQueue { queue }
         | Op::Get { queue, .. }
         | Op::QueueInfo { queue }
         | Op::PeekQueue { queue, .. }
         | Op::RequeueDeadLetters { queue, .. }
-        | Op::DetachHandler { queue, .. } => vec![queue],
-        Op::AttachHandler(attach) => vec![&mut attach.queue],
-        Op::Subscribe(subscribe) => vec![&mut subscribe.queue],
-        Op::DeclareExchange(declare) => vec![&mut declare.exchange],
-        Op::DeleteExchange { exchange, .. } => vec![exchange],
-        Op::Bind(binding) | Op::Unbind(binding) => vec![&mut binding.exchange, &mut binding.queue],
-        Op::BindExchange(binding) | Op::UnbindExchange(binding) => {
-            vec![&mut binding.source, &mut binding.destination]
+        | Op::DetachHandler { queue, .. } => [Some(queue), None],
+        Op::AttachHandler(attach) => [Some(&mut attach.queue), None],
+        Op::Subscribe(subscribe) => [Some(&mut subscribe.queue), None],
+        Op::DeclareExchange(declare) => [Some(&mut declare.exchange), None],
+        Op::DeleteExchange { exchange, .. } => [Some(exchange), None],
+        Op::Bind(binding) | Op::Unbind(binding) => {
+            [Some(&mut binding.exchange), Some(&mut binding.queue)]
         }
-        Op::Publish(publish) => vec![&mut publish.message.exchange],
-        Op::Route(message) => vec![&mut message.exchange],
+        Op::BindExchange(binding) | Op::UnbindExchange(binding) => {
+            [Some(&mut binding.source), Some(&mut binding.destination)]
+        }
+        Op::Publish(publish) => [Some(&mut publish.message.exchange), None],
+        Op::Route(message) => [Some(&mut message.exchange), None],
         Op::ConfirmSelect
         | Op::ListQueues
         | Op::Cancel { .. }
@@ -127,7 +130,7 @@ fn resource_names(op: &mut Op) -> Vec<&mut String> {
         | Op::ListVhosts
         | Op::SetPermissions(_)
         | Op::ClearPermissions { .. }
-        | Op::ListPermissions => vec![],
+        | Op::ListPermissions => [None, None],
     }
 }
 

@@ -160,6 +160,7 @@ impl AmqpConnection {
             &self.vhost,
             self.peer.ip(),
             &mut request.op,
+            &self.grants,
         );
         admitted
             .err()

@@ -181,6 +181,7 @@ pub(crate) async fn serve<S>(
         published: false,
         blocked: false,
         shutdown,
+        grants: Default::default(),
     };
     let served = AssertUnwindSafe(conn.serve(&mut frames, &mut router_frames))
         .catch_unwind()
@@ -245,6 +246,8 @@ pub(super) struct AmqpConnection {
     pub(super) published: bool,
     pub(super) blocked: bool,
     pub(super) shutdown: watch::Receiver<bool>,
+    /// The user's grant in `vhost`, as last checked.
+    pub(super) grants: crate::auth::GrantCache,
 }
 
 impl AmqpConnection {

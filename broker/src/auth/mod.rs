@@ -79,6 +79,19 @@ pub struct AuthStats {
     pub failures: AtomicU64,
 }
 
+/// A connection's copy of its user's grant in its vhost (`None` inside: no permissions),
+/// with the [`Authenticator`]'s change count it was read at. Per connection, so checking
+/// a publish takes no lock or reference count that other threads' connections share.
+#[derive(Default)]
+pub struct GrantCache(Mutex<Option<CachedGrant>>);
+
+struct CachedGrant {
+    changes: u64,
+    user: Arc<str>,
+    vhost: String,
+    grant: Option<Arc<Grant>>,
+}
+
 struct Failures {
     count: u32,
     last: Instant,
@@ -86,9 +99,13 @@ struct Failures {
 
 pub struct Authenticator {
     users: RwLock<HashMap<String, UserRecord>>,
-    /// (user, vhost) → the user's permissions there, compiled.
-    grants: RwLock<HashMap<(String, String), Arc<Grant>>>,
+    /// user → vhost → the user's permissions there, compiled (nested, so that the check
+    /// every publish makes looks up borrowed names without allocating).
+    grants: RwLock<HashMap<String, HashMap<String, Arc<Grant>>>>,
     vhosts: RwLock<BTreeSet<String>>,
+    /// Counts changes to users, grants and vhosts: a connection's [`GrantCache`] is good
+    /// while it has not moved.
+    changes: AtomicU64,
     /// User → SHA-256 of (per-process pepper, password) that last verified: a client
     /// reconnecting with the same password skips Argon2 (tens of milliseconds).
     verified: Mutex<HashMap<String, [u8; 32]>>,
@@ -106,11 +123,15 @@ impl Authenticator {
         OsRng.fill_bytes(&mut pepper);
         let users: HashMap<String, UserRecord> =
             users.into_iter().map(|u| (u.name.clone(), u)).collect();
-        let grants = users.values().flat_map(compile_grants).collect();
+        let grants = users
+            .values()
+            .map(|user| (user.name.clone(), compile_grants(user)))
+            .collect();
         Arc::new(Authenticator {
             users: RwLock::new(users),
             grants: RwLock::new(grants),
             vhosts: RwLock::new(vhosts.into_iter().collect()),
+            changes: AtomicU64::new(0),
             verified: Mutex::new(HashMap::new()),
             pepper,
             failures: Mutex::new(HashMap::new()),
@@ -231,18 +252,25 @@ impl Authenticator {
     /// Adds or replaces a user (already stored by the caller).
     pub fn put(&self, record: UserRecord) {
         self.lock_verified().remove(&record.name);
-        let mut grants = self.write_grants();
-        grants.retain(|(user, _), _| *user != record.name);
-        grants.extend(compile_grants(&record));
-        drop(grants);
+        let grants = compile_grants(&record);
+        self.write_grants().insert(record.name.clone(), grants);
         self.write_users().insert(record.name.clone(), record);
+        self.changed();
     }
 
     /// Removes a user (already deleted from the store by the caller).
     pub fn remove(&self, user: &str) -> Option<UserRecord> {
         self.lock_verified().remove(user);
-        self.write_grants().retain(|(name, _), _| name != user);
-        self.write_users().remove(user)
+        self.write_grants().remove(user);
+        let removed = self.write_users().remove(user);
+        self.changed();
+        removed
+    }
+
+    /// After a change to users, grants or vhosts (made before, so that a cache that sees
+    /// the new count reads the new state).
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
     }
 
     /// What `user` may do in `vhost`; `None`: nothing (no permissions there, or the vhost
@@ -252,7 +280,7 @@ impl Authenticator {
             return None;
         }
         let grants = self.grants.read().expect("grants lock not poisoned");
-        grants.get(&(user.to_string(), vhost.to_string())).cloned()
+        grants.get(user)?.get(vhost).cloned()
     }
 
     /// Checks that `principal` may use `vhost` (it exists and the user has permissions
@@ -271,21 +299,38 @@ impl Authenticator {
 
     /// Authorizes a request of `principal`'s connection to `vhost`, then rewrites its
     /// names to the broker's (see [`crate::vhost`]): what every front end does with a
-    /// request before the router sees it. A refusal is audited.
+    /// request before the router sees it. A refusal is audited. `cache` is the
+    /// connection's: its grant is looked up again only after a change.
     pub fn admit(
         &self,
         principal: &Principal,
         vhost: &str,
         peer: IpAddr,
         op: &mut crate::protocol::Op,
+        cache: &GrantCache,
     ) -> Result<(), (crate::protocol::ErrorCode, String)> {
         use crate::protocol::ErrorCode;
-        let refused = match self.grant(&principal.user, vhost) {
-            None => Err(format!(
-                "user `{}` has no permissions in vhost `{vhost}`",
-                principal.user
-            )),
-            Some(grant) => grant.authorize(op),
+        let refused = {
+            let changes = self.changes.load(Ordering::Acquire);
+            let mut cached = cache.0.lock().expect("grant cache lock not poisoned");
+            let fresh = |c: &CachedGrant| {
+                c.changes == changes && c.user == principal.user && c.vhost == vhost
+            };
+            if !cached.as_ref().is_some_and(fresh) {
+                *cached = Some(CachedGrant {
+                    changes,
+                    user: principal.user.clone(),
+                    vhost: vhost.to_string(),
+                    grant: self.grant(&principal.user, vhost),
+                });
+            }
+            match cached.as_ref().and_then(|c| c.grant.as_deref()) {
+                None => Err(format!(
+                    "user `{}` has no permissions in vhost `{vhost}`",
+                    principal.user
+                )),
+                Some(grant) => grant.authorize(op),
+            }
         };
         if let Err(reason) = refused {
             tracing::warn!(target: "audit", event = "permission_refused", user = %principal.user, %peer, vhost, %reason, "request refused");
@@ -312,12 +357,16 @@ impl Authenticator {
     pub fn put_vhost(&self, vhost: &str) {
         let mut vhosts = self.vhosts.write().expect("vhosts lock not poisoned");
         vhosts.insert(vhost.to_string());
+        drop(vhosts);
+        self.changed();
     }
 
     /// Removes a vhost (already deleted from the store by the caller).
     pub fn remove_vhost(&self, vhost: &str) {
         let mut vhosts = self.vhosts.write().expect("vhosts lock not poisoned");
         vhosts.remove(vhost);
+        drop(vhosts);
+        self.changed();
     }
 
     pub fn get(&self, user: &str) -> Option<UserRecord> {
@@ -357,7 +406,7 @@ impl Authenticator {
 
     fn write_grants(
         &self,
-    ) -> std::sync::RwLockWriteGuard<'_, HashMap<(String, String), Arc<Grant>>> {
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<String, HashMap<String, Arc<Grant>>>> {
         self.grants.write().expect("grants lock not poisoned")
     }
 
@@ -374,9 +423,9 @@ impl Authenticator {
     }
 }
 
-/// A user's permissions, compiled, keyed by (user, vhost). A stored pattern that no
-/// longer compiles allows nothing.
-fn compile_grants(record: &UserRecord) -> Vec<((String, String), Arc<Grant>)> {
+/// A user's permissions, compiled, by vhost. A stored pattern that no longer compiles
+/// allows nothing.
+fn compile_grants(record: &UserRecord) -> HashMap<String, Arc<Grant>> {
     record
         .permissions
         .iter()
@@ -385,7 +434,7 @@ fn compile_grants(record: &UserRecord) -> Vec<((String, String), Arc<Grant>)> {
                 tracing::error!(user = %record.name, vhost, error = %e, "stored permissions do not compile; the user may do nothing there");
                 Grant::none()
             });
-            ((record.name.clone(), vhost.clone()), Arc::new(grant))
+            (vhost.clone(), Arc::new(grant))
         })
         .collect()
 }

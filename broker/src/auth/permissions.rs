@@ -30,13 +30,15 @@ impl Permissions {
 
     /// Checks the patterns (before storing them).
     pub fn compile(&self) -> Result<Grant, String> {
-        let pattern = |what: &str, text: &str| -> Result<Option<Regex>, String> {
-            if text.is_empty() {
-                return Ok(None);
+        let pattern = |what: &str, text: &str| -> Result<Option<NamePattern>, String> {
+            match text {
+                "" => Ok(None),
+                // What nearly every grant says; checked on every publish.
+                ".*" => Ok(Some(NamePattern::Any)),
+                text => Regex::new(text)
+                    .map(|regex| Some(NamePattern::Regex(regex)))
+                    .map_err(|e| format!("`{what}` is not a valid regular expression: {e}")),
             }
-            Regex::new(text)
-                .map(Some)
-                .map_err(|e| format!("`{what}` is not a valid regular expression: {e}"))
         };
         Ok(Grant {
             configure: pattern("configure", &self.configure)?,
@@ -72,10 +74,26 @@ impl Access {
 /// a pattern matches anywhere in the name unless anchored (`^orders$`).
 #[derive(Debug, Clone)]
 pub struct Grant {
-    configure: Option<Regex>,
-    write: Option<Regex>,
-    read: Option<Regex>,
+    configure: Option<NamePattern>,
+    write: Option<NamePattern>,
+    read: Option<NamePattern>,
     plugin: bool,
+}
+
+/// A compiled permission pattern: `.*` needs no regular expression.
+#[derive(Debug, Clone)]
+enum NamePattern {
+    Any,
+    Regex(Regex),
+}
+
+impl NamePattern {
+    fn is_match(&self, name: &str) -> bool {
+        match self {
+            NamePattern::Any => true,
+            NamePattern::Regex(regex) => regex.is_match(name),
+        }
+    }
 }
 
 /// The name permissions see for the default exchange (`""`), as in RabbitMQ.

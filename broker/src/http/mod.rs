@@ -356,7 +356,13 @@ fn session_for(
         .map_err(|e| ApiError::new(e.code, e.message))?;
     state
         .auth
-        .admit(user, &who.vhost, who.peer.ip(), &mut parsed.op)
+        .admit(
+            user,
+            &who.vhost,
+            who.peer.ip(),
+            &mut parsed.op,
+            &Default::default(),
+        )
         .map_err(|(code, message)| ApiError::new(code, message))?;
     Ok(state.management.acting_for(user, &who.vhost))
 }

@@ -244,14 +244,10 @@ impl RouterHandle {
                 Op::Subscribe(subscribe) => {
                     Sent::Consumed(*conn, self.placement.shard_of(&subscribe.queue))
                 }
-                Op::Publish(publish) => {
-                    let queues = publish_queues(&publish.message, routed.as_ref());
-                    let shards = queues.iter().map(|queue| self.placement.shard_of(queue));
-                    Sent::Published(
-                        *conn,
-                        shards.fold(0, |mask, shard| mask | 1 << shard).max(1),
-                    )
-                }
+                Op::Publish(publish) => Sent::Published(
+                    *conn,
+                    self.publish_shards(&publish.message, routed.as_ref()),
+                ),
                 op => match self.request_target(*conn, op, routed.as_ref()) {
                     Some(shard) => Sent::Touched(*conn, 1 << shard),
                     None => Sent::Touched(*conn, every),

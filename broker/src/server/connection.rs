@@ -69,6 +69,8 @@ pub(super) struct Connection {
     pub shutdown: watch::Receiver<bool>,
     /// For a WebSocket that chose the `amqp` subprotocol.
     pub amqp: Arc<crate::amqp::AmqpContext>,
+    /// The logged-in user's grant in `vhost`, as last checked.
+    pub grants: crate::auth::GrantCache,
 }
 
 /// What holds a publishing connection back.
@@ -390,10 +392,13 @@ impl Connection {
                 return Ok(());
             }
         };
-        let admitted =
-            self.gate
-                .auth
-                .admit(principal, &self.vhost, self.peer.ip(), &mut request.op);
+        let admitted = self.gate.auth.admit(
+            principal,
+            &self.vhost,
+            self.peer.ip(),
+            &mut request.op,
+            &self.grants,
+        );
         if let Err((code, message)) = admitted {
             let frame = ServerFrame::error(Some(request.id), code, message);
             let _ = tx.send(Outbound::Frame(frame));

@@ -577,6 +577,7 @@ async fn accept_loop(
             shutdown: shutdown.clone(),
             amqp: acceptors.amqp_context.clone(),
             stomp: acceptors.stomp_context.clone(),
+            grants: Default::default(),
         };
         let alive = alive_tx.clone();
         let _ = stream.set_nodelay(true);

@@ -157,6 +157,7 @@ pub(crate) async fn serve<S>(
         transactions: HashMap::new(),
         declared: HashSet::new(),
         temp_queues: HashMap::new(),
+        grants: Default::default(),
     };
     // Publishes are confirmed (after their commit when persistent): RECEIPTs wait for it.
     let ended = match session.request(Op::ConfirmSelect, Answer::Nothing).await {
@@ -216,6 +217,8 @@ struct Session {
     declared: HashSet<String>,
     /// `/temp-queue/NAME` → the reply queue behind it.
     temp_queues: HashMap<String, String>,
+    /// The user's grant in `vhost`, as last checked.
+    grants: crate::auth::GrantCache,
 }
 
 impl Session {
@@ -433,10 +436,13 @@ impl Session {
             return Ok(());
         }
         let mut admitted = op;
-        let refused =
-            self.ctx
-                .auth
-                .admit(&self.principal, &self.vhost, self.peer.ip(), &mut admitted);
+        let refused = self.ctx.auth.admit(
+            &self.principal,
+            &self.vhost,
+            self.peer.ip(),
+            &mut admitted,
+            &self.grants,
+        );
         match (refused, required) {
             (Ok(()), _) => {
                 self.declared.insert(name);
@@ -454,10 +460,13 @@ impl Session {
         answer: Answer,
         receipt: Option<&str>,
     ) -> Result<(), Ended> {
-        let admitted = self
-            .ctx
-            .auth
-            .admit(&self.principal, &self.vhost, self.peer.ip(), &mut op);
+        let admitted = self.ctx.auth.admit(
+            &self.principal,
+            &self.vhost,
+            self.peer.ip(),
+            &mut op,
+            &self.grants,
+        );
         if let Err((_, message)) = admitted {
             return Err(self.refuse(message, receipt));
         }
