@@ -13,9 +13,21 @@ use super::conn::ConnLink;
 use crate::fast_map::FastMap;
 use crate::queue::ConnId;
 
-#[derive(Default)]
+/// Connections' records in this many maps, each under its own lock (by connection id):
+/// every publish and ack looks its connection up, from whichever shard thread runs it,
+/// and one lock for all would serialize them on a machine with many.
+const STRIPES: usize = 64;
+
 pub(super) struct ConnSends {
-    conns: Mutex<FastMap<ConnId, Sends>>,
+    conns: Box<[Mutex<FastMap<ConnId, Sends>>]>,
+}
+
+impl Default for ConnSends {
+    fn default() -> Self {
+        ConnSends {
+            conns: (0..STRIPES).map(|_| Mutex::default()).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -42,10 +54,16 @@ pub(super) enum Sent {
 }
 
 impl ConnSends {
+    /// The map holding `conn`'s record, locked.
+    fn lock(&self, conn: ConnId) -> std::sync::MutexGuard<'_, FastMap<ConnId, Sends>> {
+        let stripe = &self.conns[conn as usize % STRIPES];
+        stripe.lock().expect("connection sends poisoned")
+    }
+
     /// The shards besides `shards` whose earlier commands from `conn` a publish's confirm
     /// must wait for.
     pub fn pending_besides(&self, conn: ConnId, shards: u64) -> u64 {
-        let conns = self.conns.lock().expect("connection sends poisoned");
+        let conns = self.lock(conn);
         match conns.get(&conn) {
             Some(sends) if sends.confirms => sends.dirty & !shards,
             _ => 0,
@@ -55,7 +73,7 @@ impl ConnSends {
     /// The shards besides `shard` that `conn` sent commands to since its last confirmed
     /// publish (or ever, without confirms).
     pub fn touched_besides(&self, conn: ConnId, shard: usize) -> u64 {
-        let conns = self.conns.lock().expect("connection sends poisoned");
+        let conns = self.lock(conn);
         conns
             .get(&conn)
             .map_or(0, |sends| sends.dirty & !(1 << shard))
@@ -63,16 +81,22 @@ impl ConnSends {
 
     /// The shard that delivered `tag` to `conn` (`None`: unknown, ask every shard).
     pub fn shard_of_tag(&self, conn: ConnId, tag: u64) -> Option<usize> {
-        let conns = self.conns.lock().expect("connection sends poisoned");
+        let conns = self.lock(conn);
         conns.get(&conn)?.link.shard_of_tag(tag)
     }
 
     /// Records a command sent.
     pub fn sent(&self, sent: Sent) {
-        if let Sent::Nothing = sent {
-            return;
-        }
-        let mut conns = self.conns.lock().expect("connection sends poisoned");
+        let conn = match &sent {
+            Sent::Nothing => return,
+            Sent::Opened(conn, _)
+            | Sent::Closed(conn)
+            | Sent::ConfirmMode(conn)
+            | Sent::Touched(conn, _)
+            | Sent::Published(conn, _)
+            | Sent::Consumed(conn, _) => *conn,
+        };
+        let mut conns = self.lock(conn);
         match sent {
             Sent::Nothing => {}
             Sent::Opened(conn, link) => {
