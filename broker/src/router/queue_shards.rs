@@ -29,9 +29,32 @@ pub(crate) struct Placement {
     /// Every queue of every shard, and the new ones being declared. Not kept with one
     /// shard: its queues are all local.
     directory: RwLock<Directory>,
+    /// Counts changes to the directory: each thread's [`ShardCache`] is good while it has
+    /// not moved. (Every publish asks where its queues live; a read lock taken by every
+    /// shard thread each time would move the lock's cache line between their cores.)
+    version: AtomicU64,
+    /// Tells this placement's cached answers from another's (tests run several brokers).
+    id: u64,
     /// (queue, handler plugin) of every handler attachment, on every shard: what home
     /// checks before deleting a plugin.
     attachments: std::sync::Mutex<Vec<(Arc<str>, String)>>,
+}
+
+static NEXT_PLACEMENT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// At most this many names in a thread's [`ShardCache`] (then it starts over).
+const SHARD_CACHE_NAMES: usize = 4096;
+
+/// A thread's answers of [`Placement::shard_of`], for one placement at one version.
+#[derive(Default)]
+struct ShardCache {
+    placement: u64,
+    version: u64,
+    shards: FastMap<Box<str>, usize>,
+}
+
+thread_local! {
+    static SHARD_CACHE: std::cell::RefCell<ShardCache> = std::cell::RefCell::default();
 }
 
 #[derive(Default)]
@@ -81,6 +104,8 @@ impl Placement {
                 ..Default::default()
             }),
             attachments: Default::default(),
+            version: AtomicU64::new(0),
+            id: NEXT_PLACEMENT_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -94,14 +119,38 @@ impl Placement {
         if self.shards == 1 {
             return 0;
         }
-        let directory = self.read();
-        match directory.cards.get(name) {
-            Some(card) => card.shard,
-            None => match directory.declaring.get(name) {
-                Some(shard) => *shard,
-                None => self.hashed(name),
-            },
+        let version = self.version.load(Ordering::Acquire);
+        let cached = SHARD_CACHE.with(|cache| {
+            let cache = cache.borrow();
+            let fresh = cache.placement == self.id && cache.version == version;
+            fresh.then(|| cache.shards.get(name).copied()).flatten()
+        });
+        if let Some(shard) = cached {
+            return shard;
         }
+        let shard = {
+            let directory = self.read();
+            match directory.cards.get(name) {
+                Some(card) => card.shard,
+                None => match directory.declaring.get(name) {
+                    Some(shard) => *shard,
+                    None => self.hashed(name),
+                },
+            }
+        };
+        SHARD_CACHE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if cache.placement != self.id
+                || cache.version != version
+                || cache.shards.len() >= SHARD_CACHE_NAMES
+            {
+                cache.placement = self.id;
+                cache.version = version;
+                cache.shards.clear();
+            }
+            cache.shards.insert(name.into(), shard);
+        });
+        shard
     }
 
     fn hashed(&self, name: &str) -> usize {
@@ -177,10 +226,12 @@ impl Placement {
             .expect("queue directory lock poisoned")
     }
 
+    /// The directory, to change: cached answers are stale from here on (a reader that
+    /// sees the new version takes the read lock after this writer is done).
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Directory> {
-        self.directory
-            .write()
-            .expect("queue directory lock poisoned")
+        let directory = (self.directory.write()).expect("queue directory lock poisoned");
+        self.version.fetch_add(1, Ordering::AcqRel);
+        directory
     }
 
     /// What is known of queue `name`, on whichever shard it lives (with one shard: `None`,
@@ -421,6 +472,34 @@ mod tests {
             used[shard] = true;
         }
         assert!(used.iter().all(|u| *u), "64 names spread over the 4 shards");
+    }
+
+    #[test]
+    fn a_thread_asking_again_after_a_change_gets_the_new_shard_not_its_cached_answer() {
+        let placement = Placement::new(2);
+        let name: std::sync::Arc<str> = "orders".into();
+        // Asked before the queue exists: its hash's shard, now cached on this thread.
+        let hashed = placement.shard_of(&name);
+        assert_eq!(placement.shard_of(&name), hashed);
+        let elsewhere = 1 - hashed;
+        let card = super::QueueCard {
+            shard: elsewhere,
+            exclusive_owner: None,
+            stored: true,
+            declared_by: None,
+        };
+        placement.claim(&name, card).unwrap();
+        assert_eq!(placement.shard_of(&name), elsewhere);
+        // Another placement's answers are its own.
+        let other = Placement::new(2);
+        assert_eq!(other.shard_of(&name), hashed_by(&other, &name));
+        assert_eq!(placement.shard_of(&name), elsewhere);
+        placement.forget(&name);
+        assert_eq!(placement.shard_of(&name), hashed);
+    }
+
+    fn hashed_by(placement: &Placement, name: &str) -> usize {
+        placement.hashed(name)
     }
 
     #[test]
