@@ -436,13 +436,7 @@ impl Session {
             return Ok(());
         }
         let mut admitted = op;
-        let refused = self.ctx.auth.admit(
-            &self.principal,
-            &self.vhost,
-            self.peer.ip(),
-            &mut admitted,
-            &self.grants,
-        );
+        let refused = self.admit(&mut admitted);
         match (refused, required) {
             (Ok(()), _) => {
                 self.declared.insert(name);
@@ -453,6 +447,12 @@ impl Session {
         }
     }
 
+    /// The user's permission for `op` in the session's vhost (which names `op` for it).
+    fn admit(&self, op: &mut Op) -> Result<(), (crate::protocol::ErrorCode, String)> {
+        let (principal, peer) = (&self.principal, self.peer.ip());
+        (self.ctx.auth).admit(principal, &self.vhost, peer, op, &self.grants)
+    }
+
     /// Authorizes `op` (refused: ERROR with `receipt`) and sends it.
     async fn request_or_refuse(
         &mut self,
@@ -460,14 +460,7 @@ impl Session {
         answer: Answer,
         receipt: Option<&str>,
     ) -> Result<(), Ended> {
-        let admitted = self.ctx.auth.admit(
-            &self.principal,
-            &self.vhost,
-            self.peer.ip(),
-            &mut op,
-            &self.grants,
-        );
-        if let Err((_, message)) = admitted {
+        if let Err((_, message)) = self.admit(&mut op) {
             return Err(self.refuse(message, receipt));
         }
         self.send_admitted(op, answer).await
