@@ -11,6 +11,7 @@ mod consumers;
 mod dedup;
 mod entry;
 mod expiry;
+mod packing;
 mod paging;
 mod parked;
 mod policy;
@@ -33,7 +34,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::fast_map::FastMap;
 use std::sync::Arc;
 
-use crate::message::{Headers, Message, encode_stored};
+use crate::message::{Headers, Message};
 
 /// Identifies a client connection.
 pub type ConnId = u64;
@@ -291,7 +292,7 @@ impl Queue {
             // this queue, the caller may hold one reference (it drops it soon).
             _ if deep && origin == Origin::Live && Arc::strong_count(&entry.message) <= 2 => {
                 self.pack_buf.clear();
-                encode_stored(&entry.message, &mut self.pack_buf);
+                packing::pack(&entry.message, &mut self.pack_buf);
                 Held::Packed(Box::from(self.pack_buf.as_slice()))
             }
             _ => Held::Shared(entry.message),

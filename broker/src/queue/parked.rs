@@ -4,14 +4,15 @@
 use std::cmp::Reverse;
 use std::sync::Arc;
 
+use super::packing::unpack;
 use super::{Entry, ReadyKey, Removed};
-use crate::message::{Message, decode_stored};
+use crate::message::Message;
 
 /// A ready message's body and metadata.
 #[derive(Debug)]
 pub(super) enum Held {
     Shared(Arc<Message>),
-    /// The storage encoding (`encode_stored`) in one exact allocation.
+    /// Packed (`packing.rs`) in one exact allocation.
     Packed(Box<[u8]>),
     /// Only in the store (a committed message of a deep stored queue).
     OnDisk {
@@ -72,7 +73,7 @@ impl Held {
     pub(super) fn message(self) -> Arc<Message> {
         match self {
             Held::Shared(message) => message,
-            Held::Packed(bytes) => Arc::new(decode_stored(&bytes).expect("packed by this queue")),
+            Held::Packed(bytes) => Arc::new(unpack(&bytes)),
             Held::OnDisk { .. } => unreachable!("paged-out messages are read back first"),
         }
     }
