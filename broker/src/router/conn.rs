@@ -105,20 +105,22 @@ impl Conn {
         send(tag, &self.tx, self.outbound.as_deref())
     }
 
-    /// The unsettled delivery `tag`, taken; with `multiple`, every one of this shard's up
-    /// to and including it.
-    pub(super) fn release(&mut self, tag: u64, multiple: bool) -> Vec<Held> {
-        let settled: Vec<Held> = if !multiple {
-            self.unacked.remove(&tag).into_iter().collect()
-        } else {
-            let rest = match tag.checked_add(1) {
-                Some(after) => self.unacked.split_off(&after),
-                None => Default::default(),
-            };
-            std::mem::replace(&mut self.unacked, rest)
-                .into_values()
-                .collect()
+    /// The unsettled delivery `tag`, taken.
+    pub(super) fn release(&mut self, tag: u64) -> Option<Held> {
+        let settled = self.unacked.remove(&tag)?;
+        self.link.unacked.fetch_sub(1, Ordering::Relaxed);
+        Some(settled)
+    }
+
+    /// Every unsettled delivery of this shard up to and including `tag`, taken.
+    pub(super) fn release_through(&mut self, tag: u64) -> Vec<Held> {
+        let rest = match tag.checked_add(1) {
+            Some(after) => self.unacked.split_off(&after),
+            None => Default::default(),
         };
+        let settled: Vec<Held> = std::mem::replace(&mut self.unacked, rest)
+            .into_values()
+            .collect();
         self.link
             .unacked
             .fetch_sub(settled.len(), Ordering::Relaxed);

@@ -112,11 +112,8 @@ impl Router {
                 timeout_ms,
             };
             let delivery_tag = c.hold(held, |tag, _, _| tag);
-            if auto_ack {
-                let held = c.release(delivery_tag, false);
-                for held in held {
-                    self.settle_one(held, Settle::Ack, now);
-                }
+            if auto_ack && let Some(held) = c.release(delivery_tag) {
+                self.settle_one(held, Settle::Ack, now);
             }
             let got = Got {
                 delivery: Some(Delivery {

@@ -45,8 +45,8 @@ impl RouterHandle {
 
     /// Sends a broker-internal command; false when the router has stopped.
     pub fn send(&self, command: Command) -> bool {
-        let sent = self.sent(&command);
-        let all_sent = match self.target(&command) {
+        let (target, sent) = self.plan(&command);
+        let all_sent = match target {
             Some(shard) => self.shards[shard].control.send(command).is_ok(),
             None => (self.split(command).into_iter())
                 .all(|(shard, command)| self.shards[shard].control.send(command).is_ok()),
@@ -84,10 +84,9 @@ impl RouterHandle {
             return Err(command);
         }
         let command = self.ingress.try_route(command)?;
-        let Some(shard) = self.target(&command) else {
+        let (Some(shard), sent) = self.plan(&command) else {
             return Err(command);
         };
-        let sent = self.sent(&command);
         match self.shards[shard].requests.try_send(command) {
             Ok(()) => {
                 self.sends.sent(sent);
@@ -107,8 +106,8 @@ impl RouterHandle {
         if earlier != 0 && !self.turns_ended(earlier).await {
             return false;
         }
-        let sent = self.sent(&command);
-        let sends = match self.target(&command) {
+        let (target, sent) = self.plan(&command);
+        let sends = match target {
             Some(shard) => vec![(shard, command)],
             None => self.split(command),
         };

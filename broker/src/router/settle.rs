@@ -20,13 +20,21 @@ impl Router {
             .conns
             .get_mut(&conn)
             .expect("requests come from open connections");
-        let settled: Vec<Held> = c.release(tag, multiple);
-        if settled.is_empty() {
+        let unknown = || {
             let message = format!("delivery tag {tag} is not unacked on this connection");
-            return Err(OpError::new(ErrorCode::UnknownDeliveryTag, message));
-        }
+            OpError::new(ErrorCode::UnknownDeliveryTag, message)
+        };
         let now = self.turn.now_ms();
-        for held in settled {
+        if multiple {
+            let settled: Vec<Held> = c.release_through(tag);
+            if settled.is_empty() {
+                return Err(unknown());
+            }
+            for held in settled {
+                self.settle_one(held, how, now);
+            }
+        } else {
+            let held = c.release(tag).ok_or_else(unknown)?;
             self.settle_one(held, how, now);
         }
         self.channel_settled(conn);
@@ -35,13 +43,15 @@ impl Router {
 
     /// Auto-ack deliveries that reached the socket are settled as acked.
     pub(super) fn settle_written(&mut self, conn: ConnId, tags: Vec<u64>) {
-        let Some(c) = self.conns.get_mut(&conn) else {
+        if !self.conns.contains_key(&conn) {
             return;
-        };
-        let settled: Vec<_> = tags.iter().flat_map(|t| c.release(*t, false)).collect();
+        }
         let now = self.turn.now_ms();
-        for held in settled {
-            self.settle_one(held, Settle::Ack, now);
+        for tag in tags {
+            let held = self.conns.get_mut(&conn).and_then(|c| c.release(tag));
+            if let Some(held) = held {
+                self.settle_one(held, Settle::Ack, now);
+            }
         }
         self.channel_settled(conn);
     }

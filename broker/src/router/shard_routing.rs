@@ -24,9 +24,29 @@ use crate::protocol::Op;
 use crate::queue::ConnId;
 
 impl RouterHandle {
-    /// The one shard `command` goes to; `None` when it goes to several
-    /// ([`Self::split`]).
-    pub(super) fn target(&self, command: &Command) -> Option<usize> {
+    /// The one shard `command` goes to (`None` when it goes to several, [`Self::split`]),
+    /// and what sending it changes of its connection's record. A publish's shards are
+    /// found once for both.
+    pub(super) fn plan(&self, command: &Command) -> (Option<usize>, Sent) {
+        if self.shards.len() > 1
+            && let Command::Request {
+                conn,
+                request,
+                routed,
+                ..
+            } = command
+            && let Op::Publish(publish) = &request.op
+        {
+            let shards = self.publish_shards(&publish.message, routed.as_ref());
+            return (
+                self.publish_target(*conn, shards),
+                Sent::Published(*conn, shards),
+            );
+        }
+        (self.target(command), self.sent(command))
+    }
+
+    fn target(&self, command: &Command) -> Option<usize> {
         if self.shards.len() == 1 {
             return Some(0);
         }
@@ -55,15 +75,20 @@ impl RouterHandle {
         }
     }
 
+    /// A publish to the queues on `shards` goes to one shard when they are all on it and
+    /// no earlier publish of the connection is unconfirmed elsewhere.
+    fn publish_target(&self, conn: ConnId, shards: u64) -> Option<usize> {
+        let one = shards.count_ones() == 1;
+        let first = shards.trailing_zeros() as usize;
+        (one && self.sends.pending_besides(conn, shards) == 0).then_some(first)
+    }
+
     fn request_target(&self, conn: ConnId, op: &Op, routed: Option<&Routed>) -> Option<usize> {
         let placement = &self.placement;
         let shard_of = |queue: &str| Some(placement.shard_of(queue));
         match op {
             Op::Publish(publish) => {
-                let shards = self.publish_shards(&publish.message, routed);
-                let one = shards.count_ones() == 1;
-                let first = shards.trailing_zeros() as usize;
-                (one && self.sends.pending_besides(conn, shards) == 0).then_some(first)
+                self.publish_target(conn, self.publish_shards(&publish.message, routed))
             }
             // A broker-named queue: named by the connection's shard, where it then lives.
             Op::DeclareQueue(declare) if declare.queue.is_empty() => {
@@ -217,7 +242,7 @@ impl RouterHandle {
     }
 
     /// What sending `command` changes of its connection's record (`conn_sends.rs`).
-    pub(super) fn sent(&self, command: &Command) -> Sent {
+    fn sent(&self, command: &Command) -> Sent {
         if self.shards.len() == 1 {
             return Sent::Nothing;
         }
