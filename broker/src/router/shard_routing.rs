@@ -208,10 +208,18 @@ impl RouterHandle {
                         };
                         Command::Part(Box::new(part))
                     };
-                    let mut commands: Vec<(usize, Command)> = parts
-                        .into_iter()
-                        .map(|(shard, routed)| (shard, part(Some(request.clone()), routed)))
-                        .collect();
+                    // The last part takes the request, the others a copy each.
+                    let last = parts.len() - 1;
+                    let mut request = Some(request);
+                    let mut commands = Vec::with_capacity(count);
+                    for (i, (shard, routed)) in parts.into_iter().enumerate() {
+                        let request = if i == last {
+                            request.take()
+                        } else {
+                            request.clone()
+                        };
+                        commands.push((shard, part(request, routed)));
+                    }
                     commands.extend(shards_in(syncs).map(|shard| (shard, part(None, None))));
                     return commands;
                 }

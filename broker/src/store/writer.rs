@@ -19,7 +19,6 @@
 //! Completions still run only after the commit that includes their operations: a confirm
 //! is never sent before its message's fsync.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, Ordering::Relaxed};
 use std::thread;
@@ -36,6 +35,7 @@ use super::{
     USERS, VHOSTS, VhostRecord, encode_entry,
 };
 use crate::exchange::BindingId;
+use crate::fast_map::FastSet;
 use crate::message::Message;
 use crate::metrics::{Histogram, HistogramSnapshot};
 use crate::protocol::Binding;
@@ -429,9 +429,9 @@ fn commit(
 /// Messages both put and deleted within one group (acked before their first commit): the
 /// transaction's outcome is the same without either write, and at load that is most of
 /// them (redb's insert and remove are the writer's main per-message cost).
-fn put_and_deleted<'a>(ops: impl Iterator<Item = &'a StoreOp>) -> HashSet<(u64, u64)> {
-    let mut put = HashSet::new();
-    let mut both = HashSet::new();
+fn put_and_deleted<'a>(ops: impl Iterator<Item = &'a StoreOp>) -> FastSet<(u64, u64)> {
+    let mut put = FastSet::default();
+    let mut both = FastSet::default();
     for op in ops {
         match op {
             StoreOp::PutMessage { queue, seq, .. } => {
@@ -449,7 +449,7 @@ fn put_and_deleted<'a>(ops: impl Iterator<Item = &'a StoreOp>) -> HashSet<(u64, 
 fn apply<'a>(
     txn: &WriteTransaction,
     ops: impl Iterator<Item = &'a StoreOp>,
-    acked: &HashSet<(u64, u64)>,
+    acked: &FastSet<(u64, u64)>,
     buf: &mut Vec<u8>,
 ) -> Result<(), CommitError> {
     let mut queues = txn.open_table(QUEUES)?;
