@@ -5,6 +5,7 @@
 //! which batches everyone's operations into one write transaction per commit (group
 //! commit) and reports each commit to its waiters.
 
+mod apply;
 mod check;
 mod commit_seq;
 mod entry;

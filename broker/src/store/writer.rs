@@ -24,18 +24,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, Ordering::Relaxed};
 use std::thread;
 use std::time::Instant;
 
-use redb::{Database, WriteTransaction};
+use redb::Database;
 
+use super::apply::apply_group;
 use super::commit_seq::CommitSeq;
 use super::gather::{Gathering, Inbox, gather};
 use super::reader::{Commits, StoreReader};
-use super::{
-    ACTIVE_PLUGINS, BINDINGS, CommitError, DEDUP, ENTRY_STATE, EXCHANGES, ExchangeRecord, HANDLERS,
-    MESSAGES, PLUGIN_ARTIFACTS, PLUGIN_VERSIONS, PLUGIN_WASM, PluginVersion, QUEUES, QueueRecord,
-    USERS, VHOSTS, VhostRecord, encode_entry,
-};
+use super::{CommitError, ExchangeRecord, PluginVersion, QueueRecord};
 use crate::exchange::BindingId;
-use crate::fast_map::FastSet;
 use crate::message::Message;
 use crate::metrics::{Histogram, HistogramSnapshot};
 use crate::protocol::Binding;
@@ -410,10 +406,8 @@ fn commit(
     if batches.iter().all(|b| b.ops.is_empty()) {
         return Ok(());
     }
-    let ops = || batches.iter().flat_map(|b| &b.ops);
-    let acked = put_and_deleted(ops());
     let txn = db.begin_write()?;
-    apply(&txn, ops(), &acked, buf)?;
+    apply_group(&txn, batches.iter().flat_map(|b| &b.ops), buf)?;
     let seq = commit_seq.stage(&txn)?;
     if fail {
         txn.abort()?;
@@ -424,189 +418,4 @@ fn commit(
     txn.commit()?;
     commit_seq.committed(seq);
     Ok(())
-}
-
-/// Messages both put and deleted within one group (acked before their first commit): the
-/// transaction's outcome is the same without either write, and at load that is most of
-/// them (redb's insert and remove are the writer's main per-message cost).
-fn put_and_deleted<'a>(ops: impl Iterator<Item = &'a StoreOp>) -> FastSet<(u64, u64)> {
-    let mut put = FastSet::default();
-    let mut both = FastSet::default();
-    for op in ops {
-        match op {
-            StoreOp::PutMessage { queue, seq, .. } => {
-                put.insert((*queue, *seq));
-            }
-            StoreOp::DeleteMessage { queue, seq, .. } if put.contains(&(*queue, *seq)) => {
-                both.insert((*queue, *seq));
-            }
-            _ => {}
-        }
-    }
-    both
-}
-
-fn apply<'a>(
-    txn: &WriteTransaction,
-    ops: impl Iterator<Item = &'a StoreOp>,
-    acked: &FastSet<(u64, u64)>,
-    buf: &mut Vec<u8>,
-) -> Result<(), CommitError> {
-    let mut queues = txn.open_table(QUEUES)?;
-    let mut exchanges = txn.open_table(EXCHANGES)?;
-    let mut bindings = txn.open_table(BINDINGS)?;
-    let mut messages = txn.open_table(MESSAGES)?;
-    let mut entry_state = txn.open_table(ENTRY_STATE)?;
-    let mut plugin_versions = txn.open_table(PLUGIN_VERSIONS)?;
-    let mut plugin_wasm = txn.open_table(PLUGIN_WASM)?;
-    let mut active_plugins = txn.open_table(ACTIVE_PLUGINS)?;
-    let mut plugin_artifacts = txn.open_table(PLUGIN_ARTIFACTS)?;
-    let mut handlers = txn.open_table(HANDLERS)?;
-    // Opened only by the rare batch that changes users, or publishes with a message id to
-    // a queue with a dedup window.
-    let mut users = None;
-    let mut dedup = None;
-    for op in ops {
-        match op {
-            StoreOp::PutQueue(record) => {
-                queues.insert(record.name.as_str(), json(record).as_slice())?;
-            }
-            StoreOp::DeleteQueue { name, id } => {
-                queues.remove(name.as_str())?;
-                let range = (*id, 0)..=(*id, u64::MAX);
-                messages.retain_in(range.clone(), |_, _| false)?;
-                entry_state.retain_in(range, |_, _| false)?;
-                let table = match &mut dedup {
-                    Some(table) => table,
-                    None => dedup.insert(txn.open_table(DEDUP)?),
-                };
-                table.retain_in((*id, "")..(*id + 1, ""), |_, _| false)?;
-            }
-            StoreOp::PutExchange(record) => {
-                exchanges.insert(record.name.as_str(), json(record).as_slice())?;
-            }
-            StoreOp::DeleteExchange(name) => {
-                exchanges.remove(name.as_str())?;
-            }
-            StoreOp::PutBinding(id, binding) => {
-                bindings.insert(*id, json(binding).as_slice())?;
-            }
-            StoreOp::PutExchangeBinding(id, binding) => {
-                bindings.insert(*id, json(binding).as_slice())?;
-            }
-            StoreOp::DeleteBinding(id) => {
-                bindings.remove(*id)?;
-            }
-            StoreOp::PutMessage {
-                queue,
-                seq,
-                enqueued_at,
-                message,
-            } => {
-                if acked.contains(&(*queue, *seq)) {
-                    continue;
-                }
-                encode_entry(*enqueued_at, message, buf);
-                messages.insert((*queue, *seq), buf.as_slice())?;
-            }
-            StoreOp::DeleteMessage { queue, seq, state } => {
-                if !acked.contains(&(*queue, *seq)) {
-                    messages.remove((*queue, *seq))?;
-                }
-                if *state {
-                    entry_state.remove((*queue, *seq))?;
-                }
-            }
-            StoreOp::PutPluginVersion(version) => {
-                let key = (version.name.as_str(), version.version);
-                plugin_versions.insert(key, json(version).as_slice())?;
-                plugin_wasm.insert(key, version.wasm.as_ref())?;
-            }
-            StoreOp::PutPluginArtifact { key, artifact } => {
-                plugin_artifacts.insert(key.as_str(), artifact.as_slice())?;
-            }
-            StoreOp::DeletePluginVersion { name, version } => {
-                plugin_versions.remove((name.as_str(), *version))?;
-                plugin_wasm.remove((name.as_str(), *version))?;
-            }
-            StoreOp::DeletePluginArtifact(key) => {
-                plugin_artifacts.remove(key.as_str())?;
-            }
-            StoreOp::SetActivePlugin { name, version } => {
-                active_plugins.insert(name.as_str(), *version)?;
-            }
-            StoreOp::ClearActivePlugin(name) => {
-                active_plugins.remove(name.as_str())?;
-            }
-            StoreOp::SetPluginTrial { name, trial } => {
-                let mut trials = txn.open_table(super::PLUGIN_TRIALS)?;
-                match trial {
-                    Some(trial) => trials.insert(name.as_str(), json(trial).as_slice())?,
-                    None => trials.remove(name.as_str())?,
-                };
-            }
-            StoreOp::SetEntryState {
-                queue,
-                seq,
-                delivery_count,
-                not_before,
-            } => {
-                let state = (*delivery_count, not_before.unwrap_or(0));
-                entry_state.insert((*queue, *seq), state)?;
-            }
-            StoreOp::PutHandler(record) => {
-                let key = (record.queue.as_str(), record.plugin.as_str());
-                handlers.insert(key, json(record).as_slice())?;
-            }
-            StoreOp::DeleteHandler { queue, plugin } => {
-                handlers.remove((queue.as_str(), plugin.as_str()))?;
-            }
-            StoreOp::PutUser(record) => {
-                let table = match &mut users {
-                    Some(table) => table,
-                    None => users.insert(txn.open_table(USERS)?),
-                };
-                table.insert(record.name.as_str(), json(record).as_slice())?;
-            }
-            StoreOp::DeleteUser(name) => {
-                let table = match &mut users {
-                    Some(table) => table,
-                    None => users.insert(txn.open_table(USERS)?),
-                };
-                table.remove(name.as_str())?;
-            }
-            StoreOp::PutVhost(name) => {
-                let record = VhostRecord { name: name.clone() };
-                let mut table = txn.open_table(VHOSTS)?;
-                table.insert(name.as_str(), json(&record).as_slice())?;
-            }
-            StoreOp::DeleteVhost(name) => {
-                txn.open_table(VHOSTS)?.remove(name.as_str())?;
-            }
-            StoreOp::PutDedup {
-                queue,
-                message_id,
-                until,
-            } => {
-                let table = match &mut dedup {
-                    Some(table) => table,
-                    None => dedup.insert(txn.open_table(DEDUP)?),
-                };
-                table.insert((*queue, message_id.as_str()), *until)?;
-            }
-            StoreOp::DeleteDedup { queue, message_id } => {
-                let table = match &mut dedup {
-                    Some(table) => table,
-                    None => dedup.insert(txn.open_table(DEDUP)?),
-                };
-                table.remove((*queue, message_id.as_str()))?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// JSON encoding of the small metadata records (queues, exchanges, bindings).
-fn json(value: &impl serde::Serialize) -> Vec<u8> {
-    serde_json::to_vec(value).expect("records serialize to JSON")
 }
